@@ -1,0 +1,320 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelError, Name, Namespace};
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MEMORY_MB: u32 = 128;
+const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const MEMORY_RANGE_MB: std::ops::RangeInclusive<u32> = 16..=16_384;
+const MAX_ENV_VARS: usize = 256;
+const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+
+/// Revisions count from 1 and never repeat within a function.
+pub type RevisionNumber = u32;
+
+/// Parses a human duration such as `500ms`, `30s` or `6h`.
+pub fn parse_duration(field: &'static str, value: &str) -> Result<Duration, ModelError> {
+    humantime::parse_duration(value.trim()).map_err(|err| ModelError::InvalidDuration {
+        field,
+        value: value.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+/// Per-invocation limits of a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    pub memory_mb: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            memory_mb: DEFAULT_MEMORY_MB,
+        }
+    }
+}
+
+/// Where a revision's code lives in the content-addressed code store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRef {
+    /// SHA-256 of the extracted code tree; names its directory in the code store.
+    pub digest: String,
+    /// For single-file code, the file's name inside the tree; `None` for a directory.
+    pub file: Option<String>,
+    pub size_bytes: u64,
+}
+
+/// One environment variable, `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub key: String,
+    pub value: String,
+}
+
+impl EnvVar {
+    pub fn parse(pair: &str) -> Result<Self, ModelError> {
+        let (key, value) = pair.split_once('=').ok_or_else(|| ModelError::InvalidEnvVar {
+            value: pair.to_owned(),
+            reason: "expected KEY=VALUE".to_owned(),
+        })?;
+        validate_env_var(key, value)?;
+        Ok(Self {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+fn validate_env_var(key: &str, value: &str) -> Result<(), ModelError> {
+    let invalid = |reason: &str| ModelError::InvalidEnvVar {
+        value: key.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut chars = key.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(invalid("a key is letters, digits and '_', not starting with a digit"));
+    }
+    if key.starts_with("GUST_") {
+        return Err(invalid("keys starting with GUST_ are reserved for the platform"));
+    }
+    if value.contains('\0') {
+        return Err(invalid("a value cannot contain a NUL byte"));
+    }
+    if value.len() > MAX_ENV_VALUE_BYTES {
+        return Err(invalid("the value is longer than 32 KiB"));
+    }
+    Ok(())
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub number: RevisionNumber,
+    pub environment: Name,
+    pub code: CodeRef,
+    /// `module.func` (Python), `file.export` (Node.js), or `None` for the runtime's default.
+    pub entrypoint: Option<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// Unix time in milliseconds.
+    pub created_at_ms: u64,
+    /// The revision this one was copied from by a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<RevisionNumber>,
+}
+
+/// A function and every revision it has had; `current` is the one that serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Function {
+    pub namespace: Namespace,
+    pub name: Name,
+    pub current: RevisionNumber,
+    pub revisions: Vec<Revision>,
+}
+
+impl Function {
+    pub fn current_revision(&self) -> &Revision {
+        self.revision(self.current)
+            .expect("a function's current revision is always among its revisions")
+    }
+
+    pub fn revision(&self, number: RevisionNumber) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.number == number)
+    }
+
+    fn next_number(&self) -> RevisionNumber {
+        self.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1
+    }
+
+    /// Appends `revision` (its number is assigned here) and makes it current.
+    pub fn push_revision(&mut self, mut revision: Revision) -> RevisionNumber {
+        revision.number = self.next_number();
+        self.current = revision.number;
+        self.revisions.push(revision);
+        self.current
+    }
+}
+
+/// The settable fields of a function as a user wrote them; on update every field is optional
+/// and only the given ones change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    /// `KEY=VALUE` pairs; on update they replace the whole set when given.
+    #[serde(default)]
+    pub env_vars: Option<Vec<String>>,
+}
+
+impl FunctionConfig {
+    /// Applies this config over `base` (the previous revision, or defaults on create) and
+    /// returns the validated fields of the next revision. Code is handled by the caller.
+    pub fn apply(
+        &self,
+        base: Option<&Revision>,
+    ) -> Result<(Option<Name>, Option<String>, BTreeMap<String, String>, Limits), ModelError> {
+        let environment = match &self.env {
+            Some(env) => Some(Name::parse("environment", env)?),
+            None => base.map(|r| r.environment.clone()),
+        };
+        let entrypoint = match &self.entrypoint {
+            Some(e) if e.is_empty() => None,
+            Some(e) => Some(validate_entrypoint(e)?),
+            None => base.and_then(|r| r.entrypoint.clone()),
+        };
+        let env_vars = match &self.env_vars {
+            Some(pairs) => {
+                if pairs.len() > MAX_ENV_VARS {
+                    return Err(ModelError::OutOfRange {
+                        field: "environment variables",
+                        reason: format!("more than {MAX_ENV_VARS}"),
+                    });
+                }
+                let mut vars = BTreeMap::new();
+                for pair in pairs {
+                    let var = EnvVar::parse(pair)?;
+                    vars.insert(var.key, var.value);
+                }
+                vars
+            }
+            None => base.map(|r| r.env_vars.clone()).unwrap_or_default(),
+        };
+        let mut limits = base.map(|r| r.limits).unwrap_or_default();
+        if let Some(timeout) = &self.timeout {
+            let timeout = parse_duration("timeout", timeout)?;
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return Err(ModelError::OutOfRange {
+                    field: "timeout",
+                    reason: format!("{timeout:?} is not between 1ms and 15m"),
+                });
+            }
+            limits.timeout = timeout;
+        }
+        if let Some(memory) = self.memory_mb {
+            if !MEMORY_RANGE_MB.contains(&memory) {
+                return Err(ModelError::OutOfRange {
+                    field: "memory",
+                    reason: format!(
+                        "{memory} MB is not between {} and {} MB",
+                        MEMORY_RANGE_MB.start(),
+                        MEMORY_RANGE_MB.end()
+                    ),
+                });
+            }
+            limits.memory_mb = memory;
+        }
+        Ok((environment, entrypoint, env_vars, limits))
+    }
+}
+
+fn validate_entrypoint(entrypoint: &str) -> Result<String, ModelError> {
+    let ok = entrypoint.len() <= 255
+        && entrypoint
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-'));
+    if ok {
+        Ok(entrypoint.to_owned())
+    } else {
+        Err(ModelError::OutOfRange {
+            field: "entrypoint",
+            reason: format!("{entrypoint:?} is not of the form `module.function` or `function`"),
+        })
+    }
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision() -> Revision {
+        Revision {
+            number: 1,
+            environment: Name::parse("environment", "python").unwrap(),
+            code: CodeRef {
+                digest: "abc".into(),
+                file: Some("hello.py".into()),
+                size_bytes: 10,
+            },
+            entrypoint: None,
+            env_vars: BTreeMap::from([("A".into(), "1".into())]),
+            limits: Limits::default(),
+            created_at_ms: 0,
+            rolled_back_from: None,
+        }
+    }
+
+    #[test]
+    fn update_changes_only_given_fields() {
+        let config = FunctionConfig {
+            timeout: Some("500ms".into()),
+            ..Default::default()
+        };
+        let (env, entry, vars, limits) = config.apply(Some(&revision())).unwrap();
+        assert_eq!(env.unwrap().as_str(), "python");
+        assert_eq!(entry, None);
+        assert_eq!(vars["A"], "1");
+        assert_eq!(limits.timeout, Duration::from_millis(500));
+        assert_eq!(limits.memory_mb, DEFAULT_MEMORY_MB);
+    }
+
+    #[test]
+    fn refuses_bad_limits_and_vars() {
+        let bad = [
+            FunctionConfig { timeout: Some("soon".into()), ..Default::default() },
+            FunctionConfig { timeout: Some("0s".into()), ..Default::default() },
+            FunctionConfig { memory_mb: Some(1), ..Default::default() },
+            FunctionConfig { env_vars: Some(vec!["NOEQUALS".into()]), ..Default::default() },
+            FunctionConfig { env_vars: Some(vec!["GUST_SOCKET=x".into()]), ..Default::default() },
+            FunctionConfig { env_vars: Some(vec!["1A=x".into()]), ..Default::default() },
+            FunctionConfig { entrypoint: Some("a..b".into()), ..Default::default() },
+            FunctionConfig { entrypoint: Some("../x".into()), ..Default::default() },
+        ];
+        for config in bad {
+            assert!(config.apply(None).is_err(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn revisions_number_upwards() {
+        let mut function = Function {
+            namespace: Namespace::default(),
+            name: Name::parse("function", "f").unwrap(),
+            current: 1,
+            revisions: vec![revision()],
+        };
+        assert_eq!(function.push_revision(revision()), 2);
+        assert_eq!(function.current_revision().number, 2);
+        assert!(function.revision(1).is_some());
+    }
+}

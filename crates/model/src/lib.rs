@@ -1,0 +1,25 @@
+//! Gust's vocabulary: environments, functions, revisions and HTTP routes, and the rules that
+//! make each valid.
+//!
+//! Pure data and validation: no I/O, no async runtime. Every `*Config` type is what a user
+//! wrote (deserialized with `deny_unknown_fields`); the matching validated type cannot hold an
+//! invalid value. Route matching lives here too ([`RouteTable`]) so that the router, the API
+//! and the CLI agree on what a path means.
+
+mod environment;
+mod error;
+mod function;
+mod name;
+mod route;
+
+pub use environment::{DEFAULT_POOL_SIZE, BuiltinRuntime, Environment, EnvironmentConfig, EnvironmentKind};
+pub use error::ModelError;
+pub use function::{
+    CodeRef, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function, FunctionConfig, Limits,
+    Revision, RevisionNumber, parse_duration,
+};
+pub use name::{Name, Namespace};
+pub use route::{
+    Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch,
+    RouteTable, is_reserved_path,
+};

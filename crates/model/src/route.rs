@@ -1,0 +1,463 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelError, Name, Namespace};
+
+/// Paths the worker protocol owns; no route may claim them and no request under them reaches
+/// a function.
+pub const RESERVED_PREFIXES: [&str; 3] = ["/healthz", "/v2/", "/_gust/"];
+
+/// Whether a request path falls under a reserved prefix (`/v2` itself counts).
+pub fn is_reserved_path(path: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|prefix| {
+        let bare = prefix.trim_end_matches('/');
+        path.strip_prefix(bare)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// The HTTP methods a route can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+}
+
+impl Method {
+    const ALL: [Method; 7] = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+        Method::Options,
+    ];
+
+    pub fn parse(value: &str) -> Result<Self, ModelError> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(value.trim()))
+            .ok_or_else(|| ModelError::InvalidMethod {
+                value: value.to_owned(),
+            })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// The methods a route answers; empty means every method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "Vec<Method>", from = "Vec<Method>")]
+pub struct MethodSet(u8);
+
+impl MethodSet {
+    /// Parses `GET,POST` lists; each item may itself be comma separated, any case.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, ModelError> {
+        let mut set = 0;
+        for item in items {
+            for part in item.as_ref().split(',').filter(|p| !p.trim().is_empty()) {
+                set |= Method::parse(part)?.bit();
+            }
+        }
+        Ok(Self(set))
+    }
+
+    pub fn is_any(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether this set answers `method` (an HTTP method name).
+    pub fn allows(self, method: &str) -> bool {
+        self.is_any() || Method::parse(method).is_ok_and(|m| self.0 & m.bit() != 0)
+    }
+
+    fn overlaps(self, other: MethodSet) -> bool {
+        self.is_any() || other.is_any() || self.0 & other.0 != 0
+    }
+}
+
+impl From<MethodSet> for Vec<Method> {
+    fn from(set: MethodSet) -> Self {
+        Method::ALL
+            .into_iter()
+            .filter(|m| set.0 & m.bit() != 0)
+            .collect()
+    }
+}
+
+impl From<Vec<Method>> for MethodSet {
+    fn from(methods: Vec<Method>) -> Self {
+        Self(methods.into_iter().fold(0, |set, m| set | m.bit()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A validated route path such as `/users/{id}`: literal segments of URL-safe characters and
+/// whole-segment `{name}` parameters. No `.`/`..` segments, no percent escapes, no reserved
+/// prefix, so that what a route means never depends on how a path is decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PathPattern {
+    raw: String,
+    segments: Vec<Segment>,
+}
+
+impl PathPattern {
+    pub fn parse(path: &str) -> Result<Self, ModelError> {
+        let invalid = |reason: String| ModelError::InvalidPath {
+            path: path.to_owned(),
+            reason,
+        };
+        if !path.starts_with('/') {
+            return Err(invalid("a path starts with '/'".into()));
+        }
+        if path.len() > 1024 {
+            return Err(invalid("a path is at most 1024 characters".into()));
+        }
+        if is_reserved_path(path) {
+            return Err(invalid(format!(
+                "paths under {} are reserved",
+                RESERVED_PREFIXES.join(", ")
+            )));
+        }
+        let mut segments = Vec::new();
+        let body = &path[1..];
+        if !body.is_empty() {
+            for segment in body.split('/') {
+                segments.push(parse_segment(segment).map_err(invalid)?);
+            }
+        }
+        let mut names: Vec<&str> = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(name) => Some(name.as_str()),
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(invalid(format!("parameter {{{}}} appears twice", pair[0])));
+        }
+        Ok(Self {
+            raw: path.to_owned(),
+            segments,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Same segments with parameters in the same places, whatever their names.
+    fn same_shape(&self, other: &PathPattern) -> bool {
+        self.segments.len() == other.segments.len()
+            && self.segments.iter().zip(&other.segments).all(|pair| match pair {
+                (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                (Segment::Param(_), Segment::Param(_)) => true,
+                _ => false,
+            })
+    }
+
+    /// Matches the whole of `path` (exact) or its leading segments (prefix), returning the
+    /// parameters and how specific the match was.
+    fn matches(&self, path_segments: &[&str], prefix: bool) -> Option<(Vec<(String, String)>, Specificity)> {
+        if path_segments.len() < self.segments.len()
+            || (!prefix && path_segments.len() != self.segments.len())
+        {
+            return None;
+        }
+        let mut params = Vec::new();
+        let mut literals = Vec::with_capacity(self.segments.len());
+        for (segment, actual) in self.segments.iter().zip(path_segments) {
+            match segment {
+                Segment::Literal(literal) if literal == actual => literals.push(true),
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if actual.is_empty() => return None,
+                Segment::Param(name) => {
+                    params.push((name.clone(), (*actual).to_owned()));
+                    literals.push(false);
+                }
+            }
+        }
+        Some((
+            params,
+            Specificity {
+                exact: !prefix,
+                depth: self.segments.len(),
+                literals,
+            },
+        ))
+    }
+}
+
+/// Orders competing matches: exact routes beat prefix routes, deeper prefixes beat shallower
+/// ones, and a literal segment beats a parameter at the first place they differ.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Specificity {
+    exact: bool,
+    depth: usize,
+    literals: Vec<bool>,
+}
+
+fn parse_segment(segment: &str) -> Result<Segment, String> {
+    if segment.is_empty() {
+        return Err("empty segment ('//' or a trailing '/')".into());
+    }
+    if segment == "." || segment == ".." {
+        return Err("'.' and '..' segments are not allowed".into());
+    }
+    if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+        let mut chars = name.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        return if ok && name.len() <= 64 {
+            Ok(Segment::Param(name.to_owned()))
+        } else {
+            Err(format!("parameter name {name:?} is not an identifier"))
+        };
+    }
+    if let Some(bad) = segment
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
+    {
+        return Err(format!(
+            "character {bad:?} is not allowed (use letters, digits, '-', '.', '_', '~' and whole-segment {{params}})"
+        ));
+    }
+    Ok(Segment::Literal(segment.to_owned()))
+}
+
+impl TryFrom<String> for PathPattern {
+    type Error = ModelError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<PathPattern> for String {
+    fn from(pattern: PathPattern) -> Self {
+        pattern.raw
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// What a user writes to create an HTTP route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub function: String,
+    pub url: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub prefix: bool,
+}
+
+impl RouteConfig {
+    /// Validates everything but the name, which the caller generates when absent.
+    pub fn validate(&self, namespace: Namespace, generated_name: Name) -> Result<Route, ModelError> {
+        let name = match &self.name {
+            Some(name) => Name::parse("route", name)?,
+            None => generated_name,
+        };
+        Ok(Route {
+            namespace,
+            name,
+            function: Name::parse("function", &self.function)?,
+            path: PathPattern::parse(&self.url)?,
+            methods: MethodSet::parse(&self.methods)?,
+            prefix: self.prefix,
+        })
+    }
+}
+
+/// A validated HTTP trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub namespace: Namespace,
+    pub name: Name,
+    pub function: Name,
+    pub path: PathPattern,
+    pub methods: MethodSet,
+    pub prefix: bool,
+}
+
+impl Route {
+    /// Two routes conflict when some request could match both equally well.
+    pub fn conflicts_with(&self, other: &Route) -> bool {
+        self.prefix == other.prefix
+            && self.path.same_shape(&other.path)
+            && self.methods.overlaps(other.methods)
+    }
+}
+
+/// The result of matching a request against the table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteMatch<'a> {
+    pub route: &'a Route,
+    pub params: Vec<(String, String)>,
+}
+
+/// Every route of every namespace; the public listener's one view of what it serves.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self { routes }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The first existing route `route` conflicts with, if any.
+    pub fn conflict(&self, route: &Route) -> Option<&Route> {
+        self.routes.iter().find(|r| r.conflicts_with(route))
+    }
+
+    /// The most specific route for `method` and the raw (undecoded) request `path`.
+    pub fn find(&self, method: &str, path: &str) -> Option<RouteMatch<'_>> {
+        if !path.starts_with('/') || is_reserved_path(path) {
+            return None;
+        }
+        let body = &path[1..];
+        let segments: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
+        let mut best: Option<(Specificity, RouteMatch<'_>)> = None;
+        for route in &self.routes {
+            if !route.methods.allows(method) {
+                continue;
+            }
+            // A prefix route treats a trailing slash as the end of its prefix: `/api` serves
+            // `/api/` and `/api/x`.
+            let Some((params, specificity)) = route.path.matches(&segments, route.prefix) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(s, _)| specificity > *s) {
+                best = Some((specificity, RouteMatch { route, params }));
+            }
+        }
+        best.map(|(_, m)| m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, url: &str, methods: &[&str], prefix: bool) -> Route {
+        RouteConfig {
+            name: Some(name.into()),
+            function: "f".into(),
+            url: url.into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            prefix,
+        }
+        .validate(Namespace::default(), Name::parse("route", "unused").unwrap())
+        .unwrap()
+    }
+
+    #[test]
+    fn refuses_unsafe_paths() {
+        for bad in [
+            "", "hello", "/a//b", "/a/", "/../x", "/a/./b", "/%2e%2e/x", "/a%2Fb", "/healthz",
+            "/v2/specialize", "/v2", "/_gust/x", "/{1a}", "/{a}/{a}", "/a{b}", "/a b", "/a?x=1",
+        ] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        for good in ["/", "/hello", "/users/{id}", "/a.b/c-d/_e~", "/v2x", "/healthzz"] {
+            assert!(PathPattern::parse(good).is_ok(), "{good:?} was refused");
+        }
+    }
+
+    #[test]
+    fn methods_parse_any_case_and_lists() {
+        let set = MethodSet::parse(&["get,Post", "put"]).unwrap();
+        assert!(set.allows("GET") && set.allows("POST") && set.allows("PUT"));
+        assert!(!set.allows("DELETE"));
+        assert!(MethodSet::parse(&["FETCH"]).is_err());
+        assert!(MethodSet::parse::<&str>(&[]).unwrap().allows("DELETE"));
+    }
+
+    #[test]
+    fn finds_params_and_prefers_literals() {
+        let table = RouteTable::new(vec![
+            route("by-id", "/users/{id}", &[], false),
+            route("me", "/users/me", &[], false),
+            route("api", "/api", &[], true),
+            route("root", "/", &["GET"], false),
+        ]);
+        let m = table.find("GET", "/users/42").unwrap();
+        assert_eq!(m.route.name.as_str(), "by-id");
+        assert_eq!(m.params, vec![("id".into(), "42".into())]);
+        assert_eq!(table.find("GET", "/users/me").unwrap().route.name.as_str(), "me");
+        assert_eq!(table.find("GET", "/api/x/y").unwrap().route.name.as_str(), "api");
+        assert_eq!(table.find("GET", "/api").unwrap().route.name.as_str(), "api");
+        assert!(table.find("GET", "/apix").is_none());
+        assert!(table.find("GET", "/users/42/extra").is_none());
+        assert!(table.find("GET", "/users/").is_none());
+        assert_eq!(table.find("GET", "/").unwrap().route.name.as_str(), "root");
+        assert!(table.find("POST", "/").is_none());
+    }
+
+    #[test]
+    fn reserved_paths_never_match_even_under_a_root_prefix() {
+        let table = RouteTable::new(vec![route("all", "/", &[], true)]);
+        assert!(table.find("GET", "/anything").is_some());
+        for reserved in ["/healthz", "/v2/specialize", "/v2", "/_gust/x"] {
+            assert!(table.find("GET", reserved).is_none(), "{reserved}");
+        }
+    }
+
+    #[test]
+    fn conflicts_need_same_shape_and_overlapping_methods() {
+        let a = route("a", "/users/{id}", &["GET"], false);
+        assert!(a.conflicts_with(&route("b", "/users/{uid}", &["GET", "POST"], false)));
+        assert!(a.conflicts_with(&route("b", "/users/{uid}", &[], false)));
+        assert!(!a.conflicts_with(&route("b", "/users/{uid}", &["POST"], false)));
+        assert!(!a.conflicts_with(&route("b", "/users/me", &["GET"], false)));
+        assert!(!a.conflicts_with(&route("b", "/users/{id}", &["GET"], true)));
+    }
+}

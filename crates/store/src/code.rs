@@ -1,0 +1,601 @@
+//! Content-addressed function code: uploads are unpacked into a private staging directory
+//! under strict limits, hashed, and published as `<root>/<sha256>` with one rename, so a tree
+//! is either complete or absent.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use gust_model::CodeRef;
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// Bounds on what one upload may unpack to (zip bombs, file floods).
+#[derive(Debug, Clone, Copy)]
+pub struct CodeLimits {
+    pub max_files: usize,
+    pub max_total_bytes: u64,
+}
+
+impl Default for CodeLimits {
+    fn default() -> Self {
+        Self {
+            max_files: 10_000,
+            max_total_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// One upload as the API received it.
+pub struct CodeUpload<'a> {
+    /// The uploaded file's name; its suffix says what it is (`.zip`, `.tar.gz`, `.tgz`,
+    /// `.tar`, anything else is a single source file).
+    pub filename: &'a str,
+    pub bytes: &'a [u8],
+}
+
+enum UploadKind {
+    Zip,
+    TarGz,
+    Tar,
+    File,
+}
+
+impl UploadKind {
+    fn of(filename: &str) -> Self {
+        let lower = filename.to_ascii_lowercase();
+        if lower.ends_with(".zip") {
+            Self::Zip
+        } else if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
+            Self::TarGz
+        } else if lower.ends_with(".tar") {
+            Self::Tar
+        } else {
+            Self::File
+        }
+    }
+}
+
+pub struct CodeStore {
+    root: PathBuf,
+    limits: CodeLimits,
+}
+
+const STAGING_PREFIX: &str = ".staging-";
+
+impl CodeStore {
+    /// Opens (creating) the store and removes staging directories a crash left behind.
+    pub fn open(root: &Path, limits: CodeLimits) -> Result<Self, StoreError> {
+        fs::create_dir_all(root).map_err(StoreError::io(root))?;
+        for entry in fs::read_dir(root).map_err(StoreError::io(root))? {
+            let entry = entry.map_err(StoreError::io(root))?;
+            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(StoreError::io(&path))?;
+            }
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            limits,
+        })
+    }
+
+    /// The directory holding the tree with this digest.
+    pub fn tree(&self, digest: &str) -> PathBuf {
+        self.root.join(digest)
+    }
+
+    /// Unpacks, validates and publishes an upload; the same content always yields the same
+    /// digest and is stored once.
+    pub fn ingest(&self, upload: &CodeUpload<'_>) -> Result<CodeRef, StoreError> {
+        let staging = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(&self.root)
+            .map_err(StoreError::io(&self.root))?;
+        let tree = staging.path().join("tree");
+        fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
+        let mut unpacker = Unpacker {
+            root: &tree,
+            limits: self.limits,
+            files: 0,
+            bytes: 0,
+        };
+        let file = match UploadKind::of(upload.filename) {
+            UploadKind::Zip => {
+                unpacker.zip(upload.bytes)?;
+                None
+            }
+            UploadKind::TarGz => {
+                unpacker.tar(flate2::read::GzDecoder::new(upload.bytes))?;
+                None
+            }
+            UploadKind::Tar => {
+                unpacker.tar(upload.bytes)?;
+                None
+            }
+            UploadKind::File => {
+                let name = single_file_name(upload.filename)?;
+                unpacker.file(Path::new(&name), &mut &upload.bytes[..], false)?;
+                Some(name)
+            }
+        };
+        if unpacker.files == 0 {
+            return Err(StoreError::invalid_code("the upload contains no files"));
+        }
+        let digest = digest_tree(&tree)?;
+        let target = self.tree(&digest);
+        if !target.exists() {
+            sync_dir(&tree)?;
+            match fs::rename(&tree, &target) {
+                Ok(()) => sync_dir(&self.root)?,
+                // Another upload of the same content won the race: same bytes, nothing to do.
+                Err(_) if target.exists() => {}
+                Err(err) => return Err(StoreError::io(&target)(err)),
+            }
+        }
+        Ok(CodeRef {
+            digest,
+            file,
+            size_bytes: unpacker.bytes,
+        })
+    }
+}
+
+fn single_file_name(filename: &str) -> Result<String, StoreError> {
+    let name = Path::new(filename)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(StoreError::invalid_code(format!(
+            "file name {filename:?} must be letters, digits, '.', '-' and '_'"
+        )))
+    }
+}
+
+struct Unpacker<'a> {
+    root: &'a Path,
+    limits: CodeLimits,
+    files: usize,
+    bytes: u64,
+}
+
+impl Unpacker<'_> {
+    fn tar(&mut self, reader: impl Read) -> Result<(), StoreError> {
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive
+            .entries()
+            .map_err(|e| StoreError::invalid_code(format!("unreadable tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| StoreError::invalid_code(format!("unreadable tar entry: {e}")))?;
+            let raw_path = entry
+                .path()
+                .map_err(|e| StoreError::invalid_code(format!("unreadable tar entry path: {e}")))?
+                .into_owned();
+            let path = safe_relative_path(&raw_path)?;
+            let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
+            match entry.header().entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    self.file(&path, &mut entry, executable)?
+                }
+                tar::EntryType::Directory => self.dir(&path)?,
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| StoreError::invalid_code("symlink without a target"))?
+                        .into_owned();
+                    self.symlink(&path, &target)?
+                }
+                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+                other => {
+                    return Err(StoreError::invalid_code(format!(
+                        "{} is a {} entry; only files, directories and symlinks inside the archive are allowed",
+                        raw_path.display(),
+                        entry_type_name(other)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn zip(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut archive = zip::ZipArchive::new(io::Cursor::new(bytes))
+            .map_err(|e| StoreError::invalid_code(format!("unreadable zip archive: {e}")))?;
+        if archive.len() > self.limits.max_files {
+            return Err(self.too_many_files());
+        }
+        for index in 0..archive.len() {
+            let mut entry = archive
+                .by_index(index)
+                .map_err(|e| StoreError::invalid_code(format!("unreadable zip entry: {e}")))?;
+            let raw_path = PathBuf::from(entry.name());
+            let path = safe_relative_path(&raw_path)?;
+            let mode = entry.unix_mode().unwrap_or(0o644);
+            match mode & 0o170000 {
+                0o120000 => {
+                    let mut target = String::new();
+                    entry
+                        .by_ref()
+                        .take(4096)
+                        .read_to_string(&mut target)
+                        .map_err(|e| StoreError::invalid_code(format!("unreadable symlink: {e}")))?;
+                    self.symlink(&path, Path::new(&target))?;
+                }
+                _ if entry.is_dir() => self.dir(&path)?,
+                0 | 0o100000 => self.file(&path, &mut entry, mode & 0o111 != 0)?,
+                _ => {
+                    return Err(StoreError::invalid_code(format!(
+                        "{} is not a regular file, directory or symlink",
+                        raw_path.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn too_many_files(&self) -> StoreError {
+        StoreError::invalid_code(format!(
+            "the archive holds more than {} files",
+            self.limits.max_files
+        ))
+    }
+
+    fn dir(&mut self, path: &Path) -> Result<(), StoreError> {
+        if path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        self.ensure_parents(&path.join("x"))?;
+        Ok(())
+    }
+
+    /// Creates the parent directories of `path`, refusing to pass through a symlink so that
+    /// no later entry can be written outside the tree by way of a link.
+    fn ensure_parents(&self, path: &Path) -> Result<PathBuf, StoreError> {
+        let mut current = self.root.to_path_buf();
+        if let Some(parent) = path.parent() {
+            for component in parent.components() {
+                current.push(component);
+                match fs::symlink_metadata(&current) {
+                    Ok(meta) if meta.is_dir() => {}
+                    Ok(_) => {
+                        return Err(StoreError::invalid_code(format!(
+                            "{} is not a directory (entries may not be written through links)",
+                            parent.display()
+                        )));
+                    }
+                    Err(_) => {
+                        fs::create_dir(&current).map_err(StoreError::io(&current))?;
+                        fs::set_permissions(&current, fs::Permissions::from_mode(0o755))
+                            .map_err(StoreError::io(&current))?;
+                    }
+                }
+            }
+        }
+        Ok(self.root.join(path))
+    }
+
+    fn file(&mut self, path: &Path, reader: &mut dyn Read, executable: bool) -> Result<(), StoreError> {
+        self.files += 1;
+        if self.files > self.limits.max_files {
+            return Err(self.too_many_files());
+        }
+        let target = self.ensure_parents(path)?;
+        let mode = if executable { 0o755 } else { 0o644 };
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&target)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => {
+                    StoreError::invalid_code(format!("{} appears twice", path.display()))
+                }
+                _ => StoreError::io(&target)(e),
+            })?;
+        // Count real bytes rather than trusting sizes declared in headers.
+        let remaining = self.limits.max_total_bytes - self.bytes;
+        let copied = io::copy(&mut reader.take(remaining + 1), &mut out)
+            .map_err(|e| StoreError::invalid_code(format!("{}: unreadable data: {e}", path.display())))?;
+        self.bytes += copied;
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(StoreError::invalid_code(format!(
+                "the code unpacks to more than {} bytes",
+                self.limits.max_total_bytes
+            )));
+        }
+        out.sync_all().map_err(StoreError::io(&target))?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(StoreError::io(&target))
+    }
+
+    fn symlink(&mut self, path: &Path, target: &Path) -> Result<(), StoreError> {
+        let escapes = || {
+            StoreError::invalid_code(format!(
+                "symlink {} points to {}, outside the code",
+                path.display(),
+                target.display()
+            ))
+        };
+        if target.is_absolute() {
+            return Err(escapes());
+        }
+        // Resolve lexically from the link's directory; it must stay inside the tree.
+        let mut depth: usize = path.components().count().saturating_sub(1);
+        for component in target.components() {
+            match component {
+                Component::Normal(_) => depth += 1,
+                Component::CurDir => {}
+                Component::ParentDir => depth = depth.checked_sub(1).ok_or_else(escapes)?,
+                Component::RootDir | Component::Prefix(_) => return Err(escapes()),
+            }
+        }
+        self.files += 1;
+        if self.files > self.limits.max_files {
+            return Err(self.too_many_files());
+        }
+        let link = self.ensure_parents(path)?;
+        symlink(target, &link).map_err(StoreError::io(&link))
+    }
+}
+
+fn entry_type_name(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Link => "hard link",
+        tar::EntryType::Char => "character device",
+        tar::EntryType::Block => "block device",
+        tar::EntryType::Fifo => "fifo",
+        _ => "special",
+    }
+}
+
+/// Normalizes an archive path, refusing absolute paths and any `..`.
+fn safe_relative_path(raw: &Path) -> Result<PathBuf, StoreError> {
+    let mut clean = PathBuf::new();
+    for component in raw.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(StoreError::invalid_code(format!(
+                    "entry {} contains '..'",
+                    raw.display()
+                )));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(StoreError::invalid_code(format!(
+                    "entry {} is an absolute path",
+                    raw.display()
+                )));
+            }
+        }
+    }
+    Ok(clean)
+}
+
+/// SHA-256 over every entry's relative path, kind, mode and content, in sorted order.
+fn digest_tree(root: &Path) -> Result<String, StoreError> {
+    let mut hasher = Sha256::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = root.join(&relative);
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .map_err(StoreError::io(&dir))?
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::io(&dir))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries.into_iter().rev() {
+            let rel = relative.join(entry.file_name());
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path).map_err(StoreError::io(&path))?;
+            hasher.update(rel.to_string_lossy().as_bytes());
+            hasher.update([0]);
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).map_err(StoreError::io(&path))?;
+                hasher.update(b"l");
+                hasher.update(target.to_string_lossy().as_bytes());
+            } else if meta.is_dir() {
+                hasher.update(b"d");
+                stack.push(rel);
+            } else {
+                hasher.update(if meta.permissions().mode() & 0o111 != 0 { b"x" } else { b"f" });
+                let mut file = File::open(&path).map_err(StoreError::io(&path))?;
+                let mut content_hasher = Sha256::new();
+                io::copy(&mut file, &mut HashWriter(&mut content_hasher))
+                    .map_err(StoreError::io(&path))?;
+                hasher.update(content_hasher.finalize());
+            }
+            hasher.update([0]);
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(StoreError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, CodeStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::open(&dir.path().join("code"), CodeLimits {
+            max_files: 5,
+            max_total_bytes: 1000,
+        })
+        .unwrap();
+        (dir, store)
+    }
+
+    fn tar_gz(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        build(&mut builder);
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(0o644);
+        header
+    }
+
+    /// Writes a raw path into a header, bypassing the tar crate's own path checks, the way a
+    /// hostile tool would.
+    fn raw_path(header: &mut tar::Header, path: &str) {
+        let name = &mut header.as_old_mut().name;
+        name.fill(0);
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+    }
+
+    fn ingest(store: &CodeStore, name: &str, bytes: &[u8]) -> Result<CodeRef, StoreError> {
+        store.ingest(&CodeUpload { filename: name, bytes })
+    }
+
+    #[test]
+    fn single_files_are_content_addressed() {
+        let (_dir, store) = store();
+        let a = ingest(&store, "hello.py", b"def main(): pass").unwrap();
+        let b = ingest(&store, "hello.py", b"def main(): pass").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.file.as_deref(), Some("hello.py"));
+        let c = ingest(&store, "hello.py", b"def main(): return 1").unwrap();
+        assert_ne!(a.digest, c.digest);
+        assert!(store.tree(&a.digest).join("hello.py").is_file());
+    }
+
+    #[test]
+    fn tar_with_dirs_and_internal_links_is_accepted() {
+        let (_dir, store) = store();
+        let archive = tar_gz(|b| {
+            let mut h = header(tar::EntryType::Regular, 5);
+            b.append_data(&mut h, "pkg/main.py", &b"x = 1"[..]).unwrap();
+            let mut link = header(tar::EntryType::Symlink, 0);
+            b.append_link(&mut link, "alias.py", "pkg/main.py").unwrap();
+        });
+        let code = ingest(&store, "code.tar.gz", &archive).unwrap();
+        let tree = store.tree(&code.digest);
+        assert_eq!(fs::read_to_string(tree.join("alias.py")).unwrap(), "x = 1");
+    }
+
+    #[test]
+    fn hostile_archives_are_refused_and_write_nothing_outside() {
+        let (dir, store) = store();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("dotdot", tar_gz(|b| {
+                let mut h = header(tar::EntryType::Regular, 1);
+                raw_path(&mut h, "../escape.txt");
+                b.append(&h, &b"x"[..]).unwrap();
+            }), "'..'"),
+            ("absolute", tar_gz(|b| {
+                let mut h = header(tar::EntryType::Regular, 1);
+                raw_path(&mut h, "/tmp/escape.txt");
+                b.append(&h, &b"x"[..]).unwrap();
+            }), "absolute"),
+            ("link-out", tar_gz(|b| {
+                let mut h = header(tar::EntryType::Symlink, 0);
+                b.append_link(&mut h, "out", "../../etc").unwrap();
+            }), "outside"),
+            ("link-abs", tar_gz(|b| {
+                let mut h = header(tar::EntryType::Symlink, 0);
+                b.append_link(&mut h, "out", "/etc/passwd").unwrap();
+            }), "outside"),
+            ("write-through-link", tar_gz(|b| {
+                let mut h = header(tar::EntryType::Symlink, 0);
+                b.append_link(&mut h, "d", ".").unwrap();
+                let mut f = header(tar::EntryType::Regular, 1);
+                b.append_data(&mut f, "d/x", &b"x"[..]).unwrap();
+            }), "through links"),
+            ("hardlink", tar_gz(|b| {
+                let mut h = header(tar::EntryType::Link, 0);
+                b.append_link(&mut h, "h", "/etc/passwd").unwrap();
+            }), "hard link"),
+            ("device", tar_gz(|b| {
+                let mut h = header(tar::EntryType::Char, 0);
+                b.append_data(&mut h, "dev", &b""[..]).unwrap();
+            }), "character device"),
+            ("too-many", tar_gz(|b| {
+                for i in 0..6 {
+                    let mut h = header(tar::EntryType::Regular, 1);
+                    b.append_data(&mut h, format!("f{i}"), &b"x"[..]).unwrap();
+                }
+            }), "more than 5 files"),
+            ("bomb", tar_gz(|b| {
+                let zeros = vec![0u8; 5000];
+                let mut h = header(tar::EntryType::Regular, zeros.len() as u64);
+                b.append_data(&mut h, "big", &zeros[..]).unwrap();
+            }), "more than 1000 bytes"),
+            ("garbage", b"not an archive at all".to_vec(), "tar"),
+        ];
+        for (case, bytes, expected) in cases {
+            let err = ingest(&store, "code.tar.gz", &bytes).unwrap_err().to_string();
+            assert!(err.contains(expected), "{case}: {err}");
+        }
+        assert!(!dir.path().join("escape.txt").exists());
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("code")).unwrap().collect();
+        assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    }
+
+    #[test]
+    fn zip_bombs_and_zip_slips_are_refused() {
+        let (_dir, store) = store();
+        let mut zip = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("big", options).unwrap();
+        zip.write_all(&vec![0u8; 100_000]).unwrap();
+        let bomb = zip.finish().unwrap().into_inner();
+        assert!(bomb.len() < 1000, "the bomb compresses");
+        let err = ingest(&store, "code.zip", &bomb).unwrap_err().to_string();
+        assert!(err.contains("more than 1000 bytes"), "{err}");
+
+        let mut zip = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        zip.start_file("../../slip", options).unwrap();
+        zip.write_all(b"x").unwrap();
+        let slip = zip.finish().unwrap().into_inner();
+        let err = ingest(&store, "code.zip", &slip).unwrap_err().to_string();
+        assert!(err.contains("'..'"), "{err}");
+    }
+
+    #[test]
+    fn bad_single_file_names_are_refused() {
+        let (_dir, store) = store();
+        assert!(ingest(&store, "a b.py", b"x").is_err());
+        assert!(ingest(&store, "", b"x").is_err());
+    }
+}

@@ -1,0 +1,262 @@
+use std::path::Path;
+
+use gust_model::{Environment, Function, Name, Namespace, Route};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{EnvironmentStore, FunctionStore, RouteStore, StoreError};
+
+// Values are JSON documents: readable with any redb tool and tolerant of added fields.
+const ENVIRONMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("environments");
+const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
+
+/// Metadata in one redb file. redb commits are atomic and fsynced, so a process killed at any
+/// point reopens to the last committed state.
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+fn scoped_key(namespace: &Namespace, name: &Name) -> String {
+    format!("{namespace}/{name}")
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("metadata types serialize to JSON without failing")
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+impl EmbeddedStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        for table in [ENVIRONMENTS, FUNCTIONS, ROUTES] {
+            tx.open_table(table)?;
+        }
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    fn read_all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key_prefix: Option<String>,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(table)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            if key_prefix.as_ref().is_none_or(|p| key.value().starts_with(p.as_str())) {
+                out.push(decode(key.value(), value.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_one<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(table)?;
+        table
+            .get(key)?
+            .map(|value| decode(key, value.value()))
+            .transpose()
+    }
+
+    /// Runs `body` in one write transaction and commits only if it succeeds.
+    fn write<T>(
+        &self,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_write()?;
+        let result = body(&tx)?;
+        tx.commit()?;
+        Ok(result)
+    }
+}
+
+fn require_environment(tx: &WriteTransaction, name: &Name) -> Result<(), StoreError> {
+    if tx.open_table(ENVIRONMENTS)?.get(name.as_str())?.is_none() {
+        return Err(StoreError::NotFound {
+            kind: "environment",
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl EnvironmentStore for EmbeddedStore {
+    fn create_environment(&self, env: &Environment) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(ENVIRONMENTS)?;
+            if table.get(env.name.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "environment",
+                    name: env.name.to_string(),
+                });
+            }
+            table.insert(env.name.as_str(), encode(env).as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn environment(&self, name: &Name) -> Result<Option<Environment>, StoreError> {
+        self.read_one(ENVIRONMENTS, name.as_str())
+    }
+
+    fn environments(&self) -> Result<Vec<Environment>, StoreError> {
+        self.read_all(ENVIRONMENTS, None)
+    }
+
+    fn delete_environment(&self, name: &Name) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let functions = tx.open_table(FUNCTIONS)?;
+            for entry in functions.iter()? {
+                let (key, value) = entry?;
+                let function: Function = decode(key.value(), value.value())?;
+                if function.current_revision().environment == *name {
+                    return Err(StoreError::InUse {
+                        kind: "environment",
+                        name: name.to_string(),
+                        user: format!("function {}", key.value()),
+                    });
+                }
+            }
+            let mut table = tx.open_table(ENVIRONMENTS)?;
+            if table.remove(name.as_str())?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "environment",
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+}
+
+impl FunctionStore for EmbeddedStore {
+    fn create_function(&self, function: &Function) -> Result<(), StoreError> {
+        let key = scoped_key(&function.namespace, &function.name);
+        self.write(|tx| {
+            require_environment(tx, &function.current_revision().environment)?;
+            let mut table = tx.open_table(FUNCTIONS)?;
+            if table.get(key.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "function",
+                    name: function.name.to_string(),
+                });
+            }
+            table.insert(key.as_str(), encode(function).as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn update_function(
+        &self,
+        namespace: &Namespace,
+        name: &Name,
+        change: &mut dyn FnMut(Function) -> Result<Function, StoreError>,
+    ) -> Result<Function, StoreError> {
+        let key = scoped_key(namespace, name);
+        self.write(|tx| {
+            let mut table = tx.open_table(FUNCTIONS)?;
+            let current: Function = match table.get(key.as_str())? {
+                Some(value) => decode(&key, value.value())?,
+                None => {
+                    return Err(StoreError::NotFound {
+                        kind: "function",
+                        name: name.to_string(),
+                    });
+                }
+            };
+            let updated = change(current)?;
+            require_environment(tx, &updated.current_revision().environment)?;
+            table.insert(key.as_str(), encode(&updated).as_slice())?;
+            Ok(updated)
+        })
+    }
+
+    fn function(&self, namespace: &Namespace, name: &Name) -> Result<Option<Function>, StoreError> {
+        self.read_one(FUNCTIONS, &scoped_key(namespace, name))
+    }
+
+    fn functions(&self, namespace: Option<&Namespace>) -> Result<Vec<Function>, StoreError> {
+        self.read_all(FUNCTIONS, namespace.map(|ns| format!("{ns}/")))
+    }
+
+    fn delete_function(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(FUNCTIONS)?;
+            if table.remove(scoped_key(namespace, name).as_str())?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "function",
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+}
+
+impl RouteStore for EmbeddedStore {
+    fn create_route(&self, route: &Route) -> Result<(), StoreError> {
+        let key = scoped_key(&route.namespace, &route.name);
+        self.write(|tx| {
+            let function_key = scoped_key(&route.namespace, &route.function);
+            if tx.open_table(FUNCTIONS)?.get(function_key.as_str())?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "function",
+                    name: route.function.to_string(),
+                });
+            }
+            let mut table = tx.open_table(ROUTES)?;
+            if table.get(key.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "route",
+                    name: route.name.to_string(),
+                });
+            }
+            for entry in table.iter()? {
+                let (existing_key, value) = entry?;
+                let existing: Route = decode(existing_key.value(), value.value())?;
+                if existing.conflicts_with(route) {
+                    return Err(StoreError::RouteConflict {
+                        path: route.path.to_string(),
+                        existing: existing_key.value().to_owned(),
+                        existing_path: existing.path.to_string(),
+                    });
+                }
+            }
+            table.insert(key.as_str(), encode(route).as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn routes(&self, namespace: Option<&Namespace>) -> Result<Vec<Route>, StoreError> {
+        self.read_all(ROUTES, namespace.map(|ns| format!("{ns}/")))
+    }
+
+    fn delete_route(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(ROUTES)?;
+            if table.remove(scoped_key(namespace, name).as_str())?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "route",
+                    name: name.to_string(),
+                });
+            }
+            Ok(())
+        })
+    }
+}
