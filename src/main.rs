@@ -1,1 +1,63 @@
-fn main() {}
+//! `gust`: one binary for the server (`gust up`) and the CLI that drives it through the API.
+//!
+//! The root crate is the only place that knows every concrete type: `commands/up.rs` wires
+//! the embedded store, the process runtime, the executor, the router and the API together.
+//! Every other command is an API client.
+
+mod cli_config;
+mod client;
+mod code_upload;
+mod commands;
+mod deployments;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::{completion, env, function, route, up};
+
+#[derive(Debug, Parser)]
+#[command(name = "gust", version, about = "Serverless functions in one binary")]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: client::ConnectionArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Gust: API, router, executor and embedded store in one process.
+    Up(up::UpArgs),
+    /// Create, update, inspect, invoke and delete functions.
+    #[command(name = "fn")]
+    Function(function::FunctionArgs),
+    /// Manage environments (language runtimes).
+    Env(env::EnvArgs),
+    /// Manage HTTP routes (triggers on the public listener).
+    Route(route::RouteArgs),
+    /// Print a shell completion script.
+    Completion(completion::CompletionArgs),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Completion(args) => completion::run(args),
+        Command::Function(args) => client::block_on(function::run(args, &cli.connection)),
+        Command::Env(args) => client::block_on(env::run(args, &cli.connection)),
+        Command::Route(args) => client::block_on(route::run(args, &cli.connection)),
+    }
+}

@@ -1,1 +1,167 @@
-//! placeholder
+//! The control plane: the REST API on its own listener, behind a bearer token.
+//!
+//! Key types: [`ApiState`] (what handlers reach: the metadata and code stores, the executor,
+//! the live route table, the captured logs), [`api_router`] (every `/v1` route plus the
+//! unauthenticated health and OpenAPI endpoints), [`AdminToken`] and [`ApiError`].
+//!
+//! The token is checked before routing, so an unknown `/v1/` path without a token is 401, not
+//! 404. Storage calls run on the blocking pool: redb commits fsync.
+
+mod environments;
+mod error;
+mod functions;
+mod invoke;
+mod routes;
+mod token;
+
+pub use error::ApiError;
+pub use token::AdminToken;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
+use gust_model::{Environment, Namespace};
+use gust_router::Routes;
+use gust_store::{CodeStore, MetadataStore};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Paths served without a token.
+const UNAUTHENTICATED: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
+/// Code uploads arrive base64-encoded inside JSON.
+const MAX_API_BODY_BYTES: usize = 128 * 1024 * 1024;
+const OPENAPI: &str = include_str!("openapi.json");
+
+pub struct ApiState {
+    pub store: Arc<dyn MetadataStore>,
+    pub code: Arc<CodeStore>,
+    pub executor: Arc<Executor>,
+    pub invoker: Arc<dyn Invoker>,
+    pub runtime: Arc<dyn Runtime>,
+    pub routes: Routes,
+    pub logs: Arc<FunctionLogs>,
+    pub token: AdminToken,
+}
+
+impl ApiState {
+    /// Runs a storage call on the blocking pool.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&ApiState) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || call(&state))
+            .await
+            .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
+    }
+
+    /// Tells the runtime which environments exist now.
+    pub fn sync_environments(&self) -> Result<Vec<Environment>, ApiError> {
+        let environments = self.store.environments()?;
+        self.runtime.set_environments(&environments);
+        Ok(environments)
+    }
+
+    /// Rebuilds the public route table from storage.
+    pub fn sync_routes(&self) -> Result<(), ApiError> {
+        self.routes.replace(self.store.routes(None)?);
+        Ok(())
+    }
+}
+
+type Shared = State<Arc<ApiState>>;
+
+/// `?namespace=`; `default` when absent.
+#[derive(Debug, Deserialize)]
+pub(crate) struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+impl NamespaceQuery {
+    pub(crate) fn namespace(&self) -> Result<Namespace, ApiError> {
+        match &self.namespace {
+            Some(ns) => Ok(Namespace::parse(ns)?),
+            None => Ok(Namespace::default()),
+        }
+    }
+}
+
+/// Parses a JSON body, answering malformed input with our own error format.
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
+}
+
+pub fn api_router(state: Arc<ApiState>) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/environments",
+            get(environments::list).post(environments::create),
+        )
+        .route(
+            "/environments/{name}",
+            get(environments::show).delete(environments::delete),
+        )
+        .route("/functions", get(functions::list).post(functions::create))
+        .route(
+            "/functions/{name}",
+            get(functions::show)
+                .put(functions::update)
+                .delete(functions::delete),
+        )
+        .route("/functions/{name}/revisions", get(functions::revisions))
+        .route(
+            "/functions/{name}/rollback",
+            axum::routing::post(functions::rollback),
+        )
+        .route(
+            "/functions/{name}/invoke",
+            axum::routing::any(invoke::invoke),
+        )
+        .route("/functions/{name}/logs", get(invoke::logs))
+        .route("/routes", get(routes::list).post(routes::create))
+        .route("/routes/{name}", get(routes::show).delete(routes::delete))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(health))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn require_token(State(state): Shared, request: Request, next: Next) -> Response {
+    if UNAUTHENTICATED.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if state.token.matches(token.trim()) => next.run(request).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound {
+        kind: "path",
+        name: request.uri().path().to_owned(),
+    }
+}

@@ -1,1 +1,73 @@
-//! placeholder
+//! The executor: turns "invoke function F with this request" into a response, whoever asks
+//! (the public router, the API's invoke endpoint, later timers and queues).
+//!
+//! Key types:
+//! - [`Invoker`]: the one call every trigger makes. Triggers depend on this trait only.
+//! - [`Runtime`] / [`Instance`]: what a runtime tier (processes, later wasm) provides: ready,
+//!   specialized instances that each handle requests.
+//! - [`Executor`]: the concrete [`Invoker`]: keeps each function's warm instances, bounds how
+//!   many run at once with a wait queue (429 past it), stops idle ones, and replaces them when a
+//!   function changes.
+//! - [`FunctionLogs`]: captured stdout/stderr lines, capped per function.
+//!
+//! Not here: starting processes or sandboxes (runtime crates), HTTP listeners, storage.
+
+mod error;
+mod executor;
+mod logs;
+mod runtime;
+
+pub use error::InvokeError;
+pub use executor::{DeploymentSource, Executor, ExecutorConfig, InstanceCounts};
+pub use logs::{FunctionLogs, LogLine, LogQuery, LogStream, MAX_LINE_BYTES, function_key};
+pub use runtime::{Instance, InstanceSpec, Runtime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gust_model::{Name, Namespace};
+
+/// An invocation's id: the same value in the `X-Gust-Request-Id` header, logs and errors.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(std::sync::Arc<str>);
+
+impl RequestId {
+    pub fn new(id: impl Into<std::sync::Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What invoked a function (a metrics label and, later, a billing dimension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    Http,
+    Api,
+}
+
+/// One call of a function. The request's headers already carry `X-Gust-Request-Id` and any
+/// `X-Gust-Param-*` values; the runtime passes them through.
+#[derive(Debug)]
+pub struct Invocation {
+    pub id: RequestId,
+    pub namespace: Namespace,
+    pub function: Name,
+    pub trigger: TriggerKind,
+    pub request: http::Request<Bytes>,
+}
+
+/// Invokes functions. Called once per request, concurrently from any task; the future
+/// resolves when the function has answered, failed, or been refused for capacity. Dropping
+/// the future abandons the request and recycles the instance that was serving it.
+#[async_trait]
+pub trait Invoker: Send + Sync {
+    async fn invoke(&self, invocation: Invocation) -> Result<http::Response<Bytes>, InvokeError>;
+}

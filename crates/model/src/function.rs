@@ -60,10 +60,12 @@ pub struct EnvVar {
 
 impl EnvVar {
     pub fn parse(pair: &str) -> Result<Self, ModelError> {
-        let (key, value) = pair.split_once('=').ok_or_else(|| ModelError::InvalidEnvVar {
-            value: pair.to_owned(),
-            reason: "expected KEY=VALUE".to_owned(),
-        })?;
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ModelError::InvalidEnvVar {
+                value: pair.to_owned(),
+                reason: "expected KEY=VALUE".to_owned(),
+            })?;
         validate_env_var(key, value)?;
         Ok(Self {
             key: key.to_owned(),
@@ -82,10 +84,14 @@ fn validate_env_var(key: &str, value: &str) -> Result<(), ModelError> {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(invalid("a key is letters, digits and '_', not starting with a digit"));
+        return Err(invalid(
+            "a key is letters, digits and '_', not starting with a digit",
+        ));
     }
     if key.starts_with("GUST_") {
-        return Err(invalid("keys starting with GUST_ are reserved for the platform"));
+        return Err(invalid(
+            "keys starting with GUST_ are reserved for the platform",
+        ));
     }
     if value.contains('\0') {
         return Err(invalid("a value cannot contain a NUL byte"));
@@ -108,9 +114,9 @@ pub struct Revision {
     pub limits: Limits,
     /// Unix time in milliseconds.
     pub created_at_ms: u64,
-    /// The revision this one was copied from by a rollback.
+    /// The earlier revision a rollback copied this one from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rolled_back_from: Option<RevisionNumber>,
+    pub copied_from: Option<RevisionNumber>,
 }
 
 /// A function and every revision it has had; `current` is the one that serves.
@@ -169,7 +175,15 @@ impl FunctionConfig {
     pub fn apply(
         &self,
         base: Option<&Revision>,
-    ) -> Result<(Option<Name>, Option<String>, BTreeMap<String, String>, Limits), ModelError> {
+    ) -> Result<
+        (
+            Option<Name>,
+            Option<String>,
+            BTreeMap<String, String>,
+            Limits,
+        ),
+        ModelError,
+    > {
         let environment = match &self.env {
             Some(env) => Some(Name::parse("environment", env)?),
             None => base.map(|r| r.environment.clone()),
@@ -226,9 +240,12 @@ impl FunctionConfig {
 
 fn validate_entrypoint(entrypoint: &str) -> Result<String, ModelError> {
     let ok = entrypoint.len() <= 255
-        && entrypoint
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-'));
+        && entrypoint.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        });
     if ok {
         Ok(entrypoint.to_owned())
     } else {
@@ -270,7 +287,7 @@ mod tests {
             env_vars: BTreeMap::from([("A".into(), "1".into())]),
             limits: Limits::default(),
             created_at_ms: 0,
-            rolled_back_from: None,
+            copied_from: None,
         }
     }
 
@@ -291,14 +308,38 @@ mod tests {
     #[test]
     fn refuses_bad_limits_and_vars() {
         let bad = [
-            FunctionConfig { timeout: Some("soon".into()), ..Default::default() },
-            FunctionConfig { timeout: Some("0s".into()), ..Default::default() },
-            FunctionConfig { memory_mb: Some(1), ..Default::default() },
-            FunctionConfig { env_vars: Some(vec!["NOEQUALS".into()]), ..Default::default() },
-            FunctionConfig { env_vars: Some(vec!["GUST_SOCKET=x".into()]), ..Default::default() },
-            FunctionConfig { env_vars: Some(vec!["1A=x".into()]), ..Default::default() },
-            FunctionConfig { entrypoint: Some("a..b".into()), ..Default::default() },
-            FunctionConfig { entrypoint: Some("../x".into()), ..Default::default() },
+            FunctionConfig {
+                timeout: Some("soon".into()),
+                ..Default::default()
+            },
+            FunctionConfig {
+                timeout: Some("0s".into()),
+                ..Default::default()
+            },
+            FunctionConfig {
+                memory_mb: Some(1),
+                ..Default::default()
+            },
+            FunctionConfig {
+                env_vars: Some(vec!["NOEQUALS".into()]),
+                ..Default::default()
+            },
+            FunctionConfig {
+                env_vars: Some(vec!["GUST_SOCKET=x".into()]),
+                ..Default::default()
+            },
+            FunctionConfig {
+                env_vars: Some(vec!["1A=x".into()]),
+                ..Default::default()
+            },
+            FunctionConfig {
+                entrypoint: Some("a..b".into()),
+                ..Default::default()
+            },
+            FunctionConfig {
+                entrypoint: Some("../x".into()),
+                ..Default::default()
+            },
         ];
         for config in bad {
             assert!(config.apply(None).is_err(), "{config:?}");

@@ -12,7 +12,9 @@ mod function;
 mod name;
 mod route;
 
-pub use environment::{DEFAULT_POOL_SIZE, BuiltinRuntime, Environment, EnvironmentConfig, EnvironmentKind};
+pub use environment::{
+    BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind,
+};
 pub use error::ModelError;
 pub use function::{
     CodeRef, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function, FunctionConfig, Limits,
@@ -20,6 +22,6 @@ pub use function::{
 };
 pub use name::{Name, Namespace};
 pub use route::{
-    Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch,
-    RouteTable, is_reserved_path,
+    Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteTable,
+    is_reserved_path,
 };

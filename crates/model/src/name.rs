@@ -102,7 +102,16 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         for bad in [
-            "", "-a", "a-", "Hello", "a_b", "a.b", "../x", "a b", "é", &"a".repeat(64),
+            "",
+            "-a",
+            "a-",
+            "Hello",
+            "a_b",
+            "a.b",
+            "../x",
+            "a b",
+            "é",
+            &"a".repeat(64),
         ] {
             let err = Name::parse("function", bad).unwrap_err();
             assert!(err.to_string().contains("invalid function name"), "{err}");

@@ -178,16 +178,24 @@ impl PathPattern {
     /// Same segments with parameters in the same places, whatever their names.
     fn same_shape(&self, other: &PathPattern) -> bool {
         self.segments.len() == other.segments.len()
-            && self.segments.iter().zip(&other.segments).all(|pair| match pair {
-                (Segment::Literal(a), Segment::Literal(b)) => a == b,
-                (Segment::Param(_), Segment::Param(_)) => true,
-                _ => false,
-            })
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Param(_), Segment::Param(_)) => true,
+                    _ => false,
+                })
     }
 
     /// Matches the whole of `path` (exact) or its leading segments (prefix), returning the
     /// parameters and how specific the match was.
-    fn matches(&self, path_segments: &[&str], prefix: bool) -> Option<(Vec<(String, String)>, Specificity)> {
+    fn matches(
+        &self,
+        path_segments: &[&str],
+        prefix: bool,
+    ) -> Option<(Vec<(String, String)>, Specificity)> {
         if path_segments.len() < self.segments.len()
             || (!prefix && path_segments.len() != self.segments.len())
         {
@@ -291,7 +299,11 @@ pub struct RouteConfig {
 
 impl RouteConfig {
     /// Validates everything but the name, which the caller generates when absent.
-    pub fn validate(&self, namespace: Namespace, generated_name: Name) -> Result<Route, ModelError> {
+    pub fn validate(
+        &self,
+        namespace: Namespace,
+        generated_name: Name,
+    ) -> Result<Route, ModelError> {
         let name = match &self.name {
             Some(name) => Name::parse("route", name)?,
             None => generated_name,
@@ -395,19 +407,44 @@ mod tests {
             methods: methods.iter().map(|m| m.to_string()).collect(),
             prefix,
         }
-        .validate(Namespace::default(), Name::parse("route", "unused").unwrap())
+        .validate(
+            Namespace::default(),
+            Name::parse("route", "unused").unwrap(),
+        )
         .unwrap()
     }
 
     #[test]
     fn refuses_unsafe_paths() {
         for bad in [
-            "", "hello", "/a//b", "/a/", "/../x", "/a/./b", "/%2e%2e/x", "/a%2Fb", "/healthz",
-            "/v2/specialize", "/v2", "/_gust/x", "/{1a}", "/{a}/{a}", "/a{b}", "/a b", "/a?x=1",
+            "",
+            "hello",
+            "/a//b",
+            "/a/",
+            "/../x",
+            "/a/./b",
+            "/%2e%2e/x",
+            "/a%2Fb",
+            "/healthz",
+            "/v2/specialize",
+            "/v2",
+            "/_gust/x",
+            "/{1a}",
+            "/{a}/{a}",
+            "/a{b}",
+            "/a b",
+            "/a?x=1",
         ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad:?} was accepted");
         }
-        for good in ["/", "/hello", "/users/{id}", "/a.b/c-d/_e~", "/v2x", "/healthzz"] {
+        for good in [
+            "/",
+            "/hello",
+            "/users/{id}",
+            "/a.b/c-d/_e~",
+            "/v2x",
+            "/healthzz",
+        ] {
             assert!(PathPattern::parse(good).is_ok(), "{good:?} was refused");
         }
     }
@@ -432,9 +469,18 @@ mod tests {
         let m = table.find("GET", "/users/42").unwrap();
         assert_eq!(m.route.name.as_str(), "by-id");
         assert_eq!(m.params, vec![("id".into(), "42".into())]);
-        assert_eq!(table.find("GET", "/users/me").unwrap().route.name.as_str(), "me");
-        assert_eq!(table.find("GET", "/api/x/y").unwrap().route.name.as_str(), "api");
-        assert_eq!(table.find("GET", "/api").unwrap().route.name.as_str(), "api");
+        assert_eq!(
+            table.find("GET", "/users/me").unwrap().route.name.as_str(),
+            "me"
+        );
+        assert_eq!(
+            table.find("GET", "/api/x/y").unwrap().route.name.as_str(),
+            "api"
+        );
+        assert_eq!(
+            table.find("GET", "/api").unwrap().route.name.as_str(),
+            "api"
+        );
         assert!(table.find("GET", "/apix").is_none());
         assert!(table.find("GET", "/users/42/extra").is_none());
         assert!(table.find("GET", "/users/").is_none());

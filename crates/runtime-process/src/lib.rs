@@ -1,1 +1,220 @@
-//! placeholder
+//! The process tier: functions run in worker processes of any language that speak Gust's
+//! worker protocol (HTTP/1.1 on a Unix socket: `/healthz`, `/v2/specialize`, then
+//! invocations), each confined by a bubblewrap sandbox.
+//!
+//! Key types: [`ProcessRuntime`] (the [`Runtime`] the executor uses), [`Sandbox`] (how a
+//! worker is confined), `WarmPool` (generic workers started ahead of need, per environment) and
+//! `Worker` (one process and its connection).
+//!
+//! Not here: deciding when to start or stop instances (the executor does), cgroup limits.
+
+mod error;
+mod pool;
+mod sandbox;
+mod spawner;
+mod worker;
+
+pub use error::RuntimeError;
+pub use sandbox::Sandbox;
+pub use worker::{FUNCTION_ERROR_HEADER, MAX_RESPONSE_BYTES};
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, Runtime};
+use gust_model::{BuiltinRuntime, Environment, EnvironmentKind, Name};
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::WarmPool;
+use crate::spawner::Spawner;
+use crate::worker::WorkerCommand;
+
+const PYTHON_SERVER: &str = include_str!("../../../environments/python/server.py");
+const NODE_SERVER: &str = include_str!("../../../environments/node/server.js");
+
+/// Interpreters of the built-in environments. They must run inside the sandbox: a real
+/// binary under `/usr`, not a version-manager shim.
+#[derive(Debug, Clone)]
+pub struct Interpreters {
+    pub python: PathBuf,
+    pub node: PathBuf,
+}
+
+impl Default for Interpreters {
+    fn default() -> Self {
+        Self {
+            python: PathBuf::from("/usr/bin/python3"),
+            node: PathBuf::from("/usr/bin/node"),
+        }
+    }
+}
+
+pub struct ProcessRuntime {
+    spawner: Arc<Spawner>,
+    interpreters: Interpreters,
+    env_root: PathBuf,
+    pools: Mutex<HashMap<Name, Arc<WarmPool>>>,
+    stop: CancellationToken,
+}
+
+impl ProcessRuntime {
+    /// Prepares `run_dir` (removing what a previous, killed run left there) and writes the
+    /// built-in environment servers into it. When Gust runs as root, workers start as an
+    /// unprivileged uid that must be able to traverse every directory above `run_dir`.
+    pub fn new(
+        run_dir: &Path,
+        sandbox: Sandbox,
+        interpreters: Interpreters,
+        logs: Arc<FunctionLogs>,
+    ) -> Result<Self, RuntimeError> {
+        let workers_dir = run_dir.join("workers");
+        if workers_dir.exists() {
+            std::fs::remove_dir_all(&workers_dir).map_err(RuntimeError::io(&workers_dir))?;
+        }
+        for dir in [run_dir, &workers_dir] {
+            std::fs::create_dir_all(dir).map_err(RuntimeError::io(dir))?;
+            // Traversable, not listable: bubblewrap, running as the workers' uid, must reach
+            // each worker's own directory by path.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(RuntimeError::io(dir))?;
+        }
+        let env_root = run_dir.join("env");
+        for (runtime, file, source) in [
+            (BuiltinRuntime::Python, "server.py", PYTHON_SERVER),
+            (BuiltinRuntime::Node, "server.js", NODE_SERVER),
+        ] {
+            let dir = env_root.join(runtime.name());
+            std::fs::create_dir_all(&dir).map_err(RuntimeError::io(&dir))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(RuntimeError::io(&dir))?;
+            let path = dir.join(file);
+            std::fs::write(&path, source).map_err(RuntimeError::io(&path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .map_err(RuntimeError::io(&path))?;
+        }
+        Ok(Self {
+            spawner: Arc::new(Spawner::new(sandbox, workers_dir, logs)),
+            interpreters,
+            env_root,
+            pools: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    fn worker_command(&self, env: &Environment) -> WorkerCommand {
+        match &env.kind {
+            EnvironmentKind::Builtin { runtime } => {
+                let (interpreter, server) = match runtime {
+                    BuiltinRuntime::Python => (&self.interpreters.python, "{env}/server.py"),
+                    BuiltinRuntime::Node => (&self.interpreters.node, "{env}/server.js"),
+                };
+                WorkerCommand {
+                    environment: env.name.to_string(),
+                    program: vec![
+                        interpreter.to_string_lossy().into_owned(),
+                        server.to_owned(),
+                    ],
+                    env_dir: Some(self.env_root.join(runtime.name())),
+                    extra_ro: Vec::new(),
+                }
+            }
+            EnvironmentKind::Custom { command } => WorkerCommand {
+                environment: env.name.to_string(),
+                program: command.clone(),
+                env_dir: None,
+                // A custom command's own files (its program, a script it runs) must be visible
+                // inside the sandbox; system paths already are.
+                extra_ro: command
+                    .iter()
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_absolute() && p.exists() && !p.starts_with("/usr"))
+                    .collect(),
+            },
+        }
+    }
+
+    /// Workers ready in each environment's pool.
+    pub fn pool_sizes(&self) -> HashMap<String, usize> {
+        self.pools
+            .lock()
+            .expect("pool map lock is never poisoned")
+            .iter()
+            .map(|(name, pool)| (name.to_string(), pool.ready_count()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn start_instance(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, InvokeError> {
+        let pool = self
+            .pools
+            .lock()
+            .expect("pool map lock is never poisoned")
+            .get(&spec.environment.name)
+            .cloned();
+        let pooled = pool.as_ref().and_then(|pool| pool.take());
+        let mut worker = match pooled {
+            Some(worker) => worker,
+            None => {
+                let command = match &pool {
+                    Some(pool) => pool.command().clone(),
+                    None => self.worker_command(&spec.environment),
+                };
+                self.spawner.start_worker(&command).await.map_err(|err| {
+                    tracing::warn!(function = %spec.function, error = %err, "worker start failed");
+                    InvokeError::StartFailed {
+                        function: spec.function.to_string(),
+                        detail: format!(
+                            "the {} environment's worker did not start",
+                            spec.environment.name
+                        ),
+                    }
+                })?
+            }
+        };
+        worker.specialize(spec).await?;
+        Ok(Box::new(worker))
+    }
+
+    fn set_environments(&self, environments: &[Environment]) {
+        let mut pools = self.pools.lock().expect("pool map lock is never poisoned");
+        pools.retain(|name, pool| {
+            let keep = environments.iter().any(|env| {
+                env.name == *name && self.worker_command(env).program == pool.command().program
+            });
+            if !keep {
+                pool.close();
+            }
+            keep
+        });
+        for env in environments {
+            if !pools.contains_key(&env.name) {
+                let pool = WarmPool::start(
+                    self.worker_command(env),
+                    env.pool_size as usize,
+                    self.spawner.clone(),
+                    self.stop.child_token(),
+                );
+                pools.insert(env.name.clone(), pool);
+            }
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.stop.cancel();
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .expect("pool map lock is never poisoned")
+            .drain()
+            .map(|(_, pool)| pool)
+            .collect();
+        for pool in pools {
+            pool.close();
+        }
+    }
+}

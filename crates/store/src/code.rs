@@ -71,7 +71,11 @@ impl CodeStore {
         fs::create_dir_all(root).map_err(StoreError::io(root))?;
         for entry in fs::read_dir(root).map_err(StoreError::io(root))? {
             let entry = entry.map_err(StoreError::io(root))?;
-            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+            {
                 let path = entry.path();
                 fs::remove_dir_all(&path).map_err(StoreError::io(&path))?;
             }
@@ -178,8 +182,8 @@ impl Unpacker<'_> {
             .entries()
             .map_err(|e| StoreError::invalid_code(format!("unreadable tar archive: {e}")))?;
         for entry in entries {
-            let mut entry =
-                entry.map_err(|e| StoreError::invalid_code(format!("unreadable tar entry: {e}")))?;
+            let mut entry = entry
+                .map_err(|e| StoreError::invalid_code(format!("unreadable tar entry: {e}")))?;
             let raw_path = entry
                 .path()
                 .map_err(|e| StoreError::invalid_code(format!("unreadable tar entry path: {e}")))?
@@ -233,7 +237,9 @@ impl Unpacker<'_> {
                         .by_ref()
                         .take(4096)
                         .read_to_string(&mut target)
-                        .map_err(|e| StoreError::invalid_code(format!("unreadable symlink: {e}")))?;
+                        .map_err(|e| {
+                            StoreError::invalid_code(format!("unreadable symlink: {e}"))
+                        })?;
                     self.symlink(&path, Path::new(&target))?;
                 }
                 _ if entry.is_dir() => self.dir(&path)?,
@@ -290,7 +296,12 @@ impl Unpacker<'_> {
         Ok(self.root.join(path))
     }
 
-    fn file(&mut self, path: &Path, reader: &mut dyn Read, executable: bool) -> Result<(), StoreError> {
+    fn file(
+        &mut self,
+        path: &Path,
+        reader: &mut dyn Read,
+        executable: bool,
+    ) -> Result<(), StoreError> {
         self.files += 1;
         if self.files > self.limits.max_files {
             return Err(self.too_many_files());
@@ -310,8 +321,9 @@ impl Unpacker<'_> {
             })?;
         // Count real bytes rather than trusting sizes declared in headers.
         let remaining = self.limits.max_total_bytes - self.bytes;
-        let copied = io::copy(&mut reader.take(remaining + 1), &mut out)
-            .map_err(|e| StoreError::invalid_code(format!("{}: unreadable data: {e}", path.display())))?;
+        let copied = io::copy(&mut reader.take(remaining + 1), &mut out).map_err(|e| {
+            StoreError::invalid_code(format!("{}: unreadable data: {e}", path.display()))
+        })?;
         self.bytes += copied;
         if self.bytes > self.limits.max_total_bytes {
             return Err(StoreError::invalid_code(format!(
@@ -320,7 +332,8 @@ impl Unpacker<'_> {
             )));
         }
         out.sync_all().map_err(StoreError::io(&target))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(StoreError::io(&target))
+        fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+            .map_err(StoreError::io(&target))
     }
 
     fn symlink(&mut self, path: &Path, target: &Path) -> Result<(), StoreError> {
@@ -412,7 +425,11 @@ fn digest_tree(root: &Path) -> Result<String, StoreError> {
                 hasher.update(b"d");
                 stack.push(rel);
             } else {
-                hasher.update(if meta.permissions().mode() & 0o111 != 0 { b"x" } else { b"f" });
+                hasher.update(if meta.permissions().mode() & 0o111 != 0 {
+                    b"x"
+                } else {
+                    b"f"
+                });
                 let mut file = File::open(&path).map_err(StoreError::io(&path))?;
                 let mut content_hasher = Sha256::new();
                 io::copy(&mut file, &mut HashWriter(&mut content_hasher))
@@ -449,10 +466,13 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, CodeStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = CodeStore::open(&dir.path().join("code"), CodeLimits {
-            max_files: 5,
-            max_total_bytes: 1000,
-        })
+        let store = CodeStore::open(
+            &dir.path().join("code"),
+            CodeLimits {
+                max_files: 5,
+                max_total_bytes: 1000,
+            },
+        )
         .unwrap();
         (dir, store)
     }
@@ -484,7 +504,10 @@ mod tests {
     }
 
     fn ingest(store: &CodeStore, name: &str, bytes: &[u8]) -> Result<CodeRef, StoreError> {
-        store.ingest(&CodeUpload { filename: name, bytes })
+        store.ingest(&CodeUpload {
+            filename: name,
+            bytes,
+        })
     }
 
     #[test]
@@ -517,53 +540,91 @@ mod tests {
     fn hostile_archives_are_refused_and_write_nothing_outside() {
         let (dir, store) = store();
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("dotdot", tar_gz(|b| {
-                let mut h = header(tar::EntryType::Regular, 1);
-                raw_path(&mut h, "../escape.txt");
-                b.append(&h, &b"x"[..]).unwrap();
-            }), "'..'"),
-            ("absolute", tar_gz(|b| {
-                let mut h = header(tar::EntryType::Regular, 1);
-                raw_path(&mut h, "/tmp/escape.txt");
-                b.append(&h, &b"x"[..]).unwrap();
-            }), "absolute"),
-            ("link-out", tar_gz(|b| {
-                let mut h = header(tar::EntryType::Symlink, 0);
-                b.append_link(&mut h, "out", "../../etc").unwrap();
-            }), "outside"),
-            ("link-abs", tar_gz(|b| {
-                let mut h = header(tar::EntryType::Symlink, 0);
-                b.append_link(&mut h, "out", "/etc/passwd").unwrap();
-            }), "outside"),
-            ("write-through-link", tar_gz(|b| {
-                let mut h = header(tar::EntryType::Symlink, 0);
-                b.append_link(&mut h, "d", ".").unwrap();
-                let mut f = header(tar::EntryType::Regular, 1);
-                b.append_data(&mut f, "d/x", &b"x"[..]).unwrap();
-            }), "through links"),
-            ("hardlink", tar_gz(|b| {
-                let mut h = header(tar::EntryType::Link, 0);
-                b.append_link(&mut h, "h", "/etc/passwd").unwrap();
-            }), "hard link"),
-            ("device", tar_gz(|b| {
-                let mut h = header(tar::EntryType::Char, 0);
-                b.append_data(&mut h, "dev", &b""[..]).unwrap();
-            }), "character device"),
-            ("too-many", tar_gz(|b| {
-                for i in 0..6 {
+            (
+                "dotdot",
+                tar_gz(|b| {
                     let mut h = header(tar::EntryType::Regular, 1);
-                    b.append_data(&mut h, format!("f{i}"), &b"x"[..]).unwrap();
-                }
-            }), "more than 5 files"),
-            ("bomb", tar_gz(|b| {
-                let zeros = vec![0u8; 5000];
-                let mut h = header(tar::EntryType::Regular, zeros.len() as u64);
-                b.append_data(&mut h, "big", &zeros[..]).unwrap();
-            }), "more than 1000 bytes"),
+                    raw_path(&mut h, "../escape.txt");
+                    b.append(&h, &b"x"[..]).unwrap();
+                }),
+                "'..'",
+            ),
+            (
+                "absolute",
+                tar_gz(|b| {
+                    let mut h = header(tar::EntryType::Regular, 1);
+                    raw_path(&mut h, "/tmp/escape.txt");
+                    b.append(&h, &b"x"[..]).unwrap();
+                }),
+                "absolute",
+            ),
+            (
+                "link-out",
+                tar_gz(|b| {
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "out", "../../etc").unwrap();
+                }),
+                "outside",
+            ),
+            (
+                "link-abs",
+                tar_gz(|b| {
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "out", "/etc/passwd").unwrap();
+                }),
+                "outside",
+            ),
+            (
+                "write-through-link",
+                tar_gz(|b| {
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "d", ".").unwrap();
+                    let mut f = header(tar::EntryType::Regular, 1);
+                    b.append_data(&mut f, "d/x", &b"x"[..]).unwrap();
+                }),
+                "through links",
+            ),
+            (
+                "hardlink",
+                tar_gz(|b| {
+                    let mut h = header(tar::EntryType::Link, 0);
+                    b.append_link(&mut h, "h", "/etc/passwd").unwrap();
+                }),
+                "hard link",
+            ),
+            (
+                "device",
+                tar_gz(|b| {
+                    let mut h = header(tar::EntryType::Char, 0);
+                    b.append_data(&mut h, "dev", &b""[..]).unwrap();
+                }),
+                "character device",
+            ),
+            (
+                "too-many",
+                tar_gz(|b| {
+                    for i in 0..6 {
+                        let mut h = header(tar::EntryType::Regular, 1);
+                        b.append_data(&mut h, format!("f{i}"), &b"x"[..]).unwrap();
+                    }
+                }),
+                "more than 5 files",
+            ),
+            (
+                "bomb",
+                tar_gz(|b| {
+                    let zeros = vec![0u8; 5000];
+                    let mut h = header(tar::EntryType::Regular, zeros.len() as u64);
+                    b.append_data(&mut h, "big", &zeros[..]).unwrap();
+                }),
+                "more than 1000 bytes",
+            ),
             ("garbage", b"not an archive at all".to_vec(), "tar"),
         ];
         for (case, bytes, expected) in cases {
-            let err = ingest(&store, "code.tar.gz", &bytes).unwrap_err().to_string();
+            let err = ingest(&store, "code.tar.gz", &bytes)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "{case}: {err}");
         }
         assert!(!dir.path().join("escape.txt").exists());

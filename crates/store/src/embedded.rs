@@ -54,7 +54,10 @@ impl EmbeddedStore {
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            if key_prefix.as_ref().is_none_or(|p| key.value().starts_with(p.as_str())) {
+            if key_prefix
+                .as_ref()
+                .is_none_or(|p| key.value().starts_with(p.as_str()))
+            {
                 out.push(decode(key.value(), value.value())?);
             }
         }
@@ -107,6 +110,14 @@ impl EnvironmentStore for EmbeddedStore {
                 });
             }
             table.insert(env.name.as_str(), encode(env).as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn put_environment(&self, env: &Environment) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(ENVIRONMENTS)?
+                .insert(env.name.as_str(), encode(env).as_slice())?;
             Ok(())
         })
     }
@@ -198,7 +209,10 @@ impl FunctionStore for EmbeddedStore {
     fn delete_function(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut table = tx.open_table(FUNCTIONS)?;
-            if table.remove(scoped_key(namespace, name).as_str())?.is_none() {
+            if table
+                .remove(scoped_key(namespace, name).as_str())?
+                .is_none()
+            {
                 return Err(StoreError::NotFound {
                     kind: "function",
                     name: name.to_string(),
@@ -214,7 +228,11 @@ impl RouteStore for EmbeddedStore {
         let key = scoped_key(&route.namespace, &route.name);
         self.write(|tx| {
             let function_key = scoped_key(&route.namespace, &route.function);
-            if tx.open_table(FUNCTIONS)?.get(function_key.as_str())?.is_none() {
+            if tx
+                .open_table(FUNCTIONS)?
+                .get(function_key.as_str())?
+                .is_none()
+            {
                 return Err(StoreError::NotFound {
                     kind: "function",
                     name: route.function.to_string(),
@@ -250,7 +268,10 @@ impl RouteStore for EmbeddedStore {
     fn delete_route(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut table = tx.open_table(ROUTES)?;
-            if table.remove(scoped_key(namespace, name).as_str())?.is_none() {
+            if table
+                .remove(scoped_key(namespace, name).as_str())?
+                .is_none()
+            {
                 return Err(StoreError::NotFound {
                     kind: "route",
                     name: name.to_string(),

@@ -25,6 +25,8 @@ use gust_model::{Environment, Function, Name, Namespace, Route};
 pub trait EnvironmentStore: Send + Sync {
     /// Stores a new environment; fails with [`StoreError::AlreadyExists`] if the name is taken.
     fn create_environment(&self, env: &Environment) -> Result<(), StoreError>;
+    /// Stores an environment, replacing one of the same name (used for the built-in ones).
+    fn put_environment(&self, env: &Environment) -> Result<(), StoreError>;
     fn environment(&self, name: &Name) -> Result<Option<Environment>, StoreError>;
     fn environments(&self) -> Result<Vec<Environment>, StoreError>;
     /// Fails with [`StoreError::InUse`] while a function's current revision uses it.

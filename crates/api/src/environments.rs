@@ -1,0 +1,73 @@
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use bytes::Bytes;
+use gust_model::{Environment, EnvironmentConfig, EnvironmentKind, Name};
+use http::StatusCode;
+
+use crate::{ApiError, ApiState, parse_json};
+
+type Shared = State<Arc<ApiState>>;
+
+pub async fn list(State(state): Shared) -> Result<Json<Vec<Environment>>, ApiError> {
+    state
+        .blocking(|s| Ok(s.store.environments()?))
+        .await
+        .map(Json)
+}
+
+pub async fn show(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<Environment>, ApiError> {
+    let name = Name::parse("environment", &name)?;
+    state
+        .blocking(move |s| {
+            s.store.environment(&name)?.ok_or(ApiError::NotFound {
+                kind: "environment",
+                name: name.to_string(),
+            })
+        })
+        .await
+        .map(Json)
+}
+
+pub async fn create(
+    State(state): Shared,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Environment>), ApiError> {
+    let config: EnvironmentConfig = parse_json(&body)?;
+    let env = config.validate()?;
+    state
+        .blocking(move |s| {
+            s.store.create_environment(&env)?;
+            s.sync_environments()?;
+            Ok(env)
+        })
+        .await
+        .map(|env| (StatusCode::CREATED, Json(env)))
+}
+
+pub async fn delete(
+    State(state): Shared,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = Name::parse("environment", &name)?;
+    state
+        .blocking(move |s| {
+            let env = s.store.environment(&name)?.ok_or(ApiError::NotFound {
+                kind: "environment",
+                name: name.to_string(),
+            })?;
+            if matches!(env.kind, EnvironmentKind::Builtin { .. }) {
+                return Err(ApiError::Invalid(format!(
+                    "environment {name:?} is built in and cannot be deleted"
+                )));
+            }
+            s.store.delete_environment(&name)?;
+            s.sync_environments()?;
+            Ok(StatusCode::NO_CONTENT)
+        })
+        .await
+}

@@ -1,0 +1,85 @@
+use axum::response::{IntoResponse, Response};
+use gust_model::ModelError;
+use gust_router::ErrorBody;
+use gust_store::StoreError;
+use http::StatusCode;
+use thiserror::Error;
+
+/// Every way a control-plane request fails; one status and one stable reason each.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ModelError> for ApiError {
+    fn from(err: ModelError) -> Self {
+        ApiError::Invalid(err.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            StoreError::AlreadyExists { .. }
+            | StoreError::InUse { .. }
+            | StoreError::RouteConflict { .. } => ApiError::Conflict(err.to_string()),
+            StoreError::InvalidCode { .. } => ApiError::Invalid(err.to_string()),
+            StoreError::Database(_) | StoreError::Io { .. } | StoreError::Corrupt { .. } => {
+                ApiError::Internal(err.to_string())
+            }
+        }
+    }
+}
+
+impl ApiError {
+    fn status_and_reason(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound {
+                kind: "function", ..
+            } => (StatusCode::NOT_FOUND, "function_not_found"),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, reason) = self.status_and_reason();
+        let message = match &self {
+            // The details stay in the log; the caller learns only that it was not their fault.
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "control-plane request failed");
+                "internal error; see the server log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = ErrorBody {
+            component: "api",
+            reason,
+            request_id: None,
+            message,
+        }
+        .into_response_with(status);
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

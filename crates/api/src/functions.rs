@@ -1,0 +1,363 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use base64::Engine;
+use bytes::Bytes;
+use gust_model::{Function, FunctionConfig, Name, Namespace, Revision, RevisionNumber};
+use gust_store::{CodeUpload, StoreError};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, ApiState, NamespaceQuery, parse_json};
+
+type Shared = State<Arc<ApiState>>;
+
+/// Code as uploaded: a file name (its suffix tells an archive from a source file) and the
+/// bytes in base64.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeBody {
+    filename: String,
+    content_base64: String,
+}
+
+/// The body of create (name, env and code required) and update (everything optional).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    code: Option<CodeBody>,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    entrypoint: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    memory_mb: Option<u32>,
+    #[serde(default)]
+    env_vars: Option<Vec<String>>,
+}
+
+impl FunctionBody {
+    fn config(&self) -> FunctionConfig {
+        FunctionConfig {
+            env: self.env.clone(),
+            entrypoint: self.entrypoint.clone(),
+            timeout: self.timeout.clone(),
+            memory_mb: self.memory_mb,
+            env_vars: self.env_vars.clone(),
+        }
+    }
+}
+
+/// What `fn get` shows: the function with its current revision spelled out.
+#[derive(Debug, Serialize)]
+pub struct FunctionView {
+    namespace: Namespace,
+    name: Name,
+    revision: RevisionNumber,
+    revisions: usize,
+    env: Name,
+    entrypoint: Option<String>,
+    timeout_ms: u64,
+    memory_mb: u32,
+    env_vars: BTreeMap<String, String>,
+    code_digest: String,
+    code_file: Option<String>,
+    code_bytes: u64,
+    updated_at_ms: u64,
+    instances: InstancesView,
+}
+
+#[derive(Debug, Serialize)]
+struct InstancesView {
+    busy: usize,
+    idle: usize,
+}
+
+impl FunctionView {
+    fn new(function: &Function, state: &ApiState) -> Self {
+        let current = function.current_revision();
+        let counts = state
+            .executor
+            .instance_counts(&function.namespace, &function.name);
+        Self {
+            namespace: function.namespace.clone(),
+            name: function.name.clone(),
+            revision: current.number,
+            revisions: function.revisions.len(),
+            env: current.environment.clone(),
+            entrypoint: current.entrypoint.clone(),
+            timeout_ms: current.limits.timeout.as_millis() as u64,
+            memory_mb: current.limits.memory_mb,
+            env_vars: current.env_vars.clone(),
+            code_digest: current.code.digest.clone(),
+            code_file: current.code.file.clone(),
+            code_bytes: current.code.size_bytes,
+            updated_at_ms: current.created_at_ms,
+            instances: InstancesView {
+                busy: counts.busy,
+                idle: counts.idle,
+            },
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ingest(state: &ApiState, code: &CodeBody) -> Result<gust_model::CodeRef, ApiError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(code.content_base64.as_bytes())
+        .map_err(|e| ApiError::Invalid(format!("code.content_base64 is not base64: {e}")))?;
+    Ok(state.code.ingest(&CodeUpload {
+        filename: &code.filename,
+        bytes: &bytes,
+    })?)
+}
+
+fn require_environment(state: &ApiState, env: &Name) -> Result<(), ApiError> {
+    match state.store.environment(env)? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::Invalid(format!(
+            "environment {env:?} does not exist (see `gust env list`)"
+        ))),
+    }
+}
+
+pub async fn list(
+    State(state): Shared,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<Json<Vec<FunctionView>>, ApiError> {
+    let namespace = query.namespace()?;
+    state
+        .blocking(move |s| {
+            let functions = s.store.functions(Some(&namespace))?;
+            Ok(functions.iter().map(|f| FunctionView::new(f, s)).collect())
+        })
+        .await
+        .map(Json)
+}
+
+fn load(state: &ApiState, namespace: &Namespace, name: &Name) -> Result<Function, ApiError> {
+    state
+        .store
+        .function(namespace, name)?
+        .ok_or(ApiError::NotFound {
+            kind: "function",
+            name: name.to_string(),
+        })
+}
+
+pub async fn show(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let namespace = query.namespace()?;
+    let name = Name::parse("function", &name)?;
+    state
+        .blocking(move |s| Ok(FunctionView::new(&load(s, &namespace, &name)?, s)))
+        .await
+        .map(Json)
+}
+
+pub async fn revisions(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    let namespace = query.namespace()?;
+    let name = Name::parse("function", &name)?;
+    state
+        .blocking(move |s| Ok(load(s, &namespace, &name)?.revisions))
+        .await
+        .map(Json)
+}
+
+pub async fn create(
+    State(state): Shared,
+    Query(query): Query<NamespaceQuery>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+    let namespace = query.namespace()?;
+    let body: FunctionBody = parse_json(&body)?;
+    let name = Name::parse("function", body.name.as_deref().unwrap_or_default())?;
+    let (environment, entrypoint, env_vars, limits) = body.config().apply(None)?;
+    let environment = environment.ok_or_else(|| ApiError::Invalid("env is required".into()))?;
+    let code = body
+        .code
+        .ok_or_else(|| ApiError::Invalid("code is required".into()))?;
+    state
+        .blocking(move |s| {
+            // Check what can be checked before storing any code.
+            require_environment(s, &environment)?;
+            if s.store.function(&namespace, &name)?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "function",
+                    name: name.to_string(),
+                }
+                .into());
+            }
+            let code = ingest(s, &code)?;
+            let function = Function {
+                namespace,
+                name,
+                current: 1,
+                revisions: vec![Revision {
+                    number: 1,
+                    environment,
+                    code,
+                    entrypoint,
+                    env_vars,
+                    limits,
+                    created_at_ms: now_ms(),
+                    copied_from: None,
+                }],
+            };
+            s.store.create_function(&function)?;
+            Ok(FunctionView::new(&function, s))
+        })
+        .await
+        .map(|view| (StatusCode::CREATED, Json(view)))
+}
+
+pub async fn update(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+    body: Bytes,
+) -> Result<Json<FunctionView>, ApiError> {
+    let namespace = query.namespace()?;
+    let name = Name::parse("function", &name)?;
+    let body: FunctionBody = parse_json(&body)?;
+    if body.name.as_ref().is_some_and(|n| n != name.as_str()) {
+        return Err(ApiError::Invalid("a function cannot be renamed".into()));
+    }
+    let config = body.config();
+    state
+        .blocking(move |s| {
+            let current = load(s, &namespace, &name)?;
+            let (environment, entrypoint, env_vars, limits) =
+                config.apply(Some(current.current_revision()))?;
+            let environment =
+                environment.expect("an update starts from a revision with an environment");
+            require_environment(s, &environment)?;
+            let code = match &body.code {
+                Some(code) => ingest(s, code)?,
+                None => current.current_revision().code.clone(),
+            };
+            let revision = Revision {
+                number: 0,
+                environment,
+                code,
+                entrypoint,
+                env_vars,
+                limits,
+                created_at_ms: now_ms(),
+                copied_from: None,
+            };
+            let updated = s
+                .store
+                .update_function(&namespace, &name, &mut |mut function| {
+                    function.push_revision(revision.clone());
+                    Ok(function)
+                })?;
+            s.executor.function_changed(&namespace, &name);
+            Ok(FunctionView::new(&updated, s))
+        })
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    #[serde(default)]
+    to: Option<RevisionNumber>,
+}
+
+pub async fn rollback(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+    body: Bytes,
+) -> Result<Json<FunctionView>, ApiError> {
+    let namespace = query.namespace()?;
+    let name = Name::parse("function", &name)?;
+    let body: RollbackBody = if body.is_empty() {
+        RollbackBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    state
+        .blocking(move |s| {
+            let updated = s
+                .store
+                .update_function(&namespace, &name, &mut |mut function| {
+                    let target = match body.to {
+                        Some(to) => to,
+                        None => function
+                            .revisions
+                            .iter()
+                            .map(|r| r.number)
+                            .filter(|n| *n < function.current)
+                            .max()
+                            .ok_or_else(|| StoreError::InvalidCode {
+                                reason: format!(
+                                    "function {name:?} has no revision before {}",
+                                    function.current
+                                ),
+                            })?,
+                    };
+                    let Some(source) = function.revision(target).cloned() else {
+                        return Err(StoreError::NotFound {
+                            kind: "revision",
+                            name: format!("{name}@{target}"),
+                        });
+                    };
+                    function.push_revision(Revision {
+                        created_at_ms: now_ms(),
+                        copied_from: Some(target),
+                        ..source
+                    });
+                    Ok(function)
+                });
+            let updated = updated.map_err(|err| match err {
+                // No earlier revision is the caller's mistake, not bad code.
+                StoreError::InvalidCode { reason } => ApiError::Invalid(reason),
+                other => other.into(),
+            })?;
+            s.executor.function_changed(&namespace, &name);
+            Ok(FunctionView::new(&updated, s))
+        })
+        .await
+        .map(Json)
+}
+
+pub async fn delete(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<StatusCode, ApiError> {
+    let namespace = query.namespace()?;
+    let name = Name::parse("function", &name)?;
+    state
+        .blocking(move |s| {
+            s.store.delete_function(&namespace, &name)?;
+            s.executor.function_changed(&namespace, &name);
+            s.logs
+                .remove(&gust_executor::function_key(&namespace, &name));
+            Ok(StatusCode::NO_CONTENT)
+        })
+        .await
+}

@@ -1,0 +1,118 @@
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use gust_executor::{Invocation, LogLine, LogQuery, TriggerKind, function_key};
+use gust_model::Name;
+use gust_router::{
+    forwardable_headers, function_response, invoke_error_response, new_request_id, read_limited,
+};
+use http::{HeaderValue, Method};
+use serde::Deserialize;
+
+use crate::{ApiError, ApiState};
+
+type Shared = State<Arc<ApiState>>;
+
+#[derive(Debug, Deserialize)]
+pub struct InvokeQuery {
+    namespace: Option<String>,
+    /// The method the function sees; the API call itself may use any.
+    method: Option<String>,
+    /// The path and query the function sees; `/` by default.
+    path: Option<String>,
+}
+
+/// Invokes a function through the authenticated API: the body and headers of this request
+/// (minus `Authorization` and every `X-Gust-*`) become the function's request.
+pub async fn invoke(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<InvokeQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let namespace = crate::NamespaceQuery {
+        namespace: query.namespace,
+    }
+    .namespace()?;
+    let function = Name::parse("function", &name)?;
+    let method = match &query.method {
+        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| ApiError::Invalid(format!("invalid method {m:?}")))?,
+        None => request.method().clone(),
+    };
+    let path = query.path.unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || gust_model::is_reserved_path(path.split('?').next().unwrap_or(""))
+    {
+        return Err(ApiError::Invalid(format!("invalid path {path:?}")));
+    }
+    let id = new_request_id();
+    let (parts, body) = request.into_parts();
+    let body = match read_limited(&parts.headers, body).await {
+        Ok(body) => body,
+        Err(err) => return Ok(err.with_request_id(&id)),
+    };
+    let mut forwarded = http::Request::builder()
+        .method(method)
+        .uri(path.as_str())
+        .body(body)
+        .map_err(|_| ApiError::Invalid(format!("invalid path {path:?}")))?;
+    *forwarded.headers_mut() = forwardable_headers(&parts.headers, true);
+    let id_header = HeaderValue::from_str(id.as_str()).expect("request ids are ASCII");
+    forwarded
+        .headers_mut()
+        .insert("x-gust-request-id", id_header);
+    let invocation = Invocation {
+        id: id.clone(),
+        namespace,
+        function,
+        trigger: TriggerKind::Api,
+        request: forwarded,
+    };
+    Ok(match state.invoker.invoke(invocation).await {
+        Ok(response) => function_response(response, &id),
+        Err(error) => invoke_error_response(&error, id.as_str()),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    namespace: Option<String>,
+    after: Option<u64>,
+    request_id: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn logs(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let namespace = crate::NamespaceQuery {
+        namespace: query.namespace,
+    }
+    .namespace()?;
+    let function = Name::parse("function", &name)?;
+    let exists = {
+        let (namespace, function) = (namespace.clone(), function.clone());
+        state
+            .blocking(move |s| Ok(s.store.function(&namespace, &function)?.is_some()))
+            .await?
+    };
+    if !exists {
+        return Err(ApiError::NotFound {
+            kind: "function",
+            name: function.to_string(),
+        });
+    }
+    let lines: Vec<LogLine> = state.logs.read(
+        &function_key(&namespace, &function),
+        &LogQuery {
+            after: query.after,
+            request_id: query.request_id,
+            limit: query.limit,
+        },
+    );
+    Ok(Json(lines))
+}

@@ -1,0 +1,100 @@
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use bytes::Bytes;
+use gust_model::{Name, Route, RouteConfig};
+use http::StatusCode;
+use rand::Rng;
+
+use crate::{ApiError, ApiState, NamespaceQuery, parse_json};
+
+type Shared = State<Arc<ApiState>>;
+
+pub async fn list(
+    State(state): Shared,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<Json<Vec<Route>>, ApiError> {
+    let namespace = query.namespace()?;
+    state
+        .blocking(move |s| Ok(s.store.routes(Some(&namespace))?))
+        .await
+        .map(Json)
+}
+
+pub async fn show(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<Json<Route>, ApiError> {
+    let namespace = query.namespace()?;
+    let name = Name::parse("route", &name)?;
+    state
+        .blocking(move |s| {
+            s.store
+                .routes(Some(&namespace))?
+                .into_iter()
+                .find(|r| r.name == name)
+                .ok_or(ApiError::NotFound {
+                    kind: "route",
+                    name: name.to_string(),
+                })
+        })
+        .await
+        .map(Json)
+}
+
+pub async fn create(
+    State(state): Shared,
+    Query(query): Query<NamespaceQuery>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Route>), ApiError> {
+    let namespace = query.namespace()?;
+    let config: RouteConfig = parse_json(&body)?;
+    let route = config.validate(namespace, generated_name(&config.function))?;
+    state
+        .blocking(move |s| {
+            s.store.create_route(&route)?;
+            s.sync_routes()?;
+            Ok(route)
+        })
+        .await
+        .map(|route| (StatusCode::CREATED, Json(route)))
+}
+
+pub async fn delete(
+    State(state): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<StatusCode, ApiError> {
+    let namespace = query.namespace()?;
+    let name = Name::parse("route", &name)?;
+    state
+        .blocking(move |s| {
+            s.store.delete_route(&namespace, &name)?;
+            s.sync_routes()?;
+            Ok(StatusCode::NO_CONTENT)
+        })
+        .await
+}
+
+/// `<function>-<5 random letters>`, trimmed to stay a valid name.
+fn generated_name(function: &str) -> Name {
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| LETTERS[rng.random_range(0..LETTERS.len())] as char)
+        .collect();
+    let base: String = function
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+        .take(50)
+        .collect();
+    let base = base.trim_matches('-');
+    let candidate = if base.is_empty() {
+        format!("route-{suffix}")
+    } else {
+        format!("{base}-{suffix}")
+    };
+    Name::parse("route", &candidate).expect("generated from lowercase letters, digits and '-'")
+}

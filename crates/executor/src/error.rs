@@ -1,0 +1,84 @@
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Why an invocation produced no function response. Each maps to one HTTP status and one
+/// stable `reason` code of the public error body.
+#[derive(Debug, Error, Clone)]
+pub enum InvokeError {
+    #[error("function {function:?} not found in namespace {namespace:?}")]
+    FunctionNotFound { namespace: String, function: String },
+    #[error("environment {environment:?} of function {function:?} is not available")]
+    EnvironmentUnavailable {
+        function: String,
+        environment: String,
+    },
+    #[error("function {function:?} did not answer within {timeout:?}")]
+    Timeout { function: String, timeout: Duration },
+    #[error("function {function:?} raised an error; see its logs")]
+    FunctionError { function: String },
+    #[error("the code of function {function:?} failed to load ({cause}); see its logs")]
+    LoadFailed { function: String, cause: String },
+    #[error("the instance of function {function:?} exited while serving the request")]
+    WorkerExited { function: String },
+    #[error("function {function:?} answered with more than {limit} bytes")]
+    ResponseTooLarge { function: String, limit: usize },
+    #[error("function {function:?} is at capacity; retry after {retry_after:?}")]
+    OverCapacity {
+        function: String,
+        retry_after: Duration,
+    },
+    #[error("could not start an instance of {function:?}: {detail}")]
+    StartFailed { function: String, detail: String },
+}
+
+impl InvokeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::FunctionNotFound { .. } => 404,
+            InvokeError::Timeout { .. } => 504,
+            InvokeError::OverCapacity { .. } => 429,
+            InvokeError::EnvironmentUnavailable { .. } | InvokeError::StartFailed { .. } => 503,
+            InvokeError::FunctionError { .. }
+            | InvokeError::LoadFailed { .. }
+            | InvokeError::WorkerExited { .. }
+            | InvokeError::ResponseTooLarge { .. } => 502,
+        }
+    }
+
+    /// The stable code in the JSON error body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvokeError::FunctionNotFound { .. } => "function_not_found",
+            InvokeError::EnvironmentUnavailable { .. } => "environment_unavailable",
+            InvokeError::Timeout { .. } => "timeout",
+            InvokeError::FunctionError { .. } => "function_error",
+            InvokeError::LoadFailed { .. } => "load_error",
+            InvokeError::WorkerExited { .. } => "worker_exited",
+            InvokeError::ResponseTooLarge { .. } => "response_too_large",
+            InvokeError::OverCapacity { .. } => "over_capacity",
+            InvokeError::StartFailed { .. } => "start_failed",
+        }
+    }
+
+    /// Which part of Gust the error body names: the function's own failures say `function`,
+    /// the platform's say `executor`.
+    pub fn component(&self) -> &'static str {
+        match self {
+            InvokeError::FunctionError { .. }
+            | InvokeError::LoadFailed { .. }
+            | InvokeError::WorkerExited { .. }
+            | InvokeError::ResponseTooLarge { .. }
+            | InvokeError::Timeout { .. } => "function",
+            _ => "executor",
+        }
+    }
+
+    /// Seconds for `Retry-After`, when the caller should come back.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InvokeError::OverCapacity { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gust_model::{Environment, Limits, Name, Namespace, RevisionNumber};
+
+use crate::{InvokeError, RequestId};
+
+/// Everything a runtime needs to turn a generic worker into an instance of one revision.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub namespace: Namespace,
+    pub function: Name,
+    pub revision: RevisionNumber,
+    pub environment: Environment,
+    /// The revision's unpacked code tree on the host (read-only; never modified).
+    pub code_dir: PathBuf,
+    /// For single-file code, the file's name inside `code_dir`.
+    pub code_file: Option<String>,
+    pub entrypoint: Option<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+/// A runtime tier. Implementations keep their own pre-warmed pools.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// Returns a ready instance specialized for `spec`: from the pool when one is warm, else a
+    /// freshly started one. May take as long as an interpreter start; never blocks a thread.
+    async fn start_instance(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, InvokeError>;
+
+    /// The set of environments changed (created, deleted, or at startup): start pools for new
+    /// ones, stop pools of removed ones. Returns without waiting for workers to start.
+    fn set_environments(&self, environments: &[Environment]);
+
+    /// Stops every pooled worker; called once at shutdown.
+    async fn shutdown(&self);
+}
+
+/// One specialized instance. The executor hands it one request at a time.
+#[async_trait]
+pub trait Instance: Send {
+    /// Serves one request. On timeout the instance must be unusable afterwards (killed).
+    async fn handle(
+        &mut self,
+        id: &RequestId,
+        request: http::Request<Bytes>,
+        timeout: Duration,
+    ) -> Result<http::Response<Bytes>, InvokeError>;
+
+    /// False once the instance died or was killed; the executor then discards it.
+    fn is_healthy(&mut self) -> bool;
+
+    /// Stops the instance; also what dropping it does, without waiting.
+    async fn stop(self: Box<Self>);
+}

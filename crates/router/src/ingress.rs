@@ -1,0 +1,214 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use gust_executor::{Invocation, Invoker, RequestId, TriggerKind};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::{ErrorBody, Routes, invoke_error_response};
+
+/// Largest request body a function receives (6 MB, as Lambda's synchronous limit).
+pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+
+/// Headers that describe one hop, not the message; never forwarded either way.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Clone)]
+pub struct PublicState {
+    pub routes: Routes,
+    pub invoker: Arc<dyn Invoker>,
+}
+
+/// The public listener's app: every request is matched against the route table.
+pub fn public_router(state: PublicState) -> Router {
+    Router::new().fallback(serve).with_state(state)
+}
+
+/// A fresh invocation id (UUIDv7: sortable by time).
+pub fn new_request_id() -> RequestId {
+    RequestId::new(uuid::Uuid::now_v7().simple().to_string())
+}
+
+/// A caller's headers minus hop-by-hop ones, every `X-Gust-*` (only Gust sets those) and
+/// credentials meant for Gust rather than the function (`strip_authorization`).
+pub fn forwardable_headers(headers: &HeaderMap, strip_authorization: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
+    for (name, value) in headers {
+        let lower = name.as_str();
+        if lower.starts_with("x-gust-")
+            || HOP_BY_HOP.contains(&lower)
+            || lower == "content-length"
+            || (strip_authorization && lower == "authorization")
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+async fn serve(
+    State(state): State<PublicState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let id = new_request_id();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let table = state.routes.snapshot();
+    let Some(found) = table.find(parts.method.as_str(), path) else {
+        return ErrorBody {
+            component: "router",
+            reason: "no_route",
+            request_id: Some(id.to_string()),
+            message: format!("no route for {} {}", parts.method, path),
+        }
+        .into_response_with(StatusCode::NOT_FOUND);
+    };
+    let body = match read_limited(&parts.headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response.with_request_id(&id),
+    };
+
+    let mut headers = forwardable_headers(&parts.headers, false);
+    set(&mut headers, "x-gust-request-id", id.as_str());
+    let mut params = serde_json::Map::new();
+    for (name, value) in &found.params {
+        if let Ok(header_name) = HeaderName::try_from(format!("x-gust-param-{name}")) {
+            set_header(&mut headers, header_name, value);
+        }
+        params.insert(name.clone(), serde_json::Value::String(value.clone()));
+    }
+    set(
+        &mut headers,
+        "x-gust-params",
+        &serde_json::Value::Object(params).to_string(),
+    );
+    set(&mut headers, "x-forwarded-for", &peer.ip().to_string());
+    if let Some(host) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        set(&mut headers, "x-forwarded-host", host);
+    }
+
+    let mut forwarded = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(
+            parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/"),
+        )
+        .body(body)
+        .expect("method and URI come from a parsed request");
+    *forwarded.headers_mut() = headers;
+
+    let invocation = Invocation {
+        id: id.clone(),
+        namespace: found.route.namespace.clone(),
+        function: found.route.function.clone(),
+        trigger: TriggerKind::Http,
+        request: forwarded,
+    };
+    match state.invoker.invoke(invocation).await {
+        Ok(response) => function_response(response, &id),
+        Err(error) => invoke_error_response(&error, id.as_str()),
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    set_header(headers, HeaderName::from_static(name), value);
+}
+
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// The function's response as the caller gets it: hop-by-hop headers dropped, the request id
+/// added.
+pub fn function_response(response: http::Response<Bytes>, id: &RequestId) -> Response {
+    let (mut parts, body) = response.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    // Only Gust speaks in X-Gust-* headers, in both directions.
+    let forged: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-gust-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        parts.headers.remove(name);
+    }
+    set(&mut parts.headers, "x-gust-request-id", id.as_str());
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Reads a request body up to [`MAX_REQUEST_BYTES`]; a larger declared length is refused
+/// before anything is read.
+pub async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_REQUEST_BYTES as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(_) => Err(BodyError::Unreadable),
+    }
+}
+
+/// Why a request body was not accepted.
+pub enum BodyError {
+    TooLarge,
+    /// The client stopped sending or sent a malformed body.
+    Unreadable,
+}
+
+impl BodyError {
+    pub fn with_request_id(self, id: &RequestId) -> Response {
+        let (status, reason, message) = match self {
+            BodyError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than {MAX_REQUEST_BYTES} bytes"),
+            ),
+            BodyError::Unreadable => (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "the request body could not be read".to_owned(),
+            ),
+        };
+        ErrorBody {
+            component: "router",
+            reason,
+            request_id: Some(id.to_string()),
+            message,
+        }
+        .into_response_with(status)
+    }
+}

@@ -1,0 +1,112 @@
+//! Pre-warmed generic workers per environment, so a cold function pays only the specialize
+//! step, never an interpreter start.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::spawner::Spawner;
+use crate::worker::{Worker, WorkerCommand};
+
+pub struct WarmPool {
+    command: WorkerCommand,
+    size: usize,
+    ready: Mutex<VecDeque<Worker>>,
+    refill: Notify,
+    stop: CancellationToken,
+}
+
+impl WarmPool {
+    /// Creates the pool and starts filling it in the background.
+    pub fn start(
+        command: WorkerCommand,
+        size: usize,
+        spawner: Arc<Spawner>,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            command,
+            size,
+            ready: Mutex::new(VecDeque::new()),
+            refill: Notify::new(),
+            stop,
+        });
+        tokio::spawn(pool.clone().keep_filled(spawner));
+        pool
+    }
+
+    pub fn command(&self) -> &WorkerCommand {
+        &self.command
+    }
+
+    /// A ready generic worker, if one is warm; asks for a replacement either way.
+    pub fn take(&self) -> Option<Worker> {
+        let mut ready = self.ready.lock().expect("pool lock is never poisoned");
+        let worker =
+            std::iter::from_fn(|| ready.pop_front()).find_map(|mut w| w.is_alive().then_some(w));
+        drop(ready);
+        self.refill.notify_one();
+        worker
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.ready
+            .lock()
+            .expect("pool lock is never poisoned")
+            .len()
+    }
+
+    /// Stops the pool's workers and its refill task.
+    pub fn close(&self) {
+        self.stop.cancel();
+        self.ready
+            .lock()
+            .expect("pool lock is never poisoned")
+            .clear();
+    }
+
+    async fn keep_filled(self: Arc<Self>, spawner: Arc<Spawner>) {
+        let mut failures = 0u32;
+        loop {
+            while self.ready_count() < self.size && !self.stop.is_cancelled() {
+                let started = tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    started = spawner.start_worker(&self.command) => started,
+                };
+                match started {
+                    Ok(worker) => {
+                        failures = 0;
+                        self.ready
+                            .lock()
+                            .expect("pool lock is never poisoned")
+                            .push_back(worker);
+                    }
+                    Err(err) => {
+                        // A broken environment must not spin: back off, keep trying.
+                        failures += 1;
+                        tracing::warn!(environment = %self.command.environment, error = %err, "pool worker failed to start");
+                        let delay = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                        tokio::select! {
+                            _ = self.stop.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => {
+                    self.ready.lock().expect("pool lock is never poisoned").clear();
+                    return;
+                }
+                _ = self.refill.notified() => {}
+                // Pooled workers can die (killed from outside); look again now and then.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    self.ready.lock().expect("pool lock is never poisoned").retain_mut(|w| w.is_alive());
+                }
+            }
+        }
+    }
+}

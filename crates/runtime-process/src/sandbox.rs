@@ -1,0 +1,324 @@
+//! How a worker process is confined. With bubblewrap the worker sees a mount view built from an
+//! allow-list (system directories read-only, its own code, a private tmp), runs in its own
+//! user, pid, ipc and uts namespaces, as an unprivileged uid even when Gust is root, with a
+//! clean environment and no way to outlive Gust.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use tokio::process::Command;
+
+use crate::RuntimeError;
+
+/// The uid and gid workers run as when Gust runs as root (`nobody` on Debian).
+const UNPRIVILEGED_ID: u32 = 65534;
+
+/// System paths bound read-only when they exist; everything else on the host is absent.
+const SYSTEM_PATHS: [&str; 9] = [
+    "/usr",
+    "/etc/alternatives",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/localtime",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/mime.types",
+];
+/// Top-level directories that are symlinks into `/usr` on merged-usr systems, or real
+/// directories on older ones.
+const USR_ALIASES: [&str; 4] = ["/bin", "/sbin", "/lib", "/lib64"];
+
+/// Where things are as the worker sees them.
+pub const WORKER_CODE_DIR: &str = "/code";
+const WORKER_SOCKET_DIR: &str = "/run/gust";
+const WORKER_ENV_DIR: &str = "/gust-env";
+// Descriptor numbers the bind sources get in bwrap; above anything a fresh process holds.
+const CODE_FD: i32 = 200;
+const SOCKET_FD: i32 = 201;
+const ENV_FD: i32 = 202;
+
+#[derive(Debug, Clone)]
+pub enum Sandbox {
+    Bubblewrap {
+        bwrap: PathBuf,
+    },
+    /// `--no-sandbox`: workers run as Gust's own user and see the whole host.
+    Disabled,
+}
+
+/// A worker's host directory: `code/` receives the function's files at specialization,
+/// `sock/` holds the worker's Unix socket.
+pub struct WorkerPaths {
+    pub code_dir: PathBuf,
+    pub socket_dir: PathBuf,
+}
+
+impl WorkerPaths {
+    pub fn new(worker_dir: &Path) -> Self {
+        Self {
+            code_dir: worker_dir.join("code"),
+            socket_dir: worker_dir.join("sock"),
+        }
+    }
+}
+
+/// Open directories a worker's sandbox mounts.
+pub struct BindSources<'a> {
+    pub paths: &'a WorkerPaths,
+    code: File,
+    socket: File,
+    env_dir: Option<(PathBuf, File)>,
+}
+
+impl<'a> BindSources<'a> {
+    pub fn open(paths: &'a WorkerPaths, env_dir: Option<&Path>) -> Result<Self, RuntimeError> {
+        let open = |path: &Path| File::open(path).map_err(RuntimeError::io(path));
+        Ok(Self {
+            paths,
+            code: open(&paths.code_dir)?,
+            socket: open(&paths.socket_dir)?,
+            env_dir: env_dir
+                .map(|dir| Ok::<_, RuntimeError>((dir.to_owned(), open(dir)?)))
+                .transpose()?,
+        })
+    }
+}
+
+impl Sandbox {
+    /// Finds bubblewrap and checks that it can create namespaces here.
+    pub async fn detect() -> Result<Self, RuntimeError> {
+        let bwrap = ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| RuntimeError::SandboxUnavailable {
+                reason: "bubblewrap (bwrap) is not installed; install the `bubblewrap` package"
+                    .into(),
+            })?;
+        let sandbox = Sandbox::Bubblewrap { bwrap };
+        let probe_dir = TempDir::new()?;
+        let paths = WorkerPaths::new(probe_dir.path());
+        prepare_dirs(&paths)?;
+        let binds = BindSources::open(&paths, None)?;
+        let output = sandbox
+            .command(&binds, &["/usr/bin/true".to_owned()], &[])
+            .output()
+            .await
+            .map_err(|e| RuntimeError::SandboxUnavailable {
+                reason: format!("cannot run bwrap: {e}"),
+            })?;
+        if !output.status.success() {
+            return Err(RuntimeError::SandboxUnavailable {
+                reason: format!(
+                    "bwrap cannot create namespaces here: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        Ok(sandbox)
+    }
+
+    /// The function's code as the worker sees it.
+    pub fn code_path(&self, paths: &WorkerPaths) -> PathBuf {
+        match self {
+            Sandbox::Bubblewrap { .. } => PathBuf::from(WORKER_CODE_DIR),
+            Sandbox::Disabled => paths.code_dir.clone(),
+        }
+    }
+
+    /// The command that starts `program` confined, with `binds` open for the child to mount.
+    /// `{env}` in the program's arguments names the built-in environment's server directory.
+    /// The caller keeps `binds` alive until the command has been spawned.
+    pub fn command(
+        &self,
+        binds: &BindSources,
+        program: &[String],
+        extra_ro: &[PathBuf],
+    ) -> Command {
+        let mut command = match self {
+            Sandbox::Disabled => {
+                let env_dir = binds
+                    .env_dir
+                    .as_ref()
+                    .map(|(path, _)| path.to_string_lossy().into_owned());
+                let program: Vec<String> = program
+                    .iter()
+                    .map(|arg| arg.replace("{env}", env_dir.as_deref().unwrap_or("")))
+                    .collect();
+                let mut command = Command::new(&program[0]);
+                command
+                    .args(&program[1..])
+                    .env_clear()
+                    .current_dir(&binds.paths.socket_dir);
+                let socket = binds.paths.socket_dir.join("worker.sock");
+                for (key, value) in base_env(&socket.to_string_lossy()) {
+                    command.env(key, value);
+                }
+                command
+            }
+            Sandbox::Bubblewrap { bwrap } => {
+                let mut args: Vec<OsString> = Vec::new();
+                let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+                push(&[
+                    "--unshare-user",
+                    "--unshare-pid",
+                    "--unshare-ipc",
+                    "--unshare-uts",
+                    "--unshare-cgroup-try",
+                    "--die-with-parent",
+                    "--new-session",
+                    "--hostname",
+                    "gust-worker",
+                ]);
+                for path in SYSTEM_PATHS {
+                    push(&["--ro-bind-try", path, path]);
+                }
+                for alias in USR_ALIASES {
+                    match std::fs::read_link(alias) {
+                        Ok(target) => {
+                            let target = target.to_string_lossy().into_owned();
+                            push(&["--symlink", &target, alias]);
+                        }
+                        Err(_) => push(&["--ro-bind-try", alias, alias]),
+                    }
+                }
+                push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+                // Directories go in as open descriptors: the unprivileged uid bwrap runs as
+                // could not even traverse Gust's private data directory by path.
+                push(&["--ro-bind-fd", &CODE_FD.to_string(), WORKER_CODE_DIR]);
+                push(&["--bind-fd", &SOCKET_FD.to_string(), WORKER_SOCKET_DIR]);
+                if binds.env_dir.is_some() {
+                    push(&["--ro-bind-fd", &ENV_FD.to_string(), WORKER_ENV_DIR]);
+                }
+                for path in extra_ro {
+                    let path = path.to_string_lossy().into_owned();
+                    push(&["--ro-bind", &path, &path]);
+                }
+                push(&["--chdir", "/tmp", "--clearenv"]);
+                for (key, value) in base_env(&format!("{WORKER_SOCKET_DIR}/worker.sock")) {
+                    push(&["--setenv", key, &value]);
+                }
+                push(&["--"]);
+                args.extend(
+                    program
+                        .iter()
+                        .map(|arg| OsString::from(arg.replace("{env}", WORKER_ENV_DIR))),
+                );
+                let mut command = Command::new(bwrap);
+                command.args(args).env_clear().current_dir("/");
+                // SAFETY: getuid has no preconditions.
+                if unsafe { libc::getuid() } == 0 {
+                    // Root inside a user namespace still owns root's files on the host; an
+                    // unprivileged uid does not. std drops supplementary groups with it.
+                    command.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
+                }
+                let fds = [
+                    Some((binds.code.as_raw_fd(), CODE_FD)),
+                    Some((binds.socket.as_raw_fd(), SOCKET_FD)),
+                    binds
+                        .env_dir
+                        .as_ref()
+                        .map(|(_, fd)| (fd.as_raw_fd(), ENV_FD)),
+                ];
+                // SAFETY: only async-signal-safe calls on descriptors the parent keeps open
+                // until spawn returns.
+                unsafe {
+                    command.pre_exec(move || {
+                        for (from, to) in fds.into_iter().flatten() {
+                            if from == to {
+                                if libc::fcntl(to, libc::F_SETFD, 0) != 0 {
+                                    return Err(std::io::Error::last_os_error());
+                                }
+                            } else if libc::dup2(from, to) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                        }
+                        Ok(())
+                    });
+                }
+                command
+            }
+        };
+        // SAFETY: prctl is async-signal-safe and touches only this (child) process.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Makes `paths` usable by the worker's uid: the code directory readable, the socket
+    /// directory writable.
+    pub fn grant(&self, paths: &WorkerPaths) -> Result<(), RuntimeError> {
+        // SAFETY: getuid has no preconditions.
+        if matches!(self, Sandbox::Bubblewrap { .. }) && unsafe { libc::getuid() } == 0 {
+            std::os::unix::fs::chown(
+                &paths.socket_dir,
+                Some(UNPRIVILEGED_ID),
+                Some(UNPRIVILEGED_ID),
+            )
+            .map_err(RuntimeError::io(&paths.socket_dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole environment a worker starts with; the function's own variables come with
+/// specialization.
+fn base_env(socket: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("GUST_SOCKET", socket.to_owned()),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("HOME", "/tmp".to_owned()),
+        ("TMPDIR", "/tmp".to_owned()),
+        ("LANG", "C.UTF-8".to_owned()),
+        ("PYTHONUNBUFFERED", "1".to_owned()),
+        ("PYTHONDONTWRITEBYTECODE", "1".to_owned()),
+    ]
+}
+
+pub fn prepare_dirs(paths: &WorkerPaths) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(worker_dir) = paths.code_dir.parent() {
+        std::fs::create_dir_all(worker_dir).map_err(RuntimeError::io(worker_dir))?;
+        std::fs::set_permissions(worker_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(RuntimeError::io(worker_dir))?;
+    }
+    for dir in [&paths.code_dir, &paths.socket_dir] {
+        std::fs::create_dir_all(dir).map_err(RuntimeError::io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(RuntimeError::io(dir))?;
+    }
+    Ok(())
+}
+
+/// A directory removed when dropped, for the startup probe.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, RuntimeError> {
+        let path = std::env::temp_dir().join(format!("gust-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(RuntimeError::io(&path))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(RuntimeError::io(&path))?;
+        Ok(Self(path))
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

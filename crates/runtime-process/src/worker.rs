@@ -1,0 +1,427 @@
+//! One worker process: started generic (sandboxed, listening on its Unix socket), then
+//! specialized for one function revision, then handed requests one at a time over a kept-alive
+//! HTTP/1.1 connection.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId};
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+
+use crate::RuntimeError;
+use crate::sandbox::{BindSources, Sandbox, WorkerPaths, prepare_dirs};
+
+/// How long a worker may take from process start to answering `/healthz`.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+/// Header a worker server sets when the function raised instead of answering.
+pub const FUNCTION_ERROR_HEADER: &str = "x-gust-function-error";
+/// Lines of a generic worker's output kept to explain a failed start.
+const EARLY_LINES: usize = 20;
+/// Largest response a function may return.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// What a worker's output lines are attributed to.
+#[derive(Default)]
+struct LogTarget {
+    function: Option<String>,
+    /// Output of a generic worker before it has a function: kept (a few lines) to explain a
+    /// worker that fails to start.
+    early: Vec<String>,
+    /// The request being served, or the last one served: output flushed just after a
+    /// response still belongs to that request.
+    request_id: Option<String>,
+}
+
+/// The recipe for starting one environment's workers.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub environment: String,
+    pub program: Vec<String>,
+    /// A built-in environment's server sources, mounted at `{env}`.
+    pub env_dir: Option<PathBuf>,
+    /// Host paths a custom environment's command names, mounted read-only.
+    pub extra_ro: Vec<PathBuf>,
+}
+
+pub struct Worker {
+    id: String,
+    dir: PathBuf,
+    paths: WorkerPaths,
+    code_path: PathBuf,
+    child: Child,
+    sender: SendRequest<Full<Bytes>>,
+    log_target: Arc<Mutex<LogTarget>>,
+    function: String,
+    dead: bool,
+}
+
+impl Worker {
+    /// Starts a generic worker and waits until it answers `/healthz`.
+    pub async fn start(
+        id: String,
+        workers_dir: &Path,
+        sandbox: &Sandbox,
+        command: &WorkerCommand,
+        logs: Arc<FunctionLogs>,
+    ) -> Result<Self, RuntimeError> {
+        let failed = |detail: String| RuntimeError::WorkerStart {
+            environment: command.environment.clone(),
+            detail,
+        };
+        let dir = workers_dir.join(&id);
+        let paths = WorkerPaths::new(&dir);
+        prepare_dirs(&paths)?;
+        sandbox.grant(&paths)?;
+        let mut child = {
+            let binds = BindSources::open(&paths, command.env_dir.as_deref())?;
+            let mut cmd = sandbox.command(&binds, &command.program, &command.extra_ro);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            cmd.spawn()
+                .map_err(|e| failed(format!("cannot run {:?}: {e}", command.program[0])))?
+        };
+        let log_target = Arc::new(Mutex::new(LogTarget::default()));
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(pump_lines(
+                stdout,
+                LogStream::Stdout,
+                id.clone(),
+                log_target.clone(),
+                logs.clone(),
+            ));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(pump_lines(
+                stderr,
+                LogStream::Stderr,
+                id.clone(),
+                log_target.clone(),
+                logs,
+            ));
+        }
+        let socket = paths.socket_dir.join("worker.sock");
+        let started = Instant::now();
+        let sender = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                // Give the output pumps a moment to read what the worker said before dying.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let said = log_target
+                    .lock()
+                    .expect("log target lock is never poisoned")
+                    .early
+                    .join(" | ");
+                return Err(failed(format!(
+                    "the worker exited during start with {status}: {said}"
+                )));
+            }
+            if started.elapsed() > START_DEADLINE {
+                return Err(failed(format!(
+                    "no answer on /healthz within {START_DEADLINE:?}"
+                )));
+            }
+            if let Some(sender) = probe(&socket).await {
+                break sender;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        Ok(Self {
+            code_path: sandbox.code_path(&paths),
+            id,
+            dir,
+            paths,
+            child,
+            sender,
+            log_target,
+            function: String::new(),
+            dead: false,
+        })
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        !self.dead && matches!(self.child.try_wait(), Ok(None)) && !self.sender.is_closed()
+    }
+
+    /// Loads a revision's code into this worker. A worker is specialized at most once.
+    pub async fn specialize(&mut self, spec: &InstanceSpec) -> Result<(), InvokeError> {
+        let function = spec.function.to_string();
+        self.function = function.clone();
+        let start_failed = |detail: String| InvokeError::StartFailed {
+            function: function.clone(),
+            detail,
+        };
+        link_tree(&spec.code_dir, &self.paths.code_dir)
+            .map_err(|e| start_failed(format!("cannot place the code: {e}")))?;
+        {
+            let mut target = self
+                .log_target
+                .lock()
+                .expect("log target lock is never poisoned");
+            target.function = Some(gust_executor::function_key(&spec.namespace, &spec.function));
+        }
+        let filepath = match &spec.code_file {
+            Some(file) => self.code_path.join(file),
+            None => self.code_path.clone(),
+        };
+        let body = serde_json::json!({
+            "filepath": filepath,
+            "functionName": spec.entrypoint.clone().unwrap_or_default(),
+            "env": spec.env_vars,
+        });
+        let request = Request::post("/v2/specialize")
+            .header(HOST, "gust-worker")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("a fixed request is valid");
+        let exchange = async {
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        match tokio::time::timeout(spec.limits.timeout.max(Duration::from_secs(10)), exchange).await
+        {
+            Ok(Ok((status, _))) if status.is_success() => Ok(()),
+            Ok(Ok((_, body))) => {
+                self.dead = true;
+                let cause = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(sanitize_cause))
+                    .unwrap_or_else(|| "the worker refused the code".to_owned());
+                Err(InvokeError::LoadFailed { function, cause })
+            }
+            Ok(Err(_)) => {
+                self.dead = true;
+                Err(InvokeError::LoadFailed {
+                    function,
+                    cause: "the worker exited while loading the code".to_owned(),
+                })
+            }
+            Err(_) => {
+                self.kill();
+                Err(InvokeError::LoadFailed {
+                    function,
+                    cause: "loading the code did not finish in time".to_owned(),
+                })
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        self.dead = true;
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A worker's error name is shown to callers: keep it to a short identifier.
+fn sanitize_cause(cause: &str) -> String {
+    cause
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
+        .take(64)
+        .collect()
+}
+
+/// Connects and asks `/healthz`; `Some` once the worker is ready.
+async fn probe(socket: &Path) -> Option<SendRequest<Full<Bytes>>> {
+    let stream = UnixStream::connect(socket).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = Request::get("/healthz")
+        .header(HOST, "gust-worker")
+        .body(Full::new(Bytes::new()))
+        .expect("a fixed request is valid");
+    let response = sender.send_request(request).await.ok()?;
+    let ready = response.status().is_success();
+    response.into_body().collect().await.ok()?;
+    ready.then_some(sender)
+}
+
+enum Exchange {
+    Answered(http::response::Parts, Bytes),
+    TooLarge,
+    Broken,
+}
+
+#[async_trait]
+impl Instance for Worker {
+    async fn handle(
+        &mut self,
+        id: &RequestId,
+        request: Request<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, InvokeError> {
+        self.log_target
+            .lock()
+            .expect("log target lock is never poisoned")
+            .request_id = Some(id.to_string());
+        let (mut parts, body) = request.into_parts();
+        // The worker speaks origin-form HTTP/1.1; keep only path and query.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/")
+            .parse()
+            .expect("a path and query taken from a valid URI is a valid URI");
+        if !parts.headers.contains_key(HOST) {
+            parts
+                .headers
+                .insert(HOST, HeaderValue::from_static("gust-worker"));
+        }
+        let head_request = parts.method == Method::HEAD;
+        let request = Request::from_parts(parts, Full::new(body));
+        let exchange = async {
+            if self.sender.ready().await.is_err() {
+                return Exchange::Broken;
+            }
+            let Ok(response) = self.sender.send_request(request).await else {
+                return Exchange::Broken;
+            };
+            let (parts, body) = response.into_parts();
+            if head_request {
+                return Exchange::Answered(parts, Bytes::new());
+            }
+            match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+                Ok(collected) => Exchange::Answered(parts, collected.to_bytes()),
+                Err(err) if err.is::<LengthLimitError>() => Exchange::TooLarge,
+                Err(_) => Exchange::Broken,
+            }
+        };
+        let function = self.function.clone();
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => {
+                self.kill();
+                Err(InvokeError::Timeout { function, timeout })
+            }
+            Ok(Exchange::Broken) => {
+                self.kill();
+                Err(InvokeError::WorkerExited { function })
+            }
+            Ok(Exchange::TooLarge) => {
+                // The connection still holds unread bytes; this worker cannot be reused.
+                self.kill();
+                Err(InvokeError::ResponseTooLarge {
+                    function,
+                    limit: MAX_RESPONSE_BYTES,
+                })
+            }
+            Ok(Exchange::Answered(parts, _))
+                if parts.headers.contains_key(FUNCTION_ERROR_HEADER) =>
+            {
+                Err(InvokeError::FunctionError { function })
+            }
+            Ok(Exchange::Answered(parts, body)) => Ok(Response::from_parts(parts, body)),
+        }
+    }
+
+    fn is_healthy(&mut self) -> bool {
+        self.is_alive()
+    }
+
+    async fn stop(mut self: Box<Self>) {
+        self.kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).finish()
+    }
+}
+
+/// Places a code tree into a worker's code directory: hard links where the filesystem allows
+/// (the tree is read-only to the worker), copies where it does not.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let source = entry.path();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
+        } else if kind.is_dir() {
+            std::fs::create_dir(&target)?;
+            link_tree(&source, &target)?;
+        } else if std::fs::hard_link(&source, &target).is_err() {
+            std::fs::copy(&source, &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Forwards a worker's output to the function's logs, one line at a time, never holding more
+/// than one capped line in memory whatever the worker writes.
+async fn pump_lines(
+    reader: impl AsyncRead + Unpin,
+    stream: LogStream,
+    instance: String,
+    target: Arc<Mutex<LogTarget>>,
+    logs: Arc<FunctionLogs>,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    let cap = gust_executor::MAX_LINE_BYTES + 1;
+    let emit = |line: &mut Vec<u8>| {
+        let (function, request_id) = {
+            let target = target.lock().expect("log target lock is never poisoned");
+            (target.function.clone(), target.request_id.clone())
+        };
+        match function {
+            Some(function) => logs.append(&function, stream, &instance, request_id, line),
+            None => {
+                let mut target = target.lock().expect("log target lock is never poisoned");
+                if target.early.len() < EARLY_LINES {
+                    target
+                        .early
+                        .push(String::from_utf8_lossy(line).chars().take(500).collect());
+                }
+            }
+        }
+        line.clear();
+    };
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(bytes) => bytes,
+        };
+        let (chunk, consumed, complete) = match available.iter().position(|b| *b == b'\n') {
+            Some(end) => (&available[..end], end + 1, true),
+            None => (available, available.len(), false),
+        };
+        let room = cap.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        reader.consume(consumed);
+        if complete {
+            emit(&mut line);
+        }
+    }
+    if !line.is_empty() {
+        emit(&mut line);
+    }
+}

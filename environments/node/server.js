@@ -1,0 +1,187 @@
+'use strict';
+// Gust's Node.js worker server (standard library only).
+//
+// Speaks the Gust worker protocol on the Unix socket in GUST_SOCKET (or the loopback port in
+// GUST_PORT): GET /healthz, POST /v2/specialize once, then every other request is one
+// invocation of the loaded function. See docs/worker-protocol.md.
+
+const fs = require('fs');
+const http = require('http');
+const path = require('path');
+
+const FUNCTION_ERROR_HEADER = 'X-Gust-Function-Error';
+const PARAM_PREFIX = 'x-gust-param-';
+
+let userFunction = null;
+
+function load(filepath, functionName) {
+  let file = filepath;
+  let exportName = '';
+  if (fs.statSync(filepath).isDirectory()) {
+    const entry = functionName || 'index';
+    const dot = entry.lastIndexOf('.');
+    const module = dot > 0 ? entry.slice(0, dot) : entry;
+    exportName = dot > 0 ? entry.slice(dot + 1) : '';
+    file = path.join(filepath, module.endsWith('.js') ? module : `${module}.js`);
+  } else if (functionName) {
+    const dot = functionName.lastIndexOf('.');
+    exportName = dot >= 0 ? functionName.slice(dot + 1) : functionName;
+  }
+  const loaded = require(file);
+  const fn = exportName ? loaded[exportName] : loaded;
+  if (typeof fn !== 'function') {
+    const err = new Error(`entrypoint ${exportName || 'module.exports'} is not a function in ${file}`);
+    err.name = 'EntrypointNotFound';
+    throw err;
+  }
+  return fn;
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function decodeBody(req, raw) {
+  const type = (req.headers['content-type'] || '').toLowerCase();
+  if (type.includes('application/json')) {
+    try {
+      return JSON.parse(raw.toString('utf8') || 'null');
+    } catch (_) {
+      return raw.toString('utf8');
+    }
+  }
+  if (type.startsWith('text/') || type.includes('x-www-form-urlencoded') || type === '') {
+    return raw.toString('utf8');
+  }
+  return raw;
+}
+
+function params(headers) {
+  if (headers['x-gust-params']) {
+    try {
+      return JSON.parse(headers['x-gust-params']);
+    } catch (_) {
+      /* fall through to the per-parameter headers */
+    }
+  }
+  const out = {};
+  for (const [key, value] of Object.entries(headers)) {
+    if (key.startsWith(PARAM_PREFIX)) out[key.slice(PARAM_PREFIX.length)] = value;
+  }
+  return out;
+}
+
+function send(res, status, headers, body) {
+  const payload = body === undefined || body === null ? Buffer.alloc(0) : body;
+  res.writeHead(status, { ...headers, 'Content-Length': payload.length });
+  res.end(payload);
+}
+
+function sendJson(res, status, value, extra) {
+  send(res, status, { 'Content-Type': 'application/json', ...(extra || {}) }, Buffer.from(JSON.stringify(value)));
+}
+
+function toResponse(result) {
+  let status = 200;
+  let headers = {};
+  let body = result;
+  if (result && typeof result === 'object' && !Buffer.isBuffer(result) &&
+      ('status' in result || 'body' in result || 'headers' in result)) {
+    status = result.status || 200;
+    headers = { ...(result.headers || {}) };
+    body = result.body;
+  }
+  const hasType = Object.keys(headers).some((k) => k.toLowerCase() === 'content-type');
+  if (body === undefined || body === null) {
+    body = Buffer.alloc(0);
+  } else if (Buffer.isBuffer(body)) {
+    if (!hasType) headers['Content-Type'] = 'application/octet-stream';
+  } else if (typeof body === 'string') {
+    body = Buffer.from(body);
+    if (!hasType) headers['Content-Type'] = 'text/plain; charset=utf-8';
+  } else {
+    body = Buffer.from(JSON.stringify(body));
+    if (!hasType) headers['Content-Type'] = 'application/json';
+  }
+  return { status, headers, body };
+}
+
+function callFunction(context) {
+  if (userFunction.length >= 2) {
+    // Fission's callback style: function(context, callback(status, body, headers)).
+    return new Promise((resolve) => {
+      userFunction(context, (status, body, headers) => resolve({ status, body, headers }));
+    });
+  }
+  return Promise.resolve(userFunction(context));
+}
+
+async function handle(req, res) {
+  const url = new URL(req.url, 'http://gust-worker');
+  if (url.pathname === '/healthz') {
+    send(res, 200, { 'Content-Type': 'text/plain' }, Buffer.from('ok'));
+    return;
+  }
+  const raw = await readBody(req);
+  if (url.pathname === '/v2/specialize' && req.method === 'POST') {
+    if (userFunction) {
+      sendJson(res, 409, { error: 'AlreadySpecialized' });
+      return;
+    }
+    const request = JSON.parse(raw.toString('utf8') || '{}');
+    Object.assign(process.env, request.env || {});
+    try {
+      userFunction = load(request.filepath, request.functionName || '');
+    } catch (err) {
+      console.error(err && err.stack ? err.stack : String(err));
+      sendJson(res, 500, { error: (err && err.name) || 'Error' });
+      return;
+    }
+    sendJson(res, 200, { ok: true });
+    return;
+  }
+  if (!userFunction) {
+    sendJson(res, 503, { error: 'NotSpecialized' }, { [FUNCTION_ERROR_HEADER]: 'NotSpecialized' });
+    return;
+  }
+  const context = {
+    request: {
+      method: req.method,
+      url: req.url,
+      path: url.pathname,
+      headers: req.headers,
+      query: Object.fromEntries(url.searchParams),
+      params: params(req.headers),
+      body: decodeBody(req, raw),
+    },
+  };
+  try {
+    const { status, headers, body } = toResponse(await callFunction(context));
+    send(res, status, headers, body);
+  } catch (err) {
+    console.error(err && err.stack ? err.stack : String(err));
+    const name = (err && err.name) || 'Error';
+    sendJson(res, 500, { error: name }, { [FUNCTION_ERROR_HEADER]: name });
+  }
+}
+
+const server = http.createServer((req, res) => {
+  handle(req, res).catch((err) => {
+    console.error(err && err.stack ? err.stack : String(err));
+    if (!res.headersSent) sendJson(res, 500, { error: 'WorkerError' }, { [FUNCTION_ERROR_HEADER]: 'WorkerError' });
+  });
+});
+server.keepAliveTimeout = 0;
+
+const socketPath = process.env.GUST_SOCKET;
+if (socketPath) {
+  if (fs.existsSync(socketPath)) fs.unlinkSync(socketPath);
+  server.listen(socketPath);
+} else {
+  server.listen(Number(process.env.GUST_PORT), '127.0.0.1');
+}

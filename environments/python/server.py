@@ -1,0 +1,250 @@
+"""Gust's Python worker server (standard library only).
+
+Speaks the Gust worker protocol on the Unix socket in GUST_SOCKET (or the loopback port in
+GUST_PORT): GET /healthz, POST /v2/specialize once, then every other request is one
+invocation of the loaded function. See docs/worker-protocol.md.
+"""
+
+import http.server
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import socketserver
+import sys
+import threading
+import traceback
+import urllib.parse
+
+FUNCTION_ERROR_HEADER = "X-Gust-Function-Error"
+PARAM_PREFIX = "x-gust-param-"
+
+_lock = threading.Lock()
+_function = None
+_takes_request = False
+
+
+class Headers:
+    """Case-insensitive, read-only view of request headers."""
+
+    def __init__(self, pairs):
+        self._items = {}
+        for key, value in pairs:
+            self._items[key.lower()] = value
+
+    def __getitem__(self, key):
+        return self._items[key.lower()]
+
+    def get(self, key, default=None):
+        return self._items.get(key.lower(), default)
+
+    def __contains__(self, key):
+        return key.lower() in self._items
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def items(self):
+        return self._items.items()
+
+    def __len__(self):
+        return len(self._items)
+
+    def __repr__(self):
+        return "Headers(%r)" % self._items
+
+
+class Request:
+    """What a `main(req)` function receives."""
+
+    def __init__(self, method, target, headers, body):
+        parsed = urllib.parse.urlsplit(target)
+        self.method = method
+        self.path = parsed.path
+        self.query_string = parsed.query
+        self.query = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
+        self.headers = headers
+        self.body = body
+        params = headers.get("x-gust-params")
+        if params:
+            self.params = json.loads(params)
+        else:
+            self.params = {
+                key[len(PARAM_PREFIX):]: value
+                for key, value in headers.items()
+                if key.startswith(PARAM_PREFIX)
+            }
+
+    def json(self):
+        return json.loads(self.body or b"null")
+
+    def text(self):
+        return self.body.decode("utf-8", errors="replace")
+
+
+def _load(filepath, function_name):
+    """Imports the user's code and returns its entrypoint."""
+    if os.path.isdir(filepath):
+        entry = function_name or "main.main"
+        module_name, _, func_name = entry.rpartition(".")
+        if not module_name:
+            module_name, func_name = "main", entry
+        sys.path.insert(0, filepath)
+        module = importlib.import_module(module_name)
+    else:
+        func_name = (function_name or "main").rpartition(".")[2]
+        sys.path.insert(0, os.path.dirname(filepath))
+        module_name = os.path.splitext(os.path.basename(filepath))[0]
+        spec = importlib.util.spec_from_file_location(module_name, filepath)
+        if spec is None or spec.loader is None:
+            raise ImportError("cannot load %s" % filepath)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    func = getattr(module, func_name, None)
+    if func is None or not callable(func):
+        raise LookupError("entrypoint %r not found in %s" % (func_name, module_name))
+    return func
+
+
+def _takes_argument(func):
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+    )
+
+
+def _to_response(result):
+    """Returns (status, headers, body bytes) for a function's return value."""
+    status, headers = 200, {}
+    if isinstance(result, tuple):
+        if len(result) == 2:
+            result, status = result
+        elif len(result) == 3:
+            result, status, headers = result
+        else:
+            raise TypeError("return (body, status) or (body, status, headers)")
+    headers = dict(headers or {})
+    lower = {k.lower() for k in headers}
+    if result is None:
+        body = b""
+    elif isinstance(result, (bytes, bytearray)):
+        body = bytes(result)
+        if "content-type" not in lower:
+            headers["Content-Type"] = "application/octet-stream"
+    elif isinstance(result, str):
+        body = result.encode("utf-8")
+        if "content-type" not in lower:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+    else:
+        body = json.dumps(result).encode("utf-8")
+        if "content-type" not in lower:
+            headers["Content-Type"] = "application/json"
+    return int(status), headers, body
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "gust-python"
+    sys_version = ""
+
+    def log_message(self, format, *args):
+        pass
+
+    def _send(self, status, headers, body):
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status, value, extra=None):
+        headers = {"Content-Type": "application/json"}
+        headers.update(extra or {})
+        self._send(status, headers, json.dumps(value).encode("utf-8"))
+
+    def _body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _dispatch(self):
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(200, {"Content-Type": "text/plain"}, b"ok")
+        elif path == "/v2/specialize" and self.command == "POST":
+            self._specialize()
+        else:
+            self._invoke()
+
+    def _specialize(self):
+        global _function, _takes_request
+        request = json.loads(self._body() or b"{}")
+        with _lock:
+            if _function is not None:
+                self._send_json(409, {"error": "AlreadySpecialized"})
+                return
+            os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+            try:
+                func = _load(request["filepath"], request.get("functionName") or "")
+            except BaseException as exc:  # the user's module may raise anything, even SystemExit
+                traceback.print_exc()
+                sys.stderr.flush()
+                self._send_json(500, {"error": type(exc).__name__})
+                return
+            _function, _takes_request = func, _takes_argument(func)
+        self._send_json(200, {"ok": True})
+
+    def _invoke(self):
+        if _function is None:
+            self._send_json(503, {"error": "NotSpecialized"}, {FUNCTION_ERROR_HEADER: "NotSpecialized"})
+            return
+        body = self._body()
+        try:
+            if _takes_request:
+                req = Request(self.command, self.path, Headers(self.headers.items()), body)
+                result = _function(req)
+            else:
+                result = _function()
+            status, headers, payload = _to_response(result)
+        except Exception as exc:
+            traceback.print_exc()
+            sys.stderr.flush()
+            self._send_json(500, {"error": type(exc).__name__}, {FUNCTION_ERROR_HEADER: type(exc).__name__})
+            return
+        self._send(status, headers, payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+
+
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        # BaseHTTPRequestHandler expects a (host, port) client address.
+        return request, ("gust", 0)
+
+
+class TcpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def main():
+    socket_path = os.environ.get("GUST_SOCKET")
+    if socket_path:
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        server = UnixServer(socket_path, Handler)
+    else:
+        server = TcpServer(("127.0.0.1", int(os.environ["GUST_PORT"])), Handler)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

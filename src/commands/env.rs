@@ -1,0 +1,104 @@
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
+use crate::output::{OutputArgs, Table, print};
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[command(subcommand)]
+    command: EnvCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCommand {
+    /// Add a custom environment: any executable that speaks the worker protocol.
+    Create {
+        name: String,
+        /// Program and arguments, e.g. "/usr/bin/python3 /opt/server.py"
+        #[arg(long)]
+        command: String,
+        /// Generic workers kept started ahead of need
+        #[arg(long)]
+        pool_size: Option<u32>,
+    },
+    /// List environments.
+    List(OutputArgs),
+    /// Show one environment.
+    Get {
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Delete a custom environment no function uses.
+    Delete { name: String },
+}
+
+fn row(env: &Value) -> Vec<String> {
+    let kind = &env["kind"];
+    let command = match kind["type"].as_str() {
+        Some("builtin") => format!("built-in {}", kind["runtime"].as_str().unwrap_or("")),
+        _ => kind["command"]
+            .as_array()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter_map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default(),
+    };
+    vec![
+        env["name"].as_str().unwrap_or_default().to_owned(),
+        env["pool_size"].to_string(),
+        command,
+    ]
+}
+
+pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(connection)?;
+    match args.command {
+        EnvCommand::Create {
+            name,
+            command,
+            pool_size,
+        } => {
+            let body = json!({ "name": name, "command": command, "pool_size": pool_size });
+            let _: Value = client
+                .json(Method::POST, "/v1/environments", Some(&body))
+                .await?;
+            eprintln!("environment {name} created");
+        }
+        EnvCommand::List(output) => {
+            let envs: Vec<Value> = client
+                .json(Method::GET, "/v1/environments", NO_BODY)
+                .await?;
+            print(output.format, &envs, || {
+                let mut table = Table::new(vec!["NAME", "POOL", "COMMAND"]);
+                envs.iter().for_each(|env| table.row(row(env)));
+                table
+            })?;
+        }
+        EnvCommand::Get { name, output } => {
+            let env: Value = client
+                .json(Method::GET, &format!("/v1/environments/{name}"), NO_BODY)
+                .await?;
+            print(output.format, &env, || {
+                let mut table = Table::new(vec!["NAME", "POOL", "COMMAND"]);
+                table.row(row(&env));
+                table
+            })?;
+        }
+        EnvCommand::Delete { name } => {
+            client
+                .call(Method::DELETE, &format!("/v1/environments/{name}"), NO_BODY)
+                .await?;
+            eprintln!("environment {name} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,5 @@
+pub mod completion;
+pub mod env;
+pub mod function;
+pub mod route;
+pub mod up;

@@ -1,0 +1,110 @@
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
+use crate::output::{OutputArgs, Table, print};
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    #[command(subcommand)]
+    command: RouteCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCommand {
+    /// Serve a function on the public listener at a path.
+    Create {
+        /// The function to invoke
+        #[arg(long = "fn")]
+        function: String,
+        /// Path, with whole-segment parameters: /users/{id}
+        #[arg(long)]
+        url: String,
+        /// Methods (GET,POST or repeated; any case); every method when omitted
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// Also serve every path below --url
+        #[arg(long)]
+        prefix: bool,
+        /// Route name; generated and printed when omitted
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List routes.
+    List(OutputArgs),
+    /// Show one route.
+    Get {
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Delete a route.
+    Delete { name: String },
+}
+
+fn table(routes: &[Value]) -> Table {
+    let mut table = Table::new(vec!["NAME", "METHODS", "URL", "PREFIX", "FUNCTION"]);
+    for route in routes {
+        let methods = route["methods"]
+            .as_array()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_else(|| "*".to_owned());
+        table.row(vec![
+            route["name"].as_str().unwrap_or_default().to_owned(),
+            methods,
+            route["path"].as_str().unwrap_or_default().to_owned(),
+            route["prefix"].to_string(),
+            route["function"].as_str().unwrap_or_default().to_owned(),
+        ]);
+    }
+    table
+}
+
+pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(connection)?;
+    match args.command {
+        RouteCommand::Create {
+            function,
+            url,
+            methods,
+            prefix,
+            name,
+        } => {
+            let body = json!({
+                "name": name, "function": function, "url": url, "methods": methods, "prefix": prefix,
+            });
+            let route: Value = client.json(Method::POST, "/v1/routes", Some(&body)).await?;
+            let name = route["name"].as_str().unwrap_or_default();
+            eprintln!("route {name} created: {url} -> {function}");
+            println!("{name}");
+        }
+        RouteCommand::List(output) => {
+            let routes: Vec<Value> = client.json(Method::GET, "/v1/routes", NO_BODY).await?;
+            print(output.format, &routes, || table(&routes))?;
+        }
+        RouteCommand::Get { name, output } => {
+            let route: Value = client
+                .json(Method::GET, &format!("/v1/routes/{name}"), NO_BODY)
+                .await?;
+            print(output.format, &route, || {
+                table(std::slice::from_ref(&route))
+            })?;
+        }
+        RouteCommand::Delete { name } => {
+            client
+                .call(Method::DELETE, &format!("/v1/routes/{name}"), NO_BODY)
+                .await?;
+            eprintln!("route {name} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,265 @@
+//! `gust up`: every role in one process. This is where the concrete types meet.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gust_api::{AdminToken, ApiState, api_router};
+use gust_executor::{Executor, ExecutorConfig, FunctionLogs, Invoker, Runtime};
+use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
+use gust_router::{PublicState, Routes, public_router};
+use gust_runtime_process::{Interpreters, ProcessRuntime, Sandbox};
+use gust_store::{CodeLimits, CodeStore, EmbeddedStore, MetadataStore};
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli_config::CliConfig;
+use crate::deployments::StoreDeployments;
+
+/// Log lines kept per function.
+const LOG_LINES_PER_FUNCTION: usize = 2_000;
+/// How long in-flight requests may take to finish after SIGTERM.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Data directory [default: $XDG_DATA_HOME/gust]
+    #[arg(long, env = "GUST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Public listener (HTTP routes)
+    #[arg(long, env = "GUST_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Control-plane API listener
+    #[arg(long, env = "GUST_API_LISTEN", default_value = "127.0.0.1:8081")]
+    api_listen: SocketAddr,
+    /// Pre-warmed workers per built-in environment
+    #[arg(long, env = "GUST_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE)]
+    pool_size: u32,
+    /// Stop an instance after it has been idle this long
+    #[arg(long, env = "GUST_IDLE_TIMEOUT", default_value = "120s")]
+    idle_timeout: String,
+    /// Python interpreter of the built-in python environment (must work inside the sandbox)
+    #[arg(long, env = "GUST_PYTHON", default_value = "/usr/bin/python3")]
+    python: PathBuf,
+    /// Node.js binary of the built-in node environment
+    #[arg(long, env = "GUST_NODE", default_value = "/usr/bin/node")]
+    node: PathBuf,
+    /// Run workers without isolation (they see the whole host as Gust's user)
+    #[arg(long, env = "GUST_NO_SANDBOX")]
+    no_sandbox: bool,
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let idle_timeout = parse_duration("idle timeout", &args.idle_timeout)?;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => dirs::data_dir()
+            .context("cannot find a data directory (set --data-dir, XDG_DATA_HOME or HOME)")?
+            .join("gust"),
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+
+    let sandbox = if args.no_sandbox {
+        tracing::warn!("--no-sandbox: workers run unconfined, as this user");
+        Sandbox::Disabled
+    } else {
+        Sandbox::detect().await.context(
+            "refusing to start without a sandbox; pass --no-sandbox to run workers unconfined",
+        )?
+    };
+    let (token, token_path) = admin_token(&data_dir)?;
+
+    let store: Arc<dyn MetadataStore> = Arc::new(
+        EmbeddedStore::open(&data_dir.join("gust.redb"))
+            .context("cannot open the metadata store")?,
+    );
+    let code = Arc::new(CodeStore::open(
+        &data_dir.join("code"),
+        CodeLimits::default(),
+    )?);
+    for runtime in BuiltinRuntime::ALL {
+        store.put_environment(&Environment::builtin(runtime, args.pool_size))?;
+    }
+
+    let logs = Arc::new(FunctionLogs::new(LOG_LINES_PER_FUNCTION));
+    let interpreters = Interpreters {
+        python: args.python,
+        node: args.node,
+    };
+    for interpreter in [&interpreters.python, &interpreters.node] {
+        if !interpreter.exists() {
+            tracing::warn!(interpreter = %interpreter.display(), "interpreter not found; its environment cannot start workers");
+        }
+    }
+    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
+        &worker_run_dir(&data_dir)?,
+        sandbox,
+        interpreters,
+        logs.clone(),
+    )?);
+    let executor = Executor::new(
+        ExecutorConfig {
+            idle_timeout,
+            ..ExecutorConfig::default()
+        },
+        Arc::new(StoreDeployments {
+            store: store.clone(),
+            code: code.clone(),
+        }),
+        runtime.clone(),
+    );
+    let invoker: Arc<dyn Invoker> = executor.clone();
+    let routes = Routes::new(store.routes(None)?);
+    let state = Arc::new(ApiState {
+        store,
+        code,
+        executor: executor.clone(),
+        invoker: invoker.clone(),
+        runtime,
+        routes: routes.clone(),
+        logs,
+        token: token.clone(),
+    });
+    state.sync_environments()?;
+
+    let public = bind(args.listen, "public").await?;
+    let api = bind(args.api_listen, "API").await?;
+    let api_url = format!("http://{}", api.local_addr()?);
+    if let Err(err) = CliConfig::remember(&api_url, token.expose()) {
+        tracing::warn!(error = %format!("{err:#}"), "cannot update the CLI config; pass --token to the CLI");
+    }
+    eprintln!("Gust is up");
+    eprintln!("  public routes: http://{}", public.local_addr()?);
+    eprintln!("  API:           {api_url}");
+    eprintln!("  admin token:   {}", token_path.display());
+    eprintln!("  data:          {}", data_dir.display());
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(executor.clone().run_reaper(shutdown.child_token()));
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+
+    let public_app = public_router(PublicState { routes, invoker });
+    let public_server = axum::serve(
+        public,
+        public_app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let api_server = axum::serve(api, api_router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let servers = async { tokio::try_join!(public_server.into_future(), api_server.into_future()) };
+    tokio::pin!(servers);
+    tokio::select! {
+        result = &mut servers => { result.context("a listener failed")?; }
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } => tracing::warn!("in-flight requests did not finish within {DRAIN_DEADLINE:?}"),
+    }
+    executor.shutdown().await;
+    eprintln!("Gust stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what} listener"))
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop Gust with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping: draining in-flight requests");
+    shutdown.cancel();
+}
+
+/// Where worker directories live. As root, workers run as an unprivileged uid that cannot
+/// traverse a private data directory (often under `/root`), so they live under `/run`, in a
+/// directory named after the data directory so that two Gusts never share one.
+fn worker_run_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(data_dir.join("run"));
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let name: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let base = if Path::new("/run").is_dir() {
+        PathBuf::from("/run")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("gust-{name}"));
+    match std::fs::symlink_metadata(&dir) {
+        Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => {
+            bail!("{} exists and is not a directory; remove it", dir.display())
+        }
+        _ => Ok(dir),
+    }
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+fn admin_token(data_dir: &Path) -> anyhow::Result<(AdminToken, PathBuf)> {
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.trim().to_owned();
+            if token.is_empty() {
+                bail!("{} is empty; delete it to make a new token", path.display());
+            }
+            return Ok((AdminToken::new(token), path));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((AdminToken::new(token), path))
+}

@@ -1,0 +1,45 @@
+//! Connects the executor to storage: what a function currently is, ready to instantiate.
+
+use std::sync::Arc;
+
+use gust_executor::{DeploymentSource, InstanceSpec};
+use gust_model::{Name, Namespace};
+use gust_store::{CodeStore, MetadataStore};
+
+pub struct StoreDeployments {
+    pub store: Arc<dyn MetadataStore>,
+    pub code: Arc<CodeStore>,
+}
+
+impl DeploymentSource for StoreDeployments {
+    fn deployment(
+        &self,
+        namespace: &Namespace,
+        function: &Name,
+    ) -> Result<Option<InstanceSpec>, String> {
+        let Some(found) = self
+            .store
+            .function(namespace, function)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let revision = found.current_revision();
+        let environment = self
+            .store
+            .environment(&revision.environment)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("environment {} of {function} is gone", revision.environment))?;
+        Ok(Some(InstanceSpec {
+            namespace: namespace.clone(),
+            function: function.clone(),
+            revision: revision.number,
+            environment,
+            code_dir: self.code.tree(&revision.code.digest),
+            code_file: revision.code.file.clone(),
+            entrypoint: revision.entrypoint.clone(),
+            env_vars: revision.env_vars.clone(),
+            limits: revision.limits,
+        }))
+    }
+}
