@@ -267,7 +267,11 @@ impl Invoker for Executor {
         let permit = self.admit(&slot).await?;
         let mut instance = match slot.take_idle() {
             Some(instance) => instance,
-            None => self.runtime.start_instance(&slot.spec).await?,
+            None => {
+                self.runtime
+                    .start_instance(&slot.spec, &invocation.id)
+                    .await?
+            }
         };
         let result = instance
             .handle(&invocation.id, invocation.request, slot.spec.limits.timeout)

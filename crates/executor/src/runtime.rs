@@ -29,7 +29,12 @@ pub struct InstanceSpec {
 pub trait Runtime: Send + Sync {
     /// Returns a ready instance specialized for `spec`: from the pool when one is warm, else a
     /// freshly started one. May take as long as an interpreter start; never blocks a thread.
-    async fn start_instance(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, InvokeError>;
+    /// `first_request` is the request that needs it: what loading the code prints is its.
+    async fn start_instance(
+        &self,
+        spec: &InstanceSpec,
+        first_request: &RequestId,
+    ) -> Result<Box<dyn Instance>, InvokeError>;
 
     /// The set of environments changed (created, deleted, or at startup): start pools for new
     /// ones, stop pools of removed ones. Returns without waiting for workers to start.

@@ -1,1 +1,333 @@
-//! placeholder
+//! Helpers for end-to-end tests: start the real `gust` binary in a temporary data directory
+//! on free ports, wait until it is ready, drive it with its CLI and plain HTTP, and kill or
+//! restart it like an operator would.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use reqwest::blocking::Response;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback interface can bind an ephemeral port")
+}
+
+/// Options for one Gust under test.
+#[derive(Debug, Clone)]
+pub struct GustOptions {
+    pub pool_size: u32,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for GustOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 1,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running `gust up` and everything needed to talk to it.
+pub struct Gust {
+    binary: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub public_port: u16,
+    pub api_port: u16,
+    options: GustOptions,
+    child: Option<Child>,
+    http: reqwest::blocking::Client,
+}
+
+/// The result of a CLI run.
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed; returns its stderr.
+    pub fn failed(self) -> String {
+        assert_ne!(
+            self.code, 0,
+            "command unexpectedly succeeded\nstdout: {}",
+            self.stdout
+        );
+        self.stderr
+    }
+}
+
+impl Gust {
+    /// Starts `gust up` from `binary` and waits until its API answers.
+    pub fn start(binary: &str, options: GustOptions) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory can be created");
+        let mut gust = Self {
+            binary: PathBuf::from(binary),
+            dir,
+            public_port: free_port(),
+            api_port: free_port(),
+            options,
+            child: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client without TLS builds"),
+        };
+        gust.launch();
+        gust
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_home(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// A scratch directory for test files, readable by everyone (workers read code from it
+    /// only through uploads, but custom environment programs are bound in by path).
+    pub fn scratch(&self) -> PathBuf {
+        let path = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&path).expect("scratch directory");
+        path
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn public_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.public_port)
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("gust.log")).expect("log file");
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.public_port))
+            .arg("--api-listen")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--pool-size")
+            .arg(self.options.pool_size.to_string())
+            .args(&self.options.extra_args)
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .env_remove("GUST_URL")
+            .env_remove("GUST_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log);
+        self.child = Some(command.spawn().expect("the gust binary starts"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("gust exited during start with {status}:\n{}", self.log());
+            }
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.api_url()))
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gust did not become ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything `gust up` printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gust.log")).unwrap_or_default()
+    }
+
+    /// The admin token `gust up` created.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .expect("gust up writes the admin token")
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs the CLI as a user on this machine would (config from `gust up`, no flags).
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_with_env(args, &[])
+    }
+
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .env_remove("GUST_URL")
+            .env_remove("GUST_TOKEN")
+            .env_remove("GUST_NAMESPACE");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        CliOutput::from(command.output().expect("the gust binary runs"))
+    }
+
+    /// Writes `content` to `name` in the scratch directory and returns its path.
+    pub fn write_file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.scratch().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("parent directory");
+        }
+        std::fs::write(&path, content).expect("scratch file");
+        path
+    }
+
+    /// Creates a function from source text and a route to it at `/<name>`.
+    pub fn deploy(&self, name: &str, env: &str, file_name: &str, source: &str, extra: &[&str]) {
+        let path = self.write_file(&format!("{name}/{file_name}"), source);
+        let path = path.to_string_lossy().into_owned();
+        let mut args = vec!["fn", "create", name, "--env", env, "--code", &path];
+        args.extend_from_slice(extra);
+        self.cli(&args).ok();
+        let url = format!("/{name}");
+        self.cli(&[
+            "route", "create", "--fn", name, "--url", &url, "--name", name,
+        ])
+        .ok();
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.http
+            .get(self.public_url(path))
+            .send()
+            .expect("the public listener answers")
+    }
+
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    /// An API request with the admin token.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api_url()))
+            .bearer_auth(self.token())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gust is running").id()
+    }
+
+    /// SIGKILL: no cleanup, no drain.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill with a valid pid of our own child and a valid signal.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `gust up` again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// Starts `gust up` again after a clean stop.
+    pub fn start_again(&mut self) {
+        self.launch();
+    }
+}
+
+impl Drop for Gust {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line contains `needle` (from /proc).
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(needle))
+        })
+        .collect()
+}

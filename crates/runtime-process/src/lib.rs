@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, Runtime};
+use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
 use gust_model::{BuiltinRuntime, Environment, EnvironmentKind, Name};
 use tokio_util::sync::CancellationToken;
 
@@ -149,7 +149,11 @@ impl ProcessRuntime {
 
 #[async_trait]
 impl Runtime for ProcessRuntime {
-    async fn start_instance(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, InvokeError> {
+    async fn start_instance(
+        &self,
+        spec: &InstanceSpec,
+        first_request: &RequestId,
+    ) -> Result<Box<dyn Instance>, InvokeError> {
         let pool = self
             .pools
             .lock()
@@ -176,7 +180,7 @@ impl Runtime for ProcessRuntime {
                 })?
             }
         };
-        worker.specialize(spec).await?;
+        worker.specialize(spec, first_request).await?;
         Ok(Box::new(worker))
     }
 

@@ -155,7 +155,11 @@ impl Worker {
     }
 
     /// Loads a revision's code into this worker. A worker is specialized at most once.
-    pub async fn specialize(&mut self, spec: &InstanceSpec) -> Result<(), InvokeError> {
+    pub async fn specialize(
+        &mut self,
+        spec: &InstanceSpec,
+        first_request: &RequestId,
+    ) -> Result<(), InvokeError> {
         let function = spec.function.to_string();
         self.function = function.clone();
         let start_failed = |detail: String| InvokeError::StartFailed {
@@ -170,6 +174,7 @@ impl Worker {
                 .lock()
                 .expect("log target lock is never poisoned");
             target.function = Some(gust_executor::function_key(&spec.namespace, &spec.function));
+            target.request_id = Some(first_request.to_string());
         }
         let filepath = match &spec.code_file {
             Some(file) => self.code_path.join(file),

@@ -1,0 +1,477 @@
+//! End-to-end: deploy, call, update, roll back and inspect functions through the real binary,
+//! its CLI and the public listener, as a user would.
+
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::Value;
+use std::time::Duration;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn fission_style_python_and_node_functions_run_unmodified() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let hello_py = gust.write_file("hello.py", "def main():\n    return \"Hello, world!\\n\"\n");
+    gust.cli(&[
+        "fn",
+        "create",
+        "hello",
+        "--env",
+        "python",
+        "--code",
+        hello_py.to_str().unwrap(),
+    ])
+    .ok();
+    gust.cli(&[
+        "route", "create", "--fn", "hello", "--url", "/hello", "--method", "GET",
+    ])
+    .ok();
+    let response = gust.get("/hello");
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-gust-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!id.is_empty());
+    assert_eq!(response.text().unwrap(), "Hello, world!\n");
+
+    gust.deploy(
+        "hello-node",
+        "node",
+        "hello.js",
+        "module.exports = async function(context) { return { status: 200, body: \"hello\" }; }\n",
+        &[],
+    );
+    let response = gust.get("/hello-node");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().unwrap(), "hello");
+
+    // A route restricted to GET does not answer POST.
+    let post = gust.http().post(gust.public_url("/hello")).send().unwrap();
+    assert_eq!(post.status(), 404);
+}
+
+#[test]
+fn requests_reach_functions_with_params_query_headers_body_and_env_vars() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let py = r#"
+import os
+def main(req):
+    return {
+        "method": req.method, "path": req.path, "query": req.query, "qs": req.query_string,
+        "params": req.params, "agent": req.headers["X-Custom"], "body": req.json(),
+        "var": os.environ.get("GREETING"),
+    }
+"#;
+    let py_path = gust.write_file("echo/echo.py", py);
+    gust.cli(&[
+        "fn",
+        "create",
+        "echo",
+        "--env",
+        "python",
+        "--code",
+        py_path.to_str().unwrap(),
+        "--env-var",
+        "GREETING=hi there",
+    ])
+    .ok();
+    gust.cli(&[
+        "route",
+        "create",
+        "--fn",
+        "echo",
+        "--url",
+        "/users/{id}/items/{item}",
+        "--method",
+        "post,put",
+    ])
+    .ok();
+    let response = gust
+        .http()
+        .post(gust.public_url("/users/42/items/abc?x=1&y=two"))
+        .header("X-Custom", "yes")
+        .header("Content-Type", "application/json")
+        .body(r#"{"n": 5}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = json(&response.text().unwrap());
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["path"], "/users/42/items/abc");
+    assert_eq!(body["query"]["y"], "two");
+    assert_eq!(body["qs"], "x=1&y=two");
+    assert_eq!(body["params"]["id"], "42");
+    assert_eq!(body["params"]["item"], "abc");
+    assert_eq!(body["agent"], "yes");
+    assert_eq!(body["body"]["n"], 5);
+    assert_eq!(body["var"], "hi there");
+
+    let js = r#"
+module.exports = async function(context) {
+  const r = context.request;
+  return { status: 201, headers: { "x-answer": "yes" },
+           body: { method: r.method, params: r.params, query: r.query, body: r.body, header: r.headers["x-custom"], env: process.env.GREETING } };
+};
+"#;
+    let js_path = gust.write_file("echo-js/index.js", js);
+    gust.cli(&[
+        "fn",
+        "create",
+        "echo-js",
+        "--env",
+        "node",
+        "--code",
+        js_path.to_str().unwrap(),
+        "--env-var",
+        "GREETING=hola",
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "echo-js", "--url", "/js/{name}"])
+        .ok();
+    let response = gust
+        .http()
+        .put(gust.public_url("/js/ada?lang=en"))
+        .header("X-Custom", "yes")
+        .header("Content-Type", "application/json")
+        .body(r#"{"k": [1, 2]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-answer"], "yes");
+    let body = json(&response.text().unwrap());
+    assert_eq!(body["method"], "PUT");
+    assert_eq!(body["params"]["name"], "ada");
+    assert_eq!(body["query"]["lang"], "en");
+    assert_eq!(body["body"]["k"][1], 2);
+    assert_eq!(body["header"], "yes");
+    assert_eq!(body["env"], "hola");
+}
+
+#[test]
+fn directories_and_archives_deploy_with_entrypoints() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.write_file(
+        "pkg/main.py",
+        "from helper import word\ndef main():\n    return word()\n",
+    );
+    gust.write_file(
+        "pkg/helper.py",
+        "def word():\n    return 'from a package'\n",
+    );
+    gust.write_file(
+        "pkg/other.py",
+        "def handler(req):\n    return ('created', 201, {'X-Kind': 'other'})\n",
+    );
+    let pkg = gust.scratch().join("pkg");
+    gust.cli(&[
+        "fn",
+        "create",
+        "pkg",
+        "--env",
+        "python",
+        "--code",
+        pkg.to_str().unwrap(),
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "pkg", "--url", "/pkg"])
+        .ok();
+    assert_eq!(gust.get("/pkg").text().unwrap(), "from a package");
+
+    gust.cli(&[
+        "fn",
+        "create",
+        "other",
+        "--env",
+        "python",
+        "--code",
+        pkg.to_str().unwrap(),
+        "--entrypoint",
+        "other.handler",
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "other", "--url", "/other"])
+        .ok();
+    let response = gust.get("/other");
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-kind"], "other");
+
+    // A zip archive of a Node.js package with a named export.
+    let zip_path = gust.scratch().join("node.zip");
+    {
+        use std::io::Write;
+        let file = std::fs::File::create(&zip_path).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        let options = zip::write::SimpleFileOptions::default();
+        zip.start_file("lib/util.js", options).unwrap();
+        zip.write_all(b"module.exports.shout = (s) => s.toUpperCase();\n")
+            .unwrap();
+        zip.start_file("api.js", options).unwrap();
+        zip.write_all(b"const u = require('./lib/util');\nexports.handler = async () => ({ body: u.shout('zipped') });\n")
+            .unwrap();
+        zip.finish().unwrap();
+    }
+    gust.cli(&[
+        "fn",
+        "create",
+        "zipped",
+        "--env",
+        "node",
+        "--code",
+        zip_path.to_str().unwrap(),
+        "--entrypoint",
+        "api.handler",
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "zipped", "--url", "/zipped"])
+        .ok();
+    assert_eq!(gust.get("/zipped").text().unwrap(), "ZIPPED");
+}
+
+#[test]
+fn update_makes_revisions_and_rollback_restores_an_earlier_one() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "ver",
+        "python",
+        "ver.py",
+        "def main():\n    return 'v1'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/ver").text().unwrap(), "v1");
+
+    let v2 = gust.write_file("v2/ver.py", "def main():\n    return 'v2'\n");
+    gust.cli(&["fn", "update", "ver", "--code", v2.to_str().unwrap()])
+        .ok();
+    assert_eq!(gust.get("/ver").text().unwrap(), "v2");
+
+    // Update changes only what it is given: the timeout stays, the code stays.
+    gust.cli(&["fn", "update", "ver", "--timeout", "7s"]).ok();
+    assert_eq!(gust.get("/ver").text().unwrap(), "v2");
+    let info = json(&gust.cli(&["fn", "get", "ver", "-o", "json"]).ok().stdout);
+    assert_eq!(info["revision"], 3);
+    assert_eq!(info["timeout_ms"], 7000);
+
+    gust.cli(&["fn", "rollback", "ver", "--to", "1"]).ok();
+    assert_eq!(gust.get("/ver").text().unwrap(), "v1");
+    let revisions = json(
+        &gust
+            .cli(&["fn", "revisions", "ver", "-o", "json"])
+            .ok()
+            .stdout,
+    );
+    assert_eq!(revisions.as_array().unwrap().len(), 4);
+    assert_eq!(revisions[3]["copied_from"], 1);
+    // Without --to, rollback goes to the revision before the current one.
+    gust.cli(&["fn", "rollback", "ver"]).ok();
+    assert_eq!(gust.get("/ver").text().unwrap(), "v2");
+    let err = gust.cli(&["fn", "rollback", "ver", "--to", "99"]).failed();
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn reads_print_table_json_and_yaml() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "listed",
+        "python",
+        "f.py",
+        "def main():\n    return 'x'\n",
+        &["--memory", "256"],
+    );
+    let table = gust.cli(&["fn", "list"]).ok().stdout;
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("listed") && table.contains("256MB"),
+        "{table}"
+    );
+    let list = json(&gust.cli(&["fn", "list", "-o", "json"]).ok().stdout);
+    assert_eq!(list[0]["name"], "listed");
+    assert_eq!(list[0]["memory_mb"], 256);
+    let yaml = gust.cli(&["fn", "get", "listed", "-o", "yaml"]).ok().stdout;
+    assert!(yaml.contains("name: listed"), "{yaml}");
+    let routes = json(&gust.cli(&["route", "list", "-o", "json"]).ok().stdout);
+    assert_eq!(routes[0]["path"], "/listed");
+    let envs = json(&gust.cli(&["env", "list", "-o", "json"]).ok().stdout);
+    let names: Vec<&str> = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"python") && names.contains(&"node"),
+        "{names:?}"
+    );
+    let env = json(
+        &gust
+            .cli(&["env", "get", "python", "-o", "json"])
+            .ok()
+            .stdout,
+    );
+    assert_eq!(env["pool_size"], 1);
+}
+
+#[test]
+fn invoke_goes_through_the_api_and_logs_carry_request_ids() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let py = "import sys\ndef main(req):\n    print('got', req.body.decode())\n    print('to stderr', file=sys.stderr)\n    return 'echo:' + req.body.decode() + ':' + req.method + ':' + req.headers.get('x-k', '') + ':' + req.headers.get('authorization', 'none')\n";
+    let path = gust.write_file("talk/talk.py", py);
+    gust.cli(&[
+        "fn",
+        "create",
+        "talk",
+        "--env",
+        "python",
+        "--code",
+        path.to_str().unwrap(),
+    ])
+    .ok();
+
+    // No route: the public listener cannot reach it (S-02), the API can.
+    assert_eq!(gust.get("/talk").status(), 404);
+    let out = gust
+        .cli(&[
+            "fn", "invoke", "talk", "--data", "ping", "--header", "X-K: v",
+        ])
+        .ok();
+    assert_eq!(
+        out.stdout, "echo:ping:POST:v:none",
+        "the admin token never reaches the function"
+    );
+    let data_file = gust.write_file("payload.txt", "from-file");
+    let out = gust
+        .cli(&[
+            "fn",
+            "invoke",
+            "talk",
+            "--data",
+            &format!("@{}", data_file.display()),
+            "--method",
+            "put",
+        ])
+        .ok();
+    assert!(
+        out.stdout.starts_with("echo:from-file:PUT"),
+        "{}",
+        out.stdout
+    );
+
+    let lines = eventually(Duration::from_secs(10), || {
+        let logs = json(&gust.cli(&["fn", "logs", "talk", "-o", "json"]).ok().stdout);
+        (logs.as_array().unwrap().len() >= 4).then_some(logs)
+    })
+    .expect("four log lines arrive");
+    let first_id = lines[0]["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(lines[0]["text"], "got ping");
+    assert_eq!(lines[0]["stream"], "stdout");
+    assert_eq!(lines[1]["stream"], "stderr");
+    assert_ne!(lines[2]["request_id"], lines[0]["request_id"]);
+    let only_first = json(
+        &gust
+            .cli(&[
+                "fn",
+                "logs",
+                "talk",
+                "--request-id",
+                &first_id,
+                "-o",
+                "json",
+            ])
+            .ok()
+            .stdout,
+    );
+    assert_eq!(only_first.as_array().unwrap().len(), 2);
+    let table = gust.cli(&["fn", "logs", "talk"]).ok().stdout;
+    assert!(
+        table.contains(&first_id) && table.contains("got ping"),
+        "{table}"
+    );
+}
+
+#[test]
+fn functions_and_routes_survive_restarts_and_clean_stops() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "durable",
+        "python",
+        "d.py",
+        "def main():\n    return 'still here'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/durable").text().unwrap(), "still here");
+    gust.restart(); // kill -9, then start again
+    assert_eq!(gust.get("/durable").text().unwrap(), "still here");
+    assert!(gust.stop(), "SIGTERM ends gust cleanly:\n{}", gust.log());
+    gust.start_again();
+    assert_eq!(gust.get("/durable").text().unwrap(), "still here");
+    let list = json(&gust.cli(&["fn", "list", "-o", "json"]).ok().stdout);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn custom_environments_run_any_worker_protocol_server() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let server = r#"
+import http.server, os, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def go(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(n)
+        body = b"ok" if self.path in ("/healthz", "/v2/specialize") else b"custom:" + self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = go
+class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    def get_request(self):
+        r, _ = super().get_request()
+        return r, ("x", 0)
+S(os.environ["GUST_SOCKET"], H).serve_forever()
+"#;
+    let script = gust.write_file("env/custom_server.py", server);
+    // The workers' uid must be able to read the program it is given.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [
+        gust.dir.path().to_path_buf(),
+        gust.scratch(),
+        gust.scratch().join("env"),
+    ] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let command = format!("/usr/bin/python3 {}", script.display());
+    gust.cli(&[
+        "env",
+        "create",
+        "bin",
+        "--command",
+        &command,
+        "--pool-size",
+        "1",
+    ])
+    .ok();
+    let err = gust
+        .cli(&["env", "create", "bin", "--command", &command])
+        .failed();
+    assert!(err.contains("already exists"), "{err}");
+    gust.deploy("custom", "bin", "anything.txt", "data", &[]);
+    assert_eq!(gust.get("/custom").text().unwrap(), "custom:/custom");
+
+    let err = gust.cli(&["env", "delete", "bin"]).failed();
+    assert!(err.contains("in use"), "{err}");
+    let err = gust.cli(&["env", "delete", "python"]).failed();
+    assert!(err.contains("built in"), "{err}");
+    gust.cli(&["fn", "delete", "custom"]).ok();
+    gust.cli(&["env", "delete", "bin"]).ok();
+    assert_eq!(
+        gust.get("/custom").status(),
+        404,
+        "the route stays; its function is gone"
+    );
+}
