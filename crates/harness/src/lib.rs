@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use reqwest;
 pub use reqwest::blocking::Response;
 
 /// A port nobody listens on right now.
@@ -254,6 +255,14 @@ impl Gust {
         self.child.as_ref().expect("gust is running").id()
     }
 
+    /// Worker processes of this Gust (its descendants) whose command line contains `needle`.
+    pub fn worker_pids(&self, needle: &str) -> Vec<u32> {
+        let Some(child) = self.child.as_ref() else {
+            return Vec::new();
+        };
+        descendants_matching(child.id(), needle)
+    }
+
     /// SIGKILL: no cleanup, no drain.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -317,8 +326,17 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// Processes whose command line contains `needle` (from /proc).
-pub fn processes_matching(needle: &str) -> Vec<u32> {
+fn parent_of(pid: u32) -> Option<u32> {
+    let status =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|ppid| ppid.trim().parse().ok())
+}
+
+/// Descendants of `ancestor` whose command line contains `needle` (from /proc).
+pub fn descendants_matching(ancestor: u32, needle: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -328,6 +346,19 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline"))
                 .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(needle))
+        })
+        .filter(|pid| {
+            let mut current = *pid;
+            while let Some(parent) = parent_of(current) {
+                if parent == ancestor {
+                    return true;
+                }
+                if parent <= 1 {
+                    return false;
+                }
+                current = parent;
+            }
+            false
         })
         .collect()
 }

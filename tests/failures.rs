@@ -1,0 +1,249 @@
+//! End-to-end: functions that fail in every way a function can, and what callers and logs see.
+
+use std::time::{Duration, Instant};
+
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::Value;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+fn error_body(response: gust_harness::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let id = response.headers()["x-gust-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = serde_json::from_str(&response.text().unwrap()).unwrap();
+    assert_eq!(
+        body["request_id"],
+        id.as_str(),
+        "the error names the request"
+    );
+    (status, body)
+}
+
+#[test]
+fn a_raising_function_answers_502_and_its_traceback_goes_to_the_logs_only() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "boom",
+        "python",
+        "boom.py",
+        "def main(req):\n    raise ValueError('the-secret-detail')\n",
+        &[],
+    );
+    let (status, body) = error_body(gust.get("/boom"));
+    assert_eq!(status, 502);
+    assert_eq!(body["component"], "function");
+    assert_eq!(body["reason"], "function_error");
+    assert!(!body.to_string().contains("the-secret-detail"), "{body}");
+    let logs = eventually(Duration::from_secs(10), || {
+        let out = gust.cli(&["fn", "logs", "boom"]).ok().stdout;
+        out.contains("ValueError: the-secret-detail").then_some(out)
+    });
+    assert!(logs.is_some(), "the traceback reaches the logs");
+
+    gust.deploy(
+        "boom-js",
+        "node",
+        "boom.js",
+        "module.exports = async () => { throw new TypeError('js-secret'); };\n",
+        &[],
+    );
+    let (status, body) = error_body(gust.get("/boom-js"));
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (502, Some("function_error"))
+    );
+    assert!(!body.to_string().contains("js-secret"));
+    // The instance survives an exception and serves the next request.
+    assert_eq!(gust.get("/boom-js").status(), 502);
+}
+
+#[test]
+fn code_that_cannot_load_answers_502_naming_the_cause_and_never_hangs() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy("syntax", "python", "s.py", "def main(:\n", &[]);
+    let (status, body) = error_body(gust.get("/syntax"));
+    assert_eq!(status, 502);
+    assert_eq!(body["reason"], "load_error");
+    assert!(
+        body["message"].as_str().unwrap().contains("SyntaxError"),
+        "{body}"
+    );
+
+    gust.deploy(
+        "noentry",
+        "python",
+        "n.py",
+        "def other():\n    return 1\n",
+        &[],
+    );
+    let (_, body) = error_body(gust.get("/noentry"));
+    assert_eq!(body["reason"], "load_error");
+    assert!(
+        body["message"].as_str().unwrap().contains("LookupError"),
+        "{body}"
+    );
+
+    gust.deploy(
+        "js-syntax",
+        "node",
+        "bad.js",
+        "module.exports = async function( {\n",
+        &[],
+    );
+    let (_, body) = error_body(gust.get("/js-syntax"));
+    assert_eq!(body["reason"], "load_error");
+    assert!(
+        body["message"].as_str().unwrap().contains("SyntaxError"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_function_that_exits_fails_its_request_and_the_next_gets_a_fresh_worker() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let py = "import os\ndef main(req):\n    if req.query.get('die'):\n        os._exit(3)\n    return str(os.getpid())\n";
+    gust.deploy("mortal", "python", "m.py", py, &[]);
+    assert_eq!(gust.get("/mortal").status(), 200);
+    let (status, body) = error_body(gust.get("/mortal?die=1"));
+    assert_eq!(status, 502);
+    assert_eq!(body["reason"], "worker_exited");
+    assert_eq!(gust.get("/mortal").status(), 200);
+}
+
+#[test]
+fn r06_a_function_past_its_timeout_answers_504_and_its_worker_is_killed() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let py = "import time\ndef main(req):\n    time.sleep(float(req.query.get('s', '0')))\n    return 'done'\n";
+    gust.deploy("sleepy", "python", "s.py", py, &["--timeout", "1s"]);
+    assert_eq!(gust.get("/sleepy").text().unwrap(), "done");
+    let workers_before = gust.worker_pids("/gust-env/server.py").len();
+    let started = Instant::now();
+    let (status, body) = error_body(gust.get("/sleepy?s=60"));
+    // Generous bound: the point is that the caller is not held for the function's 60 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "held for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 504);
+    assert_eq!(body["reason"], "timeout");
+    // The killed worker is gone and a fresh one serves.
+    assert_eq!(gust.get("/sleepy").text().unwrap(), "done");
+    let settled = eventually(Duration::from_secs(10), || {
+        (gust.worker_pids("/gust-env/server.py").len() <= workers_before).then_some(())
+    });
+    assert!(settled.is_some(), "the timed-out worker was not killed");
+
+    // An infinite loop is no different (S-09).
+    gust.deploy(
+        "spin",
+        "node",
+        "spin.js",
+        "module.exports = async () => { for (;;) {} };\n",
+        &["--timeout", "500ms"],
+    );
+    let (status, _) = error_body(gust.get("/spin"));
+    assert_eq!(status, 504);
+}
+
+#[test]
+fn r01_killing_a_worker_mid_request_fails_only_that_request() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    // The victim is the only Node.js function, so its worker is easy to find from outside.
+    let js = "module.exports = async (ctx) => {\n  if (ctx.request.query.slow) await new Promise((r) => setTimeout(r, 30000));\n  return 'fine';\n};\n";
+    gust.deploy("victim", "node", "v.js", js, &[]);
+    gust.deploy(
+        "bystander",
+        "python",
+        "b.py",
+        "def main():\n    return 'unaffected'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/victim").text().unwrap(), "fine");
+
+    let slow_url = gust.public_url("/victim?slow=1");
+    let client = gust.http().clone();
+    let slow = std::thread::spawn(move || client.get(slow_url).send().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let node_workers = gust.worker_pids("/gust-env/server.js");
+    assert!(!node_workers.is_empty());
+    for pid in node_workers {
+        // SAFETY: sending SIGKILL to a process id we just read from /proc.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let started = Instant::now();
+    let (status, body) = error_body(slow.join().unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the request hung"
+    );
+    assert_eq!(status, 502);
+    assert_eq!(body["reason"], "worker_exited");
+    assert_eq!(gust.get("/bystander").text().unwrap(), "unaffected");
+    assert_eq!(gust.get("/victim").text().unwrap(), "fine");
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_stops_every_worker() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    let py = "import time\ndef main(req):\n    time.sleep(1)\n    return 'drained'\n";
+    gust.deploy("drain", "python", "d.py", py, &[]);
+    let url = gust.public_url("/drain");
+    let client = gust.http().clone();
+    let in_flight = std::thread::spawn(move || client.get(url).send().unwrap().text().unwrap());
+    std::thread::sleep(Duration::from_millis(400));
+    let workers = gust.worker_pids("/gust-env/");
+    assert!(!workers.is_empty());
+    assert!(gust.stop(), "clean exit:\n{}", gust.log());
+    assert_eq!(in_flight.join().unwrap(), "drained");
+    assert!(all_gone(&workers), "workers {workers:?} outlived gust");
+}
+
+#[test]
+fn workers_die_with_a_killed_gust_and_a_restart_starts_clean() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "orphan",
+        "python",
+        "o.py",
+        "def main():\n    return 'ok'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/orphan").text().unwrap(), "ok");
+    let workers = gust.worker_pids("/gust-env/");
+    assert!(
+        workers.len() >= 2,
+        "a specialized worker and pool workers: {workers:?}"
+    );
+    gust.restart();
+    assert!(
+        all_gone(&workers),
+        "workers {workers:?} outlived a killed gust"
+    );
+    assert_eq!(gust.get("/orphan").text().unwrap(), "ok");
+}
+
+/// Whether every pid has exited (gone, or a zombie nobody reaped yet).
+fn all_gone(pids: &[u32]) -> bool {
+    eventually(Duration::from_secs(10), || {
+        pids.iter()
+            .all(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|stat| {
+                        stat.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
+                    .unwrap_or(true)
+            })
+            .then_some(())
+    })
+    .is_some()
+}
