@@ -192,8 +192,10 @@ pub async fn create(
     let namespace = query.namespace()?;
     let body: FunctionBody = parse_json(&body)?;
     let name = Name::parse("function", body.name.as_deref().unwrap_or_default())?;
-    let (environment, entrypoint, env_vars, limits) = body.config().apply(None)?;
-    let environment = environment.ok_or_else(|| ApiError::Invalid("env is required".into()))?;
+    let fields = body.config().apply(None)?;
+    let environment = fields
+        .environment
+        .ok_or_else(|| ApiError::Invalid("env is required".into()))?;
     let code = body
         .code
         .ok_or_else(|| ApiError::Invalid("code is required".into()))?;
@@ -217,9 +219,9 @@ pub async fn create(
                     number: 1,
                     environment,
                     code,
-                    entrypoint,
-                    env_vars,
-                    limits,
+                    entrypoint: fields.entrypoint,
+                    env_vars: fields.env_vars,
+                    limits: fields.limits,
                     created_at_ms: now_ms(),
                     copied_from: None,
                 }],
@@ -247,10 +249,10 @@ pub async fn update(
     state
         .blocking(move |s| {
             let current = load(s, &namespace, &name)?;
-            let (environment, entrypoint, env_vars, limits) =
-                config.apply(Some(current.current_revision()))?;
-            let environment =
-                environment.expect("an update starts from a revision with an environment");
+            let fields = config.apply(Some(current.current_revision()))?;
+            let environment = fields
+                .environment
+                .expect("an update starts from a revision with an environment");
             require_environment(s, &environment)?;
             let code = match &body.code {
                 Some(code) => ingest(s, code)?,
@@ -260,9 +262,9 @@ pub async fn update(
                 number: 0,
                 environment,
                 code,
-                entrypoint,
-                env_vars,
-                limits,
+                entrypoint: fields.entrypoint,
+                env_vars: fields.env_vars,
+                limits: fields.limits,
                 created_at_ms: now_ms(),
                 copied_from: None,
             };

@@ -151,6 +151,16 @@ impl Function {
     }
 }
 
+/// The validated settings of the next revision (everything but its code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionFields {
+    /// `None` only on create without an environment, which the caller refuses.
+    pub environment: Option<Name>,
+    pub entrypoint: Option<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
 /// The settable fields of a function as a user wrote them; on update every field is optional
 /// and only the given ones change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -172,18 +182,7 @@ pub struct FunctionConfig {
 impl FunctionConfig {
     /// Applies this config over `base` (the previous revision, or defaults on create) and
     /// returns the validated fields of the next revision. Code is handled by the caller.
-    pub fn apply(
-        &self,
-        base: Option<&Revision>,
-    ) -> Result<
-        (
-            Option<Name>,
-            Option<String>,
-            BTreeMap<String, String>,
-            Limits,
-        ),
-        ModelError,
-    > {
+    pub fn apply(&self, base: Option<&Revision>) -> Result<RevisionFields, ModelError> {
         let environment = match &self.env {
             Some(env) => Some(Name::parse("environment", env)?),
             None => base.map(|r| r.environment.clone()),
@@ -234,7 +233,12 @@ impl FunctionConfig {
             }
             limits.memory_mb = memory;
         }
-        Ok((environment, entrypoint, env_vars, limits))
+        Ok(RevisionFields {
+            environment,
+            entrypoint,
+            env_vars,
+            limits,
+        })
     }
 }
 
@@ -297,12 +301,12 @@ mod tests {
             timeout: Some("500ms".into()),
             ..Default::default()
         };
-        let (env, entry, vars, limits) = config.apply(Some(&revision())).unwrap();
-        assert_eq!(env.unwrap().as_str(), "python");
-        assert_eq!(entry, None);
-        assert_eq!(vars["A"], "1");
-        assert_eq!(limits.timeout, Duration::from_millis(500));
-        assert_eq!(limits.memory_mb, DEFAULT_MEMORY_MB);
+        let fields = config.apply(Some(&revision())).unwrap();
+        assert_eq!(fields.environment.unwrap().as_str(), "python");
+        assert_eq!(fields.entrypoint, None);
+        assert_eq!(fields.env_vars["A"], "1");
+        assert_eq!(fields.limits.timeout, Duration::from_millis(500));
+        assert_eq!(fields.limits.memory_mb, DEFAULT_MEMORY_MB);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub use environment::{
 pub use error::ModelError;
 pub use function::{
     CodeRef, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function, FunctionConfig, Limits,
-    Revision, RevisionNumber, parse_duration,
+    Revision, RevisionFields, RevisionNumber, parse_duration,
 };
 pub use name::{Name, Namespace};
 pub use route::{

@@ -6,9 +6,16 @@ use crate::ModelError;
 
 /// A resource name: `^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`, the DNS label rule Kubernetes uses,
 /// so names are safe in paths, metric labels and file names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Name(String);
+
+/// Quoted like a string, so messages read `function "hello"`.
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl Name {
     /// Validates `value` as the name of a `what` ("function", "route", ...).
@@ -58,9 +65,15 @@ impl fmt::Display for Name {
 }
 
 /// A tenant. Every function, route and environment belongs to one; `default` always exists.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Namespace(Name);
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl Namespace {
     pub fn parse(value: &str) -> Result<Self, ModelError> {
