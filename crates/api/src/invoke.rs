@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use gust_executor::{Invocation, LogLine, LogQuery, TriggerKind, function_key};
 use gust_model::Name;
 use gust_router::{
-    forwardable_headers, function_response, invoke_error_response, new_request_id, read_limited,
+    add_param_headers, forwardable_headers, function_response, invoke_error_response,
+    new_request_id, read_limited,
 };
 use http::{HeaderValue, Method};
 use serde::Deserialize;
@@ -59,6 +60,16 @@ pub async fn invoke(
         .body(body)
         .map_err(|_| ApiError::Invalid(format!("invalid path {path:?}")))?;
     *forwarded.headers_mut() = forwardable_headers(&parts.headers, true);
+    // When the path matches one of this function's routes, the function gets its parameters
+    // as it would through the public listener.
+    let table = state.routes.snapshot();
+    let route_path = path.split('?').next().unwrap_or("/");
+    if let Some(found) = table.find(forwarded.method().as_str(), route_path)
+        && found.route.namespace == namespace
+        && found.route.function == function
+    {
+        add_param_headers(forwarded.headers_mut(), &found.params);
+    }
     let id_header = HeaderValue::from_str(id.as_str()).expect("request ids are ASCII");
     forwarded
         .headers_mut()

@@ -133,6 +133,23 @@ async fn serve(
     }
 }
 
+/// Path parameters as `X-Gust-Param-<name>` headers, and all of them, names in their original
+/// case, as JSON in `X-Gust-Params`.
+pub fn add_param_headers(headers: &mut HeaderMap, params: &[(String, String)]) {
+    let mut all = serde_json::Map::new();
+    for (name, value) in params {
+        if let Ok(header_name) = HeaderName::try_from(format!("x-gust-param-{name}")) {
+            set_header(headers, header_name, value);
+        }
+        all.insert(name.clone(), serde_json::Value::String(value.clone()));
+    }
+    set(
+        headers,
+        "x-gust-params",
+        &serde_json::Value::Object(all).to_string(),
+    );
+}
+
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     set_header(headers, HeaderName::from_static(name), value);
 }
