@@ -40,6 +40,8 @@ const WORKER_ENV_DIR: &str = "/gust-env";
 const CODE_FD: i32 = 200;
 const SOCKET_FD: i32 = 201;
 const ENV_FD: i32 = 202;
+/// Where sources are parked while being moved to the numbers above.
+const LIFTED_FD_FLOOR: i32 = 1024;
 
 #[derive(Debug, Clone)]
 pub enum Sandbox {
@@ -228,14 +230,23 @@ impl Sandbox {
                 // until spawn returns.
                 unsafe {
                     command.pre_exec(move || {
-                        for (from, to) in fds.into_iter().flatten() {
-                            if from == to {
-                                if libc::fcntl(to, libc::F_SETFD, 0) != 0 {
-                                    return Err(std::io::Error::last_os_error());
-                                }
-                            } else if libc::dup2(from, to) < 0 {
+                        // A source may already sit on another's target number (a busy Gust
+                        // has hundreds of descriptors), so first lift every source above all
+                        // targets, then place them.
+                        let mut lifted = [(-1, -1); 3];
+                        for (slot, (from, to)) in lifted.iter_mut().zip(fds.into_iter().flatten()) {
+                            let high = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, LIFTED_FD_FLOOR);
+                            if high < 0 {
                                 return Err(std::io::Error::last_os_error());
                             }
+                            *slot = (high, to);
+                        }
+                        for (high, to) in lifted.into_iter().filter(|(high, _)| *high >= 0) {
+                            // dup2 leaves the target without close-on-exec: bwrap inherits it.
+                            if libc::dup2(high, to) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            libc::close(high);
                         }
                         Ok(())
                     });

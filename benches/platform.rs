@@ -1,0 +1,326 @@
+//! Platform benchmark: cold starts, warm-request overhead and idle memory, each against a
+//! baseline measured in the same run.
+//!
+//! Run with `cargo bench --bench platform` (release build). Prints a Markdown table.
+//!
+//! 1. Cold start: the first request to a never-invoked function, with the environment's pool
+//!    warm, against the same with no pool (`--pool-size 0`: a worker is started per cold start).
+//! 2. Warm overhead: a warm function through Gust's public listener against the same worker
+//!    server, specialized with the same code, called directly on its Unix socket.
+//! 3. Memory: resident memory of `gust up` with 1,000 deployed idle functions against the same
+//!    process with none; pool workers reported separately.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gust_harness::reqwest::Method;
+use gust_harness::{Gust, GustOptions};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+const COLD_SAMPLES: usize = 40;
+const WARM_SAMPLES: usize = 3_000;
+const IDLE_FUNCTIONS: usize = 1_000;
+
+const PYTHON_FN: &str = "def main():\n    return 'ok'\n";
+const NODE_FN: &str = "module.exports = async () => ({ status: 200, body: 'ok' });\n";
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn tcp_sender(port: u16) -> SendRequest<Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> Duration {
+    let request = http::Request::get(path)
+        .header("host", "bench")
+        .body(Empty::new())
+        .unwrap();
+    let started = Instant::now();
+    sender.ready().await.unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let elapsed = started.elapsed();
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    elapsed
+}
+
+/// Deploys `count` functions with routes `/<prefix>-<i>` through the API.
+fn deploy_many(gust: &Gust, prefix: &str, env: &str, file: &str, source: &str, count: usize) {
+    use base64::Engine;
+    let content = base64::engine::general_purpose::STANDARD.encode(source);
+    for i in 0..count {
+        let name = format!("{prefix}-{i}");
+        let body = serde_json::json!({"name": name, "env": env, "code": {"filename": file, "content_base64": content}});
+        let response = gust
+            .api(Method::POST, "/v1/functions")
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().unwrap());
+        let route = serde_json::json!({"function": name, "url": format!("/{name}"), "name": name});
+        let response = gust
+            .api(Method::POST, "/v1/routes")
+            .json(&route)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+}
+
+async fn cold_starts(gust: &Gust, prefix: &str) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(COLD_SAMPLES);
+    for i in 0..COLD_SAMPLES {
+        // Let the pool refill from the previous cold start, as between real first requests.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut sender = tcp_sender(gust.public_port).await;
+        let path = format!("/{prefix}-{i}");
+        let request = http::Request::get(&path)
+            .header("host", "bench")
+            .body(Empty::new())
+            .unwrap();
+        let started = Instant::now();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        samples.push(started.elapsed());
+        assert_eq!(
+            status,
+            200,
+            "{path}: {}\n{}",
+            String::from_utf8_lossy(&body),
+            gust.log()
+        );
+    }
+    samples
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Starts the built-in Python worker server directly (no Gust, no sandbox) and specializes it.
+async fn direct_python_worker(dir: &Path) -> (std::process::Child, SendRequest<Full<Bytes>>) {
+    let server = dir.join("server.py");
+    std::fs::write(&server, include_str!("../environments/python/server.py")).unwrap();
+    let code = dir.join("direct.py");
+    std::fs::write(&code, PYTHON_FN).unwrap();
+    let socket = dir.join("direct.sock");
+    let child = std::process::Command::new("/usr/bin/python3")
+        .arg(&server)
+        .env_clear()
+        .env("GUST_SOCKET", &socket)
+        .env("PYTHONUNBUFFERED", "1")
+        .spawn()
+        .unwrap();
+    let stream = loop {
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let body = serde_json::json!({"filepath": code, "functionName": "", "env": {}}).to_string();
+    let request = http::Request::post("/v2/specialize")
+        .header("host", "bench")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert!(response.status().is_success());
+    response.into_body().collect().await.unwrap();
+    (child, sender)
+}
+
+fn run(rt: &tokio::runtime::Runtime) {
+    let mut rows: Vec<[String; 4]> = Vec::new();
+
+    // 1. Cold start, with and without the pool.
+    let pooled = Gust::start(
+        GUST,
+        GustOptions {
+            pool_size: 3,
+            ..Default::default()
+        },
+    );
+    let unpooled = Gust::start(
+        GUST,
+        GustOptions {
+            pool_size: 0,
+            ..Default::default()
+        },
+    );
+    for (env, file, source) in [("python", "f.py", PYTHON_FN), ("node", "f.js", NODE_FN)] {
+        deploy_many(&pooled, env, env, file, source, COLD_SAMPLES);
+        deploy_many(&unpooled, env, env, file, source, COLD_SAMPLES);
+        let warm_pool = stats(rt.block_on(cold_starts(&pooled, env)));
+        let no_pool = stats(rt.block_on(cold_starts(&unpooled, env)));
+        rows.push([
+            format!("cold start, {env} (p50 / p99)"),
+            format!("{} / {}", ms(warm_pool.p50), ms(warm_pool.p99)),
+            format!("{} / {} (no pool)", ms(no_pool.p50), ms(no_pool.p99)),
+            format!(
+                "{:.3}",
+                warm_pool.p50.as_secs_f64() / no_pool.p50.as_secs_f64()
+            ),
+        ]);
+    }
+    drop(unpooled);
+
+    // 2. Warm overhead: through Gust vs the same worker server called directly.
+    let scratch = tempfile::tempdir().unwrap();
+    let (through_gust, direct_samples, mut child) = rt.block_on(async {
+        let mut through_gust = Vec::with_capacity(WARM_SAMPLES);
+        let mut sender = tcp_sender(pooled.public_port).await;
+        for _ in 0..200 {
+            get(&mut sender, "/python-0").await;
+        }
+        for _ in 0..WARM_SAMPLES {
+            through_gust.push(get(&mut sender, "/python-0").await);
+        }
+        let (child, mut direct) = direct_python_worker(scratch.path()).await;
+        let mut direct_samples = Vec::with_capacity(WARM_SAMPLES);
+        for i in 0..(WARM_SAMPLES + 200) {
+            let request = http::Request::get("/")
+                .header("host", "bench")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let started = Instant::now();
+            direct.ready().await.unwrap();
+            let response = direct.send_request(request).await.unwrap();
+            response.into_body().collect().await.unwrap();
+            if i >= 200 {
+                direct_samples.push(started.elapsed());
+            }
+        }
+        (through_gust, direct_samples, child)
+    });
+    let _ = child.kill();
+    let gust_stats = stats(through_gust);
+    let direct_stats = stats(direct_samples);
+    rows.push([
+        "warm request, python (p50 / p99)".into(),
+        format!("{} / {}", us(gust_stats.p50), us(gust_stats.p99)),
+        format!(
+            "{} / {} (worker direct)",
+            us(direct_stats.p50),
+            us(direct_stats.p99)
+        ),
+        format!(
+            "{:.2}",
+            gust_stats.p50.as_secs_f64() / direct_stats.p50.as_secs_f64()
+        ),
+    ]);
+    rows.push([
+        "warm overhead, python (p50 / p99)".into(),
+        format!(
+            "{} / {}",
+            us(gust_stats.p50.saturating_sub(direct_stats.p50)),
+            us(gust_stats.p99.saturating_sub(direct_stats.p99))
+        ),
+        "Gust minus direct".into(),
+        "".into(),
+    ]);
+    drop(pooled);
+
+    // 3. Memory with 1,000 idle functions.
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            pool_size: 3,
+            ..Default::default()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let empty_rss = rss_kib(gust.pid());
+    deploy_many(&gust, "idle", "python", "f.py", PYTHON_FN, IDLE_FUNCTIONS);
+    std::thread::sleep(Duration::from_secs(1));
+    let full_rss = rss_kib(gust.pid());
+    let workers: u64 = gust
+        .worker_pids("/gust-env/")
+        .into_iter()
+        .map(rss_kib)
+        .sum();
+    rows.push([
+        format!("gust RSS, {IDLE_FUNCTIONS} idle functions"),
+        format!("{:.1} MB", full_rss as f64 / 1024.0),
+        format!("{:.1} MB (no functions)", empty_rss as f64 / 1024.0),
+        format!("{:.2}", full_rss as f64 / empty_rss as f64),
+    ]);
+    rows.push([
+        "pool workers RSS (3 python + 3 node, with bwrap)".into(),
+        format!("{:.1} MB", workers as f64 / 1024.0),
+        "".into(),
+        "".into(),
+    ]);
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("\nGust platform benchmark — {cores} cores, {cpu}\n");
+    println!("| measure | Gust | baseline (same run) | ratio |");
+    println!("|---|---|---|---|");
+    for [a, b, c, d] in rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --bench absent; only measure when asked.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    run(&rt);
+}
