@@ -475,3 +475,33 @@ S(os.environ["GUST_SOCKET"], H).serve_forever()
         "the route stays; its function is gone"
     );
 }
+
+#[test]
+fn idle_instances_stop_after_the_idle_timeout_and_the_pool_stays_warm() {
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            pool_size: 1,
+            extra_args: vec!["--idle-timeout".into(), "1s".into()],
+        },
+    );
+    gust.deploy(
+        "brief",
+        "python",
+        "b.py",
+        "def main():\n    return 'b'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/brief").text().unwrap(), "b");
+    let info = json(&gust.cli(&["fn", "get", "brief", "-o", "json"]).ok().stdout);
+    assert_eq!(info["instances"]["idle"], 1);
+    let python_workers = || gust.worker_pids("/usr/bin/python3").len();
+    let busy = python_workers();
+    let stopped = eventually(Duration::from_secs(15), || {
+        let info = json(&gust.cli(&["fn", "get", "brief", "-o", "json"]).ok().stdout);
+        (info["instances"]["idle"] == 0 && python_workers() < busy).then_some(())
+    });
+    assert!(stopped.is_some(), "the idle instance was not stopped");
+    // The next request is served from the refilled pool.
+    assert_eq!(gust.get("/brief").text().unwrap(), "b");
+}

@@ -1,12 +1,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use gust_model::{Name, Namespace};
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Instance, InstanceSpec, Invocation, InvokeError, Invoker, Runtime};
@@ -286,5 +287,216 @@ impl Invoker for Executor {
         }
         drop(permit);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use gust_model::{BuiltinRuntime, Environment, Limits};
+
+    use super::*;
+    use crate::{RequestId, TriggerKind};
+
+    /// A runtime whose instances take `hold` to answer and count starts and stops.
+    struct TimedRuntime {
+        hold: Duration,
+        started: AtomicUsize,
+        stopped: Arc<AtomicUsize>,
+    }
+
+    struct TimedInstance {
+        hold: Duration,
+        stopped: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Instance for TimedInstance {
+        async fn handle(
+            &mut self,
+            _id: &RequestId,
+            _request: http::Request<Bytes>,
+            _timeout: Duration,
+        ) -> Result<http::Response<Bytes>, InvokeError> {
+            tokio::time::sleep(self.hold).await;
+            Ok(http::Response::new(Bytes::from_static(b"ok")))
+        }
+        fn is_healthy(&mut self) -> bool {
+            true
+        }
+        async fn stop(self: Box<Self>) {
+            self.stopped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait]
+    impl Runtime for TimedRuntime {
+        async fn start_instance(
+            &self,
+            _spec: &InstanceSpec,
+            _first_request: &RequestId,
+        ) -> Result<Box<dyn Instance>, InvokeError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(TimedInstance {
+                hold: self.hold,
+                stopped: self.stopped.clone(),
+            }))
+        }
+        fn set_environments(&self, _environments: &[Environment]) {}
+        async fn shutdown(&self) {}
+    }
+
+    struct OneFunction;
+
+    impl DeploymentSource for OneFunction {
+        fn deployment(
+            &self,
+            namespace: &Namespace,
+            function: &Name,
+        ) -> Result<Option<InstanceSpec>, String> {
+            Ok((function.as_str() == "f").then(|| InstanceSpec {
+                namespace: namespace.clone(),
+                function: function.clone(),
+                revision: 1,
+                environment: Environment::builtin(BuiltinRuntime::Python, 0),
+                code_dir: "/nonexistent".into(),
+                code_file: None,
+                entrypoint: None,
+                env_vars: BTreeMap::new(),
+                limits: Limits::default(),
+            }))
+        }
+    }
+
+    fn executor(config: ExecutorConfig, hold: Duration) -> (Arc<Executor>, Arc<TimedRuntime>) {
+        let runtime = Arc::new(TimedRuntime {
+            hold,
+            started: AtomicUsize::new(0),
+            stopped: Arc::new(AtomicUsize::new(0)),
+        });
+        (
+            Executor::new(config, Arc::new(OneFunction), runtime.clone()),
+            runtime,
+        )
+    }
+
+    fn call(name: &str) -> Invocation {
+        Invocation {
+            id: RequestId::new("r"),
+            namespace: Namespace::default(),
+            function: Name::parse("function", name).unwrap(),
+            trigger: TriggerKind::Http,
+            request: http::Request::new(Bytes::new()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn excess_requests_wait_in_a_bounded_queue_then_get_429() {
+        let config = ExecutorConfig {
+            max_instances: 1,
+            queue_depth: 2,
+            queue_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(120),
+        };
+        let (executor, runtime) = executor(config, Duration::from_secs(1));
+        let mut calls = Vec::new();
+        for _ in 0..5 {
+            let executor = executor.clone();
+            calls.push(tokio::spawn(
+                async move { executor.invoke(call("f")).await },
+            ));
+            tokio::task::yield_now().await;
+        }
+        let mut ok = 0;
+        let mut retry_afters = Vec::new();
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(err) => {
+                    assert_eq!(err.status(), 429);
+                    retry_afters.push(err.retry_after().unwrap());
+                }
+            }
+        }
+        // One runs; two wait past the queue timeout; two find the queue full.
+        assert_eq!(ok, 1);
+        assert_eq!(retry_afters.len(), 4);
+        assert_eq!(
+            runtime.started.load(Ordering::SeqCst),
+            1,
+            "never more than max instances"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_requests_are_served_when_capacity_frees_up() {
+        let config = ExecutorConfig {
+            max_instances: 2,
+            queue_depth: 10,
+            queue_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        };
+        let (executor, runtime) = executor(config, Duration::from_millis(100));
+        let calls: Vec<_> = (0..10)
+            .map(|_| {
+                let executor = executor.clone();
+                tokio::spawn(async move { executor.invoke(call("f")).await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_ok());
+        }
+        assert_eq!(
+            runtime.started.load(Ordering::SeqCst),
+            2,
+            "instances are reused"
+        );
+        assert_eq!(
+            executor
+                .instance_counts(
+                    &Namespace::default(),
+                    &Name::parse("function", "f").unwrap()
+                )
+                .idle,
+            2
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_instances_stop_after_the_idle_timeout_and_changes_retire_them() {
+        let config = ExecutorConfig {
+            idle_timeout: Duration::from_secs(5),
+            ..ExecutorConfig::default()
+        };
+        let (executor, runtime) = executor(config, Duration::from_millis(1));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(executor.clone().run_reaper(shutdown.clone()));
+        executor.invoke(call("f")).await.unwrap();
+        let f = Name::parse("function", "f").unwrap();
+        assert_eq!(executor.instance_counts(&Namespace::default(), &f).idle, 1);
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert_eq!(executor.instance_counts(&Namespace::default(), &f).idle, 0);
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+
+        executor.invoke(call("f")).await.unwrap();
+        executor.function_changed(&Namespace::default(), &f);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            runtime.stopped.load(Ordering::SeqCst),
+            2,
+            "a change stops idle instances"
+        );
+        executor.invoke(call("f")).await.unwrap();
+        assert_eq!(
+            runtime.started.load(Ordering::SeqCst),
+            3,
+            "the next request starts afresh"
+        );
+        shutdown.cancel();
+
+        let missing = executor.invoke(call("g")).await.unwrap_err();
+        assert_eq!(missing.reason(), "function_not_found");
     }
 }
