@@ -365,11 +365,23 @@ fn invoke_goes_through_the_api_and_logs_carry_request_ids() {
         (logs.as_array().unwrap().len() >= 4).then_some(logs)
     })
     .expect("four log lines arrive");
-    let first_id = lines[0]["request_id"].as_str().unwrap().to_owned();
-    assert_eq!(lines[0]["text"], "got ping");
-    assert_eq!(lines[0]["stream"], "stdout");
-    assert_eq!(lines[1]["stream"], "stderr");
-    assert_ne!(lines[2]["request_id"], lines[0]["request_id"]);
+    // stdout and stderr are read separately: order within a stream holds, not across them.
+    let find = |text: &str| {
+        lines
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["text"] == text)
+            .unwrap_or_else(|| panic!("no line {text:?} in {lines}"))
+            .clone()
+    };
+    let got = find("got ping");
+    let first_id = got["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(got["stream"], "stdout");
+    let err_line = find("to stderr");
+    assert_eq!(err_line["stream"], "stderr");
+    assert_eq!(err_line["request_id"], first_id.as_str());
+    assert_ne!(find("got from-file")["request_id"], first_id.as_str());
     let only_first = json(
         &gust
             .cli(&[
@@ -504,4 +516,46 @@ fn idle_instances_stop_after_the_idle_timeout_and_the_pool_stays_warm() {
     assert!(stopped.is_some(), "the idle instance was not stopped");
     // The next request is served from the refilled pool.
     assert_eq!(gust.get("/brief").text().unwrap(), "b");
+}
+
+#[test]
+fn logs_follow_prints_new_lines_as_they_arrive() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "chatty",
+        "python",
+        "c.py",
+        "def main(req):\n    print('said', req.query['n'])\n    return 'ok'\n",
+        &[],
+    );
+    let mut follower = gust.cli_spawn(&["fn", "logs", "chatty", "-f"]);
+    let stdout = follower.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    for n in 1..=2 {
+        let response = gust.get(&format!("/chatty?n={n}"));
+        let id = response.headers()["x-gust-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the follower prints the new line");
+        assert!(
+            line.contains(&format!("said {n}")) && line.contains(&id),
+            "{line}"
+        );
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
 }

@@ -209,6 +209,19 @@ impl Gust {
         CliOutput::from(command.output().expect("the gust binary runs"))
     }
 
+    /// Starts a long-running CLI command (such as `fn logs -f`) with its stdout piped.
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        Command::new(&self.binary)
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .env_remove("GUST_URL")
+            .env_remove("GUST_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the gust binary runs")
+    }
+
     /// Writes `content` to `name` in the scratch directory and returns its path.
     pub fn write_file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let path = self.scratch().join(name);

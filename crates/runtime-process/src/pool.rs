@@ -71,30 +71,51 @@ impl WarmPool {
     async fn keep_filled(self: Arc<Self>, spawner: Arc<Spawner>) {
         let mut failures = 0u32;
         loop {
-            while self.ready_count() < self.size && !self.stop.is_cancelled() {
-                let started = tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    started = spawner.start_worker(&self.command) => started,
-                };
-                match started {
-                    Ok(worker) => {
-                        failures = 0;
-                        self.ready
-                            .lock()
-                            .expect("pool lock is never poisoned")
-                            .push_back(worker);
-                    }
-                    Err(err) => {
-                        // A broken environment must not spin: back off, keep trying.
-                        failures += 1;
-                        tracing::warn!(environment = %self.command.environment, error = %err, "pool worker failed to start");
-                        let delay = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
-                        tokio::select! {
-                            _ = self.stop.cancelled() => return,
-                            _ = tokio::time::sleep(delay) => {}
+            let missing = self.size.saturating_sub(self.ready_count());
+            if missing > 0 && !self.stop.is_cancelled() {
+                // Start the missing workers side by side: after a burst of cold starts the
+                // pool is whole again in one interpreter start, not one per worker.
+                let mut starting = tokio::task::JoinSet::new();
+                for _ in 0..missing {
+                    let (spawner, command) = (spawner.clone(), self.command.clone());
+                    starting.spawn(async move { spawner.start_worker(&command).await });
+                }
+                let mut failed = false;
+                loop {
+                    let next = tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        next = starting.join_next() => next,
+                    };
+                    match next {
+                        None => break,
+                        Some(Ok(Ok(worker))) => {
+                            self.ready
+                                .lock()
+                                .expect("pool lock is never poisoned")
+                                .push_back(worker);
+                        }
+                        Some(Ok(Err(err))) => {
+                            failed = true;
+                            tracing::warn!(environment = %self.command.environment, error = %err, "pool worker failed to start");
+                        }
+                        Some(Err(err)) => {
+                            failed = true;
+                            tracing::error!(environment = %self.command.environment, error = %err, "pool worker task failed");
                         }
                     }
                 }
+                if failed {
+                    // A broken environment must not spin: back off, keep trying.
+                    failures += 1;
+                    let delay = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                } else {
+                    failures = 0;
+                }
+                continue;
             }
             tokio::select! {
                 _ = self.stop.cancelled() => {
