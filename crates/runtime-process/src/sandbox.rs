@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 
 use tokio::process::Command;
 
@@ -102,7 +103,7 @@ impl Sandbox {
                     .into(),
             })?;
         let sandbox = Sandbox::Bubblewrap { bwrap };
-        let probe_dir = TempDir::new()?;
+        let probe_dir = probe_dir()?;
         let paths = WorkerPaths::new(probe_dir.path());
         prepare_dirs(&paths)?;
         let binds = BindSources::open(&paths, None)?;
@@ -297,7 +298,6 @@ fn base_env(socket: &str) -> Vec<(&'static str, String)> {
 }
 
 pub fn prepare_dirs(paths: &WorkerPaths) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::PermissionsExt;
     if let Some(worker_dir) = paths.code_dir.parent() {
         std::fs::create_dir_all(worker_dir).map_err(RuntimeError::io(worker_dir))?;
         std::fs::set_permissions(worker_dir, std::fs::Permissions::from_mode(0o711))
@@ -311,25 +311,13 @@ pub fn prepare_dirs(paths: &WorkerPaths) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// A directory removed when dropped, for the startup probe.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self, RuntimeError> {
-        let path = std::env::temp_dir().join(format!("gust-probe-{}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(RuntimeError::io(&path))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .map_err(RuntimeError::io(&path))?;
-        Ok(Self(path))
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory for the startup probe, traversable by the workers' uid.
+fn probe_dir() -> Result<tempfile::TempDir, RuntimeError> {
+    let dir = tempfile::Builder::new()
+        .prefix("gust-probe-")
+        .tempdir()
+        .map_err(RuntimeError::io(std::env::temp_dir()))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(RuntimeError::io(dir.path()))?;
+    Ok(dir)
 }
