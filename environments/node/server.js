@@ -11,8 +11,11 @@ const path = require('path');
 
 const FUNCTION_ERROR_HEADER = 'X-Gust-Function-Error';
 const PARAM_PREFIX = 'x-gust-param-';
+// Reserved by the worker protocol: no route reaches it.
+const WARMUP_PATH = '/_gust/warmup';
 
 let userFunction = null;
+let warm = false;
 
 function load(filepath, functionName) {
   let file = filepath;
@@ -124,7 +127,8 @@ function callFunction(context) {
 async function handle(req, res) {
   const url = new URL(req.url, 'http://gust-worker');
   if (url.pathname === '/healthz') {
-    send(res, 200, { 'Content-Type': 'text/plain' }, Buffer.from('ok'));
+    // Not ready until warmed up, so no specialize can race the warm-up function.
+    send(res, warm ? 200 : 503, { 'Content-Type': 'text/plain' }, Buffer.from(warm ? 'ok' : 'warming'));
     return;
   }
   const raw = await readBody(req);
@@ -170,6 +174,23 @@ async function handle(req, res) {
   }
 }
 
+// A pooled worker waits for its function anyway: run the module loader and one whole
+// invocation (a request to ourselves, body included) now, so that V8 has compiled those paths
+// before the first real request pays for it. Until then /healthz answers 503.
+function loadWarmUpFunction() {
+  const os = require('os');
+  const file = path.join(os.tmpdir(), `.gust-warmup-${process.pid}.js`);
+  try {
+    fs.writeFileSync(file, 'module.exports = async (ctx) => ({ status: 200, body: { params: ctx.request.params } });\n');
+    userFunction = load(file, '');
+    delete require.cache[require.resolve(file)];
+  } catch (_) {
+    userFunction = null; // warming up is an optimisation only
+  } finally {
+    try { fs.unlinkSync(file); } catch (_) { /* already gone */ }
+  }
+}
+
 const server = http.createServer((req, res) => {
   handle(req, res).catch((err) => {
     console.error(err && err.stack ? err.stack : String(err));
@@ -178,10 +199,38 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 0;
 
+// One request to ourselves through the whole HTTP path, body included.
+function warmUpHttp(address) {
+  return new Promise((resolve) => {
+    const body = Buffer.from('{"warm": true}');
+    const req = http.request(
+      {
+        ...address,
+        method: 'POST',
+        path: WARMUP_PATH,
+        headers: { 'content-type': 'application/json', 'content-length': body.length, 'x-gust-params': '{}' },
+      },
+      (res) => {
+        res.on('data', () => {});
+        res.on('end', resolve);
+        res.on('error', resolve);
+      },
+    );
+    req.on('error', resolve);
+    req.end(body);
+  });
+}
+
 const socketPath = process.env.GUST_SOCKET;
+const address = socketPath ? { socketPath } : { host: '127.0.0.1', port: Number(process.env.GUST_PORT) };
+if (socketPath && fs.existsSync(socketPath)) fs.unlinkSync(socketPath);
+loadWarmUpFunction();
+const listening = () => warmUpHttp(address).finally(() => {
+  userFunction = null;
+  warm = true;
+});
 if (socketPath) {
-  if (fs.existsSync(socketPath)) fs.unlinkSync(socketPath);
-  server.listen(socketPath);
+  server.listen(socketPath, listening);
 } else {
-  server.listen(Number(process.env.GUST_PORT), '127.0.0.1');
+  server.listen(address.port, address.host, listening);
 }

@@ -5,12 +5,14 @@ GUST_PORT): GET /healthz, POST /v2/specialize once, then every other request is 
 invocation of the loaded function. See docs/worker-protocol.md.
 """
 
+import http.client
 import http.server
 import importlib
 import importlib.util
 import inspect
 import json
 import os
+import socket
 import socketserver
 import sys
 import threading
@@ -20,9 +22,12 @@ import urllib.parse
 FUNCTION_ERROR_HEADER = "X-Gust-Function-Error"
 PARAM_PREFIX = "x-gust-param-"
 
+WARMUP_PATH = "/_gust/warmup"  # reserved by the worker protocol: no route reaches it
+
 _lock = threading.Lock()
 _function = None
 _takes_request = False
+_warm = False
 
 
 class Headers:
@@ -176,7 +181,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self):
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            self._send(200, {"Content-Type": "text/plain"}, b"ok")
+            # Not ready until warmed up, so no specialize can race the warm-up function.
+            if _warm:
+                self._send(200, {"Content-Type": "text/plain"}, b"ok")
+            else:
+                self._send(503, {"Content-Type": "text/plain"}, b"warming")
         elif path == "/v2/specialize" and self.command == "POST":
             self._specialize()
         else:
@@ -235,14 +244,53 @@ class TcpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
+def _warm_up(connect):
+    """Runs the loader and one whole invocation (a request to ourselves) before the worker
+    says it is ready, so the first real request does not pay for first-time work."""
+    global _function, _takes_request, _warm
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "gust_warmup.py")
+            with open(path, "w") as f:
+                f.write("def main(req):\n    return {'params': req.params, 'body': req.json()}\n")
+            _function = _load(path, "")
+            _takes_request = _takes_argument(_function)
+            sys.modules.pop("gust_warmup", None)
+            sys.path.remove(tmp)
+            conn = connect()
+            body = b'{"warm": true}'
+            conn.request("POST", WARMUP_PATH, body, {"Content-Type": "application/json", "X-Gust-Params": "{}"})
+            conn.getresponse().read()
+            conn.close()
+    except Exception:
+        pass  # warming up is an optimisation only
+    finally:
+        _function, _takes_request, _warm = None, False, True
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("gust-worker")
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
+
+
 def main():
     socket_path = os.environ.get("GUST_SOCKET")
     if socket_path:
         if os.path.exists(socket_path):
             os.unlink(socket_path)
         server = UnixServer(socket_path, Handler)
+        connect = lambda: _UnixConnection(socket_path)
     else:
         server = TcpServer(("127.0.0.1", int(os.environ["GUST_PORT"])), Handler)
+        connect = lambda: http.client.HTTPConnection("127.0.0.1", server.server_address[1])
+    threading.Thread(target=_warm_up, args=(connect,), daemon=True).start()
     server.serve_forever()
 
 

@@ -160,7 +160,9 @@ impl Runtime for ProcessRuntime {
             .expect("pool map lock is never poisoned")
             .get(&spec.environment.name)
             .cloned();
+        let started = std::time::Instant::now();
         let pooled = pool.as_ref().and_then(|pool| pool.take());
+        let from_pool = pooled.is_some();
         let mut worker = match pooled {
             Some(worker) => worker,
             None => {
@@ -180,7 +182,15 @@ impl Runtime for ProcessRuntime {
                 })?
             }
         };
+        let worker_ready = started.elapsed();
         worker.specialize(spec, first_request).await?;
+        tracing::debug!(
+            function = %spec.function,
+            from_pool,
+            worker_ms = worker_ready.as_secs_f64() * 1e3,
+            specialize_ms = (started.elapsed() - worker_ready).as_secs_f64() * 1e3,
+            "cold start"
+        );
         Ok(Box::new(worker))
     }
 

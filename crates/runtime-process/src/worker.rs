@@ -166,8 +166,10 @@ impl Worker {
             function: function.clone(),
             detail,
         };
+        let placing = std::time::Instant::now();
         link_tree(&spec.code_dir, &self.paths.code_dir)
             .map_err(|e| start_failed(format!("cannot place the code: {e}")))?;
+        tracing::trace!(function = %function, place_ms = placing.elapsed().as_secs_f64() * 1e3, "code placed");
         {
             let mut target = self
                 .log_target
