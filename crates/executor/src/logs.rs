@@ -41,11 +41,22 @@ pub struct LogQuery {
     pub limit: Option<usize>,
 }
 
-/// Bounded per-function log buffers: the newest `lines_per_function` lines are kept.
+/// Text kept per function, whatever the number of lines: a log flood costs a bounded amount
+/// of memory.
+pub const MAX_BYTES_PER_FUNCTION: usize = 256 * 1024;
+
+#[derive(Default)]
+struct Buffer {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+}
+
+/// Bounded per-function log buffers: the newest lines are kept, at most `lines_per_function`
+/// of them and at most [`MAX_BYTES_PER_FUNCTION`] of text.
 pub struct FunctionLogs {
     lines_per_function: usize,
     next_seq: AtomicU64,
-    buffers: Mutex<HashMap<String, VecDeque<LogLine>>>,
+    buffers: Mutex<HashMap<String, Buffer>>,
 }
 
 impl FunctionLogs {
@@ -79,10 +90,14 @@ impl FunctionLogs {
             .lock()
             .expect("log buffer lock is never poisoned");
         let buffer = buffers.entry(function.to_owned()).or_default();
-        if buffer.len() >= self.lines_per_function {
-            buffer.pop_front();
+        buffer.bytes += line.text.len();
+        buffer.lines.push_back(line);
+        while buffer.lines.len() > self.lines_per_function || buffer.bytes > MAX_BYTES_PER_FUNCTION {
+            match buffer.lines.pop_front() {
+                Some(old) => buffer.bytes -= old.text.len(),
+                None => break,
+            }
         }
-        buffer.push_back(line);
     }
 
     pub fn read(&self, function: &str, query: &LogQuery) -> Vec<LogLine> {
@@ -93,7 +108,7 @@ impl FunctionLogs {
         let Some(buffer) = buffers.get(function) else {
             return Vec::new();
         };
-        let matching = buffer.iter().filter(|line| {
+        let matching = buffer.lines.iter().filter(|line| {
             query.after.is_none_or(|after| line.seq > after)
                 && query
                     .request_id
@@ -194,6 +209,19 @@ mod tests {
         );
         assert_eq!(after.len(), 1);
         assert!(logs.read("default/other", &LogQuery::default()).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_long_lines_stays_within_the_byte_cap() {
+        let logs = FunctionLogs::new(1_000_000);
+        let long = vec![b'x'; MAX_LINE_BYTES];
+        for _ in 0..1_000 {
+            logs.append("default/flood", LogStream::Stdout, "i1", None, &long);
+        }
+        let kept = logs.read("default/flood", &LogQuery::default());
+        let bytes: usize = kept.iter().map(|l| l.text.len()).sum();
+        assert!(bytes <= MAX_BYTES_PER_FUNCTION, "{bytes}");
+        assert!(kept.len() >= MAX_BYTES_PER_FUNCTION / (MAX_LINE_BYTES + 32) - 1);
     }
 
     #[test]
