@@ -1,12 +1,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use bytes::Bytes;
-use gust_model::{Environment, EnvironmentConfig, EnvironmentKind, Name};
+use gust_model::{Environment, EnvironmentConfig, EnvironmentKind};
 use http::StatusCode;
 
-use crate::{ApiError, ApiState, parse_json};
+use crate::{ApiError, ApiState, Scoped, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -17,11 +17,8 @@ pub async fn list(State(state): Shared) -> Result<Json<Vec<Environment>>, ApiErr
         .map(Json)
 }
 
-pub async fn show(
-    State(state): Shared,
-    Path(name): Path<String>,
-) -> Result<Json<Environment>, ApiError> {
-    let name = Name::parse("environment", &name)?;
+pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Environment>, ApiError> {
+    let name = scoped.name("environment")?;
     state
         .blocking(move |s| {
             s.store.environment(&name)?.ok_or(ApiError::NotFound {
@@ -49,11 +46,8 @@ pub async fn create(
         .map(|env| (StatusCode::CREATED, Json(env)))
 }
 
-pub async fn delete(
-    State(state): Shared,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let name = Name::parse("environment", &name)?;
+pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, ApiError> {
+    let name = scoped.name("environment")?;
     state
         .blocking(move |s| {
             let env = s.store.environment(&name)?.ok_or(ApiError::NotFound {

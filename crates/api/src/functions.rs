@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use base64::Engine;
 use bytes::Bytes;
 use gust_model::{Function, FunctionConfig, Name, Namespace, Revision, RevisionNumber};
@@ -10,7 +10,7 @@ use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiState, NamespaceQuery, parse_json};
+use crate::{ApiError, ApiState, NamespaceQuery, Scoped, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -158,13 +158,9 @@ fn load(state: &ApiState, namespace: &Namespace, name: &Name) -> Result<Function
         })
 }
 
-pub async fn show(
-    State(state): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<NamespaceQuery>,
-) -> Result<Json<FunctionView>, ApiError> {
-    let namespace = query.namespace()?;
-    let name = Name::parse("function", &name)?;
+pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<FunctionView>, ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
     state
         .blocking(move |s| Ok(FunctionView::new(&load(s, &namespace, &name)?, s)))
         .await
@@ -173,11 +169,10 @@ pub async fn show(
 
 pub async fn revisions(
     State(state): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<NamespaceQuery>,
+    scoped: Scoped,
 ) -> Result<Json<Vec<Revision>>, ApiError> {
-    let namespace = query.namespace()?;
-    let name = Name::parse("function", &name)?;
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
     state
         .blocking(move |s| Ok(load(s, &namespace, &name)?.revisions))
         .await
@@ -235,12 +230,11 @@ pub async fn create(
 
 pub async fn update(
     State(state): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<NamespaceQuery>,
+    scoped: Scoped,
     body: Bytes,
 ) -> Result<Json<FunctionView>, ApiError> {
-    let namespace = query.namespace()?;
-    let name = Name::parse("function", &name)?;
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
     let body: FunctionBody = parse_json(&body)?;
     if body.name.as_ref().is_some_and(|n| n != name.as_str()) {
         return Err(ApiError::Invalid("a function cannot be renamed".into()));
@@ -290,12 +284,11 @@ struct RollbackBody {
 
 pub async fn rollback(
     State(state): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<NamespaceQuery>,
+    scoped: Scoped,
     body: Bytes,
 ) -> Result<Json<FunctionView>, ApiError> {
-    let namespace = query.namespace()?;
-    let name = Name::parse("function", &name)?;
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
     let body: RollbackBody = if body.is_empty() {
         RollbackBody::default()
     } else {
@@ -346,13 +339,9 @@ pub async fn rollback(
         .map(Json)
 }
 
-pub async fn delete(
-    State(state): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<NamespaceQuery>,
-) -> Result<StatusCode, ApiError> {
-    let namespace = query.namespace()?;
-    let name = Name::parse("function", &name)?;
+pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
     state
         .blocking(move |s| {
             s.store.delete_function(&namespace, &name)?;

@@ -1,10 +1,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use gust_executor::{Invocation, LogLine, LogQuery, TriggerKind, function_key};
-use gust_model::Name;
 use gust_router::{
     add_param_headers, forwardable_headers, function_response, invoke_error_response,
     new_request_id, read_limited,
@@ -12,13 +11,12 @@ use gust_router::{
 use http::{HeaderValue, Method};
 use serde::Deserialize;
 
-use crate::{ApiError, ApiState};
+use crate::{ApiError, ApiState, Scoped};
 
 type Shared = State<Arc<ApiState>>;
 
 #[derive(Debug, Deserialize)]
 pub struct InvokeQuery {
-    namespace: Option<String>,
     /// The method the function sees; the API call itself may use any.
     method: Option<String>,
     /// The path and query the function sees; `/` by default.
@@ -29,15 +27,12 @@ pub struct InvokeQuery {
 /// (minus `Authorization` and every `X-Gust-*`) become the function's request.
 pub async fn invoke(
     State(state): Shared,
-    Path(name): Path<String>,
+    scoped: Scoped,
     Query(query): Query<InvokeQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let namespace = crate::NamespaceQuery {
-        namespace: query.namespace,
-    }
-    .namespace()?;
-    let function = Name::parse("function", &name)?;
+    let namespace = scoped.namespace.clone();
+    let function = scoped.name("function")?;
     let method = match &query.method {
         Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
             .map_err(|_| ApiError::Invalid(format!("invalid method {m:?}")))?,
@@ -89,7 +84,6 @@ pub async fn invoke(
 
 #[derive(Debug, Deserialize)]
 pub struct LogsQuery {
-    namespace: Option<String>,
     after: Option<u64>,
     request_id: Option<String>,
     limit: Option<usize>,
@@ -97,14 +91,11 @@ pub struct LogsQuery {
 
 pub async fn logs(
     State(state): Shared,
-    Path(name): Path<String>,
+    scoped: Scoped,
     Query(query): Query<LogsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let namespace = crate::NamespaceQuery {
-        namespace: query.namespace,
-    }
-    .namespace()?;
-    let function = Name::parse("function", &name)?;
+    let namespace = scoped.namespace.clone();
+    let function = scoped.name("function")?;
     let exists = {
         let (namespace, function) = (namespace.clone(), function.clone());
         state

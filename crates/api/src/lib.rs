@@ -20,7 +20,7 @@ pub use token::AdminToken;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -88,6 +88,40 @@ impl NamespaceQuery {
             Some(ns) => Ok(Namespace::parse(ns)?),
             None => Ok(Namespace::default()),
         }
+    }
+}
+
+/// `/{name}` in the path and `?namespace=`: one named resource of one tenant. Answers bad
+/// input with our own error format rather than axum's plain-text rejections.
+pub(crate) struct Scoped {
+    pub namespace: Namespace,
+    raw_name: String,
+}
+
+impl Scoped {
+    /// The name, validated as the name of a `what`.
+    pub fn name(&self, what: &'static str) -> Result<gust_model::Name, ApiError> {
+        Ok(gust_model::Name::parse(what, &self.raw_name)?)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Scoped {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let Path(raw_name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::Invalid(e.body_text()))?;
+        let Query(query) = Query::<NamespaceQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::Invalid(e.body_text()))?;
+        Ok(Self {
+            namespace: query.namespace()?,
+            raw_name,
+        })
     }
 }
 

@@ -1,13 +1,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use bytes::Bytes;
 use gust_model::{Name, Route, RouteConfig};
 use http::StatusCode;
 use rand::Rng;
 
-use crate::{ApiError, ApiState, NamespaceQuery, parse_json};
+use crate::{ApiError, ApiState, NamespaceQuery, Scoped, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -22,13 +22,9 @@ pub async fn list(
         .map(Json)
 }
 
-pub async fn show(
-    State(state): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<NamespaceQuery>,
-) -> Result<Json<Route>, ApiError> {
-    let namespace = query.namespace()?;
-    let name = Name::parse("route", &name)?;
+pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Route>, ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("route")?;
     state
         .blocking(move |s| {
             s.store
@@ -62,13 +58,9 @@ pub async fn create(
         .map(|route| (StatusCode::CREATED, Json(route)))
 }
 
-pub async fn delete(
-    State(state): Shared,
-    Path(name): Path<String>,
-    Query(query): Query<NamespaceQuery>,
-) -> Result<StatusCode, ApiError> {
-    let namespace = query.namespace()?;
-    let name = Name::parse("route", &name)?;
+pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("route")?;
     state
         .blocking(move |s| {
             s.store.delete_route(&namespace, &name)?;

@@ -92,7 +92,8 @@ impl FunctionLogs {
         let buffer = buffers.entry(function.to_owned()).or_default();
         buffer.bytes += line.text.len();
         buffer.lines.push_back(line);
-        while buffer.lines.len() > self.lines_per_function || buffer.bytes > MAX_BYTES_PER_FUNCTION {
+        while buffer.lines.len() > self.lines_per_function || buffer.bytes > MAX_BYTES_PER_FUNCTION
+        {
             match buffer.lines.pop_front() {
                 Some(old) => buffer.bytes -= old.text.len(),
                 None => break,
