@@ -559,3 +559,35 @@ fn logs_follow_prints_new_lines_as_they_arrive() {
     follower.kill().unwrap();
     follower.wait().unwrap();
 }
+
+#[test]
+fn no_sandbox_mode_runs_the_same_functions_unconfined() {
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            pool_size: 1,
+            extra_args: vec!["--no-sandbox".into()],
+        },
+    );
+    assert!(
+        gust.log().contains("--no-sandbox"),
+        "the operator is warned:\n{}",
+        gust.log()
+    );
+    gust.deploy(
+        "plain",
+        "python",
+        "p.py",
+        "def main(req):\n    return req.params.get('x', 'plain')\n",
+        &[],
+    );
+    assert_eq!(gust.get("/plain").text().unwrap(), "plain");
+    gust.deploy(
+        "plain-js",
+        "node",
+        "p.js",
+        "module.exports = async () => 'plain js';\n",
+        &[],
+    );
+    assert_eq!(gust.get("/plain-js").text().unwrap(), "plain js");
+}
