@@ -10,6 +10,7 @@ mod code_upload;
 mod commands;
 mod deployments;
 mod output;
+mod tiers;
 
 use std::process::ExitCode;
 

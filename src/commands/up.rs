@@ -15,12 +15,14 @@ use gust_executor::{Executor, ExecutorConfig, FunctionLogs, Invoker, Runtime};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
 use gust_router::{PublicState, Routes, public_router};
 use gust_runtime_process::{Interpreters, ProcessRuntime, Sandbox};
+use gust_runtime_wasm::WasmRuntime;
 use gust_store::{CodeLimits, CodeStore, EmbeddedStore, MetadataStore};
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli_config::CliConfig;
 use crate::deployments::StoreDeployments;
+use crate::tiers::Tiers;
 
 /// Log lines kept per function.
 const LOG_LINES_PER_FUNCTION: usize = 2_000;
@@ -118,12 +120,17 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(interpreter = %interpreter.display(), "interpreter not found; its environment cannot start workers");
         }
     }
-    let runtime: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
+    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
         &worker_run_dir(&data_dir)?,
         sandbox,
         interpreters,
         logs.clone(),
     )?);
+    let wasm: Arc<dyn Runtime> = Arc::new(
+        WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone())
+            .context("cannot start the WebAssembly runtime")?,
+    );
+    let runtime: Arc<dyn Runtime> = Arc::new(Tiers { process, wasm });
     let executor = Executor::new(
         ExecutorConfig {
             idle_timeout,

@@ -5,7 +5,10 @@ use axum::Json;
 use axum::extract::{Query, State};
 use base64::Engine;
 use bytes::Bytes;
-use gust_model::{Function, FunctionConfig, Name, Namespace, Revision, RevisionNumber};
+use gust_model::{
+    CodeRef, Environment, Function, FunctionConfig, Limits, Name, Namespace, Revision,
+    RevisionNumber,
+};
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -115,23 +118,52 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn ingest(state: &ApiState, code: &CodeBody) -> Result<gust_model::CodeRef, ApiError> {
+/// Checks an upload with the environment's runtime (a wasm component is compiled here), then
+/// stores it. Nothing is stored when the check fails.
+fn ingest(
+    state: &ApiState,
+    code: &CodeBody,
+    environment: &Environment,
+    limits: &Limits,
+) -> Result<gust_model::CodeRef, ApiError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(code.content_base64.as_bytes())
         .map_err(|e| ApiError::Invalid(format!("code.content_base64 is not base64: {e}")))?;
+    state
+        .runtime
+        .validate_upload(environment, &code.filename, &bytes, limits)
+        .map_err(ApiError::Invalid)?;
     Ok(state.code.ingest(&CodeUpload {
         filename: &code.filename,
         bytes: &bytes,
     })?)
 }
 
-fn require_environment(state: &ApiState, env: &Name) -> Result<(), ApiError> {
-    match state.store.environment(env)? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::Invalid(format!(
+/// Checks already-stored code again when the settings it was checked with change.
+fn revalidate(
+    state: &ApiState,
+    code: &CodeRef,
+    environment: &Environment,
+    limits: &Limits,
+) -> Result<(), ApiError> {
+    let Some(file) = &code.file else {
+        return Ok(());
+    };
+    let path = state.code.tree(&code.digest).join(file);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| ApiError::Internal(format!("cannot read {}: {e}", path.display())))?;
+    state
+        .runtime
+        .validate_upload(environment, file, &bytes, limits)
+        .map_err(ApiError::Invalid)
+}
+
+fn require_environment(state: &ApiState, env: &Name) -> Result<Environment, ApiError> {
+    state.store.environment(env)?.ok_or_else(|| {
+        ApiError::Invalid(format!(
             "environment {env:?} does not exist (see `gust env list`)"
-        ))),
-    }
+        ))
+    })
 }
 
 pub async fn list(
@@ -197,7 +229,7 @@ pub async fn create(
     state
         .blocking(move |s| {
             // Check what can be checked before storing any code.
-            require_environment(s, &environment)?;
+            let env = require_environment(s, &environment)?;
             if s.store.function(&namespace, &name)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     kind: "function",
@@ -205,7 +237,7 @@ pub async fn create(
                 }
                 .into());
             }
-            let code = ingest(s, &code)?;
+            let code = ingest(s, &code, &env, &fields.limits)?;
             let function = Function {
                 namespace,
                 name,
@@ -247,10 +279,16 @@ pub async fn update(
             let environment = fields
                 .environment
                 .expect("an update starts from a revision with an environment");
-            require_environment(s, &environment)?;
+            let env = require_environment(s, &environment)?;
             let code = match &body.code {
-                Some(code) => ingest(s, code)?,
-                None => current.current_revision().code.clone(),
+                Some(code) => ingest(s, code, &env, &fields.limits)?,
+                None => {
+                    let previous = current.current_revision();
+                    if previous.environment != environment || previous.limits != fields.limits {
+                        revalidate(s, &previous.code, &env, &fields.limits)?;
+                    }
+                    previous.code.clone()
+                }
             };
             let revision = Revision {
                 number: 0,

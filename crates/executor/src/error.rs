@@ -30,6 +30,10 @@ pub enum InvokeError {
     },
     #[error("could not start an instance of {function:?}: {detail}")]
     StartFailed { function: String, detail: String },
+    #[error("function {function:?} trapped; see its logs")]
+    Trap { function: String },
+    #[error("function {function:?} ran out of its {limit_mb} MB of memory")]
+    OutOfMemory { function: String, limit_mb: u32 },
 }
 
 impl InvokeError {
@@ -42,7 +46,9 @@ impl InvokeError {
             InvokeError::FunctionError { .. }
             | InvokeError::LoadFailed { .. }
             | InvokeError::WorkerExited { .. }
-            | InvokeError::ResponseTooLarge { .. } => 502,
+            | InvokeError::ResponseTooLarge { .. }
+            | InvokeError::Trap { .. }
+            | InvokeError::OutOfMemory { .. } => 502,
         }
     }
 
@@ -58,6 +64,8 @@ impl InvokeError {
             InvokeError::ResponseTooLarge { .. } => "response_too_large",
             InvokeError::OverCapacity { .. } => "over_capacity",
             InvokeError::StartFailed { .. } => "start_failed",
+            InvokeError::Trap { .. } => "trap",
+            InvokeError::OutOfMemory { .. } => "out_of_memory",
         }
     }
 
@@ -69,6 +77,8 @@ impl InvokeError {
             | InvokeError::LoadFailed { .. }
             | InvokeError::WorkerExited { .. }
             | InvokeError::ResponseTooLarge { .. }
+            | InvokeError::Trap { .. }
+            | InvokeError::OutOfMemory { .. }
             | InvokeError::Timeout { .. } => "function",
             _ => "executor",
         }

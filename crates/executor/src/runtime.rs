@@ -36,6 +36,19 @@ pub trait Runtime: Send + Sync {
         first_request: &RequestId,
     ) -> Result<Box<dyn Instance>, InvokeError>;
 
+    /// Checks code before it is stored, so that a function that cannot run is refused at
+    /// deploy (compiling it ahead of time where the tier compiles). `file_name` and `bytes`
+    /// are the upload. Called on a blocking thread; may take seconds. The default accepts.
+    fn validate_upload(
+        &self,
+        _environment: &Environment,
+        _file_name: &str,
+        _bytes: &[u8],
+        _limits: &Limits,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The set of environments changed (created, deleted, or at startup): start pools for new
     /// ones, stop pools of removed ones. Returns without waiting for workers to start.
     fn set_environments(&self, environments: &[Environment]);

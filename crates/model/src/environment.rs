@@ -12,17 +12,33 @@ const MAX_POOL_SIZE: u32 = 64;
 pub enum BuiltinRuntime {
     Python,
     Node,
+    /// `wasi:http/proxy` components, run in-process by wasmtime.
+    Wasm,
 }
 
 impl BuiltinRuntime {
-    pub const ALL: [BuiltinRuntime; 2] = [BuiltinRuntime::Python, BuiltinRuntime::Node];
+    pub const ALL: [BuiltinRuntime; 3] = [
+        BuiltinRuntime::Python,
+        BuiltinRuntime::Node,
+        BuiltinRuntime::Wasm,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             BuiltinRuntime::Python => "python",
             BuiltinRuntime::Node => "node",
+            BuiltinRuntime::Wasm => "wasm",
         }
     }
+}
+
+/// Which runtime tier runs an environment's functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Worker processes speaking the worker protocol.
+    Process,
+    /// WebAssembly components in the Gust process.
+    Wasm,
 }
 
 /// How an environment's workers are started.
@@ -45,6 +61,15 @@ pub struct Environment {
 }
 
 impl Environment {
+    pub fn tier(&self) -> Tier {
+        match self.kind {
+            EnvironmentKind::Builtin {
+                runtime: BuiltinRuntime::Wasm,
+            } => Tier::Wasm,
+            _ => Tier::Process,
+        }
+    }
+
     pub fn builtin(runtime: BuiltinRuntime, pool_size: u32) -> Self {
         Self {
             name: Name::parse("environment", runtime.name())

@@ -13,7 +13,7 @@ mod name;
 mod route;
 
 pub use environment::{
-    BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind,
+    BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,
 };
 pub use error::ModelError;
 pub use function::{

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
-use gust_model::{BuiltinRuntime, Environment, EnvironmentKind, Name};
+use gust_model::{BuiltinRuntime, Environment, EnvironmentKind, Name, Tier};
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::WarmPool;
@@ -104,12 +104,14 @@ impl ProcessRuntime {
         })
     }
 
-    fn worker_command(&self, env: &Environment) -> WorkerCommand {
-        match &env.kind {
+    /// How to start `env`'s workers; `None` for an environment of another tier.
+    fn worker_command(&self, env: &Environment) -> Option<WorkerCommand> {
+        Some(match &env.kind {
             EnvironmentKind::Builtin { runtime } => {
                 let (interpreter, server) = match runtime {
                     BuiltinRuntime::Python => (&self.interpreters.python, "{env}/server.py"),
                     BuiltinRuntime::Node => (&self.interpreters.node, "{env}/server.js"),
+                    BuiltinRuntime::Wasm => return None,
                 };
                 WorkerCommand {
                     environment: env.name.to_string(),
@@ -133,7 +135,7 @@ impl ProcessRuntime {
                     .filter(|p| p.is_absolute() && p.exists() && !p.starts_with("/usr"))
                     .collect(),
             },
-        }
+        })
     }
 
     /// Workers ready in each environment's pool.
@@ -167,9 +169,13 @@ impl Runtime for ProcessRuntime {
             Some(worker) => worker,
             None => {
                 let command = match &pool {
-                    Some(pool) => pool.command().clone(),
+                    Some(pool) => Some(pool.command().clone()),
                     None => self.worker_command(&spec.environment),
                 };
+                let command = command.ok_or_else(|| InvokeError::StartFailed {
+                    function: spec.function.to_string(),
+                    detail: format!("{} is not a process environment", spec.environment.name),
+                })?;
                 self.spawner.start_worker(&command).await.map_err(|err| {
                     tracing::warn!(function = %spec.function, error = %err, "worker start failed");
                     InvokeError::StartFailed {
@@ -195,20 +201,26 @@ impl Runtime for ProcessRuntime {
     }
 
     fn set_environments(&self, environments: &[Environment]) {
+        // Other tiers' environments have no workers.
+        let commands: Vec<(&Environment, WorkerCommand)> = environments
+            .iter()
+            .filter(|env| env.tier() == Tier::Process)
+            .filter_map(|env| Some((env, self.worker_command(env)?)))
+            .collect();
         let mut pools = self.pools.lock().expect("pool map lock is never poisoned");
         pools.retain(|name, pool| {
-            let keep = environments.iter().any(|env| {
-                env.name == *name && self.worker_command(env).program == pool.command().program
+            let keep = commands.iter().any(|(env, command)| {
+                env.name == *name && command.program == pool.command().program
             });
             if !keep {
                 pool.close();
             }
             keep
         });
-        for env in environments {
+        for (env, command) in commands {
             if !pools.contains_key(&env.name) {
                 let pool = WarmPool::start(
-                    self.worker_command(env),
+                    command,
                     env.pool_size as usize,
                     self.spawner.clone(),
                     self.stop.child_token(),

@@ -1,0 +1,89 @@
+//! Compiling components ahead of time, with a cache keyed by content and engine settings.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::WasmError;
+
+/// Feeds `Hash` output into SHA-256 (the engine exposes its settings only as `Hash`).
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The compiled component for `wasm`: from the cache when this engine compiled it before,
+/// else compiled now and cached.
+pub fn load(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component, WasmError> {
+    if !wasmparser_is_component(wasm) {
+        return Err(WasmError::Invalid {
+            reason:
+                "the file is not a WebAssembly component (a core module or not WebAssembly at all)"
+                    .into(),
+        });
+    }
+    let mut hasher = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.0.update(wasm);
+    let key = hex::encode(hasher.0.finalize());
+    let cached = cache_dir.join(format!("{key}.cwasm"));
+    if cached.exists() {
+        // SAFETY: the file is in Gust's private data directory and was written by this
+        // function from `precompile_component`; the key covers the engine's settings.
+        match unsafe { Component::deserialize_file(engine, &cached) } {
+            Ok(component) => return Ok(component),
+            Err(err) => {
+                tracing::warn!(path = %cached.display(), error = %err, "recompiling an unusable cached component")
+            }
+        }
+    }
+    let compiled = engine
+        .precompile_component(wasm)
+        .map_err(|e| WasmError::Invalid {
+            reason: format!("{e:#}"),
+        })?;
+    let temp = cache_dir.join(format!(".{key}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&compiled)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &cached)
+    };
+    if let Err(err) = write() {
+        let _ = std::fs::remove_file(&temp);
+        return Err(WasmError::io(&cached)(err));
+    }
+    // SAFETY: `compiled` was produced just now by this engine.
+    unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| WasmError::Invalid {
+        reason: format!("{e:#}"),
+    })
+}
+
+/// A component starts with the magic and a layer-1 version; a core module has layer 0.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_components_from_modules_and_garbage() {
+        let module = b"\0asm\x01\x00\x00\x00";
+        let component = b"\0asm\x0d\x00\x01\x00";
+        assert!(!wasmparser_is_component(module));
+        assert!(wasmparser_is_component(component));
+        assert!(!wasmparser_is_component(b"hello world"));
+    }
+}

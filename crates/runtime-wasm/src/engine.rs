@@ -1,0 +1,40 @@
+//! The one wasmtime `Engine` of the process.
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::WasmError;
+
+/// Largest linear memory a component may grow to, and so the largest `--memory` a wasm
+/// function may ask for. Each pool slot reserves this much address space (plus a guard).
+pub const MAX_MEMORY_MB: u32 = 256;
+/// Component instances that may exist at once: requests served concurrently by the tier.
+const INSTANCE_SLOTS: u32 = 1_000;
+const GUARD_BYTES: u64 = 32 * 1024 * 1024;
+
+pub fn build() -> Result<Engine, WasmError> {
+    let memory_bytes = MAX_MEMORY_MB as usize * 1024 * 1024;
+    let mut pool = PoolingAllocationConfig::default();
+    // A C component is a handful of core instances (module, preview1 adapter, shims); larger
+    // toolchains use more. Memories and tables are per core instance.
+    pool.total_component_instances(INSTANCE_SLOTS)
+        .total_core_instances(INSTANCE_SLOTS * 4)
+        .total_memories(INSTANCE_SLOTS)
+        .total_tables(INSTANCE_SLOTS * 4)
+        .total_stacks(INSTANCE_SLOTS)
+        .max_memories_per_component(2)
+        .max_memory_size(memory_bytes)
+        // Keep a little of each slot's memory mapped between instances: faster reuse.
+        .linear_memory_keep_resident(64 * 1024);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        // Reserve only what the largest allowed memory needs, not the default 4 GiB per slot
+        // (a thousand slots would reserve terabytes of address space).
+        .memory_reservation(memory_bytes as u64)
+        .memory_reservation_for_growth(0)
+        .memory_guard_size(GUARD_BYTES)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
+}

@@ -1,0 +1,191 @@
+//! The WebAssembly tier: functions are components targeting the standard `wasi:http/proxy`
+//! world, so the same file runs under Wasmtime, Spin or wasmCloud.
+//!
+//! Key types: [`WasmRuntime`] (the [`gust_executor::Runtime`] for the `wasm` environment: one
+//! wasmtime `Engine` with the pooling allocator and copy-on-write memory images, a `Linker`
+//! filled once, a `ProxyPre` per code digest), and the per-request instance it hands out.
+//!
+//! Components are compiled when a function is deployed ([`WasmRuntime::prepare`]), never on
+//! its first request, and the compiled artifact is cached in the data directory by content
+//! hash and engine settings, so a restart loads it without compiling. Each request gets a
+//! fresh instance in a fresh `Store`: nothing leaks from one request to the next.
+//!
+//! Limits: the function's timeout through epoch interruption, its memory through a
+//! `ResourceLimiter`, its output through bounded pipes. Outbound HTTP is refused.
+//!
+//! Not here: deciding how many requests run at once (the executor does).
+
+mod compile;
+mod engine;
+mod error;
+mod instance;
+mod outbound;
+
+pub use engine::MAX_MEMORY_MB;
+pub use error::WasmError;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
+use gust_model::{Environment, Limits};
+use tokio_util::sync::CancellationToken;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::instance::{WasmInstance, WasmState};
+
+/// How often the epoch advances; timeouts are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<WasmState>,
+    cache_dir: PathBuf,
+    /// Pre-instantiated components by code digest.
+    ready: Mutex<HashMap<String, ProxyPre<WasmState>>>,
+    logs: Arc<FunctionLogs>,
+    stop: CancellationToken,
+}
+
+impl WasmRuntime {
+    /// Builds the engine and linker and starts the epoch ticker. `cache_dir` holds compiled
+    /// components.
+    pub fn new(cache_dir: &Path, logs: Arc<FunctionLogs>) -> Result<Self, WasmError> {
+        let engine = engine::build()?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(WasmError::linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(WasmError::linker)?;
+        std::fs::create_dir_all(cache_dir).map_err(WasmError::io(cache_dir))?;
+        let stop = CancellationToken::new();
+        // The ticker is a plain thread: epochs must advance even if every async worker thread
+        // is busy running guest code.
+        let ticking = engine.weak();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("gust-wasm-epoch".into())
+            .spawn(move || {
+                while !stopped.is_cancelled() {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticking.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(WasmError::io("epoch thread"))?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            ready: Mutex::new(HashMap::new()),
+            logs,
+            stop,
+        })
+    }
+
+    /// Compiles (or loads from the cache) a component and checks that it is a
+    /// `wasi:http/proxy` component this host can run.
+    fn pre_instantiate(&self, wasm: &[u8]) -> Result<ProxyPre<WasmState>, WasmError> {
+        let component = compile::load(&self.engine, &self.cache_dir, wasm)?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| WasmError::NotProxy {
+                    reason: format!("{e:#}"),
+                })?;
+        ProxyPre::new(instance_pre).map_err(|e| WasmError::NotProxy {
+            reason: format!("{e:#}"),
+        })
+    }
+
+    /// The pre-instantiated component of a deployed revision, loaded once per code digest.
+    fn proxy_pre(&self, digest: &str, path: &Path) -> Result<ProxyPre<WasmState>, WasmError> {
+        if let Some(pre) = self
+            .ready
+            .lock()
+            .expect("component map lock is never poisoned")
+            .get(digest)
+        {
+            return Ok(pre.clone());
+        }
+        let wasm = std::fs::read(path).map_err(WasmError::io(path))?;
+        let pre = self.pre_instantiate(&wasm)?;
+        self.ready
+            .lock()
+            .expect("component map lock is never poisoned")
+            .insert(digest.to_owned(), pre.clone());
+        Ok(pre)
+    }
+
+    fn component_path(spec: &InstanceSpec) -> PathBuf {
+        match &spec.code_file {
+            Some(file) => spec.code_dir.join(file),
+            None => spec.code_dir.join("main.wasm"),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for WasmRuntime {
+    async fn start_instance(
+        &self,
+        spec: &InstanceSpec,
+        _first_request: &RequestId,
+    ) -> Result<Box<dyn Instance>, InvokeError> {
+        let digest = spec
+            .code_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pre = self.proxy_pre(&digest, &Self::component_path(spec)).map_err(|err| {
+            tracing::error!(function = %spec.function, error = %err, "cannot load the component");
+            InvokeError::StartFailed {
+                function: spec.function.to_string(),
+                detail: "the component could not be loaded".to_owned(),
+            }
+        })?;
+        Ok(Box::new(WasmInstance::new(pre, spec, self.logs.clone())))
+    }
+
+    fn validate_upload(
+        &self,
+        _environment: &Environment,
+        file_name: &str,
+        bytes: &[u8],
+        limits: &Limits,
+    ) -> Result<(), String> {
+        if limits.memory_mb > MAX_MEMORY_MB {
+            return Err(format!(
+                "a wasm function can have at most {MAX_MEMORY_MB} MB of memory, not {}",
+                limits.memory_mb
+            ));
+        }
+        if !file_name.ends_with(".wasm") {
+            return Err(format!(
+                "a wasm function is one .wasm component file, not {file_name:?}"
+            ));
+        }
+        // Compiling now fills the compiled-code cache: the first request does not compile.
+        self.pre_instantiate(bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn set_environments(&self, _environments: &[Environment]) {}
+
+    async fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,55 @@
+//! Routes each environment to the runtime tier that runs it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gust_executor::{Instance, InstanceSpec, InvokeError, RequestId, Runtime};
+use gust_model::{Environment, Limits, Tier};
+
+pub struct Tiers {
+    pub process: Arc<dyn Runtime>,
+    pub wasm: Arc<dyn Runtime>,
+}
+
+impl Tiers {
+    fn of(&self, environment: &Environment) -> &dyn Runtime {
+        match environment.tier() {
+            Tier::Process => self.process.as_ref(),
+            Tier::Wasm => self.wasm.as_ref(),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for Tiers {
+    async fn start_instance(
+        &self,
+        spec: &InstanceSpec,
+        first_request: &RequestId,
+    ) -> Result<Box<dyn Instance>, InvokeError> {
+        self.of(&spec.environment)
+            .start_instance(spec, first_request)
+            .await
+    }
+
+    fn validate_upload(
+        &self,
+        environment: &Environment,
+        file_name: &str,
+        bytes: &[u8],
+        limits: &Limits,
+    ) -> Result<(), String> {
+        self.of(environment)
+            .validate_upload(environment, file_name, bytes, limits)
+    }
+
+    fn set_environments(&self, environments: &[Environment]) {
+        self.process.set_environments(environments);
+        self.wasm.set_environments(environments);
+    }
+
+    async fn shutdown(&self) {
+        self.process.shutdown().await;
+        self.wasm.shutdown().await;
+    }
+}

@@ -1,0 +1,161 @@
+//! End-to-end: the WebAssembly tier through the real binary. The components are built from
+//! the C sources in `tests/components/` (see `build.sh` there).
+
+use std::time::Duration;
+
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::Value;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/probe.wasm");
+const NOT_HTTP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/components/not-http.wasm"
+);
+
+fn error_reason(response: gust_harness::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().unwrap();
+    (
+        status,
+        body["reason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn deploy_probe(gust: &Gust, name: &str, extra: &[&str]) {
+    let mut args = vec!["fn", "create", name, "--env", "wasm", "--code", PROBE];
+    args.extend_from_slice(extra);
+    gust.cli(&args).ok();
+    let url = format!("/{name}");
+    gust.cli(&["route", "create", "--fn", name, "--url", &url, "--prefix"])
+        .ok();
+}
+
+#[test]
+fn a_standard_wasi_http_component_serves_requests_with_its_env_and_logs() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    deploy_probe(&gust, "hello", &["--env-var", "GREETING=hi from the host"]);
+    let response = gust.get("/hello");
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-gust-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.text().unwrap(), "hello from wasm\n");
+    assert_eq!(gust.get("/hello/env").text().unwrap(), "hi from the host");
+    let teapot = gust.get("/hello/status/418");
+    assert_eq!(teapot.status(), 418);
+
+    let logs = eventually(Duration::from_secs(10), || {
+        let logs: Value =
+            serde_json::from_str(&gust.cli(&["fn", "logs", "hello", "-o", "json"]).ok().stdout)
+                .ok()?;
+        logs.as_array()?
+            .iter()
+            .find(|line| line["text"] == "handling /hello")
+            .cloned()
+    })
+    .expect("the component's stdout reaches the logs");
+    assert_eq!(logs["request_id"], id.as_str());
+    assert_eq!(logs["stream"], "stdout");
+}
+
+#[test]
+fn limits_hold_and_a_failure_never_spills_into_the_next_request() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    deploy_probe(&gust, "limits", &["--timeout", "500ms", "--memory", "32"]);
+    assert_eq!(
+        error_reason(gust.get("/limits/loop")),
+        (504, "timeout".to_owned())
+    );
+    assert_eq!(gust.get("/limits").status(), 200);
+    assert_eq!(
+        error_reason(gust.get("/limits/alloc?mb=64")),
+        (502, "out_of_memory".to_owned())
+    );
+    assert!(
+        gust.get("/limits/alloc?mb=4")
+            .text()
+            .unwrap()
+            .starts_with("allocated 4 MiB")
+    );
+    assert_eq!(
+        error_reason(gust.get("/limits/trap")),
+        (502, "trap".to_owned())
+    );
+    assert_eq!(gust.get("/limits").text().unwrap(), "hello from wasm\n");
+    let body = gust
+        .http()
+        .post(gust.public_url("/limits"))
+        .body(vec![0u8; 7 * 1024 * 1024])
+        .send();
+    if let Ok(response) = body {
+        assert_eq!(response.status(), 413);
+    }
+}
+
+#[test]
+fn uploads_that_are_not_wasi_http_components_are_refused_at_deploy() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let core = gust.write_file("core.wasm", b"\0asm\x01\0\0\0");
+    let garbage = gust.write_file("garbage.wasm", b"definitely not wasm");
+    let archive = gust.write_file("code.zip", b"PK\x03\x04");
+    let cases = [
+        (
+            core.to_str().unwrap(),
+            vec![],
+            "not a WebAssembly component",
+        ),
+        (
+            garbage.to_str().unwrap(),
+            vec![],
+            "not a WebAssembly component",
+        ),
+        (NOT_HTTP, vec![], "not a wasi:http/proxy component"),
+        (
+            archive.to_str().unwrap(),
+            vec![],
+            "one .wasm component file",
+        ),
+        (PROBE, vec!["--memory", "512"], "at most 256 MB"),
+    ];
+    for (code, extra, expected) in cases {
+        let mut args = vec!["fn", "create", "refused", "--env", "wasm", "--code", code];
+        args.extend(extra);
+        let err = gust.cli(&args).failed();
+        assert!(err.contains(expected), "{code}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let list: Value =
+        serde_json::from_str(&gust.cli(&["fn", "list", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+    // An update that would break a running function is refused too, and changes nothing.
+    deploy_probe(&gust, "kept", &[]);
+    let err = gust
+        .cli(&["fn", "update", "kept", "--memory", "1024"])
+        .failed();
+    assert!(err.contains("at most 256 MB"), "{err}");
+    assert_eq!(gust.get("/kept").text().unwrap(), "hello from wasm\n");
+}
+
+#[test]
+fn compiled_components_are_cached_and_reused_after_a_restart() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    deploy_probe(&gust, "cached", &[]);
+    let cache = gust.data_dir().join("wasm-cache");
+    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+        .collect();
+    assert_eq!(artifacts.len(), 1, "compiled at deploy: {artifacts:?}");
+    gust.restart();
+    assert_eq!(gust.get("/cached").text().unwrap(), "hello from wasm\n");
+    let (path, modified) = &artifacts[0];
+    assert_eq!(
+        std::fs::metadata(path).unwrap().modified().unwrap(),
+        *modified,
+        "not recompiled"
+    );
+}
