@@ -26,6 +26,7 @@ const WARM_SAMPLES: usize = 3_000;
 const IDLE_FUNCTIONS: usize = 1_000;
 
 const PYTHON_FN: &str = "def main():\n    return 'ok'\n";
+const PROBE_WASM: &[u8] = include_bytes!("../tests/components/probe.wasm");
 const NODE_FN: &str = "module.exports = async () => ({ status: 200, body: 'ok' });\n";
 
 struct Stats {
@@ -79,9 +80,40 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> Duration {
 
 /// Deploys `count` functions with routes `/<prefix>-<i>` through the API.
 fn deploy_many(gust: &Gust, prefix: &str, env: &str, file: &str, source: &str, count: usize) {
+    deploy_many_bytes(
+        gust,
+        prefix,
+        env,
+        file,
+        |_| source.as_bytes().to_vec(),
+        count,
+    );
+}
+
+/// The test component with a custom section naming `i` appended: the same behaviour, another
+/// digest, so that each function is really compiled and loaded on its own.
+fn distinct_component(i: usize) -> Vec<u8> {
+    let name = b"gust-bench";
+    let payload = i.to_le_bytes();
+    let mut wasm = PROBE_WASM.to_vec();
+    let size = 1 + name.len() + payload.len();
+    wasm.extend_from_slice(&[0, size as u8, name.len() as u8]);
+    wasm.extend_from_slice(name);
+    wasm.extend_from_slice(&payload);
+    wasm
+}
+
+fn deploy_many_bytes(
+    gust: &Gust,
+    prefix: &str,
+    env: &str,
+    file: &str,
+    source: impl Fn(usize) -> Vec<u8>,
+    count: usize,
+) {
     use base64::Engine;
-    let content = base64::engine::general_purpose::STANDARD.encode(source);
     for i in 0..count {
+        let content = base64::engine::general_purpose::STANDARD.encode(source(i));
         let name = format!("{prefix}-{i}");
         let body = serde_json::json!({"name": name, "env": env, "code": {"filename": file, "content_base64": content}});
         let response = gust
@@ -208,6 +240,25 @@ fn run(rt: &tokio::runtime::Runtime) {
     }
     drop(unpooled);
 
+    // 1b. WebAssembly: no pool needed; each function's first request instantiates its
+    //     component, compiled at deploy. Baseline: the Python cold start above.
+    deploy_many_bytes(
+        &pooled,
+        "wasm",
+        "wasm",
+        "probe.wasm",
+        distinct_component,
+        COLD_SAMPLES,
+    );
+    let wasm_cold = stats(rt.block_on(cold_starts(&pooled, "wasm")));
+    let python_cold = rows[0][1].clone();
+    rows.push([
+        "cold start, wasm (p50 / p99)".into(),
+        format!("{} / {}", ms(wasm_cold.p50), ms(wasm_cold.p99)),
+        format!("{python_cold} (python, pooled)"),
+        String::new(),
+    ]);
+
     // 2. Warm overhead: through Gust vs the same worker server called directly.
     let scratch = tempfile::tempdir().unwrap();
     let (through_gust, direct_samples, mut child) = rt.block_on(async {
@@ -239,6 +290,31 @@ fn run(rt: &tokio::runtime::Runtime) {
     let _ = child.kill();
     let gust_stats = stats(through_gust);
     let direct_stats = stats(direct_samples);
+    // A warm wasm function still gets a fresh instance per request.
+    let wasm_warm = stats(rt.block_on(async {
+        let mut sender = tcp_sender(pooled.public_port).await;
+        for _ in 0..200 {
+            get(&mut sender, "/wasm-0").await;
+        }
+        let mut samples = Vec::with_capacity(WARM_SAMPLES);
+        for _ in 0..WARM_SAMPLES {
+            samples.push(get(&mut sender, "/wasm-0").await);
+        }
+        samples
+    }));
+    rows.push([
+        "request, wasm, fresh instance each (p50 / p99)".into(),
+        format!("{} / {}", us(wasm_warm.p50), us(wasm_warm.p99)),
+        format!(
+            "{} / {} (python, warm, through Gust)",
+            us(gust_stats.p50),
+            us(gust_stats.p99)
+        ),
+        format!(
+            "{:.2}",
+            wasm_warm.p50.as_secs_f64() / gust_stats.p50.as_secs_f64()
+        ),
+    ]);
     rows.push([
         "warm request, python (p50 / p99)".into(),
         format!("{} / {}", us(gust_stats.p50), us(gust_stats.p99)),

@@ -40,6 +40,7 @@ impl DeploymentSource for StoreDeployments {
             entrypoint: revision.entrypoint.clone(),
             env_vars: revision.env_vars.clone(),
             limits: revision.limits,
+            allow_outbound: revision.allow_outbound.clone(),
         }))
     }
 }

@@ -159,3 +159,93 @@ fn compiled_components_are_cached_and_reused_after_a_restart() {
         "not recompiled"
     );
 }
+
+/// A one-answer-fits-all HTTP server on loopback: what a component's outbound call reaches.
+fn upstream(answer: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn s07_outbound_http_reaches_only_allowed_origins() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let allowed = upstream("upstream ok");
+    let other = upstream("should not be reached");
+    let rule = format!("http://127.0.0.1:{allowed}");
+    deploy_probe(&gust, "caller", &["--allow-outbound", &rule]);
+    deploy_probe(&gust, "sealed", &[]);
+    let fetch = |function: &str, target: String| {
+        gust.get(&format!("/{function}/fetch/{target}"))
+            .text()
+            .unwrap()
+    };
+
+    assert_eq!(
+        fetch("caller", format!("127.0.0.1:{allowed}/x")),
+        "200 upstream ok"
+    );
+    // HTTP-request-denied is error code 15 in wasi:http.
+    assert_eq!(
+        fetch("caller", format!("127.0.0.1:{other}/x")),
+        "error-code 15"
+    );
+    assert_eq!(
+        fetch("caller", format!("localhost:{allowed}/x")),
+        "error-code 15"
+    );
+    assert_eq!(
+        fetch("sealed", format!("127.0.0.1:{allowed}/x")),
+        "error-code 15",
+        "none by default"
+    );
+
+    let info: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "caller", "-o", "json"]).ok().stdout)
+            .unwrap();
+    assert_eq!(info["allow_outbound"][0], rule.as_str());
+    for (bad, expected) in [
+        ("ftp://x.com", "scheme"),
+        ("https://x.com/path", "no path"),
+        ("x.com", "scheme://"),
+    ] {
+        let err = gust
+            .cli(&["fn", "update", "caller", "--allow-outbound", bad])
+            .failed();
+        assert!(err.contains(expected), "{bad}: {err}");
+    }
+    let py = gust.write_file("p.py", "def main():\n    return 'x'\n");
+    let err = gust
+        .cli(&[
+            "fn",
+            "create",
+            "py",
+            "--env",
+            "python",
+            "--code",
+            py.to_str().unwrap(),
+            "--allow-outbound",
+            &rule,
+        ])
+        .failed();
+    assert!(err.contains("wasm functions only"), "{err}");
+}

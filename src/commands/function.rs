@@ -40,6 +40,10 @@ struct SpecArgs {
     /// Environment variable KEY=VALUE (repeatable; on update the given set replaces the old one)
     #[arg(long = "env-var")]
     env_vars: Vec<String>,
+    /// Origin a wasm function may call, e.g. https://api.example.com or https://*.example.com
+    /// (repeatable; on update the given list replaces the old one; none by default)
+    #[arg(long = "allow-outbound")]
+    allow_outbound: Vec<String>,
 }
 
 impl SpecArgs {
@@ -53,6 +57,7 @@ impl SpecArgs {
             "timeout": self.timeout,
             "memory_mb": self.memory,
             "env_vars": (!self.env_vars.is_empty()).then_some(&self.env_vars),
+            "allow_outbound": (!self.allow_outbound.is_empty()).then_some(&self.allow_outbound),
         }))
     }
 }

@@ -6,8 +6,8 @@ use axum::extract::{Query, State};
 use base64::Engine;
 use bytes::Bytes;
 use gust_model::{
-    CodeRef, Environment, Function, FunctionConfig, Limits, Name, Namespace, Revision,
-    RevisionNumber,
+    CodeRef, Environment, Function, FunctionConfig, Limits, Name, Namespace, OutboundRule,
+    Revision, RevisionNumber, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
@@ -44,6 +44,8 @@ pub struct FunctionBody {
     memory_mb: Option<u32>,
     #[serde(default)]
     env_vars: Option<Vec<String>>,
+    #[serde(default)]
+    allow_outbound: Option<Vec<String>>,
 }
 
 impl FunctionBody {
@@ -54,6 +56,7 @@ impl FunctionBody {
             timeout: self.timeout.clone(),
             memory_mb: self.memory_mb,
             env_vars: self.env_vars.clone(),
+            allow_outbound: self.allow_outbound.clone(),
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct FunctionView {
     timeout_ms: u64,
     memory_mb: u32,
     env_vars: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allow_outbound: Vec<OutboundRule>,
     code_digest: String,
     code_file: Option<String>,
     code_bytes: u64,
@@ -99,6 +104,7 @@ impl FunctionView {
             timeout_ms: current.limits.timeout.as_millis() as u64,
             memory_mb: current.limits.memory_mb,
             env_vars: current.env_vars.clone(),
+            allow_outbound: current.allow_outbound.clone(),
             code_digest: current.code.digest.clone(),
             code_file: current.code.file.clone(),
             code_bytes: current.code.size_bytes,
@@ -156,6 +162,17 @@ fn revalidate(
         .runtime
         .validate_upload(environment, file, &bytes, limits)
         .map_err(ApiError::Invalid)
+}
+
+/// Outbound rules are enforced by the wasm tier only; refusing them elsewhere keeps a user
+/// from believing a process function is confined by them.
+fn check_outbound(environment: &Environment, rules: &[OutboundRule]) -> Result<(), ApiError> {
+    if !rules.is_empty() && environment.tier() != Tier::Wasm {
+        return Err(ApiError::Invalid(
+            "--allow-outbound applies to wasm functions only".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn require_environment(state: &ApiState, env: &Name) -> Result<Environment, ApiError> {
@@ -230,6 +247,7 @@ pub async fn create(
         .blocking(move |s| {
             // Check what can be checked before storing any code.
             let env = require_environment(s, &environment)?;
+            check_outbound(&env, &fields.allow_outbound)?;
             if s.store.function(&namespace, &name)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     kind: "function",
@@ -249,6 +267,7 @@ pub async fn create(
                     entrypoint: fields.entrypoint,
                     env_vars: fields.env_vars,
                     limits: fields.limits,
+                    allow_outbound: fields.allow_outbound,
                     created_at_ms: now_ms(),
                     copied_from: None,
                 }],
@@ -280,6 +299,7 @@ pub async fn update(
                 .environment
                 .expect("an update starts from a revision with an environment");
             let env = require_environment(s, &environment)?;
+            check_outbound(&env, &fields.allow_outbound)?;
             let code = match &body.code {
                 Some(code) => ingest(s, code, &env, &fields.limits)?,
                 None => {
@@ -297,6 +317,7 @@ pub async fn update(
                 entrypoint: fields.entrypoint,
                 env_vars: fields.env_vars,
                 limits: fields.limits,
+                allow_outbound: fields.allow_outbound,
                 created_at_ms: now_ms(),
                 copied_from: None,
             };

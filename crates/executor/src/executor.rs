@@ -366,6 +366,7 @@ mod tests {
                 entrypoint: None,
                 env_vars: BTreeMap::new(),
                 limits: Limits::default(),
+                allow_outbound: Vec::new(),
             }))
         }
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Environment, Limits, Name, Namespace, RevisionNumber};
+use gust_model::{Environment, Limits, Name, Namespace, OutboundRule, RevisionNumber};
 
 use crate::{InvokeError, RequestId};
 
@@ -22,6 +22,8 @@ pub struct InstanceSpec {
     pub entrypoint: Option<String>,
     pub env_vars: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Origins the function may call (the wasm tier enforces them).
+    pub allow_outbound: Vec<OutboundRule>,
 }
 
 /// A runtime tier. Implementations keep their own pre-warmed pools.

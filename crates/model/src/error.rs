@@ -21,6 +21,8 @@ pub enum ModelError {
     InvalidPath { path: String, reason: String },
     #[error("invalid HTTP method {value:?}")]
     InvalidMethod { value: String },
+    #[error("invalid outbound origin {value:?}: {reason}")]
+    InvalidOutbound { value: String, reason: String },
     #[error("invalid environment command: {reason}")]
     InvalidCommand { reason: String },
 }

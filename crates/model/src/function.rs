@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, Name, Namespace};
+use crate::{ModelError, Name, Namespace, OutboundRule};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -112,6 +112,9 @@ pub struct Revision {
     pub entrypoint: Option<String>,
     pub env_vars: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Origins a wasm function may call; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<OutboundRule>,
     /// Unix time in milliseconds.
     pub created_at_ms: u64,
     /// The earlier revision a rollback copied this one from.
@@ -159,6 +162,7 @@ pub struct RevisionFields {
     pub entrypoint: Option<String>,
     pub env_vars: BTreeMap<String, String>,
     pub limits: Limits,
+    pub allow_outbound: Vec<OutboundRule>,
 }
 
 /// The settable fields of a function as a user wrote them; on update every field is optional
@@ -177,6 +181,9 @@ pub struct FunctionConfig {
     /// `KEY=VALUE` pairs; on update they replace the whole set when given.
     #[serde(default)]
     pub env_vars: Option<Vec<String>>,
+    /// Origins a wasm function may call; on update they replace the whole list when given.
+    #[serde(default)]
+    pub allow_outbound: Option<Vec<String>>,
 }
 
 impl FunctionConfig {
@@ -233,11 +240,19 @@ impl FunctionConfig {
             }
             limits.memory_mb = memory;
         }
+        let allow_outbound = match &self.allow_outbound {
+            Some(rules) => rules
+                .iter()
+                .map(|r| OutboundRule::parse(r))
+                .collect::<Result<_, _>>()?,
+            None => base.map(|r| r.allow_outbound.clone()).unwrap_or_default(),
+        };
         Ok(RevisionFields {
             environment,
             entrypoint,
             env_vars,
             limits,
+            allow_outbound,
         })
     }
 }
@@ -290,6 +305,7 @@ mod tests {
             entrypoint: None,
             env_vars: BTreeMap::from([("A".into(), "1".into())]),
             limits: Limits::default(),
+            allow_outbound: Vec::new(),
             created_at_ms: 0,
             copied_from: None,
         }

@@ -10,6 +10,7 @@ mod environment;
 mod error;
 mod function;
 mod name;
+mod outbound;
 mod route;
 
 pub use environment::{
@@ -21,6 +22,7 @@ pub use function::{
     Revision, RevisionFields, RevisionNumber, parse_duration,
 };
 pub use name::{Name, Namespace};
+pub use outbound::OutboundRule;
 pub use route::{
     Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteTable,
     is_reserved_path,

@@ -24,6 +24,7 @@ fn spec(code_dir: &std::path::Path, file: &str, runtime: BuiltinRuntime) -> Inst
             timeout: Duration::from_secs(5),
             memory_mb: 128,
         },
+        allow_outbound: Vec::new(),
     }
 }
 

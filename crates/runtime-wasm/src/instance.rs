@@ -16,7 +16,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::outbound::DenyOutbound;
+use crate::outbound::OutboundPolicy;
 
 /// Output kept per stream per request; a guest writing more sees its writes fail.
 const OUTPUT_CAPACITY: usize = 64 * 1024;
@@ -28,7 +28,7 @@ pub struct WasmState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     memory: MemoryLimit,
-    outbound: DenyOutbound,
+    outbound: OutboundPolicy,
 }
 
 impl WasiView for WasmState {
@@ -87,6 +87,7 @@ pub struct WasmInstance {
     log_key: String,
     env: Vec<(String, String)>,
     memory_bytes: usize,
+    allow_outbound: Vec<gust_model::OutboundRule>,
     logs: Arc<FunctionLogs>,
 }
 
@@ -102,6 +103,7 @@ impl WasmInstance {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             memory_bytes: spec.limits.memory_mb as usize * 1024 * 1024,
+            allow_outbound: spec.allow_outbound.clone(),
             logs,
         }
     }
@@ -150,7 +152,10 @@ impl Instance for WasmInstance {
                     max_bytes: self.memory_bytes,
                     refused: false,
                 },
-                outbound: DenyOutbound,
+                outbound: OutboundPolicy {
+                    allowed: self.allow_outbound.clone(),
+                    function: self.function.clone(),
+                },
             },
         );
         store.limiter(|state| &mut state.memory);
