@@ -16,6 +16,7 @@ const WARMUP_PATH = '/_gust/warmup';
 
 let userFunction = null;
 let warm = false;
+let warmedUp = null; // resolves once the warm-up function is gone again
 
 function load(filepath, functionName) {
   let file = filepath;
@@ -133,6 +134,7 @@ async function handle(req, res) {
   }
   const raw = await readBody(req);
   if (url.pathname === '/v2/specialize' && req.method === 'POST') {
+    await warmedUp; // the warm-up borrows the function slot; never race it
     if (userFunction) {
       sendJson(res, 409, { error: 'AlreadySpecialized' });
       return;
@@ -225,9 +227,12 @@ const socketPath = process.env.GUST_SOCKET;
 const address = socketPath ? { socketPath } : { host: '127.0.0.1', port: Number(process.env.GUST_PORT) };
 if (socketPath && fs.existsSync(socketPath)) fs.unlinkSync(socketPath);
 loadWarmUpFunction();
+let markWarm;
+warmedUp = new Promise((resolve) => { markWarm = resolve; });
 const listening = () => warmUpHttp(address).finally(() => {
   userFunction = null;
   warm = true;
+  markWarm();
 });
 if (socketPath) {
   server.listen(socketPath, listening);

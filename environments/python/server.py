@@ -28,6 +28,7 @@ _lock = threading.Lock()
 _function = None
 _takes_request = False
 _warm = False
+_warmed = threading.Event()  # set once the warm-up function is gone again
 
 
 class Headers:
@@ -194,6 +195,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _specialize(self):
         global _function, _takes_request
         request = json.loads(self._body() or b"{}")
+        _warmed.wait()  # the warm-up borrows the function slot; never race it
         with _lock:
             if _function is not None:
                 self._send_json(409, {"error": "AlreadySpecialized"})
@@ -268,6 +270,7 @@ def _warm_up(connect):
         pass  # warming up is an optimisation only
     finally:
         _function, _takes_request, _warm = None, False, True
+        _warmed.set()
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -320,8 +320,23 @@ impl Gust {
 }
 
 impl Drop for Gust {
+    /// Stops Gust cleanly (so its workers stop with it); SIGKILL if that does not work.
     fn drop(&mut self) {
-        self.kill9();
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill with the pid of our own child and a valid signal.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

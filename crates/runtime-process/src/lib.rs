@@ -72,6 +72,7 @@ impl ProcessRuntime {
     ) -> Result<Self, RuntimeError> {
         let workers_dir = run_dir.join("workers");
         if workers_dir.exists() {
+            stop_leftover_workers(&workers_dir);
             std::fs::remove_dir_all(&workers_dir).map_err(RuntimeError::io(&workers_dir))?;
         }
         for dir in [run_dir, &workers_dir] {
@@ -147,6 +148,67 @@ impl ProcessRuntime {
             .map(|(name, pool)| (name.to_string(), pool.ready_count()))
             .collect()
     }
+}
+
+/// Kills the workers a previous Gust on this data directory left running (it was killed before
+/// it could stop them), and orphaned sandbox processes of any Gust: a sandbox that was being
+/// set up when its Gust was killed can miss the parent-death signal and be left to init. A pid
+/// is only trusted while it still looks like one of our workers.
+fn stop_leftover_workers(workers_dir: &Path) {
+    for pid in orphaned_sandboxes() {
+        tracing::info!(pid, "stopping an orphaned worker sandbox");
+        // SAFETY: kill with a pid just checked to be an orphaned worker sandbox.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(workers_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = std::fs::read_to_string(entry.path().join(worker::PID_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let sandboxed = String::from_utf8_lossy(&cmdline).contains(sandbox::WORKER_HOSTNAME);
+        let unconfined =
+            std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd.starts_with(workers_dir));
+        if sandboxed || unconfined {
+            tracing::info!(pid, "stopping a worker left by a previous run");
+            // SAFETY: kill with a pid just checked to be one of our workers.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Worker sandboxes (bwrap with Gust's worker hostname) whose parent is init.
+fn orphaned_sandboxes() -> Vec<i32> {
+    let marker = format!("--hostname\0{}\0", sandbox::WORKER_HOSTNAME);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let dir = PathBuf::from(format!("/proc/{pid}"));
+            let orphan = std::fs::read_to_string(dir.join("status")).is_ok_and(|status| {
+                status.lines().any(|line| {
+                    line.strip_prefix("PPid:")
+                        .is_some_and(|ppid| ppid.trim() == "1")
+                })
+            });
+            orphan
+                && std::fs::read(dir.join("cmdline"))
+                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&marker))
+        })
+        .collect()
 }
 
 #[async_trait]

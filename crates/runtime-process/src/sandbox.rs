@@ -35,6 +35,8 @@ const USR_ALIASES: [&str; 4] = ["/bin", "/sbin", "/lib", "/lib64"];
 
 /// Where things are as the worker sees them.
 pub const WORKER_CODE_DIR: &str = "/code";
+/// The hostname inside every sandbox; also how a leftover worker is recognised.
+pub const WORKER_HOSTNAME: &str = "gust-worker";
 const WORKER_SOCKET_DIR: &str = "/run/gust";
 const WORKER_ENV_DIR: &str = "/gust-env";
 // Descriptor numbers the bind sources get in bwrap; above anything a fresh process holds.
@@ -175,7 +177,7 @@ impl Sandbox {
                     "--die-with-parent",
                     "--new-session",
                     "--hostname",
-                    "gust-worker",
+                    WORKER_HOSTNAME,
                 ]);
                 for path in SYSTEM_PATHS {
                     push(&["--ro-bind-try", path, path]);
@@ -212,7 +214,13 @@ impl Sandbox {
                         .map(|arg| OsString::from(arg.replace("{env}", WORKER_ENV_DIR))),
                 );
                 let mut command = Command::new(bwrap);
-                command.args(args).env_clear().current_dir("/");
+                // Its own process group: killing the group also takes a sandbox child that
+                // has not armed its parent-death signal yet (see `Worker::kill`).
+                command
+                    .args(args)
+                    .env_clear()
+                    .current_dir("/")
+                    .process_group(0);
                 // SAFETY: getuid has no preconditions.
                 if unsafe { libc::getuid() } == 0 {
                     // Root inside a user namespace still owns root's files on the host; an
@@ -255,11 +263,20 @@ impl Sandbox {
                 command
             }
         };
-        // SAFETY: prctl is async-signal-safe and touches only this (child) process.
+        // SAFETY: getpid has no preconditions.
+        let gust = unsafe { libc::getpid() };
+        // SAFETY: prctl and getppid are async-signal-safe and touch only this (child) process.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // Gust may have died between the fork and the line above, and then the signal
+                // never comes: do not start an orphan.
+                if libc::getppid() != gust {
+                    return Err(std::io::Error::other(
+                        "gust exited while starting the worker",
+                    ));
                 }
                 Ok(())
             });

@@ -26,6 +26,8 @@ use crate::sandbox::{BindSources, Sandbox, WorkerPaths, prepare_dirs};
 const START_DEADLINE: Duration = Duration::from_secs(15);
 /// Header a worker server sets when the function raised instead of answering.
 pub const FUNCTION_ERROR_HEADER: &str = "x-gust-function-error";
+/// File in a worker's directory holding the pid of its process.
+pub const PID_FILE: &str = "pid";
 /// Lines of a generic worker's output kept to explain a failed start.
 const EARLY_LINES: usize = 20;
 /// Largest response a function may return.
@@ -60,6 +62,8 @@ pub struct Worker {
     paths: WorkerPaths,
     code_path: PathBuf,
     child: Child,
+    /// The process (and, sandboxed, process group) id of `child`.
+    pid: Option<u32>,
     sender: SendRequest<Full<Bytes>>,
     log_target: Arc<Mutex<LogTarget>>,
     function: String,
@@ -93,6 +97,14 @@ impl Worker {
             cmd.spawn()
                 .map_err(|e| failed(format!("cannot run {:?}: {e}", command.program[0])))?
         };
+        let pid = child.id();
+        // Until the worker is ready, dropping this future (a cancelled pool refill, a shutdown)
+        // must take the whole sandbox down, not only the outer process.
+        let starting = StartGuard(pid);
+        // Remembered so that a Gust restarted after a kill -9 can stop what this one left.
+        if let Some(pid) = pid {
+            let _ = std::fs::write(dir.join(PID_FILE), pid.to_string());
+        }
         let log_target = Arc::new(Mutex::new(LogTarget::default()));
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(pump_lines(
@@ -137,12 +149,14 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        std::mem::forget(starting);
         Ok(Self {
             code_path: sandbox.code_path(&paths),
             id,
             dir,
             paths,
             child,
+            pid,
             sender,
             log_target,
             function: String::new(),
@@ -229,6 +243,7 @@ impl Worker {
 
     fn kill(&mut self) {
         self.dead = true;
+        kill_sandbox(self.pid);
         let _ = self.child.start_kill();
     }
 }
@@ -349,8 +364,44 @@ impl Instance for Worker {
     }
 }
 
+/// SIGKILL to a worker and everything it started. bwrap's sandbox child (pid 1 of the
+/// sandbox's pid namespace, in a session of its own) does not reliably die with the outer
+/// bwrap if that is killed while the sandbox is being set up, so it is killed directly:
+/// killing a pid namespace's init ends every process in it.
+fn kill_sandbox(pid: Option<u32>) {
+    let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
+        return;
+    };
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
+        // SAFETY: kill with the pid of our own child's child, read just now.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+        }
+    }
+    // SAFETY: killpg with the id of the group our own child leads (sandboxed workers run in
+    // their own group; for an unconfined worker this fails harmlessly).
+    unsafe {
+        libc::killpg(pid, libc::SIGKILL);
+    }
+}
+
+/// Kills a sandbox whose worker never became ready.
+struct StartGuard(Option<u32>);
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        kill_sandbox(self.0);
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
+        kill_sandbox(self.pid);
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
