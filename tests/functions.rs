@@ -313,6 +313,8 @@ fn reads_print_table_json_and_yaml() {
             .stdout,
     );
     assert_eq!(env["pool_size"], 1);
+    let wasm = json(&gust.cli(&["env", "get", "wasm", "-o", "json"]).ok().stdout);
+    assert_eq!(wasm["pool_size"], 0, "components need no warm workers");
 }
 
 #[test]

@@ -40,7 +40,7 @@ pub struct UpArgs {
     /// Control-plane API listener
     #[arg(long, env = "GUST_API_LISTEN", default_value = "127.0.0.1:8081")]
     api_listen: SocketAddr,
-    /// Pre-warmed workers per built-in environment
+    /// Pre-warmed workers per built-in process environment (python, node)
     #[arg(long, env = "GUST_POOL_SIZE", default_value_t = DEFAULT_POOL_SIZE)]
     pool_size: u32,
     /// Stop an instance after it has been idle this long
@@ -107,7 +107,13 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         CodeLimits::default(),
     )?);
     for runtime in BuiltinRuntime::ALL {
-        store.put_environment(&Environment::builtin(runtime, args.pool_size))?;
+        // Components are instantiated per request; there are no workers to keep warm.
+        let pool_size = if runtime == BuiltinRuntime::Wasm {
+            0
+        } else {
+            args.pool_size
+        };
+        store.put_environment(&Environment::builtin(runtime, pool_size))?;
     }
 
     let logs = Arc::new(FunctionLogs::new(LOG_LINES_PER_FUNCTION));
