@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Name, Namespace};
+use gust_model::{Name, Namespace, Tier};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,10 @@ use crate::{Instance, InstanceSpec, Invocation, InvokeError, Invoker, Runtime};
 /// How many instances a function may run and how long requests may wait for one.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecutorConfig {
+    /// Instances per function in the process tier (each serves one request at a time).
     pub max_instances: usize,
+    /// Requests per function served at once in the wasm tier, each in a fresh instance.
+    pub max_wasm_instances: usize,
     pub queue_depth: usize,
     pub queue_timeout: Duration,
     pub idle_timeout: Duration,
@@ -25,6 +28,7 @@ impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
             max_instances: 10,
+            max_wasm_instances: 1_000,
             queue_depth: 1_000,
             queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -47,6 +51,8 @@ pub trait DeploymentSource: Send + Sync {
 /// Instances of one function revision.
 struct FunctionSlot {
     spec: InstanceSpec,
+    /// How many requests may be in flight at once (the size of `in_flight`).
+    capacity: usize,
     idle: Mutex<Vec<(Box<dyn Instance>, Instant)>>,
     /// One permit per request in flight; instances serve one request at a time, so this also
     /// caps the number of instances.
@@ -132,7 +138,7 @@ impl Executor {
             return InstanceCounts::default();
         };
         InstanceCounts {
-            busy: self.config.max_instances - slot.in_flight.available_permits(),
+            busy: slot.capacity - slot.in_flight.available_permits(),
             idle: slot
                 .idle
                 .lock()
@@ -216,11 +222,16 @@ impl Executor {
             .ok_or_else(not_found)?;
         let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
         // Another request may have loaded it meanwhile; keep the first so instances are shared.
+        let capacity = match spec.environment.tier() {
+            Tier::Process => self.config.max_instances,
+            Tier::Wasm => self.config.max_wasm_instances,
+        };
         let slot = slots.entry(key).or_insert_with(|| {
             Arc::new(FunctionSlot {
                 spec,
+                capacity,
                 idle: Mutex::new(Vec::new()),
-                in_flight: Semaphore::new(self.config.max_instances),
+                in_flight: Semaphore::new(capacity),
                 waiting: AtomicUsize::new(0),
                 retired: AtomicBool::new(false),
             })
@@ -356,11 +367,16 @@ mod tests {
             namespace: &Namespace,
             function: &Name,
         ) -> Result<Option<InstanceSpec>, String> {
-            Ok((function.as_str() == "f").then(|| InstanceSpec {
+            let runtime = match function.as_str() {
+                "f" => BuiltinRuntime::Python,
+                "w" => BuiltinRuntime::Wasm,
+                _ => return Ok(None),
+            };
+            Ok(Some(InstanceSpec {
                 namespace: namespace.clone(),
                 function: function.clone(),
                 revision: 1,
-                environment: Environment::builtin(BuiltinRuntime::Python, 0),
+                environment: Environment::builtin(runtime, 0),
                 code_dir: "/nonexistent".into(),
                 code_file: None,
                 entrypoint: None,
@@ -397,6 +413,7 @@ mod tests {
     async fn excess_requests_wait_in_a_bounded_queue_then_get_429() {
         let config = ExecutorConfig {
             max_instances: 1,
+            max_wasm_instances: 1,
             queue_depth: 2,
             queue_timeout: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(120),
@@ -435,6 +452,7 @@ mod tests {
     async fn queued_requests_are_served_when_capacity_frees_up() {
         let config = ExecutorConfig {
             max_instances: 2,
+            max_wasm_instances: 2,
             queue_depth: 10,
             queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -463,6 +481,22 @@ mod tests {
                 .idle,
             2
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wasm_tier_serves_many_requests_at_once() {
+        let (executor, runtime) = executor(ExecutorConfig::default(), Duration::from_millis(100));
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let executor = executor.clone();
+                tokio::spawn(async move { executor.invoke(call("w")).await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_ok());
+        }
+        // Fifty at once, not ten at a time: no request waited for another.
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 50);
     }
 
     #[tokio::test(start_paused = true)]
