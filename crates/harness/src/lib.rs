@@ -286,6 +286,11 @@ impl Gust {
 
     /// SIGTERM, then waits for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self) -> bool {
+        self.terminate(Duration::from_secs(40))
+    }
+
+    /// SIGTERM, up to `grace` for a clean exit, then SIGKILL; whether it exited 0 in time.
+    fn terminate(&mut self, grace: Duration) -> bool {
         let Some(mut child) = self.child.take() else {
             return true;
         };
@@ -293,7 +298,7 @@ impl Gust {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + grace;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.success();
@@ -322,21 +327,7 @@ impl Gust {
 impl Drop for Gust {
     /// Stops Gust cleanly (so its workers stop with it); SIGKILL if that does not work.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill with the pid of our own child and a valid signal.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.terminate(Duration::from_secs(10));
     }
 }
 

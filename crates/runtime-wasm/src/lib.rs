@@ -3,7 +3,7 @@
 //!
 //! Key types: [`WasmRuntime`] (the [`gust_executor::Runtime`] for the `wasm` environment: one
 //! wasmtime `Engine` with the pooling allocator and copy-on-write memory images, a `Linker`
-//! filled once, a `ProxyPre` per code digest), and the per-request instance it hands out.
+//! filled once, a `ProxyPre` per component file), and the per-request instance it hands out.
 //!
 //! Components are compiled when a function is deployed ([`WasmRuntime::prepare`]), never on
 //! its first request, and the compiled artifact is cached in the data directory by content
@@ -46,8 +46,9 @@ pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<WasmState>,
     cache_dir: PathBuf,
-    /// Pre-instantiated components by code digest.
-    ready: Mutex<HashMap<String, ProxyPre<WasmState>>>,
+    /// Pre-instantiated components by file; the code store is content-addressed, so a path
+    /// names one content for good.
+    ready: Mutex<HashMap<PathBuf, ProxyPre<WasmState>>>,
     logs: Arc<FunctionLogs>,
     stop: CancellationToken,
 }
@@ -104,13 +105,13 @@ impl WasmRuntime {
         })
     }
 
-    /// The pre-instantiated component of a deployed revision, loaded once per code digest.
-    fn proxy_pre(&self, digest: &str, path: &Path) -> Result<ProxyPre<WasmState>, WasmError> {
+    /// The pre-instantiated component of a deployed revision, loaded once per file.
+    fn proxy_pre(&self, path: &Path) -> Result<ProxyPre<WasmState>, WasmError> {
         if let Some(pre) = self
             .ready
             .lock()
             .expect("component map lock is never poisoned")
-            .get(digest)
+            .get(path)
         {
             return Ok(pre.clone());
         }
@@ -119,7 +120,7 @@ impl WasmRuntime {
         self.ready
             .lock()
             .expect("component map lock is never poisoned")
-            .insert(digest.to_owned(), pre.clone());
+            .insert(path.to_owned(), pre.clone());
         Ok(pre)
     }
 
@@ -138,12 +139,7 @@ impl Runtime for WasmRuntime {
         spec: &InstanceSpec,
         _first_request: &RequestId,
     ) -> Result<Box<dyn Instance>, InvokeError> {
-        let digest = spec
-            .code_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let pre = self.proxy_pre(&digest, &Self::component_path(spec)).map_err(|err| {
+        let pre = self.proxy_pre(&Self::component_path(spec)).map_err(|err| {
             tracing::error!(function = %spec.function, error = %err, "cannot load the component");
             InvokeError::StartFailed {
                 function: spec.function.to_string(),
