@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Gust and its tests need on a Debian machine: bubblewrap (the worker sandbox),
-# Debian's python3 and Node.js (the built-in environments' interpreters).
+# Debian's python3 and Node.js (the built-in environments' interpreters), and, for the tests,
+# componentize-py (builds the Python test component) in a virtualenv under target/tools.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 [ -x /usr/bin/node ] || missing+=(nodejs)
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
@@ -14,4 +17,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     $sudo apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+componentize_py_version=0.25.1
+venv=target/tools/componentize-py
+if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q " $componentize_py_version\$"; then
+    echo "installing componentize-py $componentize_py_version into $venv" >&2
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "componentize-py==$componentize_py_version"
 fi

@@ -41,6 +41,7 @@ impl DeploymentSource for StoreDeployments {
             env_vars: revision.env_vars.clone(),
             limits: revision.limits,
             allow_outbound: revision.allow_outbound.clone(),
+            scaling: revision.scaling,
         }))
     }
 }

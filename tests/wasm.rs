@@ -249,3 +249,71 @@ fn s07_outbound_http_reaches_only_allowed_origins() {
         .failed();
     assert!(err.contains("wasm functions only"), "{err}");
 }
+
+#[test]
+fn a_python_component_runs_fresh_per_request_or_reused_when_asked() {
+    let built = tempfile::tempdir().unwrap();
+    let wasm = built.path().join("python-hello.wasm");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/components/python-hello/build.sh"
+    );
+    let status = std::process::Command::new(script)
+        .arg(&wasm)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the Python component failed");
+
+    let gust = Gust::start(GUST, GustOptions::default());
+    let wasm = wasm.to_str().unwrap();
+    gust.cli(&[
+        "fn",
+        "create",
+        "py",
+        "--env",
+        "wasm",
+        "--code",
+        wasm,
+        "--env-var",
+        "GREETING=hi",
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "py", "--url", "/py"])
+        .ok();
+    let served = |gust: &Gust| -> Vec<String> {
+        (0..4)
+            .map(|_| {
+                let response = gust.get("/py");
+                assert_eq!(response.status(), 200);
+                response.text().unwrap()
+            })
+            .collect()
+    };
+    // A fresh instance per request: each request is its instance's first.
+    assert_eq!(served(&gust), vec!["hi from python: GET /py served=1\n"; 4]);
+
+    gust.cli(&["fn", "update", "py", "--reuse", "3"]).ok();
+    let info: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "py", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(info["reuse"], 3);
+    let counts: Vec<String> = served(&gust)
+        .iter()
+        .map(|text| text.rsplit('=').next().unwrap().trim().to_owned())
+        .collect();
+    assert_eq!(counts, ["1", "2", "3", "1"], "three requests per instance");
+
+    let refused = gust.cli(&["fn", "update", "py", "--reuse", "0"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("reuse"), "{}", refused.stderr);
+    let process = gust.cli(&[
+        "fn", "create", "proc", "--env", "python", "--code", wasm, "--reuse", "2",
+    ]);
+    assert_ne!(process.code, 0);
+    assert!(
+        process
+            .stderr
+            .contains("--reuse applies to wasm functions only"),
+        "{}",
+        process.stderr
+    );
+}

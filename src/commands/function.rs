@@ -44,6 +44,10 @@ struct SpecArgs {
     /// (repeatable; on update the given list replaces the old one; none by default)
     #[arg(long = "allow-outbound")]
     allow_outbound: Vec<String>,
+    /// Requests one wasm instance serves before a fresh one replaces it [default: 1, a fresh
+    /// instance per request]; see the docs for the isolation trade-off
+    #[arg(long)]
+    reuse: Option<u32>,
 }
 
 impl SpecArgs {
@@ -58,6 +62,7 @@ impl SpecArgs {
             "memory_mb": self.memory,
             "env_vars": (!self.env_vars.is_empty()).then_some(&self.env_vars),
             "allow_outbound": (!self.allow_outbound.is_empty()).then_some(&self.allow_outbound),
+            "reuse": self.reuse,
         }))
     }
 }

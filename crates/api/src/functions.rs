@@ -7,7 +7,7 @@ use base64::Engine;
 use bytes::Bytes;
 use gust_model::{
     CodeRef, Environment, Function, FunctionConfig, Limits, Name, Namespace, OutboundRule,
-    Revision, RevisionNumber, Tier,
+    Revision, RevisionFields, RevisionNumber, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
@@ -46,6 +46,8 @@ pub struct FunctionBody {
     env_vars: Option<Vec<String>>,
     #[serde(default)]
     allow_outbound: Option<Vec<String>>,
+    #[serde(default)]
+    reuse: Option<u32>,
 }
 
 impl FunctionBody {
@@ -57,6 +59,7 @@ impl FunctionBody {
             memory_mb: self.memory_mb,
             env_vars: self.env_vars.clone(),
             allow_outbound: self.allow_outbound.clone(),
+            reuse: self.reuse,
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct FunctionView {
     env_vars: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allow_outbound: Vec<OutboundRule>,
+    /// Requests a wasm instance serves before it is replaced (1: a fresh one per request).
+    reuse: u32,
     code_digest: String,
     code_file: Option<String>,
     code_bytes: u64,
@@ -105,6 +110,7 @@ impl FunctionView {
             memory_mb: current.limits.memory_mb,
             env_vars: current.env_vars.clone(),
             allow_outbound: current.allow_outbound.clone(),
+            reuse: current.scaling.reuse,
             code_digest: current.code.digest.clone(),
             code_file: current.code.file.clone(),
             code_bytes: current.code.size_bytes,
@@ -164,12 +170,20 @@ fn revalidate(
         .map_err(ApiError::Invalid)
 }
 
-/// Outbound rules are enforced by the wasm tier only; refusing them elsewhere keeps a user
-/// from believing a process function is confined by them.
-fn check_outbound(environment: &Environment, rules: &[OutboundRule]) -> Result<(), ApiError> {
-    if !rules.is_empty() && environment.tier() != Tier::Wasm {
+/// Outbound rules and instance reuse are wasm-tier settings; refusing them elsewhere keeps a
+/// user from believing a process function is confined or recycled by them.
+fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Result<(), ApiError> {
+    if environment.tier() == Tier::Wasm {
+        return Ok(());
+    }
+    if !fields.allow_outbound.is_empty() {
         return Err(ApiError::Invalid(
             "--allow-outbound applies to wasm functions only".to_owned(),
+        ));
+    }
+    if fields.scaling.reuse != 1 {
+        return Err(ApiError::Invalid(
+            "--reuse applies to wasm functions only (a process instance serves requests until it stops)".to_owned(),
         ));
     }
     Ok(())
@@ -239,6 +253,7 @@ pub async fn create(
     let fields = body.config().apply(None)?;
     let environment = fields
         .environment
+        .clone()
         .ok_or_else(|| ApiError::Invalid("env is required".into()))?;
     let code = body
         .code
@@ -247,7 +262,7 @@ pub async fn create(
         .blocking(move |s| {
             // Check what can be checked before storing any code.
             let env = require_environment(s, &environment)?;
-            check_outbound(&env, &fields.allow_outbound)?;
+            check_tier_settings(&env, &fields)?;
             if s.store.function(&namespace, &name)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     kind: "function",
@@ -268,6 +283,7 @@ pub async fn create(
                     env_vars: fields.env_vars,
                     limits: fields.limits,
                     allow_outbound: fields.allow_outbound,
+                    scaling: fields.scaling,
                     created_at_ms: now_ms(),
                     copied_from: None,
                 }],
@@ -297,9 +313,10 @@ pub async fn update(
             let fields = config.apply(Some(current.current_revision()))?;
             let environment = fields
                 .environment
+                .clone()
                 .expect("an update starts from a revision with an environment");
             let env = require_environment(s, &environment)?;
-            check_outbound(&env, &fields.allow_outbound)?;
+            check_tier_settings(&env, &fields)?;
             let code = match &body.code {
                 Some(code) => ingest(s, code, &env, &fields.limits)?,
                 None => {
@@ -318,6 +335,7 @@ pub async fn update(
                 env_vars: fields.env_vars,
                 limits: fields.limits,
                 allow_outbound: fields.allow_outbound,
+                scaling: fields.scaling,
                 created_at_ms: now_ms(),
                 copied_from: None,
             };

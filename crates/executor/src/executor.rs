@@ -383,6 +383,7 @@ mod tests {
                 env_vars: BTreeMap::new(),
                 limits: Limits::default(),
                 allow_outbound: Vec::new(),
+                scaling: Default::default(),
             }))
         }
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Environment, Limits, Name, Namespace, OutboundRule, RevisionNumber};
+use gust_model::{Environment, Limits, Name, Namespace, OutboundRule, RevisionNumber, Scaling};
 
 use crate::{InvokeError, RequestId};
 
@@ -24,6 +24,7 @@ pub struct InstanceSpec {
     pub limits: Limits,
     /// Origins the function may call (the wasm tier enforces them).
     pub allow_outbound: Vec<OutboundRule>,
+    pub scaling: Scaling,
 }
 
 /// A runtime tier. Implementations keep their own pre-warmed pools.

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, Name, Namespace, OutboundRule};
+use crate::{ModelError, Name, Namespace, OutboundRule, Scaling};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -115,6 +115,8 @@ pub struct Revision {
     /// Origins a wasm function may call; none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_outbound: Vec<OutboundRule>,
+    #[serde(default)]
+    pub scaling: Scaling,
     /// Unix time in milliseconds.
     pub created_at_ms: u64,
     /// The earlier revision a rollback copied this one from.
@@ -163,6 +165,7 @@ pub struct RevisionFields {
     pub env_vars: BTreeMap<String, String>,
     pub limits: Limits,
     pub allow_outbound: Vec<OutboundRule>,
+    pub scaling: Scaling,
 }
 
 /// The settable fields of a function as a user wrote them; on update every field is optional
@@ -184,6 +187,9 @@ pub struct FunctionConfig {
     /// Origins a wasm function may call; on update they replace the whole list when given.
     #[serde(default)]
     pub allow_outbound: Option<Vec<String>>,
+    /// Requests a wasm instance serves before it is replaced.
+    #[serde(default)]
+    pub reuse: Option<u32>,
 }
 
 impl FunctionConfig {
@@ -247,12 +253,17 @@ impl FunctionConfig {
                 .collect::<Result<_, _>>()?,
             None => base.map(|r| r.allow_outbound.clone()).unwrap_or_default(),
         };
+        let mut scaling = base.map(|r| r.scaling).unwrap_or_default();
+        if let Some(reuse) = self.reuse {
+            scaling.set_reuse(reuse)?;
+        }
         Ok(RevisionFields {
             environment,
             entrypoint,
             env_vars,
             limits,
             allow_outbound,
+            scaling,
         })
     }
 }
@@ -306,6 +317,7 @@ mod tests {
             env_vars: BTreeMap::from([("A".into(), "1".into())]),
             limits: Limits::default(),
             allow_outbound: Vec::new(),
+            scaling: Scaling::default(),
             created_at_ms: 0,
             copied_from: None,
         }
@@ -354,6 +366,10 @@ mod tests {
             },
             FunctionConfig {
                 entrypoint: Some("a..b".into()),
+                ..Default::default()
+            },
+            FunctionConfig {
+                reuse: Some(0),
                 ..Default::default()
             },
             FunctionConfig {

@@ -12,6 +12,7 @@ mod function;
 mod name;
 mod outbound;
 mod route;
+mod scaling;
 
 pub use environment::{
     BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,
@@ -27,3 +28,4 @@ pub use route::{
     Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteTable,
     is_reserved_path,
 };
+pub use scaling::{MAX_REUSE, Scaling};

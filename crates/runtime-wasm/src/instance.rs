@@ -1,5 +1,6 @@
 //! One wasm function revision as the executor sees it: each request instantiates the
-//! component afresh in its own `Store`, with its own limits and output pipes.
+//! component afresh in its own `Store`, with its own limits and output capture, unless the
+//! function opted into reusing an instantiation for several requests (`--reuse`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +11,15 @@ use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::outbound::OutboundPolicy;
+use crate::output::OutputCapture;
 
-/// Output kept per stream per request; a guest writing more sees its writes fail.
+/// Output kept per stream per request; more is dropped, with a note in the logs.
 const OUTPUT_CAPACITY: usize = 64 * 1024;
 /// Largest response body a component may return.
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
@@ -88,7 +89,20 @@ pub struct WasmInstance {
     env: Vec<(String, String)>,
     memory_bytes: usize,
     allow_outbound: Vec<gust_model::OutboundRule>,
+    /// Requests one instantiation serves (`--reuse`); 1 is a fresh instance per request.
+    reuse: u32,
+    /// The instantiated component kept for the next request, when reuse allows one.
+    live: Option<Live>,
     logs: Arc<FunctionLogs>,
+}
+
+/// An instantiated component with its store, between requests.
+struct Live {
+    store: Store<WasmState>,
+    proxy: Proxy,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+    served: u32,
 }
 
 impl WasmInstance {
@@ -104,39 +118,16 @@ impl WasmInstance {
                 .collect(),
             memory_bytes: spec.limits.memory_mb as usize * 1024 * 1024,
             allow_outbound: spec.allow_outbound.clone(),
+            reuse: spec.scaling.reuse.max(1),
+            live: None,
             logs,
         }
     }
 
-    fn record_output(&self, id: &RequestId, stream: LogStream, pipe: &MemoryOutputPipe) {
-        let contents = pipe.contents();
-        let text = contents.strip_suffix(b"\n").unwrap_or(&contents);
-        if text.is_empty() {
-            return;
-        }
-        for line in text.split(|b| *b == b'\n') {
-            self.logs
-                .append(&self.log_key, stream, "wasm", Some(id.to_string()), line);
-        }
-    }
-}
-
-enum Outcome {
-    Answered(http::response::Parts, Bytes),
-    TooLarge,
-    Failed { out_of_memory: bool },
-}
-
-#[async_trait]
-impl Instance for WasmInstance {
-    async fn handle(
-        &mut self,
-        id: &RequestId,
-        request: http::Request<Bytes>,
-        timeout: Duration,
-    ) -> Result<http::Response<Bytes>, InvokeError> {
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+    /// A store for one instantiation, with its own limits and output capture.
+    fn new_store(&self) -> (Store<WasmState>, OutputCapture, OutputCapture) {
+        let stdout = OutputCapture::new(OUTPUT_CAPACITY);
+        let stderr = OutputCapture::new(OUTPUT_CAPACITY);
         let wasi = WasiCtx::builder()
             .envs(&self.env)
             .stdout(stdout.clone())
@@ -160,8 +151,66 @@ impl Instance for WasmInstance {
         );
         store.limiter(|state| &mut state.memory);
         // Yield to the scheduler every epoch tick: a busy guest cannot starve other requests,
-        // and the timeout below can drop it.
+        // and the timeout can drop it.
         store.epoch_deadline_async_yield_and_update(1);
+        (store, stdout, stderr)
+    }
+
+    fn record_output(&self, id: &RequestId, stream: LogStream, capture: &OutputCapture) {
+        let output = capture.take();
+        let text = output.bytes.strip_suffix(b"\n").unwrap_or(&output.bytes);
+        if !text.is_empty() {
+            for line in text.split(|b| *b == b'\n') {
+                self.logs
+                    .append(&self.log_key, stream, "wasm", Some(id.to_string()), line);
+            }
+        }
+        if output.truncated {
+            let note = format!("[output past {OUTPUT_CAPACITY} bytes was dropped]");
+            self.logs.append(
+                &self.log_key,
+                stream,
+                "wasm",
+                Some(id.to_string()),
+                note.as_bytes(),
+            );
+        }
+    }
+}
+
+enum Outcome {
+    Answered(http::response::Parts, Bytes),
+    TooLarge,
+    Failed { out_of_memory: bool },
+}
+
+/// What the guest task hands back: the instance when the handler returned normally, and
+/// whether the memory limit refused a growth.
+type GuestResult = (Result<(Store<WasmState>, Proxy), wasmtime::Error>, bool);
+
+#[async_trait]
+impl Instance for WasmInstance {
+    async fn handle(
+        &mut self,
+        id: &RequestId,
+        request: http::Request<Bytes>,
+        timeout: Duration,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (mut store, proxy, stdout, stderr, served) = match self.live.take() {
+            Some(live) => (
+                live.store,
+                Some(live.proxy),
+                live.stdout,
+                live.stderr,
+                live.served,
+            ),
+            None => {
+                let (store, stdout, stderr) = self.new_store();
+                (store, None, stdout, stderr, 0)
+            }
+        };
+        store.data_mut().memory.refused = false;
 
         let function = self.function.clone();
         let start_failed = |detail: String| InvokeError::StartFailed {
@@ -182,20 +231,25 @@ impl Instance for WasmInstance {
             .map_err(|e| start_failed(format!("{e:#}")))?;
 
         let pre = self.pre.clone();
-        let guest = tokio::spawn(async move {
+        let mut guest = tokio::spawn(async move {
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
-                    .await
+                    .await?;
+                Ok(proxy)
             }
             .await;
-            (result, store.data().memory.refused)
+            let out_of_memory = store.data().memory.refused;
+            (result.map(|proxy| (store, proxy)), out_of_memory) as GuestResult
         });
-        let abort = guest.abort_handle();
 
-        let exchange = async {
+        // First the response, within the timeout.
+        let answer = async {
             match response.await {
                 Ok(Ok(response)) => {
                     let (parts, body) = response.into_parts();
@@ -208,20 +262,38 @@ impl Instance for WasmInstance {
                     }
                 }
                 // The guest answered with an error code, or never answered (it trapped).
-                _ => match guest.await {
+                _ => match (&mut guest).await {
                     Ok((Err(err), out_of_memory)) => {
                         tracing::debug!(error = %format!("{err:#}"), "guest failed");
                         Outcome::Failed { out_of_memory }
                     }
-                    Ok((Ok(()), out_of_memory)) => Outcome::Failed { out_of_memory },
+                    Ok((Ok(_), out_of_memory)) => Outcome::Failed { out_of_memory },
                     Err(_) => Outcome::Failed {
                         out_of_memory: false,
                     },
                 },
             }
         };
-        let outcome = tokio::time::timeout(timeout, exchange).await;
-        abort.abort();
+        let outcome = tokio::time::timeout_at(deadline, answer).await;
+        // Then the handler's return (a handler may go on after its response), so that all it
+        // printed is this request's and the instance can serve again. A handler still running
+        // at the deadline is dropped; its response, if complete, still stands.
+        if matches!(outcome, Ok(Outcome::Answered(..)))
+            && let Ok(Ok((Ok((store, proxy)), _))) =
+                tokio::time::timeout_at(deadline, &mut guest).await
+        {
+            let served = served + 1;
+            if served < self.reuse {
+                self.live = Some(Live {
+                    store,
+                    proxy,
+                    stdout: stdout.clone(),
+                    stderr: stderr.clone(),
+                    served,
+                });
+            }
+        }
+        guest.abort();
         self.record_output(id, LogStream::Stdout, &stdout);
         self.record_output(id, LogStream::Stderr, &stderr);
         match outcome {
@@ -244,7 +316,8 @@ impl Instance for WasmInstance {
     }
 
     fn is_healthy(&mut self) -> bool {
-        // Nothing outlives a request: every request starts from a fresh instance.
+        // A failed or timed-out request drops its instantiation; the next request starts a
+        // fresh one, so this object always stays usable.
         true
     }
 

@@ -8,7 +8,8 @@
 //! Components are compiled when a function is deployed ([`WasmRuntime::prepare`]), never on
 //! its first request, and the compiled artifact is cached in the data directory by content
 //! hash and engine settings, so a restart loads it without compiling. Each request gets a
-//! fresh instance in a fresh `Store`: nothing leaks from one request to the next.
+//! fresh instance in a fresh `Store`: nothing leaks from one request to the next, unless the
+//! function opts into `--reuse N` (one instantiation serves up to N requests in turn).
 //!
 //! Limits: the function's timeout through epoch interruption, its memory through a
 //! `ResourceLimiter`, its output through bounded pipes. Outbound HTTP is refused.
@@ -20,6 +21,7 @@ mod engine;
 mod error;
 mod instance;
 mod outbound;
+mod output;
 
 pub use engine::MAX_MEMORY_MB;
 pub use error::WasmError;

@@ -1,0 +1,36 @@
+"""A wasi:http/proxy component in Python, built with componentize-py.
+
+Answers every request with a greeting, the request's method and path, and how many requests
+this instance has served (1 on every request unless the function opts into reuse).
+"""
+
+import os
+
+from componentize_py_types import Ok
+from wit_world import exports
+from wit_world.imports.types import (
+    Fields,
+    IncomingRequest,
+    OutgoingBody,
+    OutgoingResponse,
+    ResponseOutparam,
+)
+
+served = 0
+
+
+class IncomingHandler(exports.IncomingHandler):
+    def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        global served
+        served += 1
+        greeting = os.environ.get("GREETING", "hello")
+        method = type(request.method()).__name__.removeprefix("Method_").upper()
+        text = f"{greeting} from python: {method} {request.path_with_query()} served={served}\n"
+        print(f"python component served request {served}")
+
+        response = OutgoingResponse(Fields.from_list([("content-type", b"text/plain")]))
+        body = response.body()
+        ResponseOutparam.set(response_out, Ok(response))
+        with body.write() as stream:
+            stream.blocking_write_and_flush(text.encode())
+        OutgoingBody.finish(body, None)
