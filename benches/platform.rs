@@ -10,15 +10,21 @@
 //! 3. Memory: resident memory of `gust up` with 1,000 deployed idle functions against the same
 //!    process with none; pool workers reported separately.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gust_harness::reqwest::Method;
 use gust_harness::{Gust, GustOptions};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+
+use common::{
+    deploy_many, distinct_component, get, measuring, ms, print_table, rss_kib, stats, tcp_sender,
+    us,
+};
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
 const COLD_SAMPLES: usize = 40;
@@ -26,111 +32,7 @@ const WARM_SAMPLES: usize = 3_000;
 const IDLE_FUNCTIONS: usize = 1_000;
 
 const PYTHON_FN: &str = "def main():\n    return 'ok'\n";
-const PROBE_WASM: &[u8] = include_bytes!("../tests/components/probe.wasm");
 const NODE_FN: &str = "module.exports = async () => ({ status: 200, body: 'ok' });\n";
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    Stats {
-        p50: at(0.50),
-        p99: at(0.99),
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
-async fn tcp_sender(port: u16) -> SendRequest<Empty<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
-async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> Duration {
-    let request = http::Request::get(path)
-        .header("host", "bench")
-        .body(Empty::new())
-        .unwrap();
-    let started = Instant::now();
-    sender.ready().await.unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let elapsed = started.elapsed();
-    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
-    elapsed
-}
-
-/// Deploys `count` functions with routes `/<prefix>-<i>` through the API.
-fn deploy_many(gust: &Gust, prefix: &str, env: &str, file: &str, source: &str, count: usize) {
-    deploy_many_bytes(
-        gust,
-        prefix,
-        env,
-        file,
-        |_| source.as_bytes().to_vec(),
-        count,
-    );
-}
-
-/// The test component with a custom section naming `i` appended: the same behaviour, another
-/// digest, so that each function is really compiled and loaded on its own.
-fn distinct_component(i: usize) -> Vec<u8> {
-    let name = b"gust-bench";
-    let payload = i.to_le_bytes();
-    let mut wasm = PROBE_WASM.to_vec();
-    let size = 1 + name.len() + payload.len();
-    wasm.extend_from_slice(&[0, size as u8, name.len() as u8]);
-    wasm.extend_from_slice(name);
-    wasm.extend_from_slice(&payload);
-    wasm
-}
-
-fn deploy_many_bytes(
-    gust: &Gust,
-    prefix: &str,
-    env: &str,
-    file: &str,
-    source: impl Fn(usize) -> Vec<u8>,
-    count: usize,
-) {
-    use base64::Engine;
-    for i in 0..count {
-        let content = base64::engine::general_purpose::STANDARD.encode(source(i));
-        let name = format!("{prefix}-{i}");
-        let body = serde_json::json!({"name": name, "env": env, "code": {"filename": file, "content_base64": content}});
-        let response = gust
-            .api(Method::POST, "/v1/functions")
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), 201, "{}", response.text().unwrap());
-        let route = serde_json::json!({"function": name, "url": format!("/{name}"), "name": name});
-        let response = gust
-            .api(Method::POST, "/v1/routes")
-            .json(&route)
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
-}
 
 async fn cold_starts(gust: &Gust, prefix: &str) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(COLD_SAMPLES);
@@ -157,17 +59,6 @@ async fn cold_starts(gust: &Gust, prefix: &str) -> Vec<Duration> {
         );
     }
     samples
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Starts the built-in Python worker server directly (no Gust, no sandbox) and specializes it.
@@ -224,8 +115,8 @@ fn run(rt: &tokio::runtime::Runtime) {
         },
     );
     for (env, file, source) in [("python", "f.py", PYTHON_FN), ("node", "f.js", NODE_FN)] {
-        deploy_many(&pooled, env, env, file, source, COLD_SAMPLES);
-        deploy_many(&unpooled, env, env, file, source, COLD_SAMPLES);
+        deploy_many(&pooled, env, env, file, |_| source.into(), COLD_SAMPLES);
+        deploy_many(&unpooled, env, env, file, |_| source.into(), COLD_SAMPLES);
         let warm_pool = stats(rt.block_on(cold_starts(&pooled, env)));
         let no_pool = stats(rt.block_on(cold_starts(&unpooled, env)));
         rows.push([
@@ -242,7 +133,7 @@ fn run(rt: &tokio::runtime::Runtime) {
 
     // 1b. WebAssembly: no pool needed; each function's first request instantiates its
     //     component, compiled at deploy. Baseline: the Python cold start above.
-    deploy_many_bytes(
+    deploy_many(
         &pooled,
         "wasm",
         "wasm",
@@ -350,7 +241,14 @@ fn run(rt: &tokio::runtime::Runtime) {
     );
     std::thread::sleep(Duration::from_secs(2));
     let empty_rss = rss_kib(gust.pid());
-    deploy_many(&gust, "idle", "python", "f.py", PYTHON_FN, IDLE_FUNCTIONS);
+    deploy_many(
+        &gust,
+        "idle",
+        "python",
+        "f.py",
+        |_| PYTHON_FN.into(),
+        IDLE_FUNCTIONS,
+    );
     std::thread::sleep(Duration::from_secs(1));
     let full_rss = rss_kib(gust.pid());
     let workers: u64 = gust
@@ -371,27 +269,11 @@ fn run(rt: &tokio::runtime::Runtime) {
         "".into(),
     ]);
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!("\nGust platform benchmark — {cores} cores, {cpu}\n");
-    println!("| measure | Gust | baseline (same run) | ratio |");
-    println!("|---|---|---|---|");
-    for [a, b, c, d] in rows {
-        println!("| {a} | {b} | {c} | {d} |");
-    }
+    print_table("Gust platform benchmark", rows);
 }
 
 fn main() {
-    // `cargo test --benches` runs this with --bench absent; only measure when asked.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !measuring() {
         return;
     }
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -10,6 +10,6 @@ root="target/tools/wasmtime-$version"
 if [ ! -x "$root/bin/wasmtime" ]; then
     echo "building wasmtime-cli $version into $root (once)" >&2
     cargo install wasmtime-cli --version "=$version" --locked --root "$root" \
-        --no-default-features --features run,serve,cranelift,pooling-allocator,parallel-compilation,cache >&2
+        >&2
 fi
 echo "$PWD/$root/bin/wasmtime"

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{completion, env, function, route, up};
+use crate::commands::{completion, env, function, route, up, usage};
 
 #[derive(Debug, Parser)]
 #[command(name = "gust", version, about = "Serverless functions in one binary")]
@@ -38,6 +38,8 @@ pub enum Command {
     Env(env::EnvArgs),
     /// Manage HTTP routes (triggers on the public listener).
     Route(route::RouteArgs),
+    /// Show what functions used and cost: invocations, GB-seconds, CPU.
+    Usage(usage::UsageArgs),
     /// Print a shell completion script.
     Completion(completion::CompletionArgs),
 }
@@ -59,6 +61,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Completion(args) => completion::run(args),
         Command::Function(args) => client::block_on(function::run(args, &cli.connection)),
         Command::Env(args) => client::block_on(env::run(args, &cli.connection)),
+        Command::Usage(args) => client::block_on(usage::run(args, &cli.connection)),
         Command::Route(args) => client::block_on(route::run(args, &cli.connection)),
     }
 }

@@ -10,6 +10,8 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+    /// The table's rows as comma-separated values, with a header line.
+    Csv,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -58,6 +60,26 @@ impl Table {
     }
 }
 
+impl Table {
+    fn render_csv(&self) -> String {
+        let field = |cell: &str| {
+            if cell.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", cell.replace('"', "\"\""))
+            } else {
+                cell.to_owned()
+            }
+        };
+        let mut out = String::new();
+        let header: Vec<String> = self.headers.iter().map(|h| field(h)).collect();
+        let _ = writeln!(out, "{}", header.join(","));
+        for row in &self.rows {
+            let cells: Vec<String> = row.iter().map(|c| field(c)).collect();
+            let _ = writeln!(out, "{}", cells.join(","));
+        }
+        out
+    }
+}
+
 /// Prints `value` in the chosen format; `table` builds the table view only when needed.
 pub fn print<T: Serialize>(
     format: Format,
@@ -68,6 +90,7 @@ pub fn print<T: Serialize>(
         Format::Table => print!("{}", table().render()),
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Format::Yaml => print!("{}", serde_norway::to_string(value)?),
+        Format::Csv => print!("{}", table().render_csv()),
     }
     Ok(())
 }

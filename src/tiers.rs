@@ -32,6 +32,14 @@ impl Runtime for Tiers {
             .await
     }
 
+    async fn prepare(&self, spec: &InstanceSpec) {
+        self.of(&spec.environment).prepare(spec).await
+    }
+
+    fn ready_workers(&self, environment: &Environment) -> Option<usize> {
+        self.of(environment).ready_workers(environment)
+    }
+
     fn validate_upload(
         &self,
         environment: &Environment,

@@ -295,7 +295,7 @@ fn a_python_component_runs_fresh_per_request_or_reused_when_asked() {
     gust.cli(&["fn", "update", "py", "--reuse", "3"]).ok();
     let info: Value =
         serde_json::from_str(&gust.cli(&["fn", "get", "py", "-o", "json"]).ok().stdout).unwrap();
-    assert_eq!(info["reuse"], 3);
+    assert_eq!(info["scaling"]["reuse"], 3);
     let counts: Vec<String> = served(&gust)
         .iter()
         .map(|text| text.rsplit('=').next().unwrap().trim().to_owned())

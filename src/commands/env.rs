@@ -52,9 +52,14 @@ fn row(env: &Value) -> Vec<String> {
             })
             .unwrap_or_default(),
     };
+    // `env get` knows how many pooled workers are ready; `env list` shows the target only.
+    let pool = match env.get("pool_ready") {
+        Some(ready) => format!("{ready}/{} ready", env["pool_size"]),
+        None => env["pool_size"].to_string(),
+    };
     vec![
         env["name"].as_str().unwrap_or_default().to_owned(),
-        env["pool_size"].to_string(),
+        pool,
         command,
     ]
 }

@@ -44,6 +44,21 @@ struct SpecArgs {
     /// (repeatable; on update the given list replaces the old one; none by default)
     #[arg(long = "allow-outbound")]
     allow_outbound: Vec<String>,
+    /// Instances kept running with no traffic [default: 0, scale to zero]
+    #[arg(long)]
+    min_instances: Option<u32>,
+    /// Most instances at once [default: 10 for process environments, 1000 for wasm]
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Stop an instance unused this long, down to --min-instances [default: gust up's, 120s]
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// Requests that may wait when every instance is busy [default: 1000]
+    #[arg(long)]
+    queue_depth: Option<u32>,
+    /// How long a request may wait for an instance before 429 [default: 10s]
+    #[arg(long)]
+    queue_timeout: Option<String>,
     /// Requests one wasm instance serves before a fresh one replaces it [default: 1, a fresh
     /// instance per request]; see the docs for the isolation trade-off
     #[arg(long)]
@@ -62,6 +77,11 @@ impl SpecArgs {
             "memory_mb": self.memory,
             "env_vars": (!self.env_vars.is_empty()).then_some(&self.env_vars),
             "allow_outbound": (!self.allow_outbound.is_empty()).then_some(&self.allow_outbound),
+            "min_instances": self.min_instances,
+            "max_instances": self.max_instances,
+            "idle_timeout": self.idle_timeout,
+            "queue_depth": self.queue_depth,
+            "queue_timeout": self.queue_timeout,
             "reuse": self.reuse,
         }))
     }
@@ -140,6 +160,7 @@ fn function_table(functions: &[Value]) -> Table {
         "REVISION",
         "TIMEOUT",
         "MEMORY",
+        "SCALE",
         "INSTANCES",
     ]);
     for f in functions {
@@ -149,6 +170,10 @@ fn function_table(functions: &[Value]) -> Table {
             f["revision"].to_string(),
             duration_ms(f["timeout_ms"].as_u64().unwrap_or(0)),
             format!("{}MB", f["memory_mb"]),
+            format!(
+                "{}-{}",
+                f["scaling"]["min_instances"], f["scaling"]["max_instances"]
+            ),
             format!(
                 "{} busy, {} idle",
                 f["instances"]["busy"], f["instances"]["idle"]

@@ -3,3 +3,4 @@ pub mod env;
 pub mod function;
 pub mod route;
 pub mod up;
+pub mod usage;

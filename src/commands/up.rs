@@ -12,11 +12,12 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gust_api::{AdminToken, ApiState, api_router};
 use gust_executor::{Executor, ExecutorConfig, FunctionLogs, Invoker, Runtime};
+use gust_metering::{Meter, Metrics, PriceSheet, UsageWriter};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
 use gust_router::{PublicState, Routes, public_router};
 use gust_runtime_process::{Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::WasmRuntime;
-use gust_store::{CodeLimits, CodeStore, EmbeddedStore, MetadataStore};
+use gust_store::{CodeLimits, CodeStore, EmbeddedStore, MetadataStore, UsageStore};
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +56,10 @@ pub struct UpArgs {
     /// Run workers without isolation (they see the whole host as Gust's user)
     #[arg(long, env = "GUST_NO_SANDBOX")]
     no_sandbox: bool,
+    /// Price sheet (JSON: currency, per_gb_second, per_cpu_ms, per_million_requests) that
+    /// turns usage into cost [default: everything costs 0]
+    #[arg(long, env = "GUST_PRICES")]
+    prices: Option<PathBuf>,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -97,11 +102,17 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         )?
     };
     let (token, token_path) = admin_token(&data_dir)?;
+    let prices = match &args.prices {
+        Some(path) => PriceSheet::load(path)?,
+        None => PriceSheet::default(),
+    };
 
-    let store: Arc<dyn MetadataStore> = Arc::new(
+    let embedded = Arc::new(
         EmbeddedStore::open(&data_dir.join("gust.redb"))
             .context("cannot open the metadata store")?,
     );
+    let store: Arc<dyn MetadataStore> = embedded.clone();
+    let usage_store: Arc<dyn UsageStore> = embedded;
     let code = Arc::new(CodeStore::open(
         &data_dir.join("code"),
         CodeLimits::default(),
@@ -132,11 +143,14 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         interpreters,
         logs.clone(),
     )?);
-    let wasm: Arc<dyn Runtime> = Arc::new(
-        WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone())
-            .context("cannot start the WebAssembly runtime")?,
-    );
+    let wasm = WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone())
+        .context("cannot start the WebAssembly runtime")?;
+    let mut metrics = Metrics::new();
+    wasm.register_metrics(metrics.registry_mut());
+    let wasm: Arc<dyn Runtime> = Arc::new(wasm);
     let runtime: Arc<dyn Runtime> = Arc::new(Tiers { process, wasm });
+    let usage = UsageWriter::start(usage_store.clone());
+    let meter = Arc::new(Meter::new(metrics, usage.clone()));
     let executor = Executor::new(
         ExecutorConfig {
             idle_timeout,
@@ -147,6 +161,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             code: code.clone(),
         }),
         runtime.clone(),
+        meter.clone(),
     );
     let invoker: Arc<dyn Invoker> = executor.clone();
     let routes = Routes::new(store.routes(None)?);
@@ -159,8 +174,17 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         routes: routes.clone(),
         logs,
         token: token.clone(),
+        usage: usage_store,
+        meter,
+        prices,
     });
     state.sync_environments()?;
+    // Functions with a minimum of instances get them now, not on their first request.
+    for function in state.store.functions(None)? {
+        if function.current_revision().scaling.min_instances > 0 {
+            executor.function_deployed(&function.namespace, &function.name);
+        }
+    }
 
     let public = bind(args.listen, "public").await?;
     let api = bind(args.api_listen, "API").await?;
@@ -196,6 +220,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         } => tracing::warn!("in-flight requests did not finish within {DRAIN_DEADLINE:?}"),
     }
     executor.shutdown().await;
+    usage.flush().await;
     eprintln!("Gust stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ use axum::extract::State;
 use bytes::Bytes;
 use gust_model::{Environment, EnvironmentConfig, EnvironmentKind};
 use http::StatusCode;
+use serde::Serialize;
 
 use crate::{ApiError, ApiState, Scoped, parse_json};
 
@@ -17,13 +18,28 @@ pub async fn list(State(state): Shared) -> Result<Json<Vec<Environment>>, ApiErr
         .map(Json)
 }
 
-pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Environment>, ApiError> {
+/// An environment with its pool as it is now.
+#[derive(Debug, Serialize)]
+pub struct EnvironmentView {
+    #[serde(flatten)]
+    environment: Environment,
+    /// Pre-warmed workers ready now (`pool_size` is the target); absent where the tier keeps
+    /// no pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_ready: Option<usize>,
+}
+
+pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<EnvironmentView>, ApiError> {
     let name = scoped.name("environment")?;
     state
         .blocking(move |s| {
-            s.store.environment(&name)?.ok_or(ApiError::NotFound {
+            let environment = s.store.environment(&name)?.ok_or(ApiError::NotFound {
                 kind: "environment",
                 name: name.to_string(),
+            })?;
+            Ok(EnvironmentView {
+                pool_ready: s.runtime.ready_workers(&environment),
+                environment,
             })
         })
         .await

@@ -5,9 +5,10 @@ use axum::Json;
 use axum::extract::{Query, State};
 use base64::Engine;
 use bytes::Bytes;
+use gust_executor::EffectiveScaling;
 use gust_model::{
     CodeRef, Environment, Function, FunctionConfig, Limits, Name, Namespace, OutboundRule,
-    Revision, RevisionFields, RevisionNumber, Tier,
+    Revision, RevisionFields, RevisionNumber, ScalingConfig, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
@@ -47,6 +48,16 @@ pub struct FunctionBody {
     #[serde(default)]
     allow_outbound: Option<Vec<String>>,
     #[serde(default)]
+    min_instances: Option<u32>,
+    #[serde(default)]
+    max_instances: Option<u32>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    queue_depth: Option<u32>,
+    #[serde(default)]
+    queue_timeout: Option<String>,
+    #[serde(default)]
     reuse: Option<u32>,
 }
 
@@ -59,7 +70,14 @@ impl FunctionBody {
             memory_mb: self.memory_mb,
             env_vars: self.env_vars.clone(),
             allow_outbound: self.allow_outbound.clone(),
-            reuse: self.reuse,
+            scaling: ScalingConfig {
+                min_instances: self.min_instances,
+                max_instances: self.max_instances,
+                idle_timeout: self.idle_timeout.clone(),
+                queue_depth: self.queue_depth,
+                queue_timeout: self.queue_timeout.clone(),
+                reuse: self.reuse,
+            },
         }
     }
 }
@@ -78,8 +96,8 @@ pub struct FunctionView {
     env_vars: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allow_outbound: Vec<OutboundRule>,
-    /// Requests a wasm instance serves before it is replaced (1: a fresh one per request).
-    reuse: u32,
+    /// The scaling settings in force, tier and `gust up` defaults filled in.
+    scaling: EffectiveScaling,
     code_digest: String,
     code_file: Option<String>,
     code_bytes: u64,
@@ -99,6 +117,12 @@ impl FunctionView {
         let counts = state
             .executor
             .instance_counts(&function.namespace, &function.name);
+        let tier = state
+            .store
+            .environment(&current.environment)
+            .ok()
+            .flatten()
+            .map_or(Tier::Process, |env| env.tier());
         Self {
             namespace: function.namespace.clone(),
             name: function.name.clone(),
@@ -110,7 +134,7 @@ impl FunctionView {
             memory_mb: current.limits.memory_mb,
             env_vars: current.env_vars.clone(),
             allow_outbound: current.allow_outbound.clone(),
-            reuse: current.scaling.reuse,
+            scaling: state.executor.config().effective(&current.scaling, tier),
             code_digest: current.code.digest.clone(),
             code_file: current.code.file.clone(),
             code_bytes: current.code.size_bytes,
@@ -289,6 +313,8 @@ pub async fn create(
                 }],
             };
             s.store.create_function(&function)?;
+            s.executor
+                .function_deployed(&function.namespace, &function.name);
             Ok(FunctionView::new(&function, s))
         })
         .await
@@ -345,7 +371,7 @@ pub async fn update(
                     function.push_revision(revision.clone());
                     Ok(function)
                 })?;
-            s.executor.function_changed(&namespace, &name);
+            s.executor.function_deployed(&namespace, &name);
             Ok(FunctionView::new(&updated, s))
         })
         .await
@@ -409,7 +435,7 @@ pub async fn rollback(
                 StoreError::InvalidCode { reason } => ApiError::Invalid(reason),
                 other => other.into(),
             })?;
-            s.executor.function_changed(&namespace, &name);
+            s.executor.function_deployed(&namespace, &name);
             Ok(FunctionView::new(&updated, s))
         })
         .await

@@ -74,6 +74,7 @@ pub async fn invoke(
         namespace,
         function,
         trigger: TriggerKind::Api,
+        attempt: 1,
         request: forwarded,
     };
     Ok(match state.invoker.invoke(invocation).await {

@@ -1,7 +1,7 @@
 //! The control plane: the REST API on its own listener, behind a bearer token.
 //!
-//! Key types: [`ApiState`] (what handlers reach: the metadata and code stores, the executor,
-//! the live route table, the captured logs), [`api_router`] (every `/v1` route plus the
+//! Key types: [`ApiState`] (what handlers reach: the metadata, code and usage stores, the
+//! executor, the live route table, the captured logs, the meter and price sheet), [`api_router`] (every `/v1` route plus the
 //! unauthenticated health and OpenAPI endpoints), [`AdminToken`] and [`ApiError`].
 //!
 //! The token is checked before routing, so an unknown `/v1/` path without a token is 401, not
@@ -13,6 +13,7 @@ mod functions;
 mod invoke;
 mod routes;
 mod token;
+mod usage;
 
 pub use error::ApiError;
 pub use token::AdminToken;
@@ -25,9 +26,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
+use gust_metering::{Meter, PriceSheet};
 use gust_model::{Environment, Namespace};
 use gust_router::Routes;
-use gust_store::{CodeStore, MetadataStore};
+use gust_store::{CodeStore, MetadataStore, UsageStore};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -46,6 +48,9 @@ pub struct ApiState {
     pub routes: Routes,
     pub logs: Arc<FunctionLogs>,
     pub token: AdminToken,
+    pub usage: Arc<dyn UsageStore>,
+    pub meter: Arc<Meter>,
+    pub prices: PriceSheet,
 }
 
 impl ApiState {
@@ -159,10 +164,13 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
         .route("/functions/{name}/logs", get(invoke::logs))
         .route("/routes", get(routes::list).post(routes::create))
         .route("/routes/{name}", get(routes::show).delete(routes::delete))
+        .route("/usage", get(usage::usage))
+        .route("/usage/records", get(usage::records))
         .route("/openapi.json", get(openapi));
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(health))
+        .route("/metrics", get(usage::metrics))
         .nest("/v1", v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))

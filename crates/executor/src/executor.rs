@@ -1,18 +1,22 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Name, Namespace, Tier};
+use gust_model::{Name, Namespace, Scaling, Tier};
+use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Instance, InstanceSpec, Invocation, InvokeError, Invoker, Runtime};
+use crate::{
+    AttemptReport, ColdStart, Instance, InstanceSpec, Invocation, InvocationObserver, InvokeError,
+    Invoker, RequestId, Runtime,
+};
 
-/// How many instances a function may run and how long requests may wait for one.
+/// The defaults of settings a function does not set itself (`gust up` flags).
 #[derive(Debug, Clone, Copy)]
 pub struct ExecutorConfig {
     /// Instances per function in the process tier (each serves one request at a time).
@@ -22,6 +26,47 @@ pub struct ExecutorConfig {
     pub queue_depth: usize,
     pub queue_timeout: Duration,
     pub idle_timeout: Duration,
+}
+
+/// A function's scaling settings with every default filled in: what the executor applies and
+/// `gust fn get` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EffectiveScaling {
+    /// Requests in flight per instance.
+    pub concurrency: usize,
+    pub min_instances: usize,
+    pub max_instances: usize,
+    #[serde(rename = "idle_timeout_ms", serialize_with = "as_ms")]
+    pub idle_timeout: Duration,
+    pub queue_depth: usize,
+    #[serde(rename = "queue_timeout_ms", serialize_with = "as_ms")]
+    pub queue_timeout: Duration,
+    /// Requests a wasm instance serves before it is replaced.
+    pub reuse: u32,
+}
+
+fn as_ms<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(value.as_millis() as u64)
+}
+
+impl ExecutorConfig {
+    /// `scaling` with this configuration's defaults for `tier` where it sets nothing.
+    pub fn effective(&self, scaling: &Scaling, tier: Tier) -> EffectiveScaling {
+        let tier_max = match tier {
+            Tier::Process => self.max_instances,
+            Tier::Wasm => self.max_wasm_instances,
+        };
+        let max_instances = scaling.max_instances.map_or(tier_max, |m| m as usize);
+        EffectiveScaling {
+            concurrency: 1,
+            min_instances: (scaling.min_instances as usize).min(max_instances),
+            max_instances,
+            idle_timeout: scaling.idle_timeout.unwrap_or(self.idle_timeout),
+            queue_depth: scaling.queue_depth.map_or(self.queue_depth, |d| d as usize),
+            queue_timeout: scaling.queue_timeout.unwrap_or(self.queue_timeout),
+            reuse: scaling.reuse,
+        }
+    }
 }
 
 impl Default for ExecutorConfig {
@@ -51,13 +96,14 @@ pub trait DeploymentSource: Send + Sync {
 /// Instances of one function revision.
 struct FunctionSlot {
     spec: InstanceSpec,
-    /// How many requests may be in flight at once (the size of `in_flight`).
-    capacity: usize,
+    scaling: EffectiveScaling,
     idle: Mutex<Vec<(Box<dyn Instance>, Instant)>>,
     /// One permit per request in flight; instances serve one request at a time, so this also
     /// caps the number of instances.
     in_flight: Semaphore,
     waiting: AtomicUsize,
+    /// Instances being started to reach the minimum, not yet idle.
+    warming: AtomicUsize,
     /// Set when the function changed or was deleted: instances are stopped instead of reused.
     retired: AtomicBool,
 }
@@ -69,14 +115,39 @@ impl FunctionSlot {
         idle.pop().map(|(instance, _)| instance)
     }
 
-    fn drain_idle(&self, older_than: Option<Duration>) -> Vec<Box<dyn Instance>> {
+    /// Removes idle instances unused for `older_than` (all of them with `None`), keeping
+    /// the most recently used `keep`.
+    fn drain_idle(&self, older_than: Option<Duration>, keep: usize) -> Vec<Box<dyn Instance>> {
         let mut idle = self.idle.lock().expect("idle list lock is never poisoned");
         let now = Instant::now();
-        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut *idle)
-            .into_iter()
-            .partition(|(_, since)| older_than.is_none_or(|limit| now - *since >= limit));
-        *idle = kept;
-        expired.into_iter().map(|(instance, _)| instance).collect()
+        // Oldest first: the list is pushed in order of release.
+        let removable = idle.len().saturating_sub(keep);
+        let expired = idle
+            .iter()
+            .take(removable)
+            .take_while(|(_, since)| older_than.is_none_or(|limit| now - *since >= limit))
+            .count();
+        idle.drain(..expired)
+            .map(|(instance, _)| instance)
+            .collect()
+    }
+
+    fn busy(&self) -> usize {
+        self.scaling.max_instances - self.in_flight.available_permits()
+    }
+
+    fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .expect("idle list lock is never poisoned")
+            .len()
+    }
+
+    fn release(&self, instance: Box<dyn Instance>) {
+        self.idle
+            .lock()
+            .expect("idle list lock is never poisoned")
+            .push((instance, Instant::now()));
     }
 }
 
@@ -87,11 +158,20 @@ pub struct InstanceCounts {
     pub idle: usize,
 }
 
+/// Instances of one function, for metrics.
+#[derive(Debug, Clone)]
+pub struct FunctionInstances {
+    pub namespace: Namespace,
+    pub function: Name,
+    pub counts: InstanceCounts,
+}
+
 /// The process-wide [`Invoker`].
 pub struct Executor {
     config: ExecutorConfig,
     source: Arc<dyn DeploymentSource>,
     runtime: Arc<dyn Runtime>,
+    observer: Arc<dyn InvocationObserver>,
     slots: Mutex<HashMap<(Namespace, Name), Arc<FunctionSlot>>>,
 }
 
@@ -109,13 +189,19 @@ impl Executor {
         config: ExecutorConfig,
         source: Arc<dyn DeploymentSource>,
         runtime: Arc<dyn Runtime>,
+        observer: Arc<dyn InvocationObserver>,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
             source,
             runtime,
+            observer,
             slots: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.config
     }
 
     /// Forgets a function's deployment: idle instances stop now, busy ones when their request
@@ -128,7 +214,46 @@ impl Executor {
             .remove(&(namespace.clone(), function.clone()));
         if let Some(slot) = removed {
             slot.retired.store(true, Ordering::Release);
-            stop_all(slot.drain_idle(None));
+            stop_all(slot.drain_idle(None, 0));
+        }
+    }
+
+    /// A new revision of a function is current: its old instances retire as in
+    /// [`Self::function_changed`], and the new one is loaded and prepared in the background
+    /// so that its first request does not wait for that.
+    pub fn function_deployed(self: &Arc<Self>, namespace: &Namespace, function: &Name) {
+        self.function_changed(namespace, function);
+        let executor = self.clone();
+        let (namespace, function) = (namespace.clone(), function.clone());
+        tokio::spawn(async move {
+            match executor.slot(&namespace, &function) {
+                Ok(slot) => {
+                    executor.runtime.prepare(&slot.spec).await;
+                    executor.warm_to_minimum(&slot);
+                }
+                Err(err) => tracing::debug!(%function, error = %err, "not prepared"),
+            }
+        });
+    }
+
+    /// Starts instances in the background until the function has its minimum.
+    fn warm_to_minimum(self: &Arc<Self>, slot: &Arc<FunctionSlot>) {
+        let have = slot.busy() + slot.idle_count() + slot.warming.load(Ordering::Acquire);
+        let missing = slot.scaling.min_instances.saturating_sub(have);
+        for _ in 0..missing {
+            slot.warming.fetch_add(1, Ordering::AcqRel);
+            let (executor, slot) = (self.clone(), slot.clone());
+            tokio::spawn(async move {
+                let id = RequestId::new(format!("warm-{}", slot.spec.function));
+                match executor.runtime.start_instance(&slot.spec, &id).await {
+                    Ok(instance) if !slot.retired.load(Ordering::Acquire) => slot.release(instance),
+                    Ok(instance) => stop_all(vec![instance]),
+                    Err(err) => {
+                        tracing::warn!(function = %slot.spec.function, error = %err, "cannot start a minimum instance")
+                    }
+                }
+                slot.warming.fetch_sub(1, Ordering::AcqRel);
+            });
         }
     }
 
@@ -138,16 +263,30 @@ impl Executor {
             return InstanceCounts::default();
         };
         InstanceCounts {
-            busy: slot.capacity - slot.in_flight.available_permits(),
-            idle: slot
-                .idle
-                .lock()
-                .expect("idle list lock is never poisoned")
-                .len(),
+            busy: slot.busy(),
+            idle: slot.idle_count(),
         }
     }
 
-    /// Stops instances idle longer than the idle timeout, once a second, until `shutdown`.
+    /// Instances of every function that has any, for metrics.
+    pub fn all_instances(&self) -> Vec<FunctionInstances> {
+        let slots = self.slots.lock().expect("slot map lock is never poisoned");
+        slots
+            .values()
+            .map(|slot| FunctionInstances {
+                namespace: slot.spec.namespace.clone(),
+                function: slot.spec.function.clone(),
+                counts: InstanceCounts {
+                    busy: slot.busy(),
+                    idle: slot.idle_count(),
+                },
+            })
+            .collect()
+    }
+
+    /// Once a second until `shutdown`: stops instances idle longer than their function's idle
+    /// timeout (down to its minimum) and starts instances a function is missing to reach its
+    /// minimum.
     pub async fn run_reaper(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -163,11 +302,13 @@ impl Executor {
                 .cloned()
                 .collect();
             for slot in slots {
-                let expired = slot.drain_idle(Some(self.config.idle_timeout));
+                let keep = slot.scaling.min_instances.saturating_sub(slot.busy());
+                let expired = slot.drain_idle(Some(slot.scaling.idle_timeout), keep);
                 if !expired.is_empty() {
                     tracing::debug!(function = %slot.spec.function, count = expired.len(), "stopping idle instances");
                 }
                 stop_all(expired);
+                self.warm_to_minimum(&slot);
             }
         }
     }
@@ -184,7 +325,7 @@ impl Executor {
             .collect();
         for slot in slots {
             slot.retired.store(true, Ordering::Release);
-            for instance in slot.drain_idle(None) {
+            for instance in slot.drain_idle(None, 0) {
                 instance.stop().await;
             }
         }
@@ -220,19 +361,19 @@ impl Executor {
                 }
             })?
             .ok_or_else(not_found)?;
+        let scaling = self
+            .config
+            .effective(&spec.scaling, spec.environment.tier());
         let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
         // Another request may have loaded it meanwhile; keep the first so instances are shared.
-        let capacity = match spec.environment.tier() {
-            Tier::Process => self.config.max_instances,
-            Tier::Wasm => self.config.max_wasm_instances,
-        };
         let slot = slots.entry(key).or_insert_with(|| {
             Arc::new(FunctionSlot {
                 spec,
-                capacity,
+                scaling,
                 idle: Mutex::new(Vec::new()),
-                in_flight: Semaphore::new(capacity),
+                in_flight: Semaphore::new(scaling.max_instances),
                 waiting: AtomicUsize::new(0),
+                warming: AtomicUsize::new(0),
                 retired: AtomicBool::new(false),
             })
         });
@@ -247,16 +388,15 @@ impl Executor {
             function: slot.spec.function.to_string(),
             retry_after,
         };
-        if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.queue_depth {
+        if slot.waiting.fetch_add(1, Ordering::AcqRel) >= slot.scaling.queue_depth {
             slot.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(over_capacity(Duration::from_secs(1)));
         }
         let _waiting = Waiting(&slot.waiting);
-        match tokio::time::timeout(self.config.queue_timeout, slot.in_flight.acquire()).await {
+        let queue_timeout = slot.scaling.queue_timeout;
+        match tokio::time::timeout(queue_timeout, slot.in_flight.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
-            _ => Err(over_capacity(
-                self.config.queue_timeout.max(Duration::from_secs(1)),
-            )),
+            _ => Err(over_capacity(queue_timeout.max(Duration::from_secs(1)))),
         }
     }
 }
@@ -276,27 +416,87 @@ fn stop_all(instances: Vec<Box<dyn Instance>>) {
 impl Invoker for Executor {
     async fn invoke(&self, invocation: Invocation) -> Result<http::Response<Bytes>, InvokeError> {
         let slot = self.slot(&invocation.namespace, &invocation.function)?;
-        let permit = self.admit(&slot).await?;
-        let mut instance = match slot.take_idle() {
-            Some(instance) => instance,
-            None => {
-                self.runtime
-                    .start_instance(&slot.spec, &invocation.id)
-                    .await?
+        let started_at = SystemTime::now();
+        let arrived = Instant::now();
+        let permit = match self.admit(&slot).await {
+            Ok(permit) => permit,
+            Err(err) => {
+                self.observer.throttled(
+                    &invocation.namespace,
+                    &invocation.function,
+                    invocation.trigger,
+                );
+                return Err(err);
             }
         };
+        let queue_wait = arrived.elapsed();
+        let report = |cold_start, run, cpu, status| AttemptReport {
+            id: invocation.id.clone(),
+            attempt: invocation.attempt,
+            namespace: invocation.namespace.clone(),
+            function: invocation.function.clone(),
+            revision: slot.spec.revision,
+            trigger: invocation.trigger,
+            started_at,
+            queue_wait,
+            cold_start,
+            run,
+            cpu,
+            memory_mb: slot.spec.limits.memory_mb,
+            timeout: slot.spec.limits.timeout,
+            status,
+        };
+
+        let (mut instance, cold_start) = match slot.take_idle() {
+            Some(instance) => (instance, None),
+            None => {
+                let starting = Instant::now();
+                match self
+                    .runtime
+                    .start_instance(&slot.spec, &invocation.id)
+                    .await
+                {
+                    Ok(instance) => {
+                        let cold_start = ColdStart {
+                            start: starting.elapsed(),
+                            tier: slot.spec.environment.tier(),
+                        };
+                        (instance, Some(cold_start))
+                    }
+                    Err(err) => {
+                        drop(permit);
+                        self.observer.attempt_finished(report(
+                            None,
+                            Duration::ZERO,
+                            None,
+                            err.status(),
+                        ));
+                        return Err(err);
+                    }
+                }
+            }
+        };
+        let cpu_before = instance.cpu_time();
+        let dispatched = Instant::now();
         let result = instance
             .handle(&invocation.id, invocation.request, slot.spec.limits.timeout)
             .await;
+        let run = dispatched.elapsed();
+        let cpu = cpu_before
+            .zip(instance.cpu_time())
+            .map(|(before, after)| after.saturating_sub(before));
         if !slot.retired.load(Ordering::Acquire) && instance.is_healthy() {
-            slot.idle
-                .lock()
-                .expect("idle list lock is never poisoned")
-                .push((instance, Instant::now()));
+            slot.release(instance);
         } else {
             stop_all(vec![instance]);
         }
         drop(permit);
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(err) => err.status(),
+        };
+        self.observer
+            .attempt_finished(report(cold_start, run, cpu, status));
         result
     }
 }
@@ -395,7 +595,12 @@ mod tests {
             stopped: Arc::new(AtomicUsize::new(0)),
         });
         (
-            Executor::new(config, Arc::new(OneFunction), runtime.clone()),
+            Executor::new(
+                config,
+                Arc::new(OneFunction),
+                runtime.clone(),
+                Arc::new(crate::NoObserver),
+            ),
             runtime,
         )
     }
@@ -406,6 +611,7 @@ mod tests {
             namespace: Namespace::default(),
             function: Name::parse("function", name).unwrap(),
             trigger: TriggerKind::Http,
+            attempt: 1,
             request: http::Request::new(Bytes::new()),
         }
     }

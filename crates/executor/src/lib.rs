@@ -15,11 +15,15 @@
 mod error;
 mod executor;
 mod logs;
+mod observer;
 mod runtime;
 
 pub use error::InvokeError;
-pub use executor::{DeploymentSource, Executor, ExecutorConfig, InstanceCounts};
+pub use executor::{
+    DeploymentSource, EffectiveScaling, Executor, ExecutorConfig, FunctionInstances, InstanceCounts,
+};
 pub use logs::{FunctionLogs, LogLine, LogQuery, LogStream, MAX_LINE_BYTES, function_key};
+pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
 pub use runtime::{Instance, InstanceSpec, Runtime};
 
 use async_trait::async_trait;
@@ -46,11 +50,20 @@ impl std::fmt::Display for RequestId {
     }
 }
 
-/// What invoked a function (a metrics label and, later, a billing dimension).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What invoked a function: a metrics label and a field of usage records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TriggerKind {
     Http,
     Api,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Api => "api",
+        }
+    }
 }
 
 /// One call of a function. The request's headers already carry `X-Gust-Request-Id` and any
@@ -61,6 +74,8 @@ pub struct Invocation {
     pub namespace: Namespace,
     pub function: Name,
     pub trigger: TriggerKind,
+    /// 1 for the first delivery; retries count up.
+    pub attempt: u32,
     pub request: http::Request<Bytes>,
 }
 

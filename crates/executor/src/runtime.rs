@@ -39,6 +39,11 @@ pub trait Runtime: Send + Sync {
         first_request: &RequestId,
     ) -> Result<Box<dyn Instance>, InvokeError>;
 
+    /// A revision became current: get ready for its first request (the wasm tier loads the
+    /// compiled component). Called in the background after a deploy; errors surface again on
+    /// the first request, so they are only logged. The default does nothing.
+    async fn prepare(&self, _spec: &InstanceSpec) {}
+
     /// Checks code before it is stored, so that a function that cannot run is refused at
     /// deploy (compiling it ahead of time where the tier compiles). `file_name` and `bytes`
     /// are the upload. Called on a blocking thread; may take seconds. The default accepts.
@@ -50,6 +55,11 @@ pub trait Runtime: Send + Sync {
         _limits: &Limits,
     ) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Workers ready now in an environment's pool; `None` where the tier keeps no pool.
+    fn ready_workers(&self, _environment: &Environment) -> Option<usize> {
+        None
     }
 
     /// The set of environments changed (created, deleted, or at startup): start pools for new
@@ -73,6 +83,12 @@ pub trait Instance: Send {
 
     /// False once the instance died or was killed; the executor then discards it.
     fn is_healthy(&mut self) -> bool;
+
+    /// CPU time the instance has used so far, where the runtime can measure it; the executor
+    /// bills the difference across a request.
+    fn cpu_time(&mut self) -> Option<Duration> {
+        None
+    }
 
     /// Stops the instance; also what dropping it does, without waiting.
     async fn stop(self: Box<Self>);

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, Name, Namespace, OutboundRule, Scaling};
+use crate::{ModelError, Name, Namespace, OutboundRule, Scaling, ScalingConfig};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -187,9 +187,8 @@ pub struct FunctionConfig {
     /// Origins a wasm function may call; on update they replace the whole list when given.
     #[serde(default)]
     pub allow_outbound: Option<Vec<String>>,
-    /// Requests a wasm instance serves before it is replaced.
     #[serde(default)]
-    pub reuse: Option<u32>,
+    pub scaling: ScalingConfig,
 }
 
 impl FunctionConfig {
@@ -253,10 +252,9 @@ impl FunctionConfig {
                 .collect::<Result<_, _>>()?,
             None => base.map(|r| r.allow_outbound.clone()).unwrap_or_default(),
         };
-        let mut scaling = base.map(|r| r.scaling).unwrap_or_default();
-        if let Some(reuse) = self.reuse {
-            scaling.set_reuse(reuse)?;
-        }
+        let scaling = self
+            .scaling
+            .apply(base.map(|r| r.scaling).unwrap_or_default())?;
         Ok(RevisionFields {
             environment,
             entrypoint,
@@ -369,7 +367,10 @@ mod tests {
                 ..Default::default()
             },
             FunctionConfig {
-                reuse: Some(0),
+                scaling: ScalingConfig {
+                    reuse: Some(0),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             FunctionConfig {

@@ -13,6 +13,7 @@ mod name;
 mod outbound;
 mod route;
 mod scaling;
+mod usage;
 
 pub use environment::{
     BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,
@@ -28,4 +29,5 @@ pub use route::{
     Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteTable,
     is_reserved_path,
 };
-pub use scaling::{MAX_REUSE, Scaling};
+pub use scaling::{MAX_REUSE, Scaling, ScalingConfig};
+pub use usage::{HOUR_MS, HourlyUsage, UsageRecord, UsageTotals, billed_ms, gb_seconds};

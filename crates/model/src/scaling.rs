@@ -1,15 +1,32 @@
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use crate::ModelError;
+use crate::{ModelError, parse_duration};
 
 /// The most requests one wasm instance may serve with `--reuse`.
 pub const MAX_REUSE: u32 = 10_000;
+const MAX_INSTANCES: u32 = 1_000;
+const MAX_QUEUE_DEPTH: u32 = 100_000;
+const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// How a revision's instances are used: how many requests one instance serves before it is
-/// replaced.
+/// How a revision scales. `None` means the default of the function's tier or of `gust up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Scaling {
+    /// Instances kept running even with no requests (0: scale to zero).
+    pub min_instances: u32,
+    /// Most instances at once.
+    pub max_instances: Option<u32>,
+    /// How long an instance may stay unused before it stops (down to `min_instances`).
+    #[serde(with = "optional_ms")]
+    pub idle_timeout: Option<Duration>,
+    /// Requests that may wait for capacity when every instance is busy.
+    pub queue_depth: Option<u32>,
+    /// How long a request may wait for capacity.
+    #[serde(with = "optional_ms")]
+    pub queue_timeout: Option<Duration>,
     /// Requests a wasm instance serves, one after another, before a fresh one replaces it.
     /// 1 (the default) is a fresh instance per request: nothing a request leaves in memory
     /// reaches the next. Larger values trade that isolation for skipping the instantiation of
@@ -19,19 +36,203 @@ pub struct Scaling {
 
 impl Default for Scaling {
     fn default() -> Self {
-        Self { reuse: 1 }
+        Self {
+            min_instances: 0,
+            max_instances: None,
+            idle_timeout: None,
+            queue_depth: None,
+            queue_timeout: None,
+            reuse: 1,
+        }
     }
 }
 
-impl Scaling {
-    pub(crate) fn set_reuse(&mut self, reuse: u32) -> Result<(), ModelError> {
-        if !(1..=MAX_REUSE).contains(&reuse) {
-            return Err(ModelError::OutOfRange {
-                field: "reuse",
-                reason: format!("{reuse} is not between 1 and {MAX_REUSE}"),
-            });
+/// Scaling settings as a user wrote them; on update only the given ones change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingConfig {
+    #[serde(default)]
+    pub min_instances: Option<u32>,
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub queue_depth: Option<u32>,
+    #[serde(default)]
+    pub queue_timeout: Option<String>,
+    #[serde(default)]
+    pub reuse: Option<u32>,
+}
+
+fn out_of_range(field: &'static str, reason: String) -> ModelError {
+    ModelError::OutOfRange { field, reason }
+}
+
+fn bounded_duration(
+    field: &'static str,
+    value: &str,
+    max: Duration,
+) -> Result<Duration, ModelError> {
+    let duration = parse_duration(field, value)?;
+    if duration.is_zero() || duration > max {
+        return Err(out_of_range(
+            field,
+            format!(
+                "{value} is not between 1ms and {}",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(duration)
+}
+
+fn bounded(
+    field: &'static str,
+    value: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, ModelError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(out_of_range(
+            field,
+            format!(
+                "{value} is not between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+impl ScalingConfig {
+    /// Applies the given settings over `base` and checks them together.
+    pub fn apply(&self, mut base: Scaling) -> Result<Scaling, ModelError> {
+        if let Some(min) = self.min_instances {
+            base.min_instances = bounded("min-instances", min, 0..=MAX_INSTANCES)?;
         }
-        self.reuse = reuse;
-        Ok(())
+        if let Some(max) = self.max_instances {
+            base.max_instances = Some(bounded("max-instances", max, 1..=MAX_INSTANCES)?);
+        }
+        if let Some(idle) = &self.idle_timeout {
+            base.idle_timeout = Some(bounded_duration("idle-timeout", idle, MAX_IDLE_TIMEOUT)?);
+        }
+        if let Some(depth) = self.queue_depth {
+            base.queue_depth = Some(bounded("queue-depth", depth, 0..=MAX_QUEUE_DEPTH)?);
+        }
+        if let Some(timeout) = &self.queue_timeout {
+            base.queue_timeout = Some(bounded_duration(
+                "queue-timeout",
+                timeout,
+                MAX_QUEUE_TIMEOUT,
+            )?);
+        }
+        if let Some(reuse) = self.reuse {
+            base.reuse = bounded("reuse", reuse, 1..=MAX_REUSE)?;
+        }
+        if let Some(max) = base.max_instances
+            && base.min_instances > max
+        {
+            return Err(out_of_range(
+                "min-instances",
+                format!("{} is more than max-instances {max}", base.min_instances),
+            ));
+        }
+        Ok(base)
+    }
+}
+
+mod optional_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_some(&(d.as_millis() as u64)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(deserializer).map(|ms| ms.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_change_one_at_a_time_and_are_checked_together() {
+        let base = ScalingConfig {
+            max_instances: Some(4),
+            idle_timeout: Some("30s".into()),
+            ..Default::default()
+        }
+        .apply(Scaling::default())
+        .unwrap();
+        assert_eq!(base.max_instances, Some(4));
+        assert_eq!(base.idle_timeout, Some(Duration::from_secs(30)));
+        let updated = ScalingConfig {
+            min_instances: Some(2),
+            ..Default::default()
+        }
+        .apply(base)
+        .unwrap();
+        assert_eq!((updated.min_instances, updated.max_instances), (2, Some(4)));
+
+        let too_many = ScalingConfig {
+            min_instances: Some(5),
+            ..Default::default()
+        };
+        assert!(
+            too_many
+                .apply(base)
+                .unwrap_err()
+                .to_string()
+                .contains("min-instances")
+        );
+        for bad in [
+            ScalingConfig {
+                max_instances: Some(0),
+                ..Default::default()
+            },
+            ScalingConfig {
+                queue_timeout: Some("0s".into()),
+                ..Default::default()
+            },
+            ScalingConfig {
+                idle_timeout: Some("soon".into()),
+                ..Default::default()
+            },
+            ScalingConfig {
+                reuse: Some(0),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.apply(Scaling::default()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn records_written_before_scaling_existed_read_as_defaults() {
+        let old: Scaling = serde_json::from_str("{}").unwrap();
+        assert_eq!(old, Scaling::default());
+        let round: Scaling = serde_json::from_str(
+            &serde_json::to_string(&Scaling {
+                idle_timeout: Some(Duration::from_millis(1500)),
+                ..Scaling::default()
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(round.idle_timeout, Some(Duration::from_millis(1500)));
     }
 }

@@ -125,6 +125,7 @@ async fn serve(
         namespace: found.route.namespace.clone(),
         function: found.route.function.clone(),
         trigger: TriggerKind::Http,
+        attempt: 1,
         request: forwarded,
     };
     match state.invoker.invoke(invocation).await {

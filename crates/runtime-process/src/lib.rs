@@ -138,16 +138,6 @@ impl ProcessRuntime {
             },
         })
     }
-
-    /// Workers ready in each environment's pool.
-    pub fn pool_sizes(&self) -> HashMap<String, usize> {
-        self.pools
-            .lock()
-            .expect("pool map lock is never poisoned")
-            .iter()
-            .map(|(name, pool)| (name.to_string(), pool.ready_count()))
-            .collect()
-    }
 }
 
 /// Kills the workers a previous Gust on this data directory left running (it was killed before
@@ -260,6 +250,14 @@ impl Runtime for ProcessRuntime {
             "cold start"
         );
         Ok(Box::new(worker))
+    }
+
+    fn ready_workers(&self, environment: &Environment) -> Option<usize> {
+        self.pools
+            .lock()
+            .expect("pool map lock is never poisoned")
+            .get(&environment.name)
+            .map(|pool| pool.ready_count())
     }
 
     fn set_environments(&self, environments: &[Environment]) {

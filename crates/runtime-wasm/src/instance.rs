@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -16,6 +17,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::cpu::CpuMeter;
 use crate::outbound::OutboundPolicy;
 use crate::output::OutputCapture;
 
@@ -94,6 +96,8 @@ pub struct WasmInstance {
     /// The instantiated component kept for the next request, when reuse allows one.
     live: Option<Live>,
     logs: Arc<FunctionLogs>,
+    cpu: CpuMeter,
+    instantiation: Histogram,
 }
 
 /// An instantiated component with its store, between requests.
@@ -106,7 +110,12 @@ struct Live {
 }
 
 impl WasmInstance {
-    pub fn new(pre: ProxyPre<WasmState>, spec: &InstanceSpec, logs: Arc<FunctionLogs>) -> Self {
+    pub fn new(
+        pre: ProxyPre<WasmState>,
+        spec: &InstanceSpec,
+        logs: Arc<FunctionLogs>,
+        instantiation: Histogram,
+    ) -> Self {
         Self {
             pre,
             function: spec.function.to_string(),
@@ -121,6 +130,8 @@ impl WasmInstance {
             reuse: spec.scaling.reuse.max(1),
             live: None,
             logs,
+            cpu: CpuMeter::default(),
+            instantiation,
         }
     }
 
@@ -231,11 +242,17 @@ impl Instance for WasmInstance {
             .map_err(|e| start_failed(format!("{e:#}")))?;
 
         let pre = self.pre.clone();
-        let mut guest = tokio::spawn(async move {
+        let instantiation = self.instantiation.clone();
+        let mut guest = tokio::spawn(self.cpu.time(async move {
             let result = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut store).await?,
+                    None => {
+                        let started = std::time::Instant::now();
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        instantiation.observe(started.elapsed().as_secs_f64());
+                        proxy
+                    }
                 };
                 proxy
                     .wasi_http_incoming_handler()
@@ -246,7 +263,7 @@ impl Instance for WasmInstance {
             .await;
             let out_of_memory = store.data().memory.refused;
             (result.map(|proxy| (store, proxy)), out_of_memory) as GuestResult
-        });
+        }));
 
         // First the response, within the timeout.
         let answer = async {
@@ -313,6 +330,10 @@ impl Instance for WasmInstance {
                 out_of_memory: false,
             }) => Err(InvokeError::Trap { function }),
         }
+    }
+
+    fn cpu_time(&mut self) -> Option<Duration> {
+        Some(self.cpu.total())
     }
 
     fn is_healthy(&mut self) -> bool {

@@ -17,6 +17,7 @@
 //! Not here: deciding how many requests run at once (the executor does).
 
 mod compile;
+mod cpu;
 mod engine;
 mod error;
 mod instance;
@@ -34,6 +35,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
 use gust_model::{Environment, Limits};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -45,14 +48,21 @@ use crate::instance::{WasmInstance, WasmState};
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub struct WasmRuntime {
+    components: Arc<Components>,
+    logs: Arc<FunctionLogs>,
+    stop: CancellationToken,
+    /// Time to instantiate a component for a request (`gust_wasm_instantiation_seconds`).
+    instantiation: Histogram,
+}
+
+/// Compiling and loading components; shared with blocking threads, where loading runs.
+struct Components {
     engine: Engine,
     linker: Linker<WasmState>,
     cache_dir: PathBuf,
     /// Pre-instantiated components by file; the code store is content-addressed, so a path
     /// names one content for good.
     ready: Mutex<HashMap<PathBuf, ProxyPre<WasmState>>>,
-    logs: Arc<FunctionLogs>,
-    stop: CancellationToken,
 }
 
 impl WasmRuntime {
@@ -83,13 +93,58 @@ impl WasmRuntime {
             })
             .map_err(WasmError::io("epoch thread"))?;
         Ok(Self {
-            engine,
-            linker,
-            cache_dir: cache_dir.to_owned(),
-            ready: Mutex::new(HashMap::new()),
+            components: Arc::new(Components {
+                engine,
+                linker,
+                cache_dir: cache_dir.to_owned(),
+                ready: Mutex::new(HashMap::new()),
+            }),
             logs,
             stop,
+            // 1 µs to about 0.5 s, doubling.
+            instantiation: Histogram::new(exponential_buckets(1e-6, 2.0, 20)),
         })
+    }
+
+    /// Registers the tier's own metrics.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "gust_wasm_instantiation_seconds",
+            "Time to instantiate a component for a request, inside the runtime",
+            self.instantiation.clone(),
+        );
+    }
+
+    fn component_path(spec: &InstanceSpec) -> PathBuf {
+        match &spec.code_file {
+            Some(file) => spec.code_dir.join(file),
+            None => spec.code_dir.join("main.wasm"),
+        }
+    }
+
+    /// The pre-instantiated component of a revision; loading it (reading the compiled
+    /// artifact) runs on a blocking thread.
+    async fn load(&self, spec: &InstanceSpec) -> Result<ProxyPre<WasmState>, WasmError> {
+        let path = Self::component_path(spec);
+        if let Some(pre) = self.components.loaded(&path) {
+            return Ok(pre);
+        }
+        let components = self.components.clone();
+        tokio::task::spawn_blocking(move || components.proxy_pre(&path))
+            .await
+            .map_err(|e| WasmError::NotProxy {
+                reason: format!("loading was interrupted: {e}"),
+            })?
+    }
+}
+
+impl Components {
+    fn loaded(&self, path: &Path) -> Option<ProxyPre<WasmState>> {
+        self.ready
+            .lock()
+            .expect("component map lock is never poisoned")
+            .get(path)
+            .cloned()
     }
 
     /// Compiles (or loads from the cache) a component and checks that it is a
@@ -109,13 +164,8 @@ impl WasmRuntime {
 
     /// The pre-instantiated component of a deployed revision, loaded once per file.
     fn proxy_pre(&self, path: &Path) -> Result<ProxyPre<WasmState>, WasmError> {
-        if let Some(pre) = self
-            .ready
-            .lock()
-            .expect("component map lock is never poisoned")
-            .get(path)
-        {
-            return Ok(pre.clone());
+        if let Some(pre) = self.loaded(path) {
+            return Ok(pre);
         }
         let wasm = std::fs::read(path).map_err(WasmError::io(path))?;
         let pre = self.pre_instantiate(&wasm)?;
@@ -124,13 +174,6 @@ impl WasmRuntime {
             .expect("component map lock is never poisoned")
             .insert(path.to_owned(), pre.clone());
         Ok(pre)
-    }
-
-    fn component_path(spec: &InstanceSpec) -> PathBuf {
-        match &spec.code_file {
-            Some(file) => spec.code_dir.join(file),
-            None => spec.code_dir.join("main.wasm"),
-        }
     }
 }
 
@@ -141,14 +184,25 @@ impl Runtime for WasmRuntime {
         spec: &InstanceSpec,
         _first_request: &RequestId,
     ) -> Result<Box<dyn Instance>, InvokeError> {
-        let pre = self.proxy_pre(&Self::component_path(spec)).map_err(|err| {
+        let pre = self.load(spec).await.map_err(|err| {
             tracing::error!(function = %spec.function, error = %err, "cannot load the component");
             InvokeError::StartFailed {
                 function: spec.function.to_string(),
                 detail: "the component could not be loaded".to_owned(),
             }
         })?;
-        Ok(Box::new(WasmInstance::new(pre, spec, self.logs.clone())))
+        Ok(Box::new(WasmInstance::new(
+            pre,
+            spec,
+            self.logs.clone(),
+            self.instantiation.clone(),
+        )))
+    }
+
+    async fn prepare(&self, spec: &InstanceSpec) {
+        if let Err(err) = self.load(spec).await {
+            tracing::warn!(function = %spec.function, error = %err, "cannot load the component");
+        }
     }
 
     fn validate_upload(
@@ -170,7 +224,8 @@ impl Runtime for WasmRuntime {
             ));
         }
         // Compiling now fills the compiled-code cache: the first request does not compile.
-        self.pre_instantiate(bytes)
+        self.components
+            .pre_instantiate(bytes)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

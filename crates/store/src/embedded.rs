@@ -1,16 +1,25 @@
 use std::path::Path;
 
-use gust_model::{Environment, Function, Name, Namespace, Route};
+use gust_model::{
+    Environment, Function, HOUR_MS, HourlyUsage, Name, Namespace, Route, UsageRecord, UsageTotals,
+};
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{EnvironmentStore, FunctionStore, RouteStore, StoreError};
+use crate::{EnvironmentStore, FunctionStore, RouteStore, StoreError, UsageStore};
 
 // Values are JSON documents: readable with any redb tool and tolerant of added fields.
 const ENVIRONMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("environments");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
+/// `<invocation id>#<attempt>` → the record's key in `usage_records`: what makes a record
+/// count once.
+const USAGE_KEYS: TableDefinition<&str, &str> = TableDefinition::new("usage_keys");
+/// `<namespace>/<started at ms, 13 digits>/<invocation id>#<attempt>` → the record.
+const USAGE_RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("usage_records");
+/// `<namespace>/<hour start ms, 13 digits>/<function>` → that hour's totals.
+const USAGE_HOURS: TableDefinition<&str, &[u8]> = TableDefinition::new("usage_hours");
 
 /// Metadata in one redb file. redb commits are atomic and fsynced, so a process killed at any
 /// point reopens to the last committed state.
@@ -37,9 +46,10 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
-        for table in [ENVIRONMENTS, FUNCTIONS, ROUTES] {
+        for table in [ENVIRONMENTS, FUNCTIONS, ROUTES, USAGE_RECORDS, USAGE_HOURS] {
             tx.open_table(table)?;
         }
+        tx.open_table(USAGE_KEYS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -279,5 +289,103 @@ impl RouteStore for EmbeddedStore {
             }
             Ok(())
         })
+    }
+}
+
+/// Keys sort by time within a namespace: 13 digits hold Unix milliseconds until the year 2286.
+fn time_key(namespace: &Namespace, ms: u64) -> String {
+    format!("{namespace}/{ms:013}/")
+}
+
+impl UsageStore for EmbeddedStore {
+    fn record_usage(&self, records: &[UsageRecord]) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let mut keys = tx.open_table(USAGE_KEYS)?;
+            let mut stored = tx.open_table(USAGE_RECORDS)?;
+            let mut hours = tx.open_table(USAGE_HOURS)?;
+            let mut new = 0;
+            for record in records {
+                let key = record.key();
+                if keys.get(key.as_str())?.is_some() {
+                    continue;
+                }
+                let record_key =
+                    format!("{}{key}", time_key(&record.namespace, record.started_at_ms));
+                keys.insert(key.as_str(), record_key.as_str())?;
+                stored.insert(record_key.as_str(), encode(record).as_slice())?;
+                let hour = record.started_at_ms - record.started_at_ms % HOUR_MS;
+                let hour_key = format!("{}{}", time_key(&record.namespace, hour), record.function);
+                let mut totals: UsageTotals = match hours.get(hour_key.as_str())? {
+                    Some(value) => decode(&hour_key, value.value())?,
+                    None => UsageTotals::default(),
+                };
+                totals.add(record);
+                hours.insert(hour_key.as_str(), encode(&totals).as_slice())?;
+                new += 1;
+            }
+            Ok(new)
+        })
+    }
+
+    fn usage_hours(
+        &self,
+        namespace: &Namespace,
+        function: Option<&Name>,
+        since_ms: u64,
+    ) -> Result<Vec<HourlyUsage>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(USAGE_HOURS)?;
+        let first_hour = since_ms - since_ms % HOUR_MS;
+        let start = time_key(namespace, first_hour);
+        let end = format!("{namespace}0"); // '0' follows '/': past every key of the namespace
+        let mut out = Vec::new();
+        for entry in table.range(start.as_str()..end.as_str())? {
+            let (key, value) = entry?;
+            let key = key.value();
+            let mut parts = key.splitn(3, '/');
+            let (Some(_), Some(hour), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if function.is_some_and(|f| f.as_str() != name) {
+                continue;
+            }
+            let (Ok(hour_start_ms), Ok(function)) = (hour.parse(), Name::parse("function", name))
+            else {
+                continue;
+            };
+            out.push(HourlyUsage {
+                namespace: namespace.clone(),
+                function,
+                hour_start_ms,
+                totals: decode(key, value.value())?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn usage_records(
+        &self,
+        namespace: &Namespace,
+        function: Option<&Name>,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(USAGE_RECORDS)?;
+        let start = time_key(namespace, since_ms);
+        let end = format!("{namespace}0");
+        let mut out = Vec::new();
+        for entry in table.range(start.as_str()..end.as_str())? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            let record: UsageRecord = decode(key.value(), value.value())?;
+            if function.is_none_or(|f| *f == record.function) {
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 }

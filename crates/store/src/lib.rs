@@ -19,7 +19,7 @@ pub use code::{CodeLimits, CodeStore, CodeUpload};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 
-use gust_model::{Environment, Function, Name, Namespace, Route};
+use gust_model::{Environment, Function, HourlyUsage, Name, Namespace, Route, UsageRecord};
 
 /// Environments are global: every namespace can use every environment.
 pub trait EnvironmentStore: Send + Sync {
@@ -57,6 +57,31 @@ pub trait RouteStore: Send + Sync {
     /// Every route, or those of one namespace.
     fn routes(&self, namespace: Option<&Namespace>) -> Result<Vec<Route>, StoreError>;
     fn delete_route(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError>;
+}
+
+/// Usage records and their hourly totals. Writes are batched by the caller (group commit):
+/// one call is one transaction, one fsync.
+pub trait UsageStore: Send + Sync {
+    /// Stores the records not stored before (by invocation id and attempt) and adds each new
+    /// one to its function's hourly totals, atomically. Returns how many were new.
+    fn record_usage(&self, records: &[UsageRecord]) -> Result<usize, StoreError>;
+    /// Hourly totals of a namespace (one function's, if given) for hours that end after
+    /// `since_ms`, oldest first.
+    fn usage_hours(
+        &self,
+        namespace: &Namespace,
+        function: Option<&Name>,
+        since_ms: u64,
+    ) -> Result<Vec<HourlyUsage>, StoreError>;
+    /// Records of a namespace (one function's, if given) that started at or after `since_ms`,
+    /// oldest first, at most `limit`.
+    fn usage_records(
+        &self,
+        namespace: &Namespace,
+        function: Option<&Name>,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
 }
 
 /// Everything the control plane needs from metadata storage.

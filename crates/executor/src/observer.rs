@@ -1,0 +1,59 @@
+//! What the executor tells the rest of Gust about each invocation attempt: the facts that
+//! metering bills and metrics count. The executor measures; observers decide what to keep.
+
+use std::time::{Duration, SystemTime};
+
+use gust_model::{Name, Namespace, RevisionNumber, Tier};
+
+use crate::{RequestId, TriggerKind};
+
+/// The parts of starting an instance that a cold start spent time in.
+#[derive(Debug, Clone, Copy)]
+pub struct ColdStart {
+    /// Getting a ready instance: specializing a pooled worker (process tier) or loading and
+    /// instantiating the component (wasm tier).
+    pub start: Duration,
+    pub tier: Tier,
+}
+
+/// One invocation attempt that reached a function (an instance was asked to serve it, or
+/// starting one failed).
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub id: RequestId,
+    pub attempt: u32,
+    pub namespace: Namespace,
+    pub function: Name,
+    pub revision: RevisionNumber,
+    pub trigger: TriggerKind,
+    pub started_at: SystemTime,
+    /// Waiting for capacity before anything ran.
+    pub queue_wait: Duration,
+    pub cold_start: Option<ColdStart>,
+    /// From dispatch to the instance until its whole response was read; zero when no
+    /// instance could be started.
+    pub run: Duration,
+    /// CPU the instance used for this request, where the runtime measures it.
+    pub cpu: Option<Duration>,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    /// The function's HTTP status, or the status of the error Gust answered with.
+    pub status: u16,
+}
+
+/// Receives what the executor measured. Called on the request path after the response is
+/// known: implementations must not block.
+pub trait InvocationObserver: Send + Sync {
+    fn attempt_finished(&self, report: AttemptReport);
+
+    /// A request was refused for capacity (429) before reaching any instance.
+    fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind);
+}
+
+/// Observes nothing (for tests and tools that need no metering).
+pub struct NoObserver;
+
+impl InvocationObserver for NoObserver {
+    fn attempt_finished(&self, _report: AttemptReport) {}
+    fn throttled(&self, _namespace: &Namespace, _function: &Name, _trigger: TriggerKind) {}
+}

@@ -1,0 +1,209 @@
+//! The Prometheus metrics of `/metrics`. Labels are names Gust validated (namespace,
+//! function), fixed words (trigger, phase, state) and status codes: never raw paths, ids or
+//! other caller-supplied strings.
+
+use gust_executor::{AttemptReport, FunctionInstances, TriggerKind};
+use gust_model::{Name, Namespace, Tier};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    namespace: String,
+    function: String,
+    trigger: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    namespace: String,
+    function: String,
+    trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    namespace: String,
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    namespace: String,
+    function: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    namespace: String,
+    function: String,
+    state: &'static str,
+}
+
+/// 100 µs to about 54 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<InvocationLabels, Counter>,
+    duration: Family<TriggerLabels, Histogram, fn() -> Histogram>,
+    cold_starts: Family<FunctionLabels, Counter>,
+    cold_start_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    instances: Family<StateLabels, Gauge>,
+    throttled: Family<TriggerLabels, Counter>,
+    billable_ms: Family<TriggerLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let invocations = Family::<InvocationLabels, Counter>::default();
+        let duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let cold_starts = Family::<FunctionLabels, Counter>::default();
+        let cold_start_phases =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let instances = Family::<StateLabels, Gauge>::default();
+        let throttled = Family::<TriggerLabels, Counter>::default();
+        let billable_ms = Family::<TriggerLabels, Counter>::default();
+        registry.register(
+            "gust_function_invocations",
+            "Invocation attempts that reached a function, by HTTP status",
+            invocations.clone(),
+        );
+        registry.register(
+            "gust_function_duration_seconds",
+            "Time from dispatch to an instance until its whole response",
+            duration.clone(),
+        );
+        registry.register(
+            "gust_function_cold_starts",
+            "Requests that had to start an instance",
+            cold_starts.clone(),
+        );
+        registry.register(
+            "gust_function_cold_start_seconds",
+            "Where cold starts spent their time: queue, specialize (process) or instantiate (wasm), first_response",
+            cold_start_phases.clone(),
+        );
+        registry.register(
+            "gust_function_instances",
+            "Instances now, busy or idle",
+            instances.clone(),
+        );
+        registry.register(
+            "gust_function_throttled",
+            "Requests refused with 429 because every instance was busy and the queue full or too slow",
+            throttled.clone(),
+        );
+        registry.register(
+            "gust_billable_ms",
+            "Billed milliseconds (run time rounded up per attempt)",
+            billable_ms.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            duration,
+            cold_starts,
+            cold_start_phases,
+            instances,
+            throttled,
+            billable_ms,
+        }
+    }
+
+    /// Where other parts of Gust register their own metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    pub fn attempt(&self, report: &AttemptReport, billed_ms: u64) {
+        let (namespace, function) = (report.namespace.to_string(), report.function.to_string());
+        let trigger = TriggerLabels {
+            namespace: namespace.clone(),
+            function: function.clone(),
+            trigger: report.trigger.as_str(),
+        };
+        self.invocations
+            .get_or_create(&InvocationLabels {
+                namespace: namespace.clone(),
+                function: function.clone(),
+                trigger: report.trigger.as_str(),
+                code: report.status.to_string(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&trigger)
+            .observe(report.run.as_secs_f64());
+        self.billable_ms.get_or_create(&trigger).inc_by(billed_ms);
+        if let Some(cold) = report.cold_start {
+            self.cold_starts
+                .get_or_create(&FunctionLabels {
+                    namespace: namespace.clone(),
+                    function: function.clone(),
+                })
+                .inc();
+            let start_phase = match cold.tier {
+                Tier::Process => "specialize",
+                Tier::Wasm => "instantiate",
+            };
+            for (phase, seconds) in [
+                ("queue", report.queue_wait),
+                (start_phase, cold.start),
+                ("first_response", report.run),
+            ] {
+                self.cold_start_phases
+                    .get_or_create(&PhaseLabels {
+                        namespace: namespace.clone(),
+                        function: function.clone(),
+                        phase,
+                    })
+                    .observe(seconds.as_secs_f64());
+            }
+        }
+    }
+
+    pub fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
+        self.throttled
+            .get_or_create(&TriggerLabels {
+                namespace: namespace.to_string(),
+                function: function.to_string(),
+                trigger: trigger.as_str(),
+            })
+            .inc();
+    }
+
+    /// The exposition text, with instance gauges as they are now.
+    pub fn encode(&self, instances: &[FunctionInstances]) -> String {
+        self.instances.clear();
+        for f in instances {
+            for (state, count) in [("busy", f.counts.busy), ("idle", f.counts.idle)] {
+                self.instances
+                    .get_or_create(&StateLabels {
+                        namespace: f.namespace.to_string(),
+                        function: f.function.to_string(),
+                        state,
+                    })
+                    .set(count as i64);
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}

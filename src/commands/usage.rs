@@ -1,0 +1,83 @@
+//! `gust usage`: what functions used, rolled up by function, hour or day, with cost.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use http::Method;
+use serde_json::Value;
+
+use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
+use crate::output::{OutputArgs, Table, print};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GroupBy {
+    Function,
+    Hour,
+    Day,
+}
+
+impl GroupBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Function => "function",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this function
+    #[arg(long = "fn")]
+    function: Option<String>,
+    /// How far back, e.g. 1h, 24h, 30d
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// One row per function for the whole period, or per function and hour or day
+    #[arg(long, value_enum, default_value = "function")]
+    by: GroupBy,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn cells(row: &Value) -> Vec<String> {
+    vec![
+        row["function"].as_str().unwrap_or_default().to_owned(),
+        row["period_start"].as_str().unwrap_or_default().to_owned(),
+        row["invocations"].to_string(),
+        row["errors"].to_string(),
+        format!("{:.6}", row["gb_seconds"].as_f64().unwrap_or(0.0)),
+        format!("{:.3}", row["cpu_ms"].as_f64().unwrap_or(0.0)),
+        format!("{:.6}", row["cost"].as_f64().unwrap_or(0.0)),
+    ]
+}
+
+pub async fn run(args: UsageArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(connection)?;
+    let mut path = format!("/v1/usage?since={}&by={}", args.since, args.by.as_str());
+    if let Some(function) = &args.function {
+        path.push_str(&format!("&function={function}"));
+    }
+    let report: Value = client.json(Method::GET, &path, NO_BODY).await?;
+    print(args.output.format, &report, || {
+        let mut table = Table::new(vec![
+            "FUNCTION",
+            "PERIOD START",
+            "INVOCATIONS",
+            "ERRORS",
+            "GB-SECONDS",
+            "CPU MS",
+            "COST",
+        ]);
+        for row in report["rows"].as_array().into_iter().flatten() {
+            table.row(cells(row));
+        }
+        let mut totals = cells(&report["totals"]);
+        totals[0] = "TOTAL".to_owned();
+        totals[1] = report["since"].as_str().unwrap_or_default().to_owned();
+        table.row(totals);
+        table
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

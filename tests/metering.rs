@@ -1,0 +1,312 @@
+//! End-to-end: pay-per-use metering and metrics through the real binary. Usage records match
+//! the requests sent, survive a kill -9 once flushed, and roll up into reports with cost.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use gust_harness::reqwest::Method;
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::Value;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/probe.wasm");
+const FLAKY_PY: &str = "def main(req):\n    if 'fail' in req.query:\n        raise ValueError('asked to fail')\n    return 'ok'\n";
+
+fn records(gust: &Gust, function: &str) -> Vec<Value> {
+    let response = gust
+        .api(
+            Method::GET,
+            &format!("/v1/usage/records?function={function}&limit=10000"),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().unwrap()
+}
+
+/// Sends requests and returns the request ids Gust gave them.
+fn send(gust: &Gust, path: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let response = gust.get(path);
+            response.headers()["x-gust-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn wait_for_records(gust: &Gust, function: &str, count: usize) -> Vec<Value> {
+    eventually(Duration::from_secs(10), || {
+        let found = records(gust, function);
+        (found.len() >= count).then_some(found)
+    })
+    .unwrap_or_else(|| panic!("{count} usage records of {function}"))
+}
+
+#[test]
+fn usage_records_match_the_requests_sent_one_per_attempt() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy("flaky", "python", "f.py", FLAKY_PY, &["--memory", "256"]);
+    gust.cli(&[
+        "fn", "create", "wasm", "--env", "wasm", "--code", PROBE, "--memory", "64",
+    ])
+    .ok();
+    gust.cli(&[
+        "route", "create", "--fn", "wasm", "--url", "/wasm", "--prefix",
+    ])
+    .ok();
+
+    let mut ok_ids = send(&gust, "/flaky", 20);
+    let failed_ids = send(&gust, "/flaky?fail", 5);
+    ok_ids.extend(failed_ids.iter().cloned());
+    let wasm_ids = send(&gust, "/wasm", 10);
+    // Requests that never reach a function make no record.
+    assert_eq!(gust.get("/nowhere").status(), 404);
+
+    for (function, ids, memory) in [("flaky", &ok_ids, 256), ("wasm", &wasm_ids, 64)] {
+        let found = wait_for_records(&gust, function, ids.len());
+        std::thread::sleep(Duration::from_millis(300));
+        let found_again = records(&gust, function);
+        assert_eq!(
+            found_again.len(),
+            ids.len(),
+            "one record per request, no more"
+        );
+        let keys: HashSet<(String, u64)> = found
+            .iter()
+            .map(|r| {
+                (
+                    r["invocation_id"].as_str().unwrap().to_owned(),
+                    r["attempt"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(keys.len(), ids.len(), "each record once");
+        let expected: HashSet<(String, u64)> = ids.iter().map(|id| (id.clone(), 1)).collect();
+        assert_eq!(keys, expected, "the records are these requests");
+        for record in &found {
+            assert_eq!(record["memory_mb"], memory);
+            assert_eq!(record["trigger"], "http");
+            assert_eq!(record["revision"], 1);
+            let billed = record["billed_ms"].as_u64().unwrap();
+            assert!(billed >= 1, "billed time rounds up: {record}");
+            assert!(
+                billed <= record["wall_ms"].as_u64().unwrap() + 1,
+                "{record}"
+            );
+            let gb_s = record["gb_seconds"].as_f64().unwrap();
+            let expected = memory as f64 / 1024.0 * billed as f64 / 1000.0;
+            assert!(
+                (gb_s - expected).abs() < 1e-12,
+                "GB-s = memory × billed: {record}"
+            );
+        }
+        if function == "wasm" {
+            assert!(
+                found.iter().all(|r| r["cpu_ms"].as_f64().unwrap() > 0.0),
+                "wasm CPU time is measured"
+            );
+        }
+    }
+    let failures: Vec<_> = records(&gust, "flaky")
+        .into_iter()
+        .filter(|r| r["status"] == 502)
+        .collect();
+    assert_eq!(failures.len(), 5);
+
+    // The report agrees with the records.
+    let report: Value = serde_json::from_str(
+        &gust
+            .cli(&["usage", "--fn", "flaky", "--since", "1h", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(row["function"], "flaky");
+    assert_eq!(row["invocations"], 25);
+    assert_eq!(row["errors"], 5);
+    let sum: f64 = records(&gust, "flaky")
+        .iter()
+        .map(|r| r["gb_seconds"].as_f64().unwrap())
+        .sum();
+    assert!((row["gb_seconds"].as_f64().unwrap() - sum).abs() < 1e-9);
+    let csv = gust
+        .cli(&["usage", "--since", "1h", "--by", "hour", "-o", "csv"])
+        .ok()
+        .stdout;
+    assert!(
+        csv.starts_with("FUNCTION,PERIOD START,INVOCATIONS"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("wasm,") && l.contains(",10,")),
+        "{csv}"
+    );
+}
+
+#[test]
+fn flushed_usage_survives_a_kill_9_and_is_never_doubled() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy("f", "python", "f.py", FLAKY_PY, &[]);
+    let before = send(&gust, "/f", 40);
+    // Past the flush window (100 ms), every record is on disk.
+    wait_for_records(&gust, "f", 40);
+    std::thread::sleep(Duration::from_millis(300));
+    gust.restart(); // kill -9, then start again
+    let after_restart = records(&gust, "f");
+    assert_eq!(after_restart.len(), 40, "none lost, none doubled");
+    let after = send(&gust, "/f", 10);
+    let all = wait_for_records(&gust, "f", 50);
+    let ids: HashSet<&str> = all
+        .iter()
+        .map(|r| r["invocation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 50);
+    assert!(
+        before
+            .iter()
+            .chain(&after)
+            .all(|id| ids.contains(id.as_str()))
+    );
+
+    // A clean stop writes whatever is still queued.
+    send(&gust, "/f", 5);
+    assert!(gust.stop());
+    gust.start_again();
+    assert_eq!(records(&gust, "f").len(), 55);
+}
+
+#[test]
+fn a_price_sheet_turns_usage_into_cost_and_a_bad_one_stops_gust() {
+    let scratch = tempfile::tempdir().unwrap();
+    let prices = scratch.path().join("prices.json");
+    std::fs::write(
+        &prices,
+        r#"{"currency": "USD", "per_gb_second": 0.0000166667, "per_million_requests": 0.20}"#,
+    )
+    .unwrap();
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            extra_args: vec!["--prices".into(), prices.to_str().unwrap().into()],
+            ..Default::default()
+        },
+    );
+    gust.deploy("f", "python", "f.py", FLAKY_PY, &["--memory", "1024"]);
+    send(&gust, "/f", 10);
+    wait_for_records(&gust, "f", 10);
+    let report: Value = gust
+        .api(Method::GET, "/v1/usage?function=f&since=1h")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(report["currency"], "USD");
+    let totals = &report["totals"];
+    let expected = totals["gb_seconds"].as_f64().unwrap() * 0.0000166667 + 10.0 / 1e6 * 0.20;
+    assert!(
+        (totals["cost"].as_f64().unwrap() - expected).abs() < 1e-12,
+        "{report}"
+    );
+    assert!(totals["cost"].as_f64().unwrap() > 0.0);
+
+    let bad = gust.api(Method::GET, "/v1/usage?by=week").send().unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().unwrap().contains("function, hour or day"));
+
+    std::fs::write(&prices, r#"{"per_gb_second": "cheap"}"#).unwrap();
+    let out = std::process::Command::new(GUST)
+        .args(["up", "--data-dir"])
+        .arg(scratch.path().join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--prices",
+        ])
+        .arg(&prices)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid price sheet"), "{stderr}");
+}
+
+#[test]
+fn metrics_count_invocations_cold_starts_and_throttling_with_safe_labels() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy("m", "python", "f.py", FLAKY_PY, &[]);
+    send(&gust, "/m?secret-looking-query", 3);
+    send(&gust, "/m?fail", 1);
+
+    let unauthenticated = gust
+        .http()
+        .get(format!("{}/metrics", gust.api_url()))
+        .send()
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    assert_eq!(
+        gust.get("/metrics").status(),
+        404,
+        "never on the public listener"
+    );
+
+    let metrics = gust
+        .api(Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let line = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        line(
+            r#"gust_function_invocations_total{namespace="default",function="m",trigger="http",code="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        line(
+            r#"gust_function_invocations_total{namespace="default",function="m",trigger="http",code="502"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        line(r#"gust_function_cold_starts_total{namespace="default",function="m"}"#),
+        1.0
+    );
+    for phase in ["queue", "specialize", "first_response"] {
+        assert_eq!(
+            line(&format!(
+                r#"gust_function_cold_start_seconds_count{{namespace="default",function="m",phase="{phase}"}}"#
+            )),
+            1.0
+        );
+    }
+    assert_eq!(
+        line(r#"gust_function_instances{namespace="default",function="m",state="idle"}"#),
+        1.0
+    );
+    assert!(
+        line(r#"gust_billable_ms_total{namespace="default",function="m",trigger="http"}"#) >= 4.0
+    );
+    assert!(
+        !metrics.contains("secret-looking-query"),
+        "no raw paths or queries"
+    );
+    assert!(!metrics.contains("x-gust-request-id"));
+}

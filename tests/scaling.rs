@@ -1,0 +1,214 @@
+//! End-to-end: scaling through the real binary. Bursts against functions at zero, the bounded
+//! wait queue answering 429, and instances returning to their minimum.
+
+use std::time::Duration;
+
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::Value;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/probe.wasm");
+
+const SLEEPY_PY: &str = "import time\n\ndef main(req):\n    time.sleep(float(req.query.get('s', '0')))\n    return 'done'\n";
+
+/// Sends `count` GETs at once (one thread each); returns each response's status,
+/// `Retry-After` and body.
+fn burst(gust: &Gust, path: &str, count: usize) -> Vec<(u16, Option<String>, String)> {
+    std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..count)
+            .map(|_| {
+                scope.spawn(|| {
+                    let response = gust.get(path);
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    (status, retry_after, response.text().unwrap())
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    })
+}
+
+fn instances(gust: &Gust, function: &str) -> (u64, u64) {
+    let info: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", function, "-o", "json"]).ok().stdout)
+            .unwrap();
+    (
+        info["instances"]["busy"].as_u64().unwrap(),
+        info["instances"]["idle"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn r02_a_burst_of_100_against_functions_at_zero_all_succeeds() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "py",
+        "python",
+        "f.py",
+        "def main():\n    return 'ok'\n",
+        &[],
+    );
+    gust.cli(&["fn", "create", "wasm", "--env", "wasm", "--code", PROBE])
+        .ok();
+    gust.cli(&["route", "create", "--fn", "wasm", "--url", "/wasm"])
+        .ok();
+    assert_eq!(
+        instances(&gust, "py"),
+        (0, 0),
+        "nothing runs before traffic"
+    );
+    for path in ["/py", "/wasm"] {
+        let results = burst(&gust, path, 100);
+        let failed: Vec<_> = results.iter().filter(|(s, _, _)| *s != 200).collect();
+        assert!(failed.is_empty(), "{path}: {failed:?}");
+    }
+    let (busy, idle) = instances(&gust, "py");
+    assert_eq!(busy, 0);
+    assert!(
+        (1..=10).contains(&idle),
+        "a process function scales up to its default maximum of 10, not more: {idle}"
+    );
+}
+
+#[test]
+fn r04_past_max_instances_requests_wait_then_get_429_never_a_5xx() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "slow",
+        "python",
+        "f.py",
+        SLEEPY_PY,
+        &["--max-instances", "1", "--queue-timeout", "500ms"],
+    );
+    let info: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "slow", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(info["scaling"]["max_instances"], 1);
+    assert_eq!(info["scaling"]["queue_timeout_ms"], 500);
+    assert_eq!(info["scaling"]["concurrency"], 1);
+    gust.get("/slow").text().unwrap(); // warm: the burst measures waiting, not the cold start
+
+    let results = burst(&gust, "/slow?s=1.5", 20);
+    let served = results.iter().filter(|(s, _, _)| *s == 200).count();
+    let throttled: Vec<_> = results.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(
+        results.iter().all(|(s, _, _)| *s == 200 || *s == 429),
+        "only 200 or 429: {results:?}"
+    );
+    assert!(served >= 1, "{results:?}");
+    assert!(throttled.len() >= 15, "the excess is refused: {results:?}");
+    let metrics = gust
+        .api(gust_harness::reqwest::Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let counted = format!(
+        "gust_function_throttled_total{{namespace=\"default\",function=\"slow\",trigger=\"http\"}} {}",
+        throttled.len()
+    );
+    assert!(metrics.contains(&counted), "{counted} in\n{metrics}");
+    for (_, retry_after, body) in throttled {
+        let seconds: u64 = retry_after
+            .as_deref()
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!(seconds >= 1);
+        let error: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(error["reason"], "over_capacity");
+    }
+
+    // A full queue answers at once.
+    gust.cli(&["fn", "update", "slow", "--queue-depth", "0"])
+        .ok();
+    gust.get("/slow").text().unwrap();
+    let started = std::time::Instant::now();
+    let results = burst(&gust, "/slow?s=1", 5);
+    assert_eq!(results.iter().filter(|(s, _, _)| *s == 200).count(), 1);
+    assert_eq!(results.iter().filter(|(s, _, _)| *s == 429).count(), 4);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn r07_instances_return_to_the_minimum_after_the_idle_timeout() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "kept",
+        "python",
+        "f.py",
+        SLEEPY_PY,
+        &["--min-instances", "1", "--idle-timeout", "2s"],
+    );
+    // The minimum starts without any request.
+    eventually(Duration::from_secs(20), || {
+        (instances(&gust, "kept") == (0, 1)).then_some(())
+    })
+    .expect("one instance kept warm at zero traffic");
+
+    let results = burst(&gust, "/kept?s=0.5", 4);
+    assert!(results.iter().all(|(s, _, _)| *s == 200), "{results:?}");
+    let (busy, idle) = instances(&gust, "kept");
+    assert!(
+        busy + idle >= 2,
+        "the burst scaled up: {busy} busy, {idle} idle"
+    );
+
+    eventually(Duration::from_secs(20), || {
+        (instances(&gust, "kept") == (0, 1)).then_some(())
+    })
+    .expect("back to the minimum after the idle timeout");
+
+    // Without a minimum, a function scales to zero.
+    gust.cli(&["fn", "update", "kept", "--min-instances", "0"])
+        .ok();
+    gust.get("/kept").text().unwrap();
+    eventually(Duration::from_secs(20), || {
+        (instances(&gust, "kept") == (0, 0)).then_some(())
+    })
+    .expect("scaled to zero");
+}
+
+#[test]
+fn scaling_settings_are_checked() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let code = gust.write_file("ok.py", "def main():\n    return 'ok'\n");
+    let code = code.to_str().unwrap();
+    for (flag, value, message) in [
+        ("--max-instances", "0", "max-instances"),
+        ("--min-instances", "5000", "min-instances"),
+        ("--idle-timeout", "soon", "idle-timeout"),
+        ("--queue-timeout", "0s", "queue-timeout"),
+    ] {
+        let out = gust.cli(&[
+            "fn", "create", "f", "--env", "python", "--code", code, flag, value,
+        ]);
+        assert_ne!(out.code, 0, "{flag} {value}");
+        assert!(out.stderr.contains(message), "{flag}: {}", out.stderr);
+    }
+    let out = gust.cli(&[
+        "fn",
+        "create",
+        "f",
+        "--env",
+        "python",
+        "--code",
+        code,
+        "--min-instances",
+        "3",
+        "--max-instances",
+        "2",
+    ]);
+    assert!(
+        out.stderr.contains("more than max-instances"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        gust.cli(&["fn", "list", "-o", "json"]).ok().stdout.trim() == "[]",
+        "nothing stored"
+    );
+}
