@@ -15,7 +15,7 @@ use gust_executor::{Executor, ExecutorConfig, FunctionLogs, Invoker, Runtime};
 use gust_metering::{Meter, Metrics, PriceSheet, UsageWriter};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
 use gust_router::{PublicState, Routes, public_router};
-use gust_runtime_process::{Interpreters, ProcessRuntime, Sandbox};
+use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::WasmRuntime;
 use gust_store::{CodeLimits, CodeStore, EmbeddedStore, MetadataStore, UsageStore};
 use rand::RngCore;
@@ -137,9 +137,17 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(interpreter = %interpreter.display(), "interpreter not found; its environment cannot start workers");
         }
     }
+    let cgroups = match Cgroups::create(&instance_name(&data_dir)) {
+        Ok(cgroups) => Some(cgroups),
+        Err(reason) => {
+            tracing::warn!(%reason, "no cgroups: workers' memory, pids and CPU are not limited");
+            None
+        }
+    };
     let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
         &worker_run_dir(&data_dir)?,
         sandbox,
+        cgroups,
         interpreters,
         logs.clone(),
     )?);
@@ -256,21 +264,27 @@ fn worker_run_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(data_dir.join("run"));
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    let name: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     let base = if Path::new("/run").is_dir() {
         PathBuf::from("/run")
     } else {
         std::env::temp_dir()
     };
-    let dir = base.join(format!("gust-{name}"));
+    let dir = base.join(instance_name(data_dir));
     match std::fs::symlink_metadata(&dir) {
         Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => {
             bail!("{} exists and is not a directory; remove it", dir.display())
         }
         _ => Ok(dir),
     }
+}
+
+/// A name for what this Gust creates outside its data directory (worker directories under
+/// `/run`, cgroups), derived from the data directory so that two Gusts never share one.
+fn instance_name(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("gust-{hex}")
 }
 
 /// Reads the admin token, creating it (mode 0600) on first start.

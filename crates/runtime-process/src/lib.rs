@@ -6,14 +6,19 @@
 //! worker is confined), `WarmPool` (generic workers started ahead of need, per environment) and
 //! `Worker` (one process and its connection).
 //!
-//! Not here: deciding when to start or stop instances (the executor does), cgroup limits.
+//! Each worker also gets cgroups of its own (`Cgroups`): memory, pids and CPU limits enforced
+//! by the kernel, CPU time measured, out-of-memory kills recognised.
+//!
+//! Not here: deciding when to start or stop instances (the executor does).
 
+mod cgroup;
 mod error;
 mod pool;
 mod sandbox;
 mod spawner;
 mod worker;
 
+pub use cgroup::{Cgroups, WORKER_PIDS_MAX};
 pub use error::RuntimeError;
 pub use sandbox::Sandbox;
 pub use worker::{FUNCTION_ERROR_HEADER, MAX_RESPONSE_BYTES};
@@ -67,6 +72,7 @@ impl ProcessRuntime {
     pub fn new(
         run_dir: &Path,
         sandbox: Sandbox,
+        cgroups: Option<Cgroups>,
         interpreters: Interpreters,
         logs: Arc<FunctionLogs>,
     ) -> Result<Self, RuntimeError> {
@@ -97,7 +103,7 @@ impl ProcessRuntime {
                 .map_err(RuntimeError::io(&path))?;
         }
         Ok(Self {
-            spawner: Arc::new(Spawner::new(sandbox, workers_dir, logs)),
+            spawner: Arc::new(Spawner::new(sandbox, cgroups, workers_dir, logs)),
             interpreters,
             env_root,
             pools: Mutex::new(HashMap::new()),
@@ -301,6 +307,9 @@ impl Runtime for ProcessRuntime {
             .collect();
         for pool in pools {
             pool.close();
+        }
+        if let Some(cgroups) = self.spawner.cgroups.clone() {
+            let _ = tokio::task::spawn_blocking(move || cgroups.remove()).await;
         }
     }
 }

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 
 use tokio::process::Command;
@@ -110,7 +110,7 @@ impl Sandbox {
         prepare_dirs(&paths)?;
         let binds = BindSources::open(&paths, None)?;
         let output = sandbox
-            .command(&binds, &["/usr/bin/true".to_owned()], &[])
+            .command(&binds, &["/usr/bin/true".to_owned()], &[], &[])
             .output()
             .await
             .map_err(|e| RuntimeError::SandboxUnavailable {
@@ -137,13 +137,16 @@ impl Sandbox {
 
     /// The command that starts `program` confined, with `binds` open for the child to mount.
     /// `{env}` in the program's arguments names the built-in environment's server directory.
-    /// The caller keeps `binds` alive until the command has been spawned.
+    /// `cgroups` are open `cgroup.procs` files the child joins before anything else. The
+    /// caller keeps `binds` and `cgroups` alive until the command has been spawned.
     pub fn command(
         &self,
         binds: &BindSources,
         program: &[String],
         extra_ro: &[PathBuf],
+        cgroups: &[std::fs::File],
     ) -> Command {
+        let cgroup_fds: Vec<RawFd> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
         let mut command = match self {
             Sandbox::Disabled => {
                 let env_dir = binds
@@ -155,6 +158,7 @@ impl Sandbox {
                     .map(|arg| arg.replace("{env}", env_dir.as_deref().unwrap_or("")))
                     .collect();
                 let mut command = Command::new(&program[0]);
+                join_cgroups_first(&mut command, cgroup_fds);
                 command
                     .args(&program[1..])
                     .env_clear()
@@ -214,6 +218,7 @@ impl Sandbox {
                         .map(|arg| OsString::from(arg.replace("{env}", WORKER_ENV_DIR))),
                 );
                 let mut command = Command::new(bwrap);
+                join_cgroups_first(&mut command, cgroup_fds);
                 // Its own process group: killing the group also takes a sandbox child that
                 // has not armed its parent-death signal yet (see `Worker::kill`).
                 command
@@ -337,4 +342,25 @@ fn probe_dir() -> Result<tempfile::TempDir, RuntimeError> {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .map_err(RuntimeError::io(dir.path()))?;
     Ok(dir)
+}
+
+/// Registers, as the child's first step before exec, joining the cgroups whose `cgroup.procs`
+/// files are open as `fds` (writing `0` moves the writer). Registered before any step that
+/// renumbers descriptors.
+fn join_cgroups_first(command: &mut Command, fds: Vec<RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: write is async-signal-safe; the descriptors stay open in the parent until spawn
+    // returns.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }

@@ -20,6 +20,7 @@ use tokio::net::UnixStream;
 use tokio::process::Child;
 
 use crate::RuntimeError;
+use crate::cgroup::{Cgroups, WorkerCgroup};
 use crate::sandbox::{BindSources, Sandbox, WorkerPaths, prepare_dirs};
 
 /// How long a worker may take from process start to answering `/healthz`.
@@ -67,6 +68,10 @@ pub struct Worker {
     sender: SendRequest<Full<Bytes>>,
     log_target: Arc<Mutex<LogTarget>>,
     function: String,
+    /// The function's memory limit, once specialized.
+    memory_mb: u32,
+    /// Its kernel limits; `None` where the host gives Gust no cgroups.
+    cgroup: Option<WorkerCgroup>,
     dead: bool,
 }
 
@@ -76,6 +81,7 @@ impl Worker {
         id: String,
         workers_dir: &Path,
         sandbox: &Sandbox,
+        cgroups: Option<&Cgroups>,
         command: &WorkerCommand,
         logs: Arc<FunctionLogs>,
     ) -> Result<Self, RuntimeError> {
@@ -87,9 +93,19 @@ impl Worker {
         let paths = WorkerPaths::new(&dir);
         prepare_dirs(&paths)?;
         sandbox.grant(&paths)?;
+        let cgroup = cgroups
+            .map(|c| c.worker(&id))
+            .transpose()
+            .map_err(|e| failed(format!("cannot create its cgroup: {e}")))?;
         let mut child = {
             let binds = BindSources::open(&paths, command.env_dir.as_deref())?;
-            let mut cmd = sandbox.command(&binds, &command.program, &command.extra_ro);
+            let join = match &cgroup {
+                Some(cgroup) => cgroup
+                    .procs_files()
+                    .map_err(|e| failed(format!("cannot open its cgroup: {e}")))?,
+                None => Vec::new(),
+            };
+            let mut cmd = sandbox.command(&binds, &command.program, &command.extra_ro, &join);
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -160,6 +176,8 @@ impl Worker {
             sender,
             log_target,
             function: String::new(),
+            memory_mb: 0,
+            cgroup,
             dead: false,
         })
     }
@@ -176,10 +194,20 @@ impl Worker {
     ) -> Result<(), InvokeError> {
         let function = spec.function.to_string();
         self.function = function.clone();
+        self.memory_mb = spec.limits.memory_mb;
         let start_failed = |detail: String| InvokeError::StartFailed {
             function: function.clone(),
             detail,
         };
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.limit_memory(spec.limits.memory_mb).map_err(|e| {
+                self.dead = true;
+                start_failed(format!(
+                    "cannot limit its memory to {} MB ({e}); the runtime alone may use more",
+                    spec.limits.memory_mb
+                ))
+            })?;
+        }
         let placing = std::time::Instant::now();
         link_tree(&spec.code_dir, &self.paths.code_dir)
             .map_err(|e| start_failed(format!("cannot place the code: {e}")))?;
@@ -334,8 +362,16 @@ impl Instance for Worker {
                 Err(InvokeError::Timeout { function, timeout })
             }
             Ok(Exchange::Broken) => {
+                let out_of_memory = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
                 self.kill();
-                Err(InvokeError::WorkerExited { function })
+                if out_of_memory {
+                    Err(InvokeError::OutOfMemory {
+                        function,
+                        limit_mb: self.memory_mb,
+                    })
+                } else {
+                    Err(InvokeError::WorkerExited { function })
+                }
             }
             Ok(Exchange::TooLarge) => {
                 // The connection still holds unread bytes; this worker cannot be reused.
@@ -356,6 +392,10 @@ impl Instance for Worker {
 
     fn is_healthy(&mut self) -> bool {
         self.is_alive()
+    }
+
+    fn cpu_time(&mut self) -> Option<Duration> {
+        self.cgroup.as_ref().and_then(|c| c.cpu_usage())
     }
 
     async fn stop(mut self: Box<Self>) {
@@ -404,6 +444,9 @@ impl Drop for Worker {
         kill_sandbox(self.pid);
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove();
+        }
     }
 }
 

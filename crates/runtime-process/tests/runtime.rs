@@ -59,6 +59,7 @@ async fn workers_start_specialize_and_serve_even_with_hundreds_of_descriptors_op
     let runtime = ProcessRuntime::new(
         &root.path().join("run"),
         sandbox,
+        None,
         Interpreters::default(),
         logs.clone(),
     )
@@ -102,6 +103,7 @@ async fn a_timed_out_instance_is_killed_and_reports_unhealthy() {
     let runtime = ProcessRuntime::new(
         &root.path().join("run"),
         sandbox,
+        None,
         Interpreters::default(),
         logs,
     )
