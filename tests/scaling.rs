@@ -212,3 +212,71 @@ fn scaling_settings_are_checked() {
         "nothing stored"
     );
 }
+
+#[test]
+fn concurrency_lets_one_process_serve_several_requests_at_once() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let code = "import os, time\n\ndef main():\n    start = time.time()\n    time.sleep(1)\n    return f'{os.getpid()} {start} {time.time()}'\n";
+    gust.deploy(
+        "conc",
+        "python",
+        "f.py",
+        code,
+        &[
+            "--concurrency",
+            "4",
+            "--max-instances",
+            "1",
+            "--queue-depth",
+            "0",
+        ],
+    );
+    gust.get("/conc").text().unwrap();
+    let results = burst(&gust, "/conc", 5);
+    let served: Vec<(String, f64, f64)> = results
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .map(|(_, _, body)| {
+            let mut parts = body.split_whitespace();
+            (
+                parts.next().unwrap().to_owned(),
+                parts.next().unwrap().parse().unwrap(),
+                parts.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(served.len(), 4, "four in flight at once: {results:?}");
+    assert_eq!(
+        results.iter().filter(|(s, _, _)| *s == 429).count(),
+        1,
+        "the fifth finds no room: {results:?}"
+    );
+    assert!(
+        served.iter().all(|(pid, _, _)| *pid == served[0].0),
+        "one process: {served:?}"
+    );
+    let last_start = served.iter().map(|s| s.1).fold(f64::MIN, f64::max);
+    let first_end = served.iter().map(|s| s.2).fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "all four ran at the same time: {served:?}"
+    );
+
+    let wasm = gust.cli(&[
+        "fn",
+        "create",
+        "w",
+        "--env",
+        "wasm",
+        "--code",
+        PROBE,
+        "--concurrency",
+        "2",
+    ]);
+    assert!(
+        wasm.stderr
+            .contains("--concurrency applies to process functions"),
+        "{}",
+        wasm.stderr
+    );
+}

@@ -44,6 +44,9 @@ struct SpecArgs {
     /// (repeatable; on update the given list replaces the old one; none by default)
     #[arg(long = "allow-outbound")]
     allow_outbound: Vec<String>,
+    /// Requests one process instance serves at once [default: 1]
+    #[arg(long)]
+    concurrency: Option<u32>,
     /// Instances kept running with no traffic [default: 0, scale to zero]
     #[arg(long)]
     min_instances: Option<u32>,
@@ -77,6 +80,7 @@ impl SpecArgs {
             "memory_mb": self.memory,
             "env_vars": (!self.env_vars.is_empty()).then_some(&self.env_vars),
             "allow_outbound": (!self.allow_outbound.is_empty()).then_some(&self.allow_outbound),
+            "concurrency": self.concurrency,
             "min_instances": self.min_instances,
             "max_instances": self.max_instances,
             "idle_timeout": self.idle_timeout,

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use gust_api::{AdminToken, ApiState, api_router};
-use gust_executor::{Executor, ExecutorConfig, FunctionLogs, Invoker, Runtime};
+use gust_executor::{
+    Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver, Runtime,
+};
 use gust_metering::{Meter, Metrics, PriceSheet, UsageWriter};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
 use gust_router::{PublicState, Routes, public_router};
@@ -60,6 +62,9 @@ pub struct UpArgs {
     /// turns usage into cost [default: everything costs 0]
     #[arg(long, env = "GUST_PRICES")]
     prices: Option<PathBuf>,
+    /// Record no usage and count no invocations (instances are still shown in /metrics)
+    #[arg(long, env = "GUST_NO_METERING")]
+    no_metering: bool,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -169,7 +174,11 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             code: code.clone(),
         }),
         runtime.clone(),
-        meter.clone(),
+        if args.no_metering {
+            Arc::new(NoObserver) as Arc<dyn InvocationObserver>
+        } else {
+            meter.clone()
+        },
     );
     let invoker: Arc<dyn Invoker> = executor.clone();
     let routes = Routes::new(store.routes(None)?);

@@ -48,6 +48,8 @@ pub struct FunctionBody {
     #[serde(default)]
     allow_outbound: Option<Vec<String>>,
     #[serde(default)]
+    concurrency: Option<u32>,
+    #[serde(default)]
     min_instances: Option<u32>,
     #[serde(default)]
     max_instances: Option<u32>,
@@ -71,6 +73,7 @@ impl FunctionBody {
             env_vars: self.env_vars.clone(),
             allow_outbound: self.allow_outbound.clone(),
             scaling: ScalingConfig {
+                concurrency: self.concurrency,
                 min_instances: self.min_instances,
                 max_instances: self.max_instances,
                 idle_timeout: self.idle_timeout.clone(),
@@ -198,6 +201,11 @@ fn revalidate(
 /// user from believing a process function is confined or recycled by them.
 fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Result<(), ApiError> {
     if environment.tier() == Tier::Wasm {
+        if fields.scaling.concurrency.is_some_and(|c| c > 1) {
+            return Err(ApiError::Invalid(
+                "--concurrency applies to process functions only: a wasm instance serves one request at a time (raise --max-instances instead)".to_owned(),
+            ));
+        }
         return Ok(());
     }
     if !fields.allow_outbound.is_empty() {

@@ -45,6 +45,15 @@ pub struct EffectiveScaling {
     pub reuse: u32,
 }
 
+impl EffectiveScaling {
+    /// Requests that may run at once: every instance full. The executor counts one
+    /// [`Instance`] per request it can serve at a time, so a process worker serving
+    /// `concurrency` requests appears as that many instances of one process.
+    pub fn requests_in_flight(&self) -> usize {
+        self.max_instances * self.concurrency
+    }
+}
+
 fn as_ms<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(value.as_millis() as u64)
 }
@@ -58,7 +67,7 @@ impl ExecutorConfig {
         };
         let max_instances = scaling.max_instances.map_or(tier_max, |m| m as usize);
         EffectiveScaling {
-            concurrency: 1,
+            concurrency: scaling.concurrency.unwrap_or(1) as usize,
             min_instances: (scaling.min_instances as usize).min(max_instances),
             max_instances,
             idle_timeout: scaling.idle_timeout.unwrap_or(self.idle_timeout),
@@ -133,7 +142,7 @@ impl FunctionSlot {
     }
 
     fn busy(&self) -> usize {
-        self.scaling.max_instances - self.in_flight.available_permits()
+        self.scaling.requests_in_flight() - self.in_flight.available_permits()
     }
 
     fn idle_count(&self) -> usize {
@@ -371,7 +380,7 @@ impl Executor {
                 spec,
                 scaling,
                 idle: Mutex::new(Vec::new()),
-                in_flight: Semaphore::new(scaling.max_instances),
+                in_flight: Semaphore::new(scaling.requests_in_flight()),
                 waiting: AtomicUsize::new(0),
                 warming: AtomicUsize::new(0),
                 retired: AtomicBool::new(false),

@@ -84,3 +84,44 @@ impl InvocationObserver for Meter {
         self.metrics.throttled(namespace, function, trigger);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use gust_executor::{ColdStart, RequestId};
+    use gust_model::Tier;
+
+    use super::*;
+
+    #[test]
+    fn queue_and_cold_start_are_recorded_but_not_billed() {
+        let report = AttemptReport {
+            id: RequestId::new("r1"),
+            attempt: 1,
+            namespace: Namespace::default(),
+            function: Name::parse("function", "f").unwrap(),
+            revision: 3,
+            trigger: TriggerKind::Http,
+            started_at: SystemTime::UNIX_EPOCH + Duration::from_millis(5_000),
+            queue_wait: Duration::from_millis(40),
+            cold_start: Some(ColdStart {
+                start: Duration::from_millis(3),
+                tier: Tier::Process,
+            }),
+            run: Duration::from_micros(100_200),
+            cpu: Some(Duration::from_micros(1_500)),
+            memory_mb: 256,
+            timeout: Duration::from_secs(60),
+            status: 200,
+        };
+        let record = usage_record(&report);
+        assert_eq!(record.billed_ms, 101);
+        assert_eq!(record.wall_ms, 143);
+        assert_eq!((record.queue_ms, record.cold_start_ms), (40, 3));
+        assert!((record.gb_seconds - 0.25 * 0.101).abs() < 1e-12);
+        assert_eq!(record.cpu_ms, 1.5);
+        assert_eq!(record.started_at_ms, 5_000);
+        assert_eq!(record.key(), "r1#1");
+    }
+}

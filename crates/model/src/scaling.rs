@@ -7,6 +7,7 @@ use crate::{ModelError, parse_duration};
 /// The most requests one wasm instance may serve with `--reuse`.
 pub const MAX_REUSE: u32 = 10_000;
 const MAX_INSTANCES: u32 = 1_000;
+const MAX_CONCURRENCY: u32 = 1_000;
 const MAX_QUEUE_DEPTH: u32 = 100_000;
 const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -15,6 +16,8 @@ const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Scaling {
+    /// Requests in flight per instance (process tier); `None` is 1.
+    pub concurrency: Option<u32>,
     /// Instances kept running even with no requests (0: scale to zero).
     pub min_instances: u32,
     /// Most instances at once.
@@ -37,6 +40,7 @@ pub struct Scaling {
 impl Default for Scaling {
     fn default() -> Self {
         Self {
+            concurrency: None,
             min_instances: 0,
             max_instances: None,
             idle_timeout: None,
@@ -51,6 +55,8 @@ impl Default for Scaling {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalingConfig {
+    #[serde(default)]
+    pub concurrency: Option<u32>,
     #[serde(default)]
     pub min_instances: Option<u32>,
     #[serde(default)]
@@ -109,6 +115,9 @@ fn bounded(
 impl ScalingConfig {
     /// Applies the given settings over `base` and checks them together.
     pub fn apply(&self, mut base: Scaling) -> Result<Scaling, ModelError> {
+        if let Some(concurrency) = self.concurrency {
+            base.concurrency = Some(bounded("concurrency", concurrency, 1..=MAX_CONCURRENCY)?);
+        }
         if let Some(min) = self.min_instances {
             base.min_instances = bounded("min-instances", min, 0..=MAX_INSTANCES)?;
         }

@@ -86,18 +86,7 @@ async fn serve(
 
     let mut headers = forwardable_headers(&parts.headers, false);
     set(&mut headers, "x-gust-request-id", id.as_str());
-    let mut params = serde_json::Map::new();
-    for (name, value) in &found.params {
-        if let Ok(header_name) = HeaderName::try_from(format!("x-gust-param-{name}")) {
-            set_header(&mut headers, header_name, value);
-        }
-        params.insert(name.clone(), serde_json::Value::String(value.clone()));
-    }
-    set(
-        &mut headers,
-        "x-gust-params",
-        &serde_json::Value::Object(params).to_string(),
-    );
+    add_param_headers(&mut headers, &found.params);
     set(&mut headers, "x-forwarded-for", &peer.ip().to_string());
     if let Some(host) = parts
         .headers

@@ -26,16 +26,18 @@ pub use worker::{FUNCTION_ERROR_HEADER, MAX_RESPONSE_BYTES};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
-use gust_model::{BuiltinRuntime, Environment, EnvironmentKind, Name, Tier};
+use gust_model::{
+    BuiltinRuntime, Environment, EnvironmentKind, Name, Namespace, RevisionNumber, Tier,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::WarmPool;
 use crate::spawner::Spawner;
-use crate::worker::WorkerCommand;
+use crate::worker::{Lane, SharedWorker, WorkerCommand};
 
 const PYTHON_SERVER: &str = include_str!("../../../environments/python/server.py");
 const NODE_SERVER: &str = include_str!("../../../environments/node/server.js");
@@ -57,11 +59,17 @@ impl Default for Interpreters {
     }
 }
 
+/// One revision of one function.
+type RevisionKey = (Namespace, Name, RevisionNumber);
+
 pub struct ProcessRuntime {
     spawner: Arc<Spawner>,
     interpreters: Interpreters,
     env_root: PathBuf,
     pools: Mutex<HashMap<Name, Arc<WarmPool>>>,
+    /// Workers of functions with `--concurrency` above 1, by revision: a new instance is a
+    /// new lane of one of them while it has room.
+    shared: Mutex<HashMap<RevisionKey, Vec<Weak<SharedWorker>>>>,
     stop: CancellationToken,
 }
 
@@ -107,6 +115,7 @@ impl ProcessRuntime {
             interpreters,
             env_root,
             pools: Mutex::new(HashMap::new()),
+            shared: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         })
     }
@@ -207,6 +216,36 @@ fn orphaned_sandboxes() -> Vec<i32> {
         .collect()
 }
 
+impl ProcessRuntime {
+    /// A new lane of a running worker of this revision that has room for one more request.
+    async fn join_shared(&self, spec: &InstanceSpec, concurrency: usize) -> Option<Lane> {
+        let key = (spec.namespace.clone(), spec.function.clone(), spec.revision);
+        let candidate = {
+            let mut shared = self
+                .shared
+                .lock()
+                .expect("shared map lock is never poisoned");
+            let workers = shared.entry(key).or_default();
+            workers.retain(|w| w.strong_count() > 0);
+            workers
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|w| w.reserve(concurrency))
+        }?;
+        candidate.open_lane().await
+    }
+
+    fn register_shared(&self, spec: &InstanceSpec, worker: &Arc<SharedWorker>) {
+        let key = (spec.namespace.clone(), spec.function.clone(), spec.revision);
+        self.shared
+            .lock()
+            .expect("shared map lock is never poisoned")
+            .entry(key)
+            .or_default()
+            .push(Arc::downgrade(worker));
+    }
+}
+
 #[async_trait]
 impl Runtime for ProcessRuntime {
     async fn start_instance(
@@ -214,6 +253,12 @@ impl Runtime for ProcessRuntime {
         spec: &InstanceSpec,
         first_request: &RequestId,
     ) -> Result<Box<dyn Instance>, InvokeError> {
+        let concurrency = spec.scaling.concurrency.unwrap_or(1) as usize;
+        if concurrency > 1
+            && let Some(lane) = self.join_shared(spec, concurrency).await
+        {
+            return Ok(Box::new(lane));
+        }
         let pool = self
             .pools
             .lock()
@@ -255,6 +300,20 @@ impl Runtime for ProcessRuntime {
             specialize_ms = (started.elapsed() - worker_ready).as_secs_f64() * 1e3,
             "cold start"
         );
+        if concurrency > 1 {
+            let shared = SharedWorker::new(worker);
+            let reserved = shared.reserve(concurrency);
+            debug_assert!(reserved, "a new worker has room");
+            self.register_shared(spec, &shared);
+            let lane = shared
+                .open_lane()
+                .await
+                .ok_or_else(|| InvokeError::StartFailed {
+                    function: spec.function.to_string(),
+                    detail: "the worker stopped answering after it was specialized".to_owned(),
+                })?;
+            return Ok(Box::new(lane));
+        }
         Ok(Box::new(worker))
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -310,6 +311,95 @@ enum Exchange {
     Broken,
 }
 
+/// Sends one request on a worker connection and reads the whole answer, within `timeout`
+/// (`None` when it ran out).
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Bytes>,
+    timeout: Duration,
+) -> Option<Exchange> {
+    let (mut parts, body) = request.into_parts();
+    // The worker speaks origin-form HTTP/1.1; keep only path and query.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .parse()
+        .expect("a path and query taken from a valid URI is a valid URI");
+    if !parts.headers.contains_key(HOST) {
+        parts
+            .headers
+            .insert(HOST, HeaderValue::from_static("gust-worker"));
+    }
+    let head_request = parts.method == Method::HEAD;
+    let request = Request::from_parts(parts, Full::new(body));
+    let exchange = async {
+        if sender.ready().await.is_err() {
+            return Exchange::Broken;
+        }
+        let Ok(response) = sender.send_request(request).await else {
+            return Exchange::Broken;
+        };
+        let (parts, body) = response.into_parts();
+        if head_request {
+            return Exchange::Answered(parts, Bytes::new());
+        }
+        match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+            Ok(collected) => Exchange::Answered(parts, collected.to_bytes()),
+            Err(err) if err.is::<LengthLimitError>() => Exchange::TooLarge,
+            Err(_) => Exchange::Broken,
+        }
+    };
+    tokio::time::timeout(timeout, exchange).await.ok()
+}
+
+/// What an exchange means for the caller, and whether the worker must be killed.
+fn outcome(
+    exchange: Option<Exchange>,
+    function: String,
+    timeout: Duration,
+    memory_mb: u32,
+    out_of_memory: impl FnOnce() -> bool,
+) -> (Result<Response<Bytes>, InvokeError>, bool) {
+    match exchange {
+        None => (Err(InvokeError::Timeout { function, timeout }), true),
+        Some(Exchange::Broken) if out_of_memory() => (
+            Err(InvokeError::OutOfMemory {
+                function,
+                limit_mb: memory_mb,
+            }),
+            true,
+        ),
+        Some(Exchange::Broken) => (Err(InvokeError::WorkerExited { function }), true),
+        // The connection still holds unread bytes; this worker cannot be reused.
+        Some(Exchange::TooLarge) => (
+            Err(InvokeError::ResponseTooLarge {
+                function,
+                limit: MAX_RESPONSE_BYTES,
+            }),
+            true,
+        ),
+        Some(Exchange::Answered(parts, _)) if parts.headers.contains_key(FUNCTION_ERROR_HEADER) => {
+            (Err(InvokeError::FunctionError { function }), false)
+        }
+        Some(Exchange::Answered(parts, body)) => (Ok(Response::from_parts(parts, body)), false),
+    }
+}
+
+impl Worker {
+    fn out_of_memory(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.oom_killed())
+    }
+
+    fn attribute_output_to(&self, id: &RequestId) {
+        self.log_target
+            .lock()
+            .expect("log target lock is never poisoned")
+            .request_id = Some(id.to_string());
+    }
+}
+
 #[async_trait]
 impl Instance for Worker {
     async fn handle(
@@ -318,76 +408,19 @@ impl Instance for Worker {
         request: Request<Bytes>,
         timeout: Duration,
     ) -> Result<Response<Bytes>, InvokeError> {
-        self.log_target
-            .lock()
-            .expect("log target lock is never poisoned")
-            .request_id = Some(id.to_string());
-        let (mut parts, body) = request.into_parts();
-        // The worker speaks origin-form HTTP/1.1; keep only path and query.
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/")
-            .parse()
-            .expect("a path and query taken from a valid URI is a valid URI");
-        if !parts.headers.contains_key(HOST) {
-            parts
-                .headers
-                .insert(HOST, HeaderValue::from_static("gust-worker"));
+        self.attribute_output_to(id);
+        let exchange = exchange(&mut self.sender, request, timeout).await;
+        let (result, kill) = outcome(
+            exchange,
+            self.function.clone(),
+            timeout,
+            self.memory_mb,
+            || self.out_of_memory(),
+        );
+        if kill {
+            self.kill();
         }
-        let head_request = parts.method == Method::HEAD;
-        let request = Request::from_parts(parts, Full::new(body));
-        let exchange = async {
-            if self.sender.ready().await.is_err() {
-                return Exchange::Broken;
-            }
-            let Ok(response) = self.sender.send_request(request).await else {
-                return Exchange::Broken;
-            };
-            let (parts, body) = response.into_parts();
-            if head_request {
-                return Exchange::Answered(parts, Bytes::new());
-            }
-            match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-                Ok(collected) => Exchange::Answered(parts, collected.to_bytes()),
-                Err(err) if err.is::<LengthLimitError>() => Exchange::TooLarge,
-                Err(_) => Exchange::Broken,
-            }
-        };
-        let function = self.function.clone();
-        match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => {
-                self.kill();
-                Err(InvokeError::Timeout { function, timeout })
-            }
-            Ok(Exchange::Broken) => {
-                let out_of_memory = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
-                self.kill();
-                if out_of_memory {
-                    Err(InvokeError::OutOfMemory {
-                        function,
-                        limit_mb: self.memory_mb,
-                    })
-                } else {
-                    Err(InvokeError::WorkerExited { function })
-                }
-            }
-            Ok(Exchange::TooLarge) => {
-                // The connection still holds unread bytes; this worker cannot be reused.
-                self.kill();
-                Err(InvokeError::ResponseTooLarge {
-                    function,
-                    limit: MAX_RESPONSE_BYTES,
-                })
-            }
-            Ok(Exchange::Answered(parts, _))
-                if parts.headers.contains_key(FUNCTION_ERROR_HEADER) =>
-            {
-                Err(InvokeError::FunctionError { function })
-            }
-            Ok(Exchange::Answered(parts, body)) => Ok(Response::from_parts(parts, body)),
-        }
+        result
     }
 
     fn is_healthy(&mut self) -> bool {
@@ -401,6 +434,114 @@ impl Instance for Worker {
     async fn stop(mut self: Box<Self>) {
         self.kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// A worker that serves several requests at once (`--concurrency`). Each [`Lane`] is a
+/// connection of its own to it, serving one request at a time; the executor sees each lane
+/// as an instance. The process stops when its last lane is dropped.
+pub struct SharedWorker {
+    worker: Mutex<Worker>,
+    socket: PathBuf,
+    function: String,
+    memory_mb: u32,
+    /// Lanes open or being opened.
+    lanes: AtomicUsize,
+}
+
+impl SharedWorker {
+    pub fn new(worker: Worker) -> Arc<Self> {
+        Arc::new(Self {
+            socket: worker.paths.socket_dir.join("worker.sock"),
+            function: worker.function.clone(),
+            memory_mb: worker.memory_mb,
+            worker: Mutex::new(worker),
+            lanes: AtomicUsize::new(0),
+        })
+    }
+
+    fn worker(&self) -> std::sync::MutexGuard<'_, Worker> {
+        self.worker.lock().expect("worker lock is never poisoned")
+    }
+
+    /// Reserves a lane if fewer than `limit` are open and the worker is alive.
+    pub fn reserve(&self, limit: usize) -> bool {
+        if !self.worker().is_alive() {
+            return false;
+        }
+        self.lanes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .is_ok()
+    }
+
+    /// Opens a reserved lane; the reservation is released if the worker does not answer.
+    pub async fn open_lane(self: &Arc<Self>) -> Option<Lane> {
+        match probe(&self.socket).await {
+            Some(sender) => Some(Lane {
+                shared: self.clone(),
+                sender,
+                dead: false,
+            }),
+            None => {
+                self.lanes.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+        }
+    }
+}
+
+/// One connection to a [`SharedWorker`].
+pub struct Lane {
+    shared: Arc<SharedWorker>,
+    sender: SendRequest<Full<Bytes>>,
+    dead: bool,
+}
+
+#[async_trait]
+impl Instance for Lane {
+    async fn handle(
+        &mut self,
+        id: &RequestId,
+        request: Request<Bytes>,
+        timeout: Duration,
+    ) -> Result<Response<Bytes>, InvokeError> {
+        // With several requests in flight, output goes to whichever started last.
+        self.shared.worker().attribute_output_to(id);
+        let exchange = exchange(&mut self.sender, request, timeout).await;
+        let (result, kill) = outcome(
+            exchange,
+            self.shared.function.clone(),
+            timeout,
+            self.shared.memory_mb,
+            || self.shared.worker().out_of_memory(),
+        );
+        if kill {
+            // The process is shared: its other requests fail with it, as they would if it
+            // crashed.
+            self.dead = true;
+            self.shared.worker().kill();
+        }
+        result
+    }
+
+    fn is_healthy(&mut self) -> bool {
+        !self.dead && !self.sender.is_closed() && self.shared.worker().is_alive()
+    }
+
+    fn cpu_time(&mut self) -> Option<Duration> {
+        // The process's CPU over a request is shared out by wall time only approximately:
+        // each lane sees the whole process's counter move while it serves.
+        None
+    }
+
+    async fn stop(self: Box<Self>) {}
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.shared.lanes.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

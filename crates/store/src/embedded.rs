@@ -389,3 +389,73 @@ impl UsageStore for EmbeddedStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gust_model::{HOUR_MS, Name, Namespace, UsageRecord};
+
+    use super::*;
+
+    fn record(namespace: &str, function: &str, id: &str, attempt: u32, at_ms: u64) -> UsageRecord {
+        UsageRecord {
+            invocation_id: id.into(),
+            attempt,
+            namespace: Namespace::parse(namespace).unwrap(),
+            function: Name::parse("function", function).unwrap(),
+            revision: 1,
+            trigger: "http".into(),
+            started_at_ms: at_ms,
+            wall_ms: 12,
+            billed_ms: 10,
+            memory_mb: 512,
+            gb_seconds: 0.005,
+            cpu_ms: 3.5,
+            queue_ms: 0,
+            cold_start_ms: 2,
+            status: if attempt == 2 { 502 } else { 200 },
+        }
+    }
+
+    #[test]
+    fn usage_counts_each_attempt_once_and_adds_up_by_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("gust.redb")).unwrap();
+        let base = 1_000 * HOUR_MS;
+        let batch = [
+            record("default", "f", "a", 1, base + 5),
+            record("default", "f", "a", 2, base + 10),
+            record("default", "g", "b", 1, base + HOUR_MS + 1),
+            record("a-b", "f", "c", 1, base + 7),
+        ];
+        assert_eq!(store.record_usage(&batch).unwrap(), 4);
+        // The same records again (a retried batch) add nothing.
+        assert_eq!(store.record_usage(&batch[..2]).unwrap(), 0);
+
+        let ns = Namespace::default();
+        let hours = store.usage_hours(&ns, None, base).unwrap();
+        assert_eq!(hours.len(), 2, "{hours:?}");
+        assert_eq!(hours[0].function.as_str(), "f");
+        assert_eq!(hours[0].hour_start_ms, base);
+        assert_eq!(hours[0].totals.invocations, 2);
+        assert_eq!(hours[0].totals.errors, 1);
+        assert_eq!(hours[0].totals.billed_ms, 20);
+        assert_eq!(hours[1].function.as_str(), "g");
+        let g = Name::parse("function", "g").unwrap();
+        assert_eq!(store.usage_hours(&ns, Some(&g), base).unwrap().len(), 1);
+        assert!(
+            store
+                .usage_hours(&ns, None, base + 2 * HOUR_MS)
+                .unwrap()
+                .is_empty()
+        );
+
+        let records = store.usage_records(&ns, None, base, 100).unwrap();
+        assert_eq!(records.len(), 3, "another namespace's records stay out");
+        assert_eq!(records[0], batch[0]);
+        assert_eq!(store.usage_records(&ns, None, base, 1).unwrap().len(), 1);
+        assert_eq!(
+            store.usage_records(&ns, None, base + 8, 100).unwrap().len(),
+            2
+        );
+    }
+}
