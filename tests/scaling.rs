@@ -43,7 +43,7 @@ fn instances(gust: &Gust, function: &str) -> (u64, u64) {
 }
 
 #[test]
-fn r02_a_burst_of_100_against_functions_at_zero_all_succeeds() {
+fn r04_bursts_of_100_and_1000_against_functions_at_zero_all_succeed() {
     let gust = Gust::start(GUST, GustOptions::default());
     gust.deploy(
         "py",
@@ -61,10 +61,10 @@ fn r02_a_burst_of_100_against_functions_at_zero_all_succeeds() {
         (0, 0),
         "nothing runs before traffic"
     );
-    for path in ["/py", "/wasm"] {
-        let results = burst(&gust, path, 100);
+    for (path, count) in [("/py", 100), ("/wasm", 100), ("/py", 1000), ("/wasm", 1000)] {
+        let results = burst(&gust, path, count);
         let failed: Vec<_> = results.iter().filter(|(s, _, _)| *s != 200).collect();
-        assert!(failed.is_empty(), "{path}: {failed:?}");
+        assert!(failed.is_empty(), "{path} x{count}: {failed:?}");
     }
     let (busy, idle) = instances(&gust, "py");
     assert_eq!(busy, 0);
@@ -75,7 +75,7 @@ fn r02_a_burst_of_100_against_functions_at_zero_all_succeeds() {
 }
 
 #[test]
-fn r04_past_max_instances_requests_wait_then_get_429_never_a_5xx() {
+fn r07_past_max_instances_requests_wait_then_get_429_never_a_5xx() {
     let gust = Gust::start(GUST, GustOptions::default());
     gust.deploy(
         "slow",
@@ -134,7 +134,7 @@ fn r04_past_max_instances_requests_wait_then_get_429_never_a_5xx() {
 }
 
 #[test]
-fn r07_instances_return_to_the_minimum_after_the_idle_timeout() {
+fn instances_return_to_the_minimum_after_the_idle_timeout() {
     let gust = Gust::start(GUST, GustOptions::default());
     gust.deploy(
         "kept",
@@ -279,4 +279,68 @@ fn concurrency_lets_one_process_serve_several_requests_at_once() {
         "{}",
         wasm.stderr
     );
+}
+
+#[test]
+fn r02_updates_and_scale_down_under_steady_load_drop_no_request() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let version = |v: &str| {
+        format!(
+            "import time\n\ndef main(req):\n    time.sleep(float(req.query.get('s', '0')))\n    return '{v}'\n"
+        )
+    };
+    gust.deploy("steady", "python", "f.py", &version("v1"), &[]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answers, v2_code) = std::thread::scope(|scope| {
+        let load: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut answers = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let response = gust.get("/steady?s=0.2");
+                        answers.push((response.status().as_u16(), response.text().unwrap()));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        let v2 = gust.write_file("v2/f.py", version("v2"));
+        gust.cli(&["fn", "update", "steady", "--code", v2.to_str().unwrap()])
+            .ok();
+        std::thread::sleep(Duration::from_millis(800));
+        gust.cli(&[
+            "fn",
+            "update",
+            "steady",
+            "--max-instances",
+            "1",
+            "--idle-timeout",
+            "1s",
+        ])
+        .ok();
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers: Vec<(u16, String)> =
+            load.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        (answers, v2)
+    });
+    drop(v2_code);
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(failed.is_empty(), "every request answered 200: {failed:?}");
+    assert!(
+        answers.len() >= 20,
+        "steady load: {} requests",
+        answers.len()
+    );
+    assert!(answers.iter().any(|(_, body)| body == "v1"));
+    assert_eq!(answers.last().unwrap().1, "v2", "the update took over");
+    eventually(Duration::from_secs(15), || {
+        let (busy, idle) = instances(&gust, "steady");
+        (busy + idle <= 1).then_some(())
+    })
+    .expect("scaled down to the new maximum");
 }

@@ -162,7 +162,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     wasm.register_metrics(metrics.registry_mut());
     let wasm: Arc<dyn Runtime> = Arc::new(wasm);
     let runtime: Arc<dyn Runtime> = Arc::new(Tiers { process, wasm });
-    let usage = UsageWriter::start(usage_store.clone());
+    let stop_usage = CancellationToken::new();
+    let usage = UsageWriter::start(usage_store.clone(), stop_usage.clone());
     let meter = Arc::new(Meter::new(metrics, usage.clone()));
     let executor = Executor::new(
         ExecutorConfig {
@@ -238,6 +239,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     executor.shutdown().await;
     usage.flush().await;
+    stop_usage.cancel();
     eprintln!("Gust stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use gust_model::{
@@ -302,7 +303,9 @@ impl UsageStore for EmbeddedStore {
         self.write(|tx| {
             let mut keys = tx.open_table(USAGE_KEYS)?;
             let mut stored = tx.open_table(USAGE_RECORDS)?;
-            let mut hours = tx.open_table(USAGE_HOURS)?;
+            // A batch holds many records of few functions and hours: add them up first, then
+            // read and write each hour's totals once.
+            let mut batch_hours: BTreeMap<String, UsageTotals> = BTreeMap::new();
             let mut new = 0;
             for record in records {
                 let key = record.key();
@@ -315,13 +318,17 @@ impl UsageStore for EmbeddedStore {
                 stored.insert(record_key.as_str(), encode(record).as_slice())?;
                 let hour = record.started_at_ms - record.started_at_ms % HOUR_MS;
                 let hour_key = format!("{}{}", time_key(&record.namespace, hour), record.function);
+                batch_hours.entry(hour_key).or_default().add(record);
+                new += 1;
+            }
+            let mut hours = tx.open_table(USAGE_HOURS)?;
+            for (hour_key, added) in batch_hours {
                 let mut totals: UsageTotals = match hours.get(hour_key.as_str())? {
                     Some(value) => decode(&hour_key, value.value())?,
                     None => UsageTotals::default(),
                 };
-                totals.add(record);
+                totals.merge(&added);
                 hours.insert(hour_key.as_str(), encode(&totals).as_slice())?;
-                new += 1;
             }
             Ok(new)
         })
