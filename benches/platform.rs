@@ -22,8 +22,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use common::{
-    deploy_many, distinct_component, get, measuring, ms, print_table, rss_kib, stats, tcp_sender,
-    us,
+    deploy_many, distinct_component, get, ms, print_table, rss_kib, stats, tcp_sender, us,
 };
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
@@ -273,12 +272,5 @@ fn run(rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    if !measuring() {
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    run(&rt);
+    common::main_with(run);
 }

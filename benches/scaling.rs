@@ -19,7 +19,7 @@ use gust_harness::reqwest::Method;
 use gust_harness::{Gust, GustOptions};
 use serde_json::Value;
 
-use common::{PROBE_WASM, Stats, deploy, get, measuring, ms, print_table, stats, tcp_sender, us};
+use common::{PROBE_WASM, Stats, deploy, get, ms, print_table, stats, tcp_sender, us};
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
 const PYTHON_FN: &str = "def main():\n    return 'ok'\n";
@@ -227,12 +227,5 @@ fn run(rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    if !measuring() {
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    run(&rt);
+    common::main_with(run);
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use gust_harness::{Gust, GustOptions, free_port};
 
 use common::{
-    PROBE_WASM, Stats, deploy, deploy_many, distinct_component, get, measuring, ms, print_table,
-    rss_kib, stats, tcp_sender, us,
+    PROBE_WASM, Stats, deploy, deploy_many, distinct_component, get, ms, print_table, rss_kib,
+    stats, tcp_sender, us,
 };
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
@@ -294,12 +294,5 @@ fn run(rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    if !measuring() {
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    run(&rt);
+    common::main_with(run);
 }

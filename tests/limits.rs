@@ -65,3 +65,30 @@ fn s09_memory_and_pids_limits_hold_and_the_host_keeps_serving() {
     assert_eq!(gust.get("/fine").text().unwrap(), "fine");
     assert_eq!(gust.get("/hog?mb=1").text().unwrap(), "held 1 MiB");
 }
+
+#[test]
+fn a_node_function_past_its_memory_fails_with_out_of_memory_and_its_heap_is_sized_to_fit() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let hog = "module.exports = async () => {\n  const keep = [];\n  for (let i = 0; i < 100000; i++) keep.push(new Array(100000).fill(i + 0.5));\n  return { status: 200, body: String(keep.length) };\n};\n";
+    gust.deploy("nodehog", "node", "f.js", hog, &[]);
+    let response = gust.get("/nodehog");
+    assert_eq!(response.status(), 502);
+    let error: Value = response.json().unwrap();
+    assert_eq!(error["reason"], "out_of_memory", "{error}");
+
+    // A function with more memory than the pool's default gets a worker whose heap limit
+    // matches its own.
+    let heap = "const v8 = require('v8');\nmodule.exports = async () => ({ status: 200, body: String(v8.getHeapStatistics().heap_size_limit >> 20) });\n";
+    gust.deploy("heap512", "node", "f.js", heap, &["--memory", "512"]);
+    gust.deploy("heap128", "node", "f.js", heap, &[]);
+    let limit = |path: &str| -> u64 { gust.get(path).text().unwrap().parse().unwrap() };
+    let (big, default) = (limit("/heap512"), limit("/heap128"));
+    assert!(
+        (384..512).contains(&big),
+        "a 512 MB function's heap: {big} MB"
+    );
+    assert!(
+        (96..128).contains(&default),
+        "a 128 MB function's heap: {default} MB"
+    );
+}

@@ -142,7 +142,15 @@ pub fn print_table(title: &str, rows: Vec<[String; 4]>) {
     }
 }
 
-/// Whether cargo ran this as a benchmark (`cargo test --benches` runs it without `--bench`).
-pub fn measuring() -> bool {
-    std::env::args().any(|a| a == "--bench")
+/// Runs `bench` on a single-threaded runtime, only when cargo runs this as a benchmark
+/// (`cargo test --benches` runs it without `--bench`).
+pub fn main_with(bench: fn(&tokio::runtime::Runtime)) {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    bench(&rt);
 }

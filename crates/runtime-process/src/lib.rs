@@ -31,7 +31,8 @@ use std::sync::{Arc, Mutex, Weak};
 use async_trait::async_trait;
 use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
 use gust_model::{
-    BuiltinRuntime, Environment, EnvironmentKind, Name, Namespace, RevisionNumber, Tier,
+    BuiltinRuntime, DEFAULT_MEMORY_MB, Environment, EnvironmentKind, Name, Namespace,
+    RevisionNumber, Tier,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -120,29 +121,40 @@ impl ProcessRuntime {
         })
     }
 
-    /// How to start `env`'s workers; `None` for an environment of another tier.
-    fn worker_command(&self, env: &Environment) -> Option<WorkerCommand> {
+    /// How to start `env`'s workers for functions of `memory_mb`; `None` for an environment
+    /// of another tier.
+    fn worker_command(&self, env: &Environment, memory_mb: u32) -> Option<WorkerCommand> {
         Some(match &env.kind {
             EnvironmentKind::Builtin { runtime } => {
-                let (interpreter, server) = match runtime {
-                    BuiltinRuntime::Python => (&self.interpreters.python, "{env}/server.py"),
-                    BuiltinRuntime::Node => (&self.interpreters.node, "{env}/server.js"),
+                let interpreter = match runtime {
+                    BuiltinRuntime::Python => &self.interpreters.python,
+                    BuiltinRuntime::Node => &self.interpreters.node,
                     BuiltinRuntime::Wasm => return None,
                 };
+                let mut program = vec![interpreter.to_string_lossy().into_owned()];
+                let mut heap_sized_for = None;
+                match runtime {
+                    BuiltinRuntime::Node => {
+                        // V8 fails with a heap error before the kernel kills the worker.
+                        program.push(format!("--max-old-space-size={}", node_heap_mb(memory_mb)));
+                        program.push("{env}/server.js".to_owned());
+                        heap_sized_for = Some(memory_mb);
+                    }
+                    _ => program.push("{env}/server.py".to_owned()),
+                }
                 WorkerCommand {
                     environment: env.name.to_string(),
-                    program: vec![
-                        interpreter.to_string_lossy().into_owned(),
-                        server.to_owned(),
-                    ],
+                    program,
                     env_dir: Some(self.env_root.join(runtime.name())),
                     extra_ro: Vec::new(),
+                    heap_sized_for,
                 }
             }
             EnvironmentKind::Custom { command } => WorkerCommand {
                 environment: env.name.to_string(),
                 program: command.clone(),
                 env_dir: None,
+                heap_sized_for: None,
                 // A custom command's own files (its program, a script it runs) must be visible
                 // inside the sandbox; system paths already are.
                 extra_ro: command
@@ -153,6 +165,13 @@ impl ProcessRuntime {
             },
         })
     }
+}
+
+/// Node.js's old-space heap for a function of `memory_mb`: V8's whole heap (old space plus
+/// about 50 MB of young generation and code) and the runtime itself must fit below the
+/// cgroup limit, so half of it, or all but 128 MB for large functions.
+fn node_heap_mb(memory_mb: u32) -> u32 {
+    (memory_mb / 2).max(memory_mb.saturating_sub(128)).max(8)
 }
 
 /// Kills the workers a previous Gust on this data directory left running (it was killed before
@@ -266,6 +285,13 @@ impl Runtime for ProcessRuntime {
             .get(&spec.environment.name)
             .cloned();
         let started = std::time::Instant::now();
+        // A pooled Node.js worker's heap limit was set for the default memory; a function
+        // with another limit gets a worker of its own.
+        let pool = pool.filter(|pool| {
+            pool.command()
+                .heap_sized_for
+                .is_none_or(|mb| mb == spec.limits.memory_mb)
+        });
         let pooled = pool.as_ref().and_then(|pool| pool.take());
         let from_pool = pooled.is_some();
         let mut worker = match pooled {
@@ -273,7 +299,7 @@ impl Runtime for ProcessRuntime {
             None => {
                 let command = match &pool {
                     Some(pool) => Some(pool.command().clone()),
-                    None => self.worker_command(&spec.environment),
+                    None => self.worker_command(&spec.environment, spec.limits.memory_mb),
                 };
                 let command = command.ok_or_else(|| InvokeError::StartFailed {
                     function: spec.function.to_string(),
@@ -330,7 +356,7 @@ impl Runtime for ProcessRuntime {
         let commands: Vec<(&Environment, WorkerCommand)> = environments
             .iter()
             .filter(|env| env.tier() == Tier::Process)
-            .filter_map(|env| Some((env, self.worker_command(env)?)))
+            .filter_map(|env| Some((env, self.worker_command(env, DEFAULT_MEMORY_MB)?)))
             .collect();
         let mut pools = self.pools.lock().expect("pool map lock is never poisoned");
         pools.retain(|name, pool| {

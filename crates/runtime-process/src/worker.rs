@@ -45,7 +45,12 @@ struct LogTarget {
     /// The request being served, or the last one served: output flushed just after a
     /// response still belongs to that request.
     request_id: Option<String>,
+    /// The runtime reported its heap exhausted (Node.js's fatal heap error).
+    heap_exhausted: bool,
 }
+
+/// What V8 prints before it aborts for want of heap.
+const HEAP_EXHAUSTED: &[u8] = b"JavaScript heap out of memory";
 
 /// The recipe for starting one environment's workers.
 #[derive(Debug, Clone)]
@@ -56,6 +61,9 @@ pub struct WorkerCommand {
     pub env_dir: Option<PathBuf>,
     /// Host paths a custom environment's command names, mounted read-only.
     pub extra_ro: Vec<PathBuf>,
+    /// The function memory (MB) the command's heap limit was set for, where it sets one
+    /// (Node.js); such workers serve only functions with that memory.
+    pub heap_sized_for: Option<u32>,
 }
 
 pub struct Worker {
@@ -388,8 +396,22 @@ fn outcome(
 }
 
 impl Worker {
+    /// Whether the worker died for want of memory: killed by the kernel at its cgroup's
+    /// limit, or its runtime's own heap limit reached.
+    async fn died_of_memory(&mut self) -> bool {
+        // The runtime's last words may still be in the pipe: give them a moment.
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.child.wait()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.out_of_memory()
+    }
+
     fn out_of_memory(&self) -> bool {
         self.cgroup.as_ref().is_some_and(|c| c.oom_killed())
+            || self
+                .log_target
+                .lock()
+                .expect("log target lock is never poisoned")
+                .heap_exhausted
     }
 
     fn attribute_output_to(&self, id: &RequestId) {
@@ -410,12 +432,14 @@ impl Instance for Worker {
     ) -> Result<Response<Bytes>, InvokeError> {
         self.attribute_output_to(id);
         let exchange = exchange(&mut self.sender, request, timeout).await;
+        let out_of_memory =
+            matches!(exchange, Some(Exchange::Broken)) && self.died_of_memory().await;
         let (result, kill) = outcome(
             exchange,
             self.function.clone(),
             timeout,
             self.memory_mb,
-            || self.out_of_memory(),
+            || out_of_memory,
         );
         if kill {
             self.kill();
@@ -631,7 +655,13 @@ async fn pump_lines(
     let cap = gust_executor::MAX_LINE_BYTES + 1;
     let emit = |line: &mut Vec<u8>| {
         let (function, request_id) = {
-            let target = target.lock().expect("log target lock is never poisoned");
+            let mut target = target.lock().expect("log target lock is never poisoned");
+            if line
+                .windows(HEAP_EXHAUSTED.len())
+                .any(|w| w == HEAP_EXHAUSTED)
+            {
+                target.heap_exhausted = true;
+            }
             (target.function.clone(), target.request_id.clone())
         };
         match function {
