@@ -36,6 +36,10 @@ impl Runtime for Tiers {
         self.of(&spec.environment).prepare(spec).await
     }
 
+    fn retire(&self, spec: &InstanceSpec) {
+        self.of(&spec.environment).retire(spec)
+    }
+
     fn ready_workers(&self, environment: &Environment) -> Option<usize> {
         self.of(environment).ready_workers(environment)
     }

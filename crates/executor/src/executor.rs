@@ -224,6 +224,7 @@ impl Executor {
         if let Some(slot) = removed {
             slot.retired.store(true, Ordering::Release);
             stop_all(slot.drain_idle(None, 0));
+            self.runtime.retire(&slot.spec);
         }
     }
 

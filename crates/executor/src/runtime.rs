@@ -44,6 +44,10 @@ pub trait Runtime: Send + Sync {
     /// the first request, so they are only logged. The default does nothing.
     async fn prepare(&self, _spec: &InstanceSpec) {}
 
+    /// A revision stopped serving (its function changed or was deleted): drop what was
+    /// loaded for it. Instances still serving keep what they hold. The default does nothing.
+    fn retire(&self, _spec: &InstanceSpec) {}
+
     /// Checks code before it is stored, so that a function that cannot run is refused at
     /// deploy (compiling it ahead of time where the tier compiles). `file_name` and `bytes`
     /// are the upload. Called on a blocking thread; may take seconds. The default accepts.

@@ -74,11 +74,13 @@ mod tests {
             "{:?}",
             meter.total()
         );
+        // Busy until this thread has used 20 ms of CPU, however long that takes on a busy
+        // machine.
         meter
             .time(async {
-                let started = std::time::Instant::now();
+                let started = thread_cpu_now();
                 let mut x = 0u64;
-                while started.elapsed() < Duration::from_millis(30) {
+                while thread_cpu_now() - started < Duration::from_millis(20) {
                     x = x.wrapping_add(std::hint::black_box(1));
                 }
                 x

@@ -205,6 +205,16 @@ impl Runtime for WasmRuntime {
         }
     }
 
+    fn retire(&self, spec: &InstanceSpec) {
+        // Another function with the same code reloads it from the compiled cache when it
+        // next starts an instance.
+        self.components
+            .ready
+            .lock()
+            .expect("component map lock is never poisoned")
+            .remove(&Self::component_path(spec));
+    }
+
     fn validate_upload(
         &self,
         _environment: &Environment,
@@ -240,5 +250,51 @@ impl Runtime for WasmRuntime {
 impl Drop for WasmRuntime {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use gust_model::{BuiltinRuntime, Limits, Name, Namespace, Scaling};
+
+    use super::*;
+
+    const PROBE: &[u8] = include_bytes!("../../../tests/components/probe.wasm");
+
+    #[tokio::test]
+    async fn a_component_is_loaded_on_prepare_and_dropped_when_its_revision_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = dir.path().join("code");
+        std::fs::create_dir(&code).unwrap();
+        std::fs::write(code.join("main.wasm"), PROBE).unwrap();
+        let runtime =
+            WasmRuntime::new(&dir.path().join("cache"), Arc::new(FunctionLogs::new(10))).unwrap();
+        let spec = InstanceSpec {
+            namespace: Namespace::default(),
+            function: Name::parse("function", "probe").unwrap(),
+            revision: 1,
+            environment: Environment::builtin(BuiltinRuntime::Wasm, 0),
+            code_dir: code.clone(),
+            code_file: None,
+            entrypoint: None,
+            env_vars: BTreeMap::new(),
+            limits: Limits::default(),
+            allow_outbound: Vec::new(),
+            scaling: Scaling::default(),
+        };
+        let path = code.join("main.wasm");
+        assert!(runtime.components.loaded(&path).is_none());
+        runtime.prepare(&spec).await;
+        assert!(
+            runtime.components.loaded(&path).is_some(),
+            "loaded on deploy"
+        );
+        runtime.retire(&spec);
+        assert!(
+            runtime.components.loaded(&path).is_none(),
+            "dropped on retire"
+        );
     }
 }
