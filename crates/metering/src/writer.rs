@@ -6,7 +6,6 @@
 //! 2-core host, waking a writer task for every record cost more than everything else metering
 //! does).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +23,6 @@ struct Shared {
     pending: Mutex<Vec<UsageRecord>>,
     /// One batch is written at a time.
     writing: tokio::sync::Mutex<()>,
-    written: AtomicU64,
 }
 
 /// Buffers usage records and writes them in batches. Cheap to clone.
@@ -42,7 +40,6 @@ impl UsageWriter {
                 store,
                 pending: Mutex::new(Vec::new()),
                 writing: tokio::sync::Mutex::new(()),
-                written: AtomicU64::new(0),
             }),
         };
         let flusher = writer.clone();
@@ -88,10 +85,7 @@ impl UsageWriter {
             })
             .await;
             match outcome {
-                Ok((_, Ok(new))) => {
-                    self.shared.written.fetch_add(new as u64, Ordering::Relaxed);
-                    return;
-                }
+                Ok((_, Ok(_))) => return,
                 Ok((batch, Err(err))) => {
                     tracing::error!(error = %err, records = batch.len(), "cannot write usage records; retrying");
                     self.pending().splice(0..0, batch);
@@ -103,10 +97,5 @@ impl UsageWriter {
                 }
             }
         }
-    }
-
-    /// Records written since start (new ones; duplicates are not counted).
-    pub fn written(&self) -> u64 {
-        self.shared.written.load(Ordering::Relaxed)
     }
 }

@@ -31,6 +31,25 @@ enum Layout {
     V2 { base: PathBuf },
 }
 
+impl Layout {
+    /// Gust's own base directories: one per controller (v1), or one (v2).
+    fn bases(&self) -> Vec<PathBuf> {
+        match self {
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => [memory, pids, cpu, cpuacct]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+            Layout::V2 { base } => vec![base.clone()],
+        }
+    }
+}
+
 /// Where worker cgroups are created.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
@@ -177,19 +196,7 @@ impl Cgroups {
     }
 
     fn bases(&self) -> Vec<PathBuf> {
-        match &self.layout {
-            Layout::V1 {
-                memory,
-                pids,
-                cpu,
-                cpuacct,
-            } => [memory, pids, cpu, cpuacct]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-            Layout::V2 { base } => vec![base.clone()],
-        }
+        self.layout.bases()
     }
 
     /// Creates a worker's cgroups with its pids and CPU limits; memory is limited when the
@@ -233,19 +240,11 @@ impl Cgroups {
 
 impl WorkerCgroup {
     fn dirs(&self) -> Vec<PathBuf> {
-        match &self.layout {
-            Layout::V1 {
-                memory,
-                pids,
-                cpu,
-                cpuacct,
-            } => [memory, pids, cpu, cpuacct]
-                .into_iter()
-                .flatten()
-                .map(|base| base.join(&self.name))
-                .collect(),
-            Layout::V2 { base } => vec![base.join(&self.name)],
-        }
+        self.layout
+            .bases()
+            .iter()
+            .map(|base| base.join(&self.name))
+            .collect()
     }
 
     fn memory_dir(&self) -> Option<PathBuf> {
@@ -336,19 +335,6 @@ impl WorkerCgroup {
                 Some(Duration::from_micros(micros))
             }
         }
-    }
-
-    /// Processes in the worker's pids cgroup now.
-    pub fn pids(&self) -> Option<u32> {
-        let dir = match &self.layout {
-            Layout::V1 { pids, .. } => pids.as_ref()?.join(&self.name),
-            Layout::V2 { base } => base.join(&self.name),
-        };
-        std::fs::read_to_string(dir.join("pids.current"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
     }
 
     /// Kills whatever is left in the worker's cgroups and removes them, off the caller's
