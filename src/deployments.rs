@@ -1,9 +1,11 @@
-//! Connects the executor to storage: what a function currently is, ready to instantiate.
+//! Connects the executor and the async dispatcher to storage: what a function currently is,
+//! ready to instantiate, and its retry budget.
 
 use std::sync::Arc;
 
+use gust_async_queue::DeliveryPolicies;
 use gust_executor::{DeploymentSource, InstanceSpec};
-use gust_model::{Name, Namespace};
+use gust_model::{Delivery, Name, Namespace};
 use gust_store::{CodeStore, MetadataStore};
 
 pub struct StoreDeployments {
@@ -43,5 +45,15 @@ impl DeploymentSource for StoreDeployments {
             allow_outbound: revision.allow_outbound.clone(),
             scaling: revision.scaling,
         }))
+    }
+}
+
+impl DeliveryPolicies for StoreDeployments {
+    fn delivery(&self, namespace: &Namespace, function: &Name) -> Result<Option<Delivery>, String> {
+        Ok(self
+            .store
+            .function(namespace, function)
+            .map_err(|e| e.to_string())?
+            .map(|f| f.current_revision().delivery))
     }
 }

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{completion, env, function, route, up, usage};
+use crate::commands::{completion, dlq, env, function, invocation, route, timer, up, usage};
 
 #[derive(Debug, Parser)]
 #[command(name = "gust", version, about = "Serverless functions in one binary")]
@@ -38,6 +38,12 @@ pub enum Command {
     Env(env::EnvArgs),
     /// Manage HTTP routes (triggers on the public listener).
     Route(route::RouteArgs),
+    /// Manage timers (functions on a schedule).
+    Timer(timer::TimerArgs),
+    /// Show an asynchronous invocation.
+    Invocation(invocation::InvocationArgs),
+    /// List, show, re-drive and purge dead letters (failed asynchronous invocations).
+    Dlq(dlq::DlqArgs),
     /// Show what functions used and cost: invocations, GB-seconds, CPU.
     Usage(usage::UsageArgs),
     /// Print a shell completion script.
@@ -63,5 +69,8 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Env(args) => client::block_on(env::run(args, &cli.connection)),
         Command::Usage(args) => client::block_on(usage::run(args, &cli.connection)),
         Command::Route(args) => client::block_on(route::run(args, &cli.connection)),
+        Command::Timer(args) => client::block_on(timer::run(args, &cli.connection)),
+        Command::Invocation(args) => client::block_on(invocation::run(args, &cli.connection)),
+        Command::Dlq(args) => client::block_on(dlq::run(args, &cli.connection)),
     }
 }

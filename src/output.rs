@@ -25,6 +25,8 @@ pub struct OutputArgs {
 pub struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
+    /// Lines printed under the table (not part of CSV output).
+    footer: Vec<String>,
 }
 
 impl Table {
@@ -32,14 +34,19 @@ impl Table {
         Self {
             headers,
             rows: Vec::new(),
+            footer: Vec::new(),
         }
+    }
+
+    pub fn footer(&mut self, line: String) {
+        self.footer.push(line);
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.len()).collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -55,6 +62,9 @@ impl Table {
                 .map(|(cell, width)| format!("{cell:<width$}"))
                 .collect();
             let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+        for line in &self.footer {
+            let _ = writeln!(out, "{line}");
         }
         out
     }
@@ -93,6 +103,19 @@ pub fn print<T: Serialize>(
         Format::Csv => print!("{}", table().render_csv()),
     }
     Ok(())
+}
+
+/// Unix milliseconds as an RFC 3339 time (UTC, to the second); `-` when absent.
+pub fn time_ms(ms: Option<u64>) -> String {
+    ms.map_or_else(
+        || "-".to_owned(),
+        |ms| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string()
+        },
+    )
 }
 
 /// Milliseconds as a short human duration.

@@ -66,6 +66,12 @@ struct SpecArgs {
     /// instance per request]; see the docs for the isolation trade-off
     #[arg(long)]
     reuse: Option<u32>,
+    /// Attempts of an asynchronous invocation, the first one included [default: 3]
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// An asynchronous invocation not done this long after it was accepted expires [default: 6h]
+    #[arg(long)]
+    max_age: Option<String>,
 }
 
 impl SpecArgs {
@@ -87,6 +93,8 @@ impl SpecArgs {
             "queue_depth": self.queue_depth,
             "queue_timeout": self.queue_timeout,
             "reuse": self.reuse,
+            "max_attempts": self.max_attempts,
+            "max_age": self.max_age,
         }))
     }
 }
@@ -142,6 +150,9 @@ enum FunctionCommand {
         /// Path and query the function sees
         #[arg(long, default_value = "/")]
         path: String,
+        /// Do not wait: store the invocation, print its id (see `gust invocation get`)
+        #[arg(long = "async")]
+        asynchronous: bool,
     },
     /// Print a function's stdout and stderr, each line with its request id.
     Logs {
@@ -268,8 +279,9 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
             method,
             headers,
             path,
+            asynchronous,
         } => {
-            return invoke(&client, &name, data, method, headers, &path).await;
+            return invoke(&client, &name, data, method, headers, &path, asynchronous).await;
         }
         FunctionCommand::Logs {
             name,
@@ -290,6 +302,7 @@ async fn invoke(
     method: Option<String>,
     headers: Vec<String>,
     path: &str,
+    asynchronous: bool,
 ) -> anyhow::Result<ExitCode> {
     let body = match data.as_deref() {
         Some(file) if file.starts_with('@') => Bytes::from(
@@ -306,14 +319,27 @@ async fn invoke(
             .with_context(|| format!("invalid header {header:?}: expected K:V"))?;
         pairs.push((key.trim().to_owned(), value.trim().to_owned()));
     }
-    let query = format!(
+    let mut query = format!(
         "/v1/functions/{name}/invoke?method={}&path={}",
         encode(&method),
         encode(path)
     );
+    if asynchronous {
+        query.push_str("&async=true");
+    }
     let response = client.send(Method::POST, &query, &pairs, body).await?;
     if let Some(message) = response.gust_error() {
         anyhow::bail!("{message}");
+    }
+    if asynchronous {
+        let accepted: Value = serde_json::from_slice(&response.body)
+            .context("the server's answer to an asynchronous invoke is not JSON")?;
+        let id = accepted["id"]
+            .as_str()
+            .context("no invocation id in the answer")?;
+        eprintln!("accepted; see `gust invocation get {id}`");
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
     }
     std::io::stdout().write_all(&response.body)?;
     if response.status.is_success() {
@@ -325,7 +351,7 @@ async fn invoke(
 }
 
 /// Percent-encodes a query value.
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

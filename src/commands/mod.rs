@@ -1,6 +1,9 @@
 pub mod completion;
+pub mod dlq;
 pub mod env;
 pub mod function;
+pub mod invocation;
 pub mod route;
+pub mod timer;
 pub mod up;
 pub mod usage;

@@ -32,6 +32,12 @@ enum RouteCommand {
         /// Route name; generated and printed when omitted
         #[arg(long)]
         name: Option<String>,
+        /// Invoke asynchronously: answer 202 with an invocation id once the request is stored
+        #[arg(long = "async", conflicts_with = "allow_async")]
+        asynchronous: bool,
+        /// Invoke asynchronously when the request has `X-Gust-Invoke: async`
+        #[arg(long)]
+        allow_async: bool,
     },
     /// List routes.
     List(OutputArgs),
@@ -46,7 +52,7 @@ enum RouteCommand {
 }
 
 fn table(routes: &[Value]) -> Table {
-    let mut table = Table::new(vec!["NAME", "METHODS", "URL", "PREFIX", "FUNCTION"]);
+    let mut table = Table::new(vec!["NAME", "METHODS", "URL", "PREFIX", "MODE", "FUNCTION"]);
     for route in routes {
         let methods = route["methods"]
             .as_array()
@@ -63,6 +69,7 @@ fn table(routes: &[Value]) -> Table {
             methods,
             route["path"].as_str().unwrap_or_default().to_owned(),
             route["prefix"].to_string(),
+            route["mode"].as_str().unwrap_or("sync").to_owned(),
             route["function"].as_str().unwrap_or_default().to_owned(),
         ]);
     }
@@ -78,9 +85,12 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
             methods,
             prefix,
             name,
+            asynchronous,
+            allow_async,
         } => {
             let body = json!({
                 "name": name, "function": function, "url": url, "methods": methods, "prefix": prefix,
+                "async": asynchronous, "allow_async": allow_async,
             });
             let route: Value = client.json(Method::POST, "/v1/routes", Some(&body)).await?;
             let name = route["name"].as_str().unwrap_or_default();

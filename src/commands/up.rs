@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use gust_api::{AdminToken, ApiState, api_router};
+use gust_async_queue::{AsyncQueue, Clock, Dispatcher, SystemClock};
 use gust_executor::{
     Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver, Runtime,
 };
@@ -19,7 +20,10 @@ use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration}
 use gust_router::{PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::WasmRuntime;
-use gust_store::{CodeLimits, CodeStore, EmbeddedStore, MetadataStore, UsageStore};
+use gust_store::{
+    CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, UsageStore,
+};
+use gust_trigger_timer::TimerScheduler;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +35,9 @@ use crate::tiers::Tiers;
 const LOG_LINES_PER_FUNCTION: usize = 2_000;
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Asynchronous attempts delivered at once, across functions (each function's own limits
+/// apply within it).
+const ASYNC_IN_FLIGHT: usize = 256;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -117,7 +124,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             .context("cannot open the metadata store")?,
     );
     let store: Arc<dyn MetadataStore> = embedded.clone();
-    let usage_store: Arc<dyn UsageStore> = embedded;
+    let usage_store: Arc<dyn UsageStore> = embedded.clone();
+    let invocation_store: Arc<dyn InvocationStore> = embedded;
     let code = Arc::new(CodeStore::open(
         &data_dir.join("code"),
         CodeLimits::default(),
@@ -158,22 +166,26 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     )?);
     let wasm = WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone())
         .context("cannot start the WebAssembly runtime")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let queue = AsyncQueue::new(invocation_store, clock.clone());
     let mut metrics = Metrics::new();
     wasm.register_metrics(metrics.registry_mut());
+    queue.register_metrics(metrics.registry_mut());
     let wasm: Arc<dyn Runtime> = Arc::new(wasm);
     let runtime: Arc<dyn Runtime> = Arc::new(Tiers { process, wasm });
     let stop_usage = CancellationToken::new();
     let usage = UsageWriter::start(usage_store.clone(), stop_usage.clone());
     let meter = Arc::new(Meter::new(metrics, usage.clone()));
+    let deployments = Arc::new(StoreDeployments {
+        store: store.clone(),
+        code: code.clone(),
+    });
     let executor = Executor::new(
         ExecutorConfig {
             idle_timeout,
             ..ExecutorConfig::default()
         },
-        Arc::new(StoreDeployments {
-            store: store.clone(),
-            code: code.clone(),
-        }),
+        deployments.clone(),
         runtime.clone(),
         if args.no_metering {
             Arc::new(NoObserver) as Arc<dyn InvocationObserver>
@@ -182,6 +194,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let invoker: Arc<dyn Invoker> = executor.clone();
+    let dispatcher = Dispatcher::new(queue.clone(), invoker.clone(), deployments, ASYNC_IN_FLIGHT);
+    let timers = TimerScheduler::new(store.clone(), queue.clone(), clock);
     let routes = Routes::new(store.routes(None)?);
     let state = Arc::new(ApiState {
         store,
@@ -195,6 +209,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         usage: usage_store,
         meter,
         prices,
+        queue: queue.clone(),
+        timers: timers.clone(),
     });
     state.sync_environments()?;
     // Functions with a minimum of instances get them now, not on their first request.
@@ -219,8 +235,14 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(executor.clone().run_reaper(shutdown.child_token()));
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(dispatcher.clone().run(shutdown.child_token()));
+    tokio::spawn(timers.run(shutdown.child_token()));
 
-    let public_app = public_router(PublicState { routes, invoker });
+    let public_app = public_router(PublicState {
+        routes,
+        invoker,
+        queue,
+    });
     let public_server = axum::serve(
         public,
         public_app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -237,6 +259,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(DRAIN_DEADLINE).await;
         } => tracing::warn!("in-flight requests did not finish within {DRAIN_DEADLINE:?}"),
     }
+    dispatcher.drain(DRAIN_DEADLINE).await;
     executor.shutdown().await;
     usage.flush().await;
     stop_usage.cancel();

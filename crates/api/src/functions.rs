@@ -7,8 +7,8 @@ use base64::Engine;
 use bytes::Bytes;
 use gust_executor::EffectiveScaling;
 use gust_model::{
-    CodeRef, Environment, Function, FunctionConfig, Limits, Name, Namespace, OutboundRule,
-    Revision, RevisionFields, RevisionNumber, ScalingConfig, Tier,
+    CodeRef, Delivery, DeliveryConfig, Environment, Function, FunctionConfig, Limits, Name,
+    Namespace, OutboundRule, Revision, RevisionFields, RevisionNumber, ScalingConfig, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
@@ -61,6 +61,10 @@ pub struct FunctionBody {
     queue_timeout: Option<String>,
     #[serde(default)]
     reuse: Option<u32>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    max_age: Option<String>,
 }
 
 impl FunctionBody {
@@ -80,6 +84,10 @@ impl FunctionBody {
                 queue_depth: self.queue_depth,
                 queue_timeout: self.queue_timeout.clone(),
                 reuse: self.reuse,
+            },
+            delivery: DeliveryConfig {
+                max_attempts: self.max_attempts,
+                max_age: self.max_age.clone(),
             },
         }
     }
@@ -101,6 +109,8 @@ pub struct FunctionView {
     allow_outbound: Vec<OutboundRule>,
     /// The scaling settings in force, tier and `gust up` defaults filled in.
     scaling: EffectiveScaling,
+    /// Retry budget of asynchronous invocations.
+    delivery: Delivery,
     code_digest: String,
     code_file: Option<String>,
     code_bytes: u64,
@@ -138,6 +148,7 @@ impl FunctionView {
             env_vars: current.env_vars.clone(),
             allow_outbound: current.allow_outbound.clone(),
             scaling: state.executor.config().effective(&current.scaling, tier),
+            delivery: current.delivery,
             code_digest: current.code.digest.clone(),
             code_file: current.code.file.clone(),
             code_bytes: current.code.size_bytes,
@@ -150,7 +161,7 @@ impl FunctionView {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -316,6 +327,7 @@ pub async fn create(
                     limits: fields.limits,
                     allow_outbound: fields.allow_outbound,
                     scaling: fields.scaling,
+                    delivery: fields.delivery,
                     created_at_ms: now_ms(),
                     copied_from: None,
                 }],
@@ -370,6 +382,7 @@ pub async fn update(
                 limits: fields.limits,
                 allow_outbound: fields.allow_outbound,
                 scaling: fields.scaling,
+                delivery: fields.delivery,
                 created_at_ms: now_ms(),
                 copied_from: None,
             };

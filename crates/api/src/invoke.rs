@@ -3,10 +3,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use gust_executor::{Invocation, LogLine, LogQuery, TriggerKind, function_key};
+use gust_executor::{Invocation, LogLine, LogQuery, RequestId, TriggerKind, function_key};
+use gust_model::AsyncSource;
 use gust_router::{
-    add_param_headers, forwardable_headers, function_response, invoke_error_response,
-    new_request_id, read_limited,
+    MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, accepted_response, add_param_headers,
+    forwardable_headers, function_response, invoke_error_response, read_limited,
 };
 use http::{HeaderValue, Method};
 use serde::Deserialize;
@@ -21,6 +22,9 @@ pub struct InvokeQuery {
     method: Option<String>,
     /// The path and query the function sees; `/` by default.
     path: Option<String>,
+    /// Store the invocation and answer `202` with its id instead of waiting for the function.
+    #[serde(rename = "async", default)]
+    asynchronous: bool,
 }
 
 /// Invokes a function through the authenticated API: the body and headers of this request
@@ -43,9 +47,26 @@ pub async fn invoke(
     {
         return Err(ApiError::Invalid(format!("invalid path {path:?}")));
     }
-    let id = new_request_id();
+    let id = RequestId::generate();
+    if query.asynchronous {
+        let (ns, name) = (namespace.clone(), function.clone());
+        let exists = state
+            .blocking(move |s| Ok(s.store.function(&ns, &name)?.is_some()))
+            .await?;
+        if !exists {
+            return Err(ApiError::NotFound {
+                kind: "function",
+                name: function.to_string(),
+            });
+        }
+    }
+    let limit = if query.asynchronous {
+        MAX_ASYNC_REQUEST_BYTES
+    } else {
+        MAX_REQUEST_BYTES
+    };
     let (parts, body) = request.into_parts();
-    let body = match read_limited(&parts.headers, body).await {
+    let body = match read_limited(&parts.headers, body, limit).await {
         Ok(body) => body,
         Err(err) => return Ok(err.with_request_id(&id)),
     };
@@ -69,6 +90,13 @@ pub async fn invoke(
     forwarded
         .headers_mut()
         .insert("x-gust-request-id", id_header);
+    if query.asynchronous {
+        let stored = state
+            .queue
+            .enqueue(&id, namespace, function, AsyncSource::Api, &forwarded)
+            .await;
+        return Ok(accepted_response(stored, &id));
+    }
     let invocation = Invocation {
         id: id.clone(),
         namespace,

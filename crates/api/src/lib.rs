@@ -7,11 +7,13 @@
 //! The token is checked before routing, so an unknown `/v1/` path without a token is 401, not
 //! 404. Storage calls run on the blocking pool: redb commits fsync.
 
+mod asynchronous;
 mod environments;
 mod error;
 mod functions;
 mod invoke;
 mod routes;
+mod timers;
 mod token;
 mod usage;
 
@@ -25,11 +27,13 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, St
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use gust_async_queue::AsyncQueue;
 use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
 use gust_metering::{Meter, PriceSheet};
 use gust_model::{Environment, Namespace};
 use gust_router::Routes;
 use gust_store::{CodeStore, MetadataStore, UsageStore};
+use gust_trigger_timer::TimerScheduler;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -51,6 +55,8 @@ pub struct ApiState {
     pub usage: Arc<dyn UsageStore>,
     pub meter: Arc<Meter>,
     pub prices: PriceSheet,
+    pub queue: AsyncQueue,
+    pub timers: Arc<TimerScheduler>,
 }
 
 impl ApiState {
@@ -84,7 +90,7 @@ type Shared = State<Arc<ApiState>>;
 /// `?namespace=`; `default` when absent.
 #[derive(Debug, Deserialize)]
 pub(crate) struct NamespaceQuery {
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 impl NamespaceQuery {
@@ -164,6 +170,13 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
         .route("/functions/{name}/logs", get(invoke::logs))
         .route("/routes", get(routes::list).post(routes::create))
         .route("/routes/{name}", get(routes::show).delete(routes::delete))
+        .route("/timers", get(timers::list).post(timers::create))
+        .route("/timers/{name}", get(timers::show).delete(timers::delete))
+        .route("/invocations/{id}", get(asynchronous::show_invocation))
+        .route("/dlq", get(asynchronous::list_dead_letters))
+        .route("/dlq/redrive", axum::routing::post(asynchronous::redrive))
+        .route("/dlq/purge", axum::routing::post(asynchronous::purge))
+        .route("/dlq/{id}", get(asynchronous::show_dead_letter))
         .route("/usage", get(usage::usage))
         .route("/usage/records", get(usage::records))
         .route("/openapi.json", get(openapi));

@@ -47,7 +47,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Route>), ApiError> {
     let namespace = query.namespace()?;
     let config: RouteConfig = parse_json(&body)?;
-    let route = config.validate(namespace, generated_name(&config.function))?;
+    let route = config.validate(namespace, generated_name("route", &config.function))?;
     state
         .blocking(move |s| {
             s.store.create_route(&route)?;
@@ -70,8 +70,9 @@ pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, 
         .await
 }
 
-/// `<function>-<5 random letters>`, trimmed to stay a valid name.
-fn generated_name(function: &str) -> Name {
+/// `<function>-<5 random letters>` (`<what>-...` if nothing of the function's name is usable),
+/// trimmed to stay a valid name of a `what`.
+pub(crate) fn generated_name(what: &'static str, function: &str) -> Name {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     let suffix: String = (0..5)
@@ -84,9 +85,9 @@ fn generated_name(function: &str) -> Name {
         .collect();
     let base = base.trim_matches('-');
     let candidate = if base.is_empty() {
-        format!("route-{suffix}")
+        format!("{what}-{suffix}")
     } else {
         format!("{base}-{suffix}")
     };
-    Name::parse("route", &candidate).expect("generated from lowercase letters, digits and '-'")
+    Name::parse(what, &candidate).expect("generated from lowercase letters, digits and '-'")
 }

@@ -39,6 +39,11 @@ impl RequestId {
         Self(id.into())
     }
 
+    /// A fresh id (UUIDv7: sortable by time).
+    pub fn generate() -> Self {
+        Self::new(uuid::Uuid::now_v7().simple().to_string())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -55,6 +60,10 @@ impl std::fmt::Display for RequestId {
 pub enum TriggerKind {
     Http,
     Api,
+    /// An asynchronous invocation's attempt (async route, `fn invoke --async`, redrive).
+    Async,
+    /// A timer's tick.
+    Timer,
 }
 
 impl TriggerKind {
@@ -62,6 +71,8 @@ impl TriggerKind {
         match self {
             Self::Http => "http",
             Self::Api => "api",
+            Self::Async => "async",
+            Self::Timer => "timer",
         }
     }
 }

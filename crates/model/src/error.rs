@@ -25,4 +25,8 @@ pub enum ModelError {
     InvalidOutbound { value: String, reason: String },
     #[error("invalid environment command: {reason}")]
     InvalidCommand { reason: String },
+    #[error("invalid schedule {value:?}: {reason}")]
+    InvalidSchedule { value: String, reason: String },
+    #[error("unknown time zone {value:?} (use an IANA name such as Europe/Paris)")]
+    InvalidTimeZone { value: String },
 }

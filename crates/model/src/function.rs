@@ -3,7 +3,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, Name, Namespace, OutboundRule, Scaling, ScalingConfig};
+use crate::{
+    Delivery, DeliveryConfig, ModelError, Name, Namespace, OutboundRule, Scaling, ScalingConfig,
+};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MEMORY_MB: u32 = 128;
@@ -117,6 +119,9 @@ pub struct Revision {
     pub allow_outbound: Vec<OutboundRule>,
     #[serde(default)]
     pub scaling: Scaling,
+    /// Retry budget of asynchronous invocations.
+    #[serde(default)]
+    pub delivery: Delivery,
     /// Unix time in milliseconds.
     pub created_at_ms: u64,
     /// The earlier revision a rollback copied this one from.
@@ -166,6 +171,7 @@ pub struct RevisionFields {
     pub limits: Limits,
     pub allow_outbound: Vec<OutboundRule>,
     pub scaling: Scaling,
+    pub delivery: Delivery,
 }
 
 /// The settable fields of a function as a user wrote them; on update every field is optional
@@ -189,6 +195,8 @@ pub struct FunctionConfig {
     pub allow_outbound: Option<Vec<String>>,
     #[serde(default)]
     pub scaling: ScalingConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
 }
 
 impl FunctionConfig {
@@ -255,6 +263,9 @@ impl FunctionConfig {
         let scaling = self
             .scaling
             .apply(base.map(|r| r.scaling).unwrap_or_default())?;
+        let delivery = self
+            .delivery
+            .apply(base.map(|r| r.delivery).unwrap_or_default())?;
         Ok(RevisionFields {
             environment,
             entrypoint,
@@ -262,6 +273,7 @@ impl FunctionConfig {
             limits,
             allow_outbound,
             scaling,
+            delivery,
         })
     }
 }
@@ -284,7 +296,7 @@ fn validate_entrypoint(entrypoint: &str) -> Result<String, ModelError> {
     }
 }
 
-mod duration_ms {
+pub(crate) mod duration_ms {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -316,6 +328,7 @@ mod tests {
             limits: Limits::default(),
             allow_outbound: Vec::new(),
             scaling: Scaling::default(),
+            delivery: Delivery::default(),
             created_at_ms: 0,
             copied_from: None,
         }

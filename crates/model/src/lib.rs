@@ -1,20 +1,27 @@
-//! Gust's vocabulary: environments, functions, revisions and HTTP routes, and the rules that
-//! make each valid.
+//! Gust's vocabulary: environments, functions, revisions, HTTP routes, asynchronous
+//! invocations and timers, and the rules that make each valid.
 //!
 //! Pure data and validation: no I/O, no async runtime. Every `*Config` type is what a user
 //! wrote (deserialized with `deny_unknown_fields`); the matching validated type cannot hold an
 //! invalid value. Route matching lives here too ([`RouteTable`]) so that the router, the API
 //! and the CLI agree on what a path means.
 
+mod delivery;
 mod environment;
 mod error;
 mod function;
+mod invocation;
 mod name;
 mod outbound;
 mod route;
 mod scaling;
+mod timer;
 mod usage;
 
+pub use delivery::{
+    BACKOFF_BASE, BACKOFF_CAP, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, Delivery, DeliveryConfig,
+    Verdict, backoff, classify_status,
+};
 pub use environment::{
     BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,
 };
@@ -23,11 +30,16 @@ pub use function::{
     CodeRef, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function, FunctionConfig, Limits,
     Revision, RevisionFields, RevisionNumber, parse_duration,
 };
+pub use invocation::{
+    AsyncInvocation, AsyncSource, DeadReason, InvocationState, MAX_STORED_RESPONSE_BYTES,
+    StoredRequest, StoredResponse,
+};
 pub use name::{Name, Namespace};
 pub use outbound::OutboundRule;
 pub use route::{
-    Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteTable,
-    is_reserved_path,
+    Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteMode,
+    RouteTable, is_reserved_path,
 };
 pub use scaling::{MAX_REUSE, Scaling, ScalingConfig};
+pub use timer::{Schedule, ScheduleConfig, Timer, TimerConfig};
 pub use usage::{HOUR_MS, HourlyUsage, UsageRecord, UsageTotals, billed_ms, gb_seconds};

@@ -295,6 +295,25 @@ pub struct RouteConfig {
     pub methods: Vec<String>,
     #[serde(default)]
     pub prefix: bool,
+    /// Every request is invoked asynchronously (`202` with the invocation id).
+    #[serde(default, rename = "async")]
+    pub async_only: bool,
+    /// A request with `X-Gust-Invoke: async` is invoked asynchronously.
+    #[serde(default)]
+    pub allow_async: bool,
+}
+
+/// How a route invokes its function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteMode {
+    /// The caller waits for the function's answer.
+    #[default]
+    Sync,
+    /// The caller gets `202` and an invocation id once the request is stored.
+    Async,
+    /// Sync, unless the request says `X-Gust-Invoke: async`.
+    CallerChooses,
 }
 
 impl RouteConfig {
@@ -308,6 +327,17 @@ impl RouteConfig {
             Some(name) => Name::parse("route", name)?,
             None => generated_name,
         };
+        let mode = match (self.async_only, self.allow_async) {
+            (false, false) => RouteMode::Sync,
+            (true, false) => RouteMode::Async,
+            (false, true) => RouteMode::CallerChooses,
+            (true, true) => {
+                return Err(ModelError::OutOfRange {
+                    field: "async",
+                    reason: "a route is either async or allows async, not both".into(),
+                });
+            }
+        };
         Ok(Route {
             namespace,
             name,
@@ -315,6 +345,7 @@ impl RouteConfig {
             path: PathPattern::parse(&self.url)?,
             methods: MethodSet::parse(&self.methods)?,
             prefix: self.prefix,
+            mode,
         })
     }
 }
@@ -328,6 +359,8 @@ pub struct Route {
     pub path: PathPattern,
     pub methods: MethodSet,
     pub prefix: bool,
+    #[serde(default)]
+    pub mode: RouteMode,
 }
 
 impl Route {
@@ -406,6 +439,8 @@ mod tests {
             url: url.into(),
             methods: methods.iter().map(|m| m.to_string()).collect(),
             prefix,
+            async_only: false,
+            allow_async: false,
         }
         .validate(
             Namespace::default(),

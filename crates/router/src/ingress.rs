@@ -4,9 +4,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use gust_async_queue::AsyncQueue;
 use gust_executor::{Invocation, Invoker, RequestId, TriggerKind};
+use gust_model::{AsyncSource, RouteMode};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -14,6 +16,9 @@ use crate::{ErrorBody, Routes, invoke_error_response};
 
 /// Largest request body a function receives (6 MB, as Lambda's synchronous limit).
 pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+/// Largest body of an asynchronous invocation (256 KB, as Lambda's): it is stored until it
+/// has run.
+pub const MAX_ASYNC_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Headers that describe one hop, not the message; never forwarded either way.
 const HOP_BY_HOP: [&str; 8] = [
@@ -31,16 +36,12 @@ const HOP_BY_HOP: [&str; 8] = [
 pub struct PublicState {
     pub routes: Routes,
     pub invoker: Arc<dyn Invoker>,
+    pub queue: AsyncQueue,
 }
 
 /// The public listener's app: every request is matched against the route table.
 pub fn public_router(state: PublicState) -> Router {
     Router::new().fallback(serve).with_state(state)
-}
-
-/// A fresh invocation id (UUIDv7: sortable by time).
-pub fn new_request_id() -> RequestId {
-    RequestId::new(uuid::Uuid::now_v7().simple().to_string())
 }
 
 /// A caller's headers minus hop-by-hop ones, every `X-Gust-*` (only Gust sets those) and
@@ -66,7 +67,7 @@ async fn serve(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let id = new_request_id();
+    let id = RequestId::generate();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let table = state.routes.snapshot();
@@ -79,7 +80,20 @@ async fn serve(
         }
         .into_response_with(StatusCode::NOT_FOUND);
     };
-    let body = match read_limited(&parts.headers, body).await {
+    let asynchronous = match found.route.mode {
+        RouteMode::Sync => false,
+        RouteMode::Async => true,
+        RouteMode::CallerChooses => parts
+            .headers
+            .get("x-gust-invoke")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"async")),
+    };
+    let limit = if asynchronous {
+        MAX_ASYNC_REQUEST_BYTES
+    } else {
+        MAX_REQUEST_BYTES
+    };
+    let body = match read_limited(&parts.headers, body, limit).await {
         Ok(body) => body,
         Err(response) => return response.with_request_id(&id),
     };
@@ -109,6 +123,22 @@ async fn serve(
         .expect("method and URI come from a parsed request");
     *forwarded.headers_mut() = headers;
 
+    if asynchronous {
+        let source = AsyncSource::Http {
+            route: found.route.name.clone(),
+        };
+        let stored = state
+            .queue
+            .enqueue(
+                &id,
+                found.route.namespace.clone(),
+                found.route.function.clone(),
+                source,
+                &forwarded,
+            )
+            .await;
+        return accepted_response(stored, &id);
+    }
     let invocation = Invocation {
         id: id.clone(),
         namespace: found.route.namespace.clone(),
@@ -120,6 +150,39 @@ async fn serve(
     match state.invoker.invoke(invocation).await {
         Ok(response) => function_response(response, &id),
         Err(error) => invoke_error_response(&error, id.as_str()),
+    }
+}
+
+/// `202` with the invocation id once it is stored; `503` when it could not be.
+pub fn accepted_response(
+    stored: Result<(), gust_async_queue::QueueError>,
+    id: &RequestId,
+) -> Response {
+    match stored {
+        Ok(()) => {
+            let mut response = (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "id": id.as_str() })),
+            )
+                .into_response();
+            set(response.headers_mut(), "x-gust-request-id", id.as_str());
+            response
+        }
+        Err(err) => {
+            tracing::error!(error = %err, %id, "asynchronous invocation not accepted");
+            let mut response = ErrorBody {
+                component: "router",
+                reason: "queue_unavailable",
+                request_id: Some(id.to_string()),
+                message: "the invocation could not be stored; nothing was accepted, try again"
+                    .to_owned(),
+            }
+            .into_response_with(StatusCode::SERVICE_UNAVAILABLE);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
     }
 }
 
@@ -172,26 +235,32 @@ pub fn function_response(response: http::Response<Bytes>, id: &RequestId) -> Res
     Response::from_parts(parts, Body::from(body))
 }
 
-/// Reads a request body up to [`MAX_REQUEST_BYTES`]; a larger declared length is refused
-/// before anything is read.
-pub async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
+/// Reads a request body up to `limit` bytes; a larger declared length is refused before
+/// anything is read, and a body that turns out longer is refused as soon as it passes the limit.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_REQUEST_BYTES as u64) {
-        return Err(BodyError::TooLarge);
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
     }
-    match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
         Err(_) => Err(BodyError::Unreadable),
     }
 }
 
 /// Why a request body was not accepted.
 pub enum BodyError {
-    TooLarge,
+    TooLarge {
+        limit: usize,
+    },
     /// The client stopped sending or sent a malformed body.
     Unreadable,
 }
@@ -199,10 +268,10 @@ pub enum BodyError {
 impl BodyError {
     pub fn with_request_id(self, id: &RequestId) -> Response {
         let (status, reason, message) = match self {
-            BodyError::TooLarge => (
+            BodyError::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("the request body is larger than {MAX_REQUEST_BYTES} bytes"),
+                format!("the request body is larger than {limit} bytes"),
             ),
             BodyError::Unreadable => (
                 StatusCode::BAD_REQUEST,

@@ -14,8 +14,8 @@ mod ingress;
 
 pub use error_body::{ErrorBody, invoke_error_response};
 pub use ingress::{
-    BodyError, MAX_REQUEST_BYTES, PublicState, add_param_headers, forwardable_headers,
-    function_response, new_request_id, public_router, read_limited,
+    BodyError, MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, PublicState, accepted_response,
+    add_param_headers, forwardable_headers, function_response, public_router, read_limited,
 };
 
 use std::sync::Arc;

@@ -25,18 +25,18 @@ const USAGE_HOURS: TableDefinition<&str, &[u8]> = TableDefinition::new("usage_ho
 /// Metadata in one redb file. redb commits are atomic and fsynced, so a process killed at any
 /// point reopens to the last committed state.
 pub struct EmbeddedStore {
-    db: Database,
+    pub(crate) db: Database,
 }
 
-fn scoped_key(namespace: &Namespace, name: &Name) -> String {
+pub(crate) fn scoped_key(namespace: &Namespace, name: &Name) -> String {
     format!("{namespace}/{name}")
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("metadata types serialize to JSON without failing")
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
         key: key.to_owned(),
         source,
@@ -51,11 +51,12 @@ impl EmbeddedStore {
             tx.open_table(table)?;
         }
         tx.open_table(USAGE_KEYS)?;
+        crate::queue::create_tables(&tx)?;
         tx.commit()?;
         Ok(Self { db })
     }
 
-    fn read_all<T: DeserializeOwned>(
+    pub(crate) fn read_all<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
         key_prefix: Option<String>,
@@ -75,7 +76,7 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    fn read_one<T: DeserializeOwned>(
+    pub(crate) fn read_one<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
         key: &str,
@@ -89,7 +90,7 @@ impl EmbeddedStore {
     }
 
     /// Runs `body` in one write transaction and commits only if it succeeds.
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -98,6 +99,21 @@ impl EmbeddedStore {
         tx.commit()?;
         Ok(result)
     }
+}
+
+pub(crate) fn require_function(
+    tx: &WriteTransaction,
+    namespace: &Namespace,
+    name: &Name,
+) -> Result<(), StoreError> {
+    let key = scoped_key(namespace, name);
+    if tx.open_table(FUNCTIONS)?.get(key.as_str())?.is_none() {
+        return Err(StoreError::NotFound {
+            kind: "function",
+            name: name.to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn require_environment(tx: &WriteTransaction, name: &Name) -> Result<(), StoreError> {
@@ -238,17 +254,7 @@ impl RouteStore for EmbeddedStore {
     fn create_route(&self, route: &Route) -> Result<(), StoreError> {
         let key = scoped_key(&route.namespace, &route.name);
         self.write(|tx| {
-            let function_key = scoped_key(&route.namespace, &route.function);
-            if tx
-                .open_table(FUNCTIONS)?
-                .get(function_key.as_str())?
-                .is_none()
-            {
-                return Err(StoreError::NotFound {
-                    kind: "function",
-                    name: route.function.to_string(),
-                });
-            }
+            require_function(tx, &route.namespace, &route.function)?;
             let mut table = tx.open_table(ROUTES)?;
             if table.get(key.as_str())?.is_some() {
                 return Err(StoreError::AlreadyExists {

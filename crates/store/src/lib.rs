@@ -1,10 +1,10 @@
 //! Where Gust keeps what must survive a restart: metadata (environments, functions with their
-//! revisions, routes) in an embedded transactional database, and function code in a
+//! revisions, routes, timers), the asynchronous invocation queue, usage records in an embedded transactional database, and function code in a
 //! content-addressed directory tree.
 //!
 //! Metadata goes through small traits ([`EnvironmentStore`], [`FunctionStore`],
-//! [`RouteStore`]) so the control plane does not know which backend holds it; the embedded
-//! [`EmbeddedStore`] (redb, one file in the data directory) is the one that exists today.
+//! [`RouteStore`], [`TimerStore`]) and the async queue through [`InvocationStore`], so the
+//! control plane does not know which backend holds them; the embedded [`EmbeddedStore`] (redb, one file in the data directory) is the one that exists today.
 //! Every write is one ACID transaction: a crash leaves the previous or the next state, never
 //! half of one. [`CodeStore`] unpacks uploads (single files, zip and tar archives) under strict
 //! limits and publishes each tree with an atomic rename.
@@ -14,12 +14,16 @@
 mod code;
 mod embedded;
 mod error;
+mod queue;
 
 pub use code::{CodeLimits, CodeStore, CodeUpload};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 
-use gust_model::{Environment, Function, HourlyUsage, Name, Namespace, Route, UsageRecord};
+use gust_model::{
+    AsyncInvocation, Environment, Function, HourlyUsage, Name, Namespace, Route, StoredRequest,
+    Timer, UsageRecord,
+};
 
 /// Environments are global: every namespace can use every environment.
 pub trait EnvironmentStore: Send + Sync {
@@ -84,6 +88,70 @@ pub trait UsageStore: Send + Sync {
     ) -> Result<Vec<UsageRecord>, StoreError>;
 }
 
+/// One change to the asynchronous invocation queue; many are applied together in one
+/// transaction (group commit).
+#[derive(Debug)]
+pub enum QueueChange {
+    /// Accepts a new invocation with its request. A timer tick (`<namespace>/<timer>`, tick
+    /// time) at or before the last one enqueued for that timer is refused as a duplicate.
+    Enqueue {
+        invocation: AsyncInvocation,
+        request: StoredRequest,
+        timer_tick: Option<(String, u64)>,
+    },
+    /// Stores an invocation's new state (claimed for an attempt, retried, finished).
+    Update { invocation: AsyncInvocation },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueOutcome {
+    Stored,
+    /// The timer tick was enqueued before; nothing was stored.
+    DuplicateTick,
+}
+
+/// The durable queue of asynchronous invocations and their dead letters.
+pub trait InvocationStore: Send + Sync {
+    /// Applies `changes` in one transaction, one fsync. A change that conflicts (an id that
+    /// exists) fails alone; a storage failure fails the whole batch and stores nothing.
+    fn apply_queue_changes(
+        &self,
+        changes: &[QueueChange],
+    ) -> Result<Vec<Result<QueueOutcome, StoreError>>, StoreError>;
+    /// Pending invocations due at or before `now_ms`, earliest first, with their requests.
+    fn due_invocations(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(AsyncInvocation, StoredRequest)>, StoreError>;
+    /// When the earliest pending invocation is due.
+    fn next_due_ms(&self) -> Result<Option<u64>, StoreError>;
+    /// Pending invocations (due or not).
+    fn pending_count(&self) -> Result<u64, StoreError>;
+    fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, StoreError>;
+    /// The request of an invocation that has not succeeded.
+    fn invocation_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError>;
+    /// Dead and expired invocations not yet re-driven, by function then id.
+    fn dead_letters(
+        &self,
+        namespace: &Namespace,
+        function: Option<&Name>,
+        limit: usize,
+    ) -> Result<Vec<AsyncInvocation>, StoreError>;
+    /// Deletes the given dead letters (other ids are skipped); returns how many went.
+    fn purge_dead_letters(&self, ids: &[String]) -> Result<usize, StoreError>;
+    /// Called once at start: attempts that were in flight when Gust stopped are lost, so
+    /// their invocations become due now. Returns how many.
+    fn recover_running(&self, now_ms: u64) -> Result<usize, StoreError>;
+}
+
+pub trait TimerStore: Send + Sync {
+    /// Stores a timer whose function exists and whose name is free.
+    fn create_timer(&self, timer: &Timer) -> Result<(), StoreError>;
+    fn timers(&self, namespace: Option<&Namespace>) -> Result<Vec<Timer>, StoreError>;
+    fn delete_timer(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError>;
+}
+
 /// Everything the control plane needs from metadata storage.
-pub trait MetadataStore: EnvironmentStore + FunctionStore + RouteStore {}
-impl<T: EnvironmentStore + FunctionStore + RouteStore> MetadataStore for T {}
+pub trait MetadataStore: EnvironmentStore + FunctionStore + RouteStore + TimerStore {}
+impl<T: EnvironmentStore + FunctionStore + RouteStore + TimerStore> MetadataStore for T {}

@@ -1,0 +1,216 @@
+//! The handle every producer of asynchronous work uses: routes, the API, timers, redrives.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gust_executor::RequestId;
+use gust_model::{AsyncInvocation, AsyncSource, Name, Namespace, Timer};
+use gust_store::{InvocationStore, QueueChange, QueueOutcome};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+
+use crate::request::store_request;
+use crate::writer::QueueWriter;
+use crate::{Clock, QueueError};
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn InvocationStore>,
+    pub writer: QueueWriter,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the dispatcher when something may be due.
+    pub wake: Notify,
+    /// Pending invocations, as last counted.
+    pub depth: Gauge,
+}
+
+/// The durable queue of asynchronous invocations. Cheap to clone.
+#[derive(Clone)]
+pub struct AsyncQueue {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl AsyncQueue {
+    pub fn new(store: Arc<dyn InvocationStore>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                writer: QueueWriter::start(store.clone()),
+                store,
+                clock,
+                wake: Notify::new(),
+                depth: Gauge::default(),
+            }),
+        }
+    }
+
+    /// Adds `gust_async_queue_depth` to a registry.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "gust_async_queue_depth",
+            "Asynchronous invocations waiting for an attempt",
+            self.shared.depth.clone(),
+        );
+    }
+
+    /// Stores an invocation of `function` with `request`; returns once it is on disk. The
+    /// request's headers are kept as they are: the caller has already removed what the
+    /// function must not see.
+    pub async fn enqueue(
+        &self,
+        id: &RequestId,
+        namespace: Namespace,
+        function: Name,
+        source: AsyncSource,
+        request: &http::Request<Bytes>,
+    ) -> Result<(), QueueError> {
+        let invocation = AsyncInvocation::accepted(
+            id.to_string(),
+            namespace,
+            function,
+            source,
+            self.shared.clock.now_ms(),
+        );
+        self.submit_one(QueueChange::Enqueue {
+            invocation,
+            request: store_request(request),
+            timer_tick: None,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Enqueues one tick of `timer`; `false` when that tick was enqueued before.
+    pub async fn enqueue_tick(&self, timer: &Timer, tick_ms: u64) -> Result<bool, QueueError> {
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("/")
+            .body(Bytes::new())
+            .expect("a POST to / is a valid request");
+        let invocation = AsyncInvocation::accepted(
+            RequestId::generate().to_string(),
+            timer.namespace.clone(),
+            timer.function.clone(),
+            AsyncSource::Timer {
+                timer: timer.name.clone(),
+                tick_ms,
+            },
+            self.shared.clock.now_ms(),
+        );
+        let outcome = self
+            .submit_one(QueueChange::Enqueue {
+                invocation,
+                request: store_request(&request),
+                timer_tick: Some((format!("{}/{}", timer.namespace, timer.name), tick_ms)),
+            })
+            .await?;
+        Ok(outcome == QueueOutcome::Stored)
+    }
+
+    async fn submit_one(&self, change: QueueChange) -> Result<QueueOutcome, QueueError> {
+        let outcome = self
+            .shared
+            .writer
+            .submit(vec![change])
+            .await?
+            .pop()
+            .expect("the writer answers every change of a submission");
+        self.shared.wake.notify_one();
+        outcome.map_err(QueueError::Unavailable)
+    }
+
+    pub async fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, QueueError> {
+        let (store, id) = (self.shared.store.clone(), id.to_owned());
+        run_blocking(move || Ok(store.invocation(&id)?)).await
+    }
+
+    /// The stored request of an invocation that has not succeeded.
+    pub async fn dead_letter_request(
+        &self,
+        id: &str,
+    ) -> Result<Option<gust_model::StoredRequest>, QueueError> {
+        let (store, id) = (self.shared.store.clone(), id.to_owned());
+        run_blocking(move || Ok(store.invocation_request(&id)?)).await
+    }
+
+    pub async fn dead_letters(
+        &self,
+        namespace: &Namespace,
+        function: Option<&Name>,
+        limit: usize,
+    ) -> Result<Vec<AsyncInvocation>, QueueError> {
+        let store = self.shared.store.clone();
+        let (namespace, function) = (namespace.clone(), function.cloned());
+        run_blocking(move || Ok(store.dead_letters(&namespace, function.as_ref(), limit)?)).await
+    }
+
+    /// Makes a new invocation of each dead letter in `ids` (same function and request,
+    /// `redriven_from` set), and takes the dead letters off the list, in one transaction.
+    /// Returns (dead letter id, new id) pairs.
+    pub async fn redrive(
+        &self,
+        namespace: &Namespace,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, String)>, QueueError> {
+        let store = self.shared.store.clone();
+        let namespace = namespace.clone();
+        let now = self.shared.clock.now_ms();
+        let (changes, pairs) = run_blocking(move || {
+            let mut changes = Vec::new();
+            let mut pairs = Vec::new();
+            for id in ids {
+                let Some(mut dead) = store.invocation(&id)?.filter(|i| i.namespace == namespace)
+                else {
+                    return Err(QueueError::NotFound { id });
+                };
+                if !dead.is_dead_letter() {
+                    return Err(QueueError::NotDeadLetter { id });
+                }
+                let Some(request) = store.invocation_request(&id)? else {
+                    return Err(QueueError::NotFound { id });
+                };
+                let new_id = RequestId::generate().to_string();
+                let mut again = AsyncInvocation::accepted(
+                    new_id.clone(),
+                    dead.namespace.clone(),
+                    dead.function.clone(),
+                    dead.source.clone(),
+                    now,
+                );
+                again.redriven_from = Some(id.clone());
+                dead.redriven_to = Some(new_id.clone());
+                dead.updated_at_ms = now;
+                changes.push(QueueChange::Enqueue {
+                    invocation: again,
+                    request,
+                    timer_tick: None,
+                });
+                changes.push(QueueChange::Update { invocation: dead });
+                pairs.push((id, new_id));
+            }
+            Ok((changes, pairs))
+        })
+        .await?;
+        if changes.is_empty() {
+            return Ok(pairs);
+        }
+        for outcome in self.shared.writer.submit(changes).await? {
+            outcome.map_err(QueueError::Unavailable)?;
+        }
+        self.shared.wake.notify_one();
+        Ok(pairs)
+    }
+
+    /// Deletes dead letters; returns how many there were among `ids`.
+    pub async fn purge(&self, ids: Vec<String>) -> Result<usize, QueueError> {
+        let store = self.shared.store.clone();
+        run_blocking(move || Ok(store.purge_dead_letters(&ids)?)).await
+    }
+}
+
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| QueueError::Unavailable(format!("storage task failed: {e}")))?
+}

@@ -1,0 +1,372 @@
+//! The asynchronous invocation queue and timers in the embedded store.
+//!
+//! Tables (keys sort so that range scans answer the questions asked):
+//! - `invocations`: id → the invocation (JSON).
+//! - `invocation_requests`: id → its request (a length-prefixed JSON head, then the body).
+//! - `async_ready`: `<due ms, 13 digits>/<id>` for pending invocations: what is due next.
+//! - `async_running`: ids with an attempt in flight; at start they become due again.
+//! - `dead_letters`: `<namespace>/<function>/<id>` for dead and expired invocations.
+//! - `timers`: `<namespace>/<name>` → the timer; `timer_ticks`: the same key → the last tick
+//!   enqueued, so that no tick is enqueued twice.
+
+use gust_model::{AsyncInvocation, InvocationState, Name, Namespace, StoredRequest, Timer};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+
+use crate::embedded::{decode, encode, scoped_key};
+use crate::{EmbeddedStore, InvocationStore, QueueChange, QueueOutcome, StoreError, TimerStore};
+
+pub(crate) const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
+pub(crate) const INVOCATION_REQUESTS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("invocation_requests");
+pub(crate) const ASYNC_READY: TableDefinition<&str, ()> = TableDefinition::new("async_ready");
+pub(crate) const ASYNC_RUNNING: TableDefinition<&str, ()> = TableDefinition::new("async_running");
+pub(crate) const DEAD_LETTERS: TableDefinition<&str, ()> = TableDefinition::new("dead_letters");
+pub(crate) const TIMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("timers");
+pub(crate) const TIMER_TICKS: TableDefinition<&str, u64> = TableDefinition::new("timer_ticks");
+
+pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    for table in [INVOCATIONS, INVOCATION_REQUESTS, TIMERS] {
+        tx.open_table(table)?;
+    }
+    for table in [ASYNC_READY, ASYNC_RUNNING, DEAD_LETTERS] {
+        tx.open_table(table)?;
+    }
+    tx.open_table(TIMER_TICKS)?;
+    Ok(())
+}
+
+fn ready_key(due_ms: u64, id: &str) -> String {
+    format!("{due_ms:013}/{id}")
+}
+
+fn dead_letter_key(invocation: &AsyncInvocation) -> String {
+    format!(
+        "{}/{}/{}",
+        invocation.namespace, invocation.function, invocation.id
+    )
+}
+
+fn encode_request(request: &StoredRequest) -> Vec<u8> {
+    let head = encode(request);
+    let mut out = Vec::with_capacity(4 + head.len() + request.body.len());
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&request.body);
+    out
+}
+
+fn decode_request(key: &str, bytes: &[u8]) -> Result<StoredRequest, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        key: key.to_owned(),
+        source: serde::de::Error::custom("truncated request record"),
+    };
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let head = bytes.get(4..4 + len).ok_or_else(corrupt)?;
+    let mut request: StoredRequest = decode(key, head)?;
+    request.body = bytes[4 + len..].to_vec();
+    Ok(request)
+}
+
+/// Removes an invocation's index entries for the state it was in.
+fn unindex(tx: &WriteTransaction, old: &AsyncInvocation) -> Result<(), StoreError> {
+    match old.state {
+        InvocationState::Pending => {
+            if let Some(due) = old.next_attempt_at_ms {
+                tx.open_table(ASYNC_READY)?
+                    .remove(ready_key(due, &old.id).as_str())?;
+            }
+        }
+        InvocationState::Running => {
+            tx.open_table(ASYNC_RUNNING)?.remove(old.id.as_str())?;
+        }
+        _ => {}
+    }
+    if old.is_dead_letter() {
+        tx.open_table(DEAD_LETTERS)?
+            .remove(dead_letter_key(old).as_str())?;
+    }
+    Ok(())
+}
+
+/// Adds the index entries of an invocation's (new) state.
+fn index(tx: &WriteTransaction, new: &AsyncInvocation) -> Result<(), StoreError> {
+    match new.state {
+        InvocationState::Pending => {
+            let due = new.next_attempt_at_ms.unwrap_or(new.updated_at_ms);
+            tx.open_table(ASYNC_READY)?
+                .insert(ready_key(due, &new.id).as_str(), ())?;
+        }
+        InvocationState::Running => {
+            tx.open_table(ASYNC_RUNNING)?.insert(new.id.as_str(), ())?;
+        }
+        _ => {}
+    }
+    if new.is_dead_letter() {
+        tx.open_table(DEAD_LETTERS)?
+            .insert(dead_letter_key(new).as_str(), ())?;
+    }
+    Ok(())
+}
+
+fn put(tx: &WriteTransaction, invocation: &AsyncInvocation) -> Result<(), StoreError> {
+    let mut table = tx.open_table(INVOCATIONS)?;
+    let old: Option<AsyncInvocation> = match table.get(invocation.id.as_str())? {
+        Some(value) => Some(decode(&invocation.id, value.value())?),
+        None => None,
+    };
+    table.insert(invocation.id.as_str(), encode(invocation).as_slice())?;
+    drop(table);
+    if let Some(old) = old {
+        unindex(tx, &old)?;
+    }
+    index(tx, invocation)
+}
+
+impl EmbeddedStore {
+    fn apply_one(
+        &self,
+        tx: &WriteTransaction,
+        change: &QueueChange,
+    ) -> Result<QueueOutcome, StoreError> {
+        match change {
+            QueueChange::Enqueue {
+                invocation,
+                request,
+                timer_tick,
+            } => {
+                if let Some((timer, tick_ms)) = timer_tick {
+                    let mut ticks = tx.open_table(TIMER_TICKS)?;
+                    let last = ticks.get(timer.as_str())?.map(|v| v.value());
+                    if last.is_some_and(|last| last >= *tick_ms) {
+                        return Ok(QueueOutcome::DuplicateTick);
+                    }
+                    ticks.insert(timer.as_str(), tick_ms)?;
+                }
+                if tx
+                    .open_table(INVOCATIONS)?
+                    .get(invocation.id.as_str())?
+                    .is_some()
+                {
+                    return Err(StoreError::AlreadyExists {
+                        kind: "invocation",
+                        name: invocation.id.clone(),
+                    });
+                }
+                tx.open_table(INVOCATION_REQUESTS)?
+                    .insert(invocation.id.as_str(), encode_request(request).as_slice())?;
+                put(tx, invocation)?;
+                Ok(QueueOutcome::Stored)
+            }
+            QueueChange::Update { invocation } => {
+                if invocation.state == InvocationState::Succeeded {
+                    // A finished invocation's request is no longer needed.
+                    tx.open_table(INVOCATION_REQUESTS)?
+                        .remove(invocation.id.as_str())?;
+                }
+                put(tx, invocation)?;
+                Ok(QueueOutcome::Stored)
+            }
+        }
+    }
+}
+
+impl InvocationStore for EmbeddedStore {
+    fn apply_queue_changes(
+        &self,
+        changes: &[QueueChange],
+    ) -> Result<Vec<Result<QueueOutcome, StoreError>>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            // One bad change (a duplicate id) fails alone; a storage error fails the batch.
+            match self.apply_one(&tx, change) {
+                Ok(outcome) => outcomes.push(Ok(outcome)),
+                Err(err @ StoreError::AlreadyExists { .. }) => outcomes.push(Err(err)),
+                Err(err) => return Err(err),
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    fn due_invocations(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(AsyncInvocation, StoredRequest)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let ready = tx.open_table(ASYNC_READY)?;
+        let invocations = tx.open_table(INVOCATIONS)?;
+        let requests = tx.open_table(INVOCATION_REQUESTS)?;
+        let end = format!("{:013}0", now_ms); // past every key due at or before now
+        let mut out = Vec::new();
+        for entry in ready.range(..end.as_str())? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            let Some((_, id)) = key.value().split_once('/') else {
+                continue;
+            };
+            let Some(record) = invocations.get(id)? else {
+                continue;
+            };
+            let invocation: AsyncInvocation = decode(id, record.value())?;
+            let request = match requests.get(id)? {
+                Some(bytes) => decode_request(id, bytes.value())?,
+                None => continue,
+            };
+            out.push((invocation, request));
+        }
+        Ok(out)
+    }
+
+    fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let ready = tx.open_table(ASYNC_READY)?;
+        Ok(ready
+            .first()?
+            .and_then(|(key, _)| key.value().get(..13)?.parse().ok()))
+    }
+
+    fn pending_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(ASYNC_READY)?.len()?)
+    }
+
+    fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, StoreError> {
+        self.read_one(INVOCATIONS, id)
+    }
+
+    fn invocation_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(INVOCATION_REQUESTS)?;
+        table
+            .get(id)?
+            .map(|bytes| decode_request(id, bytes.value()))
+            .transpose()
+    }
+
+    fn dead_letters(
+        &self,
+        namespace: &Namespace,
+        function: Option<&Name>,
+        limit: usize,
+    ) -> Result<Vec<AsyncInvocation>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let index = tx.open_table(DEAD_LETTERS)?;
+        let invocations = tx.open_table(INVOCATIONS)?;
+        let prefix = match function {
+            Some(function) => format!("{namespace}/{function}/"),
+            None => format!("{namespace}/"),
+        };
+        let mut out = Vec::new();
+        for entry in index.range(prefix.as_str()..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            let Some(id) = key.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            let id = id.rsplit('/').next().unwrap_or(id);
+            if let Some(record) = invocations.get(id)? {
+                out.push(decode(id, record.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn purge_dead_letters(&self, ids: &[String]) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let mut purged = 0;
+            for id in ids {
+                let old: AsyncInvocation = {
+                    let table = tx.open_table(INVOCATIONS)?;
+                    match table.get(id.as_str())? {
+                        Some(value) => decode(id, value.value())?,
+                        None => continue,
+                    }
+                };
+                if !old.is_dead_letter() {
+                    continue;
+                }
+                unindex(tx, &old)?;
+                tx.open_table(INVOCATIONS)?.remove(id.as_str())?;
+                tx.open_table(INVOCATION_REQUESTS)?.remove(id.as_str())?;
+                purged += 1;
+            }
+            Ok(purged)
+        })
+    }
+
+    fn recover_running(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let ids: Vec<String> = {
+                let running = tx.open_table(ASYNC_RUNNING)?;
+                running
+                    .iter()?
+                    .map(|entry| entry.map(|(key, _)| key.value().to_owned()))
+                    .collect::<Result<_, _>>()?
+            };
+            for id in &ids {
+                let record = tx
+                    .open_table(INVOCATIONS)?
+                    .get(id.as_str())?
+                    .map(|v| v.value().to_vec());
+                let Some(record) = record else {
+                    tx.open_table(ASYNC_RUNNING)?.remove(id.as_str())?;
+                    continue;
+                };
+                let mut invocation: AsyncInvocation = decode(id, &record)?;
+                invocation.state = InvocationState::Pending;
+                invocation.next_attempt_at_ms = Some(now_ms);
+                invocation.updated_at_ms = now_ms;
+                invocation.last_error = Some("lost: Gust stopped during the attempt".into());
+                put(tx, &invocation)?;
+            }
+            Ok(ids.len())
+        })
+    }
+}
+
+impl TimerStore for EmbeddedStore {
+    fn create_timer(&self, timer: &Timer) -> Result<(), StoreError> {
+        let key = scoped_key(&timer.namespace, &timer.name);
+        self.write(|tx| {
+            crate::embedded::require_function(tx, &timer.namespace, &timer.function)?;
+            let mut table = tx.open_table(TIMERS)?;
+            if table.get(key.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: "timer",
+                    name: timer.name.to_string(),
+                });
+            }
+            table.insert(key.as_str(), encode(timer).as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn timers(&self, namespace: Option<&Namespace>) -> Result<Vec<Timer>, StoreError> {
+        self.read_all(TIMERS, namespace.map(|ns| format!("{ns}/")))
+    }
+
+    fn delete_timer(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
+        let key = scoped_key(namespace, name);
+        self.write(|tx| {
+            if tx.open_table(TIMERS)?.remove(key.as_str())?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "timer",
+                    name: name.to_string(),
+                });
+            }
+            tx.open_table(TIMER_TICKS)?.remove(key.as_str())?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,134 @@
+//! `gust dlq`: dead letters (asynchronous invocations that ended `dead` or `expired`).
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
+use crate::commands::function::encode;
+use crate::commands::invocation::invocation_table;
+use crate::output::{OutputArgs, Table, print};
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+/// Which dead letters: ids, one function's, or all of them.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Selection {
+    /// Dead letter ids
+    ids: Vec<String>,
+    /// Every dead letter of a function
+    #[arg(long = "fn")]
+    function: Option<String>,
+    /// Every dead letter of the namespace
+    #[arg(long)]
+    all: bool,
+}
+
+impl Selection {
+    fn body(&self) -> Value {
+        if self.all {
+            json!({ "all": true })
+        } else if let Some(function) = &self.function {
+            json!({ "function": function })
+        } else {
+            json!({ "ids": self.ids })
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters.
+    List {
+        #[arg(long = "fn")]
+        function: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Show a dead letter with its request.
+    Show {
+        id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Invoke dead letters again, each as a new invocation that records where it came from.
+    Redrive {
+        #[command(flatten)]
+        selection: Selection,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[command(flatten)]
+        selection: Selection,
+    },
+}
+
+pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(connection)?;
+    match args.command {
+        DlqCommand::List {
+            function,
+            limit,
+            output,
+        } => {
+            let mut path = format!("/v1/dlq?limit={limit}");
+            if let Some(function) = function {
+                path.push_str(&format!("&function={}", encode(&function)));
+            }
+            let letters: Vec<Value> = client.json(Method::GET, &path, NO_BODY).await?;
+            print(output.format, &letters, || invocation_table(&letters))?;
+        }
+        DlqCommand::Show { id, output } => {
+            let letter: Value = client
+                .json(Method::GET, &format!("/v1/dlq/{id}"), NO_BODY)
+                .await?;
+            print(output.format, &letter, || {
+                let mut table = invocation_table(std::slice::from_ref(&letter));
+                if let Some(error) = letter["last_error"].as_str() {
+                    table.footer(format!("last error: {error}"));
+                }
+                table.footer(format!(
+                    "request: {} {} ({} headers, body {} base64 chars)",
+                    letter["request"]["method"].as_str().unwrap_or("-"),
+                    letter["request"]["uri"].as_str().unwrap_or("-"),
+                    letter["request"]["headers"].as_array().map_or(0, Vec::len),
+                    letter["request"]["body_base64"]
+                        .as_str()
+                        .map_or(0, str::len),
+                ));
+                table
+            })?;
+        }
+        DlqCommand::Redrive { selection } => {
+            let redriven: Vec<Value> = client
+                .json(Method::POST, "/v1/dlq/redrive", Some(&selection.body()))
+                .await?;
+            eprintln!("{} dead letters re-driven", redriven.len());
+            let mut table = Table::new(vec!["FROM", "ID"]);
+            for pair in &redriven {
+                table.row(vec![
+                    pair["from"].as_str().unwrap_or_default().to_owned(),
+                    pair["id"].as_str().unwrap_or_default().to_owned(),
+                ]);
+            }
+            print!("{}", table.render());
+        }
+        DlqCommand::Purge { selection } => {
+            let purged: Value = client
+                .json(Method::POST, "/v1/dlq/purge", Some(&selection.body()))
+                .await?;
+            eprintln!("{} dead letters purged", purged["purged"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
