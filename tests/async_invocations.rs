@@ -556,3 +556,97 @@ fn bad_async_input_is_refused_and_a_deleted_function_dead_letters_its_work() {
     assert_eq!(done[&id]["reason"], "function_not_found");
     let _ = holder.join();
 }
+
+/// Unmounts a tmpfs when dropped, so a failing test leaves no mount behind.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_store_that_cannot_write_answers_503_never_202_and_recovers_when_space_returns() {
+    // R-11 needs a small full filesystem under the data directory: a tmpfs, mounted as root.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy("f", "python", "f.py", STATUS_PY, &[]);
+    gust.cli(&["route", "create", "--fn", "f", "--url", "/bg", "--async"])
+        .ok();
+    assert!(gust.stop());
+    let data = gust.data_dir();
+    let saved = gust.dir.path().join("data.saved");
+    std::fs::rename(&data, &saved).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs");
+    let _unmount = Tmpfs(data.clone());
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", saved.display()))
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    gust.start_again();
+
+    let post = |body: Vec<u8>| {
+        gust.http()
+            .post(gust.public_url("/bg"))
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let mut accepted = Vec::new();
+    let mut take = |response: gust_harness::reqwest::blocking::Response| -> u16 {
+        let status = response.status().as_u16();
+        if status == 202 {
+            accepted.push(
+                response.json::<Value>().unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        status
+    };
+    assert_eq!(take(post(b"before".to_vec())), 202);
+
+    // Fill the filesystem to the last byte.
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let mut refused = 0;
+    for _ in 0..10 {
+        match take(post(vec![b'x'; 200 * 1024])) {
+            503 => refused += 1,
+            202 => {}
+            other => panic!("answered {other} with a full disk"),
+        }
+    }
+    assert!(refused >= 1, "a full disk refused nothing");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        take(post(b"after".to_vec())),
+        202,
+        "writes work again once space is back"
+    );
+    let done = wait_terminal(&gust, &accepted, Duration::from_secs(60));
+    assert!(done.values().all(|i| i["state"] == "succeeded"), "{done:?}");
+    assert!(gust.stop());
+}

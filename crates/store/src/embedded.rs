@@ -1,5 +1,8 @@
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use gust_model::{
     Environment, Function, HOUR_MS, HourlyUsage, Name, Namespace, Route, UsageRecord, UsageTotals,
@@ -25,7 +28,25 @@ const USAGE_HOURS: TableDefinition<&str, &[u8]> = TableDefinition::new("usage_ho
 /// Metadata in one redb file. redb commits are atomic and fsynced, so a process killed at any
 /// point reopens to the last committed state.
 pub struct EmbeddedStore {
-    pub(crate) db: Database,
+    path: PathBuf,
+    /// `None` only while it is being reopened.
+    db: RwLock<Option<Database>>,
+    /// A write failed with an I/O error (a full disk, say). redb then refuses every later
+    /// transaction until the database is opened again, which the next call does: once space
+    /// is back, writes work again without a restart.
+    poisoned: AtomicBool,
+}
+
+/// The open database, held for the length of one transaction.
+pub(crate) struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("DbGuard is only made when the database is open")
+    }
 }
 
 pub(crate) fn scoped_key(namespace: &Namespace, name: &Name) -> String {
@@ -46,6 +67,15 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
+        Self::create_tables(&db)?;
+        Ok(Self {
+            path: path.to_owned(),
+            db: RwLock::new(Some(db)),
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    fn create_tables(db: &Database) -> Result<(), StoreError> {
         let tx = db.begin_write()?;
         for table in [ENVIRONMENTS, FUNCTIONS, ROUTES, USAGE_RECORDS, USAGE_HOURS] {
             tx.open_table(table)?;
@@ -53,7 +83,45 @@ impl EmbeddedStore {
         tx.open_table(USAGE_KEYS)?;
         crate::queue::create_tables(&tx)?;
         tx.commit()?;
-        Ok(Self { db })
+        Ok(())
+    }
+
+    /// The database for one transaction, reopened first if an I/O error poisoned it.
+    pub(crate) fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().expect("the database lock is never poisoned");
+        if guard.is_none() {
+            return Err(StoreError::Database(
+                "the database could not be reopened after an I/O error".into(),
+            ));
+        }
+        Ok(DbGuard(guard))
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self
+            .db
+            .write()
+            .expect("the database lock is never poisoned");
+        if !self.poisoned.load(Ordering::Acquire) {
+            return Ok(()); // another caller reopened it
+        }
+        // redb holds a lock on the file: the old handle goes before the new one opens.
+        drop(slot.take());
+        let db = Database::create(&self.path)?;
+        *slot = Some(db);
+        self.poisoned.store(false, Ordering::Release);
+        tracing::warn!(path = %self.path.display(), "database reopened after an I/O error");
+        Ok(())
+    }
+
+    /// Remembers that a failed write may have poisoned the database.
+    fn note_failure(&self, err: &StoreError) {
+        if matches!(err, StoreError::Database(_) | StoreError::Io { .. }) {
+            self.poisoned.store(true, Ordering::Release);
+        }
     }
 
     pub(crate) fn read_all<T: DeserializeOwned>(
@@ -61,7 +129,8 @@ impl EmbeddedStore {
         table: TableDefinition<&str, &[u8]>,
         key_prefix: Option<String>,
     ) -> Result<Vec<T>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(table)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -81,7 +150,8 @@ impl EmbeddedStore {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(table)?;
         table
             .get(key)?
@@ -94,10 +164,18 @@ impl EmbeddedStore {
         &self,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = self.db.begin_write()?;
-        let result = body(&tx)?;
-        tx.commit()?;
-        Ok(result)
+        let db = self.db()?;
+        let attempt = (|| {
+            let tx = db.begin_write()?;
+            let result = body(&tx)?;
+            tx.commit()?;
+            Ok(result)
+        })();
+        drop(db);
+        if let Err(err) = &attempt {
+            self.note_failure(err);
+        }
+        attempt
     }
 }
 
@@ -346,7 +424,8 @@ impl UsageStore for EmbeddedStore {
         function: Option<&Name>,
         since_ms: u64,
     ) -> Result<Vec<HourlyUsage>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(USAGE_HOURS)?;
         let first_hour = since_ms - since_ms % HOUR_MS;
         let start = time_key(namespace, first_hour);
@@ -384,7 +463,8 @@ impl UsageStore for EmbeddedStore {
         since_ms: u64,
         limit: usize,
     ) -> Result<Vec<UsageRecord>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(USAGE_RECORDS)?;
         let start = time_key(namespace, since_ms);
         let end = format!("{namespace}0");

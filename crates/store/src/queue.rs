@@ -180,18 +180,18 @@ impl InvocationStore for EmbeddedStore {
         &self,
         changes: &[QueueChange],
     ) -> Result<Vec<Result<QueueOutcome, StoreError>>, StoreError> {
-        let tx = self.db.begin_write()?;
-        let mut outcomes = Vec::with_capacity(changes.len());
-        for change in changes {
-            // One bad change (a duplicate id) fails alone; a storage error fails the batch.
-            match self.apply_one(&tx, change) {
-                Ok(outcome) => outcomes.push(Ok(outcome)),
-                Err(err @ StoreError::AlreadyExists { .. }) => outcomes.push(Err(err)),
-                Err(err) => return Err(err),
+        self.write(|tx| {
+            let mut outcomes = Vec::with_capacity(changes.len());
+            for change in changes {
+                // One bad change (a duplicate id) fails alone; a storage error fails the batch.
+                match self.apply_one(tx, change) {
+                    Ok(outcome) => outcomes.push(Ok(outcome)),
+                    Err(err @ StoreError::AlreadyExists { .. }) => outcomes.push(Err(err)),
+                    Err(err) => return Err(err),
+                }
             }
-        }
-        tx.commit()?;
-        Ok(outcomes)
+            Ok(outcomes)
+        })
     }
 
     fn due_invocations(
@@ -199,7 +199,8 @@ impl InvocationStore for EmbeddedStore {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(AsyncInvocation, StoredRequest)>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let ready = tx.open_table(ASYNC_READY)?;
         let invocations = tx.open_table(INVOCATIONS)?;
         let requests = tx.open_table(INVOCATION_REQUESTS)?;
@@ -227,7 +228,8 @@ impl InvocationStore for EmbeddedStore {
     }
 
     fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let ready = tx.open_table(ASYNC_READY)?;
         Ok(ready
             .first()?
@@ -235,7 +237,8 @@ impl InvocationStore for EmbeddedStore {
     }
 
     fn pending_count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         Ok(tx.open_table(ASYNC_READY)?.len()?)
     }
 
@@ -244,7 +247,8 @@ impl InvocationStore for EmbeddedStore {
     }
 
     fn invocation_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(INVOCATION_REQUESTS)?;
         table
             .get(id)?
@@ -258,7 +262,8 @@ impl InvocationStore for EmbeddedStore {
         function: Option<&Name>,
         limit: usize,
     ) -> Result<Vec<AsyncInvocation>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let index = tx.open_table(DEAD_LETTERS)?;
         let invocations = tx.open_table(INVOCATIONS)?;
         let prefix = match function {
