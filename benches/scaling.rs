@@ -19,7 +19,7 @@ use gust_harness::reqwest::Method;
 use gust_harness::{Gust, GustOptions};
 use serde_json::Value;
 
-use common::{PROBE_WASM, Stats, deploy, get, ms, print_table, stats, tcp_sender, us};
+use common::{PROBE_WASM, Stats, deploy, get, metric, ms, print_table, stats, tcp_sender, us};
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
 const PYTHON_FN: &str = "def main():\n    return 'ok'\n";
@@ -54,20 +54,6 @@ async fn burst(port: u16, path: &str, count: usize) -> (usize, Stats) {
         samples.push(elapsed);
     }
     (ok, stats(samples))
-}
-
-fn metric(gust: &Gust, prefix: &str) -> f64 {
-    let text = gust
-        .api(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn instances(gust: &Gust, function: &str) -> u64 {

@@ -20,7 +20,7 @@ fn s01_every_api_route_needs_the_token() {
         "def main():\n    return 'x'\n",
         &[],
     );
-    let routes: [(Method, &str); 16] = [
+    let routes: [(Method, &str); 26] = [
         (Method::GET, "/v1/environments"),
         (Method::POST, "/v1/environments"),
         (Method::GET, "/v1/environments/python"),
@@ -36,6 +36,16 @@ fn s01_every_api_route_needs_the_token() {
         (Method::GET, "/v1/functions/guarded/logs"),
         (Method::GET, "/v1/routes"),
         (Method::DELETE, "/v1/routes/guarded"),
+        (Method::POST, "/v1/functions/guarded/invoke?async=true"),
+        (Method::GET, "/v1/invocations/0123abcd"),
+        (Method::GET, "/v1/dlq"),
+        (Method::GET, "/v1/dlq/0123abcd"),
+        (Method::POST, "/v1/dlq/redrive"),
+        (Method::POST, "/v1/dlq/purge"),
+        (Method::GET, "/v1/timers"),
+        (Method::POST, "/v1/timers"),
+        (Method::GET, "/v1/timers/t"),
+        (Method::DELETE, "/v1/timers/t"),
         (Method::GET, "/v1/no-such-thing"),
     ];
     for (method, path) in routes {
@@ -69,7 +79,15 @@ fn s01_every_api_route_needs_the_token() {
         .unwrap()
         .json()
         .unwrap();
-    assert!(spec["paths"]["/v1/functions/{name}/invoke"].is_object());
+    for path in [
+        "/v1/functions/{name}/invoke",
+        "/v1/invocations/{id}",
+        "/v1/dlq",
+        "/v1/dlq/redrive",
+        "/v1/timers",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} is documented");
+    }
     // The token file is readable by its owner only.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(gust.data_dir().join("admin.token"))

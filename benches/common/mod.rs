@@ -50,6 +50,15 @@ pub async fn tcp_sender(port: u16) -> SendRequest<Empty<Bytes>> {
 
 /// One GET on a kept-alive connection; panics unless it answers 200.
 pub async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> Duration {
+    get_expecting(sender, path, 200).await
+}
+
+/// One GET on a kept-alive connection; panics unless it answers `expected`.
+pub async fn get_expecting(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    path: &str,
+    expected: u16,
+) -> Duration {
     let request = http::Request::get(path)
         .header("host", "bench")
         .body(Empty::new())
@@ -60,7 +69,12 @@ pub async fn get(sender: &mut SendRequest<Empty<Bytes>>, path: &str) -> Duration
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let elapsed = started.elapsed();
-    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        expected,
+        "{path}: {}",
+        String::from_utf8_lossy(&body)
+    );
     elapsed
 }
 
@@ -109,6 +123,21 @@ pub fn deploy_many(
     for i in 0..count {
         deploy(gust, &format!("{prefix}-{i}"), env, file, &source(i));
     }
+}
+
+/// The first value in `/metrics` of a line starting with `prefix` (0 when absent).
+pub fn metric(gust: &Gust, prefix: &str) -> f64 {
+    let text = gust
+        .api(Method::GET, "/metrics")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
