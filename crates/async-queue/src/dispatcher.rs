@@ -6,6 +6,8 @@
 //! the store before it is delivered, so a crash loses no attempt count; attempts that were in
 //! flight at a crash are delivered again after the restart.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,27 +161,32 @@ impl Dispatcher {
         let shared = &self.queue.shared;
         let now = shared.clock.now_ms();
         let store = shared.store.clone();
-        let due = run_blocking(move || Ok(store.due_invocations(now, limit)?)).await?;
+        let policies = self.policies.clone();
+        // Storage reads, so off the async threads: the due invocations and the current retry
+        // budget of each function among them (`None`: the function is gone).
+        let (due, budgets) = run_blocking(move || {
+            let due = store.due_invocations(now, limit)?;
+            let mut budgets: HashMap<(Namespace, Name), Option<Delivery>> = HashMap::new();
+            for (invocation, _) in &due {
+                let key = (invocation.namespace.clone(), invocation.function.clone());
+                if let Entry::Vacant(slot) = budgets.entry(key) {
+                    let (namespace, function) = slot.key();
+                    let budget = policies
+                        .delivery(namespace, function)
+                        .map_err(crate::QueueError::Unavailable)?;
+                    slot.insert(budget);
+                }
+            }
+            Ok((due, budgets))
+        })
+        .await?;
         if due.is_empty() {
             return Ok(Vec::new());
         }
         let mut changes = Vec::with_capacity(due.len());
         let mut claimed = Vec::with_capacity(due.len());
-        let mut policies: std::collections::HashMap<(Namespace, Name), Option<Delivery>> =
-            std::collections::HashMap::new();
         for (mut invocation, request) in due {
-            let key = (invocation.namespace.clone(), invocation.function.clone());
-            let policy = match policies.get(&key) {
-                Some(policy) => *policy,
-                None => {
-                    let policy = self
-                        .policies
-                        .delivery(&key.0, &key.1)
-                        .map_err(crate::QueueError::Unavailable)?;
-                    policies.insert(key, policy);
-                    policy
-                }
-            };
+            let policy = budgets[&(invocation.namespace.clone(), invocation.function.clone())];
             invocation.updated_at_ms = now;
             invocation.next_attempt_at_ms = None;
             match policy {
