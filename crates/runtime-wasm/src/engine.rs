@@ -1,15 +1,14 @@
 //! The one wasmtime `Engine` of the process.
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::WasmError;
 
 /// Largest linear memory a component may grow to, and so the largest `--memory` a wasm
-/// function may ask for. Each pool slot reserves this much address space (plus a guard).
+/// function may ask for. Each pool slot reserves this much address space.
 pub const MAX_MEMORY_MB: u32 = 256;
 /// Component instances that may exist at once: requests served concurrently by the tier.
 const INSTANCE_SLOTS: u32 = 1_000;
-const GUARD_BYTES: u64 = 32 * 1024 * 1024;
 /// Linear memory reset in place (not returned to the kernel) when a slot is reused.
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 
@@ -31,7 +30,10 @@ pub fn build() -> Result<Engine, WasmError> {
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(64 * 1024)
         // Give pages back in batches: fewer system calls on the request path.
-        .decommit_batch_size(16);
+        .decommit_batch_size(16)
+        // Where the kernel can say which pages an instance touched (PAGEMAP_SCAN, Linux 6.7),
+        // reset only those, with memset, instead of the whole resident prefix.
+        .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -41,7 +43,13 @@ pub fn build() -> Result<Engine, WasmError> {
         // (a thousand slots would reserve terabytes of address space).
         .memory_reservation(memory_bytes as u64)
         .memory_reservation_for_growth(0)
-        .memory_guard_size(GUARD_BYTES)
+        // Bounds are checked by compiled code, not by guard pages and signal handlers: with a
+        // reservation under 4 GiB the checks are emitted anyway, and without guard pages a
+        // slot's memory needs no mprotect when an instance starts or grows (each such call
+        // interrupts every core to flush its TLB). Measured: instantiation inside Gust went
+        // from about 50 µs to about 33 µs on 2 cores.
+        .memory_guard_size(0)
+        .signals_based_traps(false)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
 }
