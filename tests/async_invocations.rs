@@ -648,5 +648,5 @@ fn a_store_that_cannot_write_answers_503_never_202_and_recovers_when_space_retur
     );
     let done = wait_terminal(&gust, &accepted, Duration::from_secs(60));
     assert!(done.values().all(|i| i["state"] == "succeeded"), "{done:?}");
-    assert!(gust.stop());
+    assert!(gust.stop(), "{}", gust.log());
 }

@@ -69,6 +69,10 @@ pub struct UpArgs {
     /// turns usage into cost [default: everything costs 0]
     #[arg(long, env = "GUST_PRICES")]
     prices: Option<PathBuf>,
+    /// How long succeeded asynchronous invocations stay readable (`gust invocation get`);
+    /// dead letters stay until purged
+    #[arg(long, env = "GUST_ASYNC_RETENTION", default_value = "24h")]
+    async_retention: String,
     /// Record no usage and count no invocations (instances are still shown in /metrics)
     #[arg(long, env = "GUST_NO_METERING")]
     no_metering: bool,
@@ -91,6 +95,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let idle_timeout = parse_duration("idle timeout", &args.idle_timeout)?;
+    let async_retention = parse_duration("async retention", &args.async_retention)?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => dirs::data_dir()
@@ -194,7 +199,13 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let invoker: Arc<dyn Invoker> = executor.clone();
-    let dispatcher = Dispatcher::new(queue.clone(), invoker.clone(), deployments, ASYNC_IN_FLIGHT);
+    let dispatcher = Dispatcher::new(
+        queue.clone(),
+        invoker.clone(),
+        deployments,
+        ASYNC_IN_FLIGHT,
+        async_retention,
+    );
     let timers = TimerScheduler::new(store.clone(), queue.clone(), clock);
     let routes = Routes::new(store.routes(None)?);
     let state = Arc::new(ApiState {

@@ -36,6 +36,9 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Invocations claimed in one store transaction.
 const CLAIM_BATCH: usize = 512;
+/// How often ended invocations past their retention are deleted, and how many at a time.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const SWEEP_BATCH: usize = 10_000;
 
 pub struct Dispatcher {
     queue: AsyncQueue,
@@ -44,6 +47,8 @@ pub struct Dispatcher {
     /// One permit per attempt in flight.
     permits: Arc<Semaphore>,
     max_in_flight: usize,
+    /// How long succeeded (and re-driven) invocations stay readable.
+    retention: Duration,
 }
 
 /// What to do with an invocation after an attempt.
@@ -59,6 +64,7 @@ impl Dispatcher {
         invoker: Arc<dyn Invoker>,
         policies: Arc<dyn DeliveryPolicies>,
         max_in_flight: usize,
+        retention: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             queue,
@@ -66,6 +72,7 @@ impl Dispatcher {
             policies,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            retention,
         })
     }
 
@@ -82,7 +89,12 @@ impl Dispatcher {
                 tracing::error!(error = %err, "cannot recover attempts in flight at the last stop")
             }
         }
+        let mut last_sweep: Option<tokio::time::Instant> = None;
         loop {
+            if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+                last_sweep = Some(tokio::time::Instant::now());
+                self.sweep().await;
+            }
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
                 permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -120,6 +132,21 @@ impl Dispatcher {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes invocations that ended longer than the retention ago (dead letters stay).
+    async fn sweep(&self) {
+        let shared = &self.queue.shared;
+        let before = shared
+            .clock
+            .now_ms()
+            .saturating_sub(self.retention.as_millis() as u64);
+        let store = shared.store.clone();
+        match run_blocking(move || Ok(store.sweep_finished(before, SWEEP_BATCH)?)).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::debug!(swept, "ended invocations past retention deleted"),
+            Err(err) => tracing::warn!(error = %err, "cannot delete ended invocations"),
         }
     }
 

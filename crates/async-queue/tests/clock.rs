@@ -79,6 +79,7 @@ fn setup(statuses: &[u16], delivery: Delivery) -> Setup {
         invoker.clone(),
         Arc::new(Policy(delivery)),
         8,
+        Duration::from_secs(3600),
     );
     let stop = CancellationToken::new();
     tokio::spawn(dispatcher.run(stop.clone()));
@@ -213,6 +214,7 @@ async fn an_invocation_past_its_max_age_expires_and_never_runs_again() {
             max_age: Duration::from_secs(60),
         })),
         8,
+        Duration::from_secs(3600),
     );
     let stop = CancellationToken::new();
     tokio::spawn(restarted.run(stop.clone()));

@@ -140,6 +140,9 @@ pub trait InvocationStore: Send + Sync {
     ) -> Result<Vec<AsyncInvocation>, StoreError>;
     /// Deletes the given dead letters (other ids are skipped); returns how many went.
     fn purge_dead_letters(&self, ids: &[String]) -> Result<usize, StoreError>;
+    /// Deletes up to `limit` ended invocations that are not dead letters (succeeded, or
+    /// re-driven) and ended before `before_ms`, oldest first; returns how many.
+    fn sweep_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
     /// Called once at start: attempts that were in flight when Gust stopped are lost, so
     /// their invocations become due now. Returns how many.
     fn recover_running(&self, now_ms: u64) -> Result<usize, StoreError>;

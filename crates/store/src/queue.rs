@@ -6,6 +6,8 @@
 //! - `async_ready`: `<due ms, 13 digits>/<id>` for pending invocations: what is due next.
 //! - `async_running`: ids with an attempt in flight; at start they become due again.
 //! - `dead_letters`: `<namespace>/<function>/<id>` for dead and expired invocations.
+//! - `async_finished`: `<finished ms, 13 digits>/<id>` for ended invocations that are not dead
+//!   letters (succeeded, or re-driven): what retention may delete, oldest first.
 //! - `timers`: `<namespace>/<name>` → the timer; `timer_ticks`: the same key → the last tick
 //!   enqueued, so that no tick is enqueued twice.
 
@@ -21,6 +23,7 @@ pub(crate) const INVOCATION_REQUESTS: TableDefinition<&str, &[u8]> =
 pub(crate) const ASYNC_READY: TableDefinition<&str, ()> = TableDefinition::new("async_ready");
 pub(crate) const ASYNC_RUNNING: TableDefinition<&str, ()> = TableDefinition::new("async_running");
 pub(crate) const DEAD_LETTERS: TableDefinition<&str, ()> = TableDefinition::new("dead_letters");
+pub(crate) const ASYNC_FINISHED: TableDefinition<&str, ()> = TableDefinition::new("async_finished");
 pub(crate) const TIMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("timers");
 pub(crate) const TIMER_TICKS: TableDefinition<&str, u64> = TableDefinition::new("timer_ticks");
 
@@ -28,7 +31,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     for table in [INVOCATIONS, INVOCATION_REQUESTS, TIMERS] {
         tx.open_table(table)?;
     }
-    for table in [ASYNC_READY, ASYNC_RUNNING, DEAD_LETTERS] {
+    for table in [ASYNC_READY, ASYNC_RUNNING, DEAD_LETTERS, ASYNC_FINISHED] {
         tx.open_table(table)?;
     }
     tx.open_table(TIMER_TICKS)?;
@@ -37,6 +40,17 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
 
 fn ready_key(due_ms: u64, id: &str) -> String {
     format!("{due_ms:013}/{id}")
+}
+
+/// Ended and not a dead letter: kept for `invocation get` until retention removes it.
+fn finished_key(invocation: &AsyncInvocation) -> Option<String> {
+    (invocation.state.is_terminal() && !invocation.is_dead_letter()).then(|| {
+        let at = invocation
+            .finished_at_ms
+            .unwrap_or(invocation.updated_at_ms)
+            .max(invocation.updated_at_ms);
+        ready_key(at, &invocation.id)
+    })
 }
 
 fn dead_letter_key(invocation: &AsyncInvocation) -> String {
@@ -90,6 +104,9 @@ fn unindex(tx: &WriteTransaction, old: &AsyncInvocation) -> Result<(), StoreErro
         tx.open_table(DEAD_LETTERS)?
             .remove(dead_letter_key(old).as_str())?;
     }
+    if let Some(key) = finished_key(old) {
+        tx.open_table(ASYNC_FINISHED)?.remove(key.as_str())?;
+    }
     Ok(())
 }
 
@@ -109,6 +126,9 @@ fn index(tx: &WriteTransaction, new: &AsyncInvocation) -> Result<(), StoreError>
     if new.is_dead_letter() {
         tx.open_table(DEAD_LETTERS)?
             .insert(dead_letter_key(new).as_str(), ())?;
+    }
+    if let Some(key) = finished_key(new) {
+        tx.open_table(ASYNC_FINISHED)?.insert(key.as_str(), ())?;
     }
     Ok(())
 }
@@ -310,6 +330,28 @@ impl InvocationStore for EmbeddedStore {
         })
     }
 
+    fn sweep_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let keys: Vec<String> = {
+                let finished = tx.open_table(ASYNC_FINISHED)?;
+                let end = format!("{before_ms:013}/");
+                finished
+                    .range(..end.as_str())?
+                    .take(limit)
+                    .map(|entry| entry.map(|(key, _)| key.value().to_owned()))
+                    .collect::<Result<_, _>>()?
+            };
+            for key in &keys {
+                tx.open_table(ASYNC_FINISHED)?.remove(key.as_str())?;
+                if let Some((_, id)) = key.split_once('/') {
+                    tx.open_table(INVOCATIONS)?.remove(id)?;
+                    tx.open_table(INVOCATION_REQUESTS)?.remove(id)?;
+                }
+            }
+            Ok(keys.len())
+        })
+    }
+
     fn recover_running(&self, now_ms: u64) -> Result<usize, StoreError> {
         self.write(|tx| {
             let ids: Vec<String> = {
@@ -373,5 +415,102 @@ impl TimerStore for EmbeddedStore {
             tx.open_table(TIMER_TICKS)?.remove(key.as_str())?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gust_model::{AsyncSource, DeadReason};
+
+    use super::*;
+
+    fn invocation(id: &str, state: InvocationState, at_ms: u64) -> AsyncInvocation {
+        let mut invocation = AsyncInvocation::accepted(
+            id.into(),
+            Namespace::default(),
+            Name::parse("function", "f").unwrap(),
+            AsyncSource::Api,
+            at_ms,
+        );
+        invocation.state = state;
+        if state.is_terminal() {
+            invocation.next_attempt_at_ms = None;
+            invocation.finished_at_ms = Some(at_ms);
+        }
+        if state == InvocationState::Dead {
+            invocation.reason = Some(DeadReason::FinalStatus);
+        }
+        invocation
+    }
+
+    fn enqueue(invocation: AsyncInvocation) -> QueueChange {
+        QueueChange::Enqueue {
+            invocation,
+            request: StoredRequest {
+                method: "POST".into(),
+                uri: "/".into(),
+                headers: vec![("x-a".into(), "b".into())],
+                body: b"payload".to_vec(),
+            },
+            timer_tick: None,
+        }
+    }
+
+    #[test]
+    fn retention_deletes_old_finished_invocations_but_never_dead_letters_or_pending_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("gust.redb")).unwrap();
+        let changes = vec![
+            enqueue(invocation("old", InvocationState::Succeeded, 1_000)),
+            enqueue(invocation("new", InvocationState::Succeeded, 5_000)),
+            enqueue(invocation("dead", InvocationState::Dead, 1_000)),
+            enqueue(invocation("waiting", InvocationState::Pending, 1_000)),
+        ];
+        let outcomes = store.apply_queue_changes(&changes).unwrap();
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(QueueOutcome::Stored)))
+        );
+
+        assert_eq!(store.sweep_finished(2_000, 100).unwrap(), 1);
+        assert!(store.invocation("old").unwrap().is_none());
+        assert!(store.invocation_request("old").unwrap().is_none());
+        for kept in ["new", "dead", "waiting"] {
+            assert!(store.invocation(kept).unwrap().is_some(), "{kept}");
+        }
+        assert_eq!(store.pending_count().unwrap(), 1);
+        assert_eq!(
+            store
+                .dead_letters(&Namespace::default(), None, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // A re-driven dead letter leaves the list and becomes sweepable from then on.
+        let mut redriven = store.invocation("dead").unwrap().unwrap();
+        redriven.redriven_to = Some("again".into());
+        redriven.updated_at_ms = 3_000;
+        store
+            .apply_queue_changes(&[QueueChange::Update {
+                invocation: redriven,
+            }])
+            .unwrap();
+        assert!(
+            store
+                .dead_letters(&Namespace::default(), None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.sweep_finished(2_000, 100).unwrap(), 0);
+        assert_eq!(store.sweep_finished(4_000, 100).unwrap(), 1);
+        assert!(store.invocation("dead").unwrap().is_none());
+        assert_eq!(
+            store.sweep_finished(u64::MAX / 2, 100).unwrap(),
+            1,
+            "then the newer one"
+        );
+        assert!(store.invocation("waiting").unwrap().is_some());
     }
 }
