@@ -66,13 +66,25 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 
 impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let db = Self::open_database(path)?;
         Self::create_tables(&db)?;
         Ok(Self {
             path: path.to_owned(),
             db: RwLock::new(Some(db)),
             poisoned: AtomicBool::new(false),
         })
+    }
+
+    /// Opens (or creates) the file in redb's file format v3, upgrading an older file. Format
+    /// 3 keeps the allocator state in a table written with each commit; with format 2, a
+    /// database reopened after an I/O error (a full disk) could trip redb's allocator check
+    /// when it was closed.
+    fn open_database(path: &Path) -> Result<Database, StoreError> {
+        let mut db = redb::Builder::new()
+            .create_with_file_format_v3(true)
+            .create(path)?;
+        db.upgrade()?;
+        Ok(db)
     }
 
     fn create_tables(db: &Database) -> Result<(), StoreError> {
@@ -110,7 +122,7 @@ impl EmbeddedStore {
         }
         // redb holds a lock on the file: the old handle goes before the new one opens.
         drop(slot.take());
-        let db = Database::create(&self.path)?;
+        let db = Self::open_database(&self.path)?;
         *slot = Some(db);
         self.poisoned.store(false, Ordering::Release);
         tracing::warn!(path = %self.path.display(), "database reopened after an I/O error");

@@ -67,5 +67,6 @@ database_error!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::UpgradeError
 );
