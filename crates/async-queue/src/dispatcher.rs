@@ -191,8 +191,9 @@ impl Dispatcher {
         let policies = self.policies.clone();
         // Storage reads, so off the async threads: the due invocations and the current retry
         // budget of each function among them (`None`: the function is gone).
-        let (due, budgets) = run_blocking(move || {
+        let (due, budgets, depth) = run_blocking(move || {
             let due = store.due_invocations(now, limit)?;
+            let depth = store.pending_count()?;
             let mut budgets: HashMap<(Namespace, Name), Option<Delivery>> = HashMap::new();
             for (invocation, _) in &due {
                 let key = (invocation.namespace.clone(), invocation.function.clone());
@@ -204,9 +205,11 @@ impl Dispatcher {
                     slot.insert(budget);
                 }
             }
-            Ok((due, budgets))
+            Ok((due, budgets, depth))
         })
         .await?;
+        // Pending before this claim: what waits in the store for a delivery slot.
+        shared.depth.set(depth as i64);
         if due.is_empty() {
             return Ok(Vec::new());
         }
