@@ -15,11 +15,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use gust_harness::reqwest::Method;
 use gust_harness::{Gust, GustOptions};
 
 use common::{
-    PROBE_WASM, Stats, deploy, get_expecting, metric, ms, print_table, stats, tcp_sender,
+    PROBE_WASM, Stats, create_route, deploy, get_expecting, metric, ms, print_table, stats,
+    tcp_sender,
 };
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
@@ -65,13 +65,10 @@ fn per_second(count: usize, took: Duration) -> f64 {
 fn bench(rt: &tokio::runtime::Runtime) {
     let gust = Gust::start(GUST, GustOptions::default());
     deploy(&gust, "noop", "wasm", "noop.wasm", PROBE_WASM);
-    let route = serde_json::json!({"function": "noop", "url": "/noop-async", "name": "noop-async", "async": true});
-    let response = gust
-        .api(Method::POST, "/v1/routes")
-        .json(&route)
-        .send()
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    create_route(
+        &gust,
+        serde_json::json!({"function": "noop", "url": "/noop-async", "name": "noop-async", "async": true}),
+    );
     let port = gust.public_port;
     let mut rows = Vec::new();
 

@@ -90,14 +90,6 @@ fn wasmtime_serve(wasmtime: &PathBuf, component: &std::path::Path) -> (Child, u1
     (child, port)
 }
 
-fn metrics_text(gust: &Gust) -> String {
-    gust.api(gust_harness::reqwest::Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap()
-}
-
 /// The cumulative buckets `(upper bound, count)` of a histogram in `/metrics` text.
 fn histogram_buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{");
@@ -204,7 +196,7 @@ fn run(rt: &tokio::runtime::Runtime) {
     }
     // The instantiation histogram is read before and after the warm requests, so that
     // (3) covers requests one at a time, not the loaded throughput run.
-    let instantiations_before = metrics_text(&gust);
+    let instantiations_before = gust.metrics();
     let warm = rt.block_on(async {
         let mut sender = tcp_sender(gust.public_port).await;
         for _ in 0..500 {
@@ -216,7 +208,7 @@ fn run(rt: &tokio::runtime::Runtime) {
         }
         samples
     });
-    let instantiations_after = metrics_text(&gust);
+    let instantiations_after = gust.metrics();
     let (first, warm) = (stats(first), stats(warm));
     rows.push([
         "first request after deploy (p50 / p99)".into(),

@@ -75,6 +75,22 @@ fn wait_terminal(gust: &Gust, ids: &[String], timeout: Duration) -> HashMap<Stri
     done
 }
 
+/// Creates function `f` from [`STATUS_PY`] with `extra` flags (no route).
+fn create_status_function(gust: &Gust, extra: &[&str]) {
+    let code = gust.write_file("f/f.py", STATUS_PY);
+    let mut args = vec![
+        "fn",
+        "create",
+        "f",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    gust.cli(&args).ok();
+}
+
 fn invoke_async(gust: &Gust, function: &str, path: &str) -> String {
     gust.cli(&["fn", "invoke", function, "--async", "--path", path])
         .ok()
@@ -86,16 +102,7 @@ fn invoke_async(gust: &Gust, function: &str, path: &str) -> String {
 #[test]
 fn accepted_invocations_run_with_their_id_and_attempt_on_every_async_entry_point() {
     let gust = Gust::start(GUST, GustOptions::default());
-    gust.cli(&[
-        "fn",
-        "create",
-        "f",
-        "--env",
-        "python",
-        "--code",
-        gust.write_file("f/f.py", STATUS_PY).to_str().unwrap(),
-    ])
-    .ok();
+    create_status_function(&gust, &[]);
     gust.cli(&["route", "create", "--fn", "f", "--url", "/bg", "--async"])
         .ok();
     gust.cli(&[
@@ -179,20 +186,7 @@ fn accepted_invocations_run_with_their_id_and_attempt_on_every_async_entry_point
 #[test]
 fn each_outcome_is_retried_or_final_as_classified() {
     let gust = Gust::start(GUST, GustOptions::default());
-    gust.cli(&[
-        "fn",
-        "create",
-        "f",
-        "--env",
-        "python",
-        "--timeout",
-        "2s",
-        "--max-attempts",
-        "2",
-        "--code",
-        gust.write_file("f/f.py", STATUS_PY).to_str().unwrap(),
-    ])
-    .ok();
+    create_status_function(&gust, &["--timeout", "2s", "--max-attempts", "2"]);
     // (query, expected state, reason, attempts)
     let cases = [
         ("status=200", "succeeded", None, 1),
@@ -245,16 +239,7 @@ fn each_outcome_is_retried_or_final_as_classified() {
 #[test]
 fn dead_letters_are_listed_shown_redriven_and_purged() {
     let gust = Gust::start(GUST, GustOptions::default());
-    gust.cli(&[
-        "fn",
-        "create",
-        "f",
-        "--env",
-        "python",
-        "--code",
-        gust.write_file("f/f.py", STATUS_PY).to_str().unwrap(),
-    ])
-    .ok();
+    create_status_function(&gust, &[]);
     gust.cli(&["route", "create", "--fn", "f", "--url", "/bg", "--async"])
         .ok();
     // a thousand invocations fail for good (400), then the function is fixed and all

@@ -256,12 +256,7 @@ fn metrics_count_invocations_cold_starts_and_throttling_with_safe_labels() {
         "never on the public listener"
     );
 
-    let metrics = gust
-        .api(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = gust.metrics();
     let line = |prefix: &str| -> f64 {
         metrics
             .lines()

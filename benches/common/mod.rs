@@ -102,13 +102,20 @@ pub fn deploy(gust: &Gust, name: &str, env: &str, file: &str, code: &[u8]) {
         .send()
         .unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().unwrap());
-    let route = serde_json::json!({"function": name, "url": format!("/{name}"), "name": name});
+    create_route(
+        gust,
+        serde_json::json!({"function": name, "url": format!("/{name}"), "name": name}),
+    );
+}
+
+/// Creates a route from its JSON body through the API.
+pub fn create_route(gust: &Gust, route: serde_json::Value) {
     let response = gust
         .api(Method::POST, "/v1/routes")
         .json(&route)
         .send()
         .unwrap();
-    assert_eq!(response.status(), 201);
+    assert_eq!(response.status(), 201, "{}", response.text().unwrap());
 }
 
 /// Deploys `count` functions with routes `/<prefix>-<i>`.
@@ -127,13 +134,8 @@ pub fn deploy_many(
 
 /// The first value in `/metrics` of a line starting with `prefix` (0 when absent).
 pub fn metric(gust: &Gust, prefix: &str) -> f64 {
-    let text = gust
-        .api(Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
+    gust.metrics()
+        .lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())

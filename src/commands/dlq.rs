@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
 use crate::commands::function::encode;
-use crate::commands::invocation::invocation_table;
+use crate::commands::invocation::{invocation_table, one_invocation_table};
 use crate::output::{OutputArgs, Table, print};
 
 #[derive(Debug, Args)]
@@ -93,10 +93,7 @@ pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<E
                 .json(Method::GET, &format!("/v1/dlq/{id}"), NO_BODY)
                 .await?;
             print(output.format, &letter, || {
-                let mut table = invocation_table(std::slice::from_ref(&letter));
-                if let Some(error) = letter["last_error"].as_str() {
-                    table.footer(format!("last error: {error}"));
-                }
+                let mut table = one_invocation_table(&letter);
                 table.footer(format!(
                     "request: {} {} ({} headers, body {} base64 chars)",
                     letter["request"]["method"].as_str().unwrap_or("-"),

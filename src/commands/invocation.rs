@@ -47,6 +47,15 @@ pub fn invocation_table(invocations: &[Value]) -> Table {
     table
 }
 
+/// One invocation's row with its last error under it.
+pub fn one_invocation_table(invocation: &Value) -> Table {
+    let mut table = invocation_table(std::slice::from_ref(invocation));
+    if let Some(error) = invocation["last_error"].as_str() {
+        table.footer(format!("last error: {error}"));
+    }
+    table
+}
+
 pub async fn run(args: InvocationArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
@@ -55,10 +64,7 @@ pub async fn run(args: InvocationArgs, connection: &ConnectionArgs) -> anyhow::R
                 .json(Method::GET, &format!("/v1/invocations/{id}"), NO_BODY)
                 .await?;
             print(output.format, &invocation, || {
-                let mut table = invocation_table(std::slice::from_ref(&invocation));
-                if let Some(error) = invocation["last_error"].as_str() {
-                    table.footer(format!("last error: {error}"));
-                }
+                let mut table = one_invocation_table(&invocation);
                 if let Some(body) = invocation["response"]["body"].as_str() {
                     table.footer(format!("response: {body}"));
                 }

@@ -163,11 +163,9 @@ impl Dispatcher {
     async fn sleep_until_due(&self, stop: &CancellationToken) {
         let shared = &self.queue.shared;
         let store = shared.store.clone();
-        let (next_due, depth) =
-            run_blocking(move || Ok((store.next_due_ms()?, store.pending_count()?)))
-                .await
-                .unwrap_or((None, 0));
-        shared.depth.set(depth as i64);
+        let next_due = run_blocking(move || Ok(store.next_due_ms()?))
+            .await
+            .unwrap_or(None);
         let now = shared.clock.now_ms();
         let wait = next_due.map_or(IDLE_POLL, |due| {
             Duration::from_millis(due.saturating_sub(now)).min(IDLE_POLL)

@@ -264,6 +264,14 @@ impl Gust {
             .bearer_auth(self.token())
     }
 
+    /// The API listener's `/metrics`, as text.
+    pub fn metrics(&self) -> String {
+        self.api(reqwest::Method::GET, "/metrics")
+            .send()
+            .and_then(|r| r.text())
+            .expect("the API answers /metrics")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("gust is running").id()
     }
