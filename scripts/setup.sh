@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Gust and its tests need on a Debian machine: bubblewrap (the worker sandbox),
 # Debian's python3 and Node.js (the built-in environments' interpreters), and, for the tests,
-# componentize-py (builds the Python test component) in a virtualenv under target/tools.
+# the message brokers the queue-trigger tests start on free ports (nats-server, mosquitto,
+# redis-server, rabbitmq-server; none is left running) and componentize-py (builds the Python
+# test component) in a virtualenv under target/tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,11 @@ command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 [ -x /usr/bin/node ] || missing+=(nodejs)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
 
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
@@ -17,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     $sudo apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    # Debian starts the brokers it installs as services; the tests start their own.
+    for service in mosquitto redis-server rabbitmq-server; do
+        $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
+        $sudo service "$service" stop >/dev/null 2>&1 || true
+    done
 fi
 
 componentize_py_version=0.25.1

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{completion, dlq, env, function, invocation, route, timer, up, usage};
+use crate::commands::{completion, dlq, env, function, invocation, mqt, route, timer, up, usage};
 
 #[derive(Debug, Parser)]
 #[command(name = "gust", version, about = "Serverless functions in one binary")]
@@ -40,6 +40,8 @@ pub enum Command {
     Route(route::RouteArgs),
     /// Manage timers (functions on a schedule).
     Timer(timer::TimerArgs),
+    /// Manage queue triggers (NATS JetStream, MQTT, AMQP, Redis Streams).
+    Mqt(mqt::MqtArgs),
     /// Show an asynchronous invocation.
     Invocation(invocation::InvocationArgs),
     /// List, show, re-drive and purge dead letters (failed asynchronous invocations).
@@ -70,6 +72,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Usage(args) => client::block_on(usage::run(args, &cli.connection)),
         Command::Route(args) => client::block_on(route::run(args, &cli.connection)),
         Command::Timer(args) => client::block_on(timer::run(args, &cli.connection)),
+        Command::Mqt(args) => client::block_on(mqt::run(args, &cli.connection)),
         Command::Invocation(args) => client::block_on(invocation::run(args, &cli.connection)),
         Command::Dlq(args) => client::block_on(dlq::run(args, &cli.connection)),
     }

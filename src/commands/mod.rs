@@ -3,6 +3,7 @@ pub mod dlq;
 pub mod env;
 pub mod function;
 pub mod invocation;
+pub mod mqt;
 pub mod route;
 pub mod timer;
 pub mod up;

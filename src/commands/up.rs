@@ -23,6 +23,7 @@ use gust_runtime_wasm::WasmRuntime;
 use gust_store::{
     CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, UsageStore,
 };
+use gust_trigger_mq::{MqMetrics, MqTriggers};
 use gust_trigger_timer::TimerScheduler;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
@@ -176,6 +177,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut metrics = Metrics::new();
     wasm.register_metrics(metrics.registry_mut());
     queue.register_metrics(metrics.registry_mut());
+    let mq_metrics = MqMetrics::default();
+    mq_metrics.register(metrics.registry_mut());
     let wasm: Arc<dyn Runtime> = Arc::new(wasm);
     let runtime: Arc<dyn Runtime> = Arc::new(Tiers { process, wasm });
     let stop_usage = CancellationToken::new();
@@ -206,7 +209,14 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         ASYNC_IN_FLIGHT,
         async_retention,
     );
-    let timers = TimerScheduler::new(store.clone(), queue.clone(), clock);
+    let timers = TimerScheduler::new(store.clone(), queue.clone(), clock.clone());
+    let mq = MqTriggers::new(
+        store.clone(),
+        invoker.clone(),
+        queue.clone(),
+        clock,
+        mq_metrics,
+    );
     let routes = Routes::new(store.routes(None)?);
     let state = Arc::new(ApiState {
         store,
@@ -222,6 +232,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         prices,
         queue: queue.clone(),
         timers: timers.clone(),
+        mq: mq.clone(),
     });
     state.sync_environments()?;
     // Functions with a minimum of instances get them now, not on their first request.
@@ -248,6 +259,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
     tokio::spawn(dispatcher.clone().run(shutdown.child_token()));
     tokio::spawn(timers.run(shutdown.child_token()));
+    let mq_stopped = tokio::spawn(mq.run(shutdown.child_token()));
 
     let public_app = public_router(PublicState {
         routes,
@@ -271,6 +283,9 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         } => tracing::warn!("in-flight requests did not finish within {DRAIN_DEADLINE:?}"),
     }
     dispatcher.drain(DRAIN_DEADLINE).await;
+    // Queue triggers let their messages in flight finish (or release them) before the
+    // executor goes away.
+    let _ = mq_stopped.await;
     executor.shutdown().await;
     usage.flush().await;
     stop_usage.cancel();

@@ -12,6 +12,7 @@ mod environments;
 mod error;
 mod functions;
 mod invoke;
+mod mqtriggers;
 mod routes;
 mod timers;
 mod token;
@@ -33,6 +34,7 @@ use gust_metering::{Meter, PriceSheet};
 use gust_model::{Environment, Namespace};
 use gust_router::Routes;
 use gust_store::{CodeStore, MetadataStore, UsageStore};
+use gust_trigger_mq::MqTriggers;
 use gust_trigger_timer::TimerScheduler;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -57,6 +59,7 @@ pub struct ApiState {
     pub prices: PriceSheet,
     pub queue: AsyncQueue,
     pub timers: Arc<TimerScheduler>,
+    pub mq: Arc<MqTriggers>,
 }
 
 impl ApiState {
@@ -172,6 +175,14 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
         .route("/routes/{name}", get(routes::show).delete(routes::delete))
         .route("/timers", get(timers::list).post(timers::create))
         .route("/timers/{name}", get(timers::show).delete(timers::delete))
+        .route(
+            "/mqtriggers",
+            get(mqtriggers::list).post(mqtriggers::create),
+        )
+        .route(
+            "/mqtriggers/{name}",
+            get(mqtriggers::show).delete(mqtriggers::delete),
+        )
         .route("/invocations/{id}", get(asynchronous::show_invocation))
         .route("/dlq", get(asynchronous::list_dead_letters))
         .route("/dlq/redrive", axum::routing::post(asynchronous::redrive))

@@ -106,6 +106,24 @@ impl AsyncQueue {
         Ok(outcome == QueueOutcome::Stored)
     }
 
+    /// Stores work that failed outside this queue (a queue trigger's message whose attempts
+    /// all failed) as a dead letter, with the request that was delivered; returns once it is
+    /// on disk, so the message it came from may be acknowledged.
+    pub async fn store_dead_letter(
+        &self,
+        invocation: AsyncInvocation,
+        request: gust_model::StoredRequest,
+    ) -> Result<(), QueueError> {
+        debug_assert!(invocation.is_dead_letter());
+        self.submit_one(QueueChange::Enqueue {
+            invocation,
+            request,
+            timer_tick: None,
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn submit_one(&self, change: QueueChange) -> Result<QueueOutcome, QueueError> {
         let outcome = self
             .shared

@@ -64,6 +64,8 @@ pub enum TriggerKind {
     Async,
     /// A timer's tick.
     Timer,
+    /// A queue trigger's message.
+    Mq,
 }
 
 impl TriggerKind {
@@ -73,6 +75,7 @@ impl TriggerKind {
             Self::Api => "api",
             Self::Async => "async",
             Self::Timer => "timer",
+            Self::Mq => "mq",
         }
     }
 }

@@ -61,6 +61,9 @@ pub enum AsyncSource {
     Http { route: Name },
     /// One tick of a timer.
     Timer { timer: Name, tick_ms: u64 },
+    /// A queue trigger's message whose attempts all failed (kept as a dead letter when the
+    /// trigger has no error topic).
+    Mq { trigger: Name, message_id: String },
 }
 
 /// The request an invocation delivers, kept until it ends. Header values are stored as

@@ -1,5 +1,5 @@
 //! Gust's vocabulary: environments, functions, revisions, HTTP routes, asynchronous
-//! invocations and timers, and the rules that make each valid.
+//! invocations, timers and queue triggers, and the rules that make each valid.
 //!
 //! Pure data and validation: no I/O, no async runtime. Every `*Config` type is what a user
 //! wrote (deserialized with `deny_unknown_fields`); the matching validated type cannot hold an
@@ -11,6 +11,7 @@ mod environment;
 mod error;
 mod function;
 mod invocation;
+mod mq;
 mod name;
 mod outbound;
 mod route;
@@ -33,6 +34,10 @@ pub use function::{
 pub use invocation::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MAX_STORED_RESPONSE_BYTES,
     StoredRequest, StoredResponse,
+};
+pub use mq::{
+    BrokerUrl, DEFAULT_MAX_RETRIES, MAX_CONCURRENCY, MAX_RETRIES_LIMIT, MqKind, MqTrigger,
+    MqTriggerConfig,
 };
 pub use name::{Name, Namespace};
 pub use outbound::OutboundRule;

@@ -94,6 +94,7 @@ impl EmbeddedStore {
         }
         tx.open_table(USAGE_KEYS)?;
         crate::queue::create_tables(&tx)?;
+        crate::mq::create_tables(&tx)?;
         tx.commit()?;
         Ok(())
     }

@@ -1,9 +1,9 @@
 //! Where Gust keeps what must survive a restart: metadata (environments, functions with their
-//! revisions, routes, timers), the asynchronous invocation queue, usage records in an embedded transactional database, and function code in a
+//! revisions, routes, timers, queue triggers), the asynchronous invocation queue, usage records in an embedded transactional database, and function code in a
 //! content-addressed directory tree.
 //!
 //! Metadata goes through small traits ([`EnvironmentStore`], [`FunctionStore`],
-//! [`RouteStore`], [`TimerStore`]) and the async queue through [`InvocationStore`], so the
+//! [`RouteStore`], [`TimerStore`], [`MqTriggerStore`]) and the async queue through [`InvocationStore`], so the
 //! control plane does not know which backend holds them; the embedded [`EmbeddedStore`] (redb, one file in the data directory) is the one that exists today.
 //! Every write is one ACID transaction: a crash leaves the previous or the next state, never
 //! half of one. [`CodeStore`] unpacks uploads (single files, zip and tar archives) under strict
@@ -14,6 +14,7 @@
 mod code;
 mod embedded;
 mod error;
+mod mq;
 mod queue;
 
 pub use code::{CodeLimits, CodeStore, CodeUpload};
@@ -21,8 +22,8 @@ pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 
 use gust_model::{
-    AsyncInvocation, Environment, Function, HourlyUsage, Name, Namespace, Route, StoredRequest,
-    Timer, UsageRecord,
+    AsyncInvocation, Environment, Function, HourlyUsage, MqTrigger, Name, Namespace, Route,
+    StoredRequest, Timer, UsageRecord,
 };
 
 /// Environments are global: every namespace can use every environment.
@@ -155,6 +156,19 @@ pub trait TimerStore: Send + Sync {
     fn delete_timer(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError>;
 }
 
+pub trait MqTriggerStore: Send + Sync {
+    /// Stores a queue trigger whose function exists and whose name is free.
+    fn create_mq_trigger(&self, trigger: &MqTrigger) -> Result<(), StoreError>;
+    fn mq_triggers(&self, namespace: Option<&Namespace>) -> Result<Vec<MqTrigger>, StoreError>;
+    fn delete_mq_trigger(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError>;
+}
+
 /// Everything the control plane needs from metadata storage.
-pub trait MetadataStore: EnvironmentStore + FunctionStore + RouteStore + TimerStore {}
-impl<T: EnvironmentStore + FunctionStore + RouteStore + TimerStore> MetadataStore for T {}
+pub trait MetadataStore:
+    EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore
+{
+}
+impl<T: EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore> MetadataStore
+    for T
+{
+}

@@ -1,0 +1,406 @@
+//! One message's way through a trigger: delivered to the function as a CloudEvent, retried
+//! by the platform's rules, then acknowledged only once its outcome is safe somewhere (the
+//! function succeeded and its response, if wanted, was published; or its failure reached the
+//! error topic or the dead-letter store). Anything else leaves it for the broker to redeliver.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gust_async_queue::{AsyncQueue, Clock, store_request};
+use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
+use gust_model::{
+    AsyncInvocation, AsyncSource, BACKOFF_CAP, DeadReason, InvocationState, MqTrigger,
+    StoredResponse, Verdict, backoff, classify_status,
+};
+use http::{HeaderName, HeaderValue};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::MqMetrics;
+use crate::broker::{Outgoing, Publisher, Received, Settle};
+use crate::status::StatusCell;
+
+/// How often a message being worked on is reported in progress to its broker.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(4);
+/// How long a message whose outcome could not be recorded waits before it is redelivered.
+const RELEASE_DELAY: Duration = Duration::from_secs(2);
+/// How often a trigger whose function is missing tries again.
+const FUNCTION_POLL: Duration = Duration::from_secs(1);
+
+/// What every message of one trigger needs.
+pub(crate) struct TriggerContext {
+    pub trigger: MqTrigger,
+    pub invoker: Arc<dyn Invoker>,
+    pub dead_letters: AsyncQueue,
+    pub clock: Arc<dyn Clock>,
+    pub status: Arc<StatusCell>,
+    pub metrics: MqMetrics,
+}
+
+/// The message as the function sees it: a CloudEvent in binary mode.
+struct Event {
+    id: String,
+    subject: String,
+    time_ms: u64,
+    content_type: Option<String>,
+    payload: Bytes,
+}
+
+enum Outcome {
+    Succeeded(http::Response<Bytes>),
+    Failed(Failure),
+    /// Gust is stopping: the message goes back to the broker untouched.
+    Abandoned,
+}
+
+struct Failure {
+    reason: DeadReason,
+    attempts: u32,
+    first_attempt_ms: u64,
+    last_status: Option<u16>,
+    last_error: String,
+    response: Option<StoredResponse>,
+}
+
+impl TriggerContext {
+    /// Delivers one message and settles it.
+    pub async fn deliver(
+        self: Arc<Self>,
+        publisher: Arc<dyn Publisher>,
+        received: Received,
+        stop: CancellationToken,
+    ) {
+        let Received {
+            id,
+            subject,
+            time_ms,
+            content_type,
+            payload,
+            settle,
+        } = received;
+        let event = Event {
+            id,
+            subject,
+            time_ms: time_ms.unwrap_or_else(|| self.clock.now_ms()),
+            content_type: self.trigger.content_type.clone().or(content_type),
+            payload,
+        };
+        let request_id = RequestId::generate();
+        let outcome =
+            reporting_progress(self.attempts(&event, &request_id, &stop), settle.as_ref()).await;
+        let recorded = match &outcome {
+            Outcome::Abandoned => {
+                settle.release(Duration::ZERO).await;
+                return;
+            }
+            Outcome::Succeeded(response) => {
+                self.publish_response(&*publisher, &event, &request_id, response)
+                    .await
+            }
+            Outcome::Failed(failure) => {
+                self.record_failure(&*publisher, &event, &request_id, failure)
+                    .await
+            }
+        };
+        let succeeded = matches!(outcome, Outcome::Succeeded(_));
+        match recorded {
+            Ok(()) => match settle.ack().await {
+                Ok(()) => {
+                    self.status.count(succeeded);
+                    self.metrics.count(
+                        &self.trigger,
+                        if succeeded { "succeeded" } else { "failed" },
+                    );
+                }
+                // Redelivered later: at least once, never lost.
+                Err(err) => self.report(&format!("cannot acknowledge message {}: {err}", event.id)),
+            },
+            Err(err) => {
+                self.report(&err);
+                self.metrics.count(&self.trigger, "released");
+                settle.release(RELEASE_DELAY).await;
+            }
+        }
+    }
+
+    fn report(&self, error: &str) {
+        tracing::warn!(trigger = %self.trigger.name, "{error}");
+        self.status.error(error, self.clock.now_ms());
+    }
+
+    /// Attempts the message until it succeeds, fails for good or Gust stops.
+    async fn attempts(&self, event: &Event, id: &RequestId, stop: &CancellationToken) -> Outcome {
+        let max_attempts = self.trigger.max_retries + 1;
+        let first_attempt_ms = self.clock.now_ms();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .invoker
+                .invoke(Invocation {
+                    id: id.clone(),
+                    namespace: self.trigger.namespace.clone(),
+                    function: self.trigger.function.clone(),
+                    trigger: TriggerKind::Mq,
+                    attempt,
+                    request: self.request(event, id, attempt),
+                })
+                .await;
+            if !matches!(result, Err(InvokeError::FunctionNotFound { .. })) {
+                self.status.leave_waiting();
+            }
+            let (last_status, last_error, response, retry_after) = match result {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map_or(Duration::ZERO, Duration::from_secs);
+                    let stored = StoredResponse::new(status, response.body());
+                    match classify_status(status) {
+                        Verdict::Succeeded => return Outcome::Succeeded(response),
+                        Verdict::Final => {
+                            return Outcome::Failed(Failure {
+                                reason: DeadReason::FinalStatus,
+                                attempts: attempt,
+                                first_attempt_ms,
+                                last_status: Some(status),
+                                last_error: format!("the function answered {status}"),
+                                response: Some(stored),
+                            });
+                        }
+                        Verdict::Retry => (
+                            Some(status),
+                            format!("the function answered {status}"),
+                            Some(stored),
+                            retry_after,
+                        ),
+                    }
+                }
+                // Refused before reaching the function: not an attempt.
+                Err(InvokeError::OverCapacity { retry_after, .. }) => {
+                    attempt -= 1;
+                    if !pause(stop, retry_after).await {
+                        return Outcome::Abandoned;
+                    }
+                    continue;
+                }
+                // The message waits, unacknowledged, for its function to exist again.
+                Err(InvokeError::FunctionNotFound { .. }) => {
+                    attempt -= 1;
+                    if self.status.enter_waiting() {
+                        self.report(&format!(
+                            "function {:?} not found; messages wait unacknowledged until it exists",
+                            self.trigger.function.as_str()
+                        ));
+                    }
+                    if !pause(stop, FUNCTION_POLL).await {
+                        return Outcome::Abandoned;
+                    }
+                    continue;
+                }
+                Err(error) => (
+                    Some(error.status()),
+                    format!("{}: {error}", error.reason()),
+                    None,
+                    Duration::ZERO,
+                ),
+            };
+            if attempt >= max_attempts {
+                return Outcome::Failed(Failure {
+                    reason: DeadReason::AttemptsExhausted,
+                    attempts: attempt,
+                    first_attempt_ms,
+                    last_status,
+                    last_error,
+                    response,
+                });
+            }
+            let wait =
+                backoff(attempt, rand::rng().random::<f64>()).max(retry_after.min(BACKOFF_CAP));
+            if !pause(stop, wait).await {
+                return Outcome::Abandoned;
+            }
+        }
+    }
+
+    /// The HTTP request the function receives for attempt `attempt`.
+    fn request(&self, event: &Event, id: &RequestId, attempt: u32) -> http::Request<Bytes> {
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("/")
+            .body(event.payload.clone())
+            .expect("a POST to / is a valid request");
+        let headers = request.headers_mut();
+        for (name, value) in self.event_headers(event) {
+            insert(headers, name, value.as_bytes());
+        }
+        insert(headers, "x-gust-request-id", id.as_str().as_bytes());
+        insert(headers, "x-gust-attempt", attempt.to_string().as_bytes());
+        insert(
+            headers,
+            "x-gust-trigger",
+            self.trigger.name.as_str().as_bytes(),
+        );
+        request
+    }
+
+    /// CloudEvents attributes in binary mode (`ce-*`), and the content type.
+    fn event_headers(&self, event: &Event) -> Vec<(&'static str, String)> {
+        let time = chrono::DateTime::from_timestamp_millis(event.time_ms as i64)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut headers = vec![
+            ("ce-specversion", "1.0".to_owned()),
+            ("ce-id", event.id.clone()),
+            ("ce-source", self.trigger.event_source()),
+            (
+                "ce-type",
+                format!("dev.gust.mqt.{}", self.trigger.kind.as_str()),
+            ),
+            ("ce-time", time),
+            ("ce-subject", event.subject.clone()),
+        ];
+        if let Some(content_type) = &event.content_type {
+            headers.push(("content-type", content_type.clone()));
+        }
+        headers
+    }
+
+    async fn publish_response(
+        &self,
+        publisher: &dyn Publisher,
+        event: &Event,
+        id: &RequestId,
+        response: &http::Response<Bytes>,
+    ) -> Result<(), String> {
+        let Some(topic) = &self.trigger.resp_topic else {
+            return Ok(());
+        };
+        let message = Outgoing {
+            headers: vec![
+                ("x-gust-source-id".into(), event.id.clone()),
+                ("x-gust-request-id".into(), id.to_string()),
+                (
+                    "x-gust-status".into(),
+                    response.status().as_u16().to_string(),
+                ),
+            ],
+            content_type: response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            payload: response.body().clone(),
+        };
+        publisher.publish(topic, message).await.map_err(|err| {
+            format!(
+                "message {} succeeded but its response could not be published to {topic:?} ({err}); it will be delivered again",
+                event.id
+            )
+        })
+    }
+
+    /// Writes a failed message to the error topic, or to the dead-letter store when the
+    /// trigger has none. Only when this returns `Ok` may the message be acknowledged.
+    async fn record_failure(
+        &self,
+        publisher: &dyn Publisher,
+        event: &Event,
+        id: &RequestId,
+        failure: &Failure,
+    ) -> Result<(), String> {
+        let error = format!("{}: {}", failure.reason.as_str(), failure.last_error);
+        if let Some(topic) = &self.trigger.error_topic {
+            let mut headers: Vec<(String, String)> = self
+                .event_headers(event)
+                .into_iter()
+                .filter(|(name, _)| *name != "content-type")
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect();
+            headers.push(("x-gust-error".into(), error));
+            headers.push(("x-gust-attempts".into(), failure.attempts.to_string()));
+            headers.push(("x-gust-request-id".into(), id.to_string()));
+            if let Some(status) = failure.last_status {
+                headers.push(("x-gust-status".into(), status.to_string()));
+            }
+            let message = Outgoing {
+                headers,
+                content_type: event.content_type.clone(),
+                payload: event.payload.clone(),
+            };
+            return publisher.publish(topic, message).await.map_err(|err| {
+                format!(
+                    "message {} failed ({}) and could not be written to the error topic {topic:?} ({err}); it stays unacknowledged",
+                    event.id, failure.reason.as_str()
+                )
+            });
+        }
+        let now = self.clock.now_ms();
+        let invocation = AsyncInvocation {
+            state: InvocationState::Dead,
+            reason: Some(failure.reason),
+            attempts: failure.attempts,
+            updated_at_ms: now,
+            next_attempt_at_ms: None,
+            finished_at_ms: Some(now),
+            last_status: failure.last_status,
+            last_error: Some(failure.last_error.clone()),
+            response: failure.response.clone(),
+            ..AsyncInvocation::accepted(
+                id.to_string(),
+                self.trigger.namespace.clone(),
+                self.trigger.function.clone(),
+                AsyncSource::Mq {
+                    trigger: self.trigger.name.clone(),
+                    message_id: event.id.clone(),
+                },
+                failure.first_attempt_ms,
+            )
+        };
+        let request = store_request(&self.request(event, id, failure.attempts));
+        self.dead_letters
+            .store_dead_letter(invocation, request)
+            .await
+            .map_err(|err| {
+                format!(
+                    "message {} failed ({}) and could not be stored as a dead letter ({err}); it stays unacknowledged",
+                    event.id, failure.reason.as_str()
+                )
+            })
+    }
+}
+
+fn insert(headers: &mut http::HeaderMap, name: &str, value: &[u8]) {
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_bytes(value),
+    ) {
+        headers.insert(name, value);
+    }
+}
+
+/// Sleeps for `wait`; `false` when Gust began stopping first.
+async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// Runs `work`, telling the broker every [`PROGRESS_EVERY`] that the message is still alive.
+async fn reporting_progress<T>(work: impl Future<Output = T>, settle: &dyn Settle) -> T {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticker.tick() => settle.in_progress().await,
+        }
+    }
+}
