@@ -2,6 +2,8 @@
 //! on free ports, wait until it is ready, drive it with its CLI and plain HTTP, and kill or
 //! restart it like an operator would.
 
+pub mod brokers;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

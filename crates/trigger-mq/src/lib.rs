@@ -46,6 +46,9 @@ use crate::status::StatusCell;
 /// First and longest wait before reconnecting to a broker.
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// The longest a connection and its setup (streams, queues, groups) may take: a broker that
+/// accepts connections while it is still starting can leave a setup call unanswered.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long messages in flight may take to finish when a connection ends or Gust stops.
 const DRAIN: Duration = Duration::from_secs(10);
 /// How often the stored triggers are read again even without a change notice.
@@ -224,7 +227,11 @@ async fn consume(context: Arc<TriggerContext>, stop: CancellationToken) {
         context.status.set_state(TriggerState::Connecting);
         let connected = tokio::select! {
             _ = stop.cancelled() => break,
-            session = broker::connect(&context.trigger) => session,
+            session = tokio::time::timeout(CONNECT_TIMEOUT, broker::connect(&context.trigger)) => {
+                session.unwrap_or_else(|_| Err(broker::BrokerError(format!(
+                    "no answer from the broker within {CONNECT_TIMEOUT:?}"
+                ))))
+            }
         };
         let error = match connected {
             Ok(session) => {
