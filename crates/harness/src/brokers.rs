@@ -236,6 +236,11 @@ impl Broker {
         Ok(())
     }
 
+    /// The broker's own directory (configuration, data, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
     }
@@ -248,6 +253,22 @@ impl Broker {
                 libc::kill(-(child.id() as i32), libc::SIGKILL);
             }
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to the broker's process group, then waits for it to exit (SIGKILL after 30 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            // SAFETY: kill(2) with a negative pid signals the process group we created.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.process = Some(child);
+            self.kill9();
         }
     }
 
@@ -273,11 +294,8 @@ impl Broker {
         }
         if self.kind == BrokerKind::Amqp {
             self.runtime.block_on(async {
-                let (_connection, channel) = amqp_channel(&self.url()).await;
-                channel
-                    .queue_declare(topic.into(), lapin::options::QueueDeclareOptions::durable(), Default::default())
-                    .await
-                    .expect("declare the queue");
+                let (connection, _channel) = amqp_channel(&self.url()).await;
+                amqp_ensure_queue(&connection, topic).await.expect("declare the queue");
             });
         }
         Collector {
@@ -437,7 +455,7 @@ impl Broker {
                             let (_connection, channel) = amqp_channel(&self.url()).await;
                             channel.queue_delete(topic.into(), Default::default()).await?;
                             channel
-                                .queue_declare(topic.into(), lapin::options::QueueDeclareOptions::durable(), Default::default())
+                                .queue_declare(topic.into(), lapin::options::QueueDeclareOptions::durable(), quorum_queue())
                                 .await?;
                         }
                         BrokerKind::Redis => {
@@ -564,6 +582,33 @@ async fn redis_collect(
     }
 }
 
+/// Queues are declared as quorum queues, like Gust declares them.
+fn quorum_queue() -> lapin::types::FieldTable {
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    arguments
+}
+
+/// Declares `queue` as a durable quorum queue unless it exists (as Gust would declare it).
+async fn amqp_ensure_queue(connection: &lapin::Connection, queue: &str) -> anyhow::Result<()> {
+    let probe = connection.create_channel().await?;
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    if probe.queue_declare(queue.into(), passive, Default::default()).await.is_err() {
+        connection
+            .create_channel()
+            .await?
+            .queue_declare(queue.into(), lapin::options::QueueDeclareOptions::durable(), quorum_queue())
+            .await?;
+    }
+    Ok(())
+}
+
 async fn amqp_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
     let connection = lapin::Connection::connect(url, Default::default())
         .await
@@ -573,24 +618,33 @@ async fn amqp_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
 }
 
 async fn amqp_publish(url: &str, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
-    let (_connection, channel) = amqp_channel(url).await;
-    channel
-        .queue_declare(topic.into(), lapin::options::QueueDeclareOptions::durable(), Default::default())
-        .await?;
+    let (connection, channel) = amqp_channel(url).await;
+    amqp_ensure_queue(&connection, topic).await?;
     channel.confirm_select(Default::default()).await?;
+    let mut confirms = Vec::with_capacity(payloads.len());
     for payload in payloads {
-        channel
-            .basic_publish(
-                "".into(),
-                topic.into(),
-                Default::default(),
-                payload,
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?;
+        let mandatory = lapin::options::BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    topic.into(),
+                    mandatory,
+                    payload,
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?,
+        );
     }
-    let returned = channel.wait_for_confirms().await?;
-    anyhow::ensure!(returned.is_empty(), "{} messages returned", returned.len());
+    for confirm in confirms {
+        match confirm.await? {
+            lapin::Confirmation::Ack(None) => {}
+            other => anyhow::bail!("publish not confirmed: {other:?}"),
+        }
+    }
     Ok(())
 }
 

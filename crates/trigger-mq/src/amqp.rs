@@ -1,4 +1,5 @@
-//! AMQP 0.9.1 (RabbitMQ): the topic is a durable queue (declared when missing), consumed with
+//! AMQP 0.9.1 (RabbitMQ): the topic is a durable queue (declared, as a quorum queue, when
+//! missing), consumed with
 //! manual acknowledgements and a prefetch of `--concurrency`. Responses and failures are
 //! published through the default exchange to the queues named by the response and error
 //! topics, persistent, mandatory and with publisher confirms: a message the broker could not
@@ -98,8 +99,10 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
     }))
 }
 
-/// Declares `queue` durable unless it exists (whatever its arguments: a queue declared with
-/// other arguments is used as it is).
+/// Declares `queue` as a durable quorum queue unless it exists (whatever its type and
+/// arguments: a queue declared by someone else is used as it is). Quorum queues, because a
+/// classic queue killed with SIGKILL lost persistent messages whose publishes RabbitMQ 3.10 had
+/// confirmed (seen in the broker-restart test).
 async fn ensure_queue(connection: &Connection, queue: &str) -> Result<(), lapin::Error> {
     // A failed passive declare closes its channel, hence a channel of its own.
     let probe = connection.create_channel().await?;
