@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gust_executor::{FunctionLogs, Instance, InstanceSpec, RequestId, Runtime};
+use gust_executor::{FunctionLogs, InstanceSpec, RequestId, Runtime};
 use gust_harness::brokers::{Broker, BrokerKind};
 use gust_harness::{Gust, GustOptions};
-use gust_model::{BuiltinRuntime, Environment, Limits, Name, Namespace, RevisionNumber, Scaling};
+use gust_model::{BuiltinRuntime, Environment, Limits, Name, Namespace, Scaling};
 use gust_runtime_wasm::WasmRuntime;
 use tokio::sync::Semaphore;
 
@@ -46,11 +46,12 @@ impl DirectCall {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("probe.wasm"), PROBE_WASM).unwrap();
-        let runtime = WasmRuntime::new(&dir.path().join("cache"), Arc::new(FunctionLogs::new(100))).unwrap();
+        let runtime =
+            WasmRuntime::new(&dir.path().join("cache"), Arc::new(FunctionLogs::new(100))).unwrap();
         let spec = InstanceSpec {
             namespace: Namespace::default(),
             function: Name::parse("function", "probe").unwrap(),
-            revision: RevisionNumber::FIRST,
+            revision: 1,
             environment: Environment::builtin(BuiltinRuntime::Wasm, 0),
             code_dir: dir.path().to_owned(),
             code_file: Some("probe.wasm".into()),
@@ -60,23 +61,23 @@ impl DirectCall {
             allow_outbound: Vec::new(),
             scaling: Scaling::default(),
         };
-        Self { runtime, spec, _dir: dir }
+        Self {
+            runtime,
+            spec,
+            _dir: dir,
+        }
     }
 
     async fn call(&self, body: Bytes) {
         let id = RequestId::generate();
         let mut instance = self.runtime.start_instance(&self.spec, &id).await.unwrap();
         let request = http::Request::post("/").body(body).unwrap();
-        let response = instance.handle(&id, request, Duration::from_secs(10)).await.unwrap();
+        let response = instance
+            .handle(&id, request, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
     }
-}
-
-/// When the first and the last of `total` messages were settled.
-#[derive(Default)]
-struct Clock {
-    first: Option<Instant>,
-    settled: AtomicU64,
 }
 
 fn rate(count: f64, elapsed: Duration) -> f64 {
@@ -113,14 +114,27 @@ fn start_gust() -> Gust {
 fn create_trigger(gust: &Gust, broker: &Broker, topic: &str) {
     let concurrency = CONCURRENCY.to_string();
     gust.cli(&[
-        "mqt", "create", "bench", "--fn", "probe", "--kind", broker.kind.as_str(), "--url",
-        &broker.url(), "--topic", topic, "--concurrency", &concurrency,
+        "mqt",
+        "create",
+        "bench",
+        "--fn",
+        "probe",
+        "--kind",
+        broker.kind.as_str(),
+        "--url",
+        &broker.url(),
+        "--topic",
+        topic,
+        "--concurrency",
+        &concurrency,
     ])
     .ok();
 }
 
 fn payloads() -> Vec<Vec<u8>> {
-    (0..MESSAGES).map(|i| format!("message {i}").into_bytes()).collect()
+    (0..MESSAGES)
+        .map(|i| format!("message {i}").into_bytes())
+        .collect()
 }
 
 fn nats(rt: &tokio::runtime::Runtime) -> (f64, f64) {
@@ -142,7 +156,10 @@ fn nats(rt: &tokio::runtime::Runtime) -> (f64, f64) {
         let call = Arc::new(DirectCall::new());
         call.call(Bytes::from_static(b"warm")).await;
         let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-        let stream = js.get_stream(js.stream_by_subject("bench.direct").await.unwrap()).await.unwrap();
+        let stream = js
+            .get_stream(js.stream_by_subject("bench.direct").await.unwrap())
+            .await
+            .unwrap();
         let consumer = stream
             .create_consumer(async_nats::jetstream::consumer::pull::Config {
                 durable_name: Some("direct".into()),
@@ -160,21 +177,20 @@ fn nats(rt: &tokio::runtime::Runtime) -> (f64, f64) {
             .await
             .unwrap();
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
-        let clock = Arc::new(Clock::default());
         let mut first = None;
-        while clock.settled.load(Ordering::SeqCst) < MESSAGES as u64 {
+        for _ in 0..MESSAGES {
             let slot = slots.clone().acquire_owned().await.unwrap();
-            let Some(Ok(message)) = messages.next().await else { break };
+            let message = messages.next().await.unwrap().unwrap();
             first.get_or_insert_with(Instant::now);
-            let (call, clock) = (call.clone(), clock.clone());
+            let call = call.clone();
             tokio::spawn(async move {
                 call.call(message.payload.clone()).await;
                 message.ack().await.unwrap();
-                clock.settled.fetch_add(1, Ordering::SeqCst);
                 drop(slot);
             });
         }
-        let _ = slots.acquire_many(CONCURRENCY as u32).await;
+        // Every message settled once every slot is free again.
+        let _all = slots.acquire_many(CONCURRENCY as u32).await.unwrap();
         rate((MESSAGES - 1) as f64, first.unwrap().elapsed())
     });
     (gust_rate, direct)
@@ -206,10 +222,19 @@ fn mqtt(rt: &tokio::runtime::Runtime) -> (f64, f64) {
     // Subscribe with a persistent session, leave, let the backlog build, come back.
     rt.block_on(async {
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options(), 64);
-        client.subscribe("bench/direct", QoS::AtLeastOnce).await.unwrap();
-        while !matches!(eventloop.poll().await.unwrap(), rumqttc::v5::Event::Incoming(Packet::SubAck(_))) {}
+        client
+            .subscribe("bench/direct", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        while !matches!(
+            eventloop.poll().await.unwrap(),
+            rumqttc::v5::Event::Incoming(Packet::SubAck(_))
+        ) {}
         client.disconnect().await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(1), async { while eventloop.poll().await.is_ok() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
     });
     broker.publish("bench/direct", &payloads());
     let direct = rt.block_on(async {
@@ -217,18 +242,20 @@ fn mqtt(rt: &tokio::runtime::Runtime) -> (f64, f64) {
         call.call(Bytes::from_static(b"warm")).await;
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options(), 1024);
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
-        let clock = Arc::new(Clock::default());
+        let settled = Arc::new(AtomicU64::new(0));
         let mut first = None;
-        while clock.settled.load(Ordering::SeqCst) < MESSAGES as u64 {
+        while settled.load(Ordering::SeqCst) < MESSAGES as u64 {
             let event = tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await;
-            let Ok(Ok(rumqttc::v5::Event::Incoming(Packet::Publish(publish)))) = event else { continue };
+            let Ok(Ok(rumqttc::v5::Event::Incoming(Packet::Publish(publish)))) = event else {
+                continue;
+            };
             first.get_or_insert_with(Instant::now);
             let slot = slots.clone().acquire_owned().await.unwrap();
-            let (call, clock, client) = (call.clone(), clock.clone(), client.clone());
+            let (call, settled, client) = (call.clone(), settled.clone(), client.clone());
             tokio::spawn(async move {
                 call.call(publish.payload.clone()).await;
                 client.ack(&publish).await.unwrap();
-                clock.settled.fetch_add(1, Ordering::SeqCst);
+                settled.fetch_add(1, Ordering::SeqCst);
                 drop(slot);
             });
         }
@@ -251,9 +278,15 @@ fn main() {
         return;
     }
     // Like Gust: a multi-threaded runtime with a worker per core.
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut rows = Vec::new();
-    for (name, run) in [("NATS JetStream", nats as fn(&_) -> _), ("MQTT 5 (mosquitto)", mqtt)] {
+    for (name, run) in [
+        ("NATS JetStream", nats as fn(&_) -> _),
+        ("MQTT 5 (mosquitto)", mqtt),
+    ] {
         let (gust, direct) = run(&rt);
         rows.push([
             format!("{name}: messages/s, {MESSAGES} messages, {CONCURRENCY} at a time"),

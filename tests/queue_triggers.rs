@@ -60,7 +60,15 @@ impl Suite {
     fn deploy(&self, name: &str) {
         let code = self.gust.write_file(&format!("{name}/main.py"), WORK_PY);
         self.gust
-            .cli(&["fn", "create", name, "--env", "python", "--code", code.to_str().unwrap()])
+            .cli(&[
+                "fn",
+                "create",
+                name,
+                "--env",
+                "python",
+                "--code",
+                code.to_str().unwrap(),
+            ])
             .ok();
     }
 
@@ -72,8 +80,17 @@ impl Suite {
     fn create_trigger(&self, name: &str, function: &str, topic: &str, extra: &[&str]) {
         let url = self.broker.url();
         let mut args = vec![
-            "mqt", "create", name, "--fn", function, "--kind", self.kind.as_str(), "--url", &url,
-            "--topic", topic,
+            "mqt",
+            "create",
+            name,
+            "--fn",
+            function,
+            "--kind",
+            self.kind.as_str(),
+            "--url",
+            &url,
+            "--topic",
+            topic,
         ];
         args.extend_from_slice(extra);
         let created = self.gust.cli(&args).ok();
@@ -89,11 +106,22 @@ impl Suite {
         eventually(Duration::from_secs(30), || {
             (self.status(name)["status"]["state"] == "connected").then_some(())
         })
-        .unwrap_or_else(|| panic!("trigger {name} never connected: {}\n{}", self.status(name), self.gust.log()));
+        .unwrap_or_else(|| {
+            panic!(
+                "trigger {name} never connected: {}\n{}",
+                self.status(name),
+                self.gust.log()
+            )
+        });
     }
 
     /// Reads `collector` until it holds every body in `expected` (duplicates allowed).
-    fn expect_bodies(&self, collector: &mut Collector, expected: &BTreeSet<String>, timeout: Duration) {
+    fn expect_bodies(
+        &self,
+        collector: &mut Collector,
+        expected: &BTreeSet<String>,
+        timeout: Duration,
+    ) {
         let complete = self.broker.collect_until(collector, timeout, |messages| {
             expected.is_subset(&bodies(messages))
         });
@@ -116,7 +144,13 @@ fn collector_topic(collector: &Collector) -> String {
     collector
         .messages
         .first()
-        .map(|m| format!("a topic with {} messages (first {:?})", collector.messages.len(), m.text()))
+        .map(|m| {
+            format!(
+                "a topic with {} messages (first {:?})",
+                collector.messages.len(),
+                m.text()
+            )
+        })
         .unwrap_or_else(|| "an empty topic".into())
 }
 
@@ -130,7 +164,9 @@ fn bodies(messages: &[BrokerMessage]) -> BTreeSet<String> {
 }
 
 fn payloads(prefix: &str, count: usize) -> Vec<Vec<u8>> {
-    (0..count).map(|i| format!("{prefix}-{i}").into_bytes()).collect()
+    (0..count)
+        .map(|i| format!("{prefix}-{i}").into_bytes())
+        .collect()
 }
 
 fn names(prefix: &str, count: usize) -> BTreeSet<String> {
@@ -153,7 +189,12 @@ fn conformance(kind: BrokerKind) {
 fn no_loss_with_responses_and_cloudevents(suite: &Suite) {
     let (topic, replies) = (suite.topic(&["a", "in"]), suite.topic(&["a", "out"]));
     let mut collector = suite.broker.collector(&replies);
-    suite.create_trigger("a", "work", &topic, &["--resp-topic", &replies, "--concurrency", "4"]);
+    suite.create_trigger(
+        "a",
+        "work",
+        &topic,
+        &["--resp-topic", &replies, "--concurrency", "4"],
+    );
     suite.wait_connected("a");
     suite.broker.publish(&topic, &payloads("m", 1000));
     suite.expect_bodies(&mut collector, &names("m", 1000), Duration::from_secs(120));
@@ -161,10 +202,19 @@ fn no_loss_with_responses_and_cloudevents(suite: &Suite) {
     let reply: Value = serde_json::from_slice(&collector.messages[0].payload).unwrap();
     assert_eq!(reply["ce-specversion"], "1.0");
     assert_eq!(reply["ce-source"], "gust:default/mqt/a");
-    assert_eq!(reply["ce-type"], format!("dev.gust.mqt.{}", suite.kind.as_str()));
+    assert_eq!(
+        reply["ce-type"],
+        format!("dev.gust.mqt.{}", suite.kind.as_str())
+    );
     assert_eq!(reply["ce-subject"], topic.as_str());
-    assert!(reply["ce-id"].as_str().is_some_and(|id| !id.is_empty()), "{reply}");
-    assert!(reply["ce-time"].as_str().is_some_and(|t| t.ends_with('Z')), "{reply}");
+    assert!(
+        reply["ce-id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{reply}"
+    );
+    assert!(
+        reply["ce-time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{reply}"
+    );
     assert_eq!(reply["x-gust-attempt"], "1");
     let ids: BTreeSet<String> = collector
         .messages
@@ -177,10 +227,16 @@ fn no_loss_with_responses_and_cloudevents(suite: &Suite) {
     let listed = suite.gust.cli(&["mqt", "list"]).ok().stdout;
     assert!(listed.contains("connected"), "{listed}");
     let status = suite.status("a");
-    assert!(status["status"]["succeeded"].as_u64().unwrap() >= 1000, "{status}");
+    assert!(
+        status["status"]["succeeded"].as_u64().unwrap() >= 1000,
+        "{status}"
+    );
     if suite.kind == BrokerKind::Amqp {
         // The URL holds RabbitMQ's default credentials: never shown.
-        assert_eq!(status["url"], suite.broker.url().replace("guest:guest", "guest:***"));
+        assert_eq!(
+            status["url"],
+            suite.broker.url().replace("guest:guest", "guest:***")
+        );
         assert!(!listed.contains("guest:guest"), "{listed}");
     }
     suite.gust.cli(&["mqt", "delete", "a"]).ok();
@@ -195,7 +251,14 @@ fn poison_goes_to_the_error_topic_and_blocks_nothing(suite: &Suite) {
         "b",
         "work",
         &topic,
-        &["--error-topic", &errors, "--max-retries", "1", "--concurrency", "8"],
+        &[
+            "--error-topic",
+            &errors,
+            "--max-retries",
+            "1",
+            "--concurrency",
+            "8",
+        ],
     );
     suite.wait_connected("b");
     let mut messages = payloads("good", 10_000);
@@ -206,13 +269,26 @@ fn poison_goes_to_the_error_topic_and_blocks_nothing(suite: &Suite) {
         (status["succeeded"].as_u64() == Some(10_000) && status["failed"].as_u64() == Some(1))
             .then_some(status)
     });
-    assert!(settled.is_some(), "{}: {}\n{}", suite.kind.as_str(), suite.status("b"), suite.gust.log());
-    assert!(suite.broker.collect_until(&mut collector, Duration::from_secs(10), |m| !m.is_empty()));
+    assert!(
+        settled.is_some(),
+        "{}: {}\n{}",
+        suite.kind.as_str(),
+        suite.status("b"),
+        suite.gust.log()
+    );
+    assert!(
+        suite
+            .broker
+            .collect_until(&mut collector, Duration::from_secs(10), |m| !m.is_empty())
+    );
     assert_eq!(collector.messages.len(), 1, "only the poison message fails");
     let poison = &collector.messages[0];
     assert_eq!(poison.text(), "poison-pill");
     assert_eq!(poison.headers["x-gust-attempts"], "2");
-    assert!(poison.headers["x-gust-error"].starts_with("attempts_exhausted"), "{poison:?}");
+    assert!(
+        poison.headers["x-gust-error"].starts_with("attempts_exhausted"),
+        "{poison:?}"
+    );
     assert_eq!(poison.headers["ce-source"], "gust:default/mqt/b");
     suite.gust.cli(&["mqt", "delete", "b"]).ok();
 }
@@ -223,7 +299,12 @@ fn refused_error_topic_write_leaves_the_message_unacked(suite: &Suite) {
     let (topic, errors) = (suite.topic(&["c", "in"]), suite.topic(&["c", "errors"]));
     let mut collector = suite.broker.collector(&errors);
     suite.broker.refuse_publishing(&errors);
-    suite.create_trigger("c", "work", &topic, &["--error-topic", &errors, "--max-retries", "0"]);
+    suite.create_trigger(
+        "c",
+        "work",
+        &topic,
+        &["--error-topic", &errors, "--max-retries", "0"],
+    );
     suite.wait_connected("c");
     suite.broker.publish(&topic, &[b"poison-c".to_vec()]);
     let reported = eventually(Duration::from_secs(30), || {
@@ -240,10 +321,17 @@ fn refused_error_topic_write_leaves_the_message_unacked(suite: &Suite) {
     assert_eq!(suite.status("c")["status"]["failed"], 0);
 
     suite.broker.allow_publishing(&errors);
-    let delivered = suite.broker.collect_until(&mut collector, Duration::from_secs(60), |m| {
-        m.iter().any(|m| m.text() == "poison-c")
-    });
-    assert!(delivered, "{}: the refused message never reached the error topic\n{}", suite.kind.as_str(), suite.gust.log());
+    let delivered = suite
+        .broker
+        .collect_until(&mut collector, Duration::from_secs(60), |m| {
+            m.iter().any(|m| m.text() == "poison-c")
+        });
+    assert!(
+        delivered,
+        "{}: the refused message never reached the error topic\n{}",
+        suite.kind.as_str(),
+        suite.gust.log()
+    );
     eventually(Duration::from_secs(10), || {
         (suite.status("c")["status"]["failed"] == 1).then_some(())
     })
@@ -267,7 +355,10 @@ fn deleted_function_keeps_messages_until_it_is_back(suite: &Suite) {
     .unwrap_or_else(|| panic!("{}", suite.status("d")));
     std::thread::sleep(Duration::from_secs(2));
     suite.broker.collect(&mut collector);
-    assert!(collector.messages.is_empty(), "nothing runs without the function");
+    assert!(
+        collector.messages.is_empty(),
+        "nothing runs without the function"
+    );
     suite.deploy("gone");
     suite.expect_bodies(&mut collector, &names("d", 20), Duration::from_secs(60));
     let dead = suite.gust.cli(&["dlq", "list", "-o", "json"]).ok().stdout;
@@ -280,13 +371,24 @@ fn deleted_function_keeps_messages_until_it_is_back(suite: &Suite) {
 fn kill_nine_mid_stream_loses_nothing(suite: &mut Suite) {
     let (topic, replies) = (suite.topic(&["e", "in"]), suite.topic(&["e", "out"]));
     let mut collector = suite.broker.collector(&replies);
-    suite.create_trigger("e", "work", &topic, &["--resp-topic", &replies, "--concurrency", "4"]);
+    suite.create_trigger(
+        "e",
+        "work",
+        &topic,
+        &["--resp-topic", &replies, "--concurrency", "4"],
+    );
     suite.wait_connected("e");
     suite.broker.publish(&topic, &payloads("slow-e", 1000));
-    let started = suite.broker.collect_until(&mut collector, Duration::from_secs(60), |m| m.len() >= 100);
+    let started = suite
+        .broker
+        .collect_until(&mut collector, Duration::from_secs(60), |m| m.len() >= 100);
     assert!(started, "{}", suite.gust.log());
     suite.gust.restart();
-    suite.expect_bodies(&mut collector, &names("slow-e", 1000), Duration::from_secs(180));
+    suite.expect_bodies(
+        &mut collector,
+        &names("slow-e", 1000),
+        Duration::from_secs(180),
+    );
     suite.gust.cli(&["mqt", "delete", "e"]).ok();
 }
 
@@ -298,13 +400,23 @@ fn order_is_kept_with_concurrency_one_across_a_restart(suite: &mut Suite) {
     suite.create_trigger("f", "work", &topic, &["--resp-topic", &replies]);
     suite.wait_connected("f");
     suite.broker.publish(&topic, &payloads("slow-f", 200));
-    assert!(suite.broker.collect_until(&mut collector, Duration::from_secs(60), |m| m.len() >= 30));
+    assert!(
+        suite
+            .broker
+            .collect_until(&mut collector, Duration::from_secs(60), |m| m.len() >= 30)
+    );
     suite.gust.restart();
-    suite.expect_bodies(&mut collector, &names("slow-f", 200), Duration::from_secs(120));
+    suite.expect_bodies(
+        &mut collector,
+        &names("slow-f", 200),
+        Duration::from_secs(120),
+    );
     let mut highest_seen: Option<usize> = None;
     for message in &collector.messages {
         let reply: Value = serde_json::from_slice(&message.payload).unwrap();
-        let index: usize = reply["body"].as_str().unwrap()["slow-f-".len()..].parse().unwrap();
+        let index: usize = reply["body"].as_str().unwrap()["slow-f-".len()..]
+            .parse()
+            .unwrap();
         if let Some(highest) = highest_seen {
             assert!(
                 index <= highest + 1,
@@ -326,7 +438,11 @@ fn broker_killed_and_restarted_backlog_drains(suite: &mut Suite) {
     suite.create_trigger("g", "work", &topic, &["--resp-topic", &replies]);
     suite.wait_connected("g");
     suite.broker.publish(&topic, &payloads("slow-g", 300));
-    assert!(suite.broker.collect_until(&mut collector, Duration::from_secs(60), |m| m.len() >= 20));
+    assert!(
+        suite
+            .broker
+            .collect_until(&mut collector, Duration::from_secs(60), |m| m.len() >= 20)
+    );
     if suite.kind == BrokerKind::Amqp {
         // RabbitMQ 3.10 killed with SIGKILL came back with its (confirmed, persistent)
         // messages lost from classic queues and its quorum queues unavailable: that is the
@@ -339,11 +455,204 @@ fn broker_killed_and_restarted_backlog_drains(suite: &mut Suite) {
         let status = suite.status("g")["status"].clone();
         (status["state"] != "connected" && status["last_error"].is_string()).then_some(status)
     });
-    assert!(reported.is_some(), "{}: the lost broker is not reported: {}", suite.kind.as_str(), suite.status("g"));
+    assert!(
+        reported.is_some(),
+        "{}: the lost broker is not reported: {}",
+        suite.kind.as_str(),
+        suite.status("g")
+    );
     std::thread::sleep(Duration::from_secs(5));
     suite.broker.restart();
-    suite.expect_bodies(&mut collector, &names("slow-g", 300), Duration::from_secs(120));
+    suite.expect_bodies(
+        &mut collector,
+        &names("slow-g", 300),
+        Duration::from_secs(120),
+    );
     suite.wait_connected("g");
+}
+
+/// Bad input is refused with the field named and nothing stored; a broker that cannot be
+/// reached is reported (state and last error) without ever showing the URL's password.
+#[test]
+fn bad_input_and_unreachable_brokers() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let code = gust.write_file("work/main.py", WORK_PY);
+    gust.cli(&[
+        "fn",
+        "create",
+        "work",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+    ])
+    .ok();
+    let create = |extra: &[&str]| {
+        let mut args = vec!["mqt", "create", "bad", "--fn", "work"];
+        args.extend_from_slice(extra);
+        gust.cli(&args)
+    };
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &[
+                "--kind",
+                "nats",
+                "--url",
+                "mqtt://127.0.0.1:1883",
+                "--topic",
+                "t",
+            ],
+            "url",
+        ),
+        (
+            &[
+                "--kind",
+                "mqtt",
+                "--url",
+                "mqtt://127.0.0.1:1883",
+                "--topic",
+                "a/#/b",
+            ],
+            "topic",
+        ),
+        (
+            &[
+                "--kind",
+                "nats",
+                "--url",
+                "nats://127.0.0.1:4222",
+                "--topic",
+                "a..b",
+            ],
+            "topic",
+        ),
+        (
+            &[
+                "--kind",
+                "redis",
+                "--url",
+                "redis://h:1",
+                "--topic",
+                "in",
+                "--resp-topic",
+                "in",
+            ],
+            "resp_topic",
+        ),
+        (
+            &[
+                "--kind",
+                "redis",
+                "--url",
+                "redis://h:1",
+                "--topic",
+                "in",
+                "--concurrency",
+                "0",
+            ],
+            "concurrency",
+        ),
+        (
+            &[
+                "--kind",
+                "redis",
+                "--url",
+                "redis://h:1",
+                "--topic",
+                "in",
+                "--max-retries",
+                "101",
+            ],
+            "max_retries",
+        ),
+        (
+            &[
+                "--kind",
+                "amqp",
+                "--url",
+                "amqp://u:hunter2@h",
+                "--topic",
+                "q",
+                "--content-type",
+                "json",
+            ],
+            "content_type",
+        ),
+    ];
+    for (extra, field) in cases {
+        let error = create(extra).failed();
+        assert!(error.contains(field), "{extra:?}: {error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+    let kafka = create(&["--kind", "kafka", "--url", "k://h", "--topic", "t"]).failed();
+    assert!(kafka.contains("kafka"), "{kafka}");
+    let missing = gust
+        .cli(&[
+            "mqt",
+            "create",
+            "bad",
+            "--fn",
+            "nope",
+            "--kind",
+            "redis",
+            "--url",
+            "redis://h:1",
+            "--topic",
+            "t",
+        ])
+        .failed();
+    assert!(missing.contains("nope"), "{missing}");
+    assert_eq!(
+        gust.cli(&["mqt", "list", "-o", "json"]).ok().stdout.trim(),
+        "[]"
+    );
+
+    // Nothing listens on this port: the trigger keeps trying and says why.
+    let url = format!(
+        "amqp://app:s3cret-pw@127.0.0.1:{}/%2f",
+        gust_harness::free_port()
+    );
+    gust.cli(&[
+        "mqt", "create", "down", "--fn", "work", "--kind", "amqp", "--url", &url, "--topic", "q",
+    ])
+    .ok();
+    let shown = eventually(Duration::from_secs(30), || {
+        let shown = gust.cli(&["mqt", "get", "down", "-o", "json"]).ok().stdout;
+        let trigger: Value = serde_json::from_str(&shown).unwrap();
+        trigger["status"]["last_error"].is_string().then_some(shown)
+    })
+    .expect("the unreachable broker is reported");
+    let trigger: Value = serde_json::from_str(&shown).unwrap();
+    assert!(
+        matches!(
+            trigger["status"]["state"].as_str(),
+            Some("connecting" | "reconnecting")
+        ),
+        "{shown}"
+    );
+    assert!(
+        trigger["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{shown}"
+    );
+    assert_eq!(trigger["url"], url.replace("s3cret-pw", "***"));
+    let everything = [
+        shown,
+        gust.cli(&["mqt", "list"]).ok().stdout,
+        gust.cli(&["mqt", "list", "-o", "yaml"]).ok().stdout,
+        gust.log(),
+    ];
+    for text in everything {
+        assert!(!text.contains("s3cret-pw"), "the password leaked: {text}");
+    }
+    gust.cli(&["mqt", "delete", "down"]).ok();
+    assert!(
+        gust.cli(&["mqt", "get", "down"])
+            .failed()
+            .contains("not found")
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ fn s01_every_api_route_needs_the_token() {
         "def main():\n    return 'x'\n",
         &[],
     );
-    let routes: [(Method, &str); 26] = [
+    let routes: [(Method, &str); 30] = [
         (Method::GET, "/v1/environments"),
         (Method::POST, "/v1/environments"),
         (Method::GET, "/v1/environments/python"),
@@ -46,6 +46,10 @@ fn s01_every_api_route_needs_the_token() {
         (Method::POST, "/v1/timers"),
         (Method::GET, "/v1/timers/t"),
         (Method::DELETE, "/v1/timers/t"),
+        (Method::GET, "/v1/mqtriggers"),
+        (Method::POST, "/v1/mqtriggers"),
+        (Method::GET, "/v1/mqtriggers/t"),
+        (Method::DELETE, "/v1/mqtriggers/t"),
         (Method::GET, "/v1/no-such-thing"),
     ];
     for (method, path) in routes {
@@ -85,6 +89,8 @@ fn s01_every_api_route_needs_the_token() {
         "/v1/dlq",
         "/v1/dlq/redrive",
         "/v1/timers",
+        "/v1/mqtriggers",
+        "/v1/mqtriggers/{name}",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }

@@ -60,6 +60,38 @@ fn a_standard_wasi_http_component_serves_requests_with_its_env_and_logs() {
     assert_eq!(logs["stream"], "stdout");
 }
 
+/// Requests Gust makes itself have no Host header (a timer's tick, a queue message);
+/// wasi:http needs an authority, so the tier supplies one.
+#[test]
+fn a_timer_tick_without_a_host_reaches_the_component() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    deploy_probe(&gust, "ticked", &[]);
+    gust.cli(&[
+        "timer",
+        "create",
+        "tick",
+        "--fn",
+        "ticked",
+        "--cron",
+        "@every 1s",
+    ])
+    .ok();
+    let served = eventually(Duration::from_secs(20), || {
+        let metrics = gust.metrics();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("gust_function_invocations_total")
+                    && l.contains("trigger=\"timer\"")
+                    && l.contains("code=\"200\"")
+            })
+            .map(str::to_owned)
+    });
+    assert!(served.is_some(), "{}\n{}", gust.metrics(), gust.log());
+    let dead = gust.cli(&["dlq", "list", "-o", "json"]).ok().stdout;
+    assert_eq!(dead.trim(), "[]", "{dead}");
+}
+
 #[test]
 fn limits_hold_and_a_failure_never_spills_into_the_next_request() {
     let gust = Gust::start(GUST, GustOptions::default());

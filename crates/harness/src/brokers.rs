@@ -150,7 +150,8 @@ impl Broker {
         let mut command = match self.kind {
             BrokerKind::Nats => {
                 let mut c = Command::new("nats-server");
-                c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"]).arg(&data);
+                c.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+                    .arg(&data);
                 c
             }
             BrokerKind::Mqtt => {
@@ -160,9 +161,18 @@ impl Broker {
             }
             BrokerKind::Redis => {
                 let mut c = Command::new("redis-server");
-                c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-                    .args(["--appendfsync", "always", "--dir"])
-                    .arg(&data);
+                c.args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                ])
+                .args(["--appendfsync", "always", "--dir"])
+                .arg(&data);
                 c
             }
             BrokerKind::Amqp => {
@@ -175,9 +185,15 @@ impl Broker {
                     .env("RABBITMQ_DIST_PORT", free_port().to_string())
                     .env("RABBITMQ_MNESIA_BASE", &data)
                     .env("RABBITMQ_LOG_BASE", home.join("log"))
-                    .env("RABBITMQ_ENABLED_PLUGINS_FILE", home.join("enabled_plugins"))
+                    .env(
+                        "RABBITMQ_ENABLED_PLUGINS_FILE",
+                        home.join("enabled_plugins"),
+                    )
                     .env("RABBITMQ_CONFIG_FILE", home.join("rabbitmq"))
-                    .env("RABBITMQ_ADVANCED_CONFIG_FILE", home.join("advanced.config"))
+                    .env(
+                        "RABBITMQ_ADVANCED_CONFIG_FILE",
+                        home.join("advanced.config"),
+                    )
                     .env("RABBITMQ_PID_FILE", home.join("pid"));
                 c
             }
@@ -189,7 +205,10 @@ impl Broker {
             // Its own process group, so that a kill reaches every process it started.
             .process_group(0);
         self.process = Some(command.spawn().unwrap_or_else(|e| {
-            panic!("cannot start the {} broker ({e}); run ./scripts/setup.sh", self.kind.as_str())
+            panic!(
+                "cannot start the {} broker ({e}); run ./scripts/setup.sh",
+                self.kind.as_str()
+            )
         }));
         self.wait_ready();
     }
@@ -295,7 +314,9 @@ impl Broker {
         if self.kind == BrokerKind::Amqp {
             self.runtime.block_on(async {
                 let (connection, _channel) = amqp_channel(&self.url()).await;
-                amqp_ensure_queue(&connection, topic).await.expect("declare the queue");
+                amqp_ensure_queue(&connection, topic)
+                    .await
+                    .expect("declare the queue");
             });
         }
         Collector {
@@ -314,14 +335,18 @@ impl Broker {
                 BrokerKind::Amqp => amqp_collect(&self.url(), collector).await,
                 BrokerKind::Mqtt => {
                     let messages =
-                        mqtt_collect(self.port, &collector.topic, Duration::from_millis(300)).await?;
+                        mqtt_collect(self.port, &collector.topic, Duration::from_millis(300))
+                            .await?;
                     collector.messages.extend(messages);
                     Ok(())
                 }
             }
         });
         if let Err(err) = result {
-            eprintln!("reading {} failed (retried on the next read): {err:#}", collector.topic);
+            eprintln!(
+                "reading {} failed (retried on the next read): {err:#}",
+                collector.topic
+            );
         }
     }
 
@@ -358,7 +383,11 @@ impl Broker {
                         for chunk in payloads.chunks(500) {
                             let mut pipe = redis::pipe();
                             for payload in chunk {
-                                pipe.cmd("XADD").arg(topic).arg("*").arg("data").arg(payload.as_slice());
+                                pipe.cmd("XADD")
+                                    .arg(topic)
+                                    .arg("*")
+                                    .arg("data")
+                                    .arg(payload.as_slice());
                             }
                             let _: Vec<String> = pipe.query_async(&mut connection).await?;
                         }
@@ -380,7 +409,9 @@ impl Broker {
                 self.reload_mosquitto();
                 // The reload takes effect a little later: wait until a publish is refused.
                 let refused = (0..50).any(|_| {
-                    let outcome = self.runtime.block_on(mqtt_publish(self.port, topic, &[b"probe".to_vec()]));
+                    let outcome =
+                        self.runtime
+                            .block_on(mqtt_publish(self.port, topic, &[b"probe".to_vec()]));
                     outcome.is_err() || {
                         std::thread::sleep(Duration::from_millis(100));
                         false
@@ -393,7 +424,8 @@ impl Broker {
                 .block_on(async {
                     match self.kind {
                         BrokerKind::Nats => {
-                            let js = async_nats::jetstream::new(async_nats::connect(self.url()).await?);
+                            let js =
+                                async_nats::jetstream::new(async_nats::connect(self.url()).await?);
                             js.create_stream(async_nats::jetstream::stream::Config {
                                 name: "refusing".into(),
                                 subjects: vec![topic.to_owned()],
@@ -406,20 +438,31 @@ impl Broker {
                         }
                         BrokerKind::Amqp => {
                             let (_connection, channel) = amqp_channel(&self.url()).await;
-                            channel.queue_delete(topic.into(), Default::default()).await?;
+                            channel
+                                .queue_delete(topic.into(), Default::default())
+                                .await?;
                             let mut arguments = lapin::types::FieldTable::default();
-                            arguments.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(0));
+                            arguments
+                                .insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(0));
                             arguments.insert(
                                 "x-overflow".into(),
                                 lapin::types::AMQPValue::LongString("reject-publish".into()),
                             );
                             channel
-                                .queue_declare(topic.into(), lapin::options::QueueDeclareOptions::durable(), arguments)
+                                .queue_declare(
+                                    topic.into(),
+                                    lapin::options::QueueDeclareOptions::durable(),
+                                    arguments,
+                                )
                                 .await?;
                         }
                         BrokerKind::Redis => {
                             let mut connection = self.redis().await?;
-                            let _: () = redis::cmd("SET").arg(topic).arg("not a stream").query_async(&mut connection).await?;
+                            let _: () = redis::cmd("SET")
+                                .arg(topic)
+                                .arg("not a stream")
+                                .query_async(&mut connection)
+                                .await?;
                         }
                         BrokerKind::Mqtt => unreachable!(),
                     }
@@ -442,7 +485,8 @@ impl Broker {
                 .block_on(async {
                     match self.kind {
                         BrokerKind::Nats => {
-                            let js = async_nats::jetstream::new(async_nats::connect(self.url()).await?);
+                            let js =
+                                async_nats::jetstream::new(async_nats::connect(self.url()).await?);
                             js.update_stream(async_nats::jetstream::stream::Config {
                                 name: "refusing".into(),
                                 subjects: vec![topic.to_owned()],
@@ -453,14 +497,23 @@ impl Broker {
                         }
                         BrokerKind::Amqp => {
                             let (_connection, channel) = amqp_channel(&self.url()).await;
-                            channel.queue_delete(topic.into(), Default::default()).await?;
                             channel
-                                .queue_declare(topic.into(), lapin::options::QueueDeclareOptions::durable(), quorum_queue())
+                                .queue_delete(topic.into(), Default::default())
+                                .await?;
+                            channel
+                                .queue_declare(
+                                    topic.into(),
+                                    lapin::options::QueueDeclareOptions::durable(),
+                                    quorum_queue(),
+                                )
                                 .await?;
                         }
                         BrokerKind::Redis => {
                             let mut connection = self.redis().await?;
-                            let _: () = redis::cmd("DEL").arg(topic).query_async(&mut connection).await?;
+                            let _: () = redis::cmd("DEL")
+                                .arg(topic)
+                                .query_async(&mut connection)
+                                .await?;
                         }
                         BrokerKind::Mqtt => unreachable!(),
                     }
@@ -531,7 +584,10 @@ async fn nats_collect(url: &str, collector: &mut Collector) -> anyhow::Result<()
             .headers
             .iter()
             .map(|(name, values)| {
-                let value = values.first().map(|v| v.as_str().to_owned()).unwrap_or_default();
+                let value = values
+                    .first()
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
                 (name.to_string(), value)
             })
             .collect();
@@ -599,11 +655,19 @@ async fn amqp_ensure_queue(connection: &lapin::Connection, queue: &str) -> anyho
         passive: true,
         ..Default::default()
     };
-    if probe.queue_declare(queue.into(), passive, Default::default()).await.is_err() {
+    if probe
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .is_err()
+    {
         connection
             .create_channel()
             .await?
-            .queue_declare(queue.into(), lapin::options::QueueDeclareOptions::durable(), quorum_queue())
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions::durable(),
+                quorum_queue(),
+            )
             .await?;
     }
     Ok(())
@@ -651,7 +715,10 @@ async fn amqp_publish(url: &str, topic: &str, payloads: &[Vec<u8>]) -> anyhow::R
 async fn amqp_collect(url: &str, collector: &mut Collector) -> anyhow::Result<()> {
     let (_connection, channel) = amqp_channel(url).await;
     while let Some(message) = channel
-        .basic_get(collector.topic.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .basic_get(
+            collector.topic.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
         .await?
     {
         let delivery = message.delivery;
@@ -659,7 +726,9 @@ async fn amqp_collect(url: &str, collector: &mut Collector) -> anyhow::Result<()
         if let Some(table) = delivery.properties.headers() {
             for (name, value) in table.inner() {
                 let text = match value {
-                    lapin::types::AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    lapin::types::AMQPValue::LongString(s) => {
+                        String::from_utf8_lossy(s.as_bytes()).into_owned()
+                    }
                     other => format!("{other:?}"),
                 };
                 headers.insert(name.to_string(), text);
@@ -678,7 +747,9 @@ async fn amqp_collect(url: &str, collector: &mut Collector) -> anyhow::Result<()
 
 fn mqtt_options(client_id: &str, port: u16, clean: bool) -> rumqttc::v5::MqttOptions {
     let mut options = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", port);
-    options.set_clean_start(clean).set_keep_alive(Duration::from_secs(10));
+    options
+        .set_clean_start(clean)
+        .set_keep_alive(Duration::from_secs(10));
     if !clean {
         options.set_session_expiry_interval(Some(24 * 3600));
     }
@@ -688,13 +759,16 @@ fn mqtt_options(client_id: &str, port: u16, clean: bool) -> rumqttc::v5::MqttOpt
 async fn mqtt_publish(port: u16, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     use rumqttc::v5::mqttbytes::{QoS, v5::Packet};
     let client_id = format!("publisher-{}", std::process::id());
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(mqtt_options(&client_id, port, true), 1024);
+    let (client, mut eventloop) =
+        rumqttc::v5::AsyncClient::new(mqtt_options(&client_id, port, true), 1024);
     let topic = topic.to_owned();
     let payloads = payloads.to_vec();
     let total = payloads.len();
     let sender = tokio::spawn(async move {
         for payload in payloads {
-            client.publish(topic.clone(), QoS::AtLeastOnce, false, payload).await?;
+            client
+                .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                .await?;
         }
         anyhow::Ok(client)
     });
@@ -703,7 +777,10 @@ async fn mqtt_publish(port: u16, topic: &str, payloads: &[Vec<u8>]) -> anyhow::R
         if let rumqttc::v5::Event::Incoming(Packet::PubAck(ack)) = eventloop.poll().await? {
             use rumqttc::v5::mqttbytes::v5::PubAckReason;
             anyhow::ensure!(
-                matches!(ack.reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers),
+                matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ),
                 "the broker refused the message: {:?}",
                 ack.reason
             );
@@ -718,18 +795,33 @@ async fn mqtt_publish(port: u16, topic: &str, payloads: &[Vec<u8>]) -> anyhow::R
 
 /// Resumes the collector session of `topic` (subscribing it), reads for `listen` after the
 /// last message, and leaves; what arrives later waits in the session.
-async fn mqtt_collect(port: u16, topic: &str, listen: Duration) -> anyhow::Result<Vec<BrokerMessage>> {
+async fn mqtt_collect(
+    port: u16,
+    topic: &str,
+    listen: Duration,
+) -> anyhow::Result<Vec<BrokerMessage>> {
     use rumqttc::v5::mqttbytes::{QoS, v5::Packet};
     let client_id: String = format!("collector-{topic}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(mqtt_options(&client_id, port, false), 1024);
+    let (client, mut eventloop) =
+        rumqttc::v5::AsyncClient::new(mqtt_options(&client_id, port, false), 1024);
     client.subscribe(topic.to_owned(), QoS::AtLeastOnce).await?;
     let mut messages = Vec::new();
     let mut subscribed = false;
     loop {
-        let wait = if subscribed { listen } else { Duration::from_secs(5) };
+        let wait = if subscribed {
+            listen
+        } else {
+            Duration::from_secs(5)
+        };
         match tokio::time::timeout(wait.max(Duration::from_millis(1)), eventloop.poll()).await {
             Err(_) => break,
             Ok(event) => match event? {

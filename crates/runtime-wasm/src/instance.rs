@@ -228,7 +228,17 @@ impl Instance for WasmInstance {
             function: function.clone(),
             detail,
         };
-        let request = request.map(Full::new);
+        let mut request = request.map(Full::new);
+        // wasi:http requires an authority; requests made by Gust itself (a timer's tick, a
+        // queue message) have none.
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
         let incoming = store
             .data_mut()
             .http()
