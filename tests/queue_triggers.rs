@@ -182,6 +182,7 @@ fn conformance(kind: BrokerKind) {
     kill_nine_mid_stream_loses_nothing(&mut suite);
     order_is_kept_with_concurrency_one_across_a_restart(&mut suite);
     broker_killed_and_restarted_backlog_drains(&mut suite);
+    failure_without_an_error_topic_becomes_a_dead_letter(&suite);
 }
 
 /// 1,000 messages, four at a time: every one answered on the response topic, as a
@@ -449,6 +450,8 @@ fn broker_killed_and_restarted_backlog_drains(suite: &mut Suite) {
         // broker's durability, not the trigger's; a clean stop tests the trigger.
         suite.broker.stop();
     } else {
+        // Mosquitto writes its state to disk once a second: let it save the backlog.
+        std::thread::sleep(Duration::from_millis(1500));
         suite.broker.kill9();
     }
     let reported = eventually(Duration::from_secs(30), || {
@@ -653,6 +656,46 @@ fn bad_input_and_unreachable_brokers() {
             .failed()
             .contains("not found")
     );
+}
+
+/// Without an error topic, a message that keeps failing is stored as a dead letter (with
+/// the request the function got) before it is acknowledged, and can be re-driven.
+fn failure_without_an_error_topic_becomes_a_dead_letter(suite: &Suite) {
+    let topic = suite.topic(&["h", "in"]);
+    suite.create_trigger("h", "work", &topic, &["--max-retries", "0"]);
+    suite.wait_connected("h");
+    suite.broker.publish(&topic, &[b"poison-h".to_vec()]);
+    let dead = eventually(Duration::from_secs(30), || {
+        let listed = suite.gust.cli(&["dlq", "list", "-o", "json"]).ok().stdout;
+        let letters: Vec<Value> = serde_json::from_str(&listed).ok()?;
+        letters.into_iter().find(|l| l["source"]["trigger"] == "h")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no dead letter: {}\n{}",
+            suite.status("h"),
+            suite.gust.log()
+        )
+    });
+    assert_eq!(dead["source"]["kind"], "mq");
+    assert_eq!(dead["reason"], "attempts_exhausted");
+    assert_eq!(dead["attempts"], 1);
+    assert_eq!(dead["last_status"], 500);
+    let id = dead["id"].as_str().unwrap();
+    let shown = suite
+        .gust
+        .cli(&["dlq", "show", id, "-o", "json"])
+        .ok()
+        .stdout;
+    assert!(
+        shown.contains("ce-subject") && shown.contains(&topic),
+        "{shown}"
+    );
+    eventually(Duration::from_secs(10), || {
+        (suite.status("h")["status"]["failed"] == 1).then_some(())
+    })
+    .expect("acknowledged once stored");
+    suite.gust.cli(&["mqt", "delete", "h"]).ok();
 }
 
 #[test]

@@ -112,9 +112,11 @@ impl Broker {
             BrokerKind::Mqtt => {
                 self.write_mosquitto_acl(&[]);
                 let config = format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {acl}\n\
+                    // `user root`: started as root, mosquitto would otherwise switch to its
+                    // own user, which cannot write the persistence file in our directory.
+                    "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\nacl_file {acl}\n\
                      persistence true\npersistence_location {data}/\n\
-                     autosave_on_changes true\nautosave_interval 1\n\
+                     autosave_interval 1\n\
                      max_queued_messages 0\nmax_inflight_messages 0\n\
                      persistent_client_expiration 1d\nlog_dest stderr\n",
                     port = self.port,
@@ -550,8 +552,21 @@ fn find_program(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Publishes through JetStream, creating a stream for `topic` when none captures it.
 async fn nats_publish(url: &str, topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+    if js.stream_by_subject(topic.to_owned()).await.is_err() {
+        let name: String = topic
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: format!("producer-{name}"),
+            subjects: vec![topic.to_owned()],
+            ..Default::default()
+        })
+        .await?;
+    }
     for chunk in payloads.chunks(256) {
         let mut acks = Vec::with_capacity(chunk.len());
         for payload in chunk {
