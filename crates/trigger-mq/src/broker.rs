@@ -14,11 +14,23 @@ use gust_model::MqTrigger;
 pub struct BrokerError(pub String);
 
 impl BrokerError {
+    /// A session ended on purpose so that the broker redelivers a released message (MQTT
+    /// resends unacknowledged messages only to a new connection): not a failure to report.
+    pub fn redelivery() -> Self {
+        Self(REDELIVERY.to_owned())
+    }
+
+    pub fn is_redelivery(&self) -> bool {
+        self.0 == REDELIVERY
+    }
+
     /// `context: error`, with the trigger URL's secret removed from the error's text.
     pub fn new(trigger: &MqTrigger, context: &str, error: impl std::fmt::Display) -> Self {
         Self(trigger.url.scrub(&format!("{context}: {error}")))
     }
 }
+
+const REDELIVERY: &str = "reconnecting so that the broker redelivers a released message";
 
 /// One message as received.
 pub struct Received {

@@ -244,8 +244,12 @@ async fn consume(context: Arc<TriggerContext>, stop: CancellationToken) {
             }
             Err(err) => err,
         };
-        tracing::warn!(trigger = %context.trigger.name, error = %error, "queue trigger disconnected; reconnecting");
-        context.status.error(&error.0, context.clock.now_ms());
+        if error.is_redelivery() {
+            tracing::debug!(trigger = %context.trigger.name, "reconnecting for a redelivery");
+        } else {
+            tracing::warn!(trigger = %context.trigger.name, error = %error, "queue trigger disconnected; reconnecting");
+            context.status.error(&error.0, context.clock.now_ms());
+        }
         context.status.set_state(TriggerState::Reconnecting);
         let jittered = wait.mul_f64(rand::rng().random_range(0.5..=1.0));
         tokio::select! {

@@ -167,9 +167,7 @@ async fn drive(
     let lock = || pending.lock().unwrap_or_else(|p| p.into_inner());
     let error = loop {
         let event = tokio::select! {
-            _ = reconnect.cancelled() => {
-                break "reconnecting so that the broker redelivers a released message".to_owned();
-            }
+            _ = reconnect.cancelled() => break BrokerError::redelivery(),
             event = eventloop.poll() => event,
         };
         match event {
@@ -192,14 +190,17 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Disconnect(disconnect))) => {
-                break format!("the broker disconnected: {:?}", disconnect.reason_code);
+                break BrokerError(format!(
+                    "the broker disconnected: {:?}",
+                    disconnect.reason_code
+                ));
             }
             Ok(_) => {}
-            Err(err) => break trigger.url.scrub(&format!("MQTT connection: {err}")),
+            Err(err) => break BrokerError::new(&trigger, "MQTT connection", err),
         }
     };
-    lock().fail_all(&error);
-    let _ = received.send(Err(BrokerError(error)));
+    lock().fail_all(&error.0);
+    let _ = received.send(Err(error));
     let _ = client.try_disconnect();
 }
 
