@@ -97,6 +97,18 @@ impl Suite {
         assert_eq!(created.stdout.trim(), name);
     }
 
+    /// Creates trigger `name` of `function` on topic `<name> in`, answering on `<name> out`,
+    /// and waits until it is connected; returns its topic and a collector of its answers.
+    fn replying_trigger(&self, name: &str, function: &str, extra: &[&str]) -> (String, Collector) {
+        let (topic, replies) = (self.topic(&[name, "in"]), self.topic(&[name, "out"]));
+        let collector = self.broker.collector(&replies);
+        let mut args = vec!["--resp-topic", replies.as_str()];
+        args.extend_from_slice(extra);
+        self.create_trigger(name, function, &topic, &args);
+        self.wait_connected(name);
+        (topic, collector)
+    }
+
     fn status(&self, name: &str) -> Value {
         let shown = self.gust.cli(&["mqt", "get", name, "-o", "json"]).ok();
         serde_json::from_str(&shown.stdout).expect("mqt get prints JSON")
@@ -188,15 +200,7 @@ fn conformance(kind: BrokerKind) {
 /// 1,000 messages, four at a time: every one answered on the response topic, as a
 /// CloudEvent with the trigger's source, type and subject.
 fn no_loss_with_responses_and_cloudevents(suite: &Suite) {
-    let (topic, replies) = (suite.topic(&["a", "in"]), suite.topic(&["a", "out"]));
-    let mut collector = suite.broker.collector(&replies);
-    suite.create_trigger(
-        "a",
-        "work",
-        &topic,
-        &["--resp-topic", &replies, "--concurrency", "4"],
-    );
-    suite.wait_connected("a");
+    let (topic, mut collector) = suite.replying_trigger("a", "work", &["--concurrency", "4"]);
     suite.broker.publish(&topic, &payloads("m", 1000));
     suite.expect_bodies(&mut collector, &names("m", 1000), Duration::from_secs(120));
 
@@ -343,11 +347,8 @@ fn refused_error_topic_write_leaves_the_message_unacked(suite: &Suite) {
 /// while the function is deleted, messages wait unacknowledged (the trigger says so);
 /// once it is created again they all run. None is dropped or dead-lettered.
 fn deleted_function_keeps_messages_until_it_is_back(suite: &Suite) {
-    let (topic, replies) = (suite.topic(&["d", "in"]), suite.topic(&["d", "out"]));
-    let mut collector = suite.broker.collector(&replies);
     suite.deploy("gone");
-    suite.create_trigger("d", "gone", &topic, &["--resp-topic", &replies]);
-    suite.wait_connected("d");
+    let (topic, mut collector) = suite.replying_trigger("d", "gone", &[]);
     suite.gust.cli(&["fn", "delete", "gone"]).ok();
     suite.broker.publish(&topic, &payloads("d", 20));
     eventually(Duration::from_secs(30), || {
@@ -370,15 +371,7 @@ fn deleted_function_keeps_messages_until_it_is_back(suite: &Suite) {
 /// Gust killed with SIGKILL while messages are in flight; after the restart every
 /// message is answered (some twice: at least once).
 fn kill_nine_mid_stream_loses_nothing(suite: &mut Suite) {
-    let (topic, replies) = (suite.topic(&["e", "in"]), suite.topic(&["e", "out"]));
-    let mut collector = suite.broker.collector(&replies);
-    suite.create_trigger(
-        "e",
-        "work",
-        &topic,
-        &["--resp-topic", &replies, "--concurrency", "4"],
-    );
-    suite.wait_connected("e");
+    let (topic, mut collector) = suite.replying_trigger("e", "work", &["--concurrency", "4"]);
     suite.broker.publish(&topic, &payloads("slow-e", 1000));
     let started = suite
         .broker
@@ -396,10 +389,7 @@ fn kill_nine_mid_stream_loses_nothing(suite: &mut Suite) {
 /// with concurrency 1, responses come in publishing order, also across a restart of
 /// Gust in the middle (a redelivered message may repeat, never jump ahead).
 fn order_is_kept_with_concurrency_one_across_a_restart(suite: &mut Suite) {
-    let (topic, replies) = (suite.topic(&["f", "in"]), suite.topic(&["f", "out"]));
-    let mut collector = suite.broker.collector(&replies);
-    suite.create_trigger("f", "work", &topic, &["--resp-topic", &replies]);
-    suite.wait_connected("f");
+    let (topic, mut collector) = suite.replying_trigger("f", "work", &[]);
     suite.broker.publish(&topic, &payloads("slow-f", 200));
     assert!(
         suite
@@ -434,10 +424,7 @@ fn order_is_kept_with_concurrency_one_across_a_restart(suite: &mut Suite) {
 /// the broker dies (SIGKILL; RabbitMQ stops) under a backlog; the trigger reports it and reconnects when the
 /// broker is back, and the backlog drains with nothing lost.
 fn broker_killed_and_restarted_backlog_drains(suite: &mut Suite) {
-    let (topic, replies) = (suite.topic(&["g", "in"]), suite.topic(&["g", "out"]));
-    let mut collector = suite.broker.collector(&replies);
-    suite.create_trigger("g", "work", &topic, &["--resp-topic", &replies]);
-    suite.wait_connected("g");
+    let (topic, mut collector) = suite.replying_trigger("g", "work", &[]);
     suite.broker.publish(&topic, &payloads("slow-g", 300));
     assert!(
         suite

@@ -299,6 +299,12 @@ impl Broker {
         self.launch();
     }
 
+    async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
+        Ok(async_nats::jetstream::new(
+            async_nats::connect(self.url()).await?,
+        ))
+    }
+
     async fn redis(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         redis::Client::open(self.url())?
             .get_multiplexed_async_connection()
@@ -426,8 +432,7 @@ impl Broker {
                 .block_on(async {
                     match self.kind {
                         BrokerKind::Nats => {
-                            let js =
-                                async_nats::jetstream::new(async_nats::connect(self.url()).await?);
+                            let js = self.jetstream().await?;
                             js.create_stream(async_nats::jetstream::stream::Config {
                                 name: "refusing".into(),
                                 subjects: vec![topic.to_owned()],
@@ -487,8 +492,7 @@ impl Broker {
                 .block_on(async {
                     match self.kind {
                         BrokerKind::Nats => {
-                            let js =
-                                async_nats::jetstream::new(async_nats::connect(self.url()).await?);
+                            let js = self.jetstream().await?;
                             js.update_stream(async_nats::jetstream::stream::Config {
                                 name: "refusing".into(),
                                 subjects: vec![topic.to_owned()],
