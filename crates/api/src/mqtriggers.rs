@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use bytes::Bytes;
 use gust_model::{MqTrigger, MqTriggerConfig};
-use gust_trigger_mq::{TriggerState, TriggerStatus};
+use gust_trigger_mq::TriggerStatus;
 use http::StatusCode;
 use serde::Serialize;
 
@@ -41,13 +41,10 @@ pub struct MqTriggerView {
 
 impl MqTriggerView {
     fn new(trigger: MqTrigger, state: &ApiState) -> Self {
-        let status = state.mq.status(&trigger).unwrap_or(TriggerStatus {
-            state: TriggerState::Connecting,
-            last_error: None,
-            last_error_at_ms: None,
-            succeeded: 0,
-            failed: 0,
-        });
+        let status = state
+            .mq
+            .status(&trigger)
+            .unwrap_or_else(TriggerStatus::connecting);
         Self {
             namespace: trigger.namespace.to_string(),
             name: trigger.name.to_string(),

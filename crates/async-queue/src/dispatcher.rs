@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
 use gust_model::{
-    AsyncInvocation, AsyncSource, BACKOFF_CAP, DeadReason, Delivery, InvocationState, Name,
-    Namespace, StoredRequest, StoredResponse, Verdict, backoff, classify_status,
+    AsyncInvocation, AsyncSource, DeadReason, Delivery, InvocationState, Name, Namespace,
+    StoredRequest, StoredResponse, Verdict, classify_status, retry_wait,
 };
 use gust_store::QueueChange;
 use rand::Rng;
@@ -312,12 +312,7 @@ impl Dispatcher {
         let verdict = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                retry_after = response
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map_or(Duration::ZERO, Duration::from_secs);
+                retry_after = crate::request::retry_after(&response);
                 invocation.last_status = Some(status);
                 invocation.response = Some(StoredResponse::new(status, response.body()));
                 let verdict = classify_status(status);
@@ -352,8 +347,11 @@ impl Dispatcher {
                 Next::Dead(DeadReason::AttemptsExhausted)
             }
             Verdict::Retry => {
-                let wait = backoff(invocation.attempts, rand::rng().random::<f64>())
-                    .max(retry_after.min(BACKOFF_CAP));
+                let wait = retry_wait(
+                    invocation.attempts,
+                    retry_after,
+                    rand::rng().random::<f64>(),
+                );
                 let due = now + wait.as_millis() as u64;
                 Next::RetryAt(due.min(deadline(invocation, delivery)))
             }

@@ -21,7 +21,7 @@ mod writer;
 pub use dispatcher::{DeliveryPolicies, Dispatcher};
 pub use error::QueueError;
 pub use queue::AsyncQueue;
-pub use request::store_request;
+pub use request::{retry_after, store_request};
 pub use writer::QueueWriter;
 
 /// Where the queue reads the time: the system clock in Gust, a hand-driven one in tests of

@@ -60,6 +60,16 @@ pub fn delivery_request(
     request
 }
 
+/// The whole seconds a function's `Retry-After` asks for (zero when absent or not a number).
+pub fn retry_after(response: &http::Response<Bytes>) -> std::time::Duration {
+    response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,12 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
+/// How long to wait before the next attempt: the backoff, or longer when the function asked
+/// for it with `Retry-After` (never past [`BACKOFF_CAP`]).
+pub fn retry_wait(attempt: u32, retry_after: Duration, jitter: f64) -> Duration {
+    backoff(attempt, jitter).max(retry_after.min(BACKOFF_CAP))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ mod usage;
 
 pub use delivery::{
     BACKOFF_BASE, BACKOFF_CAP, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, Delivery, DeliveryConfig,
-    Verdict, backoff, classify_status,
+    Verdict, backoff, classify_status, retry_wait,
 };
 pub use environment::{
     BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use gust_async_queue::{AsyncQueue, Clock, store_request};
 use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
 use gust_model::{
-    AsyncInvocation, AsyncSource, BACKOFF_CAP, DeadReason, InvocationState, MqTrigger,
-    StoredResponse, Verdict, backoff, classify_status,
+    AsyncInvocation, AsyncSource, DeadReason, InvocationState, MqTrigger, StoredResponse, Verdict,
+    classify_status, retry_wait,
 };
 use http::{HeaderName, HeaderValue};
 use rand::Rng;
@@ -154,12 +154,7 @@ impl TriggerContext {
             let (last_status, last_error, response, retry_after) = match result {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map_or(Duration::ZERO, Duration::from_secs);
+                    let retry_after = gust_async_queue::retry_after(&response);
                     let stored = StoredResponse::new(status, response.body());
                     match classify_status(status) {
                         Verdict::Succeeded => return Outcome::Succeeded(response),
@@ -220,8 +215,7 @@ impl TriggerContext {
                     response,
                 });
             }
-            let wait =
-                backoff(attempt, rand::rng().random::<f64>()).max(retry_after.min(BACKOFF_CAP));
+            let wait = retry_wait(attempt, retry_after, rand::rng().random::<f64>());
             if !pause(stop, wait).await {
                 return Outcome::Abandoned;
             }

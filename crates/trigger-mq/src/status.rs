@@ -29,18 +29,25 @@ pub struct TriggerStatus {
     pub failed: u64,
 }
 
-/// A trigger's status, updated by its task and read by the API.
-pub(crate) struct StatusCell(Mutex<TriggerStatus>);
-
-impl StatusCell {
-    pub fn new() -> Self {
-        Self(Mutex::new(TriggerStatus {
+impl TriggerStatus {
+    /// A trigger that has not connected yet (also what a just-created one shows).
+    pub fn connecting() -> Self {
+        Self {
             state: TriggerState::Connecting,
             last_error: None,
             last_error_at_ms: None,
             succeeded: 0,
             failed: 0,
-        }))
+        }
+    }
+}
+
+/// A trigger's status, updated by its task and read by the API.
+pub(crate) struct StatusCell(Mutex<TriggerStatus>);
+
+impl StatusCell {
+    pub fn new() -> Self {
+        Self(Mutex::new(TriggerStatus::connecting()))
     }
 
     pub fn get(&self) -> TriggerStatus {
