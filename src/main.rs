@@ -18,6 +18,12 @@ use clap::{Parser, Subcommand};
 
 use crate::commands::{completion, dlq, env, function, invocation, mqt, route, timer, up, usage};
 
+/// mimalloc instead of the C library's allocator: memory freed on another thread than the one
+/// that allocated it (requests, messages and wasm stores cross tokio's workers all the time)
+/// made glibc's arena locks the place where busy workers slept.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "gust", version, about = "Serverless functions in one binary")]
 pub struct Cli {

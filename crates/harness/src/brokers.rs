@@ -258,6 +258,11 @@ impl Broker {
     }
 
     /// The broker's own directory (configuration, data, logs).
+    /// The broker's process id (RabbitMQ: its start script's).
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("the broker is running").id()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

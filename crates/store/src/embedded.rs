@@ -406,12 +406,19 @@ impl UsageStore for EmbeddedStore {
             let mut new = 0;
             for record in records {
                 let key = record.key();
-                if keys.get(key.as_str())?.is_some() {
-                    continue;
-                }
                 let record_key =
                     format!("{}{key}", time_key(&record.namespace, record.started_at_ms));
-                keys.insert(key.as_str(), record_key.as_str())?;
+                // One lookup, not two: a record stored before keeps its place (and is put back
+                // in the unlikely case it was stored under another start time).
+                let earlier = keys
+                    .insert(key.as_str(), record_key.as_str())?
+                    .map(|earlier| earlier.value().to_owned());
+                if let Some(earlier) = earlier {
+                    if earlier != record_key {
+                        keys.insert(key.as_str(), earlier.as_str())?;
+                    }
+                    continue;
+                }
                 stored.insert(record_key.as_str(), encode(record).as_slice())?;
                 let hour = record.started_at_ms - record.started_at_ms % HOUR_MS;
                 let hour_key = format!("{}{}", time_key(&record.namespace, hour), record.function);

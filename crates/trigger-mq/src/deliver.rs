@@ -16,6 +16,7 @@ use gust_model::{
 };
 use http::{HeaderName, HeaderValue};
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::MqMetrics;
@@ -32,6 +33,9 @@ const FUNCTION_POLL: Duration = Duration::from_secs(1);
 /// What every message of one trigger needs.
 pub(crate) struct TriggerContext {
     pub trigger: MqTrigger,
+    /// `ce-source` and `ce-type` of every message.
+    pub event_source: String,
+    pub event_type: String,
     pub invoker: Arc<dyn Invoker>,
     pub dead_letters: AsyncQueue,
     pub clock: Arc<dyn Clock>,
@@ -65,11 +69,12 @@ struct Failure {
 }
 
 impl TriggerContext {
-    /// Delivers one message and settles it.
+    /// Delivers one message once one of the `workers` is free, and settles it.
     pub async fn deliver(
         self: Arc<Self>,
         publisher: Arc<dyn Publisher>,
         received: Received,
+        workers: Arc<Semaphore>,
         stop: CancellationToken,
     ) {
         let Received {
@@ -88,8 +93,20 @@ impl TriggerContext {
             payload,
         };
         let request_id = RequestId::generate();
-        let outcome =
-            reporting_progress(self.attempts(&event, &request_id, &stop), settle.as_ref()).await;
+        // The broker hears that the message is alive while it waits for a worker too. The
+        // worker is held until the message is settled, so that with one worker a response
+        // is published before the next message runs.
+        let (_worker, outcome) = reporting_progress(
+            async {
+                let worker = tokio::select! {
+                    _ = stop.cancelled() => return (None, Outcome::Abandoned),
+                    worker = workers.acquire_owned() => worker.expect("the semaphore is never closed"),
+                };
+                (Some(worker), self.attempts(&event, &request_id, &stop).await)
+            },
+            settle.as_ref(),
+        )
+        .await;
         let recorded = match &outcome {
             Outcome::Abandoned => {
                 settle.release(Duration::ZERO).await;
@@ -224,43 +241,34 @@ impl TriggerContext {
 
     /// The HTTP request the function receives for attempt `attempt`.
     fn request(&self, event: &Event, id: &RequestId, attempt: u32) -> http::Request<Bytes> {
-        let mut request = http::Request::builder()
-            .method(http::Method::POST)
-            .uri("/")
-            .body(event.payload.clone())
-            .expect("a POST to / is a valid request");
+        let mut request = http::Request::new(event.payload.clone());
+        *request.method_mut() = http::Method::POST;
         let headers = request.headers_mut();
+        headers.reserve(10);
         for (name, value) in self.event_headers(event) {
-            insert(headers, name, value.as_bytes());
+            insert(headers, name, value);
         }
-        insert(headers, "x-gust-request-id", id.as_str().as_bytes());
-        insert(headers, "x-gust-attempt", attempt.to_string().as_bytes());
-        insert(
-            headers,
-            "x-gust-trigger",
-            self.trigger.name.as_str().as_bytes(),
-        );
+        insert(headers, X_GUST_REQUEST_ID, id.to_string());
+        insert(headers, X_GUST_ATTEMPT, attempt.to_string());
+        insert(headers, X_GUST_TRIGGER, self.trigger.name.to_string());
         request
     }
 
     /// CloudEvents attributes in binary mode (`ce-*`), and the content type.
-    fn event_headers(&self, event: &Event) -> Vec<(&'static str, String)> {
+    fn event_headers(&self, event: &Event) -> Vec<(HeaderName, String)> {
         let time = chrono::DateTime::from_timestamp_millis(event.time_ms as i64)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut headers = vec![
-            ("ce-specversion", "1.0".to_owned()),
-            ("ce-id", event.id.clone()),
-            ("ce-source", self.trigger.event_source()),
-            (
-                "ce-type",
-                format!("dev.gust.mqt.{}", self.trigger.kind.as_str()),
-            ),
-            ("ce-time", time),
-            ("ce-subject", event.subject.clone()),
+            (CE_SPECVERSION, "1.0".to_owned()),
+            (CE_ID, event.id.clone()),
+            (CE_SOURCE, self.event_source.clone()),
+            (CE_TYPE, self.event_type.clone()),
+            (CE_TIME, time),
+            (CE_SUBJECT, event.subject.clone()),
         ];
         if let Some(content_type) = &event.content_type {
-            headers.push(("content-type", content_type.clone()));
+            headers.push((http::header::CONTENT_TYPE, content_type.clone()));
         }
         headers
     }
@@ -313,8 +321,8 @@ impl TriggerContext {
             let mut headers: Vec<(String, String)> = self
                 .event_headers(event)
                 .into_iter()
-                .filter(|(name, _)| *name != "content-type")
-                .map(|(name, value)| (name.to_owned(), value))
+                .filter(|(name, _)| *name != http::header::CONTENT_TYPE)
+                .map(|(name, value)| (name.as_str().to_owned(), value))
                 .collect();
             headers.push(("x-gust-error".into(), error));
             headers.push(("x-gust-attempts".into(), failure.attempts.to_string()));
@@ -369,11 +377,21 @@ impl TriggerContext {
     }
 }
 
-fn insert(headers: &mut http::HeaderMap, name: &str, value: &[u8]) {
-    if let (Ok(name), Ok(value)) = (
-        HeaderName::from_bytes(name.as_bytes()),
-        HeaderValue::from_bytes(value),
-    ) {
+// Header names built once: parsing them for every message showed in profiles.
+const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+const CE_ID: HeaderName = HeaderName::from_static("ce-id");
+const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
+const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
+const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
+const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+const X_GUST_REQUEST_ID: HeaderName = HeaderName::from_static("x-gust-request-id");
+const X_GUST_ATTEMPT: HeaderName = HeaderName::from_static("x-gust-attempt");
+const X_GUST_TRIGGER: HeaderName = HeaderName::from_static("x-gust-trigger");
+
+/// Sets a header; a value that is not a valid header value (a broker's message id with a
+/// control character, say) is left out rather than failing the delivery.
+fn insert(headers: &mut http::HeaderMap, name: HeaderName, value: String) {
+    if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(name, value);
     }
 }

@@ -190,6 +190,8 @@ impl MqTriggers {
             let status = Arc::new(StatusCell::new());
             let task_stop = stop.child_token();
             let context = Arc::new(TriggerContext {
+                event_source: trigger.event_source(),
+                event_type: format!("dev.gust.mqt.{}", trigger.kind.as_str()),
                 trigger: trigger.clone(),
                 invoker: self.invoker.clone(),
                 dead_letters: self.dead_letters.clone(),
@@ -261,20 +263,22 @@ async fn consume(context: Arc<TriggerContext>, stop: CancellationToken) {
     context.status.set_state(TriggerState::Stopped);
 }
 
-/// Consumes one session: up to `concurrency` messages in flight. `Ok` when stopped, the
-/// connection's error otherwise; either way messages in flight get [`DRAIN`] to finish.
+/// Consumes one session: up to the session's window of messages received and unsettled, of
+/// which up to `concurrency` are worked on. `Ok` when stopped, the connection's error
+/// otherwise; either way messages in flight get [`DRAIN`] to finish.
 async fn serve(
     context: &Arc<TriggerContext>,
     mut session: Box<dyn Session>,
     stop: &CancellationToken,
 ) -> Result<(), broker::BrokerError> {
-    let slots = Arc::new(Semaphore::new(context.trigger.concurrency as usize));
+    let window = Arc::new(Semaphore::new(session.window()));
+    let workers = Arc::new(Semaphore::new(context.trigger.concurrency as usize));
     let publisher = session.publisher();
     let mut in_flight = JoinSet::new();
     let ended = loop {
-        let slot = tokio::select! {
+        let unsettled = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            held = window.clone().acquire_owned() => held.expect("the semaphore is never closed"),
         };
         let received = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
@@ -282,10 +286,15 @@ async fn serve(
         };
         match received {
             Ok(message) => {
-                let (context, publisher, stop) = (context.clone(), publisher.clone(), stop.clone());
+                let (context, publisher, workers, stop) = (
+                    context.clone(),
+                    publisher.clone(),
+                    workers.clone(),
+                    stop.clone(),
+                );
                 in_flight.spawn(async move {
-                    context.deliver(publisher, message, stop).await;
-                    drop(slot);
+                    context.deliver(publisher, message, workers, stop).await;
+                    drop(unsettled);
                 });
             }
             Err(err) => break Err(err),

@@ -83,9 +83,7 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
                 ack_wait: ACK_WAIT,
                 max_deliver: -1,
                 filter_subject: trigger.topic.clone(),
-                // Never more unacknowledged than can be worked on: a message waiting in
-                // Gust's buffer would outlive its ack wait and come twice.
-                max_ack_pending: i64::from(trigger.concurrency),
+                max_ack_pending: window(trigger.concurrency) as i64,
                 ..Default::default()
             },
         )
@@ -93,7 +91,7 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
         .map_err(|e| fail("cannot create the durable consumer", &e))?;
     let messages = consumer
         .stream()
-        .max_messages_per_batch(trigger.concurrency as usize)
+        .max_messages_per_batch(window(trigger.concurrency))
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
@@ -107,6 +105,17 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
         }),
         trigger: trigger.clone(),
     }))
+}
+
+/// How many messages the server may send unacknowledged: the concurrency, and as many again
+/// above 1. The server sends a pull consumer's messages in bursts as acks come back; without
+/// the second half, workers that finish together wait a round trip for the next burst
+/// (measured: a quarter of the CPU idle at concurrency 32). Messages waiting for a worker
+/// report progress like those being worked on, so they do not outlive the ack wait. At
+/// concurrency 1 nothing waits, so the order of messages is kept.
+fn window(concurrency: u32) -> usize {
+    let concurrency = concurrency as usize;
+    if concurrency > 1 { 2 * concurrency } else { 1 }
 }
 
 /// The name of the stream capturing `subject`, created (`gust-<namespace>-<trigger><suffix>`)
@@ -187,6 +196,10 @@ impl Session for NatsSession {
 
     fn publisher(&self) -> Arc<dyn Publisher> {
         self.publisher.clone()
+    }
+
+    fn window(&self) -> usize {
+        window(self.trigger.concurrency)
     }
 }
 
