@@ -18,7 +18,7 @@ use serde_json::Value;
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
 
 /// Echoes the message with the CloudEvents attributes and attempt it came with; fails (500)
-/// for bodies starting with `poison`, sleeps for `slow`.
+/// for bodies starting with `poison`, sleeps 20 ms for `slow` and 11 s for `long`.
 const WORK_PY: &str = r#"
 import json, time
 
@@ -31,6 +31,8 @@ def main(req):
         return ("poisoned", 500)
     if body.startswith("slow"):
         time.sleep(0.02)
+    if body.startswith("long"):
+        time.sleep(11)
     reply = {name: req.headers.get(name) for name in CE}
     reply["body"] = body
     return json.dumps(reply)
@@ -195,6 +197,11 @@ fn conformance(kind: BrokerKind) {
     order_is_kept_with_concurrency_one_across_a_restart(&mut suite);
     broker_killed_and_restarted_backlog_drains(&mut suite);
     failure_without_an_error_topic_becomes_a_dead_letter(&suite);
+    // The kinds whose broker delivers again after 10 s without news (NATS's ack wait, the
+    // trigger's own reclaim of idle Redis entries).
+    if matches!(kind, BrokerKind::Nats | BrokerKind::Redis) {
+        long_work_is_not_delivered_again(&suite);
+    }
 }
 
 /// 1,000 messages, four at a time: every one answered on the response topic, as a
@@ -366,6 +373,21 @@ fn deleted_function_keeps_messages_until_it_is_back(suite: &Suite) {
     let dead = suite.gust.cli(&["dlq", "list", "-o", "json"]).ok().stdout;
     assert_eq!(dead.trim(), "[]", "nothing dead-lettered: {dead}");
     suite.gust.cli(&["mqt", "delete", "d"]).ok();
+}
+
+/// Work longer than the broker's redelivery timeout, two at a time: the message being worked
+/// on and (NATS, which sends twice the concurrency) the one waiting for a worker are both
+/// reported in progress, so each is answered once.
+fn long_work_is_not_delivered_again(suite: &Suite) {
+    let (topic, mut collector) = suite.replying_trigger("l", "work", &["--concurrency", "2"]);
+    suite.broker.publish(&topic, &payloads("long-l", 4));
+    suite.expect_bodies(&mut collector, &names("long-l", 4), Duration::from_secs(90));
+    // A repeat would be a further answer, at the latest one run (11 s) after the last.
+    std::thread::sleep(Duration::from_secs(12));
+    suite.broker.collect(&mut collector);
+    let answered: Vec<String> = collector.messages.iter().map(|m| m.text()).collect();
+    assert_eq!(answered.len(), 4, "{}: {answered:#?}", suite.kind.as_str());
+    suite.gust.cli(&["mqt", "delete", "l"]).ok();
 }
 
 /// R-21: Gust killed with SIGKILL while messages are in flight; after the restart every
