@@ -257,12 +257,12 @@ impl Broker {
         Ok(())
     }
 
-    /// The broker's own directory (configuration, data, logs).
     /// The broker's process id (RabbitMQ: its start script's).
     pub fn pid(&self) -> u32 {
         self.process.as_ref().expect("the broker is running").id()
     }
 
+    /// The broker's own directory (configuration, data, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -312,6 +312,11 @@ impl MqTrigger {
         format!("gust:{}/mqt/{}", self.namespace, self.name)
     }
 
+    /// `dev.gust.mqt.<kind>`, the CloudEvents `type` of its messages.
+    pub fn event_type(&self) -> String {
+        format!("dev.gust.mqt.{}", self.kind.as_str())
+    }
+
     /// A name for this trigger at the broker (durable consumer, client id, consumer group):
     /// stable across restarts, different for every trigger.
     pub fn broker_identity(&self) -> String {
@@ -369,6 +374,10 @@ mod tests {
         assert_eq!(trigger.max_retries, DEFAULT_MAX_RETRIES);
         assert_eq!(trigger.concurrency, 1);
         assert_eq!(trigger.event_source(), "gust:default/mqt/orders");
+        assert_eq!(
+            trigger.event_type(),
+            format!("dev.gust.mqt.{}", trigger.kind.as_str())
+        );
         let mut bad = config("nats", "nats://127.0.0.1:4222", "orders");
         bad.concurrency = Some(0);
         assert!(

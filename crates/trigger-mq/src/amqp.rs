@@ -163,11 +163,6 @@ impl Session for AmqpSession {
     fn publisher(&self) -> Arc<dyn Publisher> {
         self.publisher.clone()
     }
-
-    /// The channel's prefetch (the concurrency) bounds what the broker sends unacknowledged.
-    fn window(&self) -> usize {
-        self.trigger.concurrency as usize
-    }
 }
 
 #[async_trait]

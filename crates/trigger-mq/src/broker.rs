@@ -80,9 +80,12 @@ pub trait Session: Send {
     /// The next message. An error means the connection is lost: the trigger reconnects.
     async fn next(&mut self) -> Result<Received, BrokerError>;
     fn publisher(&self) -> std::sync::Arc<dyn Publisher>;
-    /// How many messages the session may hold unsettled: the trigger's concurrency, plus
-    /// those the broker sends ahead so that the function never waits for the next one.
-    fn window(&self) -> usize;
+    /// Messages the broker may send beyond the trigger's concurrency, to wait in Gust for a
+    /// worker. None unless a kind says so: MQTT's receive maximum, AMQP's prefetch and the
+    /// Redis read count are the concurrency.
+    fn read_ahead(&self) -> usize {
+        0
+    }
 }
 
 /// Connects to a trigger's broker and sets up what it consumes from (stream and durable

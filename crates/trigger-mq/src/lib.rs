@@ -191,7 +191,7 @@ impl MqTriggers {
             let task_stop = stop.child_token();
             let context = Arc::new(TriggerContext {
                 event_source: trigger.event_source(),
-                event_type: format!("dev.gust.mqt.{}", trigger.kind.as_str()),
+                event_type: trigger.event_type(),
                 trigger: trigger.clone(),
                 invoker: self.invoker.clone(),
                 dead_letters: self.dead_letters.clone(),
@@ -263,16 +263,17 @@ async fn consume(context: Arc<TriggerContext>, stop: CancellationToken) {
     context.status.set_state(TriggerState::Stopped);
 }
 
-/// Consumes one session: up to the session's window of messages received and unsettled, of
-/// which up to `concurrency` are worked on. `Ok` when stopped, the connection's error
+/// Consumes one session: up to `concurrency` messages worked on, and the session's read-ahead
+/// more received and waiting for a worker. `Ok` when stopped, the connection's error
 /// otherwise; either way messages in flight get [`DRAIN`] to finish.
 async fn serve(
     context: &Arc<TriggerContext>,
     mut session: Box<dyn Session>,
     stop: &CancellationToken,
 ) -> Result<(), broker::BrokerError> {
-    let window = Arc::new(Semaphore::new(session.window()));
-    let workers = Arc::new(Semaphore::new(context.trigger.concurrency as usize));
+    let concurrency = context.trigger.concurrency as usize;
+    let window = Arc::new(Semaphore::new(concurrency + session.read_ahead()));
+    let workers = Arc::new(Semaphore::new(concurrency));
     let publisher = session.publisher();
     let mut in_flight = JoinSet::new();
     let ended = loop {

@@ -250,11 +250,6 @@ impl Session for MqttSession {
     fn publisher(&self) -> Arc<dyn Publisher> {
         self.publisher.clone()
     }
-
-    /// The broker sends at most "receive maximum" (the concurrency) unacknowledged.
-    fn window(&self) -> usize {
-        self.publisher.trigger.concurrency as usize
-    }
 }
 
 #[async_trait]

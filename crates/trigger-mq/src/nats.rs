@@ -108,11 +108,10 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
 }
 
 /// How many messages the server may send unacknowledged: the concurrency, and as many again
-/// above 1. The server sends a pull consumer's messages in bursts as acks come back; without
-/// the second half, workers that finish together wait a round trip for the next burst
-/// (measured: a quarter of the CPU idle at concurrency 32). Messages waiting for a worker
-/// report progress like those being worked on, so they do not outlive the ack wait. At
-/// concurrency 1 nothing waits, so the order of messages is kept.
+/// above 1. With exactly the concurrency, the workers were seen to finish a whole window
+/// together and wait a round trip for the next (a quarter of the CPU idle at concurrency 32).
+/// Messages waiting for a worker report progress like those being worked on, so they do not
+/// outlive the ack wait. At concurrency 1 nothing waits, so the order of messages is kept.
 fn window(concurrency: u32) -> usize {
     let concurrency = concurrency as usize;
     if concurrency > 1 { 2 * concurrency } else { 1 }
@@ -198,8 +197,8 @@ impl Session for NatsSession {
         self.publisher.clone()
     }
 
-    fn window(&self) -> usize {
-        window(self.trigger.concurrency)
+    fn read_ahead(&self) -> usize {
+        window(self.trigger.concurrency) - self.trigger.concurrency as usize
     }
 }
 

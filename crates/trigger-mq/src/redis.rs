@@ -192,11 +192,6 @@ impl Session for RedisSession {
             writer: self.writer.clone(),
         })
     }
-
-    /// Entries are read only when a worker can take them: Redis has no limit of its own.
-    fn window(&self) -> usize {
-        self.trigger.concurrency as usize
-    }
 }
 
 impl RedisSession {
