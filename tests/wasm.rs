@@ -8,6 +8,7 @@ use serde_json::Value;
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/probe.wasm");
+const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/hello.wasm");
 const NOT_HTTP: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/components/not-http.wasm"
@@ -58,6 +59,48 @@ fn a_standard_wasi_http_component_serves_requests_with_its_env_and_logs() {
     .expect("the component's stdout reaches the logs");
     assert_eq!(logs["request_id"], id.as_str());
     assert_eq!(logs["stream"], "stdout");
+}
+
+/// A component built without a C library imports wasi:http and nothing else: no preview1
+/// adapter in it, and the same file serves under Gust as under `wasmtime serve`.
+#[test]
+fn a_component_without_libc_or_adapter_serves_requests() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["fn", "create", "bare", "--env", "wasm", "--code", HELLO])
+        .ok();
+    gust.cli(&["route", "create", "--fn", "bare", "--url", "/bare"])
+        .ok();
+    for _ in 0..3 {
+        let response = gust.get("/bare");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/plain");
+        assert_eq!(response.text().unwrap(), "hello from wasm\n");
+    }
+}
+
+/// A caller that gives up takes its request's guest with it: a component spinning for a client
+/// that has gone must not keep a core busy until its timeout, or beyond.
+#[test]
+fn a_guest_stops_when_its_client_has_gone() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    deploy_probe(&gust, "spin", &["--timeout", "60s"]);
+    let impatient = gust_harness::reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let gave_up = impatient.get(gust.public_url("/spin/loop")).send();
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    // A spinning guest would use about a core for the whole window; an idle Gust, almost
+    // nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = gust_harness::cpu_time(gust.pid());
+    std::thread::sleep(Duration::from_secs(4));
+    let used = gust_harness::cpu_time(gust.pid()) - before;
+    assert!(
+        used < Duration::from_secs(1),
+        "gust used {used:?} of CPU in the 4 s after the client left"
+    );
+    assert_eq!(gust.get("/spin").text().unwrap(), "hello from wasm\n");
 }
 
 /// Requests Gust makes itself have no Host header (a timer's tick, a queue message);

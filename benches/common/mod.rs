@@ -13,6 +13,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 pub const PROBE_WASM: &[u8] = include_bytes!("../../tests/components/probe.wasm");
+/// The smallest C component: answers "hello from wasm", links no C library.
+pub const HELLO_WASM: &[u8] = include_bytes!("../../tests/components/hello.wasm");
 
 pub struct Stats {
     pub p50: Duration,
@@ -81,9 +83,14 @@ pub async fn get_expecting(
 /// The test component with a custom section naming `i` appended: the same behaviour, another
 /// digest, so that each function is really compiled and loaded on its own.
 pub fn distinct_component(i: usize) -> Vec<u8> {
+    distinct_copy(PROBE_WASM, i)
+}
+
+/// `component` with a custom section naming `i` appended (see [`distinct_component`]).
+pub fn distinct_copy(component: &[u8], i: usize) -> Vec<u8> {
     let name = b"gust-bench";
     let payload = i.to_le_bytes();
-    let mut wasm = PROBE_WASM.to_vec();
+    let mut wasm = component.to_vec();
     let size = 1 + name.len() + payload.len();
     wasm.extend_from_slice(&[0, size as u8, name.len() as u8]);
     wasm.extend_from_slice(name);

@@ -21,6 +21,16 @@ for component in probe; do
     echo "built $component.wasm ($(stat -c %s "$component.wasm") bytes)"
 done
 
+# Without a C library: only the wasi:http/proxy bindings, so no preview1 adapter is needed
+# (what wasi-sdk's wasm32-wasip2 target gives C programs, which Debian's wasi-libc lacks).
+wit-bindgen c "$wit_dir" --world wasi:http/proxy --all-features --out-dir "$work/hello"
+clang --target=wasm32-wasi -O2 -nostdlib -Wl,--no-entry \
+    -I "$work/hello" \
+    hello/hello.c "$work/hello/proxy.c" "$work/hello/proxy_component_type.o" \
+    -o "$work/hello.core.wasm"
+"$jco" new "$work/hello.core.wasm" -o hello.wasm
+echo "built hello.wasm ($(stat -c %s hello.wasm) bytes)"
+
 # Without wit-bindgen: a component with no wasi:http export.
 clang --target=wasm32-wasi --sysroot=/usr -O2 -mexec-model=reactor not-http/not-http.c -o "$work/not-http.core.wasm"
 "$jco" new "$work/not-http.core.wasm" --wasi-reactor -o not-http.wasm

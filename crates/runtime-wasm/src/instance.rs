@@ -2,7 +2,10 @@
 //! component afresh in its own `Store`, with its own limits and output capture, unless the
 //! function opted into reusing an instantiation for several requests (`--reuse`).
 
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -199,6 +202,24 @@ enum Outcome {
 /// whether the memory limit refused a growth.
 type GuestResult = (Result<(Store<WasmState>, Proxy), wasmtime::Error>, bool);
 
+/// Awaits `main` while also driving `side` to completion, keeping `side`'s output in `done`.
+async fn alongside<M: Future, S: Future>(
+    main: M,
+    mut side: Pin<&mut S>,
+    done: &mut Option<S::Output>,
+) -> M::Output {
+    let mut main = pin!(main);
+    std::future::poll_fn(|cx| {
+        if done.is_none()
+            && let Poll::Ready(output) = side.as_mut().poll(cx)
+        {
+            *done = Some(output);
+        }
+        main.as_mut().poll(cx)
+    })
+    .await
+}
+
 #[async_trait]
 impl Instance for WasmInstance {
     async fn handle(
@@ -253,7 +274,9 @@ impl Instance for WasmInstance {
 
         let pre = self.pre.clone();
         let instantiation = self.instantiation.clone();
-        let mut guest = tokio::spawn(self.cpu.time(async move {
+        // The guest runs inside this request's future, not a spawned task: when the request is
+        // dropped (its client left) the guest goes with it instead of running on unobserved.
+        let mut guest = pin!(self.cpu.time(async move {
             let result = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
@@ -274,53 +297,71 @@ impl Instance for WasmInstance {
             let out_of_memory = store.data().memory.refused;
             (result.map(|proxy| (store, proxy)), out_of_memory) as GuestResult
         }));
+        let mut returned: Option<GuestResult> = None;
 
-        // First the response, within the timeout.
-        let answer = async {
-            match response.await {
-                Ok(Ok(response)) => {
-                    let (parts, body) = response.into_parts();
-                    match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-                        Ok(collected) => Outcome::Answered(parts, collected.to_bytes()),
-                        Err(err) if err.is::<LengthLimitError>() => Outcome::TooLarge,
-                        Err(_) => Outcome::Failed {
-                            out_of_memory: false,
-                        },
+        // First the response, within the timeout; the guest keeps running while it is awaited
+        // (it writes the body as it is read).
+        let outcome = tokio::time::timeout_at(deadline, async {
+            let answer = alongside(
+                async {
+                    match response.await {
+                        Ok(Ok(response)) => {
+                            let (parts, body) = response.into_parts();
+                            match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+                                Ok(collected) => {
+                                    Some(Outcome::Answered(parts, collected.to_bytes()))
+                                }
+                                Err(err) if err.is::<LengthLimitError>() => Some(Outcome::TooLarge),
+                                Err(_) => Some(Outcome::Failed {
+                                    out_of_memory: false,
+                                }),
+                            }
+                        }
+                        // The guest answered with an error code, or never answered (it trapped):
+                        // its return says why.
+                        _ => None,
                     }
-                }
-                // The guest answered with an error code, or never answered (it trapped).
-                _ => match (&mut guest).await {
-                    Ok((Err(err), out_of_memory)) => {
-                        tracing::debug!(error = %format!("{err:#}"), "guest failed");
-                        Outcome::Failed { out_of_memory }
-                    }
-                    Ok((Ok(_), out_of_memory)) => Outcome::Failed { out_of_memory },
-                    Err(_) => Outcome::Failed {
-                        out_of_memory: false,
-                    },
                 },
+                guest.as_mut(),
+                &mut returned,
+            )
+            .await;
+            match answer {
+                Some(outcome) => outcome,
+                None => {
+                    let (result, out_of_memory) = match returned.take() {
+                        Some(done) => done,
+                        None => guest.as_mut().await,
+                    };
+                    if let Err(err) = &result {
+                        tracing::debug!(error = %format!("{err:#}"), "guest failed");
+                    }
+                    Outcome::Failed { out_of_memory }
+                }
             }
-        };
-        let outcome = tokio::time::timeout_at(deadline, answer).await;
+        })
+        .await;
         // Then the handler's return (a handler may go on after its response), so that all it
         // printed is this request's and the instance can serve again. A handler still running
         // at the deadline is dropped; its response, if complete, still stands.
-        if matches!(outcome, Ok(Outcome::Answered(..)))
-            && let Ok(Ok((Ok((store, proxy)), _))) =
-                tokio::time::timeout_at(deadline, &mut guest).await
-        {
-            let served = served + 1;
-            if served < self.reuse {
-                self.live = Some(Live {
-                    store,
-                    proxy,
-                    stdout: stdout.clone(),
-                    stderr: stderr.clone(),
-                    served,
-                });
+        if matches!(outcome, Ok(Outcome::Answered(..))) {
+            let finished = match returned.take() {
+                Some(done) => Some(done),
+                None => tokio::time::timeout_at(deadline, guest.as_mut()).await.ok(),
+            };
+            if let Some((Ok((store, proxy)), _)) = finished {
+                let served = served + 1;
+                if served < self.reuse {
+                    self.live = Some(Live {
+                        store,
+                        proxy,
+                        stdout: stdout.clone(),
+                        stderr: stderr.clone(),
+                        served,
+                    });
+                }
             }
         }
-        guest.abort();
         self.record_output(id, LogStream::Stdout, &stdout);
         self.record_output(id, LogStream::Stderr, &stderr);
         match outcome {
