@@ -38,7 +38,7 @@ const CONCURRENCY: usize = 32;
 /// Gust and the minimal consumer take turns this many times (each round on a new broker);
 /// the table shows the round with the median ratio, the machine's speed drifts between
 /// rounds more than it does within one.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 /// The same allocator as the `gust` binary, so that the comparison is of the work done.
 #[global_allocator]
