@@ -198,7 +198,7 @@ enum Outcome {
     Failed { out_of_memory: bool },
 }
 
-/// What the guest task hands back: the instance when the handler returned normally, and
+/// What the guest future hands back: the instance when the handler returned normally, and
 /// whether the memory limit refused a growth.
 type GuestResult = (Result<(Store<WasmState>, Proxy), wasmtime::Error>, bool);
 
@@ -218,6 +218,14 @@ async fn alongside<M: Future, S: Future>(
         main.as_mut().poll(cx)
     })
     .await
+}
+
+/// `side`'s output: the one [`alongside`] kept if `side` finished there, else awaited now.
+async fn finish<S: Future>(side: Pin<&mut S>, done: &mut Option<S::Output>) -> S::Output {
+    match done.take() {
+        Some(output) => output,
+        None => side.await,
+    }
 }
 
 #[async_trait]
@@ -329,10 +337,7 @@ impl Instance for WasmInstance {
             match answer {
                 Some(outcome) => outcome,
                 None => {
-                    let (result, out_of_memory) = match returned.take() {
-                        Some(done) => done,
-                        None => guest.as_mut().await,
-                    };
+                    let (result, out_of_memory) = finish(guest.as_mut(), &mut returned).await;
                     if let Err(err) = &result {
                         tracing::debug!(error = %format!("{err:#}"), "guest failed");
                     }
@@ -345,11 +350,9 @@ impl Instance for WasmInstance {
         // printed is this request's and the instance can serve again. A handler still running
         // at the deadline is dropped; its response, if complete, still stands.
         if matches!(outcome, Ok(Outcome::Answered(..))) {
-            let finished = match returned.take() {
-                Some(done) => Some(done),
-                None => tokio::time::timeout_at(deadline, guest.as_mut()).await.ok(),
-            };
-            if let Some((Ok((store, proxy)), _)) = finished {
+            let finished =
+                tokio::time::timeout_at(deadline, finish(guest.as_mut(), &mut returned)).await;
+            if let Ok((Ok((store, proxy)), _)) = finished {
                 let served = served + 1;
                 if served < self.reuse {
                     self.live = Some(Live {
