@@ -8,7 +8,7 @@ use crate::WasmError;
 /// function may ask for. Each pool slot reserves this much address space.
 pub const MAX_MEMORY_MB: u32 = 256;
 /// Component instances that may exist at once: requests served concurrently by the tier.
-const INSTANCE_SLOTS: u32 = 1_000;
+pub const INSTANCE_SLOTS: u32 = 1_000;
 /// Linear memory reset in place (not returned to the kernel) when a slot is reused.
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -35,6 +36,9 @@ pub struct WasmState {
     http: WasiHttpCtx,
     memory: MemoryLimit,
     outbound: OutboundPolicy,
+    /// The engine's pool slot this store's instance occupies, given back when the store is
+    /// dropped.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl WasiView for WasmState {
@@ -101,6 +105,7 @@ pub struct WasmInstance {
     logs: Arc<FunctionLogs>,
     cpu: CpuMeter,
     instantiation: Histogram,
+    slots: Arc<Semaphore>,
 }
 
 /// An instantiated component with its store, between requests.
@@ -118,6 +123,7 @@ impl WasmInstance {
         spec: &InstanceSpec,
         logs: Arc<FunctionLogs>,
         instantiation: Histogram,
+        slots: Arc<Semaphore>,
     ) -> Self {
         Self {
             pre,
@@ -135,11 +141,15 @@ impl WasmInstance {
             logs,
             cpu: CpuMeter::default(),
             instantiation,
+            slots,
         }
     }
 
-    /// A store for one instantiation, with its own limits and output capture.
-    fn new_store(&self) -> (Store<WasmState>, OutputCapture, OutputCapture) {
+    /// A store for one instantiation, with its own limits and output capture, holding `slot`.
+    fn new_store(
+        &self,
+        slot: OwnedSemaphorePermit,
+    ) -> (Store<WasmState>, OutputCapture, OutputCapture) {
         let stdout = OutputCapture::new(OUTPUT_CAPACITY);
         let stderr = OutputCapture::new(OUTPUT_CAPACITY);
         let wasi = WasiCtx::builder()
@@ -161,6 +171,7 @@ impl WasmInstance {
                     allowed: self.allow_outbound.clone(),
                     function: self.function.clone(),
                 },
+                _slot: slot,
             },
         );
         store.limiter(|state| &mut state.memory);
@@ -220,6 +231,13 @@ async fn alongside<M: Future, S: Future>(
     .await
 }
 
+/// Drops a store after the response has gone out: resetting its pool slot takes tens of
+/// microseconds when caches are cold, time the caller need not wait for. The store keeps its
+/// slot's permit until then, so the pool is never over-committed.
+fn retire(store: Store<WasmState>) {
+    tokio::spawn(async move { drop(store) });
+}
+
 /// `side`'s output: the one [`alongside`] kept if `side` finished there, else awaited now.
 async fn finish<S: Future>(side: Pin<&mut S>, done: &mut Option<S::Output>) -> S::Output {
     match done.take() {
@@ -246,7 +264,13 @@ impl Instance for WasmInstance {
                 live.served,
             ),
             None => {
-                let (store, stdout, stderr) = self.new_store();
+                let slot = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the slot semaphore is never closed");
+                let (store, stdout, stderr) = self.new_store(slot);
                 (store, None, stdout, stderr, 0)
             }
         };
@@ -362,6 +386,8 @@ impl Instance for WasmInstance {
                         stderr: stderr.clone(),
                         served,
                     });
+                } else {
+                    retire(store);
                 }
             }
         }

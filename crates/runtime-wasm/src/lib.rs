@@ -37,6 +37,7 @@ use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId
 use gust_model::{Environment, Limits};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -53,6 +54,9 @@ pub struct WasmRuntime {
     stop: CancellationToken,
     /// Time to instantiate a component for a request (`gust_wasm_instantiation_seconds`).
     instantiation: Histogram,
+    /// One permit per slot of the engine's instance pool: a request waits for a slot rather
+    /// than failing when stores not yet dropped hold them all.
+    slots: Arc<Semaphore>,
 }
 
 /// Compiling and loading components; shared with blocking threads, where loading runs.
@@ -103,6 +107,7 @@ impl WasmRuntime {
             stop,
             // 2 µs to about 12 ms in steps of 25%: fine enough to tell 20 µs from 30 µs.
             instantiation: Histogram::new(exponential_buckets(2e-6, 1.25, 40)),
+            slots: Arc::new(Semaphore::new(engine::INSTANCE_SLOTS as usize)),
         })
     }
 
@@ -196,6 +201,7 @@ impl Runtime for WasmRuntime {
             spec,
             self.logs.clone(),
             self.instantiation.clone(),
+            self.slots.clone(),
         )))
     }
 
