@@ -7,6 +7,7 @@
 //! while the consumer is away; then the consumer starts (messages per second, and CPU time
 //! per message of the consumer's and the broker's processes). Both consumers work on up to
 //! 32 messages at once and run a fresh instance of the no-op probe component per message.
+//! Each round starts a new broker, and the two consumers take turns going first.
 //! - Gust: a queue trigger (`gust mqt create --concurrency 32`) into a wasm function; the
 //!   count is `gust_mqt_messages_total{outcome="succeeded"}`, read every 50 ms, the rate
 //!   taken between two readings made while messages flowed.
@@ -187,23 +188,41 @@ fn payloads() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn nats(rt: &tokio::runtime::Runtime) -> (Run, Run) {
-    let broker = Broker::start(BrokerKind::Nats);
-    // Gust: the backlog first, then the trigger (its stream is created on demand here).
+/// Gust through a trigger on `topic`: the trigger is created (and its stream or session set
+/// up), Gust stops, the backlog is published, Gust starts again and consumes it.
+fn through_gust(broker: &Broker, topic: &str) -> Run {
     let gust = start_gust();
-    create_trigger(&gust, &broker, "bench.gust");
+    create_trigger(&gust, broker, topic);
     wait_state(&gust, "connected");
     let mut stopped = gust;
     stopped.stop();
-    broker.publish("bench.gust", &payloads());
+    broker.publish(topic, &payloads());
     stopped.start_again();
-    let through_gust = gust_run(&stopped, &broker);
-    drop(stopped);
+    gust_run(&stopped, broker)
+}
 
+/// One round on a new broker: Gust and the minimal consumer, in the order given (alternated
+/// between rounds, so that neither always meets a fresh broker).
+fn round(kind: BrokerKind, gust_first: bool, direct: impl FnOnce(&Broker) -> Run) -> (Run, Run) {
+    let broker = Broker::start(kind);
+    let topic = match kind {
+        BrokerKind::Nats => "bench.gust",
+        _ => "bench/gust",
+    };
+    if gust_first {
+        let gust = through_gust(&broker, topic);
+        (gust, direct(&broker))
+    } else {
+        let direct = direct(&broker);
+        (through_gust(&broker, topic), direct)
+    }
+}
+
+fn nats_direct(rt: &tokio::runtime::Runtime, broker: &Broker) -> Run {
     broker.publish("bench.direct", &payloads());
     let url = broker.url();
     let broker_pid = broker.pid();
-    let direct = rt.block_on(async move {
+    rt.block_on(async move {
         let call = Arc::new(DirectCall::new());
         call.call(Bytes::from_static(b"warm")).await;
         let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
@@ -256,24 +275,12 @@ fn nats(rt: &tokio::runtime::Runtime) -> (Run, Run) {
             MESSAGES - 1,
             started.elapsed(),
         )
-    });
-    (through_gust, direct)
+    })
 }
 
-fn mqtt(rt: &tokio::runtime::Runtime) -> (Run, Run) {
+fn mqtt_direct(rt: &tokio::runtime::Runtime, broker: &Broker) -> Run {
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::Packet;
-    let broker = Broker::start(BrokerKind::Mqtt);
-    let gust = start_gust();
-    create_trigger(&gust, &broker, "bench/gust");
-    wait_state(&gust, "connected");
-    let mut stopped = gust;
-    stopped.stop();
-    broker.publish("bench/gust", &payloads());
-    stopped.start_again();
-    let through_gust = gust_run(&stopped, &broker);
-    drop(stopped);
-
     let options = || {
         let mut options = rumqttc::v5::MqttOptions::new("direct", "127.0.0.1", broker.port);
         options
@@ -302,7 +309,7 @@ fn mqtt(rt: &tokio::runtime::Runtime) -> (Run, Run) {
     });
     broker.publish("bench/direct", &payloads());
     let broker_pid = broker.pid();
-    let direct = rt.block_on(async {
+    rt.block_on(async {
         let call = Arc::new(DirectCall::new());
         call.call(Bytes::from_static(b"warm")).await;
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options(), 1024);
@@ -346,8 +353,7 @@ fn mqtt(rt: &tokio::runtime::Runtime) -> (Run, Run) {
         let (last_ack, cpu_end) = poller.await.unwrap();
         let (started, cpu_start) = first.unwrap();
         cpu_end.run_since(cpu_start, MESSAGES - 1, last_ack - started)
-    });
-    (through_gust, direct)
+    })
 }
 
 fn wait_state(gust: &Gust, state: &str) {
@@ -369,16 +375,20 @@ fn main() {
         .build()
         .unwrap();
     let mut rows = Vec::new();
-    for (name, run) in [
-        ("NATS JetStream", nats as fn(&_) -> _),
-        ("MQTT 5 (mosquitto)", mqtt),
+    for (name, kind, direct) in [
+        (
+            "NATS JetStream",
+            BrokerKind::Nats,
+            nats_direct as fn(&_, &_) -> _,
+        ),
+        ("MQTT 5 (mosquitto)", BrokerKind::Mqtt, mqtt_direct),
     ] {
         let mut rounds: Vec<(Run, Run)> = (0..ROUNDS)
-            .map(|round| {
-                let (gust, direct) = run(&rt);
+            .map(|n| {
+                let (gust, direct) = round(kind, n % 2 == 0, |broker| direct(&rt, broker));
                 eprintln!(
                     "{name}, round {}: {:.0}/s through Gust, {:.0}/s direct ({:.2})",
-                    round + 1,
+                    n + 1,
                     gust.rate,
                     direct.rate,
                     gust.rate / direct.rate
