@@ -256,27 +256,30 @@ fn metrics_count_invocations_cold_starts_and_throttling_with_safe_labels() {
         "never on the public listener"
     );
 
-    let value = |metrics: &str, prefix: &str| -> Option<f64> {
+    let metrics = gust.metrics();
+    let line = |prefix: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(prefix))?
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in\n{metrics}"))
             .rsplit(' ')
-            .next()?
+            .next()
+            .unwrap()
             .parse()
-            .ok()
+            .unwrap()
     };
-    let succeeded = r#"gust_function_invocations_total{namespace="default",function="m",trigger="http",code="200"}"#;
-    let failed = r#"gust_function_invocations_total{namespace="default",function="m",trigger="http",code="502"}"#;
-    // Attempts are counted just after their responses went out.
-    let metrics = eventually(Duration::from_secs(5), || {
-        let metrics = gust.metrics();
-        (value(&metrics, succeeded) == Some(3.0) && value(&metrics, failed) == Some(1.0))
-            .then_some(metrics)
-    })
-    .unwrap_or_else(|| panic!("3 succeeded and 1 failed attempt in\n{}", gust.metrics()));
-    let line = |prefix: &str| -> f64 {
-        value(&metrics, prefix).unwrap_or_else(|| panic!("{prefix} in\n{metrics}"))
-    };
+    assert_eq!(
+        line(
+            r#"gust_function_invocations_total{namespace="default",function="m",trigger="http",code="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        line(
+            r#"gust_function_invocations_total{namespace="default",function="m",trigger="http",code="502"}"#
+        ),
+        1.0
+    );
     assert_eq!(
         line(r#"gust_function_cold_starts_total{namespace="default",function="m"}"#),
         1.0

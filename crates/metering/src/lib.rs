@@ -17,11 +17,10 @@ mod prices;
 pub mod report;
 mod writer;
 
-pub use metrics::{AttemptMetrics, Metrics};
+pub use metrics::Metrics;
 pub use prices::{PriceSheet, PriceSheetError};
 pub use writer::{FLUSH_INTERVAL, UsageWriter};
 
-use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use gust_executor::{AttemptReport, InvocationObserver, TriggerKind};
@@ -29,19 +28,12 @@ use gust_model::{Name, Namespace, UsageRecord, billed_ms, gb_seconds};
 
 pub struct Meter {
     metrics: Metrics,
-    /// The attempt series of `metrics`, shared with the tasks that count attempts.
-    attempts: Arc<AttemptMetrics>,
     usage: UsageWriter,
 }
 
 impl Meter {
     pub fn new(metrics: Metrics, usage: UsageWriter) -> Self {
-        let attempts = Arc::new(metrics.attempts().clone());
-        Self {
-            metrics,
-            attempts,
-            usage,
-        }
+        Self { metrics, usage }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -84,14 +76,8 @@ pub fn usage_record(report: &AttemptReport) -> UsageRecord {
 impl InvocationObserver for Meter {
     fn attempt_finished(&self, report: AttemptReport) {
         let record = usage_record(&report);
-        let billed_ms = record.billed_ms;
-        // Queued before the response goes out, so that a clean stop writes it.
+        self.metrics.attempt(&report, record.billed_ms);
         self.usage.record(record);
-        // Counting waits until the response is on its way (this runs on the request path):
-        // a function's first attempt creates its series, tens of microseconds when caches are
-        // cold. Counts appear in `/metrics` a moment after the response.
-        let attempts = self.attempts.clone();
-        tokio::spawn(async move { attempts.record(&report, billed_ms) });
     }
 
     fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {

@@ -53,18 +53,12 @@ fn latency_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    attempts: AttemptMetrics,
-    instances: Family<StateLabels, Gauge>,
-    throttled: Family<TriggerLabels, Counter>,
-}
-
-/// The series every invocation attempt adds to. Cheap to clone (the families are shared).
-#[derive(Clone)]
-pub struct AttemptMetrics {
     invocations: Family<InvocationLabels, Counter>,
     duration: Family<TriggerLabels, Histogram, fn() -> Histogram>,
     cold_starts: Family<FunctionLabels, Counter>,
     cold_start_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    instances: Family<StateLabels, Gauge>,
+    throttled: Family<TriggerLabels, Counter>,
     billable_ms: Family<TriggerLabels, Counter>,
 }
 
@@ -122,15 +116,13 @@ impl Metrics {
         );
         Self {
             registry,
-            attempts: AttemptMetrics {
-                invocations,
-                duration,
-                cold_starts,
-                cold_start_phases,
-                billable_ms,
-            },
+            invocations,
+            duration,
+            cold_starts,
+            cold_start_phases,
             instances,
             throttled,
+            billable_ms,
         }
     }
 
@@ -139,45 +131,7 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// The series of invocation attempts, to count them from elsewhere.
-    pub fn attempts(&self) -> &AttemptMetrics {
-        &self.attempts
-    }
-
-    pub fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
-        self.throttled
-            .get_or_create(&TriggerLabels {
-                namespace: namespace.to_string(),
-                function: function.to_string(),
-                trigger: trigger.as_str(),
-            })
-            .inc();
-    }
-
-    /// The exposition text, with instance gauges as they are now.
-    pub fn encode(&self, instances: &[FunctionInstances]) -> String {
-        self.instances.clear();
-        for f in instances {
-            for (state, count) in [("busy", f.counts.busy), ("idle", f.counts.idle)] {
-                self.instances
-                    .get_or_create(&StateLabels {
-                        namespace: f.namespace.to_string(),
-                        function: f.function.to_string(),
-                        state,
-                    })
-                    .set(count as i64);
-            }
-        }
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
-        text
-    }
-}
-
-impl AttemptMetrics {
-    /// Counts one attempt in every series it belongs to.
-    pub fn record(&self, report: &AttemptReport, billed_ms: u64) {
+    pub fn attempt(&self, report: &AttemptReport, billed_ms: u64) {
         let (namespace, function) = (report.namespace.to_string(), report.function.to_string());
         let trigger = TriggerLabels {
             namespace: namespace.clone(),
@@ -221,5 +175,35 @@ impl AttemptMetrics {
                     .observe(seconds.as_secs_f64());
             }
         }
+    }
+
+    pub fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
+        self.throttled
+            .get_or_create(&TriggerLabels {
+                namespace: namespace.to_string(),
+                function: function.to_string(),
+                trigger: trigger.as_str(),
+            })
+            .inc();
+    }
+
+    /// The exposition text, with instance gauges as they are now.
+    pub fn encode(&self, instances: &[FunctionInstances]) -> String {
+        self.instances.clear();
+        for f in instances {
+            for (state, count) in [("busy", f.counts.busy), ("idle", f.counts.idle)] {
+                self.instances
+                    .get_or_create(&StateLabels {
+                        namespace: f.namespace.to_string(),
+                        function: f.function.to_string(),
+                        state,
+                    })
+                    .set(count as i64);
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
     }
 }
