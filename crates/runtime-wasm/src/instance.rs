@@ -264,12 +264,20 @@ impl Instance for WasmInstance {
                 live.served,
             ),
             None => {
-                let slot = self
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the slot semaphore is never closed");
+                // Every slot may be held, by instances kept for `--reuse` or stores not yet
+                // dropped: wait for one until the deadline, then refuse like a full queue.
+                let slot =
+                    match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+                        .await
+                    {
+                        Ok(slot) => slot.expect("the slot semaphore is never closed"),
+                        Err(_) => {
+                            return Err(InvokeError::OverCapacity {
+                                function: self.function.clone(),
+                                retry_after: Duration::from_secs(1),
+                            });
+                        }
+                    };
                 let (store, stdout, stderr) = self.new_store(slot);
                 (store, None, stdout, stderr, 0)
             }

@@ -269,14 +269,13 @@ mod tests {
 
     const PROBE: &[u8] = include_bytes!("../../../tests/components/probe.wasm");
 
-    #[tokio::test]
-    async fn a_component_is_loaded_on_prepare_and_dropped_when_its_revision_retires() {
-        let dir = tempfile::tempdir().unwrap();
-        let code = dir.path().join("code");
+    /// A runtime and the spec of the probe deployed in `dir`.
+    fn probe_runtime(dir: &Path) -> (WasmRuntime, InstanceSpec) {
+        let code = dir.join("code");
         std::fs::create_dir(&code).unwrap();
         std::fs::write(code.join("main.wasm"), PROBE).unwrap();
         let runtime =
-            WasmRuntime::new(&dir.path().join("cache"), Arc::new(FunctionLogs::new(10))).unwrap();
+            WasmRuntime::new(&dir.join("cache"), Arc::new(FunctionLogs::new(10))).unwrap();
         let spec = InstanceSpec {
             namespace: Namespace::default(),
             function: Name::parse("function", "probe").unwrap(),
@@ -290,7 +289,14 @@ mod tests {
             allow_outbound: Vec::new(),
             scaling: Scaling::default(),
         };
-        let path = code.join("main.wasm");
+        (runtime, spec)
+    }
+
+    #[tokio::test]
+    async fn a_component_is_loaded_on_prepare_and_dropped_when_its_revision_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, spec) = probe_runtime(dir.path());
+        let path = spec.code_dir.join("main.wasm");
         assert!(runtime.components.loaded(&path).is_none());
         runtime.prepare(&spec).await;
         assert!(
@@ -302,5 +308,40 @@ mod tests {
             runtime.components.loaded(&path).is_none(),
             "dropped on retire"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_free_pool_slot_until_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, mut spec) = probe_runtime(dir.path());
+        spec.limits.timeout = Duration::from_millis(300);
+        let id = RequestId::new("r1");
+        let request = || http::Request::get("/").body(bytes::Bytes::new()).unwrap();
+
+        // Every slot held (as by stores not yet dropped): refused once the timeout passes.
+        let held = runtime
+            .slots
+            .clone()
+            .acquire_many_owned(engine::INSTANCE_SLOTS)
+            .await
+            .unwrap();
+        let mut instance = runtime.start_instance(&spec, &id).await.unwrap();
+        let refused = instance.handle(&id, request(), spec.limits.timeout).await;
+        assert!(
+            matches!(refused, Err(InvokeError::OverCapacity { .. })),
+            "{refused:?}"
+        );
+
+        // A slot given back while a request waits lets it through.
+        let waiting = tokio::spawn(async move {
+            instance
+                .handle(&id, request(), Duration::from_secs(30))
+                .await
+                .map(|response| response.status())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "no slot is free yet");
+        drop(held);
+        assert_eq!(waiting.await.unwrap().unwrap(), 200);
     }
 }
