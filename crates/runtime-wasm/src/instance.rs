@@ -231,19 +231,19 @@ async fn alongside<M: Future, S: Future>(
     .await
 }
 
-/// Drops a store after the response has gone out: resetting its pool slot takes tens of
-/// microseconds when caches are cold, time the caller need not wait for. The store keeps its
-/// slot's permit until then, so the pool is never over-committed.
-fn retire(store: Store<WasmState>) {
-    tokio::spawn(async move { drop(store) });
-}
-
 /// `side`'s output: the one [`alongside`] kept if `side` finished there, else awaited now.
 async fn finish<S: Future>(side: Pin<&mut S>, done: &mut Option<S::Output>) -> S::Output {
     match done.take() {
         Some(output) => output,
         None => side.await,
     }
+}
+
+/// Drops a store after the response has gone out: resetting its pool slot takes tens of
+/// microseconds when caches are cold, time the caller need not wait for. The store keeps its
+/// slot's permit until then, so the pool is never over-committed.
+fn retire(store: Store<WasmState>) {
+    tokio::spawn(async move { drop(store) });
 }
 
 #[async_trait]

@@ -54,8 +54,9 @@ pub struct WasmRuntime {
     stop: CancellationToken,
     /// Time to instantiate a component for a request (`gust_wasm_instantiation_seconds`).
     instantiation: Histogram,
-    /// One permit per slot of the engine's instance pool: a request waits for a slot rather
-    /// than failing when stores not yet dropped hold them all.
+    /// One permit per slot of the engine's instance pool, held by each store: when stores not
+    /// yet dropped (or kept for `--reuse`) hold them all, a request waits for one until its
+    /// deadline and is then refused as over capacity, instead of failing to instantiate.
     slots: Arc<Semaphore>,
 }
 
