@@ -241,6 +241,12 @@ fn a_price_sheet_turns_usage_into_cost_and_a_bad_one_stops_gust() {
 fn metrics_count_invocations_cold_starts_and_throttling_with_safe_labels() {
     let gust = Gust::start(GUST, GustOptions::default());
     gust.deploy("m", "python", "f.py", FLAKY_PY, &[]);
+    // Its cold-start series exist at zero once it is prepared, before any request.
+    let ready = r#"gust_function_cold_starts_total{namespace="default",function="m"} 0"#;
+    eventually(Duration::from_secs(10), || {
+        gust.metrics().lines().any(|l| l == ready).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{ready} in\n{}", gust.metrics()));
     send(&gust, "/m?secret-looking-query", 3);
     send(&gust, "/m?fail", 1);
 

@@ -239,6 +239,11 @@ impl Executor {
             match executor.slot(&namespace, &function) {
                 Ok(slot) => {
                     executor.runtime.prepare(&slot.spec).await;
+                    executor.observer.function_ready(
+                        &namespace,
+                        &function,
+                        slot.spec.environment.tier(),
+                    );
                     executor.warm_to_minimum(&slot);
                 }
                 Err(err) => tracing::debug!(%function, error = %err, "not prepared"),

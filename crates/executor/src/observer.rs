@@ -48,6 +48,11 @@ pub trait InvocationObserver: Send + Sync {
 
     /// A request was refused for capacity (429) before reaching any instance.
     fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind);
+
+    /// A function's revision was prepared (on deploy, and for every function at startup), off
+    /// the request path: an observer can set up what it keeps per function before the first
+    /// request, which would otherwise pay for it.
+    fn function_ready(&self, _namespace: &Namespace, _function: &Name, _tier: Tier) {}
 }
 
 /// Observes nothing (for tests and tools that need no metering).

@@ -24,7 +24,7 @@ pub use writer::{FLUSH_INTERVAL, UsageWriter};
 use std::time::UNIX_EPOCH;
 
 use gust_executor::{AttemptReport, InvocationObserver, TriggerKind};
-use gust_model::{Name, Namespace, UsageRecord, billed_ms, gb_seconds};
+use gust_model::{Name, Namespace, Tier, UsageRecord, billed_ms, gb_seconds};
 
 pub struct Meter {
     metrics: Metrics,
@@ -83,6 +83,10 @@ impl InvocationObserver for Meter {
     fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
         self.metrics.throttled(namespace, function, trigger);
     }
+
+    fn function_ready(&self, namespace: &Namespace, function: &Name, tier: Tier) {
+        self.metrics.function_ready(namespace, function, tier);
+    }
 }
 
 #[cfg(test)]
@@ -90,7 +94,6 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use gust_executor::{ColdStart, RequestId};
-    use gust_model::Tier;
 
     use super::*;
 
