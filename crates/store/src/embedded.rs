@@ -17,13 +17,15 @@ use crate::{EnvironmentStore, FunctionStore, RouteStore, StoreError, UsageStore}
 const ENVIRONMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("environments");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
-/// `<invocation id>#<attempt>` → the record's key in `usage_records`: what makes a record
-/// count once.
-const USAGE_KEYS: TableDefinition<&str, &str> = TableDefinition::new("usage_keys");
-/// `<namespace>/<started at ms, 13 digits>/<invocation id>#<attempt>` → the record.
+/// `<namespace>/<started at ms, 13 digits>/<invocation id>#<attempt>` → the record. The key
+/// is what makes a record count once (see [`UsageStore::record_usage`] below).
 const USAGE_RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("usage_records");
 /// `<namespace>/<hour start ms, 13 digits>/<function>` → that hour's totals.
 const USAGE_HOURS: TableDefinition<&str, &[u8]> = TableDefinition::new("usage_hours");
+/// `<invocation id>#<attempt>` → the record's key: a second index of usage records that data
+/// directories of earlier builds hold. Dropped on open: it cost a B-tree insert per record, and
+/// the record's own key already makes it count once.
+const RETIRED_USAGE_KEYS: TableDefinition<&str, &str> = TableDefinition::new("usage_keys");
 
 /// Metadata in one redb file. redb commits are atomic and fsynced, so a process killed at any
 /// point reopens to the last committed state.
@@ -92,7 +94,7 @@ impl EmbeddedStore {
         for table in [ENVIRONMENTS, FUNCTIONS, ROUTES, USAGE_RECORDS, USAGE_HOURS] {
             tx.open_table(table)?;
         }
-        tx.open_table(USAGE_KEYS)?;
+        tx.delete_table(RETIRED_USAGE_KEYS)?;
         crate::queue::create_tables(&tx)?;
         crate::mq::create_tables(&tx)?;
         tx.commit()?;
@@ -398,28 +400,26 @@ fn time_key(namespace: &Namespace, ms: u64) -> String {
 impl UsageStore for EmbeddedStore {
     fn record_usage(&self, records: &[UsageRecord]) -> Result<usize, StoreError> {
         self.write(|tx| {
-            let mut keys = tx.open_table(USAGE_KEYS)?;
             let mut stored = tx.open_table(USAGE_RECORDS)?;
             // A batch holds many records of few functions and hours: add them up first, then
             // read and write each hour's totals once.
             let mut batch_hours: BTreeMap<String, UsageTotals> = BTreeMap::new();
             let mut new = 0;
             for record in records {
-                let key = record.key();
-                let record_key =
-                    format!("{}{key}", time_key(&record.namespace, record.started_at_ms));
-                // One lookup, not two: a record stored before keeps its place (and is put back
-                // in the unlikely case it was stored under another start time).
-                let earlier = keys
-                    .insert(key.as_str(), record_key.as_str())?
-                    .map(|earlier| earlier.value().to_owned());
-                if let Some(earlier) = earlier {
-                    if earlier != record_key {
-                        keys.insert(key.as_str(), earlier.as_str())?;
-                    }
+                let record_key = format!(
+                    "{}{}",
+                    time_key(&record.namespace, record.started_at_ms),
+                    record.key()
+                );
+                // An attempt is reported once, with its start time, by the executor that ran
+                // it: the same record comes back only in a batch written again after an error,
+                // under the same key. Put back, it changes nothing and is not added up again.
+                if stored
+                    .insert(record_key.as_str(), encode(record).as_slice())?
+                    .is_some()
+                {
                     continue;
                 }
-                stored.insert(record_key.as_str(), encode(record).as_slice())?;
                 let hour = record.started_at_ms - record.started_at_ms % HOUR_MS;
                 let hour_key = format!("{}{}", time_key(&record.namespace, hour), record.function);
                 batch_hours.entry(hour_key).or_default().add(record);
@@ -527,6 +527,47 @@ mod tests {
             cold_start_ms: 2,
             status: if attempt == 2 { 502 } else { 200 },
         }
+    }
+
+    #[test]
+    fn the_retired_usage_index_is_dropped_and_stored_records_still_count_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gust.redb");
+        let base = 1_000 * HOUR_MS;
+        let earlier = record("default", "f", "a", 1, base + 5);
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            assert_eq!(
+                store.record_usage(std::slice::from_ref(&earlier)).unwrap(),
+                1
+            );
+        }
+        // What an earlier build left: the index beside the records.
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(RETIRED_USAGE_KEYS)
+                .unwrap()
+                .insert("a#1", "default/0003600000005/a#1")
+                .unwrap();
+            tx.commit().unwrap();
+        }
+
+        let store = EmbeddedStore::open(&path).unwrap();
+        let tables: Vec<String> = {
+            let db = store.db().unwrap();
+            let tx = db.begin_read().unwrap();
+            tx.list_tables()
+                .unwrap()
+                .map(|t| redb::TableHandle::name(&t).to_owned())
+                .collect()
+        };
+        assert!(!tables.contains(&"usage_keys".to_owned()), "{tables:?}");
+        assert_eq!(store.record_usage(&[earlier]).unwrap(), 0);
+        let hours = store
+            .usage_hours(&Namespace::default(), None, base)
+            .unwrap();
+        assert_eq!(hours[0].totals.invocations, 1);
     }
 
     #[test]
