@@ -235,7 +235,7 @@ fn nats_direct(rt: &tokio::runtime::Runtime, broker: &Broker) -> Run {
                 durable_name: Some("direct".into()),
                 ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
                 // Gust's settings for a trigger with this concurrency.
-                max_ack_pending: 2 * CONCURRENCY as i64,
+                max_ack_pending: gust_trigger_mq::nats_window(CONCURRENCY as u32) as i64,
                 ack_wait: Duration::from_secs(10),
                 filter_subject: "bench.direct".into(),
                 ..Default::default()
@@ -244,7 +244,7 @@ fn nats_direct(rt: &tokio::runtime::Runtime, broker: &Broker) -> Run {
             .unwrap();
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(2 * CONCURRENCY)
+            .max_messages_per_batch(gust_trigger_mq::nats_window(CONCURRENCY as u32))
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await

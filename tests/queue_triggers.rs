@@ -202,6 +202,9 @@ fn conformance(kind: BrokerKind) {
     if matches!(kind, BrokerKind::Nats | BrokerKind::Redis) {
         long_work_is_not_delivered_again(&suite);
     }
+    if kind == BrokerKind::Nats {
+        created_again_the_trigger_applies_its_settings_to_its_consumer(&suite);
+    }
 }
 
 /// 1,000 messages, four at a time: every one answered on the response topic, as a
@@ -705,6 +708,29 @@ fn failure_without_an_error_topic_becomes_a_dead_letter(suite: &Suite) {
     })
     .expect("acknowledged once stored");
     suite.gust.cli(&["mqt", "delete", "h"]).ok();
+}
+
+/// A trigger deleted and created again resumes from its durable consumer, which takes the
+/// trigger's new settings: with the old ones a trigger raised from concurrency 1 to 8 would
+/// still get one message at a time.
+fn created_again_the_trigger_applies_its_settings_to_its_consumer(suite: &Suite) {
+    let topic = suite.topic(&["k", "in"]);
+    let durable = "gust-default-k";
+    for concurrency in [1, 8] {
+        suite.create_trigger(
+            "k",
+            "work",
+            &topic,
+            &["--concurrency", &concurrency.to_string()],
+        );
+        suite.wait_connected("k");
+        assert_eq!(
+            suite.broker.nats_max_ack_pending(&topic, durable),
+            gust_trigger_mq::nats_window(concurrency) as i64,
+            "at concurrency {concurrency}"
+        );
+        suite.gust.cli(&["mqt", "delete", "k"]).ok();
+    }
 }
 
 #[test]

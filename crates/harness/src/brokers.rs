@@ -310,6 +310,18 @@ impl Broker {
         ))
     }
 
+    /// `max_ack_pending` of the JetStream durable consumer `durable` on the stream that
+    /// captures `subject`.
+    pub fn nats_max_ack_pending(&self, subject: &str, durable: &str) -> i64 {
+        self.runtime
+            .block_on(async {
+                let js = self.jetstream().await?;
+                let stream = js.get_stream(js.stream_by_subject(subject).await?).await?;
+                anyhow::Ok(stream.consumer_info(durable).await?.config.max_ack_pending)
+            })
+            .unwrap_or_else(|e| panic!("consumer {durable} on {subject}: {e:#}"))
+    }
+
     async fn redis(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         redis::Client::open(self.url())?
             .get_multiplexed_async_connection()

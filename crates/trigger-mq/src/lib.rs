@@ -20,6 +20,7 @@ mod nats;
 mod redis;
 
 pub use deliver::PROGRESS_EVERY;
+pub use nats::window as nats_window;
 pub use status::{TriggerState, TriggerStatus};
 
 use std::collections::HashMap;
