@@ -117,7 +117,7 @@ const MAX_WAITING: usize = 256;
 /// next message already here. An acknowledgement reaches the server, and the next message Gust,
 /// only when their tasks get a turn on a runtime busy running functions: measured at
 /// concurrency 32 with a no-op function, a window of twice the concurrency left 28 of the 32
-/// workers idle on average when a message arrived and the NATS throughput at 0.65–0.86 of a
+/// workers idle on average when a message arrived and the NATS throughput at 0.65–0.87 of a
 /// minimal consumer's; four times left about half idle and gave 0.76–0.92. Messages waiting
 /// for a worker report progress like those being worked on, so they do not outlive the ack
 /// wait. At concurrency 1 nothing waits, so the order of messages is kept.
