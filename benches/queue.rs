@@ -235,7 +235,7 @@ fn nats_direct(rt: &tokio::runtime::Runtime, broker: &Broker) -> Run {
                 durable_name: Some("direct".into()),
                 ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
                 // Gust's settings for a trigger with this concurrency.
-                max_ack_pending: gust_trigger_mq::nats_window(CONCURRENCY as u32) as i64,
+                max_ack_pending: gust_trigger_mq::window(CONCURRENCY as u32) as i64,
                 ack_wait: Duration::from_secs(10),
                 filter_subject: "bench.direct".into(),
                 ..Default::default()
@@ -244,7 +244,7 @@ fn nats_direct(rt: &tokio::runtime::Runtime, broker: &Broker) -> Run {
             .unwrap();
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(gust_trigger_mq::nats_window(CONCURRENCY as u32))
+            .max_messages_per_batch(gust_trigger_mq::window(CONCURRENCY as u32))
             .heartbeat(Duration::from_secs(5))
             .messages()
             .await
@@ -287,7 +287,10 @@ fn mqtt_direct(rt: &tokio::runtime::Runtime, broker: &Broker) -> Run {
             .set_clean_start(false)
             .set_session_expiry_interval(Some(3600))
             .set_manual_acks(true)
-            .set_receive_maximum(Some(64));
+            // Gust's setting for a trigger with this concurrency.
+            .set_receive_maximum(Some(gust_trigger_mq::mqtt_receive_maximum(
+                CONCURRENCY as u32,
+            )));
         options
     };
     // Subscribe with a persistent session, leave, let the backlog build, come back.

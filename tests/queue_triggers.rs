@@ -726,7 +726,7 @@ fn created_again_the_trigger_applies_its_settings_to_its_consumer(suite: &Suite)
         suite.wait_connected("k");
         assert_eq!(
             suite.broker.nats_max_ack_pending(&topic, durable),
-            gust_trigger_mq::nats_window(concurrency) as i64,
+            gust_trigger_mq::window(concurrency) as i64,
             "at concurrency {concurrency}"
         );
         suite.gust.cli(&["mqt", "delete", "k"]).ok();

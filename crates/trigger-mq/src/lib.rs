@@ -19,8 +19,9 @@ mod mqtt;
 mod nats;
 mod redis;
 
+pub use broker::window;
 pub use deliver::PROGRESS_EVERY;
-pub use nats::window as nats_window;
+pub use mqtt::receive_maximum as mqtt_receive_maximum;
 pub use status::{TriggerState, TriggerStatus};
 
 use std::collections::HashMap;

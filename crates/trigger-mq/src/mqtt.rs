@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    BrokerError, Endpoint, Outgoing, Publisher, Received, Session, Settle, content_id,
+    BrokerError, Endpoint, Outgoing, Publisher, Received, Session, Settle, content_id, window,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +53,7 @@ struct MqttSession {
     received: mpsc::UnboundedReceiver<Result<Received, BrokerError>>,
     publisher: Arc<MqttPublisher>,
     driver: tokio::task::JoinHandle<()>,
+    concurrency: u32,
 }
 
 impl Drop for MqttSession {
@@ -76,6 +77,12 @@ struct MqttAck {
     reconnect: CancellationToken,
 }
 
+/// How many QoS 1 messages the broker may send unacknowledged: the trigger's [`window`], and
+/// at least 64 (at concurrency 1 Gust still takes one at a time, which keeps the order).
+pub fn receive_maximum(concurrency: u32) -> u16 {
+    u16::try_from(window(concurrency).max(64)).unwrap_or(u16::MAX)
+}
+
 pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerError> {
     let endpoint = Endpoint::parse(trigger, 1883)?;
     let mut options = MqttOptions::new(trigger.broker_identity(), endpoint.host, endpoint.port);
@@ -85,9 +92,7 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(10))
         .set_connection_timeout(CONNECT_TIMEOUT.as_secs())
-        .set_receive_maximum(Some(
-            u16::try_from(trigger.concurrency.max(64)).unwrap_or(u16::MAX),
-        ));
+        .set_receive_maximum(Some(receive_maximum(trigger.concurrency)));
     if let Some((user, password)) = endpoint.credentials {
         options.set_credentials(user, password);
     }
@@ -151,6 +156,7 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
             trigger: trigger.clone(),
         }),
         driver,
+        concurrency: trigger.concurrency,
     }))
 }
 
@@ -249,6 +255,10 @@ impl Session for MqttSession {
 
     fn publisher(&self) -> Arc<dyn Publisher> {
         self.publisher.clone()
+    }
+
+    fn read_ahead(&self) -> usize {
+        window(self.concurrency) - self.concurrency as usize
     }
 }
 

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use gust_model::MqTrigger;
 use tokio::sync::mpsc;
 
-use crate::broker::{BrokerError, Outgoing, Publisher, Received, Session, Settle};
+use crate::broker::{BrokerError, Outgoing, Publisher, Received, Session, Settle, window};
 
 /// How long the server waits for an acknowledgement (or a progress report) before it
 /// delivers a message again; messages in flight report progress more often than this.
@@ -105,29 +105,6 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
         }),
         trigger: trigger.clone(),
     }))
-}
-
-/// Messages a trigger may hold beyond its workers, at most: they wait in memory, so at the
-/// highest concurrency (256) a trigger holds 512 messages rather than the 1,024 that four times
-/// would give.
-const MAX_WAITING: usize = 256;
-
-/// How many messages the server may send unacknowledged: the concurrency, and three times as
-/// many again above 1 (at most [`MAX_WAITING`] more), so that a worker that finishes finds the
-/// next message already here. An acknowledgement reaches the server, and the next message Gust,
-/// only when their tasks get a turn on a runtime busy running functions: measured at
-/// concurrency 32 with a no-op function, a window of twice the concurrency left 28 of the 32
-/// workers idle on average when a message arrived and the NATS throughput at 0.65–0.87 of a
-/// minimal consumer's; four times left about half idle and gave 0.76–0.92. Messages waiting
-/// for a worker report progress like those being worked on, so they do not outlive the ack
-/// wait. At concurrency 1 nothing waits, so the order of messages is kept.
-pub fn window(concurrency: u32) -> usize {
-    let concurrency = concurrency as usize;
-    if concurrency > 1 {
-        concurrency + (3 * concurrency).min(MAX_WAITING)
-    } else {
-        1
-    }
 }
 
 /// The name of the stream capturing `subject`, created (`gust-<namespace>-<trigger><suffix>`)
@@ -262,18 +239,5 @@ impl Publisher for NatsPublisher {
                 "no acknowledgement from the stream",
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_window_keeps_order_at_one_and_caps_what_waits() {
-        assert_eq!(window(1), 1);
-        assert_eq!(window(2), 8);
-        assert_eq!(window(32), 128);
-        assert_eq!(window(gust_model::MAX_CONCURRENCY), 512);
     }
 }
