@@ -181,8 +181,9 @@ impl Metrics {
         }
     }
 
-    /// Creates the series of a function's first request, always a cold start, ahead of it:
-    /// creating them on that request cost it about 25 µs while caches were cold.
+    /// Creates the cold-start series of a function's first request ahead of it: timed by hand,
+    /// this took the metering step of that request from about 33 to 21 µs (its other series
+    /// depend on the trigger and status, so they are still made by the request).
     pub fn function_ready(&self, namespace: &Namespace, function: &Name, tier: Tier) {
         let (namespace, function) = (namespace.to_string(), function.to_string());
         drop(self.cold_starts.get_or_create(&FunctionLabels {

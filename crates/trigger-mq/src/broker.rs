@@ -176,6 +176,12 @@ pub fn window(concurrency: u32) -> usize {
     }
 }
 
+/// The messages of a [`window`] that wait for a worker: what a NATS or MQTT session reports
+/// as its [`Session::read_ahead`].
+pub(crate) fn read_ahead(concurrency: u32) -> usize {
+    window(concurrency) - concurrency as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    BrokerError, Endpoint, Outgoing, Publisher, Received, Session, Settle, content_id, window,
+    BrokerError, Endpoint, Outgoing, Publisher, Received, Session, Settle, content_id, read_ahead,
+    window,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -258,7 +259,7 @@ impl Session for MqttSession {
     }
 
     fn read_ahead(&self) -> usize {
-        window(self.concurrency) - self.concurrency as usize
+        read_ahead(self.concurrency)
     }
 }
 

@@ -13,7 +13,9 @@ use futures_util::StreamExt;
 use gust_model::MqTrigger;
 use tokio::sync::mpsc;
 
-use crate::broker::{BrokerError, Outgoing, Publisher, Received, Session, Settle, window};
+use crate::broker::{
+    BrokerError, Outgoing, Publisher, Received, Session, Settle, read_ahead, window,
+};
 
 /// How long the server waits for an acknowledgement (or a progress report) before it
 /// delivers a message again; messages in flight report progress more often than this.
@@ -188,7 +190,7 @@ impl Session for NatsSession {
     }
 
     fn read_ahead(&self) -> usize {
-        window(self.trigger.concurrency) - self.trigger.concurrency as usize
+        read_ahead(self.trigger.concurrency)
     }
 }
 
