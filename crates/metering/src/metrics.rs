@@ -53,12 +53,14 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
-/// The cold-start phase that gets an instance ready in `tier`.
-fn start_phase(tier: Tier) -> &'static str {
-    match tier {
+/// The phases of a cold start in `tier`, in order: waiting for capacity, getting an instance
+/// ready, and its first response.
+fn cold_start_phases(tier: Tier) -> [&'static str; 3] {
+    let start = match tier {
         Tier::Process => "specialize",
         Tier::Wasm => "instantiate",
-    }
+    };
+    ["queue", start, "first_response"]
 }
 
 pub struct Metrics {
@@ -161,12 +163,9 @@ impl Metrics {
             .observe(report.run.as_secs_f64());
         self.billable_ms.get_or_create(&trigger).inc_by(billed_ms);
         if let Some(cold) = report.cold_start {
-            self.cold_starts(&namespace, &function).inc();
-            for (phase, seconds) in [
-                ("queue", report.queue_wait),
-                (start_phase(cold.tier), cold.start),
-                ("first_response", report.run),
-            ] {
+            self.cold_start_counter(&namespace, &function).inc();
+            let durations = [report.queue_wait, cold.start, report.run];
+            for (phase, seconds) in cold_start_phases(cold.tier).into_iter().zip(durations) {
                 self.cold_start_phase(&namespace, &function, phase)
                     .observe(seconds.as_secs_f64());
             }
@@ -174,7 +173,11 @@ impl Metrics {
     }
 
     /// A function's cold-start counter, created if missing.
-    fn cold_starts(&self, namespace: &str, function: &str) -> impl Deref<Target = Counter> + '_ {
+    fn cold_start_counter(
+        &self,
+        namespace: &str,
+        function: &str,
+    ) -> impl Deref<Target = Counter> + '_ {
         self.cold_starts.get_or_create(&FunctionLabels {
             namespace: namespace.to_owned(),
             function: function.to_owned(),
@@ -200,8 +203,8 @@ impl Metrics {
     /// depend on the trigger and status, so they are still made by the request).
     pub fn function_ready(&self, namespace: &Namespace, function: &Name, tier: Tier) {
         let (namespace, function) = (namespace.as_str(), function.as_str());
-        drop(self.cold_starts(namespace, function));
-        for phase in ["queue", start_phase(tier), "first_response"] {
+        drop(self.cold_start_counter(namespace, function));
+        for phase in cold_start_phases(tier) {
             drop(self.cold_start_phase(namespace, function, phase));
         }
     }
