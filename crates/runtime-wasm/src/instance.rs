@@ -283,6 +283,10 @@ impl Instance for WasmInstance {
             }
         };
         store.data_mut().memory.refused = false;
+        // The first yield comes one epoch tick from now. A store's deadline starts at epoch 0,
+        // already passed: without this the guest would yield at its first epoch check, in the
+        // middle of instantiation, and wait behind whatever else the worker had queued.
+        store.set_epoch_deadline(1);
 
         let function = self.function.clone();
         let start_failed = |detail: String| InvokeError::StartFailed {
