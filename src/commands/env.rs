@@ -4,8 +4,9 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
-use crate::output::{OutputArgs, Table, print};
+use crate::client::{ApiClient, ConnectionArgs};
+use crate::commands::resource::Resource;
+use crate::output::{OutputArgs, Table};
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
@@ -64,6 +65,18 @@ fn row(env: &Value) -> Vec<String> {
     ]
 }
 
+fn table(envs: &[Value]) -> Table {
+    let mut table = Table::new(vec!["NAME", "POOL", "COMMAND"]);
+    envs.iter().for_each(|env| table.row(row(env)));
+    table
+}
+
+const RESOURCE: Resource = Resource {
+    kind: "environment",
+    collection: "environments",
+    table,
+};
+
 pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
@@ -78,32 +91,9 @@ pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<E
                 .await?;
             eprintln!("environment {name} created");
         }
-        EnvCommand::List(output) => {
-            let envs: Vec<Value> = client
-                .json(Method::GET, "/v1/environments", NO_BODY)
-                .await?;
-            print(output.format, &envs, || {
-                let mut table = Table::new(vec!["NAME", "POOL", "COMMAND"]);
-                envs.iter().for_each(|env| table.row(row(env)));
-                table
-            })?;
-        }
-        EnvCommand::Get { name, output } => {
-            let env: Value = client
-                .json(Method::GET, &format!("/v1/environments/{name}"), NO_BODY)
-                .await?;
-            print(output.format, &env, || {
-                let mut table = Table::new(vec!["NAME", "POOL", "COMMAND"]);
-                table.row(row(&env));
-                table
-            })?;
-        }
-        EnvCommand::Delete { name } => {
-            client
-                .call(Method::DELETE, &format!("/v1/environments/{name}"), NO_BODY)
-                .await?;
-            eprintln!("environment {name} deleted");
-        }
+        EnvCommand::List(output) => RESOURCE.list(&client, &output).await?,
+        EnvCommand::Get { name, output } => RESOURCE.get(&client, &name, &output).await?,
+        EnvCommand::Delete { name } => RESOURCE.delete(&client, &name).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

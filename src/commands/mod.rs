@@ -4,6 +4,7 @@ pub mod env;
 pub mod function;
 pub mod invocation;
 pub mod mqt;
+mod resource;
 pub mod route;
 pub mod timer;
 pub mod up;

@@ -6,8 +6,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
-use crate::output::{OutputArgs, Table, print, time_ms};
+use crate::client::{ApiClient, ConnectionArgs};
+use crate::commands::resource::Resource;
+use crate::output::{OutputArgs, Table, time_ms};
 
 #[derive(Debug, Args)]
 pub struct MqtArgs {
@@ -104,6 +105,12 @@ fn table(triggers: &[Value]) -> Table {
     table
 }
 
+const RESOURCE: Resource = Resource {
+    kind: "queue trigger",
+    collection: "mqtriggers",
+    table,
+};
+
 pub async fn run(args: MqtArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
@@ -138,24 +145,9 @@ pub async fn run(args: MqtArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             );
             println!("{name}");
         }
-        MqtCommand::List(output) => {
-            let triggers: Vec<Value> = client.json(Method::GET, "/v1/mqtriggers", NO_BODY).await?;
-            print(output.format, &triggers, || table(&triggers))?;
-        }
-        MqtCommand::Get { name, output } => {
-            let trigger: Value = client
-                .json(Method::GET, &format!("/v1/mqtriggers/{name}"), NO_BODY)
-                .await?;
-            print(output.format, &trigger, || {
-                table(std::slice::from_ref(&trigger))
-            })?;
-        }
-        MqtCommand::Delete { name } => {
-            client
-                .call(Method::DELETE, &format!("/v1/mqtriggers/{name}"), NO_BODY)
-                .await?;
-            eprintln!("queue trigger {name} deleted");
-        }
+        MqtCommand::List(output) => RESOURCE.list(&client, &output).await?,
+        MqtCommand::Get { name, output } => RESOURCE.get(&client, &name, &output).await?,
+        MqtCommand::Delete { name } => RESOURCE.delete(&client, &name).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,8 +4,9 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
-use crate::output::{OutputArgs, Table, print};
+use crate::client::{ApiClient, ConnectionArgs};
+use crate::commands::resource::Resource;
+use crate::output::{OutputArgs, Table};
 
 #[derive(Debug, Args)]
 pub struct RouteArgs {
@@ -76,6 +77,12 @@ fn table(routes: &[Value]) -> Table {
     table
 }
 
+const RESOURCE: Resource = Resource {
+    kind: "route",
+    collection: "routes",
+    table,
+};
+
 pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
@@ -97,24 +104,9 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
             eprintln!("route {name} created: {url} -> {function}");
             println!("{name}");
         }
-        RouteCommand::List(output) => {
-            let routes: Vec<Value> = client.json(Method::GET, "/v1/routes", NO_BODY).await?;
-            print(output.format, &routes, || table(&routes))?;
-        }
-        RouteCommand::Get { name, output } => {
-            let route: Value = client
-                .json(Method::GET, &format!("/v1/routes/{name}"), NO_BODY)
-                .await?;
-            print(output.format, &route, || {
-                table(std::slice::from_ref(&route))
-            })?;
-        }
-        RouteCommand::Delete { name } => {
-            client
-                .call(Method::DELETE, &format!("/v1/routes/{name}"), NO_BODY)
-                .await?;
-            eprintln!("route {name} deleted");
-        }
+        RouteCommand::List(output) => RESOURCE.list(&client, &output).await?,
+        RouteCommand::Get { name, output } => RESOURCE.get(&client, &name, &output).await?,
+        RouteCommand::Delete { name } => RESOURCE.delete(&client, &name).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

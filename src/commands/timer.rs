@@ -6,8 +6,9 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
-use crate::output::{OutputArgs, Table, print, time_ms};
+use crate::client::{ApiClient, ConnectionArgs};
+use crate::commands::resource::Resource;
+use crate::output::{OutputArgs, Table, time_ms};
 
 #[derive(Debug, Args)]
 pub struct TimerArgs {
@@ -61,6 +62,12 @@ fn table(timers: &[Value]) -> Table {
     table
 }
 
+const RESOURCE: Resource = Resource {
+    kind: "timer",
+    collection: "timers",
+    table,
+};
+
 pub async fn run(args: TimerArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
@@ -79,24 +86,9 @@ pub async fn run(args: TimerArgs, connection: &ConnectionArgs) -> anyhow::Result
             );
             println!("{name}");
         }
-        TimerCommand::List(output) => {
-            let timers: Vec<Value> = client.json(Method::GET, "/v1/timers", NO_BODY).await?;
-            print(output.format, &timers, || table(&timers))?;
-        }
-        TimerCommand::Get { name, output } => {
-            let timer: Value = client
-                .json(Method::GET, &format!("/v1/timers/{name}"), NO_BODY)
-                .await?;
-            print(output.format, &timer, || {
-                table(std::slice::from_ref(&timer))
-            })?;
-        }
-        TimerCommand::Delete { name } => {
-            client
-                .call(Method::DELETE, &format!("/v1/timers/{name}"), NO_BODY)
-                .await?;
-            eprintln!("timer {name} deleted");
-        }
+        TimerCommand::List(output) => RESOURCE.list(&client, &output).await?,
+        TimerCommand::Get { name, output } => RESOURCE.get(&client, &name, &output).await?,
+        TimerCommand::Delete { name } => RESOURCE.delete(&client, &name).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
