@@ -319,10 +319,10 @@ mod tests {
         let mut instance = runtime.start_instance(&spec, &id).await.unwrap();
         // Each poll that returns pending is a trip back through the scheduler; a guest that
         // neither waits on I/O nor runs past an epoch tick needs none. A request that happens
-        // to straddle a tick (every 10 ms) yields once, so of several requests one at least
-        // must be served in a single poll.
+        // to straddle a tick (every 10 ms; a request here takes well under 1 ms) yields once,
+        // so of twenty requests one at least must be served in a single poll.
         let mut polls_per_request = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..20 {
             let mut handled = std::pin::pin!(instance.handle(
                 &id,
                 http::Request::get("/").body(bytes::Bytes::new()).unwrap(),
