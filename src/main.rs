@@ -70,6 +70,9 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_)) {
+        end_quietly_on_closed_stdout();
+    }
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Completion(args) => completion::run(args),
@@ -81,5 +84,16 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Mqt(args) => client::block_on(mqt::run(args, &cli.connection)),
         Command::Invocation(args) => client::block_on(invocation::run(args, &cli.connection)),
         Command::Dlq(args) => client::block_on(dlq::run(args, &cli.connection)),
+    }
+}
+
+/// A client command whose output goes to a pipe that closes early (`gust fn list | head -1`)
+/// ends there, as Unix tools do, instead of panicking in `println!`. Only the client: the
+/// server keeps ignoring SIGPIPE (Rust's default), because a client or worker that goes away
+/// is an error it answers, not a reason to stop.
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: restoring a signal's default disposition, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

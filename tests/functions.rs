@@ -593,3 +593,31 @@ fn no_sandbox_mode_runs_the_same_functions_unconfined() {
     );
     assert_eq!(gust.get("/plain-js").text().unwrap(), "plain js");
 }
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let gust = Gust::start(GUST, GustOptions::default());
+    let (reader, writer) = std::io::pipe().unwrap();
+    // The reading end is closed before the command starts, as when `| head` has already
+    // exited: the command's first write fails, however the processes are scheduled.
+    drop(reader);
+    let output = gust
+        .cli_command(&["env", "list", "-o", "json"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "ended by SIGPIPE like other Unix tools: {:?}",
+        output.status
+    );
+}

@@ -144,6 +144,22 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
 }
 
+/// The one of `items` that `name_of` calls `name`, or a 404 naming the `kind` looked for.
+pub(crate) fn find_named<T>(
+    items: Vec<T>,
+    name_of: impl Fn(&T) -> &gust_model::Name,
+    kind: &'static str,
+    name: &gust_model::Name,
+) -> Result<T, ApiError> {
+    items
+        .into_iter()
+        .find(|item| name_of(item) == name)
+        .ok_or_else(|| ApiError::NotFound {
+            kind,
+            name: name.to_string(),
+        })
+}
+
 pub fn api_router(state: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .route(

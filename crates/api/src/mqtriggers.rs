@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::functions::now_ms;
 use crate::routes::generated_name;
-use crate::{ApiError, ApiState, NamespaceQuery, Scoped, parse_json};
+use crate::{ApiError, ApiState, NamespaceQuery, Scoped, find_named, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -85,15 +85,8 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<MqTrigger
     let name = scoped.name("trigger")?;
     state
         .blocking(move |s| {
-            let trigger = s
-                .store
-                .mq_triggers(Some(&namespace))?
-                .into_iter()
-                .find(|t| t.name == name)
-                .ok_or(ApiError::NotFound {
-                    kind: "queue trigger",
-                    name: name.to_string(),
-                })?;
+            let triggers = s.store.mq_triggers(Some(&namespace))?;
+            let trigger = find_named(triggers, |t| &t.name, "queue trigger", &name)?;
             Ok(MqTriggerView::new(trigger, s))
         })
         .await

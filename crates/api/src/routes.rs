@@ -7,7 +7,7 @@ use gust_model::{Name, Route, RouteConfig};
 use http::StatusCode;
 use rand::Rng;
 
-use crate::{ApiError, ApiState, NamespaceQuery, Scoped, parse_json};
+use crate::{ApiError, ApiState, NamespaceQuery, Scoped, find_named, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -27,14 +27,8 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Route>, A
     let name = scoped.name("route")?;
     state
         .blocking(move |s| {
-            s.store
-                .routes(Some(&namespace))?
-                .into_iter()
-                .find(|r| r.name == name)
-                .ok_or(ApiError::NotFound {
-                    kind: "route",
-                    name: name.to_string(),
-                })
+            let routes = s.store.routes(Some(&namespace))?;
+            find_named(routes, |r| &r.name, "route", &name)
         })
         .await
         .map(Json)

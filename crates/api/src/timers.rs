@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::functions::now_ms;
 use crate::routes::generated_name;
-use crate::{ApiError, ApiState, NamespaceQuery, Scoped, parse_json};
+use crate::{ApiError, ApiState, NamespaceQuery, Scoped, find_named, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -56,15 +56,8 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<TimerView
     let name = scoped.name("timer")?;
     state
         .blocking(move |s| {
-            let timer = s
-                .store
-                .timers(Some(&namespace))?
-                .into_iter()
-                .find(|t| t.name == name)
-                .ok_or(ApiError::NotFound {
-                    kind: "timer",
-                    name: name.to_string(),
-                })?;
+            let timers = s.store.timers(Some(&namespace))?;
+            let timer = find_named(timers, |t| &t.name, "timer", &name)?;
             Ok(TimerView::new(timer, s))
         })
         .await

@@ -198,6 +198,16 @@ impl Gust {
     }
 
     pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let mut command = self.cli_command(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        CliOutput::from(command.output().expect("the gust binary runs"))
+    }
+
+    /// The CLI with `args`, pointed at this Gust by its config file alone (no `GUST_*`
+    /// variables from the test's environment).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         command
             .args(args)
@@ -205,19 +215,12 @@ impl Gust {
             .env_remove("GUST_URL")
             .env_remove("GUST_TOKEN")
             .env_remove("GUST_NAMESPACE");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        CliOutput::from(command.output().expect("the gust binary runs"))
+        command
     }
 
     /// Starts a long-running CLI command (such as `fn logs -f`) with its stdout piped.
     pub fn cli_spawn(&self, args: &[&str]) -> Child {
-        Command::new(&self.binary)
-            .args(args)
-            .env("XDG_CONFIG_HOME", self.config_home())
-            .env_remove("GUST_URL")
-            .env_remove("GUST_TOKEN")
+        self.cli_command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
