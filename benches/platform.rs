@@ -67,19 +67,29 @@ async fn direct_python_worker(dir: &Path) -> (std::process::Child, SendRequest<F
     let code = dir.join("direct.py");
     std::fs::write(&code, PYTHON_FN).unwrap();
     let socket = dir.join("direct.sock");
-    let child = std::process::Command::new("/usr/bin/python3")
+    // As Gust does: the server inherits a listening socket as descriptor 3.
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let mut command = std::process::Command::new("/usr/bin/python3");
+    command
         .arg(&server)
         .env_clear()
-        .env("GUST_SOCKET", &socket)
-        .env("PYTHONUNBUFFERED", "1")
-        .spawn()
-        .unwrap();
-    let stream = loop {
-        match tokio::net::UnixStream::connect(&socket).await {
-            Ok(stream) => break stream,
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    };
+        .env("GUST_LISTEN_FD", "3")
+        .env("PYTHONUNBUFFERED", "1");
+    // SAFETY: dup and dup2 are async-signal-safe; `fd` stays open until spawn returns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            let copy = libc::dup(fd);
+            if copy < 0 || libc::dup2(copy, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(copy);
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap();
+    drop(listener);
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();

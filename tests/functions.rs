@@ -430,7 +430,7 @@ fn functions_and_routes_survive_restarts_and_clean_stops() {
 fn custom_environments_run_any_worker_protocol_server() {
     let gust = Gust::start(GUST, GustOptions::default());
     let server = r#"
-import http.server, os, socketserver
+import http.server, os, socket, socketserver
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a): pass
@@ -447,7 +447,10 @@ class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def get_request(self):
         r, _ = super().get_request()
         return r, ("x", 0)
-S(os.environ["GUST_SOCKET"], H).serve_forever()
+# The listening socket Gust hands over as a descriptor.
+server = S(None, H, bind_and_activate=False)
+server.socket = socket.socket(fileno=int(os.environ["GUST_LISTEN_FD"]))
+server.serve_forever()
 "#;
     let script = gust.write_file("env/custom_server.py", server);
     // The workers' uid must be able to read the program it is given.

@@ -279,7 +279,7 @@ def main(req):
     assert!(
         env.keys().all(|k| [
             "MINE",
-            "GUST_SOCKET",
+            "GUST_LISTEN_FD",
             "PATH",
             "HOME",
             "TMPDIR",

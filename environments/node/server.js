@@ -1,12 +1,16 @@
 'use strict';
 // Gust's Node.js worker server (standard library only).
 //
-// Speaks the Gust worker protocol on the Unix socket in GUST_SOCKET (or the loopback port in
-// GUST_PORT): GET /healthz, POST /v2/specialize once, then every other request is one
-// invocation of the loaded function. See docs/worker-protocol.md.
+// Speaks the Gust worker protocol on the listening socket Gust hands over as descriptor
+// GUST_LISTEN_FD: GET /healthz, POST /v2/specialize once, then every other request is one
+// invocation of the loaded function. Control requests are recognised by their exact request
+// target only, so no other spelling of a control path (`//v2/specialize`, `/x/../v2/...`,
+// `%2e%2e`) ever reaches them. A specialization that fails ends the process: a worker never
+// lives on with half of a function's environment applied. See docs/worker-protocol.md.
 
 const fs = require('fs');
 const http = require('http');
+const net = require('net');
 const path = require('path');
 
 const FUNCTION_ERROR_HEADER = 'X-Gust-Function-Error';
@@ -100,6 +104,9 @@ function toResponse(result) {
     headers = { ...(result.headers || {}) };
     body = result.body;
   }
+  if (!Number.isInteger(status) || status < 200 || status > 599) {
+    throw new RangeError(`status ${status} is outside 200-599`);
+  }
   const hasType = Object.keys(headers).some((k) => k.toLowerCase() === 'content-type');
   if (body === undefined || body === null) {
     body = Buffer.alloc(0);
@@ -126,14 +133,16 @@ function callFunction(context) {
 }
 
 async function handle(req, res) {
-  const url = new URL(req.url, 'http://gust-worker');
-  if (url.pathname === '/healthz') {
+  // `req.url` is the request target as sent. Parsed against an origin so that a target such
+  // as `//host/x` stays a path instead of naming a host.
+  const url = new URL(`http://gust-worker${req.url.startsWith('/') ? '' : '/'}${req.url}`);
+  if (req.url === '/healthz') {
     // Not ready until warmed up, so no specialize can race the warm-up function.
     send(res, warm ? 200 : 503, { 'Content-Type': 'text/plain' }, Buffer.from(warm ? 'ok' : 'warming'));
     return;
   }
   const raw = await readBody(req);
-  if (url.pathname === '/v2/specialize' && req.method === 'POST') {
+  if (req.url === '/v2/specialize' && req.method === 'POST') {
     await warmedUp; // the warm-up borrows the function slot; never race it
     if (userFunction) {
       sendJson(res, 409, { error: 'AlreadySpecialized' });
@@ -145,7 +154,9 @@ async function handle(req, res) {
       userFunction = load(request.filepath, request.functionName || '');
     } catch (err) {
       console.error(err && err.stack ? err.stack : String(err));
-      sendJson(res, 500, { error: (err && err.name) || 'Error' });
+      // The environment and half-loaded modules stay behind: this worker is done.
+      res.on('finish', () => process.exit(3));
+      sendJson(res, 500, { error: (err && err.name) || 'Error' }, { Connection: 'close' });
       return;
     }
     sendJson(res, 200, { ok: true });
@@ -201,41 +212,39 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 0;
 
-// One request to ourselves through the whole HTTP path, body included.
-function warmUpHttp(address) {
+// One request to ourselves through the whole HTTP path, body included, over a private
+// socket in this worker's own /tmp (never a path Gust connects through).
+function warmUpHttp() {
+  const socketPath = path.join(require('os').tmpdir(), `.gust-warmup-${process.pid}.sock`);
+  const relay = net.createServer((connection) => server.emit('connection', connection));
   return new Promise((resolve) => {
-    const body = Buffer.from('{"warm": true}');
-    const req = http.request(
-      {
-        ...address,
-        method: 'POST',
-        path: WARMUP_PATH,
-        headers: { 'content-type': 'application/json', 'content-length': body.length, 'x-gust-params': '{}' },
-      },
-      (res) => {
-        res.on('data', () => {});
-        res.on('end', resolve);
-        res.on('error', resolve);
-      },
-    );
-    req.on('error', resolve);
-    req.end(body);
-  });
+    relay.on('error', resolve);
+    relay.listen(socketPath, () => {
+      const body = Buffer.from('{"warm": true}');
+      const req = http.request(
+        {
+          socketPath,
+          method: 'POST',
+          path: WARMUP_PATH,
+          headers: { 'content-type': 'application/json', 'content-length': body.length, 'x-gust-params': '{}' },
+        },
+        (res) => {
+          res.on('data', () => {});
+          res.on('end', resolve);
+          res.on('error', resolve);
+        },
+      );
+      req.on('error', resolve);
+      req.end(body);
+    });
+  }).finally(() => relay.close());
 }
 
-const socketPath = process.env.GUST_SOCKET;
-const address = socketPath ? { socketPath } : { host: '127.0.0.1', port: Number(process.env.GUST_PORT) };
-if (socketPath && fs.existsSync(socketPath)) fs.unlinkSync(socketPath);
 loadWarmUpFunction();
 let markWarm;
 warmedUp = new Promise((resolve) => { markWarm = resolve; });
-const listening = () => warmUpHttp(address).finally(() => {
+server.listen({ fd: Number(process.env.GUST_LISTEN_FD) }, () => warmUpHttp().finally(() => {
   userFunction = null;
   warm = true;
   markWarm();
-});
-if (socketPath) {
-  server.listen(socketPath, listening);
-} else {
-  server.listen(address.port, address.host, listening);
-}
+}));

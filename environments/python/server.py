@@ -1,8 +1,11 @@
 """Gust's Python worker server (standard library only).
 
-Speaks the Gust worker protocol on the Unix socket in GUST_SOCKET (or the loopback port in
-GUST_PORT): GET /healthz, POST /v2/specialize once, then every other request is one
-invocation of the loaded function. See docs/worker-protocol.md.
+Speaks the Gust worker protocol on the listening socket Gust hands over as descriptor
+GUST_LISTEN_FD: GET /healthz, POST /v2/specialize once, then every other request is one
+invocation of the loaded function. Control requests are recognised by their exact request
+target only, so no other spelling of a control path (`//v2/specialize`, `/x/../v2/...`,
+`%2e%2e`) ever reaches them. A specialization that fails ends the process: a worker never
+lives on with half of a function's environment applied. See docs/worker-protocol.md.
 """
 
 import http.client
@@ -136,6 +139,9 @@ def _to_response(result):
             raise TypeError("return (body, status) or (body, status, headers)")
     headers = dict(headers or {})
     lower = {k.lower() for k in headers}
+    status = int(status)
+    if not 200 <= status <= 599:
+        raise ValueError("status %d is outside 200-599" % status)
     if result is None:
         body = b""
     elif isinstance(result, (bytes, bytearray)):
@@ -150,7 +156,7 @@ def _to_response(result):
         body = json.dumps(result).encode("utf-8")
         if "content-type" not in lower:
             headers["Content-Type"] = "application/json"
-    return int(status), headers, body
+    return status, headers, body
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -179,15 +185,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _target(self):
+        """The request target exactly as sent (`self.path` has `//` collapsed already)."""
+        words = self.requestline.split()
+        return words[1] if len(words) >= 2 else ""
+
     def _dispatch(self):
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
+        target = self._target()
+        if target == "/healthz":
             # Not ready until warmed up, so no specialize can race the warm-up function.
             if _warm:
                 self._send(200, {"Content-Type": "text/plain"}, b"ok")
             else:
                 self._send(503, {"Content-Type": "text/plain"}, b"warming")
-        elif path == "/v2/specialize" and self.command == "POST":
+        elif target == "/v2/specialize" and self.command == "POST":
             self._specialize()
         else:
             self._invoke()
@@ -206,8 +217,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             except BaseException as exc:  # the user's module may raise anything, even SystemExit
                 traceback.print_exc()
                 sys.stderr.flush()
+                self.close_connection = True
                 self._send_json(500, {"error": type(exc).__name__})
-                return
+                # The environment and half-imported modules stay behind: this worker is done.
+                os._exit(3)
             _function, _takes_request = func, _takes_argument(func)
         self._send_json(200, {"ok": True})
 
@@ -242,10 +255,6 @@ class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         return request, ("gust", 0)
 
 
-class TcpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-
 def _warm_up(connect):
     """Runs the loader and one whole invocation (a request to ourselves) before the worker
     says it is ready, so the first real request does not pay for first-time work."""
@@ -273,26 +282,21 @@ def _warm_up(connect):
         _warmed.set()
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("gust-worker")
-        self._path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self._path)
-
-
 def main():
-    socket_path = os.environ.get("GUST_SOCKET")
-    if socket_path:
-        if os.path.exists(socket_path):
-            os.unlink(socket_path)
-        server = UnixServer(socket_path, Handler)
-        connect = lambda: _UnixConnection(socket_path)
-    else:
-        server = TcpServer(("127.0.0.1", int(os.environ["GUST_PORT"])), Handler)
-        connect = lambda: http.client.HTTPConnection("127.0.0.1", server.server_address[1])
+    listener = socket.socket(fileno=int(os.environ["GUST_LISTEN_FD"]))
+    listener.set_inheritable(False)  # the function's own child processes do not get it
+    server = UnixServer(None, Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = listener
+
+    def connect():
+        # The warm-up talks to this server over a private socket pair, never through a path.
+        ours, theirs = socket.socketpair()
+        server.process_request(theirs, ("gust", 0))
+        conn = http.client.HTTPConnection("gust-worker")
+        conn.sock = ours
+        return conn
+
     threading.Thread(target=_warm_up, args=(connect,), daemon=True).start()
     server.serve_forever()
 

@@ -17,7 +17,7 @@ use gust_executor::{
 };
 use gust_metering::{Meter, Metrics, PriceSheet, UsageWriter};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
-use gust_router::{PublicState, Routes, public_router};
+use gust_router::{BodyBudget, ConnectionLimits, PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::WasmRuntime;
 use gust_store::{
@@ -77,7 +77,28 @@ pub struct UpArgs {
     /// Record no usage and count no invocations (instances are still shown in /metrics)
     #[arg(long, env = "GUST_NO_METERING")]
     no_metering: bool,
+    /// Open connections the public listener holds at once; more are closed on arrival
+    #[arg(long, env = "GUST_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Open connections one client address may hold on the public listener
+    #[arg(long, env = "GUST_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    max_connections_per_client: usize,
+    /// Time a client has to send a request's headers; an idle keep-alive connection is
+    /// closed after the same time
+    #[arg(long, env = "GUST_HEADER_TIMEOUT", default_value = "10s")]
+    header_timeout: String,
+    /// Memory (MB) all request bodies in flight may take together, on both listeners; a
+    /// request past it is answered 503
+    #[arg(long, env = "GUST_BODY_MEMORY", default_value_t = 256)]
+    body_memory: usize,
 }
+
+/// Largest request header Gust reads: below what the built-in worker servers accept, so that
+/// what reaches a worker never makes it drop the connection.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The API listener's connection limits (its clients are operators and the CLI).
+const API_MAX_CONNECTIONS: usize = 256;
+const API_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -96,6 +117,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let idle_timeout = parse_duration("idle timeout", &args.idle_timeout)?;
+    let header_timeout = parse_duration("header timeout", &args.header_timeout)?;
+    raise_descriptor_limit();
     let async_retention = parse_duration("async retention", &args.async_retention)?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
@@ -163,8 +186,9 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    let run_dir = worker_run_dir(&data_dir)?;
     let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
-        &worker_run_dir(&data_dir)?,
+        &run_dir,
         sandbox,
         cgroups,
         interpreters,
@@ -218,6 +242,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         mq_metrics,
     );
     let routes = Routes::new(store.routes(None)?);
+    let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024));
     let state = Arc::new(ApiState {
         store,
         code,
@@ -233,6 +258,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         queue: queue.clone(),
         timers: timers.clone(),
         mq: mq.clone(),
+        bodies: bodies.clone(),
     });
     state.sync_environments()?;
     // Functions with a minimum of instances get them now, not on their first request.
@@ -253,6 +279,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     eprintln!("  API:           {api_url}");
     eprintln!("  admin token:   {}", token_path.display());
     eprintln!("  data:          {}", data_dir.display());
+    eprintln!("  workers:       {}", run_dir.display());
 
     let shutdown = CancellationToken::new();
     tokio::spawn(executor.clone().run_reaper(shutdown.child_token()));
@@ -265,18 +292,33 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         routes,
         invoker,
         queue,
+        bodies,
     });
-    let public_server = axum::serve(
-        public,
-        public_app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let api_server = axum::serve(api, api_router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let servers = async { tokio::try_join!(public_server.into_future(), api_server.into_future()) };
-    tokio::pin!(servers);
+    let public_limits = ConnectionLimits {
+        max_connections: args.max_connections,
+        max_per_client: args.max_connections_per_client,
+        header_read_timeout: header_timeout,
+        max_header_bytes: MAX_HEADER_BYTES,
+    };
+    let api_limits = ConnectionLimits {
+        max_connections: API_MAX_CONNECTIONS,
+        max_per_client: API_MAX_CONNECTIONS_PER_CLIENT,
+        ..public_limits.clone()
+    };
+    let servers = async {
+        tokio::join!(
+            gust_router::serve(
+                public,
+                public_app,
+                public_limits,
+                "public",
+                shutdown.clone()
+            ),
+            gust_router::serve(api, api_router(state), api_limits, "API", shutdown.clone()),
+        )
+    };
     tokio::select! {
-        result = &mut servers => { result.context("a listener failed")?; }
+        _ = servers => {}
         _ = async {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_DEADLINE).await;
@@ -291,6 +333,23 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     stop_usage.cancel();
     eprintln!("Gust stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open descriptors to the hard one: connections, workers' pipes and
+/// sockets all need descriptors, and the listeners' caps are what bounds them.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid resource and a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -66,8 +66,8 @@ pub async fn invoke(
         MAX_REQUEST_BYTES
     };
     let (parts, body) = request.into_parts();
-    let body = match read_limited(&parts.headers, body, limit).await {
-        Ok(body) => body,
+    let (body, _reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
+        Ok(read) => read,
         Err(err) => return Ok(err.with_request_id(&id)),
     };
     let mut forwarded = http::Request::builder()

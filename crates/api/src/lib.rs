@@ -32,7 +32,7 @@ use gust_async_queue::AsyncQueue;
 use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
 use gust_metering::{Meter, PriceSheet};
 use gust_model::{Environment, Namespace};
-use gust_router::Routes;
+use gust_router::{BodyBudget, Routes};
 use gust_store::{CodeStore, MetadataStore, UsageStore};
 use gust_trigger_mq::MqTriggers;
 use gust_trigger_timer::TimerScheduler;
@@ -60,6 +60,8 @@ pub struct ApiState {
     pub queue: AsyncQueue,
     pub timers: Arc<TimerScheduler>,
     pub mq: Arc<MqTriggers>,
+    /// Memory for invocation bodies in flight, shared with the public listener.
+    pub bodies: BodyBudget,
 }
 
 impl ApiState {

@@ -497,6 +497,17 @@ impl Invoker for Executor {
             .handle(&invocation.id, invocation.request, slot.spec.limits.timeout)
             .await;
         let run = dispatched.elapsed();
+        // Informational and out-of-range statuses cannot be forwarded as a final answer.
+        let result = result.and_then(|response| {
+            if (200..=599).contains(&response.status().as_u16()) {
+                Ok(response)
+            } else {
+                tracing::warn!(function = %invocation.function, status = %response.status(), "function answered a status outside 200-599");
+                Err(InvokeError::FunctionError {
+                    function: invocation.function.to_string(),
+                })
+            }
+        });
         let cpu = cpu_before
             .zip(instance.cpu_time())
             .map(|(before, after)| after.saturating_sub(before));

@@ -269,6 +269,15 @@ impl Gust {
             .bearer_auth(self.token())
     }
 
+    /// Where this Gust keeps its workers' host directories (as `gust up` printed it).
+    pub fn worker_run_dir(&self) -> PathBuf {
+        self.log()
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("workers:"))
+            .map(|dir| PathBuf::from(dir.trim()))
+            .expect("gust up prints its workers' directory")
+    }
+
     /// The API listener's `/metrics`, as text.
     pub fn metrics(&self) -> String {
         self.api(reqwest::Method::GET, "/metrics")

@@ -8,13 +8,67 @@ use crate::{ModelError, Name, Namespace};
 /// a function.
 pub const RESERVED_PREFIXES: [&str; 3] = ["/healthz", "/v2/", "/_gust/"];
 
-/// Whether a request path falls under a reserved prefix (`/v2` itself counts).
+/// Whether a request path falls under a reserved prefix (`/v2` itself counts), as written or
+/// in any spelling a server might resolve to one: percent-escapes (also doubled), `\\` for
+/// `/`, repeated slashes, `.` and `..` segments, `;` parameters.
 pub fn is_reserved_path(path: &str) -> bool {
+    under_reserved_prefix(path) || under_reserved_prefix(&resolved_path(path))
+}
+
+fn under_reserved_prefix(path: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|prefix| {
         let bare = prefix.trim_end_matches('/');
         path.strip_prefix(bare)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     })
+}
+
+/// The path a lenient server would serve for `path`: percent-decoded until nothing changes (a
+/// few rounds at most), backslashes as slashes, each segment's `;` parameters dropped, empty
+/// and `.` segments removed, `..` applied. Never used to route, only to refuse.
+fn resolved_path(path: &str) -> String {
+    let mut bytes = path.as_bytes().to_vec();
+    for _ in 0..4 {
+        let decoded = percent_decode(&bytes);
+        if decoded == bytes {
+            break;
+        }
+        bytes = decoded;
+    }
+    let text = String::from_utf8_lossy(&bytes).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                input.get(i + 1).copied().and_then(hex),
+                input.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The HTTP methods a route can name.
@@ -529,6 +583,53 @@ mod tests {
         assert!(table.find("GET", "/anything").is_some());
         for reserved in ["/healthz", "/v2/specialize", "/v2", "/_gust/x"] {
             assert!(table.find("GET", reserved).is_none(), "{reserved}");
+        }
+    }
+
+    #[test]
+    fn reserved_paths_are_refused_in_every_spelling() {
+        let table = RouteTable::new(vec![route("all", "/", &[], true)]);
+        for spelling in [
+            "//v2/specialize",
+            "///healthz",
+            "/x/../v2/specialize",
+            "/x/%2e%2e/v2/specialize",
+            "/x/%2E%2E/v2/specialize",
+            "/%2e%2e/_gust/warmup",
+            "/x/.%2e/v2/specialize",
+            "/x/%252e%252e/v2/specialize",
+            "/v2%2fspecialize",
+            "/v2%2Fspecialize",
+            "/%76%32/specialize",
+            "/./v2/specialize",
+            "/x/..\\v2/specialize",
+            "/\\v2/specialize",
+            "/x/..;/v2/specialize",
+            "/v2;x/specialize",
+            "/healthz;x",
+            "/x/%2e%2e%2fv2%2fspecialize",
+        ] {
+            assert!(is_reserved_path(spelling), "{spelling}");
+            assert!(table.find("POST", spelling).is_none(), "{spelling}");
+        }
+        for ordinary in [
+            "/v3/x",
+            "/healthzz",
+            "/x/v2/specialize",
+            "/a%20b",
+            "/x/../y",
+        ] {
+            assert!(!is_reserved_path(ordinary), "{ordinary}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_resolved_path_is_rooted_and_free_of_dot_segments(path in "[/a-z.%2eE;\\\\]{0,24}") {
+            let resolved = resolved_path(&path);
+            proptest::prop_assert!(resolved.starts_with('/'));
+            proptest::prop_assert!(!resolved.contains("//"));
+            proptest::prop_assert!(!resolved.split('/').any(|s| s == "." || s == ".."));
         }
     }
 

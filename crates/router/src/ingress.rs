@@ -10,8 +10,8 @@ use gust_async_queue::AsyncQueue;
 use gust_executor::{Invocation, Invoker, RequestId, TriggerKind};
 use gust_model::{AsyncSource, RouteMode};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::body::{BodyBudget, read_limited};
 use crate::{ErrorBody, Routes, invoke_error_response};
 
 /// Largest request body a function receives (6 MB, as Lambda's synchronous limit).
@@ -32,11 +32,23 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// The methods a route can name, exactly as spelled on the wire.
+const SERVED_METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::PATCH,
+    http::Method::DELETE,
+    http::Method::OPTIONS,
+];
+
 #[derive(Clone)]
 pub struct PublicState {
     pub routes: Routes,
     pub invoker: Arc<dyn Invoker>,
     pub queue: AsyncQueue,
+    pub bodies: BodyBudget,
 }
 
 /// The public listener's app: every request is matched against the route table.
@@ -70,6 +82,21 @@ async fn serve(
     let id = RequestId::generate();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
+    // Methods are case-sensitive tokens; a worker server knows these seven and no others.
+    if !SERVED_METHODS.contains(&parts.method) {
+        let mut response = ErrorBody {
+            component: "router",
+            reason: "method_not_allowed",
+            request_id: Some(id.to_string()),
+            message: format!("method {} is not served", parts.method),
+        }
+        .into_response_with(StatusCode::METHOD_NOT_ALLOWED);
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return response;
+    }
     let table = state.routes.snapshot();
     let Some(found) = table.find(parts.method.as_str(), path) else {
         return ErrorBody {
@@ -93,9 +120,10 @@ async fn serve(
     } else {
         MAX_REQUEST_BYTES
     };
-    let body = match read_limited(&parts.headers, body, limit).await {
-        Ok(body) => body,
-        Err(response) => return response.with_request_id(&id),
+    // Held until the function has answered: the body's memory stays counted while it lives.
+    let (body, _reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
+        Ok(read) => read,
+        Err(error) => return error.with_request_id(&id),
     };
 
     let mut headers = forwardable_headers(&parts.headers, false);
@@ -233,58 +261,4 @@ pub fn function_response(response: http::Response<Bytes>, id: &RequestId) -> Res
     }
     set(&mut parts.headers, "x-gust-request-id", id.as_str());
     Response::from_parts(parts, Body::from(body))
-}
-
-/// Reads a request body up to `limit` bytes; a larger declared length is refused before
-/// anything is read, and a body that turns out longer is refused as soon as it passes the limit.
-pub async fn read_limited(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(BodyError::TooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
-        Err(_) => Err(BodyError::Unreadable),
-    }
-}
-
-/// Why a request body was not accepted.
-pub enum BodyError {
-    TooLarge {
-        limit: usize,
-    },
-    /// The client stopped sending or sent a malformed body.
-    Unreadable,
-}
-
-impl BodyError {
-    pub fn with_request_id(self, id: &RequestId) -> Response {
-        let (status, reason, message) = match self {
-            BodyError::TooLarge { limit } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is larger than {limit} bytes"),
-            ),
-            BodyError::Unreadable => (
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                "the request body could not be read".to_owned(),
-            ),
-        };
-        ErrorBody {
-            component: "router",
-            reason,
-            request_id: Some(id.to_string()),
-            message,
-        }
-        .into_response_with(status)
-    }
 }

@@ -8,15 +8,21 @@
 //! (request id, path parameters, forwarding headers) before handing the request to the
 //! [`gust_executor::Invoker`]. Bodies over the limit are refused with 413 before being read
 //! in full. Route matching itself is pure and lives in `gust_model::RouteTable`.
+//!
+//! [`serve`] runs a listener (this one and the API's) under [`ConnectionLimits`].
 
+mod body;
 mod error_body;
 mod ingress;
+mod listener;
 
+pub use body::{BodyBudget, BodyError, Reserved, read_limited};
 pub use error_body::{ErrorBody, invoke_error_response};
 pub use ingress::{
-    BodyError, MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, PublicState, accepted_response,
-    add_param_headers, forwardable_headers, function_response, public_router, read_limited,
+    MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, PublicState, accepted_response, add_param_headers,
+    forwardable_headers, function_response, public_router,
 };
+pub use listener::{ConnectionLimits, serve};
 
 use std::sync::Arc;
 

@@ -1,7 +1,12 @@
 //! How a worker process is confined. With bubblewrap the worker sees a mount view built from an
-//! allow-list (system directories read-only, its own code, a private tmp), runs in its own
-//! user, pid, ipc and uts namespaces, as an unprivileged uid even when Gust is root, with a
-//! clean environment and no way to outlive Gust.
+//! allow-list (system directories read-only, its own code, a private size-limited tmp), runs in
+//! its own user, pid, ipc and uts namespaces, as an unprivileged uid even when Gust is root,
+//! with a clean environment and no way to outlive Gust.
+//!
+//! The worker's connection point is a listening Unix socket that Gust binds in a directory of
+//! its own and hands to the worker as an inherited descriptor (`GUST_LISTEN_FD`). Nothing the
+//! worker can write is on the path Gust connects through, so a worker cannot redirect Gust's
+//! later connections (a second lane, a health probe) to any other socket.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -9,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 
 use tokio::process::Command;
 
@@ -37,12 +43,15 @@ const USR_ALIASES: [&str; 4] = ["/bin", "/sbin", "/lib", "/lib64"];
 pub const WORKER_CODE_DIR: &str = "/code";
 /// The hostname inside every sandbox; also how a leftover worker is recognised.
 pub const WORKER_HOSTNAME: &str = "gust-worker";
-const WORKER_SOCKET_DIR: &str = "/run/gust";
 const WORKER_ENV_DIR: &str = "/gust-env";
+/// The descriptor number of the worker's listening socket, in the worker (`GUST_LISTEN_FD`).
+pub const LISTEN_FD: i32 = 3;
 // Descriptor numbers the bind sources get in bwrap; above anything a fresh process holds.
 const CODE_FD: i32 = 200;
-const SOCKET_FD: i32 = 201;
 const ENV_FD: i32 = 202;
+/// Size of a worker's private `/tmp`. A backstop only: its pages are charged to the worker's
+/// memory cgroup, so the function's memory limit is what bounds it where cgroups exist.
+const TMP_SIZE_BYTES: u64 = 1024 * 1024 * 1024;
 /// Where sources are parked while being moved to the numbers above.
 const LIFTED_FD_FLOOR: i32 = 1024;
 
@@ -55,37 +64,45 @@ pub enum Sandbox {
     Disabled,
 }
 
-/// A worker's host directory: `code/` receives the function's files at specialization,
-/// `sock/` holds the worker's Unix socket.
+/// A worker's host directory, writable by Gust alone: `code/` receives the function's files at
+/// specialization (mounted read-only), `worker.sock` is the listening socket Gust bound for it.
 pub struct WorkerPaths {
     pub code_dir: PathBuf,
-    pub socket_dir: PathBuf,
+    pub socket: PathBuf,
 }
 
 impl WorkerPaths {
     pub fn new(worker_dir: &Path) -> Self {
         Self {
             code_dir: worker_dir.join("code"),
-            socket_dir: worker_dir.join("sock"),
+            socket: worker_dir.join("worker.sock"),
         }
     }
 }
 
-/// Open directories a worker's sandbox mounts.
+/// What a worker's sandbox is given at start: open directories to mount and its listening
+/// socket. Dropped by the caller once the worker is spawned, so that the worker holds the
+/// only copy of the listener and a dead worker refuses connections at once.
 pub struct BindSources<'a> {
     pub paths: &'a WorkerPaths,
     code: File,
-    socket: File,
+    listener: UnixListener,
     env_dir: Option<(PathBuf, File)>,
 }
 
 impl<'a> BindSources<'a> {
+    /// Opens the directories and binds the worker's listening socket at `paths.socket`.
     pub fn open(paths: &'a WorkerPaths, env_dir: Option<&Path>) -> Result<Self, RuntimeError> {
         let open = |path: &Path| File::open(path).map_err(RuntimeError::io(path));
+        let listener =
+            UnixListener::bind(&paths.socket).map_err(RuntimeError::io(&paths.socket))?;
+        // Only Gust connects to it; no other local user may talk to a worker.
+        std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(RuntimeError::io(&paths.socket))?;
         Ok(Self {
             paths,
             code: open(&paths.code_dir)?,
-            socket: open(&paths.socket_dir)?,
+            listener,
             env_dir: env_dir
                 .map(|dir| Ok::<_, RuntimeError>((dir.to_owned(), open(dir)?)))
                 .transpose()?,
@@ -159,14 +176,15 @@ impl Sandbox {
                     .collect();
                 let mut command = Command::new(&program[0]);
                 join_cgroups_first(&mut command, cgroup_fds);
+                let code_dir = &binds.paths.code_dir;
                 command
                     .args(&program[1..])
                     .env_clear()
-                    .current_dir(&binds.paths.socket_dir);
-                let socket = binds.paths.socket_dir.join("worker.sock");
-                for (key, value) in base_env(&socket.to_string_lossy()) {
+                    .current_dir(code_dir);
+                for (key, value) in base_env() {
                     command.env(key, value);
                 }
+                place_descriptors(&mut command, vec![(binds.listener.as_raw_fd(), LISTEN_FD)]);
                 command
             }
             Sandbox::Bubblewrap { bwrap } => {
@@ -178,6 +196,9 @@ impl Sandbox {
                     "--unshare-ipc",
                     "--unshare-uts",
                     "--unshare-cgroup-try",
+                    // A function has no use for user namespaces of its own, and each one
+                    // reopens kernel attack surface the sandbox closed.
+                    "--disable-userns",
                     "--die-with-parent",
                     "--new-session",
                     "--hostname",
@@ -195,11 +216,16 @@ impl Sandbox {
                         Err(_) => push(&["--ro-bind-try", alias, alias]),
                     }
                 }
-                push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+                // The only writable places: /tmp and /dev/shm, both memory-backed (charged to
+                // the worker's memory cgroup) and size-limited. The root and /dev, tmpfs
+                // mounts bwrap builds the view on, are made read-only below.
+                let tmp_size = TMP_SIZE_BYTES.to_string();
+                push(&["--proc", "/proc", "--dev", "/dev"]);
+                push(&["--size", &tmp_size, "--tmpfs", "/dev/shm"]);
+                push(&["--size", &tmp_size, "--tmpfs", "/tmp"]);
                 // Directories go in as open descriptors: the unprivileged uid bwrap runs as
                 // could not even traverse Gust's private data directory by path.
                 push(&["--ro-bind-fd", &CODE_FD.to_string(), WORKER_CODE_DIR]);
-                push(&["--bind-fd", &SOCKET_FD.to_string(), WORKER_SOCKET_DIR]);
                 if binds.env_dir.is_some() {
                     push(&["--ro-bind-fd", &ENV_FD.to_string(), WORKER_ENV_DIR]);
                 }
@@ -207,8 +233,9 @@ impl Sandbox {
                     let path = path.to_string_lossy().into_owned();
                     push(&["--ro-bind", &path, &path]);
                 }
+                push(&["--remount-ro", "/dev", "--remount-ro", "/"]);
                 push(&["--chdir", "/tmp", "--clearenv"]);
-                for (key, value) in base_env(&format!("{WORKER_SOCKET_DIR}/worker.sock")) {
+                for (key, value) in base_env() {
                     push(&["--setenv", key, &value]);
                 }
                 push(&["--"]);
@@ -234,37 +261,13 @@ impl Sandbox {
                 }
                 let fds = [
                     Some((binds.code.as_raw_fd(), CODE_FD)),
-                    Some((binds.socket.as_raw_fd(), SOCKET_FD)),
+                    Some((binds.listener.as_raw_fd(), LISTEN_FD)),
                     binds
                         .env_dir
                         .as_ref()
                         .map(|(_, fd)| (fd.as_raw_fd(), ENV_FD)),
                 ];
-                // SAFETY: only async-signal-safe calls on descriptors the parent keeps open
-                // until spawn returns.
-                unsafe {
-                    command.pre_exec(move || {
-                        // A source may already sit on another's target number (a busy Gust
-                        // has hundreds of descriptors), so first lift every source above all
-                        // targets, then place them.
-                        let mut lifted = [(-1, -1); 3];
-                        for (slot, (from, to)) in lifted.iter_mut().zip(fds.into_iter().flatten()) {
-                            let high = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, LIFTED_FD_FLOOR);
-                            if high < 0 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                            *slot = (high, to);
-                        }
-                        for (high, to) in lifted.into_iter().filter(|(high, _)| *high >= 0) {
-                            // dup2 leaves the target without close-on-exec: bwrap inherits it.
-                            if libc::dup2(high, to) < 0 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                            libc::close(high);
-                        }
-                        Ok(())
-                    });
-                }
+                place_descriptors(&mut command, fds.into_iter().flatten().collect());
                 command
             }
         };
@@ -288,28 +291,13 @@ impl Sandbox {
         }
         command
     }
-
-    /// Makes `paths` usable by the worker's uid: the code directory readable, the socket
-    /// directory writable.
-    pub fn grant(&self, paths: &WorkerPaths) -> Result<(), RuntimeError> {
-        // SAFETY: getuid has no preconditions.
-        if matches!(self, Sandbox::Bubblewrap { .. }) && unsafe { libc::getuid() } == 0 {
-            std::os::unix::fs::chown(
-                &paths.socket_dir,
-                Some(UNPRIVILEGED_ID),
-                Some(UNPRIVILEGED_ID),
-            )
-            .map_err(RuntimeError::io(&paths.socket_dir))?;
-        }
-        Ok(())
-    }
 }
 
 /// The whole environment a worker starts with; the function's own variables come with
 /// specialization.
-fn base_env(socket: &str) -> Vec<(&'static str, String)> {
+fn base_env() -> Vec<(&'static str, String)> {
     vec![
-        ("GUST_SOCKET", socket.to_owned()),
+        ("GUST_LISTEN_FD", LISTEN_FD.to_string()),
         ("PATH", "/usr/local/bin:/usr/bin:/bin".to_owned()),
         ("HOME", "/tmp".to_owned()),
         ("TMPDIR", "/tmp".to_owned()),
@@ -325,11 +313,10 @@ pub fn prepare_dirs(paths: &WorkerPaths) -> Result<(), RuntimeError> {
         std::fs::set_permissions(worker_dir, std::fs::Permissions::from_mode(0o711))
             .map_err(RuntimeError::io(worker_dir))?;
     }
-    for dir in [&paths.code_dir, &paths.socket_dir] {
-        std::fs::create_dir_all(dir).map_err(RuntimeError::io(dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(RuntimeError::io(dir))?;
-    }
+    let dir = &paths.code_dir;
+    std::fs::create_dir_all(dir).map_err(RuntimeError::io(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(RuntimeError::io(dir))?;
     Ok(())
 }
 
@@ -359,6 +346,40 @@ fn join_cgroups_first(command: &mut Command, fds: Vec<RawFd>) {
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Registers moving each `(from, to)` descriptor to number `to` in the child, inheritable
+/// (bwrap's `--*-fd` sources, the worker's listening socket).
+fn place_descriptors(command: &mut Command, fds: Vec<(RawFd, i32)>) {
+    const MOST: usize = 4;
+    assert!(
+        fds.len() <= MOST,
+        "a worker is given at most {MOST} descriptors"
+    );
+    // SAFETY: only async-signal-safe calls on descriptors the parent keeps open until spawn
+    // returns; the vector is allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            // A source may already sit on another's target number (a busy Gust has hundreds
+            // of descriptors), so first lift every source above all targets, then place them.
+            let mut lifted = [(-1, -1); MOST];
+            for (slot, &(from, to)) in lifted.iter_mut().zip(fds.iter()) {
+                let high = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, LIFTED_FD_FLOOR);
+                if high < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                *slot = (high, to);
+            }
+            for (high, to) in lifted.into_iter().filter(|(high, _)| *high >= 0) {
+                // dup2 leaves the target without close-on-exec: the child inherits it.
+                if libc::dup2(high, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(high);
             }
             Ok(())
         });

@@ -101,7 +101,6 @@ impl Worker {
         let dir = workers_dir.join(&id);
         let paths = WorkerPaths::new(&dir);
         prepare_dirs(&paths)?;
-        sandbox.grant(&paths)?;
         let cgroup = cgroups
             .map(|c| c.worker(&id))
             .transpose()
@@ -121,6 +120,7 @@ impl Worker {
                 .kill_on_drop(true);
             cmd.spawn()
                 .map_err(|e| failed(format!("cannot run {:?}: {e}", command.program[0])))?
+            // `binds` closes Gust's copy of the listener here: the worker holds the only one.
         };
         let pid = child.id();
         // Until the worker is ready, dropping this future (a cancelled pool refill, a shutdown)
@@ -149,7 +149,6 @@ impl Worker {
                 logs,
             ));
         }
-        let socket = paths.socket_dir.join("worker.sock");
         let started = Instant::now();
         let sender = loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -164,12 +163,14 @@ impl Worker {
                     "the worker exited during start with {status}: {said}"
                 )));
             }
-            if started.elapsed() > START_DEADLINE {
+            let Some(left) = START_DEADLINE.checked_sub(started.elapsed()) else {
                 return Err(failed(format!(
                     "no answer on /healthz within {START_DEADLINE:?}"
                 )));
-            }
-            if let Some(sender) = probe(&socket).await {
+            };
+            // The socket listens from the start, so a probe waits for the worker to accept
+            // rather than failing; a worker that dies resets it.
+            if let Ok(Some(sender)) = tokio::time::timeout(left, probe(&paths.socket)).await {
                 break sender;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -476,7 +477,7 @@ pub struct SharedWorker {
 impl SharedWorker {
     pub fn new(worker: Worker) -> Arc<Self> {
         Arc::new(Self {
-            socket: worker.paths.socket_dir.join("worker.sock"),
+            socket: worker.paths.socket.clone(),
             function: worker.function.clone(),
             memory_mb: worker.memory_mb,
             worker: Mutex::new(worker),

@@ -1,0 +1,246 @@
+//! Reading a request body into memory within three bounds: its size (413), a memory budget
+//! shared by every body in flight on a listener (503: many large bodies at once cannot take
+//! Gust's memory), and a minimum rate (408: a client dripping bytes cannot hold a connection
+//! and its buffer for ever).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use gust_executor::RequestId;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::ErrorBody;
+
+/// Longest pause between two pieces of a body.
+const BODY_IDLE: Duration = Duration::from_secs(10);
+/// Time every body gets before its rate is checked.
+const BODY_GRACE: Duration = Duration::from_secs(10);
+/// Slowest average rate a body may arrive at after the grace period (bytes per second).
+const MIN_BODY_RATE: u64 = 32 * 1024;
+/// The budget's unit: permits are counted in KiB so that a budget of gigabytes fits.
+const UNIT: usize = 1024;
+
+/// Memory for request bodies being read or waiting on their function, shared by every request
+/// of the listeners it is given to.
+#[derive(Clone)]
+pub struct BodyBudget {
+    units: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            units: Arc::new(Semaphore::new(bytes.div_ceil(UNIT))),
+        }
+    }
+}
+
+/// The part of the budget one body holds; returned when dropped.
+pub struct Reserved {
+    budget: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reserved {
+    /// Grows the reservation to cover `bytes`, or fails at once when the budget has no room.
+    fn cover(&mut self, bytes: usize) -> Result<(), BodyError> {
+        let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
+        let needed = bytes.div_ceil(UNIT);
+        if needed <= held {
+            return Ok(());
+        }
+        let more = u32::try_from(needed - held).map_err(|_| BodyError::OverBudget)?;
+        let extra = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(more)
+            .map_err(|_| BodyError::OverBudget)?;
+        match &mut self.permit {
+            Some(permit) => permit.merge(extra),
+            None => self.permit = Some(extra),
+        }
+        Ok(())
+    }
+}
+
+/// Reads a request body up to `limit` bytes. A larger declared length is refused before
+/// anything is read, and a body that turns out longer as soon as it passes the limit. The
+/// returned reservation keeps the body's memory counted against `budget` while it is held.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Reserved), BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut reserved = Reserved {
+        budget: budget.units.clone(),
+        permit: None,
+    };
+    let declared = declared.map_or(0, |len| len as usize);
+    reserved.cover(declared)?;
+    let mut buffer = BytesMut::with_capacity(declared);
+    let started = Instant::now();
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+            Err(_) => return Err(BodyError::TooSlow),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(BodyError::Unreadable),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buffer.len() + data.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        reserved.cover(buffer.len() + data.len())?;
+        buffer.extend_from_slice(&data);
+        let allowed = BODY_GRACE + Duration::from_secs(buffer.len() as u64 / MIN_BODY_RATE);
+        if started.elapsed() > allowed {
+            return Err(BodyError::TooSlow);
+        }
+    }
+    Ok((buffer.freeze(), reserved))
+}
+
+/// Why a request body was not accepted.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge {
+        limit: usize,
+    },
+    /// Every byte of the listeners' body budget is taken by other requests.
+    OverBudget,
+    /// The client sent its body slower than the minimum rate, or paused too long.
+    TooSlow,
+    /// The client stopped sending or sent a malformed body.
+    Unreadable,
+}
+
+impl BodyError {
+    pub fn with_request_id(self, id: &RequestId) -> Response {
+        let (status, reason, message) = match self {
+            BodyError::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than {limit} bytes"),
+            ),
+            BodyError::OverBudget => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "body_memory_exhausted",
+                "too many request bodies are in flight; try again".to_owned(),
+            ),
+            BodyError::TooSlow => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body_too_slow",
+                format!(
+                    "the request body arrived too slowly (a pause over {BODY_IDLE:?}, or under \
+                     {MIN_BODY_RATE} bytes per second after {BODY_GRACE:?})"
+                ),
+            ),
+            BodyError::Unreadable => (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "the request body could not be read".to_owned(),
+            ),
+        };
+        let mut response = ErrorBody {
+            component: "router",
+            reason,
+            request_id: Some(id.to_string()),
+            message,
+        }
+        .into_response_with(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declaring(len: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        headers
+    }
+
+    #[tokio::test]
+    async fn bodies_share_the_budget_and_give_it_back() {
+        let budget = BodyBudget::new(10 * UNIT);
+        let (first, held) = read_limited(
+            &declaring(6 * UNIT),
+            Body::from(vec![1u8; 6 * UNIT]),
+            1 << 20,
+            &budget,
+        )
+        .await
+        .unwrap();
+        assert_eq!(first.len(), 6 * UNIT);
+        let refused = read_limited(
+            &declaring(6 * UNIT),
+            Body::from(vec![1u8; 6 * UNIT]),
+            1 << 20,
+            &budget,
+        )
+        .await;
+        assert!(matches!(refused, Err(BodyError::OverBudget)));
+        // Without a declared length the reservation grows with the body and fails the same way.
+        let refused = read_limited(
+            &HeaderMap::new(),
+            Body::from(vec![1u8; 6 * UNIT]),
+            1 << 20,
+            &budget,
+        )
+        .await;
+        assert!(matches!(refused, Err(BodyError::OverBudget)));
+        drop(held);
+        assert!(
+            read_limited(
+                &HeaderMap::new(),
+                Body::from(vec![1u8; 6 * UNIT]),
+                1 << 20,
+                &budget
+            )
+            .await
+            .is_ok()
+        );
+        assert_eq!(budget.units.available_permits(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_is_refused() {
+        let budget = BodyBudget::new(1 << 20);
+        let (mut sender, channel) = http_body_util::channel::Channel::<Bytes>::new(1);
+        let body = Body::new(channel);
+        let reading = tokio::spawn(async move {
+            read_limited(&HeaderMap::new(), body, 1 << 20, &budget)
+                .await
+                .map(|(b, _)| b)
+        });
+        sender
+            .send_data(Bytes::from_static(b"start"))
+            .await
+            .unwrap();
+        tokio::time::sleep(BODY_IDLE * 2).await;
+        assert!(matches!(reading.await.unwrap(), Err(BodyError::TooSlow)));
+    }
+}

@@ -1,0 +1,339 @@
+//! End-to-end isolation scenarios, each performed as an attacker would through the real binary:
+//! a function that tries to redirect Gust's connections to another worker (S-14), public
+//! requests that spell a worker's control paths every way a server might resolve them (S-15),
+//! a specialization that fails with a poisoned environment (S-16), a function that looks for
+//! places to write outside its memory (S-09, S-14), nested user namespaces (S-20) and a
+//! status no HTTP client can take as an answer.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gust_harness::{Gust, GustOptions};
+use serde_json::Value;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+/// Sends one request with `target` exactly as given (an HTTP client would normalize it);
+/// returns the status and body.
+fn raw_request(gust: &Gust, method: &str, target: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", gust.public_port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nHost: gust\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The host sockets of this Gust's workers, wherever a worker directory keeps one.
+fn worker_sockets(gust: &Gust, environment: &str) -> Vec<PathBuf> {
+    let workers = gust.worker_run_dir().join("workers");
+    let Ok(entries) = std::fs::read_dir(&workers) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(environment))
+        .flat_map(|e| {
+            [
+                e.path().join("worker.sock"),
+                e.path().join("sock/worker.sock"),
+            ]
+        })
+        .filter(|p| p.exists())
+        .collect()
+}
+
+const ENV_PROBE_PY: &str =
+    "import os\ndef main():\n    return {'proxy': os.environ.get('HTTP_PROXY')}\n";
+const ENV_PROBE_JS: &str =
+    "module.exports = async () => ({ body: { proxy: process.env.HTTP_PROXY || null } });\n";
+
+/// Deploys a fresh function of each built-in environment and checks that the worker it got
+/// carries no environment an attacker planted.
+fn assert_fresh_workers_are_clean(gust: &Gust, tag: &str) {
+    for (env, file, source) in [
+        ("python", "probe.py", ENV_PROBE_PY),
+        ("node", "probe.js", ENV_PROBE_JS),
+    ] {
+        let name = format!("victim-{env}-{tag}");
+        gust.deploy(&name, env, file, source, &[]);
+        let response = gust.get(&format!("/{name}"));
+        assert_eq!(response.status(), 200, "{name}");
+        let seen: Value = response.json().unwrap();
+        assert_eq!(seen["proxy"], Value::Null, "{name} got a poisoned worker");
+    }
+}
+
+#[test]
+fn s14_a_function_cannot_redirect_gusts_connections_to_another_worker() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    // The target: a generic Node.js worker waiting in the pool. Its host socket is where a
+    // worker's own socket path would be redirected to.
+    let targets = gust_harness::eventually(Duration::from_secs(30), || {
+        let found = worker_sockets(&gust, "node");
+        (!found.is_empty()).then_some(found)
+    })
+    .expect("a pooled node worker");
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let attacker = r#"
+import os, time
+def main(req):
+    if req.query.get("attack"):
+        redirected = []
+        places = {"/run/gust", os.path.dirname(os.environ.get("GUST_SOCKET", "/nonexistent/x"))}
+        for place in places:
+            sock = os.path.join(place, "worker.sock")
+            for target in os.environ["TARGETS"].split(":"):
+                try:
+                    os.symlink(target, sock + ".new")
+                    os.replace(sock + ".new", sock)
+                    redirected.append(sock)
+                    break
+                except OSError:
+                    pass
+        return {"redirected": redirected}
+    time.sleep(0.5)
+    return "attacker"
+"#;
+    let targets_var = format!("TARGETS={}", targets.join(":"));
+    gust.deploy(
+        "attacker",
+        "python",
+        "attacker.py",
+        attacker,
+        &["--concurrency", "4", "--env-var", &targets_var],
+    );
+    gust.cli(&[
+        "route", "create", "--fn", "attacker", "--url", "/", "--prefix", "--name", "all",
+    ])
+    .ok();
+    let attack = gust.get("/attacker?attack=1");
+    assert_eq!(attack.status(), 200);
+    // Four requests at once make Gust open three more connections to the attacker's worker;
+    // every one must reach that worker and no other.
+    let poison = r#"{"filepath": "/nonexistent", "functionName": "", "env": {"HTTP_PROXY": "http://attacker.invalid"}}"#;
+    for round in 0..2 {
+        std::thread::scope(|scope| {
+            let answers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| gust.get("/attacker/slow")))
+                .collect();
+            let specializes: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| raw_request(&gust, "POST", "//v2/specialize", poison)))
+                .collect();
+            for answer in answers {
+                let answer = answer.join().unwrap();
+                let status = answer.status();
+                let body = answer.text().unwrap();
+                assert_eq!(
+                    (status.as_u16(), body.as_str()),
+                    (200, "attacker"),
+                    "round {round}"
+                );
+            }
+            for specialize in specializes {
+                let (status, body) = specialize.join().unwrap();
+                assert_eq!(status, 404, "//v2/specialize reached a worker: {body}");
+            }
+        });
+    }
+    assert_fresh_workers_are_clean(&gust, "a");
+}
+
+#[test]
+fn s15_public_requests_never_reach_a_workers_control_paths() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    for (env, file, source, url) in [
+        ("python", "probe.py", ENV_PROBE_PY, "/py"),
+        ("node", "probe.js", ENV_PROBE_JS, "/js"),
+    ] {
+        let name = format!("probe-{env}");
+        gust.deploy(&name, env, file, source, &[]);
+        gust.cli(&["route", "create", "--fn", &name, "--url", url, "--prefix"])
+            .ok();
+    }
+    let poison = r#"{"filepath": "/nonexistent", "functionName": "", "env": {"HTTP_PROXY": "http://attacker.invalid"}}"#;
+    for prefix in ["/py", "/js"] {
+        for spelling in [
+            "/../v2/specialize",
+            "/%2e%2e/v2/specialize",
+            "/%2E%2E/v2/specialize",
+            "/.%2e/v2/specialize",
+            "/%252e%252e/v2/specialize",
+            "/..%2fv2%2fspecialize",
+            "/..\\v2/specialize",
+            "/..;/v2/specialize",
+            "/%2e%2e/healthz",
+            "/%2e%2e/_gust/warmup",
+        ] {
+            let target = format!("{prefix}{spelling}");
+            let (status, body) = raw_request(&gust, "POST", &target, poison);
+            assert_eq!(status, 404, "{target}: {body}");
+            assert!(body.contains("no_route"), "{target}: {body}");
+        }
+    }
+    for spelling in ["//v2/specialize", "///healthz", "/%76%32/specialize"] {
+        let (status, body) = raw_request(&gust, "POST", spelling, poison);
+        assert_eq!(status, 404, "{spelling}: {body}");
+    }
+    // The specialized workers were not touched and see no planted environment.
+    for prefix in ["/py/x", "/js/x"] {
+        let (status, body) = raw_request(&gust, "GET", prefix, "");
+        assert_eq!(status, 200, "{prefix}: {body}");
+        assert!(body.contains(r#""proxy": null"#) || body.contains(r#""proxy":null"#));
+    }
+    assert_fresh_workers_are_clean(&gust, "b");
+}
+
+#[test]
+fn s16_a_worker_whose_specialization_failed_is_never_used_again() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    for (env, file, source) in [
+        ("python", "broken.py", "raise RuntimeError('no')\n"),
+        ("node", "broken.js", "throw new Error('no');\n"),
+    ] {
+        let name = format!("broken-{env}");
+        gust.deploy(
+            &name,
+            env,
+            file,
+            source,
+            &["--env-var", "HTTP_PROXY=http://attacker.invalid"],
+        );
+        for _ in 0..3 {
+            let response = gust.get(&format!("/{name}"));
+            assert_eq!(response.status(), 502, "{name}");
+        }
+    }
+    assert_fresh_workers_are_clean(&gust, "c");
+}
+
+#[test]
+fn s09_s14_a_function_can_write_only_its_memory_backed_tmp() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let explorer = r#"
+import os
+def main(req):
+    if req.query.get("fill"):
+        written = 0
+        try:
+            with open("/tmp/fill", "wb") as f:
+                chunk = b"x" * (1 << 20)
+                while written < 512:
+                    f.write(chunk)
+                    f.flush()
+                    written += 1
+        except OSError as e:
+            return {"written_mb": written, "error": e.strerror}
+        return {"written_mb": written}
+    writable = []
+    for root, dirs, files in os.walk("/"):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in ("/proc", "/sys")]
+        probe = os.path.join(root, ".gust-probe")
+        try:
+            with open(probe, "w") as f:
+                f.write("x")
+            os.unlink(probe)
+            writable.append(root)
+        except OSError:
+            pass
+    return {"writable": writable}
+"#;
+    gust.deploy(
+        "explorer",
+        "python",
+        "explorer.py",
+        explorer,
+        &["--memory", "64"],
+    );
+    let seen: Value = gust.get("/explorer").json().unwrap();
+    let writable: Vec<&str> = seen["writable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for place in &writable {
+        assert!(
+            *place == "/tmp" || place.starts_with("/tmp/") || place.starts_with("/dev/shm"),
+            "a function can write {place} (all: {writable:?})"
+        );
+    }
+    // Filling its tmp costs the function its own memory, not the host's disk: it is stopped
+    // (out of memory) or told the space is gone, and the next request is served.
+    let fill = gust.get("/explorer?fill=1");
+    let status = fill.status().as_u16();
+    let body = fill.text().unwrap();
+    if status == 200 {
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            answer["written_mb"].as_u64().unwrap() < 64 && answer["error"].is_string(),
+            "{body}"
+        );
+    } else {
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("out_of_memory"), "{body}");
+    }
+    assert_eq!(gust.get("/explorer").status(), 200);
+}
+
+#[test]
+fn s20_a_function_cannot_create_user_namespaces() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let nester = r#"
+import ctypes, subprocess
+CLONE_NEWUSER = 0x10000000
+def main():
+    libc = ctypes.CDLL(None, use_errno=True)
+    direct = libc.unshare(CLONE_NEWUSER)
+    tool = subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode
+    return {"unshare": direct, "errno": ctypes.get_errno(), "tool": tool}
+"#;
+    gust.deploy("nester", "python", "nester.py", nester, &[]);
+    let response = gust.get("/nester");
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().unwrap();
+    assert_eq!(seen["unshare"], -1, "{seen}");
+    assert_ne!(seen["tool"], 0, "{seen}");
+}
+
+#[test]
+fn a_status_outside_200_to_599_is_a_function_error_not_a_hang() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let py = "def main(req):\n    return 'early', int(req.query['status'])\n";
+    gust.deploy(
+        "informal",
+        "python",
+        "informal.py",
+        py,
+        &["--timeout", "20s"],
+    );
+    for status in [101, 150, 199, 600] {
+        let response = gust.get(&format!("/informal?status={status}"));
+        assert_eq!(response.status(), 502, "status {status}");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["reason"], "function_error", "status {status}");
+    }
+    assert_eq!(gust.get("/informal?status=299").status(), 299);
+}
