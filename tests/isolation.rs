@@ -337,3 +337,27 @@ fn a_status_outside_200_to_599_is_a_function_error_not_a_hang() {
     }
     assert_eq!(gust.get("/informal?status=299").status(), 299);
 }
+
+#[test]
+fn s09_a_log_flood_is_cut_to_the_rate_with_a_marker_and_the_function_is_not_held_up() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let flood = "import sys\ndef main():\n    line = 'x' * 99 + '\\n'\n    for _ in range(200_000):\n        sys.stdout.write(line)\n    sys.stdout.flush()\n    return 'done'\n";
+    gust.deploy("flood", "python", "flood.py", flood, &["--timeout", "50s"]);
+    let response = gust.get("/flood");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().unwrap(), "done");
+    // Each second over the rate ends in a marker line counting what was dropped in it.
+    let dropped = gust_harness::eventually(Duration::from_secs(10), || {
+        let logs = gust.cli(&["fn", "logs", "flood", "-o", "json"]).ok().stdout;
+        let lines: Value = serde_json::from_str(&logs).ok()?;
+        let dropped: u64 = lines
+            .as_array()?
+            .iter()
+            .filter_map(|l| l["text"].as_str())
+            .filter(|t| t.starts_with("[gust]") && t.contains("lines dropped"))
+            .filter_map(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        (dropped > 100_000).then_some(dropped)
+    });
+    assert!(dropped.is_some(), "markers count the dropped lines");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use gust_api::{AdminToken, ApiState, api_router};
-use gust_async_queue::{AsyncQueue, Clock, Dispatcher, SystemClock};
+use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
 use gust_executor::{
     Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver, Runtime,
 };
@@ -77,16 +77,31 @@ pub struct UpArgs {
     /// Record no usage and count no invocations (instances are still shown in /metrics)
     #[arg(long, env = "GUST_NO_METERING")]
     no_metering: bool,
-    /// Open connections the public listener holds at once; more are closed on arrival
-    #[arg(long, env = "GUST_MAX_CONNECTIONS", default_value_t = 4096)]
+    /// Open connections the public listener holds at once; more are closed on arrival (at
+    /// most half of the process's descriptor limit)
+    #[arg(long, env = "GUST_MAX_CONNECTIONS", default_value_t = 8192)]
     max_connections: usize,
     /// Open connections one client address may hold on the public listener
-    #[arg(long, env = "GUST_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    #[arg(long, env = "GUST_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 2048)]
     max_connections_per_client: usize,
     /// Time a client has to send a request's headers; an idle keep-alive connection is
     /// closed after the same time
     #[arg(long, env = "GUST_HEADER_TIMEOUT", default_value = "10s")]
     header_timeout: String,
+    /// Asynchronous invocations one function may have waiting or running; more are answered
+    /// 429
+    #[arg(long, env = "GUST_ASYNC_QUEUE_DEPTH", default_value_t = 1_000)]
+    async_queue_depth: u64,
+    /// Bytes (MB) of requests the asynchronous queue stores, waiting work and dead letters
+    /// together; past it an asynchronous invocation is answered 429
+    #[arg(long, env = "GUST_ASYNC_STORE_BUDGET", default_value_t = 1024)]
+    async_store_budget: u64,
+    /// How long dead letters are kept
+    #[arg(long, env = "GUST_DEAD_LETTER_RETENTION", default_value = "14days")]
+    dead_letter_retention: String,
+    /// Dead letters kept per function; the oldest beyond it are deleted
+    #[arg(long, env = "GUST_DEAD_LETTERS_PER_FUNCTION", default_value_t = 1_000)]
+    dead_letters_per_function: u64,
     /// Memory (MB) all request bodies in flight may take together, on both listeners; a
     /// request past it is answered 503
     #[arg(long, env = "GUST_BODY_MEMORY", default_value_t = 256)]
@@ -118,8 +133,31 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let idle_timeout = parse_duration("idle timeout", &args.idle_timeout)?;
     let header_timeout = parse_duration("header timeout", &args.header_timeout)?;
-    raise_descriptor_limit();
+    let descriptors = raise_descriptor_limit();
+    // Connections must leave descriptors for workers, the store and the API.
+    let max_connections = args
+        .max_connections
+        .min(descriptors.saturating_sub(1024) / 2)
+        .max(64);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            max_connections,
+            descriptors,
+            "the descriptor limit allows fewer public connections than --max-connections"
+        );
+    }
     let async_retention = parse_duration("async retention", &args.async_retention)?;
+    let queue_limits = QueueLimits {
+        bounds: QueueBounds {
+            per_function: args.async_queue_depth,
+            stored_bytes: args.async_store_budget.saturating_mul(1024 * 1024),
+        },
+        dead_letter_retention: parse_duration(
+            "dead-letter retention",
+            &args.dead_letter_retention,
+        )?,
+        dead_letters_per_function: args.dead_letters_per_function,
+    };
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => dirs::data_dir()
@@ -197,7 +235,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let wasm = WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone())
         .context("cannot start the WebAssembly runtime")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let queue = AsyncQueue::new(invocation_store, clock.clone());
+    let queue = AsyncQueue::new(invocation_store, clock.clone(), queue_limits);
     let mut metrics = Metrics::new();
     wasm.register_metrics(metrics.registry_mut());
     queue.register_metrics(metrics.registry_mut());
@@ -295,7 +333,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         bodies,
     });
     let public_limits = ConnectionLimits {
-        max_connections: args.max_connections,
+        max_connections,
         max_per_client: args.max_connections_per_client,
         header_read_timeout: header_timeout,
         max_header_bytes: MAX_HEADER_BYTES,
@@ -335,21 +373,29 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Raises the soft limit on open descriptors to the hard one: connections, workers' pipes and
-/// sockets all need descriptors, and the listeners' caps are what bounds them.
-fn raise_descriptor_limit() {
+/// Raises the soft limit on open descriptors to the hard one (connections, workers' pipes and
+/// sockets all need descriptors; the listeners' caps are what bounds them) and returns it.
+fn raise_descriptor_limit() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit and setrlimit with a valid resource and a pointer to a live struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
         }
     }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -24,7 +24,9 @@ impl From<QueueError> for ApiError {
                 kind: "invocation",
                 name: id,
             },
-            QueueError::NotDeadLetter { .. } => ApiError::Conflict(err.to_string()),
+            QueueError::NotDeadLetter { .. } | QueueError::Full(_) => {
+                ApiError::Conflict(err.to_string())
+            }
             QueueError::Unavailable(_) | QueueError::Stopped => ApiError::Internal(err.to_string()),
         }
     }

@@ -135,7 +135,8 @@ impl Dispatcher {
         }
     }
 
-    /// Deletes invocations that ended longer than the retention ago (dead letters stay).
+    /// Deletes invocations that ended longer than the retention ago, and dead letters past
+    /// their own retention or their function's cap.
     async fn sweep(&self) {
         let shared = &self.queue.shared;
         let before = shared
@@ -147,6 +148,34 @@ impl Dispatcher {
             Ok(0) => {}
             Ok(swept) => tracing::debug!(swept, "ended invocations past retention deleted"),
             Err(err) => tracing::warn!(error = %err, "cannot delete ended invocations"),
+        }
+        let limits = shared.limits;
+        let dead_before = shared
+            .clock
+            .now_ms()
+            .saturating_sub(limits.dead_letter_retention.as_millis() as u64);
+        let store = shared.store.clone();
+        let swept = run_blocking(move || {
+            Ok(store.sweep_dead_letters(
+                dead_before,
+                limits.dead_letters_per_function,
+                SWEEP_BATCH,
+            )?)
+        })
+        .await;
+        match swept {
+            Ok(swept) => {
+                for (reason, count) in [("retention", swept.expired), ("cap", swept.over_cap)] {
+                    if count > 0 {
+                        tracing::info!(reason, count, "dead letters deleted");
+                        shared
+                            .dead_letters_dropped
+                            .get_or_create(&crate::queue::ReasonLabels { reason })
+                            .inc_by(count as u64);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot delete old dead letters"),
         }
     }
 

@@ -10,6 +10,9 @@ pub enum QueueError {
     NotFound { id: String },
     #[error("invocation {id:?} is not a dead letter")]
     NotDeadLetter { id: String },
+    /// Storing it would pass the queue's bounds; nothing was stored.
+    #[error("{}", full_message(.0))]
+    Full(gust_store::QueueFull),
     /// The queue is stopping.
     #[error("the invocation queue is stopping")]
     Stopped,
@@ -18,5 +21,16 @@ pub enum QueueError {
 impl From<gust_store::StoreError> for QueueError {
     fn from(err: gust_store::StoreError) -> Self {
         QueueError::Unavailable(err.to_string())
+    }
+}
+
+fn full_message(full: &gust_store::QueueFull) -> String {
+    match full {
+        gust_store::QueueFull::FunctionDepth { limit } => {
+            format!("the function already has {limit} asynchronous invocations waiting or running")
+        }
+        gust_store::QueueFull::StoreBudget { limit } => {
+            format!("the asynchronous queue holds its budget of {limit} bytes of requests")
+        }
     }
 }

@@ -20,7 +20,8 @@ mod writer;
 
 pub use dispatcher::{DeliveryPolicies, Dispatcher};
 pub use error::QueueError;
-pub use queue::AsyncQueue;
+pub use gust_store::{QueueBounds, QueueFull};
+pub use queue::{AsyncQueue, QueueLimits};
 pub use request::{retry_after, store_request};
 pub use writer::QueueWriter;
 

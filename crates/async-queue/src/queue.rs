@@ -1,11 +1,15 @@
 //! The handle every producer of asynchronous work uses: routes, the API, timers, redrives.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use gust_executor::RequestId;
 use gust_model::{AsyncInvocation, AsyncSource, Name, Namespace, Timer};
-use gust_store::{InvocationStore, QueueChange, QueueOutcome};
+use gust_store::{InvocationStore, QueueBounds, QueueChange, QueueFull, QueueOutcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
@@ -14,14 +18,48 @@ use crate::request::store_request;
 use crate::writer::QueueWriter;
 use crate::{Clock, QueueError};
 
+/// How much the queue holds: waiting work per function and in bytes, and dead letters.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Refuse (429) an enqueue past these.
+    pub bounds: QueueBounds,
+    /// Dead letters older than this are deleted.
+    pub dead_letter_retention: Duration,
+    /// A function's dead letters beyond this many are deleted, oldest first.
+    pub dead_letters_per_function: u64,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            bounds: QueueBounds {
+                per_function: 1_000,
+                stored_bytes: 1024 * 1024 * 1024,
+            },
+            dead_letter_retention: Duration::from_secs(14 * 24 * 3600),
+            dead_letters_per_function: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub(crate) struct Shared {
     pub store: Arc<dyn InvocationStore>,
     pub writer: QueueWriter,
     pub clock: Arc<dyn Clock>,
+    pub limits: QueueLimits,
     /// Wakes the dispatcher when something may be due.
     pub wake: Notify,
     /// Pending invocations, as last counted.
     pub depth: Gauge,
+    /// Enqueues refused for a bound (`function_depth`, `store_budget`).
+    pub refused: Family<ReasonLabels, Counter>,
+    /// Dead letters deleted (`retention`, `cap`).
+    pub dead_letters_dropped: Family<ReasonLabels, Counter>,
 }
 
 /// The durable queue of asynchronous invocations. Cheap to clone.
@@ -31,24 +69,41 @@ pub struct AsyncQueue {
 }
 
 impl AsyncQueue {
-    pub fn new(store: Arc<dyn InvocationStore>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        store: Arc<dyn InvocationStore>,
+        clock: Arc<dyn Clock>,
+        limits: QueueLimits,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 writer: QueueWriter::start(store.clone()),
                 store,
                 clock,
+                limits,
                 wake: Notify::new(),
                 depth: Gauge::default(),
+                refused: Family::default(),
+                dead_letters_dropped: Family::default(),
             }),
         }
     }
 
-    /// Adds `gust_async_queue_depth` to a registry.
+    /// Adds the queue's metrics to a registry.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "gust_async_queue_depth",
             "Asynchronous invocations waiting for an attempt",
             self.shared.depth.clone(),
+        );
+        registry.register(
+            "gust_async_refused",
+            "Asynchronous invocations refused because the queue was full (reason: function_depth, store_budget)",
+            self.shared.refused.clone(),
+        );
+        registry.register(
+            "gust_async_dead_letters_dropped",
+            "Dead letters deleted by retention or by the per-function cap (reason: retention, cap)",
+            self.shared.dead_letters_dropped.clone(),
         );
     }
 
@@ -74,6 +129,7 @@ impl AsyncQueue {
             invocation,
             request: store_request(request),
             timer_tick: None,
+            bounds: Some(self.shared.limits.bounds),
         })
         .await
         .map(|_| ())
@@ -101,6 +157,7 @@ impl AsyncQueue {
                 invocation,
                 request: store_request(&request),
                 timer_tick: Some((format!("{}/{}", timer.namespace, timer.name), tick_ms)),
+                bounds: Some(self.shared.limits.bounds),
             })
             .await?;
         Ok(outcome == QueueOutcome::Stored)
@@ -119,6 +176,7 @@ impl AsyncQueue {
             invocation,
             request,
             timer_tick: None,
+            bounds: None,
         })
         .await
         .map(|_| ())
@@ -132,8 +190,23 @@ impl AsyncQueue {
             .await?
             .pop()
             .expect("the writer answers every change of a submission");
-        self.shared.wake.notify_one();
-        outcome.map_err(QueueError::Unavailable)
+        match outcome {
+            Ok(QueueOutcome::Full(full)) => {
+                let reason = match full {
+                    QueueFull::FunctionDepth { .. } => "function_depth",
+                    QueueFull::StoreBudget { .. } => "store_budget",
+                };
+                self.shared
+                    .refused
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+                Err(QueueError::Full(full))
+            }
+            outcome => {
+                self.shared.wake.notify_one();
+                outcome.map_err(QueueError::Unavailable)
+            }
+        }
     }
 
     pub async fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, QueueError> {
@@ -197,10 +270,12 @@ impl AsyncQueue {
                 again.redriven_from = Some(id.clone());
                 dead.redriven_to = Some(new_id.clone());
                 dead.updated_at_ms = now;
+                // An operator's explicit redrive is not refused for the queue's depth.
                 changes.push(QueueChange::Enqueue {
                     invocation: again,
                     request,
                     timer_tick: None,
+                    bounds: None,
                 });
                 changes.push(QueueChange::Update { invocation: dead });
                 pairs.push((id, new_id));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_async_queue::{AsyncQueue, Clock, DeliveryPolicies, Dispatcher};
+use gust_async_queue::{AsyncQueue, Clock, DeliveryPolicies, Dispatcher, QueueLimits};
 use gust_executor::{Invocation, InvokeError, Invoker, RequestId};
 use gust_model::{AsyncInvocation, AsyncSource, Delivery, Name, Namespace};
 use gust_store::EmbeddedStore;
@@ -69,7 +69,7 @@ fn setup(statuses: &[u16], delivery: Delivery) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("gust.redb")).unwrap());
     let clock = Arc::new(ManualClock(AtomicU64::new(START_MS)));
-    let queue = AsyncQueue::new(store, clock.clone());
+    let queue = AsyncQueue::new(store, clock.clone(), QueueLimits::default());
     let invoker = Arc::new(ScriptedInvoker {
         statuses: Mutex::new(statuses.iter().copied().collect()),
         attempts: Mutex::new(Vec::new()),

@@ -22,7 +22,10 @@ pub use error::InvokeError;
 pub use executor::{
     DeploymentSource, EffectiveScaling, Executor, ExecutorConfig, FunctionInstances, InstanceCounts,
 };
-pub use logs::{FunctionLogs, LogLine, LogQuery, LogStream, MAX_LINE_BYTES, function_key};
+pub use logs::{
+    Admission, FunctionLogs, LogLine, LogQuery, LogStream, MAX_LINE_BYTES,
+    MAX_LOG_BYTES_PER_SECOND, function_key,
+};
 pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
 pub use runtime::{Instance, InstanceSpec, Runtime};
 

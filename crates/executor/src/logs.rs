@@ -45,10 +45,27 @@ pub struct LogQuery {
 /// of memory.
 pub const MAX_BYTES_PER_FUNCTION: usize = 256 * 1024;
 
+/// Output a function may log per second, all its instances together; lines beyond it are
+/// dropped (and counted in a marker line) so that a log flood costs Gust bounded CPU.
+pub const MAX_LOG_BYTES_PER_SECOND: usize = 256 * 1024;
+const RATE_WINDOW_MS: u64 = 1_000;
+
 #[derive(Default)]
 struct Buffer {
     lines: VecDeque<LogLine>,
     bytes: usize,
+    /// Start of the current rate window, bytes taken in it, lines dropped in it.
+    window_start_ms: u64,
+    window_bytes: usize,
+    dropped: u64,
+}
+
+/// Whether a line was kept; a dropped line says how long until the function's output is
+/// taken again, so that its reader can stop reading (and the writer wait) meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Kept,
+    Dropped { retry_in: std::time::Duration },
 }
 
 /// Bounded per-function log buffers: the newest lines are kept, at most `lines_per_function`
@@ -68,7 +85,8 @@ impl FunctionLogs {
         }
     }
 
-    /// Records one raw line of output of `function` (key `namespace/name`).
+    /// Records one raw line of output of `function` (key `namespace/name`), unless the
+    /// function is over its log rate.
     pub fn append(
         &self,
         function: &str,
@@ -76,20 +94,74 @@ impl FunctionLogs {
         instance: &str,
         request_id: Option<String>,
         raw: &[u8],
-    ) {
-        let line = LogLine {
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-            time_ms: now_ms(),
-            stream,
-            instance: instance.to_owned(),
-            request_id,
-            text: escape_line(raw),
-        };
+    ) -> Admission {
+        let now = now_ms();
         let mut buffers = self
             .buffers
             .lock()
             .expect("log buffer lock is never poisoned");
         let buffer = buffers.entry(function.to_owned()).or_default();
+        self.roll_window(buffer, now);
+        if buffer.window_bytes + raw.len() > MAX_LOG_BYTES_PER_SECOND {
+            buffer.dropped += 1;
+            let retry_in = (buffer.window_start_ms + RATE_WINDOW_MS).saturating_sub(now);
+            return Admission::Dropped {
+                retry_in: std::time::Duration::from_millis(retry_in.max(1)),
+            };
+        }
+        buffer.window_bytes += raw.len();
+        self.push(buffer, now, stream, instance, request_id, escape_line(raw));
+        Admission::Kept
+    }
+
+    /// Starts a new rate window once the last one is over, first recording a marker line for
+    /// what was dropped in it.
+    fn roll_window(&self, buffer: &mut Buffer, now: u64) {
+        if now < buffer.window_start_ms + RATE_WINDOW_MS {
+            return;
+        }
+        buffer.window_start_ms = now;
+        buffer.window_bytes = 0;
+        if buffer.dropped > 0 {
+            let marker = format!(
+                "[gust] {} lines dropped: output over {MAX_LOG_BYTES_PER_SECOND} bytes per second",
+                buffer.dropped
+            );
+            buffer.dropped = 0;
+            self.push(buffer, now, LogStream::Stderr, "gust", None, marker);
+        }
+    }
+
+    /// Counts lines of `function` its reader discarded unread while over the rate; they go
+    /// into the next marker line.
+    pub fn dropped(&self, function: &str, lines: u64) {
+        if lines == 0 {
+            return;
+        }
+        let mut buffers = self
+            .buffers
+            .lock()
+            .expect("log buffer lock is never poisoned");
+        buffers.entry(function.to_owned()).or_default().dropped += lines;
+    }
+
+    fn push(
+        &self,
+        buffer: &mut Buffer,
+        time_ms: u64,
+        stream: LogStream,
+        instance: &str,
+        request_id: Option<String>,
+        text: String,
+    ) {
+        let line = LogLine {
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            time_ms,
+            stream,
+            instance: instance.to_owned(),
+            request_id,
+            text,
+        };
         buffer.bytes += line.text.len();
         buffer.lines.push_back(line);
         while buffer.lines.len() > self.lines_per_function || buffer.bytes > MAX_BYTES_PER_FUNCTION
@@ -102,13 +174,15 @@ impl FunctionLogs {
     }
 
     pub fn read(&self, function: &str, query: &LogQuery) -> Vec<LogLine> {
-        let buffers = self
+        let mut buffers = self
             .buffers
             .lock()
             .expect("log buffer lock is never poisoned");
-        let Some(buffer) = buffers.get(function) else {
+        let Some(buffer) = buffers.get_mut(function) else {
             return Vec::new();
         };
+        // A flood that has ended still gets its marker.
+        self.roll_window(buffer, now_ms());
         let matching = buffer.lines.iter().filter(|line| {
             query.after.is_none_or(|after| line.seq > after)
                 && query

@@ -196,6 +196,26 @@ pub fn accepted_response(
             set(response.headers_mut(), "x-gust-request-id", id.as_str());
             response
         }
+        Err(gust_async_queue::QueueError::Full(full)) => {
+            let reason = match full {
+                gust_async_queue::QueueFull::FunctionDepth { .. } => "async_queue_full",
+                gust_async_queue::QueueFull::StoreBudget { .. } => "async_store_full",
+            };
+            let mut response = ErrorBody {
+                component: "router",
+                reason,
+                request_id: Some(id.to_string()),
+                message: format!(
+                    "{}; nothing was accepted, try again later",
+                    gust_async_queue::QueueError::Full(full)
+                ),
+            }
+            .into_response_with(StatusCode::TOO_MANY_REQUESTS);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
         Err(err) => {
             tracing::error!(error = %err, %id, "asynchronous invocation not accepted");
             let mut response = ErrorBody {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId};
+use gust_executor::{
+    Admission, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId,
+};
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -651,7 +653,7 @@ async fn pump_lines(
     target: Arc<Mutex<LogTarget>>,
     logs: Arc<FunctionLogs>,
 ) {
-    let mut reader = BufReader::new(reader);
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut line = Vec::new();
     let cap = gust_executor::MAX_LINE_BYTES + 1;
     let emit = |line: &mut Vec<u8>| {
@@ -665,7 +667,7 @@ async fn pump_lines(
             }
             (target.function.clone(), target.request_id.clone())
         };
-        match function {
+        let admission = match function {
             Some(function) => logs.append(&function, stream, &instance, request_id, line),
             None => {
                 let mut target = target.lock().expect("log target lock is never poisoned");
@@ -674,9 +676,11 @@ async fn pump_lines(
                         .early
                         .push(String::from_utf8_lossy(line).chars().take(500).collect());
                 }
+                Admission::Kept
             }
-        }
+        };
         line.clear();
+        admission
     };
     loop {
         let available = match reader.fill_buf().await {
@@ -690,11 +694,34 @@ async fn pump_lines(
         let room = cap.saturating_sub(line.len());
         line.extend_from_slice(&chunk[..chunk.len().min(room)]);
         reader.consume(consumed);
-        if complete {
-            emit(&mut line);
+        if complete && let Admission::Dropped { retry_in } = emit(&mut line) {
+            // Over the function's log rate: until it is taken again, read and discard without
+            // looking at lines, only counting them, so a flood costs Gust little CPU and the
+            // function is not held up by a full pipe.
+            let until = tokio::time::Instant::now() + retry_in;
+            let mut discarded = 0u64;
+            loop {
+                let Ok(Ok(bytes)) = tokio::time::timeout_at(until, reader.fill_buf()).await else {
+                    break;
+                };
+                if bytes.is_empty() {
+                    break;
+                }
+                discarded += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+                let all = bytes.len();
+                reader.consume(all);
+            }
+            let function = target
+                .lock()
+                .expect("log target lock is never poisoned")
+                .function
+                .clone();
+            if let Some(function) = function {
+                logs.dropped(&function, discarded);
+            }
         }
     }
     if !line.is_empty() {
-        emit(&mut line);
+        let _ = emit(&mut line);
     }
 }

@@ -2,6 +2,7 @@
 //! under strict limits, hashed, and published as `<root>/<sha256>` with one rename, so a tree
 //! is either complete or absent.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
@@ -128,6 +129,8 @@ impl CodeStore {
         if unpacker.files == 0 {
             return Err(StoreError::invalid_code("the upload contains no files"));
         }
+        // Each link stayed inside lexically; chained through other links it may not.
+        check_links_resolve_inside(&tree)?;
         let digest = digest_tree(&tree)?;
         let target = self.tree(&digest);
         if !target.exists() {
@@ -400,6 +403,83 @@ fn safe_relative_path(raw: &Path) -> Result<PathBuf, StoreError> {
     Ok(clean)
 }
 
+/// Links followed while resolving one path, as the kernel's limit (40).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Refuses a tree in which some symlink, resolved through every link it crosses as the
+/// kernel would, leads outside the tree or loops.
+fn check_links_resolve_inside(root: &Path) -> Result<(), StoreError> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = root.join(&relative);
+        for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let kind = entry.file_type().map_err(StoreError::io(entry.path()))?;
+            let rel = relative.join(entry.file_name());
+            if kind.is_symlink() {
+                let target = fs::read_link(entry.path()).map_err(StoreError::io(entry.path()))?;
+                let from: Vec<OsString> = relative
+                    .components()
+                    .map(|c| c.as_os_str().to_owned())
+                    .collect();
+                if resolve_inside(root, from, &target).is_none() {
+                    return Err(StoreError::invalid_code(format!(
+                        "symlink {} points to {}, which leads outside the code through other links",
+                        rel.display(),
+                        target.display()
+                    )));
+                }
+            } else if kind.is_dir() {
+                stack.push(rel);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves `target` from the directory `from` (components below `root`), following links
+/// inside the tree; `None` when it leaves the tree, is absolute, or takes too many hops.
+fn resolve_inside(root: &Path, mut at: Vec<OsString>, target: &Path) -> Option<Vec<OsString>> {
+    let mut pending: std::collections::VecDeque<OsString> = target
+        .components()
+        .map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::CurDir => Some(OsString::from(".")),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::Prefix(_) => None,
+        })
+        .collect::<Option<_>>()?;
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        match part.to_str() {
+            Some(".") => continue,
+            Some("..") => {
+                at.pop()?;
+                continue;
+            }
+            _ => {}
+        }
+        at.push(part);
+        let path: PathBuf = at.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+        if let Ok(link) = fs::read_link(&path) {
+            hops += 1;
+            if hops > MAX_LINK_HOPS || link.is_absolute() {
+                return None;
+            }
+            at.pop();
+            for component in link.components().rev() {
+                pending.push_front(match component {
+                    Component::Normal(name) => name.to_owned(),
+                    Component::CurDir => OsString::from("."),
+                    Component::ParentDir => OsString::from(".."),
+                    Component::RootDir | Component::Prefix(_) => return None,
+                });
+            }
+        }
+    }
+    Some(at)
+}
+
 /// SHA-256 over every entry's relative path, kind, mode and content, in sorted order.
 fn digest_tree(root: &Path) -> Result<String, StoreError> {
     let mut hasher = Sha256::new();
@@ -583,6 +663,30 @@ mod tests {
                     b.append_data(&mut f, "d/x", &b"x"[..]).unwrap();
                 }),
                 "through links",
+            ),
+            (
+                "chained-links",
+                tar_gz(|b| {
+                    // Each link stays inside on its own; through `x/l` the second leaves.
+                    let mut f = header(tar::EntryType::Regular, 1);
+                    b.append_data(&mut f, "x/keep", &b"x"[..]).unwrap();
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "x/l", "..").unwrap();
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "token", "x/l/x/l/x/l/../../admin.token")
+                        .unwrap();
+                }),
+                "through other links",
+            ),
+            (
+                "link-loop",
+                tar_gz(|b| {
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "a", "b").unwrap();
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "b", "a").unwrap();
+                }),
+                "through other links",
             ),
             (
                 "hardlink",

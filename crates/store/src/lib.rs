@@ -99,6 +99,9 @@ pub enum QueueChange {
         invocation: AsyncInvocation,
         request: StoredRequest,
         timer_tick: Option<(String, u64)>,
+        /// What the queue may hold; `None` for a dead letter stored from outside the queue (a
+        /// queue trigger's failed message): refusing it would leave that message unsettled.
+        bounds: Option<QueueBounds>,
     },
     /// Stores an invocation's new state (claimed for an attempt, retried, finished).
     Update { invocation: AsyncInvocation },
@@ -109,6 +112,39 @@ pub enum QueueOutcome {
     Stored,
     /// The timer tick was enqueued before; nothing was stored.
     DuplicateTick,
+    /// Storing it would pass a bound; nothing was stored.
+    Full(QueueFull),
+}
+
+/// How much asynchronous work the queue holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Invocations of one function pending or running at once.
+    pub per_function: u64,
+    /// Bytes of stored requests (waiting work and dead letters together).
+    pub stored_bytes: u64,
+}
+
+/// Which bound an enqueue would have passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFull {
+    FunctionDepth { limit: u64 },
+    StoreBudget { limit: u64 },
+}
+
+/// Dead letters deleted by one sweep, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadLetterSweep {
+    /// Older than the retention.
+    pub expired: usize,
+    /// The oldest of a function that had more than the cap.
+    pub over_cap: usize,
+}
+
+impl DeadLetterSweep {
+    pub fn total(&self) -> usize {
+        self.expired + self.over_cap
+    }
 }
 
 /// The durable queue of asynchronous invocations and their dead letters.
@@ -144,6 +180,14 @@ pub trait InvocationStore: Send + Sync {
     /// Deletes up to `limit` ended invocations that are not dead letters (succeeded, or
     /// re-driven) and ended before `before_ms`, oldest first; returns how many.
     fn sweep_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
+    /// Deletes up to `limit` dead letters: those that died before `before_ms`, then the oldest
+    /// of each function holding more than `per_function`.
+    fn sweep_dead_letters(
+        &self,
+        before_ms: u64,
+        per_function: u64,
+        limit: usize,
+    ) -> Result<DeadLetterSweep, StoreError>;
     /// Called once at start: attempts that were in flight when Gust stopped are lost, so
     /// their invocations become due now. Returns how many.
     fn recover_running(&self, now_ms: u64) -> Result<usize, StoreError>;

@@ -10,12 +10,24 @@
 //!   letters (succeeded, or re-driven): what retention may delete, oldest first.
 //! - `timers`: `<namespace>/<name>` → the timer; `timer_ticks`: the same key → the last tick
 //!   enqueued, so that no tick is enqueued twice.
+//! - `async_open`: `<namespace>/<function>` → invocations pending or running (a function's
+//!   queue depth, which an enqueue may not exceed).
+//! - `async_dead_count`: `<namespace>/<function>` → its dead letters (the cap's count);
+//!   `async_dead_by_time`: `<dead ms, 13 digits>/<id>`: what dead-letter retention deletes.
+//! - `async_totals`: `request_bytes` → bytes of every stored request (the store's budget);
+//!   `version` marks the counters as built (stores written before them are counted at open).
+//!
+//! Every count is kept in the same transaction as the records it counts, so it can never
+//! drift from them, whatever a crash interrupts.
 
 use gust_model::{AsyncInvocation, InvocationState, Name, Namespace, StoredRequest, Timer};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use crate::embedded::{decode, encode, scoped_key};
-use crate::{EmbeddedStore, InvocationStore, QueueChange, QueueOutcome, StoreError, TimerStore};
+use crate::{
+    DeadLetterSweep, EmbeddedStore, InvocationStore, QueueBounds, QueueChange, QueueFull,
+    QueueOutcome, StoreError, TimerStore,
+};
 
 pub(crate) const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
 pub(crate) const INVOCATION_REQUESTS: TableDefinition<&str, &[u8]> =
@@ -26,16 +38,142 @@ pub(crate) const DEAD_LETTERS: TableDefinition<&str, ()> = TableDefinition::new(
 pub(crate) const ASYNC_FINISHED: TableDefinition<&str, ()> = TableDefinition::new("async_finished");
 pub(crate) const TIMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("timers");
 pub(crate) const TIMER_TICKS: TableDefinition<&str, u64> = TableDefinition::new("timer_ticks");
+const ASYNC_OPEN: TableDefinition<&str, u64> = TableDefinition::new("async_open");
+const DEAD_COUNT: TableDefinition<&str, u64> = TableDefinition::new("async_dead_count");
+const DEAD_BY_TIME: TableDefinition<&str, ()> = TableDefinition::new("async_dead_by_time");
+const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("async_totals");
+const REQUEST_BYTES: &str = "request_bytes";
+const COUNTERS_VERSION: &str = "version";
 
 pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     for table in [INVOCATIONS, INVOCATION_REQUESTS, TIMERS] {
         tx.open_table(table)?;
     }
-    for table in [ASYNC_READY, ASYNC_RUNNING, DEAD_LETTERS, ASYNC_FINISHED] {
+    for table in [
+        ASYNC_READY,
+        ASYNC_RUNNING,
+        DEAD_LETTERS,
+        ASYNC_FINISHED,
+        DEAD_BY_TIME,
+    ] {
         tx.open_table(table)?;
     }
-    tx.open_table(TIMER_TICKS)?;
+    for table in [TIMER_TICKS, ASYNC_OPEN, DEAD_COUNT, TOTALS] {
+        tx.open_table(table)?;
+    }
+    let built = tx.open_table(TOTALS)?.get(COUNTERS_VERSION)?.is_some();
+    if !built {
+        rebuild_counters(tx)?;
+    }
     Ok(())
+}
+
+/// Counts what a store written before the counters existed holds (once, at open).
+fn rebuild_counters(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let invocations: Vec<AsyncInvocation> = {
+        let table = tx.open_table(INVOCATIONS)?;
+        let mut all = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            all.push(decode(key.value(), value.value())?);
+        }
+        all
+    };
+    for invocation in &invocations {
+        count(tx, invocation, 1)?;
+    }
+    let bytes: u64 = {
+        let table = tx.open_table(INVOCATION_REQUESTS)?;
+        let mut sum = 0;
+        for entry in table.iter()? {
+            sum += entry?.1.value().len() as u64;
+        }
+        sum
+    };
+    let mut totals = tx.open_table(TOTALS)?;
+    totals.insert(REQUEST_BYTES, bytes)?;
+    totals.insert(COUNTERS_VERSION, 1)?;
+    Ok(())
+}
+
+fn function_key(invocation: &AsyncInvocation) -> String {
+    format!("{}/{}", invocation.namespace, invocation.function)
+}
+
+fn dead_time_key(invocation: &AsyncInvocation) -> String {
+    let at = invocation
+        .finished_at_ms
+        .unwrap_or(invocation.updated_at_ms)
+        .max(invocation.updated_at_ms);
+    ready_key(at, &invocation.id)
+}
+
+/// Adds `delta` (1 or -1) to a counter, removing it at zero.
+fn add(
+    tx: &WriteTransaction,
+    table: TableDefinition<&str, u64>,
+    key: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let mut table = tx.open_table(table)?;
+    let current = table.get(key)?.map_or(0, |v| v.value());
+    let next = current.saturating_add_signed(delta);
+    if next == 0 {
+        table.remove(key)?;
+    } else {
+        table.insert(key, next)?;
+    }
+    Ok(())
+}
+
+/// Counts (`delta` 1) or uncounts (-1) an invocation in its function's open and dead-letter
+/// counters and the dead-letter time index.
+fn count(
+    tx: &WriteTransaction,
+    invocation: &AsyncInvocation,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let key = function_key(invocation);
+    if matches!(
+        invocation.state,
+        InvocationState::Pending | InvocationState::Running
+    ) {
+        add(tx, ASYNC_OPEN, &key, delta)?;
+    }
+    if invocation.is_dead_letter() {
+        add(tx, DEAD_COUNT, &key, delta)?;
+        let mut by_time = tx.open_table(DEAD_BY_TIME)?;
+        let time_key = dead_time_key(invocation);
+        if delta > 0 {
+            by_time.insert(time_key.as_str(), ())?;
+        } else {
+            by_time.remove(time_key.as_str())?;
+        }
+    }
+    Ok(())
+}
+
+fn store_request(tx: &WriteTransaction, id: &str, encoded: &[u8]) -> Result<(), StoreError> {
+    let replaced = tx
+        .open_table(INVOCATION_REQUESTS)?
+        .insert(id, encoded)?
+        .map_or(0, |old| old.value().len() as i64);
+    add(tx, TOTALS, REQUEST_BYTES, encoded.len() as i64 - replaced)
+}
+
+fn drop_request(tx: &WriteTransaction, id: &str) -> Result<(), StoreError> {
+    let removed = tx
+        .open_table(INVOCATION_REQUESTS)?
+        .remove(id)?
+        .map_or(0, |old| old.value().len() as i64);
+    add(tx, TOTALS, REQUEST_BYTES, -removed)
+}
+
+/// Deletes an invocation, its request and its index entries.
+fn delete(tx: &WriteTransaction, old: &AsyncInvocation) -> Result<(), StoreError> {
+    unindex(tx, old)?;
+    tx.open_table(INVOCATIONS)?.remove(old.id.as_str())?;
+    drop_request(tx, &old.id)
 }
 
 fn ready_key(due_ms: u64, id: &str) -> String {
@@ -88,6 +226,7 @@ fn decode_request(key: &str, bytes: &[u8]) -> Result<StoredRequest, StoreError> 
 
 /// Removes an invocation's index entries for the state it was in.
 fn unindex(tx: &WriteTransaction, old: &AsyncInvocation) -> Result<(), StoreError> {
+    count(tx, old, -1)?;
     match old.state {
         InvocationState::Pending => {
             if let Some(due) = old.next_attempt_at_ms {
@@ -112,6 +251,7 @@ fn unindex(tx: &WriteTransaction, old: &AsyncInvocation) -> Result<(), StoreErro
 
 /// Adds the index entries of an invocation's (new) state.
 fn index(tx: &WriteTransaction, new: &AsyncInvocation) -> Result<(), StoreError> {
+    count(tx, new, 1)?;
     match new.state {
         InvocationState::Pending => {
             let due = new.next_attempt_at_ms.unwrap_or(new.updated_at_ms);
@@ -147,6 +287,35 @@ fn put(tx: &WriteTransaction, invocation: &AsyncInvocation) -> Result<(), StoreE
     index(tx, invocation)
 }
 
+/// Whether storing `invocation` would take its function past its queue depth or the queue
+/// past its byte budget.
+fn over_bounds(
+    tx: &WriteTransaction,
+    invocation: &AsyncInvocation,
+    encoded_request: usize,
+    bounds: &QueueBounds,
+) -> Result<Option<QueueFull>, StoreError> {
+    let open = tx
+        .open_table(ASYNC_OPEN)?
+        .get(function_key(invocation).as_str())?
+        .map_or(0, |v| v.value());
+    if open >= bounds.per_function {
+        return Ok(Some(QueueFull::FunctionDepth {
+            limit: bounds.per_function,
+        }));
+    }
+    let stored = tx
+        .open_table(TOTALS)?
+        .get(REQUEST_BYTES)?
+        .map_or(0, |v| v.value());
+    if stored.saturating_add(encoded_request as u64) > bounds.stored_bytes {
+        return Ok(Some(QueueFull::StoreBudget {
+            limit: bounds.stored_bytes,
+        }));
+    }
+    Ok(None)
+}
+
 impl EmbeddedStore {
     fn apply_one(
         &self,
@@ -158,7 +327,14 @@ impl EmbeddedStore {
                 invocation,
                 request,
                 timer_tick,
+                bounds,
             } => {
+                let encoded = encode_request(request);
+                if let Some(bounds) = bounds
+                    && let Some(full) = over_bounds(tx, invocation, encoded.len(), bounds)?
+                {
+                    return Ok(QueueOutcome::Full(full));
+                }
                 if let Some((timer, tick_ms)) = timer_tick {
                     let mut ticks = tx.open_table(TIMER_TICKS)?;
                     let last = ticks.get(timer.as_str())?.map(|v| v.value());
@@ -177,16 +353,14 @@ impl EmbeddedStore {
                         name: invocation.id.clone(),
                     });
                 }
-                tx.open_table(INVOCATION_REQUESTS)?
-                    .insert(invocation.id.as_str(), encode_request(request).as_slice())?;
+                store_request(tx, &invocation.id, &encoded)?;
                 put(tx, invocation)?;
                 Ok(QueueOutcome::Stored)
             }
             QueueChange::Update { invocation } => {
                 if invocation.state == InvocationState::Succeeded {
                     // A finished invocation's request is no longer needed.
-                    tx.open_table(INVOCATION_REQUESTS)?
-                        .remove(invocation.id.as_str())?;
+                    drop_request(tx, &invocation.id)?;
                 }
                 put(tx, invocation)?;
                 Ok(QueueOutcome::Stored)
@@ -321,9 +495,7 @@ impl InvocationStore for EmbeddedStore {
                 if !old.is_dead_letter() {
                     continue;
                 }
-                unindex(tx, &old)?;
-                tx.open_table(INVOCATIONS)?.remove(id.as_str())?;
-                tx.open_table(INVOCATION_REQUESTS)?.remove(id.as_str())?;
+                delete(tx, &old)?;
                 purged += 1;
             }
             Ok(purged)
@@ -345,10 +517,77 @@ impl InvocationStore for EmbeddedStore {
                 tx.open_table(ASYNC_FINISHED)?.remove(key.as_str())?;
                 if let Some((_, id)) = key.split_once('/') {
                     tx.open_table(INVOCATIONS)?.remove(id)?;
-                    tx.open_table(INVOCATION_REQUESTS)?.remove(id)?;
+                    drop_request(tx, id)?;
                 }
             }
             Ok(keys.len())
+        })
+    }
+
+    fn sweep_dead_letters(
+        &self,
+        before_ms: u64,
+        per_function: u64,
+        limit: usize,
+    ) -> Result<DeadLetterSweep, StoreError> {
+        self.write(|tx| {
+            let mut swept = DeadLetterSweep::default();
+            let expired: Vec<String> = {
+                let by_time = tx.open_table(DEAD_BY_TIME)?;
+                let end = format!("{before_ms:013}/");
+                by_time
+                    .range(..end.as_str())?
+                    .take(limit)
+                    .map(|entry| entry.map(|(key, _)| key.value().to_owned()))
+                    .collect::<Result<_, _>>()?
+            };
+            for key in &expired {
+                let id = key.split_once('/').map_or(key.as_str(), |(_, id)| id);
+                match self.stored_invocation(tx, id)? {
+                    Some(old) => delete(tx, &old)?,
+                    None => {
+                        tx.open_table(DEAD_BY_TIME)?.remove(key.as_str())?;
+                    }
+                }
+                swept.expired += 1;
+            }
+            let over: Vec<(String, u64)> = {
+                let counts = tx.open_table(DEAD_COUNT)?;
+                let mut over = Vec::new();
+                for entry in counts.iter()? {
+                    let (key, count) = entry?;
+                    if count.value() > per_function {
+                        over.push((key.value().to_owned(), count.value() - per_function));
+                    }
+                }
+                over
+            };
+            for (function, excess) in over {
+                // Dead-letter keys sort by id, and ids (UUIDv7) by time: the oldest go first.
+                let prefix = format!("{function}/");
+                let oldest: Vec<String> = {
+                    let index = tx.open_table(DEAD_LETTERS)?;
+                    let mut ids = Vec::new();
+                    for entry in index.range(prefix.as_str()..)? {
+                        let (key, _) = entry?;
+                        let Some(id) = key.value().strip_prefix(prefix.as_str()) else {
+                            break;
+                        };
+                        ids.push(id.to_owned());
+                        if ids.len() as u64 >= excess || swept.total() + ids.len() >= limit {
+                            break;
+                        }
+                    }
+                    ids
+                };
+                for id in oldest {
+                    if let Some(old) = self.stored_invocation(tx, &id)? {
+                        delete(tx, &old)?;
+                        swept.over_cap += 1;
+                    }
+                }
+            }
+            Ok(swept)
         })
     }
 
@@ -379,6 +618,20 @@ impl InvocationStore for EmbeddedStore {
             }
             Ok(ids.len())
         })
+    }
+}
+
+impl EmbeddedStore {
+    fn stored_invocation(
+        &self,
+        tx: &WriteTransaction,
+        id: &str,
+    ) -> Result<Option<AsyncInvocation>, StoreError> {
+        let table = tx.open_table(INVOCATIONS)?;
+        table
+            .get(id)?
+            .map(|value| decode(id, value.value()))
+            .transpose()
     }
 }
 
@@ -453,7 +706,149 @@ mod tests {
                 body: b"payload".to_vec(),
             },
             timer_tick: None,
+            bounds: None,
         }
+    }
+
+    fn bounded(invocation: AsyncInvocation, per_function: u64, stored_bytes: u64) -> QueueChange {
+        let QueueChange::Enqueue {
+            invocation,
+            request,
+            timer_tick,
+            ..
+        } = enqueue(invocation)
+        else {
+            unreachable!("enqueue builds an Enqueue");
+        };
+        QueueChange::Enqueue {
+            invocation,
+            request,
+            timer_tick,
+            bounds: Some(QueueBounds {
+                per_function,
+                stored_bytes,
+            }),
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open(&dir.path().join("gust.redb")).unwrap()
+    }
+
+    #[test]
+    fn a_function_cannot_queue_past_its_depth_and_finished_work_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let outcomes = store
+            .apply_queue_changes(&[
+                bounded(invocation("a", InvocationState::Pending, 1), 2, 1 << 20),
+                bounded(invocation("b", InvocationState::Pending, 1), 2, 1 << 20),
+                bounded(invocation("c", InvocationState::Pending, 1), 2, 1 << 20),
+            ])
+            .unwrap();
+        assert!(matches!(outcomes[1], Ok(QueueOutcome::Stored)));
+        assert!(matches!(
+            outcomes[2],
+            Ok(QueueOutcome::Full(QueueFull::FunctionDepth { limit: 2 }))
+        ));
+        assert!(store.invocation("c").unwrap().is_none(), "nothing stored");
+        let mut done = store.invocation("a").unwrap().unwrap();
+        done.state = InvocationState::Succeeded;
+        done.next_attempt_at_ms = None;
+        store
+            .apply_queue_changes(&[QueueChange::Update { invocation: done }])
+            .unwrap();
+        // The counts survive a reopen, and a finished invocation no longer counts.
+        drop(store);
+        let store = open(&dir);
+        let outcomes = store
+            .apply_queue_changes(&[bounded(
+                invocation("c", InvocationState::Pending, 1),
+                2,
+                1 << 20,
+            )])
+            .unwrap();
+        assert!(matches!(outcomes[0], Ok(QueueOutcome::Stored)));
+    }
+
+    #[test]
+    fn the_queue_cannot_store_past_its_byte_budget_and_deleting_returns_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let one = encode_request(&match enqueue(invocation("x", InvocationState::Dead, 1)) {
+            QueueChange::Enqueue { request, .. } => request,
+            QueueChange::Update { .. } => unreachable!("enqueue builds an Enqueue"),
+        })
+        .len() as u64;
+        let budget = 3 * one + one / 2;
+        let mut stored = 0;
+        for i in 0..10 {
+            let outcome = store
+                .apply_queue_changes(&[bounded(
+                    invocation(&format!("d{i}"), InvocationState::Dead, 1),
+                    100,
+                    budget,
+                )])
+                .unwrap();
+            match outcome[0] {
+                Ok(QueueOutcome::Stored) => stored += 1,
+                Ok(QueueOutcome::Full(QueueFull::StoreBudget { .. })) => break,
+                ref other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(stored, 3);
+        let ids: Vec<String> = (0..stored).map(|i| format!("d{i}")).collect();
+        assert_eq!(store.purge_dead_letters(&ids).unwrap(), stored);
+        let outcome = store
+            .apply_queue_changes(&[bounded(
+                invocation("after", InvocationState::Pending, 1),
+                100,
+                budget,
+            )])
+            .unwrap();
+        assert!(matches!(outcome[0], Ok(QueueOutcome::Stored)));
+    }
+
+    #[test]
+    fn dead_letters_past_their_retention_or_their_functions_cap_are_deleted_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        // Ids sort by time, as UUIDv7s do.
+        let changes: Vec<QueueChange> = (0..6)
+            .map(|i| {
+                enqueue(invocation(
+                    &format!("dl-{i}"),
+                    InvocationState::Dead,
+                    1_000 * (i + 1),
+                ))
+            })
+            .collect();
+        store.apply_queue_changes(&changes).unwrap();
+        let swept = store.sweep_dead_letters(2_500, 100, 100).unwrap();
+        assert_eq!(
+            swept,
+            DeadLetterSweep {
+                expired: 2,
+                over_cap: 0
+            }
+        );
+        let swept = store.sweep_dead_letters(0, 3, 100).unwrap();
+        assert_eq!(
+            swept,
+            DeadLetterSweep {
+                expired: 0,
+                over_cap: 1
+            }
+        );
+        let left: Vec<String> = store
+            .dead_letters(&Namespace::default(), None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(left, ["dl-3", "dl-4", "dl-5"]);
+        assert!(store.invocation_request("dl-2").unwrap().is_none());
+        assert_eq!(store.sweep_dead_letters(0, 3, 100).unwrap().total(), 0);
     }
 
     #[test]

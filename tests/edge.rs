@@ -1,0 +1,404 @@
+//! End-to-end scenarios of hostile or careless clients at Gust's edge: idle and half-open
+//! connections past the caps (R-50), bodies that exhaust memory or never arrive, requests a
+//! worker cannot take (S-18), an asynchronous route flooded past its queue (R-51), and SIGTERM
+//! during keep-alive load (R-54).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gust_harness::{Gust, GustOptions};
+use serde_json::Value;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+fn options(extra: &[&str]) -> GustOptions {
+    GustOptions {
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        ..GustOptions::default()
+    }
+}
+
+/// A TCP connection to the public listener from the loopback address `from`.
+fn connect_from(gust: &Gust, from: [u8; 4]) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = (std::net::Ipv4Addr::from(from), 0).into();
+    socket.bind(&local.into()).unwrap();
+    let remote: SocketAddr = ([127, 0, 0, 1], gust.public_port).into();
+    socket.connect(&remote.into()).unwrap();
+    socket.into()
+}
+
+/// Whether Gust has closed `stream` (end of stream or reset) within `wait`.
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => !matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Sends a request head (and `body`) on `stream` and reads the answer's status and body.
+fn exchange(stream: &mut TcpStream, head: &str, body: &[u8]) -> (u16, String) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn r50_idle_connections_past_the_caps_are_closed_and_other_clients_are_served() {
+    let gust = Gust::start(
+        GUST,
+        options(&[
+            "--max-connections-per-client",
+            "100",
+            "--header-timeout",
+            "8s",
+        ]),
+    );
+    gust.deploy(
+        "hello",
+        "python",
+        "h.py",
+        "def main():\n    return 'hi'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/hello").text().unwrap(), "hi");
+    let baseline = open_descriptors(gust.pid());
+
+    // A thousand connections from one address that never send a byte.
+    let mut idle: Vec<TcpStream> = (0..1_000)
+        .map(|_| connect_from(&gust, [127, 0, 0, 2]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (closed, open): (Vec<_>, Vec<_>) = idle
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(20)))
+        .partition(|closed| *closed);
+    assert_eq!(open.len(), 100, "one client holds at most its cap");
+    assert_eq!(closed.len(), 900);
+    // Another client is served meanwhile, and Gust holds no descriptor per refused connection.
+    assert_eq!(gust.get("/hello").text().unwrap(), "hi");
+    let during = open_descriptors(gust.pid());
+    assert!(
+        during < baseline + 150,
+        "{during} descriptors, {baseline} before"
+    );
+
+    // The header deadline ends the idle ones.
+    let started = Instant::now();
+    for stream in &mut idle {
+        let left = Duration::from_secs(30).saturating_sub(started.elapsed());
+        assert!(
+            closed_within(stream, left.max(Duration::from_millis(1))),
+            "an idle connection outlived the header deadline"
+        );
+    }
+    // A connection that starts a header and never finishes it ends the same way, unanswered
+    // or with 408.
+    let mut slow = connect_from(&gust, [127, 0, 0, 3]);
+    slow.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(20)) || {
+            let mut rest = String::new();
+            let _ = slow.read_to_string(&mut rest);
+            rest.contains("408")
+        }
+    );
+    assert_eq!(gust.get("/hello").text().unwrap(), "hi");
+}
+
+#[test]
+fn bodies_in_flight_share_a_memory_budget_and_a_stalled_body_is_refused() {
+    let gust = Gust::start(GUST, options(&["--body-memory", "8"]));
+    gust.deploy(
+        "size",
+        "python",
+        "s.py",
+        "def main(req):\n    return str(len(req.body))\n",
+        &[],
+    );
+    // Two bodies of 3 MB that stop halfway hold 6 MB of the 8.
+    let head = |len: usize| {
+        format!(
+            "POST /size HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = connect_from(&gust, [127, 0, 0, 1]);
+            stream.write_all(head(3 << 20).as_bytes()).unwrap();
+            stream.write_all(&vec![b'a'; 1 << 20]).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = connect_from(&gust, [127, 0, 0, 1]);
+    let (status, body) = exchange(&mut third, &head(3 << 20), &[]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("body_memory_exhausted"), "{body}");
+    // Small bodies still fit.
+    let mut small = connect_from(&gust, [127, 0, 0, 1]);
+    assert_eq!(
+        exchange(&mut small, &head(5), b"hello"),
+        (200, "5".to_owned())
+    );
+    // A stalled body is refused once its pause passes the limit, and gives its memory back.
+    let (status, body) = exchange(&mut held[0], "", &[]);
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("body_too_slow"), "{body}");
+    drop(held);
+    let mut again = connect_from(&gust, [127, 0, 0, 1]);
+    let (status, body) = exchange(&mut again, &head(3 << 20), &vec![b'b'; 3 << 20]);
+    assert_eq!((status, body.as_str()), (200, "3145728"));
+}
+
+#[test]
+fn s18_oversized_headers_and_unknown_methods_never_cost_a_warm_worker() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "pid-py",
+        "python",
+        "p.py",
+        "import os\ndef main():\n    return str(os.getpid())\n",
+        &[],
+    );
+    gust.deploy(
+        "pid-js",
+        "node",
+        "p.js",
+        "module.exports = async () => ({ body: String(process.pid) });\n",
+        &[],
+    );
+    for name in ["pid-py", "pid-js"] {
+        let warm = gust.get(&format!("/{name}")).text().unwrap();
+        let big = "a".repeat(20 * 1024);
+        let huge = "a".repeat(70 * 1024);
+        for (head, expected) in [
+            (
+                format!(
+                    "GET /{name} HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+                ),
+                431,
+            ),
+            (
+                format!(
+                    "GET /{name} HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\nConnection: close\r\n\r\n"
+                ),
+                431,
+            ),
+            (
+                format!("FOO /{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                405,
+            ),
+            (
+                format!("get /{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                405,
+            ),
+            (
+                format!("PROPFIND /{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                405,
+            ),
+        ] {
+            let mut stream = connect_from(&gust, [127, 0, 0, 1]);
+            let (status, _) = exchange(&mut stream, &head, &[]);
+            assert_eq!(status, expected, "{name}: {}", &head[..40]);
+        }
+        // Many headers, each small: within what the worker servers take.
+        let mut headers = String::new();
+        for i in 0..90 {
+            headers.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        let mut stream = connect_from(&gust, [127, 0, 0, 1]);
+        let (status, body) = exchange(
+            &mut stream,
+            &format!("GET /{name} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"),
+            &[],
+        );
+        assert_eq!((status, body.as_str()), (200, warm.as_str()), "{name}");
+        assert_eq!(
+            gust.get(&format!("/{name}")).text().unwrap(),
+            warm,
+            "{name} was restarted"
+        );
+    }
+}
+
+#[test]
+fn r51_an_async_route_flooded_past_its_queue_answers_429_and_stores_nothing_more() {
+    let gust = Gust::start(
+        GUST,
+        options(&["--async-queue-depth", "20", "--async-store-budget", "2"]),
+    );
+    let slow = "import time\ndef main():\n    time.sleep(30)\n    return 'late'\n";
+    for name in ["flood", "bulky"] {
+        let path = gust.write_file(&format!("{name}/f.py"), slow);
+        gust.cli(&[
+            "fn",
+            "create",
+            name,
+            "--env",
+            "python",
+            "--code",
+            path.to_str().unwrap(),
+            "--timeout",
+            "60s",
+        ])
+        .ok();
+        gust.cli(&[
+            "route",
+            "create",
+            "--fn",
+            name,
+            "--url",
+            &format!("/{name}"),
+            "--async",
+        ])
+        .ok();
+    }
+    // The function's depth: 20 waiting or running, then 429 with a reason.
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for _ in 0..40 {
+        let response = gust
+            .http()
+            .post(gust.public_url("/flood"))
+            .body("x")
+            .send()
+            .unwrap();
+        match response.status().as_u16() {
+            202 => accepted += 1,
+            429 => refused.push(response),
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(accepted, 20);
+    assert_eq!(refused.len(), 20);
+    let first = refused.remove(0);
+    assert!(first.headers().contains_key("retry-after"));
+    let body: Value = first.json().unwrap();
+    assert_eq!(body["reason"], "async_queue_full", "{body}");
+    // The store's byte budget (2 MB): 250 KB requests stop fitting after a few.
+    let mut bulky_accepted = 0;
+    let mut last = None;
+    for _ in 0..12 {
+        let response = gust
+            .http()
+            .post(gust.public_url("/bulky"))
+            .body(vec![b'z'; 250 * 1024])
+            .send()
+            .unwrap();
+        match response.status().as_u16() {
+            202 => bulky_accepted += 1,
+            429 => last = Some(response.json::<Value>().unwrap()),
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(
+        (4..12).contains(&bulky_accepted),
+        "{bulky_accepted} accepted"
+    );
+    assert_eq!(
+        last.expect("some were refused")["reason"],
+        "async_store_full"
+    );
+    let metrics = gust.metrics();
+    assert!(
+        metrics.contains(r#"gust_async_refused_total{reason="function_depth"} 20"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn r54_sigterm_during_keep_alive_load_answers_every_request_it_read() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "steady",
+        "python",
+        "s.py",
+        "import time\ndef main():\n    time.sleep(0.05)\n    return 'ok'\n",
+        &["--concurrency", "8"],
+    );
+    assert_eq!(gust.get("/steady").text().unwrap(), "ok");
+    let answered = AtomicUsize::new(0);
+    let failed_after_read = AtomicUsize::new(0);
+    let url = gust.public_url("/steady");
+    let pid = gust.pid();
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                let client = gust_harness::reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(40))
+                    .build()
+                    .unwrap();
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(4) {
+                    match client.get(&url).send() {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            let text = response.text();
+                            if status == 200 && text.is_ok_and(|t| t == "ok") {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                // Gust read the request and answered it with an error.
+                                failed_after_read.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // Refused or closed before Gust read the request: the listener is
+                        // gone, which a client retries elsewhere.
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1_500));
+        // SAFETY: kill with the pid of our own child and a valid signal.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    });
+    assert!(gust.stop(), "gust stops cleanly:\n{}", gust.log());
+    assert_eq!(failed_after_read.load(Ordering::Relaxed), 0);
+    let answered = answered.load(Ordering::Relaxed);
+    assert!(answered > 10, "{answered} answered before the stop");
+    // Every request Gust read was invoked and answered: its usage records (flushed at a clean
+    // stop) count exactly the answers the clients got, plus the warm-up.
+    gust.start_again();
+    let records: Value = gust
+        .api(
+            gust_harness::reqwest::Method::GET,
+            "/v1/usage/records?function=steady&limit=10000",
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let records = records.as_array().expect("a list of records").len();
+    assert_eq!(records, answered + 1, "usage records against answers");
+}
