@@ -299,23 +299,38 @@ def main(req):
 }
 
 #[test]
-fn s20_a_function_cannot_create_user_namespaces() {
+fn s20_a_function_cannot_create_user_namespaces_or_make_refused_system_calls() {
     let gust = Gust::start(GUST, GustOptions::default());
+    // Each of these succeeds for an unprivileged process on a default kernel.
     let nester = r#"
 import ctypes, subprocess
-CLONE_NEWUSER = 0x10000000
+SYS_PTRACE, SYS_ADD_KEY, SYS_KEYCTL = 101, 248, 250
+def call(*args):
+    ctypes.set_errno(0)
+    result = libc.syscall(*args)
+    return [result, ctypes.get_errno()]
+libc = ctypes.CDLL(None, use_errno=True)
 def main():
-    libc = ctypes.CDLL(None, use_errno=True)
-    direct = libc.unshare(CLONE_NEWUSER)
-    tool = subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode
-    return {"unshare": direct, "errno": ctypes.get_errno(), "tool": tool}
+    return {
+        "tool": subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode,
+        "ptrace_traceme": call(SYS_PTRACE, 0, 0, 0, 0),
+        "add_key": call(SYS_ADD_KEY, b"user", b"gust", b"secret", 6, ctypes.c_int(-2)),
+        "keyctl": call(SYS_KEYCTL, 0, ctypes.c_int(-2), 0),
+    }
 "#;
     gust.deploy("nester", "python", "nester.py", nester, &[]);
     let response = gust.get("/nester");
     assert_eq!(response.status(), 200);
     let seen: Value = response.json().unwrap();
-    assert_eq!(seen["unshare"], -1, "{seen}");
+    // A single-threaded `unshare -Ur` (the worker itself has threads, which unshare refuses).
     assert_ne!(seen["tool"], 0, "{seen}");
+    for call in ["ptrace_traceme", "add_key", "keyctl"] {
+        assert_eq!(
+            seen[call],
+            serde_json::json!([-1, libc::EPERM]),
+            "{call}: {seen}"
+        );
+    }
 }
 
 #[test]

@@ -102,6 +102,9 @@ pub struct UpArgs {
     /// Dead letters kept per function; the oldest beyond it are deleted
     #[arg(long, env = "GUST_DEAD_LETTERS_PER_FUNCTION", default_value_t = 1_000)]
     dead_letters_per_function: u64,
+    /// Memory (MB) the embedded store may use to cache its pages
+    #[arg(long, env = "GUST_STORE_CACHE", default_value_t = 64)]
+    store_cache: usize,
     /// Memory (MB) all request bodies in flight may take together, on both listeners; a
     /// request past it is answered 503
     #[arg(long, env = "GUST_BODY_MEMORY", default_value_t = 256)]
@@ -187,8 +190,11 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
 
     let embedded = Arc::new(
-        EmbeddedStore::open(&data_dir.join("gust.redb"))
-            .context("cannot open the metadata store")?,
+        EmbeddedStore::open_with_cache(
+            &data_dir.join("gust.redb"),
+            args.store_cache.saturating_mul(1024 * 1024),
+        )
+        .context("cannot open the metadata store")?,
     );
     let store: Arc<dyn MetadataStore> = embedded.clone();
     let usage_store: Arc<dyn UsageStore> = embedded.clone();

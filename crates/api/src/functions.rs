@@ -469,7 +469,7 @@ pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, 
     state
         .blocking(move |s| {
             s.store.delete_function(&namespace, &name)?;
-            s.executor.function_changed(&namespace, &name);
+            s.executor.function_deleted(&namespace, &name);
             s.logs
                 .remove(&gust_executor::function_key(&namespace, &name));
             Ok(StatusCode::NO_CONTENT)

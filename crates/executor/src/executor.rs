@@ -228,6 +228,13 @@ impl Executor {
         }
     }
 
+    /// A function was deleted: its instances retire as in [`Self::function_changed`] and its
+    /// observer forgets it.
+    pub fn function_deleted(&self, namespace: &Namespace, function: &Name) {
+        self.function_changed(namespace, function);
+        self.observer.function_deleted(namespace, function);
+    }
+
     /// A new revision of a function is current: its old instances retire as in
     /// [`Self::function_changed`], and the new one is loaded and prepared in the background
     /// so that its first request does not wait for that.

@@ -72,6 +72,14 @@ pub enum TriggerKind {
 }
 
 impl TriggerKind {
+    pub const ALL: [TriggerKind; 5] = [
+        TriggerKind::Http,
+        TriggerKind::Api,
+        TriggerKind::Async,
+        TriggerKind::Timer,
+        TriggerKind::Mq,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Http => "http",

@@ -53,6 +53,9 @@ pub trait InvocationObserver: Send + Sync {
     /// the request path: an observer can set up what it keeps per function before the first
     /// request, which would otherwise pay for it.
     fn function_ready(&self, _namespace: &Namespace, _function: &Name, _tier: Tier) {}
+
+    /// A function was deleted: an observer drops what it keeps per function (metric series).
+    fn function_deleted(&self, _namespace: &Namespace, _function: &Name) {}
 }
 
 /// Observes nothing (for tests and tools that need no metering).

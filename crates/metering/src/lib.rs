@@ -87,6 +87,10 @@ impl InvocationObserver for Meter {
     fn function_ready(&self, namespace: &Namespace, function: &Name, tier: Tier) {
         self.metrics.function_ready(namespace, function, tier);
     }
+
+    fn function_deleted(&self, namespace: &Namespace, function: &Name) {
+        self.metrics.function_deleted(namespace, function);
+    }
 }
 
 #[cfg(test)]

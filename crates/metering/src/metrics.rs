@@ -25,12 +25,11 @@ struct InvocationLabels {
 /// use keep their number; any other is its class. A function chooses its status, so the label
 /// must not let it create series at will.
 fn code_label(status: u16) -> &'static str {
-    const NAMED: [&str; 25] = [
-        "200", "201", "202", "204", "206", "301", "302", "303", "304", "307", "308", "400", "401",
-        "403", "404", "405", "408", "409", "413", "422", "429", "500", "502", "503", "504",
-    ];
     let text = status.to_string();
-    if let Some(named) = NAMED.iter().find(|named| **named == text) {
+    if let Some(named) = CODE_LABELS[..NAMED_CODES]
+        .iter()
+        .find(|named| **named == text)
+    {
         return named;
     }
     match status {
@@ -41,6 +40,17 @@ fn code_label(status: u16) -> &'static str {
         _ => "other",
     }
 }
+
+/// Every value the `code` label can take: the named statuses first, then the classes.
+const CODE_LABELS: [&str; 30] = [
+    "200", "201", "202", "204", "206", "301", "302", "303", "304", "307", "308", "400", "401",
+    "403", "404", "405", "408", "409", "413", "422", "429", "500", "502", "503", "504", "2xx",
+    "3xx", "4xx", "5xx", "other",
+];
+const NAMED_CODES: usize = 25;
+
+/// Every value the `phase` label can take, in either tier.
+const ALL_PHASES: [&str; 4] = ["queue", "specialize", "instantiate", "first_response"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
@@ -230,6 +240,40 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of a deleted function, so that churn does not grow the page.
+    pub fn function_deleted(&self, namespace: &Namespace, function: &Name) {
+        let (namespace, function) = (namespace.to_string(), function.to_string());
+        for trigger in TriggerKind::ALL {
+            let labels = TriggerLabels {
+                namespace: namespace.clone(),
+                function: function.clone(),
+                trigger: trigger.as_str(),
+            };
+            self.duration.remove(&labels);
+            self.throttled.remove(&labels);
+            self.billable_ms.remove(&labels);
+            for code in CODE_LABELS {
+                self.invocations.remove(&InvocationLabels {
+                    namespace: namespace.clone(),
+                    function: function.clone(),
+                    trigger: trigger.as_str(),
+                    code,
+                });
+            }
+        }
+        self.cold_starts.remove(&FunctionLabels {
+            namespace: namespace.clone(),
+            function: function.clone(),
+        });
+        for phase in ALL_PHASES {
+            self.cold_start_phases.remove(&PhaseLabels {
+                namespace: namespace.clone(),
+                function: function.clone(),
+                phase,
+            });
+        }
+    }
+
     pub fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
         self.throttled
             .get_or_create(&TriggerLabels {
@@ -282,6 +326,35 @@ mod tests {
             assert!(text.contains(&count), "{count} missing from:\n{text}");
         }
         assert!(!text.contains(r#"phase="specialize""#), "{text}");
+    }
+
+    #[test]
+    fn a_deleted_function_leaves_no_series() {
+        let metrics = Metrics::new();
+        let (namespace, function) = (
+            Namespace::default(),
+            Name::parse("function", "gone").unwrap(),
+        );
+        metrics.function_ready(&namespace, &function, Tier::Process);
+        metrics.function_ready(&namespace, &function, Tier::Wasm);
+        for trigger in TriggerKind::ALL {
+            metrics.throttled(&namespace, &function, trigger);
+            for status in [200, 299, 404, 503, 599] {
+                metrics
+                    .invocations
+                    .get_or_create(&InvocationLabels {
+                        namespace: namespace.to_string(),
+                        function: function.to_string(),
+                        trigger: trigger.as_str(),
+                        code: code_label(status),
+                    })
+                    .inc();
+            }
+        }
+        assert!(metrics.encode(&[]).contains("gone"));
+        metrics.function_deleted(&namespace, &function);
+        let text = metrics.encode(&[]);
+        assert!(!text.contains("gone"), "{text}");
     }
 
     #[test]

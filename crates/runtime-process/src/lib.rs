@@ -15,6 +15,7 @@ mod cgroup;
 mod error;
 mod pool;
 mod sandbox;
+mod seccomp;
 mod spawner;
 mod worker;
 
@@ -64,6 +65,8 @@ impl Default for Interpreters {
 type RevisionKey = (Namespace, Name, RevisionNumber);
 
 pub struct ProcessRuntime {
+    /// Gust's own directory for workers and environment servers; removed at a clean stop.
+    run_dir: PathBuf,
     spawner: Arc<Spawner>,
     interpreters: Interpreters,
     env_root: PathBuf,
@@ -112,6 +115,7 @@ impl ProcessRuntime {
                 .map_err(RuntimeError::io(&path))?;
         }
         Ok(Self {
+            run_dir: run_dir.to_owned(),
             spawner: Arc::new(Spawner::new(sandbox, cgroups, workers_dir, logs)),
             interpreters,
             env_root,
@@ -395,6 +399,10 @@ impl Runtime for ProcessRuntime {
         }
         if let Some(cgroups) = self.spawner.cgroups.clone() {
             let _ = tokio::task::spawn_blocking(move || cgroups.remove()).await;
+        }
+        // Every worker is gone with its pool or its instance: nothing of this run stays.
+        if let Err(err) = std::fs::remove_dir_all(&self.run_dir) {
+            tracing::warn!(dir = %self.run_dir.display(), error = %err, "cannot remove the workers' directory");
         }
     }
 }

@@ -3,6 +3,8 @@
 //! its own user, pid, ipc and uts namespaces, as an unprivileged uid even when Gust is root,
 //! with a clean environment and no way to outlive Gust.
 //!
+//! A seccomp filter ([`SeccompProgram`]) refuses the system calls a function has no use for.
+//!
 //! The worker's connection point is a listening Unix socket that Gust binds in a directory of
 //! its own and hands to the worker as an inherited descriptor (`GUST_LISTEN_FD`). Nothing the
 //! worker can write is on the path Gust connects through, so a worker cannot redirect Gust's
@@ -15,10 +17,12 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
+use std::sync::Arc;
 
 use tokio::process::Command;
 
 use crate::RuntimeError;
+use crate::seccomp::SeccompProgram;
 
 /// The uid and gid workers run as when Gust runs as root (`nobody` on Debian).
 const UNPRIVILEGED_ID: u32 = 65534;
@@ -49,6 +53,7 @@ pub const LISTEN_FD: i32 = 3;
 // Descriptor numbers the bind sources get in bwrap; above anything a fresh process holds.
 const CODE_FD: i32 = 200;
 const ENV_FD: i32 = 202;
+const SECCOMP_FD: i32 = 203;
 /// Size of a worker's private `/tmp`. A backstop only: its pages are charged to the worker's
 /// memory cgroup, so the function's memory limit is what bounds it where cgroups exist.
 const TMP_SIZE_BYTES: u64 = 1024 * 1024 * 1024;
@@ -59,6 +64,7 @@ const LIFTED_FD_FLOOR: i32 = 1024;
 pub enum Sandbox {
     Bubblewrap {
         bwrap: PathBuf,
+        seccomp: Arc<SeccompProgram>,
     },
     /// `--no-sandbox`: workers run as Gust's own user and see the whole host.
     Disabled,
@@ -88,11 +94,17 @@ pub struct BindSources<'a> {
     code: File,
     listener: UnixListener,
     env_dir: Option<(PathBuf, File)>,
+    /// The seccomp program for bwrap to read (sandboxed workers only).
+    seccomp: Option<File>,
 }
 
 impl<'a> BindSources<'a> {
     /// Opens the directories and binds the worker's listening socket at `paths.socket`.
-    pub fn open(paths: &'a WorkerPaths, env_dir: Option<&Path>) -> Result<Self, RuntimeError> {
+    pub fn open(
+        paths: &'a WorkerPaths,
+        env_dir: Option<&Path>,
+        sandbox: &Sandbox,
+    ) -> Result<Self, RuntimeError> {
         let open = |path: &Path| File::open(path).map_err(RuntimeError::io(path));
         let listener =
             UnixListener::bind(&paths.socket).map_err(RuntimeError::io(&paths.socket))?;
@@ -106,6 +118,14 @@ impl<'a> BindSources<'a> {
             env_dir: env_dir
                 .map(|dir| Ok::<_, RuntimeError>((dir.to_owned(), open(dir)?)))
                 .transpose()?,
+            seccomp: match sandbox {
+                Sandbox::Bubblewrap { seccomp, .. } => Some(
+                    seccomp
+                        .file()
+                        .map_err(RuntimeError::io("seccomp program (memfd)"))?,
+                ),
+                Sandbox::Disabled => None,
+            },
         })
     }
 }
@@ -121,11 +141,14 @@ impl Sandbox {
                 reason: "bubblewrap (bwrap) is not installed; install the `bubblewrap` package"
                     .into(),
             })?;
-        let sandbox = Sandbox::Bubblewrap { bwrap };
+        let sandbox = Sandbox::Bubblewrap {
+            bwrap,
+            seccomp: Arc::new(SeccompProgram::compile()?),
+        };
         let probe_dir = probe_dir()?;
         let paths = WorkerPaths::new(probe_dir.path());
         prepare_dirs(&paths)?;
-        let binds = BindSources::open(&paths, None)?;
+        let binds = BindSources::open(&paths, None, &sandbox)?;
         let output = sandbox
             .command(&binds, &["/usr/bin/true".to_owned()], &[], &[])
             .output()
@@ -187,7 +210,7 @@ impl Sandbox {
                 place_descriptors(&mut command, vec![(binds.listener.as_raw_fd(), LISTEN_FD)]);
                 command
             }
-            Sandbox::Bubblewrap { bwrap } => {
+            Sandbox::Bubblewrap { bwrap, .. } => {
                 let mut args: Vec<OsString> = Vec::new();
                 let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
                 push(&[
@@ -234,6 +257,9 @@ impl Sandbox {
                     push(&["--ro-bind", &path, &path]);
                 }
                 push(&["--remount-ro", "/dev", "--remount-ro", "/"]);
+                if binds.seccomp.is_some() {
+                    push(&["--seccomp", &SECCOMP_FD.to_string()]);
+                }
                 push(&["--chdir", "/tmp", "--clearenv"]);
                 for (key, value) in base_env() {
                     push(&["--setenv", key, &value]);
@@ -266,6 +292,7 @@ impl Sandbox {
                         .env_dir
                         .as_ref()
                         .map(|(_, fd)| (fd.as_raw_fd(), ENV_FD)),
+                    binds.seccomp.as_ref().map(|f| (f.as_raw_fd(), SECCOMP_FD)),
                 ];
                 place_descriptors(&mut command, fds.into_iter().flatten().collect());
                 command

@@ -108,7 +108,7 @@ impl Worker {
             .transpose()
             .map_err(|e| failed(format!("cannot create its cgroup: {e}")))?;
         let mut child = {
-            let binds = BindSources::open(&paths, command.env_dir.as_deref())?;
+            let binds = BindSources::open(&paths, command.env_dir.as_deref(), sandbox)?;
             let join = match &cgroup {
                 Some(cgroup) => cgroup
                     .procs_files()

@@ -31,6 +31,7 @@ const RETIRED_USAGE_KEYS: TableDefinition<&str, &str> = TableDefinition::new("us
 /// point reopens to the last committed state.
 pub struct EmbeddedStore {
     path: PathBuf,
+    cache_bytes: usize,
     /// `None` only while it is being reopened.
     db: RwLock<Option<Database>>,
     /// A write failed with an I/O error (a full disk, say). redb then refuses every later
@@ -66,12 +67,22 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
+/// Memory the embedded database may use to cache pages, unless told otherwise (the
+/// database's own default is 1 GiB, which a busy store grows into and keeps).
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Self::open_database(path)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a page cache of at most `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Self::open_database(path, cache_bytes)?;
         Self::create_tables(&db)?;
         Ok(Self {
             path: path.to_owned(),
+            cache_bytes,
             db: RwLock::new(Some(db)),
             poisoned: AtomicBool::new(false),
         })
@@ -81,9 +92,10 @@ impl EmbeddedStore {
     /// 3 keeps the allocator state in a table written with each commit; with format 2, a
     /// database reopened after an I/O error (a full disk) could trip redb's allocator check
     /// when it was closed.
-    fn open_database(path: &Path) -> Result<Database, StoreError> {
+    fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
         let mut db = redb::Builder::new()
             .create_with_file_format_v3(true)
+            .set_cache_size(cache_bytes)
             .create(path)?;
         db.upgrade()?;
         Ok(db)
@@ -125,7 +137,7 @@ impl EmbeddedStore {
         }
         // redb holds a lock on the file: the old handle goes before the new one opens.
         drop(slot.take());
-        let db = Self::open_database(&self.path)?;
+        let db = Self::open_database(&self.path, self.cache_bytes)?;
         *slot = Some(db);
         self.poisoned.store(false, Ordering::Release);
         tracing::warn!(path = %self.path.display(), "database reopened after an I/O error");

@@ -1,0 +1,76 @@
+//! End-to-end: what functions leave behind. Create, invoke and delete functions in both
+//! tiers and check that their metric series and worker directories go with them, and that a
+//! clean stop leaves no workers' directory.
+
+use std::time::Duration;
+
+use gust_harness::{Gust, GustOptions, eventually};
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/probe.wasm");
+
+fn worker_dirs(gust: &Gust) -> usize {
+    std::fs::read_dir(gust.worker_run_dir().join("workers")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn r53_deleted_functions_leave_no_series_or_worker_directories_and_a_clean_stop_no_run_dir() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    // The pools (one python, one node worker) fill first.
+    let pooled = eventually(Duration::from_secs(30), || {
+        let n = worker_dirs(&gust);
+        (n >= 2).then_some(n)
+    })
+    .expect("the pools fill");
+    for round in 0..3 {
+        let py = format!("churn-py-{round}");
+        let wasm = format!("churn-wasm-{round}");
+        gust.deploy(&py, "python", "f.py", "def main():\n    return 'ok'\n", &[]);
+        gust.cli(&["fn", "create", &wasm, "--env", "wasm", "--code", PROBE])
+            .ok();
+        gust.cli(&[
+            "route",
+            "create",
+            "--fn",
+            &wasm,
+            "--url",
+            &format!("/{wasm}"),
+        ])
+        .ok();
+        for path in [&py, &wasm] {
+            for status in ["", "?status=404"] {
+                let _ = gust.get(&format!("/{path}{status}"));
+            }
+        }
+        let metrics = gust.metrics();
+        assert!(metrics.contains(&format!("function=\"{py}\"")));
+        assert!(metrics.contains(&format!("function=\"{wasm}\"")));
+        gust.cli(&["fn", "delete", &py]).ok();
+        gust.cli(&["fn", "delete", &wasm]).ok();
+        let metrics = gust.metrics();
+        for gone in [&py, &wasm] {
+            assert!(
+                !metrics.contains(&format!("function=\"{gone}\"")),
+                "{gone} still has series:\n{metrics}"
+            );
+        }
+    }
+    // The deleted functions' workers and their directories are gone; the pools remain.
+    let left = eventually(Duration::from_secs(15), || {
+        let n = worker_dirs(&gust);
+        (n <= pooled).then_some(n)
+    });
+    assert!(
+        left.is_some(),
+        "{} worker directories, {pooled} pooled",
+        worker_dirs(&gust)
+    );
+    let run_dir = gust.worker_run_dir();
+    assert!(run_dir.exists());
+    assert!(gust.stop(), "a clean stop:\n{}", gust.log());
+    assert!(
+        !run_dir.exists(),
+        "{} is left after a clean stop",
+        run_dir.display()
+    );
+}
