@@ -10,7 +10,10 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use gust_harness::{Gust, GustOptions};
+use http_body_util::Empty;
+use hyper::client::conn::http1::SendRequest;
 
 use common::{HELLO_WASM, deploy, get, ms, print_table, rss_kib, stats, tcp_sender};
 
@@ -23,16 +26,15 @@ fn descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// Warm GET latencies on one kept-alive connection.
-fn measure(rt: &tokio::runtime::Runtime, port: u16) -> Vec<Duration> {
+/// Warm GET latencies on a kept-alive connection.
+fn measure(rt: &tokio::runtime::Runtime, sender: &mut SendRequest<Empty<Bytes>>) -> Vec<Duration> {
     rt.block_on(async {
-        let mut sender = tcp_sender(port).await;
         for _ in 0..100 {
-            get(&mut sender, "/hello").await;
+            get(sender, "/hello").await;
         }
         let mut samples = Vec::with_capacity(SAMPLES);
         for _ in 0..SAMPLES {
-            samples.push(get(&mut sender, "/hello").await);
+            samples.push(get(sender, "/hello").await);
         }
         samples
     })
@@ -94,48 +96,77 @@ fn run(rt: &tokio::runtime::Runtime) {
     deploy(&gust, "hello", "wasm", "hello.wasm", HELLO_WASM);
     let pid = gust.pid();
     let (fd_quiet, rss_quiet) = (descriptors(pid), rss_kib(pid));
-    let quiet = stats(measure(rt, gust.public_port));
+    // A client that was connected before the flood keeps its connection through it.
+    let mut sender = rt.block_on(tcp_sender(gust.public_port));
+    let quiet = stats(measure(rt, &mut sender));
 
     let started = Instant::now();
     let (idle, refused) = flood(gust.public_port);
     let opened_in = started.elapsed();
     let (fd_flooded, rss_flooded) = (descriptors(pid), rss_kib(pid));
-    let flooded = stats(measure(rt, gust.public_port));
+    // A client arriving now: with the flood at the listener's cap it may be refused too.
+    let newcomer = std::net::TcpStream::connect(("127.0.0.1", gust.public_port))
+        .and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok(answer.starts_with("HTTP/1.1 200"))
+        })
+        .unwrap_or(false);
+    let flooded = stats(measure(rt, &mut sender));
     drop(idle);
     std::thread::sleep(Duration::from_secs(1));
-    let after = stats(measure(rt, gust.public_port));
+    let after = stats(measure(rt, &mut rt.block_on(tcp_sender(gust.public_port))));
     let (fd_after, rss_after) = (descriptors(pid), rss_kib(pid));
 
-    let row = |what: &str, s: &common::Stats, fds: usize, rss: u64| {
-        [
-            what.to_owned(),
-            format!("{} / {}", ms(s.p50), ms(s.p99)),
-            format!("{fds}"),
-            format!("{:.1} MB", rss as f64 / 1024.0),
-        ]
-    };
+    let latency = |s: &common::Stats| format!("{} / {}", ms(s.p50), ms(s.p99));
     print_table(
         &format!(
-            "Warm GET to a wasm function (p50 / p99, {SAMPLES} requests) with {IDLE_CONNECTIONS} idle connections attempted from {CLIENT_ADDRESSES} addresses: {} held, {refused} refused, opened in {:.1} s",
+            "Edge: {IDLE_CONNECTIONS} idle connections attempted from {CLIENT_ADDRESSES} addresses: {} held, {refused} refused, in {:.1} s; a new client during the flood {}",
             IDLE_CONNECTIONS - refused,
-            opened_in.as_secs_f64()
+            opened_in.as_secs_f64(),
+            if newcomer {
+                "was served"
+            } else {
+                "was refused"
+            }
         ),
         vec![
             [
-                "listener".into(),
-                "latency".into(),
-                "gust descriptors".into(),
-                "gust RSS".into(),
+                format!("warm GET to wasm, p50 / p99 ({SAMPLES} requests), flooded"),
+                latency(&flooded),
+                format!("{} (quiet)", latency(&quiet)),
+                format!(
+                    "{:.2} / {:.2}",
+                    flooded.p50.as_secs_f64() / quiet.p50.as_secs_f64(),
+                    flooded.p99.as_secs_f64() / quiet.p99.as_secs_f64()
+                ),
             ],
-            row("quiet (baseline)", &quiet, fd_quiet, rss_quiet),
-            row("flooded", &flooded, fd_flooded, rss_flooded),
-            row("after the flood closed", &after, fd_after, rss_after),
+            [
+                "warm GET after the flood closed".into(),
+                latency(&after),
+                format!("{} (quiet)", latency(&quiet)),
+                format!("{:.2}", after.p50.as_secs_f64() / quiet.p50.as_secs_f64()),
+            ],
+            [
+                "gust descriptors: flooded / after".into(),
+                format!("{fd_flooded} / {fd_after}"),
+                format!("{fd_quiet} (quiet)"),
+                String::new(),
+            ],
+            [
+                "gust RSS: flooded / after".into(),
+                format!(
+                    "{:.1} / {:.1} MB",
+                    rss_flooded as f64 / 1024.0,
+                    rss_after as f64 / 1024.0
+                ),
+                format!("{:.1} MB (quiet)", rss_quiet as f64 / 1024.0),
+                String::new(),
+            ],
         ],
-    );
-    println!(
-        "ratio flooded / quiet: p50 {:.2}, p99 {:.2}",
-        flooded.p50.as_secs_f64() / quiet.p50.as_secs_f64(),
-        flooded.p99.as_secs_f64() / quiet.p99.as_secs_f64()
     );
 }
 

@@ -9,6 +9,7 @@ mod client;
 mod code_upload;
 mod commands;
 mod deployments;
+mod garbage;
 mod output;
 mod tiers;
 

@@ -55,6 +55,29 @@ fn r53_deleted_functions_leave_no_series_or_worker_directories_and_a_clean_stop_
             );
         }
     }
+    // Their code and compiled components are deleted soon after (nothing else refers to them).
+    let code_dir = gust.data_dir().join("code");
+    let cache_dir = gust.data_dir().join("wasm-cache");
+    let leftovers = || {
+        let trees = std::fs::read_dir(&code_dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        });
+        let compiled = std::fs::read_dir(&cache_dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+                .count()
+        });
+        (trees, compiled)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || (leftovers() == (0, 0))
+            .then_some(()))
+        .is_some(),
+        "code trees and compiled components left: {:?}",
+        leftovers()
+    );
     // The deleted functions' workers and their directories are gone; the pools remain.
     let left = eventually(Duration::from_secs(15), || {
         let n = worker_dirs(&gust);
@@ -73,4 +96,51 @@ fn r53_deleted_functions_leave_no_series_or_worker_directories_and_a_clean_stop_
         "{} is left after a clean stop",
         run_dir.display()
     );
+}
+
+#[test]
+fn a_function_keeps_its_newest_ten_revisions_and_only_their_code() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let source = |i: usize| format!("def main():\n    return 'v{i}'\n");
+    gust.deploy("many", "python", "f.py", &source(1), &[]);
+    for i in 2..=13 {
+        let path = gust.write_file(&format!("many-{i}/f.py"), source(i));
+        gust.cli(&["fn", "update", "many", "--code", path.to_str().unwrap()])
+            .ok();
+    }
+    assert_eq!(gust.get("/many").text().unwrap(), "v13");
+    let revisions: serde_json::Value = gust
+        .api(
+            gust_harness::reqwest::Method::GET,
+            "/v1/functions/many/revisions",
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let numbers: Vec<u64> = revisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers.len(), 10, "{numbers:?}");
+    assert!(numbers.iter().all(|n| (4..=13).contains(n)), "{numbers:?}");
+    let err = gust.cli(&["fn", "rollback", "many", "--to", "2"]).failed();
+    assert!(err.contains("not found"), "{err}");
+    // Only the kept revisions' code stays.
+    let trees = || {
+        std::fs::read_dir(gust.data_dir().join("code")).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || (trees() == 10).then_some(())).is_some(),
+        "{} code trees",
+        trees()
+    );
+    gust.cli(&["fn", "rollback", "many", "--to", "5"]).ok();
+    assert_eq!(gust.get("/many").text().unwrap(), "v5");
 }

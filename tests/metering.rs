@@ -311,3 +311,56 @@ fn metrics_count_invocations_cold_starts_and_throttling_with_safe_labels() {
     );
     assert!(!metrics.contains("x-gust-request-id"));
 }
+
+/// `gust usage` totals of one function: (invocations, errors, billed ms).
+fn usage_totals(gust: &Gust, function: &str) -> (u64, u64, u64) {
+    let report: Value = serde_json::from_str(
+        &gust
+            .cli(&["usage", "--fn", function, "--since", "2h", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    // No row until the first record is stored.
+    let row = &report["rows"][0];
+    let field = |name: &str| row[name].as_u64().unwrap_or(0);
+    (field("invocations"), field("errors"), field("billed_ms"))
+}
+
+#[test]
+fn raw_records_past_their_retention_go_and_usage_totals_stay_the_same_across_a_kill_9() {
+    let mut gust = Gust::start(
+        GUST,
+        GustOptions {
+            extra_args: vec!["--usage-records-retention".into(), "1s".into()],
+            ..GustOptions::default()
+        },
+    );
+    gust.deploy("kept", "python", "f.py", FLAKY_PY, &[]);
+    send(&gust, "/kept", 30);
+    send(&gust, "/kept?fail=1", 5);
+    let before = eventually(Duration::from_secs(10), || {
+        let totals = usage_totals(&gust, "kept");
+        (totals.0 == 35).then_some(totals)
+    })
+    .expect("35 invocations counted");
+    assert_eq!(before.1, 5);
+    // Pruning runs every 10 s; the raw records go, the totals do not change.
+    eventually(Duration::from_secs(30), || {
+        records(&gust, "kept").is_empty().then_some(())
+    })
+    .expect("records past a 1 s retention are deleted");
+    assert_eq!(usage_totals(&gust, "kept"), before);
+    gust.restart(); // kill -9, then start again
+    assert_eq!(
+        usage_totals(&gust, "kept"),
+        before,
+        "none lost, none doubled"
+    );
+    send(&gust, "/kept", 5);
+    let after = eventually(Duration::from_secs(10), || {
+        let totals = usage_totals(&gust, "kept");
+        (totals.0 == 40).then_some(totals)
+    });
+    assert!(after.is_some(), "new attempts add to the same totals");
+}

@@ -27,6 +27,10 @@ PARAM_PREFIX = "x-gust-param-"
 
 WARMUP_PATH = "/_gust/warmup"  # reserved by the worker protocol: no route reaches it
 
+# Gust's router lets through at most 64 header fields and adds a few of its own: take more than
+# that, so a request that reached a worker never makes it answer 431 and close the connection.
+http.client._MAXHEADERS = 1000
+
 _lock = threading.Lock()
 _function = None
 _takes_request = False

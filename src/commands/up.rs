@@ -15,7 +15,7 @@ use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, 
 use gust_executor::{
     Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver, Runtime,
 };
-use gust_metering::{Meter, Metrics, PriceSheet, UsageWriter};
+use gust_metering::{Meter, Metrics, PriceSheet, UsageRetention, UsageWriter, prune_usage};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
 use gust_router::{BodyBudget, ConnectionLimits, PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli_config::CliConfig;
 use crate::deployments::StoreDeployments;
+use crate::garbage::Collector;
 use crate::tiers::Tiers;
 
 /// Log lines kept per function.
@@ -88,6 +89,10 @@ pub struct UpArgs {
     /// closed after the same time
     #[arg(long, env = "GUST_HEADER_TIMEOUT", default_value = "10s")]
     header_timeout: String,
+    /// How long a response may wait for its client to take any of it before the connection
+    /// is closed (a client that stops reading cannot hold the response's memory)
+    #[arg(long, env = "GUST_SEND_TIMEOUT", default_value = "30s")]
+    send_timeout: String,
     /// Asynchronous invocations one function may have waiting or running; more are answered
     /// 429
     #[arg(long, env = "GUST_ASYNC_QUEUE_DEPTH", default_value_t = 1_000)]
@@ -102,6 +107,12 @@ pub struct UpArgs {
     /// Dead letters kept per function; the oldest beyond it are deleted
     #[arg(long, env = "GUST_DEAD_LETTERS_PER_FUNCTION", default_value_t = 1_000)]
     dead_letters_per_function: u64,
+    /// How long raw usage records (one per attempt) are kept; hourly totals hold them after
+    #[arg(long, env = "GUST_USAGE_RECORDS_RETENTION", default_value = "24h")]
+    usage_records_retention: String,
+    /// How long hourly usage totals (what reports and invoices use) are kept
+    #[arg(long, env = "GUST_USAGE_RETENTION", default_value = "400days")]
+    usage_retention: String,
     /// Memory (MB) the embedded store may use to cache its pages
     #[arg(long, env = "GUST_STORE_CACHE", default_value_t = 64)]
     store_cache: usize,
@@ -111,9 +122,13 @@ pub struct UpArgs {
     body_memory: usize,
 }
 
-/// Largest request header Gust reads: below what the built-in worker servers accept, so that
-/// what reaches a worker never makes it drop the connection.
+/// Largest request header Gust reads, and most header fields: with the headers Gust adds (a
+/// copy of `Host` among them), well below what the built-in worker servers accept (64 KiB in
+/// Node.js, 1,000 fields in Python), so what reaches a worker never makes it drop the
+/// connection.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
 /// The API listener's connection limits (its clients are operators and the CLI).
 const API_MAX_CONNECTIONS: usize = 256;
 const API_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
@@ -136,6 +151,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let idle_timeout = parse_duration("idle timeout", &args.idle_timeout)?;
     let header_timeout = parse_duration("header timeout", &args.header_timeout)?;
+    let send_timeout = parse_duration("send timeout", &args.send_timeout)?;
+    let usage_retention = UsageRetention {
+        records: parse_duration("usage records retention", &args.usage_records_retention)?,
+        hours: parse_duration("usage retention", &args.usage_retention)?,
+    };
     let descriptors = raise_descriptor_limit();
     // Connections must leave descriptors for workers, the store and the API.
     let max_connections = args
@@ -247,10 +267,18 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     queue.register_metrics(metrics.registry_mut());
     let mq_metrics = MqMetrics::default();
     mq_metrics.register(metrics.registry_mut());
-    let wasm: Arc<dyn Runtime> = Arc::new(wasm);
-    let runtime: Arc<dyn Runtime> = Arc::new(Tiers { process, wasm });
+    let wasm = Arc::new(wasm);
+    let runtime: Arc<dyn Runtime> = Arc::new(Tiers {
+        process,
+        wasm: wasm.clone(),
+    });
     let stop_usage = CancellationToken::new();
     let usage = UsageWriter::start(usage_store.clone(), stop_usage.clone());
+    tokio::spawn(prune_usage(
+        usage_store.clone(),
+        usage_retention,
+        stop_usage.clone(),
+    ));
     let meter = Arc::new(Meter::new(metrics, usage.clone()));
     let deployments = Arc::new(StoreDeployments {
         store: store.clone(),
@@ -287,6 +315,12 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     let routes = Routes::new(store.routes(None)?);
     let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024));
+    let collector = Arc::new(Collector {
+        store: store.clone(),
+        code: code.clone(),
+        wasm,
+        released: Arc::new(tokio::sync::Notify::new()),
+    });
     let state = Arc::new(ApiState {
         store,
         code,
@@ -303,6 +337,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         timers: timers.clone(),
         mq: mq.clone(),
         bodies: bodies.clone(),
+        code_released: collector.released.clone(),
     });
     state.sync_environments()?;
     // Functions with a minimum of instances get them now, not on their first request.
@@ -331,6 +366,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(dispatcher.clone().run(shutdown.child_token()));
     tokio::spawn(timers.run(shutdown.child_token()));
     let mq_stopped = tokio::spawn(mq.run(shutdown.child_token()));
+    tokio::spawn(collector.run(shutdown.child_token()));
 
     let public_app = public_router(PublicState {
         routes,
@@ -343,6 +379,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_per_client: args.max_connections_per_client,
         header_read_timeout: header_timeout,
         max_header_bytes: MAX_HEADER_BYTES,
+        max_headers: MAX_HEADERS,
+        send_stall_timeout: send_timeout,
     };
     let api_limits = ConnectionLimits {
         max_connections: API_MAX_CONNECTIONS,

@@ -303,6 +303,8 @@ pub async fn create(
         .ok_or_else(|| ApiError::Invalid("code is required".into()))?;
     state
         .blocking(move |s| {
+            // Garbage collection waits until the new code's revision is stored.
+            let _code = s.code.hold();
             // Check what can be checked before storing any code.
             let env = require_environment(s, &environment)?;
             check_tier_settings(&env, &fields)?;
@@ -355,6 +357,8 @@ pub async fn update(
     let config = body.config();
     state
         .blocking(move |s| {
+            // Garbage collection waits until the new code's revision is stored.
+            let _code = s.code.hold();
             let current = load(s, &namespace, &name)?;
             let fields = config.apply(Some(current.current_revision()))?;
             let environment = fields
@@ -393,6 +397,8 @@ pub async fn update(
                     Ok(function)
                 })?;
             s.executor.function_deployed(&namespace, &name);
+            // An update can prune the oldest revision and with it the last use of its code.
+            s.code_released.notify_one();
             Ok(FunctionView::new(&updated, s))
         })
         .await
@@ -457,6 +463,7 @@ pub async fn rollback(
                 other => other.into(),
             })?;
             s.executor.function_deployed(&namespace, &name);
+            s.code_released.notify_one();
             Ok(FunctionView::new(&updated, s))
         })
         .await
@@ -470,6 +477,7 @@ pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, 
         .blocking(move |s| {
             s.store.delete_function(&namespace, &name)?;
             s.executor.function_deleted(&namespace, &name);
+            s.code_released.notify_one();
             s.logs
                 .remove(&gust_executor::function_key(&namespace, &name));
             Ok(StatusCode::NO_CONTENT)

@@ -66,7 +66,7 @@ pub async fn invoke(
         MAX_REQUEST_BYTES
     };
     let (parts, body) = request.into_parts();
-    let (body, _reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
+    let (body, reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
         Ok(read) => read,
         Err(err) => return Ok(err.with_request_id(&id)),
     };
@@ -106,7 +106,7 @@ pub async fn invoke(
         request: forwarded,
     };
     Ok(match state.invoker.invoke(invocation).await {
-        Ok(response) => function_response(response, &id),
+        Ok(response) => function_response(response, &id, reserved),
         Err(error) => invoke_error_response(&error, id.as_str()),
     })
 }

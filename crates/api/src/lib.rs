@@ -62,6 +62,9 @@ pub struct ApiState {
     pub mq: Arc<MqTriggers>,
     /// Memory for invocation bodies in flight, shared with the public listener.
     pub bodies: BodyBudget,
+    /// Notified when stored code may have lost its last reference (a function deleted, a
+    /// revision pruned): garbage collection runs soon after.
+    pub code_released: Arc<tokio::sync::Notify>,
 }
 
 impl ApiState {

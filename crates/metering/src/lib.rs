@@ -9,16 +9,19 @@
 //! - [`Metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`PriceSheet`] and [`report::build`]: hourly totals rolled up into usage reports with
 //!   cost.
+//! - [`prune_usage`] and [`UsageRetention`]: raw records kept briefly, hourly totals long.
 //!
 //! Not here: measuring (the executor and runtimes do), storage (`gust-store`).
 
 mod metrics;
 mod prices;
 pub mod report;
+mod retention;
 mod writer;
 
 pub use metrics::Metrics;
 pub use prices::{PriceSheet, PriceSheetError};
+pub use retention::{UsageRetention, prune_usage};
 pub use writer::{FLUSH_INTERVAL, UsageWriter};
 
 use std::time::UNIX_EPOCH;

@@ -104,6 +104,9 @@ fn validate_env_var(key: &str, value: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Revisions a function keeps, newest first; older ones (and code only they used) are deleted.
+pub const KEPT_REVISIONS: usize = 10;
+
 /// One immutable version of a function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
@@ -152,11 +155,17 @@ impl Function {
         self.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1
     }
 
-    /// Appends `revision` (its number is assigned here) and makes it current.
+    /// Appends `revision` (its number is assigned here) and makes it current; only the
+    /// newest [`KEPT_REVISIONS`] stay (the new one is current, so it is among them).
     pub fn push_revision(&mut self, mut revision: Revision) -> RevisionNumber {
         revision.number = self.next_number();
         self.current = revision.number;
         self.revisions.push(revision);
+        if self.revisions.len() > KEPT_REVISIONS {
+            self.revisions.sort_by_key(|r| r.number);
+            let excess = self.revisions.len() - KEPT_REVISIONS;
+            self.revisions.drain(..excess);
+        }
         self.current
     }
 }
@@ -407,5 +416,12 @@ mod tests {
         assert_eq!(function.push_revision(revision()), 2);
         assert_eq!(function.current_revision().number, 2);
         assert!(function.revision(1).is_some());
+        for expected in 3..=15 {
+            assert_eq!(function.push_revision(revision()), expected);
+        }
+        let kept: Vec<RevisionNumber> = function.revisions.iter().map(|r| r.number).collect();
+        assert_eq!(kept, (6..=15).collect::<Vec<_>>(), "the newest ten");
+        assert_eq!(function.current_revision().number, 15);
+        assert!(function.revision(1).is_none());
     }
 }

@@ -28,8 +28,8 @@ pub use environment::{
 };
 pub use error::ModelError;
 pub use function::{
-    CodeRef, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function, FunctionConfig, Limits,
-    Revision, RevisionFields, RevisionNumber, parse_duration,
+    CodeRef, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function, FunctionConfig, KEPT_REVISIONS,
+    Limits, Revision, RevisionFields, RevisionNumber, parse_duration,
 };
 pub use invocation::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MAX_STORED_RESPONSE_BYTES,

@@ -1,7 +1,9 @@
 //! Reading a request body into memory within three bounds: its size (413), a memory budget
-//! shared by every body in flight on a listener (503: many large bodies at once cannot take
-//! Gust's memory), and a minimum rate (408: a client dripping bytes cannot hold a connection
-//! and its buffer for ever).
+//! shared by every body in flight (503: many large bodies at once cannot take Gust's memory),
+//! and a minimum rate (408: a client dripping bytes cannot hold a connection and its buffer for
+//! ever). The budget is taken as bytes arrive, never for a declared length alone, and a
+//! response stays counted until the client has taken all but its last chunk
+//! ([`held_response`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,10 @@ const BODY_GRACE: Duration = Duration::from_secs(10);
 const MIN_BODY_RATE: u64 = 32 * 1024;
 /// The budget's unit: permits are counted in KiB so that a budget of gigabytes fits.
 const UNIT: usize = 1024;
+/// Buffer allocated before a body's first bytes, whatever length it declares.
+const INITIAL_CAPACITY: usize = 64 * 1024;
+/// Piece of a response handed to the connection at a time.
+const RESPONSE_CHUNK: usize = 64 * 1024;
 
 /// Memory for request bodies being read or waiting on their function, shared by every request
 /// of the listeners it is given to.
@@ -48,6 +54,13 @@ pub struct Reserved {
 }
 
 impl Reserved {
+    /// Grows the reservation by `bytes` (a response to hold beside its request), or fails at
+    /// once when the budget has no room.
+    pub fn extend(&mut self, bytes: usize) -> Result<(), BodyError> {
+        let held = self.permit.as_ref().map_or(0, |p| p.num_permits()) * UNIT;
+        self.cover(held + bytes)
+    }
+
     /// Grows the reservation to cover `bytes`, or fails at once when the budget has no room.
     fn cover(&mut self, bytes: usize) -> Result<(), BodyError> {
         let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
@@ -89,9 +102,9 @@ pub async fn read_limited(
         budget: budget.units.clone(),
         permit: None,
     };
+    // Memory is taken as bytes arrive: a declared length alone holds nothing.
     let declared = declared.map_or(0, |len| len as usize);
-    reserved.cover(declared)?;
-    let mut buffer = BytesMut::with_capacity(declared);
+    let mut buffer = BytesMut::with_capacity(declared.min(INITIAL_CAPACITY));
     let started = Instant::now();
     loop {
         let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
@@ -114,6 +127,50 @@ pub async fn read_limited(
         }
     }
     Ok((buffer.freeze(), reserved))
+}
+
+/// A response body that keeps `held` (its memory in the budget) until the connection has
+/// taken all but its last chunk, handing it over a chunk at a time so that a client that
+/// does not read keeps at most one chunk moving.
+pub fn held_response(bytes: Bytes, held: Reserved) -> Body {
+    Body::new(HeldResponse {
+        bytes,
+        sent: 0,
+        _held: held,
+    })
+}
+
+struct HeldResponse {
+    bytes: Bytes,
+    sent: usize,
+    _held: Reserved,
+}
+
+impl hyper::body::Body for HeldResponse {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.sent >= this.bytes.len() {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (this.sent + RESPONSE_CHUNK).min(this.bytes.len());
+        let chunk = this.bytes.slice(this.sent..end);
+        this.sent = end;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.bytes.len()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact((self.bytes.len() - self.sent) as u64)
+    }
 }
 
 /// Why a request body was not accepted.
@@ -181,6 +238,27 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         headers
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_alone_takes_nothing_and_a_response_holds_its_share_until_sent() {
+        let budget = BodyBudget::new(10 * UNIT);
+        // Declares 8 KiB, sends 1: only what arrived is taken.
+        let (_small, mut held) = read_limited(
+            &declaring(8 * UNIT),
+            Body::from(vec![1u8; UNIT]),
+            1 << 20,
+            &budget,
+        )
+        .await
+        .unwrap();
+        assert_eq!(budget.units.available_permits(), 9);
+        held.extend(6 * UNIT).unwrap();
+        assert_eq!(budget.units.available_permits(), 3);
+        let body = held_response(Bytes::from(vec![7u8; 6 * UNIT]), held);
+        let sent = body.collect().await.unwrap().to_bytes();
+        assert_eq!(sent.len(), 6 * UNIT);
+        assert_eq!(budget.units.available_permits(), 10, "given back once sent");
     }
 
     #[tokio::test]

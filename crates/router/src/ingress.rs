@@ -2,7 +2,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -11,7 +10,7 @@ use gust_executor::{Invocation, Invoker, RequestId, TriggerKind};
 use gust_model::{AsyncSource, RouteMode};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
-use crate::body::{BodyBudget, read_limited};
+use crate::body::{BodyBudget, Reserved, held_response, read_limited};
 use crate::{ErrorBody, Routes, invoke_error_response};
 
 /// Largest request body a function receives (6 MB, as Lambda's synchronous limit).
@@ -120,8 +119,9 @@ async fn serve(
     } else {
         MAX_REQUEST_BYTES
     };
-    // Held until the function has answered: the body's memory stays counted while it lives.
-    let (body, _reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
+    // Held until the function has answered and the client has taken the response: the
+    // bodies' memory stays counted while it lives.
+    let (body, reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
         Ok(read) => read,
         Err(error) => return error.with_request_id(&id),
     };
@@ -176,7 +176,7 @@ async fn serve(
         request: forwarded,
     };
     match state.invoker.invoke(invocation).await {
-        Ok(response) => function_response(response, &id),
+        Ok(response) => function_response(response, &id, reserved),
         Err(error) => invoke_error_response(&error, id.as_str()),
     }
 }
@@ -262,8 +262,13 @@ fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// The function's response as the caller gets it: hop-by-hop headers dropped, the request id
-/// added.
-pub fn function_response(response: http::Response<Bytes>, id: &RequestId) -> Response {
+/// added, its bytes held in the body budget beside the request's until the client has taken
+/// them (503 when the budget has no room for them).
+pub fn function_response(
+    response: http::Response<Bytes>,
+    id: &RequestId,
+    mut held: Reserved,
+) -> Response {
     let (mut parts, body) = response.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
@@ -280,5 +285,8 @@ pub fn function_response(response: http::Response<Bytes>, id: &RequestId) -> Res
         parts.headers.remove(name);
     }
     set(&mut parts.headers, "x-gust-request-id", id.as_str());
-    Response::from_parts(parts, Body::from(body))
+    if let Err(error) = held.extend(body.len()) {
+        return error.with_request_id(id);
+    }
+    Response::from_parts(parts, held_response(body, held))
 }

@@ -1,9 +1,10 @@
 //! Serving an HTTP listener within bounds a hostile client cannot push past: a cap on open
 //! connections, overall and per client address (the excess is accepted and closed at once, so
 //! the kernel's backlog never fills); a deadline for each request's header, which also ends
-//! idle keep-alive and half-open connections; and a drain on shutdown that stops accepting,
-//! closes idle connections, answers every request already read with `Connection: close` and
-//! waits for the rest.
+//! idle keep-alive and half-open connections; a deadline for a response the client stops
+//! reading ([`ConnectionLimits::send_stall_timeout`]), so an unread response cannot hold its
+//! memory for ever; and a drain on shutdown that stops accepting, closes idle connections,
+//! answers every request already read with `Connection: close` and waits for the rest.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +15,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
+use std::future::Future;
+
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -33,6 +36,11 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Largest request header (all lines together) read into memory.
     pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// How long a response may wait for the client to take any of it before the connection
+    /// is closed.
+    pub send_stall_timeout: Duration,
 }
 
 /// Serves `app` on `listener` until `shutdown`, then drains: returns once every connection
@@ -157,7 +165,9 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    let stream = SendStall::new(stream, limits.send_stall_timeout);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
@@ -167,6 +177,103 @@ async fn serve_connection(
     // Idle: closed now. Mid-request: the response goes out with `Connection: close`.
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
+}
+
+/// A connection whose writes fail once the peer has taken nothing for `limit`.
+struct SendStall<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write waits for the peer.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> SendStall<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SendStall<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S> SendStall<S> {
+    /// Passes a write's outcome on, failing it once the peer has taken nothing for `limit`.
+    fn checked<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        outcome: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match outcome {
+            Poll::Pending => {
+                let limit = self.limit;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took none of the response in time",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendStall<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let outcome = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.checked(cx, outcome)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let outcome = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.checked(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let outcome = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.checked(cx, outcome)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +289,8 @@ mod tests {
             max_per_client: 2,
             header_read_timeout: Duration::from_secs(1),
             max_header_bytes: 8192,
+            max_headers: 64,
+            send_stall_timeout: Duration::from_secs(1),
         };
         let hostile: IpAddr = "127.0.0.2".parse().unwrap();
         let other: IpAddr = "127.0.0.1".parse().unwrap();

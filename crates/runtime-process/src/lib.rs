@@ -141,6 +141,8 @@ impl ProcessRuntime {
                     BuiltinRuntime::Node => {
                         // V8 fails with a heap error before the kernel kills the worker.
                         program.push(format!("--max-old-space-size={}", node_heap_mb(memory_mb)));
+                        // Above what the router lets through plus the headers Gust adds.
+                        program.push("--max-http-header-size=65536".to_owned());
                         program.push("{env}/server.js".to_owned());
                         heap_sized_for = Some(memory_mb);
                     }

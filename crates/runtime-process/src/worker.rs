@@ -28,6 +28,8 @@ use crate::sandbox::{BindSources, Sandbox, WorkerPaths, prepare_dirs};
 
 /// How long a worker may take from process start to answering `/healthz`.
 const START_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a running worker may take to accept and answer a new connection's `/healthz`.
+const LANE_OPEN_DEADLINE: Duration = Duration::from_secs(5);
 /// Header a worker server sets when the function raised instead of answering.
 pub const FUNCTION_ERROR_HEADER: &str = "x-gust-function-error";
 /// File in a worker's directory holding the pid of its process.
@@ -503,9 +505,14 @@ impl SharedWorker {
             .is_ok()
     }
 
-    /// Opens a reserved lane; the reservation is released if the worker does not answer.
+    /// Opens a reserved lane; the reservation is released if the worker does not answer in
+    /// time (a function can stop accepting connections).
     pub async fn open_lane(self: &Arc<Self>) -> Option<Lane> {
-        match probe(&self.socket).await {
+        match tokio::time::timeout(LANE_OPEN_DEADLINE, probe(&self.socket))
+            .await
+            .ok()
+            .flatten()
+        {
             Some(sender) => Some(Lane {
                 shared: self.clone(),
                 sender,
@@ -644,6 +651,42 @@ fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Most output read from one worker stream per second, kept or dropped: past it the reader
+/// pauses and the worker's writes wait on its full pipe, so however much (and in whatever
+/// shape: a line at a time, megabytes without a newline) a function writes, reading it costs
+/// Gust a bounded amount of CPU.
+const MAX_READ_BYTES_PER_SECOND: usize = 16 * 1024 * 1024;
+
+/// What one output stream has read in the current second.
+struct ReadBudget {
+    window_start: tokio::time::Instant,
+    read: usize,
+}
+
+impl ReadBudget {
+    fn new() -> Self {
+        Self {
+            window_start: tokio::time::Instant::now(),
+            read: 0,
+        }
+    }
+
+    /// Counts `bytes` read; waits for the next second once this one's allowance is used.
+    async fn took(&mut self, bytes: usize) {
+        let now = tokio::time::Instant::now();
+        if now >= self.window_start + Duration::from_secs(1) {
+            self.window_start = now;
+            self.read = 0;
+        }
+        self.read += bytes;
+        if self.read > MAX_READ_BYTES_PER_SECOND {
+            tokio::time::sleep_until(self.window_start + Duration::from_secs(1)).await;
+            self.window_start = tokio::time::Instant::now();
+            self.read = 0;
+        }
+    }
+}
+
 /// Forwards a worker's output to the function's logs, one line at a time, never holding more
 /// than one capped line in memory whatever the worker writes.
 async fn pump_lines(
@@ -682,6 +725,7 @@ async fn pump_lines(
         line.clear();
         admission
     };
+    let mut budget = ReadBudget::new();
     loop {
         let available = match reader.fill_buf().await {
             Ok([]) | Err(_) => break,
@@ -694,6 +738,7 @@ async fn pump_lines(
         let room = cap.saturating_sub(line.len());
         line.extend_from_slice(&chunk[..chunk.len().min(room)]);
         reader.consume(consumed);
+        budget.took(consumed).await;
         if complete && let Admission::Dropped { retry_in } = emit(&mut line) {
             // Over the function's log rate: until it is taken again, read and discard without
             // looking at lines, only counting them, so a flood costs Gust little CPU and the
@@ -710,6 +755,7 @@ async fn pump_lines(
                 discarded += bytes.iter().filter(|b| **b == b'\n').count() as u64;
                 let all = bytes.len();
                 reader.consume(all);
+                budget.took(all).await;
             }
             let function = target
                 .lock()

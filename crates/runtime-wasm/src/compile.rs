@@ -32,10 +32,7 @@ pub fn load(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component,
                     .into(),
         });
     }
-    let mut hasher = ShaHasher(Sha256::new());
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    hasher.0.update(wasm);
-    let key = hex::encode(hasher.0.finalize());
+    let key = cache_key(engine, wasm);
     let cached = cache_dir.join(format!("{key}.cwasm"));
     if cached.exists() {
         // SAFETY: the file is in Gust's private data directory and was written by this
@@ -67,6 +64,34 @@ pub fn load(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component,
     unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| WasmError::Invalid {
         reason: format!("{e:#}"),
     })
+}
+
+/// The name of `wasm`'s compiled artifact in the cache (`<key>.cwasm`): its content and the
+/// engine's settings.
+pub fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    let mut hasher = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.0.update(wasm);
+    hex::encode(hasher.0.finalize())
+}
+
+/// Deletes every compiled artifact in `cache_dir` whose key is not in `keep`; returns how
+/// many. A component loaded from one keeps its mapping until it is dropped.
+pub fn retain(cache_dir: &Path, keep: &std::collections::HashSet<String>) -> usize {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".cwasm")) else {
+            continue;
+        };
+        if !keep.contains(key) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// A component starts with the magic and a layer-1 version; a core module has layer 0.

@@ -112,6 +112,17 @@ impl WasmRuntime {
         })
     }
 
+    /// Deletes the compiled artifacts of every component but those in `live` (the files of
+    /// the revisions that are kept); returns how many went. Reads and hashes each live file.
+    pub fn retain_compiled(&self, live: &[PathBuf]) -> usize {
+        let keep: std::collections::HashSet<String> = live
+            .iter()
+            .filter_map(|path| std::fs::read(path).ok())
+            .map(|wasm| compile::cache_key(&self.components.engine, &wasm))
+            .collect();
+        compile::retain(&self.components.cache_dir, &keep)
+    }
+
     /// Registers the tier's own metrics.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(

@@ -62,6 +62,15 @@ impl UploadKind {
 pub struct CodeStore {
     root: PathBuf,
     limits: CodeLimits,
+    /// Held shared by whoever publishes a tree and then refers to it in metadata
+    /// ([`CodeStore::hold`]), exclusive by garbage collection ([`CodeStore::retain`]): a tree
+    /// is never collected between its upload and the revision that refers to it.
+    in_use: std::sync::RwLock<()>,
+}
+
+/// Keeps garbage collection away while held (see [`CodeStore::hold`]).
+pub struct CodeHold<'a> {
+    _guard: std::sync::RwLockReadGuard<'a, ()>,
 }
 
 const STAGING_PREFIX: &str = ".staging-";
@@ -84,7 +93,42 @@ impl CodeStore {
         Ok(Self {
             root: root.to_owned(),
             limits,
+            in_use: std::sync::RwLock::new(()),
         })
+    }
+
+    /// Hold this from before an upload is ingested until the metadata that refers to it is
+    /// stored: garbage collection waits meanwhile.
+    pub fn hold(&self) -> CodeHold<'_> {
+        CodeHold {
+            _guard: self.in_use.read().expect("the code lock is never poisoned"),
+        }
+    }
+
+    /// Deletes every tree whose digest `referenced` does not return; returns how many.
+    /// `referenced` reads the digests every stored revision refers to; uploads wait from
+    /// before it runs until the deleting is done, so none is lost in between.
+    pub fn retain(
+        &self,
+        referenced: impl FnOnce() -> Result<std::collections::HashSet<String>, StoreError>,
+    ) -> Result<usize, StoreError> {
+        let _exclusive = self
+            .in_use
+            .write()
+            .expect("the code lock is never poisoned");
+        let keep = referenced()?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.root).map_err(StoreError::io(&self.root))? {
+            let entry = entry.map_err(StoreError::io(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(STAGING_PREFIX) || keep.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            fs::remove_dir_all(&path).map_err(StoreError::io(&path))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// The directory holding the tree with this digest.
@@ -755,6 +799,19 @@ mod tests {
         let slip = zip.finish().unwrap().into_inner();
         let err = ingest(&store, "code.zip", &slip).unwrap_err().to_string();
         assert!(err.contains("'..'"), "{err}");
+    }
+
+    #[test]
+    fn retain_deletes_only_trees_no_revision_refers_to() {
+        let (_dir, store) = store();
+        let kept = ingest(&store, "a.py", b"a").unwrap();
+        let dropped = ingest(&store, "b.py", b"b").unwrap();
+        let removed = store
+            .retain(|| Ok([kept.digest.clone()].into_iter().collect()))
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(store.tree(&kept.digest).exists());
+        assert!(!store.tree(&dropped.digest).exists());
     }
 
     #[test]

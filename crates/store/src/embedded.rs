@@ -11,7 +11,7 @@ use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{EnvironmentStore, FunctionStore, RouteStore, StoreError, UsageStore};
+use crate::{EnvironmentStore, FunctionStore, RouteStore, StoreError, UsagePruned, UsageStore};
 
 // Values are JSON documents: readable with any redb tool and tolerant of added fields.
 const ENVIRONMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("environments");
@@ -409,6 +409,40 @@ fn time_key(namespace: &Namespace, ms: u64) -> String {
     format!("{namespace}/{ms:013}/")
 }
 
+/// Deletes up to `limit` entries of a table keyed by [`time_key`] whose time is before
+/// `before_ms`, namespace by namespace; returns how many.
+fn prune_by_time(
+    table: &mut redb::Table<&str, &[u8]>,
+    before_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    let mut from = String::new();
+    while deleted < limit {
+        let namespace = match table.range(from.as_str()..)?.next() {
+            Some(entry) => {
+                let (key, _) = entry?;
+                key.value().split('/').next().unwrap_or_default().to_owned()
+            }
+            None => break,
+        };
+        let start = format!("{namespace}/");
+        let end = format!("{namespace}/{before_ms:013}/");
+        let keys: Vec<String> = table
+            .range(start.as_str()..end.as_str())?
+            .take(limit - deleted)
+            .map(|entry| entry.map(|(key, _)| key.value().to_owned()))
+            .collect::<Result<_, _>>()?;
+        for key in &keys {
+            table.remove(key.as_str())?;
+        }
+        deleted += keys.len();
+        // '0' follows '/', and no name has a character between them: past this namespace.
+        from = format!("{namespace}0");
+    }
+    Ok(deleted)
+}
+
 impl UsageStore for EmbeddedStore {
     fn record_usage(&self, records: &[UsageRecord]) -> Result<usize, StoreError> {
         self.write(|tx| {
@@ -486,6 +520,20 @@ impl UsageStore for EmbeddedStore {
             });
         }
         Ok(out)
+    }
+
+    fn prune_usage(
+        &self,
+        records_before_ms: u64,
+        hours_before_ms: u64,
+        limit: usize,
+    ) -> Result<UsagePruned, StoreError> {
+        self.write(|tx| {
+            let records =
+                prune_by_time(&mut tx.open_table(USAGE_RECORDS)?, records_before_ms, limit)?;
+            let hours = prune_by_time(&mut tx.open_table(USAGE_HOURS)?, hours_before_ms, limit)?;
+            Ok(UsagePruned { records, hours })
+        })
     }
 
     fn usage_records(
@@ -622,6 +670,67 @@ mod tests {
         assert_eq!(
             store.usage_records(&ns, None, base + 8, 100).unwrap().len(),
             2
+        );
+    }
+
+    #[test]
+    fn pruning_deletes_old_records_and_hours_in_every_namespace_and_changes_no_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("gust.redb")).unwrap();
+        let base = 1_000 * HOUR_MS;
+        let batch = [
+            record("a-b", "f", "x", 1, base + 1),
+            record("default", "f", "a", 1, base + 5),
+            record("default", "f", "b", 1, base + HOUR_MS + 5),
+            record("default0", "f", "c", 1, base + 5),
+            record("zz", "f", "d", 1, base + 3 * HOUR_MS),
+        ];
+        store.record_usage(&batch).unwrap();
+        let ns = Namespace::default();
+        let totals_before = store.usage_hours(&ns, None, 0).unwrap();
+
+        // Records before the second hour go, in every namespace; hours stay.
+        let pruned = store.prune_usage(base + HOUR_MS, 0, 100).unwrap();
+        assert_eq!(
+            pruned,
+            UsagePruned {
+                records: 3,
+                hours: 0
+            }
+        );
+        let left = store.usage_records(&ns, None, 0, 100).unwrap();
+        assert_eq!(left, [batch[2].clone()]);
+        assert_eq!(store.usage_hours(&ns, None, 0).unwrap(), totals_before);
+        for other in ["a-b", "default0"] {
+            let other = Namespace::parse(other).unwrap();
+            assert!(
+                store
+                    .usage_records(&other, None, 0, 100)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        // A batch limit is kept, and a second call finishes the work.
+        let pruned = store
+            .prune_usage(u64::MAX / 2, base + 2 * HOUR_MS, 2)
+            .unwrap();
+        assert_eq!(
+            pruned,
+            UsagePruned {
+                records: 2,
+                hours: 2
+            }
+        );
+        let pruned = store
+            .prune_usage(u64::MAX / 2, base + 2 * HOUR_MS, 100)
+            .unwrap();
+        assert_eq!(pruned.hours, 2, "{pruned:?}");
+        assert!(store.usage_hours(&ns, None, 0).unwrap().is_empty());
+        let zz = Namespace::parse("zz").unwrap();
+        assert_eq!(
+            store.usage_hours(&zz, None, 0).unwrap().len(),
+            1,
+            "a later hour stays"
         );
     }
 }

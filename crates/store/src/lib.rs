@@ -17,7 +17,7 @@ mod error;
 mod mq;
 mod queue;
 
-pub use code::{CodeLimits, CodeStore, CodeUpload};
+pub use code::{CodeHold, CodeLimits, CodeStore, CodeUpload};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 
@@ -87,6 +87,24 @@ pub trait UsageStore: Send + Sync {
         since_ms: u64,
         limit: usize,
     ) -> Result<Vec<UsageRecord>, StoreError>;
+    /// Deletes, oldest first and at most `limit` of each, raw records that started before
+    /// `records_before_ms` and hourly totals of hours that started before `hours_before_ms`.
+    /// The totals already hold every record: deleting records changes no total. A record
+    /// deleted here and then recorded again (impossible unless it arrives later than its
+    /// retention) would be counted again.
+    fn prune_usage(
+        &self,
+        records_before_ms: u64,
+        hours_before_ms: u64,
+        limit: usize,
+    ) -> Result<UsagePruned, StoreError>;
+}
+
+/// What one [`UsageStore::prune_usage`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsagePruned {
+    pub records: usize,
+    pub hours: usize,
 }
 
 /// One change to the asynchronous invocation queue; many are applied together in one
@@ -121,7 +139,8 @@ pub enum QueueOutcome {
 pub struct QueueBounds {
     /// Invocations of one function pending or running at once.
     pub per_function: u64,
-    /// Bytes of stored requests (waiting work and dead letters together).
+    /// Bytes of stored requests and invocation records (waiting work, finished invocations
+    /// within their retention and dead letters together).
     pub stored_bytes: u64,
 }
 

@@ -14,8 +14,10 @@
 //!   queue depth, which an enqueue may not exceed).
 //! - `async_dead_count`: `<namespace>/<function>` → its dead letters (the cap's count);
 //!   `async_dead_by_time`: `<dead ms, 13 digits>/<id>`: what dead-letter retention deletes.
-//! - `async_totals`: `request_bytes` → bytes of every stored request (the store's budget);
-//!   `version` marks the counters as built (stores written before them are counted at open).
+//! - `async_totals`: `request_bytes` and `record_bytes` → bytes of every stored request and
+//!   invocation record (finished ones keep their response until retention deletes them):
+//!   together, what the byte budget bounds; `version` marks the counters as built (stores
+//!   written before them are counted at open).
 //!
 //! Every count is kept in the same transaction as the records it counts, so it can never
 //! drift from them, whatever a crash interrupts.
@@ -43,7 +45,10 @@ const DEAD_COUNT: TableDefinition<&str, u64> = TableDefinition::new("async_dead_
 const DEAD_BY_TIME: TableDefinition<&str, ()> = TableDefinition::new("async_dead_by_time");
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("async_totals");
 const REQUEST_BYTES: &str = "request_bytes";
+const RECORD_BYTES: &str = "record_bytes";
 const COUNTERS_VERSION: &str = "version";
+/// Version 2 counts the invocation records' bytes too.
+const COUNTERS_BUILT: u64 = 2;
 
 pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     for table in [INVOCATIONS, INVOCATION_REQUESTS, TIMERS] {
@@ -61,23 +66,32 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     for table in [TIMER_TICKS, ASYNC_OPEN, DEAD_COUNT, TOTALS] {
         tx.open_table(table)?;
     }
-    let built = tx.open_table(TOTALS)?.get(COUNTERS_VERSION)?.is_some();
+    let built = tx
+        .open_table(TOTALS)?
+        .get(COUNTERS_VERSION)?
+        .is_some_and(|v| v.value() >= COUNTERS_BUILT);
     if !built {
         rebuild_counters(tx)?;
     }
     Ok(())
 }
 
-/// Counts what a store written before the counters existed holds (once, at open).
+/// Counts what a store written before these counters existed holds (once, at open).
 fn rebuild_counters(tx: &WriteTransaction) -> Result<(), StoreError> {
-    let invocations: Vec<AsyncInvocation> = {
+    tx.delete_table(ASYNC_OPEN)?;
+    tx.delete_table(DEAD_COUNT)?;
+    tx.delete_table(DEAD_BY_TIME)?;
+    tx.delete_table(TOTALS)?;
+    let (invocations, record_bytes): (Vec<AsyncInvocation>, u64) = {
         let table = tx.open_table(INVOCATIONS)?;
         let mut all = Vec::new();
+        let mut bytes = 0;
         for entry in table.iter()? {
             let (key, value) = entry?;
+            bytes += value.value().len() as u64;
             all.push(decode(key.value(), value.value())?);
         }
-        all
+        (all, bytes)
     };
     for invocation in &invocations {
         count(tx, invocation, 1)?;
@@ -92,7 +106,8 @@ fn rebuild_counters(tx: &WriteTransaction) -> Result<(), StoreError> {
     };
     let mut totals = tx.open_table(TOTALS)?;
     totals.insert(REQUEST_BYTES, bytes)?;
-    totals.insert(COUNTERS_VERSION, 1)?;
+    totals.insert(RECORD_BYTES, record_bytes)?;
+    totals.insert(COUNTERS_VERSION, COUNTERS_BUILT)?;
     Ok(())
 }
 
@@ -172,8 +187,17 @@ fn drop_request(tx: &WriteTransaction, id: &str) -> Result<(), StoreError> {
 /// Deletes an invocation, its request and its index entries.
 fn delete(tx: &WriteTransaction, old: &AsyncInvocation) -> Result<(), StoreError> {
     unindex(tx, old)?;
-    tx.open_table(INVOCATIONS)?.remove(old.id.as_str())?;
+    remove_record(tx, &old.id)?;
     drop_request(tx, &old.id)
+}
+
+/// Removes an invocation's record (not its indexes), uncounting its bytes.
+fn remove_record(tx: &WriteTransaction, id: &str) -> Result<(), StoreError> {
+    let removed = tx
+        .open_table(INVOCATIONS)?
+        .remove(id)?
+        .map_or(0, |old| old.value().len() as i64);
+    add(tx, TOTALS, RECORD_BYTES, -removed)
 }
 
 fn ready_key(due_ms: u64, id: &str) -> String {
@@ -275,12 +299,19 @@ fn index(tx: &WriteTransaction, new: &AsyncInvocation) -> Result<(), StoreError>
 
 fn put(tx: &WriteTransaction, invocation: &AsyncInvocation) -> Result<(), StoreError> {
     let mut table = tx.open_table(INVOCATIONS)?;
-    let old: Option<AsyncInvocation> = match table.get(invocation.id.as_str())? {
-        Some(value) => Some(decode(&invocation.id, value.value())?),
-        None => None,
+    let (old, old_len): (Option<AsyncInvocation>, i64) = match table.get(invocation.id.as_str())? {
+        Some(value) => (
+            Some(decode(&invocation.id, value.value())?),
+            value.value().len() as i64,
+        ),
+        None => (None, 0),
     };
-    table.insert(invocation.id.as_str(), encode(invocation).as_slice())?;
+    let encoded = encode(invocation);
+    table.insert(invocation.id.as_str(), encoded.as_slice())?;
     drop(table);
+    // Finished invocations keep their record (and response) for the retention: they count
+    // against the byte budget as much as waiting requests do.
+    add(tx, TOTALS, RECORD_BYTES, encoded.len() as i64 - old_len)?;
     if let Some(old) = old {
         unindex(tx, &old)?;
     }
@@ -292,7 +323,7 @@ fn put(tx: &WriteTransaction, invocation: &AsyncInvocation) -> Result<(), StoreE
 fn over_bounds(
     tx: &WriteTransaction,
     invocation: &AsyncInvocation,
-    encoded_request: usize,
+    adding: usize,
     bounds: &QueueBounds,
 ) -> Result<Option<QueueFull>, StoreError> {
     let open = tx
@@ -304,11 +335,12 @@ fn over_bounds(
             limit: bounds.per_function,
         }));
     }
-    let stored = tx
-        .open_table(TOTALS)?
-        .get(REQUEST_BYTES)?
-        .map_or(0, |v| v.value());
-    if stored.saturating_add(encoded_request as u64) > bounds.stored_bytes {
+    let stored = {
+        let totals = tx.open_table(TOTALS)?;
+        let read = |key: &str| totals.get(key).map(|v| v.map_or(0, |v| v.value()));
+        read(REQUEST_BYTES)? + read(RECORD_BYTES)?
+    };
+    if stored.saturating_add(adding as u64) > bounds.stored_bytes {
         return Ok(Some(QueueFull::StoreBudget {
             limit: bounds.stored_bytes,
         }));
@@ -330,8 +362,10 @@ impl EmbeddedStore {
                 bounds,
             } => {
                 let encoded = encode_request(request);
+                // Both the request and the invocation's record are what it adds.
+                let adding = encoded.len() + encode(invocation).len();
                 if let Some(bounds) = bounds
-                    && let Some(full) = over_bounds(tx, invocation, encoded.len(), bounds)?
+                    && let Some(full) = over_bounds(tx, invocation, adding, bounds)?
                 {
                     return Ok(QueueOutcome::Full(full));
                 }
@@ -516,7 +550,7 @@ impl InvocationStore for EmbeddedStore {
             for key in &keys {
                 tx.open_table(ASYNC_FINISHED)?.remove(key.as_str())?;
                 if let Some((_, id)) = key.split_once('/') {
-                    tx.open_table(INVOCATIONS)?.remove(id)?;
+                    remove_record(tx, id)?;
                     drop_request(tx, id)?;
                 }
             }
@@ -775,11 +809,15 @@ mod tests {
     fn the_queue_cannot_store_past_its_byte_budget_and_deleting_returns_the_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let one = encode_request(&match enqueue(invocation("x", InvocationState::Dead, 1)) {
-            QueueChange::Enqueue { request, .. } => request,
+        // What one stored invocation costs: its request and its record.
+        let one = match enqueue(invocation("d0", InvocationState::Dead, 1)) {
+            QueueChange::Enqueue {
+                request,
+                invocation,
+                ..
+            } => encode_request(&request).len() + encode(&invocation).len(),
             QueueChange::Update { .. } => unreachable!("enqueue builds an Enqueue"),
-        })
-        .len() as u64;
+        } as u64;
         let budget = 3 * one + one / 2;
         let mut stored = 0;
         for i in 0..10 {
@@ -797,8 +835,30 @@ mod tests {
             }
         }
         assert_eq!(stored, 3);
-        let ids: Vec<String> = (0..stored).map(|i| format!("d{i}")).collect();
-        assert_eq!(store.purge_dead_letters(&ids).unwrap(), stored);
+        // A succeeded invocation keeps its record (not its request) until retention: it counts.
+        let mut done = store.invocation("d0").unwrap().unwrap();
+        done.state = InvocationState::Succeeded;
+        done.reason = None;
+        store
+            .apply_queue_changes(&[QueueChange::Update { invocation: done }])
+            .unwrap();
+        let more = || bounded(invocation("more", InvocationState::Pending, 1), 100, budget);
+        let outcome = store.apply_queue_changes(&[more()]).unwrap();
+        assert!(
+            matches!(outcome[0], Ok(QueueOutcome::Full(_))),
+            "records count too"
+        );
+        assert_eq!(store.sweep_finished(u64::MAX / 2, 100).unwrap(), 1);
+        let outcome = store.apply_queue_changes(&[more()]).unwrap();
+        assert!(
+            matches!(outcome[0], Ok(QueueOutcome::Stored)),
+            "retention made room"
+        );
+        let ids: Vec<String> = (1..stored)
+            .map(|i| format!("d{i}"))
+            .chain(["more".to_owned()])
+            .collect();
+        assert_eq!(store.purge_dead_letters(&ids).unwrap(), stored - 1);
         let outcome = store
             .apply_queue_changes(&[bounded(
                 invocation("after", InvocationState::Pending, 1),
