@@ -5,7 +5,7 @@
 //! places to write outside its memory (S-09, S-14), nested user namespaces (S-20) and a
 //! status no HTTP client can take as an answer.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,18 +29,7 @@ fn raw_request(gust: &Gust, method: &str, target: &str, body: &str) -> (u16, Str
         body.len()
     )
     .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    gust_harness::read_answer(&mut stream)
 }
 
 /// The host sockets of this Gust's workers, wherever a worker directory keeps one.

@@ -353,6 +353,24 @@ impl Drop for Gust {
     }
 }
 
+/// Reads a raw HTTP/1.1 answer to its end and returns its status (0 when there was none) and
+/// body (the headers skipped). For tests that must send requests byte for byte.
+pub fn read_answer(stream: &mut impl std::io::Read) -> (u16, String) {
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

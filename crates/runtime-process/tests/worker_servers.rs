@@ -2,7 +2,7 @@
 //! way a hostile request would reach them: control paths in every spelling, a specialization
 //! that fails, a second specialization, a status outside 200-599.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -91,19 +91,7 @@ impl Server {
         if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
             return (0, String::new());
         }
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let status = answer
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        gust_harness::read_answer(&mut stream)
     }
 
     fn specialize(&self, target: &str, code: &Path, env: serde_json::Value) -> (u16, String) {
