@@ -4,6 +4,8 @@
 //! Run with `cargo bench --bench edge` (release build). Opens 20,000 idle TCP connections from
 //! 20 loopback addresses (1,000 each), keeps the ones Gust holds, and measures warm GETs to a
 //! WebAssembly function before, during and after; also Gust's descriptors and resident memory.
+//! The header timeout is raised to 300 s so that neither the idle connections nor the measuring
+//! client's kept-alive connection are closed while the flood is being opened.
 
 mod common;
 
@@ -89,7 +91,7 @@ fn run(rt: &tokio::runtime::Runtime) {
     let gust = Gust::start(
         GUST,
         GustOptions {
-            extra_args: vec!["--header-timeout".into(), "60s".into()],
+            extra_args: vec!["--header-timeout".into(), "300s".into()],
             ..Default::default()
         },
     );
