@@ -211,7 +211,8 @@ fn run(rt: &tokio::runtime::Runtime) {
         ]);
     }
     // Recovery: kill -9 with the store at its steady size, then time until the API answers.
-    let store_mb = std::fs::metadata(gust.data_dir().join("gust.redb")).map_or(0, |m| m.len()) as f64 / 1e6;
+    let store_mb =
+        std::fs::metadata(gust.data_dir().join("gust.redb")).map_or(0, |m| m.len()) as f64 / 1e6;
     let restarted = Instant::now();
     gust.restart();
     let recovery = restarted.elapsed();
