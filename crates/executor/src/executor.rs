@@ -246,6 +246,11 @@ impl Executor {
             match executor.slot(&namespace, &function) {
                 Ok(slot) => {
                     executor.runtime.prepare(&slot.spec).await;
+                    // Deleted or replaced while it was being prepared: its series must not
+                    // come back after the delete removed them.
+                    if slot.retired.load(Ordering::Acquire) {
+                        return;
+                    }
                     executor.observer.function_ready(
                         &namespace,
                         &function,
