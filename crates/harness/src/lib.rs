@@ -100,8 +100,19 @@ impl Gust {
                 .build()
                 .expect("an HTTP client without TLS builds"),
         };
-        gust.launch();
-        gust
+        // A port handed out by `free_port` can be taken again before Gust binds it: then try
+        // other ports.
+        for _ in 0..3 {
+            match gust.try_launch() {
+                Ok(()) => return gust,
+                Err(log) if log.contains("cannot listen on") => {
+                    gust.public_port = free_port();
+                    gust.api_port = free_port();
+                }
+                Err(log) => panic!("gust exited during start:\n{log}"),
+            }
+        }
+        panic!("gust found no free ports:\n{}", gust.log());
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -129,6 +140,13 @@ impl Gust {
     }
 
     fn launch(&mut self) {
+        if let Err(log) = self.try_launch() {
+            panic!("gust exited during start:\n{log}");
+        }
+    }
+
+    /// Starts `gust up` and waits until it is ready; `Err` with its log if it exited.
+    fn try_launch(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.path().join("gust.log")).expect("log file");
         let mut command = Command::new(&self.binary);
         command
@@ -149,26 +167,32 @@ impl Gust {
             .stdout(log.try_clone().expect("log file handle"))
             .stderr(log);
         self.child = Some(command.spawn().expect("the gust binary starts"));
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // Another process may have taken a port between `free_port` and this start (two
+        // tests can even be handed the same one): ready means *this* Gust said it is up on
+        // its API port and answers there.
+        let up = format!("API:           {}", self.api_url());
         loop {
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("gust exited during start with {status}:\n{}", self.log());
+                self.child = None;
+                return Err(format!("exit status {status}:\n{}", self.log()));
             }
-            let ready = self
-                .http
-                .get(format!("{}/readyz", self.api_url()))
-                .send()
-                .is_ok_and(|r| r.status().is_success());
+            let ready = self.log().contains(&up)
+                && self
+                    .http
+                    .get(format!("{}/readyz", self.api_url()))
+                    .send()
+                    .is_ok_and(|r| r.status().is_success());
             if ready {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
