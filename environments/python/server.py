@@ -229,10 +229,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send_json(200, {"ok": True})
 
     def _invoke(self):
+        # Read the body first: answering before it is read makes closing the connection reset
+        # it, and the client can lose the answer.
+        body = self._body()
         if _function is None:
             self._send_json(503, {"error": "NotSpecialized"}, {FUNCTION_ERROR_HEADER: "NotSpecialized"})
             return
-        body = self._body()
         try:
             if _takes_request:
                 req = Request(self.command, self.path, Headers(self.headers.items()), body)
