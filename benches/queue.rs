@@ -69,6 +69,7 @@ impl DirectCall {
             env_vars: Default::default(),
             limits: Limits::default(),
             allow_outbound: Vec::new(),
+            network: Default::default(),
             scaling: Scaling::default(),
         };
         Self {

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use gust_harness::reqwest::Method;
@@ -78,6 +79,92 @@ fn sample(gust: &Gust, started: Instant, requests: u64, created: u64) -> Sample 
 /// One measure of a sample.
 type Reading = fn(&Sample) -> f64;
 
+/// What Gust holds, by kind: its descriptors by what they point to (digests and numbers
+/// folded), and the series of its metrics page (without values). Compared between the end of
+/// warm-up and the end of the run, it names what grew.
+#[derive(Default)]
+struct Holdings {
+    descriptors: BTreeMap<String, i64>,
+    series: BTreeSet<String>,
+}
+
+fn fold_digits(text: &str) -> String {
+    let mut folded = String::new();
+    let mut run = 0;
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run += 1;
+            continue;
+        }
+        if run > 0 {
+            folded.push_str(if run > 3 { "#" } else { "n" });
+            run = 0;
+        }
+        folded.push(c);
+    }
+    if run > 0 {
+        folded.push('#');
+    }
+    folded
+}
+
+fn holdings(gust: &Gust) -> Holdings {
+    let pid = gust.pid();
+    let mut held = Holdings::default();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).map_or_else(
+            |_| "?".to_owned(),
+            |t| {
+                t.to_string_lossy()
+                    .replace(&*gust.data_dir().to_string_lossy(), "<data>")
+            },
+        );
+        *held.descriptors.entry(fold_digits(&target)).or_default() += 1;
+    }
+    held.series = gust
+        .metrics()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_owned()))
+        .collect();
+    held
+}
+
+/// What the end holds that warm-up's end did not, one line per kind.
+fn growth(warm: &Holdings, end: &Holdings) -> Vec<String> {
+    let mut lines = Vec::new();
+    let kinds: BTreeSet<&String> = warm
+        .descriptors
+        .keys()
+        .chain(end.descriptors.keys())
+        .collect();
+    for kind in kinds {
+        let (before, after) = (
+            warm.descriptors.get(kind).copied().unwrap_or(0),
+            end.descriptors.get(kind).copied().unwrap_or(0),
+        );
+        if before != after {
+            lines.push(format!("descriptors {kind}: {before} → {after}"));
+        }
+    }
+    let added: Vec<&String> = end.series.difference(&warm.series).collect();
+    let removed = warm.series.difference(&end.series).count();
+    lines.push(format!(
+        "metrics series: {} → {} ({} new, {removed} gone)",
+        warm.series.len(),
+        end.series.len(),
+        added.len()
+    ));
+    for series in added.iter().take(20) {
+        lines.push(format!("  new: {series}"));
+    }
+    lines
+}
+
 /// Least-squares slope of `y` against `x`.
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
@@ -141,11 +228,15 @@ fn run(rt: &tokio::runtime::Runtime) {
     let mut samples = Vec::new();
     let mut created = 0u64;
     let mut next_sample = started;
+    let mut warm = None;
     while Instant::now() < deadline {
         if Instant::now() >= next_sample {
             let done = requests.load(std::sync::atomic::Ordering::Relaxed);
             samples.push(sample(&gust, started, done, created));
             next_sample += SAMPLE_EVERY;
+            if warm.is_none() && started.elapsed().as_secs() >= seconds / 3 {
+                warm = Some(holdings(&gust));
+            }
         }
         // Churn: a wasm and a Python function created, invoked and deleted.
         for (env, file, code) in [
@@ -175,6 +266,7 @@ fn run(rt: &tokio::runtime::Runtime) {
     load.join().unwrap();
     let done = requests.load(std::sync::atomic::Ordering::Relaxed);
     samples.push(sample(&gust, started, done, created));
+    let grew = growth(&warm.unwrap_or_default(), &holdings(&gust));
 
     // Slopes after warm-up (the first third).
     let steady: Vec<Sample> = samples
@@ -229,6 +321,10 @@ fn run(rt: &tokio::runtime::Runtime) {
         ),
         rows,
     );
+    println!("\nWhat Gust holds at the end that it did not after warm-up:\n");
+    for line in grew {
+        println!("    {line}");
+    }
 }
 
 fn main() {

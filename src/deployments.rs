@@ -43,6 +43,7 @@ impl DeploymentSource for StoreDeployments {
             env_vars: revision.env_vars.clone(),
             limits: revision.limits,
             allow_outbound: revision.allow_outbound.clone(),
+            network: revision.network.unwrap_or_default(),
             scaling: revision.scaling,
         }))
     }

@@ -54,6 +54,7 @@ impl Collector {
     /// many of each.
     fn collect(&self) -> Result<(usize, usize), StoreError> {
         let mut wasm_files: Vec<PathBuf> = Vec::new();
+        let mut current_wasm_files: HashSet<PathBuf> = HashSet::new();
         let trees = self.code.retain(|| {
             let wasm_environments: HashSet<String> = self
                 .store
@@ -68,7 +69,11 @@ impl Collector {
                     if wasm_environments.contains(revision.environment.as_str())
                         && let Some(file) = &revision.code.file
                     {
-                        wasm_files.push(self.code.tree(&revision.code.digest).join(file));
+                        let path = self.code.tree(&revision.code.digest).join(file);
+                        if revision.number == function.current {
+                            current_wasm_files.insert(path.clone());
+                        }
+                        wasm_files.push(path);
                     }
                     referenced.insert(revision.code.digest.clone());
                 }
@@ -76,6 +81,13 @@ impl Collector {
             Ok(referenced)
         })?;
         let compiled = self.wasm.retain_compiled(&wasm_files);
+        let forgotten = self.wasm.retain_loaded(&current_wasm_files);
+        if forgotten > 0 {
+            tracing::debug!(
+                forgotten,
+                "loaded components of retired revisions forgotten"
+            );
+        }
         Ok((trees, compiled))
     }
 }

@@ -106,7 +106,14 @@ fn a_function_that_exits_fails_its_request_and_the_next_gets_a_fresh_worker() {
     let gust = Gust::start(GUST, GustOptions::default());
     let py = "import os\ndef main(req):\n    if req.query.get('die'):\n        os._exit(3)\n    return str(os.getpid())\n";
     gust.deploy("mortal", "python", "m.py", py, &[]);
-    assert_eq!(gust.get("/mortal").status(), 200);
+    let first = gust.get("/mortal");
+    assert_eq!(
+        first.status(),
+        200,
+        "{}\n{}",
+        first.text().unwrap(),
+        gust.log()
+    );
     let (status, body) = error_body(gust.get("/mortal?die=1"));
     assert_eq!(status, 502);
     assert_eq!(body["reason"], "worker_exited");
@@ -147,6 +154,34 @@ fn r06_a_function_past_its_timeout_answers_504_and_its_worker_is_killed() {
     );
     let (status, _) = error_body(gust.get("/spin"));
     assert_eq!(status, 504);
+}
+
+#[test]
+fn a_cold_start_counts_in_the_timeout_and_the_late_worker_serves_the_next_request() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    // Loading takes 3 s, longer than the function's 1 s timeout.
+    let py = "import time\ntime.sleep(3)\ndef main():\n    return 'loaded'\n";
+    gust.deploy("heavy", "python", "h.py", py, &["--timeout", "1s"]);
+    let asked = Instant::now();
+    let (status, body) = error_body(gust.get("/heavy"));
+    let waited = asked.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["reason"], "timeout");
+    // Generous bound for a loaded machine; before, the caller waited for the whole load.
+    assert!(
+        waited < Duration::from_millis(2500),
+        "answered after {waited:?}"
+    );
+    // The load went on: once it is done the worker serves, without loading again.
+    std::thread::sleep(Duration::from_secs(3));
+    let served = eventually(Duration::from_secs(15), || {
+        let response = gust.get("/heavy");
+        (response.status() == 200).then(|| response.text().unwrap())
+    });
+    assert_eq!(served.as_deref(), Some("loaded"));
+    let asked = Instant::now();
+    assert_eq!(gust.get("/heavy").text().unwrap(), "loaded");
+    assert!(asked.elapsed() < Duration::from_millis(2500), "served warm");
 }
 
 #[test]
@@ -205,7 +240,7 @@ fn sigterm_drains_in_flight_requests_and_stops_every_worker() {
 }
 
 #[test]
-fn workers_die_with_a_killed_gust_and_a_restart_starts_clean() {
+fn workers_die_with_a_killed_gust_and_a_restart_removes_their_directories_and_cgroups() {
     let mut gust = Gust::start(GUST, GustOptions::default());
     gust.deploy(
         "orphan",
@@ -220,12 +255,80 @@ fn workers_die_with_a_killed_gust_and_a_restart_starts_clean() {
         workers.len() >= 2,
         "a specialized worker and pool workers: {workers:?}"
     );
+    // The next run's workers may get the same names: the old run's directories are marked.
+    let workers_dir = gust.worker_run_dir().join("workers");
+    for dir in std::fs::read_dir(&workers_dir).unwrap().flatten() {
+        std::fs::write(dir.path().join("left-by-the-killed-run"), "").unwrap();
+    }
+    let cgroup_base = cgroup_dir(workers[0]).and_then(|dir| dir.parent().map(|p| p.to_owned()));
     gust.restart();
     assert!(
         all_gone(&workers),
         "workers {workers:?} outlived a killed gust"
     );
+    let names = |dir: &std::path::Path| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(dir).map_or_else(
+            |_| Default::default(),
+            |entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            },
+        )
+    };
+    let marked: Vec<_> = names(&workers_dir)
+        .into_iter()
+        .filter(|name| {
+            workers_dir
+                .join(name)
+                .join("left-by-the-killed-run")
+                .exists()
+        })
+        .collect();
+    assert!(marked.is_empty(), "left by the killed run: {marked:?}");
+    // Every worker cgroup belongs to a worker of the new run.
+    if let Some(base) = cgroup_base {
+        let workers_now = names(&workers_dir);
+        let stale: Vec<_> = names(&base)
+            .into_iter()
+            .filter(|name| !workers_now.contains(name))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "cgroups left by the killed run: {stale:?}"
+        );
+    }
     assert_eq!(gust.get("/orphan").text().unwrap(), "ok");
+}
+
+/// A process's own memory cgroup directory (cgroup v1's memory hierarchy, or the unified
+/// one), when it is not the root.
+fn cgroup_dir(pid: u32) -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mount_of = |v1_memory: bool| {
+        mounts.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let matches = match (fields.get(2).copied(), v1_memory) {
+                (Some("cgroup"), true) => fields[3].split(',').any(|o| o == "memory"),
+                (Some("cgroup2"), false) => true,
+                _ => false,
+            };
+            matches.then(|| fields[1].to_owned())
+        })
+    };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let base = match controllers {
+            "" => mount_of(false)?,
+            c if c.split(',').any(|c| c == "memory") => mount_of(true)?,
+            _ => return None,
+        };
+        (path != "/").then(|| std::path::PathBuf::from(base + path))
+    })
 }
 
 /// Whether every pid has exited (gone, or a zombie nobody reaped yet).

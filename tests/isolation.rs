@@ -365,3 +365,222 @@ fn s09_a_log_flood_is_cut_to_the_rate_with_a_marker_and_the_function_is_not_held
     });
     assert!(dropped.is_some(), "markers count the dropped lines");
 }
+
+/// A network namespace of the test's own reached from the host over a veth pair: it holds a
+/// public address (198.51.100.2, documentation space, routed like any public one) and a private
+/// one (10.77.0.2), with an HTTP server on both. Removed on drop.
+struct OutsideNetwork {
+    server: std::process::Child,
+    port: u16,
+}
+
+const OUTSIDE_NS: &str = "gust-s17";
+const OUTSIDE_HOST_LINK: &str = "gs17-host";
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+impl OutsideNetwork {
+    fn start() -> Self {
+        Self::remove();
+        ip(&["netns", "add", OUTSIDE_NS]);
+        ip(&[
+            "link",
+            "add",
+            OUTSIDE_HOST_LINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "gs17-out",
+        ]);
+        ip(&["link", "set", "gs17-out", "netns", OUTSIDE_NS]);
+        for address in ["198.51.100.1/24", "10.77.0.1/24"] {
+            ip(&["addr", "add", address, "dev", OUTSIDE_HOST_LINK]);
+        }
+        ip(&["link", "set", OUTSIDE_HOST_LINK, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", OUTSIDE_NS, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        for address in ["198.51.100.2/24", "10.77.0.2/24"] {
+            inside(&["addr", "add", address, "dev", "gs17-out"]);
+        }
+        inside(&["link", "set", "gs17-out", "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        let port = gust_harness::free_port();
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", OUTSIDE_NS, "python3", "-m", "http.server"])
+            .args(["--bind", "0.0.0.0", &port.to_string()])
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = gust_harness::eventually(Duration::from_secs(10), || {
+            TcpStream::connect(("198.51.100.2", port)).ok().map(|_| ())
+        });
+        assert!(up.is_some(), "the outside server does not answer");
+        Self { server, port }
+    }
+
+    fn remove() {
+        for args in [
+            &["link", "del", OUTSIDE_HOST_LINK][..],
+            &["netns", "del", OUTSIDE_NS][..],
+        ] {
+            let _ = std::process::Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for OutsideNetwork {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        Self::remove();
+    }
+}
+
+/// Tries every way out a function might look for; each probe says what it reached.
+const NETWORK_PROBE: &str = r#"
+import socket, urllib.request
+held = []
+def reach(family, address, timeout=3):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(address)
+        data = s.recv(64)
+        return "got:" + data.decode(errors="replace")
+    except Exception as e:
+        return "failed:" + type(e).__name__
+    finally:
+        s.close()
+def http(url):
+    try:
+        return "status:%d" % urllib.request.urlopen(url, timeout=3).status
+    except Exception as e:
+        return "failed:" + type(e).__name__
+def main(req):
+    q = req.query
+    secret, port, listen = int(q["secret"]), int(q["port"]), int(q["listen"])
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", listen))
+    listener.listen()
+    held.append(listener)
+    with open("/proc/net/tcp") as f:
+        sockets = f.read()
+    return {
+        "public": http("http://198.51.100.2:%d/" % port),
+        "private": http("http://10.77.0.2:%d/" % port),
+        "metadata": http("http://169.254.169.254/latest/meta-data/"),
+        "host_loopback": reach(socket.AF_INET, ("127.0.0.1", secret)),
+        "host_loopback_alias": reach(socket.AF_INET, ("10.0.2.2", secret)),
+        "abstract": reach(socket.AF_UNIX, q["abstract"].replace("@", "\0")),
+        "sees_host_socket": (":%04X" % secret) in sockets,
+    }
+"#;
+
+#[test]
+fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: building the outside network needs root");
+        return;
+    }
+    let outside = OutsideNetwork::start();
+    // Host services a function must not reach: one on loopback, one on an abstract socket.
+    let secret = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let secret_port = secret.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in secret.incoming().flatten() {
+            let _ = stream.write_all(b"hostsecret");
+        }
+    });
+    let abstract_name = format!("gust-s17-{}", std::process::id());
+    let address =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            &abstract_name,
+        )
+        .unwrap();
+    let abstract_listener = std::os::unix::net::UnixListener::bind_addr(&address).unwrap();
+    std::thread::spawn(move || {
+        for mut stream in abstract_listener.incoming().flatten() {
+            let _ = stream.write_all(b"hostsecret");
+        }
+    });
+
+    let gust = Gust::start(GUST, GustOptions::default());
+    assert!(
+        gust.log().contains("public addresses via slirp4netns"),
+        "{}",
+        gust.log()
+    );
+    gust.deploy("net-out", "python", "net.py", NETWORK_PROBE, &[]);
+    gust.deploy(
+        "net-none",
+        "python",
+        "net.py",
+        NETWORK_PROBE,
+        &["--network", "none"],
+    );
+    let probe = |function: &str| -> Value {
+        let listen = gust_harness::free_port();
+        let path = format!(
+            "/{function}?secret={secret_port}&port={}&listen={listen}&abstract=@{abstract_name}",
+            outside.port
+        );
+        let response = gust.get(&path);
+        assert_eq!(response.status(), 200, "{function}");
+        let seen: Value = response.json().unwrap();
+        // What the function listens on is inside its own namespace, not on the host.
+        assert!(
+            TcpStream::connect(("127.0.0.1", listen)).is_err(),
+            "{function} listens on a host port"
+        );
+        seen
+    };
+    let seen = probe("net-out");
+    assert_eq!(seen["public"], "status:200", "{seen}");
+    for refused in [
+        "private",
+        "metadata",
+        "host_loopback",
+        "host_loopback_alias",
+        "abstract",
+    ] {
+        let answer = seen[refused].as_str().unwrap();
+        assert!(answer.starts_with("failed:"), "{refused}: {seen}");
+    }
+    assert_eq!(seen["sees_host_socket"], false, "{seen}");
+
+    let seen = probe("net-none");
+    assert!(
+        seen["public"].as_str().unwrap().starts_with("failed:"),
+        "{seen}"
+    );
+    assert_eq!(seen["sees_host_socket"], false, "{seen}");
+    let shown: Value = serde_json::from_str(
+        &gust
+            .cli(&["fn", "get", "net-none", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(shown["network"], "none");
+    let err = gust
+        .cli(&["fn", "update", "net-none", "--network", "host"])
+        .failed();
+    assert!(err.contains("outbound, none"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! End-to-end: what functions leave behind. Create, invoke and delete functions in both
-//! tiers and check that their metric series and worker directories go with them, and that a
-//! clean stop leaves no workers' directory.
+//! tiers and check that their metric series, code, compiled components (files, descriptors,
+//! mappings) and worker directories go with them, and that a clean stop leaves no workers'
+//! directory.
 
 use std::time::Duration;
 
@@ -78,6 +79,33 @@ fn r53_deleted_functions_leave_no_series_or_worker_directories_and_a_clean_stop_
         "code trees and compiled components left: {:?}",
         leftovers()
     );
+    // Nor does Gust hold them open or mapped.
+    let held = || {
+        let pid = gust.pid();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let mut held: Vec<String> = maps
+            .lines()
+            .filter(|l| l.contains("wasm-cache") || l.contains("/code/"))
+            .map(str::to_owned)
+            .collect();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let target = target.to_string_lossy().into_owned();
+                if target.contains("wasm-cache") || target.contains("/code/") {
+                    held.push(target);
+                }
+            }
+        }
+        held
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || held().is_empty().then_some(())).is_some(),
+        "deleted functions' files still held: {:?}",
+        held()
+    );
     // The deleted functions' workers and their directories are gone; the pools remain.
     let left = eventually(Duration::from_secs(15), || {
         let n = worker_dirs(&gust);
@@ -99,7 +127,7 @@ fn r53_deleted_functions_leave_no_series_or_worker_directories_and_a_clean_stop_
 }
 
 #[test]
-fn a_function_keeps_its_newest_ten_revisions_and_only_their_code() {
+fn a_function_keeps_its_newest_revisions_ten_by_default_and_only_their_code() {
     let gust = Gust::start(GUST, GustOptions::default());
     let source = |i: usize| format!("def main():\n    return 'v{i}'\n");
     gust.deploy("many", "python", "f.py", &source(1), &[]);
@@ -142,5 +170,36 @@ fn a_function_keeps_its_newest_ten_revisions_and_only_their_code() {
         trees()
     );
     gust.cli(&["fn", "rollback", "many", "--to", "5"]).ok();
+    assert_eq!(gust.get("/many").text().unwrap(), "v5");
+    // A smaller --keep-revisions prunes at the next revision: 13 (v13), 14 and 15 (both v5).
+    gust.cli(&["fn", "update", "many", "--keep-revisions", "3"])
+        .ok();
+    let shown: serde_json::Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "many", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(shown["keep_revisions"], 3, "{shown}");
+    let revisions: serde_json::Value = serde_json::from_str(
+        &gust
+            .cli(&["fn", "revisions", "many", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let mut numbers: Vec<u64> = revisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["number"].as_u64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, [13, 14, 15]);
+    assert!(
+        eventually(Duration::from_secs(10), || (trees() == 2).then_some(())).is_some(),
+        "{} code trees",
+        trees()
+    );
+    let err = gust
+        .cli(&["fn", "update", "many", "--keep-revisions", "0"])
+        .failed();
+    assert!(err.contains("keep-revisions"), "{err}");
     assert_eq!(gust.get("/many").text().unwrap(), "v5");
 }

@@ -44,6 +44,10 @@ struct SpecArgs {
     /// (repeatable; on update the given list replaces the old one; none by default)
     #[arg(long = "allow-outbound")]
     allow_outbound: Vec<String>,
+    /// Process functions: `outbound` (public addresses only; the host's loopback, private and
+    /// link-local ranges unreachable) or `none` (no network) [default: outbound]
+    #[arg(long)]
+    network: Option<String>,
     /// Requests one process instance serves at once [default: 1]
     #[arg(long)]
     concurrency: Option<u32>,
@@ -72,6 +76,10 @@ struct SpecArgs {
     /// An asynchronous invocation not done this long after it was accepted expires [default: 6h]
     #[arg(long)]
     max_age: Option<String>,
+    /// Revisions the function keeps, the current one included; older ones and code only they
+    /// used are deleted [default: 10]
+    #[arg(long)]
+    keep_revisions: Option<u32>,
 }
 
 impl SpecArgs {
@@ -86,6 +94,7 @@ impl SpecArgs {
             "memory_mb": self.memory,
             "env_vars": (!self.env_vars.is_empty()).then_some(&self.env_vars),
             "allow_outbound": (!self.allow_outbound.is_empty()).then_some(&self.allow_outbound),
+            "network": self.network,
             "concurrency": self.concurrency,
             "min_instances": self.min_instances,
             "max_instances": self.max_instances,
@@ -95,6 +104,7 @@ impl SpecArgs {
             "reuse": self.reuse,
             "max_attempts": self.max_attempts,
             "max_age": self.max_age,
+            "keep_revisions": self.keep_revisions,
         }))
     }
 }

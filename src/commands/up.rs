@@ -203,6 +203,10 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
             "refusing to start without a sandbox; pass --no-sandbox to run workers unconfined",
         )?
     };
+    let sandbox_network = sandbox.network_summary();
+    if matches!(&sandbox, Sandbox::Bubblewrap { uplinks: None, .. }) {
+        tracing::warn!("slirp4netns is not installed: process functions have no network");
+    }
     let (token, token_path) = admin_token(&data_dir)?;
     let prices = match &args.prices {
         Some(path) => PriceSheet::load(path)?,
@@ -359,6 +363,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     eprintln!("  admin token:   {}", token_path.display());
     eprintln!("  data:          {}", data_dir.display());
     eprintln!("  workers:       {}", run_dir.display());
+    eprintln!("  network:       {}", sandbox_network);
 
     let shutdown = CancellationToken::new();
     tokio::spawn(executor.clone().run_reaper(shutdown.child_token()));

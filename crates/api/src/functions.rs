@@ -8,7 +8,8 @@ use bytes::Bytes;
 use gust_executor::EffectiveScaling;
 use gust_model::{
     CodeRef, Delivery, DeliveryConfig, Environment, Function, FunctionConfig, Limits, Name,
-    Namespace, OutboundRule, Revision, RevisionFields, RevisionNumber, ScalingConfig, Tier,
+    Namespace, NetworkPolicy, OutboundRule, Revision, RevisionFields, RevisionNumber,
+    ScalingConfig, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
@@ -48,6 +49,8 @@ pub struct FunctionBody {
     #[serde(default)]
     allow_outbound: Option<Vec<String>>,
     #[serde(default)]
+    network: Option<String>,
+    #[serde(default)]
     concurrency: Option<u32>,
     #[serde(default)]
     min_instances: Option<u32>,
@@ -65,6 +68,8 @@ pub struct FunctionBody {
     max_attempts: Option<u32>,
     #[serde(default)]
     max_age: Option<String>,
+    #[serde(default)]
+    keep_revisions: Option<u32>,
 }
 
 impl FunctionBody {
@@ -76,6 +81,7 @@ impl FunctionBody {
             memory_mb: self.memory_mb,
             env_vars: self.env_vars.clone(),
             allow_outbound: self.allow_outbound.clone(),
+            network: self.network.clone(),
             scaling: ScalingConfig {
                 concurrency: self.concurrency,
                 min_instances: self.min_instances,
@@ -89,6 +95,7 @@ impl FunctionBody {
                 max_attempts: self.max_attempts,
                 max_age: self.max_age.clone(),
             },
+            keep_revisions: self.keep_revisions,
         }
     }
 }
@@ -100,6 +107,7 @@ pub struct FunctionView {
     name: Name,
     revision: RevisionNumber,
     revisions: usize,
+    keep_revisions: u32,
     env: Name,
     entrypoint: Option<String>,
     timeout_ms: u64,
@@ -107,6 +115,9 @@ pub struct FunctionView {
     env_vars: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allow_outbound: Vec<OutboundRule>,
+    /// Process functions only: what their workers may reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<NetworkPolicy>,
     /// The scaling settings in force, tier and `gust up` defaults filled in.
     scaling: EffectiveScaling,
     /// Retry budget of asynchronous invocations.
@@ -141,12 +152,14 @@ impl FunctionView {
             name: function.name.clone(),
             revision: current.number,
             revisions: function.revisions.len(),
+            keep_revisions: current.keep_revisions,
             env: current.environment.clone(),
             entrypoint: current.entrypoint.clone(),
             timeout_ms: current.limits.timeout.as_millis() as u64,
             memory_mb: current.limits.memory_mb,
             env_vars: current.env_vars.clone(),
             allow_outbound: current.allow_outbound.clone(),
+            network: (tier == Tier::Process).then(|| current.network.unwrap_or_default()),
             scaling: state.executor.config().effective(&current.scaling, tier),
             delivery: current.delivery,
             code_digest: current.code.digest.clone(),
@@ -212,6 +225,11 @@ fn revalidate(
 /// user from believing a process function is confined or recycled by them.
 fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Result<(), ApiError> {
     if environment.tier() == Tier::Wasm {
+        if fields.network.is_some() {
+            return Err(ApiError::Invalid(
+                "--network applies to process functions only: a wasm function reaches only the origins given with --allow-outbound".to_owned(),
+            ));
+        }
         if fields.scaling.concurrency.is_some_and(|c| c > 1) {
             return Err(ApiError::Invalid(
                 "--concurrency applies to process functions only: a wasm instance serves one request at a time (raise --max-instances instead)".to_owned(),
@@ -328,10 +346,12 @@ pub async fn create(
                     env_vars: fields.env_vars,
                     limits: fields.limits,
                     allow_outbound: fields.allow_outbound,
+                    network: fields.network,
                     scaling: fields.scaling,
                     delivery: fields.delivery,
                     created_at_ms: now_ms(),
                     copied_from: None,
+                    keep_revisions: fields.keep_revisions,
                 }],
             };
             s.store.create_function(&function)?;
@@ -385,10 +405,12 @@ pub async fn update(
                 env_vars: fields.env_vars,
                 limits: fields.limits,
                 allow_outbound: fields.allow_outbound,
+                network: fields.network,
                 scaling: fields.scaling,
                 delivery: fields.delivery,
                 created_at_ms: now_ms(),
                 copied_from: None,
+                keep_revisions: fields.keep_revisions,
             };
             let updated = s
                 .store
@@ -450,9 +472,13 @@ pub async fn rollback(
                             name: format!("{name}@{target}"),
                         });
                     };
+                    // How many revisions to keep is the function's setting now, not the
+                    // old revision's.
+                    let keep_revisions = function.current_revision().keep_revisions;
                     function.push_revision(Revision {
                         created_at_ms: now_ms(),
                         copied_from: Some(target),
+                        keep_revisions,
                         ..source
                     });
                     Ok(function)

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gust_model::{Name, Namespace, Scaling, Tier};
 use serde::Serialize;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -107,9 +107,10 @@ struct FunctionSlot {
     spec: InstanceSpec,
     scaling: EffectiveScaling,
     idle: Mutex<Vec<(Box<dyn Instance>, Instant)>>,
-    /// One permit per request in flight; instances serve one request at a time, so this also
-    /// caps the number of instances.
-    in_flight: Semaphore,
+    /// One permit per request in flight (and per instance still starting for a request that
+    /// gave up on it); instances serve one request at a time, so this also caps the number of
+    /// instances.
+    in_flight: Arc<Semaphore>,
     waiting: AtomicUsize,
     /// Instances being started to reach the minimum, not yet idle.
     warming: AtomicUsize,
@@ -246,9 +247,11 @@ impl Executor {
             match executor.slot(&namespace, &function) {
                 Ok(slot) => {
                     executor.runtime.prepare(&slot.spec).await;
-                    // Deleted or replaced while it was being prepared: its series must not
-                    // come back after the delete removed them.
+                    // Deleted or replaced while it was being prepared: what was loaded for it
+                    // goes again, and its series must not come back after the delete removed
+                    // them.
                     if slot.retired.load(Ordering::Acquire) {
+                        executor.runtime.retire(&slot.spec);
                         return;
                     }
                     executor.observer.function_ready(
@@ -398,7 +401,7 @@ impl Executor {
                 spec,
                 scaling,
                 idle: Mutex::new(Vec::new()),
-                in_flight: Semaphore::new(scaling.requests_in_flight()),
+                in_flight: Arc::new(Semaphore::new(scaling.requests_in_flight())),
                 waiting: AtomicUsize::new(0),
                 warming: AtomicUsize::new(0),
                 retired: AtomicBool::new(false),
@@ -407,8 +410,8 @@ impl Executor {
         Ok(slot.clone())
     }
 
-    async fn admit<'a>(&self, slot: &'a FunctionSlot) -> Result<SemaphorePermit<'a>, InvokeError> {
-        if let Ok(permit) = slot.in_flight.try_acquire() {
+    async fn admit(&self, slot: &FunctionSlot) -> Result<OwnedSemaphorePermit, InvokeError> {
+        if let Ok(permit) = slot.in_flight.clone().try_acquire_owned() {
             return Ok(permit);
         }
         let over_capacity = |retry_after| InvokeError::OverCapacity {
@@ -421,9 +424,52 @@ impl Executor {
         }
         let _waiting = Waiting(&slot.waiting);
         let queue_timeout = slot.scaling.queue_timeout;
-        match tokio::time::timeout(queue_timeout, slot.in_flight.acquire()).await {
+        match tokio::time::timeout(queue_timeout, slot.in_flight.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(over_capacity(queue_timeout.max(Duration::from_secs(1)))),
+        }
+    }
+
+    /// Starts an instance for a request that must be answered by `deadline`. A start still
+    /// running at the deadline goes on in the background with the request's permit (so starts
+    /// stay within the function's capacity) and its instance waits idle for the next request;
+    /// the request gets its 504 now.
+    async fn start_within(
+        &self,
+        slot: &Arc<FunctionSlot>,
+        id: &RequestId,
+        permit: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit), InvokeError> {
+        let (started_tx, mut started_rx) = oneshot::channel();
+        let (runtime, start_slot, id) = (self.runtime.clone(), slot.clone(), id.clone());
+        tokio::spawn(async move {
+            let started = runtime.start_instance(&start_slot.spec, &id).await;
+            if let Err((Ok(instance), _permit)) = started_tx.send((started, permit)) {
+                if start_slot.retired.load(Ordering::Acquire) {
+                    stop_all(vec![instance]);
+                } else {
+                    start_slot.release(instance);
+                }
+            }
+        });
+        match tokio::time::timeout_at(deadline, &mut started_rx).await {
+            Ok(Ok((started, permit))) => started.map(|instance| (instance, permit)),
+            Ok(Err(_)) => Err(InvokeError::StartFailed {
+                function: slot.spec.function.to_string(),
+                detail: "the start was interrupted".to_owned(),
+            }),
+            Err(_) => {
+                // A start that finished just as the deadline passed still serves the next one.
+                started_rx.close();
+                if let Ok((Ok(instance), _permit)) = started_rx.try_recv() {
+                    slot.release(instance);
+                }
+                Err(InvokeError::Timeout {
+                    function: slot.spec.function.to_string(),
+                    timeout: slot.spec.limits.timeout,
+                })
+            }
         }
     }
 }
@@ -474,24 +520,25 @@ impl Invoker for Executor {
             status,
         };
 
-        let (mut instance, cold_start) = match slot.take_idle() {
-            Some(instance) => (instance, None),
+        // One deadline for the whole request: a cold start counts in the function's timeout.
+        let timeout = slot.spec.limits.timeout;
+        let deadline = Instant::now() + timeout;
+        let (mut instance, permit, cold_start) = match slot.take_idle() {
+            Some(instance) => (instance, permit, None),
             None => {
                 let starting = Instant::now();
                 match self
-                    .runtime
-                    .start_instance(&slot.spec, &invocation.id)
+                    .start_within(&slot, &invocation.id, permit, deadline)
                     .await
                 {
-                    Ok(instance) => {
+                    Ok((instance, permit)) => {
                         let cold_start = ColdStart {
                             start: starting.elapsed(),
                             tier: slot.spec.environment.tier(),
                         };
-                        (instance, Some(cold_start))
+                        (instance, permit, Some(cold_start))
                     }
                     Err(err) => {
-                        drop(permit);
                         self.observer.attempt_finished(report(
                             None,
                             Duration::ZERO,
@@ -505,9 +552,15 @@ impl Invoker for Executor {
         };
         let cpu_before = instance.cpu_time();
         let dispatched = Instant::now();
+        let left = deadline.saturating_duration_since(Instant::now());
         let result = instance
-            .handle(&invocation.id, invocation.request, slot.spec.limits.timeout)
-            .await;
+            .handle(&invocation.id, invocation.request, left)
+            .await
+            .map_err(|err| match err {
+                // Named with the function's timeout, not the part of it that was left.
+                InvokeError::Timeout { function, .. } => InvokeError::Timeout { function, timeout },
+                err => err,
+            });
         let run = dispatched.elapsed();
         // Informational and out-of-range statuses cannot be forwarded as a final answer.
         let result = result.and_then(|response| {
@@ -552,6 +605,8 @@ mod tests {
     /// A runtime whose instances take `hold` to answer and count starts and stops.
     struct TimedRuntime {
         hold: Duration,
+        /// How long starting an instance takes.
+        start: Duration,
         started: AtomicUsize,
         stopped: Arc<AtomicUsize>,
     }
@@ -588,6 +643,7 @@ mod tests {
             _first_request: &RequestId,
         ) -> Result<Box<dyn Instance>, InvokeError> {
             self.started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.start).await;
             Ok(Box::new(TimedInstance {
                 hold: self.hold,
                 stopped: self.stopped.clone(),
@@ -605,9 +661,10 @@ mod tests {
             namespace: &Namespace,
             function: &Name,
         ) -> Result<Option<InstanceSpec>, String> {
-            let runtime = match function.as_str() {
-                "f" => BuiltinRuntime::Python,
-                "w" => BuiltinRuntime::Wasm,
+            let (runtime, timeout) = match function.as_str() {
+                "f" => (BuiltinRuntime::Python, Limits::default().timeout),
+                "w" => (BuiltinRuntime::Wasm, Limits::default().timeout),
+                "t" => (BuiltinRuntime::Python, Duration::from_secs(1)),
                 _ => return Ok(None),
             };
             Ok(Some(InstanceSpec {
@@ -619,16 +676,29 @@ mod tests {
                 code_file: None,
                 entrypoint: None,
                 env_vars: BTreeMap::new(),
-                limits: Limits::default(),
+                limits: Limits {
+                    timeout,
+                    ..Limits::default()
+                },
                 allow_outbound: Vec::new(),
+                network: Default::default(),
                 scaling: Default::default(),
             }))
         }
     }
 
     fn executor(config: ExecutorConfig, hold: Duration) -> (Arc<Executor>, Arc<TimedRuntime>) {
+        slow_starting_executor(config, hold, Duration::ZERO)
+    }
+
+    fn slow_starting_executor(
+        config: ExecutorConfig,
+        hold: Duration,
+        start: Duration,
+    ) -> (Arc<Executor>, Arc<TimedRuntime>) {
         let runtime = Arc::new(TimedRuntime {
             hold,
+            start,
             started: AtomicUsize::new(0),
             stopped: Arc::new(AtomicUsize::new(0)),
         });
@@ -691,6 +761,31 @@ mod tests {
             1,
             "never more than max instances"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_start_counts_in_the_timeout_and_a_late_instance_serves_the_next_request() {
+        let (executor, runtime) = slow_starting_executor(
+            ExecutorConfig::default(),
+            Duration::from_millis(10),
+            Duration::from_secs(3),
+        );
+        let asked = Instant::now();
+        let err = executor.invoke(call("t")).await.unwrap_err();
+        assert_eq!(err.status(), 504, "{err}");
+        assert!(err.to_string().contains("1s"), "{err}");
+        assert!(asked.elapsed() < Duration::from_millis(1100));
+        // The start goes on, within the function's capacity, and then waits idle.
+        let function = Name::parse("function", "t").unwrap();
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!(counts.busy, 1, "the start holds its capacity");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!((counts.busy, counts.idle), (0, 1));
+        let asked = Instant::now();
+        assert!(executor.invoke(call("t")).await.is_ok());
+        assert!(asked.elapsed() < Duration::from_millis(100), "served warm");
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

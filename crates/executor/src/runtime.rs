@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Environment, Limits, Name, Namespace, OutboundRule, RevisionNumber, Scaling};
+use gust_model::{
+    Environment, Limits, Name, Namespace, NetworkPolicy, OutboundRule, RevisionNumber, Scaling,
+};
 
 use crate::{InvokeError, RequestId};
 
@@ -24,6 +26,8 @@ pub struct InstanceSpec {
     pub limits: Limits,
     /// Origins the function may call (the wasm tier enforces them).
     pub allow_outbound: Vec<OutboundRule>,
+    /// What a process function's workers may reach (the process tier enforces it).
+    pub network: NetworkPolicy,
     pub scaling: Scaling,
 }
 

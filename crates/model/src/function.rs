@@ -4,7 +4,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Delivery, DeliveryConfig, ModelError, Name, Namespace, OutboundRule, Scaling, ScalingConfig,
+    Delivery, DeliveryConfig, ModelError, Name, Namespace, NetworkPolicy, OutboundRule, Scaling,
+    ScalingConfig,
 };
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,8 +105,14 @@ fn validate_env_var(key: &str, value: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Revisions a function keeps, newest first; older ones (and code only they used) are deleted.
-pub const KEPT_REVISIONS: usize = 10;
+/// Revisions a function keeps unless its `--keep-revisions` says otherwise; older ones (and
+/// code only they used) are deleted.
+pub const DEFAULT_KEEP_REVISIONS: u32 = 10;
+const KEEP_REVISIONS_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
+
+fn default_keep_revisions() -> u32 {
+    DEFAULT_KEEP_REVISIONS
+}
 
 /// One immutable version of a function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +127,10 @@ pub struct Revision {
     /// Origins a wasm function may call; none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_outbound: Vec<OutboundRule>,
+    /// What a process function may reach; `None` is the tier's default (process: outbound;
+    /// wasm: the origins in `allow_outbound`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
     #[serde(default)]
     pub scaling: Scaling,
     /// Retry budget of asynchronous invocations.
@@ -130,6 +141,9 @@ pub struct Revision {
     /// The earlier revision a rollback copied this one from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_from: Option<RevisionNumber>,
+    /// How many revisions the function keeps while this one is current (itself included).
+    #[serde(default = "default_keep_revisions")]
+    pub keep_revisions: u32,
 }
 
 /// A function and every revision it has had; `current` is the one that serves.
@@ -156,14 +170,16 @@ impl Function {
     }
 
     /// Appends `revision` (its number is assigned here) and makes it current; only the
-    /// newest [`KEPT_REVISIONS`] stay (the new one is current, so it is among them).
+    /// newest of them stay, as many as the new revision's `keep_revisions` (the new one is
+    /// current, so it is among them).
     pub fn push_revision(&mut self, mut revision: Revision) -> RevisionNumber {
         revision.number = self.next_number();
+        let keep = (revision.keep_revisions.max(1)) as usize;
         self.current = revision.number;
         self.revisions.push(revision);
-        if self.revisions.len() > KEPT_REVISIONS {
+        if self.revisions.len() > keep {
             self.revisions.sort_by_key(|r| r.number);
-            let excess = self.revisions.len() - KEPT_REVISIONS;
+            let excess = self.revisions.len() - keep;
             self.revisions.drain(..excess);
         }
         self.current
@@ -179,8 +195,10 @@ pub struct RevisionFields {
     pub env_vars: BTreeMap<String, String>,
     pub limits: Limits,
     pub allow_outbound: Vec<OutboundRule>,
+    pub network: Option<NetworkPolicy>,
     pub scaling: Scaling,
     pub delivery: Delivery,
+    pub keep_revisions: u32,
 }
 
 /// The settable fields of a function as a user wrote them; on update every field is optional
@@ -202,10 +220,16 @@ pub struct FunctionConfig {
     /// Origins a wasm function may call; on update they replace the whole list when given.
     #[serde(default)]
     pub allow_outbound: Option<Vec<String>>,
+    /// `outbound` or `none`; an empty string goes back to the tier's default.
+    #[serde(default)]
+    pub network: Option<String>,
     #[serde(default)]
     pub scaling: ScalingConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Revisions the function keeps, the current one included.
+    #[serde(default)]
+    pub keep_revisions: Option<u32>,
 }
 
 impl FunctionConfig {
@@ -269,20 +293,41 @@ impl FunctionConfig {
                 .collect::<Result<_, _>>()?,
             None => base.map(|r| r.allow_outbound.clone()).unwrap_or_default(),
         };
+        let network = match self.network.as_deref() {
+            Some("") => None,
+            Some(policy) => Some(NetworkPolicy::parse(policy)?),
+            None => base.and_then(|r| r.network),
+        };
         let scaling = self
             .scaling
             .apply(base.map(|r| r.scaling).unwrap_or_default())?;
         let delivery = self
             .delivery
             .apply(base.map(|r| r.delivery).unwrap_or_default())?;
+        let keep_revisions = match self.keep_revisions {
+            Some(keep) if !KEEP_REVISIONS_RANGE.contains(&keep) => {
+                return Err(ModelError::OutOfRange {
+                    field: "keep-revisions",
+                    reason: format!(
+                        "{keep} is not between {} and {}",
+                        KEEP_REVISIONS_RANGE.start(),
+                        KEEP_REVISIONS_RANGE.end()
+                    ),
+                });
+            }
+            Some(keep) => keep,
+            None => base.map_or(DEFAULT_KEEP_REVISIONS, |r| r.keep_revisions),
+        };
         Ok(RevisionFields {
             environment,
             entrypoint,
             env_vars,
             limits,
             allow_outbound,
+            network,
             scaling,
             delivery,
+            keep_revisions,
         })
     }
 }
@@ -336,10 +381,12 @@ mod tests {
             env_vars: BTreeMap::from([("A".into(), "1".into())]),
             limits: Limits::default(),
             allow_outbound: Vec::new(),
+            network: None,
             scaling: Scaling::default(),
             delivery: Delivery::default(),
             created_at_ms: 0,
             copied_from: None,
+            keep_revisions: DEFAULT_KEEP_REVISIONS,
         }
     }
 
@@ -423,5 +470,31 @@ mod tests {
         assert_eq!(kept, (6..=15).collect::<Vec<_>>(), "the newest ten");
         assert_eq!(function.current_revision().number, 15);
         assert!(function.revision(1).is_none());
+        // A revision that keeps fewer prunes down to its number at once.
+        function.push_revision(Revision {
+            keep_revisions: 3,
+            ..revision()
+        });
+        let kept: Vec<RevisionNumber> = function.revisions.iter().map(|r| r.number).collect();
+        assert_eq!(kept, vec![14, 15, 16]);
+    }
+
+    #[test]
+    fn keep_revisions_is_bounded_and_carried_over() {
+        for keep in [0, 101] {
+            let config = FunctionConfig {
+                keep_revisions: Some(keep),
+                ..Default::default()
+            };
+            assert!(config.apply(None).is_err(), "{keep}");
+        }
+        let base = Revision {
+            keep_revisions: 4,
+            ..revision()
+        };
+        let fields = FunctionConfig::default().apply(Some(&base)).unwrap();
+        assert_eq!(fields.keep_revisions, 4);
+        let fields = FunctionConfig::default().apply(None).unwrap();
+        assert_eq!(fields.keep_revisions, DEFAULT_KEEP_REVISIONS);
     }
 }

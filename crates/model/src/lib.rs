@@ -13,6 +13,7 @@ mod function;
 mod invocation;
 mod mq;
 mod name;
+mod network;
 mod outbound;
 mod route;
 mod scaling;
@@ -28,8 +29,8 @@ pub use environment::{
 };
 pub use error::ModelError;
 pub use function::{
-    CodeRef, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function, FunctionConfig, KEPT_REVISIONS,
-    Limits, Revision, RevisionFields, RevisionNumber, parse_duration,
+    CodeRef, DEFAULT_KEEP_REVISIONS, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function,
+    FunctionConfig, Limits, Revision, RevisionFields, RevisionNumber, parse_duration,
 };
 pub use invocation::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MAX_STORED_RESPONSE_BYTES,
@@ -40,6 +41,7 @@ pub use mq::{
     MqTriggerConfig,
 };
 pub use name::{Name, Namespace};
+pub use network::{NON_PUBLIC_IPV4, NetworkPolicy};
 pub use outbound::OutboundRule;
 pub use route::{
     Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteMode,

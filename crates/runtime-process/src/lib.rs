@@ -13,6 +13,7 @@
 
 mod cgroup;
 mod error;
+mod network;
 mod pool;
 mod sandbox;
 mod seccomp;
@@ -21,6 +22,7 @@ mod worker;
 
 pub use cgroup::{Cgroups, WORKER_PIDS_MAX};
 pub use error::RuntimeError;
+pub use network::Uplinks;
 pub use sandbox::Sandbox;
 pub use worker::{FUNCTION_ERROR_HEADER, MAX_RESPONSE_BYTES};
 

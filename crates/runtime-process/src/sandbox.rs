@@ -4,6 +4,8 @@
 //! with a clean environment and no way to outlive Gust.
 //!
 //! A seccomp filter ([`SeccompProgram`]) refuses the system calls a function has no use for.
+//! Each sandbox has a network namespace of its own, connected to the outside by
+//! [`Uplinks`](crate::network::Uplinks) for functions whose policy allows it.
 //!
 //! The worker's connection point is a listening Unix socket that Gust binds in a directory of
 //! its own and hands to the worker as an inherited descriptor (`GUST_LISTEN_FD`). Nothing the
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use tokio::process::Command;
 
 use crate::RuntimeError;
+use crate::network::{SANDBOX_RESOLV_CONF, Uplinks};
 use crate::seccomp::SeccompProgram;
 
 /// The uid and gid workers run as when Gust runs as root (`nobody` on Debian).
@@ -54,6 +57,9 @@ pub const LISTEN_FD: i32 = 3;
 const CODE_FD: i32 = 200;
 const ENV_FD: i32 = 202;
 const SECCOMP_FD: i32 = 203;
+const INFO_FD: i32 = 204;
+const RESOLV_FD: i32 = 205;
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Size of a worker's private `/tmp`. A backstop only: its pages are charged to the worker's
 /// memory cgroup, so the function's memory limit is what bounds it where cgroups exist.
 const TMP_SIZE_BYTES: u64 = 1024 * 1024 * 1024;
@@ -65,6 +71,8 @@ pub enum Sandbox {
     Bubblewrap {
         bwrap: PathBuf,
         seccomp: Arc<SeccompProgram>,
+        /// How sandboxes get a way out; `None` (slirp4netns missing): loopback only.
+        uplinks: Option<Uplinks>,
     },
     /// `--no-sandbox`: workers run as Gust's own user and see the whole host.
     Disabled,
@@ -96,6 +104,10 @@ pub struct BindSources<'a> {
     env_dir: Option<(PathBuf, File)>,
     /// The seccomp program for bwrap to read (sandboxed workers only).
     seccomp: Option<File>,
+    /// Where bwrap says its sandbox's pid, for connecting the sandbox's network.
+    info: Option<(std::io::PipeReader, std::io::PipeWriter)>,
+    /// The resolver configuration of a connected sandbox, for bwrap to read.
+    resolv_conf: Option<std::io::PipeReader>,
 }
 
 impl<'a> BindSources<'a> {
@@ -126,7 +138,31 @@ impl<'a> BindSources<'a> {
                 ),
                 Sandbox::Disabled => None,
             },
+            info: match sandbox {
+                Sandbox::Bubblewrap {
+                    uplinks: Some(_), ..
+                } => Some(std::io::pipe().map_err(RuntimeError::io("bwrap info pipe"))?),
+                _ => None,
+            },
+            resolv_conf: match sandbox {
+                Sandbox::Bubblewrap {
+                    uplinks: Some(_), ..
+                } => {
+                    let (reader, mut writer) =
+                        std::io::pipe().map_err(RuntimeError::io("resolv.conf pipe"))?;
+                    std::io::Write::write_all(&mut writer, SANDBOX_RESOLV_CONF.as_bytes())
+                        .map_err(RuntimeError::io("resolv.conf pipe"))?;
+                    Some(reader)
+                }
+                _ => None,
+            },
         })
+    }
+
+    /// Where bwrap will say its sandbox's pid (once spawned); `None` when the sandbox's
+    /// network is not to be connected.
+    pub fn take_info(&mut self) -> Option<std::io::PipeReader> {
+        self.info.take().map(|(reader, _writer)| reader)
     }
 }
 
@@ -144,6 +180,7 @@ impl Sandbox {
         let sandbox = Sandbox::Bubblewrap {
             bwrap,
             seccomp: Arc::new(SeccompProgram::compile()?),
+            uplinks: Uplinks::detect(),
         };
         let probe_dir = probe_dir()?;
         let paths = WorkerPaths::new(probe_dir.path());
@@ -165,6 +202,19 @@ impl Sandbox {
             });
         }
         Ok(sandbox)
+    }
+
+    /// What the network policies can mean here, for the start-up summary.
+    pub fn network_summary(&self) -> &'static str {
+        match self {
+            Sandbox::Bubblewrap {
+                uplinks: Some(_), ..
+            } => "a namespace per worker; outbound: public addresses via slirp4netns",
+            Sandbox::Bubblewrap { uplinks: None, .. } => {
+                "a namespace per worker, loopback only (install slirp4netns for outbound)"
+            }
+            Sandbox::Disabled => "the host's (no sandbox): --network is not enforced",
+        }
     }
 
     /// The function's code as the worker sees it.
@@ -219,6 +269,7 @@ impl Sandbox {
                     "--unshare-ipc",
                     "--unshare-uts",
                     "--unshare-cgroup-try",
+                    "--unshare-net",
                     // A function has no use for user namespaces of its own, and each one
                     // reopens kernel attack surface the sandbox closed.
                     "--disable-userns",
@@ -228,6 +279,12 @@ impl Sandbox {
                     WORKER_HOSTNAME,
                 ]);
                 for path in SYSTEM_PATHS {
+                    // A connected sandbox asks slirp4netns's resolver, not the host's (which
+                    // may sit on the host's loopback, out of the sandbox's reach).
+                    if path == RESOLV_CONF && binds.resolv_conf.is_some() {
+                        push(&["--ro-bind-data", &RESOLV_FD.to_string(), RESOLV_CONF]);
+                        continue;
+                    }
                     push(&["--ro-bind-try", path, path]);
                 }
                 for alias in USR_ALIASES {
@@ -259,6 +316,9 @@ impl Sandbox {
                 push(&["--remount-ro", "/dev", "--remount-ro", "/"]);
                 if binds.seccomp.is_some() {
                     push(&["--seccomp", &SECCOMP_FD.to_string()]);
+                }
+                if binds.info.is_some() {
+                    push(&["--info-fd", &INFO_FD.to_string()]);
                 }
                 push(&["--chdir", "/tmp", "--clearenv"]);
                 for (key, value) in base_env() {
@@ -293,6 +353,14 @@ impl Sandbox {
                         .as_ref()
                         .map(|(_, fd)| (fd.as_raw_fd(), ENV_FD)),
                     binds.seccomp.as_ref().map(|f| (f.as_raw_fd(), SECCOMP_FD)),
+                    binds
+                        .info
+                        .as_ref()
+                        .map(|(_, writer)| (writer.as_raw_fd(), INFO_FD)),
+                    binds
+                        .resolv_conf
+                        .as_ref()
+                        .map(|reader| (reader.as_raw_fd(), RESOLV_FD)),
                 ];
                 place_descriptors(&mut command, fds.into_iter().flatten().collect());
                 command
@@ -382,7 +450,7 @@ fn join_cgroups_first(command: &mut Command, fds: Vec<RawFd>) {
 /// Registers moving each `(from, to)` descriptor to number `to` in the child, inheritable
 /// (bwrap's `--*-fd` sources, the worker's listening socket).
 fn place_descriptors(command: &mut Command, fds: Vec<(RawFd, i32)>) {
-    const MOST: usize = 4;
+    const MOST: usize = 6;
     assert!(
         fds.len() <= MOST,
         "a worker is given at most {MOST} descriptors"

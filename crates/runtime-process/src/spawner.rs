@@ -36,19 +36,40 @@ impl Spawner {
     }
 
     pub async fn start_worker(&self, command: &WorkerCommand) -> Result<Worker, RuntimeError> {
-        let id = format!(
-            "{}-{}",
-            command.environment,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
-        Worker::start(
-            id,
-            &self.workers_dir,
-            &self.sandbox,
-            self.cgroups.as_ref(),
-            command,
-            self.logs.clone(),
-        )
-        .await
+        let mut attempt = 1;
+        loop {
+            let id = format!(
+                "{}-{}",
+                command.environment,
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            );
+            let started = Worker::start(
+                id,
+                &self.workers_dir,
+                &self.sandbox,
+                self.cgroups.as_ref(),
+                command,
+                self.logs.clone(),
+            )
+            .await;
+            match started {
+                Err(err) if attempt < SETUP_ATTEMPTS && is_transient_setup_failure(&err) => {
+                    tracing::debug!(error = %err, attempt, "sandbox set-up failed; starting again");
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
     }
+}
+
+/// Starts of a worker whose sandbox set-up failed for a reason of the moment.
+const SETUP_ATTEMPTS: u32 = 3;
+
+/// bubblewrap configures the loopback interface of each new network namespace over netlink,
+/// and with many namespaces created at once that occasionally fails (seen: `loopback: Failed
+/// RTM_NEWADDR: No child processes`). Nothing of the function has run then; a new sandbox
+/// succeeds.
+fn is_transient_setup_failure(err: &RuntimeError) -> bool {
+    matches!(err, RuntimeError::WorkerStart { detail, .. } if detail.contains("bwrap: loopback:"))
 }

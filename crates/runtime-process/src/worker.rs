@@ -13,6 +13,7 @@ use bytes::Bytes;
 use gust_executor::{
     Admission, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId,
 };
+use gust_model::NetworkPolicy;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -24,6 +25,7 @@ use tokio::process::Child;
 
 use crate::RuntimeError;
 use crate::cgroup::{Cgroups, WorkerCgroup};
+use crate::network::{self, Uplink};
 use crate::sandbox::{BindSources, Sandbox, WorkerPaths, prepare_dirs};
 
 /// How long a worker may take from process start to answering `/healthz`.
@@ -85,6 +87,8 @@ pub struct Worker {
     memory_mb: u32,
     /// Its kernel limits; `None` where the host gives Gust no cgroups.
     cgroup: Option<WorkerCgroup>,
+    /// Its sandbox's way out (public addresses only); `None` once cut or where there is none.
+    uplink: Option<Uplink>,
     dead: bool,
 }
 
@@ -109,8 +113,8 @@ impl Worker {
             .map(|c| c.worker(&id))
             .transpose()
             .map_err(|e| failed(format!("cannot create its cgroup: {e}")))?;
-        let mut child = {
-            let binds = BindSources::open(&paths, command.env_dir.as_deref(), sandbox)?;
+        let (mut child, info) = {
+            let mut binds = BindSources::open(&paths, command.env_dir.as_deref(), sandbox)?;
             let join = match &cgroup {
                 Some(cgroup) => cgroup
                     .procs_files()
@@ -122,8 +126,10 @@ impl Worker {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
-            cmd.spawn()
-                .map_err(|e| failed(format!("cannot run {:?}: {e}", command.program[0])))?
+            let child = cmd
+                .spawn()
+                .map_err(|e| failed(format!("cannot run {:?}: {e}", command.program[0])))?;
+            (child, binds.take_info())
             // `binds` closes Gust's copy of the listener here: the worker holds the only one.
         };
         let pid = child.id();
@@ -134,6 +140,19 @@ impl Worker {
         if let Some(pid) = pid {
             let _ = std::fs::write(dir.join(PID_FILE), pid.to_string());
         }
+        let uplink = match (sandbox, info) {
+            (
+                Sandbox::Bubblewrap {
+                    uplinks: Some(uplinks),
+                    ..
+                },
+                Some(info),
+            ) => {
+                let sandbox_pid = network::sandbox_pid(info).await.map_err(&failed)?;
+                Some(uplinks.connect(sandbox_pid).await.map_err(&failed)?)
+            }
+            _ => None,
+        };
         let log_target = Arc::new(Mutex::new(LogTarget::default()));
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(pump_lines(
@@ -192,6 +211,7 @@ impl Worker {
             function: String::new(),
             memory_mb: 0,
             cgroup,
+            uplink,
             dead: false,
         })
     }
@@ -221,6 +241,11 @@ impl Worker {
                     spec.limits.memory_mb
                 ))
             })?;
+        }
+        if spec.network == NetworkPolicy::None
+            && let Some(uplink) = self.uplink.take()
+        {
+            uplink.cut().await;
         }
         let placing = std::time::Instant::now();
         link_tree(&spec.code_dir, &self.paths.code_dir)

@@ -25,6 +25,7 @@ fn spec(code_dir: &std::path::Path, file: &str, runtime: BuiltinRuntime) -> Inst
             memory_mb: 128,
         },
         allow_outbound: Vec::new(),
+        network: Default::default(),
         scaling: Default::default(),
     }
 }

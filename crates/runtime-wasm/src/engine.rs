@@ -29,8 +29,11 @@ pub fn build() -> Result<Engine, WasmError> {
         // had a moment ago. Only pages an instance touched stay resident.
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(64 * 1024)
-        // Give pages back in batches: fewer system calls on the request path.
-        .decommit_batch_size(16)
+        // Give each slot back as soon as its store is dropped (stores are dropped after the
+        // response has gone out). Batching the returns (`decommit_batch_size` > 1) left slots
+        // of a deleted component queued while the component was dropped; returned later,
+        // they kept its compiled file and memory image mapped until reused.
+        .decommit_batch_size(1)
         // Where the kernel can say which pages an instance touched (PAGEMAP_SCAN, Linux 6.7),
         // reset only those, with memset, instead of the whole resident prefix.
         .pagemap_scan(Enabled::Auto);

@@ -123,6 +123,21 @@ impl WasmRuntime {
         compile::retain(&self.components.cache_dir, &keep)
     }
 
+    /// Forgets every loaded component but those of `current` revisions' files. Retiring a
+    /// revision forgets its component at once; this catches one loaded again by a request or
+    /// a deploy that raced the retirement, so that no component (and no memory image mapped
+    /// from its compiled file) outlives its function.
+    pub fn retain_loaded(&self, current: &std::collections::HashSet<PathBuf>) -> usize {
+        let mut ready = self
+            .components
+            .ready
+            .lock()
+            .expect("component map lock is never poisoned");
+        let before = ready.len();
+        ready.retain(|path, _| current.contains(path));
+        before - ready.len()
+    }
+
     /// Registers the tier's own metrics.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
@@ -299,6 +314,7 @@ mod tests {
             env_vars: BTreeMap::new(),
             limits: Limits::default(),
             allow_outbound: Vec::new(),
+            network: Default::default(),
             scaling: Scaling::default(),
         };
         (runtime, spec)
@@ -320,6 +336,50 @@ mod tests {
             runtime.components.loaded(&path).is_none(),
             "dropped on retire"
         );
+    }
+
+    /// Mappings of this process's memory from the compiled-component cache under `dir`.
+    fn mapped_from(dir: &Path) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let dir = dir.to_string_lossy();
+        maps.lines().filter(|l| l.contains(&*dir)).count()
+    }
+
+    /// The engine's instance pool keeps a memory image mapped in each slot an instance used,
+    /// and forgets it only when the component goes; a slot given back after that (a batched
+    /// decommit) would keep the compiled file mapped for good.
+    #[tokio::test]
+    async fn a_retired_component_leaves_no_mapping_behind_after_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, spec) = probe_runtime(dir.path());
+        let cache = dir.path().join("cache");
+        // Compiled into the cache first, as at upload; then loaded from the cache's file.
+        runtime.prepare(&spec).await;
+        runtime.retire(&spec);
+        let mut instance = runtime
+            .start_instance(&spec, &RequestId::new("r1"))
+            .await
+            .unwrap();
+        let response = instance
+            .handle(
+                &RequestId::new("r1"),
+                http::Request::get("/").body(bytes::Bytes::new()).unwrap(),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(mapped_from(&cache) > 0, "the component is in use");
+        instance.stop().await;
+        runtime.retire(&spec);
+        // Stores are dropped on a task of their own once their response went out.
+        for _ in 0..100 {
+            if mapped_from(&cache) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{} mappings left", mapped_from(&cache));
     }
 
     #[tokio::test]

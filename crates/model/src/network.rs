@@ -1,0 +1,76 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+
+/// What a process function's workers may reach on the network. Each worker has a network
+/// namespace of its own either way: it never sees the host's loopback, its sockets or other
+/// functions' workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkPolicy {
+    /// Public addresses only: the host's loopback, link-local (cloud metadata), private and
+    /// shared ranges are unreachable.
+    #[default]
+    Outbound,
+    /// No network at all besides the worker's own loopback.
+    None,
+}
+
+impl NetworkPolicy {
+    pub fn parse(value: &str) -> Result<Self, ModelError> {
+        match value {
+            "outbound" => Ok(Self::Outbound),
+            "none" => Ok(Self::None),
+            _ => Err(ModelError::OutOfRange {
+                field: "network",
+                reason: format!("{value:?} is not one of: outbound, none"),
+            }),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for NetworkPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// IPv4 ranges an `outbound` worker cannot reach: everything that is not a public address
+/// (RFC 6890's special-purpose ranges that route anywhere, minus loopback, which is the
+/// worker's own in its namespace).
+pub const NON_PUBLIC_IPV4: [&str; 9] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "240.0.0.0/4",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_two_policies_and_names_the_choices_otherwise() {
+        assert_eq!(NetworkPolicy::parse("none").unwrap(), NetworkPolicy::None);
+        assert_eq!(
+            NetworkPolicy::parse("outbound").unwrap(),
+            NetworkPolicy::Outbound
+        );
+        let err = NetworkPolicy::parse("host").unwrap_err().to_string();
+        assert!(err.contains("outbound, none"), "{err}");
+    }
+}

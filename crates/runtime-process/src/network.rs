@@ -1,0 +1,222 @@
+//! A sandboxed worker's network. Every worker gets a network namespace of its own (bubblewrap's
+//! `--unshare-net`): it sees only its own loopback, so it cannot reach services on the host's
+//! loopback, listen on the host's ports, talk to other workers over abstract Unix sockets, or
+//! read the host's sockets in `/proc/net`.
+//!
+//! For the `outbound` policy Gust then gives the namespace a way out through slirp4netns, a
+//! user-mode network stack that makes the worker's connections as ordinary sockets of its own
+//! process on the host (refusing the host's loopback: `--disable-host-loopback`). Before that
+//! link exists, every non-public IPv4 range (private, shared, link-local with its cloud metadata
+//! address, ...) is routed to `unreachable` inside the namespace, so there is no moment at which
+//! the worker could reach them. The worker cannot change its routes: it has no capability in
+//! its namespace. A worker specialized for the `none` policy has its link cut (slirp4netns
+//! stopped, which removes the tap device and the default route) before the code is loaded.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use gust_model::NON_PUBLIC_IPV4;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+
+/// The resolver slirp4netns answers on inside the namespace (its default network 10.0.2.0/24).
+pub const SANDBOX_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
+/// How long connecting a namespace may take before the worker is given up.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The tools that connect a worker's namespace to the outside.
+#[derive(Debug, Clone)]
+pub struct Uplinks {
+    slirp4netns: PathBuf,
+    nsenter: PathBuf,
+    ip: PathBuf,
+}
+
+/// One worker's way out; the link goes when this is dropped (or cut).
+#[derive(Debug)]
+pub struct Uplink {
+    slirp: Child,
+}
+
+fn find(names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+impl Uplinks {
+    /// `None` when slirp4netns (or iproute2 and nsenter) is not installed: workers then have
+    /// no network besides their loopback, whatever their policy.
+    pub fn detect() -> Option<Self> {
+        Some(Self {
+            slirp4netns: find(&["/usr/bin/slirp4netns", "/usr/local/bin/slirp4netns"])?,
+            nsenter: find(&["/usr/bin/nsenter", "/bin/nsenter"])?,
+            ip: find(&["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"])?,
+        })
+    }
+
+    /// Connects the network namespace of `sandbox_pid` (the sandbox's first process): first
+    /// the unreachable routes, then the link, and waits until the link is up.
+    pub async fn connect(&self, sandbox_pid: u32) -> Result<Uplink, String> {
+        tokio::time::timeout(CONNECT_DEADLINE, self.connect_now(sandbox_pid))
+            .await
+            .unwrap_or_else(|_| Err(format!("not connected within {CONNECT_DEADLINE:?}")))
+    }
+
+    async fn connect_now(&self, sandbox_pid: u32) -> Result<Uplink, String> {
+        let netns = format!("/proc/{sandbox_pid}/ns/net");
+        self.refuse_non_public(sandbox_pid).await?;
+        let (ready, ready_child) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let mut command = Command::new(&self.slirp4netns);
+        command
+            .args([
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                // Its own empty mount namespace, no capabilities, and a system call filter:
+                // it parses what the function sends.
+                "--enable-sandbox",
+                "--enable-seccomp",
+                "--ready-fd=3",
+            ])
+            .args(own_user_namespace(sandbox_pid))
+            .args(["--netns-type=path", &netns, "tap0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let ready_fd = std::os::fd::AsRawFd::as_raw_fd(&ready_child);
+        // SAFETY: dup2 and prctl are async-signal-safe; `ready_child` stays open in the parent
+        // until spawn returns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(ready_fd, 3) < 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut slirp = command
+            .spawn()
+            .map_err(|e| format!("cannot run slirp4netns: {e}"))?;
+        drop(ready_child);
+        // It writes one byte once the interface is configured, or exits.
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut byte = [0u8; 1];
+            std::io::Read::read(&mut &ready, &mut byte).map(|n| n == 1)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if !matches!(ready, Ok(true)) {
+            let _ = slirp.start_kill();
+            let said = match slirp.stderr.take() {
+                Some(mut stderr) => {
+                    let mut text = String::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+                    text
+                }
+                None => String::new(),
+            };
+            return Err(format!("slirp4netns did not connect: {}", said.trim()));
+        }
+        // Nothing reads its chatter from here on.
+        slirp.stderr.take();
+        Ok(Uplink { slirp })
+    }
+
+    /// Routes every non-public range to `unreachable` inside the namespace.
+    async fn refuse_non_public(&self, sandbox_pid: u32) -> Result<(), String> {
+        let routes: String = NON_PUBLIC_IPV4
+            .iter()
+            .map(|range| format!("route add unreachable {range}\n"))
+            .collect();
+        let mut ip = Command::new(&self.nsenter);
+        ip.arg(format!("--target={sandbox_pid}"))
+            .arg("--net")
+            .args(user_namespace_entry())
+            .arg("--")
+            .arg(&self.ip)
+            .args(["-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = ip.spawn().map_err(|e| format!("cannot run nsenter: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(routes.as_bytes())
+                .await
+                .map_err(|e| format!("cannot give ip its routes: {e}"))?;
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("ip: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cannot set the worker's routes: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Uplink {
+    /// Removes the link and waits until it is gone: the worker then has no route out.
+    pub async fn cut(mut self) {
+        let _ = self.slirp.start_kill();
+        let _ = self.slirp.wait().await;
+    }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Root reaches any namespace directly. Without root the namespace belongs to the sandbox's
+/// user namespace, which Gust's user owns and must enter first.
+fn own_user_namespace(sandbox_pid: u32) -> Vec<String> {
+    if running_as_root() {
+        Vec::new()
+    } else {
+        vec![format!("--userns-path=/proc/{sandbox_pid}/ns/user")]
+    }
+}
+
+fn user_namespace_entry() -> &'static [&'static str] {
+    if running_as_root() {
+        &[]
+    } else {
+        &["--user", "--preserve-credentials"]
+    }
+}
+
+/// Reads the sandbox's first process id from what bubblewrap writes on its `--info-fd`.
+pub async fn sandbox_pid(info: std::io::PipeReader) -> Result<u32, String> {
+    let read = tokio::task::spawn_blocking(move || {
+        // One small JSON object; read up to its end (the sandbox may keep the pipe open).
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !text.contains(&b'}') {
+            match std::io::Read::read(&mut &info, &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(format!("reading bwrap's info: {err}")),
+            }
+        }
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    });
+    let text = tokio::time::timeout(CONNECT_DEADLINE, read)
+        .await
+        .map_err(|_| "bwrap did not say its sandbox's pid".to_owned())?
+        .map_err(|e| e.to_string())??;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|info| info.get("child-pid")?.as_u64())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .ok_or_else(|| format!("bwrap's info has no child pid: {text:?}"))
+}
