@@ -22,6 +22,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cpu::CpuMeter;
+use crate::guests;
 use crate::outbound::OutboundPolicy;
 use crate::output::OutputCapture;
 
@@ -106,6 +107,8 @@ pub struct WasmInstance {
     cpu: CpuMeter,
     instantiation: Histogram,
     slots: Arc<Semaphore>,
+    /// The function's turns on the guest threads.
+    turns: Arc<Semaphore>,
 }
 
 /// An instantiated component with its store, between requests.
@@ -124,6 +127,7 @@ impl WasmInstance {
         logs: Arc<FunctionLogs>,
         instantiation: Histogram,
         slots: Arc<Semaphore>,
+        turns: Arc<Semaphore>,
     ) -> Self {
         Self {
             pre,
@@ -142,6 +146,7 @@ impl WasmInstance {
             cpu: CpuMeter::default(),
             instantiation,
             slots,
+            turns,
         }
     }
 
@@ -318,29 +323,42 @@ impl Instance for WasmInstance {
 
         let pre = self.pre.clone();
         let instantiation = self.instantiation.clone();
-        // The guest runs inside this request's future, not a spawned task: when the request is
-        // dropped (its client left) the guest goes with it instead of running on unobserved.
-        let mut guest = pin!(self.cpu.time(async move {
-            let result = async {
-                let proxy = match proxy {
-                    Some(proxy) => proxy,
-                    None => {
-                        let started = std::time::Instant::now();
-                        let proxy = pre.instantiate_async(&mut store).await?;
-                        instantiation.observe(started.elapsed().as_secs_f64());
-                        proxy
-                    }
-                };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
-                    .await?;
-                Ok(proxy)
-            }
-            .await;
-            let out_of_memory = store.data().memory.refused;
-            (result.map(|proxy| (store, proxy)), out_of_memory) as GuestResult
-        }));
+        // The guest runs on the guest threads, taking turns with the function's other guests
+        // (see `guests`). Its task is aborted when this request's future lets go of it: when
+        // the request is dropped (its client left) the guest goes with it instead of running
+        // on unobserved.
+        let guest = guests::spawn(
+            self.cpu.time(async move {
+                let result = async {
+                    let proxy = match proxy {
+                        Some(proxy) => proxy,
+                        None => {
+                            let started = std::time::Instant::now();
+                            let proxy = pre.instantiate_async(&mut store).await?;
+                            instantiation.observe(started.elapsed().as_secs_f64());
+                            proxy
+                        }
+                    };
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await?;
+                    Ok(proxy)
+                }
+                .await;
+                let out_of_memory = store.data().memory.refused;
+                (result.map(|proxy| (store, proxy)), out_of_memory) as GuestResult
+            }),
+            self.turns.clone(),
+        );
+        let mut guest = pin!(async move {
+            guest.await.unwrap_or_else(|| {
+                (
+                    Err(wasmtime::Error::msg("the guest's task panicked")),
+                    false,
+                )
+            })
+        });
         let mut returned: Option<GuestResult> = None;
 
         // First the response, within the timeout; the guest keeps running while it is awaited
