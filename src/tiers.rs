@@ -40,6 +40,10 @@ impl Runtime for Tiers {
         self.of(&spec.environment).retire(spec)
     }
 
+    fn validate_environment(&self, environment: &Environment) -> Result<(), String> {
+        self.of(environment).validate_environment(environment)
+    }
+
     fn ready_workers(&self, environment: &Environment) -> Option<usize> {
         self.of(environment).ready_workers(environment)
     }

@@ -463,6 +463,8 @@ server.serve_forever()
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let command = format!("/usr/bin/python3 {}", script.display());
+    let env_dir = gust.scratch().join("env");
+    let env_dir = env_dir.to_str().unwrap();
     gust.cli(&[
         "env",
         "create",
@@ -471,12 +473,44 @@ server.serve_forever()
         &command,
         "--pool-size",
         "1",
+        "--mount",
+        env_dir,
     ])
     .ok();
     let err = gust
         .cli(&["env", "create", "bin", "--command", &command])
         .failed();
     assert!(err.contains("already exists"), "{err}");
+    // Mounts are explicit and never reach the host's root, its kernel views or Gust's own data
+    // (not even through a link).
+    let link = gust.scratch().join("sneaky");
+    std::os::unix::fs::symlink(gust.data_dir(), &link).unwrap();
+    let data_dir = gust.data_dir();
+    for (mount, says) in [
+        ("/", "whole host"),
+        ("/proc", "under /proc"),
+        ("/run", "under /run"),
+        (data_dir.to_str().unwrap(), "Gust's own"),
+        (link.to_str().unwrap(), "Gust's own"),
+        (gust.dir.path().to_str().unwrap(), "Gust's own"),
+    ] {
+        let err = gust
+            .cli(&[
+                "env",
+                "create",
+                "nosy",
+                "--command",
+                &command,
+                "--mount",
+                mount,
+            ])
+            .failed();
+        assert!(err.contains(says), "{mount}: {err}");
+    }
+    let err = gust
+        .cli(&["env", "create", "nosy", "--command", "/opt/nowhere/server"])
+        .failed();
+    assert!(err.contains("--mount /opt/nowhere"), "{err}");
     gust.deploy("custom", "bin", "anything.txt", "data", &[]);
     assert_eq!(gust.get("/custom").text().unwrap(), "custom:/custom");
 

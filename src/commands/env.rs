@@ -25,6 +25,10 @@ enum EnvCommand {
         /// Generic workers kept started ahead of need
         #[arg(long)]
         pool_size: Option<u32>,
+        /// A host directory or file the workers see read-only at the same path, e.g. the
+        /// program's own directory (repeatable; system directories are always there)
+        #[arg(long = "mount")]
+        mounts: Vec<String>,
     },
     /// List environments.
     List(OutputArgs),
@@ -84,8 +88,14 @@ pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             name,
             command,
             pool_size,
+            mounts,
         } => {
-            let body = json!({ "name": name, "command": command, "pool_size": pool_size });
+            let body = json!({
+                "name": name,
+                "command": command,
+                "pool_size": pool_size,
+                "mounts": mounts,
+            });
             let _: Value = client
                 .json(Method::POST, "/v1/environments", Some(&body))
                 .await?;

@@ -255,13 +255,10 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let run_dir = worker_run_dir(&data_dir)?;
-    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(
-        &run_dir,
-        sandbox,
-        cgroups,
-        interpreters,
-        logs.clone(),
-    )?);
+    let process: Arc<dyn Runtime> = Arc::new(
+        ProcessRuntime::new(&run_dir, sandbox, cgroups, interpreters, logs.clone())?
+            .with_protected(vec![data_dir.clone()]),
+    );
     let wasm = WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone())
         .context("cannot start the WebAssembly runtime")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -54,6 +54,9 @@ pub async fn create(
     let env = config.validate()?;
     state
         .blocking(move |s| {
+            s.runtime
+                .validate_environment(&env)
+                .map_err(ApiError::Invalid)?;
             s.store.create_environment(&env)?;
             s.sync_environments()?;
             Ok(env)

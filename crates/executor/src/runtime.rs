@@ -65,6 +65,12 @@ pub trait Runtime: Send + Sync {
         Ok(())
     }
 
+    /// Checks a new environment against this host before it is stored (a custom environment's
+    /// mounts must exist and stay clear of Gust's own directories). The default accepts.
+    fn validate_environment(&self, _environment: &Environment) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Workers ready now in an environment's pool; `None` where the tier keeps no pool.
     fn ready_workers(&self, _environment: &Environment) -> Option<usize> {
         None

@@ -1,3 +1,5 @@
+use std::path::{Component, Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use crate::{ModelError, Name};
@@ -5,6 +7,13 @@ use crate::{ModelError, Name};
 /// Default number of pre-warmed generic workers an environment keeps ready.
 pub const DEFAULT_POOL_SIZE: u32 = 3;
 const MAX_POOL_SIZE: u32 = 64;
+const MAX_MOUNTS: usize = 16;
+/// Where a sandbox already sees the host's files (read-only): a custom environment's program
+/// must be under one of these or under one of its `--mount`s.
+pub const SANDBOX_SYSTEM_DIRS: [&str; 5] = ["/usr", "/bin", "/sbin", "/lib", "/lib64"];
+/// Host paths no environment may mount: the kernel's and the devices' views, and `/run`, where
+/// daemons keep their sockets (and Gust its workers' directories).
+const UNMOUNTABLE: [&str; 4] = ["/proc", "/sys", "/dev", "/run"];
 
 /// The language runtimes that ship with Gust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +56,13 @@ pub enum Tier {
 pub enum EnvironmentKind {
     /// A worker server shipped with Gust.
     Builtin { runtime: BuiltinRuntime },
-    /// Any executable that speaks the worker protocol: program and arguments.
-    Custom { command: Vec<String> },
+    /// Any executable that speaks the worker protocol: program and arguments, and the host
+    /// directories (or files) its workers see read-only besides the system ones.
+    Custom {
+        command: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mounts: Vec<PathBuf>,
+    },
 }
 
 /// A validated environment.
@@ -89,6 +103,36 @@ pub struct EnvironmentConfig {
     pub command: String,
     #[serde(default)]
     pub pool_size: Option<u32>,
+    /// Host paths the workers see read-only at the same place (`--mount`), for the program's
+    /// own files.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+}
+
+/// Checks a `--mount` path: absolute, plain (no `.` or `..`), not `/` and not under a path no
+/// environment may mount.
+pub fn validate_mount(path: &str) -> Result<PathBuf, ModelError> {
+    let invalid = |reason: &str| ModelError::InvalidCommand {
+        reason: format!("cannot mount {path:?}: {reason}"),
+    };
+    let mount = Path::new(path);
+    if !mount.is_absolute() {
+        return Err(invalid("give an absolute path"));
+    }
+    if mount
+        .components()
+        .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+    {
+        return Err(invalid("give a path without . or .."));
+    }
+    let mount: PathBuf = mount.components().collect();
+    if mount == Path::new("/") {
+        return Err(invalid("the whole host is not mountable"));
+    }
+    if let Some(refused) = UNMOUNTABLE.iter().find(|dir| mount.starts_with(dir)) {
+        return Err(invalid(&format!("nothing under {refused} is mountable")));
+    }
+    Ok(mount)
 }
 
 impl EnvironmentConfig {
@@ -109,6 +153,32 @@ impl EnvironmentConfig {
                 ),
             });
         }
+        if self.mounts.len() > MAX_MOUNTS {
+            return Err(ModelError::OutOfRange {
+                field: "mounts",
+                reason: format!("more than {MAX_MOUNTS}"),
+            });
+        }
+        let mounts = self
+            .mounts
+            .iter()
+            .map(|m| validate_mount(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let visible = SANDBOX_SYSTEM_DIRS
+            .iter()
+            .map(Path::new)
+            .chain(mounts.iter().map(PathBuf::as_path))
+            .any(|dir| Path::new(program).starts_with(dir));
+        if !visible {
+            let dir = Path::new(program)
+                .parent()
+                .map_or_else(|| program.clone(), |d| d.display().to_string());
+            return Err(ModelError::InvalidCommand {
+                reason: format!(
+                    "the program {program:?} is not visible in the sandbox: mount its directory with --mount {dir}"
+                ),
+            });
+        }
         let pool_size = self.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         if pool_size > MAX_POOL_SIZE {
             return Err(ModelError::OutOfRange {
@@ -118,7 +188,7 @@ impl EnvironmentConfig {
         }
         Ok(Environment {
             name,
-            kind: EnvironmentKind::Custom { command },
+            kind: EnvironmentKind::Custom { command, mounts },
             pool_size,
         })
     }
@@ -133,6 +203,7 @@ mod tests {
             name: "bin".into(),
             command: command.into(),
             pool_size: None,
+            mounts: Vec::new(),
         }
     }
 
@@ -144,10 +215,47 @@ mod tests {
         assert_eq!(
             env.kind,
             EnvironmentKind::Custom {
-                command: vec!["/usr/bin/python3".into(), "/opt/my server.py".into()]
+                command: vec!["/usr/bin/python3".into(), "/opt/my server.py".into()],
+                mounts: Vec::new(),
             }
         );
         assert_eq!(env.pool_size, DEFAULT_POOL_SIZE);
+    }
+
+    #[test]
+    fn a_program_outside_the_system_directories_needs_a_mount() {
+        let err = config("/opt/srv/server --flag").validate().unwrap_err();
+        assert!(err.to_string().contains("--mount /opt/srv"), "{err}");
+        let env = EnvironmentConfig {
+            mounts: vec!["/opt/srv/".into()],
+            ..config("/opt/srv/server --flag")
+        }
+        .validate()
+        .unwrap();
+        assert!(
+            matches!(env.kind, EnvironmentKind::Custom { mounts, .. } if mounts == [PathBuf::from("/opt/srv")])
+        );
+    }
+
+    #[test]
+    fn refuses_the_root_relative_paths_and_the_kernels_views() {
+        for bad in [
+            "/",
+            "opt",
+            "/opt/../etc",
+            "/proc",
+            "/proc/1",
+            "/sys/fs",
+            "/dev",
+            "/run",
+            "/run/docker.sock",
+        ] {
+            assert!(validate_mount(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_mount("/srv/app").unwrap(),
+            PathBuf::from("/srv/app")
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct ProcessRuntime {
     /// new lane of one of them while it has room.
     shared: Mutex<HashMap<RevisionKey, Vec<Weak<SharedWorker>>>>,
     stop: CancellationToken,
+    /// Where no environment's mount may point (see [`ProcessRuntime::with_protected`]).
+    protected: Vec<PathBuf>,
 }
 
 impl ProcessRuntime {
@@ -124,6 +126,7 @@ impl ProcessRuntime {
             pools: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
+            protected: vec![run_dir.to_owned()],
         })
     }
 
@@ -158,20 +161,54 @@ impl ProcessRuntime {
                     heap_sized_for,
                 }
             }
-            EnvironmentKind::Custom { command } => WorkerCommand {
+            EnvironmentKind::Custom { command, mounts } => WorkerCommand {
                 environment: env.name.to_string(),
                 program: command.clone(),
                 env_dir: None,
                 heap_sized_for: None,
-                // A custom command's own files (its program, a script it runs) must be visible
-                // inside the sandbox; system paths already are.
-                extra_ro: command
+                // Only what the environment names with --mount, checked again now: a path
+                // may have become a link into Gust's own directories since it was created.
+                extra_ro: mounts
                     .iter()
-                    .map(PathBuf::from)
-                    .filter(|p| p.is_absolute() && p.exists() && !p.starts_with("/usr"))
+                    .filter_map(|mount| match self.check_mount(mount) {
+                        Ok(resolved) => Some((resolved, mount.clone())),
+                        Err(err) => {
+                            tracing::warn!(environment = %env.name, error = %err, "mount left out");
+                            None
+                        }
+                    })
                     .collect(),
             },
         })
+    }
+}
+
+impl ProcessRuntime {
+    /// Paths no environment may mount, nor any path inside or above them (the data
+    /// directory); the workers' own run directory is always among them.
+    pub fn with_protected(mut self, paths: Vec<PathBuf>) -> Self {
+        self.protected.extend(paths);
+        self
+    }
+
+    /// Resolves a mount's links and checks where it really points.
+    fn check_mount(&self, mount: &Path) -> Result<PathBuf, String> {
+        let resolved = mount
+            .canonicalize()
+            .map_err(|e| format!("cannot mount {}: {e}", mount.display()))?;
+        gust_model::validate_mount(&resolved.to_string_lossy()).map_err(|e| e.to_string())?;
+        if let Some(protected) = self
+            .protected
+            .iter()
+            .find(|p| resolved.starts_with(p) || p.starts_with(&resolved))
+        {
+            return Err(format!(
+                "cannot mount {}: it is or holds Gust's own {}",
+                mount.display(),
+                protected.display()
+            ));
+        }
+        Ok(resolved)
     }
 }
 
@@ -357,6 +394,15 @@ impl Runtime for ProcessRuntime {
             .expect("pool map lock is never poisoned")
             .get(&environment.name)
             .map(|pool| pool.ready_count())
+    }
+
+    fn validate_environment(&self, environment: &Environment) -> Result<(), String> {
+        match &environment.kind {
+            EnvironmentKind::Custom { mounts, .. } => mounts
+                .iter()
+                .try_for_each(|mount| self.check_mount(mount).map(|_| ())),
+            EnvironmentKind::Builtin { .. } => Ok(()),
+        }
     }
 
     fn set_environments(&self, environments: &[Environment]) {

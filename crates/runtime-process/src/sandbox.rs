@@ -233,7 +233,7 @@ impl Sandbox {
         &self,
         binds: &BindSources,
         program: &[String],
-        extra_ro: &[PathBuf],
+        extra_ro: &[(PathBuf, PathBuf)],
         cgroups: &[std::fs::File],
     ) -> Command {
         let cgroup_fds: Vec<RawFd> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
@@ -309,9 +309,9 @@ impl Sandbox {
                 if binds.env_dir.is_some() {
                     push(&["--ro-bind-fd", &ENV_FD.to_string(), WORKER_ENV_DIR]);
                 }
-                for path in extra_ro {
-                    let path = path.to_string_lossy().into_owned();
-                    push(&["--ro-bind", &path, &path]);
+                for (host, inside) in extra_ro {
+                    let (host, inside) = (host.to_string_lossy(), inside.to_string_lossy());
+                    push(&["--ro-bind", &host, &inside]);
                 }
                 push(&["--remount-ro", "/dev", "--remount-ro", "/"]);
                 if binds.seccomp.is_some() {

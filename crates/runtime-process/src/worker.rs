@@ -65,8 +65,8 @@ pub struct WorkerCommand {
     pub program: Vec<String>,
     /// A built-in environment's server sources, mounted at `{env}`.
     pub env_dir: Option<PathBuf>,
-    /// Host paths a custom environment's command names, mounted read-only.
-    pub extra_ro: Vec<PathBuf>,
+    /// A custom environment's `--mount`s, read-only: (resolved host path, path inside).
+    pub extra_ro: Vec<(PathBuf, PathBuf)>,
     /// The function memory (MB) the command's heap limit was set for, where it sets one
     /// (Node.js); such workers serve only functions with that memory.
     pub heap_sized_for: Option<u32>,
