@@ -107,7 +107,7 @@ def main():
     print(f"sandbox start, {ROUNDS} rounds, alternating:")
     for kind, values in samples.items():
         p50, p99 = summary(values)
-        print(f"  {kind:42s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  (+{p50 - base:5.2f} ms p50)")
+        print(f"  {kind:42s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({p50 - base:+5.2f} ms p50)")
 
 
 if __name__ == "__main__":
