@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use gust_harness::reqwest::Method;
 use gust_harness::{Gust, GustOptions};
 
-use common::{HELLO_WASM, deploy, distinct_component, get, print_table, rss_kib, tcp_sender};
+use common::{
+    HELLO_WASM, deploy, distinct_component, get, print_table_headed, rss_kib, tcp_sender,
+};
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
 const PYTHON_FN: &[u8] = b"def main():\n    return 'ok'\n";
@@ -88,23 +90,26 @@ struct Holdings {
     series: BTreeSet<String>,
 }
 
+/// `text` with each number and each long hexadecimal run (a digest) replaced by `#`.
 fn fold_digits(text: &str) -> String {
     let mut folded = String::new();
-    let mut run = 0;
+    let mut run = String::new();
+    let flush = |run: &mut String, folded: &mut String| {
+        if !run.is_empty() {
+            let number = run.chars().all(|c| c.is_ascii_digit());
+            folded.push_str(if number || run.len() >= 16 { "#" } else { run });
+            run.clear();
+        }
+    };
     for c in text.chars() {
         if c.is_ascii_hexdigit() {
-            run += 1;
-            continue;
+            run.push(c);
+        } else {
+            flush(&mut run, &mut folded);
+            folded.push(c);
         }
-        if run > 0 {
-            folded.push_str(if run > 3 { "#" } else { "n" });
-            run = 0;
-        }
-        folded.push(c);
     }
-    if run > 0 {
-        folded.push('#');
-    }
+    flush(&mut run, &mut folded);
     folded
 }
 
@@ -283,12 +288,7 @@ fn run(rt: &tokio::runtime::Runtime) {
     ];
     let first = steady.first().copied().unwrap_or(samples[0]);
     let last = *samples.last().unwrap();
-    let mut rows = vec![[
-        "measure".to_owned(),
-        "after warm-up → end".to_owned(),
-        "per 1,000 requests".to_owned(),
-        "per function created".to_owned(),
-    ]];
+    let mut rows = Vec::new();
     for (name, value, unit) in series {
         let per_request: Vec<(f64, f64)> = steady
             .iter()
@@ -314,7 +314,13 @@ fn run(rt: &tokio::runtime::Runtime) {
         format!("store file {store_mb:.1} MB"),
         String::new(),
     ]);
-    print_table(
+    print_table_headed(
+        [
+            "measure",
+            "after warm-up → end",
+            "per 1,000 requests",
+            "per function created",
+        ],
         &format!(
             "Soak: {seconds} s, {done} requests ({:.0}/s) over python, node and wasm from {CLIENTS} clients, {created} functions created, invoked and deleted",
             done as f64 / seconds as f64

@@ -1,19 +1,54 @@
 //! Turns `--code PATH` into an upload: a file goes as it is (archives too), a directory is
-//! packed into a gzipped tar with its symlinks kept as links.
+//! packed into a gzipped tar with its symlinks kept as links. The bytes go to `/v1/uploads`
+//! (streamed to disk by Gust); the function's body then names the upload.
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use base64::Engine;
+use bytes::Bytes;
+use http::Method;
 use serde::Serialize;
+use serde_json::Value;
 
+use crate::client::ApiClient;
+
+/// The `code` of a function's create or update body.
 #[derive(Debug, Serialize)]
 pub struct CodeUpload {
     pub filename: String,
-    pub content_base64: String,
+    pub upload: String,
 }
 
-pub fn pack(path: &Path) -> anyhow::Result<CodeUpload> {
+/// Packs `path` and sends it to Gust; returns what the function's body names.
+pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeUpload> {
+    let (filename, bytes) = pack(path)?;
+    let response = client
+        .send(
+            Method::POST,
+            "/v1/uploads",
+            &[(
+                "content-type".to_owned(),
+                "application/octet-stream".to_owned(),
+            )],
+            Bytes::from(bytes),
+        )
+        .await?;
+    if !response.status.is_success() {
+        match response.gust_error() {
+            Some(message) => bail!("{message}"),
+            None => bail!("the API answered {} to the upload", response.status),
+        }
+    }
+    let answer: Value =
+        serde_json::from_slice(&response.body).context("the API answered with unexpected JSON")?;
+    let upload = answer["upload"]
+        .as_str()
+        .context("the API's answer to the upload has no id")?
+        .to_owned();
+    Ok(CodeUpload { filename, upload })
+}
+
+fn pack(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read code at {}", path.display()))?;
     let (filename, bytes) = if meta.is_dir() {
@@ -30,10 +65,7 @@ pub fn pack(path: &Path) -> anyhow::Result<CodeUpload> {
     } else {
         bail!("{} is neither a file nor a directory", path.display());
     };
-    Ok(CodeUpload {
-        filename,
-        content_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
-    })
+    Ok((filename, bytes))
 }
 
 fn pack_dir(dir: &Path) -> anyhow::Result<Vec<u8>> {

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 const COLLECT_EVERY: Duration = Duration::from_secs(600);
 /// After a function is deleted or updated, the collector waits this long for more changes.
 const SETTLE: Duration = Duration::from_millis(500);
+/// Uploads no function used within this time are deleted.
+const UPLOAD_EXPIRY: Duration = Duration::from_secs(60 * 60);
 
 pub struct Collector {
     pub store: Arc<dyn MetadataStore>,
@@ -80,6 +82,10 @@ impl Collector {
             }
             Ok(referenced)
         })?;
+        let expired = self.code.expire_uploads(UPLOAD_EXPIRY);
+        if expired > 0 {
+            tracing::info!(expired, "uploads no function used were deleted");
+        }
         let compiled = self.wasm.retain_compiled(&wasm_files);
         let forgotten = self.wasm.retain_loaded(&current_wasm_files);
         if forgotten > 0 {

@@ -65,8 +65,10 @@ fn r50_idle_connections_past_the_caps_are_closed_and_other_clients_are_served() 
         options(&[
             "--max-connections-per-client",
             "100",
+            // Long enough that opening and checking a thousand connections on a busy machine
+            // ends well within it; short enough to wait for below.
             "--header-timeout",
-            "8s",
+            "12s",
         ]),
     );
     gust.deploy(
@@ -462,4 +464,165 @@ fn r54_sigterm_during_keep_alive_load_answers_every_request_it_read() {
         .unwrap();
     let records = records.as_array().expect("a list of records").len();
     assert_eq!(records, answered + 1, "usage records against answers");
+}
+
+#[test]
+fn at_the_connection_cap_a_newcomer_takes_the_place_of_the_oldest_connection_without_a_request() {
+    let gust = Gust::start(
+        GUST,
+        options(&[
+            "--max-connections",
+            "200",
+            "--max-connections-per-client",
+            "150",
+            "--header-timeout",
+            "60s",
+        ]),
+    );
+    gust.deploy(
+        "hello",
+        "python",
+        "h.py",
+        "def main():\n    return 'hi'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/hello").text().unwrap(), "hi");
+    // Two addresses fill the listener with connections that never send a byte; past the cap
+    // each new one takes the place of the oldest.
+    let mut idle: Vec<TcpStream> = (0..300)
+        .map(|i| connect_from(&gust, [127, 0, 0, 2 + (i % 2) as u8]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // A newcomer is served, not refused.
+    let mut newcomer = connect_from(&gust, [127, 0, 0, 4]);
+    let (status, body) = exchange(
+        &mut newcomer,
+        "GET /hello HTTP/1.1\r\nHost: gust\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!((status, body.as_str()), (200, "hi"));
+    // The oldest idle connections made room; the newest are still open.
+    assert!(closed_within(&mut idle[0], Duration::from_secs(2)));
+    assert!(!closed_within(
+        idle.last_mut().unwrap(),
+        Duration::from_millis(200)
+    ));
+    // A connection that has sent a request is never the one evicted.
+    let mut kept = connect_from(&gust, [127, 0, 0, 5]);
+    assert_eq!(kept_alive_get(&mut kept, "/hello"), 200);
+    for _ in 0..250 {
+        idle.push(connect_from(&gust, [127, 0, 0, 6]));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        kept_alive_get(&mut kept, "/hello"),
+        200,
+        "a kept-alive client lost its connection"
+    );
+}
+
+/// One GET on a kept-alive connection; reads exactly one answer (by its Content-Length) and
+/// returns its status, 0 if the connection was closed.
+fn kept_alive_get(stream: &mut TcpStream, path: &str) -> u16 {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    if write!(stream, "GET {path} HTTP/1.1\r\nHost: gust\r\n\r\n").is_err() {
+        return 0;
+    }
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return 0,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).is_err() {
+        return 0;
+    }
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peak resident memory of a process so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+#[test]
+fn a_large_code_upload_goes_to_disk_as_it_arrives() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    // A function beside 100 MB that do not compress.
+    let entry = gust.write_file("big/main.py", "def main():\n    return 'big'\n");
+    let dir = entry.parent().unwrap().to_owned();
+    let mut blob = std::fs::File::create(dir.join("blob.bin")).unwrap();
+    let mut random = std::fs::File::open("/dev/urandom").unwrap().take(100 << 20);
+    std::io::copy(&mut random, &mut blob).unwrap();
+    drop(blob);
+    // A plain tar, as a user would upload one: the CLI sends an archive file as it is.
+    let archive = gust.scratch().join("big.tar");
+    let packed = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dir)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    let before = peak_rss(gust.pid());
+    gust.cli(&[
+        "fn",
+        "create",
+        "big",
+        "--env",
+        "python",
+        "--code",
+        archive.to_str().unwrap(),
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "big", "--url", "/big"])
+        .ok();
+    assert_eq!(gust.get("/big").text().unwrap(), "big");
+    let grew = peak_rss(gust.pid()).saturating_sub(before);
+    assert!(
+        grew < 48 << 20,
+        "receiving 100 MB of code raised Gust's peak memory by {} MB",
+        grew >> 20
+    );
+    // The received upload was used up; nothing of it waits on disk.
+    let waiting: Vec<_> = std::fs::read_dir(gust.data_dir().join("code"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("upload"))
+        .collect();
+    assert!(waiting.is_empty(), "{waiting:?}");
+    // An upload larger than the limit, or naming no upload, is refused with a reason.
+    let err = gust
+        .api(gust_harness::reqwest::Method::POST, "/v1/functions")
+        .json(&serde_json::json!({
+            "name": "ghost", "env": "python",
+            "code": {"filename": "f.py", "upload": "00ff"}
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(err.status(), 404);
 }

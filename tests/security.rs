@@ -20,9 +20,10 @@ fn s01_every_api_route_needs_the_token() {
         "def main():\n    return 'x'\n",
         &[],
     );
-    let routes: [(Method, &str); 30] = [
+    let routes: [(Method, &str); 31] = [
         (Method::GET, "/v1/environments"),
         (Method::POST, "/v1/environments"),
+        (Method::POST, "/v1/uploads"),
         (Method::GET, "/v1/environments/python"),
         (Method::DELETE, "/v1/environments/python"),
         (Method::GET, "/v1/functions"),

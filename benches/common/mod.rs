@@ -162,6 +162,15 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Prints the rows as a Markdown table under a line naming the machine.
 pub fn print_table(title: &str, rows: Vec<[String; 4]>) {
+    print_table_headed(
+        ["measure", "Gust", "baseline (same run)", "ratio"],
+        title,
+        rows,
+    );
+}
+
+/// [`print_table`] with columns of its own.
+pub fn print_table_headed(header: [&str; 4], title: &str, rows: Vec<[String; 4]>) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -173,7 +182,7 @@ pub fn print_table(title: &str, rows: Vec<[String; 4]>) {
         .map(|n| n.get())
         .unwrap_or(0);
     println!("\n{title} — {cores} cores, {cpu}\n");
-    println!("| measure | Gust | baseline (same run) | ratio |");
+    println!("| {} |", header.join(" | "));
     println!("|---|---|---|---|");
     for [a, b, c, d] in rows {
         println!("| {a} | {b} | {c} | {d} |");

@@ -83,8 +83,11 @@ struct SpecArgs {
 }
 
 impl SpecArgs {
-    fn body(&self, name: &str) -> anyhow::Result<Value> {
-        let code = self.code.as_deref().map(code_upload::pack).transpose()?;
+    async fn body(&self, client: &ApiClient, name: &str) -> anyhow::Result<Value> {
+        let code = match self.code.as_deref() {
+            Some(path) => Some(code_upload::upload(client, path).await?),
+            None => None,
+        };
         Ok(json!({
             "name": name,
             "code": code,
@@ -213,7 +216,11 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
     match args.command {
         FunctionCommand::Create { name, spec } => {
             let f: Value = client
-                .json(Method::POST, "/v1/functions", Some(&spec.body(&name)?))
+                .json(
+                    Method::POST,
+                    "/v1/functions",
+                    Some(&spec.body(&client, &name).await?),
+                )
                 .await?;
             eprintln!("function {name} created (revision {})", f["revision"]);
         }
@@ -222,7 +229,7 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                 .json(
                     Method::PUT,
                     &format!("/v1/functions/{name}"),
-                    Some(&spec.body(&name)?),
+                    Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
             eprintln!("function {name} updated (revision {})", f["revision"]);

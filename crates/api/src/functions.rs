@@ -25,7 +25,12 @@ type Shared = State<Arc<ApiState>>;
 #[serde(deny_unknown_fields)]
 pub struct CodeBody {
     filename: String,
-    content_base64: String,
+    /// The code itself, for small code.
+    #[serde(default)]
+    content_base64: Option<String>,
+    /// An upload received by `POST /v1/uploads`, for code of any size.
+    #[serde(default)]
+    upload: Option<String>,
 }
 
 /// The body of create (name, env and code required) and update (everything optional).
@@ -182,24 +187,73 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Checks an upload with the environment's runtime (a wasm component is compiled here), then
-/// stores it. Nothing is stored when the check fails.
+/// stores it. Nothing is stored when the check fails; a received upload is used up either way.
 fn ingest(
     state: &ApiState,
     code: &CodeBody,
     environment: &Environment,
     limits: &Limits,
 ) -> Result<gust_model::CodeRef, ApiError> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(code.content_base64.as_bytes())
-        .map_err(|e| ApiError::Invalid(format!("code.content_base64 is not base64: {e}")))?;
+    match (&code.content_base64, &code.upload) {
+        (Some(content), None) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(content.as_bytes())
+                .map_err(|e| {
+                    ApiError::Invalid(format!("code.content_base64 is not base64: {e}"))
+                })?;
+            state
+                .runtime
+                .validate_upload(environment, &code.filename, &bytes, limits)
+                .map_err(ApiError::Invalid)?;
+            Ok(state.code.ingest(&CodeUpload {
+                filename: &code.filename,
+                bytes: &bytes,
+            })?)
+        }
+        (None, Some(upload)) => {
+            let checked = check_received(state, upload, code, environment, limits);
+            if checked.is_err() {
+                state.code.discard_upload(upload);
+            }
+            checked?;
+            Ok(state.code.ingest_upload(upload, &code.filename)?)
+        }
+        _ => Err(ApiError::Invalid(
+            "code needs exactly one of content_base64 and upload".to_owned(),
+        )),
+    }
+}
+
+/// The runtime's check of a received upload. A single file is read whole (a component is
+/// compiled); an archive is never read into memory: its name is checked (the process tier
+/// reads no bytes, the wasm tier takes a single `.wasm` file) and it is unpacked from disk.
+fn check_received(
+    state: &ApiState,
+    upload: &str,
+    code: &CodeBody,
+    environment: &Environment,
+    limits: &Limits,
+) -> Result<(), ApiError> {
+    let bytes = if is_archive(&code.filename) {
+        Vec::new()
+    } else {
+        let path = state.code.upload_file(upload)?;
+        std::fs::read(&path).map_err(|_| ApiError::NotFound {
+            kind: "upload",
+            name: upload.to_owned(),
+        })?
+    };
     state
         .runtime
         .validate_upload(environment, &code.filename, &bytes, limits)
-        .map_err(ApiError::Invalid)?;
-    Ok(state.code.ingest(&CodeUpload {
-        filename: &code.filename,
-        bytes: &bytes,
-    })?)
+        .map_err(ApiError::Invalid)
+}
+
+fn is_archive(filename: &str) -> bool {
+    let lower = filename.to_ascii_lowercase();
+    [".zip", ".tar.gz", ".tgz", ".tar"]
+        .iter()
+        .any(|suffix| lower.ends_with(suffix))
 }
 
 /// Checks already-stored code again when the settings it was checked with change.

@@ -16,6 +16,7 @@ mod mqtriggers;
 mod routes;
 mod timers;
 mod token;
+mod uploads;
 mod usage;
 
 pub use error::ApiError;
@@ -41,8 +42,9 @@ use serde::de::DeserializeOwned;
 
 /// Paths served without a token.
 const UNAUTHENTICATED: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
-/// Code uploads arrive base64-encoded inside JSON.
-const MAX_API_BODY_BYTES: usize = 128 * 1024 * 1024;
+/// Largest JSON body (code inlined as base64 included). Larger code goes to `/v1/uploads`,
+/// which streams it to disk.
+const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;
 const OPENAPI: &str = include_str!("openapi.json");
 
 pub struct ApiState {
@@ -209,6 +211,7 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
         .route("/dlq/redrive", axum::routing::post(asynchronous::redrive))
         .route("/dlq/purge", axum::routing::post(asynchronous::purge))
         .route("/dlq/{id}", get(asynchronous::show_dead_letter))
+        .route("/uploads", axum::routing::post(uploads::create))
         .route("/usage", get(usage::usage))
         .route("/usage/records", get(usage::records))
         .route("/openapi.json", get(openapi));

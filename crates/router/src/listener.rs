@@ -1,13 +1,16 @@
 //! Serving an HTTP listener within bounds a hostile client cannot push past: a cap on open
 //! connections, overall and per client address (the excess is accepted and closed at once, so
-//! the kernel's backlog never fills); a deadline for each request's header, which also ends
+//! the kernel's backlog never fills; at the overall cap a newcomer takes the place of the
+//! oldest connection that has not sent a request yet, so a flood of idle connections cannot
+//! lock other clients out); a deadline for each request's header, which also ends
 //! idle keep-alive and half-open connections; a deadline for a response the client stops
 //! reading ([`ConnectionLimits::send_stall_timeout`]), so an unread response cannot hold its
 //! memory for ever; and a drain on shutdown that stops accepting, closes idle connections,
 //! answers every request already read with `Connection: close` and waits for the rest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +57,8 @@ pub async fn serve(
 ) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = Arc::new(ClientCounts::default());
+    let waiting = Arc::new(AwaitingRequest::default());
+    let mut next_id: u64 = 0;
     // Every connection task holds a sender; the drain is over when the last one is dropped.
     let (alive, mut drained) = mpsc::channel::<()>(1);
     let mut refused: u64 = 0;
@@ -70,7 +75,18 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = admit(&open, &per_client, &limits, peer.ip()) else {
+        let slot = match admit(&open, &per_client, &limits, peer.ip()) {
+            Ok(slot) => Some(slot),
+            // Full: the oldest connection still waiting for its first request makes room.
+            Err(Refused::Full) if waiting.evict_oldest() => {
+                match tokio::time::timeout(EVICTION_WAIT, open.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => take_client_slot(permit, &per_client, &limits, peer.ip()),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
             refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(listener = name, %peer, refused, "connection limit reached; refusing connections");
@@ -78,12 +94,15 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        next_id += 1;
+        let first_request = waiting.register(next_id);
         tokio::spawn(serve_connection(
             stream,
             peer,
             app.clone(),
             limits.clone(),
             shutdown.clone(),
+            first_request,
             (slot, alive.clone()),
         ));
     }
@@ -131,13 +150,38 @@ impl ClientCounts {
     }
 }
 
+/// How long a newcomer waits for the place of the connection it evicted (that connection's
+/// task only has to notice and drop its socket).
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// The listener holds its maximum.
+    Full,
+    /// This client address holds its maximum.
+    ClientFull,
+}
+
 fn admit(
     open: &Arc<Semaphore>,
     counts: &Arc<ClientCounts>,
     limits: &ConnectionLimits,
     client: IpAddr,
+) -> Result<Slot, Refused> {
+    let permit = open
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refused::Full)?;
+    take_client_slot(permit, counts, limits, client).ok_or(Refused::ClientFull)
+}
+
+fn take_client_slot(
+    permit: OwnedSemaphorePermit,
+    counts: &Arc<ClientCounts>,
+    limits: &ConnectionLimits,
+    client: IpAddr,
 ) -> Option<Slot> {
-    let permit = open.clone().try_acquire_owned().ok()?;
     counts
         .try_take(client, limits.max_per_client)
         .then(|| Slot {
@@ -147,16 +191,91 @@ fn admit(
         })
 }
 
+/// Connections that have not sent a request yet, oldest first, each with the token that
+/// closes it.
+#[derive(Default)]
+struct AwaitingRequest(Mutex<BTreeMap<u64, CancellationToken>>);
+
+impl AwaitingRequest {
+    fn register(self: &Arc<Self>, id: u64) -> FirstRequest {
+        let evicted = CancellationToken::new();
+        self.0
+            .lock()
+            .expect("waiting connections lock is never poisoned")
+            .insert(id, evicted.clone());
+        FirstRequest {
+            id,
+            evicted,
+            seen: AtomicBool::new(false),
+            registry: self.clone(),
+        }
+    }
+
+    /// Closes the oldest connection still waiting for its first request; whether there was
+    /// one.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self
+            .0
+            .lock()
+            .expect("waiting connections lock is never poisoned")
+            .pop_first();
+        oldest.map(|(_, evicted)| evicted.cancel()).is_some()
+    }
+
+    fn forget(&self, id: u64) {
+        self.0
+            .lock()
+            .expect("waiting connections lock is never poisoned")
+            .remove(&id);
+    }
+}
+
+/// A connection's entry among those awaiting a request: left at its first request or when
+/// the connection ends.
+struct FirstRequest {
+    id: u64,
+    evicted: CancellationToken,
+    seen: AtomicBool,
+    registry: Arc<AwaitingRequest>,
+}
+
+impl FirstRequest {
+    fn arrived(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            self.registry.forget(self.id);
+        }
+    }
+}
+
+impl Drop for FirstRequest {
+    fn drop(&mut self) {
+        self.arrived();
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
+    first_request: FirstRequest,
     _held: (Slot, mpsc::Sender<()>),
 ) {
     let _ = stream.set_nodelay(true);
+    let evicted = first_request.evicted.clone();
+    let first_request = Arc::new(first_request);
+    let request_seen = first_request.clone();
+    // An eviction that lost the race with the first request is ignored: that request is
+    // answered (the newcomer that asked for the place is refused instead).
+    let evicted_before_request = async move {
+        evicted.cancelled().await;
+        if request_seen.seen.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+        first_request.arrived();
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone();
         app.call(request.map(Body::new))
@@ -172,6 +291,8 @@ async fn serve_connection(
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
+        // Only a connection that has not sent a request is ever evicted: nothing to answer.
+        _ = evicted_before_request => return,
         _ = shutdown.cancelled() => {}
     }
     // Idle: closed now. Mid-request: the response goes out with `Connection: close`.
@@ -296,16 +417,39 @@ mod tests {
         let other: IpAddr = "127.0.0.1".parse().unwrap();
         let first = admit(&open, &counts, &limits, hostile).unwrap();
         let _second = admit(&open, &counts, &limits, hostile).unwrap();
-        assert!(admit(&open, &counts, &limits, hostile).is_none());
+        assert_eq!(
+            admit(&open, &counts, &limits, hostile).err(),
+            Some(Refused::ClientFull)
+        );
         let third = admit(&open, &counts, &limits, other).unwrap();
-        assert!(admit(&open, &counts, &limits, other).is_none(), "all taken");
+        assert_eq!(
+            admit(&open, &counts, &limits, other).err(),
+            Some(Refused::Full),
+            "all taken"
+        );
         drop(third);
         drop(first);
-        assert!(admit(&open, &counts, &limits, hostile).is_some());
+        assert!(admit(&open, &counts, &limits, hostile).is_ok());
         assert_eq!(
             counts.0.lock().unwrap().len(),
             1,
             "no entry outlives its connections"
         );
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_connection_still_waiting_for_a_request() {
+        let waiting = Arc::new(AwaitingRequest::default());
+        let first = waiting.register(1);
+        let second = waiting.register(2);
+        let third = waiting.register(3);
+        // The oldest has sent a request: it is no longer a candidate.
+        first.arrived();
+        assert!(waiting.evict_oldest());
+        assert!(!first.evicted.is_cancelled());
+        assert!(second.evicted.is_cancelled());
+        assert!(!third.evicted.is_cancelled());
+        drop(third);
+        assert!(!waiting.evict_oldest(), "nothing left to evict");
     }
 }

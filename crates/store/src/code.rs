@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
@@ -74,6 +74,31 @@ pub struct CodeHold<'a> {
 }
 
 const STAGING_PREFIX: &str = ".staging-";
+/// An upload received to disk, waiting for the function that will use it; named
+/// `.staging-upload-<id>` so that collection skips it and a restart deletes it.
+const UPLOAD_PREFIX: &str = ".staging-upload-";
+/// Uploads waiting at once; more are refused until one is used or expires.
+pub const MAX_PENDING_UPLOADS: usize = 16;
+
+/// What an upload is read from: the bytes of a JSON body, or a file it was received into.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+impl<'a> Source<'a> {
+    fn open(&self) -> Result<Box<dyn ReadSeek + 'a>, StoreError> {
+        Ok(match *self {
+            Source::Bytes(bytes) => Box::new(io::Cursor::new(bytes)),
+            Source::File(path) => Box::new(io::BufReader::new(
+                File::open(path).map_err(StoreError::io(path))?,
+            )),
+        })
+    }
+}
 
 impl CodeStore {
     /// Opens (creating) the store and removes staging directories a crash left behind.
@@ -87,7 +112,11 @@ impl CodeStore {
                 .starts_with(STAGING_PREFIX)
             {
                 let path = entry.path();
-                fs::remove_dir_all(&path).map_err(StoreError::io(&path))?;
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    fs::remove_dir_all(&path).map_err(StoreError::io(&path))?;
+                } else {
+                    fs::remove_file(&path).map_err(StoreError::io(&path))?;
+                }
             }
         }
         Ok(Self {
@@ -139,6 +168,87 @@ impl CodeStore {
     /// Unpacks, validates and publishes an upload; the same content always yields the same
     /// digest and is stored once.
     pub fn ingest(&self, upload: &CodeUpload<'_>) -> Result<CodeRef, StoreError> {
+        self.ingest_from(upload.filename, Source::Bytes(upload.bytes))
+    }
+
+    /// Starts receiving an upload to disk: its id and the file to write it to. At most
+    /// [`MAX_PENDING_UPLOADS`] wait at once.
+    pub fn begin_upload(&self) -> Result<(String, File), StoreError> {
+        let pending = fs::read_dir(&self.root)
+            .map_err(StoreError::io(&self.root))?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(UPLOAD_PREFIX))
+            .count();
+        if pending >= MAX_PENDING_UPLOADS {
+            return Err(StoreError::invalid_code(format!(
+                "{MAX_PENDING_UPLOADS} uploads are already waiting to be used; use or wait for them"
+            )));
+        }
+        let mut random = [0u8; 16];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut random))
+            .map_err(StoreError::io("/dev/urandom"))?;
+        let id = hex::encode(random);
+        let path = self.upload_file(&id)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(StoreError::io(&path))?;
+        Ok((id, file))
+    }
+
+    /// The file an upload was received into; `NotFound` for an id that is not waiting.
+    pub fn upload_file(&self, id: &str) -> Result<PathBuf, StoreError> {
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(StoreError::NotFound {
+                kind: "upload",
+                name: id.to_owned(),
+            });
+        }
+        Ok(self.root.join(format!("{UPLOAD_PREFIX}{id}")))
+    }
+
+    /// Publishes a received upload as [`CodeStore::ingest`] does, then deletes it.
+    pub fn ingest_upload(&self, id: &str, filename: &str) -> Result<CodeRef, StoreError> {
+        let path = self.upload_file(id)?;
+        if !path.is_file() {
+            return Err(StoreError::NotFound {
+                kind: "upload",
+                name: id.to_owned(),
+            });
+        }
+        let ingested = self.ingest_from(filename, Source::File(&path));
+        self.discard_upload(id);
+        ingested
+    }
+
+    /// Deletes a received upload (best effort).
+    pub fn discard_upload(&self, id: &str) {
+        if let Ok(path) = self.upload_file(id) {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// Deletes uploads received longer than `max_age` ago and never used; returns how many.
+    pub fn expire_uploads(&self, max_age: std::time::Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(UPLOAD_PREFIX))
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > max_age))
+            })
+            .filter(|e| fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
+    fn ingest_from(&self, filename: &str, source: Source<'_>) -> Result<CodeRef, StoreError> {
         let staging = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
             .tempdir_in(&self.root)
@@ -151,22 +261,22 @@ impl CodeStore {
             files: 0,
             bytes: 0,
         };
-        let file = match UploadKind::of(upload.filename) {
+        let file = match UploadKind::of(filename) {
             UploadKind::Zip => {
-                unpacker.zip(upload.bytes)?;
+                unpacker.zip(source.open()?)?;
                 None
             }
             UploadKind::TarGz => {
-                unpacker.tar(flate2::read::GzDecoder::new(upload.bytes))?;
+                unpacker.tar(flate2::read::GzDecoder::new(source.open()?))?;
                 None
             }
             UploadKind::Tar => {
-                unpacker.tar(upload.bytes)?;
+                unpacker.tar(source.open()?)?;
                 None
             }
             UploadKind::File => {
-                let name = single_file_name(upload.filename)?;
-                unpacker.file(Path::new(&name), &mut &upload.bytes[..], false)?;
+                let name = single_file_name(filename)?;
+                unpacker.file(Path::new(&name), &mut source.open()?, false)?;
                 Some(name)
             }
         };
@@ -264,8 +374,8 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn zip(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut archive = zip::ZipArchive::new(io::Cursor::new(bytes))
+    fn zip(&mut self, reader: impl Read + Seek) -> Result<(), StoreError> {
+        let mut archive = zip::ZipArchive::new(reader)
             .map_err(|e| StoreError::invalid_code(format!("unreadable zip archive: {e}")))?;
         if archive.len() > self.limits.max_files {
             return Err(self.too_many_files());

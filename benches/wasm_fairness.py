@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""S-19 as a measurement: what 150 looping WebAssembly guests do to everyone else.
+
+Starts `gust up` (the release build by default) on free loopback ports, deploys the test probe
+component twice ("spinner", 20 s timeout, and "bystander") and a Python function, measures the
+API's /healthz, the bystander and the Python function while idle (the baseline), then again
+with 150 requests to /spinner/loop held open. Prints p50 and p99 of 20 requests each.
+Run: `python3 benches/wasm_fairness.py [path/to/gust]` after `cargo build --release`.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUST = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/gust")
+PROBE = os.path.join(ROOT, "tests/components/probe.wasm")
+LOOPERS = 150
+SAMPLES = 20
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(url):
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as answer:
+        answer.read()
+    return (time.perf_counter() - started) * 1e3
+
+
+def measure(urls):
+    results = {}
+    for name, url in urls.items():
+        samples = sorted(timed(url) for _ in range(SAMPLES))
+        results[name] = (samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1])
+    return results
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="gust-fairness-")
+    public, api = free_port(), free_port()
+    env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "config"))
+    log = open(os.path.join(work, "gust.log"), "w")
+    gust = subprocess.Popen([GUST, "up", "--data-dir", os.path.join(work, "data"),
+                             "--listen", f"127.0.0.1:{public}", "--api-listen",
+                             f"127.0.0.1:{api}"], env=env, stdout=log, stderr=log)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        cli = [GUST, "--url", f"http://127.0.0.1:{api}"]
+
+        def run(*args):
+            subprocess.run(cli + list(args), env=env, check=True, capture_output=True)
+
+        py = os.path.join(work, "py.py")
+        with open(py, "w") as f:
+            f.write("def main():\n    return 'py'\n")
+        for name, code, extra in [("spinner", PROBE, ["--timeout", "20s"]),
+                                  ("bystander", PROBE, []), ("py", py, [])]:
+            run("fn", "create", name, "--env", "python" if code == py else "wasm",
+                "--code", code, *extra)
+            run("route", "create", "--fn", name, "--url", f"/{name}", "--prefix")
+        urls = {"API /healthz": f"http://127.0.0.1:{api}/healthz",
+                "another wasm function": f"http://127.0.0.1:{public}/bystander",
+                "a python function": f"http://127.0.0.1:{public}/py"}
+        measure(urls)  # warm everything up
+        idle = measure(urls)
+        loopers = []
+        for _ in range(LOOPERS):
+            s = socket.create_connection(("127.0.0.1", public))
+            s.sendall(b"GET /spinner/loop HTTP/1.1\r\nHost: gust\r\n\r\n")
+            loopers.append(s)
+        time.sleep(2)
+        loaded = measure(urls)
+        print(f"{LOOPERS} looping guests, {SAMPLES} requests each, p50 / p99:")
+        print("| request | idle (baseline) | with the loopers | ratio (p50) |")
+        print("|---|---|---|---|")
+        for name in urls:
+            (i50, i99), (l50, l99) = idle[name], loaded[name]
+            print(f"| {name} | {i50:.2f} / {i99:.2f} ms | {l50:.2f} / {l99:.2f} ms "
+                  f"| {l50 / i50:.1f} |")
+    finally:
+        gust.terminate()
+        gust.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
