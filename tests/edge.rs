@@ -48,6 +48,18 @@ fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// A Python function answering "hi" at `/hello`, checked once.
+fn deploy_hello(gust: &Gust) {
+    gust.deploy(
+        "hello",
+        "python",
+        "h.py",
+        "def main():\n    return 'hi'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/hello").text().unwrap(), "hi");
+}
+
 /// Sends a request head (and `body`) on `stream` and reads the answer's status and body.
 fn exchange(stream: &mut TcpStream, head: &str, body: &[u8]) -> (u16, String) {
     stream
@@ -71,14 +83,7 @@ fn r50_idle_connections_past_the_caps_are_closed_and_other_clients_are_served() 
             "12s",
         ]),
     );
-    gust.deploy(
-        "hello",
-        "python",
-        "h.py",
-        "def main():\n    return 'hi'\n",
-        &[],
-    );
-    assert_eq!(gust.get("/hello").text().unwrap(), "hi");
+    deploy_hello(&gust);
     let baseline = open_descriptors(gust.pid());
 
     // A thousand connections from one address that never send a byte.
@@ -479,14 +484,7 @@ fn at_the_connection_cap_a_newcomer_takes_the_place_of_the_oldest_connection_wit
             "60s",
         ]),
     );
-    gust.deploy(
-        "hello",
-        "python",
-        "h.py",
-        "def main():\n    return 'hi'\n",
-        &[],
-    );
-    assert_eq!(gust.get("/hello").text().unwrap(), "hi");
+    deploy_hello(&gust);
     // Two addresses fill the listener with connections that never send a byte; past the cap
     // each new one takes the place of the oldest.
     let mut idle: Vec<TcpStream> = (0..300)

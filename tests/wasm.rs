@@ -24,12 +24,7 @@ fn error_reason(response: gust_harness::Response) -> (u16, String) {
 }
 
 fn deploy_probe(gust: &Gust, name: &str, extra: &[&str]) {
-    let mut args = vec!["fn", "create", name, "--env", "wasm", "--code", PROBE];
-    args.extend_from_slice(extra);
-    gust.cli(&args).ok();
-    let url = format!("/{name}");
-    gust.cli(&["route", "create", "--fn", name, "--url", &url, "--prefix"])
-        .ok();
+    gust.deploy_path(name, "wasm", PROBE, extra);
 }
 
 #[test]

@@ -10,12 +10,7 @@ const GUST: &str = env!("CARGO_BIN_EXE_gust");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/probe.wasm");
 
 fn deploy_probe(gust: &Gust, name: &str, extra: &[&str]) {
-    let mut args = vec!["fn", "create", name, "--env", "wasm", "--code", PROBE];
-    args.extend_from_slice(extra);
-    gust.cli(&args).ok();
-    let url = format!("/{name}");
-    gust.cli(&["route", "create", "--fn", name, "--url", &url, "--prefix"])
-        .ok();
+    gust.deploy_path(name, "wasm", PROBE, extra);
 }
 
 /// S-19: guests that loop until their timeout, as many as a client can send, must not hold up

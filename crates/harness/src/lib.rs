@@ -275,6 +275,17 @@ impl Gust {
         .ok();
     }
 
+    /// Creates function `name` from the code at `code` (a file, directory or archive) and a
+    /// prefix route `/name` to it.
+    pub fn deploy_path(&self, name: &str, env: &str, code: &str, extra: &[&str]) {
+        let mut args = vec!["fn", "create", name, "--env", env, "--code", code];
+        args.extend_from_slice(extra);
+        self.cli(&args).ok();
+        let url = format!("/{name}");
+        self.cli(&["route", "create", "--fn", name, "--url", &url, "--prefix"])
+            .ok();
+    }
+
     pub fn get(&self, path: &str) -> Response {
         self.http
             .get(self.public_url(path))
