@@ -472,7 +472,7 @@ fn r54_sigterm_during_keep_alive_load_answers_every_request_it_read() {
 }
 
 #[test]
-fn at_the_connection_cap_a_newcomer_takes_the_place_of_the_oldest_connection_without_a_request() {
+fn at_the_connection_cap_a_newcomer_takes_the_place_of_the_connection_idle_the_longest() {
     let gust = Gust::start(
         GUST,
         options(&[
@@ -485,6 +485,13 @@ fn at_the_connection_cap_a_newcomer_takes_the_place_of_the_oldest_connection_wit
         ]),
     );
     deploy_hello(&gust);
+    gust.deploy(
+        "slow",
+        "python",
+        "s.py",
+        "import time\ndef main():\n    time.sleep(2)\n    return 'done'\n",
+        &[],
+    );
     // Two addresses fill the listener with connections that never send a byte; past the cap
     // each new one takes the place of the oldest.
     let mut idle: Vec<TcpStream> = (0..300)
@@ -505,18 +512,25 @@ fn at_the_connection_cap_a_newcomer_takes_the_place_of_the_oldest_connection_wit
         idle.last_mut().unwrap(),
         Duration::from_millis(200)
     ));
-    // A connection that has sent a request is never the one evicted.
-    let mut kept = connect_from(&gust, [127, 0, 0, 5]);
-    assert_eq!(kept_alive_get(&mut kept, "/hello"), 200);
+    // A connection whose request is in flight is never the one evicted.
+    let mut busy = connect_from(&gust, [127, 0, 0, 5]);
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: gust\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     for _ in 0..250 {
         idle.push(connect_from(&gust, [127, 0, 0, 6]));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    busy.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (status, body) = gust_harness::read_answer(&mut busy);
     assert_eq!(
-        kept_alive_get(&mut kept, "/hello"),
-        200,
-        "a kept-alive client lost its connection"
+        (status, body.as_str()),
+        (200, "done"),
+        "a request in flight lost its connection"
     );
+    // And newcomers are still served.
+    let mut later = connect_from(&gust, [127, 0, 0, 7]);
+    assert_eq!(kept_alive_get(&mut later, "/hello"), 200);
 }
 
 /// One GET on a kept-alive connection; reads exactly one answer (by its Content-Length) and

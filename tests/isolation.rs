@@ -372,10 +372,10 @@ fn s09_a_log_flood_is_cut_to_the_rate_with_a_marker_and_the_function_is_not_held
 struct OutsideNetwork {
     server: std::process::Child,
     port: u16,
+    namespace: String,
+    host_link: String,
 }
 
-const OUTSIDE_NS: &str = "gust-s17";
-const OUTSIDE_HOST_LINK: &str = "gs17-host";
 
 fn ip(args: &[&str]) {
     let status = std::process::Command::new("ip")
@@ -387,36 +387,36 @@ fn ip(args: &[&str]) {
 
 impl OutsideNetwork {
     fn start() -> Self {
-        Self::remove();
-        ip(&["netns", "add", OUTSIDE_NS]);
+        // Names of this test process's own, so that no other run's can collide.
+        let id = std::process::id();
+        let (namespace, host_link, out_link) = (
+            format!("gust-s17-{id}"),
+            format!("s17h{id}"),
+            format!("s17o{id}"),
+        );
+        Self::remove(&namespace, &host_link);
+        ip(&["netns", "add", &namespace]);
         ip(&[
-            "link",
-            "add",
-            OUTSIDE_HOST_LINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "gs17-out",
+            "link", "add", &host_link, "type", "veth", "peer", "name", &out_link,
         ]);
-        ip(&["link", "set", "gs17-out", "netns", OUTSIDE_NS]);
+        ip(&["link", "set", &out_link, "netns", &namespace]);
         for address in ["198.51.100.1/24", "10.77.0.1/24"] {
-            ip(&["addr", "add", address, "dev", OUTSIDE_HOST_LINK]);
+            ip(&["addr", "add", address, "dev", &host_link]);
         }
-        ip(&["link", "set", OUTSIDE_HOST_LINK, "up"]);
+        ip(&["link", "set", &host_link, "up"]);
         let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", OUTSIDE_NS, "ip"];
+            let mut all = vec!["netns", "exec", &namespace, "ip"];
             all.extend_from_slice(args);
             ip(&all);
         };
         for address in ["198.51.100.2/24", "10.77.0.2/24"] {
-            inside(&["addr", "add", address, "dev", "gs17-out"]);
+            inside(&["addr", "add", address, "dev", &out_link]);
         }
-        inside(&["link", "set", "gs17-out", "up"]);
+        inside(&["link", "set", &out_link, "up"]);
         inside(&["link", "set", "lo", "up"]);
         let port = gust_harness::free_port();
         let server = std::process::Command::new("ip")
-            .args(["netns", "exec", OUTSIDE_NS, "python3", "-m", "http.server"])
+            .args(["netns", "exec", &namespace, "python3", "-m", "http.server"])
             .args(["--bind", "0.0.0.0", &port.to_string()])
             .current_dir(std::env::temp_dir())
             .stdout(std::process::Stdio::null())
@@ -427,13 +427,18 @@ impl OutsideNetwork {
             TcpStream::connect(("198.51.100.2", port)).ok().map(|_| ())
         });
         assert!(up.is_some(), "the outside server does not answer");
-        Self { server, port }
+        Self {
+            server,
+            port,
+            namespace,
+            host_link,
+        }
     }
 
-    fn remove() {
+    fn remove(namespace: &str, host_link: &str) {
         for args in [
-            &["link", "del", OUTSIDE_HOST_LINK][..],
-            &["netns", "del", OUTSIDE_NS][..],
+            &["link", "del", host_link][..],
+            &["netns", "del", namespace][..],
         ] {
             let _ = std::process::Command::new("ip")
                 .args(args)
@@ -447,7 +452,7 @@ impl Drop for OutsideNetwork {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        Self::remove();
+        Self::remove(&self.namespace, &self.host_link);
     }
 }
 
@@ -471,9 +476,25 @@ def http(url):
         return "status:%d" % urllib.request.urlopen(url, timeout=3).status
     except Exception as e:
         return "failed:" + type(e).__name__
+def through_the_uplink(kind, address):
+    # Bound to the outside interface, a socket skips the namespace's own loopback.
+    s = socket.socket(socket.AF_INET, kind)
+    s.settimeout(2)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"tap0")
+        if kind == socket.SOCK_DGRAM:
+            s.sendto(b"from-the-function", address)
+        else:
+            s.connect(address)
+        return "sent"
+    except Exception as e:
+        return "failed:" + type(e).__name__
+    finally:
+        s.close()
 def main(req):
     q = req.query
     secret, port, listen = int(q["secret"]), int(q["port"]), int(q["listen"])
+    datagrams = int(q["udp"])
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("0.0.0.0", listen))
@@ -489,6 +510,9 @@ def main(req):
         "host_loopback_alias": reach(socket.AF_INET, ("10.0.2.2", secret)),
         "abstract": reach(socket.AF_UNIX, q["abstract"].replace("@", "\0")),
         "sees_host_socket": (":%04X" % secret) in sockets,
+        "host_address": reach(socket.AF_INET, ("198.51.100.1", secret)),
+        "loopback_via_uplink_tcp": through_the_uplink(socket.SOCK_STREAM, ("127.0.0.1", secret)),
+        "loopback_via_uplink_udp": through_the_uplink(socket.SOCK_DGRAM, ("127.0.0.1", datagrams)),
     }
 "#;
 
@@ -500,14 +524,21 @@ fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
         return;
     }
     let outside = OutsideNetwork::start();
-    // Host services a function must not reach: one on loopback, one on an abstract socket.
-    let secret = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Host services a function must not reach: one on every address of the host (counting
+    // the connections it gets), one on UDP loopback, one on an abstract socket.
+    let secret = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let secret_port = secret.local_addr().unwrap().port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reached.clone();
     std::thread::spawn(move || {
         for mut stream in secret.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = stream.write_all(b"hostsecret");
         }
     });
+    let datagrams = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    datagrams.set_nonblocking(true).unwrap();
+    let datagram_port = datagrams.local_addr().unwrap().port();
     let abstract_name = format!("gust-s17-{}", std::process::id());
     let address =
         <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
@@ -538,7 +569,7 @@ fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
     let probe = |function: &str| -> Value {
         let listen = gust_harness::free_port();
         let path = format!(
-            "/{function}?secret={secret_port}&port={}&listen={listen}&abstract=@{abstract_name}",
+            "/{function}?secret={secret_port}&port={}&listen={listen}&abstract=@{abstract_name}&udp={datagram_port}",
             outside.port
         );
         let response = gust.get(&path);
@@ -564,6 +595,25 @@ fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
         assert!(answer.starts_with("failed:"), "{refused}: {seen}");
     }
     assert_eq!(seen["sees_host_socket"], false, "{seen}");
+    assert!(
+        seen["host_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed:"),
+        "{seen}"
+    );
+    // Whatever the function believes it sent, nothing arrived on the host.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a connection reached the host: {seen}"
+    );
+    let mut buffer = [0u8; 64];
+    assert!(
+        datagrams.recv_from(&mut buffer).is_err(),
+        "a datagram reached the host's loopback: {seen}"
+    );
 
     let seen = probe("net-none");
     assert!(

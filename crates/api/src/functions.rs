@@ -224,9 +224,9 @@ fn ingest(
     }
 }
 
-/// The runtime's check of a received upload. A single file is read whole (a component is
-/// compiled); an archive is never read into memory: its name is checked (the process tier
-/// reads no bytes, the wasm tier takes a single `.wasm` file) and it is unpacked from disk.
+/// The runtime's check of a received upload. Only a component is read whole (the wasm tier
+/// compiles it); other code is never read into memory: the process tier checks no bytes, and
+/// the upload is unpacked from disk.
 fn check_received(
     state: &ApiState,
     upload: &str,
@@ -234,7 +234,7 @@ fn check_received(
     environment: &Environment,
     limits: &Limits,
 ) -> Result<(), ApiError> {
-    let bytes = if is_archive(&code.filename) {
+    let bytes = if environment.tier() != Tier::Wasm || is_archive(&code.filename) {
         Vec::new()
     } else {
         let path = state.code.upload_file(upload)?;

@@ -45,11 +45,13 @@ impl fmt::Display for NetworkPolicy {
 }
 
 /// IPv4 ranges an `outbound` worker cannot reach: everything that is not a public address
-/// (RFC 6890's special-purpose ranges that route anywhere, minus loopback, which is the
-/// worker's own in its namespace).
-pub const NON_PUBLIC_IPV4: [&str; 9] = [
+/// (RFC 6890's special-purpose ranges that route anywhere). Loopback is among them: the
+/// worker's own loopback is in its namespace's local table and keeps working, but a socket
+/// bound to the outside interface would otherwise send 127.0.0.0/8 out to the host's.
+pub const NON_PUBLIC_IPV4: [&str; 10] = [
     "0.0.0.0/8",
     "10.0.0.0/8",
+    "127.0.0.0/8",
     "100.64.0.0/10",
     "169.254.0.0/16",
     "172.16.0.0/12",

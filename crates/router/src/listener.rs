@@ -1,8 +1,8 @@
 //! Serving an HTTP listener within bounds a hostile client cannot push past: a cap on open
 //! connections, overall and per client address (the excess is accepted and closed at once, so
 //! the kernel's backlog never fills; at the overall cap a newcomer takes the place of the
-//! oldest connection that has not sent a request yet, so a flood of idle connections cannot
-//! lock other clients out); a deadline for each request's header, which also ends
+//! connection idle the longest, one with no request in flight, so a flood of idle connections
+//! cannot lock other clients out; an IPv6 client is its /64); a deadline for each request's header, which also ends
 //! idle keep-alive and half-open connections; a deadline for a response the client stops
 //! reading ([`ConnectionLimits::send_stall_timeout`]), so an unread response cannot hold its
 //! memory for ever; and a drain on shutdown that stops accepting, closes idle connections,
@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,8 +57,7 @@ pub async fn serve(
 ) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = Arc::new(ClientCounts::default());
-    let waiting = Arc::new(AwaitingRequest::default());
-    let mut next_id: u64 = 0;
+    let idle = Arc::new(IdleConnections::default());
     // Every connection task holds a sender; the drain is over when the last one is dropped.
     let (alive, mut drained) = mpsc::channel::<()>(1);
     let mut refused: u64 = 0;
@@ -77,8 +76,8 @@ pub async fn serve(
         };
         let slot = match admit(&open, &per_client, &limits, peer.ip()) {
             Ok(slot) => Some(slot),
-            // Full: the oldest connection still waiting for its first request makes room.
-            Err(Refused::Full) if waiting.evict_oldest() => {
+            // Full: the connection idle the longest makes room.
+            Err(Refused::Full) if idle.evict_oldest() => {
                 match tokio::time::timeout(EVICTION_WAIT, open.clone().acquire_owned()).await {
                     Ok(Ok(permit)) => take_client_slot(permit, &per_client, &limits, peer.ip()),
                     _ => None,
@@ -94,15 +93,14 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        next_id += 1;
-        let first_request = waiting.register(next_id);
+        let activity = idle.register();
         tokio::spawn(serve_connection(
             stream,
             peer,
             app.clone(),
             limits.clone(),
             shutdown.clone(),
-            first_request,
+            activity,
             (slot, alive.clone()),
         ));
     }
@@ -128,10 +126,22 @@ impl Drop for Slot {
 #[derive(Default)]
 struct ClientCounts(Mutex<HashMap<IpAddr, usize>>);
 
+/// Who counts as one client: an IPv4 address, or an IPv6 /64 (what one host or one customer of
+/// a provider gets; counting single IPv6 addresses would give anyone unlimited clients).
+fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
 impl ClientCounts {
     fn try_take(&self, client: IpAddr, limit: usize) -> bool {
         let mut counts = self.0.lock().expect("client counts lock is never poisoned");
-        let count = counts.entry(client).or_default();
+        let count = counts.entry(client_key(client)).or_default();
         if *count >= limit {
             return false;
         }
@@ -140,11 +150,12 @@ impl ClientCounts {
     }
 
     fn release(&self, client: IpAddr) {
+        let key = client_key(client);
         let mut counts = self.0.lock().expect("client counts lock is never poisoned");
-        if let Some(count) = counts.get_mut(&client) {
+        if let Some(count) = counts.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&client);
+                counts.remove(&key);
             }
         }
     }
@@ -191,65 +202,121 @@ fn take_client_slot(
         })
 }
 
-/// Connections that have not sent a request yet, oldest first, each with the token that
+/// Connections with no request in flight, longest idle first, each with the token that
 /// closes it.
 #[derive(Default)]
-struct AwaitingRequest(Mutex<BTreeMap<u64, CancellationToken>>);
+struct IdleConnections {
+    idle: Mutex<BTreeMap<u64, CancellationToken>>,
+    /// Orders idleness: a connection gets a new number each time it becomes idle.
+    next: std::sync::atomic::AtomicU64,
+}
 
-impl AwaitingRequest {
-    fn register(self: &Arc<Self>, id: u64) -> FirstRequest {
-        let evicted = CancellationToken::new();
-        self.0
-            .lock()
-            .expect("waiting connections lock is never poisoned")
-            .insert(id, evicted.clone());
-        FirstRequest {
-            id,
-            evicted,
-            seen: AtomicBool::new(false),
+impl IdleConnections {
+    /// A new connection, idle until its first request.
+    fn register(self: &Arc<Self>) -> Arc<Activity> {
+        let activity = Arc::new(Activity {
+            evicted: CancellationToken::new(),
+            in_flight: AtomicUsize::new(0),
+            idle_as: std::sync::atomic::AtomicU64::new(0),
             registry: self.clone(),
-        }
+        });
+        activity.now_idle();
+        activity
     }
 
-    /// Closes the oldest connection still waiting for its first request; whether there was
-    /// one.
+    /// Closes the connection idle the longest; whether there was one.
     fn evict_oldest(&self) -> bool {
         let oldest = self
-            .0
+            .idle
             .lock()
-            .expect("waiting connections lock is never poisoned")
+            .expect("idle connections lock is never poisoned")
             .pop_first();
         oldest.map(|(_, evicted)| evicted.cancel()).is_some()
     }
+}
 
-    fn forget(&self, id: u64) {
-        self.0
+/// One connection's requests in flight and its place among the idle ones.
+struct Activity {
+    evicted: CancellationToken,
+    in_flight: AtomicUsize,
+    /// Its number among the idle connections while it is idle.
+    idle_as: std::sync::atomic::AtomicU64,
+    registry: Arc<IdleConnections>,
+}
+
+impl Activity {
+    fn now_idle(&self) {
+        let number = self.registry.next.fetch_add(1, Ordering::Relaxed);
+        self.idle_as.store(number, Ordering::Relaxed);
+        self.registry
+            .idle
             .lock()
-            .expect("waiting connections lock is never poisoned")
-            .remove(&id);
+            .expect("idle connections lock is never poisoned")
+            .insert(number, self.evicted.clone());
+    }
+
+    fn no_longer_idle(&self) {
+        self.registry
+            .idle
+            .lock()
+            .expect("idle connections lock is never poisoned")
+            .remove(&self.idle_as.load(Ordering::Relaxed));
+    }
+
+    /// A request arrived; held until its response has been sent (or dropped).
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.no_longer_idle();
+        }
+        InFlight(self.clone())
+    }
+
+    fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 }
 
-/// A connection's entry among those awaiting a request: left at its first request or when
-/// the connection ends.
-struct FirstRequest {
-    id: u64,
-    evicted: CancellationToken,
-    seen: AtomicBool,
-    registry: Arc<AwaitingRequest>,
+impl Drop for Activity {
+    /// The connection has ended: it is no candidate any more.
+    fn drop(&mut self) {
+        self.no_longer_idle();
+    }
 }
 
-impl FirstRequest {
-    fn arrived(&self) {
-        if !self.seen.swap(true, Ordering::Relaxed) {
-            self.registry.forget(self.id);
+/// A request of a connection between its arrival and the end of its response.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.now_idle();
         }
     }
 }
 
-impl Drop for FirstRequest {
-    fn drop(&mut self) {
-        self.arrived();
+/// A response body that keeps its request counted in flight until it is sent or dropped.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -259,26 +326,32 @@ async fn serve_connection(
     app: Router,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
-    first_request: FirstRequest,
+    activity: Arc<Activity>,
     _held: (Slot, mpsc::Sender<()>),
 ) {
     let _ = stream.set_nodelay(true);
-    let evicted = first_request.evicted.clone();
-    let first_request = Arc::new(first_request);
-    let request_seen = first_request.clone();
-    // An eviction that lost the race with the first request is ignored: that request is
-    // answered (the newcomer that asked for the place is refused instead).
-    let evicted_before_request = async move {
+    let evicted = activity.evicted.clone();
+    let watched = activity.clone();
+    // An eviction that lost the race with a request is ignored: that request is answered
+    // (the newcomer that asked for the place is refused instead).
+    let evicted_while_idle = async move {
         evicted.cancelled().await;
-        if request_seen.seen.load(Ordering::Relaxed) {
+        if watched.is_busy() {
             std::future::pending::<()>().await;
         }
     };
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-        first_request.arrived();
+        let in_flight = activity.request_started();
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone();
-        app.call(request.map(Body::new))
+        let response = app.call(request.map(Body::new));
+        async move {
+            let response = response.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked {
+                inner,
+                _in_flight: in_flight,
+            }))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -291,8 +364,8 @@ async fn serve_connection(
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
-        // Only a connection that has not sent a request is ever evicted: nothing to answer.
-        _ = evicted_before_request => return,
+        // Only a connection with no request in flight is ever evicted: nothing to answer.
+        _ = evicted_while_idle => return,
         _ = shutdown.cancelled() => {}
     }
     // Idle: closed now. Mid-request: the response goes out with `Connection: close`.
@@ -438,18 +511,38 @@ mod tests {
     }
 
     #[test]
-    fn eviction_takes_the_oldest_connection_still_waiting_for_a_request() {
-        let waiting = Arc::new(AwaitingRequest::default());
-        let first = waiting.register(1);
-        let second = waiting.register(2);
-        let third = waiting.register(3);
-        // The oldest has sent a request: it is no longer a candidate.
-        first.arrived();
-        assert!(waiting.evict_oldest());
+    fn eviction_takes_the_connection_idle_the_longest_and_never_a_busy_one() {
+        let idle = Arc::new(IdleConnections::default());
+        let first = idle.register();
+        let second = idle.register();
+        let third = idle.register();
+        // The oldest is serving a request: it is not a candidate until its response is done.
+        let request = first.request_started();
+        assert!(idle.evict_oldest());
         assert!(!first.evicted.is_cancelled());
         assert!(second.evicted.is_cancelled());
-        assert!(!third.evicted.is_cancelled());
-        drop(third);
-        assert!(!waiting.evict_oldest(), "nothing left to evict");
+        // Done: idle again, now the newest idle one.
+        drop(request);
+        assert!(idle.evict_oldest());
+        assert!(third.evicted.is_cancelled());
+        assert!(!first.evicted.is_cancelled());
+        assert!(idle.evict_oldest());
+        assert!(first.evicted.is_cancelled());
+        assert!(!idle.evict_oldest(), "nothing left to evict");
+        // A connection that ended leaves no candidate behind.
+        let gone = idle.register();
+        drop(gone);
+        assert!(!idle.evict_oldest());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let v4: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(client_key(v4), v4);
     }
 }

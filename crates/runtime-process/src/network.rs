@@ -6,9 +6,11 @@
 //! For the `outbound` policy Gust then gives the namespace a way out through slirp4netns, a
 //! user-mode network stack that makes the worker's connections as ordinary sockets of its own
 //! process on the host (refusing the host's loopback: `--disable-host-loopback`). Before that
-//! link exists, every non-public IPv4 range (private, shared, link-local with its cloud metadata
-//! address, ...) is routed to `unreachable` inside the namespace, so there is no moment at which
-//! the worker could reach them. The worker cannot change its routes: it has no capability in
+//! link exists, every non-public IPv4 range (loopback, private, shared, link-local with its
+//! cloud metadata address, ...) and every address of the host itself is routed to
+//! `unreachable` inside the namespace, so there is no moment at which the worker could reach
+//! them. slirp4netns holds at most [`SLIRP_DESCRIPTORS`] descriptors, which bounds the host
+//! sockets one worker's connections can take. The worker cannot change its routes: it has no capability in
 //! its namespace. A worker specialized for the `none` policy has its link cut (slirp4netns
 //! stopped, which removes the tap device and the default route) before the code is loaded.
 
@@ -22,6 +24,9 @@ use tokio::process::{Child, Command};
 
 /// The resolver slirp4netns answers on inside the namespace (its default network 10.0.2.0/24).
 pub const SANDBOX_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
+/// Descriptors a worker's slirp4netns may hold: its own few and the host sockets of the
+/// worker's outbound connections.
+const SLIRP_DESCRIPTORS: libc::rlim_t = 512;
 /// How long connecting a namespace may take before the worker is given up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -85,11 +90,18 @@ impl Uplinks {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let ready_fd = std::os::fd::AsRawFd::as_raw_fd(&ready_child);
-        // SAFETY: dup2 and prctl are async-signal-safe; `ready_child` stays open in the parent
-        // until spawn returns.
+        // Each socket the worker opens outward is one of slirp4netns's on the host: bounded,
+        // so that one function cannot use up the host's ports or descriptors.
+        let sockets = libc::rlimit {
+            rlim_cur: SLIRP_DESCRIPTORS,
+            rlim_max: SLIRP_DESCRIPTORS,
+        };
+        // SAFETY: dup2, setrlimit and prctl are async-signal-safe; `ready_child` stays open in
+        // the parent until spawn returns.
         unsafe {
             command.pre_exec(move || {
                 if libc::dup2(ready_fd, 3) < 0
+                    || libc::setrlimit(libc::RLIMIT_NOFILE, &sockets) != 0
                     || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
                 {
                     return Err(std::io::Error::last_os_error());
@@ -125,10 +137,18 @@ impl Uplinks {
         Ok(Uplink { slirp })
     }
 
-    /// Routes every non-public range to `unreachable` inside the namespace.
+    /// Routes every non-public range, and every address of the host itself, to `unreachable`
+    /// inside the namespace.
     async fn refuse_non_public(&self, sandbox_pid: u32) -> Result<(), String> {
+        let own: Vec<String> = host_ipv4_addresses()
+            .into_iter()
+            .filter(|address| !address.is_loopback())
+            .map(|address| format!("{address}/32"))
+            .collect();
         let routes: String = NON_PUBLIC_IPV4
             .iter()
+            .map(|range| range.to_string())
+            .chain(own)
             .map(|range| format!("route add unreachable {range}\n"))
             .collect();
         let mut ip = Command::new(&self.nsenter);
@@ -169,6 +189,36 @@ impl Uplink {
         let _ = self.slirp.start_kill();
         let _ = self.slirp.wait().await;
     }
+}
+
+/// The host's own IPv4 addresses, on every interface, now: a worker must not reach the host
+/// by any of them, public ones included (services listening on all addresses would answer).
+fn host_ipv4_addresses() -> Vec<std::net::Ipv4Addr> {
+    let mut addresses = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return addresses;
+    }
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
+        let node = unsafe { &*entry };
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        if !node.ifa_addr.is_null()
+            && i32::from(unsafe { (*node.ifa_addr).sa_family }) == libc::AF_INET
+        {
+            // SAFETY: checked AF_INET above.
+            let address = unsafe { &*node.ifa_addr.cast::<libc::sockaddr_in>() };
+            addresses.push(std::net::Ipv4Addr::from(u32::from_be(
+                address.sin_addr.s_addr,
+            )));
+        }
+        entry = node.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    addresses
 }
 
 fn running_as_root() -> bool {

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""How late a 504 comes: requests to a function that always runs past its timeout.
+
+Starts `gust up` (the release build by default) on free loopback ports, deploys a Python
+function that sleeps 2 s with `--timeout 500ms`, and sends 200 requests from 20 threads at
+once, with room for all of them (`--max-instances 20`). Every request times out, so every
+worker is killed and most requests need a new one (from the pool, or started while the pool
+refills): the cold start counts in the timeout.
+Prints the distribution of the time to the 504 against the function's timeout, the baseline.
+Run: `python3 benches/timeouts.py [path/to/gust]` after `cargo build --release`.
+"""
+
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUST = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/gust")
+REQUESTS = 200
+CLIENTS = 20
+TIMEOUT_MS = 500
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one(url):
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            answer.read()
+            status = answer.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    return status, (time.perf_counter() - started) * 1e3
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="gust-timeouts-")
+    public, api = free_port(), free_port()
+    env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "config"))
+    log = open(os.path.join(work, "gust.log"), "w")
+    gust = subprocess.Popen([GUST, "up", "--data-dir", os.path.join(work, "data"),
+                             "--listen", f"127.0.0.1:{public}", "--api-listen",
+                             f"127.0.0.1:{api}"], env=env, stdout=log, stderr=log)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        code = os.path.join(work, "slow.py")
+        with open(code, "w") as f:
+            f.write("import time\ndef main():\n    time.sleep(2)\n    return 'late'\n")
+        cli = [GUST, "--url", f"http://127.0.0.1:{api}"]
+        # Room for every client at once: a request that waits for capacity waits before its
+        # timeout starts (and gets 429 after the queue timeout), which is not measured here.
+        for args in (["fn", "create", "slow", "--env", "python", "--code", code,
+                      "--timeout", f"{TIMEOUT_MS}ms", "--max-instances", str(CLIENTS)],
+                     ["route", "create", "--fn", "slow", "--url", "/slow"]):
+            subprocess.run(cli + args, env=env, check=True, capture_output=True)
+        url = f"http://127.0.0.1:{public}/slow"
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+            results = list(pool.map(one, [url] * REQUESTS))
+        statuses = {}
+        for status, _ in results:
+            statuses[status] = statuses.get(status, 0) + 1
+        late = sorted(ms for status, ms in results if status == 504)
+        if not late:
+            sys.exit(f"no 504 among {statuses}")
+
+        def pick(q):
+            return late[min(len(late) - 1, int(len(late) * q))]
+
+        print(f"{REQUESTS} requests from {CLIENTS} clients, statuses {statuses}")
+        print("| time to the 504 | ms | over the timeout |")
+        print("|---|---|---|")
+        for name, value in [("p50", pick(0.5)), ("p99", pick(0.99)), ("max", late[-1])]:
+            print(f"| {name} | {value:.0f} | +{value - TIMEOUT_MS:.0f} ms |")
+        print(f"| function timeout (baseline) | {TIMEOUT_MS} | |")
+        over = sum(1 for ms in late if ms > TIMEOUT_MS + 500)
+        print(f"504s later than timeout + 0.5 s: {over} of {len(late)}")
+    finally:
+        gust.terminate()
+        gust.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
