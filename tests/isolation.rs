@@ -376,7 +376,6 @@ struct OutsideNetwork {
     host_link: String,
 }
 
-
 fn ip(args: &[&str]) {
     let status = std::process::Command::new("ip")
         .args(args)

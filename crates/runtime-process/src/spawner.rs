@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use gust_executor::FunctionLogs;
 
@@ -38,11 +39,8 @@ impl Spawner {
     pub async fn start_worker(&self, command: &WorkerCommand) -> Result<Worker, RuntimeError> {
         let mut attempt = 1;
         loop {
-            let id = format!(
-                "{}-{}",
-                command.environment,
-                self.next_id.fetch_add(1, Ordering::Relaxed)
-            );
+            let serial = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{}-{serial}", command.environment);
             let started = Worker::start(
                 id,
                 &self.workers_dir,
@@ -55,6 +53,10 @@ impl Spawner {
             match started {
                 Err(err) if attempt < SETUP_ATTEMPTS && is_transient_setup_failure(&err) => {
                     tracing::debug!(error = %err, attempt, "sandbox set-up failed; starting again");
+                    // Apart from the other starts it collided with, at a moment of its own.
+                    let jitter = serial.wrapping_mul(7919) % 20;
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt) + jitter))
+                        .await;
                     attempt += 1;
                 }
                 started => return started,
@@ -64,7 +66,7 @@ impl Spawner {
 }
 
 /// Starts of a worker whose sandbox set-up failed for a reason of the moment.
-const SETUP_ATTEMPTS: u32 = 3;
+const SETUP_ATTEMPTS: u32 = 5;
 
 /// bubblewrap configures the loopback interface of each new network namespace over netlink,
 /// and with many namespaces created at once that occasionally fails (seen: `loopback: Failed
