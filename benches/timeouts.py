@@ -12,25 +12,18 @@ Run: `python3 benches/timeouts.py [path/to/gust]` after `cargo build --release`.
 
 import concurrent.futures
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUST = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/gust")
+from gust_process import RELEASE_GUST, GustProcess
+
+GUST = sys.argv[1] if len(sys.argv) > 1 else RELEASE_GUST
 REQUESTS = 200
 CLIENTS = 20
 TIMEOUT_MS = 500
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one(url):
@@ -46,30 +39,17 @@ def one(url):
 
 def main():
     work = tempfile.mkdtemp(prefix="gust-timeouts-")
-    public, api = free_port(), free_port()
-    env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "config"))
-    log = open(os.path.join(work, "gust.log"), "w")
-    gust = subprocess.Popen([GUST, "up", "--data-dir", os.path.join(work, "data"),
-                             "--listen", f"127.0.0.1:{public}", "--api-listen",
-                             f"127.0.0.1:{api}"], env=env, stdout=log, stderr=log)
+    gust = GustProcess(GUST, work)
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
         code = os.path.join(work, "slow.py")
         with open(code, "w") as f:
             f.write("import time\ndef main():\n    time.sleep(2)\n    return 'late'\n")
-        cli = [GUST, "--url", f"http://127.0.0.1:{api}"]
         # Room for every client at once: a request that waits for capacity waits before its
         # timeout starts (and gets 429 after the queue timeout), which is not measured here.
-        for args in (["fn", "create", "slow", "--env", "python", "--code", code,
-                      "--timeout", f"{TIMEOUT_MS}ms", "--max-instances", str(CLIENTS)],
-                     ["route", "create", "--fn", "slow", "--url", "/slow"]):
-            subprocess.run(cli + args, env=env, check=True, capture_output=True)
-        url = f"http://127.0.0.1:{public}/slow"
+        gust.cli("fn", "create", "slow", "--env", "python", "--code", code,
+                 "--timeout", f"{TIMEOUT_MS}ms", "--max-instances", str(CLIENTS))
+        gust.cli("route", "create", "--fn", "slow", "--url", "/slow")
+        url = f"http://127.0.0.1:{gust.public}/slow"
         with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
             results = list(pool.map(one, [url] * REQUESTS))
         statuses = {}
@@ -91,8 +71,7 @@ def main():
         over = sum(1 for ms in late if ms > TIMEOUT_MS + 500)
         print(f"504s later than timeout + 0.5 s: {over} of {len(late)}")
     finally:
-        gust.terminate()
-        gust.wait(timeout=60)
+        gust.stop()
 
 
 if __name__ == "__main__":

@@ -10,23 +10,18 @@ Run: `python3 benches/wasm_fairness.py [path/to/gust]` after `cargo build --rele
 
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUST = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/gust")
+from gust_process import RELEASE_GUST, ROOT, GustProcess
+
+GUST = sys.argv[1] if len(sys.argv) > 1 else RELEASE_GUST
 PROBE = os.path.join(ROOT, "tests/components/probe.wasm")
 LOOPERS = 150
 SAMPLES = 20
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(url):
@@ -46,32 +41,17 @@ def measure(urls):
 
 def main():
     work = tempfile.mkdtemp(prefix="gust-fairness-")
-    public, api = free_port(), free_port()
-    env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "config"))
-    log = open(os.path.join(work, "gust.log"), "w")
-    gust = subprocess.Popen([GUST, "up", "--data-dir", os.path.join(work, "data"),
-                             "--listen", f"127.0.0.1:{public}", "--api-listen",
-                             f"127.0.0.1:{api}"], env=env, stdout=log, stderr=log)
+    gust = GustProcess(GUST, work)
+    public, api = gust.public, gust.api
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        cli = [GUST, "--url", f"http://127.0.0.1:{api}"]
-
-        def run(*args):
-            subprocess.run(cli + list(args), env=env, check=True, capture_output=True)
-
         py = os.path.join(work, "py.py")
         with open(py, "w") as f:
             f.write("def main():\n    return 'py'\n")
         for name, code, extra in [("spinner", PROBE, ["--timeout", "20s"]),
                                   ("bystander", PROBE, []), ("py", py, [])]:
-            run("fn", "create", name, "--env", "python" if code == py else "wasm",
-                "--code", code, *extra)
-            run("route", "create", "--fn", name, "--url", f"/{name}", "--prefix")
+            gust.cli("fn", "create", name, "--env", "python" if code == py else "wasm",
+                     "--code", code, *extra)
+            gust.cli("route", "create", "--fn", name, "--url", f"/{name}", "--prefix")
         urls = {"API /healthz": f"http://127.0.0.1:{api}/healthz",
                 "another wasm function": f"http://127.0.0.1:{public}/bystander",
                 "a python function": f"http://127.0.0.1:{public}/py"}
@@ -92,8 +72,7 @@ def main():
             print(f"| {name} | {i50:.2f} / {i99:.2f} ms | {l50:.2f} / {l99:.2f} ms "
                   f"| {l50 / i50:.1f} |")
     finally:
-        gust.terminate()
-        gust.wait(timeout=60)
+        gust.stop()
 
 
 if __name__ == "__main__":

@@ -350,3 +350,54 @@ fn all_gone(pids: &[u32]) -> bool {
     })
     .is_some()
 }
+
+#[test]
+fn a_worker_that_fails_to_start_leaves_no_directory_or_cgroup_behind() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&[
+        "env",
+        "create",
+        "broken",
+        "--command",
+        "/usr/bin/false",
+        "--pool-size",
+        "0",
+    ])
+    .ok();
+    gust.deploy("doomed", "broken", "d.txt", "never runs", &[]);
+    for _ in 0..3 {
+        let (status, body) = error_body(gust.get("/doomed"));
+        assert_eq!(status, 503, "{body}");
+    }
+    let workers_dir = gust.worker_run_dir().join("workers");
+    let cgroup_base = gust
+        .worker_pids("/gust-env/")
+        .first()
+        .and_then(|pid| cgroup_dir(*pid))
+        .and_then(|dir| dir.parent().map(|p| p.to_owned()));
+    let left = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("broken-"))
+                    .collect()
+            },
+        )
+    };
+    let settled = eventually(Duration::from_secs(10), || {
+        let mut found = left(&workers_dir);
+        if let Some(base) = &cgroup_base {
+            found.extend(left(base));
+        }
+        found.is_empty().then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "left by failed starts: {:?} {:?}",
+        left(&workers_dir),
+        cgroup_base.as_deref().map(left)
+    );
+}

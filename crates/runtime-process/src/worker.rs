@@ -108,14 +108,19 @@ impl Worker {
         };
         let dir = workers_dir.join(&id);
         let paths = WorkerPaths::new(&dir);
+        // Until the worker is ready, a failed start takes its directory and cgroups with it.
+        let mut leftovers = Leftovers {
+            dir: Some(dir.clone()),
+            cgroup: None,
+        };
         prepare_dirs(&paths)?;
-        let cgroup = cgroups
+        leftovers.cgroup = cgroups
             .map(|c| c.worker(&id))
             .transpose()
             .map_err(|e| failed(format!("cannot create its cgroup: {e}")))?;
         let (mut child, info) = {
             let mut binds = BindSources::open(&paths, command.env_dir.as_deref(), sandbox)?;
-            let join = match &cgroup {
+            let join = match &leftovers.cgroup {
                 Some(cgroup) => cgroup
                     .procs_files()
                     .map_err(|e| failed(format!("cannot open its cgroup: {e}")))?,
@@ -199,6 +204,7 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         std::mem::forget(starting);
+        let cgroup = leftovers.keep();
         Ok(Self {
             code_path: sandbox.code_path(&paths),
             id,
@@ -627,6 +633,32 @@ fn kill_sandbox(pid: Option<u32>) {
     // their own group; for an unconfined worker this fails harmlessly).
     unsafe {
         libc::killpg(pid, libc::SIGKILL);
+    }
+}
+
+/// What a worker's start created on the host: removed if the start fails, kept (handed to the
+/// `Worker`, whose drop removes them) once it succeeds.
+struct Leftovers {
+    dir: Option<PathBuf>,
+    cgroup: Option<WorkerCgroup>,
+}
+
+impl Leftovers {
+    /// The start succeeded: the worker owns these now.
+    fn keep(&mut self) -> Option<WorkerCgroup> {
+        self.dir = None;
+        self.cgroup.take()
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove();
+        }
     }
 }
 

@@ -1,0 +1,47 @@
+"""Starting a `gust up` for the benchmark scripts: free loopback ports, a data directory of its
+own, the CLI pointed at it."""
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE_GUST = os.path.join(ROOT, "target/release/gust")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GustProcess:
+    """A running `gust up` in `work`; `cli(...)` runs the CLI against it."""
+
+    def __init__(self, binary, work):
+        self.binary = binary
+        self.public, self.api = free_port(), free_port()
+        self.env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "config"))
+        log = open(os.path.join(work, "gust.log"), "w")
+        self.process = subprocess.Popen(
+            [binary, "up", "--data-dir", os.path.join(work, "data"),
+             "--listen", f"127.0.0.1:{self.public}",
+             "--api-listen", f"127.0.0.1:{self.api}"],
+            env=self.env, stdout=log, stderr=log)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.api}/healthz", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("gust did not start; see " + os.path.join(work, "gust.log"))
+
+    def cli(self, *args):
+        subprocess.run([self.binary, "--url", f"http://127.0.0.1:{self.api}", *args],
+                       env=self.env, check=True, capture_output=True)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=60)
