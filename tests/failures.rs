@@ -255,6 +255,17 @@ fn workers_die_with_a_killed_gust_and_a_restart_removes_their_directories_and_cg
         workers.len() >= 2,
         "a specialized worker and pool workers: {workers:?}"
     );
+    // Function code runs below Gust's own priority.
+    for pid in &workers {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let nice: i32 = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(16))
+            .and_then(|nice| nice.parse().ok())
+            .unwrap();
+        assert_eq!(nice, 10, "worker {pid}");
+    }
     // The next run's workers may get the same names: the old run's directories are marked.
     let workers_dir = gust.worker_run_dir().join("workers");
     for dir in std::fs::read_dir(&workers_dir).unwrap().flatten() {

@@ -377,11 +377,20 @@ struct OutsideNetwork {
 }
 
 fn ip(args: &[&str]) {
-    let status = std::process::Command::new("ip")
+    run("ip", args);
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = std::process::Command::new(program)
         .args(args)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "ip {args:?}");
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl OutsideNetwork {
@@ -403,10 +412,14 @@ impl OutsideNetwork {
             ip(&["addr", "add", address, "dev", &host_link]);
         }
         ip(&["link", "set", &host_link, "up"]);
+        // `nsenter --net` enters the namespace and nothing else (`ip netns exec` also remounts
+        // /sys in a mount namespace of its own, which failed now and then beside the other
+        // tests' sandboxes).
+        let net = format!("--net=/run/netns/{namespace}");
         let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &namespace, "ip"];
+            let mut all = vec![net.as_str(), "--", "ip"];
             all.extend_from_slice(args);
-            ip(&all);
+            run("nsenter", &all);
         };
         for address in ["198.51.100.2/24", "10.77.0.2/24"] {
             inside(&["addr", "add", address, "dev", &out_link]);
@@ -414,8 +427,8 @@ impl OutsideNetwork {
         inside(&["link", "set", &out_link, "up"]);
         inside(&["link", "set", "lo", "up"]);
         let port = gust_harness::free_port();
-        let server = std::process::Command::new("ip")
-            .args(["netns", "exec", &namespace, "python3", "-m", "http.server"])
+        let server = std::process::Command::new("nsenter")
+            .args([net.as_str(), "--", "python3", "-m", "http.server"])
             .args(["--bind", "0.0.0.0", &port.to_string()])
             .current_dir(std::env::temp_dir())
             .stdout(std::process::Stdio::null())

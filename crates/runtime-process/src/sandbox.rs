@@ -27,6 +27,10 @@ use crate::RuntimeError;
 use crate::network::{SANDBOX_RESOLV_CONF, Uplinks};
 use crate::seccomp::SeccompProgram;
 
+/// How much lower than Gust's own threads function code runs (a nice value): the same for
+/// workers and for WebAssembly guests, so that neither tier starves the other.
+pub const FUNCTION_NICENESS: i32 = 10;
+
 /// The uid and gid workers run as when Gust runs as root (`nobody` on Debian).
 const UNPRIVILEGED_ID: u32 = 65534;
 
@@ -368,10 +372,16 @@ impl Sandbox {
         };
         // SAFETY: getpid has no preconditions.
         let gust = unsafe { libc::getpid() };
-        // SAFETY: prctl and getppid are async-signal-safe and touch only this (child) process.
+        // SAFETY: prctl, setpriority and getppid are async-signal-safe and touch only this
+        // (child) process.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Function code yields the CPU to Gust's own threads (routing, timeouts, the
+                // API) when both want it; the sandbox and all it starts inherit this.
+                if libc::setpriority(libc::PRIO_PROCESS, 0, FUNCTION_NICENESS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // Gust may have died between the fork and the line above, and then the signal

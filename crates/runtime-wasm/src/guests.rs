@@ -1,7 +1,8 @@
 //! Where guests run. WebAssembly guests execute on threads of their own, apart from the runtime
 //! that serves the API, the public router and the process tier: a guest that loops until its
 //! timeout competes for the CPU with the rest of Gust through the kernel's scheduler (and at a
-//! lower priority), not by occupying the threads that answer everyone else.
+//! lower priority, the same as process-tier workers), not by occupying the threads that answer
+//! everyone else.
 //!
 //! Between functions, each function's guests take turns: at most one turn per guest thread is
 //! held by a function at once, a turn lasts one poll (at most one epoch tick of guest code), and
@@ -18,7 +19,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSemaphore;
 
-/// How much lower guest threads run than Gust's own (a nice value).
+/// How much lower guest threads run than Gust's own (a nice value); the process tier's workers
+/// run at the same one, so neither tier starves the other.
 const GUEST_NICENESS: i32 = 10;
 
 /// The number of guest threads: one per core.
