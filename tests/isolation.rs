@@ -645,4 +645,14 @@ fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
         .cli(&["fn", "update", "net-none", "--network", "host"])
         .failed();
     assert!(err.contains("outbound, none"), "{err}");
+    // Connecting workers changed nothing of the host's mounts: the host's own network
+    // namespaces (here the test's, mounted under /run/netns) are all still there.
+    run(
+        "nsenter",
+        &[
+            &format!("--net=/run/netns/{}", outside.namespace),
+            "--",
+            "true",
+        ],
+    );
 }

@@ -96,13 +96,32 @@ impl Uplinks {
             rlim_cur: SLIRP_DESCRIPTORS,
             rlim_max: SLIRP_DESCRIPTORS,
         };
-        // SAFETY: dup2, setrlimit and prctl are async-signal-safe; `ready_child` stays open in
-        // the parent until spawn returns.
+        let as_root = running_as_root();
+        // SAFETY: dup2, setrlimit, prctl, unshare and mount are async-signal-safe;
+        // `ready_child` stays open in the parent until spawn returns.
         unsafe {
             command.pre_exec(move || {
                 if libc::dup2(ready_fd, 3) < 0
                     || libc::setrlimit(libc::RLIMIT_NOFILE, &sockets) != 0
                     || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // slirp4netns's sandbox rebuilds its mount view and detaches the old root. As
+                // root, in a copy of the host's mount namespace, that detach would travel back
+                // through shared mounts and unmount the host's (seen: every `/run/netns/*`
+                // namespace of the host unmounted). In a namespace of its own with every mount
+                // private first, nothing travels back. (Without root, slirp's namespace belongs
+                // to the worker's user namespace, whose mounts never propagate back.)
+                if as_root
+                    && (libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0)
                 {
                     return Err(std::io::Error::last_os_error());
                 }
