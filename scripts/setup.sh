@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Gust and its tests need on a Debian machine: bubblewrap (the worker sandbox),
-# slirp4netns and iproute2 (outbound network for sandboxed workers), Debian's python3 and
+# slirp4netns and iproute2 (outbound network for sandboxed workers), nftables and procps
+# (process functions' allow-lists), Debian's python3 and
 # Node.js (the built-in environments' interpreters), and, for the tests,
 # the message brokers the queue-trigger tests start on free ports (nats-server, mosquitto,
 # redis-server, rabbitmq-server; none is left running) and componentize-py (builds the Python
@@ -12,6 +13,8 @@ missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
+[ -x /usr/sbin/nft ] || [ -x /sbin/nft ] || missing+=(nftables)
+[ -x /usr/sbin/sysctl ] || [ -x /sbin/sysctl ] || missing+=(procps)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 [ -x /usr/bin/node ] || missing+=(nodejs)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)

@@ -529,7 +529,7 @@ def main(req):
 "#;
 
 #[test]
-fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
+fn s17_a_function_reaches_public_addresses_or_only_what_it_lists() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: building the outside network needs root");
@@ -585,8 +585,10 @@ fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
             outside.port
         );
         let response = gust.get(&path);
-        assert_eq!(response.status(), 200, "{function}");
-        let seen: Value = response.json().unwrap();
+        let status = response.status();
+        let text = response.text().unwrap();
+        assert_eq!(status, 200, "{function}: {text}");
+        let seen: Value = serde_json::from_str(&text).unwrap();
         // What the function listens on is inside its own namespace, not on the host.
         assert!(
             TcpStream::connect(("127.0.0.1", listen)).is_err(),
@@ -633,6 +635,57 @@ fn s17_a_function_reaches_public_addresses_only_and_nothing_of_the_host() {
         "{seen}"
     );
     assert_eq!(seen["sees_host_socket"], false, "{seen}");
+    // An allow-list: only the listed private server and the host's loopback port (by name) are
+    // reachable; the public server, reachable under plain `outbound`, is not listed. Any host
+    // on the secret port is listed too: neither the host's own address nor the link's gateway
+    // (the host's loopback) is any host.
+    let listed = [
+        format!("*://10.77.0.2:{}", outside.port),
+        format!("*://localhost:{secret_port}"),
+        format!("*://*:{secret_port}"),
+    ];
+    let mut allow = Vec::new();
+    for rule in &listed {
+        allow.extend(["--allow-outbound", rule.as_str()]);
+    }
+    gust.deploy("net-listed", "python", "net.py", NETWORK_PROBE, &allow);
+    let before = reached.load(std::sync::atomic::Ordering::SeqCst);
+    let seen = probe("net-listed");
+    assert_eq!(seen["private"], "status:200", "{seen}");
+    assert_eq!(seen["host_loopback"], "got:hostsecret", "{seen}");
+    for refused in ["public", "metadata", "host_loopback_alias", "host_address"] {
+        let answer = seen[refused].as_str().unwrap();
+        assert!(answer.starts_with("failed:"), "{refused}: {seen}");
+    }
+    assert!(
+        reached.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the listed loopback port was not reached: {seen}"
+    );
+    assert!(
+        datagrams.recv_from(&mut buffer).is_err(),
+        "a datagram reached an unlisted port of the host's loopback: {seen}"
+    );
+    for (args, expected) in [
+        (
+            &["--allow-outbound", "https://*.example.com"][..],
+            "names hosts",
+        ),
+        (
+            &[
+                "--allow-outbound",
+                "https://api.example.com",
+                "--network",
+                "none",
+            ][..],
+            "contradict",
+        ),
+    ] {
+        let mut all = vec!["fn", "update", "net-listed"];
+        all.extend_from_slice(args);
+        let err = gust.cli(&all).failed();
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+
     let shown: Value = serde_json::from_str(
         &gust
             .cli(&["fn", "get", "net-none", "-o", "json"])

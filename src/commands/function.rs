@@ -40,8 +40,10 @@ struct SpecArgs {
     /// Environment variable KEY=VALUE (repeatable; on update the given set replaces the old one)
     #[arg(long = "env-var")]
     env_vars: Vec<String>,
-    /// Origin a wasm function may call, e.g. https://api.example.com or https://*.example.com
-    /// (repeatable; on update the given list replaces the old one; none by default)
+    /// Origin a function may call, e.g. https://api.example.com, *://10.0.0.5:6379 or (wasm)
+    /// https://*.example.com (repeatable; on update the given list replaces the old one). A
+    /// wasm function reaches nothing else; a process function with a list reaches only the
+    /// listed hosts' addresses on the listed ports
     #[arg(long = "allow-outbound")]
     allow_outbound: Vec<String>,
     /// Process functions: `outbound` (public addresses only; the host's loopback, private and

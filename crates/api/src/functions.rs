@@ -8,7 +8,7 @@ use bytes::Bytes;
 use gust_executor::EffectiveScaling;
 use gust_model::{
     CodeRef, Delivery, DeliveryConfig, Environment, Function, FunctionConfig, Limits, Name,
-    Namespace, NetworkPolicy, OutboundRule, Revision, RevisionFields, RevisionNumber,
+    Namespace, NetworkPolicy, OutboundRule, Revision, RevisionFields, RevisionNumber, RuleHost,
     ScalingConfig, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
@@ -275,8 +275,9 @@ fn revalidate(
         .map_err(ApiError::Invalid)
 }
 
-/// Outbound rules and instance reuse are wasm-tier settings; refusing them elsewhere keeps a
-/// user from believing a process function is confined or recycled by them.
+/// Settings of one tier are refused in the other, and allow-list rules a process function's
+/// network filter cannot enforce are refused, so that no user believes a function is confined
+/// or recycled by something that does not apply to it.
 fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Result<(), ApiError> {
     if environment.tier() == Tier::Wasm {
         if fields.network.is_some() {
@@ -291,10 +292,26 @@ fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Re
         }
         return Ok(());
     }
-    if !fields.allow_outbound.is_empty() {
+    if !fields.allow_outbound.is_empty() && fields.network == Some(NetworkPolicy::None) {
         return Err(ApiError::Invalid(
-            "--allow-outbound applies to wasm functions only".to_owned(),
+            "--allow-outbound and --network none contradict each other: choose one".to_owned(),
         ));
+    }
+    // A process function's rules are enforced by address: each host must resolve to some.
+    for rule in &fields.allow_outbound {
+        match rule.host() {
+            RuleHost::Subdomains(domain) => {
+                return Err(ApiError::Invalid(format!(
+                    "--allow-outbound {rule}: a process function's allow-list names hosts (its connections are filtered by address), not *.{domain}"
+                )));
+            }
+            RuleHost::Exact(host) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+                return Err(ApiError::Invalid(format!(
+                    "--allow-outbound {rule}: a process function's network has no IPv6 route; list an IPv4 address"
+                )));
+            }
+            _ => {}
+        }
     }
     if fields.scaling.reuse != 1 {
         return Err(ApiError::Invalid(

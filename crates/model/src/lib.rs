@@ -43,7 +43,7 @@ pub use mq::{
 };
 pub use name::{Name, Namespace};
 pub use network::{NON_PUBLIC_IPV4, NetworkPolicy};
-pub use outbound::OutboundRule;
+pub use outbound::{OutboundRule, RuleHost};
 pub use route::{
     Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteMode,
     RouteTable, is_reserved_path,

@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 
-/// One origin a wasm function may call, in Spin's form: `https://api.example.com`,
+/// One origin a function may call, in Spin's form: `https://api.example.com`,
 /// `http://127.0.0.1:9000`, `https://*.example.com`, `*://*:*`. A missing port means the
-/// scheme's default (80, 443).
+/// scheme's default (80, 443). A wasm function's requests are checked against it one by one;
+/// a process function's connections by address and port (see [`OutboundRule::host`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct OutboundRule {
@@ -32,7 +33,33 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
+/// A rule's host as a network filter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleHost<'a> {
+    /// `*`: any host.
+    Any,
+    /// One name or address literal (an IPv6 literal without its brackets).
+    Exact(&'a str),
+    /// `*.domain`: the names under `domain`.
+    Subdomains(&'a str),
+}
+
 impl OutboundRule {
+    pub fn host(&self) -> RuleHost<'_> {
+        match &self.host {
+            HostPattern::Any => RuleHost::Any,
+            HostPattern::Exact(host) => {
+                RuleHost::Exact(host.trim_start_matches('[').trim_end_matches(']'))
+            }
+            HostPattern::Subdomains(suffix) => RuleHost::Subdomains(suffix),
+        }
+    }
+
+    /// The port it allows; `None` for any port.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
     pub fn parse(value: &str) -> Result<Self, ModelError> {
         let invalid = |reason: &str| ModelError::InvalidOutbound {
             value: value.to_owned(),
@@ -55,6 +82,24 @@ impl OutboundRule {
             _ => (rest, None),
         };
         let host = host.to_ascii_lowercase();
+        // A name's letters, digits, dots and hyphens, or an IPv6 literal in brackets.
+        let plain = host.strip_prefix("*.").unwrap_or(&host);
+        let well_formed = match plain.strip_prefix('[') {
+            Some(literal) => literal
+                .strip_suffix(']')
+                .is_some_and(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => {
+                plain == "*"
+                    || plain
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            }
+        };
+        if !well_formed {
+            return Err(invalid(
+                "the host is a name (letters, digits, dots, hyphens), an address, or *",
+            ));
+        }
         let host = match host.as_str() {
             "" => return Err(invalid("the host is missing")),
             "*" => HostPattern::Any,
@@ -167,6 +212,10 @@ mod tests {
             "https://example.com:port",
             "*://example.com",
             "https://",
+            "https://a b.com",
+            "https://x.com;flush",
+            "https://[zz]:80",
+            "https://ex}ample.com",
         ] {
             assert!(OutboundRule::parse(bad).is_err(), "{bad}");
         }

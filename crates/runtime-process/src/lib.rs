@@ -12,6 +12,7 @@
 //! Not here: deciding when to start or stop instances (the executor does).
 
 mod cgroup;
+mod egress;
 mod error;
 mod network;
 mod pool;

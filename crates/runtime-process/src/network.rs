@@ -14,13 +14,15 @@
 //! its namespace. A worker specialized for the `none` policy has its link cut (slirp4netns
 //! stopped, which removes the tap device and the default route) before the code is loaded.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use gust_model::NON_PUBLIC_IPV4;
+use gust_model::{NON_PUBLIC_IPV4, OutboundRule};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
+
+use crate::egress;
 
 /// The resolver slirp4netns answers on inside the namespace (its default network 10.0.2.0/24).
 pub const SANDBOX_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
@@ -36,12 +38,17 @@ pub struct Uplinks {
     slirp4netns: PathBuf,
     nsenter: PathBuf,
     ip: PathBuf,
+    /// nftables and sysctl, for allow-lists; `None` where they are not installed.
+    nft: Option<PathBuf>,
+    sysctl: Option<PathBuf>,
 }
 
 /// One worker's way out; the link goes when this is dropped (or cut).
 #[derive(Debug)]
 pub struct Uplink {
     slirp: Child,
+    sandbox_pid: u32,
+    tools: Uplinks,
 }
 
 fn find(names: &[&str]) -> Option<PathBuf> {
@@ -56,6 +63,8 @@ impl Uplinks {
             slirp4netns: find(&["/usr/bin/slirp4netns", "/usr/local/bin/slirp4netns"])?,
             nsenter: find(&["/usr/bin/nsenter", "/bin/nsenter"])?,
             ip: find(&["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"])?,
+            nft: find(&["/usr/sbin/nft", "/sbin/nft"]),
+            sysctl: find(&["/usr/sbin/sysctl", "/sbin/sysctl"]),
         })
     }
 
@@ -68,15 +77,21 @@ impl Uplinks {
     }
 
     async fn connect_now(&self, sandbox_pid: u32) -> Result<Uplink, String> {
-        let netns = format!("/proc/{sandbox_pid}/ns/net");
         self.refuse_non_public(sandbox_pid).await?;
+        self.link(sandbox_pid, false).await
+    }
+
+    /// Starts slirp4netns on the namespace and waits until its interface is configured. With
+    /// `host_loopback` its gateway forwards to the host's 127.0.0.1 (only for an allow-list
+    /// whose filter lets through nothing but the listed ports).
+    async fn link(&self, sandbox_pid: u32, host_loopback: bool) -> Result<Uplink, String> {
+        let netns = format!("/proc/{sandbox_pid}/ns/net");
         let (ready, ready_child) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
         let mut command = Command::new(&self.slirp4netns);
         command
+            .args(["--configure", "--mtu=65520"])
+            .args((!host_loopback).then_some("--disable-host-loopback"))
             .args([
-                "--configure",
-                "--mtu=65520",
-                "--disable-host-loopback",
                 // Its own empty mount namespace, no capabilities, and a system call filter:
                 // it parses what the function sends.
                 "--enable-sandbox",
@@ -153,7 +168,11 @@ impl Uplinks {
         }
         // Nothing reads its chatter from here on.
         slirp.stderr.take();
-        Ok(Uplink { slirp })
+        Ok(Uplink {
+            slirp,
+            sandbox_pid,
+            tools: self.clone(),
+        })
     }
 
     /// Routes every non-public range, and every address of the host itself, to `unreachable`
@@ -170,33 +189,46 @@ impl Uplinks {
             .chain(own)
             .map(|range| format!("route add unreachable {range}\n"))
             .collect();
-        let mut ip = Command::new(&self.nsenter);
-        ip.arg(format!("--target={sandbox_pid}"))
+        self.run_inside(sandbox_pid, &self.ip, &["-batch", "-"], &routes)
+            .await
+            .map_err(|e| format!("cannot set the worker's routes: {e}"))
+    }
+
+    /// Runs `program` in the network namespace of `sandbox_pid` with `input` on its stdin.
+    async fn run_inside(
+        &self,
+        sandbox_pid: u32,
+        program: &Path,
+        args: &[&str],
+        input: &str,
+    ) -> Result<(), String> {
+        let mut command = Command::new(&self.nsenter);
+        command
+            .arg(format!("--target={sandbox_pid}"))
             .arg("--net")
             .args(user_namespace_entry())
             .arg("--")
-            .arg(&self.ip)
-            .args(["-batch", "-"])
+            .arg(program)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = ip.spawn().map_err(|e| format!("cannot run nsenter: {e}"))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot run nsenter: {e}"))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
-                .write_all(routes.as_bytes())
+                .write_all(input.as_bytes())
                 .await
-                .map_err(|e| format!("cannot give ip its routes: {e}"))?;
+                .map_err(|e| format!("cannot write to {}: {e}", program.display()))?;
         }
         let output = child
             .wait_with_output()
             .await
-            .map_err(|e| format!("ip: {e}"))?;
+            .map_err(|e| format!("{}: {e}", program.display()))?;
         if !output.status.success() {
-            return Err(format!(
-                "cannot set the worker's routes: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
         }
         Ok(())
     }
@@ -207,6 +239,51 @@ impl Uplink {
     pub async fn cut(mut self) {
         let _ = self.slirp.start_kill();
         let _ = self.slirp.wait().await;
+    }
+
+    /// Narrows the link to a function's allow-list (see [`crate::egress`]): the filter first,
+    /// then, if a loopback address is listed, a link that reaches the host's loopback, then
+    /// the routes past the unreachable ranges. Runs before the function's code is loaded.
+    pub async fn confine(self, rules: &[OutboundRule]) -> Result<Self, String> {
+        let tools = self.tools.clone();
+        let pid = self.sandbox_pid;
+        let (Some(nft), Some(sysctl)) = (&tools.nft, &tools.sysctl) else {
+            return Err(
+                "an allow-list needs nftables and sysctl on the host (Debian: nftables, procps)"
+                    .to_owned(),
+            );
+        };
+        let destinations = egress::resolve(rules).await?;
+        tools
+            .run_inside(pid, nft, &["-f", "-"], &egress::ruleset(&destinations))
+            .await
+            .map_err(|e| format!("cannot set the worker's filter: {e}"))?;
+        let uplink = if egress::needs_host_loopback(&destinations) {
+            self.cut().await;
+            let uplink = tools.link(pid, true).await?;
+            // Translated packets keep their loopback source until masqueraded; the kernel
+            // routes such packets out of an interface only with route_localnet.
+            tools
+                .run_inside(
+                    pid,
+                    sysctl,
+                    &["-q", "-w", "net.ipv4.conf.all.route_localnet=1"],
+                    "",
+                )
+                .await
+                .map_err(|e| format!("cannot let the worker reach the host's loopback: {e}"))?;
+            uplink
+        } else {
+            self
+        };
+        let routes = egress::routes(&destinations);
+        if !routes.is_empty() {
+            tools
+                .run_inside(pid, &tools.ip, &["-batch", "-"], &routes)
+                .await
+                .map_err(|e| format!("cannot route the listed addresses: {e}"))?;
+        }
+        Ok(uplink)
     }
 }
 

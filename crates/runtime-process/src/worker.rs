@@ -248,10 +248,17 @@ impl Worker {
                 ))
             })?;
         }
-        if spec.network == NetworkPolicy::None
-            && let Some(uplink) = self.uplink.take()
-        {
-            uplink.cut().await;
+        if let Some(uplink) = self.uplink.take() {
+            if spec.network == NetworkPolicy::None {
+                uplink.cut().await;
+            } else if spec.allow_outbound.is_empty() {
+                self.uplink = Some(uplink);
+            } else {
+                self.uplink = Some(uplink.confine(&spec.allow_outbound).await.map_err(|e| {
+                    self.dead = true;
+                    start_failed(format!("cannot apply --allow-outbound: {e}"))
+                })?);
+            }
         }
         let placing = std::time::Instant::now();
         link_tree(&spec.code_dir, &self.paths.code_dir)

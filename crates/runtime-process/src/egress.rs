@@ -1,0 +1,260 @@
+//! A process function's allow-list (`--allow-outbound`, the wasm tier's origins) as rules of
+//! the worker's own network namespace. A wasm guest's requests are checked one by one; a
+//! process function opens sockets, so here a rule means "connections to this host's addresses
+//! on this port": names are resolved when the worker is specialized, and an nftables filter in
+//! the namespace lets out only those addresses and ports (and DNS to slirp4netns's resolver).
+//! Everything else is refused at once (a TCP reset, an ICMP error), not left to time out.
+//!
+//! A listed private address or address of the host gets a route of its own past the
+//! `unreachable` ranges of the `outbound` policy. A listed loopback address means the host's
+//! loopback, as it does for a wasm guest: connections to it are translated to slirp4netns's
+//! gateway, which then forwards them to the host's 127.0.0.1 (the link is restarted with host
+//! loopback allowed; the filter still lets only the listed ports through).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use gust_model::{OutboundRule, RuleHost};
+
+/// slirp4netns's gateway: the host, seen from the namespace.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// slirp4netns's resolver inside the namespace.
+const RESOLVER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+/// How long resolving one listed name may take.
+const RESOLVE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Where one rule lets connections go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination {
+    /// `None`: any address the `outbound` policy reaches (public ones).
+    pub address: Option<Ipv4Addr>,
+    /// `None`: any port.
+    pub port: Option<u16>,
+}
+
+impl Destination {
+    fn is_host_loopback(&self) -> bool {
+        self.address.is_some_and(|a| a.is_loopback())
+    }
+}
+
+/// The destinations of `rules`, names resolved now through the host's resolver.
+pub async fn resolve(rules: &[OutboundRule]) -> Result<Vec<Destination>, String> {
+    let mut destinations = Vec::new();
+    for rule in rules {
+        let port = rule.port();
+        match rule.host() {
+            RuleHost::Any => destinations.push(Destination {
+                address: None,
+                port,
+            }),
+            RuleHost::Subdomains(domain) => {
+                return Err(format!(
+                    "{rule}: a process function's allow-list names hosts, not *.{domain}"
+                ));
+            }
+            RuleHost::Exact(host) => {
+                for address in addresses_of(host)
+                    .await
+                    .map_err(|e| format!("{rule}: {e}"))?
+                {
+                    destinations.push(Destination {
+                        address: Some(address),
+                        port,
+                    });
+                }
+            }
+        }
+    }
+    destinations.sort_by_key(|d| (d.address, d.port));
+    destinations.dedup();
+    Ok(destinations)
+}
+
+async fn addresses_of(host: &str) -> Result<Vec<Ipv4Addr>, String> {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(address)) => return Ok(vec![address]),
+        Ok(IpAddr::V6(_)) => {
+            return Err("a worker's namespace has no IPv6 route: list an IPv4 address".to_owned());
+        }
+        Err(_) => {}
+    }
+    let found = tokio::time::timeout(RESOLVE_DEADLINE, tokio::net::lookup_host((host, 0)))
+        .await
+        .map_err(|_| format!("{host} did not resolve within {RESOLVE_DEADLINE:?}"))?
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let mut addresses: Vec<Ipv4Addr> = found
+        .filter_map(|socket| match socket.ip() {
+            IpAddr::V4(address) => Some(address),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        return Err(format!("{host} has no IPv4 address"));
+    }
+    Ok(addresses)
+}
+
+/// Whether the link must reach the host's loopback.
+pub fn needs_host_loopback(destinations: &[Destination]) -> bool {
+    destinations.iter().any(Destination::is_host_loopback)
+}
+
+/// `port` as an nftables match on TCP and UDP; empty for any port.
+fn port_match(port: Option<u16>) -> String {
+    match port {
+        Some(port) => format!("meta l4proto {{ tcp, udp }} th dport {port} "),
+        None => String::new(),
+    }
+}
+
+/// The namespace's nftables ruleset (`nft -f -`): only what `destinations` allow leaves.
+pub fn ruleset(destinations: &[Destination]) -> String {
+    let mut filter = vec![
+        // The namespace's own loopback (by interface: a socket bound to the link could
+        // otherwise send loopback addresses out to a link that reaches the host's).
+        "oifname \"lo\" accept".to_owned(),
+        "ct state established,related accept".to_owned(),
+        format!("ip daddr {RESOLVER} meta l4proto {{ tcp, udp }} th dport 53 accept"),
+        // What the translation below sent to the host's loopback: listed ports only.
+        "ct status dnat accept".to_owned(),
+    ];
+    let mut translate = Vec::new();
+    for destination in destinations {
+        let ports = port_match(destination.port);
+        match destination.address {
+            Some(address) if address.is_loopback() => {
+                translate.push(format!("ip daddr {address} {ports}dnat ip to {GATEWAY}"));
+            }
+            Some(address) => filter.push(format!("ip daddr {address} {ports}accept")),
+            // Any public address: the routes keep the others unreachable, and the gateway
+            // (the host's loopback, when a loopback address is listed) is excluded.
+            None => filter.push(format!("ip daddr != {GATEWAY} {ports}accept")),
+        }
+    }
+    filter.push("meta l4proto tcp reject with tcp reset".to_owned());
+    filter.push("reject".to_owned());
+    let mut script = String::from("table inet gust {\n");
+    script.push_str("  chain out {\n    type filter hook output priority filter; policy drop;\n");
+    for rule in filter {
+        script.push_str(&format!("    {rule}\n"));
+    }
+    script.push_str("  }\n");
+    if !translate.is_empty() {
+        script.push_str("  chain to_host {\n    type nat hook output priority -100;\n");
+        for rule in translate {
+            script.push_str(&format!("    {rule}\n"));
+        }
+        script.push_str("  }\n");
+        // The translated packets leave with a loopback source; give them the namespace's own.
+        script.push_str(
+            "  chain from_namespace {\n    type nat hook postrouting priority 100;\n    oifname \"tap0\" ip saddr 127.0.0.0/8 masquerade\n  }\n",
+        );
+    }
+    script.push_str("}\n");
+    script
+}
+
+/// `ip -batch` commands giving each listed address outside loopback a route through the link,
+/// past the `unreachable` ranges (a private address, the host's own).
+pub fn routes(destinations: &[Destination]) -> String {
+    destinations
+        .iter()
+        .filter_map(|d| d.address.filter(|a| !a.is_loopback()))
+        .map(|address| format!("route replace {address}/32 via {GATEWAY} dev tap0\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(values: &[&str]) -> Vec<OutboundRule> {
+        values
+            .iter()
+            .map(|v| OutboundRule::parse(v).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn literals_keep_their_ports_and_subdomains_are_refused() {
+        let found = resolve(&rules(&[
+            "https://203.0.113.7",
+            "*://10.1.2.3:*",
+            "http://127.0.0.1:9000",
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Destination {
+                    address: Some(Ipv4Addr::new(10, 1, 2, 3)),
+                    port: None
+                },
+                Destination {
+                    address: Some(Ipv4Addr::new(127, 0, 0, 1)),
+                    port: Some(9000)
+                },
+                Destination {
+                    address: Some(Ipv4Addr::new(203, 0, 113, 7)),
+                    port: Some(443)
+                },
+            ]
+        );
+        assert!(needs_host_loopback(&found));
+        let err = resolve(&rules(&["https://*.example.com"]))
+            .await
+            .unwrap_err();
+        assert!(err.contains("names hosts"), "{err}");
+        let err = resolve(&rules(&["http://[2001:db8::1]:80"]))
+            .await
+            .unwrap_err();
+        assert!(err.contains("IPv6"), "{err}");
+    }
+
+    #[test]
+    fn the_ruleset_lets_out_only_what_is_listed() {
+        let destinations = [
+            Destination {
+                address: Some(Ipv4Addr::new(10, 1, 2, 3)),
+                port: None,
+            },
+            Destination {
+                address: Some(Ipv4Addr::new(127, 0, 0, 1)),
+                port: Some(6379),
+            },
+            Destination {
+                address: None,
+                port: Some(443),
+            },
+        ];
+        let script = ruleset(&destinations);
+        assert!(script.contains("policy drop;"), "{script}");
+        assert!(
+            script.contains("    ip daddr 10.1.2.3 accept\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains(
+                "ip daddr 127.0.0.1 meta l4proto { tcp, udp } th dport 6379 dnat ip to 10.0.2.2"
+            ),
+            "{script}"
+        );
+        assert!(
+            script.contains(
+                "    ip daddr != 10.0.2.2 meta l4proto { tcp, udp } th dport 443 accept\n"
+            ),
+            "{script}"
+        );
+        assert!(script.contains("masquerade"), "{script}");
+        assert_eq!(
+            routes(&destinations),
+            "route replace 10.1.2.3/32 via 10.0.2.2 dev tap0\n"
+        );
+        let plain = ruleset(&destinations[..1]);
+        assert!(!plain.contains("nat hook"), "{plain}");
+    }
+}
