@@ -5,7 +5,7 @@ Starts a bubblewrap sandbox running /usr/bin/true the way Gust starts a worker's
 same namespaces and mounts), in alternation: without a network namespace (the baseline, as
 before network isolation), with one (`--unshare-net`, loopback only: `--network none`), and
 with one connected the way Gust connects it for `--network outbound` (unreachable routes set
-with `ip` through `nsenter`, then slirp4netns attached, waiting for it to be ready). Prints
+with `ip` and the base filter with `nft`, each through `nsenter`, then slirp4netns attached, waiting for it to be ready). Prints
 p50 and p99 of each and the differences. Run as root: `sudo python3 benches/sandbox_start.py`.
 """
 
@@ -19,8 +19,15 @@ import time
 ROUNDS = int(os.environ.get("ROUNDS", "60"))
 NON_PUBLIC = [
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "240.0.0.0/4",
+    "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
 ]
+BASE_FILTER = """table inet gust_base {
+  chain out {
+    type filter hook output priority filter;
+    ip daddr { 224.0.0.0/4, 240.0.0.0/4, 10.0.2.255 } drop
+  }
+}
+"""
 
 
 def demote():
@@ -68,6 +75,8 @@ def connected():
     routes = "".join(f"route add unreachable {r}\n" for r in NON_PUBLIC)
     subprocess.run(["nsenter", f"--target={pid}", "--net", "--", "ip", "-batch", "-"],
                    input=routes.encode(), check=True)
+    subprocess.run(["nsenter", f"--target={pid}", "--net", "--", "nft", "-f", "-"],
+                   input=BASE_FILTER.encode(), check=True)
     ready_r, ready_w = os.pipe()
     slirp = subprocess.Popen(
         ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",

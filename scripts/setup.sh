@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Gust and its tests need on a Debian machine: bubblewrap (the worker sandbox),
-# slirp4netns and iproute2 (outbound network for sandboxed workers), nftables and procps
-# (process functions' allow-lists), Debian's python3 and
+# slirp4netns, iproute2, nftables and procps (sandboxed workers' outbound network and filters),
+# Debian's python3 and
 # Node.js (the built-in environments' interpreters), and, for the tests,
 # the message brokers the queue-trigger tests start on free ports (nats-server, mosquitto,
 # redis-server, rabbitmq-server; none is left running) and componentize-py (builds the Python

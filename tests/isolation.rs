@@ -489,15 +489,28 @@ def http(url):
     except Exception as e:
         return "failed:" + type(e).__name__
 def through_the_uplink(kind, address):
-    # Bound to the outside interface, a socket skips the namespace's own loopback.
+    # Bound to the outside interface, a socket skips the namespace's own loopback (and the
+    # routes, for broadcast and multicast).
     s = socket.socket(socket.AF_INET, kind)
     s.settimeout(2)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"tap0")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        # slirp4netns drops datagrams whose TTL would run out at it; 1 is multicast's default.
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 32)
         if kind == socket.SOCK_DGRAM:
             s.sendto(b"from-the-function", address)
         else:
             s.connect(address)
+        return "sent"
+    except Exception as e:
+        return "failed:" + type(e).__name__
+    finally:
+        s.close()
+def send_datagram(address):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"from-the-function", address)
         return "sent"
     except Exception as e:
         return "failed:" + type(e).__name__
@@ -525,6 +538,9 @@ def main(req):
         "host_address": reach(socket.AF_INET, ("198.51.100.1", secret)),
         "loopback_via_uplink_tcp": through_the_uplink(socket.SOCK_STREAM, ("127.0.0.1", secret)),
         "loopback_via_uplink_udp": through_the_uplink(socket.SOCK_DGRAM, ("127.0.0.1", datagrams)),
+        "broadcast_via_uplink": through_the_uplink(socket.SOCK_DGRAM, ("255.255.255.255", datagrams)),
+        "multicast_via_uplink": through_the_uplink(socket.SOCK_DGRAM, (q["group"], int(q["mcast"]))),
+        "gateway_udp": send_datagram(("10.0.2.2", datagrams)),
     }
 "#;
 
@@ -551,6 +567,14 @@ fn s17_a_function_reaches_public_addresses_or_only_what_it_lists() {
     let datagrams = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     datagrams.set_nonblocking(true).unwrap();
     let datagram_port = datagrams.local_addr().unwrap().port();
+    // A multicast group the host listens to (as mDNS or SSDP listeners do).
+    let group = std::net::Ipv4Addr::new(239, 255, 77, 1);
+    let multicast = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    multicast
+        .join_multicast_v4(&group, &std::net::Ipv4Addr::UNSPECIFIED)
+        .unwrap();
+    multicast.set_nonblocking(true).unwrap();
+    let multicast_port = multicast.local_addr().unwrap().port();
     let abstract_name = format!("gust-s17-{}", std::process::id());
     let address =
         <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
@@ -581,7 +605,7 @@ fn s17_a_function_reaches_public_addresses_or_only_what_it_lists() {
     let probe = |function: &str| -> Value {
         let listen = gust_harness::free_port();
         let path = format!(
-            "/{function}?secret={secret_port}&port={}&listen={listen}&abstract=@{abstract_name}&udp={datagram_port}",
+            "/{function}?secret={secret_port}&port={}&listen={listen}&abstract=@{abstract_name}&udp={datagram_port}&group={group}&mcast={multicast_port}",
             outside.port
         );
         let response = gust.get(&path);
@@ -628,6 +652,10 @@ fn s17_a_function_reaches_public_addresses_or_only_what_it_lists() {
         datagrams.recv_from(&mut buffer).is_err(),
         "a datagram reached the host's loopback: {seen}"
     );
+    assert!(
+        multicast.recv_from(&mut buffer).is_err(),
+        "a multicast datagram reached the host: {seen}"
+    );
 
     let seen = probe("net-none");
     assert!(
@@ -637,12 +665,15 @@ fn s17_a_function_reaches_public_addresses_or_only_what_it_lists() {
     assert_eq!(seen["sees_host_socket"], false, "{seen}");
     // An allow-list: only the listed private server and the host's loopback port (by name) are
     // reachable; the public server, reachable under plain `outbound`, is not listed. Any host
-    // on the secret port is listed too: neither the host's own address nor the link's gateway
-    // (the host's loopback) is any host.
+    // on the secret port and on the datagram ports is listed too: neither the host's own
+    // address, nor the link's gateway (now the host's loopback), nor broadcast or multicast
+    // is any host.
     let listed = [
         format!("*://10.77.0.2:{}", outside.port),
         format!("*://localhost:{secret_port}"),
         format!("*://*:{secret_port}"),
+        format!("*://*:{datagram_port}"),
+        format!("*://*:{multicast_port}"),
     ];
     let mut allow = Vec::new();
     for rule in &listed {
@@ -661,9 +692,14 @@ fn s17_a_function_reaches_public_addresses_or_only_what_it_lists() {
         reached.load(std::sync::atomic::Ordering::SeqCst) > before,
         "the listed loopback port was not reached: {seen}"
     );
+    std::thread::sleep(Duration::from_millis(500));
     assert!(
         datagrams.recv_from(&mut buffer).is_err(),
         "a datagram reached an unlisted port of the host's loopback: {seen}"
+    );
+    assert!(
+        multicast.recv_from(&mut buffer).is_err(),
+        "a multicast datagram reached the host: {seen}"
     );
     for (args, expected) in [
         (

@@ -42,7 +42,7 @@ pub use mq::{
     MqTriggerConfig,
 };
 pub use name::{Name, Namespace};
-pub use network::{NON_PUBLIC_IPV4, NetworkPolicy};
+pub use network::{NON_PUBLIC_IPV4, NetworkPolicy, is_non_public_ipv4};
 pub use outbound::{OutboundRule, RuleHost};
 pub use route::{
     Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteMode,

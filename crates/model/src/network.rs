@@ -48,7 +48,7 @@ impl fmt::Display for NetworkPolicy {
 /// (RFC 6890's special-purpose ranges that route anywhere). Loopback is among them: the
 /// worker's own loopback is in its namespace's local table and keeps working, but a socket
 /// bound to the outside interface would otherwise send 127.0.0.0/8 out to the host's.
-pub const NON_PUBLIC_IPV4: [&str; 10] = [
+pub const NON_PUBLIC_IPV4: [&str; 11] = [
     "0.0.0.0/8",
     "10.0.0.0/8",
     "127.0.0.0/8",
@@ -58,8 +58,20 @@ pub const NON_PUBLIC_IPV4: [&str; 10] = [
     "192.0.0.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
+    "224.0.0.0/4",
     "240.0.0.0/4",
 ];
+
+/// Whether `address` lies in one of [`NON_PUBLIC_IPV4`]'s ranges.
+pub fn is_non_public_ipv4(address: std::net::Ipv4Addr) -> bool {
+    NON_PUBLIC_IPV4.iter().any(|range| {
+        let (network, bits) = range.split_once('/').expect("ranges are CIDR");
+        let network: std::net::Ipv4Addr = network.parse().expect("ranges are CIDR");
+        let bits: u32 = bits.parse().expect("ranges are CIDR");
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        u32::from(address) & mask == u32::from(network) & mask
+    })
+}
 
 #[cfg(test)]
 mod tests {
@@ -74,5 +86,26 @@ mod tests {
         );
         let err = NetworkPolicy::parse("host").unwrap_err().to_string();
         assert!(err.contains("outbound, none"), "{err}");
+    }
+
+    #[test]
+    fn tells_public_addresses_from_the_rest() {
+        for non_public in [
+            "127.0.0.1",
+            "10.9.8.7",
+            "169.254.169.254",
+            "239.1.2.3",
+            "255.255.255.255",
+            "172.31.0.1",
+            "100.64.0.1",
+        ] {
+            assert!(
+                is_non_public_ipv4(non_public.parse().unwrap()),
+                "{non_public}"
+            );
+        }
+        for public in ["1.1.1.1", "203.0.113.7", "172.32.0.1", "100.128.0.1"] {
+            assert!(!is_non_public_ipv4(public.parse().unwrap()), "{public}");
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! Everything else is refused at once (a TCP reset, an ICMP error), not left to time out.
 //!
 //! A listed private address or address of the host gets a route of its own past the
-//! `unreachable` ranges of the `outbound` policy. A listed loopback address means the host's
+//! `unreachable` ranges of the `outbound` policy. Only an address written in the rule can open
+//! such an address: a name's non-public addresses are left out, so that whoever answers for
+//! the name cannot point it at the host or the cloud's metadata service. A listed loopback address means the host's
 //! loopback, as it does for a wasm guest: connections to it are translated to slirp4netns's
 //! gateway, which then forwards them to the host's 127.0.0.1 (the link is restarted with host
 //! loopback allowed; the filter still lets only the listed ports through).
@@ -14,8 +16,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use gust_model::{OutboundRule, RuleHost};
+use gust_model::{OutboundRule, RuleHost, is_non_public_ipv4};
 
+/// slirp4netns's network inside the namespace (the gateway, the resolver, broadcast).
+const LINK: &str = "10.0.2.0/24";
 /// slirp4netns's gateway: the host, seen from the namespace.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// slirp4netns's resolver inside the namespace.
@@ -38,8 +42,12 @@ impl Destination {
     }
 }
 
-/// The destinations of `rules`, names resolved now through the host's resolver.
-pub async fn resolve(rules: &[OutboundRule]) -> Result<Vec<Destination>, String> {
+/// The destinations of `rules`, names resolved now through the host's resolver; of a name's
+/// addresses only public ones that are not `host_addresses` count (`localhost` is 127.0.0.1).
+pub async fn resolve(
+    rules: &[OutboundRule],
+    host_addresses: &[Ipv4Addr],
+) -> Result<Vec<Destination>, String> {
     let mut destinations = Vec::new();
     for rule in rules {
         let port = rule.port();
@@ -54,10 +62,10 @@ pub async fn resolve(rules: &[OutboundRule]) -> Result<Vec<Destination>, String>
                 ));
             }
             RuleHost::Exact(host) => {
-                for address in addresses_of(host)
+                let addresses = addresses_of(host, host_addresses)
                     .await
-                    .map_err(|e| format!("{rule}: {e}"))?
-                {
+                    .map_err(|e| format!("{rule}: {e}"))?;
+                for address in addresses {
                     destinations.push(Destination {
                         address: Some(address),
                         port,
@@ -71,7 +79,10 @@ pub async fn resolve(rules: &[OutboundRule]) -> Result<Vec<Destination>, String>
     Ok(destinations)
 }
 
-async fn addresses_of(host: &str) -> Result<Vec<Ipv4Addr>, String> {
+async fn addresses_of(host: &str, host_addresses: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, String> {
+    if host == "localhost" {
+        return Ok(vec![Ipv4Addr::LOCALHOST]);
+    }
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V4(address)) => return Ok(vec![address]),
         Ok(IpAddr::V6(_)) => {
@@ -94,12 +105,46 @@ async fn addresses_of(host: &str) -> Result<Vec<Ipv4Addr>, String> {
     if addresses.is_empty() {
         return Err(format!("{host} has no IPv4 address"));
     }
-    Ok(addresses)
+    openable_by_name(host, addresses, host_addresses)
+}
+
+/// Of the addresses `host` resolved to, those a name may open: public ones, not the host's.
+fn openable_by_name(
+    host: &str,
+    addresses: Vec<Ipv4Addr>,
+    host_addresses: &[Ipv4Addr],
+) -> Result<Vec<Ipv4Addr>, String> {
+    let (public, other): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = addresses
+        .into_iter()
+        .partition(|a| !is_non_public_ipv4(*a) && !host_addresses.contains(a));
+    if public.is_empty() {
+        return Err(format!(
+            "{host} resolves only to addresses a name cannot open ({}): list the address itself",
+            other
+                .iter()
+                .map(Ipv4Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(public)
 }
 
 /// Whether the link must reach the host's loopback.
 pub fn needs_host_loopback(destinations: &[Destination]) -> bool {
     destinations.iter().any(Destination::is_host_loopback)
+}
+
+/// Destinations no worker may send to, whatever its policy: multicast and broadcast (which a
+/// socket bound to the link's interface sends past the routes; slirp4netns would deliver them to
+/// the host or its network).
+const NEVER: &str = "{ 224.0.0.0/4, 240.0.0.0/4, 10.0.2.255 }";
+
+/// The filter every connected worker gets before its link exists.
+pub fn base_ruleset() -> String {
+    format!(
+        "table inet gust_base {{\n  chain out {{\n    type filter hook output priority filter;\n    ip daddr {NEVER} drop\n  }}\n}}\n"
+    )
 }
 
 /// `port` as an nftables match on TCP and UDP; empty for any port.
@@ -129,9 +174,10 @@ pub fn ruleset(destinations: &[Destination]) -> String {
                 translate.push(format!("ip daddr {address} {ports}dnat ip to {GATEWAY}"));
             }
             Some(address) => filter.push(format!("ip daddr {address} {ports}accept")),
-            // Any public address: the routes keep the others unreachable, and the gateway
-            // (the host's loopback, when a loopback address is listed) is excluded.
-            None => filter.push(format!("ip daddr != {GATEWAY} {ports}accept")),
+            // Any public address: the routes keep the others unreachable, and the link's own
+            // addresses (the gateway is the host's loopback when a loopback address is listed)
+            // are excluded.
+            None => filter.push(format!("ip daddr != {LINK} {ports}accept")),
         }
     }
     filter.push("meta l4proto tcp reject with tcp reset".to_owned());
@@ -180,11 +226,14 @@ mod tests {
 
     #[tokio::test]
     async fn literals_keep_their_ports_and_subdomains_are_refused() {
-        let found = resolve(&rules(&[
-            "https://203.0.113.7",
-            "*://10.1.2.3:*",
-            "http://127.0.0.1:9000",
-        ]))
+        let found = resolve(
+            &rules(&[
+                "https://203.0.113.7",
+                "*://10.1.2.3:*",
+                "http://localhost:9000",
+            ]),
+            &[],
+        )
         .await
         .unwrap();
         assert_eq!(
@@ -205,14 +254,35 @@ mod tests {
             ]
         );
         assert!(needs_host_loopback(&found));
-        let err = resolve(&rules(&["https://*.example.com"]))
+        let err = resolve(&rules(&["https://*.example.com"]), &[])
             .await
             .unwrap_err();
         assert!(err.contains("names hosts"), "{err}");
-        let err = resolve(&rules(&["http://[2001:db8::1]:80"]))
+        let err = resolve(&rules(&["http://[2001:db8::1]:80"]), &[])
             .await
             .unwrap_err();
         assert!(err.contains("IPv6"), "{err}");
+    }
+
+    #[test]
+    fn a_name_opens_only_public_addresses_that_are_not_the_hosts() {
+        let host = Ipv4Addr::new(198, 51, 100, 1);
+        let public = Ipv4Addr::new(203, 0, 113, 7);
+        let found = openable_by_name(
+            "api.example.com",
+            vec![public, Ipv4Addr::new(169, 254, 169, 254), host],
+            &[host],
+        )
+        .unwrap();
+        assert_eq!(found, vec![public]);
+        let err = openable_by_name(
+            "rebound.example.com",
+            vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 0, 5)],
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.contains("127.0.0.1, 10.0.0.5"), "{err}");
+        assert!(err.contains("list the address itself"), "{err}");
     }
 
     #[test]
@@ -245,7 +315,7 @@ mod tests {
         );
         assert!(
             script.contains(
-                "    ip daddr != 10.0.2.2 meta l4proto { tcp, udp } th dport 443 accept\n"
+                "    ip daddr != 10.0.2.0/24 meta l4proto { tcp, udp } th dport 443 accept\n"
             ),
             "{script}"
         );

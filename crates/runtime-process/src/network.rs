@@ -38,9 +38,8 @@ pub struct Uplinks {
     slirp4netns: PathBuf,
     nsenter: PathBuf,
     ip: PathBuf,
-    /// nftables and sysctl, for allow-lists; `None` where they are not installed.
-    nft: Option<PathBuf>,
-    sysctl: Option<PathBuf>,
+    nft: PathBuf,
+    sysctl: PathBuf,
 }
 
 /// One worker's way out; the link goes when this is dropped (or cut).
@@ -56,15 +55,15 @@ fn find(names: &[&str]) -> Option<PathBuf> {
 }
 
 impl Uplinks {
-    /// `None` when slirp4netns (or iproute2 and nsenter) is not installed: workers then have
-    /// no network besides their loopback, whatever their policy.
+    /// `None` when slirp4netns (or iproute2, nftables, procps's sysctl or nsenter) is not
+    /// installed: workers then have no network besides their loopback, whatever their policy.
     pub fn detect() -> Option<Self> {
         Some(Self {
             slirp4netns: find(&["/usr/bin/slirp4netns", "/usr/local/bin/slirp4netns"])?,
             nsenter: find(&["/usr/bin/nsenter", "/bin/nsenter"])?,
             ip: find(&["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"])?,
-            nft: find(&["/usr/sbin/nft", "/sbin/nft"]),
-            sysctl: find(&["/usr/sbin/sysctl", "/sbin/sysctl"]),
+            nft: find(&["/usr/sbin/nft", "/sbin/nft"])?,
+            sysctl: find(&["/usr/sbin/sysctl", "/sbin/sysctl"])?,
         })
     }
 
@@ -78,6 +77,16 @@ impl Uplinks {
 
     async fn connect_now(&self, sandbox_pid: u32) -> Result<Uplink, String> {
         self.refuse_non_public(sandbox_pid).await?;
+        // Broadcast and multicast leave by the interface a socket is bound to, whatever the
+        // routes say; the filter drops them.
+        self.run_inside(
+            sandbox_pid,
+            &self.nft,
+            &["-f", "-"],
+            &egress::base_ruleset(),
+        )
+        .await
+        .map_err(|e| format!("cannot set the worker's base filter: {e}"))?;
         self.link(sandbox_pid, false).await
     }
 
@@ -247,15 +256,14 @@ impl Uplink {
     pub async fn confine(self, rules: &[OutboundRule]) -> Result<Self, String> {
         let tools = self.tools.clone();
         let pid = self.sandbox_pid;
-        let (Some(nft), Some(sysctl)) = (&tools.nft, &tools.sysctl) else {
-            return Err(
-                "an allow-list needs nftables and sysctl on the host (Debian: nftables, procps)"
-                    .to_owned(),
-            );
-        };
-        let destinations = egress::resolve(rules).await?;
+        let destinations = egress::resolve(rules, &host_ipv4_addresses()).await?;
         tools
-            .run_inside(pid, nft, &["-f", "-"], &egress::ruleset(&destinations))
+            .run_inside(
+                pid,
+                &tools.nft,
+                &["-f", "-"],
+                &egress::ruleset(&destinations),
+            )
             .await
             .map_err(|e| format!("cannot set the worker's filter: {e}"))?;
         let uplink = if egress::needs_host_loopback(&destinations) {
@@ -266,7 +274,7 @@ impl Uplink {
             tools
                 .run_inside(
                     pid,
-                    sysctl,
+                    &tools.sysctl,
                     &["-q", "-w", "net.ipv4.conf.all.route_localnet=1"],
                     "",
                 )

@@ -215,7 +215,7 @@ impl Sandbox {
                 uplinks: Some(_), ..
             } => "a namespace per worker; outbound: public addresses via slirp4netns",
             Sandbox::Bubblewrap { uplinks: None, .. } => {
-                "a namespace per worker, loopback only (install slirp4netns for outbound)"
+                "a namespace per worker, loopback only (install slirp4netns, iproute2, nftables and procps for outbound)"
             }
             Sandbox::Disabled => "the host's (no sandbox): --network is not enforced",
         }
