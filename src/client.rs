@@ -1,31 +1,41 @@
 //! The CLI's API client: finds the server and token (flag > environment > CLI config >
-//! default), sends JSON, and turns Gust's error bodies into one-line errors.
+//! default), sends JSON over HTTP or HTTPS (the system's roots, or `--ca-cert`), builds every
+//! URL from encoded path segments and query pairs, and turns Gust's error bodies into one-line
+//! errors.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, Method, StatusCode};
+use reqwest::Url;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cli_config::CliConfig;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8081";
+/// How long reaching the API (TCP and TLS) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the API may stay silent while a request or an answer is under way (a large upload
+/// is not bounded as a whole, only by its progress).
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// API URL, given before the command [default: $GUST_URL, the CLI config's current
-    /// server, or http://127.0.0.1:8081]
+    /// API URL, http:// or https://, given before the command [default: $GUST_URL, the CLI
+    /// config's current server, or http://127.0.0.1:8081]
     #[arg(long)]
     pub url: Option<String>,
     /// API token, given before the command [default: $GUST_TOKEN, or the CLI config's token
     /// for the URL]
     #[arg(long)]
     pub token: Option<String>,
+    /// PEM file of a certificate authority to trust for an https:// URL, besides the system's
+    #[arg(long, env = "GUST_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Namespace of the resources
     #[arg(
         long,
@@ -35,6 +45,31 @@ pub struct ConnectionArgs {
         default_value = "default"
     )]
     pub namespace: String,
+}
+
+/// A path of the API (`["v1", "functions", name]`) and its query; each part is encoded when
+/// the URL is built, so a name can never change which path is called.
+#[derive(Debug, Clone)]
+pub struct ApiPath {
+    segments: Vec<String>,
+    query: Vec<(String, String)>,
+}
+
+impl ApiPath {
+    pub fn new<S: AsRef<str>>(segments: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            segments: segments
+                .into_iter()
+                .map(|s| s.as_ref().to_owned())
+                .collect(),
+            query: Vec::new(),
+        }
+    }
+
+    pub fn query(mut self, key: &str, value: impl ToString) -> Self {
+        self.query.push((key.to_owned(), value.to_string()));
+        self
+    }
 }
 
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<std::process::ExitCode>>>(
@@ -48,10 +83,10 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<std::process::Exi
 }
 
 pub struct ApiClient {
-    base: String,
+    base: Url,
     token: Option<String>,
     pub namespace: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: reqwest::Client,
 }
 
 /// A raw API answer.
@@ -95,56 +130,93 @@ impl ApiClient {
             .clone()
             .or_else(|| std::env::var("GUST_TOKEN").ok().filter(|t| !t.is_empty()))
             .or_else(|| config.servers.get(&base).map(|entry| entry.token.clone()));
+        let parsed = Url::parse(&base).with_context(|| format!("invalid API URL {base:?}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+            bail!("invalid API URL {base:?}: expected http://HOST[:PORT] or https://HOST[:PORT]");
+        }
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            // A redirect would resend the token to wherever it points.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+            if certificates.is_empty() {
+                bail!("{} holds no PEM certificate", path.display());
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
         Ok(Self {
-            base,
+            base: parsed,
             token,
             namespace: args.namespace.clone(),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: http.build().context("cannot set up the HTTP client")?,
         })
     }
 
-    /// Sends a request; `path_and_query` starts with `/v1/`.
+    /// The base URL as the user wrote it (without the slash the URL type adds).
+    fn shown_base(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    /// The URL of `path` under the API's base, with the namespace in its query.
+    fn url(&self, path: &ApiPath) -> anyhow::Result<Url> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the API URL {} cannot have a path", self.base))?
+            .pop_if_empty()
+            .extend(&path.segments);
+        url.query_pairs_mut()
+            .extend_pairs(&path.query)
+            .append_pair("namespace", &self.namespace);
+        Ok(url)
+    }
+
+    /// Sends a request to `path` (under `/v1/`).
     pub async fn send(
         &self,
         method: Method,
-        path_and_query: &str,
+        path: &ApiPath,
         headers: &[(String, String)],
         body: Bytes,
     ) -> anyhow::Result<ApiResponse> {
-        let separator = if path_and_query.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        let url = format!(
-            "{}{path_and_query}{separator}namespace={}",
-            self.base, self.namespace
-        );
-        let mut request = Request::builder().method(method).uri(&url);
+        let url = self.url(path)?;
+        let mut request = self.http.request(method, url.clone());
         if let Some(token) = &self.token {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            request = request.bearer_auth(token);
         }
         for (key, value) in headers {
             request = request.header(key.as_str(), value.as_str());
         }
-        let request = request
-            .body(Full::new(body))
-            .with_context(|| format!("invalid request to {url}"))?;
-        let response = self.http.request(request).await.with_context(|| {
-            format!(
-                "cannot reach the Gust API at {} (is `gust up` running?)",
-                self.base
+        let response = request.body(body).send().await.map_err(|err| {
+            let hint = if err.is_timeout() {
+                "it did not answer in time"
+            } else {
+                "is `gust up` running, and is the URL right?"
+            };
+            anyhow::anyhow!(
+                "cannot reach the Gust API at {} ({hint}): {}",
+                self.shown_base(),
+                error_chain(&err)
             )
         })?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .with_context(|| format!("the Gust API at {} closed the connection", self.base))?
-            .to_bytes();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|err| {
+            anyhow::anyhow!(
+                "the Gust API at {} broke off its answer: {}",
+                self.shown_base(),
+                error_chain(&err)
+            )
+        })?;
         Ok(ApiResponse {
-            status: parts.status,
-            headers: parts.headers,
+            status,
+            headers,
             body,
         })
     }
@@ -153,7 +225,7 @@ impl ApiClient {
     pub async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        path: &ApiPath,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
         let response = self.call(method, path, body).await?;
@@ -164,7 +236,7 @@ impl ApiClient {
     pub async fn call(
         &self,
         method: Method,
-        path: &str,
+        path: &ApiPath,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<ApiResponse> {
         let (headers, bytes) = match body {
@@ -187,3 +259,15 @@ impl ApiClient {
 
 /// A placeholder body type for calls without one.
 pub const NO_BODY: Option<&()> = None;
+
+/// An error and its causes on one line (reqwest's own message leaves out why it failed).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

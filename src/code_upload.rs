@@ -10,7 +10,7 @@ use http::Method;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, ApiPath};
 
 /// The `code` of a function's create or update body.
 #[derive(Debug, Serialize)]
@@ -25,7 +25,7 @@ pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeUploa
     let response = client
         .send(
             Method::POST,
-            "/v1/uploads",
+            &ApiPath::new(["v1", "uploads"]),
             &[(
                 "content-type".to_owned(),
                 "application/octet-stream".to_owned(),

@@ -6,8 +6,7 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
-use crate::commands::function::encode;
+use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::commands::invocation::{invocation_table, one_invocation_table};
 use crate::output::{OutputArgs, Table, print};
 
@@ -81,16 +80,20 @@ pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             limit,
             output,
         } => {
-            let mut path = format!("/v1/dlq?limit={limit}");
+            let mut path = ApiPath::new(["v1", "dlq"]).query("limit", limit);
             if let Some(function) = function {
-                path.push_str(&format!("&function={}", encode(&function)));
+                path = path.query("function", function);
             }
             let letters: Vec<Value> = client.json(Method::GET, &path, NO_BODY).await?;
             print(output.format, &letters, || invocation_table(&letters))?;
         }
         DlqCommand::Show { id, output } => {
             let letter: Value = client
-                .json(Method::GET, &format!("/v1/dlq/{id}"), NO_BODY)
+                .json(
+                    Method::GET,
+                    &ApiPath::new(["v1", "dlq", id.as_str()]),
+                    NO_BODY,
+                )
                 .await?;
             print(output.format, &letter, || {
                 let mut table = one_invocation_table(&letter);
@@ -108,7 +111,11 @@ pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<E
         }
         DlqCommand::Redrive { selection } => {
             let redriven: Vec<Value> = client
-                .json(Method::POST, "/v1/dlq/redrive", Some(&selection.body()))
+                .json(
+                    Method::POST,
+                    &ApiPath::new(["v1", "dlq", "redrive"]),
+                    Some(&selection.body()),
+                )
                 .await?;
             eprintln!("{} dead letters re-driven", redriven.len());
             let mut table = Table::new(vec!["FROM", "ID"]);
@@ -122,7 +129,11 @@ pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<E
         }
         DlqCommand::Purge { selection } => {
             let purged: Value = client
-                .json(Method::POST, "/v1/dlq/purge", Some(&selection.body()))
+                .json(
+                    Method::POST,
+                    &ApiPath::new(["v1", "dlq", "purge"]),
+                    Some(&selection.body()),
+                )
                 .await?;
             eprintln!("{} dead letters purged", purged["purged"]);
         }

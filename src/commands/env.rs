@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs};
+use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
 use crate::output::{OutputArgs, Table};
 
@@ -97,7 +97,11 @@ pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<E
                 "mounts": mounts,
             });
             let _: Value = client
-                .json(Method::POST, "/v1/environments", Some(&body))
+                .json(
+                    Method::POST,
+                    &ApiPath::new(["v1", "environments"]),
+                    Some(&body),
+                )
                 .await?;
             eprintln!("environment {name} created");
         }

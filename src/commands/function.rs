@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
+use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::code_upload;
 use crate::output::{Format, OutputArgs, Table, duration_ms, print};
 
@@ -220,7 +220,7 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
             let f: Value = client
                 .json(
                     Method::POST,
-                    "/v1/functions",
+                    &ApiPath::new(["v1", "functions"]),
                     Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
@@ -230,7 +230,7 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
             let f: Value = client
                 .json(
                     Method::PUT,
-                    &format!("/v1/functions/{name}"),
+                    &ApiPath::new(["v1", "functions", name.as_str()]),
                     Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
@@ -240,7 +240,7 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
             let f: Value = client
                 .json(
                     Method::POST,
-                    &format!("/v1/functions/{name}/rollback"),
+                    &ApiPath::new(["v1", "functions", name.as_str(), "rollback"]),
                     Some(&json!({ "to": to })),
                 )
                 .await?;
@@ -248,21 +248,27 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
         }
         FunctionCommand::Get { name, output } => {
             let f: Value = client
-                .json(Method::GET, &format!("/v1/functions/{name}"), NO_BODY)
+                .json(
+                    Method::GET,
+                    &ApiPath::new(["v1", "functions", name.as_str()]),
+                    NO_BODY,
+                )
                 .await?;
             print(output.format, &f, || {
                 function_table(std::slice::from_ref(&f))
             })?;
         }
         FunctionCommand::List(output) => {
-            let functions: Vec<Value> = client.json(Method::GET, "/v1/functions", NO_BODY).await?;
+            let functions: Vec<Value> = client
+                .json(Method::GET, &ApiPath::new(["v1", "functions"]), NO_BODY)
+                .await?;
             print(output.format, &functions, || function_table(&functions))?;
         }
         FunctionCommand::Revisions { name, output } => {
             let revisions: Vec<Value> = client
                 .json(
                     Method::GET,
-                    &format!("/v1/functions/{name}/revisions"),
+                    &ApiPath::new(["v1", "functions", name.as_str(), "revisions"]),
                     NO_BODY,
                 )
                 .await?;
@@ -288,7 +294,11 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
         }
         FunctionCommand::Delete { name } => {
             client
-                .call(Method::DELETE, &format!("/v1/functions/{name}"), NO_BODY)
+                .call(
+                    Method::DELETE,
+                    &ApiPath::new(["v1", "functions", name.as_str()]),
+                    NO_BODY,
+                )
                 .await?;
             eprintln!("function {name} deleted");
         }
@@ -338,13 +348,11 @@ async fn invoke(
             .with_context(|| format!("invalid header {header:?}: expected K:V"))?;
         pairs.push((key.trim().to_owned(), value.trim().to_owned()));
     }
-    let mut query = format!(
-        "/v1/functions/{name}/invoke?method={}&path={}",
-        encode(&method),
-        encode(path)
-    );
+    let mut query = ApiPath::new(["v1", "functions", name, "invoke"])
+        .query("method", &method)
+        .query("path", path);
     if asynchronous {
-        query.push_str("&async=true");
+        query = query.query("async", "true");
     }
     let response = client.send(Method::POST, &query, &pairs, body).await?;
     if let Some(message) = response.gust_error() {
@@ -369,19 +377,6 @@ async fn invoke(
     }
 }
 
-/// Percent-encodes a query value.
-pub(crate) fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 async fn logs(
     client: &ApiClient,
     name: &str,
@@ -391,12 +386,12 @@ async fn logs(
 ) -> anyhow::Result<()> {
     let mut after: Option<u64> = None;
     loop {
-        let mut path = format!("/v1/functions/{name}/logs?limit=1000");
+        let mut path = ApiPath::new(["v1", "functions", name, "logs"]).query("limit", 1000);
         if let Some(after) = after {
-            path.push_str(&format!("&after={after}"));
+            path = path.query("after", after);
         }
         if let Some(id) = &request_id {
-            path.push_str(&format!("&request_id={}", encode(id)));
+            path = path.query("request_id", id);
         }
         let lines: Vec<Value> = client.json(Method::GET, &path, NO_BODY).await?;
         if let Some(last) = lines.last().and_then(|l| l["seq"].as_u64()) {

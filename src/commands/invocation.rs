@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::Value;
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
+use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::output::{OutputArgs, Table, print, time_ms};
 
 #[derive(Debug, Args)]
@@ -61,7 +61,11 @@ pub async fn run(args: InvocationArgs, connection: &ConnectionArgs) -> anyhow::R
     match args.command {
         InvocationCommand::Get { id, output } => {
             let invocation: Value = client
-                .json(Method::GET, &format!("/v1/invocations/{id}"), NO_BODY)
+                .json(
+                    Method::GET,
+                    &ApiPath::new(["v1", "invocations", id.as_str()]),
+                    NO_BODY,
+                )
                 .await?;
             print(output.format, &invocation, || {
                 let mut table = one_invocation_table(&invocation);

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs};
+use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
 use crate::output::{OutputArgs, Table, time_ms};
 
@@ -134,7 +134,11 @@ pub async fn run(args: MqtArgs, connection: &ConnectionArgs) -> anyhow::Result<E
                 "content_type": content_type,
             });
             let trigger: Value = client
-                .json(Method::POST, "/v1/mqtriggers", Some(&body))
+                .json(
+                    Method::POST,
+                    &ApiPath::new(["v1", "mqtriggers"]),
+                    Some(&body),
+                )
                 .await?;
             let name = trigger["name"].as_str().unwrap_or_default();
             eprintln!(

@@ -4,7 +4,7 @@
 use http::Method;
 use serde_json::Value;
 
-use crate::client::{ApiClient, NO_BODY};
+use crate::client::{ApiClient, ApiPath, NO_BODY};
 use crate::output::{OutputArgs, Table, print};
 
 /// One kind of named resource under `/v1/{collection}`.
@@ -18,10 +18,10 @@ pub struct Resource {
 }
 
 impl Resource {
-    fn path(&self, name: Option<&str>) -> String {
+    fn path(&self, name: Option<&str>) -> ApiPath {
         match name {
-            Some(name) => format!("/v1/{}/{name}", self.collection),
-            None => format!("/v1/{}", self.collection),
+            Some(name) => ApiPath::new(["v1", self.collection, name]),
+            None => ApiPath::new(["v1", self.collection]),
         }
     }
 

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs};
+use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
 use crate::output::{OutputArgs, Table};
 
@@ -99,7 +99,9 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
                 "name": name, "function": function, "url": url, "methods": methods, "prefix": prefix,
                 "async": asynchronous, "allow_async": allow_async,
             });
-            let route: Value = client.json(Method::POST, "/v1/routes", Some(&body)).await?;
+            let route: Value = client
+                .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&body))
+                .await?;
             let name = route["name"].as_str().unwrap_or_default();
             eprintln!("route {name} created: {url} -> {function}");
             println!("{name}");

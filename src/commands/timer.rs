@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{ApiClient, ConnectionArgs};
+use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
 use crate::output::{OutputArgs, Table, time_ms};
 
@@ -78,7 +78,9 @@ pub async fn run(args: TimerArgs, connection: &ConnectionArgs) -> anyhow::Result
             tz,
         } => {
             let body = json!({ "name": name, "function": function, "cron": cron, "tz": tz });
-            let timer: Value = client.json(Method::POST, "/v1/timers", Some(&body)).await?;
+            let timer: Value = client
+                .json(Method::POST, &ApiPath::new(["v1", "timers"]), Some(&body))
+                .await?;
             let name = timer["name"].as_str().unwrap_or_default();
             eprintln!(
                 "timer {name} created: {cron} -> {function}, next tick {}",

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use http::Method;
 use serde_json::Value;
 
-use crate::client::{ApiClient, ConnectionArgs, NO_BODY};
+use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::output::{OutputArgs, Table, print};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -55,9 +55,11 @@ fn cells(row: &Value) -> Vec<String> {
 
 pub async fn run(args: UsageArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
-    let mut path = format!("/v1/usage?since={}&by={}", args.since, args.by.as_str());
+    let mut path = ApiPath::new(["v1", "usage"])
+        .query("since", &args.since)
+        .query("by", args.by.as_str());
     if let Some(function) = &args.function {
-        path.push_str(&format!("&function={function}"));
+        path = path.query("function", function);
     }
     let report: Value = client.json(Method::GET, &path, NO_BODY).await?;
     print(args.output.format, &report, || {

@@ -238,6 +238,7 @@ impl Gust {
             .env("XDG_CONFIG_HOME", self.config_home())
             .env_remove("GUST_URL")
             .env_remove("GUST_TOKEN")
+            .env_remove("GUST_CA_CERT")
             .env_remove("GUST_NAMESPACE");
         command
     }
