@@ -45,17 +45,13 @@ def main():
     work = tempfile.mkdtemp(prefix="gust-allow-list-")
     gust = GustProcess(GUST, work)
     try:
-        code = os.path.join(work, "hello.py")
-        with open(code, "w") as f:
-            f.write("def main():\n    return 'hello'\n")
+        code = gust.write("hello.py", "def main():\n    return 'hello'\n")
         cold = {name: [] for name in VARIANTS}
         warm = {name: [] for name in VARIANTS}
         for round_ in range(ROUNDS):
             for name, args in VARIANTS.items():
                 function = f"{name}-{round_}"
-                gust.cli("fn", "create", function, "--env", "python", "--code", code, *args)
-                gust.cli("route", "create", "--fn", function, "--url", f"/{function}")
-                url = f"http://127.0.0.1:{gust.public}/{function}"
+                url = gust.deploy(function, "python", code, *args)
                 cold[name].append(timed(url))
                 warm[name].append(timed(url))
                 # Let the pool refill, so that every first request is a pooled cold start.

@@ -22,6 +22,7 @@ class GustProcess:
 
     def __init__(self, binary, work):
         self.binary = binary
+        self.work = work
         self.public, self.api = free_port(), free_port()
         self.env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "config"))
         log = open(os.path.join(work, "gust.log"), "w")
@@ -41,6 +42,20 @@ class GustProcess:
     def cli(self, *args):
         subprocess.run([self.binary, "--url", f"http://127.0.0.1:{self.api}", *args],
                        env=self.env, check=True, capture_output=True)
+
+    def write(self, name, text):
+        """Writes `text` to a file of that name in the work directory; returns its path."""
+        path = os.path.join(self.work, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def deploy(self, name, env, code, *flags, prefix=False):
+        """Creates function `name` and a route `/name` to it; returns the route's URL."""
+        self.cli("fn", "create", name, "--env", env, "--code", code, *flags)
+        self.cli("route", "create", "--fn", name, "--url", f"/{name}",
+                 *(["--prefix"] if prefix else []))
+        return f"http://127.0.0.1:{self.public}/{name}"
 
     def stop(self):
         self.process.terminate()

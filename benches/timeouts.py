@@ -11,7 +11,6 @@ Run: `python3 benches/timeouts.py [path/to/gust]` after `cargo build --release`.
 """
 
 import concurrent.futures
-import os
 import sys
 import tempfile
 import urllib.error
@@ -41,15 +40,11 @@ def main():
     work = tempfile.mkdtemp(prefix="gust-timeouts-")
     gust = GustProcess(GUST, work)
     try:
-        code = os.path.join(work, "slow.py")
-        with open(code, "w") as f:
-            f.write("import time\ndef main():\n    time.sleep(2)\n    return 'late'\n")
+        code = gust.write("slow.py", "import time\ndef main():\n    time.sleep(2)\n    return 'late'\n")
         # Room for every client at once: a request that waits for capacity waits before its
         # timeout starts (and gets 429 after the queue timeout), which is not measured here.
-        gust.cli("fn", "create", "slow", "--env", "python", "--code", code,
-                 "--timeout", f"{TIMEOUT_MS}ms", "--max-instances", str(CLIENTS))
-        gust.cli("route", "create", "--fn", "slow", "--url", "/slow")
-        url = f"http://127.0.0.1:{gust.public}/slow"
+        url = gust.deploy("slow", "python", code,
+                          "--timeout", f"{TIMEOUT_MS}ms", "--max-instances", str(CLIENTS))
         with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
             results = list(pool.map(one, [url] * REQUESTS))
         statuses = {}

@@ -44,14 +44,11 @@ def main():
     gust = GustProcess(GUST, work)
     public, api = gust.public, gust.api
     try:
-        py = os.path.join(work, "py.py")
-        with open(py, "w") as f:
-            f.write("def main():\n    return 'py'\n")
-        for name, code, extra in [("spinner", PROBE, ["--timeout", "20s"]),
-                                  ("bystander", PROBE, []), ("py", py, [])]:
-            gust.cli("fn", "create", name, "--env", "python" if code == py else "wasm",
-                     "--code", code, *extra)
-            gust.cli("route", "create", "--fn", name, "--url", f"/{name}", "--prefix")
+        py = gust.write("py.py", "def main():\n    return 'py'\n")
+        for name, env, code, extra in [("spinner", "wasm", PROBE, ["--timeout", "20s"]),
+                                       ("bystander", "wasm", PROBE, []),
+                                       ("py", "python", py, [])]:
+            gust.deploy(name, env, code, *extra, prefix=True)
         urls = {"API /healthz": f"http://127.0.0.1:{api}/healthz",
                 "another wasm function": f"http://127.0.0.1:{public}/bystander",
                 "a python function": f"http://127.0.0.1:{public}/py"}

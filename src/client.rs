@@ -113,6 +113,17 @@ impl ApiResponse {
             .unwrap_or_default();
         Some(format!("{message} ({reason}{request})"))
     }
+
+    /// This answer if it is a success; otherwise an error with Gust's message.
+    pub fn success(self) -> anyhow::Result<Self> {
+        if self.status.is_success() {
+            return Ok(self);
+        }
+        match self.gust_error() {
+            Some(message) => bail!("{message}"),
+            None => bail!("the API answered {}", self.status),
+        }
+    }
 }
 
 impl ApiClient {
@@ -186,7 +197,7 @@ impl ApiClient {
         body: Bytes,
     ) -> anyhow::Result<ApiResponse> {
         let url = self.url(path)?;
-        let mut request = self.http.request(method, url.clone());
+        let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -246,14 +257,7 @@ impl ApiClient {
             ),
             None => (Vec::new(), Bytes::new()),
         };
-        let response = self.send(method, path, &headers, bytes).await?;
-        if !response.status.is_success() {
-            match response.gust_error() {
-                Some(message) => bail!("{message}"),
-                None => bail!("the API answered {}", response.status),
-            }
-        }
-        Ok(response)
+        self.send(method, path, &headers, bytes).await?.success()
     }
 }
 

@@ -32,13 +32,8 @@ pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeUploa
             )],
             Bytes::from(bytes),
         )
-        .await?;
-    if !response.status.is_success() {
-        match response.gust_error() {
-            Some(message) => bail!("{message}"),
-            None => bail!("the API answered {} to the upload", response.status),
-        }
-    }
+        .await?
+        .success()?;
     let answer: Value =
         serde_json::from_slice(&response.body).context("the API answered with unexpected JSON")?;
     let upload = answer["upload"]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use gust_executor::EffectiveScaling;
 use gust_model::{
     CodeRef, Delivery, DeliveryConfig, Environment, Function, FunctionConfig, Limits, Name,
-    Namespace, NetworkPolicy, OutboundRule, Revision, RevisionFields, RevisionNumber, RuleHost,
+    Namespace, NetworkPolicy, OutboundRule, Revision, RevisionFields, RevisionNumber,
     ScalingConfig, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
@@ -297,20 +297,9 @@ fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Re
             "--allow-outbound and --network none contradict each other: choose one".to_owned(),
         ));
     }
-    // A process function's rules are enforced by address: each host must resolve to some.
     for rule in &fields.allow_outbound {
-        match rule.host() {
-            RuleHost::Subdomains(domain) => {
-                return Err(ApiError::Invalid(format!(
-                    "--allow-outbound {rule}: a process function's allow-list names hosts (its connections are filtered by address), not *.{domain}"
-                )));
-            }
-            RuleHost::Exact(host) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
-                return Err(ApiError::Invalid(format!(
-                    "--allow-outbound {rule}: a process function's network has no IPv6 route; list an IPv4 address"
-                )));
-            }
-            _ => {}
+        if let Some(why) = rule.unenforceable_by_address() {
+            return Err(ApiError::Invalid(format!("--allow-outbound {rule}: {why}")));
         }
     }
     if fields.scaling.reuse != 1 {

@@ -8,9 +8,9 @@ use crate::{ModelError, Name};
 pub const DEFAULT_POOL_SIZE: u32 = 3;
 const MAX_POOL_SIZE: u32 = 64;
 const MAX_MOUNTS: usize = 16;
-/// Where a sandbox already sees the host's files (read-only): a custom environment's program
-/// must be under one of these or under one of its `--mount`s.
-pub const SANDBOX_SYSTEM_DIRS: [&str; 5] = ["/usr", "/bin", "/sbin", "/lib", "/lib64"];
+/// Top-level directories that are symlinks into `/usr` on merged-usr systems, or real
+/// directories on older ones; a sandbox shows them as the host has them.
+pub const USR_ALIASES: [&str; 4] = ["/bin", "/sbin", "/lib", "/lib64"];
 /// Host paths no environment may mount: the kernel's and the devices' views, and `/run`, where
 /// daemons keep their sockets (and Gust its workers' directories).
 const UNMOUNTABLE: [&str; 4] = ["/proc", "/sys", "/dev", "/run"];
@@ -164,8 +164,9 @@ impl EnvironmentConfig {
             .iter()
             .map(|m| validate_mount(m))
             .collect::<Result<Vec<_>, _>>()?;
-        let visible = SANDBOX_SYSTEM_DIRS
-            .iter()
+        // Where a sandbox already sees the host's files (read-only): `/usr` and its aliases.
+        let visible = std::iter::once("/usr")
+            .chain(USR_ALIASES)
             .map(Path::new)
             .chain(mounts.iter().map(PathBuf::as_path))
             .any(|dir| Path::new(program).starts_with(dir));

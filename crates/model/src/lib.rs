@@ -25,8 +25,8 @@ pub use delivery::{
     Verdict, backoff, classify_status, retry_wait,
 };
 pub use environment::{
-    BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind,
-    SANDBOX_SYSTEM_DIRS, Tier, validate_mount,
+    BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,
+    USR_ALIASES, validate_mount,
 };
 pub use error::ModelError;
 pub use function::{

@@ -60,6 +60,21 @@ impl OutboundRule {
         self.port
     }
 
+    /// Why a filter of addresses and ports (a process function's allow-list) cannot enforce
+    /// this rule, if it cannot: a pattern of names has no addresses, and a worker's network
+    /// has no IPv6 route.
+    pub fn unenforceable_by_address(&self) -> Option<String> {
+        match self.host() {
+            RuleHost::Subdomains(domain) => Some(format!(
+                "a process function's allow-list names hosts (its connections are filtered by address), not *.{domain}"
+            )),
+            RuleHost::Exact(host) if host.parse::<std::net::Ipv6Addr>().is_ok() => Some(
+                "a process function's network has no IPv6 route; list an IPv4 address".to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
     pub fn parse(value: &str) -> Result<Self, ModelError> {
         let invalid = |reason: &str| ModelError::InvalidOutbound {
             value: value.to_owned(),

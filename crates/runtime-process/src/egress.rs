@@ -8,10 +8,11 @@
 //! A listed private address or address of the host gets a route of its own past the
 //! `unreachable` ranges of the `outbound` policy. Only an address written in the rule can open
 //! such an address: a name's non-public addresses are left out, so that whoever answers for
-//! the name cannot point it at the host or the cloud's metadata service. A listed loopback address means the host's
-//! loopback, as it does for a wasm guest: connections to it are translated to slirp4netns's
-//! gateway, which then forwards them to the host's 127.0.0.1 (the link is restarted with host
-//! loopback allowed; the filter still lets only the listed ports through).
+//! the name cannot point it at the host or the cloud's metadata service. A listed loopback
+//! address means the host's loopback, as it does for a wasm guest: connections to it are
+//! translated to slirp4netns's gateway, which then forwards them to the host's 127.0.0.1 (the
+//! link is restarted with host loopback allowed; the filter still lets only the listed ports
+//! through).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -50,17 +51,17 @@ pub async fn resolve(
 ) -> Result<Vec<Destination>, String> {
     let mut destinations = Vec::new();
     for rule in rules {
+        if let Some(why) = rule.unenforceable_by_address() {
+            return Err(format!("{rule}: {why}"));
+        }
         let port = rule.port();
         match rule.host() {
             RuleHost::Any => destinations.push(Destination {
                 address: None,
                 port,
             }),
-            RuleHost::Subdomains(domain) => {
-                return Err(format!(
-                    "{rule}: a process function's allow-list names hosts, not *.{domain}"
-                ));
-            }
+            // Refused just above.
+            RuleHost::Subdomains(_) => {}
             RuleHost::Exact(host) => {
                 let addresses = addresses_of(host, host_addresses)
                     .await
@@ -83,12 +84,8 @@ async fn addresses_of(host: &str, host_addresses: &[Ipv4Addr]) -> Result<Vec<Ipv
     if host == "localhost" {
         return Ok(vec![Ipv4Addr::LOCALHOST]);
     }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(address)) => return Ok(vec![address]),
-        Ok(IpAddr::V6(_)) => {
-            return Err("a worker's namespace has no IPv6 route: list an IPv4 address".to_owned());
-        }
-        Err(_) => {}
+    if let Ok(address) = host.parse::<Ipv4Addr>() {
+        return Ok(vec![address]);
     }
     let found = tokio::time::timeout(RESOLVE_DEADLINE, tokio::net::lookup_host((host, 0)))
         .await

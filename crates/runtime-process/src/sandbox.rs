@@ -21,6 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
+use gust_model::USR_ALIASES;
 use tokio::process::Command;
 
 use crate::RuntimeError;
@@ -46,10 +47,6 @@ const SYSTEM_PATHS: [&str; 9] = [
     "/etc/nsswitch.conf",
     "/etc/mime.types",
 ];
-/// Top-level directories that are symlinks into `/usr` on merged-usr systems, or real
-/// directories on older ones.
-const USR_ALIASES: [&str; 4] = ["/bin", "/sbin", "/lib", "/lib64"];
-
 /// Where things are as the worker sees them.
 pub const WORKER_CODE_DIR: &str = "/code";
 /// The hostname inside every sandbox; also how a leftover worker is recognised.

@@ -78,7 +78,7 @@ const STAGING_PREFIX: &str = ".staging-";
 /// `.staging-upload-<id>` so that collection skips it and a restart deletes it.
 const UPLOAD_PREFIX: &str = ".staging-upload-";
 /// Uploads waiting at once; more are refused until one is used or expires.
-pub const MAX_PENDING_UPLOADS: usize = 16;
+const MAX_PENDING_UPLOADS: usize = 16;
 
 /// What an upload is read from: the bytes of a JSON body, or a file it was received into.
 enum Source<'a> {
