@@ -13,6 +13,7 @@ Run: `python3 benches/timeouts.py [path/to/gust]` after `cargo build --release`.
 import concurrent.futures
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 

@@ -2,9 +2,11 @@
 """S-19 as a measurement: what 150 looping WebAssembly guests do to everyone else.
 
 Starts `gust up` (the release build by default) on free loopback ports, deploys the test probe
-component twice ("spinner", 20 s timeout, and "bystander") and a Python function, measures the
+component twice ("spinner", 60 s timeout, and "bystander") and a Python function, measures the
 API's /healthz, the bystander and the Python function while idle (the baseline), then again
-with 150 requests to /spinner/loop held open. Prints p50 and p99 of 20 requests each.
+with 150 requests to /spinner/loop held open. Prints p50 and p99 of 20 requests each, and the
+bystander's p50 as the looping guests are opened (10, 50, 150): flat if a busy function's
+guests do not each stand in the other function's way.
 Run: `python3 benches/wasm_fairness.py [path/to/gust]` after `cargo build --release`.
 """
 
@@ -45,7 +47,7 @@ def main():
     public, api = gust.public, gust.api
     try:
         py = gust.write("py.py", "def main():\n    return 'py'\n")
-        for name, env, code, extra in [("spinner", "wasm", PROBE, ["--timeout", "20s"]),
+        for name, env, code, extra in [("spinner", "wasm", PROBE, ["--timeout", "60s"]),
                                        ("bystander", "wasm", PROBE, []),
                                        ("py", "python", py, [])]:
             gust.deploy(name, env, code, *extra, prefix=True)
@@ -55,12 +57,19 @@ def main():
         measure(urls)  # warm everything up
         idle = measure(urls)
         loopers = []
-        for _ in range(LOOPERS):
-            s = socket.create_connection(("127.0.0.1", public))
-            s.sendall(b"GET /spinner/loop HTTP/1.1\r\nHost: gust\r\n\r\n")
-            loopers.append(s)
-        time.sleep(2)
+        growing = {}
+        for count in (10, 50, LOOPERS):
+            while len(loopers) < count:
+                s = socket.create_connection(("127.0.0.1", public))
+                s.sendall(b"GET /spinner/loop HTTP/1.1\r\nHost: gust\r\n\r\n")
+                loopers.append(s)
+            time.sleep(2)
+            growing[count] = measure({"bystander": urls["another wasm function"]})["bystander"]
         loaded = measure(urls)
+        print("| looping guests | another wasm function p50 / p99 |")
+        print("|---|---|")
+        for count, (p50, p99) in growing.items():
+            print(f"| {count} | {p50:.2f} / {p99:.2f} ms |")
         print(f"{LOOPERS} looping guests, {SAMPLES} requests each, p50 / p99:")
         print("| request | idle (baseline) | with the loopers | ratio (p50) |")
         print("|---|---|---|---|")

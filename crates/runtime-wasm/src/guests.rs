@@ -4,18 +4,19 @@
 //! lower priority, the same as process-tier workers), not by occupying the threads that answer
 //! everyone else.
 //!
-//! Between functions, each function's guests take turns: at most one turn per guest thread is
-//! held by a function at once, a turn lasts one poll (at most one epoch tick of guest code), and
-//! waiting guests get the next turn in order. A function with 150 looping requests then gets the
-//! same share of the guest threads as a function with one request, not 150 times more.
+//! Between functions, each function's guests take turns: a function has one turn per guest
+//! thread, a guest holds one while it is runnable, and a guest that yields (at an epoch tick)
+//! hands it to the function's next waiting guest. A function with 150 looping requests then has
+//! as many guests in the run queue as one with a single request, not 150 times more.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSemaphore;
 
@@ -63,10 +64,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    GuestTask(guest_runtime().spawn(Turns {
-        inner: Box::pin(guest),
-        turns: PollSemaphore::new(turns),
-    }))
+    GuestTask(guest_runtime().spawn(Turns::new(guest, turns)))
 }
 
 /// A guest running on the guest threads; aborted when dropped.
@@ -87,19 +85,182 @@ impl<T> Drop for GuestTask<T> {
     }
 }
 
-/// Polls `inner` only while holding one of its function's turns, given back after each poll.
+/// Polls `inner` only while holding one of its function's turns. A guest holds a turn while it
+/// is runnable: when it yields (wakes itself while polled: an epoch tick is over) it gives the
+/// turn to the function's next waiting guest and waits for another at the back of the queue;
+/// when it waits for something else (a body, a timer) it gives the turn back and asks again
+/// once woken. So at most as many of a function's guests as it has turns are ever in the guest
+/// runtime's run queue, and a guest of another function waits behind those few, not behind
+/// every runnable guest of a busy function (the run queue alone is first come, first served).
 struct Turns<F> {
     inner: Pin<Box<F>>,
     turns: PollSemaphore,
+    turn: Option<OwnedSemaphorePermit>,
+    /// Tells a yield (a wake during the poll) from a wake by something else.
+    watch: Arc<YieldWatch>,
+    /// `watch` as the waker `inner` is polled with.
+    waker: Waker,
+}
+
+impl<F> Turns<F> {
+    fn new(inner: F, turns: Arc<Semaphore>) -> Self {
+        let watch = Arc::new(YieldWatch::default());
+        Self {
+            inner: Box::pin(inner),
+            turns: PollSemaphore::new(turns),
+            turn: None,
+            waker: Waker::from(watch.clone()),
+            watch,
+        }
+    }
 }
 
 impl<F: Future> Future for Turns<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let Some(_turn) = ready!(self.turns.poll_acquire(cx)) else {
-            unreachable!("a function's turns are never closed");
-        };
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        if this.turn.is_none() {
+            let Some(turn) = ready!(this.turns.poll_acquire(cx)) else {
+                unreachable!("a function's turns are never closed");
+            };
+            this.turn = Some(turn);
+        }
+        this.watch.start(cx.waker());
+        let polled = this
+            .inner
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker));
+        let yielded = this.watch.finish();
+        // The function's next waiting guest gets the turn.
+        this.turn = None;
+        if polled.is_pending() && yielded {
+            match this.turns.poll_acquire(cx) {
+                // Nobody was waiting: run again, holding the turn.
+                Poll::Ready(turn) => {
+                    this.turn = turn;
+                    cx.waker().wake_by_ref();
+                }
+                // Woken when the turn comes round.
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+}
+
+/// The waker a guest is polled with: a wake while the guest is being polled is a yield, noted
+/// and not passed on; any other wake goes to the guest's task.
+#[derive(Default)]
+struct YieldWatch {
+    polling: AtomicBool,
+    woke_while_polled: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl YieldWatch {
+    fn start(&self, task: &Waker) {
+        let mut current = self.task.lock().expect("waker lock is never poisoned");
+        if !current.as_ref().is_some_and(|w| w.will_wake(task)) {
+            *current = Some(task.clone());
+        }
+        drop(current);
+        self.polling.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the guest woke itself while polled.
+    fn finish(&self) -> bool {
+        self.polling.store(false, Ordering::SeqCst);
+        self.woke_while_polled.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Wake for YieldWatch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            self.woke_while_polled.store(true, Ordering::SeqCst);
+        } else if let Some(task) = self
+            .task
+            .lock()
+            .expect("waker lock is never poisoned")
+            .as_ref()
+        {
+            task.wake_by_ref();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    /// Spins for `tick`, then yields; `rounds` times. Counts its polls in `polls`.
+    struct Spin {
+        tick: Duration,
+        rounds: usize,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl Future for Spin {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.rounds == 0 {
+                return Poll::Ready(());
+            }
+            self.rounds -= 1;
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            while started.elapsed() < self.tick {}
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    /// While 150 guests of one function spin, a guest of another function that yields three
+    /// times waits for a few of their polls, not for every one of them each time it yields.
+    #[test]
+    fn a_busy_function_does_not_make_another_wait_behind_all_its_guests() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let busy = new_turns();
+            let spun = Arc::new(AtomicUsize::new(0));
+            let spinners: Vec<_> = (0..150)
+                .map(|_| {
+                    let spin = Spin {
+                        tick: Duration::from_micros(200),
+                        rounds: usize::MAX,
+                        polls: spun.clone(),
+                    };
+                    spawn(spin, busy.clone())
+                })
+                .collect();
+            // Every spinner has started (and all but the turns' worth wait for a turn).
+            while spun.load(Ordering::Relaxed) < 300 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let before = spun.load(Ordering::Relaxed);
+            let bystander = Spin {
+                tick: Duration::from_micros(10),
+                rounds: 3,
+                polls: Arc::new(AtomicUsize::new(0)),
+            };
+            spawn(bystander, new_turns()).await.unwrap();
+            let meanwhile = spun.load(Ordering::Relaxed) - before;
+            drop(spinners);
+            // Without turns held while runnable, each of its yields waited for all 150.
+            assert!(
+                meanwhile < 50,
+                "the spinners were polled {meanwhile} times while the bystander yielded 3 times"
+            );
+        });
     }
 }
