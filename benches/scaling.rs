@@ -179,6 +179,7 @@ fn run(rt: &tokio::runtime::Runtime) {
         GustOptions {
             pool_size: 3,
             extra_args: vec!["--no-metering".into()],
+            ..GustOptions::default()
         },
     );
     for (env, file, code) in [

@@ -193,6 +193,7 @@ fn run(rt: &tokio::runtime::Runtime) {
         GustOptions {
             pool_size: 2,
             extra_args: vec!["--usage-records-retention".into(), "60s".into()],
+            ..GustOptions::default()
         },
     );
     deploy(&gust, "py", "python", "f.py", PYTHON_FN);

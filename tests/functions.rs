@@ -534,6 +534,7 @@ fn idle_instances_stop_after_the_idle_timeout_and_the_pool_stays_warm() {
         GustOptions {
             pool_size: 1,
             extra_args: vec!["--idle-timeout".into(), "1s".into()],
+            ..GustOptions::default()
         },
     );
     gust.deploy(
@@ -606,6 +607,7 @@ fn no_sandbox_mode_runs_the_same_functions_unconfined() {
         GustOptions {
             pool_size: 1,
             extra_args: vec!["--no-sandbox".into()],
+            ..GustOptions::default()
         },
     );
     assert!(

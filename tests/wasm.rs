@@ -73,6 +73,34 @@ fn a_component_without_libc_or_adapter_serves_requests() {
     }
 }
 
+/// Where the pool's address space (about 250 GB for its thousand slots) cannot be reserved,
+/// Gust still starts, says so, and serves wasm functions from instances allocated on demand.
+#[test]
+fn without_room_for_the_instance_pool_instances_are_allocated_on_demand() {
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            address_space_limit: Some(16 << 30),
+            ..GustOptions::default()
+        },
+    );
+    assert!(
+        gust.log()
+            .contains("instances are allocated on demand instead"),
+        "{}",
+        gust.log()
+    );
+    gust.cli(&["fn", "create", "bare", "--env", "wasm", "--code", HELLO])
+        .ok();
+    gust.cli(&["route", "create", "--fn", "bare", "--url", "/bare"])
+        .ok();
+    for _ in 0..3 {
+        let response = gust.get("/bare");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().unwrap(), "hello from wasm\n");
+    }
+}
+
 /// A caller that gives up takes its request's guest with it: a component spinning for a client
 /// that has gone must not keep a core busy until its timeout, or beyond.
 #[test]

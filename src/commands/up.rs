@@ -25,7 +25,7 @@ use gust_store::{
 };
 use gust_trigger_mq::{MqMetrics, MqTriggers};
 use gust_trigger_timer::TimerScheduler;
-use rand::RngCore;
+use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli_config::CliConfig;

@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use bytes::Bytes;
 use gust_model::{Name, Route, RouteConfig};
 use http::StatusCode;
-use rand::Rng;
+use rand::RngExt;
 
 use crate::{ApiError, ApiState, NamespaceQuery, Scoped, find_named, parse_json};
 

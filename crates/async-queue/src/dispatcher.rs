@@ -17,7 +17,7 @@ use gust_model::{
     StoredRequest, StoredResponse, Verdict, classify_status, retry_wait,
 };
 use gust_store::QueueChange;
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 

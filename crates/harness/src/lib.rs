@@ -25,6 +25,8 @@ pub fn free_port() -> u16 {
 pub struct GustOptions {
     pub pool_size: u32,
     pub extra_args: Vec<String>,
+    /// A limit on `gust up`'s address space (RLIMIT_AS), in bytes.
+    pub address_space_limit: Option<u64>,
 }
 
 impl Default for GustOptions {
@@ -32,6 +34,7 @@ impl Default for GustOptions {
         Self {
             pool_size: 1,
             extra_args: Vec::new(),
+            address_space_limit: None,
         }
     }
 }
@@ -166,6 +169,21 @@ impl Gust {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file handle"))
             .stderr(log);
+        if let Some(bytes) = self.options.address_space_limit {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            // SAFETY: setrlimit is async-signal-safe and `limit` is a plain value.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         self.child = Some(command.spawn().expect("the gust binary starts"));
         self.wait_ready()
     }

@@ -12,8 +12,29 @@ pub const INSTANCE_SLOTS: u32 = 1_000;
 /// Linear memory reset in place (not returned to the kernel) when a slot is reused.
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 
+/// The engine with a pool of instance slots, or, where the pool's address space cannot be
+/// reserved (a limit on the process's address space, a small virtual address space), one that
+/// allocates each instance on demand: slower to instantiate, but serving.
 pub fn build() -> Result<Engine, WasmError> {
     let memory_bytes = MAX_MEMORY_MB as usize * 1024 * 1024;
+    let mut config = base_config(memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(memory_bytes)));
+    match Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(pooling) => {
+            tracing::warn!(
+                error = %format!("{pooling:#}"),
+                "cannot reserve the address space of {INSTANCE_SLOTS} WebAssembly instance slots; \
+                 instances are allocated on demand instead (slower instantiation)"
+            );
+            let mut config = base_config(memory_bytes);
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
+        }
+    }
+}
+
+fn pool(memory_bytes: usize) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     // A C component is a handful of core instances (module, preview1 adapter, shims); larger
     // toolchains use more. Memories and tables are per core instance.
@@ -37,6 +58,10 @@ pub fn build() -> Result<Engine, WasmError> {
         // Where the kernel can say which pages an instance touched (PAGEMAP_SCAN, Linux 6.7),
         // reset only those, with memset, instead of the whole resident prefix.
         .pagemap_scan(Enabled::Auto);
+    pool
+}
+
+fn base_config(memory_bytes: usize) -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -52,7 +77,6 @@ pub fn build() -> Result<Engine, WasmError> {
         // interrupts every core to flush its TLB). Measured: instantiation inside Gust went
         // from about 50 µs to about 33 µs on 2 cores.
         .memory_guard_size(0)
-        .signals_based_traps(false)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
+        .signals_based_traps(false);
+    config
 }

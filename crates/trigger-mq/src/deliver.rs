@@ -15,7 +15,7 @@ use gust_model::{
     classify_status, retry_wait,
 };
 use http::{HeaderName, HeaderValue};
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
