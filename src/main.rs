@@ -10,12 +10,13 @@ mod code_upload;
 mod commands;
 mod deployments;
 mod garbage;
+mod node_config;
 mod output;
 mod tiers;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{completion, dlq, env, function, invocation, mqt, route, timer, up, usage};
 
@@ -70,7 +71,9 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = node_config::apply(Cli::command(), &args)?;
+    let cli = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Up(_)) {
         end_quietly_on_closed_stdout();
     }

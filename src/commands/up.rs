@@ -6,7 +6,6 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -33,16 +32,12 @@ use crate::deployments::StoreDeployments;
 use crate::garbage::Collector;
 use crate::tiers::Tiers;
 
-/// Log lines kept per function.
-const LOG_LINES_PER_FUNCTION: usize = 2_000;
-/// How long in-flight requests may take to finish after SIGTERM.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Asynchronous attempts delivered at once, across functions (each function's own limits
-/// apply within it).
-const ASYNC_IN_FLIGHT: usize = 256;
-
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// TOML file of these settings, keyed by flag name (`pool-size = 5`); environment
+    /// variables and flags override it
+    #[arg(long, env = "GUST_CONFIG")]
+    config: Option<PathBuf>,
     /// Data directory [default: $XDG_DATA_HOME/gust]
     #[arg(long, env = "GUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -120,6 +115,17 @@ pub struct UpArgs {
     /// request past it is answered 503
     #[arg(long, env = "GUST_BODY_MEMORY", default_value_t = 256)]
     body_memory: usize,
+    /// Log lines kept per function (`gust fn logs`); older ones are dropped
+    #[arg(long, env = "GUST_LOG_LINES", default_value_t = 2_000)]
+    log_lines: usize,
+    /// How long in-flight requests (and asynchronous attempts) may take to finish after
+    /// SIGTERM
+    #[arg(long, env = "GUST_DRAIN_DEADLINE", default_value = "30s")]
+    drain_deadline: String,
+    /// Asynchronous attempts delivered at once, across functions (each function's own limits
+    /// apply within it)
+    #[arg(long, env = "GUST_ASYNC_IN_FLIGHT", default_value_t = 256)]
+    async_in_flight: usize,
 }
 
 /// Largest request header Gust reads, and most header fields: with the headers Gust adds (a
@@ -152,6 +158,10 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     let idle_timeout = parse_duration("idle timeout", &args.idle_timeout)?;
     let header_timeout = parse_duration("header timeout", &args.header_timeout)?;
     let send_timeout = parse_duration("send timeout", &args.send_timeout)?;
+    let drain_deadline = parse_duration("drain deadline", &args.drain_deadline)?;
+    if args.log_lines == 0 || args.async_in_flight == 0 {
+        bail!("--log-lines and --async-in-flight must be at least 1");
+    }
     let usage_retention = UsageRetention {
         records: parse_duration("usage records retention", &args.usage_records_retention)?,
         hours: parse_duration("usage retention", &args.usage_retention)?,
@@ -237,7 +247,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         store.put_environment(&Environment::builtin(runtime, pool_size))?;
     }
 
-    let logs = Arc::new(FunctionLogs::new(LOG_LINES_PER_FUNCTION));
+    let logs = Arc::new(FunctionLogs::new(args.log_lines));
     let interpreters = Interpreters {
         python: args.python,
         node: args.node,
@@ -303,7 +313,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         queue.clone(),
         invoker.clone(),
         deployments,
-        ASYNC_IN_FLIGHT,
+        args.async_in_flight,
         async_retention,
     );
     let timers = TimerScheduler::new(store.clone(), queue.clone(), clock.clone());
@@ -361,6 +371,9 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     eprintln!("  data:          {}", data_dir.display());
     eprintln!("  workers:       {}", run_dir.display());
     eprintln!("  network:       {}", sandbox_network);
+    if let Some(config) = &args.config {
+        eprintln!("  settings:      {}", config.display());
+    }
 
     let shutdown = CancellationToken::new();
     tokio::spawn(executor.clone().run_reaper(shutdown.child_token()));
@@ -405,10 +418,10 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         _ = servers => {}
         _ = async {
             shutdown.cancelled().await;
-            tokio::time::sleep(DRAIN_DEADLINE).await;
-        } => tracing::warn!("in-flight requests did not finish within {DRAIN_DEADLINE:?}"),
+            tokio::time::sleep(drain_deadline).await;
+        } => tracing::warn!("in-flight requests did not finish within {drain_deadline:?}"),
     }
-    dispatcher.drain(DRAIN_DEADLINE).await;
+    dispatcher.drain(drain_deadline).await;
     // Queue triggers let their messages in flight finish (or release them) before the
     // executor goes away.
     let _ = mq_stopped.await;

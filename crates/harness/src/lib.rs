@@ -27,6 +27,8 @@ pub struct GustOptions {
     pub extra_args: Vec<String>,
     /// A limit on `gust up`'s address space (RLIMIT_AS), in bytes.
     pub address_space_limit: Option<u64>,
+    /// Environment variables of `gust up`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for GustOptions {
@@ -35,6 +37,7 @@ impl Default for GustOptions {
             pool_size: 1,
             extra_args: Vec::new(),
             address_space_limit: None,
+            env: Vec::new(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl Gust {
             .arg("--pool-size")
             .arg(self.options.pool_size.to_string())
             .args(&self.options.extra_args)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .env("XDG_CONFIG_HOME", self.config_home())
             .env_remove("GUST_URL")
             .env_remove("GUST_TOKEN")

@@ -1,0 +1,103 @@
+//! `gust up --config FILE`: a node's settings in TOML, under environment variables and flags.
+
+use gust_harness::{Gust, GustOptions};
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+/// Starts Gust with `options`, runs a function that prints 10 lines, and counts the lines
+/// `gust fn logs` still has (the `log-lines` setting).
+fn log_lines_kept(options: GustOptions) -> usize {
+    let gust = Gust::start(GUST, options);
+    gust.deploy(
+        "chatty",
+        "python",
+        "chatty.py",
+        "def main():\n    for i in range(10):\n        print('chatty-line', i, flush=True)\n    return 'ok'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/chatty").status(), 200);
+    let printed = gust_harness::eventually(std::time::Duration::from_secs(10), || {
+        let logs = gust.cli(&["fn", "logs", "chatty"]).ok().stdout;
+        // The last line is always kept; wait until it is there.
+        logs.contains("chatty-line 9").then_some(logs)
+    })
+    .expect("the function's output reaches its logs");
+    printed
+        .lines()
+        .filter(|l| l.contains("chatty-line"))
+        .count()
+}
+
+#[test]
+fn a_config_file_sets_defaults_that_environment_and_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gust-node.toml");
+    std::fs::write(&file, "log_lines = 5\ndrain-deadline = \"5s\"\n").unwrap();
+    let config = file.to_str().unwrap().to_owned();
+    let with = |extra: &[&str], env: &[(&str, &str)]| GustOptions {
+        extra_args: ["--config", config.as_str()]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..GustOptions::default()
+    };
+    assert_eq!(log_lines_kept(with(&[], &[])), 5, "from the file");
+    assert_eq!(
+        log_lines_kept(with(&[], &[("GUST_LOG_LINES", "7")])),
+        7,
+        "the environment over the file"
+    );
+    assert_eq!(
+        log_lines_kept(with(&["--log-lines", "3"], &[("GUST_LOG_LINES", "7")])),
+        3,
+        "a flag over both"
+    );
+    // GUST_CONFIG names the file as --config does.
+    assert_eq!(
+        log_lines_kept(GustOptions {
+            env: vec![("GUST_CONFIG".into(), config.clone())],
+            ..GustOptions::default()
+        }),
+        5,
+        "the file named by GUST_CONFIG"
+    );
+}
+
+#[test]
+fn a_config_file_with_an_unknown_setting_or_a_bad_value_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |text: &str| {
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, text).unwrap();
+        let output = std::process::Command::new(GUST)
+            .args(["up", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&file)
+            .env_remove("GUST_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{text}: gust up started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let err = refused("pool-sise = 3\n");
+    assert!(err.contains("unknown setting \"pool-sise\""), "{err}");
+    assert!(
+        err.contains("pool-size"),
+        "the known settings are listed: {err}"
+    );
+    let err = refused("log-lines = \"many\"\n");
+    assert!(err.contains("many") && err.contains("--log-lines"), "{err}");
+    let err = refused("log-lines = [1, 2]\n");
+    assert!(err.contains("log-lines cannot be a TOML array"), "{err}");
+    let err = refused("log-lines = \n");
+    assert!(err.contains("not valid TOML"), "{err}");
+    // The file's own name is not a setting in it.
+    let err = refused("config = \"other.toml\"\n");
+    assert!(err.contains("unknown setting \"config\""), "{err}");
+}
