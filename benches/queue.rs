@@ -28,7 +28,7 @@ use gust_executor::{FunctionLogs, InstanceSpec, RequestId, Runtime};
 use gust_harness::brokers::{Broker, BrokerKind};
 use gust_harness::{Gust, GustOptions, cpu_time};
 use gust_model::{BuiltinRuntime, Environment, Limits, Name, Namespace, Scaling};
-use gust_runtime_wasm::WasmRuntime;
+use gust_runtime_wasm::{PoolSize, WasmRuntime};
 use tokio::sync::Semaphore;
 
 use common::{PROBE_WASM, deploy, metric, print_table, us};
@@ -56,8 +56,12 @@ impl DirectCall {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("probe.wasm"), PROBE_WASM).unwrap();
-        let runtime =
-            WasmRuntime::new(&dir.path().join("cache"), Arc::new(FunctionLogs::new(100))).unwrap();
+        let runtime = WasmRuntime::new(
+            &dir.path().join("cache"),
+            Arc::new(FunctionLogs::new(100)),
+            PoolSize::default(),
+        )
+        .unwrap();
         let spec = InstanceSpec {
             namespace: Namespace::default(),
             function: Name::parse("function", "probe").unwrap(),

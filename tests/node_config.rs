@@ -101,3 +101,36 @@ fn a_config_file_with_an_unknown_setting_or_a_bad_value_is_refused_by_name() {
     let err = refused("config = \"other.toml\"\n");
     assert!(err.contains("unknown setting \"config\""), "{err}");
 }
+
+/// The wasm tier's largest memory is a setting (here from the file): a function asking for
+/// more is refused at deploy, naming the setting; one within it serves.
+#[test]
+fn the_wasm_memory_ceiling_is_a_node_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gust-node.toml");
+    std::fs::write(&file, "wasm-max-memory = 64\nwasm-slots = 50\n").unwrap();
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            extra_args: vec!["--config".into(), file.to_str().unwrap().into()],
+            ..GustOptions::default()
+        },
+    );
+    let hello = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/hello.wasm");
+    let err = gust
+        .cli(&[
+            "fn", "create", "big", "--env", "wasm", "--code", hello, "--memory", "128",
+        ])
+        .failed();
+    assert!(err.contains("at most 64 MB"), "{err}");
+    assert!(err.contains("--wasm-max-memory"), "{err}");
+    gust.cli(&[
+        "fn", "create", "small", "--env", "wasm", "--code", hello, "--memory", "64",
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "small", "--url", "/small"])
+        .ok();
+    let response = gust.get("/small");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().unwrap(), "hello from wasm\n");
+}

@@ -18,7 +18,7 @@ use gust_metering::{Meter, Metrics, PriceSheet, UsageRetention, UsageWriter, pru
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
 use gust_router::{BodyBudget, ConnectionLimits, PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
-use gust_runtime_wasm::WasmRuntime;
+use gust_runtime_wasm::{PoolSize, WasmRuntime};
 use gust_store::{
     CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, UsageStore,
 };
@@ -126,6 +126,13 @@ pub struct UpArgs {
     /// apply within it)
     #[arg(long, env = "GUST_ASYNC_IN_FLIGHT", default_value_t = 256)]
     async_in_flight: usize,
+    /// WebAssembly instances that may exist at once (requests the wasm tier serves together)
+    #[arg(long, env = "GUST_WASM_SLOTS", default_value_t = PoolSize::default().slots)]
+    wasm_slots: u32,
+    /// Largest memory (MB) of a wasm function; each instance slot reserves this much address
+    /// space
+    #[arg(long, env = "GUST_WASM_MAX_MEMORY", default_value_t = PoolSize::default().max_memory_mb)]
+    wasm_max_memory: u32,
 }
 
 /// Largest request header Gust reads, and most header fields: with the headers Gust adds (a
@@ -162,6 +169,13 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.log_lines == 0 || args.async_in_flight == 0 {
         bail!("--log-lines and --async-in-flight must be at least 1");
     }
+    if !(1..=100_000).contains(&args.wasm_slots) || !(16..=4_096).contains(&args.wasm_max_memory) {
+        bail!("--wasm-slots is 1 to 100000 and --wasm-max-memory 16 to 4096 (MB)");
+    }
+    let wasm_pool = PoolSize {
+        slots: args.wasm_slots,
+        max_memory_mb: args.wasm_max_memory,
+    };
     let usage_retention = UsageRetention {
         records: parse_duration("usage records retention", &args.usage_records_retention)?,
         hours: parse_duration("usage retention", &args.usage_retention)?,
@@ -269,7 +283,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         ProcessRuntime::new(&run_dir, sandbox, cgroups, interpreters, logs.clone())?
             .with_protected(vec![data_dir.clone()]),
     );
-    let wasm = WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone())
+    let wasm = WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone(), wasm_pool)
         .context("cannot start the WebAssembly runtime")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let queue = AsyncQueue::new(invocation_store, clock.clone(), queue_limits);

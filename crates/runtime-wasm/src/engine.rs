@@ -4,28 +4,45 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::WasmError;
 
-/// Largest linear memory a component may grow to, and so the largest `--memory` a wasm
-/// function may ask for. Each pool slot reserves this much address space.
-pub const MAX_MEMORY_MB: u32 = 256;
-/// Component instances that may exist at once: requests served concurrently by the tier.
-pub const INSTANCE_SLOTS: u32 = 1_000;
+/// The tier's instance pool (`gust up --wasm-slots`, `--wasm-max-memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Component instances that may exist at once: requests served concurrently by the tier.
+    pub slots: u32,
+    /// Largest linear memory a component may grow to, and so the largest `--memory` a wasm
+    /// function may ask for. Each slot reserves this much address space.
+    pub max_memory_mb: u32,
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        Self {
+            slots: 1_000,
+            max_memory_mb: 256,
+        }
+    }
+}
 /// Linear memory reset in place (not returned to the kernel) when a slot is reused.
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 
 /// The engine with a pool of instance slots, or, where the pool's address space cannot be
 /// reserved (a limit on the process's address space, a small virtual address space), one that
 /// allocates each instance on demand: slower to instantiate, but serving.
-pub fn build() -> Result<Engine, WasmError> {
-    let memory_bytes = MAX_MEMORY_MB as usize * 1024 * 1024;
+pub fn build(size: PoolSize) -> Result<Engine, WasmError> {
+    let memory_bytes = size.max_memory_mb as usize * 1024 * 1024;
     let mut config = base_config(memory_bytes);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(memory_bytes)));
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(
+        size.slots,
+        memory_bytes,
+    )));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),
         Err(pooling) => {
             tracing::warn!(
                 error = %format!("{pooling:#}"),
-                "cannot reserve the address space of {INSTANCE_SLOTS} WebAssembly instance slots; \
-                 instances are allocated on demand instead (slower instantiation)"
+                "cannot reserve the address space of {} WebAssembly instance slots; \
+                 instances are allocated on demand instead (slower instantiation)",
+                size.slots
             );
             let mut config = base_config(memory_bytes);
             config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
@@ -34,15 +51,15 @@ pub fn build() -> Result<Engine, WasmError> {
     }
 }
 
-fn pool(memory_bytes: usize) -> PoolingAllocationConfig {
+fn pool(slots: u32, memory_bytes: usize) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     // A C component is a handful of core instances (module, preview1 adapter, shims); larger
     // toolchains use more. Memories and tables are per core instance.
-    pool.total_component_instances(INSTANCE_SLOTS)
-        .total_core_instances(INSTANCE_SLOTS * 4)
-        .total_memories(INSTANCE_SLOTS)
-        .total_tables(INSTANCE_SLOTS * 4)
-        .total_stacks(INSTANCE_SLOTS)
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 4)
+        .total_memories(slots)
+        .total_tables(slots * 4)
+        .total_stacks(slots)
         .max_memories_per_component(2)
         .max_memory_size(memory_bytes)
         // Reset the start of each slot's memory and tables with memset rather than madvise:

@@ -25,7 +25,7 @@ mod instance;
 mod outbound;
 mod output;
 
-pub use engine::MAX_MEMORY_MB;
+pub use engine::PoolSize;
 pub use error::WasmError;
 
 use std::collections::HashMap;
@@ -60,6 +60,7 @@ pub struct WasmRuntime {
     /// yet dropped (or kept for `--reuse`) hold them all, a request waits for one until its
     /// deadline and is then refused as over capacity, instead of failing to instantiate.
     slots: Arc<Semaphore>,
+    pool: PoolSize,
     /// Each function's turns on the guest threads (see `guests`), shared by its instances.
     turns: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
@@ -75,10 +76,14 @@ struct Components {
 }
 
 impl WasmRuntime {
-    /// Builds the engine and linker and starts the epoch ticker. `cache_dir` holds compiled
-    /// components.
-    pub fn new(cache_dir: &Path, logs: Arc<FunctionLogs>) -> Result<Self, WasmError> {
-        let engine = engine::build()?;
+    /// Builds the engine (with an instance pool of `pool`'s size) and linker and starts the
+    /// epoch ticker. `cache_dir` holds compiled components.
+    pub fn new(
+        cache_dir: &Path,
+        logs: Arc<FunctionLogs>,
+        pool: PoolSize,
+    ) -> Result<Self, WasmError> {
+        let engine = engine::build(pool)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(WasmError::linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
@@ -112,7 +117,8 @@ impl WasmRuntime {
             stop,
             // 2 µs to about 12 ms in steps of 25%: fine enough to tell 20 µs from 30 µs.
             instantiation: Histogram::new(exponential_buckets(2e-6, 1.25, 40)),
-            slots: Arc::new(Semaphore::new(engine::INSTANCE_SLOTS as usize)),
+            slots: Arc::new(Semaphore::new(pool.slots as usize)),
+            pool,
             turns: Mutex::new(HashMap::new()),
         })
     }
@@ -276,10 +282,10 @@ impl Runtime for WasmRuntime {
         bytes: &[u8],
         limits: &Limits,
     ) -> Result<(), String> {
-        if limits.memory_mb > MAX_MEMORY_MB {
+        if limits.memory_mb > self.pool.max_memory_mb {
             return Err(format!(
-                "a wasm function can have at most {MAX_MEMORY_MB} MB of memory, not {}",
-                limits.memory_mb
+                "a wasm function can have at most {} MB of memory here (gust up --wasm-max-memory), not {}",
+                self.pool.max_memory_mb, limits.memory_mb
             ));
         }
         if !file_name.ends_with(".wasm") {
@@ -322,8 +328,12 @@ mod tests {
         let code = dir.join("code");
         std::fs::create_dir(&code).unwrap();
         std::fs::write(code.join("main.wasm"), PROBE).unwrap();
-        let runtime =
-            WasmRuntime::new(&dir.join("cache"), Arc::new(FunctionLogs::new(10))).unwrap();
+        let runtime = WasmRuntime::new(
+            &dir.join("cache"),
+            Arc::new(FunctionLogs::new(10)),
+            PoolSize::default(),
+        )
+        .unwrap();
         let spec = InstanceSpec {
             namespace: Namespace::default(),
             function: Name::parse("function", "probe").unwrap(),
@@ -415,7 +425,7 @@ mod tests {
         let held = runtime
             .slots
             .clone()
-            .acquire_many_owned(engine::INSTANCE_SLOTS)
+            .acquire_many_owned(runtime.pool.slots)
             .await
             .unwrap();
         let mut instance = runtime.start_instance(&spec, &id).await.unwrap();
