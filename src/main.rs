@@ -12,6 +12,7 @@ mod deployments;
 mod garbage;
 mod node_config;
 mod output;
+mod roles;
 mod tiers;
 
 use std::process::ExitCode;

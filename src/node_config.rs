@@ -50,8 +50,14 @@ pub fn apply(command: clap::Command, args: &[OsString]) -> anyhow::Result<clap::
             toml::Value::Integer(number) => number.to_string(),
             toml::Value::Float(number) => number.to_string(),
             toml::Value::Boolean(flag) => flag.to_string(),
+            // A list setting (`roles = ["api", "executor"]`), as its flag takes it.
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => items
+                .iter()
+                .filter_map(toml::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
             other => bail!(
-                "{}: {key} cannot be a TOML {}; give a string, a number or a boolean",
+                "{}: {key} cannot be a TOML {}; give a string, a number, a boolean or a list of strings",
                 path.display(),
                 other.type_str()
             ),

@@ -24,15 +24,18 @@ fn records(gust: &Gust, function: &str) -> Vec<Value> {
     response.json().unwrap()
 }
 
-/// Sends requests and returns the request ids Gust gave them.
+/// Sends requests, reading each response to its end as a client does, and returns the request
+/// ids Gust gave them.
 fn send(gust: &Gust, path: &str, count: usize) -> Vec<String> {
     (0..count)
         .map(|_| {
             let response = gust.get(path);
-            response.headers()["x-gust-request-id"]
+            let id = response.headers()["x-gust-request-id"]
                 .to_str()
                 .unwrap()
-                .to_owned()
+                .to_owned();
+            response.bytes().unwrap();
+            id
         })
         .collect()
 }

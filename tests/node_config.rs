@@ -134,3 +134,82 @@ fn the_wasm_memory_ceiling_is_a_node_setting() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().unwrap(), "hello from wasm\n");
 }
+
+/// `--roles` (here from the config file, as a list) runs some of a node's roles: without the
+/// router nothing listens for routes, and without the async dispatcher accepted invocations
+/// wait in the queue instead of running; the API and the executor still serve `fn invoke`.
+#[test]
+fn roles_pick_what_a_node_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gust-node.toml");
+    std::fs::write(&file, "roles = [\"api\", \"executor\"]\n").unwrap();
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            extra_args: vec!["--config".into(), file.to_str().unwrap().into()],
+            ..GustOptions::default()
+        },
+    );
+    assert!(gust.log().contains("roles:         api,executor"));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", gust.public_port)).is_err(),
+        "no public listener without the router role"
+    );
+    let path = gust.write_file(
+        "ran.py",
+        "def main():\n    print('ran', flush=True)\n    return 'ok'\n",
+    );
+    gust.cli(&[
+        "fn",
+        "create",
+        "ran",
+        "--env",
+        "python",
+        "--code",
+        path.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(gust.cli(&["fn", "invoke", "ran"]).ok().stdout, "ok");
+    // Accepted and stored, but nothing runs it: no dispatcher on this node.
+    let accepted: serde_json::Value = gust
+        .api(
+            gust_harness::reqwest::Method::POST,
+            "/v1/functions/ran/invoke?async=true",
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let invocation: serde_json::Value = gust
+        .api(
+            gust_harness::reqwest::Method::GET,
+            &format!("/v1/invocations/{id}"),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(invocation["state"], "pending", "{invocation}");
+    let logs = gust.cli(&["fn", "logs", "ran"]).ok().stdout;
+    assert_eq!(
+        logs.lines().filter(|l| l.ends_with("ran")).count(),
+        1,
+        "{logs}"
+    );
+
+    // A role that invokes functions without the executor beside it is refused by name.
+    let output = std::process::Command::new(GUST)
+        .args(["up", "--roles", "router", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("GUST_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("router invokes functions and needs executor"),
+        "{err}"
+    );
+}

@@ -94,6 +94,54 @@ function sendJson(res, status, value, extra) {
   send(res, status, { 'Content-Type': 'application/json', ...(extra || {}) }, Buffer.from(JSON.stringify(value)));
 }
 
+// A body that streams: a Node.js stream, an async iterable or an iterator (a generator).
+function isStream(body) {
+  return body !== null && typeof body === 'object' && !Buffer.isBuffer(body) && !Array.isArray(body) &&
+    (typeof body[Symbol.asyncIterator] === 'function' ||
+      (typeof body[Symbol.iterator] === 'function' && typeof body.next === 'function'));
+}
+
+function toChunk(value) {
+  if (typeof value === 'string') return Buffer.from(value);
+  if (Buffer.isBuffer(value) || value instanceof Uint8Array) return value;
+  throw new TypeError(`a streamed response yields strings or Buffers, not ${typeof value}`);
+}
+
+// Sends each chunk as the function produces it (chunked transfer coding), waiting whenever
+// Gust has not taken the last ones yet. A function failing part-way, or Gust letting go,
+// ends the connection without the last chunk: the response is cut, which is how HTTP/1.1
+// tells the client it is incomplete.
+async function sendStream(req, res, status, headers, first, iterator) {
+  for (const key of Object.keys(headers)) {
+    if (['content-length', 'transfer-encoding'].includes(key.toLowerCase())) delete headers[key];
+  }
+  const hasType = Object.keys(headers).some((k) => k.toLowerCase() === 'content-type');
+  if (!hasType && !first.done) {
+    headers['Content-Type'] = typeof first.value === 'string' ? 'text/plain; charset=utf-8' : 'application/octet-stream';
+  }
+  res.writeHead(status, headers);
+  if (req.method === 'HEAD') {
+    res.end();
+    return;
+  }
+  try {
+    for (let step = first; !step.done; step = await iterator.next()) {
+      const chunk = toChunk(step.value);
+      if (chunk.length && !res.write(chunk)) {
+        await new Promise((resolve) => { res.once('drain', resolve); res.once('close', resolve); });
+      }
+      if (res.destroyed) {
+        if (typeof iterator.return === 'function') await iterator.return();
+        return;
+      }
+    }
+    res.end();
+  } catch (err) {
+    console.error(err && err.stack ? err.stack : String(err));
+    res.destroy();
+  }
+}
+
 function toResponse(result) {
   let status = 200;
   let headers = {};
@@ -110,6 +158,8 @@ function toResponse(result) {
   const hasType = Object.keys(headers).some((k) => k.toLowerCase() === 'content-type');
   if (body === undefined || body === null) {
     body = Buffer.alloc(0);
+  } else if (isStream(body)) {
+    return { status, headers, stream: body };
   } else if (Buffer.isBuffer(body)) {
     if (!hasType) headers['Content-Type'] = 'application/octet-stream';
   } else if (typeof body === 'string') {
@@ -177,14 +227,27 @@ async function handle(req, res) {
       body: decodeBody(req, raw),
     },
   };
+  let streamed;
   try {
-    const { status, headers, body } = toResponse(await callFunction(context));
-    send(res, status, headers, body);
+    const { status, headers, body, stream } = toResponse(await callFunction(context));
+    if (!stream) {
+      send(res, status, headers, body);
+      return;
+    }
+    // The first chunk comes before the head is sent, so a function failing at once is
+    // still a function error.
+    const iterator = typeof stream[Symbol.asyncIterator] === 'function'
+      ? stream[Symbol.asyncIterator]()
+      : stream;
+    const first = await iterator.next();
+    streamed = () => sendStream(req, res, status, headers, first, iterator);
   } catch (err) {
     console.error(err && err.stack ? err.stack : String(err));
     const name = (err && err.name) || 'Error';
     sendJson(res, 500, { error: name }, { [FUNCTION_ERROR_HEADER]: name });
+    return;
   }
+  await streamed();
 }
 
 // A pooled worker waits for its function anyway: run the module loader and one whole

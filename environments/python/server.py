@@ -8,6 +8,7 @@ target only, so no other spelling of a control path (`//v2/specialize`, `/x/../v
 lives on with half of a function's environment applied. See docs/worker-protocol.md.
 """
 
+import collections.abc
 import http.client
 import http.server
 import importlib
@@ -131,8 +132,27 @@ def _takes_argument(func):
     )
 
 
+_END = object()  # an iterator's end, as `next`'s default
+
+
+def _is_stream(result):
+    """A generator or another iterator: the response streams, one chunk per item."""
+    return isinstance(result, collections.abc.Iterator) and not isinstance(
+        result, (str, bytes, bytearray, dict, list, tuple)
+    )
+
+
+def _chunk(item):
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    raise TypeError("a streamed response yields str or bytes, not %s" % type(item).__name__)
+
+
 def _to_response(result):
-    """Returns (status, headers, body bytes) for a function's return value."""
+    """Returns (status, headers, body) for a function's return value: body is bytes, or an
+    iterator of chunks whose first chunk was already taken (it is returned first)."""
     status, headers = 200, {}
     if isinstance(result, tuple):
         if len(result) == 2:
@@ -148,6 +168,15 @@ def _to_response(result):
         raise ValueError("status %d is outside 200-599" % status)
     if result is None:
         body = b""
+    elif _is_stream(result):
+        # The first chunk is produced before the head is sent, so that a function failing at
+        # once is still a function error, and the content type can follow the chunks' type.
+        first = next(result, _END)
+        if first is not _END and "content-type" not in lower:
+            headers["Content-Type"] = (
+                "text/plain; charset=utf-8" if isinstance(first, str) else "application/octet-stream"
+            )
+        body = _Stream(first, result)
     elif isinstance(result, (bytes, bytearray)):
         body = bytes(result)
         if "content-type" not in lower:
@@ -163,6 +192,19 @@ def _to_response(result):
     return status, headers, body
 
 
+class _Stream:
+    """A streamed body: its first chunk (already produced) and the rest."""
+
+    def __init__(self, first, rest):
+        self.first, self.rest = first, rest
+
+    def chunks(self):
+        if self.first is not _END:
+            yield _chunk(self.first)
+            for item in self.rest:
+                yield _chunk(item)
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gust-python"
@@ -172,13 +214,43 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _send(self, status, headers, body):
+        if isinstance(body, _Stream):
+            self._send_stream(status, headers, body)
+            return
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        # Head and body in one write (`end_headers` would flush the head alone): Gust then has
+        # the whole answer at once, and can give the worker its next request sooner.
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        self.flush_headers()
+
+    def _send_stream(self, status, headers, body):
+        """Sends each chunk as the function yields it (chunked transfer coding). A function
+        failing part-way ends the connection without the last chunk: the response is cut,
+        which is how HTTP/1.1 tells the client it is incomplete."""
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("content-length", "transfer-encoding"):
+                self.send_header(key, value)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        try:
+            for data in body.chunks():
+                if data:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # Gust let go of the response: nobody is reading
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            self.close_connection = True
 
     def _send_json(self, status, value, extra=None):
         headers = {"Content-Type": "application/json"}

@@ -1,4 +1,5 @@
-//! `gust up`: every role in one process. This is where the concrete types meet.
+//! `gust up`: a node's roles in one process (all of them unless `--roles` picks some). This is
+//! where the concrete types meet.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,6 +7,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli_config::CliConfig;
 use crate::deployments::StoreDeployments;
 use crate::garbage::Collector;
+use crate::roles::{self, Role, RoleName, Task, check_roles};
 use crate::tiers::Tiers;
 
 #[derive(Debug, Args)]
@@ -115,6 +118,19 @@ pub struct UpArgs {
     /// request past it is answered 503
     #[arg(long, env = "GUST_BODY_MEMORY", default_value_t = 256)]
     body_memory: usize,
+    /// Largest request body (MB) a synchronous invocation reads; larger ones are answered 413
+    /// (asynchronous invocations keep their 256 KB, as they are stored)
+    #[arg(long, env = "GUST_BODY_LIMIT", default_value_t = 6)]
+    body_limit: usize,
+    /// Longest a request waits for an instance to be prepared for it (a cold start), apart
+    /// from the function's timeout, which runs from the request reaching its instance to the
+    /// last byte of the response
+    #[arg(long, env = "GUST_START_TIMEOUT", default_value = "10s")]
+    start_timeout: String,
+    /// Roles this node runs, of api, router, executor, async, timers, queues [default: all];
+    /// api, router, async and queues need executor beside them
+    #[arg(long, env = "GUST_ROLES", value_delimiter = ',', default_values_t = RoleName::ALL)]
+    roles: Vec<RoleName>,
     /// Log lines kept per function (`gust fn logs`); older ones are dropped
     #[arg(long, env = "GUST_LOG_LINES", default_value_t = 2_000)]
     log_lines: usize,
@@ -161,64 +177,131 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .block_on(serve(args))
 }
 
-async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let idle_timeout = parse_duration("idle timeout", &args.idle_timeout)?;
-    let header_timeout = parse_duration("header timeout", &args.header_timeout)?;
-    let send_timeout = parse_duration("send timeout", &args.send_timeout)?;
-    let drain_deadline = parse_duration("drain deadline", &args.drain_deadline)?;
-    if args.log_lines == 0 || args.async_in_flight == 0 {
-        bail!("--log-lines and --async-in-flight must be at least 1");
-    }
-    if !(1..=100_000).contains(&args.wasm_slots) || !(16..=4_096).contains(&args.wasm_max_memory) {
-        bail!("--wasm-slots is 1 to 100000 and --wasm-max-memory 16 to 4096 (MB)");
-    }
-    let wasm_pool = PoolSize {
-        slots: args.wasm_slots,
-        max_memory_mb: args.wasm_max_memory,
-    };
-    let usage_retention = UsageRetention {
-        records: parse_duration("usage records retention", &args.usage_records_retention)?,
-        hours: parse_duration("usage retention", &args.usage_retention)?,
-    };
-    let descriptors = raise_descriptor_limit();
-    // Connections must leave descriptors for workers, the store and the API.
-    let max_connections = args
-        .max_connections
-        .min(descriptors.saturating_sub(1024) / 2)
-        .max(64);
-    if max_connections < args.max_connections {
-        tracing::warn!(
-            max_connections,
-            descriptors,
-            "the descriptor limit allows fewer public connections than --max-connections"
-        );
-    }
-    let async_retention = parse_duration("async retention", &args.async_retention)?;
-    let queue_limits = QueueLimits {
-        bounds: QueueBounds {
-            per_function: args.async_queue_depth,
-            stored_bytes: args.async_store_budget.saturating_mul(1024 * 1024),
-        },
-        dead_letter_retention: parse_duration(
-            "dead-letter retention",
-            &args.dead_letter_retention,
-        )?,
-        dead_letters_per_function: args.dead_letters_per_function,
-    };
-    let data_dir = match args.data_dir {
-        Some(dir) => dir,
-        None => dirs::data_dir()
-            .context("cannot find a data directory (set --data-dir, XDG_DATA_HOME or HOME)")?
-            .join("gust"),
-    };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
-    let data_dir = data_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+/// `gust up`'s settings with durations parsed and numbers checked.
+struct Settings {
+    idle_timeout: Duration,
+    start_timeout: Duration,
+    header_timeout: Duration,
+    send_timeout: Duration,
+    drain_deadline: Duration,
+    async_retention: Duration,
+    usage_retention: UsageRetention,
+    queue_limits: QueueLimits,
+    wasm_pool: PoolSize,
+    roles: Vec<RoleName>,
+}
 
+impl Settings {
+    fn from_args(args: &UpArgs) -> anyhow::Result<Self> {
+        if args.log_lines == 0 || args.async_in_flight == 0 {
+            bail!("--log-lines and --async-in-flight must be at least 1");
+        }
+        if !(1..=100_000).contains(&args.wasm_slots)
+            || !(16..=4_096).contains(&args.wasm_max_memory)
+        {
+            bail!("--wasm-slots is 1 to 100000 and --wasm-max-memory 16 to 4096 (MB)");
+        }
+        let start_timeout = parse_duration("start timeout", &args.start_timeout)?;
+        if start_timeout.is_zero() || !(1..=1024).contains(&args.body_limit) {
+            bail!("--start-timeout must be more than 0 and --body-limit 1 to 1024 (MB)");
+        }
+        let mut roles = args.roles.clone();
+        roles.sort();
+        roles.dedup();
+        check_roles(&roles)?;
+        Ok(Self {
+            idle_timeout: parse_duration("idle timeout", &args.idle_timeout)?,
+            start_timeout,
+            header_timeout: parse_duration("header timeout", &args.header_timeout)?,
+            send_timeout: parse_duration("send timeout", &args.send_timeout)?,
+            drain_deadline: parse_duration("drain deadline", &args.drain_deadline)?,
+            async_retention: parse_duration("async retention", &args.async_retention)?,
+            usage_retention: UsageRetention {
+                records: parse_duration("usage records retention", &args.usage_records_retention)?,
+                hours: parse_duration("usage retention", &args.usage_retention)?,
+            },
+            queue_limits: QueueLimits {
+                bounds: QueueBounds {
+                    per_function: args.async_queue_depth,
+                    stored_bytes: args.async_store_budget.saturating_mul(1024 * 1024),
+                },
+                dead_letter_retention: parse_duration(
+                    "dead-letter retention",
+                    &args.dead_letter_retention,
+                )?,
+                dead_letters_per_function: args.dead_letters_per_function,
+            },
+            wasm_pool: PoolSize {
+                slots: args.wasm_slots,
+                max_memory_mb: args.wasm_max_memory,
+            },
+            roles,
+        })
+    }
+
+    fn runs(&self, role: RoleName) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::from_args(&args)?;
+    let data_dir = open_data_dir(args.data_dir.clone())?;
+    let (token, token_path) = admin_token(&data_dir)?;
+    let node = assemble(&args, &settings, &data_dir, &token).await?;
+
+    if let Some(api_url) = &node.api_url
+        && let Err(err) = CliConfig::remember(api_url, token.expose())
+    {
+        tracing::warn!(error = %format!("{err:#}"), "cannot update the CLI config; pass --token to the CLI");
+    }
+    let not_here = || "(not on this node: see --roles)".to_owned();
+    eprintln!("Gust is up");
+    eprintln!(
+        "  public routes: {}",
+        node.public_url.clone().unwrap_or_else(not_here)
+    );
+    eprintln!(
+        "  API:           {}",
+        node.api_url.clone().unwrap_or_else(not_here)
+    );
+    eprintln!("  admin token:   {}", token_path.display());
+    eprintln!("  data:          {}", data_dir.display());
+    eprintln!("  workers:       {}", node.run_dir.display());
+    eprintln!("  network:       {}", node.sandbox_network);
+    if let Some(config) = &args.config {
+        eprintln!("  settings:      {}", config.display());
+    }
+    if settings.roles.len() < RoleName::ALL.len() {
+        let names: Vec<&str> = settings.roles.iter().map(|r| r.as_str()).collect();
+        eprintln!("  roles:         {}", names.join(","));
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    roles::run(node.roles, shutdown, settings.drain_deadline).await;
+    eprintln!("Gust stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `gust up` runs: its roles, and where it can be reached.
+struct Node {
+    roles: Vec<Box<dyn Role>>,
+    public_url: Option<String>,
+    api_url: Option<String>,
+    run_dir: PathBuf,
+    sandbox_network: String,
+}
+
+/// Opens the store, starts the runtimes and builds every role the settings ask for, in the
+/// order they start (they stop in reverse): usage first and last, the listeners last and
+/// first.
+async fn assemble(
+    args: &UpArgs,
+    settings: &Settings,
+    data_dir: &Path,
+    token: &AdminToken,
+) -> anyhow::Result<Node> {
     let sandbox = if args.no_sandbox {
         tracing::warn!("--no-sandbox: workers run unconfined, as this user");
         Sandbox::Disabled
@@ -231,12 +314,10 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     if matches!(&sandbox, Sandbox::Bubblewrap { uplinks: None, .. }) {
         tracing::warn!("slirp4netns is not installed: process functions have no network");
     }
-    let (token, token_path) = admin_token(&data_dir)?;
     let prices = match &args.prices {
         Some(path) => PriceSheet::load(path)?,
         None => PriceSheet::default(),
     };
-
     let embedded = Arc::new(
         EmbeddedStore::open_with_cache(
             &data_dir.join("gust.redb"),
@@ -262,31 +343,17 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     let logs = Arc::new(FunctionLogs::new(args.log_lines));
-    let interpreters = Interpreters {
-        python: args.python,
-        node: args.node,
-    };
-    for interpreter in [&interpreters.python, &interpreters.node] {
-        if !interpreter.exists() {
-            tracing::warn!(interpreter = %interpreter.display(), "interpreter not found; its environment cannot start workers");
-        }
-    }
-    let cgroups = match Cgroups::create(&instance_name(&data_dir)) {
-        Ok(cgroups) => Some(cgroups),
-        Err(reason) => {
-            tracing::warn!(%reason, "no cgroups: workers' memory, pids and CPU are not limited");
-            None
-        }
-    };
-    let run_dir = worker_run_dir(&data_dir)?;
-    let process: Arc<dyn Runtime> = Arc::new(
-        ProcessRuntime::new(&run_dir, sandbox, cgroups, interpreters, logs.clone())?
-            .with_protected(vec![data_dir.clone()]),
-    );
-    let wasm = WasmRuntime::new(&data_dir.join("wasm-cache"), logs.clone(), wasm_pool)
-        .context("cannot start the WebAssembly runtime")?;
+    let run_dir = worker_run_dir(data_dir)?;
+    let process = process_runtime(args, sandbox, data_dir, &run_dir, logs.clone())?;
+    let wasm = WasmRuntime::new(
+        &data_dir.join("wasm-cache"),
+        logs.clone(),
+        settings.wasm_pool,
+    )
+    .context("cannot start the WebAssembly runtime")?
+    .with_start_timeout(settings.start_timeout);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let queue = AsyncQueue::new(invocation_store, clock.clone(), queue_limits);
+    let queue = AsyncQueue::new(invocation_store, clock.clone(), settings.queue_limits);
     let mut metrics = Metrics::new();
     wasm.register_metrics(metrics.registry_mut());
     queue.register_metrics(metrics.registry_mut());
@@ -299,11 +366,6 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     });
     let stop_usage = CancellationToken::new();
     let usage = UsageWriter::start(usage_store.clone(), stop_usage.clone());
-    tokio::spawn(prune_usage(
-        usage_store.clone(),
-        usage_retention,
-        stop_usage.clone(),
-    ));
     let meter = Arc::new(Meter::new(metrics, usage.clone()));
     let deployments = Arc::new(StoreDeployments {
         store: store.clone(),
@@ -311,7 +373,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
     });
     let executor = Executor::new(
         ExecutorConfig {
-            idle_timeout,
+            idle_timeout: settings.idle_timeout,
+            start_timeout: settings.start_timeout,
             ..ExecutorConfig::default()
         },
         deployments.clone(),
@@ -328,7 +391,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         invoker.clone(),
         deployments,
         args.async_in_flight,
-        async_retention,
+        settings.async_retention,
     );
     let timers = TimerScheduler::new(store.clone(), queue.clone(), clock.clone());
     let mq = MqTriggers::new(
@@ -339,7 +402,8 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         mq_metrics,
     );
     let routes = Routes::new(store.routes(None)?);
-    let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024));
+    let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024))
+        .with_request_limit(args.body_limit * 1024 * 1024);
     let collector = Arc::new(Collector {
         store: store.clone(),
         code: code.clone(),
@@ -355,7 +419,7 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         routes: routes.clone(),
         logs,
         token: token.clone(),
-        usage: usage_store,
+        usage: usage_store.clone(),
         meter,
         prices,
         queue: queue.clone(),
@@ -364,86 +428,158 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         bodies: bodies.clone(),
         code_released: collector.released.clone(),
     });
-    state.sync_environments()?;
-    // Functions with a minimum of instances get them now, not on their first request.
-    for function in state.store.functions(None)? {
-        if function.current_revision().scaling.min_instances > 0 {
-            executor.function_deployed(&function.namespace, &function.name);
+
+    let (public_limits, api_limits) = connection_limits(args, settings);
+    let usage_retention = settings.usage_retention;
+    let mut roles: Vec<Box<dyn Role>> = vec![
+        Box::new(
+            Task::new("usage", move |stop| {
+                prune_usage(usage_store, usage_retention, stop)
+            })
+            .then(move |_| async move {
+                usage.flush().await;
+                stop_usage.cancel();
+            }),
+        ),
+        Box::new(Task::new("code-gc", move |stop| collector.run(stop))),
+    ];
+    if settings.runs(RoleName::Executor) {
+        // The environments' pools start, and functions with a minimum of instances get them
+        // now, not on their first request.
+        state.sync_environments()?;
+        for function in state.store.functions(None)? {
+            if function.current_revision().scaling.min_instances > 0 {
+                executor.function_deployed(&function.namespace, &function.name);
+            }
+        }
+        let reaper = executor.clone();
+        roles.push(Box::new(
+            Task::new("executor", move |stop| reaper.run_reaper(stop))
+                .then(move |_| async move { executor.shutdown().await }),
+        ));
+    }
+    if settings.runs(RoleName::Async) {
+        let drained = dispatcher.clone();
+        roles.push(Box::new(
+            Task::new("async", move |stop| dispatcher.run(stop))
+                .then(move |left| async move { drained.drain(left).await }),
+        ));
+    }
+    if settings.runs(RoleName::Timers) {
+        roles.push(Box::new(Task::new("timers", move |stop| timers.run(stop))));
+    }
+    if settings.runs(RoleName::Queues) {
+        // Stopping lets messages in flight finish (or releases them) before the executor goes.
+        roles.push(Box::new(Task::new("queues", move |stop| mq.run(stop))));
+    }
+    let mut api_url = None;
+    if settings.runs(RoleName::Api) {
+        let api = bind(args.api_listen, "API").await?;
+        api_url = Some(format!("http://{}", api.local_addr()?));
+        let app = api_router(state);
+        roles.push(Box::new(Task::new("api", move |stop| {
+            gust_router::serve(api, app, api_limits, "API", stop)
+        })));
+    }
+    let mut public_url = None;
+    if settings.runs(RoleName::Router) {
+        let public = bind(args.listen, "public").await?;
+        public_url = Some(format!("http://{}", public.local_addr()?));
+        let app = public_router(PublicState {
+            routes,
+            invoker,
+            queue: Arc::new(queue),
+            bodies,
+        });
+        roles.push(Box::new(Task::new("router", move |stop| {
+            gust_router::serve(public, app, public_limits, "public", stop)
+        })));
+    }
+    Ok(Node {
+        roles,
+        public_url,
+        api_url,
+        run_dir,
+        sandbox_network: sandbox_network.to_owned(),
+    })
+}
+
+/// Creates the data directory (mode 0700) if needed and returns its canonical path.
+fn open_data_dir(data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let data_dir = match data_dir {
+        Some(dir) => dir,
+        None => dirs::data_dir()
+            .context("cannot find a data directory (set --data-dir, XDG_DATA_HOME or HOME)")?
+            .join("gust"),
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
+    data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", data_dir.display()))
+}
+
+/// The process tier: interpreters, cgroups and the directory its workers live in.
+fn process_runtime(
+    args: &UpArgs,
+    sandbox: Sandbox,
+    data_dir: &Path,
+    run_dir: &Path,
+    logs: Arc<FunctionLogs>,
+) -> anyhow::Result<Arc<dyn Runtime>> {
+    let interpreters = Interpreters {
+        python: args.python.clone(),
+        node: args.node.clone(),
+    };
+    for interpreter in [&interpreters.python, &interpreters.node] {
+        if !interpreter.exists() {
+            tracing::warn!(interpreter = %interpreter.display(), "interpreter not found; its environment cannot start workers");
         }
     }
+    let cgroups = match Cgroups::create(&instance_name(data_dir)) {
+        Ok(cgroups) => Some(cgroups),
+        Err(reason) => {
+            tracing::warn!(%reason, "no cgroups: workers' memory, pids and CPU are not limited");
+            None
+        }
+    };
+    Ok(Arc::new(
+        ProcessRuntime::new(run_dir, sandbox, cgroups, interpreters, logs)?
+            .with_protected(vec![data_dir.to_owned()]),
+    ))
+}
 
-    let public = bind(args.listen, "public").await?;
-    let api = bind(args.api_listen, "API").await?;
-    let api_url = format!("http://{}", api.local_addr()?);
-    if let Err(err) = CliConfig::remember(&api_url, token.expose()) {
-        tracing::warn!(error = %format!("{err:#}"), "cannot update the CLI config; pass --token to the CLI");
+/// The public and the API listener's connection limits.
+fn connection_limits(args: &UpArgs, settings: &Settings) -> (ConnectionLimits, ConnectionLimits) {
+    let descriptors = raise_descriptor_limit();
+    // Connections must leave descriptors for workers, the store and the API.
+    let max_connections = args
+        .max_connections
+        .min(descriptors.saturating_sub(1024) / 2)
+        .max(64);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            max_connections,
+            descriptors,
+            "the descriptor limit allows fewer public connections than --max-connections"
+        );
     }
-    eprintln!("Gust is up");
-    eprintln!("  public routes: http://{}", public.local_addr()?);
-    eprintln!("  API:           {api_url}");
-    eprintln!("  admin token:   {}", token_path.display());
-    eprintln!("  data:          {}", data_dir.display());
-    eprintln!("  workers:       {}", run_dir.display());
-    eprintln!("  network:       {}", sandbox_network);
-    if let Some(config) = &args.config {
-        eprintln!("  settings:      {}", config.display());
-    }
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(executor.clone().run_reaper(shutdown.child_token()));
-    tokio::spawn(wait_for_signal(shutdown.clone()));
-    tokio::spawn(dispatcher.clone().run(shutdown.child_token()));
-    tokio::spawn(timers.run(shutdown.child_token()));
-    let mq_stopped = tokio::spawn(mq.run(shutdown.child_token()));
-    tokio::spawn(collector.run(shutdown.child_token()));
-
-    let public_app = public_router(PublicState {
-        routes,
-        invoker,
-        queue,
-        bodies,
-    });
-    let public_limits = ConnectionLimits {
+    let public = ConnectionLimits {
         max_connections,
         max_per_client: args.max_connections_per_client,
-        header_read_timeout: header_timeout,
+        header_read_timeout: settings.header_timeout,
         max_header_bytes: MAX_HEADER_BYTES,
         max_headers: MAX_HEADERS,
-        send_stall_timeout: send_timeout,
+        send_stall_timeout: settings.send_timeout,
     };
-    let api_limits = ConnectionLimits {
+    let api = ConnectionLimits {
         max_connections: API_MAX_CONNECTIONS,
         max_per_client: API_MAX_CONNECTIONS_PER_CLIENT,
-        ..public_limits.clone()
+        ..public.clone()
     };
-    let servers = async {
-        tokio::join!(
-            gust_router::serve(
-                public,
-                public_app,
-                public_limits,
-                "public",
-                shutdown.clone()
-            ),
-            gust_router::serve(api, api_router(state), api_limits, "API", shutdown.clone()),
-        )
-    };
-    tokio::select! {
-        _ = servers => {}
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(drain_deadline).await;
-        } => tracing::warn!("in-flight requests did not finish within {drain_deadline:?}"),
-    }
-    dispatcher.drain(drain_deadline).await;
-    // Queue triggers let their messages in flight finish (or release them) before the
-    // executor goes away.
-    let _ = mq_stopped.await;
-    executor.shutdown().await;
-    usage.flush().await;
-    stop_usage.cancel();
-    eprintln!("Gust stopped");
-    Ok(ExitCode::SUCCESS)
+    (public, api)
 }
 
 /// Raises the soft limit on open descriptors to the hard one (connections, workers' pipes and

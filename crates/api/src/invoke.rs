@@ -3,11 +3,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use gust_executor::{Invocation, LogLine, LogQuery, RequestId, TriggerKind, function_key};
+use gust_executor::{Enqueue, Invocation, LogLine, LogQuery, RequestId, TriggerKind, function_key};
 use gust_model::AsyncSource;
 use gust_router::{
-    MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, accepted_response, add_param_headers,
-    forwardable_headers, function_response, invoke_error_response, read_limited,
+    MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers, forwardable_headers,
+    function_response, invoke_error_response, read_limited,
 };
 use http::{HeaderValue, Method};
 use serde::Deserialize;
@@ -63,7 +63,7 @@ pub async fn invoke(
     let limit = if query.asynchronous {
         MAX_ASYNC_REQUEST_BYTES
     } else {
-        MAX_REQUEST_BYTES
+        state.bodies.request_limit()
     };
     let (parts, body) = request.into_parts();
     let (body, reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
@@ -91,10 +91,15 @@ pub async fn invoke(
         .headers_mut()
         .insert("x-gust-request-id", id_header);
     if query.asynchronous {
-        let stored = state
-            .queue
-            .enqueue(&id, namespace, function, AsyncSource::Api, &forwarded)
-            .await;
+        let stored = Enqueue::enqueue(
+            &state.queue,
+            &id,
+            namespace,
+            function,
+            AsyncSource::Api,
+            &forwarded,
+        )
+        .await;
         return Ok(accepted_response(stored, &id));
     }
     let invocation = Invocation {

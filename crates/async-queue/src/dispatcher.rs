@@ -11,10 +11,11 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gust_executor::body::read_prefix;
 use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
 use gust_model::{
-    AsyncInvocation, AsyncSource, DeadReason, Delivery, InvocationState, Name, Namespace,
-    StoredRequest, StoredResponse, Verdict, classify_status, retry_wait,
+    AsyncInvocation, AsyncSource, DeadReason, Delivery, InvocationState, MAX_STORED_RESPONSE_BYTES,
+    Name, Namespace, StoredRequest, StoredResponse, Verdict, classify_status, retry_wait,
 };
 use gust_store::QueueChange;
 use rand::RngExt;
@@ -287,7 +288,7 @@ impl Dispatcher {
         if let Some(from) = &invocation.redriven_from {
             gust_headers.push(("x-gust-redriven-from", from.clone()));
         }
-        let result = self
+        let result = match self
             .invoker
             .invoke(Invocation {
                 id: RequestId::new(invocation.id.as_str()),
@@ -297,7 +298,12 @@ impl Dispatcher {
                 attempt: invocation.attempts,
                 request: delivery_request(&request, &gust_headers),
             })
-            .await;
+            .await
+        {
+            // One byte past what is stored tells the record that it was cut.
+            Ok(response) => read_prefix(response, MAX_STORED_RESPONSE_BYTES + 1).await,
+            Err(err) => Err(err),
+        };
         drop(permit);
         let now = self.queue.shared.clock.now_ms();
         let next = self.judge(&mut invocation, &delivery, result, now);

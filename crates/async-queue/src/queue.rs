@@ -307,3 +307,28 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
         .await
         .map_err(|e| QueueError::Unavailable(format!("storage task failed: {e}")))?
 }
+
+#[async_trait::async_trait]
+impl gust_executor::Enqueue for AsyncQueue {
+    async fn enqueue(
+        &self,
+        id: &RequestId,
+        namespace: Namespace,
+        function: Name,
+        source: AsyncSource,
+        request: &http::Request<Bytes>,
+    ) -> Result<(), gust_executor::EnqueueError> {
+        use gust_executor::EnqueueError;
+        AsyncQueue::enqueue(self, id, namespace, function, source, request)
+            .await
+            .map_err(|err| match err {
+                QueueError::Full(QueueFull::FunctionDepth { limit }) => {
+                    EnqueueError::FunctionFull { limit }
+                }
+                QueueError::Full(QueueFull::StoreBudget { limit }) => {
+                    EnqueueError::QueueFull { limit }
+                }
+                other => EnqueueError::Unavailable(other.to_string()),
+            })
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use gust_async_queue::{AsyncQueue, Clock, DeliveryPolicies, Dispatcher, QueueLimits};
-use gust_executor::{Invocation, InvokeError, Invoker, RequestId};
+use gust_executor::{Invocation, InvokeError, Invoker, RequestId, ResponseBody};
 use gust_model::{AsyncInvocation, AsyncSource, Delivery, Name, Namespace};
 use gust_store::EmbeddedStore;
 use tokio_util::sync::CancellationToken;
@@ -39,12 +39,15 @@ struct ScriptedInvoker {
 
 #[async_trait]
 impl Invoker for ScriptedInvoker {
-    async fn invoke(&self, invocation: Invocation) -> Result<http::Response<Bytes>, InvokeError> {
+    async fn invoke(
+        &self,
+        invocation: Invocation,
+    ) -> Result<http::Response<ResponseBody>, InvokeError> {
         self.attempts.lock().unwrap().push(invocation.attempt);
         let status = self.statuses.lock().unwrap().pop_front().unwrap_or(200);
         Ok(http::Response::builder()
             .status(status)
-            .body(Bytes::from_static(b"scripted"))
+            .body(gust_executor::body::full("scripted"))
             .unwrap())
     }
 }

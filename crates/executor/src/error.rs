@@ -15,6 +15,8 @@ pub enum InvokeError {
     },
     #[error("function {function:?} did not answer within {timeout:?}")]
     Timeout { function: String, timeout: Duration },
+    #[error("no instance of function {function:?} was ready within {bound:?}")]
+    StartTimeout { function: String, bound: Duration },
     #[error("function {function:?} raised an error; see its logs")]
     FunctionError { function: String },
     #[error("the code of function {function:?} failed to load ({cause}); see its logs")]
@@ -40,7 +42,7 @@ impl InvokeError {
     pub fn status(&self) -> u16 {
         match self {
             InvokeError::FunctionNotFound { .. } => 404,
-            InvokeError::Timeout { .. } => 504,
+            InvokeError::Timeout { .. } | InvokeError::StartTimeout { .. } => 504,
             InvokeError::OverCapacity { .. } => 429,
             InvokeError::EnvironmentUnavailable { .. } | InvokeError::StartFailed { .. } => 503,
             InvokeError::FunctionError { .. }
@@ -58,6 +60,7 @@ impl InvokeError {
             InvokeError::FunctionNotFound { .. } => "function_not_found",
             InvokeError::EnvironmentUnavailable { .. } => "environment_unavailable",
             InvokeError::Timeout { .. } => "timeout",
+            InvokeError::StartTimeout { .. } => "start_timeout",
             InvokeError::FunctionError { .. } => "function_error",
             InvokeError::LoadFailed { .. } => "load_error",
             InvokeError::WorkerExited { .. } => "worker_exited",
@@ -79,7 +82,8 @@ impl InvokeError {
             | InvokeError::ResponseTooLarge { .. }
             | InvokeError::Trap { .. }
             | InvokeError::OutOfMemory { .. }
-            | InvokeError::Timeout { .. } => "function",
+            | InvokeError::Timeout { .. }
+            | InvokeError::StartTimeout { .. } => "function",
             _ => "executor",
         }
     }

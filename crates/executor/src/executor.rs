@@ -1,6 +1,9 @@
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -13,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AttemptReport, ColdStart, Instance, InstanceSpec, Invocation, InvocationObserver, InvokeError,
-    Invoker, RequestId, Runtime,
+    Invoker, RequestId, ResponseBody, Runtime,
 };
 
 /// The defaults of settings a function does not set itself (`gust up` flags).
@@ -26,6 +29,9 @@ pub struct ExecutorConfig {
     pub queue_depth: usize,
     pub queue_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Longest a request waits for an instance to be prepared for it (a cold start), apart
+    /// from the function's timeout, which starts when the request reaches the instance.
+    pub start_timeout: Duration,
 }
 
 /// A function's scaling settings with every default filled in: what the executor applies and
@@ -86,13 +92,14 @@ impl Default for ExecutorConfig {
             queue_depth: 1_000,
             queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            start_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// Where the executor learns what a function currently is. Called on the first request to a
-/// function and again after [`Executor::function_changed`]; may read storage, so it is not on
-/// the warm path.
+/// function and again after [`Executor::function_changed`], on a blocking thread: it may read
+/// storage, and it is not on the warm path.
 pub trait DeploymentSource: Send + Sync {
     /// The current revision of a function ready to instantiate, `None` if it does not exist.
     fn deployment(
@@ -244,7 +251,7 @@ impl Executor {
         let executor = self.clone();
         let (namespace, function) = (namespace.clone(), function.clone());
         tokio::spawn(async move {
-            match executor.slot(&namespace, &function) {
+            match executor.slot(&namespace, &function).await {
                 Ok(slot) => {
                     executor.runtime.prepare(&slot.spec).await;
                     // Deleted or replaced while it was being prepared: what was loaded for it
@@ -362,7 +369,9 @@ impl Executor {
         self.runtime.shutdown().await;
     }
 
-    fn slot(
+    /// The function's slot; on a miss its deployment is read from the source on a blocking
+    /// thread (it may read storage), never on the runtime thread serving requests.
+    async fn slot(
         &self,
         namespace: &Namespace,
         function: &Name,
@@ -380,9 +389,11 @@ impl Executor {
             namespace: namespace.to_string(),
             function: function.to_string(),
         };
-        let spec = self
-            .source
-            .deployment(namespace, function)
+        let (source, ns, name) = (self.source.clone(), namespace.clone(), function.clone());
+        let loaded = tokio::task::spawn_blocking(move || source.deployment(&ns, &name))
+            .await
+            .unwrap_or_else(|_| Err("the deployment read panicked".to_owned()));
+        let spec = loaded
             .map_err(|detail| {
                 tracing::error!(%function, %detail, "cannot load the function's deployment");
                 InvokeError::StartFailed {
@@ -430,17 +441,17 @@ impl Executor {
         }
     }
 
-    /// Starts an instance for a request that must be answered by `deadline`. A start still
-    /// running at the deadline goes on in the background with the request's permit (so starts
-    /// stay within the function's capacity) and its instance waits idle for the next request;
-    /// the request gets its 504 now.
+    /// Starts an instance for a request within the start bound. A start still running at
+    /// the bound goes on in the background with the request's permit (so starts stay within
+    /// the function's capacity) and its instance waits idle for the next request; the request
+    /// gets its 504 now.
     async fn start_within(
         &self,
         slot: &Arc<FunctionSlot>,
         id: &RequestId,
         permit: OwnedSemaphorePermit,
-        deadline: Instant,
     ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit), InvokeError> {
+        let bound = self.config.start_timeout;
         let (started_tx, mut started_rx) = oneshot::channel();
         let (runtime, start_slot, id) = (self.runtime.clone(), slot.clone(), id.clone());
         tokio::spawn(async move {
@@ -453,21 +464,21 @@ impl Executor {
                 }
             }
         });
-        match tokio::time::timeout_at(deadline, &mut started_rx).await {
+        match tokio::time::timeout(bound, &mut started_rx).await {
             Ok(Ok((started, permit))) => started.map(|instance| (instance, permit)),
             Ok(Err(_)) => Err(InvokeError::StartFailed {
                 function: slot.spec.function.to_string(),
                 detail: "the start was interrupted".to_owned(),
             }),
             Err(_) => {
-                // A start that finished just as the deadline passed still serves the next one.
+                // A start that finished just as the bound passed still serves the next one.
                 started_rx.close();
                 if let Ok((Ok(instance), _permit)) = started_rx.try_recv() {
                     slot.release(instance);
                 }
-                Err(InvokeError::Timeout {
+                Err(InvokeError::StartTimeout {
                     function: slot.spec.function.to_string(),
-                    timeout: slot.spec.limits.timeout,
+                    bound,
                 })
             }
         }
@@ -487,8 +498,13 @@ fn stop_all(instances: Vec<Box<dyn Instance>>) {
 
 #[async_trait]
 impl Invoker for Executor {
-    async fn invoke(&self, invocation: Invocation) -> Result<http::Response<Bytes>, InvokeError> {
-        let slot = self.slot(&invocation.namespace, &invocation.function)?;
+    async fn invoke(
+        &self,
+        invocation: Invocation,
+    ) -> Result<http::Response<ResponseBody>, InvokeError> {
+        let slot = self
+            .slot(&invocation.namespace, &invocation.function)
+            .await?;
         let started_at = SystemTime::now();
         let arrived = Instant::now();
         let permit = match self.admit(&slot).await {
@@ -502,8 +518,7 @@ impl Invoker for Executor {
                 return Err(err);
             }
         };
-        let queue_wait = arrived.elapsed();
-        let report = |cold_start, run, cpu, status| AttemptReport {
+        let mut report = AttemptReport {
             id: invocation.id.clone(),
             attempt: invocation.attempt,
             namespace: invocation.namespace.clone(),
@@ -511,86 +526,241 @@ impl Invoker for Executor {
             revision: slot.spec.revision,
             trigger: invocation.trigger,
             started_at,
-            queue_wait,
-            cold_start,
-            run,
-            cpu,
+            queue_wait: arrived.elapsed(),
+            cold_start: None,
+            run: Duration::ZERO,
+            cpu: None,
             memory_mb: slot.spec.limits.memory_mb,
             timeout: slot.spec.limits.timeout,
-            status,
+            status: 0,
         };
 
-        // One deadline for the whole request: a cold start counts in the function's timeout.
-        let timeout = slot.spec.limits.timeout;
-        let deadline = Instant::now() + timeout;
-        let (mut instance, permit, cold_start) = match slot.take_idle() {
-            Some(instance) => (instance, permit, None),
+        let (instance, permit) = match slot.take_idle() {
+            Some(instance) => (instance, permit),
             None => {
                 let starting = Instant::now();
-                match self
-                    .start_within(&slot, &invocation.id, permit, deadline)
-                    .await
-                {
-                    Ok((instance, permit)) => {
-                        let cold_start = ColdStart {
+                match self.start_within(&slot, &invocation.id, permit).await {
+                    Ok(started) => {
+                        report.cold_start = Some(ColdStart {
                             start: starting.elapsed(),
                             tier: slot.spec.environment.tier(),
-                        };
-                        (instance, permit, Some(cold_start))
+                        });
+                        started
                     }
                     Err(err) => {
-                        self.observer.attempt_finished(report(
-                            None,
-                            Duration::ZERO,
-                            None,
-                            err.status(),
-                        ));
+                        report.status = err.status();
+                        self.observer.attempt_finished(report);
                         return Err(err);
                     }
                 }
             }
         };
-        let cpu_before = instance.cpu_time();
-        let dispatched = Instant::now();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let result = instance
-            .handle(&invocation.id, invocation.request, left)
-            .await
-            .map_err(|err| match err {
-                // Named with the function's timeout, not the part of it that was left.
-                InvokeError::Timeout { function, .. } => InvokeError::Timeout { function, timeout },
-                err => err,
-            });
-        let run = dispatched.elapsed();
-        // Informational and out-of-range statuses cannot be forwarded as a final answer.
-        let result = result.and_then(|response| {
-            if (200..=599).contains(&response.status().as_u16()) {
-                Ok(response)
-            } else {
+        // The function's timeout runs from here until the last byte of its response.
+        let timeout = slot.spec.limits.timeout;
+        let mut attempt = Attempt {
+            cpu_before: None,
+            dispatched: Instant::now(),
+            instance,
+            slot,
+            permit,
+            observer: self.observer.clone(),
+            report,
+        };
+        attempt.cpu_before = attempt.instance.cpu_time();
+        let result = attempt
+            .instance
+            .handle(&invocation.id, invocation.request, timeout)
+            .await;
+        let response = match result {
+            // Informational and out-of-range statuses cannot be forwarded as a final answer.
+            Ok(response) if !(200..=599).contains(&response.status().as_u16()) => {
                 tracing::warn!(function = %invocation.function, status = %response.status(), "function answered a status outside 200-599");
-                Err(InvokeError::FunctionError {
+                let err = InvokeError::FunctionError {
                     function: invocation.function.to_string(),
-                })
+                };
+                attempt.finish(err.status(), false);
+                return Err(err);
             }
-        });
-        let cpu = cpu_before
+            Ok(response) => response,
+            Err(err) => {
+                // The instance decides whether it survived the error (a function's exception
+                // leaves it usable; a timeout or a crash does not).
+                attempt.finish(err.status(), true);
+                return Err(err);
+            }
+        };
+        let (parts, body) = response.into_parts();
+        attempt.report.status = parts.status.as_u16();
+        if http_body::Body::is_end_stream(&body) {
+            // Nothing to stream (an empty body, an answer to HEAD).
+            attempt.finish(parts.status.as_u16(), true);
+            return Ok(http::Response::from_parts(parts, body));
+        }
+        let body = Metered {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep_until(attempt.dispatched + timeout)),
+            timeout,
+            attempt: Some(attempt),
+        };
+        Ok(http::Response::from_parts(parts, crate::body::stream(body)))
+    }
+}
+
+/// One request being served by an instance, until its response's last byte: then the instance
+/// goes back to its function (or is stopped), the request's capacity is given back, and the
+/// attempt is reported, so billing runs until the last byte.
+struct Attempt {
+    instance: Box<dyn Instance>,
+    slot: Arc<FunctionSlot>,
+    permit: OwnedSemaphorePermit,
+    observer: Arc<dyn InvocationObserver>,
+    report: AttemptReport,
+    cpu_before: Option<Duration>,
+    dispatched: Instant,
+}
+
+impl Attempt {
+    /// `reusable`: whether the instance may serve again if it is still healthy (not when its
+    /// response was left unread or it ran out of time).
+    fn finish(self, status: u16, reusable: bool) {
+        let Attempt {
+            mut instance,
+            slot,
+            permit,
+            observer,
+            mut report,
+            cpu_before,
+            dispatched,
+        } = self;
+        report.run = dispatched.elapsed();
+        report.cpu = cpu_before
             .zip(instance.cpu_time())
             .map(|(before, after)| after.saturating_sub(before));
-        if !slot.retired.load(Ordering::Acquire) && instance.is_healthy() {
+        report.status = status;
+        if reusable && !slot.retired.load(Ordering::Acquire) && instance.is_healthy() {
             slot.release(instance);
         } else {
             stop_all(vec![instance]);
         }
         drop(permit);
-        let status = match &result {
-            Ok(response) => response.status().as_u16(),
-            Err(err) => err.status(),
-        };
-        self.observer
-            .attempt_finished(report(cold_start, run, cpu, status));
-        result
+        observer.attempt_finished(report);
     }
 }
+
+/// A response body that ends its [`Attempt`] with its last byte, fails with a timeout when
+/// the function's time runs out part-way (the instance is stopped), and stops an instance
+/// whose response was abandoned (its client left) rather than reuse a connection with unread
+/// bytes in it.
+struct Metered {
+    inner: ResponseBody,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    attempt: Option<Attempt>,
+}
+
+impl http_body::Body for Metered {
+    type Data = Bytes;
+    type Error = InvokeError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, InvokeError>>> {
+        let this = &mut *self;
+        let Some(attempt) = &this.attempt else {
+            return Poll::Ready(None);
+        };
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            // Every byte was sent and only the instance's own ending was awaited (a wasm
+            // handler running on after its response): the response stands.
+            if this.inner.is_end_stream() {
+                this.finish_complete();
+                return Poll::Ready(None);
+            }
+            let function = attempt.report.function.to_string();
+            let attempt = this.attempt.take().expect("checked above");
+            let err = InvokeError::Timeout {
+                function,
+                timeout: this.timeout,
+            };
+            attempt.finish(err.status(), false);
+            return Poll::Ready(Some(Err(err)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                // The last bytes of a body of known length: the attempt ends with them, even
+                // if the connection never asks for the end (a client may close as soon as it
+                // has every byte).
+                if this.inner.is_end_stream() {
+                    this.finish_complete();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                let attempt = this.attempt.take().expect("checked above");
+                attempt.finish(err.status(), false);
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(None) => {
+                this.finish_complete();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Not before its end was polled: that is when the attempt finishes.
+        self.attempt.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Metered {
+    /// The whole body was read: the instance may serve again.
+    fn finish_complete(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            let status = attempt.report.status;
+            attempt.finish(status, true);
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let Some(attempt) = self.attempt.take() else {
+            return;
+        };
+        let status = attempt.report.status;
+        // A client that leaves before the last few bytes (one that only wanted the status)
+        // should not cost a warm instance: a small rest of known length is read in the
+        // background, within the function's time, and the instance serves again.
+        let rest = http_body::Body::size_hint(&self.inner).exact();
+        if rest.is_none_or(|rest| rest > DRAIN_ON_DROP_BYTES) {
+            attempt.finish(status, false);
+            return;
+        }
+        let mut inner = std::mem::replace(&mut self.inner, crate::body::full(Bytes::new()));
+        let deadline = self.deadline.deadline();
+        tokio::spawn(async move {
+            let drained = tokio::time::timeout_at(deadline, async {
+                use http_body_util::BodyExt;
+                while let Some(frame) = inner.frame().await {
+                    frame?;
+                }
+                Ok::<_, InvokeError>(())
+            })
+            .await;
+            attempt.finish(status, matches!(drained, Ok(Ok(()))));
+        });
+    }
+}
+
+/// Most of an abandoned response read to keep its instance (see `Metered`'s `Drop`).
+const DRAIN_ON_DROP_BYTES: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -623,9 +793,9 @@ mod tests {
             _id: &RequestId,
             _request: http::Request<Bytes>,
             _timeout: Duration,
-        ) -> Result<http::Response<Bytes>, InvokeError> {
+        ) -> Result<http::Response<ResponseBody>, InvokeError> {
             tokio::time::sleep(self.hold).await;
-            Ok(http::Response::new(Bytes::from_static(b"ok")))
+            Ok(http::Response::new(crate::body::full("ok")))
         }
         fn is_healthy(&mut self) -> bool {
             true
@@ -713,6 +883,15 @@ mod tests {
         )
     }
 
+    /// Invokes and reads the whole response, as a client does before the instance is free.
+    async fn call_and_read(
+        executor: &Executor,
+        name: &str,
+    ) -> Result<http::Response<Bytes>, InvokeError> {
+        let response = executor.invoke(call(name)).await?;
+        crate::body::read_response(response, name, 1024).await
+    }
+
     fn call(name: &str) -> Invocation {
         Invocation {
             id: RequestId::new("r"),
@@ -731,14 +910,14 @@ mod tests {
             max_wasm_instances: 1,
             queue_depth: 2,
             queue_timeout: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(120),
+            ..ExecutorConfig::default()
         };
         let (executor, runtime) = executor(config, Duration::from_secs(1));
         let mut calls = Vec::new();
         for _ in 0..5 {
             let executor = executor.clone();
             calls.push(tokio::spawn(
-                async move { executor.invoke(call("f")).await },
+                async move { call_and_read(&executor, "f").await },
             ));
             tokio::task::yield_now().await;
         }
@@ -764,17 +943,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cold_start_counts_in_the_timeout_and_a_late_instance_serves_the_next_request() {
-        let (executor, runtime) = slow_starting_executor(
-            ExecutorConfig::default(),
-            Duration::from_millis(10),
-            Duration::from_secs(3),
-        );
+    async fn a_cold_start_has_its_own_bound_and_a_late_instance_serves_the_next_request() {
+        let config = ExecutorConfig {
+            start_timeout: Duration::from_secs(2),
+            ..ExecutorConfig::default()
+        };
+        let (executor, runtime) =
+            slow_starting_executor(config, Duration::from_millis(10), Duration::from_secs(3));
         let asked = Instant::now();
-        let err = executor.invoke(call("t")).await.unwrap_err();
-        assert_eq!(err.status(), 504, "{err}");
-        assert!(err.to_string().contains("1s"), "{err}");
-        assert!(asked.elapsed() < Duration::from_millis(1100));
+        let err = call_and_read(&executor, "t").await.unwrap_err();
+        assert_eq!(err.reason(), "start_timeout", "{err}");
+        assert!(err.to_string().contains("2s"), "{err}");
+        assert!(asked.elapsed() < Duration::from_millis(2100));
         // The start goes on, within the function's capacity, and then waits idle.
         let function = Name::parse("function", "t").unwrap();
         let counts = executor.instance_counts(&Namespace::default(), &function);
@@ -783,9 +963,187 @@ mod tests {
         let counts = executor.instance_counts(&Namespace::default(), &function);
         assert_eq!((counts.busy, counts.idle), (0, 1));
         let asked = Instant::now();
-        assert!(executor.invoke(call("t")).await.is_ok());
+        assert!(call_and_read(&executor, "t").await.is_ok());
         assert!(asked.elapsed() < Duration::from_millis(100), "served warm");
         assert_eq!(runtime.started.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_does_not_count_in_the_function_timeout() {
+        // "t" has a 1 s timeout; its instance takes 3 s to start and 10 ms to answer.
+        let (executor, _) = slow_starting_executor(
+            ExecutorConfig::default(),
+            Duration::from_millis(10),
+            Duration::from_secs(3),
+        );
+        let response = call_and_read(&executor, "t").await.unwrap();
+        assert_eq!(response.body().as_ref(), b"ok");
+    }
+
+    /// A body that sends "first", then after `pause` sends "last" and ends.
+    struct Drip {
+        pause: Pin<Box<tokio::time::Sleep>>,
+        sent: usize,
+    }
+
+    impl http_body::Body for Drip {
+        type Data = Bytes;
+        type Error = InvokeError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, InvokeError>>> {
+            let this = &mut *self;
+            let chunk = match this.sent {
+                0 => "first",
+                1 if this.pause.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                1 => "last",
+                _ => return Poll::Ready(None),
+            };
+            this.sent += 1;
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(chunk)))))
+        }
+    }
+
+    /// Instances of `t` (1 s timeout) whose responses drip, pausing `pause` part-way.
+    struct DripRuntime {
+        pause: Duration,
+        started: AtomicUsize,
+        stopped: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Runtime for DripRuntime {
+        async fn start_instance(
+            &self,
+            _spec: &InstanceSpec,
+            _first_request: &RequestId,
+        ) -> Result<Box<dyn Instance>, InvokeError> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(DripInstance {
+                pause: self.pause,
+                stopped: self.stopped.clone(),
+            }))
+        }
+        fn set_environments(&self, _environments: &[Environment]) {}
+        async fn shutdown(&self) {}
+    }
+
+    struct DripInstance {
+        pause: Duration,
+        stopped: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Instance for DripInstance {
+        async fn handle(
+            &mut self,
+            _id: &RequestId,
+            _request: http::Request<Bytes>,
+            _timeout: Duration,
+        ) -> Result<http::Response<ResponseBody>, InvokeError> {
+            let body = Drip {
+                pause: Box::pin(tokio::time::sleep(self.pause)),
+                sent: 0,
+            };
+            Ok(http::Response::new(crate::body::stream(body)))
+        }
+        fn is_healthy(&mut self) -> bool {
+            true
+        }
+        async fn stop(self: Box<Self>) {
+            self.stopped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn dripping_executor(pause: Duration) -> (Arc<Executor>, Arc<DripRuntime>) {
+        let runtime = Arc::new(DripRuntime {
+            pause,
+            started: AtomicUsize::new(0),
+            stopped: Arc::new(AtomicUsize::new(0)),
+        });
+        let executor = Executor::new(
+            ExecutorConfig::default(),
+            Arc::new(OneFunction),
+            runtime.clone(),
+            Arc::new(crate::NoObserver),
+        );
+        (executor, runtime)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_body_arrives_as_written_and_frees_its_instance_at_its_end() {
+        use http_body_util::BodyExt;
+        let (executor, runtime) = dripping_executor(Duration::from_millis(500));
+        let function = Name::parse("function", "t").unwrap();
+        let asked = Instant::now();
+        let mut body = executor.invoke(call("t")).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.as_ref(), b"first");
+        assert_eq!(
+            asked.elapsed(),
+            Duration::ZERO,
+            "the first chunk does not wait"
+        );
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!(counts.busy, 1, "the instance is busy until the last byte");
+        let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(last.as_ref(), b"last");
+        assert!(body.frame().await.is_none());
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!((counts.busy, counts.idle), (0, 1));
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_streaming_at_the_timeout_fails_and_its_instance_stops() {
+        use http_body_util::BodyExt;
+        let (executor, runtime) = dripping_executor(Duration::from_secs(5));
+        let mut body = executor.invoke(call("t")).await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        let asked = Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.reason(), "timeout");
+        assert_eq!(
+            asked.elapsed(),
+            Duration::from_secs(1),
+            "the function's 1 s timeout"
+        );
+        tokio::task::yield_now().await;
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_body_stops_its_instance() {
+        use http_body_util::BodyExt;
+        let (executor, runtime) = dripping_executor(Duration::from_millis(500));
+        let mut body = executor.invoke(call("t")).await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        tokio::task::yield_now().await;
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+        let function = Name::parse("function", "t").unwrap();
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!((counts.busy, counts.idle), (0, 0));
+        call_and_read(&executor, "t").await.unwrap();
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_leaving_before_a_short_body_of_known_length_costs_no_instance() {
+        let (executor, runtime) = executor(ExecutorConfig::default(), Duration::ZERO);
+        let response = executor.invoke(call("f")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(response);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let function = Name::parse("function", "f").unwrap();
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!(
+            (counts.busy, counts.idle),
+            (0, 1),
+            "read to its end and kept"
+        );
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -795,13 +1153,13 @@ mod tests {
             max_wasm_instances: 2,
             queue_depth: 10,
             queue_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
+            ..ExecutorConfig::default()
         };
         let (executor, runtime) = executor(config, Duration::from_millis(100));
         let calls: Vec<_> = (0..10)
             .map(|_| {
                 let executor = executor.clone();
-                tokio::spawn(async move { executor.invoke(call("f")).await })
+                tokio::spawn(async move { call_and_read(&executor, "f").await })
             })
             .collect();
         for call in calls {
@@ -829,7 +1187,7 @@ mod tests {
         let calls: Vec<_> = (0..50)
             .map(|_| {
                 let executor = executor.clone();
-                tokio::spawn(async move { executor.invoke(call("w")).await })
+                tokio::spawn(async move { call_and_read(&executor, "w").await })
             })
             .collect();
         for call in calls {
@@ -848,14 +1206,14 @@ mod tests {
         let (executor, runtime) = executor(config, Duration::from_millis(1));
         let shutdown = CancellationToken::new();
         tokio::spawn(executor.clone().run_reaper(shutdown.clone()));
-        executor.invoke(call("f")).await.unwrap();
+        call_and_read(&executor, "f").await.unwrap();
         let f = Name::parse("function", "f").unwrap();
         assert_eq!(executor.instance_counts(&Namespace::default(), &f).idle, 1);
         tokio::time::sleep(Duration::from_secs(7)).await;
         assert_eq!(executor.instance_counts(&Namespace::default(), &f).idle, 0);
         assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
 
-        executor.invoke(call("f")).await.unwrap();
+        call_and_read(&executor, "f").await.unwrap();
         executor.function_changed(&Namespace::default(), &f);
         tokio::task::yield_now().await;
         assert_eq!(
@@ -863,7 +1221,7 @@ mod tests {
             2,
             "a change stops idle instances"
         );
-        executor.invoke(call("f")).await.unwrap();
+        call_and_read(&executor, "f").await.unwrap();
         assert_eq!(
             runtime.started.load(Ordering::SeqCst),
             3,
@@ -871,7 +1229,7 @@ mod tests {
         );
         shutdown.cancel();
 
-        let missing = executor.invoke(call("g")).await.unwrap_err();
+        let missing = call_and_read(&executor, "g").await.unwrap_err();
         assert_eq!(missing.reason(), "function_not_found");
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Key types:
 //! - [`Invoker`]: the one call every trigger makes. Triggers depend on this trait only.
+//! - [`Enqueue`]: where an asynchronous invocation is handed over, beside `Invoker`.
 //! - [`Runtime`] / [`Instance`]: what a runtime tier (processes, later wasm) provides: ready,
 //!   specialized instances that each handle requests.
 //! - [`Executor`]: the concrete [`Invoker`]: keeps each function's warm instances, bounds how
@@ -12,12 +13,16 @@
 //!
 //! Not here: starting processes or sandboxes (runtime crates), HTTP listeners, storage.
 
+pub mod body;
+mod enqueue;
 mod error;
 mod executor;
 mod logs;
 mod observer;
 mod runtime;
 
+pub use body::ResponseBody;
+pub use enqueue::{Enqueue, EnqueueError};
 pub use error::InvokeError;
 pub use executor::{
     DeploymentSource, EffectiveScaling, Executor, ExecutorConfig, FunctionInstances, InstanceCounts,
@@ -105,9 +110,13 @@ pub struct Invocation {
 }
 
 /// Invokes functions. Called once per request, concurrently from any task; the future
-/// resolves when the function has answered, failed, or been refused for capacity. Dropping
-/// the future abandons the request and recycles the instance that was serving it.
+/// resolves when the function has answered (its status and headers; the body streams after),
+/// failed, or been refused for capacity. Dropping the future or the response's body abandons
+/// the request and stops the instance that was serving it.
 #[async_trait]
 pub trait Invoker: Send + Sync {
-    async fn invoke(&self, invocation: Invocation) -> Result<http::Response<Bytes>, InvokeError>;
+    async fn invoke(
+        &self,
+        invocation: Invocation,
+    ) -> Result<http::Response<ResponseBody>, InvokeError>;
 }

@@ -8,7 +8,7 @@ use gust_model::{
     Environment, Limits, Name, Namespace, NetworkPolicy, OutboundRule, RevisionNumber, Scaling,
 };
 
-use crate::{InvokeError, RequestId};
+use crate::{InvokeError, RequestId, ResponseBody};
 
 /// Everything a runtime needs to turn a generic worker into an instance of one revision.
 #[derive(Debug, Clone)]
@@ -87,13 +87,16 @@ pub trait Runtime: Send + Sync {
 /// One specialized instance. The executor hands it one request at a time.
 #[async_trait]
 pub trait Instance: Send {
-    /// Serves one request. On timeout the instance must be unusable afterwards (killed).
+    /// Serves one request: resolves with the response's status and headers, within
+    /// `timeout`; its body streams after, and the executor holds the instance until the body's
+    /// end (it enforces the rest of the timeout there). On timeout the instance must be
+    /// unusable afterwards (killed).
     async fn handle(
         &mut self,
         id: &RequestId,
         request: http::Request<Bytes>,
         timeout: Duration,
-    ) -> Result<http::Response<Bytes>, InvokeError>;
+    ) -> Result<http::Response<ResponseBody>, InvokeError>;
 
     /// False once the instance died or was killed; the executor then discards it.
     fn is_healthy(&mut self) -> bool;

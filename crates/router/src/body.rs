@@ -2,8 +2,7 @@
 //! shared by every body in flight (503: many large bodies at once cannot take Gust's memory),
 //! and a minimum rate (408: a client dripping bytes cannot hold a connection and its buffer for
 //! ever). The budget is taken as bytes arrive, never for a declared length alone, and a
-//! response stays counted until the client has taken all but its last chunk
-//! ([`held_response`]).
+//! request's stays counted until its response has ended ([`streamed_response`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use gust_executor::RequestId;
+use gust_executor::{InvokeError, RequestId, ResponseBody};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,21 +28,34 @@ const MIN_BODY_RATE: u64 = 32 * 1024;
 const UNIT: usize = 1024;
 /// Buffer allocated before a body's first bytes, whatever length it declares.
 const INITIAL_CAPACITY: usize = 64 * 1024;
-/// Piece of a response handed to the connection at a time.
-const RESPONSE_CHUNK: usize = 64 * 1024;
 
 /// Memory for request bodies being read or waiting on their function, shared by every request
-/// of the listeners it is given to.
+/// of the listeners it is given to, and the largest body one synchronous request may have.
 #[derive(Clone)]
 pub struct BodyBudget {
     units: Arc<Semaphore>,
+    request_limit: usize,
 }
 
 impl BodyBudget {
+    /// `bytes` for all bodies together; each synchronous request's at most
+    /// [`MAX_REQUEST_BYTES`](crate::MAX_REQUEST_BYTES) until [`Self::with_request_limit`].
     pub fn new(bytes: usize) -> Self {
         Self {
             units: Arc::new(Semaphore::new(bytes.div_ceil(UNIT))),
+            request_limit: crate::MAX_REQUEST_BYTES,
         }
+    }
+
+    /// Sets the largest body a synchronous request may have (`gust up --body-limit`).
+    pub fn with_request_limit(mut self, bytes: usize) -> Self {
+        self.request_limit = bytes;
+        self
+    }
+
+    /// The largest body a synchronous request may have.
+    pub fn request_limit(&self) -> usize {
+        self.request_limit
     }
 }
 
@@ -54,13 +66,6 @@ pub struct Reserved {
 }
 
 impl Reserved {
-    /// Grows the reservation by `bytes` (a response to hold beside its request), or fails at
-    /// once when the budget has no room.
-    pub fn extend(&mut self, bytes: usize) -> Result<(), BodyError> {
-        let held = self.permit.as_ref().map_or(0, |p| p.num_permits()) * UNIT;
-        self.cover(held + bytes)
-    }
-
     /// Grows the reservation to cover `bytes`, or fails at once when the budget has no room.
     fn cover(&mut self, bytes: usize) -> Result<(), BodyError> {
         let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
@@ -129,47 +134,47 @@ pub async fn read_limited(
     Ok((buffer.freeze(), reserved))
 }
 
-/// A response body that keeps `held` (its memory in the budget) until the connection has
-/// taken all but its last chunk, handing it over a chunk at a time so that a client that
-/// does not read keeps at most one chunk moving.
-pub fn held_response(bytes: Bytes, held: Reserved) -> Body {
-    Body::new(HeldResponse {
-        bytes,
-        sent: 0,
+/// A function's response as the connection sends it: chunks pass on as the function writes
+/// them, so the listener holds at most what the connection buffers, whatever the response's
+/// size. The request's reservation (`held`) is kept until the response ends. A response that
+/// breaks part-way (its function failed or ran out of time after its status was sent) ends
+/// the connection, which is how HTTP/1.1 tells a client a response is incomplete; the reason
+/// goes to the log under the request's id.
+pub fn streamed_response(body: ResponseBody, id: &RequestId, held: Reserved) -> Body {
+    Body::new(StreamedResponse {
+        inner: body,
+        id: id.clone(),
         _held: held,
     })
 }
 
-struct HeldResponse {
-    bytes: Bytes,
-    sent: usize,
+struct StreamedResponse {
+    inner: ResponseBody,
+    id: RequestId,
     _held: Reserved,
 }
 
-impl hyper::body::Body for HeldResponse {
+impl hyper::body::Body for StreamedResponse {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = InvokeError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        if this.sent >= this.bytes.len() {
-            return std::task::Poll::Ready(None);
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(err))) = &polled {
+            tracing::warn!(request_id = %self.id, reason = err.reason(), error = %err, "response ended part-way");
         }
-        let end = (this.sent + RESPONSE_CHUNK).min(this.bytes.len());
-        let chunk = this.bytes.slice(this.sent..end);
-        this.sent = end;
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.sent >= self.bytes.len()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact((self.bytes.len() - self.sent) as u64)
+        self.inner.size_hint()
     }
 }
 
@@ -241,10 +246,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_declared_length_alone_takes_nothing_and_a_response_holds_its_share_until_sent() {
+    async fn a_declared_length_alone_takes_nothing_and_a_request_holds_its_share_until_its_response_ends()
+     {
         let budget = BodyBudget::new(10 * UNIT);
         // Declares 8 KiB, sends 1: only what arrived is taken.
-        let (_small, mut held) = read_limited(
+        let (_small, held) = read_limited(
             &declaring(8 * UNIT),
             Body::from(vec![1u8; UNIT]),
             1 << 20,
@@ -253,12 +259,22 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(budget.units.available_permits(), 9);
-        held.extend(6 * UNIT).unwrap();
-        assert_eq!(budget.units.available_permits(), 3);
-        let body = held_response(Bytes::from(vec![7u8; 6 * UNIT]), held);
-        let sent = body.collect().await.unwrap().to_bytes();
-        assert_eq!(sent.len(), 6 * UNIT);
-        assert_eq!(budget.units.available_permits(), 10, "given back once sent");
+        let response = gust_executor::body::full(vec![7u8; 6 * UNIT]);
+        let mut body = streamed_response(response, &RequestId::new("r"), held);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), 6 * UNIT);
+        assert_eq!(
+            budget.units.available_permits(),
+            9,
+            "held while the response is out"
+        );
+        assert!(body.frame().await.is_none());
+        drop(body);
+        assert_eq!(
+            budget.units.available_permits(),
+            10,
+            "given back once it ended"
+        );
     }
 
     #[tokio::test]

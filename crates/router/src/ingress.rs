@@ -4,16 +4,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use gust_async_queue::AsyncQueue;
-use gust_executor::{Invocation, Invoker, RequestId, TriggerKind};
+use gust_executor::{
+    Enqueue, EnqueueError, Invocation, Invoker, RequestId, ResponseBody, TriggerKind,
+};
 use gust_model::{AsyncSource, RouteMode};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
-use crate::body::{BodyBudget, Reserved, held_response, read_limited};
+use crate::body::{BodyBudget, Reserved, read_limited, streamed_response};
 use crate::{ErrorBody, Routes, invoke_error_response};
 
-/// Largest request body a function receives (6 MB, as Lambda's synchronous limit).
+/// Largest request body a function receives by default (6 MB, as Lambda's synchronous
+/// limit; `gust up --body-limit` sets another).
 pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
 /// Largest body of an asynchronous invocation (256 KB, as Lambda's): it is stored until it
 /// has run.
@@ -46,7 +47,7 @@ const SERVED_METHODS: [http::Method; 7] = [
 pub struct PublicState {
     pub routes: Routes,
     pub invoker: Arc<dyn Invoker>,
-    pub queue: AsyncQueue,
+    pub queue: Arc<dyn Enqueue>,
     pub bodies: BodyBudget,
 }
 
@@ -117,7 +118,7 @@ async fn serve(
     let limit = if asynchronous {
         MAX_ASYNC_REQUEST_BYTES
     } else {
-        MAX_REQUEST_BYTES
+        state.bodies.request_limit()
     };
     // Held until the function has answered and the client has taken the response: the
     // bodies' memory stays counted while it lives.
@@ -181,11 +182,22 @@ async fn serve(
     }
 }
 
-/// `202` with the invocation id once it is stored; `503` when it could not be.
-pub fn accepted_response(
-    stored: Result<(), gust_async_queue::QueueError>,
-    id: &RequestId,
-) -> Response {
+/// `202` with the invocation id once it is stored; `429` when the queue is full, `503` when
+/// it could not be stored.
+pub fn accepted_response(stored: Result<(), EnqueueError>, id: &RequestId) -> Response {
+    let full = |reason, error: &EnqueueError| {
+        let mut response = ErrorBody {
+            component: "router",
+            reason,
+            request_id: Some(id.to_string()),
+            message: format!("{error}; nothing was accepted, try again later"),
+        }
+        .into_response_with(StatusCode::TOO_MANY_REQUESTS);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response
+    };
     match stored {
         Ok(()) => {
             let mut response = (
@@ -196,28 +208,10 @@ pub fn accepted_response(
             set(response.headers_mut(), "x-gust-request-id", id.as_str());
             response
         }
-        Err(gust_async_queue::QueueError::Full(full)) => {
-            let reason = match full {
-                gust_async_queue::QueueFull::FunctionDepth { .. } => "async_queue_full",
-                gust_async_queue::QueueFull::StoreBudget { .. } => "async_store_full",
-            };
-            let mut response = ErrorBody {
-                component: "router",
-                reason,
-                request_id: Some(id.to_string()),
-                message: format!(
-                    "{}; nothing was accepted, try again later",
-                    gust_async_queue::QueueError::Full(full)
-                ),
-            }
-            .into_response_with(StatusCode::TOO_MANY_REQUESTS);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            response
-        }
-        Err(err) => {
-            tracing::error!(error = %err, %id, "asynchronous invocation not accepted");
+        Err(error @ EnqueueError::FunctionFull { .. }) => full("async_queue_full", &error),
+        Err(error @ EnqueueError::QueueFull { .. }) => full("async_store_full", &error),
+        Err(error @ EnqueueError::Unavailable(_)) => {
+            tracing::error!(%error, %id, "asynchronous invocation not accepted");
             let mut response = ErrorBody {
                 component: "router",
                 reason: "queue_unavailable",
@@ -262,17 +256,19 @@ fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// The function's response as the caller gets it: hop-by-hop headers dropped, the request id
-/// added, its bytes held in the body budget beside the request's until the client has taken
-/// them (503 when the budget has no room for them).
+/// added, its body streamed as the function writes it, the request's reservation in the body
+/// budget held until it ends.
 pub fn function_response(
-    response: http::Response<Bytes>,
+    response: http::Response<ResponseBody>,
     id: &RequestId,
-    mut held: Reserved,
+    held: Reserved,
 ) -> Response {
     let (mut parts, body) = response.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
     }
+    // The connection sets the length from the body where the function's answer had one, and
+    // streams it chunked where not.
     parts.headers.remove(header::CONTENT_LENGTH);
     // Only Gust speaks in X-Gust-* headers, in both directions.
     let forged: Vec<HeaderName> = parts
@@ -285,8 +281,5 @@ pub fn function_response(
         parts.headers.remove(name);
     }
     set(&mut parts.headers, "x-gust-request-id", id.as_str());
-    if let Err(error) = held.extend(body.len()) {
-        return error.with_request_id(id);
-    }
-    Response::from_parts(parts, held_response(body, held))
+    Response::from_parts(parts, streamed_response(body, id, held))
 }

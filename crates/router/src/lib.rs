@@ -16,7 +16,7 @@ mod error_body;
 mod ingress;
 mod listener;
 
-pub use body::{BodyBudget, BodyError, Reserved, held_response, read_limited};
+pub use body::{BodyBudget, BodyError, Reserved, read_limited, streamed_response};
 pub use error_body::{ErrorBody, invoke_error_response};
 pub use ingress::{
     MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, PublicState, accepted_response, add_param_headers,

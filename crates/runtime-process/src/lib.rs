@@ -25,7 +25,7 @@ pub use cgroup::{Cgroups, WORKER_PIDS_MAX};
 pub use error::RuntimeError;
 pub use network::Uplinks;
 pub use sandbox::Sandbox;
-pub use worker::{FUNCTION_ERROR_HEADER, MAX_RESPONSE_BYTES};
+pub use worker::FUNCTION_ERROR_HEADER;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;

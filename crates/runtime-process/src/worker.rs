@@ -12,11 +12,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gust_executor::{
     Admission, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId,
+    ResponseBody,
 };
 use gust_model::NetworkPolicy;
 use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderValue, Method, Request, Response};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -38,8 +40,13 @@ pub const FUNCTION_ERROR_HEADER: &str = "x-gust-function-error";
 pub const PID_FILE: &str = "pid";
 /// Lines of a generic worker's output kept to explain a failed start.
 const EARLY_LINES: usize = 20;
-/// Largest response a function may return.
-pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// How long loading a function's code may take in a worker (as Fission's specialization
+/// timeout). A request waits for it only up to the executor's start bound; a load that
+/// finishes later still serves the requests after it.
+const SPECIALIZE_DEADLINE: Duration = Duration::from_secs(120);
+/// Most of an error answer's body read to keep the connection usable; a worker that sends
+/// more with its function-error header is stopped instead.
+const ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// What a worker's output lines are attributed to.
 #[derive(Default)]
@@ -293,8 +300,7 @@ impl Worker {
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
         };
-        match tokio::time::timeout(spec.limits.timeout.max(Duration::from_secs(10)), exchange).await
-        {
+        match tokio::time::timeout(SPECIALIZE_DEADLINE, exchange).await {
             Ok(Ok((status, _))) if status.is_success() => Ok(()),
             Ok(Ok((_, body))) => {
                 self.dead = true;
@@ -357,13 +363,13 @@ async fn probe(socket: &Path) -> Option<SendRequest<Full<Bytes>>> {
 }
 
 enum Exchange {
-    Answered(http::response::Parts, Bytes),
-    TooLarge,
+    /// The response's head; its body streams from the connection after.
+    Answered(http::response::Parts, Incoming),
     Broken,
 }
 
-/// Sends one request on a worker connection and reads the whole answer, within `timeout`
-/// (`None` when it ran out).
+/// Sends one request on a worker connection and waits for the head of its answer, within
+/// `timeout` (`None` when it ran out).
 async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Bytes>,
@@ -383,22 +389,16 @@ async fn exchange(
             .headers
             .insert(HOST, HeaderValue::from_static("gust-worker"));
     }
-    let head_request = parts.method == Method::HEAD;
     let request = Request::from_parts(parts, Full::new(body));
     let exchange = async {
         if sender.ready().await.is_err() {
             return Exchange::Broken;
         }
-        let Ok(response) = sender.send_request(request).await else {
-            return Exchange::Broken;
-        };
-        let (parts, body) = response.into_parts();
-        if head_request {
-            return Exchange::Answered(parts, Bytes::new());
-        }
-        match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-            Ok(collected) => Exchange::Answered(parts, collected.to_bytes()),
-            Err(err) if err.is::<LengthLimitError>() => Exchange::TooLarge,
+        match sender.send_request(request).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                Exchange::Answered(parts, body)
+            }
             Err(_) => Exchange::Broken,
         }
     };
@@ -406,13 +406,13 @@ async fn exchange(
 }
 
 /// What an exchange means for the caller, and whether the worker must be killed.
-fn outcome(
+async fn outcome(
     exchange: Option<Exchange>,
     function: String,
     timeout: Duration,
     memory_mb: u32,
     out_of_memory: impl FnOnce() -> bool,
-) -> (Result<Response<Bytes>, InvokeError>, bool) {
+) -> (Result<Response<ResponseBody>, InvokeError>, bool) {
     match exchange {
         None => (Err(InvokeError::Timeout { function, timeout }), true),
         Some(Exchange::Broken) if out_of_memory() => (
@@ -423,18 +423,29 @@ fn outcome(
             true,
         ),
         Some(Exchange::Broken) => (Err(InvokeError::WorkerExited { function }), true),
-        // The connection still holds unread bytes; this worker cannot be reused.
-        Some(Exchange::TooLarge) => (
-            Err(InvokeError::ResponseTooLarge {
-                function,
-                limit: MAX_RESPONSE_BYTES,
-            }),
-            true,
-        ),
-        Some(Exchange::Answered(parts, _)) if parts.headers.contains_key(FUNCTION_ERROR_HEADER) => {
-            (Err(InvokeError::FunctionError { function }), false)
+        Some(Exchange::Answered(parts, body))
+            if parts.headers.contains_key(FUNCTION_ERROR_HEADER) =>
+        {
+            // Read the short error body so the connection can serve again; a worker that
+            // sends more, or not in time, is not trusted with another request.
+            let drained =
+                tokio::time::timeout(timeout, Limited::new(body, ERROR_BODY_BYTES).collect())
+                    .await
+                    .is_ok_and(|read| read.is_ok());
+            (Err(InvokeError::FunctionError { function }), !drained)
         }
-        Some(Exchange::Answered(parts, body)) => (Ok(Response::from_parts(parts, body)), false),
+        Some(Exchange::Answered(parts, body)) => {
+            let body = body.map_err(move |_| InvokeError::WorkerExited {
+                function: function.clone(),
+            });
+            (
+                Ok(Response::from_parts(
+                    parts,
+                    gust_executor::body::stream(body),
+                )),
+                false,
+            )
+        }
     }
 }
 
@@ -472,7 +483,7 @@ impl Instance for Worker {
         id: &RequestId,
         request: Request<Bytes>,
         timeout: Duration,
-    ) -> Result<Response<Bytes>, InvokeError> {
+    ) -> Result<Response<ResponseBody>, InvokeError> {
         self.attribute_output_to(id);
         let exchange = exchange(&mut self.sender, request, timeout).await;
         let out_of_memory =
@@ -483,7 +494,8 @@ impl Instance for Worker {
             timeout,
             self.memory_mb,
             || out_of_memory,
-        );
+        )
+        .await;
         if kill {
             self.kill();
         }
@@ -578,17 +590,20 @@ impl Instance for Lane {
         id: &RequestId,
         request: Request<Bytes>,
         timeout: Duration,
-    ) -> Result<Response<Bytes>, InvokeError> {
+    ) -> Result<Response<ResponseBody>, InvokeError> {
         // With several requests in flight, output goes to whichever started last.
         self.shared.worker().attribute_output_to(id);
         let exchange = exchange(&mut self.sender, request, timeout).await;
+        let out_of_memory =
+            matches!(exchange, Some(Exchange::Broken)) && self.shared.worker().out_of_memory();
         let (result, kill) = outcome(
             exchange,
             self.shared.function.clone(),
             timeout,
             self.shared.memory_mb,
-            || self.shared.worker().out_of_memory(),
-        );
+            || out_of_memory,
+        )
+        .await;
         if kill {
             // The process is shared: its other requests fail with it, as they would if it
             // crashed.

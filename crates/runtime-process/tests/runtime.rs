@@ -81,6 +81,9 @@ async fn workers_start_specialize_and_serve_even_with_hundreds_of_descriptors_op
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
+        let response = gust_executor::body::read_response(response, "probe", 1024)
+            .await
+            .unwrap();
         assert_eq!(response.body().as_ref(), b"yes");
         instance.stop().await;
     }

@@ -256,9 +256,12 @@ mod tests {
             spawn(bystander, new_turns()).await.unwrap();
             let meanwhile = spun.load(Ordering::Relaxed) - before;
             drop(spinners);
-            // Without turns held while runnable, each of its yields waited for all 150.
+            // Without turns held while runnable, each of its yields waited for all 150 (about
+            // 420 polls for the three); with them a few polls each. The bound leaves room for
+            // the bystander's thread being descheduled on a busy machine meanwhile (200 µs a
+            // poll: 30 ms of it is 150 polls of the other guest thread).
             assert!(
-                meanwhile < 50,
+                meanwhile < 150,
                 "the spinners were polled {meanwhile} times while the bystander yielded 3 times"
             );
         });

@@ -4,14 +4,16 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use gust_executor::{
+    FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId, ResponseBody,
+};
+use http_body_util::Full;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
@@ -28,8 +30,6 @@ use crate::output::OutputCapture;
 
 /// Output kept per stream per request; more is dropped, with a note in the logs.
 const OUTPUT_CAPACITY: usize = 64 * 1024;
-/// Largest response body a component may return.
-pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
 pub struct WasmState {
     table: ResourceTable,
@@ -95,20 +95,23 @@ impl ResourceLimiter for MemoryLimit {
 pub struct WasmInstance {
     pre: ProxyPre<WasmState>,
     function: String,
-    log_key: String,
     env: Vec<(String, String)>,
     memory_bytes: usize,
     allow_outbound: Vec<gust_model::OutboundRule>,
     /// Requests one instantiation serves (`--reuse`); 1 is a fresh instance per request.
     reuse: u32,
-    /// The instantiated component kept for the next request, when reuse allows one.
-    live: Option<Live>,
-    logs: Arc<FunctionLogs>,
+    /// The instantiated component kept for the next request, when reuse allows one; put
+    /// back by the response's body once the handler returned.
+    live: Arc<Mutex<Option<Live>>>,
+    output: OutputSink,
     cpu: CpuMeter,
     instantiation: Histogram,
     slots: Arc<Semaphore>,
     /// The function's turns on the guest threads.
     turns: Arc<Semaphore>,
+    /// Longest a request waits for a fresh instance to be prepared (a pool slot, then
+    /// instantiation), apart from the function's timeout, which starts once it is instantiated.
+    start_timeout: Duration,
 }
 
 /// An instantiated component with its store, between requests.
@@ -128,11 +131,11 @@ impl WasmInstance {
         instantiation: Histogram,
         slots: Arc<Semaphore>,
         turns: Arc<Semaphore>,
+        start_timeout: Duration,
     ) -> Self {
         Self {
             pre,
             function: spec.function.to_string(),
-            log_key: gust_executor::function_key(&spec.namespace, &spec.function),
             env: spec
                 .env_vars
                 .iter()
@@ -141,12 +144,16 @@ impl WasmInstance {
             memory_bytes: spec.limits.memory_mb as usize * 1024 * 1024,
             allow_outbound: spec.allow_outbound.clone(),
             reuse: spec.scaling.reuse.max(1),
-            live: None,
-            logs,
+            live: Arc::default(),
+            output: OutputSink {
+                logs,
+                log_key: gust_executor::function_key(&spec.namespace, &spec.function),
+            },
             cpu: CpuMeter::default(),
             instantiation,
             slots,
             turns,
+            start_timeout,
         }
     }
 
@@ -185,8 +192,22 @@ impl WasmInstance {
         store.epoch_deadline_async_yield_and_update(1);
         (store, stdout, stderr)
     }
+}
 
-    fn record_output(&self, id: &RequestId, stream: LogStream, capture: &OutputCapture) {
+/// Where a request's captured output goes: the function's logs, under the request's id.
+#[derive(Clone)]
+struct OutputSink {
+    logs: Arc<FunctionLogs>,
+    log_key: String,
+}
+
+impl OutputSink {
+    fn record(&self, id: &RequestId, stdout: &OutputCapture, stderr: &OutputCapture) {
+        self.record_stream(id, LogStream::Stdout, stdout);
+        self.record_stream(id, LogStream::Stderr, stderr);
+    }
+
+    fn record_stream(&self, id: &RequestId, stream: LogStream, capture: &OutputCapture) {
         let output = capture.take();
         let text = output.bytes.strip_suffix(b"\n").unwrap_or(&output.bytes);
         if !text.is_empty() {
@@ -208,18 +229,15 @@ impl WasmInstance {
     }
 }
 
-enum Outcome {
-    Answered(http::response::Parts, Bytes),
-    TooLarge,
-    Failed { out_of_memory: bool },
-}
+/// A request's guest, as the request awaits it.
+type Guest = Pin<Box<dyn Future<Output = GuestResult> + Send>>;
 
 /// What the guest future hands back: the instance when the handler returned normally, and
 /// whether the memory limit refused a growth.
 type GuestResult = (Result<(Store<WasmState>, Proxy), wasmtime::Error>, bool);
 
 /// Awaits `main` while also driving `side` to completion, keeping `side`'s output in `done`.
-async fn alongside<M: Future, S: Future>(
+async fn alongside<M: Future, S: Future + ?Sized>(
     main: M,
     mut side: Pin<&mut S>,
     done: &mut Option<S::Output>,
@@ -237,7 +255,7 @@ async fn alongside<M: Future, S: Future>(
 }
 
 /// `side`'s output: the one [`alongside`] kept if `side` finished there, else awaited now.
-async fn finish<S: Future>(side: Pin<&mut S>, done: &mut Option<S::Output>) -> S::Output {
+async fn finish<S: Future + ?Sized>(side: Pin<&mut S>, done: &mut Option<S::Output>) -> S::Output {
     match done.take() {
         Some(output) => output,
         None => side.await,
@@ -258,9 +276,14 @@ impl Instance for WasmInstance {
         id: &RequestId,
         request: http::Request<Bytes>,
         timeout: Duration,
-    ) -> Result<http::Response<Bytes>, InvokeError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let (mut store, proxy, stdout, stderr, served) = match self.live.take() {
+    ) -> Result<http::Response<ResponseBody>, InvokeError> {
+        let prepared_by = tokio::time::Instant::now() + self.start_timeout;
+        let live = self
+            .live
+            .lock()
+            .expect("live lock is never poisoned")
+            .take();
+        let (mut store, proxy, stdout, stderr, served) = match live {
             Some(live) => (
                 live.store,
                 Some(live.proxy),
@@ -270,9 +293,10 @@ impl Instance for WasmInstance {
             ),
             None => {
                 // Every slot may be held, by instances kept for `--reuse` or stores not yet
-                // dropped: wait for one until the deadline, then refuse like a full queue.
+                // dropped: wait for one within the preparation bound, then refuse like a full
+                // queue.
                 let slot =
-                    match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+                    match tokio::time::timeout_at(prepared_by, self.slots.clone().acquire_owned())
                         .await
                     {
                         Ok(slot) => slot.expect("the slot semaphore is never closed"),
@@ -323,10 +347,11 @@ impl Instance for WasmInstance {
 
         let pre = self.pre.clone();
         let instantiation = self.instantiation.clone();
+        let (instantiated, prepared) = tokio::sync::oneshot::channel::<()>();
         // The guest runs on the guest threads, taking turns with the function's other guests
-        // (see `guests`). Its task is aborted when this request's future lets go of it: when
-        // the request is dropped (its client left) the guest goes with it instead of running
-        // on unobserved.
+        // (see `guests`). Its task is aborted when this request lets go of it: when the
+        // request or its response is dropped (its client left) the guest goes with it instead
+        // of running on unobserved.
         let guest = guests::spawn(
             self.cpu.time(async move {
                 let result = async {
@@ -339,6 +364,7 @@ impl Instance for WasmInstance {
                             proxy
                         }
                     };
+                    let _ = instantiated.send(());
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, incoming, outparam)
@@ -351,7 +377,7 @@ impl Instance for WasmInstance {
             }),
             self.turns.clone(),
         );
-        let mut guest = pin!(async move {
+        let mut guest: Guest = Box::pin(async move {
             guest.await.unwrap_or_else(|| {
                 (
                     Err(wasmtime::Error::msg("the guest's task panicked")),
@@ -361,26 +387,30 @@ impl Instance for WasmInstance {
         });
         let mut returned: Option<GuestResult> = None;
 
-        // First the response, within the timeout; the guest keeps running while it is awaited
-        // (it writes the body as it is read).
+        // Preparing the instance is bounded on its own; a guest that fails to instantiate
+        // drops `instantiated` and its failure is read below.
+        let preparation = tokio::time::timeout_at(
+            prepared_by,
+            alongside(prepared, guest.as_mut(), &mut returned),
+        )
+        .await;
+        if preparation.is_err() {
+            self.output.record(id, &stdout, &stderr);
+            return Err(InvokeError::StartTimeout {
+                function,
+                bound: self.start_timeout,
+            });
+        }
+        // The function's timeout runs from here; the response's head must come within it,
+        // the guest running meanwhile (it writes the body as it is read).
+        let deadline = tokio::time::Instant::now() + timeout;
         let outcome = tokio::time::timeout_at(deadline, async {
             let answer = alongside(
                 async {
                     match response.await {
-                        Ok(Ok(response)) => {
-                            let (parts, body) = response.into_parts();
-                            match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-                                Ok(collected) => {
-                                    Some(Outcome::Answered(parts, collected.to_bytes()))
-                                }
-                                Err(err) if err.is::<LengthLimitError>() => Some(Outcome::TooLarge),
-                                Err(_) => Some(Outcome::Failed {
-                                    out_of_memory: false,
-                                }),
-                            }
-                        }
-                        // The guest answered with an error code, or never answered (it trapped):
-                        // its return says why.
+                        Ok(Ok(response)) => Some(response),
+                        // The guest answered with an error code, or never answered (it
+                        // trapped): its return says why.
                         _ => None,
                     }
                 },
@@ -389,56 +419,65 @@ impl Instance for WasmInstance {
             )
             .await;
             match answer {
-                Some(outcome) => outcome,
+                Some(response) => Ok(response),
                 None => {
                     let (result, out_of_memory) = finish(guest.as_mut(), &mut returned).await;
                     if let Err(err) = &result {
                         tracing::debug!(error = %format!("{err:#}"), "guest failed");
                     }
-                    Outcome::Failed { out_of_memory }
+                    Err(out_of_memory)
                 }
             }
         })
         .await;
-        // Then the handler's return (a handler may go on after its response), so that all it
-        // printed is this request's and the instance can serve again. A handler still running
-        // at the deadline is dropped; its response, if complete, still stands.
-        if matches!(outcome, Ok(Outcome::Answered(..))) {
-            let finished =
-                tokio::time::timeout_at(deadline, finish(guest.as_mut(), &mut returned)).await;
-            if let Ok((Ok((store, proxy)), _)) = finished {
-                let served = served + 1;
-                if served < self.reuse {
-                    self.live = Some(Live {
-                        store,
-                        proxy,
-                        stdout: stdout.clone(),
-                        stderr: stderr.clone(),
-                        served,
-                    });
-                } else {
-                    retire(store);
+        let failed = |out_of_memory: bool| {
+            if out_of_memory {
+                InvokeError::OutOfMemory {
+                    function: function.clone(),
+                    limit_mb: (self.memory_bytes / (1024 * 1024)) as u32,
+                }
+            } else {
+                InvokeError::Trap {
+                    function: function.clone(),
                 }
             }
-        }
-        self.record_output(id, LogStream::Stdout, &stdout);
-        self.record_output(id, LogStream::Stderr, &stderr);
+        };
         match outcome {
-            Err(_) => Err(InvokeError::Timeout { function, timeout }),
-            Ok(Outcome::Answered(parts, body)) => Ok(http::Response::from_parts(parts, body)),
-            Ok(Outcome::TooLarge) => Err(InvokeError::ResponseTooLarge {
-                function,
-                limit: MAX_RESPONSE_BYTES,
-            }),
-            Ok(Outcome::Failed {
-                out_of_memory: true,
-            }) => Err(InvokeError::OutOfMemory {
-                function,
-                limit_mb: (self.memory_bytes / (1024 * 1024)) as u32,
-            }),
-            Ok(Outcome::Failed {
-                out_of_memory: false,
-            }) => Err(InvokeError::Trap { function }),
+            Err(_) => {
+                self.output.record(id, &stdout, &stderr);
+                Err(InvokeError::Timeout {
+                    function: function.clone(),
+                    timeout,
+                })
+            }
+            Ok(Err(out_of_memory)) => {
+                self.output.record(id, &stdout, &stderr);
+                Err(failed(out_of_memory))
+            }
+            Ok(Ok(response)) => {
+                let (parts, body) = response.into_parts();
+                let body = GuestBody {
+                    inner: body,
+                    guest,
+                    returned,
+                    body_ended: false,
+                    function,
+                    memory_limit_mb: (self.memory_bytes / (1024 * 1024)) as u32,
+                    after: Some(AfterGuest {
+                        id: id.clone(),
+                        stdout,
+                        stderr,
+                        served: served + 1,
+                        reuse: self.reuse,
+                        live: self.live.clone(),
+                        output: self.output.clone(),
+                    }),
+                };
+                Ok(http::Response::from_parts(
+                    parts,
+                    gust_executor::body::stream(body),
+                ))
+            }
         }
     }
 
@@ -453,4 +492,121 @@ impl Instance for WasmInstance {
     }
 
     async fn stop(self: Box<Self>) {}
+}
+
+/// What is done once a request's guest has returned: its output recorded under the request,
+/// its instantiation kept for the next request when `--reuse` allows one.
+struct AfterGuest {
+    id: RequestId,
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+    /// Requests this instantiation has served, this one included.
+    served: u32,
+    reuse: u32,
+    live: Arc<Mutex<Option<Live>>>,
+    output: OutputSink,
+}
+
+impl AfterGuest {
+    fn guest_returned(self, returned: Option<GuestResult>) {
+        self.output.record(&self.id, &self.stdout, &self.stderr);
+        let Some((Ok((store, proxy)), _)) = returned else {
+            return;
+        };
+        if self.served < self.reuse {
+            *self.live.lock().expect("live lock is never poisoned") = Some(Live {
+                store,
+                proxy,
+                stdout: self.stdout,
+                stderr: self.stderr,
+                served: self.served,
+            });
+        } else {
+            retire(store);
+        }
+    }
+}
+
+/// A component's response body as it writes it. After the body's end it waits for the
+/// guest's handler to return before it ends too, so that what the handler printed is the
+/// request's and its CPU time is billed; it then reports its end from `is_end_stream`, so that
+/// a handler still running at the function's deadline is dropped while its complete response
+/// stands. Dropping the body before its end (the client left, the timeout passed) aborts the
+/// guest.
+struct GuestBody {
+    inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+    guest: Guest,
+    returned: Option<GuestResult>,
+    /// The guest's body has ended; the handler's return is awaited.
+    body_ended: bool,
+    function: String,
+    memory_limit_mb: u32,
+    after: Option<AfterGuest>,
+}
+
+impl http_body::Body for GuestBody {
+    type Data = Bytes;
+    type Error = InvokeError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, InvokeError>>> {
+        let this = &mut *self;
+        if this.after.is_none() {
+            return Poll::Ready(None);
+        }
+        if this.returned.is_none()
+            && let Poll::Ready(output) = this.guest.as_mut().poll(cx)
+        {
+            this.returned = Some(output);
+        }
+        if !this.body_ended {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(_))) => {
+                    let out_of_memory = this.returned.as_ref().is_some_and(|(_, oom)| *oom);
+                    let err = if out_of_memory {
+                        InvokeError::OutOfMemory {
+                            function: this.function.clone(),
+                            limit_mb: this.memory_limit_mb,
+                        }
+                    } else {
+                        InvokeError::Trap {
+                            function: this.function.clone(),
+                        }
+                    };
+                    let after = this.after.take().expect("checked above");
+                    after.guest_returned(this.returned.take());
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(None) => this.body_ended = true,
+            }
+        }
+        match this.returned.take() {
+            Some(returned) => {
+                let after = this.after.take().expect("checked above");
+                after.guest_returned(Some(returned));
+                Poll::Ready(None)
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.after.is_none() || self.body_ended
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        if let Some(after) = self.after.take() {
+            after.guest_returned(None);
+        }
+    }
 }

@@ -33,6 +33,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Preparation bound until [`WasmRuntime::with_start_timeout`] sets one.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 use async_trait::async_trait;
 use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
 use gust_model::{Environment, Limits};
@@ -61,6 +64,9 @@ pub struct WasmRuntime {
     /// deadline and is then refused as over capacity, instead of failing to instantiate.
     slots: Arc<Semaphore>,
     pool: PoolSize,
+    /// Longest a request waits for its instance to be prepared (a pool slot, instantiation),
+    /// apart from the function's timeout.
+    start_timeout: Duration,
     /// Each function's turns on the guest threads (see `guests`), shared by its instances.
     turns: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
@@ -119,8 +125,16 @@ impl WasmRuntime {
             instantiation: Histogram::new(exponential_buckets(2e-6, 1.25, 40)),
             slots: Arc::new(Semaphore::new(pool.slots as usize)),
             pool,
+            start_timeout: DEFAULT_START_TIMEOUT,
             turns: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets how long a request may wait for its instance to be prepared (the executor's start
+    /// bound, `gust up --start-timeout`).
+    pub fn with_start_timeout(mut self, bound: Duration) -> Self {
+        self.start_timeout = bound;
+        self
     }
 
     /// Deletes the compiled artifacts of every component but those in `live` (the files of
@@ -248,6 +262,7 @@ impl Runtime for WasmRuntime {
             self.instantiation.clone(),
             self.slots.clone(),
             turns,
+            self.start_timeout,
         )))
     }
 
@@ -401,6 +416,9 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert!(mapped_from(&cache) > 0, "the component is in use");
+        gust_executor::body::read_response(response, "probe", 1 << 20)
+            .await
+            .unwrap();
         instance.stop().await;
         runtime.retire(&spec);
         // Stores are dropped on a task of their own once their response went out.
@@ -414,14 +432,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_waits_for_a_free_pool_slot_until_its_deadline() {
+    async fn a_request_waits_for_a_free_pool_slot_within_the_start_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let (runtime, mut spec) = probe_runtime(dir.path());
-        spec.limits.timeout = Duration::from_millis(300);
+        let (runtime, spec) = probe_runtime(dir.path());
+        let runtime = runtime.with_start_timeout(Duration::from_millis(300));
         let id = RequestId::new("r1");
         let request = || http::Request::get("/").body(bytes::Bytes::new()).unwrap();
 
-        // Every slot held (as by stores not yet dropped): refused once the timeout passes.
+        // Every slot held (as by stores not yet dropped): refused once the start bound passes.
         let held = runtime
             .slots
             .clone()
@@ -429,7 +447,9 @@ mod tests {
             .await
             .unwrap();
         let mut instance = runtime.start_instance(&spec, &id).await.unwrap();
-        let refused = instance.handle(&id, request(), spec.limits.timeout).await;
+        let refused = instance
+            .handle(&id, request(), Duration::from_secs(30))
+            .await;
         assert!(
             matches!(refused, Err(InvokeError::OverCapacity { .. })),
             "{refused:?}"

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gust_async_queue::{AsyncQueue, Clock, store_request};
+use gust_executor::body::read_response;
 use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
 use gust_model::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MqTrigger, StoredResponse, Verdict,
@@ -25,6 +26,8 @@ use crate::status::StatusCell;
 
 /// How often a message being worked on is reported in progress to its broker.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(4);
+/// Largest function response forwarded to a response topic, as one message.
+const MAX_RESPONSE_MESSAGE_BYTES: usize = 6 * 1024 * 1024;
 /// How long a message whose outcome could not be recorded waits before it is redelivered.
 const RELEASE_DELAY: Duration = Duration::from_secs(2);
 /// How often a trigger whose function is missing tries again.
@@ -154,7 +157,7 @@ impl TriggerContext {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self
+            let result = match self
                 .invoker
                 .invoke(Invocation {
                     id: id.clone(),
@@ -164,7 +167,19 @@ impl TriggerContext {
                     attempt,
                     request: self.request(event, id, attempt),
                 })
-                .await;
+                .await
+            {
+                // A response goes on as one message, so it is read whole.
+                Ok(response) => {
+                    read_response(
+                        response,
+                        self.trigger.function.as_str(),
+                        MAX_RESPONSE_MESSAGE_BYTES,
+                    )
+                    .await
+                }
+                Err(err) => Err(err),
+            };
             if !matches!(result, Err(InvokeError::FunctionNotFound { .. })) {
                 self.status.leave_waiting();
             }

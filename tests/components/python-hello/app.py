@@ -1,13 +1,15 @@
 """A wasi:http/proxy component in Python, built with componentize-py.
 
 Answers every request with a greeting, the request's method and path, and how many requests
-this instance has served (1 on every request unless the function opts into reuse).
+this instance has served (1 on every request unless the function opts into reuse). A path
+with `stream` in it is answered in two chunks a second apart.
 """
 
 import os
 
 from componentize_py_types import Ok
 from wit_world import exports
+from wit_world.imports import monotonic_clock
 from wit_world.imports.types import (
     Fields,
     IncomingRequest,
@@ -32,5 +34,10 @@ class IncomingHandler(exports.IncomingHandler):
         body = response.body()
         ResponseOutparam.set(response_out, Ok(response))
         with body.write() as stream:
-            stream.blocking_write_and_flush(text.encode())
+            if "stream" in (request.path_with_query() or ""):
+                stream.blocking_write_and_flush(b"first\n")
+                monotonic_clock.subscribe_duration(1_000_000_000).block()
+                stream.blocking_write_and_flush(b"second\n")
+            else:
+                stream.blocking_write_and_flush(text.encode())
         OutgoingBody.finish(body, None)

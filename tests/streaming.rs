@@ -1,0 +1,264 @@
+//! End-to-end: response bodies stream from the function to the client as they are written
+//! (a Python generator, a Node.js async iterator or stream, server-sent events), a streamed
+//! response of any size passes through Gust in bounded memory, and the function's timeout
+//! runs until the last byte.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use gust_harness::{Gust, GustOptions};
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+const PYTHON_DRIP: &str = "\
+import time
+def main():
+    yield 'first\\n'
+    time.sleep(1)
+    yield 'second\\n'
+";
+
+const NODE_DRIP: &str = "\
+module.exports = async function () {
+  async function* drip() {
+    yield 'first\\n';
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    yield 'second\\n';
+  }
+  return { status: 200, headers: { 'content-type': 'text/plain' }, body: drip() };
+};
+";
+
+/// A GET on the public listener, read by hand: the head, then the body as it arrives.
+struct Streamed {
+    reader: BufReader<TcpStream>,
+    head: String,
+}
+
+impl Streamed {
+    fn get(gust: &Gust, path: &str) -> Self {
+        let url = gust.public_url("/");
+        let authority = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let mut stream = TcpStream::connect(&authority).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        Self { reader, head }
+    }
+
+    fn status(&self) -> u16 {
+        self.head
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+
+    /// The next chunk of a chunked body; `None` at its end; an error when the connection
+    /// ended without the last chunk (the response was cut).
+    fn chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut size = String::new();
+        if self.reader.read_line(&mut size)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let size = usize::from_str_radix(size.trim(), 16)
+            .map_err(|_| std::io::Error::other(format!("not a chunk size: {size:?}")))?;
+        let mut data = vec![0; size + 2];
+        self.reader.read_exact(&mut data)?;
+        data.truncate(size);
+        Ok((size > 0).then_some(data))
+    }
+}
+
+/// The first chunk arrives while the function still sleeps before its second.
+fn assert_first_chunk_comes_before_the_rest(gust: &Gust, path: &str) {
+    let mut response = Streamed::get(gust, path);
+    assert_eq!(response.status(), 200, "{}", response.head);
+    assert_eq!(
+        response.header("transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    let first = response.chunk().unwrap().unwrap();
+    let first_at = Instant::now();
+    assert_eq!(first, b"first\n");
+    let second = response.chunk().unwrap().unwrap();
+    assert_eq!(second, b"second\n");
+    // Lower bound only: the function slept a second between its two chunks, so the first
+    // cannot have been held back until the end.
+    assert!(
+        first_at.elapsed() >= Duration::from_millis(800),
+        "the first chunk came only {:?} before the second",
+        first_at.elapsed()
+    );
+    assert_eq!(response.chunk().unwrap(), None);
+}
+
+#[test]
+fn a_python_generator_and_a_node_async_iterator_stream_chunk_by_chunk() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy("pydrip", "python", "drip.py", PYTHON_DRIP, &[]);
+    gust.deploy("nodedrip", "node", "drip.js", NODE_DRIP, &[]);
+    for _ in 0..2 {
+        // Cold, then warm on the same instance (a streamed response leaves it reusable).
+        assert_first_chunk_comes_before_the_rest(&gust, "/pydrip");
+        assert_first_chunk_comes_before_the_rest(&gust, "/nodedrip");
+    }
+    // Through the API's invoke as well.
+    let output = gust.cli(&["fn", "invoke", "pydrip"]).ok();
+    assert_eq!(output.stdout, "first\nsecond\n");
+}
+
+#[test]
+fn server_sent_events_reach_the_client_as_they_are_produced() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let source = "\
+import time
+def main(req):
+    def events():
+        for n in range(3):
+            yield 'id: %d\\ndata: tick %d\\n\\n' % (n, n)
+            time.sleep(0.3)
+    return events(), 200, {'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache'}
+";
+    gust.deploy("ticks", "python", "ticks.py", source, &[]);
+    let mut response = Streamed::get(&gust, "/ticks");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    assert!(response.header("x-gust-request-id").is_some());
+    for n in 0..3 {
+        let event = String::from_utf8(response.chunk().unwrap().unwrap()).unwrap();
+        assert_eq!(event, format!("id: {n}\ndata: tick {n}\n\n"));
+    }
+    assert_eq!(response.chunk().unwrap(), None);
+}
+
+/// Resident memory high-water mark of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_100_mb_streamed_response_passes_through_in_bounded_memory() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let source = "\
+def main():
+    block = b'x' * (1024 * 1024)
+    return (block for _ in range(100))
+";
+    gust.deploy("big", "python", "big.py", source, &["--memory", "256"]);
+    // Warm: the peak below is the response's, not the first start's.
+    let mut warm = gust.get("/big");
+    std::io::copy(&mut warm, &mut std::io::sink()).unwrap();
+    let before = peak_rss_kib(gust.pid());
+
+    let mut response = gust.get("/big");
+    assert_eq!(response.status(), 200);
+    let received = std::io::copy(&mut response, &mut std::io::sink()).unwrap();
+    assert_eq!(received, 100 * 1024 * 1024);
+    let grown_mib = (peak_rss_kib(gust.pid()) - before) / 1024;
+    // Buffered whole, the response alone would take 100 MiB.
+    assert!(
+        grown_mib < 32,
+        "gust's peak memory grew by {grown_mib} MiB for a 100 MiB response"
+    );
+}
+
+#[test]
+fn a_response_still_streaming_at_the_timeout_is_cut_and_the_next_request_is_served() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let source = "\
+import time
+def main(req):
+    if req.query.get('slow'):
+        def slow():
+            yield 'started\\n'
+            time.sleep(30)
+            yield 'never\\n'
+        return slow()
+    return 'quick'
+";
+    gust.deploy(
+        "slowstream",
+        "python",
+        "slow.py",
+        source,
+        &["--timeout", "1s"],
+    );
+    let asked = Instant::now();
+    let mut response = Streamed::get(&gust, "/slowstream?slow=1");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.chunk().unwrap().unwrap(), b"started\n");
+    // The response ends without its last chunk: the client can tell it is incomplete.
+    assert!(response.chunk().is_err(), "the response must be cut");
+    assert!(asked.elapsed() < Duration::from_secs(20));
+    let next = gust.get("/slowstream");
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.text().unwrap(), "quick");
+}
+
+#[test]
+fn a_wasm_component_streams_through_wasi_http() {
+    let built = tempfile::tempdir().unwrap();
+    let wasm = built.path().join("python-hello.wasm");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/components/python-hello/build.sh"
+    );
+    let status = std::process::Command::new(script)
+        .arg(&wasm)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the Python component failed");
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&[
+        "fn",
+        "create",
+        "pywasm",
+        "--env",
+        "wasm",
+        "--code",
+        wasm.to_str().unwrap(),
+    ])
+    .ok();
+    gust.cli(&["route", "create", "--fn", "pywasm", "--url", "/wasmstream"])
+        .ok();
+    for _ in 0..2 {
+        assert_first_chunk_comes_before_the_rest(&gust, "/wasmstream");
+    }
+}
