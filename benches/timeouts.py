@@ -5,7 +5,8 @@ Starts `gust up` (the release build by default) on free loopback ports, deploys 
 function that sleeps 2 s with `--timeout 500ms`, and sends 200 requests from 20 threads at
 once, with room for all of them (`--max-instances 20`). Every request times out, so every
 worker is killed and most requests need a new one (from the pool, or started while the pool
-refills): the cold start counts in the timeout.
+refills): the cold start is bounded on its own (`--start-timeout`) and the timeout runs from
+the request reaching its worker, so the baseline is the timeout plus that start.
 Prints the distribution of the time to the 504 against the function's timeout, the baseline.
 Run: `python3 benches/timeouts.py [path/to/gust]` after `cargo build --release`.
 """
