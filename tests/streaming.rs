@@ -262,3 +262,46 @@ fn a_wasm_component_streams_through_wasi_http() {
         assert_first_chunk_comes_before_the_rest(&gust, "/wasmstream");
     }
 }
+
+/// A client that stops reading fills the connection's buffers and the connection stops
+/// asking the response for more; the function's timeout still stops its worker and frees
+/// its capacity, while the client holds the connection.
+#[test]
+fn a_client_that_reads_nothing_does_not_keep_a_function_past_its_timeout() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let source = "\
+def main():
+    block = b'x' * 65536
+    def endless():
+        while True:
+            yield block
+    return endless()
+";
+    gust.deploy("endless", "python", "e.py", source, &["--timeout", "2s"]);
+    let url = gust.public_url("/");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut silent = TcpStream::connect(authority).unwrap();
+    write!(silent, "GET /endless HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let busy = || -> u64 {
+        let info: serde_json::Value = serde_json::from_str(
+            &gust
+                .cli(&["fn", "get", "endless", "-o", "json"])
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        info["instances"]["busy"].as_u64().unwrap() + info["instances"]["idle"].as_u64().unwrap()
+    };
+    let started = Instant::now();
+    gust_harness::eventually(Duration::from_secs(5), || (busy() == 1).then_some(()))
+        .expect("the stream starts");
+    let freed = gust_harness::eventually(Duration::from_secs(20), || (busy() == 0).then_some(()));
+    assert!(freed.is_some(), "the worker outlived its timeout");
+    // Well before the 30 s send timeout would have closed the connection.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}

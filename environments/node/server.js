@@ -122,6 +122,8 @@ async function sendStream(req, res, status, headers, first, iterator) {
   res.writeHead(status, headers);
   if (req.method === 'HEAD') {
     res.end();
+    // Nothing will read the rest: let the stream close what it holds (a file, a socket).
+    if (typeof iterator.return === 'function') await iterator.return();
     return;
   }
   try {
@@ -240,6 +242,7 @@ async function handle(req, res) {
       ? stream[Symbol.asyncIterator]()
       : stream;
     const first = await iterator.next();
+    if (!first.done) toChunk(first.value); // a first chunk of the wrong type is a function error
     streamed = () => sendStream(req, res, status, headers, first, iterator);
   } catch (err) {
     console.error(err && err.stack ? err.stack : String(err));

@@ -196,11 +196,14 @@ class _Stream:
     """A streamed body: its first chunk (already produced) and the rest."""
 
     def __init__(self, first, rest):
-        self.first, self.rest = first, rest
+        # Checked now, before the head is sent: a first chunk of the wrong type is still a
+        # function error.
+        self.first = first if first is _END else _chunk(first)
+        self.rest = rest
 
     def chunks(self):
         if self.first is not _END:
-            yield _chunk(self.first)
+            yield self.first
             for item in self.rest:
                 yield _chunk(item)
 

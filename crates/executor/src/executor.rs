@@ -596,12 +596,7 @@ impl Invoker for Executor {
             attempt.finish(parts.status.as_u16(), true);
             return Ok(http::Response::from_parts(parts, body));
         }
-        let body = Metered {
-            inner: body,
-            deadline: Box::pin(tokio::time::sleep_until(attempt.dispatched + timeout)),
-            timeout,
-            attempt: Some(attempt),
-        };
+        let body = Metered::new(body, attempt, timeout);
         Ok(http::Response::from_parts(parts, crate::body::stream(body)))
     }
 }
@@ -650,12 +645,88 @@ impl Attempt {
 /// A response body that ends its [`Attempt`] with its last byte, fails with a timeout when
 /// the function's time runs out part-way (the instance is stopped), and stops an instance
 /// whose response was abandoned (its client left) rather than reuse a connection with unread
-/// bytes in it.
+/// bytes in it. The deadline holds even while nobody polls the body (a client that stops
+/// reading fills the connection's buffers, and the connection stops asking for more): once a
+/// response is streaming, a watchdog task ends its attempt at the deadline.
 struct Metered {
     inner: ResponseBody,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
-    attempt: Option<Attempt>,
+    function: String,
+    /// Taken by whichever ends the attempt first: the body, or its watchdog.
+    attempt: Arc<Mutex<Option<Attempt>>>,
+    ended: bool,
+    watchdog: Option<tokio::task::AbortHandle>,
+}
+
+impl Metered {
+    fn new(inner: ResponseBody, attempt: Attempt, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(attempt.dispatched + timeout)),
+            timeout,
+            function: attempt.report.function.to_string(),
+            attempt: Arc::new(Mutex::new(Some(attempt))),
+            ended: false,
+            watchdog: None,
+        }
+    }
+
+    fn take(&self) -> Option<Attempt> {
+        self.attempt
+            .lock()
+            .expect("attempt lock is never poisoned")
+            .take()
+    }
+
+    fn timed_out(&mut self) -> InvokeError {
+        self.ended = true;
+        let err = InvokeError::Timeout {
+            function: self.function.clone(),
+            timeout: self.timeout,
+        };
+        if let Some(attempt) = self.take() {
+            attempt.finish(err.status(), false);
+        }
+        err
+    }
+
+    /// The whole body was read: the instance may serve again.
+    fn finish_complete(&mut self) {
+        self.ended = true;
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+        if let Some(attempt) = self.take() {
+            let status = attempt.report.status;
+            attempt.finish(status, true);
+        }
+    }
+
+    /// From the first chunk of a response that goes on: its attempt ends at the deadline
+    /// whether or not the body is polled then.
+    fn arm_watchdog(&mut self) {
+        if self.watchdog.is_some() {
+            return;
+        }
+        let (attempt, deadline, function) = (
+            self.attempt.clone(),
+            self.deadline.deadline(),
+            self.function.clone(),
+        );
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            let expired = attempt
+                .lock()
+                .expect("attempt lock is never poisoned")
+                .take();
+            if let Some(attempt) = expired {
+                tracing::warn!(%function, "response still unsent at the timeout; instance stopped");
+                attempt.finish(504, false);
+            }
+        });
+        self.watchdog = Some(watchdog.abort_handle());
+    }
 }
 
 impl http_body::Body for Metered {
@@ -667,9 +738,9 @@ impl http_body::Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, InvokeError>>> {
         let this = &mut *self;
-        let Some(attempt) = &this.attempt else {
+        if this.ended {
             return Poll::Ready(None);
-        };
+        }
         if this.deadline.as_mut().poll(cx).is_ready() {
             // Every byte was sent and only the instance's own ending was awaited (a wasm
             // handler running on after its response): the response stands.
@@ -677,14 +748,7 @@ impl http_body::Body for Metered {
                 this.finish_complete();
                 return Poll::Ready(None);
             }
-            let function = attempt.report.function.to_string();
-            let attempt = this.attempt.take().expect("checked above");
-            let err = InvokeError::Timeout {
-                function,
-                timeout: this.timeout,
-            };
-            attempt.finish(err.status(), false);
-            return Poll::Ready(Some(Err(err)));
+            return Poll::Ready(Some(Err(this.timed_out())));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
@@ -694,12 +758,16 @@ impl http_body::Body for Metered {
                 // has every byte).
                 if this.inner.is_end_stream() {
                     this.finish_complete();
+                } else {
+                    this.arm_watchdog();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                let attempt = this.attempt.take().expect("checked above");
-                attempt.finish(err.status(), false);
+                this.ended = true;
+                if let Some(attempt) = this.take() {
+                    attempt.finish(err.status(), false);
+                }
                 Poll::Ready(Some(Err(err)))
             }
             Poll::Ready(None) => {
@@ -711,7 +779,7 @@ impl http_body::Body for Metered {
 
     fn is_end_stream(&self) -> bool {
         // Not before its end was polled: that is when the attempt finishes.
-        self.attempt.is_none()
+        self.ended
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -719,19 +787,12 @@ impl http_body::Body for Metered {
     }
 }
 
-impl Metered {
-    /// The whole body was read: the instance may serve again.
-    fn finish_complete(&mut self) {
-        if let Some(attempt) = self.attempt.take() {
-            let status = attempt.report.status;
-            attempt.finish(status, true);
-        }
-    }
-}
-
 impl Drop for Metered {
     fn drop(&mut self) {
-        let Some(attempt) = self.attempt.take() else {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+        let Some(attempt) = self.take() else {
             return;
         };
         let status = attempt.report.status;
@@ -1111,6 +1172,24 @@ mod tests {
         );
         tokio::task::yield_now().await;
         assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_its_client_stops_reading_still_ends_at_the_timeout() {
+        use http_body_util::BodyExt;
+        let (executor, runtime) = dripping_executor(Duration::from_secs(5));
+        let mut body = executor.invoke(call("t")).await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        // Nobody polls the body now (a connection whose client reads nothing); the function's
+        // 1 s timeout still stops its instance and frees its capacity.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+        let function = Name::parse("function", "t").unwrap();
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!((counts.busy, counts.idle), (0, 0));
+        // When the connection asks again, the response fails rather than ending as if whole.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.reason(), "timeout");
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,6 +70,13 @@ where
 /// A guest running on the guest threads; aborted when dropped.
 pub struct GuestTask<T>(JoinHandle<T>);
 
+impl<T> GuestTask<T> {
+    /// Stops the guest from elsewhere (at its next yield), however its task is held.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.0.abort_handle()
+    }
+}
+
 impl<T> Future for GuestTask<T> {
     /// `None` if the guest panicked.
     type Output = Option<T>;

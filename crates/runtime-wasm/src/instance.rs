@@ -112,6 +112,9 @@ pub struct WasmInstance {
     /// Longest a request waits for a fresh instance to be prepared (a pool slot, then
     /// instantiation), apart from the function's timeout, which starts once it is instantiated.
     start_timeout: Duration,
+    /// The guest of the request being served: `stop` (the executor's timeout) aborts it even
+    /// while its response's body is held by a connection that no longer polls it.
+    running: Option<tokio::task::AbortHandle>,
 }
 
 /// An instantiated component with its store, between requests.
@@ -154,6 +157,7 @@ impl WasmInstance {
             slots,
             turns,
             start_timeout,
+            running: None,
         }
     }
 
@@ -377,6 +381,7 @@ impl Instance for WasmInstance {
             }),
             self.turns.clone(),
         );
+        self.running = Some(guest.abort_handle());
         let mut guest: Guest = Box::pin(async move {
             guest.await.unwrap_or_else(|| {
                 (
@@ -491,7 +496,11 @@ impl Instance for WasmInstance {
         true
     }
 
-    async fn stop(self: Box<Self>) {}
+    async fn stop(self: Box<Self>) {
+        if let Some(guest) = &self.running {
+            guest.abort();
+        }
+    }
 }
 
 /// What is done once a request's guest has returned: its output recorded under the request,
