@@ -191,7 +191,9 @@ def main():
     assert_eq!(response.status(), 200);
     let received = std::io::copy(&mut response, &mut std::io::sink()).unwrap();
     assert_eq!(received, 100 * 1024 * 1024);
-    let grown_mib = (peak_rss_kib(gust.pid()) - before) / 1024;
+    // The kernel's counters behind VmHWM are per-CPU approximations, so a peak read twice
+    // can come out a few pages lower the second time.
+    let grown_mib = peak_rss_kib(gust.pid()).saturating_sub(before) / 1024;
     // Buffered whole, the response alone would take 100 MiB.
     assert!(
         grown_mib < 32,
