@@ -6,21 +6,13 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use gust_api_types::{CodeSource, UploadView};
 use http::Method;
-use serde::Serialize;
-use serde_json::Value;
 
 use crate::client::{ApiClient, ApiPath};
 
-/// The `code` of a function's create or update body.
-#[derive(Debug, Serialize)]
-pub struct CodeUpload {
-    pub filename: String,
-    pub upload: String,
-}
-
 /// Packs `path` and sends it to Gust; returns what the function's body names.
-pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeUpload> {
+pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeSource> {
     let (filename, bytes) = pack(path)?;
     let response = client
         .send(
@@ -34,13 +26,13 @@ pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeUploa
         )
         .await?
         .success()?;
-    let answer: Value =
+    let answer: UploadView =
         serde_json::from_slice(&response.body).context("the API answered with unexpected JSON")?;
-    let upload = answer["upload"]
-        .as_str()
-        .context("the API's answer to the upload has no id")?
-        .to_owned();
-    Ok(CodeUpload { filename, upload })
+    Ok(CodeSource {
+        filename,
+        content_base64: None,
+        upload: Some(answer.upload),
+    })
 }
 
 fn pack(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {

@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run Gust: API, router, executor and embedded store in one process.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Create, update, inspect, invoke and delete functions.
     #[command(name = "fn")]
     Function(function::FunctionArgs),
@@ -74,12 +74,26 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let command = node_config::apply(Cli::command(), &args)?;
-    let cli = Cli::from_arg_matches(&command.get_matches_from(args)).unwrap_or_else(|e| e.exit());
+    let matches = match command.try_get_matches_from(args) {
+        Ok(matches) => matches,
+        // A bad value (`--timeout soon`) is one line naming the flag and the value, like every
+        // other refusal; usage mistakes keep clap's hints.
+        Err(err) if err.kind() == clap::error::ErrorKind::ValueValidation => {
+            let rendered = err.render().to_string();
+            eprintln!(
+                "{}",
+                rendered.lines().next().unwrap_or("error: invalid value")
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(err) => err.exit(),
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Up(_)) {
         end_quietly_on_closed_stdout();
     }
     match cli.command {
-        Command::Up(args) => up::run(args),
+        Command::Up(args) => up::run(*args),
         Command::Completion(args) => completion::run(args),
         Command::Function(args) => client::block_on(function::run(args, &cli.connection)),
         Command::Env(args) => client::block_on(env::run(args, &cli.connection)),

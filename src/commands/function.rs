@@ -6,8 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
+use gust_api_types::{FunctionSettings, FunctionSpec, FunctionView, LogLine, RollbackRequest};
+use gust_model::Revision;
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::code_upload;
@@ -19,98 +21,28 @@ pub struct FunctionArgs {
     command: FunctionCommand,
 }
 
-/// Settings shared by create and update; on update only the given ones change.
+/// Settings shared by create and update; on update only the given ones change. The flags
+/// are the API's own fields ([`FunctionSettings`]), so the CLI cannot drift from the server.
 #[derive(Debug, Args)]
 struct SpecArgs {
-    /// Environment (python, node, or a custom one)
-    #[arg(long)]
-    env: Option<String>,
     /// A source file, a directory, or a .zip/.tar.gz archive
     #[arg(long)]
     code: Option<PathBuf>,
-    /// module.function (Python) or file.export (Node.js); the runtime's default when omitted
-    #[arg(long)]
-    entrypoint: Option<String>,
-    /// Request timeout, e.g. 500ms, 30s [default: 60s]
-    #[arg(long)]
-    timeout: Option<String>,
-    /// Memory in MB [default: 128]
-    #[arg(long)]
-    memory: Option<u32>,
-    /// Environment variable KEY=VALUE (repeatable; on update the given set replaces the old one)
-    #[arg(long = "env-var")]
-    env_vars: Vec<String>,
-    /// Origin a function may call, e.g. https://api.example.com, *://10.0.0.5:6379 or (wasm)
-    /// https://*.example.com (repeatable; on update the given list replaces the old one). A
-    /// wasm function reaches nothing else; a process function with a list reaches only the
-    /// listed hosts' addresses on the listed ports
-    #[arg(long = "allow-outbound")]
-    allow_outbound: Vec<String>,
-    /// Process functions: `outbound` (public addresses only; the host's loopback, private and
-    /// link-local ranges unreachable) or `none` (no network) [default: outbound]
-    #[arg(long)]
-    network: Option<String>,
-    /// Requests one process instance serves at once [default: 1]
-    #[arg(long)]
-    concurrency: Option<u32>,
-    /// Instances kept running with no traffic [default: 0, scale to zero]
-    #[arg(long)]
-    min_instances: Option<u32>,
-    /// Most instances at once [default: 10 for process environments, 1000 for wasm]
-    #[arg(long)]
-    max_instances: Option<u32>,
-    /// Stop an instance unused this long, down to --min-instances [default: gust up's, 120s]
-    #[arg(long)]
-    idle_timeout: Option<String>,
-    /// Requests that may wait when every instance is busy [default: 1000]
-    #[arg(long)]
-    queue_depth: Option<u32>,
-    /// How long a request may wait for an instance before 429 [default: 10s]
-    #[arg(long)]
-    queue_timeout: Option<String>,
-    /// Requests one wasm instance serves before a fresh one replaces it [default: 1, a fresh
-    /// instance per request]; see the docs for the isolation trade-off
-    #[arg(long)]
-    reuse: Option<u32>,
-    /// Attempts of an asynchronous invocation, the first one included [default: 3]
-    #[arg(long)]
-    max_attempts: Option<u32>,
-    /// An asynchronous invocation not done this long after it was accepted expires [default: 6h]
-    #[arg(long)]
-    max_age: Option<String>,
-    /// Revisions the function keeps, the current one included; older ones and code only they
-    /// used are deleted [default: 10]
-    #[arg(long)]
-    keep_revisions: Option<u32>,
+    #[command(flatten)]
+    settings: FunctionSettings,
 }
 
 impl SpecArgs {
-    async fn body(&self, client: &ApiClient, name: &str) -> anyhow::Result<Value> {
+    async fn body(&self, client: &ApiClient, name: &str) -> anyhow::Result<FunctionSpec> {
         let code = match self.code.as_deref() {
             Some(path) => Some(code_upload::upload(client, path).await?),
             None => None,
         };
-        Ok(json!({
-            "name": name,
-            "code": code,
-            "env": self.env,
-            "entrypoint": self.entrypoint,
-            "timeout": self.timeout,
-            "memory_mb": self.memory,
-            "env_vars": (!self.env_vars.is_empty()).then_some(&self.env_vars),
-            "allow_outbound": (!self.allow_outbound.is_empty()).then_some(&self.allow_outbound),
-            "network": self.network,
-            "concurrency": self.concurrency,
-            "min_instances": self.min_instances,
-            "max_instances": self.max_instances,
-            "idle_timeout": self.idle_timeout,
-            "queue_depth": self.queue_depth,
-            "queue_timeout": self.queue_timeout,
-            "reuse": self.reuse,
-            "max_attempts": self.max_attempts,
-            "max_age": self.max_age,
-            "keep_revisions": self.keep_revisions,
-        }))
+        Ok(FunctionSpec {
+            name: Some(name.to_owned()),
+            code,
+            settings: self.settings.clone(),
+        })
     }
 }
 
@@ -183,7 +115,7 @@ enum FunctionCommand {
     },
 }
 
-fn function_table(functions: &[Value]) -> Table {
+fn function_table(functions: &[FunctionView]) -> Table {
     let mut table = Table::new(vec![
         "NAME",
         "ENV",
@@ -195,19 +127,13 @@ fn function_table(functions: &[Value]) -> Table {
     ]);
     for f in functions {
         table.row(vec![
-            f["name"].as_str().unwrap_or_default().to_owned(),
-            f["env"].as_str().unwrap_or_default().to_owned(),
-            f["revision"].to_string(),
-            duration_ms(f["timeout_ms"].as_u64().unwrap_or(0)),
-            format!("{}MB", f["memory_mb"]),
-            format!(
-                "{}-{}",
-                f["scaling"]["min_instances"], f["scaling"]["max_instances"]
-            ),
-            format!(
-                "{} busy, {} idle",
-                f["instances"]["busy"], f["instances"]["idle"]
-            ),
+            f.name.to_string(),
+            f.env.to_string(),
+            f.revision.to_string(),
+            duration_ms(f.timeout_ms),
+            format!("{}MB", f.memory_mb),
+            format!("{}-{}", f.scaling.min_instances, f.scaling.max_instances),
+            format!("{} busy, {} idle", f.instances.busy, f.instances.idle),
         ]);
     }
     table
@@ -217,37 +143,37 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
     let client = ApiClient::new(connection)?;
     match args.command {
         FunctionCommand::Create { name, spec } => {
-            let f: Value = client
+            let f: FunctionView = client
                 .json(
                     Method::POST,
                     &ApiPath::new(["v1", "functions"]),
                     Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
-            eprintln!("function {name} created (revision {})", f["revision"]);
+            eprintln!("function {name} created (revision {})", f.revision);
         }
         FunctionCommand::Update { name, spec } => {
-            let f: Value = client
+            let f: FunctionView = client
                 .json(
                     Method::PUT,
                     &ApiPath::new(["v1", "functions", name.as_str()]),
                     Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
-            eprintln!("function {name} updated (revision {})", f["revision"]);
+            eprintln!("function {name} updated (revision {})", f.revision);
         }
         FunctionCommand::Rollback { name, to } => {
-            let f: Value = client
+            let f: FunctionView = client
                 .json(
                     Method::POST,
                     &ApiPath::new(["v1", "functions", name.as_str(), "rollback"]),
-                    Some(&json!({ "to": to })),
+                    Some(&RollbackRequest { to }),
                 )
                 .await?;
-            eprintln!("function {name} rolled back (revision {})", f["revision"]);
+            eprintln!("function {name} rolled back (revision {})", f.revision);
         }
         FunctionCommand::Get { name, output } => {
-            let f: Value = client
+            let f: FunctionView = client
                 .json(
                     Method::GET,
                     &ApiPath::new(["v1", "functions", name.as_str()]),
@@ -259,13 +185,13 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
             })?;
         }
         FunctionCommand::List(output) => {
-            let functions: Vec<Value> = client
+            let functions: Vec<FunctionView> = client
                 .json(Method::GET, &ApiPath::new(["v1", "functions"]), NO_BODY)
                 .await?;
             print(output.format, &functions, || function_table(&functions))?;
         }
         FunctionCommand::Revisions { name, output } => {
-            let revisions: Vec<Value> = client
+            let revisions: Vec<Revision> = client
                 .json(
                     Method::GET,
                     &ApiPath::new(["v1", "functions", name.as_str(), "revisions"]),
@@ -276,17 +202,10 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                 let mut table = Table::new(vec!["REVISION", "ENV", "CODE", "COPIED FROM"]);
                 for r in &revisions {
                     table.row(vec![
-                        r["number"].to_string(),
-                        r["environment"].as_str().unwrap_or_default().to_owned(),
-                        r["code"]["digest"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(12)
-                            .collect(),
-                        r.get("copied_from")
-                            .map(|c| c.to_string())
-                            .unwrap_or_default(),
+                        r.number.to_string(),
+                        r.environment.to_string(),
+                        r.code.digest.chars().take(12).collect(),
+                        r.copied_from.map(|c| c.to_string()).unwrap_or_default(),
                     ]);
                 }
                 table
@@ -393,22 +312,21 @@ async fn logs(
         if let Some(id) = &request_id {
             path = path.query("request_id", id);
         }
-        let lines: Vec<Value> = client.json(Method::GET, &path, NO_BODY).await?;
-        if let Some(last) = lines.last().and_then(|l| l["seq"].as_u64()) {
-            after = Some(last);
+        let lines: Vec<LogLine> = client.json(Method::GET, &path, NO_BODY).await?;
+        if let Some(last) = lines.last() {
+            after = Some(last.seq);
         }
         if format == Format::Table {
             for line in &lines {
                 println!(
                     "{} {} {} {} {}",
                     humantime::format_rfc3339_millis(
-                        std::time::UNIX_EPOCH
-                            + Duration::from_millis(line["time_ms"].as_u64().unwrap_or(0))
+                        std::time::UNIX_EPOCH + Duration::from_millis(line.time_ms)
                     ),
-                    line["request_id"].as_str().unwrap_or("-"),
-                    line["instance"].as_str().unwrap_or("-"),
-                    line["stream"].as_str().unwrap_or("-"),
-                    line["text"].as_str().unwrap_or(""),
+                    line.request_id.as_deref().unwrap_or("-"),
+                    line.instance,
+                    line.stream,
+                    line.text,
                 );
             }
         } else if !(follow && lines.is_empty()) {

@@ -6,11 +6,13 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use base64::Engine;
 use bytes::Bytes;
+use gust_api_types::{
+    DeadLetterQuery, DeadLetterView, NamespaceQuery, Purged, Redriven, RequestView, Selection,
+};
 use gust_async_queue::QueueError;
 use gust_model::{AsyncInvocation, Name, Namespace};
-use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiState, NamespaceQuery, parse_json};
+use crate::{ApiError, ApiState, NamespaceExt, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -56,6 +58,7 @@ async fn load(
         })
 }
 
+#[utoipa::path(get, path = "/invocations/{id}", tag = "asynchronous", params(("id" = String, Path, description = "the invocation's id"), NamespaceQuery), responses((status = 200, body = AsyncInvocation)))]
 pub async fn show_invocation(
     State(state): Shared,
     Path(id): Path<String>,
@@ -65,13 +68,7 @@ pub async fn show_invocation(
     load(&state, &namespace, &id).await.map(Json)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct DeadLetterQuery {
-    namespace: Option<String>,
-    function: Option<String>,
-    limit: Option<usize>,
-}
-
+#[utoipa::path(get, path = "/dlq", tag = "asynchronous", params(DeadLetterQuery), responses((status = 200, body = [AsyncInvocation])))]
 pub async fn list_dead_letters(
     State(state): Shared,
     Query(query): Query<DeadLetterQuery>,
@@ -94,22 +91,7 @@ pub async fn list_dead_letters(
     ))
 }
 
-/// A dead letter with the request it would deliver again.
-#[derive(Debug, Serialize)]
-pub struct DeadLetterView {
-    #[serde(flatten)]
-    invocation: AsyncInvocation,
-    request: RequestView,
-}
-
-#[derive(Debug, Serialize)]
-struct RequestView {
-    method: String,
-    uri: String,
-    headers: Vec<(String, String)>,
-    body_base64: String,
-}
-
+#[utoipa::path(get, path = "/dlq/{id}", tag = "asynchronous", params(("id" = String, Path, description = "the dead letter's invocation id"), NamespaceQuery), responses((status = 200, body = DeadLetterView)))]
 pub async fn show_dead_letter(
     State(state): Shared,
     Path(id): Path<String>,
@@ -143,59 +125,41 @@ pub async fn show_dead_letter(
     }))
 }
 
-/// Which dead letters a redrive or purge acts on: exactly one of the three.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Selection {
-    #[serde(default)]
-    ids: Vec<String>,
-    #[serde(default)]
-    function: Option<String>,
-    #[serde(default)]
-    all: bool,
-}
-
-impl Selection {
-    async fn resolve(
-        self,
-        state: &ApiState,
-        namespace: &Namespace,
-    ) -> Result<Vec<String>, ApiError> {
-        let chosen = usize::from(!self.ids.is_empty())
-            + usize::from(self.function.is_some())
-            + usize::from(self.all);
-        if chosen != 1 {
-            return Err(ApiError::Invalid(
-                "name dead letters by ids, by function, or all of them (exactly one)".into(),
-            ));
-        }
-        if !self.ids.is_empty() {
-            for id in &self.ids {
-                check_id(id)?;
-            }
-            return Ok(self.ids);
-        }
-        let function = self
-            .function
-            .as_deref()
-            .map(|f| Name::parse("function", f))
-            .transpose()?;
-        Ok(state
-            .queue
-            .dead_letters(namespace, function.as_ref(), MAX_DEAD_LETTERS)
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect())
+/// The ids of the dead letters a redrive or purge acts on.
+async fn resolve(
+    selection: Selection,
+    state: &ApiState,
+    namespace: &Namespace,
+) -> Result<Vec<String>, ApiError> {
+    let chosen = usize::from(!selection.ids.is_empty())
+        + usize::from(selection.function.is_some())
+        + usize::from(selection.all);
+    if chosen != 1 {
+        return Err(ApiError::Invalid(
+            "name dead letters by ids, by function, or all of them (exactly one)".into(),
+        ));
     }
+    if !selection.ids.is_empty() {
+        for id in &selection.ids {
+            check_id(id)?;
+        }
+        return Ok(selection.ids);
+    }
+    let function = selection
+        .function
+        .as_deref()
+        .map(|f| Name::parse("function", f))
+        .transpose()?;
+    Ok(state
+        .queue
+        .dead_letters(namespace, function.as_ref(), MAX_DEAD_LETTERS)
+        .await?
+        .into_iter()
+        .map(|i| i.id)
+        .collect())
 }
 
-#[derive(Debug, Serialize)]
-pub struct Redriven {
-    from: String,
-    id: String,
-}
-
+#[utoipa::path(post, path = "/dlq/redrive", tag = "asynchronous", params(NamespaceQuery), request_body = Selection, responses((status = 200, body = [Redriven])))]
 pub async fn redrive(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
@@ -203,7 +167,7 @@ pub async fn redrive(
 ) -> Result<Json<Vec<Redriven>>, ApiError> {
     let namespace = query.namespace()?;
     let selection: Selection = parse_json(&body)?;
-    let ids = selection.resolve(&state, &namespace).await?;
+    let ids = resolve(selection, &state, &namespace).await?;
     let mut out = Vec::with_capacity(ids.len());
     // Bounded transactions: a thousand dead letters at a time.
     for chunk in ids.chunks(1_000) {
@@ -214,11 +178,7 @@ pub async fn redrive(
     Ok(Json(out))
 }
 
-#[derive(Debug, Serialize)]
-pub struct Purged {
-    purged: usize,
-}
-
+#[utoipa::path(post, path = "/dlq/purge", tag = "asynchronous", params(NamespaceQuery), request_body = Selection, responses((status = 200, body = Purged)))]
 pub async fn purge(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
@@ -227,7 +187,7 @@ pub async fn purge(
     let namespace = query.namespace()?;
     let selection: Selection = parse_json(&body)?;
     let by_id = !selection.ids.is_empty();
-    let ids = selection.resolve(&state, &namespace).await?;
+    let ids = resolve(selection, &state, &namespace).await?;
     if by_id {
         // Ids of another namespace are not this caller's to purge.
         for id in &ids {

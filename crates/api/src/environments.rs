@@ -3,14 +3,15 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use bytes::Bytes;
+use gust_api_types::EnvironmentView;
 use gust_model::{Environment, EnvironmentConfig, EnvironmentKind};
 use http::StatusCode;
-use serde::Serialize;
 
 use crate::{ApiError, ApiState, Scoped, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
+#[utoipa::path(get, path = "/environments", tag = "environments", responses((status = 200, body = [Environment])))]
 pub async fn list(State(state): Shared) -> Result<Json<Vec<Environment>>, ApiError> {
     state
         .blocking(|s| Ok(s.store.environments()?))
@@ -18,17 +19,7 @@ pub async fn list(State(state): Shared) -> Result<Json<Vec<Environment>>, ApiErr
         .map(Json)
 }
 
-/// An environment with its pool as it is now.
-#[derive(Debug, Serialize)]
-pub struct EnvironmentView {
-    #[serde(flatten)]
-    environment: Environment,
-    /// Pre-warmed workers ready now (`pool_size` is the target); absent where the tier keeps
-    /// no pool.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pool_ready: Option<usize>,
-}
-
+#[utoipa::path(get, path = "/environments/{name}", tag = "environments", params(("name" = String, Path, description = "the environment's name")), responses((status = 200, body = EnvironmentView)))]
 pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<EnvironmentView>, ApiError> {
     let name = scoped.name("environment")?;
     state
@@ -46,6 +37,7 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Environme
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/environments", tag = "environments", request_body = EnvironmentConfig, responses((status = 201, body = Environment)))]
 pub async fn create(
     State(state): Shared,
     body: Bytes,
@@ -65,6 +57,7 @@ pub async fn create(
         .map(|env| (StatusCode::CREATED, Json(env)))
 }
 
+#[utoipa::path(delete, path = "/environments/{name}", tag = "environments", params(("name" = String, Path, description = "the environment's name")), responses((status = 204, description = "deleted")))]
 pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, ApiError> {
     let name = scoped.name("environment")?;
     state

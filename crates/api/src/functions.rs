@@ -1,181 +1,72 @@
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
 use base64::Engine;
 use bytes::Bytes;
+use gust_api_types::{
+    CodeSource, FunctionSpec, FunctionView, InstancesView, NamespaceQuery, RollbackRequest,
+    ScalingView,
+};
 use gust_executor::EffectiveScaling;
 use gust_model::{
-    CodeRef, Delivery, DeliveryConfig, Environment, Function, FunctionConfig, Limits, Name,
-    Namespace, NetworkPolicy, OutboundRule, Revision, RevisionFields, RevisionNumber,
-    ScalingConfig, Tier,
+    CodeRef, Environment, Function, Limits, Name, Namespace, NetworkPolicy, Revision,
+    RevisionFields, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
-use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiState, NamespaceQuery, Scoped, parse_json};
+use crate::{ApiError, ApiState, NamespaceExt, Scoped, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
-/// Code as uploaded: a file name (its suffix tells an archive from a source file) and the
-/// bytes in base64.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CodeBody {
-    filename: String,
-    /// The code itself, for small code.
-    #[serde(default)]
-    content_base64: Option<String>,
-    /// An upload received by `POST /v1/uploads`, for code of any size.
-    #[serde(default)]
-    upload: Option<String>,
-}
-
-/// The body of create (name, env and code required) and update (everything optional).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FunctionBody {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    code: Option<CodeBody>,
-    #[serde(default)]
-    env: Option<String>,
-    #[serde(default)]
-    entrypoint: Option<String>,
-    #[serde(default)]
-    timeout: Option<String>,
-    #[serde(default)]
-    memory_mb: Option<u32>,
-    #[serde(default)]
-    env_vars: Option<Vec<String>>,
-    #[serde(default)]
-    allow_outbound: Option<Vec<String>>,
-    #[serde(default)]
-    network: Option<String>,
-    #[serde(default)]
-    concurrency: Option<u32>,
-    #[serde(default)]
-    min_instances: Option<u32>,
-    #[serde(default)]
-    max_instances: Option<u32>,
-    #[serde(default)]
-    idle_timeout: Option<String>,
-    #[serde(default)]
-    queue_depth: Option<u32>,
-    #[serde(default)]
-    queue_timeout: Option<String>,
-    #[serde(default)]
-    reuse: Option<u32>,
-    #[serde(default)]
-    max_attempts: Option<u32>,
-    #[serde(default)]
-    max_age: Option<String>,
-    #[serde(default)]
-    keep_revisions: Option<u32>,
-}
-
-impl FunctionBody {
-    fn config(&self) -> FunctionConfig {
-        FunctionConfig {
-            env: self.env.clone(),
-            entrypoint: self.entrypoint.clone(),
-            timeout: self.timeout.clone(),
-            memory_mb: self.memory_mb,
-            env_vars: self.env_vars.clone(),
-            allow_outbound: self.allow_outbound.clone(),
-            network: self.network.clone(),
-            scaling: ScalingConfig {
-                concurrency: self.concurrency,
-                min_instances: self.min_instances,
-                max_instances: self.max_instances,
-                idle_timeout: self.idle_timeout.clone(),
-                queue_depth: self.queue_depth,
-                queue_timeout: self.queue_timeout.clone(),
-                reuse: self.reuse,
-            },
-            delivery: DeliveryConfig {
-                max_attempts: self.max_attempts,
-                max_age: self.max_age.clone(),
-            },
-            keep_revisions: self.keep_revisions,
-        }
+/// What `fn get` shows of `function` now.
+fn function_view(function: &Function, state: &ApiState) -> FunctionView {
+    let current = function.current_revision();
+    let counts = state
+        .executor
+        .instance_counts(&function.namespace, &function.name);
+    let tier = state
+        .store
+        .environment(&current.environment)
+        .ok()
+        .flatten()
+        .map_or(Tier::Process, |env| env.tier());
+    FunctionView {
+        namespace: function.namespace.clone(),
+        name: function.name.clone(),
+        revision: current.number,
+        revisions: function.revisions.len(),
+        keep_revisions: current.keep_revisions,
+        env: current.environment.clone(),
+        entrypoint: current.entrypoint.clone(),
+        timeout_ms: current.limits.timeout.as_millis() as u64,
+        memory_mb: current.limits.memory_mb,
+        env_vars: current.env_vars.clone(),
+        allow_outbound: current.allow_outbound.clone(),
+        network: (tier == Tier::Process).then(|| current.network.unwrap_or_default()),
+        scaling: scaling_view(state.executor.config().effective(&current.scaling, tier)),
+        delivery: current.delivery,
+        code_digest: current.code.digest.clone(),
+        code_file: current.code.file.clone(),
+        code_bytes: current.code.size_bytes,
+        updated_at_ms: current.created_at_ms,
+        instances: InstancesView {
+            busy: counts.busy,
+            idle: counts.idle,
+        },
     }
 }
 
-/// What `fn get` shows: the function with its current revision spelled out.
-#[derive(Debug, Serialize)]
-pub struct FunctionView {
-    namespace: Namespace,
-    name: Name,
-    revision: RevisionNumber,
-    revisions: usize,
-    keep_revisions: u32,
-    env: Name,
-    entrypoint: Option<String>,
-    timeout_ms: u64,
-    memory_mb: u32,
-    env_vars: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    allow_outbound: Vec<OutboundRule>,
-    /// Process functions only: what their workers may reach.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    network: Option<NetworkPolicy>,
-    /// The scaling settings in force, tier and `gust up` defaults filled in.
-    scaling: EffectiveScaling,
-    /// Retry budget of asynchronous invocations.
-    delivery: Delivery,
-    code_digest: String,
-    code_file: Option<String>,
-    code_bytes: u64,
-    updated_at_ms: u64,
-    instances: InstancesView,
-}
-
-#[derive(Debug, Serialize)]
-struct InstancesView {
-    busy: usize,
-    idle: usize,
-}
-
-impl FunctionView {
-    fn new(function: &Function, state: &ApiState) -> Self {
-        let current = function.current_revision();
-        let counts = state
-            .executor
-            .instance_counts(&function.namespace, &function.name);
-        let tier = state
-            .store
-            .environment(&current.environment)
-            .ok()
-            .flatten()
-            .map_or(Tier::Process, |env| env.tier());
-        Self {
-            namespace: function.namespace.clone(),
-            name: function.name.clone(),
-            revision: current.number,
-            revisions: function.revisions.len(),
-            keep_revisions: current.keep_revisions,
-            env: current.environment.clone(),
-            entrypoint: current.entrypoint.clone(),
-            timeout_ms: current.limits.timeout.as_millis() as u64,
-            memory_mb: current.limits.memory_mb,
-            env_vars: current.env_vars.clone(),
-            allow_outbound: current.allow_outbound.clone(),
-            network: (tier == Tier::Process).then(|| current.network.unwrap_or_default()),
-            scaling: state.executor.config().effective(&current.scaling, tier),
-            delivery: current.delivery,
-            code_digest: current.code.digest.clone(),
-            code_file: current.code.file.clone(),
-            code_bytes: current.code.size_bytes,
-            updated_at_ms: current.created_at_ms,
-            instances: InstancesView {
-                busy: counts.busy,
-                idle: counts.idle,
-            },
-        }
+fn scaling_view(scaling: EffectiveScaling) -> ScalingView {
+    ScalingView {
+        concurrency: scaling.concurrency,
+        min_instances: scaling.min_instances,
+        max_instances: scaling.max_instances,
+        idle_timeout_ms: scaling.idle_timeout.as_millis() as u64,
+        queue_depth: scaling.queue_depth,
+        queue_timeout_ms: scaling.queue_timeout.as_millis() as u64,
+        reuse: scaling.reuse,
     }
 }
 
@@ -190,7 +81,7 @@ pub(crate) fn now_ms() -> u64 {
 /// stores it. Nothing is stored when the check fails; a received upload is used up either way.
 fn ingest(
     state: &ApiState,
-    code: &CodeBody,
+    code: &CodeSource,
     environment: &Environment,
     limits: &Limits,
 ) -> Result<gust_model::CodeRef, ApiError> {
@@ -230,7 +121,7 @@ fn ingest(
 fn check_received(
     state: &ApiState,
     upload: &str,
-    code: &CodeBody,
+    code: &CodeSource,
     environment: &Environment,
     limits: &Limits,
 ) -> Result<(), ApiError> {
@@ -318,6 +209,7 @@ fn require_environment(state: &ApiState, env: &Name) -> Result<Environment, ApiE
     })
 }
 
+#[utoipa::path(get, path = "/functions", tag = "functions", params(NamespaceQuery), responses((status = 200, body = [FunctionView])))]
 pub async fn list(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
@@ -326,7 +218,7 @@ pub async fn list(
     state
         .blocking(move |s| {
             let functions = s.store.functions(Some(&namespace))?;
-            Ok(functions.iter().map(|f| FunctionView::new(f, s)).collect())
+            Ok(functions.iter().map(|f| function_view(f, s)).collect())
         })
         .await
         .map(Json)
@@ -342,15 +234,17 @@ fn load(state: &ApiState, namespace: &Namespace, name: &Name) -> Result<Function
         })
 }
 
+#[utoipa::path(get, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), responses((status = 200, body = FunctionView)))]
 pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<FunctionView>, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("function")?;
     state
-        .blocking(move |s| Ok(FunctionView::new(&load(s, &namespace, &name)?, s)))
+        .blocking(move |s| Ok(function_view(&load(s, &namespace, &name)?, s)))
         .await
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/functions/{name}/revisions", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), responses((status = 200, body = [Revision])))]
 pub async fn revisions(
     State(state): Shared,
     scoped: Scoped,
@@ -363,15 +257,16 @@ pub async fn revisions(
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/functions", tag = "functions", params(NamespaceQuery), request_body = FunctionSpec, responses((status = 201, body = FunctionView)))]
 pub async fn create(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
     let namespace = query.namespace()?;
-    let body: FunctionBody = parse_json(&body)?;
+    let body: FunctionSpec = parse_json(&body)?;
     let name = Name::parse("function", body.name.as_deref().unwrap_or_default())?;
-    let fields = body.config().apply(None)?;
+    let fields = body.settings.apply(None)?;
     let environment = fields
         .environment
         .clone()
@@ -417,12 +312,13 @@ pub async fn create(
             s.store.create_function(&function)?;
             s.executor
                 .function_deployed(&function.namespace, &function.name);
-            Ok(FunctionView::new(&function, s))
+            Ok(function_view(&function, s))
         })
         .await
         .map(|view| (StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(put, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body = FunctionSpec, responses((status = 200, body = FunctionView)))]
 pub async fn update(
     State(state): Shared,
     scoped: Scoped,
@@ -430,11 +326,11 @@ pub async fn update(
 ) -> Result<Json<FunctionView>, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("function")?;
-    let body: FunctionBody = parse_json(&body)?;
+    let body: FunctionSpec = parse_json(&body)?;
     if body.name.as_ref().is_some_and(|n| n != name.as_str()) {
         return Err(ApiError::Invalid("a function cannot be renamed".into()));
     }
-    let config = body.config();
+    let config = body.settings.clone();
     state
         .blocking(move |s| {
             // Garbage collection waits until the new code's revision is stored.
@@ -481,19 +377,13 @@ pub async fn update(
             s.executor.function_deployed(&namespace, &name);
             // An update can prune the oldest revision and with it the last use of its code.
             s.code_released.notify_one();
-            Ok(FunctionView::new(&updated, s))
+            Ok(function_view(&updated, s))
         })
         .await
         .map(Json)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RollbackBody {
-    #[serde(default)]
-    to: Option<RevisionNumber>,
-}
-
+#[utoipa::path(post, path = "/functions/{name}/rollback", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body(content = Option<RollbackRequest>, description = "empty: the revision before the current one"), responses((status = 200, body = FunctionView)))]
 pub async fn rollback(
     State(state): Shared,
     scoped: Scoped,
@@ -501,8 +391,8 @@ pub async fn rollback(
 ) -> Result<Json<FunctionView>, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("function")?;
-    let body: RollbackBody = if body.is_empty() {
-        RollbackBody::default()
+    let body: RollbackRequest = if body.is_empty() {
+        RollbackRequest::default()
     } else {
         parse_json(&body)?
     };
@@ -550,12 +440,13 @@ pub async fn rollback(
             })?;
             s.executor.function_deployed(&namespace, &name);
             s.code_released.notify_one();
-            Ok(FunctionView::new(&updated, s))
+            Ok(function_view(&updated, s))
         })
         .await
         .map(Json)
 }
 
+#[utoipa::path(delete, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), responses((status = 204, description = "deleted")))]
 pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("function")?;

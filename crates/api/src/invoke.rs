@@ -3,32 +3,22 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use gust_executor::{Enqueue, Invocation, LogLine, LogQuery, RequestId, TriggerKind, function_key};
+use gust_api_types::{InvokeQuery, LogLine, LogsQuery, NamespaceQuery};
+use gust_executor::{Enqueue, Invocation, LogQuery, RequestId, TriggerKind, function_key};
 use gust_model::AsyncSource;
 use gust_router::{
     MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers, forwardable_headers,
     function_response, invoke_error_response, read_limited,
 };
 use http::{HeaderValue, Method};
-use serde::Deserialize;
 
 use crate::{ApiError, ApiState, Scoped};
 
 type Shared = State<Arc<ApiState>>;
 
-#[derive(Debug, Deserialize)]
-pub struct InvokeQuery {
-    /// The method the function sees; the API call itself may use any.
-    method: Option<String>,
-    /// The path and query the function sees; `/` by default.
-    path: Option<String>,
-    /// Store the invocation and answer `202` with its id instead of waiting for the function.
-    #[serde(rename = "async", default)]
-    asynchronous: bool,
-}
-
 /// Invokes a function through the authenticated API: the body and headers of this request
 /// (minus `Authorization` and every `X-Gust-*`) become the function's request.
+#[utoipa::path(method(get, post, put, patch, delete), path = "/functions/{name}/invoke", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery, InvokeQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the body the function receives"), responses((status = 200, description = "the function's own response, any status, headers and body"), (status = 202, description = "with ?async=true: accepted; the body's id (also in X-Gust-Request-Id) names the invocation")))]
 pub async fn invoke(
     State(state): Shared,
     scoped: Scoped,
@@ -116,13 +106,7 @@ pub async fn invoke(
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub struct LogsQuery {
-    after: Option<u64>,
-    request_id: Option<String>,
-    limit: Option<usize>,
-}
-
+#[utoipa::path(get, path = "/functions/{name}/logs", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery, LogsQuery), responses((status = 200, body = [LogLine])))]
 pub async fn logs(
     State(state): Shared,
     scoped: Scoped,
@@ -142,7 +126,7 @@ pub async fn logs(
             name: function.to_string(),
         });
     }
-    let lines: Vec<LogLine> = state.logs.read(
+    let lines = state.logs.read(
         &function_key(&namespace, &function),
         &LogQuery {
             after: query.after,
@@ -150,5 +134,17 @@ pub async fn logs(
             limit: query.limit,
         },
     );
-    Ok(Json(lines))
+    Ok(Json(
+        lines
+            .into_iter()
+            .map(|line| LogLine {
+                seq: line.seq,
+                time_ms: line.time_ms,
+                stream: line.stream.as_str().to_owned(),
+                instance: line.instance,
+                request_id: line.request_id,
+                text: line.text,
+            })
+            .collect::<Vec<_>>(),
+    ))
 }

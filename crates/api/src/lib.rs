@@ -28,7 +28,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use gust_api_types::ErrorBody;
+use gust_api_types::NamespaceQuery;
 use gust_async_queue::AsyncQueue;
 use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
 use gust_metering::{Meter, PriceSheet};
@@ -37,15 +38,16 @@ use gust_router::{BodyBudget, Routes};
 use gust_store::{CodeStore, MetadataStore, UsageStore};
 use gust_trigger_mq::MqTriggers;
 use gust_trigger_timer::TimerScheduler;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Paths served without a token.
 const UNAUTHENTICATED: [&str; 3] = ["/healthz", "/readyz", "/v1/openapi.json"];
 /// Largest JSON body (code inlined as base64 included). Larger code goes to `/v1/uploads`,
 /// which streams it to disk.
 const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;
-const OPENAPI: &str = include_str!("openapi.json");
 
 pub struct ApiState {
     pub store: Arc<dyn MetadataStore>,
@@ -97,14 +99,13 @@ impl ApiState {
 
 type Shared = State<Arc<ApiState>>;
 
-/// `?namespace=`; `default` when absent.
-#[derive(Debug, Deserialize)]
-pub(crate) struct NamespaceQuery {
-    pub(crate) namespace: Option<String>,
+/// The validated namespace of a `?namespace=` query.
+pub(crate) trait NamespaceExt {
+    fn namespace(&self) -> Result<Namespace, ApiError>;
 }
 
-impl NamespaceQuery {
-    pub(crate) fn namespace(&self) -> Result<Namespace, ApiError> {
+impl NamespaceExt for NamespaceQuery {
+    fn namespace(&self) -> Result<Namespace, ApiError> {
         match &self.namespace {
             Some(ns) => Ok(Namespace::parse(ns)?),
             None => Ok(Namespace::default()),
@@ -146,9 +147,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Scoped {
     }
 }
 
-/// Parses a JSON body, answering malformed input with our own error format.
+/// Parses a JSON body, answering malformed input with our own error format; the message
+/// names the field at fault (`timeout: invalid duration "soon"`).
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || inner.to_string().contains(&format!("`{path}`")) {
+            ApiError::Invalid(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::Invalid(format!("invalid JSON body: {path}: {inner}"))
+        }
+    })
 }
 
 /// The one of `items` that `name_of` calls `name`, or a 404 naming the `kind` looked for.
@@ -168,62 +179,130 @@ pub(crate) fn find_named<T>(
 }
 
 pub fn api_router(state: Arc<ApiState>) -> Router {
-    let v1 = Router::new()
-        .route(
-            "/environments",
-            get(environments::list).post(environments::create),
-        )
-        .route(
-            "/environments/{name}",
-            get(environments::show).delete(environments::delete),
-        )
-        .route("/functions", get(functions::list).post(functions::create))
-        .route(
-            "/functions/{name}",
-            get(functions::show)
-                .put(functions::update)
-                .delete(functions::delete),
-        )
-        .route("/functions/{name}/revisions", get(functions::revisions))
-        .route(
-            "/functions/{name}/rollback",
-            axum::routing::post(functions::rollback),
-        )
-        .route(
-            "/functions/{name}/invoke",
-            axum::routing::any(invoke::invoke),
-        )
-        .route("/functions/{name}/logs", get(invoke::logs))
-        .route("/routes", get(routes::list).post(routes::create))
-        .route("/routes/{name}", get(routes::show).delete(routes::delete))
-        .route("/timers", get(timers::list).post(timers::create))
-        .route("/timers/{name}", get(timers::show).delete(timers::delete))
-        .route(
-            "/mqtriggers",
-            get(mqtriggers::list).post(mqtriggers::create),
-        )
-        .route(
-            "/mqtriggers/{name}",
-            get(mqtriggers::show).delete(mqtriggers::delete),
-        )
-        .route("/invocations/{id}", get(asynchronous::show_invocation))
-        .route("/dlq", get(asynchronous::list_dead_letters))
-        .route("/dlq/redrive", axum::routing::post(asynchronous::redrive))
-        .route("/dlq/purge", axum::routing::post(asynchronous::purge))
-        .route("/dlq/{id}", get(asynchronous::show_dead_letter))
-        .route("/uploads", axum::routing::post(uploads::create))
-        .route("/usage", get(usage::usage))
-        .route("/usage/records", get(usage::records))
-        .route("/openapi.json", get(openapi));
-    Router::new()
-        .route("/healthz", get(health))
-        .route("/readyz", get(health))
-        .route("/metrics", get(usage::metrics))
-        .nest("/v1", v1)
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// The OpenAPI document of every route [`api_router`] serves, generated from the handlers'
+/// annotations and the contract's types.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut document = routes().split_for_parts().1;
+    // After the routes are in: a modifier on the derive would run before they are.
+    utoipa::Modify::modify(&Conventions, &mut document);
+    document
+}
+
+/// Every route with its documentation: a route cannot be served without being documented.
+fn routes() -> OpenApiRouter<Arc<ApiState>> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(environments::list, environments::create))
+        .routes(routes!(environments::show, environments::delete))
+        .routes(routes!(functions::list, functions::create))
+        .routes(routes!(
+            functions::show,
+            functions::update,
+            functions::delete
+        ))
+        .routes(routes!(functions::revisions))
+        .routes(routes!(functions::rollback))
+        .routes(routes!(invoke::invoke))
+        .routes(routes!(invoke::logs))
+        .routes(routes!(routes::list, routes::create))
+        .routes(routes!(routes::show, routes::delete))
+        .routes(routes!(timers::list, timers::create))
+        .routes(routes!(timers::show, timers::delete))
+        .routes(routes!(mqtriggers::list, mqtriggers::create))
+        .routes(routes!(mqtriggers::show, mqtriggers::delete))
+        .routes(routes!(asynchronous::show_invocation))
+        .routes(routes!(asynchronous::list_dead_letters))
+        .routes(routes!(asynchronous::redrive))
+        .routes(routes!(asynchronous::purge))
+        .routes(routes!(asynchronous::show_dead_letter))
+        .routes(routes!(uploads::create))
+        .routes(routes!(usage::usage))
+        .routes(routes!(usage::records))
+        .routes(routes!(openapi));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(usage::metrics))
+        .nest("/v1", v1)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Gust API",
+        description = "Gust's control plane: functions, routes, triggers, asynchronous invocations and usage. Every path but /healthz, /readyz and /v1/openapi.json takes `Authorization: Bearer <token>`; every error is an ErrorBody with the same reason in the X-Gust-Error header."
+    ),
+    servers((url = "http://127.0.0.1:8081", description = "gust up's default API listener")),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// What every operation shares: the bearer scheme and the error answers.
+struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let open = UNAUTHENTICATED.contains(&path.as_str());
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                if open {
+                    operation.security = Some(Vec::new());
+                    continue;
+                }
+                for (status, description) in [
+                    ("400", "invalid input; the message names what was wrong"),
+                    ("401", "no valid bearer token"),
+                    (
+                        "404",
+                        "no such resource (reason not_found or function_not_found)",
+                    ),
+                    ("409", "conflicts with what exists"),
+                    ("500", "internal error; the server log has the details"),
+                ] {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
 }
 
 async fn require_token(State(state): Shared, request: Request, next: Next) -> Response {
@@ -241,12 +320,28 @@ async fn require_token(State(state): Shared, request: Request, next: Next) -> Re
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, description = "the process is up")))]
 async fn health() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = String, description = "ready to serve")))]
+async fn ready() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, description = "this document")))]
 async fn openapi() -> impl IntoResponse {
-    ([(http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOCUMENT.get_or_init(|| {
+        openapi_document()
+            .to_pretty_json()
+            .expect("the OpenAPI document is JSON")
+    });
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        text.as_str(),
+    )
 }
 
 async fn not_found(request: Request) -> ApiError {

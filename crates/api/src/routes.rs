@@ -7,10 +7,13 @@ use gust_model::{Name, Route, RouteConfig};
 use http::StatusCode;
 use rand::RngExt;
 
-use crate::{ApiError, ApiState, NamespaceQuery, Scoped, find_named, parse_json};
+use gust_api_types::NamespaceQuery;
+
+use crate::{ApiError, ApiState, NamespaceExt, Scoped, find_named, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
+#[utoipa::path(get, path = "/routes", tag = "routes", params(NamespaceQuery), responses((status = 200, body = [Route])))]
 pub async fn list(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
@@ -22,6 +25,7 @@ pub async fn list(
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/routes/{name}", tag = "routes", params(("name" = String, Path, description = "the route's name"), NamespaceQuery), responses((status = 200, body = Route)))]
 pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Route>, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("route")?;
@@ -34,6 +38,7 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Route>, A
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/routes", tag = "routes", params(NamespaceQuery), request_body = RouteConfig, responses((status = 201, body = Route)))]
 pub async fn create(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
@@ -52,6 +57,7 @@ pub async fn create(
         .map(|route| (StatusCode::CREATED, Json(route)))
 }
 
+#[utoipa::path(delete, path = "/routes/{name}", tag = "routes", params(("name" = String, Path, description = "the route's name"), NamespaceQuery), responses((status = 204, description = "deleted")))]
 pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("route")?;

@@ -5,35 +5,26 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, State};
 use bytes::Bytes;
+use gust_api_types::{NamespaceQuery, TimerView};
 use gust_model::{Timer, TimerConfig};
 use http::StatusCode;
-use serde::Serialize;
 
 use crate::functions::now_ms;
 use crate::routes::generated_name;
-use crate::{ApiError, ApiState, NamespaceQuery, Scoped, find_named, parse_json};
+use crate::{ApiError, ApiState, NamespaceExt, Scoped, find_named, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
 /// A timer with its next tick.
-#[derive(Debug, Serialize)]
-pub struct TimerView {
-    #[serde(flatten)]
-    timer: Timer,
-    /// Unix milliseconds of the next tick; absent when the schedule has none left.
-    next_fire_ms: Option<u64>,
-}
-
-impl TimerView {
-    fn new(timer: Timer, state: &ApiState) -> Self {
-        let next_fire_ms = state.timers.next_tick(&timer);
-        Self {
-            timer,
-            next_fire_ms,
-        }
+fn timer_view(timer: Timer, state: &ApiState) -> TimerView {
+    let next_fire_ms = state.timers.next_tick(&timer);
+    TimerView {
+        timer,
+        next_fire_ms,
     }
 }
 
+#[utoipa::path(get, path = "/timers", tag = "timers", params(NamespaceQuery), responses((status = 200, body = [TimerView])))]
 pub async fn list(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
@@ -44,13 +35,14 @@ pub async fn list(
             Ok(s.store
                 .timers(Some(&namespace))?
                 .into_iter()
-                .map(|t| TimerView::new(t, s))
+                .map(|t| timer_view(t, s))
                 .collect())
         })
         .await
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/timers/{name}", tag = "timers", params(("name" = String, Path, description = "the timer's name"), NamespaceQuery), responses((status = 200, body = TimerView)))]
 pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<TimerView>, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("timer")?;
@@ -58,12 +50,13 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<TimerView
         .blocking(move |s| {
             let timers = s.store.timers(Some(&namespace))?;
             let timer = find_named(timers, |t| &t.name, "timer", &name)?;
-            Ok(TimerView::new(timer, s))
+            Ok(timer_view(timer, s))
         })
         .await
         .map(Json)
 }
 
+#[utoipa::path(post, path = "/timers", tag = "timers", params(NamespaceQuery), request_body = TimerConfig, responses((status = 201, body = TimerView)))]
 pub async fn create(
     State(state): Shared,
     Query(query): Query<NamespaceQuery>,
@@ -80,12 +73,13 @@ pub async fn create(
         .blocking(move |s| {
             s.store.create_timer(&timer)?;
             s.timers.timers_changed();
-            Ok(TimerView::new(timer, s))
+            Ok(timer_view(timer, s))
         })
         .await
         .map(|view| (StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(delete, path = "/timers/{name}", tag = "timers", params(("name" = String, Path, description = "the timer's name"), NamespaceQuery), responses((status = 204, description = "deleted")))]
 pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("timer")?;

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
+use gust_api_types::UsageQuery;
 use gust_metering::report::{self, GroupBy, UsageReport};
 use gust_model::{Name, Namespace, UsageRecord, parse_duration};
-use serde::Deserialize;
 
 use crate::{ApiError, ApiState};
 
@@ -18,52 +18,39 @@ type Shared = State<Arc<ApiState>>;
 const DEFAULT_SINCE: Duration = Duration::from_secs(24 * 3600);
 const MAX_RECORDS: usize = 10_000;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UsageQuery {
-    namespace: Option<String>,
-    function: Option<String>,
-    /// How far back, e.g. `24h`, `7d`.
-    since: Option<String>,
-    /// `function` (default), `hour` or `day`.
-    by: Option<String>,
-    /// Records only: at most this many.
-    limit: Option<usize>,
-}
-
 struct Scope {
     namespace: Namespace,
     function: Option<Name>,
     since_ms: u64,
 }
 
-impl UsageQuery {
-    fn scope(&self) -> Result<Scope, ApiError> {
-        let namespace = match &self.namespace {
-            Some(ns) => Namespace::parse(ns)?,
-            None => Namespace::default(),
-        };
-        let function = self
-            .function
-            .as_deref()
-            .map(|f| Name::parse("function", f))
-            .transpose()?;
-        let since = match &self.since {
-            Some(since) => parse_duration("since", since)?,
-            None => DEFAULT_SINCE,
-        };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Ok(Scope {
-            namespace,
-            function,
-            since_ms: now_ms.saturating_sub(since.as_millis() as u64),
-        })
-    }
+/// What a usage query covers.
+fn scope(query: &UsageQuery) -> Result<Scope, ApiError> {
+    let namespace = match &query.namespace {
+        Some(ns) => Namespace::parse(ns)?,
+        None => Namespace::default(),
+    };
+    let function = query
+        .function
+        .as_deref()
+        .map(|f| Name::parse("function", f))
+        .transpose()?;
+    let since = match &query.since {
+        Some(since) => parse_duration("since", since)?,
+        None => DEFAULT_SINCE,
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Ok(Scope {
+        namespace,
+        function,
+        since_ms: now_ms.saturating_sub(since.as_millis() as u64),
+    })
 }
 
+#[utoipa::path(get, path = "/usage", tag = "usage", params(UsageQuery), responses((status = 200, body = UsageReport)))]
 pub async fn usage(
     State(state): Shared,
     Query(query): Query<UsageQuery>,
@@ -74,7 +61,7 @@ pub async fn usage(
             ApiError::Invalid(format!("invalid by {by:?}: use function, hour or day"))
         })?,
     };
-    let scope = query.scope()?;
+    let scope = scope(&query)?;
     state
         .blocking(move |s| {
             let hours =
@@ -86,11 +73,12 @@ pub async fn usage(
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/usage/records", tag = "usage", params(UsageQuery), responses((status = 200, body = [UsageRecord])))]
 pub async fn records(
     State(state): Shared,
     Query(query): Query<UsageQuery>,
 ) -> Result<Json<Vec<UsageRecord>>, ApiError> {
-    let scope = query.scope()?;
+    let scope = scope(&query)?;
     let limit = query.limit.unwrap_or(1_000).min(MAX_RECORDS);
     state
         .blocking(move |s| {
@@ -105,6 +93,7 @@ pub async fn records(
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "usage", responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): Shared) -> impl IntoResponse {
     let text = state
         .meter

@@ -17,6 +17,15 @@ pub enum LogStream {
     Stderr,
 }
 
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLine {
     /// Increases across all functions; `after` in a query resumes from it.

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+pub use gust_api_types::{UsageReport, UsageRow};
 use gust_model::{HOUR_MS, HourlyUsage, UsageTotals};
-use serde::Serialize;
 
 use crate::PriceSheet;
 
@@ -28,27 +28,6 @@ impl GroupBy {
             _ => None,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UsageRow {
-    pub function: String,
-    /// RFC 3339, UTC.
-    pub period_start: String,
-    pub invocations: u64,
-    pub errors: u64,
-    pub billed_ms: u64,
-    pub gb_seconds: f64,
-    pub cpu_ms: f64,
-    pub cost: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UsageReport {
-    pub since: String,
-    pub currency: String,
-    pub rows: Vec<UsageRow>,
-    pub totals: UsageRow,
 }
 
 fn rfc3339(ms: u64) -> String {

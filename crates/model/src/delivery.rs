@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, parse_duration};
+use crate::{FunctionSettings, ModelError};
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
@@ -17,13 +17,14 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(5 * 60);
 
 /// A revision's retry budget for asynchronous invocations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Delivery {
     /// Attempts in all, the first one included.
     pub max_attempts: u32,
     /// An invocation not finished this long after it was accepted expires, run or not.
     #[serde(with = "crate::function::duration_ms")]
+    #[schema(value_type = u64)]
     pub max_age: Duration,
 }
 
@@ -36,39 +37,30 @@ impl Default for Delivery {
     }
 }
 
-/// The retry budget as a user wrote it; on update only the given fields change.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveryConfig {
-    #[serde(default)]
-    pub max_attempts: Option<u32>,
-    #[serde(default)]
-    pub max_age: Option<String>,
-}
-
-impl DeliveryConfig {
-    pub fn apply(&self, mut base: Delivery) -> Result<Delivery, ModelError> {
-        if let Some(attempts) = self.max_attempts {
-            if !(1..=MAX_ATTEMPTS).contains(&attempts) {
-                return Err(ModelError::OutOfRange {
-                    field: "max-attempts",
-                    reason: format!("{attempts} is not between 1 and {MAX_ATTEMPTS}"),
-                });
-            }
-            base.max_attempts = attempts;
+/// Applies the retry budget's fields of `settings` over `base`.
+pub(crate) fn apply_delivery(
+    settings: &FunctionSettings,
+    mut base: Delivery,
+) -> Result<Delivery, ModelError> {
+    if let Some(attempts) = settings.max_attempts {
+        if !(1..=MAX_ATTEMPTS).contains(&attempts) {
+            return Err(ModelError::OutOfRange {
+                field: "max-attempts",
+                reason: format!("{attempts} is not between 1 and {MAX_ATTEMPTS}"),
+            });
         }
-        if let Some(age) = &self.max_age {
-            let age_value = parse_duration("max-age", age)?;
-            if age_value < Duration::from_secs(1) || age_value > MAX_MAX_AGE {
-                return Err(ModelError::OutOfRange {
-                    field: "max-age",
-                    reason: format!("{age} is not between 1s and 7days"),
-                });
-            }
-            base.max_age = age_value;
-        }
-        Ok(base)
+        base.max_attempts = attempts;
     }
+    if let Some(age) = settings.max_age {
+        if age.get() < Duration::from_secs(1) || age.get() > MAX_MAX_AGE {
+            return Err(ModelError::OutOfRange {
+                field: "max-age",
+                reason: format!("{age} is not between 1s and 7days"),
+            });
+        }
+        base.max_age = age.get();
+    }
+    Ok(base)
 }
 
 /// What one attempt's outcome means for the invocation.
@@ -145,28 +137,31 @@ mod tests {
 
     #[test]
     fn delivery_settings_are_checked() {
-        let d = DeliveryConfig {
+        let given = FunctionSettings {
             max_attempts: Some(5),
-            max_age: Some("30m".into()),
-        }
-        .apply(Delivery::default())
-        .unwrap();
+            max_age: Some("30m".parse().unwrap()),
+            ..Default::default()
+        };
+        let d = apply_delivery(&given, Delivery::default()).unwrap();
         assert_eq!((d.max_attempts, d.max_age), (5, Duration::from_secs(1800)));
         for bad in [
-            DeliveryConfig {
+            FunctionSettings {
                 max_attempts: Some(0),
                 ..Default::default()
             },
-            DeliveryConfig {
-                max_age: Some("10ms".into()),
+            FunctionSettings {
+                max_age: Some("10ms".parse().unwrap()),
                 ..Default::default()
             },
-            DeliveryConfig {
-                max_age: Some("30d".into()),
+            FunctionSettings {
+                max_age: Some("30d".parse().unwrap()),
                 ..Default::default()
             },
         ] {
-            assert!(bad.apply(Delivery::default()).is_err(), "{bad:?}");
+            assert!(
+                apply_delivery(&bad, Delivery::default()).is_err(),
+                "{bad:?}"
+            );
         }
         let old: Delivery = serde_json::from_str("{}").unwrap();
         assert_eq!(old, Delivery::default());

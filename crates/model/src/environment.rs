@@ -16,7 +16,7 @@ pub const USR_ALIASES: [&str; 4] = ["/bin", "/sbin", "/lib", "/lib64"];
 const UNMOUNTABLE: [&str; 4] = ["/proc", "/sys", "/dev", "/run"];
 
 /// The language runtimes that ship with Gust.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BuiltinRuntime {
     Python,
@@ -51,7 +51,7 @@ pub enum Tier {
 }
 
 /// How an environment's workers are started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum EnvironmentKind {
     /// A worker server shipped with Gust.
@@ -61,12 +61,13 @@ pub enum EnvironmentKind {
     Custom {
         command: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schema(value_type = Vec<String>)]
         mounts: Vec<PathBuf>,
     },
 }
 
 /// A validated environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Environment {
     pub name: Name,
     pub kind: EnvironmentKind,
@@ -95,7 +96,7 @@ impl Environment {
 }
 
 /// What a user writes to create a custom environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentConfig {
     pub name: String,

@@ -3,9 +3,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::apply_delivery;
+use crate::scaling::apply_scaling;
 use crate::{
-    Delivery, DeliveryConfig, ModelError, Name, Namespace, NetworkPolicy, OutboundRule, Scaling,
-    ScalingConfig,
+    Delivery, HumanDuration, ModelError, Name, Namespace, NetworkPolicy, OutboundRule, Scaling,
 };
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,9 +29,10 @@ pub fn parse_duration(field: &'static str, value: &str) -> Result<Duration, Mode
 }
 
 /// Per-invocation limits of a revision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limits {
     #[serde(with = "duration_ms")]
+    #[schema(value_type = u64)]
     pub timeout: Duration,
     pub memory_mb: u32,
 }
@@ -45,7 +47,7 @@ impl Default for Limits {
 }
 
 /// Where a revision's code lives in the content-addressed code store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CodeRef {
     /// SHA-256 of the extracted code tree; names its directory in the code store.
     pub digest: String,
@@ -115,7 +117,7 @@ fn default_keep_revisions() -> u32 {
 }
 
 /// One immutable version of a function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Revision {
     pub number: RevisionNumber,
     pub environment: Name,
@@ -201,38 +203,92 @@ pub struct RevisionFields {
     pub keep_revisions: u32,
 }
 
-/// The settable fields of a function as a user wrote them; on update every field is optional
-/// and only the given ones change.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FunctionConfig {
-    #[serde(default)]
+/// The settable fields of a function as a user writes them: the API's JSON fields, the CLI's
+/// flags (`--memory` for `memory_mb`, `--env-var` for `env_vars`, the others by their name)
+/// and the OpenAPI schema all come from this one definition. On update every field is
+/// optional and only the given ones change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct FunctionSettings {
+    /// Environment (python, node, or a custom one)
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
-    #[serde(default)]
+    /// module.function (Python) or file.export (Node.js); the runtime's default when omitted
+    /// (an empty value goes back to it)
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
-    #[serde(default)]
-    pub timeout: Option<String>,
-    #[serde(default)]
+    /// Request timeout, from dispatch to the response's last byte, e.g. 500ms, 30s [default:
+    /// 60s]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Memory in MB [default: 128]
+    #[cfg_attr(feature = "cli", arg(long = "memory", value_name = "MB"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
-    /// `KEY=VALUE` pairs; on update they replace the whole set when given.
-    #[serde(default)]
+    /// Environment variable KEY=VALUE (repeatable; on update the given set replaces the old one)
+    #[cfg_attr(feature = "cli", arg(long = "env-var", value_name = "KEY=VALUE"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<Vec<String>>,
-    /// Origins a wasm function may call; on update they replace the whole list when given.
-    #[serde(default)]
+    /// Origin a function may call, e.g. https://api.example.com, *://10.0.0.5:6379 or (wasm)
+    /// https://*.example.com (repeatable; on update the given list replaces the old one). A
+    /// wasm function reaches nothing else; a process function with a list reaches only the
+    /// listed hosts' addresses on the listed ports
+    #[cfg_attr(feature = "cli", arg(long = "allow-outbound", value_name = "ORIGIN"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_outbound: Option<Vec<String>>,
-    /// `outbound` or `none`; an empty string goes back to the tier's default.
-    #[serde(default)]
+    /// Process functions: `outbound` (public addresses only; the host's loopback, private and
+    /// link-local ranges unreachable) or `none` (no network) [default: outbound]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    #[serde(default)]
-    pub scaling: ScalingConfig,
-    #[serde(default)]
-    pub delivery: DeliveryConfig,
-    /// Revisions the function keeps, the current one included.
-    #[serde(default)]
+    /// Requests one process instance serves at once [default: 1]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Instances kept running with no traffic [default: 0, scale to zero]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    /// Most instances at once [default: 10 for process environments, 1000 for wasm]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// Stop an instance unused this long, down to --min-instances [default: gust up's, 120s]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// Requests that may wait when every instance is busy [default: 1000]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u32>,
+    /// How long a request may wait for an instance before 429 [default: 10s]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<HumanDuration>,
+    /// Requests one wasm instance serves before a fresh one replaces it [default: 1, a fresh
+    /// instance per request]; see the docs for the isolation trade-off
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<u32>,
+    /// Attempts of an asynchronous invocation, the first one included [default: 3]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// An asynchronous invocation not done this long after it was accepted expires [default: 6h]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
+    /// Revisions the function keeps, the current one included; older ones and code only they
+    /// used are deleted [default: 10]
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_revisions: Option<u32>,
 }
 
-impl FunctionConfig {
+impl FunctionSettings {
     /// Applies this config over `base` (the previous revision, or defaults on create) and
     /// returns the validated fields of the next revision. Code is handled by the caller.
     pub fn apply(&self, base: Option<&Revision>) -> Result<RevisionFields, ModelError> {
@@ -263,8 +319,7 @@ impl FunctionConfig {
             None => base.map(|r| r.env_vars.clone()).unwrap_or_default(),
         };
         let mut limits = base.map(|r| r.limits).unwrap_or_default();
-        if let Some(timeout) = &self.timeout {
-            let timeout = parse_duration("timeout", timeout)?;
+        if let Some(timeout) = self.timeout.map(HumanDuration::get) {
             if timeout.is_zero() || timeout > MAX_TIMEOUT {
                 return Err(ModelError::OutOfRange {
                     field: "timeout",
@@ -298,12 +353,8 @@ impl FunctionConfig {
             Some(policy) => Some(NetworkPolicy::parse(policy)?),
             None => base.and_then(|r| r.network),
         };
-        let scaling = self
-            .scaling
-            .apply(base.map(|r| r.scaling).unwrap_or_default())?;
-        let delivery = self
-            .delivery
-            .apply(base.map(|r| r.delivery).unwrap_or_default())?;
+        let scaling = apply_scaling(self, base.map(|r| r.scaling).unwrap_or_default())?;
+        let delivery = apply_delivery(self, base.map(|r| r.delivery).unwrap_or_default())?;
         let keep_revisions = match self.keep_revisions {
             Some(keep) if !KEEP_REVISIONS_RANGE.contains(&keep) => {
                 return Err(ModelError::OutOfRange {
@@ -368,6 +419,10 @@ pub(crate) mod duration_ms {
 mod tests {
     use super::*;
 
+    fn duration(text: &str) -> HumanDuration {
+        text.parse().unwrap()
+    }
+
     fn revision() -> Revision {
         Revision {
             number: 1,
@@ -392,8 +447,8 @@ mod tests {
 
     #[test]
     fn update_changes_only_given_fields() {
-        let config = FunctionConfig {
-            timeout: Some("500ms".into()),
+        let config = FunctionSettings {
+            timeout: Some(duration("500ms")),
             ..Default::default()
         };
         let fields = config.apply(Some(&revision())).unwrap();
@@ -407,42 +462,35 @@ mod tests {
     #[test]
     fn refuses_bad_limits_and_vars() {
         let bad = [
-            FunctionConfig {
-                timeout: Some("soon".into()),
+            FunctionSettings {
+                timeout: Some(duration("0s")),
                 ..Default::default()
             },
-            FunctionConfig {
-                timeout: Some("0s".into()),
-                ..Default::default()
-            },
-            FunctionConfig {
+            FunctionSettings {
                 memory_mb: Some(1),
                 ..Default::default()
             },
-            FunctionConfig {
+            FunctionSettings {
                 env_vars: Some(vec!["NOEQUALS".into()]),
                 ..Default::default()
             },
-            FunctionConfig {
+            FunctionSettings {
                 env_vars: Some(vec!["GUST_SOCKET=x".into()]),
                 ..Default::default()
             },
-            FunctionConfig {
+            FunctionSettings {
                 env_vars: Some(vec!["1A=x".into()]),
                 ..Default::default()
             },
-            FunctionConfig {
+            FunctionSettings {
                 entrypoint: Some("a..b".into()),
                 ..Default::default()
             },
-            FunctionConfig {
-                scaling: ScalingConfig {
-                    reuse: Some(0),
-                    ..Default::default()
-                },
+            FunctionSettings {
+                reuse: Some(0),
                 ..Default::default()
             },
-            FunctionConfig {
+            FunctionSettings {
                 entrypoint: Some("../x".into()),
                 ..Default::default()
             },
@@ -482,7 +530,7 @@ mod tests {
     #[test]
     fn keep_revisions_is_bounded_and_carried_over() {
         for keep in [0, 101] {
-            let config = FunctionConfig {
+            let config = FunctionSettings {
                 keep_revisions: Some(keep),
                 ..Default::default()
             };
@@ -492,9 +540,9 @@ mod tests {
             keep_revisions: 4,
             ..revision()
         };
-        let fields = FunctionConfig::default().apply(Some(&base)).unwrap();
+        let fields = FunctionSettings::default().apply(Some(&base)).unwrap();
         assert_eq!(fields.keep_revisions, 4);
-        let fields = FunctionConfig::default().apply(None).unwrap();
+        let fields = FunctionSettings::default().apply(None).unwrap();
         assert_eq!(fields.keep_revisions, DEFAULT_KEEP_REVISIONS);
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Name, Namespace};
 
 /// Where an invocation is in its life. `Succeeded`, `Dead` and `Expired` are terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InvocationState {
     /// Waiting for its next attempt.
@@ -27,7 +27,7 @@ impl InvocationState {
 }
 
 /// Why an invocation became a dead letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeadReason {
     /// The function did not exist when an attempt was due.
@@ -52,7 +52,7 @@ impl DeadReason {
 }
 
 /// What made an asynchronous invocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum AsyncSource {
     /// `gust fn invoke --async` (the API).
@@ -82,7 +82,7 @@ pub struct StoredRequest {
 pub const MAX_STORED_RESPONSE_BYTES: usize = 16 * 1024;
 
 /// A function's answer to the last attempt, cut to [`MAX_STORED_RESPONSE_BYTES`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredResponse {
     pub status: u16,
     /// The body as text (invalid UTF-8 replaced).
@@ -103,7 +103,7 @@ impl StoredResponse {
 }
 
 /// One asynchronous invocation: its request lives beside it in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AsyncInvocation {
     pub id: String,
     pub namespace: Namespace,

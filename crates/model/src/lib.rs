@@ -7,6 +7,7 @@
 //! and the CLI agree on what a path means.
 
 mod delivery;
+mod duration;
 mod environment;
 mod error;
 mod function;
@@ -17,13 +18,15 @@ mod network;
 mod outbound;
 mod route;
 mod scaling;
+mod schema;
 mod timer;
 mod usage;
 
 pub use delivery::{
-    BACKOFF_BASE, BACKOFF_CAP, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, Delivery, DeliveryConfig,
-    Verdict, backoff, classify_status, retry_wait,
+    BACKOFF_BASE, BACKOFF_CAP, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, Delivery, Verdict, backoff,
+    classify_status, retry_wait,
 };
+pub use duration::HumanDuration;
 pub use environment::{
     BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,
     USR_ALIASES, validate_mount,
@@ -31,7 +34,7 @@ pub use environment::{
 pub use error::ModelError;
 pub use function::{
     CodeRef, DEFAULT_KEEP_REVISIONS, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function,
-    FunctionConfig, Limits, Revision, RevisionFields, RevisionNumber, parse_duration,
+    FunctionSettings, Limits, Revision, RevisionFields, RevisionNumber, parse_duration,
 };
 pub use invocation::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MAX_STORED_RESPONSE_BYTES,
@@ -48,6 +51,6 @@ pub use route::{
     Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteConfig, RouteMatch, RouteMode,
     RouteTable, is_reserved_path,
 };
-pub use scaling::{MAX_REUSE, Scaling, ScalingConfig};
+pub use scaling::{MAX_REUSE, Scaling};
 pub use timer::{Schedule, ScheduleConfig, Timer, TimerConfig};
 pub use usage::{HOUR_MS, HourlyUsage, UsageRecord, UsageTotals, billed_ms, gb_seconds};

@@ -12,7 +12,7 @@ pub const MAX_RETRIES_LIMIT: u32 = 100;
 pub const MAX_CONCURRENCY: u32 = 256;
 
 /// The broker a trigger consumes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MqKind {
     /// NATS JetStream: `--topic` is a subject, consumed by a durable consumer.
@@ -144,7 +144,7 @@ fn redact_url(url: &str) -> String {
 }
 
 /// What a user writes to create a queue trigger.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqTriggerConfig {
     #[serde(default)]

@@ -7,7 +7,7 @@ use crate::ModelError;
 /// What a process function's workers may reach on the network. Each worker has a network
 /// namespace of its own either way: it never sees the host's loopback, its sockets or other
 /// functions' workers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkPolicy {
     /// Public addresses only: the host's loopback, link-local (cloud metadata), private and

@@ -72,7 +72,7 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
 }
 
 /// The HTTP methods a route can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     Get,
@@ -338,7 +338,7 @@ impl fmt::Display for PathPattern {
 }
 
 /// What a user writes to create an HTTP route.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default)]
@@ -358,7 +358,7 @@ pub struct RouteConfig {
 }
 
 /// How a route invokes its function.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteMode {
     /// The caller waits for the function's answer.
@@ -405,7 +405,7 @@ impl RouteConfig {
 }
 
 /// A validated HTTP trigger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Route {
     pub namespace: Namespace,
     pub name: Name,

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, parse_duration};
+use crate::{FunctionSettings, HumanDuration, ModelError};
 
 /// The most requests one wasm instance may serve with `--reuse`.
 pub const MAX_REUSE: u32 = 10_000;
@@ -13,7 +13,7 @@ const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// How a revision scales. `None` means the default of the function's tier or of `gust up`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Scaling {
     /// Requests in flight per instance (process tier); `None` is 1.
@@ -24,11 +24,13 @@ pub struct Scaling {
     pub max_instances: Option<u32>,
     /// How long an instance may stay unused before it stops (down to `min_instances`).
     #[serde(with = "optional_ms")]
+    #[schema(value_type = Option<u64>)]
     pub idle_timeout: Option<Duration>,
     /// Requests that may wait for capacity when every instance is busy.
     pub queue_depth: Option<u32>,
     /// How long a request may wait for capacity.
     #[serde(with = "optional_ms")]
+    #[schema(value_type = Option<u64>)]
     pub queue_timeout: Option<Duration>,
     /// Requests a wasm instance serves, one after another, before a fresh one replaces it.
     /// 1 (the default) is a fresh instance per request: nothing a request leaves in memory
@@ -51,36 +53,16 @@ impl Default for Scaling {
     }
 }
 
-/// Scaling settings as a user wrote them; on update only the given ones change.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScalingConfig {
-    #[serde(default)]
-    pub concurrency: Option<u32>,
-    #[serde(default)]
-    pub min_instances: Option<u32>,
-    #[serde(default)]
-    pub max_instances: Option<u32>,
-    #[serde(default)]
-    pub idle_timeout: Option<String>,
-    #[serde(default)]
-    pub queue_depth: Option<u32>,
-    #[serde(default)]
-    pub queue_timeout: Option<String>,
-    #[serde(default)]
-    pub reuse: Option<u32>,
-}
-
 fn out_of_range(field: &'static str, reason: String) -> ModelError {
     ModelError::OutOfRange { field, reason }
 }
 
 fn bounded_duration(
     field: &'static str,
-    value: &str,
+    value: HumanDuration,
     max: Duration,
 ) -> Result<Duration, ModelError> {
-    let duration = parse_duration(field, value)?;
+    let duration = value.get();
     if duration.is_zero() || duration > max {
         return Err(out_of_range(
             field,
@@ -112,44 +94,45 @@ fn bounded(
     }
 }
 
-impl ScalingConfig {
-    /// Applies the given settings over `base` and checks them together.
-    pub fn apply(&self, mut base: Scaling) -> Result<Scaling, ModelError> {
-        if let Some(concurrency) = self.concurrency {
-            base.concurrency = Some(bounded("concurrency", concurrency, 1..=MAX_CONCURRENCY)?);
-        }
-        if let Some(min) = self.min_instances {
-            base.min_instances = bounded("min-instances", min, 0..=MAX_INSTANCES)?;
-        }
-        if let Some(max) = self.max_instances {
-            base.max_instances = Some(bounded("max-instances", max, 1..=MAX_INSTANCES)?);
-        }
-        if let Some(idle) = &self.idle_timeout {
-            base.idle_timeout = Some(bounded_duration("idle-timeout", idle, MAX_IDLE_TIMEOUT)?);
-        }
-        if let Some(depth) = self.queue_depth {
-            base.queue_depth = Some(bounded("queue-depth", depth, 0..=MAX_QUEUE_DEPTH)?);
-        }
-        if let Some(timeout) = &self.queue_timeout {
-            base.queue_timeout = Some(bounded_duration(
-                "queue-timeout",
-                timeout,
-                MAX_QUEUE_TIMEOUT,
-            )?);
-        }
-        if let Some(reuse) = self.reuse {
-            base.reuse = bounded("reuse", reuse, 1..=MAX_REUSE)?;
-        }
-        if let Some(max) = base.max_instances
-            && base.min_instances > max
-        {
-            return Err(out_of_range(
-                "min-instances",
-                format!("{} is more than max-instances {max}", base.min_instances),
-            ));
-        }
-        Ok(base)
+/// Applies the scaling fields of `settings` over `base` and checks them together.
+pub(crate) fn apply_scaling(
+    settings: &FunctionSettings,
+    mut base: Scaling,
+) -> Result<Scaling, ModelError> {
+    if let Some(concurrency) = settings.concurrency {
+        base.concurrency = Some(bounded("concurrency", concurrency, 1..=MAX_CONCURRENCY)?);
     }
+    if let Some(min) = settings.min_instances {
+        base.min_instances = bounded("min-instances", min, 0..=MAX_INSTANCES)?;
+    }
+    if let Some(max) = settings.max_instances {
+        base.max_instances = Some(bounded("max-instances", max, 1..=MAX_INSTANCES)?);
+    }
+    if let Some(idle) = settings.idle_timeout {
+        base.idle_timeout = Some(bounded_duration("idle-timeout", idle, MAX_IDLE_TIMEOUT)?);
+    }
+    if let Some(depth) = settings.queue_depth {
+        base.queue_depth = Some(bounded("queue-depth", depth, 0..=MAX_QUEUE_DEPTH)?);
+    }
+    if let Some(timeout) = settings.queue_timeout {
+        base.queue_timeout = Some(bounded_duration(
+            "queue-timeout",
+            timeout,
+            MAX_QUEUE_TIMEOUT,
+        )?);
+    }
+    if let Some(reuse) = settings.reuse {
+        base.reuse = bounded("reuse", reuse, 1..=MAX_REUSE)?;
+    }
+    if let Some(max) = base.max_instances
+        && base.min_instances > max
+    {
+        return Err(out_of_range(
+            "min-instances",
+            format!("{} is more than max-instances {max}", base.min_instances),
+        ));
+    }
+    Ok(base)
 }
 
 mod optional_ms {
@@ -180,53 +163,46 @@ mod tests {
 
     #[test]
     fn settings_change_one_at_a_time_and_are_checked_together() {
-        let base = ScalingConfig {
+        let first = FunctionSettings {
             max_instances: Some(4),
-            idle_timeout: Some("30s".into()),
+            idle_timeout: Some("30s".parse().unwrap()),
             ..Default::default()
-        }
-        .apply(Scaling::default())
-        .unwrap();
+        };
+        let base = apply_scaling(&first, Scaling::default()).unwrap();
         assert_eq!(base.max_instances, Some(4));
         assert_eq!(base.idle_timeout, Some(Duration::from_secs(30)));
-        let updated = ScalingConfig {
+        let second = FunctionSettings {
             min_instances: Some(2),
             ..Default::default()
-        }
-        .apply(base)
-        .unwrap();
+        };
+        let updated = apply_scaling(&second, base).unwrap();
         assert_eq!((updated.min_instances, updated.max_instances), (2, Some(4)));
 
-        let too_many = ScalingConfig {
+        let too_many = FunctionSettings {
             min_instances: Some(5),
             ..Default::default()
         };
         assert!(
-            too_many
-                .apply(base)
+            apply_scaling(&too_many, base)
                 .unwrap_err()
                 .to_string()
                 .contains("min-instances")
         );
         for bad in [
-            ScalingConfig {
+            FunctionSettings {
                 max_instances: Some(0),
                 ..Default::default()
             },
-            ScalingConfig {
-                queue_timeout: Some("0s".into()),
+            FunctionSettings {
+                queue_timeout: Some("0s".parse().unwrap()),
                 ..Default::default()
             },
-            ScalingConfig {
-                idle_timeout: Some("soon".into()),
-                ..Default::default()
-            },
-            ScalingConfig {
+            FunctionSettings {
                 reuse: Some(0),
                 ..Default::default()
             },
         ] {
-            assert!(bad.apply(Scaling::default()).is_err(), "{bad:?}");
+            assert!(apply_scaling(&bad, Scaling::default()).is_err(), "{bad:?}");
         }
     }
 

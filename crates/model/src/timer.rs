@@ -33,7 +33,7 @@ enum ScheduleKind {
 }
 
 /// A schedule as written and stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleConfig {
     pub cron: String,
     /// An IANA time zone name; UTC when absent.
@@ -128,7 +128,7 @@ impl From<Schedule> for ScheduleConfig {
 }
 
 /// What a user writes to create a timer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimerConfig {
     #[serde(default)]
@@ -161,7 +161,7 @@ impl TimerConfig {
 }
 
 /// A validated timer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timer {
     pub namespace: Namespace,
     pub name: Name,

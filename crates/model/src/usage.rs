@@ -9,7 +9,7 @@ use crate::{Name, Namespace, RevisionNumber};
 
 /// One invocation attempt as billed, keyed by (`invocation_id`, `attempt`): stored twice, it
 /// still counts once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRecord {
     pub invocation_id: String,
     pub attempt: u32,

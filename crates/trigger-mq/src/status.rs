@@ -16,6 +16,18 @@ pub enum TriggerState {
     Stopped,
 }
 
+impl TriggerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Reconnecting => "reconnecting",
+            Self::WaitingForFunction => "waiting_for_function",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TriggerStatus {
     pub state: TriggerState,

@@ -1,0 +1,56 @@
+//! Asynchronous invocations' dead letters: listing, showing, re-driving and purging them.
+
+use gust_model::AsyncInvocation;
+use serde::{Deserialize, Serialize};
+
+/// `?namespace=&function=&limit=` of `GET /v1/dlq`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    pub namespace: Option<String>,
+    /// Only this function's dead letters.
+    pub function: Option<String>,
+    /// At most this many [default: 1000]
+    pub limit: Option<usize>,
+}
+
+/// The request a dead letter would deliver again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RequestView {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body_base64: String,
+}
+
+/// A dead letter with the request it would deliver again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeadLetterView {
+    #[serde(flatten)]
+    pub invocation: AsyncInvocation,
+    pub request: RequestView,
+}
+
+/// Which dead letters a redrive or purge acts on: exactly one of the three.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// A dead letter re-driven: its id and the new invocation's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Redriven {
+    pub from: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Purged {
+    pub purged: usize,
+}

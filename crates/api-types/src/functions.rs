@@ -1,0 +1,161 @@
+//! Functions: their create and update body, what `fn get` shows, invocation and logs.
+
+use std::collections::BTreeMap;
+
+use gust_model::{
+    Delivery, FunctionSettings, Name, Namespace, NetworkPolicy, OutboundRule, RevisionNumber,
+};
+use serde::{Deserialize, Serialize};
+
+/// Code as uploaded: a file name (its suffix tells an archive from a source file) and either
+/// the bytes in base64 or the id of an upload received by `POST /v1/uploads`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeSource {
+    /// `hello.py`, `app.zip`, `site.tar.gz`, `handler.wasm`, ...
+    pub filename: String,
+    /// The code itself, for small code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    /// An upload received by `POST /v1/uploads`, for code of any size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
+}
+
+/// The body of create (`name`, `env` and `code` required) and update (everything optional;
+/// only the given settings change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeSource>,
+    #[serde(flatten)]
+    pub settings: FunctionSettings,
+}
+
+/// The body of `POST /v1/functions/{name}/rollback`; empty means the revision before the
+/// current one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<RevisionNumber>,
+}
+
+/// A function's scaling settings with every default filled in: what the executor applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScalingView {
+    /// Requests in flight per instance.
+    pub concurrency: usize,
+    pub min_instances: usize,
+    pub max_instances: usize,
+    pub idle_timeout_ms: u64,
+    pub queue_depth: usize,
+    pub queue_timeout_ms: u64,
+    /// Requests a wasm instance serves before it is replaced.
+    pub reuse: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstancesView {
+    pub busy: usize,
+    pub idle: usize,
+}
+
+/// What `fn get` shows: the function with its current revision spelled out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionView {
+    pub namespace: Namespace,
+    pub name: Name,
+    pub revision: RevisionNumber,
+    pub revisions: usize,
+    pub keep_revisions: u32,
+    pub env: Name,
+    pub entrypoint: Option<String>,
+    pub timeout_ms: u64,
+    pub memory_mb: u32,
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_outbound: Vec<OutboundRule>,
+    /// Process functions only: what their workers may reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
+    /// The scaling settings in force, tier and `gust up` defaults filled in.
+    pub scaling: ScalingView,
+    /// Retry budget of asynchronous invocations.
+    pub delivery: Delivery,
+    pub code_digest: String,
+    pub code_file: Option<String>,
+    pub code_bytes: u64,
+    pub updated_at_ms: u64,
+    pub instances: InstancesView,
+}
+
+/// `?method=&path=&async=` of `/v1/functions/{name}/invoke`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InvokeQuery {
+    /// The method the function sees; the API call itself may use any.
+    pub method: Option<String>,
+    /// The path and query the function sees; `/` by default.
+    pub path: Option<String>,
+    /// Store the invocation and answer `202` with its id instead of waiting for the function.
+    #[serde(rename = "async", default)]
+    #[param(rename = "async")]
+    pub asynchronous: bool,
+}
+
+/// `?after=&request_id=&limit=` of `/v1/functions/{name}/logs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Lines after this sequence number (a previous answer's last `seq`).
+    pub after: Option<u64>,
+    /// Only the lines of this request.
+    pub request_id: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// One line a function's instance printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogLine {
+    /// Increases across all functions; `after` in a query resumes from it.
+    pub seq: u64,
+    pub time_ms: u64,
+    /// `stdout` or `stderr`
+    pub stream: String,
+    pub instance: String,
+    pub request_id: Option<String>,
+    /// The line with control characters escaped (`\x1b`), so it is safe on a terminal.
+    pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_refuses_unknown_fields_and_types_its_durations() {
+        let spec: FunctionSpec = serde_json::from_str(
+            r#"{"name":"f","env":"python","timeout":"500ms","max_instances":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.settings.timeout.unwrap().get(),
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(spec.settings.max_instances, Some(3));
+        let unknown = serde_json::from_str::<FunctionSpec>(r#"{"name":"f","memory":5}"#);
+        assert!(unknown.unwrap_err().to_string().contains("memory"));
+        let bad = serde_json::from_str::<FunctionSpec>(r#"{"timeout":"soon"}"#);
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("invalid duration \"soon\"")
+        );
+        let round = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&round).unwrap(), spec);
+    }
+}

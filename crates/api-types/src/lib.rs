@@ -1,0 +1,26 @@
+//! Gust's API contract: every request and response body of `/v1`, defined once. The server's
+//! handlers build and read these types, the CLI's client decodes them, and the OpenAPI
+//! document (`GET /v1/openapi.json`) is generated from them, so a renamed field breaks the
+//! build, not a user's script.
+//!
+//! Settings a user writes (a function's [`FunctionSettings`], an environment's, a route's, a
+//! timer's, a queue trigger's) are the model's own `*Config` types; this crate adds what only
+//! the API has: code sources, views with live state, queries and errors.
+
+mod asynchronous;
+mod error;
+mod functions;
+mod resources;
+mod usage;
+
+pub use asynchronous::{DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView, Selection};
+pub use error::ErrorBody;
+pub use functions::{
+    CodeSource, FunctionSpec, FunctionView, InstancesView, InvokeQuery, LogLine, LogsQuery,
+    RollbackRequest, ScalingView,
+};
+pub use gust_model::FunctionSettings;
+pub use resources::{
+    EnvironmentView, MqTriggerView, NamespaceQuery, TimerView, TriggerStatusView, UploadView,
+};
+pub use usage::{UsageQuery, UsageReport, UsageRow};
