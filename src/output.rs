@@ -105,6 +105,15 @@ pub fn print<T: Serialize>(
     Ok(())
 }
 
+/// How an enum value is written in JSON (`succeeded`, `final_status`), for a table cell.
+pub fn label<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => "-".to_owned(),
+    }
+}
+
 /// Unix milliseconds as an RFC 3339 time (UTC, to the second); `-` when absent.
 pub fn time_ms(ms: Option<u64>) -> String {
     ms.map_or_else(

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use gust_api_types::{DeadLetterView, Purged, Redriven};
+use gust_model::AsyncInvocation;
 use http::Method;
-use serde_json::{Value, json};
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::commands::invocation::{invocation_table, one_invocation_table};
@@ -31,13 +32,11 @@ struct Selection {
 }
 
 impl Selection {
-    fn body(&self) -> Value {
-        if self.all {
-            json!({ "all": true })
-        } else if let Some(function) = &self.function {
-            json!({ "function": function })
-        } else {
-            json!({ "ids": self.ids })
+    fn body(&self) -> gust_api_types::Selection {
+        gust_api_types::Selection {
+            ids: self.ids.clone(),
+            function: self.function.clone(),
+            all: self.all,
         }
     }
 }
@@ -84,11 +83,11 @@ pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             if let Some(function) = function {
                 path = path.query("function", function);
             }
-            let letters: Vec<Value> = client.json(Method::GET, &path, NO_BODY).await?;
+            let letters: Vec<AsyncInvocation> = client.json(Method::GET, &path, NO_BODY).await?;
             print(output.format, &letters, || invocation_table(&letters))?;
         }
         DlqCommand::Show { id, output } => {
-            let letter: Value = client
+            let letter: DeadLetterView = client
                 .json(
                     Method::GET,
                     &ApiPath::new(["v1", "dlq", id.as_str()]),
@@ -96,21 +95,20 @@ pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<E
                 )
                 .await?;
             print(output.format, &letter, || {
-                let mut table = one_invocation_table(&letter);
+                let mut table = one_invocation_table(&letter.invocation);
+                let request = &letter.request;
                 table.footer(format!(
                     "request: {} {} ({} headers, body {} base64 chars)",
-                    letter["request"]["method"].as_str().unwrap_or("-"),
-                    letter["request"]["uri"].as_str().unwrap_or("-"),
-                    letter["request"]["headers"].as_array().map_or(0, Vec::len),
-                    letter["request"]["body_base64"]
-                        .as_str()
-                        .map_or(0, str::len),
+                    request.method,
+                    request.uri,
+                    request.headers.len(),
+                    request.body_base64.len(),
                 ));
                 table
             })?;
         }
         DlqCommand::Redrive { selection } => {
-            let redriven: Vec<Value> = client
+            let redriven: Vec<Redriven> = client
                 .json(
                     Method::POST,
                     &ApiPath::new(["v1", "dlq", "redrive"]),
@@ -120,22 +118,19 @@ pub async fn run(args: DlqArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             eprintln!("{} dead letters re-driven", redriven.len());
             let mut table = Table::new(vec!["FROM", "ID"]);
             for pair in &redriven {
-                table.row(vec![
-                    pair["from"].as_str().unwrap_or_default().to_owned(),
-                    pair["id"].as_str().unwrap_or_default().to_owned(),
-                ]);
+                table.row(vec![pair.from.clone(), pair.id.clone()]);
             }
             print!("{}", table.render());
         }
         DlqCommand::Purge { selection } => {
-            let purged: Value = client
+            let purged: Purged = client
                 .json(
                     Method::POST,
                     &ApiPath::new(["v1", "dlq", "purge"]),
                     Some(&selection.body()),
                 )
                 .await?;
-            eprintln!("{} dead letters purged", purged["purged"]);
+            eprintln!("{} dead letters purged", purged.purged);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,8 +1,9 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use gust_api_types::EnvironmentView;
+use gust_model::{EnvironmentConfig, EnvironmentKind};
 use http::Method;
-use serde_json::{Value, json};
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
@@ -42,40 +43,27 @@ enum EnvCommand {
     Delete { name: String },
 }
 
-fn row(env: &Value) -> Vec<String> {
-    let kind = &env["kind"];
-    let command = match kind["type"].as_str() {
-        Some("builtin") => format!("built-in {}", kind["runtime"].as_str().unwrap_or("")),
-        _ => kind["command"]
-            .as_array()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .filter_map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default(),
+fn row(view: &EnvironmentView) -> Vec<String> {
+    let env = &view.environment;
+    let command = match &env.kind {
+        EnvironmentKind::Builtin { runtime } => format!("built-in {}", runtime.name()),
+        EnvironmentKind::Custom { command, .. } => command.join(" "),
     };
     // `env get` knows how many pooled workers are ready; `env list` shows the target only.
-    let pool = match env.get("pool_ready") {
-        Some(ready) => format!("{ready}/{} ready", env["pool_size"]),
-        None => env["pool_size"].to_string(),
+    let pool = match view.pool_ready {
+        Some(ready) => format!("{ready}/{} ready", env.pool_size),
+        None => env.pool_size.to_string(),
     };
-    vec![
-        env["name"].as_str().unwrap_or_default().to_owned(),
-        pool,
-        command,
-    ]
+    vec![env.name.to_string(), pool, command]
 }
 
-fn table(envs: &[Value]) -> Table {
+fn table(envs: &[EnvironmentView]) -> Table {
     let mut table = Table::new(vec!["NAME", "POOL", "COMMAND"]);
     envs.iter().for_each(|env| table.row(row(env)));
     table
 }
 
-const RESOURCE: Resource = Resource {
+const RESOURCE: Resource<EnvironmentView> = Resource {
     kind: "environment",
     collection: "environments",
     table,
@@ -90,13 +78,13 @@ pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             pool_size,
             mounts,
         } => {
-            let body = json!({
-                "name": name,
-                "command": command,
-                "pool_size": pool_size,
-                "mounts": mounts,
-            });
-            let _: Value = client
+            let body = EnvironmentConfig {
+                name: name.clone(),
+                command,
+                pool_size,
+                mounts,
+            };
+            let _: EnvironmentView = client
                 .json(
                     Method::POST,
                     &ApiPath::new(["v1", "environments"]),

@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use gust_model::AsyncInvocation;
 use http::Method;
-use serde_json::Value;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
-use crate::output::{OutputArgs, Table, print, time_ms};
+use crate::output::{OutputArgs, Table, label, print, time_ms};
 
 #[derive(Debug, Args)]
 pub struct InvocationArgs {
@@ -26,31 +26,30 @@ enum InvocationCommand {
 }
 
 /// The table shared with `gust dlq`.
-pub fn invocation_table(invocations: &[Value]) -> Table {
+pub fn invocation_table(invocations: &[AsyncInvocation]) -> Table {
     let mut table = Table::new(vec![
         "ID", "FUNCTION", "STATE", "REASON", "ATTEMPTS", "STATUS", "ACCEPTED", "UPDATED",
     ]);
     for i in invocations {
         table.row(vec![
-            i["id"].as_str().unwrap_or_default().to_owned(),
-            i["function"].as_str().unwrap_or_default().to_owned(),
-            i["state"].as_str().unwrap_or_default().to_owned(),
-            i["reason"].as_str().unwrap_or("-").to_owned(),
-            i["attempts"].to_string(),
-            i["last_status"]
-                .as_u64()
+            i.id.clone(),
+            i.function.to_string(),
+            label(&i.state),
+            i.reason.map_or_else(|| "-".to_owned(), |r| label(&r)),
+            i.attempts.to_string(),
+            i.last_status
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),
-            time_ms(i["accepted_at_ms"].as_u64()),
-            time_ms(i["updated_at_ms"].as_u64()),
+            time_ms(Some(i.accepted_at_ms)),
+            time_ms(Some(i.updated_at_ms)),
         ]);
     }
     table
 }
 
 /// One invocation's row with its last error under it.
-pub fn one_invocation_table(invocation: &Value) -> Table {
+pub fn one_invocation_table(invocation: &AsyncInvocation) -> Table {
     let mut table = invocation_table(std::slice::from_ref(invocation));
-    if let Some(error) = invocation["last_error"].as_str() {
+    if let Some(error) = &invocation.last_error {
         table.footer(format!("last error: {error}"));
     }
     table
@@ -60,7 +59,7 @@ pub async fn run(args: InvocationArgs, connection: &ConnectionArgs) -> anyhow::R
     let client = ApiClient::new(connection)?;
     match args.command {
         InvocationCommand::Get { id, output } => {
-            let invocation: Value = client
+            let invocation: AsyncInvocation = client
                 .json(
                     Method::GET,
                     &ApiPath::new(["v1", "invocations", id.as_str()]),
@@ -69,7 +68,7 @@ pub async fn run(args: InvocationArgs, connection: &ConnectionArgs) -> anyhow::R
                 .await?;
             print(output.format, &invocation, || {
                 let mut table = one_invocation_table(&invocation);
-                if let Some(body) = invocation["response"]["body"].as_str() {
+                if let Some(body) = invocation.response.as_ref().map(|r| &r.body) {
                     table.footer(format!("response: {body}"));
                 }
                 table

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
+use gust_api_types::MqTriggerView;
+use gust_model::MqTriggerConfig;
 use http::Method;
-use serde_json::{Value, json};
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
@@ -71,7 +72,7 @@ enum MqtCommand {
     Delete { name: String },
 }
 
-fn table(triggers: &[Value]) -> Table {
+fn table(triggers: &[MqTriggerView]) -> Table {
     let mut table = Table::new(vec![
         "NAME",
         "FUNCTION",
@@ -84,28 +85,27 @@ fn table(triggers: &[Value]) -> Table {
         "LAST ERROR",
     ]);
     for trigger in triggers {
-        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-        let status = &trigger["status"];
-        let last_error = match status["last_error"].as_str() {
-            Some(error) => format!("{} ({error})", time_ms(status["last_error_at_ms"].as_u64())),
+        let status = &trigger.status;
+        let last_error = match &status.last_error {
+            Some(error) => format!("{} ({error})", time_ms(status.last_error_at_ms)),
             None => String::new(),
         };
         table.row(vec![
-            text(&trigger["name"]),
-            text(&trigger["function"]),
-            text(&trigger["kind"]),
-            text(&trigger["url"]),
-            text(&trigger["topic"]),
-            text(&status["state"]),
-            status["succeeded"].as_u64().unwrap_or_default().to_string(),
-            status["failed"].as_u64().unwrap_or_default().to_string(),
+            trigger.name.clone(),
+            trigger.function.clone(),
+            trigger.kind.clone(),
+            trigger.url.clone(),
+            trigger.topic.clone(),
+            status.state.clone(),
+            status.succeeded.to_string(),
+            status.failed.to_string(),
             last_error,
         ]);
     }
     table
 }
 
-const RESOURCE: Resource = Resource {
+const RESOURCE: Resource<MqTriggerView> = Resource {
     kind: "queue trigger",
     collection: "mqtriggers",
     table,
@@ -127,25 +127,29 @@ pub async fn run(args: MqtArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             content_type,
         } => {
             let kind = kind.to_possible_value().expect("no variant is skipped");
-            let body = json!({
-                "name": name, "function": function, "kind": kind.get_name(), "url": url,
-                "topic": topic, "resp_topic": resp_topic, "error_topic": error_topic,
-                "max_retries": max_retries, "concurrency": concurrency,
-                "content_type": content_type,
-            });
-            let trigger: Value = client
+            let body = MqTriggerConfig {
+                name,
+                function: function.clone(),
+                kind: kind.get_name().to_owned(),
+                url,
+                topic,
+                resp_topic,
+                error_topic,
+                max_retries,
+                concurrency,
+                content_type,
+            };
+            let trigger: MqTriggerView = client
                 .json(
                     Method::POST,
                     &ApiPath::new(["v1", "mqtriggers"]),
                     Some(&body),
                 )
                 .await?;
-            let name = trigger["name"].as_str().unwrap_or_default();
+            let name = &trigger.name;
             eprintln!(
                 "queue trigger {name} created: {} {} on {} -> {function}",
-                trigger["kind"].as_str().unwrap_or_default(),
-                trigger["topic"].as_str().unwrap_or_default(),
-                trigger["url"].as_str().unwrap_or_default(),
+                trigger.kind, trigger.topic, trigger.url,
             );
             println!("{name}");
         }

@@ -2,22 +2,23 @@
 //! environments, routes, timers and queue triggers; only the table differs.
 
 use http::Method;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::client::{ApiClient, ApiPath, NO_BODY};
 use crate::output::{OutputArgs, Table, print};
 
-/// One kind of named resource under `/v1/{collection}`.
-pub struct Resource {
+/// One kind of named resource under `/v1/{collection}`, shown as a `T`.
+pub struct Resource<T> {
     /// What the CLI calls one, in messages ("queue trigger").
     pub kind: &'static str,
     /// Its path under `/v1`.
     pub collection: &'static str,
     /// The table of some of them, for the table and CSV formats.
-    pub table: fn(&[Value]) -> Table,
+    pub table: fn(&[T]) -> Table,
 }
 
-impl Resource {
+impl<T: DeserializeOwned + Serialize> Resource<T> {
     fn path(&self, name: Option<&str>) -> ApiPath {
         match name {
             Some(name) => ApiPath::new(["v1", self.collection, name]),
@@ -26,7 +27,7 @@ impl Resource {
     }
 
     pub async fn list(&self, client: &ApiClient, output: &OutputArgs) -> anyhow::Result<()> {
-        let all: Vec<Value> = client.json(Method::GET, &self.path(None), NO_BODY).await?;
+        let all: Vec<T> = client.json(Method::GET, &self.path(None), NO_BODY).await?;
         print(output.format, &all, || (self.table)(&all))
     }
 
@@ -36,7 +37,7 @@ impl Resource {
         name: &str,
         output: &OutputArgs,
     ) -> anyhow::Result<()> {
-        let one: Value = client
+        let one: T = client
             .json(Method::GET, &self.path(Some(name)), NO_BODY)
             .await?;
         print(output.format, &one, || {

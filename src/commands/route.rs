@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use gust_model::{Method as HttpMethod, Route, RouteConfig, RouteMode};
 use http::Method;
-use serde_json::{Value, json};
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
@@ -52,32 +52,37 @@ enum RouteCommand {
     Delete { name: String },
 }
 
-fn table(routes: &[Value]) -> Table {
+fn table(routes: &[Route]) -> Table {
     let mut table = Table::new(vec!["NAME", "METHODS", "URL", "PREFIX", "MODE", "FUNCTION"]);
     for route in routes {
-        let methods = route["methods"]
-            .as_array()
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                m.iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_else(|| "*".to_owned());
+        let methods: Vec<HttpMethod> = route.methods.into();
+        let methods = if methods.is_empty() {
+            "*".to_owned()
+        } else {
+            methods
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mode = match route.mode {
+            RouteMode::Sync => "sync",
+            RouteMode::Async => "async",
+            RouteMode::CallerChooses => "caller_chooses",
+        };
         table.row(vec![
-            route["name"].as_str().unwrap_or_default().to_owned(),
+            route.name.to_string(),
             methods,
-            route["path"].as_str().unwrap_or_default().to_owned(),
-            route["prefix"].to_string(),
-            route["mode"].as_str().unwrap_or("sync").to_owned(),
-            route["function"].as_str().unwrap_or_default().to_owned(),
+            route.path.as_str().to_owned(),
+            route.prefix.to_string(),
+            mode.to_owned(),
+            route.function.to_string(),
         ]);
     }
     table
 }
 
-const RESOURCE: Resource = Resource {
+const RESOURCE: Resource<Route> = Resource {
     kind: "route",
     collection: "routes",
     table,
@@ -95,14 +100,19 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
             asynchronous,
             allow_async,
         } => {
-            let body = json!({
-                "name": name, "function": function, "url": url, "methods": methods, "prefix": prefix,
-                "async": asynchronous, "allow_async": allow_async,
-            });
-            let route: Value = client
+            let body = RouteConfig {
+                name,
+                function: function.clone(),
+                url: url.clone(),
+                methods,
+                prefix,
+                async_only: asynchronous,
+                allow_async,
+            };
+            let route: Route = client
                 .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&body))
                 .await?;
-            let name = route["name"].as_str().unwrap_or_default();
+            let name = &route.name;
             eprintln!("route {name} created: {url} -> {function}");
             println!("{name}");
         }

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use gust_api_types::TimerView;
+use gust_model::{ScheduleConfig, TimerConfig};
 use http::Method;
-use serde_json::{Value, json};
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs};
 use crate::commands::resource::Resource;
@@ -45,24 +46,22 @@ enum TimerCommand {
     Delete { name: String },
 }
 
-fn table(timers: &[Value]) -> Table {
+fn table(timers: &[TimerView]) -> Table {
     let mut table = Table::new(vec!["NAME", "FUNCTION", "CRON", "TZ", "NEXT"]);
-    for timer in timers {
+    for view in timers {
+        let schedule = ScheduleConfig::from(view.timer.schedule.clone());
         table.row(vec![
-            timer["name"].as_str().unwrap_or_default().to_owned(),
-            timer["function"].as_str().unwrap_or_default().to_owned(),
-            timer["schedule"]["cron"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            timer["schedule"]["tz"].as_str().unwrap_or("UTC").to_owned(),
-            time_ms(timer["next_fire_ms"].as_u64()),
+            view.timer.name.to_string(),
+            view.timer.function.to_string(),
+            schedule.cron,
+            schedule.tz.unwrap_or_else(|| "UTC".to_owned()),
+            time_ms(view.next_fire_ms),
         ]);
     }
     table
 }
 
-const RESOURCE: Resource = Resource {
+const RESOURCE: Resource<TimerView> = Resource {
     kind: "timer",
     collection: "timers",
     table,
@@ -77,14 +76,19 @@ pub async fn run(args: TimerArgs, connection: &ConnectionArgs) -> anyhow::Result
             cron,
             tz,
         } => {
-            let body = json!({ "name": name, "function": function, "cron": cron, "tz": tz });
-            let timer: Value = client
+            let body = TimerConfig {
+                name,
+                function: function.clone(),
+                cron: cron.clone(),
+                tz,
+            };
+            let view: TimerView = client
                 .json(Method::POST, &ApiPath::new(["v1", "timers"]), Some(&body))
                 .await?;
-            let name = timer["name"].as_str().unwrap_or_default();
+            let name = &view.timer.name;
             eprintln!(
                 "timer {name} created: {cron} -> {function}, next tick {}",
-                time_ms(timer["next_fire_ms"].as_u64())
+                time_ms(view.next_fire_ms)
             );
             println!("{name}");
         }

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
+use gust_api_types::{UsageReport, UsageRow};
 use http::Method;
-use serde_json::Value;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::output::{OutputArgs, Table, print};
@@ -41,15 +41,15 @@ pub struct UsageArgs {
     output: OutputArgs,
 }
 
-fn cells(row: &Value) -> Vec<String> {
+fn cells(row: &UsageRow) -> Vec<String> {
     vec![
-        row["function"].as_str().unwrap_or_default().to_owned(),
-        row["period_start"].as_str().unwrap_or_default().to_owned(),
-        row["invocations"].to_string(),
-        row["errors"].to_string(),
-        format!("{:.6}", row["gb_seconds"].as_f64().unwrap_or(0.0)),
-        format!("{:.3}", row["cpu_ms"].as_f64().unwrap_or(0.0)),
-        format!("{:.6}", row["cost"].as_f64().unwrap_or(0.0)),
+        row.function.clone(),
+        row.period_start.clone(),
+        row.invocations.to_string(),
+        row.errors.to_string(),
+        format!("{:.6}", row.gb_seconds),
+        format!("{:.3}", row.cpu_ms),
+        format!("{:.6}", row.cost),
     ]
 }
 
@@ -61,7 +61,7 @@ pub async fn run(args: UsageArgs, connection: &ConnectionArgs) -> anyhow::Result
     if let Some(function) = &args.function {
         path = path.query("function", function);
     }
-    let report: Value = client.json(Method::GET, &path, NO_BODY).await?;
+    let report: UsageReport = client.json(Method::GET, &path, NO_BODY).await?;
     print(args.output.format, &report, || {
         let mut table = Table::new(vec![
             "FUNCTION",
@@ -72,12 +72,12 @@ pub async fn run(args: UsageArgs, connection: &ConnectionArgs) -> anyhow::Result
             "CPU MS",
             "COST",
         ]);
-        for row in report["rows"].as_array().into_iter().flatten() {
+        for row in &report.rows {
             table.row(cells(row));
         }
-        let mut totals = cells(&report["totals"]);
+        let mut totals = cells(&report.totals);
         totals[0] = "TOTAL".to_owned();
-        totals[1] = report["since"].as_str().unwrap_or_default().to_owned();
+        totals[1] = report.since.clone();
         table.row(totals);
         table
     })?;
