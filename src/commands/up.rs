@@ -14,7 +14,8 @@ use clap::Args;
 use gust_api::{AdminToken, ApiState, api_router};
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
 use gust_executor::{
-    Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver, Runtime,
+    Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
+    Runtime,
 };
 use gust_metering::{Meter, Metrics, PriceSheet, UsageRetention, UsageWriter, prune_usage};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
@@ -393,14 +394,10 @@ async fn assemble(
         args.async_in_flight,
         settings.async_retention,
     );
-    let timers = TimerScheduler::new(store.clone(), queue.clone(), clock.clone());
-    let mq = MqTriggers::new(
-        store.clone(),
-        invoker.clone(),
-        queue.clone(),
-        clock,
-        mq_metrics,
-    );
+    // Triggers hand their work to whatever implements `Enqueue`; here the embedded queue.
+    let enqueue: Arc<dyn Enqueue> = Arc::new(queue.clone());
+    let timers = TimerScheduler::new(store.clone(), enqueue.clone(), clock.clone());
+    let mq = MqTriggers::new(store.clone(), invoker.clone(), enqueue, clock, mq_metrics);
     let routes = Routes::new(store.routes(None)?);
     let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024))
         .with_request_limit(args.body_limit * 1024 * 1024);

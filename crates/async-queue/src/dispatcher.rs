@@ -347,7 +347,7 @@ impl Dispatcher {
         let verdict = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                retry_after = crate::request::retry_after(&response);
+                retry_after = gust_executor::retry_after(&response);
                 invocation.last_status = Some(status);
                 invocation.response = Some(StoredResponse::new(status, response.body()));
                 let verdict = classify_status(status);

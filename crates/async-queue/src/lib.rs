@@ -22,22 +22,6 @@ pub use dispatcher::{DeliveryPolicies, Dispatcher};
 pub use error::QueueError;
 pub use gust_store::{QueueBounds, QueueFull};
 pub use queue::{AsyncQueue, QueueLimits};
-pub use request::{retry_after, store_request};
 pub use writer::QueueWriter;
 
-/// Where the queue reads the time: the system clock in Gust, a hand-driven one in tests of
-/// backoff and max age.
-pub trait Clock: Send + Sync {
-    /// Unix time in milliseconds.
-    fn now_ms(&self) -> u64;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
+pub use gust_executor::{Clock, SystemClock, retry_after, store_request};

@@ -14,9 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
-use crate::request::store_request;
 use crate::writer::QueueWriter;
 use crate::{Clock, QueueError};
+use gust_executor::store_request;
 
 /// How much the queue holds: waiting work per function and in bytes, and dead letters.
 #[derive(Debug, Clone, Copy)]
@@ -308,8 +308,40 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
         .map_err(|e| QueueError::Unavailable(format!("storage task failed: {e}")))?
 }
 
+/// What the data plane sees of a queue error: full, or unavailable.
+fn enqueue_error(err: QueueError) -> gust_executor::EnqueueError {
+    use gust_executor::EnqueueError;
+    match err {
+        QueueError::Full(QueueFull::FunctionDepth { limit }) => {
+            EnqueueError::FunctionFull { limit }
+        }
+        QueueError::Full(QueueFull::StoreBudget { limit }) => EnqueueError::QueueFull { limit },
+        other => EnqueueError::Unavailable(other.to_string()),
+    }
+}
+
 #[async_trait::async_trait]
 impl gust_executor::Enqueue for AsyncQueue {
+    async fn enqueue_tick(
+        &self,
+        timer: &Timer,
+        tick_ms: u64,
+    ) -> Result<bool, gust_executor::EnqueueError> {
+        AsyncQueue::enqueue_tick(self, timer, tick_ms)
+            .await
+            .map_err(enqueue_error)
+    }
+
+    async fn store_dead_letter(
+        &self,
+        invocation: AsyncInvocation,
+        request: gust_model::StoredRequest,
+    ) -> Result<(), gust_executor::EnqueueError> {
+        AsyncQueue::store_dead_letter(self, invocation, request)
+            .await
+            .map_err(enqueue_error)
+    }
+
     async fn enqueue(
         &self,
         id: &RequestId,
@@ -318,17 +350,8 @@ impl gust_executor::Enqueue for AsyncQueue {
         source: AsyncSource,
         request: &http::Request<Bytes>,
     ) -> Result<(), gust_executor::EnqueueError> {
-        use gust_executor::EnqueueError;
         AsyncQueue::enqueue(self, id, namespace, function, source, request)
             .await
-            .map_err(|err| match err {
-                QueueError::Full(QueueFull::FunctionDepth { limit }) => {
-                    EnqueueError::FunctionFull { limit }
-                }
-                QueueError::Full(QueueFull::StoreBudget { limit }) => {
-                    EnqueueError::QueueFull { limit }
-                }
-                other => EnqueueError::Unavailable(other.to_string()),
-            })
+            .map_err(enqueue_error)
     }
 }

@@ -1,29 +1,10 @@
-//! Requests as the queue keeps them, and back. Header values are kept as Latin-1 text (one
-//! char per byte) so that every byte a caller sent survives the round trip.
+//! Stored requests made deliverable again (`gust_executor::store_request` stores them):
+//! header values are kept as Latin-1 text (one char per byte), so every byte a caller sent
+//! survives the round trip.
 
 use bytes::Bytes;
 use gust_model::StoredRequest;
 use http::{HeaderName, HeaderValue};
-
-pub fn store_request(request: &http::Request<Bytes>) -> StoredRequest {
-    StoredRequest {
-        method: request.method().as_str().to_owned(),
-        uri: request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned(),
-        headers: request
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                let latin1: String = value.as_bytes().iter().map(|&b| b as char).collect();
-                (name.as_str().to_owned(), latin1)
-            })
-            .collect(),
-        body: request.body().to_vec(),
-    }
-}
 
 /// The request to deliver. Gust's own headers are set last, so a stored one cannot override
 /// them; a stored header that no longer parses is dropped.
@@ -60,18 +41,10 @@ pub fn delivery_request(
     request
 }
 
-/// The whole seconds a function's `Retry-After` asks for (zero when absent or not a number).
-pub fn retry_after(response: &http::Response<Bytes>) -> std::time::Duration {
-    response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs)
-}
-
 #[cfg(test)]
 mod tests {
+    use gust_executor::store_request;
+
     use super::*;
 
     #[test]

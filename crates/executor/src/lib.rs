@@ -22,7 +22,7 @@ mod observer;
 mod runtime;
 
 pub use body::ResponseBody;
-pub use enqueue::{Enqueue, EnqueueError};
+pub use enqueue::{Clock, Enqueue, EnqueueError, SystemClock, retry_after, store_request};
 pub use error::InvokeError;
 pub use executor::{
     DeploymentSource, EffectiveScaling, Executor, ExecutorConfig, FunctionInstances, InstanceCounts,

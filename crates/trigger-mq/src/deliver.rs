@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gust_async_queue::{AsyncQueue, Clock, store_request};
 use gust_executor::body::read_response;
+use gust_executor::{Clock, Enqueue, store_request};
 use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
 use gust_model::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MqTrigger, StoredResponse, Verdict,
@@ -40,7 +40,7 @@ pub(crate) struct TriggerContext {
     pub event_source: String,
     pub event_type: String,
     pub invoker: Arc<dyn Invoker>,
-    pub dead_letters: AsyncQueue,
+    pub dead_letters: Arc<dyn Enqueue>,
     pub clock: Arc<dyn Clock>,
     pub status: Arc<StatusCell>,
     pub metrics: MqMetrics,
@@ -186,7 +186,7 @@ impl TriggerContext {
             let (last_status, last_error, response, retry_after) = match result {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let retry_after = gust_async_queue::retry_after(&response);
+                    let retry_after = gust_executor::retry_after(&response);
                     let stored = StoredResponse::new(status, response.body());
                     match classify_status(status) {
                         Verdict::Succeeded => return Outcome::Succeeded(response),

@@ -28,8 +28,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gust_async_queue::{AsyncQueue, Clock};
 use gust_executor::Invoker;
+use gust_executor::{Clock, Enqueue};
 use gust_model::MqTrigger;
 use gust_store::MqTriggerStore;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -101,7 +101,7 @@ struct Running {
 pub struct MqTriggers {
     store: Arc<dyn MqTriggerStore>,
     invoker: Arc<dyn Invoker>,
-    dead_letters: AsyncQueue,
+    dead_letters: Arc<dyn Enqueue>,
     clock: Arc<dyn Clock>,
     metrics: MqMetrics,
     running: Mutex<HashMap<String, Running>>,
@@ -112,7 +112,7 @@ impl MqTriggers {
     pub fn new(
         store: Arc<dyn MqTriggerStore>,
         invoker: Arc<dyn Invoker>,
-        dead_letters: AsyncQueue,
+        dead_letters: Arc<dyn Enqueue>,
         clock: Arc<dyn Clock>,
         metrics: MqMetrics,
     ) -> Arc<Self> {

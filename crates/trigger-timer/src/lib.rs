@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gust_async_queue::{AsyncQueue, Clock};
+use gust_executor::{Clock, Enqueue};
 use gust_model::Timer;
 use gust_store::TimerStore;
 use tokio::sync::Notify;
@@ -23,7 +23,7 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 pub struct TimerScheduler {
     store: Arc<dyn TimerStore>,
-    queue: AsyncQueue,
+    queue: Arc<dyn Enqueue>,
     clock: Arc<dyn Clock>,
     changed: Notify,
 }
@@ -35,7 +35,11 @@ struct Scheduled {
 }
 
 impl TimerScheduler {
-    pub fn new(store: Arc<dyn TimerStore>, queue: AsyncQueue, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn TimerStore>,
+        queue: Arc<dyn Enqueue>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             queue,
