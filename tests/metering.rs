@@ -367,3 +367,34 @@ fn raw_records_past_their_retention_go_and_usage_totals_stay_the_same_across_a_k
     });
     assert!(after.is_some(), "new attempts add to the same totals");
 }
+
+#[test]
+fn a_caller_that_leaves_before_the_answer_is_still_billed_for_what_ran() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let source = "import time\ndef main(req):\n    time.sleep(float(req.query.get('s', '0')))\n    return 'late'\n";
+    gust.deploy("slow", "python", "slow.py", source, &[]);
+    // Warm, so the attempt below starts at once.
+    assert_eq!(gust.get("/slow").text().unwrap(), "late");
+    wait_for_records(&gust, "slow", 1);
+
+    let address = gust.public_url("").trim_start_matches("http://").to_owned();
+    let mut client = std::net::TcpStream::connect(address).unwrap();
+    use std::io::Write;
+    client
+        .write_all(b"GET /slow?s=3 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    drop(client);
+
+    let found = wait_for_records(&gust, "slow", 2);
+    let left = found
+        .iter()
+        .find(|r| r["status"] == 499)
+        .unwrap_or_else(|| panic!("no record of the abandoned request: {found:?}"));
+    let billed = left["billed_ms"].as_u64().unwrap();
+    // Billed from dispatch until the instance was stopped: about the 0.8 s the caller waited,
+    // not nothing and not the 3 s the function would have slept.
+    assert!((500..2_500).contains(&billed), "billed {billed} ms");
+    // The instance was stopped, not returned half-way through a request; the next is served.
+    assert_eq!(gust.get("/slow").text().unwrap(), "late");
+}

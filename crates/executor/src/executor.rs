@@ -560,15 +560,15 @@ impl Invoker for Executor {
         let mut attempt = Attempt {
             cpu_before: None,
             dispatched: Instant::now(),
-            instance,
+            instance: Some(instance),
             slot,
-            permit,
+            permit: Some(permit),
             observer: self.observer.clone(),
             report,
         };
-        attempt.cpu_before = attempt.instance.cpu_time();
+        attempt.cpu_before = attempt.instance().cpu_time();
         let result = attempt
-            .instance
+            .instance()
             .handle(&invocation.id, invocation.request, timeout)
             .await;
         let response = match result {
@@ -605,40 +605,60 @@ impl Invoker for Executor {
 /// goes back to its function (or is stopped), the request's capacity is given back, and the
 /// attempt is reported, so billing runs until the last byte.
 struct Attempt {
-    instance: Box<dyn Instance>,
+    /// `None` once the attempt has ended.
+    instance: Option<Box<dyn Instance>>,
     slot: Arc<FunctionSlot>,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     observer: Arc<dyn InvocationObserver>,
     report: AttemptReport,
     cpu_before: Option<Duration>,
     dispatched: Instant,
 }
 
+/// What an attempt whose caller left before the response's head is reported with (the
+/// status nginx logs for a client that closed its request): the function ran, so it is billed
+/// until the moment it was stopped.
+const CLIENT_CLOSED: u16 = 499;
+
 impl Attempt {
+    fn instance(&mut self) -> &mut Box<dyn Instance> {
+        self.instance
+            .as_mut()
+            .expect("an attempt has its instance until it ends")
+    }
+
     /// `reusable`: whether the instance may serve again if it is still healthy (not when its
     /// response was left unread or it ran out of time).
-    fn finish(self, status: u16, reusable: bool) {
-        let Attempt {
-            mut instance,
-            slot,
-            permit,
-            observer,
-            mut report,
-            cpu_before,
-            dispatched,
-        } = self;
-        report.run = dispatched.elapsed();
-        report.cpu = cpu_before
+    fn finish(mut self, status: u16, reusable: bool) {
+        self.end(status, reusable);
+    }
+
+    fn end(&mut self, status: u16, reusable: bool) {
+        let (Some(mut instance), Some(permit)) = (self.instance.take(), self.permit.take()) else {
+            return;
+        };
+        let mut report = self.report.clone();
+        report.run = self.dispatched.elapsed();
+        report.cpu = self
+            .cpu_before
             .zip(instance.cpu_time())
             .map(|(before, after)| after.saturating_sub(before));
         report.status = status;
-        if reusable && !slot.retired.load(Ordering::Acquire) && instance.is_healthy() {
-            slot.release(instance);
+        if reusable && !self.slot.retired.load(Ordering::Acquire) && instance.is_healthy() {
+            self.slot.release(instance);
         } else {
             stop_all(vec![instance]);
         }
         drop(permit);
-        observer.attempt_finished(report);
+        self.observer.attempt_finished(report);
+    }
+}
+
+/// An attempt dropped before it ended (its caller went away while the function had not
+/// answered yet) still stops its instance and is reported: the function ran, so it is billed.
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.end(CLIENT_CLOSED, false);
     }
 }
 
