@@ -13,13 +13,14 @@ use anyhow::{Context, bail};
 use clap::Args;
 use gust_api::{AdminToken, ApiState, api_router};
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
+use gust_edge::{BodyBudget, ConnectionLimits};
 use gust_executor::{
     Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
     Runtime,
 };
 use gust_metering::{Meter, Metrics, PriceSheet, UsageRetention, UsageWriter, prune_usage};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
-use gust_router::{BodyBudget, ConnectionLimits, PublicState, Routes, public_router};
+use gust_router::{PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::{PoolSize, WasmRuntime};
 use gust_store::{
@@ -475,7 +476,7 @@ async fn assemble(
         api_url = Some(format!("http://{}", api.local_addr()?));
         let app = api_router(state);
         roles.push(Box::new(Task::new("api", move |stop| {
-            gust_router::serve(api, app, api_limits, "API", stop)
+            gust_edge::serve(api, app, api_limits, "API", stop)
         })));
     }
     let mut public_url = None;
@@ -489,7 +490,7 @@ async fn assemble(
             bodies,
         });
         roles.push(Box::new(Task::new("router", move |stop| {
-            gust_router::serve(public, app, public_limits, "public", stop)
+            gust_edge::serve(public, app, public_limits, "public", stop)
         })));
     }
     Ok(Node {

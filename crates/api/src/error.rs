@@ -1,6 +1,6 @@
 use axum::response::{IntoResponse, Response};
+use gust_edge::ErrorBody;
 use gust_model::ModelError;
-use gust_router::ErrorBody;
 use gust_store::StoreError;
 use http::StatusCode;
 use thiserror::Error;

@@ -4,12 +4,12 @@ use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use gust_api_types::{InvokeQuery, LogLine, LogsQuery, NamespaceQuery};
-use gust_executor::{Enqueue, Invocation, LogQuery, RequestId, TriggerKind, function_key};
-use gust_model::AsyncSource;
-use gust_router::{
+use gust_edge::{
     MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers, forwardable_headers,
     function_response, invoke_error_response, read_limited,
 };
+use gust_executor::{Enqueue, Invocation, LogQuery, RequestId, TriggerKind, function_key};
+use gust_model::AsyncSource;
 use http::{HeaderValue, Method};
 
 use crate::{ApiError, ApiState, Scoped};

@@ -3,34 +3,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::response::{IntoResponse, Response};
-use gust_executor::{
-    Enqueue, EnqueueError, Invocation, Invoker, RequestId, ResponseBody, TriggerKind,
-};
+use axum::response::Response;
+use gust_executor::{Enqueue, Invocation, Invoker, RequestId, TriggerKind};
 use gust_model::{AsyncSource, RouteMode};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 
-use crate::body::{BodyBudget, Reserved, read_limited, streamed_response};
-use crate::{ErrorBody, Routes, invoke_error_response};
+use gust_edge::{
+    BodyBudget, ErrorBody, MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers,
+    forwardable_headers, function_response, invoke_error_response, put_header, read_limited,
+};
 
-/// Largest request body a function receives by default (6 MB, as Lambda's synchronous
-/// limit; `gust up --body-limit` sets another).
-pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
-/// Largest body of an asynchronous invocation (256 KB, as Lambda's): it is stored until it
-/// has run.
-pub const MAX_ASYNC_REQUEST_BYTES: usize = 256 * 1024;
-
-/// Headers that describe one hop, not the message; never forwarded either way.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+use crate::Routes;
 
 /// The methods a route can name, exactly as spelled on the wire.
 const SERVED_METHODS: [http::Method; 7] = [
@@ -54,24 +37,6 @@ pub struct PublicState {
 /// The public listener's app: every request is matched against the route table.
 pub fn public_router(state: PublicState) -> Router {
     Router::new().fallback(serve).with_state(state)
-}
-
-/// A caller's headers minus hop-by-hop ones, every `X-Gust-*` (only Gust sets those) and
-/// credentials meant for Gust rather than the function (`strip_authorization`).
-pub fn forwardable_headers(headers: &HeaderMap, strip_authorization: bool) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len() + 4);
-    for (name, value) in headers {
-        let lower = name.as_str();
-        if lower.starts_with("x-gust-")
-            || HOP_BY_HOP.contains(&lower)
-            || lower == "content-length"
-            || (strip_authorization && lower == "authorization")
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
 }
 
 async fn serve(
@@ -128,15 +93,15 @@ async fn serve(
     };
 
     let mut headers = forwardable_headers(&parts.headers, false);
-    set(&mut headers, "x-gust-request-id", id.as_str());
+    put_header(&mut headers, "x-gust-request-id", id.as_str());
     add_param_headers(&mut headers, &found.params);
-    set(&mut headers, "x-forwarded-for", &peer.ip().to_string());
+    put_header(&mut headers, "x-forwarded-for", &peer.ip().to_string());
     if let Some(host) = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
     {
-        set(&mut headers, "x-forwarded-host", host);
+        put_header(&mut headers, "x-forwarded-host", host);
     }
 
     let mut forwarded = http::Request::builder()
@@ -180,106 +145,4 @@ async fn serve(
         Ok(response) => function_response(response, &id, reserved),
         Err(error) => invoke_error_response(&error, id.as_str()),
     }
-}
-
-/// `202` with the invocation id once it is stored; `429` when the queue is full, `503` when
-/// it could not be stored.
-pub fn accepted_response(stored: Result<(), EnqueueError>, id: &RequestId) -> Response {
-    let full = |reason, error: &EnqueueError| {
-        let mut response = ErrorBody {
-            component: "router",
-            reason,
-            request_id: Some(id.to_string()),
-            message: format!("{error}; nothing was accepted, try again later"),
-        }
-        .into_response_with(StatusCode::TOO_MANY_REQUESTS);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        response
-    };
-    match stored {
-        Ok(()) => {
-            let mut response = (
-                StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({ "id": id.as_str() })),
-            )
-                .into_response();
-            set(response.headers_mut(), "x-gust-request-id", id.as_str());
-            response
-        }
-        Err(error @ EnqueueError::FunctionFull { .. }) => full("async_queue_full", &error),
-        Err(error @ EnqueueError::QueueFull { .. }) => full("async_store_full", &error),
-        Err(error @ EnqueueError::Unavailable(_)) => {
-            tracing::error!(%error, %id, "asynchronous invocation not accepted");
-            let mut response = ErrorBody {
-                component: "router",
-                reason: "queue_unavailable",
-                request_id: Some(id.to_string()),
-                message: "the invocation could not be stored; nothing was accepted, try again"
-                    .to_owned(),
-            }
-            .into_response_with(StatusCode::SERVICE_UNAVAILABLE);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
-    }
-}
-
-/// Path parameters as `X-Gust-Param-<name>` headers, and all of them, names in their original
-/// case, as JSON in `X-Gust-Params`.
-pub fn add_param_headers(headers: &mut HeaderMap, params: &[(String, String)]) {
-    let mut all = serde_json::Map::new();
-    for (name, value) in params {
-        if let Ok(header_name) = HeaderName::try_from(format!("x-gust-param-{name}")) {
-            set_header(headers, header_name, value);
-        }
-        all.insert(name.clone(), serde_json::Value::String(value.clone()));
-    }
-    set(
-        headers,
-        "x-gust-params",
-        &serde_json::Value::Object(all).to_string(),
-    );
-}
-
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    set_header(headers, HeaderName::from_static(name), value);
-}
-
-fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
-
-/// The function's response as the caller gets it: hop-by-hop headers dropped, the request id
-/// added, its body streamed as the function writes it, the request's reservation in the body
-/// budget held until it ends.
-pub fn function_response(
-    response: http::Response<ResponseBody>,
-    id: &RequestId,
-    held: Reserved,
-) -> Response {
-    let (mut parts, body) = response.into_parts();
-    for name in HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
-    // The connection sets the length from the body where the function's answer had one, and
-    // streams it chunked where not.
-    parts.headers.remove(header::CONTENT_LENGTH);
-    // Only Gust speaks in X-Gust-* headers, in both directions.
-    let forged: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-gust-"))
-        .cloned()
-        .collect();
-    for name in forged {
-        parts.headers.remove(name);
-    }
-    set(&mut parts.headers, "x-gust-request-id", id.as_str());
-    Response::from_parts(parts, streamed_response(body, id, held))
 }

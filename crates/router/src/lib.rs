@@ -1,28 +1,17 @@
 //! The public data plane: serves declared HTTP routes and nothing else.
 //!
 //! Key types: [`Routes`] (the current route table, an immutable snapshot swapped whole when
-//! routes change), [`public_router`] (the axum app of the public listener) and [`ErrorBody`]
-//! (the JSON error every Gust listener answers with).
+//! routes change) and [`public_router`] (the axum app of the public listener). What both
+//! listeners share (limits, timeouts, header hygiene, the error body) is `gust_edge`'s.
 //!
 //! The router never trusts a caller's `X-Gust-*` headers: it strips them and adds its own
 //! (request id, path parameters, forwarding headers) before handing the request to the
 //! [`gust_executor::Invoker`]. Bodies over the limit are refused with 413 before being read
 //! in full. Route matching itself is pure and lives in `gust_model::RouteTable`.
-//!
-//! [`serve`] runs a listener (this one and the API's) under [`ConnectionLimits`].
 
-mod body;
-mod error_body;
 mod ingress;
-mod listener;
 
-pub use body::{BodyBudget, BodyError, Reserved, read_limited, streamed_response};
-pub use error_body::{ErrorBody, invoke_error_response};
-pub use ingress::{
-    MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, PublicState, accepted_response, add_param_headers,
-    forwardable_headers, function_response, public_router,
-};
-pub use listener::{ConnectionLimits, serve};
+pub use ingress::{PublicState, public_router};
 
 use std::sync::Arc;
 

@@ -1,0 +1,20 @@
+//! The HTTP edge both listeners share (the public one and the API's): [`serve`] runs a
+//! listener under [`ConnectionLimits`] (connection caps, per-client caps, header and send
+//! timeouts); [`read_limited`] reads a request body within a limit and a shared
+//! [`BodyBudget`]; [`forwardable_headers`] and [`function_response`] decide which headers
+//! cross in each direction; [`ErrorBody`] is the JSON error every listener answers with.
+//!
+//! Nothing here knows routes or functions' settings: the router and the API build on it.
+
+mod body;
+mod error_body;
+mod exchange;
+mod listener;
+
+pub use body::{BodyBudget, BodyError, Reserved, read_limited, streamed_response};
+pub use error_body::{ErrorBody, invoke_error_response};
+pub use exchange::{
+    MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, accepted_response, add_param_headers,
+    forwardable_headers, function_response, put_header,
+};
+pub use listener::{ConnectionLimits, serve};
