@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, AckKind};
@@ -20,11 +21,14 @@ use crate::broker::{
 /// How long the server waits for an acknowledgement (or a progress report) before it
 /// delivers a message again; messages in flight report progress more often than this.
 const ACK_WAIT: Duration = Duration::from_secs(10);
+/// Idle heartbeats of a pull: two missed in a row mean the pull is gone.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long a publish may wait for the stream's acknowledgement.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct NatsSession {
+    consumer: PullConsumer,
     messages: jetstream::consumer::pull::Stream,
     /// Connection events: a disconnection ends the session (and is reported) at once.
     events: mpsc::UnboundedReceiver<async_nats::Event>,
@@ -91,14 +95,11 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
         })
         .await
         .map_err(|e| fail("cannot create the durable consumer", &e))?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(window(trigger.concurrency))
-        .heartbeat(Duration::from_secs(5))
-        .messages()
+    let messages = pull_messages(&consumer, trigger)
         .await
         .map_err(|e| fail("cannot read from the consumer", &e))?;
     Ok(Box::new(NatsSession {
+        consumer,
         messages,
         events,
         publisher: Arc::new(NatsPublisher {
@@ -107,6 +108,20 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
         }),
         trigger: trigger.clone(),
     }))
+}
+
+/// A stream of the consumer's messages: pull requests of a window's worth, with idle
+/// heartbeats so that a pull the server lost is noticed.
+async fn pull_messages(
+    consumer: &PullConsumer,
+    trigger: &MqTrigger,
+) -> Result<jetstream::consumer::pull::Stream, async_nats::Error> {
+    Ok(consumer
+        .stream()
+        .max_messages_per_batch(window(trigger.concurrency))
+        .heartbeat(HEARTBEAT)
+        .messages()
+        .await?)
 }
 
 /// The name of the stream capturing `subject`, created (`gust-<namespace>-<trigger><suffix>`)
@@ -138,24 +153,39 @@ async fn ensure_stream(
 impl Session for NatsSession {
     async fn next(&mut self) -> Result<Received, BrokerError> {
         let message = loop {
-            tokio::select! {
-                message = self.messages.next() => break message,
+            let next = tokio::select! {
+                message = self.messages.next() => message,
                 Some(event) = self.events.recv() => {
                     if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
                         return Err(BrokerError::new(&self.trigger, "NATS connection", event));
                     }
+                    continue;
                 }
-            }
-        };
-        let message = match message {
-            Some(Ok(message)) => message,
-            Some(Err(err)) => return Err(BrokerError::new(&self.trigger, "NATS consumer", err)),
-            None => {
-                return Err(BrokerError::new(
-                    &self.trigger,
-                    "NATS consumer",
-                    "the message stream ended",
-                ));
+            };
+            match next {
+                Some(Ok(message)) => break message,
+                // A pull the server lost (a broker restart) shows as missed idle heartbeats,
+                // and async-nats does not pull again by itself: a new pull stream on the same
+                // connection does. Not a new session: messages being processed are
+                // acknowledged over this connection, and dropping it would leave them
+                // unacknowledged until their ack wait ends, holding the consumer at its limit
+                // of unacknowledged messages.
+                Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
+                    tracing::debug!(trigger = %self.trigger.name, "NATS consumer: missed idle heartbeats, pulling again");
+                    self.messages = pull_messages(&self.consumer, &self.trigger)
+                        .await
+                        .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?;
+                }
+                Some(Err(err)) => {
+                    return Err(BrokerError::new(&self.trigger, "NATS consumer", err));
+                }
+                None => {
+                    return Err(BrokerError::new(
+                        &self.trigger,
+                        "NATS consumer",
+                        "the message stream ended",
+                    ));
+                }
             }
         };
         let info = message.info().map_err(|e| {
