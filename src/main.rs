@@ -78,12 +78,20 @@ fn run() -> anyhow::Result<ExitCode> {
         Ok(matches) => matches,
         // A bad value (`--timeout soon`) is one line naming the flag and the value, like every
         // other refusal; usage mistakes keep clap's hints.
-        Err(err) if err.kind() == clap::error::ErrorKind::ValueValidation => {
+        Err(err)
+            if matches!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            // The message and its possible values, on one line; not the usage hint after.
             let rendered = err.render().to_string();
-            eprintln!(
-                "{}",
-                rendered.lines().next().unwrap_or("error: invalid value")
-            );
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", message.join(" "));
             return Ok(ExitCode::from(2));
         }
         Err(err) => err.exit(),

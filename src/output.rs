@@ -59,7 +59,11 @@ impl Table {
             let line: Vec<String> = cells
                 .iter()
                 .zip(&widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
+                // Padded by hand: a format width is limited to 65,535 and a cell may be longer.
+                .map(|(cell, width)| {
+                    let pad = width.saturating_sub(cell.chars().count());
+                    format!("{cell}{}", " ".repeat(pad))
+                })
                 .collect();
             let _ = writeln!(out, "{}", line.join("  ").trim_end());
         }
@@ -119,6 +123,11 @@ pub fn time_ms(ms: Option<u64>) -> String {
     ms.map_or_else(
         || "-".to_owned(),
         |ms| {
+            // humantime writes four-digit years only (and panics past them).
+            const LAST_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+            if ms > LAST_MS {
+                return "after 9999".to_owned();
+            }
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
             )
@@ -145,5 +154,18 @@ mod tests {
             table.render(),
             "NAME         ENV\nhello-world  python\nf            node\n"
         );
+    }
+
+    #[test]
+    fn a_huge_cell_and_a_far_time_do_not_panic() {
+        let mut table = Table::new(vec!["CRON", "NEXT"]);
+        table.row(vec!["1,".repeat(40_000), time_ms(Some(u64::MAX))]);
+        let rendered = table.render();
+        assert!(
+            rendered.ends_with("  after 9999\n"),
+            "{}",
+            &rendered[rendered.len() - 40..]
+        );
+        assert_eq!(time_ms(Some(0)), "1970-01-01T00:00:00Z");
     }
 }

@@ -299,3 +299,77 @@ fn the_cli_finds_the_server_from_flags_environment_and_config() {
     let script = gust.cli(&["completion", "bash"]).ok().stdout;
     assert!(script.contains("gust"), "a completion script");
 }
+
+#[test]
+fn api_bodies_name_the_field_at_fault_and_nothing_else_is_read_or_stored() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "keep",
+        "python",
+        "k.py",
+        "def main():\n    return 'kept'\n",
+        &[],
+    );
+    let before = state(&gust);
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"memory_mb": "x"}), "memory_mb: invalid type"),
+        (
+            json!({"timeout": "soon"}),
+            "timeout: invalid duration \"soon\"",
+        ),
+        (json!({"idle_timeout": 5}), "idle_timeout: invalid type"),
+        (json!({"timeout": "999us"}), "between 1ms and 15m"),
+        (json!({"memory": 64}), "unknown field `memory`"),
+        (
+            json!({"code": {"filename": "a.py", "zz": 1}}),
+            "unknown field `zz`",
+        ),
+        (json!({"name": "other"}), "cannot be renamed"),
+        (json!({"env_vars": ["a\u{1b}[31m"]}), "\\u{1b}"),
+    ];
+    for (body, expected) in &cases {
+        let response = gust
+            .api(Method::PUT, "/v1/functions/keep")
+            .json(body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        assert_eq!(response.headers()["x-gust-error"], "invalid_input");
+        let answer: Value = response.json().unwrap();
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{body}: {message}");
+        assert!(
+            !message.contains('\n') && !message.contains('\u{1b}'),
+            "{message:?}"
+        );
+    }
+    // One JSON value and nothing after it.
+    let trailing = gust
+        .api(Method::PUT, "/v1/functions/keep")
+        .header("content-type", "application/json")
+        .body(r#"{"memory_mb": 64}{"memory_mb": 32}"#)
+        .send()
+        .unwrap();
+    assert_eq!(trailing.status(), 400);
+    // A message quoting a huge input stays small.
+    let huge = format!(r#"{{"{}": 1}}"#, "\u{85}".repeat(1_000_000));
+    let response = gust
+        .api(Method::PUT, "/v1/functions/keep")
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().unwrap().len() < 16 * 1024);
+    assert_eq!(state(&gust), before, "nothing stored changed");
+    // A timer interval that would overflow the tick arithmetic is refused, and timers work.
+    let response = gust
+        .api(Method::POST, "/v1/timers")
+        .json(&json!({"name": "far", "function": "keep", "cron": "@every 2305843009213693952s"}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let listed = gust.api(Method::GET, "/v1/timers").send().unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.json::<Value>().unwrap(), json!([]));
+}

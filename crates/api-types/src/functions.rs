@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use gust_model::{
     Delivery, FunctionSettings, Name, Namespace, NetworkPolicy, OutboundRule, RevisionNumber,
 };
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Code as uploaded: a file name (its suffix tells an archive from a source file) and either
 /// the bytes in base64 or the id of an upload received by `POST /v1/uploads`.
@@ -23,9 +24,8 @@ pub struct CodeSource {
 }
 
 /// The body of create (`name`, `env` and `code` required) and update (everything optional;
-/// only the given settings change).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// only the given settings change). Unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FunctionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -33,6 +33,40 @@ pub struct FunctionSpec {
     pub code: Option<CodeSource>,
     #[serde(flatten)]
     pub settings: FunctionSettings,
+}
+
+/// Read in two steps so that a bad setting is named: serde's `flatten` buffers the settings
+/// and its errors lose the field (`expected u32` instead of `memory_mb: expected u32`).
+impl<'de> Deserialize<'de> for FunctionSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            code: Option<CodeSource>,
+            #[serde(flatten)]
+            settings: serde_json::Map<String, serde_json::Value>,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        let settings: FunctionSettings = serde_path_to_error::deserialize(
+            serde_json::Value::Object(wire.settings),
+        )
+        .map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if path == "." {
+                D::Error::custom(inner)
+            } else {
+                D::Error::custom(format!("{path}: {inner}"))
+            }
+        })?;
+        Ok(Self {
+            name: wire.name,
+            code: wire.code,
+            settings,
+        })
+    }
 }
 
 /// The body of `POST /v1/functions/{name}/rollback`; empty means the revision before the

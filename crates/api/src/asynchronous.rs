@@ -143,7 +143,11 @@ async fn resolve(
         for id in &selection.ids {
             check_id(id)?;
         }
-        return Ok(selection.ids);
+        // An id named twice is one dead letter: it is re-driven (or purged) once.
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = selection.ids;
+        ids.retain(|id| seen.insert(id.clone()));
+        return Ok(ids);
     }
     let function = selection
         .function

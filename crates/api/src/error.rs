@@ -65,7 +65,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(%detail, "control-plane request failed");
                 "internal error; see the server log".to_owned()
             }
-            other => other.to_string(),
+            other => printable(&other.to_string()),
         };
         let mut response = ErrorBody {
             component: "api",
@@ -81,5 +81,43 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// Longest error message sent back; a message quotes the caller's input, which may be large.
+const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// A message fit for a terminal and a log line: control characters escaped (a caller's
+/// field name or value could hold newlines or escape sequences), at most
+/// [`MAX_MESSAGE_CHARS`] characters.
+fn printable(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS + 4));
+    for (count, c) in message.chars().enumerate() {
+        if count == MAX_MESSAGE_CHARS {
+            out.push_str(" ...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn messages_are_one_bounded_line() {
+        assert_eq!(
+            printable("unknown field `a\nX: 1\u{1b}[31m`"),
+            "unknown field `a\\nX: 1\\u{1b}[31m`"
+        );
+        let long = printable(&"\u{85}".repeat(1_000_000));
+        assert!(long.chars().count() < 1_100 * 8, "{}", long.len());
+        assert!(long.ends_with(" ..."));
     }
 }

@@ -383,7 +383,7 @@ pub async fn update(
         .map(Json)
 }
 
-#[utoipa::path(post, path = "/functions/{name}/rollback", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body(content = Option<RollbackRequest>, description = "empty: the revision before the current one"), responses((status = 200, body = FunctionView)))]
+#[utoipa::path(post, path = "/functions/{name}/rollback", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body(content = RollbackRequest, description = "`to`: the revision to copy; an empty body or `{}` copies the one before the current one"), responses((status = 200, body = FunctionView)))]
 pub async fn rollback(
     State(state): Shared,
     scoped: Scoped,

@@ -152,7 +152,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Scoped {
 /// names the field at fault (`timeout: invalid duration "soon"`).
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." || inner.to_string().contains(&format!("`{path}`")) {
@@ -160,7 +160,11 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
         } else {
             ApiError::Invalid(format!("invalid JSON body: {path}: {inner}"))
         }
-    })
+    })?;
+    // One JSON value and nothing after it (`{...}{...}` is not a body).
+    json.end()
+        .map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))?;
+    Ok(value)
 }
 
 /// The one of `items` that `name_of` calls `name`, or a 404 naming the `kind` looked for.
@@ -271,17 +275,20 @@ impl utoipa::Modify for Conventions {
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let open = UNAUTHENTICATED.contains(&path.as_str());
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-                &mut item.head,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for (method, operation) in [
+                ("get", &mut item.get),
+                ("put", &mut item.put),
+                ("post", &mut item.post),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
+                ("head", &mut item.head),
+            ] {
+                let Some(operation) = operation else {
+                    continue;
+                };
+                // Handlers' names repeat across resources (`list`, `create`); an operation's
+                // id is its method and path, unique by construction.
+                operation.operation_id = Some(operation_id(method, path));
                 let responses = &mut operation.responses.responses;
                 if open {
                     operation.security = Some(Vec::new());
@@ -319,6 +326,15 @@ async fn require_token(State(state): Shared, request: Request, next: Next) -> Re
         Some(token) if state.token.matches(token.trim()) => next.run(request).await,
         _ => ApiError::Unauthorized.into_response(),
     }
+}
+
+/// `get_v1_functions_name_logs` for `GET /v1/functions/{name}/logs`.
+fn operation_id(method: &str, path: &str) -> String {
+    let words: Vec<&str> = path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .collect();
+    format!("{method}_{}", words.join("_"))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, description = "the process is up")))]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use gust_api_types::UploadView;
+use gust_api_types::{ErrorBody, UploadView};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -20,7 +20,7 @@ pub const MAX_UPLOAD_BYTES: u64 = 128 * 1024 * 1024;
 /// How long an upload may pause between two pieces before it is abandoned.
 const UPLOAD_STALL: Duration = Duration::from_secs(30);
 
-#[utoipa::path(post, path = "/uploads", tag = "functions", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the code: a source file, an archive or a component, up to 128 MB"), responses((status = 201, body = UploadView)))]
+#[utoipa::path(post, path = "/uploads", tag = "functions", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the code: a source file, an archive or a component, up to 128 MB"), responses((status = 201, body = UploadView), (status = 413, description = "the upload is over 128 MB", body = ErrorBody)))]
 pub async fn create(
     State(state): Shared,
     body: Body,

@@ -24,7 +24,7 @@ pub struct Delivery {
     pub max_attempts: u32,
     /// An invocation not finished this long after it was accepted expires, run or not.
     #[serde(with = "crate::function::duration_ms")]
-    #[schema(value_type = u64)]
+    #[schema(value_type = u64, default = 21_600_000)]
     pub max_age: Duration,
 }
 

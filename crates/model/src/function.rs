@@ -209,6 +209,7 @@ pub struct RevisionFields {
 /// optional and only the given ones change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
+#[serde(deny_unknown_fields)]
 pub struct FunctionSettings {
     /// Environment (python, node, or a custom one)
     #[cfg_attr(feature = "cli", arg(long))]
@@ -320,7 +321,7 @@ impl FunctionSettings {
         };
         let mut limits = base.map(|r| r.limits).unwrap_or_default();
         if let Some(timeout) = self.timeout.map(HumanDuration::get) {
-            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            if timeout < Duration::from_millis(1) || timeout > MAX_TIMEOUT {
                 return Err(ModelError::OutOfRange {
                     field: "timeout",
                     reason: format!("{timeout:?} is not between 1ms and 15m"),
@@ -464,6 +465,10 @@ mod tests {
         let bad = [
             FunctionSettings {
                 timeout: Some(duration("0s")),
+                ..Default::default()
+            },
+            FunctionSettings {
+                timeout: Some(duration("999us")),
                 ..Default::default()
             },
             FunctionSettings {

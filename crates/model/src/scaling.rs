@@ -63,7 +63,7 @@ fn bounded_duration(
     max: Duration,
 ) -> Result<Duration, ModelError> {
     let duration = value.get();
-    if duration.is_zero() || duration > max {
+    if duration < Duration::from_millis(1) || duration > max {
         return Err(out_of_range(
             field,
             format!(
@@ -195,6 +195,10 @@ mod tests {
             },
             FunctionSettings {
                 queue_timeout: Some("0s".parse().unwrap()),
+                ..Default::default()
+            },
+            FunctionSettings {
+                idle_timeout: Some("1ns".parse().unwrap()),
                 ..Default::default()
             },
             FunctionSettings {

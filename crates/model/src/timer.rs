@@ -13,6 +13,11 @@ use crate::{ModelError, Name, Namespace};
 
 /// The shortest `@every` interval.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest `@every` interval (a year): ticks are Unix milliseconds, and a longer one
+/// would never fire anyway.
+const MAX_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The longest schedule expression.
+const MAX_EXPRESSION_BYTES: usize = 1024;
 
 /// When a timer fires: a cron expression (five fields, or six with seconds first; day-of-week
 /// as in crontab, 0 and 7 are Sunday; `@hourly` and the other aliases) evaluated in a time
@@ -50,6 +55,12 @@ impl Schedule {
             None => Tz::UTC,
         };
         let expression = expression.trim();
+        if expression.len() > MAX_EXPRESSION_BYTES {
+            return Err(ModelError::InvalidSchedule {
+                value: format!("{}...", expression.chars().take(32).collect::<String>()),
+                reason: format!("longer than {MAX_EXPRESSION_BYTES} bytes"),
+            });
+        }
         let invalid = |reason: String| ModelError::InvalidSchedule {
             value: expression.to_owned(),
             reason,
@@ -57,9 +68,9 @@ impl Schedule {
         let kind = if let Some(interval) = expression.strip_prefix("@every") {
             let interval = humantime::parse_duration(interval.trim())
                 .map_err(|e| invalid(format!("bad interval: {e}")))?;
-            if interval < MIN_INTERVAL || interval.subsec_nanos() != 0 {
+            if interval < MIN_INTERVAL || interval > MAX_INTERVAL || interval.subsec_nanos() != 0 {
                 return Err(invalid(
-                    "the interval is a whole number of seconds, at least 1s".into(),
+                    "the interval is a whole number of seconds, from 1s to 366 days".into(),
                 ));
             }
             ScheduleKind::Every(interval)
@@ -97,8 +108,12 @@ impl Schedule {
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
         match &self.kind {
             ScheduleKind::Every(interval) => {
-                let step = interval.as_millis() as u64;
-                Some((after_ms / step + 1) * step)
+                // Bounded at parse (a stored schedule is parsed again when read), so the step
+                // is at least 1000 and the product fits; checked anyway rather than trusted.
+                let step = u64::try_from(interval.as_millis())
+                    .ok()
+                    .filter(|s| *s > 0)?;
+                (after_ms / step).checked_add(1)?.checked_mul(step)
             }
             ScheduleKind::Cron(cron) => {
                 let after: DateTime<Utc> = Utc.timestamp_millis_opt(after_ms as i64).single()?;
@@ -243,6 +258,9 @@ mod tests {
             "@every",
             "@every 0s",
             "@every 1500ms",
+            "@every 367days",
+            "@every 2305843009213693952s",
+            "@every 9223372036854775808s",
             "@sometimes",
             "*/0 * * * *",
         ] {
@@ -252,6 +270,9 @@ mod tests {
                 "{bad:?}: {err}"
             );
         }
+        let long = format!("{} * * * *", vec!["1"; 600].join(","));
+        let err = Schedule::parse(&long, None).unwrap_err();
+        assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
         let err = Schedule::parse("* * * * *", Some("Mars/Olympus")).unwrap_err();
         assert!(err.to_string().contains("Mars/Olympus"), "{err}");
     }
