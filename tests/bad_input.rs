@@ -361,7 +361,45 @@ fn api_bodies_name_the_field_at_fault_and_nothing_else_is_read_or_stored() {
         .unwrap();
     assert_eq!(response.status(), 400);
     assert!(response.text().unwrap().len() < 16 * 1024);
+    // The framework's own refusals are Gust errors too: a query that does not parse, a body
+    // over the API's limit, a method the path does not take.
+    let over_limit = vec![b' '; 16 * 1024 * 1024 + 1];
+    for (method, path, body, status) in [
+        (Method::GET, "/v1/usage/records?limit=abc", Vec::new(), 400),
+        (
+            Method::GET,
+            "/v1/functions/keep/logs?after=x",
+            Vec::new(),
+            400,
+        ),
+        (Method::PATCH, "/v1/functions", Vec::new(), 405),
+        (Method::PUT, "/v1/functions/keep", over_limit, 413),
+    ] {
+        let response = gust.api(method.clone(), path).body(body).send().unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        assert!(
+            response.headers().contains_key("x-gust-error"),
+            "{method} {path}"
+        );
+        let answer: Value = response.json().unwrap();
+        assert!(!answer["message"].as_str().unwrap().is_empty(), "{answer}");
+    }
     assert_eq!(state(&gust), before, "nothing stored changed");
+    // A function's own error answer through invoke is the function's, untouched.
+    gust.deploy(
+        "teapot",
+        "python",
+        "t.py",
+        "def main():\n    return ('short and stout', 418)\n",
+        &[],
+    );
+    let own = gust
+        .api(Method::POST, "/v1/functions/teapot/invoke")
+        .send()
+        .unwrap();
+    assert_eq!(own.status(), 418);
+    assert!(!own.headers().contains_key("x-gust-error"));
+    assert_eq!(own.text().unwrap(), "short and stout");
     // A timer interval that would overflow the tick arithmetic is refused, and timers work.
     let response = gust
         .api(Method::POST, "/v1/timers")

@@ -90,7 +90,7 @@ const MAX_MESSAGE_CHARS: usize = 1024;
 /// A message fit for a terminal and a log line: control characters escaped (a caller's
 /// field name or value could hold newlines or escape sequences), at most
 /// [`MAX_MESSAGE_CHARS`] characters.
-fn printable(message: &str) -> String {
+pub(crate) fn printable(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS + 4));
     for (count, c) in message.chars().enumerate() {
         if count == MAX_MESSAGE_CHARS {

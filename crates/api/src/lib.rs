@@ -189,6 +189,7 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn(json_errors))
         .with_state(state)
 }
 
@@ -359,6 +360,48 @@ async fn openapi() -> impl IntoResponse {
         [(http::header::CONTENT_TYPE, "application/json")],
         text.as_str(),
     )
+}
+
+/// The framework's own refusals (a query string that does not parse, a body over the API's
+/// limit, a method a path does not take) come as plain text; every error of this API is an
+/// [`ErrorBody`] with `X-Gust-Error`. A function's own answer through `invoke` (it carries
+/// `X-Gust-Request-Id`) is left as the function wrote it.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let headers = response.headers();
+    if !(status.is_client_error() || status.is_server_error())
+        || headers.contains_key("x-gust-error")
+        || headers.contains_key("x-gust-request-id")
+    {
+        return response;
+    }
+    let reason = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "too_large",
+        500.. => "internal",
+        _ => "invalid_input",
+    };
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase()
+    } else {
+        error::printable(&text)
+    };
+    gust_edge::ErrorBody {
+        component: "api",
+        reason,
+        request_id: None,
+        message,
+    }
+    .into_response_with(status)
 }
 
 async fn not_found(request: Request) -> ApiError {
