@@ -171,7 +171,7 @@ impl Session for NatsSession {
                 // unacknowledged until their ack wait ends, holding the consumer at its limit
                 // of unacknowledged messages.
                 Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
-                    tracing::debug!(trigger = %self.trigger.name, "NATS consumer: missed idle heartbeats, pulling again");
+                    tracing::warn!(trigger = %self.trigger.name, "NATS consumer: missed idle heartbeats, pulling again");
                     self.messages = pull_messages(&self.consumer, &self.trigger)
                         .await
                         .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?;
