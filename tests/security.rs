@@ -67,6 +67,22 @@ fn s01_every_api_route_needs_the_token() {
             .unwrap();
         assert_eq!(wrong.status(), 401, "{method} {path} with a wrong token");
     }
+    // The scheme's name is case-insensitive; the token is not.
+    for (header, status) in [
+        (format!("bearer {}", gust.token()), 200),
+        (format!("BEARER {}", gust.token()), 200),
+        (format!("Bearer {}", gust.token().to_uppercase()), 401),
+        (format!("Basic {}", gust.token()), 401),
+        (gust.token(), 401),
+    ] {
+        let response = gust
+            .http()
+            .get(format!("{}/v1/functions", gust.api_url()))
+            .header("authorization", header.as_str())
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), status, "{header}");
+    }
     // The function and its route are untouched by all of that.
     assert_eq!(gust.get("/guarded").text().unwrap(), "x");
     for open in ["/healthz", "/readyz", "/v1/openapi.json"] {

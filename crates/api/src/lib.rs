@@ -322,7 +322,10 @@ async fn require_token(State(state): Shared, request: Request, next: Next) -> Re
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme's name is case-insensitive (RFC 9110, 11.1): `bearer` is `Bearer`.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match presented {
         Some(token) if state.token.matches(token.trim()) => next.run(request).await,
         _ => ApiError::Unauthorized.into_response(),
