@@ -24,4 +24,4 @@ pub use gust_store::{QueueBounds, QueueFull};
 pub use queue::{AsyncQueue, QueueLimits};
 pub use writer::QueueWriter;
 
-pub use gust_executor::{Clock, SystemClock, retry_after, store_request};
+pub use gust_executor::{Clock, SystemClock};
