@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gust_executor::{FunctionLogs, InstanceSpec, RequestId, Runtime};
+use gust_executor::{FunctionLogs, InstanceSpec, RequestBody, RequestId, Runtime};
 use gust_harness::brokers::{Broker, BrokerKind};
 use gust_harness::{Gust, GustOptions, cpu_time};
 use gust_model::{BuiltinRuntime, Environment, Limits, Name, Namespace, Scaling};
@@ -86,7 +86,9 @@ impl DirectCall {
     async fn call(&self, body: Bytes) {
         let id = RequestId::generate();
         let mut instance = self.runtime.start_instance(&self.spec, &id).await.unwrap();
-        let request = http::Request::post("/").body(body).unwrap();
+        let request = http::Request::post("/")
+            .body(RequestBody::full(body))
+            .unwrap();
         let response = instance
             .handle(&id, request, Duration::from_secs(10))
             .await

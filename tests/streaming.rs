@@ -1,7 +1,9 @@
 //! End-to-end: response bodies stream from the function to the client as they are written
 //! (a Python generator, a Node.js async iterator or stream, server-sent events), a streamed
 //! response of any size passes through Gust in bounded memory, and the function's timeout
-//! runs until the last byte.
+//! runs until the last byte. Request bodies stream the other way for functions deployed with
+//! `--request-body stream`: the function reads the first piece while the client is still
+//! sending, of any size, and a client that stalls gets 408 without spoiling the instance.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -263,6 +265,25 @@ fn a_wasm_component_streams_through_wasi_http() {
     for _ in 0..2 {
         assert_first_chunk_comes_before_the_rest(&gust, "/wasmstream");
     }
+    // Request bodies stream into the component through wasi:http's incoming body: one larger
+    // than the buffered limit (6 MiB) arrives whole when the function takes bodies as a stream.
+    gust.cli(&["fn", "update", "pywasm", "--request-body", "stream"])
+        .ok();
+    gust.cli(&[
+        "route", "create", "--fn", "pywasm", "--url", "/upload", "--method", "POST",
+    ])
+    .ok();
+    let answer = gust
+        .http()
+        .post(gust.public_url("/upload"))
+        .body(vec![b'z'; 8 * 1024 * 1024])
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer.text().unwrap().starts_with("received 8388608 bytes"),
+        "the component got the whole body"
+    );
 }
 
 /// A client that stops reading fills the connection's buffers and the connection stops
@@ -306,4 +327,175 @@ def main():
         started.elapsed()
     );
     drop(silent);
+}
+
+const PYTHON_UPLOAD: &str = "\
+def main(req):
+    total = 0
+    for chunk in req.stream:
+        if total == 0:
+            print('first chunk: %s' % chunk[:20].decode('utf-8', 'replace'), flush=True)
+        total += len(chunk)
+    return 'received %d bytes\\n' % total
+";
+
+const NODE_UPLOAD: &str = "\
+module.exports = async (context) => {
+  let total = 0;
+  for await (const chunk of context.request.stream) {
+    if (total === 0) console.log(`first chunk: ${chunk.subarray(0, 20).toString()}`);
+    total += chunk.length;
+  }
+  return `received ${total} bytes\\n`;
+};
+";
+
+/// A POST whose chunked body is sent in two parts: `hello`, then (once `between` returns)
+/// ` world` and the body's end. Returns the answer's status and body.
+fn upload_in_two_parts(gust: &Gust, path: &str, between: impl FnOnce()) -> (u16, String) {
+    let url = gust.public_url("/");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    .unwrap();
+    between();
+    write!(stream, "6\r\n world\r\n0\r\n\r\n").unwrap();
+    gust_harness::read_answer(&mut stream)
+}
+
+/// The function logs the body's first piece before the client has sent the rest: the client
+/// sends the rest only once that line is in the function's logs.
+fn assert_the_function_reads_while_the_client_sends(gust: &Gust, function: &str) {
+    let before = gust.cli(&["fn", "logs", function]).ok().stdout;
+    let seen = |logs: &str| logs.matches("first chunk: hello").count();
+    let (status, body) = upload_in_two_parts(gust, &format!("/{function}"), || {
+        let read = gust_harness::eventually(Duration::from_secs(15), || {
+            let logs = gust.cli(&["fn", "logs", function]).ok().stdout;
+            (seen(&logs) > seen(&before)).then_some(())
+        });
+        assert!(
+            read.is_some(),
+            "{function} did not get the first piece before the rest was sent"
+        );
+    });
+    assert_eq!((status, body.as_str()), (200, "received 11 bytes\n"));
+}
+
+#[test]
+fn request_bodies_reach_python_and_node_functions_as_the_client_sends_them() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let stream = ["--request-body", "stream"];
+    gust.deploy("pyupload", "python", "up.py", PYTHON_UPLOAD, &stream);
+    gust.deploy("nodeupload", "node", "up.js", NODE_UPLOAD, &stream);
+    for _ in 0..2 {
+        // Cold, then warm on the same instance: a body read to its end leaves it reusable.
+        assert_the_function_reads_while_the_client_sends(&gust, "pyupload");
+        assert_the_function_reads_while_the_client_sends(&gust, "nodeupload");
+    }
+    let shown = gust
+        .cli(&["fn", "get", "pyupload", "-o", "json"])
+        .ok()
+        .stdout;
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["request_body"], "stream");
+
+    // The same function buffered: the body arrives whole, and past the limit it is refused
+    // before any instance is taken.
+    gust.cli(&["fn", "update", "pyupload", "--request-body", "buffer"])
+        .ok();
+    let (status, body) = upload_in_two_parts(&gust, "/pyupload", || {});
+    assert_eq!((status, body.as_str()), (200, "received 11 bytes\n"));
+    let big = vec![b'x'; 7 * 1024 * 1024];
+    let refused = gust
+        .http()
+        .post(gust.public_url("/pyupload"))
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 413);
+}
+
+#[test]
+fn a_100_mb_request_body_streams_through_in_bounded_memory() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "bigupload",
+        "python",
+        "up.py",
+        PYTHON_UPLOAD,
+        &["--request-body", "stream"],
+    );
+    let small = gust
+        .http()
+        .post(gust.public_url("/bigupload"))
+        .body("warm")
+        .send()
+        .unwrap();
+    assert_eq!(small.text().unwrap(), "received 4 bytes\n");
+    let before = peak_rss_kib(gust.pid());
+    let body = vec![b'y'; 100 * 1024 * 1024];
+    let answer = gust
+        .http()
+        .post(gust.public_url("/bigupload"))
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().unwrap(), "received 104857600 bytes\n");
+    // See the response test above for why the difference saturates.
+    let grown_mib = peak_rss_kib(gust.pid()).saturating_sub(before) / 1024;
+    // Buffered whole, the body alone would take 100 MiB.
+    assert!(
+        grown_mib < 32,
+        "gust's peak memory grew by {grown_mib} MiB for a 100 MiB request body"
+    );
+}
+
+#[test]
+fn a_client_that_stalls_mid_body_gets_408_and_the_next_request_is_served() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "stalled",
+        "python",
+        "up.py",
+        PYTHON_UPLOAD,
+        &["--request-body", "stream"],
+    );
+    let url = gust.public_url("/");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /stalled HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    .unwrap();
+    // Nothing more is sent: past the listener's pause limit (10 s) the body is given up.
+    let (status, body) = gust_harness::read_answer(&mut stream);
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("body_too_slow"), "{body}");
+    let (status, body) = upload_in_two_parts(&gust, "/stalled", || {});
+    assert_eq!((status, body.as_str()), (200, "received 11 bytes\n"));
+    // The stalled attempt held an instance while the function waited for the body (the
+    // listener's 10 s pause limit), so it is billed for that time.
+    let billed = gust_harness::eventually(Duration::from_secs(15), || {
+        let usage = gust
+            .cli(&["usage", "--fn", "stalled", "-o", "json"])
+            .ok()
+            .stdout;
+        let usage: serde_json::Value = serde_json::from_str(&usage).ok()?;
+        let row = usage["rows"].get(0)?.clone();
+        (row["invocations"] == 2).then_some(row)
+    })
+    .expect("both attempts are in the usage");
+    assert!(billed["billed_ms"].as_u64().unwrap() >= 9_000, "{billed}");
 }

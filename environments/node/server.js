@@ -19,6 +19,9 @@ const PARAM_PREFIX = 'x-gust-param-';
 const WARMUP_PATH = '/_gust/warmup';
 
 let userFunction = null;
+// `requestBody: "stream"` at specialize: the function reads `context.request.stream` as the
+// body arrives instead of getting it whole in `context.request.body`.
+let streamRequestBody = false;
 let warm = false;
 let warmedUp = null; // resolves once the warm-up function is gone again
 
@@ -193,8 +196,8 @@ async function handle(req, res) {
     send(res, warm ? 200 : 503, { 'Content-Type': 'text/plain' }, Buffer.from(warm ? 'ok' : 'warming'));
     return;
   }
-  const raw = await readBody(req);
   if (req.url === '/v2/specialize' && req.method === 'POST') {
+    const raw = await readBody(req);
     await warmedUp; // the warm-up borrows the function slot; never race it
     if (userFunction) {
       sendJson(res, 409, { error: 'AlreadySpecialized' });
@@ -202,6 +205,7 @@ async function handle(req, res) {
     }
     const request = JSON.parse(raw.toString('utf8') || '{}');
     Object.assign(process.env, request.env || {});
+    streamRequestBody = request.requestBody === 'stream';
     try {
       userFunction = load(request.filepath, request.functionName || '');
     } catch (err) {
@@ -218,17 +222,22 @@ async function handle(req, res) {
     sendJson(res, 503, { error: 'NotSpecialized' }, { [FUNCTION_ERROR_HEADER]: 'NotSpecialized' });
     return;
   }
-  const context = {
-    request: {
-      method: req.method,
-      url: req.url,
-      path: url.pathname,
-      headers: req.headers,
-      query: Object.fromEntries(url.searchParams),
-      params: params(req.headers),
-      body: decodeBody(req, raw),
-    },
+  const request = {
+    method: req.method,
+    url: req.url,
+    path: url.pathname,
+    headers: req.headers,
+    query: Object.fromEntries(url.searchParams),
+    params: params(req.headers),
   };
+  if (streamRequestBody) {
+    // A readable stream of Buffers as they arrive; what the function leaves unread is
+    // discarded once it has answered.
+    request.stream = req;
+  } else {
+    request.body = decodeBody(req, await readBody(req));
+  }
+  const context = { request };
   let streamed;
   try {
     const { status, headers, body, stream } = toResponse(await callFunction(context));
@@ -245,6 +254,12 @@ async function handle(req, res) {
     if (!first.done) toChunk(first.value); // a first chunk of the wrong type is a function error
     streamed = () => sendStream(req, res, status, headers, first, iterator);
   } catch (err) {
+    if (streamRequestBody && req.destroyed && !req.complete) {
+      // The caller broke off (or was too slow): nobody is left to answer.
+      console.error(`request body cut off: ${err && err.message}`);
+      res.destroy();
+      return;
+    }
     console.error(err && err.stack ? err.stack : String(err));
     const name = (err && err.name) || 'Error';
     sendJson(res, 500, { error: name }, { [FUNCTION_ERROR_HEADER]: name });

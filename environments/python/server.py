@@ -35,6 +35,9 @@ http.client._MAXHEADERS = 1000
 _lock = threading.Lock()
 _function = None
 _takes_request = False
+# `requestBody: "stream"` at specialize: the body is read as the function asks for it rather
+# than whole before it is called.
+_stream_request_body = False
 _warm = False
 _warmed = threading.Event()  # set once the warm-up function is gone again
 
@@ -69,8 +72,80 @@ class Headers:
         return "Headers(%r)" % self._items
 
 
+class BodyCut(ConnectionError):
+    """The request body ended before its declared end (the caller broke off)."""
+
+
+class _Body:
+    """A request body read from the connection as the function asks for it: with a
+    Content-Length, or in chunked transfer coding when Gust streams it."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, rfile, headers):
+        self._rfile = rfile
+        self._chunked = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
+        self._left = 0 if self._chunked else int(headers.get("Content-Length") or 0)
+        self.done = not self._chunked and self._left == 0
+
+    def read_chunk(self):
+        """The next piece of the body as it arrives (at most 64 KiB); b"" at its end."""
+        if self.done:
+            return b""
+        if self._chunked and self._left == 0:
+            line = self._rfile.readline(1024)
+            if not line:
+                raise BodyCut("the request body ended early")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BodyCut("malformed chunk in the request body") from None
+            if size == 0:
+                while self._rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self.done = True
+                return b""
+            self._left = size
+        data = self._rfile.read1(min(self.CHUNK, self._left))
+        if not data:
+            raise BodyCut("the request body ended early")
+        self._left -= len(data)
+        if self._left == 0:
+            if self._chunked:
+                self._rfile.readline(8)  # the chunk's CRLF
+            else:
+                self.done = True
+        return data
+
+    def read_all(self):
+        parts = []
+        while True:
+            data = self.read_chunk()
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+
+class _Whole:
+    """A body already read whole."""
+
+    done = True
+
+    def __init__(self, data):
+        self._data = data
+
+    def read_chunk(self):
+        data, self._data = self._data, b""
+        return data
+
+    def read_all(self):
+        return self.read_chunk()
+
+
 class Request:
-    """What a `main(req)` function receives."""
+    """What a `main(req)` function receives. `body` is the whole body (read when first
+    asked for); `stream` gives it in pieces as it arrives, for a function deployed with
+    `--request-body stream`."""
 
     def __init__(self, method, target, headers, body):
         parsed = urllib.parse.urlsplit(target)
@@ -79,7 +154,8 @@ class Request:
         self.query_string = parsed.query
         self.query = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
         self.headers = headers
-        self.body = body
+        self._body = body
+        self._whole = None
         params = headers.get("x-gust-params")
         if params:
             self.params = json.loads(params)
@@ -89,6 +165,19 @@ class Request:
                 for key, value in headers.items()
                 if key.startswith(PARAM_PREFIX)
             }
+
+    @property
+    def body(self):
+        if self._whole is None:
+            self._whole = self._body.read_all()
+        return self._whole
+
+    @property
+    def stream(self):
+        """An iterator of the body's pieces (bytes) as they arrive."""
+        if self._whole is not None:
+            return iter([self._whole] if self._whole else [])
+        return iter(self._body.read_chunk, b"")
 
     def json(self):
         return json.loads(self.body or b"null")
@@ -261,8 +350,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, headers, json.dumps(value).encode("utf-8"))
 
     def _body(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        return _Body(self.rfile, self.headers).read_all()
 
     def _target(self):
         """The request target exactly as sent (`self.path` has `//` collapsed already)."""
@@ -283,7 +371,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._invoke()
 
     def _specialize(self):
-        global _function, _takes_request
+        global _function, _takes_request, _stream_request_body
         request = json.loads(self._body() or b"{}")
         _warmed.wait()  # the warm-up borrows the function slot; never race it
         with _lock:
@@ -301,28 +389,47 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 # The environment and half-imported modules stay behind: this worker is done.
                 os._exit(3)
             _function, _takes_request = func, _takes_argument(func)
+            _stream_request_body = request.get("requestBody") == "stream"
         self._send_json(200, {"ok": True})
 
     def _invoke(self):
-        # Read the body first: answering before it is read makes closing the connection reset
-        # it, and the client can lose the answer.
-        body = self._body()
-        if _function is None:
-            self._send_json(503, {"error": "NotSpecialized"}, {FUNCTION_ERROR_HEADER: "NotSpecialized"})
-            return
+        body = _Body(self.rfile, self.headers)
+        if not _stream_request_body:
+            # Read the body first: answering before it is read makes closing the connection
+            # reset it, and the client can lose the answer.
+            body = _Whole(body.read_all())
         try:
-            if _takes_request:
-                req = Request(self.command, self.path, Headers(self.headers.items()), body)
-                result = _function(req)
-            else:
-                result = _function()
-            status, headers, payload = _to_response(result)
-        except Exception as exc:
-            traceback.print_exc()
-            sys.stderr.flush()
-            self._send_json(500, {"error": type(exc).__name__}, {FUNCTION_ERROR_HEADER: type(exc).__name__})
-            return
-        self._send(status, headers, payload)
+            if _function is None:
+                self._send_json(503, {"error": "NotSpecialized"}, {FUNCTION_ERROR_HEADER: "NotSpecialized"})
+                return
+            try:
+                if _takes_request:
+                    req = Request(self.command, self.path, Headers(self.headers.items()), body)
+                    result = _function(req)
+                else:
+                    result = _function()
+                status, headers, payload = _to_response(result)
+            except BodyCut as exc:
+                # The caller broke off (or was too slow): nobody is left to answer.
+                sys.stderr.write("request body cut off: %s\n" % exc)
+                sys.stderr.flush()
+                self.close_connection = True
+                return
+            except Exception as exc:
+                traceback.print_exc()
+                sys.stderr.flush()
+                self._send_json(500, {"error": type(exc).__name__}, {FUNCTION_ERROR_HEADER: type(exc).__name__})
+                return
+            if not isinstance(payload, _Stream):
+                body.read_all()  # what the function left unread, before answering (as above)
+            self._send(status, headers, payload)
+        finally:
+            # The connection carries the next request after this body's end: read up to it,
+            # or give the connection up when the body cannot be read to its end.
+            try:
+                body.read_all()
+            except (OSError, ValueError):
+                self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use gust_model::{
-    Delivery, FunctionSettings, Name, Namespace, NetworkPolicy, OutboundRule, RevisionNumber,
+    Delivery, FunctionSettings, Name, Namespace, NetworkPolicy, OutboundRule, RequestBodyMode,
+    RevisionNumber,
 };
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -110,6 +111,8 @@ pub struct FunctionView {
     pub entrypoint: Option<String>,
     pub timeout_ms: u64,
     pub memory_mb: u32,
+    /// How request bodies reach the function.
+    pub request_body: RequestBodyMode,
     pub env_vars: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_outbound: Vec<OutboundRule>,

@@ -42,6 +42,7 @@ fn function_view(function: &Function, state: &ApiState) -> FunctionView {
         entrypoint: current.entrypoint.clone(),
         timeout_ms: current.limits.timeout.as_millis() as u64,
         memory_mb: current.limits.memory_mb,
+        request_body: current.limits.request_body,
         env_vars: current.env_vars.clone(),
         allow_outbound: current.allow_outbound.clone(),
         network: (tier == Tier::Process).then(|| current.network.unwrap_or_default()),

@@ -5,10 +5,12 @@ use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use gust_api_types::{ErrorBody, InvokeQuery, LogLine, LogsQuery, NamespaceQuery};
 use gust_edge::{
-    MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers, forwardable_headers,
-    function_response, invoke_error_response, read_limited,
+    ArrivingBody, MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers,
+    forwardable_headers, function_response, invoke_error_response, read_limited,
 };
-use gust_executor::{Enqueue, Invocation, LogQuery, RequestId, TriggerKind, function_key};
+use gust_executor::{
+    Enqueue, Invocation, InvokeError, LogQuery, Payload, RequestId, TriggerKind, function_key,
+};
 use gust_model::AsyncSource;
 use http::{HeaderValue, Method};
 
@@ -50,20 +52,11 @@ pub async fn invoke(
             });
         }
     }
-    let limit = if query.asynchronous {
-        MAX_ASYNC_REQUEST_BYTES
-    } else {
-        state.bodies.request_limit()
-    };
     let (parts, body) = request.into_parts();
-    let (body, reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
-        Ok(read) => read,
-        Err(err) => return Ok(err.with_request_id(&id)),
-    };
     let mut forwarded = http::Request::builder()
         .method(method)
         .uri(path.as_str())
-        .body(body)
+        .body(())
         .map_err(|_| ApiError::Invalid(format!("invalid path {path:?}")))?;
     *forwarded.headers_mut() = forwardable_headers(&parts.headers, true);
     // When the path matches one of this function's routes, the function gets its parameters
@@ -80,28 +73,47 @@ pub async fn invoke(
     forwarded
         .headers_mut()
         .insert("x-gust-request-id", id_header);
+    let (forwarded, ()) = forwarded.into_parts();
     if query.asynchronous {
+        // Stored until it runs: read whole, within the async limit, here.
+        let body = match read_limited(&parts.headers, body, MAX_ASYNC_REQUEST_BYTES, &state.bodies)
+            .await
+        {
+            Ok((body, _reserved)) => body,
+            Err(error) => {
+                return Ok(invoke_error_response(
+                    &InvokeError::RequestBody(error),
+                    id.as_str(),
+                ));
+            }
+        };
         let stored = Enqueue::enqueue(
             &state.queue,
             &id,
             namespace,
             function,
             AsyncSource::Api,
-            &forwarded,
+            &http::Request::from_parts(forwarded, body),
         )
         .await;
         return Ok(accepted_response(stored, &id));
     }
+    let body = ArrivingBody::new(
+        &parts.headers,
+        body,
+        state.bodies.request_limit(),
+        &state.bodies,
+    );
     let invocation = Invocation {
         id: id.clone(),
         namespace,
         function,
         trigger: TriggerKind::Api,
         attempt: 1,
-        request: forwarded,
+        request: http::Request::from_parts(forwarded, Payload::Arriving(Box::new(body))),
     };
     Ok(match state.invoker.invoke(invocation).await {
-        Ok(response) => function_response(response, &id, reserved),
+        Ok(response) => function_response(response, &id),
         Err(error) => invoke_error_response(&error, id.as_str()),
     })
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gust_executor::body::read_prefix;
-use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
+use gust_executor::{Invocation, InvokeError, Invoker, Payload, RequestId, TriggerKind};
 use gust_model::{
     AsyncInvocation, AsyncSource, DeadReason, Delivery, InvocationState, MAX_STORED_RESPONSE_BYTES,
     Name, Namespace, StoredRequest, StoredResponse, Verdict, classify_status, retry_wait,
@@ -296,7 +296,7 @@ impl Dispatcher {
                 function: invocation.function.clone(),
                 trigger,
                 attempt: invocation.attempts,
-                request: delivery_request(&request, &gust_headers),
+                request: delivery_request(&request, &gust_headers).map(Payload::Ready),
             })
             .await
         {

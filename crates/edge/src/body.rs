@@ -1,22 +1,28 @@
-//! Reading a request body into memory within three bounds: its size (413), a memory budget
-//! shared by every body in flight (503: many large bodies at once cannot take Gust's memory),
-//! and a minimum rate (408: a client dripping bytes cannot hold a connection and its buffer for
+//! A caller's request body within three bounds: its size (413), a memory budget shared by
+//! every body in flight (503: many large bodies at once cannot take Gust's memory), and a
+//! minimum rate (408: a client dripping bytes cannot hold a connection and its buffer for
 //! ever). The budget is taken as bytes arrive, never for a declared length alone, and a
-//! request's stays counted until its response has ended ([`streamed_response`]).
+//! buffered request's stays counted until its response has ended. A body streamed to a
+//! function (`--request-body stream`) is held to the rate alone: it passes through, and the
+//! function's timeout bounds it.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::body::Body;
-use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use gust_executor::{InvokeError, RequestId, ResponseBody};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use gust_executor::{
+    BodyHold, IncomingBody, InvokeError, RequestBodyError, RequestId, ResponseBody,
+};
+use http::{HeaderMap, header};
 use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
-
-use crate::ErrorBody;
+use tokio::time::{Instant, Sleep};
 
 /// Longest pause between two pieces of a body.
 const BODY_IDLE: Duration = Duration::from_secs(10);
@@ -24,6 +30,8 @@ const BODY_IDLE: Duration = Duration::from_secs(10);
 const BODY_GRACE: Duration = Duration::from_secs(10);
 /// Slowest average rate a body may arrive at after the grace period (bytes per second).
 const MIN_BODY_RATE: u64 = 32 * 1024;
+/// The rule above, as the caller reads it in a 408.
+const TOO_SLOW: &str = "a pause over 10s, or under 32768 bytes per second after 10s";
 /// The budget's unit: permits are counted in KiB so that a budget of gigabytes fits.
 const UNIT: usize = 1024;
 /// Buffer allocated before a body's first bytes, whatever length it declares.
@@ -67,18 +75,18 @@ pub struct Reserved {
 
 impl Reserved {
     /// Grows the reservation to cover `bytes`, or fails at once when the budget has no room.
-    fn cover(&mut self, bytes: usize) -> Result<(), BodyError> {
+    fn cover(&mut self, bytes: usize) -> Result<(), RequestBodyError> {
         let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
         let needed = bytes.div_ceil(UNIT);
         if needed <= held {
             return Ok(());
         }
-        let more = u32::try_from(needed - held).map_err(|_| BodyError::OverBudget)?;
+        let more = u32::try_from(needed - held).map_err(|_| RequestBodyError::OverBudget)?;
         let extra = self
             .budget
             .clone()
             .try_acquire_many_owned(more)
-            .map_err(|_| BodyError::OverBudget)?;
+            .map_err(|_| RequestBodyError::OverBudget)?;
         match &mut self.permit {
             Some(permit) => permit.merge(extra),
             None => self.permit = Some(extra),
@@ -95,13 +103,13 @@ pub async fn read_limited(
     mut body: Body,
     limit: usize,
     budget: &BodyBudget,
-) -> Result<(Bytes, Reserved), BodyError> {
+) -> Result<(Bytes, Reserved), RequestBodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(BodyError::TooLarge { limit });
+        return Err(RequestBodyError::TooLarge { limit });
     }
     let mut reserved = Reserved {
         budget: budget.units.clone(),
@@ -113,22 +121,22 @@ pub async fn read_limited(
     let started = Instant::now();
     loop {
         let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-            Err(_) => return Err(BodyError::TooSlow),
+            Err(_) => return Err(RequestBodyError::TooSlow(TOO_SLOW)),
             Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(BodyError::Unreadable),
+            Ok(Some(Err(_))) => return Err(RequestBodyError::Unreadable),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
         if buffer.len() + data.len() > limit {
-            return Err(BodyError::TooLarge { limit });
+            return Err(RequestBodyError::TooLarge { limit });
         }
         reserved.cover(buffer.len() + data.len())?;
         buffer.extend_from_slice(&data);
         let allowed = BODY_GRACE + Duration::from_secs(buffer.len() as u64 / MIN_BODY_RATE);
         if started.elapsed() > allowed {
-            return Err(BodyError::TooSlow);
+            return Err(RequestBodyError::TooSlow(TOO_SLOW));
         }
     }
     Ok((buffer.freeze(), reserved))
@@ -136,22 +144,19 @@ pub async fn read_limited(
 
 /// A function's response as the connection sends it: chunks pass on as the function writes
 /// them, so the listener holds at most what the connection buffers, whatever the response's
-/// size. The request's reservation (`held`) is kept until the response ends. A response that
-/// breaks part-way (its function failed or ran out of time after its status was sent) ends
-/// the connection, which is how HTTP/1.1 tells a client a response is incomplete; the reason
-/// goes to the log under the request's id.
-pub fn streamed_response(body: ResponseBody, id: &RequestId, held: Reserved) -> Body {
+/// size. A response that breaks part-way (its function failed or ran out of time after its
+/// status was sent) ends the connection, which is how HTTP/1.1 tells a client a response is
+/// incomplete; the reason goes to the log under the request's id.
+pub fn streamed_response(body: ResponseBody, id: &RequestId) -> Body {
     Body::new(StreamedResponse {
         inner: body,
         id: id.clone(),
-        _held: held,
     })
 }
 
 struct StreamedResponse {
     inner: ResponseBody,
     id: RequestId,
-    _held: Reserved,
 }
 
 impl hyper::body::Body for StreamedResponse {
@@ -178,66 +183,115 @@ impl hyper::body::Body for StreamedResponse {
     }
 }
 
-/// Why a request body was not accepted.
-#[derive(Debug)]
-pub enum BodyError {
-    TooLarge {
-        limit: usize,
-    },
-    /// Every byte of the listeners' body budget is taken by other requests.
-    OverBudget,
-    /// The client sent its body slower than the minimum rate, or paused too long.
-    TooSlow,
-    /// The client stopped sending or sent a malformed body.
-    Unreadable,
+/// A caller's body as a listener lets it in: read whole within `limit` and the budget, or
+/// streamed at the listener's pace, as the function it goes to takes it.
+pub struct ArrivingBody {
+    headers: HeaderMap,
+    body: Body,
+    limit: usize,
+    budget: BodyBudget,
 }
 
-impl BodyError {
-    pub fn with_request_id(self, id: &RequestId) -> Response {
-        let (status, reason, message) = match self {
-            BodyError::TooLarge { limit } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is larger than {limit} bytes"),
-            ),
-            BodyError::OverBudget => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "body_memory_exhausted",
-                "too many request bodies are in flight; try again".to_owned(),
-            ),
-            BodyError::TooSlow => (
-                StatusCode::REQUEST_TIMEOUT,
-                "body_too_slow",
-                format!(
-                    "the request body arrived too slowly (a pause over {BODY_IDLE:?}, or under \
-                     {MIN_BODY_RATE} bytes per second after {BODY_GRACE:?})"
-                ),
-            ),
-            BodyError::Unreadable => (
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                "the request body could not be read".to_owned(),
-            ),
-        };
-        let mut response = ErrorBody {
-            component: "router",
-            reason,
-            request_id: Some(id.to_string()),
-            message,
+impl ArrivingBody {
+    /// Only the body's framing headers are kept from `headers`.
+    pub fn new(headers: &HeaderMap, body: Body, limit: usize, budget: &BodyBudget) -> Self {
+        let mut framing = HeaderMap::new();
+        if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+            framing.insert(header::CONTENT_LENGTH, length.clone());
         }
-        .into_response_with(status);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        Self {
+            headers: framing,
+            body,
+            limit,
+            budget: budget.clone(),
         }
-        response
+    }
+}
+
+#[async_trait]
+impl IncomingBody for ArrivingBody {
+    async fn read_whole(self: Box<Self>) -> Result<(Bytes, BodyHold), RequestBodyError> {
+        let (bytes, reserved) =
+            read_limited(&self.headers, self.body, self.limit, &self.budget).await?;
+        Ok((bytes, Box::new(reserved)))
+    }
+
+    fn stream(self: Box<Self>) -> UnsyncBoxBody<Bytes, RequestBodyError> {
+        Paced {
+            inner: self.body,
+            waiting_since: None,
+            waited: Duration::ZERO,
+            received: 0,
+            idle: Box::pin(tokio::time::sleep(BODY_IDLE)),
+        }
+        .boxed_unsync()
+    }
+}
+
+/// A streamed body held to the minimum rate. Only time spent waiting for the client counts:
+/// while the function is not reading, the body is not polled and its client is not to blame.
+struct Paced {
+    inner: Body,
+    /// Since when the reader has been waiting for the client's next piece.
+    waiting_since: Option<Instant>,
+    /// Time the reader spent waiting for the client before the current wait.
+    waited: Duration,
+    received: u64,
+    idle: Pin<Box<Sleep>>,
+}
+
+impl hyper::body::Body for Paced {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                }
+                let allowed = BODY_GRACE + Duration::from_secs(this.received / MIN_BODY_RATE);
+                if this.waited > allowed {
+                    return Poll::Ready(Some(Err(RequestBodyError::TooSlow(TOO_SLOW))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(RequestBodyError::Unreadable))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.waiting_since.is_none() {
+                    let now = Instant::now();
+                    this.waiting_since = Some(now);
+                    this.idle.as_mut().reset(now + BODY_IDLE);
+                }
+                match this.idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(RequestBodyError::TooSlow(TOO_SLOW)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn declaring(len: usize) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -246,8 +300,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_declared_length_alone_takes_nothing_and_a_request_holds_its_share_until_its_response_ends()
-     {
+    async fn a_declared_length_alone_takes_nothing_and_a_body_holds_its_share_until_dropped() {
         let budget = BodyBudget::new(10 * UNIT);
         // Declares 8 KiB, sends 1: only what arrived is taken.
         let (_small, held) = read_limited(
@@ -259,21 +312,11 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(budget.units.available_permits(), 9);
-        let response = gust_executor::body::full(vec![7u8; 6 * UNIT]);
-        let mut body = streamed_response(response, &RequestId::new("r"), held);
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(first.len(), 6 * UNIT);
-        assert_eq!(
-            budget.units.available_permits(),
-            9,
-            "held while the response is out"
-        );
-        assert!(body.frame().await.is_none());
-        drop(body);
+        drop(held);
         assert_eq!(
             budget.units.available_permits(),
             10,
-            "given back once it ended"
+            "given back once dropped"
         );
     }
 
@@ -296,7 +339,7 @@ mod tests {
             &budget,
         )
         .await;
-        assert!(matches!(refused, Err(BodyError::OverBudget)));
+        assert!(matches!(refused, Err(RequestBodyError::OverBudget)));
         // Without a declared length the reservation grows with the body and fails the same way.
         let refused = read_limited(
             &HeaderMap::new(),
@@ -305,7 +348,7 @@ mod tests {
             &budget,
         )
         .await;
-        assert!(matches!(refused, Err(BodyError::OverBudget)));
+        assert!(matches!(refused, Err(RequestBodyError::OverBudget)));
         drop(held);
         assert!(
             read_limited(
@@ -335,6 +378,9 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(BODY_IDLE * 2).await;
-        assert!(matches!(reading.await.unwrap(), Err(BodyError::TooSlow)));
+        assert!(matches!(
+            reading.await.unwrap(),
+            Err(RequestBodyError::TooSlow(_))
+        ));
     }
 }

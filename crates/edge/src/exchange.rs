@@ -8,7 +8,7 @@ use gust_executor::{EnqueueError, RequestId, ResponseBody};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use crate::ErrorBody;
-use crate::body::{Reserved, streamed_response};
+use crate::body::streamed_response;
 
 /// Largest request body a function receives by default (6 MB, as Lambda's synchronous
 /// limit; `gust up --body-limit` sets another).
@@ -122,13 +122,8 @@ fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 /// The function's response as the caller gets it: hop-by-hop headers dropped, the request id
-/// added, its body streamed as the function writes it, the request's reservation in the body
-/// budget held until it ends.
-pub fn function_response(
-    response: http::Response<ResponseBody>,
-    id: &RequestId,
-    held: Reserved,
-) -> Response {
+/// added, its body streamed as the function writes it.
+pub fn function_response(response: http::Response<ResponseBody>, id: &RequestId) -> Response {
     let (mut parts, body) = response.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
@@ -147,5 +142,5 @@ pub fn function_response(
         parts.headers.remove(name);
     }
     put_header(&mut parts.headers, "x-gust-request-id", id.as_str());
-    Response::from_parts(parts, streamed_response(body, id, held))
+    Response::from_parts(parts, streamed_response(body, id))
 }

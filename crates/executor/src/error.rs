@@ -2,6 +2,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::RequestBodyError;
+
 /// Why an invocation produced no function response. Each maps to one HTTP status and one
 /// stable `reason` code of the public error body.
 #[derive(Debug, Error, Clone)]
@@ -36,6 +38,9 @@ pub enum InvokeError {
     Trap { function: String },
     #[error("function {function:?} ran out of its {limit_mb} MB of memory")]
     OutOfMemory { function: String, limit_mb: u32 },
+    /// The caller's request body did not arrive whole.
+    #[error("{0}")]
+    RequestBody(RequestBodyError),
 }
 
 impl InvokeError {
@@ -44,6 +49,12 @@ impl InvokeError {
             InvokeError::FunctionNotFound { .. } => 404,
             InvokeError::Timeout { .. } | InvokeError::StartTimeout { .. } => 504,
             InvokeError::OverCapacity { .. } => 429,
+            InvokeError::RequestBody(body) => match body {
+                RequestBodyError::TooLarge { .. } => 413,
+                RequestBodyError::OverBudget => 503,
+                RequestBodyError::TooSlow(_) => 408,
+                RequestBodyError::Unreadable => 400,
+            },
             InvokeError::EnvironmentUnavailable { .. } | InvokeError::StartFailed { .. } => 503,
             InvokeError::FunctionError { .. }
             | InvokeError::LoadFailed { .. }
@@ -69,6 +80,12 @@ impl InvokeError {
             InvokeError::StartFailed { .. } => "start_failed",
             InvokeError::Trap { .. } => "trap",
             InvokeError::OutOfMemory { .. } => "out_of_memory",
+            InvokeError::RequestBody(body) => match body {
+                RequestBodyError::TooLarge { .. } => "body_too_large",
+                RequestBodyError::OverBudget => "body_memory_exhausted",
+                RequestBodyError::TooSlow(_) => "body_too_slow",
+                RequestBodyError::Unreadable => "invalid_input",
+            },
         }
     }
 
@@ -84,6 +101,8 @@ impl InvokeError {
             | InvokeError::OutOfMemory { .. }
             | InvokeError::Timeout { .. }
             | InvokeError::StartTimeout { .. } => "function",
+            // The caller's connection: the listener that reads it is the router's.
+            InvokeError::RequestBody(_) => "router",
             _ => "executor",
         }
     }
@@ -92,6 +111,7 @@ impl InvokeError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             InvokeError::OverCapacity { retry_after, .. } => Some(*retry_after),
+            InvokeError::RequestBody(RequestBodyError::OverBudget) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -8,15 +8,16 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Name, Namespace, Scaling, Tier};
+use gust_model::{Name, Namespace, RequestBodyMode, Scaling, Tier};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    AttemptReport, ColdStart, Instance, InstanceSpec, Invocation, InvocationObserver, InvokeError,
-    Invoker, RequestId, ResponseBody, Runtime,
+    AttemptReport, BodyHold, BodyWatch, ColdStart, Instance, InstanceSpec, Invocation,
+    InvocationObserver, InvokeError, Invoker, Payload, RequestBody, RequestId, ResponseBody,
+    Runtime,
 };
 
 /// The defaults of settings a function does not set itself (`gust up` flags).
@@ -505,6 +506,26 @@ impl Invoker for Executor {
         let slot = self
             .slot(&invocation.namespace, &invocation.function)
             .await?;
+        let (parts, payload) = invocation.request.into_parts();
+        // A body the function takes whole is read before an instance is taken for it, so a
+        // slow client holds memory (bounded by the listener) and never an instance.
+        let (body, held, body_watch) = match payload {
+            Payload::Ready(bytes) => (RequestBody::full(bytes), None, None),
+            Payload::Arriving(incoming) => match slot.spec.limits.request_body {
+                RequestBodyMode::Buffer => {
+                    let (bytes, held) = incoming
+                        .read_whole()
+                        .await
+                        .map_err(InvokeError::RequestBody)?;
+                    (RequestBody::full(bytes), Some(held), None)
+                }
+                RequestBodyMode::Stream => {
+                    let (body, watch) = RequestBody::streaming(incoming.stream());
+                    (body, None, Some(watch))
+                }
+            },
+        };
+        let request = http::Request::from_parts(parts, body);
         let started_at = SystemTime::now();
         let arrived = Instant::now();
         let permit = match self.admit(&slot).await {
@@ -565,12 +586,19 @@ impl Invoker for Executor {
             permit: Some(permit),
             observer: self.observer.clone(),
             report,
+            body_watch,
+            _held: held,
         };
         attempt.cpu_before = attempt.instance().cpu_time();
         let result = attempt
             .instance()
-            .handle(&invocation.id, invocation.request, timeout)
+            .handle(&invocation.id, request, timeout)
             .await;
+        // A streamed body that broke off explains whatever the function made of it.
+        let result = match attempt.body_watch.as_ref().and_then(|watch| watch.fault()) {
+            Some(fault) => Err(InvokeError::RequestBody(fault)),
+            None => result,
+        };
         let response = match result {
             // Informational and out-of-range statuses cannot be forwarded as a final answer.
             Ok(response) if !(200..=599).contains(&response.status().as_u16()) => {
@@ -613,6 +641,11 @@ struct Attempt {
     report: AttemptReport,
     cpu_before: Option<Duration>,
     dispatched: Instant,
+    /// A streamed request body's progress: an instance that did not get all of it is not
+    /// reused.
+    body_watch: Option<Arc<BodyWatch>>,
+    /// The buffered request body's share of the listener's body budget.
+    _held: Option<BodyHold>,
 }
 
 /// What an attempt whose caller left before the response's head is reported with (the
@@ -644,7 +677,15 @@ impl Attempt {
             .zip(instance.cpu_time())
             .map(|(before, after)| after.saturating_sub(before));
         report.status = status;
-        if reusable && !self.slot.retired.load(Ordering::Acquire) && instance.is_healthy() {
+        let body_delivered = self
+            .body_watch
+            .as_ref()
+            .is_none_or(|watch| watch.complete());
+        if reusable
+            && body_delivered
+            && !self.slot.retired.load(Ordering::Acquire)
+            && instance.is_healthy()
+        {
             self.slot.release(instance);
         } else {
             stop_all(vec![instance]);
@@ -872,7 +913,7 @@ mod tests {
         async fn handle(
             &mut self,
             _id: &RequestId,
-            _request: http::Request<Bytes>,
+            _request: http::Request<RequestBody>,
             _timeout: Duration,
         ) -> Result<http::Response<ResponseBody>, InvokeError> {
             tokio::time::sleep(self.hold).await;
@@ -980,7 +1021,7 @@ mod tests {
             function: Name::parse("function", name).unwrap(),
             trigger: TriggerKind::Http,
             attempt: 1,
-            request: http::Request::new(Bytes::new()),
+            request: http::Request::new(Payload::Ready(Bytes::new())),
         }
     }
 
@@ -1120,7 +1161,7 @@ mod tests {
         async fn handle(
             &mut self,
             _id: &RequestId,
-            _request: http::Request<Bytes>,
+            _request: http::Request<RequestBody>,
             _timeout: Duration,
         ) -> Result<http::Response<ResponseBody>, InvokeError> {
             let body = Drip {

@@ -19,6 +19,7 @@ mod error;
 mod executor;
 mod logs;
 mod observer;
+mod request_body;
 mod runtime;
 
 pub use body::ResponseBody;
@@ -32,10 +33,10 @@ pub use logs::{
     MAX_LOG_BYTES_PER_SECOND, function_key,
 };
 pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
+pub use request_body::{BodyHold, BodyWatch, IncomingBody, Payload, RequestBody, RequestBodyError};
 pub use runtime::{Instance, InstanceSpec, Runtime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use gust_model::{Name, Namespace};
 
 /// An invocation's id: the same value in the `X-Gust-Request-Id` header, logs and errors.
@@ -106,7 +107,7 @@ pub struct Invocation {
     pub trigger: TriggerKind,
     /// 1 for the first delivery; retries count up.
     pub attempt: u32,
-    pub request: http::Request<Bytes>,
+    pub request: http::Request<Payload>,
 }
 
 /// Invokes functions. Called once per request, concurrently from any task; the future

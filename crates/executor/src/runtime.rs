@@ -3,12 +3,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use gust_model::{
     Environment, Limits, Name, Namespace, NetworkPolicy, OutboundRule, RevisionNumber, Scaling,
 };
 
-use crate::{InvokeError, RequestId, ResponseBody};
+use crate::{InvokeError, RequestBody, RequestId, ResponseBody};
 
 /// Everything a runtime needs to turn a generic worker into an instance of one revision.
 #[derive(Debug, Clone)]
@@ -94,7 +93,7 @@ pub trait Instance: Send {
     async fn handle(
         &mut self,
         id: &RequestId,
-        request: http::Request<Bytes>,
+        request: http::Request<RequestBody>,
         timeout: Duration,
     ) -> Result<http::Response<ResponseBody>, InvokeError>;
 

@@ -35,6 +35,8 @@ pub struct Limits {
     #[schema(value_type = u64)]
     pub timeout: Duration,
     pub memory_mb: u32,
+    #[serde(default)]
+    pub request_body: RequestBodyMode,
 }
 
 impl Default for Limits {
@@ -42,8 +44,25 @@ impl Default for Limits {
         Self {
             timeout: DEFAULT_TIMEOUT,
             memory_mb: DEFAULT_MEMORY_MB,
+            request_body: RequestBodyMode::Buffer,
         }
     }
+}
+
+/// How a function receives a caller's request body.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum RequestBodyMode {
+    /// Read whole before an instance is taken for it, up to `gust up --body-limit`: a slow
+    /// client never holds an instance.
+    #[default]
+    Buffer,
+    /// Passed on as it arrives, of any size: the function reads it while the client sends it,
+    /// within the function's timeout (and billed for it).
+    Stream,
 }
 
 /// Where a revision's code lives in the content-addressed code store.
@@ -245,6 +264,12 @@ pub struct FunctionSettings {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// How request bodies reach the function: `buffer` (read whole first, up to gust up's
+    /// --body-limit) or `stream` (as they arrive, of any size, within the function's timeout)
+    /// [default: buffer]
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<RequestBodyMode>,
     /// Requests one process instance serves at once [default: 1]
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,6 +366,9 @@ impl FunctionSettings {
                 });
             }
             limits.memory_mb = memory;
+        }
+        if let Some(mode) = self.request_body {
+            limits.request_body = mode;
         }
         let allow_outbound = match &self.allow_outbound {
             Some(rules) => rules

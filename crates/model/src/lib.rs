@@ -34,7 +34,8 @@ pub use environment::{
 pub use error::ModelError;
 pub use function::{
     CodeRef, DEFAULT_KEEP_REVISIONS, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, EnvVar, Function,
-    FunctionSettings, Limits, Revision, RevisionFields, RevisionNumber, parse_duration,
+    FunctionSettings, Limits, RequestBodyMode, Revision, RevisionFields, RevisionNumber,
+    parse_duration,
 };
 pub use invocation::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MAX_STORED_RESPONSE_BYTES,

@@ -4,13 +4,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
-use gust_executor::{Enqueue, Invocation, Invoker, RequestId, TriggerKind};
+use gust_executor::{Enqueue, Invocation, InvokeError, Invoker, Payload, RequestId, TriggerKind};
 use gust_model::{AsyncSource, RouteMode};
 use http::{HeaderValue, StatusCode, header};
 
 use gust_edge::{
-    BodyBudget, ErrorBody, MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers,
-    forwardable_headers, function_response, invoke_error_response, put_header, read_limited,
+    ArrivingBody, BodyBudget, ErrorBody, MAX_ASYNC_REQUEST_BYTES, accepted_response,
+    add_param_headers, forwardable_headers, function_response, invoke_error_response, put_header,
+    read_limited,
 };
 
 use crate::Routes;
@@ -80,18 +81,6 @@ async fn serve(
             .get("x-gust-invoke")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"async")),
     };
-    let limit = if asynchronous {
-        MAX_ASYNC_REQUEST_BYTES
-    } else {
-        state.bodies.request_limit()
-    };
-    // Held until the function has answered and the client has taken the response: the
-    // bodies' memory stays counted while it lives.
-    let (body, reserved) = match read_limited(&parts.headers, body, limit, &state.bodies).await {
-        Ok(read) => read,
-        Err(error) => return error.with_request_id(&id),
-    };
-
     let mut headers = forwardable_headers(&parts.headers, false);
     put_header(&mut headers, "x-gust-request-id", id.as_str());
     add_param_headers(&mut headers, &found.params);
@@ -104,7 +93,7 @@ async fn serve(
         put_header(&mut headers, "x-forwarded-host", host);
     }
 
-    let mut forwarded = http::Request::builder()
+    let request = http::Request::builder()
         .method(parts.method.clone())
         .uri(
             parts
@@ -113,11 +102,21 @@ async fn serve(
                 .map(|pq| pq.as_str())
                 .unwrap_or("/"),
         )
-        .body(body)
+        .body(())
         .expect("method and URI come from a parsed request");
-    *forwarded.headers_mut() = headers;
+    let (mut forwarded, ()) = request.into_parts();
+    forwarded.headers = headers;
 
     if asynchronous {
+        // Stored until it runs: read whole, within the async limit, here.
+        let body = match read_limited(&parts.headers, body, MAX_ASYNC_REQUEST_BYTES, &state.bodies)
+            .await
+        {
+            Ok((body, _reserved)) => body,
+            Err(error) => {
+                return invoke_error_response(&InvokeError::RequestBody(error), id.as_str());
+            }
+        };
         let source = AsyncSource::Http {
             route: found.route.name.clone(),
         };
@@ -128,21 +127,27 @@ async fn serve(
                 found.route.namespace.clone(),
                 found.route.function.clone(),
                 source,
-                &forwarded,
+                &http::Request::from_parts(forwarded, body),
             )
             .await;
         return accepted_response(stored, &id);
     }
+    let body = ArrivingBody::new(
+        &parts.headers,
+        body,
+        state.bodies.request_limit(),
+        &state.bodies,
+    );
     let invocation = Invocation {
         id: id.clone(),
         namespace: found.route.namespace.clone(),
         function: found.route.function.clone(),
         trigger: TriggerKind::Http,
         attempt: 1,
-        request: forwarded,
+        request: http::Request::from_parts(forwarded, Payload::Arriving(Box::new(body))),
     };
     match state.invoker.invoke(invocation).await {
-        Ok(response) => function_response(response, &id, reserved),
+        Ok(response) => function_response(response, &id),
         Err(error) => invoke_error_response(&error, id.as_str()),
     }
 }

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use gust_executor::{
-    Admission, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId,
-    ResponseBody,
+    Admission, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestBody,
+    RequestId, ResponseBody,
 };
 use gust_model::NetworkPolicy;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -87,7 +87,7 @@ pub struct Worker {
     child: Child,
     /// The process (and, sandboxed, process group) id of `child`.
     pid: Option<u32>,
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<RequestBody>,
     log_target: Arc<Mutex<LogTarget>>,
     function: String,
     /// The function's memory limit, once specialized.
@@ -287,11 +287,12 @@ impl Worker {
             "filepath": filepath,
             "functionName": spec.entrypoint.clone().unwrap_or_default(),
             "env": spec.env_vars,
+            "requestBody": spec.limits.request_body,
         });
         let request = Request::post("/v2/specialize")
             .header(HOST, "gust-worker")
             .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(RequestBody::full(body.to_string()))
             .expect("a fixed request is valid");
         let exchange = async {
             self.sender.ready().await?;
@@ -344,7 +345,7 @@ fn sanitize_cause(cause: &str) -> String {
 }
 
 /// Connects and asks `/healthz`; `Some` once the worker is ready.
-async fn probe(socket: &Path) -> Option<SendRequest<Full<Bytes>>> {
+async fn probe(socket: &Path) -> Option<SendRequest<RequestBody>> {
     let stream = UnixStream::connect(socket).await.ok()?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -354,7 +355,7 @@ async fn probe(socket: &Path) -> Option<SendRequest<Full<Bytes>>> {
     });
     let request = Request::get("/healthz")
         .header(HOST, "gust-worker")
-        .body(Full::new(Bytes::new()))
+        .body(RequestBody::full(Bytes::new()))
         .expect("a fixed request is valid");
     let response = sender.send_request(request).await.ok()?;
     let ready = response.status().is_success();
@@ -371,8 +372,8 @@ enum Exchange {
 /// Sends one request on a worker connection and waits for the head of its answer, within
 /// `timeout` (`None` when it ran out).
 async fn exchange(
-    sender: &mut SendRequest<Full<Bytes>>,
-    request: Request<Bytes>,
+    sender: &mut SendRequest<RequestBody>,
+    request: Request<RequestBody>,
     timeout: Duration,
 ) -> Option<Exchange> {
     let (mut parts, body) = request.into_parts();
@@ -389,7 +390,7 @@ async fn exchange(
             .headers
             .insert(HOST, HeaderValue::from_static("gust-worker"));
     }
-    let request = Request::from_parts(parts, Full::new(body));
+    let request = Request::from_parts(parts, body);
     let exchange = async {
         if sender.ready().await.is_err() {
             return Exchange::Broken;
@@ -481,7 +482,7 @@ impl Instance for Worker {
     async fn handle(
         &mut self,
         id: &RequestId,
-        request: Request<Bytes>,
+        request: Request<RequestBody>,
         timeout: Duration,
     ) -> Result<Response<ResponseBody>, InvokeError> {
         self.attribute_output_to(id);
@@ -503,7 +504,9 @@ impl Instance for Worker {
     }
 
     fn is_healthy(&mut self) -> bool {
-        self.is_alive()
+        // A connection the worker closed (it answered without reading a request's whole body,
+        // say) cannot carry the next request.
+        !self.sender.is_closed() && self.is_alive()
     }
 
     fn cpu_time(&mut self) -> Option<Duration> {
@@ -579,7 +582,7 @@ impl SharedWorker {
 /// One connection to a [`SharedWorker`].
 pub struct Lane {
     shared: Arc<SharedWorker>,
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<RequestBody>,
     dead: bool,
 }
 
@@ -588,7 +591,7 @@ impl Instance for Lane {
     async fn handle(
         &mut self,
         id: &RequestId,
-        request: Request<Bytes>,
+        request: Request<RequestBody>,
         timeout: Duration,
     ) -> Result<Response<ResponseBody>, InvokeError> {
         // With several requests in flight, output goes to whichever started last.

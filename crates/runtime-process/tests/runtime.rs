@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gust_executor::{FunctionLogs, InstanceSpec, InvokeError, LogQuery, RequestId, Runtime};
+use gust_executor::{
+    FunctionLogs, InstanceSpec, InvokeError, LogQuery, RequestBody, RequestId, Runtime,
+};
 use gust_model::{BuiltinRuntime, Environment, Limits, Name, Namespace};
 use gust_runtime_process::{Interpreters, ProcessRuntime, Sandbox};
 
@@ -23,6 +25,7 @@ fn spec(code_dir: &std::path::Path, file: &str, runtime: BuiltinRuntime) -> Inst
         limits: Limits {
             timeout: Duration::from_secs(5),
             memory_mb: 128,
+            ..Limits::default()
         },
         allow_outbound: Vec::new(),
         network: Default::default(),
@@ -40,8 +43,10 @@ fn code_dir(root: &std::path::Path, file: &str, source: &str) -> std::path::Path
     dir
 }
 
-fn get() -> http::Request<Bytes> {
-    http::Request::get("/x").body(Bytes::new()).unwrap()
+fn get() -> http::Request<RequestBody> {
+    http::Request::get("/x")
+        .body(RequestBody::full(Bytes::new()))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

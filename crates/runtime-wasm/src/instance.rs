@@ -11,9 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use gust_executor::{
-    FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestId, ResponseBody,
+    FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestBody, RequestBodyError,
+    RequestId, ResponseBody,
 };
-use http_body_util::Full;
+use http_body_util::BodyExt;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
@@ -278,7 +279,7 @@ impl Instance for WasmInstance {
     async fn handle(
         &mut self,
         id: &RequestId,
-        request: http::Request<Bytes>,
+        request: http::Request<RequestBody>,
         timeout: Duration,
     ) -> Result<http::Response<ResponseBody>, InvokeError> {
         let prepared_by = tokio::time::Instant::now() + self.start_timeout;
@@ -326,7 +327,18 @@ impl Instance for WasmInstance {
             function: function.clone(),
             detail,
         };
-        let mut request = request.map(Full::new);
+        // What a guest reading the body is told when the caller's body broke off.
+        let mut request = request.map(|body| {
+            body.map_err(|err| match err {
+                RequestBodyError::TooSlow(_) => wasmtime_wasi_http::Error::ConnectionReadTimeout,
+                RequestBodyError::TooLarge { limit } => {
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit as u64))
+                }
+                RequestBodyError::OverBudget | RequestBodyError::Unreadable => {
+                    wasmtime_wasi_http::Error::ConnectionTerminated
+                }
+            })
+        });
         // wasi:http requires an authority; requests made by Gust itself (a timer's tick, a
         // queue message) have none.
         if request.uri().authority().is_none()

@@ -409,7 +409,9 @@ mod tests {
         let response = instance
             .handle(
                 &RequestId::new("r1"),
-                http::Request::get("/").body(bytes::Bytes::new()).unwrap(),
+                http::Request::get("/")
+                    .body(gust_executor::RequestBody::full(bytes::Bytes::new()))
+                    .unwrap(),
                 Duration::from_secs(10),
             )
             .await
@@ -437,7 +439,11 @@ mod tests {
         let (runtime, spec) = probe_runtime(dir.path());
         let runtime = runtime.with_start_timeout(Duration::from_millis(300));
         let id = RequestId::new("r1");
-        let request = || http::Request::get("/").body(bytes::Bytes::new()).unwrap();
+        let request = || {
+            http::Request::get("/")
+                .body(gust_executor::RequestBody::full(bytes::Bytes::new()))
+                .unwrap()
+        };
 
         // Every slot held (as by stores not yet dropped): refused once the start bound passes.
         let held = runtime

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gust_executor::body::read_response;
 use gust_executor::{Clock, Enqueue, store_request};
-use gust_executor::{Invocation, InvokeError, Invoker, RequestId, TriggerKind};
+use gust_executor::{Invocation, InvokeError, Invoker, Payload, RequestId, TriggerKind};
 use gust_model::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MqTrigger, StoredResponse, Verdict,
     classify_status, retry_wait,
@@ -165,7 +165,7 @@ impl TriggerContext {
                     function: self.trigger.function.clone(),
                     trigger: TriggerKind::Mq,
                     attempt,
-                    request: self.request(event, id, attempt),
+                    request: self.request(event, id, attempt).map(Payload::Ready),
                 })
                 .await
             {

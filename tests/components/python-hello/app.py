@@ -2,12 +2,13 @@
 
 Answers every request with a greeting, the request's method and path, and how many requests
 this instance has served (1 on every request unless the function opts into reuse). A path
-with `stream` in it is answered in two chunks a second apart.
+with `stream` in it is answered in two chunks a second apart; one with `upload` reads the
+request body as it arrives, prints its first piece and answers with its size.
 """
 
 import os
 
-from componentize_py_types import Ok
+from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import monotonic_clock
 from wit_world.imports.types import (
@@ -30,6 +31,9 @@ class IncomingHandler(exports.IncomingHandler):
         text = f"{greeting} from python: {method} {request.path_with_query()} served={served}\n"
         print(f"python component served request {served}")
 
+        if "upload" in (request.path_with_query() or ""):
+            text = f"received {read_body(request)} bytes\n"
+
         response = OutgoingResponse(Fields.from_list([("content-type", b"text/plain")]))
         body = response.body()
         ResponseOutparam.set(response_out, Ok(response))
@@ -41,3 +45,19 @@ class IncomingHandler(exports.IncomingHandler):
             else:
                 stream.blocking_write_and_flush(text.encode())
         OutgoingBody.finish(body, None)
+
+
+def read_body(request: IncomingRequest) -> int:
+    """Reads the request body piece by piece as it arrives; returns its size."""
+    incoming = request.consume()
+    stream = incoming.stream()
+    total = 0
+    while True:
+        try:
+            data = stream.blocking_read(65536)
+        except Err:
+            break  # closed: the body's end
+        if total == 0 and data:
+            print(f"first chunk: {data[:20].decode(errors='replace')}", flush=True)
+        total += len(data)
+    return total
