@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gust_executor::{FunctionLogs, InstanceSpec, RequestBody, RequestId, Runtime};
+use gust_executor::{
+    FunctionLogs, InstanceSpec, PreparedRevision, RequestBody, RequestId, Runtime,
+};
 use gust_harness::brokers::{Broker, BrokerKind};
 use gust_harness::{Gust, GustOptions, cpu_time};
 use gust_model::{BuiltinRuntime, Environment, Limits, Name, Namespace, Scaling};
@@ -49,6 +51,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct DirectCall {
     runtime: WasmRuntime,
     spec: InstanceSpec,
+    /// Prepared on the first call, as the executor keeps it for a revision.
+    prepared: tokio::sync::OnceCell<Arc<dyn PreparedRevision>>,
     _dir: tempfile::TempDir,
 }
 
@@ -79,13 +83,18 @@ impl DirectCall {
         Self {
             runtime,
             spec,
+            prepared: tokio::sync::OnceCell::new(),
             _dir: dir,
         }
     }
 
     async fn call(&self, body: Bytes) {
         let id = RequestId::generate();
-        let mut instance = self.runtime.start_instance(&self.spec, &id).await.unwrap();
+        let prepared = self
+            .prepared
+            .get_or_init(|| async { self.runtime.prepare(&self.spec).await.unwrap() })
+            .await;
+        let mut instance = prepared.start(&id).await.unwrap();
         let request = http::Request::post("/")
             .body(RequestBody::full(body))
             .unwrap();

@@ -56,7 +56,6 @@ impl Collector {
     /// many of each.
     fn collect(&self) -> Result<(usize, usize), StoreError> {
         let mut wasm_files: Vec<PathBuf> = Vec::new();
-        let mut current_wasm_files: HashSet<PathBuf> = HashSet::new();
         let trees = self.code.retain(|| {
             let wasm_environments: HashSet<String> = self
                 .store
@@ -71,11 +70,7 @@ impl Collector {
                     if wasm_environments.contains(revision.environment.as_str())
                         && let Some(file) = &revision.code.file
                     {
-                        let path = self.code.tree(&revision.code.digest).join(file);
-                        if revision.number == function.current {
-                            current_wasm_files.insert(path.clone());
-                        }
-                        wasm_files.push(path);
+                        wasm_files.push(self.code.tree(&revision.code.digest).join(file));
                     }
                     referenced.insert(revision.code.digest.clone());
                 }
@@ -87,13 +82,6 @@ impl Collector {
             tracing::info!(expired, "uploads no function used were deleted");
         }
         let compiled = self.wasm.retain_compiled(&wasm_files);
-        let forgotten = self.wasm.retain_loaded(&current_wasm_files);
-        if forgotten > 0 {
-            tracing::debug!(
-                forgotten,
-                "loaded components of retired revisions forgotten"
-            );
-        }
         Ok((trees, compiled))
     }
 }

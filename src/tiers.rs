@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gust_executor::{Instance, InstanceSpec, InvokeError, RequestId, Runtime};
+use gust_executor::{InstanceSpec, InvokeError, PreparedRevision, Runtime};
 use gust_model::{Environment, Limits, Tier};
 
 pub struct Tiers {
@@ -22,22 +22,8 @@ impl Tiers {
 
 #[async_trait]
 impl Runtime for Tiers {
-    async fn start_instance(
-        &self,
-        spec: &InstanceSpec,
-        first_request: &RequestId,
-    ) -> Result<Box<dyn Instance>, InvokeError> {
-        self.of(&spec.environment)
-            .start_instance(spec, first_request)
-            .await
-    }
-
-    async fn prepare(&self, spec: &InstanceSpec) {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
         self.of(&spec.environment).prepare(spec).await
-    }
-
-    fn retire(&self, spec: &InstanceSpec) {
-        self.of(&spec.environment).retire(spec)
     }
 
     fn validate_environment(&self, environment: &Environment) -> Result<(), String> {

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AttemptReport, BodyHold, BodyWatch, ColdStart, Instance, InstanceSpec, Invocation,
-    InvocationObserver, InvokeError, Invoker, Payload, RequestBody, RequestId, ResponseBody,
-    Runtime,
+    InvocationObserver, InvokeError, Invoker, Payload, PreparedRevision, RequestBody, RequestId,
+    ResponseBody, Runtime,
 };
 
 /// The defaults of settings a function does not set itself (`gust up` flags).
@@ -113,6 +113,9 @@ pub trait DeploymentSource: Send + Sync {
 /// Instances of one function revision.
 struct FunctionSlot {
     spec: InstanceSpec,
+    /// The runtime's prepared form of the revision, built once (on deploy or first start) and
+    /// dropped with the slot when the revision stops serving.
+    prepared: tokio::sync::OnceCell<Arc<dyn PreparedRevision>>,
     scaling: EffectiveScaling,
     idle: Mutex<Vec<(Box<dyn Instance>, Instant)>>,
     /// One permit per request in flight (and per instance still starting for a request that
@@ -127,6 +130,26 @@ struct FunctionSlot {
 }
 
 impl FunctionSlot {
+    /// The revision's prepared form, built on first use.
+    async fn prepared(
+        &self,
+        runtime: &dyn Runtime,
+    ) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
+        self.prepared
+            .get_or_try_init(|| runtime.prepare(&self.spec))
+            .await
+            .cloned()
+    }
+
+    /// Starts an instance of the revision.
+    async fn start(
+        &self,
+        runtime: &dyn Runtime,
+        first_request: &RequestId,
+    ) -> Result<Box<dyn Instance>, InvokeError> {
+        self.prepared(runtime).await?.start(first_request).await
+    }
+
     fn take_idle(&self) -> Option<Box<dyn Instance>> {
         let mut idle = self.idle.lock().expect("idle list lock is never poisoned");
         // Most recently used first: it is the warmest, and the others may reach idle timeout.
@@ -231,9 +254,9 @@ impl Executor {
             .expect("slot map lock is never poisoned")
             .remove(&(namespace.clone(), function.clone()));
         if let Some(slot) = removed {
+            // Its prepared form goes with the last request still holding the slot.
             slot.retired.store(true, Ordering::Release);
             stop_all(slot.drain_idle(None, 0));
-            self.runtime.retire(&slot.spec);
         }
     }
 
@@ -254,12 +277,14 @@ impl Executor {
         tokio::spawn(async move {
             match executor.slot(&namespace, &function).await {
                 Ok(slot) => {
-                    executor.runtime.prepare(&slot.spec).await;
+                    if let Err(err) = slot.prepared(executor.runtime.as_ref()).await {
+                        // The first request meets the same error and reports it.
+                        tracing::warn!(%function, error = %err, "cannot prepare the revision");
+                    }
                     // Deleted or replaced while it was being prepared: what was loaded for it
-                    // goes again, and its series must not come back after the delete removed
-                    // them.
+                    // goes with the slot, and its series must not come back after the delete
+                    // removed them.
                     if slot.retired.load(Ordering::Acquire) {
-                        executor.runtime.retire(&slot.spec);
                         return;
                     }
                     executor.observer.function_ready(
@@ -283,7 +308,7 @@ impl Executor {
             let (executor, slot) = (self.clone(), slot.clone());
             tokio::spawn(async move {
                 let id = RequestId::new(format!("warm-{}", slot.spec.function));
-                match executor.runtime.start_instance(&slot.spec, &id).await {
+                match slot.start(executor.runtime.as_ref(), &id).await {
                     Ok(instance) if !slot.retired.load(Ordering::Acquire) => slot.release(instance),
                     Ok(instance) => stop_all(vec![instance]),
                     Err(err) => {
@@ -411,6 +436,7 @@ impl Executor {
         let slot = slots.entry(key).or_insert_with(|| {
             Arc::new(FunctionSlot {
                 spec,
+                prepared: tokio::sync::OnceCell::new(),
                 scaling,
                 idle: Mutex::new(Vec::new()),
                 in_flight: Arc::new(Semaphore::new(scaling.requests_in_flight())),
@@ -456,7 +482,7 @@ impl Executor {
         let (started_tx, mut started_rx) = oneshot::channel();
         let (runtime, start_slot, id) = (self.runtime.clone(), slot.clone(), id.clone());
         tokio::spawn(async move {
-            let started = runtime.start_instance(&start_slot.spec, &id).await;
+            let started = start_slot.start(runtime.as_ref(), &id).await;
             if let Err((Ok(instance), _permit)) = started_tx.send((started, permit)) {
                 if start_slot.retired.load(Ordering::Acquire) {
                     stop_all(vec![instance]);
@@ -895,11 +921,12 @@ mod tests {
     use crate::{RequestId, TriggerKind};
 
     /// A runtime whose instances take `hold` to answer and count starts and stops.
+    #[derive(Clone)]
     struct TimedRuntime {
         hold: Duration,
         /// How long starting an instance takes.
         start: Duration,
-        started: AtomicUsize,
+        started: Arc<AtomicUsize>,
         stopped: Arc<AtomicUsize>,
     }
 
@@ -928,10 +955,9 @@ mod tests {
     }
 
     #[async_trait]
-    impl Runtime for TimedRuntime {
-        async fn start_instance(
+    impl PreparedRevision for TimedRuntime {
+        async fn start(
             &self,
-            _spec: &InstanceSpec,
             _first_request: &RequestId,
         ) -> Result<Box<dyn Instance>, InvokeError> {
             self.started.fetch_add(1, Ordering::SeqCst);
@@ -940,6 +966,16 @@ mod tests {
                 hold: self.hold,
                 stopped: self.stopped.clone(),
             }))
+        }
+    }
+
+    #[async_trait]
+    impl Runtime for TimedRuntime {
+        async fn prepare(
+            &self,
+            _spec: &InstanceSpec,
+        ) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
+            Ok(Arc::new(self.clone()))
         }
         fn set_environments(&self, _environments: &[Environment]) {}
         async fn shutdown(&self) {}
@@ -991,7 +1027,7 @@ mod tests {
         let runtime = Arc::new(TimedRuntime {
             hold,
             start,
-            started: AtomicUsize::new(0),
+            started: Arc::new(AtomicUsize::new(0)),
             stopped: Arc::new(AtomicUsize::new(0)),
         });
         (
@@ -1128,17 +1164,17 @@ mod tests {
     }
 
     /// Instances of `t` (1 s timeout) whose responses drip, pausing `pause` part-way.
+    #[derive(Clone)]
     struct DripRuntime {
         pause: Duration,
-        started: AtomicUsize,
+        started: Arc<AtomicUsize>,
         stopped: Arc<AtomicUsize>,
     }
 
     #[async_trait]
-    impl Runtime for DripRuntime {
-        async fn start_instance(
+    impl PreparedRevision for DripRuntime {
+        async fn start(
             &self,
-            _spec: &InstanceSpec,
             _first_request: &RequestId,
         ) -> Result<Box<dyn Instance>, InvokeError> {
             self.started.fetch_add(1, Ordering::SeqCst);
@@ -1146,6 +1182,16 @@ mod tests {
                 pause: self.pause,
                 stopped: self.stopped.clone(),
             }))
+        }
+    }
+
+    #[async_trait]
+    impl Runtime for DripRuntime {
+        async fn prepare(
+            &self,
+            _spec: &InstanceSpec,
+        ) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
+            Ok(Arc::new(self.clone()))
         }
         fn set_environments(&self, _environments: &[Environment]) {}
         async fn shutdown(&self) {}
@@ -1181,7 +1227,7 @@ mod tests {
     fn dripping_executor(pause: Duration) -> (Arc<Executor>, Arc<DripRuntime>) {
         let runtime = Arc::new(DripRuntime {
             pause,
-            started: AtomicUsize::new(0),
+            started: Arc::new(AtomicUsize::new(0)),
             stopped: Arc::new(AtomicUsize::new(0)),
         });
         let executor = Executor::new(

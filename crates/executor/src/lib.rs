@@ -4,8 +4,9 @@
 //! Key types:
 //! - [`Invoker`]: the one call every trigger makes. Triggers depend on this trait only.
 //! - [`Enqueue`]: where an asynchronous invocation is handed over, beside `Invoker`.
-//! - [`Runtime`] / [`Instance`]: what a runtime tier (processes, later wasm) provides: ready,
-//!   specialized instances that each handle requests.
+//! - [`Runtime`] / [`PreparedRevision`] / [`Instance`]: what a runtime tier (processes, wasm)
+//!   provides: a revision prepared once, from which ready instances start, each handling one
+//!   request at a time.
 //! - [`Executor`]: the concrete [`Invoker`]: keeps each function's warm instances, bounds how
 //!   many run at once with a wait queue (429 past it), stops idle ones, and replaces them when a
 //!   function changes.
@@ -34,7 +35,7 @@ pub use logs::{
 };
 pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
 pub use request_body::{BodyHold, BodyWatch, IncomingBody, Payload, RequestBody, RequestBodyError};
-pub use runtime::{Instance, InstanceSpec, Runtime};
+pub use runtime::{Instance, InstanceSpec, PreparedRevision, Runtime};
 
 use async_trait::async_trait;
 use gust_model::{Name, Namespace};

@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,23 +34,13 @@ pub struct InstanceSpec {
 /// A runtime tier. Implementations keep their own pre-warmed pools.
 #[async_trait]
 pub trait Runtime: Send + Sync {
-    /// Returns a ready instance specialized for `spec`: from the pool when one is warm, else a
-    /// freshly started one. May take as long as an interpreter start; never blocks a thread.
-    /// `first_request` is the request that needs it: what loading the code prints is its.
-    async fn start_instance(
-        &self,
-        spec: &InstanceSpec,
-        first_request: &RequestId,
-    ) -> Result<Box<dyn Instance>, InvokeError>;
-
-    /// A revision became current: get ready for its first request (the wasm tier loads the
-    /// compiled component). Called in the background after a deploy; errors surface again on
-    /// the first request, so they are only logged. The default does nothing.
-    async fn prepare(&self, _spec: &InstanceSpec) {}
-
-    /// A revision stopped serving (its function changed or was deleted): drop what was
-    /// loaded for it. Instances still serving keep what they hold. The default does nothing.
-    fn retire(&self, _spec: &InstanceSpec) {}
+    /// Builds what starting instances of one revision needs (the `InstancePre` shape: the
+    /// wasm tier's compiled, pre-instantiated component; the process tier's worker command and
+    /// the revision's shared workers). Called once per revision, on deploy in the background
+    /// or on its first request; the executor keeps the result while the revision serves, and
+    /// dropping it forgets what was loaded (instances already started keep their own
+    /// handles). May read and compile; never blocks a runtime thread.
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<Arc<dyn PreparedRevision>, InvokeError>;
 
     /// Checks code before it is stored, so that a function that cannot run is refused at
     /// deploy (compiling it ahead of time where the tier compiles). `file_name` and `bytes`
@@ -81,6 +72,15 @@ pub trait Runtime: Send + Sync {
 
     /// Stops every pooled worker; called once at shutdown.
     async fn shutdown(&self);
+}
+
+/// A revision ready to start instances: see [`Runtime::prepare`].
+#[async_trait]
+pub trait PreparedRevision: Send + Sync {
+    /// Returns a ready instance of the revision: from the tier's pool when one is warm, else a
+    /// freshly started one. May take as long as an interpreter start; never blocks a thread.
+    /// `first_request` is the request that needs it: what loading the code prints is its.
+    async fn start(&self, first_request: &RequestId) -> Result<Box<dyn Instance>, InvokeError>;
 }
 
 /// One specialized instance. The executor hands it one request at a time.

@@ -33,11 +33,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
-use gust_model::{
-    BuiltinRuntime, DEFAULT_MEMORY_MB, Environment, EnvironmentKind, Name, Namespace,
-    RevisionNumber, Tier,
+use gust_executor::{
+    FunctionLogs, Instance, InstanceSpec, InvokeError, PreparedRevision, RequestId, Runtime,
 };
+use gust_model::{BuiltinRuntime, DEFAULT_MEMORY_MB, Environment, EnvironmentKind, Name, Tier};
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::WarmPool;
@@ -64,19 +63,19 @@ impl Default for Interpreters {
     }
 }
 
-/// One revision of one function.
-type RevisionKey = (Namespace, Name, RevisionNumber);
-
 pub struct ProcessRuntime {
+    workers: Arc<Workers>,
+}
+
+/// The tier's workers: its pools, how to start a worker, where they live. Shared with the
+/// revisions prepared from it.
+struct Workers {
     /// Gust's own directory for workers and environment servers; removed at a clean stop.
     run_dir: PathBuf,
     spawner: Arc<Spawner>,
     interpreters: Interpreters,
     env_root: PathBuf,
     pools: Mutex<HashMap<Name, Arc<WarmPool>>>,
-    /// Workers of functions with `--concurrency` above 1, by revision: a new instance is a
-    /// new lane of one of them while it has room.
-    shared: Mutex<HashMap<RevisionKey, Vec<Weak<SharedWorker>>>>,
     stop: CancellationToken,
     /// Where no environment's mount may point (see [`ProcessRuntime::with_protected`]).
     protected: Vec<PathBuf>,
@@ -120,17 +119,30 @@ impl ProcessRuntime {
                 .map_err(RuntimeError::io(&path))?;
         }
         Ok(Self {
-            run_dir: run_dir.to_owned(),
-            spawner: Arc::new(Spawner::new(sandbox, cgroups, workers_dir, logs)),
-            interpreters,
-            env_root,
-            pools: Mutex::new(HashMap::new()),
-            shared: Mutex::new(HashMap::new()),
-            stop: CancellationToken::new(),
-            protected: vec![run_dir.to_owned()],
+            workers: Arc::new(Workers {
+                run_dir: run_dir.to_owned(),
+                spawner: Arc::new(Spawner::new(sandbox, cgroups, workers_dir, logs)),
+                interpreters,
+                env_root,
+                pools: Mutex::new(HashMap::new()),
+                stop: CancellationToken::new(),
+                protected: vec![run_dir.to_owned()],
+            }),
         })
     }
 
+    /// Paths no environment may mount, nor any path inside or above them (the data
+    /// directory); the workers' own run directory is always among them.
+    pub fn with_protected(mut self, paths: Vec<PathBuf>) -> Self {
+        Arc::get_mut(&mut self.workers)
+            .expect("protected paths are set before the runtime is used")
+            .protected
+            .extend(paths);
+        self
+    }
+}
+
+impl Workers {
     /// How to start `env`'s workers for functions of `memory_mb`; `None` for an environment
     /// of another tier.
     fn worker_command(&self, env: &Environment, memory_mb: u32) -> Option<WorkerCommand> {
@@ -184,14 +196,7 @@ impl ProcessRuntime {
     }
 }
 
-impl ProcessRuntime {
-    /// Paths no environment may mount, nor any path inside or above them (the data
-    /// directory); the workers' own run directory is always among them.
-    pub fn with_protected(mut self, paths: Vec<PathBuf>) -> Self {
-        self.protected.extend(paths);
-        self
-    }
-
+impl Workers {
     /// Resolves a mount's links and checks where it really points.
     fn check_mount(&self, mount: &Path) -> Result<PathBuf, String> {
         let resolved = mount
@@ -281,50 +286,45 @@ fn orphaned_sandboxes() -> Vec<i32> {
         .collect()
 }
 
-impl ProcessRuntime {
+/// A revision of a process function, ready to start workers for: the tier's workers and,
+/// for functions with `--concurrency` above 1, the revision's running shared workers (a new
+/// instance is a new lane of one of them while it has room).
+struct PreparedProcess {
+    workers: Arc<Workers>,
+    spec: InstanceSpec,
+    shared: Mutex<Vec<Weak<SharedWorker>>>,
+}
+
+impl PreparedProcess {
     /// A new lane of a running worker of this revision that has room for one more request.
-    async fn join_shared(&self, spec: &InstanceSpec, concurrency: usize) -> Option<Lane> {
-        let key = (spec.namespace.clone(), spec.function.clone(), spec.revision);
+    async fn join_shared(&self, concurrency: usize) -> Option<Lane> {
         let candidate = {
             let mut shared = self
                 .shared
                 .lock()
-                .expect("shared map lock is never poisoned");
-            let workers = shared.entry(key).or_default();
-            workers.retain(|w| w.strong_count() > 0);
-            workers
+                .expect("shared list lock is never poisoned");
+            shared.retain(|w| w.strong_count() > 0);
+            shared
                 .iter()
                 .filter_map(Weak::upgrade)
                 .find(|w| w.reserve(concurrency))
         }?;
         candidate.open_lane().await
     }
-
-    fn register_shared(&self, spec: &InstanceSpec, worker: &Arc<SharedWorker>) {
-        let key = (spec.namespace.clone(), spec.function.clone(), spec.revision);
-        self.shared
-            .lock()
-            .expect("shared map lock is never poisoned")
-            .entry(key)
-            .or_default()
-            .push(Arc::downgrade(worker));
-    }
 }
 
 #[async_trait]
-impl Runtime for ProcessRuntime {
-    async fn start_instance(
-        &self,
-        spec: &InstanceSpec,
-        first_request: &RequestId,
-    ) -> Result<Box<dyn Instance>, InvokeError> {
+impl PreparedRevision for PreparedProcess {
+    async fn start(&self, first_request: &RequestId) -> Result<Box<dyn Instance>, InvokeError> {
+        let spec = &self.spec;
         let concurrency = spec.scaling.concurrency.unwrap_or(1) as usize;
         if concurrency > 1
-            && let Some(lane) = self.join_shared(spec, concurrency).await
+            && let Some(lane) = self.join_shared(concurrency).await
         {
             return Ok(Box::new(lane));
         }
         let pool = self
+            .workers
             .pools
             .lock()
             .expect("pool map lock is never poisoned")
@@ -345,13 +345,15 @@ impl Runtime for ProcessRuntime {
             None => {
                 let command = match &pool {
                     Some(pool) => Some(pool.command().clone()),
-                    None => self.worker_command(&spec.environment, spec.limits.memory_mb),
+                    None => self
+                        .workers
+                        .worker_command(&spec.environment, spec.limits.memory_mb),
                 };
                 let command = command.ok_or_else(|| InvokeError::StartFailed {
                     function: spec.function.to_string(),
                     detail: format!("{} is not a process environment", spec.environment.name),
                 })?;
-                self.spawner.start_worker(&command).await.map_err(|err| {
+                self.workers.spawner.start_worker(&command).await.map_err(|err| {
                     tracing::warn!(function = %spec.function, error = %err, "worker start failed");
                     InvokeError::StartFailed {
                         function: spec.function.to_string(),
@@ -376,7 +378,10 @@ impl Runtime for ProcessRuntime {
             let shared = SharedWorker::new(worker);
             let reserved = shared.reserve(concurrency);
             debug_assert!(reserved, "a new worker has room");
-            self.register_shared(spec, &shared);
+            self.shared
+                .lock()
+                .expect("shared list lock is never poisoned")
+                .push(Arc::downgrade(&shared));
             let lane = shared
                 .open_lane()
                 .await
@@ -388,9 +393,21 @@ impl Runtime for ProcessRuntime {
         }
         Ok(Box::new(worker))
     }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
+        Ok(Arc::new(PreparedProcess {
+            workers: self.workers.clone(),
+            spec: spec.clone(),
+            shared: Mutex::new(Vec::new()),
+        }))
+    }
 
     fn ready_workers(&self, environment: &Environment) -> Option<usize> {
-        self.pools
+        self.workers
+            .pools
             .lock()
             .expect("pool map lock is never poisoned")
             .get(&environment.name)
@@ -401,7 +418,7 @@ impl Runtime for ProcessRuntime {
         match &environment.kind {
             EnvironmentKind::Custom { mounts, .. } => mounts
                 .iter()
-                .try_for_each(|mount| self.check_mount(mount).map(|_| ())),
+                .try_for_each(|mount| self.workers.check_mount(mount).map(|_| ())),
             EnvironmentKind::Builtin { .. } => Ok(()),
         }
     }
@@ -411,9 +428,13 @@ impl Runtime for ProcessRuntime {
         let commands: Vec<(&Environment, WorkerCommand)> = environments
             .iter()
             .filter(|env| env.tier() == Tier::Process)
-            .filter_map(|env| Some((env, self.worker_command(env, DEFAULT_MEMORY_MB)?)))
+            .filter_map(|env| Some((env, self.workers.worker_command(env, DEFAULT_MEMORY_MB)?)))
             .collect();
-        let mut pools = self.pools.lock().expect("pool map lock is never poisoned");
+        let mut pools = self
+            .workers
+            .pools
+            .lock()
+            .expect("pool map lock is never poisoned");
         pools.retain(|name, pool| {
             let keep = commands.iter().any(|(env, command)| {
                 env.name == *name && command.program == pool.command().program
@@ -428,8 +449,8 @@ impl Runtime for ProcessRuntime {
                 let pool = WarmPool::start(
                     command,
                     env.pool_size as usize,
-                    self.spawner.clone(),
-                    self.stop.child_token(),
+                    self.workers.spawner.clone(),
+                    self.workers.stop.child_token(),
                 );
                 pools.insert(env.name.clone(), pool);
             }
@@ -437,8 +458,9 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn shutdown(&self) {
-        self.stop.cancel();
+        self.workers.stop.cancel();
         let pools: Vec<_> = self
+            .workers
             .pools
             .lock()
             .expect("pool map lock is never poisoned")
@@ -448,12 +470,12 @@ impl Runtime for ProcessRuntime {
         for pool in pools {
             pool.close();
         }
-        if let Some(cgroups) = self.spawner.cgroups.clone() {
+        if let Some(cgroups) = self.workers.spawner.cgroups.clone() {
             let _ = tokio::task::spawn_blocking(move || cgroups.remove()).await;
         }
         // Every worker is gone with its pool or its instance: nothing of this run stays.
-        if let Err(err) = std::fs::remove_dir_all(&self.run_dir) {
-            tracing::warn!(dir = %self.run_dir.display(), error = %err, "cannot remove the workers' directory");
+        if let Err(err) = std::fs::remove_dir_all(&self.workers.run_dir) {
+            tracing::warn!(dir = %self.workers.run_dir.display(), error = %err, "cannot remove the workers' directory");
         }
     }
 }

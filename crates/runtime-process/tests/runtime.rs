@@ -80,7 +80,13 @@ async fn workers_start_specialize_and_serve_even_with_hundreds_of_descriptors_op
 
     for round in 0..3 {
         let id = RequestId::new(format!("req-{round}"));
-        let mut instance = runtime.start_instance(&spec, &id).await.unwrap();
+        let mut instance = runtime
+            .prepare(&spec)
+            .await
+            .unwrap()
+            .start(&id)
+            .await
+            .unwrap();
         let response = instance
             .handle(&id, get(), Duration::from_secs(5))
             .await
@@ -124,7 +130,13 @@ async fn a_timed_out_instance_is_killed_and_reports_unhealthy() {
     );
     let spec = spec(&code, "slow.js", BuiltinRuntime::Node);
     let id = RequestId::new("slow");
-    let mut instance = runtime.start_instance(&spec, &id).await.unwrap();
+    let mut instance = runtime
+        .prepare(&spec)
+        .await
+        .unwrap()
+        .start(&id)
+        .await
+        .unwrap();
     assert!(instance.is_healthy());
     let err = instance
         .handle(&id, get(), Duration::from_millis(300))

@@ -3,9 +3,10 @@
 //!
 //! Key types: [`WasmRuntime`] (the [`gust_executor::Runtime`] for the `wasm` environment: one
 //! wasmtime `Engine` with the pooling allocator and copy-on-write memory images, a `Linker`
-//! filled once, a `ProxyPre` per component file), and the per-request instance it hands out.
+//! filled once), a revision's prepared form (its `ProxyPre`, kept by the executor while the
+//! revision serves), and the instances started from it.
 //!
-//! Components are compiled when a function is deployed ([`WasmRuntime::prepare`]), never on
+//! Components are compiled when a function is deployed (`Runtime::validate_upload`), never on
 //! its first request, and the compiled artifact is cached in the data directory by content
 //! hash and engine settings, so a restart loads it without compiling. Each request gets a
 //! fresh instance in a fresh `Store`: nothing leaks from one request to the next, unless the
@@ -28,16 +29,17 @@ mod output;
 pub use engine::PoolSize;
 pub use error::WasmError;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Preparation bound until [`WasmRuntime::with_start_timeout`] sets one.
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 use async_trait::async_trait;
-use gust_executor::{FunctionLogs, Instance, InstanceSpec, InvokeError, RequestId, Runtime};
+use gust_executor::{
+    FunctionLogs, Instance, InstanceSpec, InvokeError, PreparedRevision, RequestId, Runtime,
+};
 use gust_model::{Environment, Limits};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -67,8 +69,6 @@ pub struct WasmRuntime {
     /// Longest a request waits for its instance to be prepared (a pool slot, instantiation),
     /// apart from the function's timeout.
     start_timeout: Duration,
-    /// Each function's turns on the guest threads (see `guests`), shared by its instances.
-    turns: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// Compiling and loading components; shared with blocking threads, where loading runs.
@@ -76,9 +76,6 @@ struct Components {
     engine: Engine,
     linker: Linker<WasmState>,
     cache_dir: PathBuf,
-    /// Pre-instantiated components by file; the code store is content-addressed, so a path
-    /// names one content for good.
-    ready: Mutex<HashMap<PathBuf, ProxyPre<WasmState>>>,
 }
 
 impl WasmRuntime {
@@ -117,7 +114,6 @@ impl WasmRuntime {
                 engine,
                 linker,
                 cache_dir: cache_dir.to_owned(),
-                ready: Mutex::new(HashMap::new()),
             }),
             logs,
             stop,
@@ -126,7 +122,6 @@ impl WasmRuntime {
             slots: Arc::new(Semaphore::new(pool.slots as usize)),
             pool,
             start_timeout: DEFAULT_START_TIMEOUT,
-            turns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -148,21 +143,6 @@ impl WasmRuntime {
         compile::retain(&self.components.cache_dir, &keep)
     }
 
-    /// Forgets every loaded component but those of `current` revisions' files. Retiring a
-    /// revision forgets its component at once; this catches one loaded again by a request or
-    /// a deploy that raced the retirement, so that no component (and no memory image mapped
-    /// from its compiled file) outlives its function.
-    pub fn retain_loaded(&self, current: &std::collections::HashSet<PathBuf>) -> usize {
-        let mut ready = self
-            .components
-            .ready
-            .lock()
-            .expect("component map lock is never poisoned");
-        let before = ready.len();
-        ready.retain(|path, _| current.contains(path));
-        before - ready.len()
-    }
-
     /// Registers the tier's own metrics.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
@@ -179,31 +159,23 @@ impl WasmRuntime {
         }
     }
 
-    /// The pre-instantiated component of a revision; loading it (reading the compiled
-    /// artifact) runs on a blocking thread.
+    /// The pre-instantiated component of a revision, loaded from the compiled cache (compiled
+    /// first if it is not there) on a blocking thread.
     async fn load(&self, spec: &InstanceSpec) -> Result<ProxyPre<WasmState>, WasmError> {
         let path = Self::component_path(spec);
-        if let Some(pre) = self.components.loaded(&path) {
-            return Ok(pre);
-        }
         let components = self.components.clone();
-        tokio::task::spawn_blocking(move || components.proxy_pre(&path))
-            .await
-            .map_err(|e| WasmError::NotProxy {
-                reason: format!("loading was interrupted: {e}"),
-            })?
+        tokio::task::spawn_blocking(move || {
+            let wasm = std::fs::read(&path).map_err(WasmError::io(&path))?;
+            components.pre_instantiate(&wasm)
+        })
+        .await
+        .map_err(|e| WasmError::NotProxy {
+            reason: format!("loading was interrupted: {e}"),
+        })?
     }
 }
 
 impl Components {
-    fn loaded(&self, path: &Path) -> Option<ProxyPre<WasmState>> {
-        self.ready
-            .lock()
-            .expect("component map lock is never poisoned")
-            .get(path)
-            .cloned()
-    }
-
     /// Compiles (or loads from the cache) a component and checks that it is a
     /// `wasi:http/proxy` component this host can run.
     fn pre_instantiate(&self, wasm: &[u8]) -> Result<ProxyPre<WasmState>, WasmError> {
@@ -218,29 +190,40 @@ impl Components {
             reason: format!("{e:#}"),
         })
     }
+}
 
-    /// The pre-instantiated component of a deployed revision, loaded once per file.
-    fn proxy_pre(&self, path: &Path) -> Result<ProxyPre<WasmState>, WasmError> {
-        if let Some(pre) = self.loaded(path) {
-            return Ok(pre);
-        }
-        let wasm = std::fs::read(path).map_err(WasmError::io(path))?;
-        let pre = self.pre_instantiate(&wasm)?;
-        self.ready
-            .lock()
-            .expect("component map lock is never poisoned")
-            .insert(path.to_owned(), pre.clone());
-        Ok(pre)
+/// A revision's component, compiled, linked and pre-instantiated: each instance started from
+/// it instantiates in microseconds. Dropping it releases the component (and the memory image
+/// mapped from its compiled file) once its last instance is gone.
+struct PreparedComponent {
+    pre: ProxyPre<WasmState>,
+    spec: InstanceSpec,
+    logs: Arc<FunctionLogs>,
+    instantiation: Histogram,
+    slots: Arc<Semaphore>,
+    /// The revision's turns on the guest threads (see `guests`), shared by its instances.
+    turns: Arc<Semaphore>,
+    start_timeout: Duration,
+}
+
+#[async_trait]
+impl PreparedRevision for PreparedComponent {
+    async fn start(&self, _first_request: &RequestId) -> Result<Box<dyn Instance>, InvokeError> {
+        Ok(Box::new(WasmInstance::new(
+            self.pre.clone(),
+            &self.spec,
+            self.logs.clone(),
+            self.instantiation.clone(),
+            self.slots.clone(),
+            self.turns.clone(),
+            self.start_timeout,
+        )))
     }
 }
 
 #[async_trait]
 impl Runtime for WasmRuntime {
-    async fn start_instance(
-        &self,
-        spec: &InstanceSpec,
-        _first_request: &RequestId,
-    ) -> Result<Box<dyn Instance>, InvokeError> {
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
         let pre = self.load(spec).await.map_err(|err| {
             tracing::error!(function = %spec.function, error = %err, "cannot load the component");
             InvokeError::StartFailed {
@@ -248,46 +231,15 @@ impl Runtime for WasmRuntime {
                 detail: "the component could not be loaded".to_owned(),
             }
         })?;
-        let turns = self
-            .turns
-            .lock()
-            .expect("turns map lock is never poisoned")
-            .entry(gust_executor::function_key(&spec.namespace, &spec.function))
-            .or_insert_with(guests::new_turns)
-            .clone();
-        Ok(Box::new(WasmInstance::new(
+        Ok(Arc::new(PreparedComponent {
             pre,
-            spec,
-            self.logs.clone(),
-            self.instantiation.clone(),
-            self.slots.clone(),
-            turns,
-            self.start_timeout,
-        )))
-    }
-
-    async fn prepare(&self, spec: &InstanceSpec) {
-        if let Err(err) = self.load(spec).await {
-            tracing::warn!(function = %spec.function, error = %err, "cannot load the component");
-        }
-    }
-
-    fn retire(&self, spec: &InstanceSpec) {
-        // Instances still serving keep their own handle on the function's turns.
-        self.turns
-            .lock()
-            .expect("turns map lock is never poisoned")
-            .remove(&gust_executor::function_key(
-                &spec.namespace,
-                &spec.function,
-            ));
-        // Another function with the same code reloads it from the compiled cache when it
-        // next starts an instance.
-        self.components
-            .ready
-            .lock()
-            .expect("component map lock is never poisoned")
-            .remove(&Self::component_path(spec));
+            spec: spec.clone(),
+            logs: self.logs.clone(),
+            instantiation: self.instantiation.clone(),
+            slots: self.slots.clone(),
+            turns: guests::new_turns(),
+            start_timeout: self.start_timeout,
+        }))
     }
 
     fn validate_upload(
@@ -366,24 +318,6 @@ mod tests {
         (runtime, spec)
     }
 
-    #[tokio::test]
-    async fn a_component_is_loaded_on_prepare_and_dropped_when_its_revision_retires() {
-        let dir = tempfile::tempdir().unwrap();
-        let (runtime, spec) = probe_runtime(dir.path());
-        let path = spec.code_dir.join("main.wasm");
-        assert!(runtime.components.loaded(&path).is_none());
-        runtime.prepare(&spec).await;
-        assert!(
-            runtime.components.loaded(&path).is_some(),
-            "loaded on deploy"
-        );
-        runtime.retire(&spec);
-        assert!(
-            runtime.components.loaded(&path).is_none(),
-            "dropped on retire"
-        );
-    }
-
     /// Mappings of this process's memory from the compiled-component cache under `dir`.
     fn mapped_from(dir: &Path) -> usize {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -400,12 +334,10 @@ mod tests {
         let (runtime, spec) = probe_runtime(dir.path());
         let cache = dir.path().join("cache");
         // Compiled into the cache first, as at upload; then loaded from the cache's file.
-        runtime.prepare(&spec).await;
-        runtime.retire(&spec);
-        let mut instance = runtime
-            .start_instance(&spec, &RequestId::new("r1"))
-            .await
-            .unwrap();
+        drop(runtime.prepare(&spec).await.unwrap());
+        let prepared = runtime.prepare(&spec).await.unwrap();
+        assert!(mapped_from(&cache) > 0, "the component is loaded");
+        let mut instance = prepared.start(&RequestId::new("r1")).await.unwrap();
         let response = instance
             .handle(
                 &RequestId::new("r1"),
@@ -422,7 +354,7 @@ mod tests {
             .await
             .unwrap();
         instance.stop().await;
-        runtime.retire(&spec);
+        drop(prepared);
         // Stores are dropped on a task of their own once their response went out.
         for _ in 0..100 {
             if mapped_from(&cache) == 0 {
@@ -452,7 +384,8 @@ mod tests {
             .acquire_many_owned(runtime.pool.slots)
             .await
             .unwrap();
-        let mut instance = runtime.start_instance(&spec, &id).await.unwrap();
+        let prepared = runtime.prepare(&spec).await.unwrap();
+        let mut instance = prepared.start(&id).await.unwrap();
         let refused = instance
             .handle(&id, request(), Duration::from_secs(30))
             .await;
