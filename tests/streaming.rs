@@ -499,3 +499,55 @@ fn a_client_that_stalls_mid_body_gets_408_and_the_next_request_is_served() {
     .expect("both attempts are in the usage");
     assert!(billed["billed_ms"].as_u64().unwrap() >= 9_000, "{billed}");
 }
+
+#[test]
+fn a_streaming_function_serves_again_after_a_body_of_declared_length_or_none() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    // The token is drawn when the worker loads the code: the same token means the same worker.
+    let source = "\
+import uuid
+TOKEN = uuid.uuid4().hex
+def main(req):
+    return '%s %d' % (TOKEN, sum(len(c) for c in req.stream))
+";
+    gust.deploy(
+        "reused",
+        "python",
+        "r.py",
+        source,
+        &["--request-body", "stream"],
+    );
+    let url = gust.public_url("/reused");
+    let mut answers = Vec::new();
+    for body in ["hello", "", "again"] {
+        let request = if body.is_empty() {
+            gust.http().get(&url)
+        } else {
+            gust.http().post(&url).body(body)
+        };
+        let answer = request.send().unwrap();
+        assert_eq!(answer.status(), 200);
+        let text = answer.text().unwrap();
+        let (token, length) = text.split_once(' ').unwrap();
+        assert_eq!(length, body.len().to_string());
+        answers.push(token.to_owned());
+    }
+    assert!(
+        answers.iter().all(|token| *token == answers[0]),
+        "every request started a new worker: {answers:?}"
+    );
+
+    // A body in a transfer coding Gust cannot pass on as sent is refused, not silently
+    // decoded halfway.
+    let authority = url.trim_start_matches("http://").split('/').next().unwrap();
+    let mut stream = TcpStream::connect(authority).unwrap();
+    write!(
+        stream,
+        "POST /reused HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    let (status, body) = gust_harness::read_answer(&mut stream);
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("unsupported_transfer_coding"), "{body}");
+}

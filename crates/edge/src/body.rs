@@ -26,12 +26,13 @@ use tokio::time::{Instant, Sleep};
 
 /// Longest pause between two pieces of a body.
 const BODY_IDLE: Duration = Duration::from_secs(10);
-/// Time every body gets before its rate is checked.
-const BODY_GRACE: Duration = Duration::from_secs(10);
-/// Slowest average rate a body may arrive at after the grace period (bytes per second).
-const MIN_BODY_RATE: u64 = 32 * 1024;
-/// The rule above, as the caller reads it in a 408.
-const TOO_SLOW: &str = "a pause over 10s, or under 32768 bytes per second after 10s";
+/// The rate is checked per window of this much time spent waiting for the client: an early
+/// burst cannot buy a long trickle after it.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Least a body must bring in each window unless it ends first (32 KiB per second).
+const MIN_WINDOW_BYTES: u64 = 32 * 1024 * RATE_WINDOW.as_secs();
+/// The rules above, as the caller reads them in a 408.
+const TOO_SLOW: &str = "a pause over 10s, or under 327680 bytes in 10s of waiting for it";
 /// The budget's unit: permits are counted in KiB so that a budget of gigabytes fits.
 const UNIT: usize = 1024;
 /// Buffer allocated before a body's first bytes, whatever length it declares.
@@ -100,7 +101,7 @@ impl Reserved {
 /// returned reservation keeps the body's memory counted against `budget` while it is held.
 pub async fn read_limited(
     headers: &HeaderMap,
-    mut body: Body,
+    body: Body,
     limit: usize,
     budget: &BodyBudget,
 ) -> Result<(Bytes, Reserved), RequestBodyError> {
@@ -118,15 +119,9 @@ pub async fn read_limited(
     // Memory is taken as bytes arrive: a declared length alone holds nothing.
     let declared = declared.map_or(0, |len| len as usize);
     let mut buffer = BytesMut::with_capacity(declared.min(INITIAL_CAPACITY));
-    let started = Instant::now();
-    loop {
-        let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-            Err(_) => return Err(RequestBodyError::TooSlow(TOO_SLOW)),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(RequestBodyError::Unreadable),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
+    let mut body = Paced::new(body);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
             continue; // trailers
         };
         if buffer.len() + data.len() > limit {
@@ -134,10 +129,6 @@ pub async fn read_limited(
         }
         reserved.cover(buffer.len() + data.len())?;
         buffer.extend_from_slice(&data);
-        let allowed = BODY_GRACE + Duration::from_secs(buffer.len() as u64 / MIN_BODY_RATE);
-        if started.elapsed() > allowed {
-            return Err(RequestBodyError::TooSlow(TOO_SLOW));
-        }
     }
     Ok((buffer.freeze(), reserved))
 }
@@ -217,27 +208,51 @@ impl IncomingBody for ArrivingBody {
     }
 
     fn stream(self: Box<Self>) -> UnsyncBoxBody<Bytes, RequestBodyError> {
-        Paced {
-            inner: self.body,
-            waiting_since: None,
-            waited: Duration::ZERO,
-            received: 0,
-            idle: Box::pin(tokio::time::sleep(BODY_IDLE)),
-        }
-        .boxed_unsync()
+        Paced::new(self.body).boxed_unsync()
     }
 }
 
-/// A streamed body held to the minimum rate. Only time spent waiting for the client counts:
-/// while the function is not reading, the body is not polled and its client is not to blame.
+/// A body held to the minimum rate. Only time spent waiting for the client counts: while
+/// its reader is not asking for more (a function not reading a streamed body, once the
+/// buffers between are full), the client is not to blame.
 struct Paced {
     inner: Body,
     /// Since when the reader has been waiting for the client's next piece.
     waiting_since: Option<Instant>,
-    /// Time the reader spent waiting for the client before the current wait.
-    waited: Duration,
-    received: u64,
+    /// Waiting time in the current rate window, before the current wait.
+    window_waited: Duration,
+    /// Bytes received in the current rate window.
+    window_bytes: u64,
     idle: Pin<Box<Sleep>>,
+}
+
+impl Paced {
+    fn new(inner: Body) -> Self {
+        Self {
+            inner,
+            waiting_since: None,
+            window_waited: Duration::ZERO,
+            window_bytes: 0,
+            idle: Box::pin(tokio::time::sleep(BODY_IDLE)),
+        }
+    }
+
+    /// Counts a piece that arrived; refuses the body when a window of waiting brought too
+    /// little.
+    fn arrived(&mut self, bytes: usize) -> Result<(), RequestBodyError> {
+        if let Some(since) = self.waiting_since.take() {
+            self.window_waited += since.elapsed();
+        }
+        self.window_bytes += bytes as u64;
+        if self.window_waited >= RATE_WINDOW {
+            if self.window_bytes < MIN_WINDOW_BYTES {
+                return Err(RequestBodyError::TooSlow(TOO_SLOW));
+            }
+            self.window_waited = Duration::ZERO;
+            self.window_bytes = 0;
+        }
+        Ok(())
+    }
 }
 
 impl hyper::body::Body for Paced {
@@ -251,17 +266,8 @@ impl hyper::body::Body for Paced {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(since) = this.waiting_since.take() {
-                    this.waited += since.elapsed();
-                }
-                if let Some(data) = frame.data_ref() {
-                    this.received += data.len() as u64;
-                }
-                let allowed = BODY_GRACE + Duration::from_secs(this.received / MIN_BODY_RATE);
-                if this.waited > allowed {
-                    return Poll::Ready(Some(Err(RequestBodyError::TooSlow(TOO_SLOW))));
-                }
-                Poll::Ready(Some(Ok(frame)))
+                let bytes = frame.data_ref().map_or(0, Bytes::len);
+                Poll::Ready(Some(this.arrived(bytes).map(|()| frame)))
             }
             Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(RequestBodyError::Unreadable))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -361,6 +367,43 @@ mod tests {
             .is_ok()
         );
         assert_eq!(budget.units.available_permits(), 10);
+    }
+
+    /// An early burst does not buy a trickle after it: each window of waiting must bring
+    /// its share.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_a_trickle_is_refused_within_two_windows() {
+        let budget = BodyBudget::new(64 << 20);
+        let (mut sender, channel) = http_body_util::channel::Channel::<Bytes>::new(1);
+        let reading = tokio::spawn(async move {
+            read_limited(&HeaderMap::new(), Body::new(channel), 64 << 20, &budget)
+                .await
+                .map(|(b, _)| b.len())
+        });
+        sender
+            .send_data(Bytes::from(vec![0u8; 8 << 20]))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let trickle = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(BODY_IDLE - Duration::from_secs(2)).await;
+                if sender.send_data(Bytes::from_static(b"x")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        assert!(matches!(
+            reading.await.unwrap(),
+            Err(RequestBodyError::TooSlow(_))
+        ));
+        assert!(
+            // Under the old running average, 8 MiB would have bought over four minutes.
+            started.elapsed() <= (RATE_WINDOW + BODY_IDLE) * 2,
+            "{:?}",
+            started.elapsed()
+        );
+        trickle.abort();
     }
 
     #[tokio::test(start_paused = true)]

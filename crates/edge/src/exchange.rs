@@ -47,6 +47,27 @@ pub fn forwardable_headers(headers: &HeaderMap, strip_authorization: bool) -> He
     out
 }
 
+/// `501` for a request body in a transfer coding other than `chunked` (`gzip, chunked`): the
+/// connection undoes only the chunking, so the function would get the bytes still coded with
+/// nothing to say so.
+pub fn unsupported_transfer_coding(headers: &HeaderMap, id: &RequestId) -> Option<Response> {
+    let coding = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|coding| !coding.eq_ignore_ascii_case("chunked"))?;
+    Some(
+        ErrorBody {
+            component: "router",
+            reason: "unsupported_transfer_coding",
+            request_id: Some(id.to_string()),
+            message: format!("transfer coding {coding:?} is not supported; send the body chunked or with a Content-Length"),
+        }
+        .into_response_with(StatusCode::NOT_IMPLEMENTED),
+    )
+}
+
 /// `202` with the invocation id once it is stored; `429` when the queue is full, `503` when
 /// it could not be stored.
 pub fn accepted_response(stored: Result<(), EnqueueError>, id: &RequestId) -> Response {

@@ -90,11 +90,23 @@ impl RequestBody {
     /// A streaming body, and the watch that tells whether it was delivered whole.
     pub fn streaming(inner: UnsyncBoxBody<Bytes, RequestBodyError>) -> (Self, Arc<BodyWatch>) {
         let watch = Arc::new(BodyWatch::default());
+        // An empty body (a GET) is delivered before anyone polls it.
+        watch.note_end(inner.is_end_stream());
         let body = RequestBody(Kind::Streaming {
             inner,
             watch: watch.clone(),
         });
         (body, watch)
+    }
+}
+
+impl RequestBody {
+    /// The watch of a streaming body; `None` for a whole one.
+    pub fn watch(&self) -> Option<Arc<BodyWatch>> {
+        match &self.0 {
+            Kind::Full(_) => None,
+            Kind::Streaming { watch, .. } => Some(watch.clone()),
+        }
     }
 }
 
@@ -118,13 +130,16 @@ impl Body for RequestBody {
         match &mut self.0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Streaming { inner, watch } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
-                    Poll::Ready(None) => watch.complete.store(true, Ordering::Release),
+                    Poll::Ready(None) => watch.note_end(true),
+                    // A body of declared length ends with its last byte: the connection
+                    // sending it does not poll again.
+                    Poll::Ready(Some(Ok(_))) => watch.note_end(inner.is_end_stream()),
                     Poll::Ready(Some(Err(err))) => {
                         let _ = watch.fault.set(err.clone());
                     }
-                    _ => {}
+                    Poll::Pending => {}
                 }
                 polled
             }
@@ -160,6 +175,12 @@ impl BodyWatch {
         self.complete.load(Ordering::Acquire)
     }
 
+    fn note_end(&self, ended: bool) {
+        if ended {
+            self.complete.store(true, Ordering::Release);
+        }
+    }
+
     /// Why the caller's body broke off, if it did.
     pub fn fault(&self) -> Option<RequestBodyError> {
         self.fault.get().cloned()
@@ -191,6 +212,23 @@ mod tests {
         assert!(body.collect().await.is_err());
         assert!(!watch.complete());
         assert_eq!(watch.fault(), Some(RequestBodyError::TooSlow("test")));
+    }
+
+    #[tokio::test]
+    async fn a_body_of_declared_length_or_none_is_whole_without_a_last_poll() {
+        let declared = http_body_util::Full::new(Bytes::from_static(b"hello"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let (mut body, watch) = RequestBody::streaming(declared);
+        assert!(!watch.complete());
+        body.frame().await.unwrap().unwrap();
+        assert!(watch.complete(), "its last byte is its end");
+
+        let empty = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let (_body, watch) = RequestBody::streaming(empty);
+        assert!(watch.complete(), "nothing to deliver");
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use http::{HeaderValue, StatusCode, header};
 use gust_edge::{
     ArrivingBody, BodyBudget, ErrorBody, MAX_ASYNC_REQUEST_BYTES, accepted_response,
     add_param_headers, forwardable_headers, function_response, invoke_error_response, put_header,
-    read_limited,
+    read_limited, unsupported_transfer_coding,
 };
 
 use crate::Routes;
@@ -81,6 +81,9 @@ async fn serve(
             .get("x-gust-invoke")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"async")),
     };
+    if let Some(refused) = unsupported_transfer_coding(&parts.headers, &id) {
+        return refused;
+    }
     let mut headers = forwardable_headers(&parts.headers, false);
     put_header(&mut headers, "x-gust-request-id", id.as_str());
     add_param_headers(&mut headers, &found.params);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use gust_executor::{
-    Admission, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream, RequestBody,
-    RequestId, ResponseBody,
+    Admission, BodyWatch, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream,
+    RequestBody, RequestId, ResponseBody,
 };
 use gust_model::NetworkPolicy;
 use http::header::{CONTENT_TYPE, HOST};
@@ -406,6 +406,10 @@ async fn exchange(
     tokio::time::timeout(timeout, exchange).await.ok()
 }
 
+fn body_broke_off(watch: Option<&BodyWatch>) -> bool {
+    watch.is_some_and(|watch| watch.fault().is_some())
+}
+
 /// What an exchange means for the caller, and whether the worker must be killed.
 async fn outcome(
     exchange: Option<Exchange>,
@@ -486,9 +490,12 @@ impl Instance for Worker {
         timeout: Duration,
     ) -> Result<Response<ResponseBody>, InvokeError> {
         self.attribute_output_to(id);
+        let body = request.body().watch();
         let exchange = exchange(&mut self.sender, request, timeout).await;
-        let out_of_memory =
-            matches!(exchange, Some(Exchange::Broken)) && self.died_of_memory().await;
+        // A caller's body that broke off explains a broken exchange: no memory check then.
+        let out_of_memory = matches!(exchange, Some(Exchange::Broken))
+            && !body_broke_off(body.as_deref())
+            && self.died_of_memory().await;
         let (result, kill) = outcome(
             exchange,
             self.function.clone(),
