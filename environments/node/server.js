@@ -299,6 +299,9 @@ function warmUpHttp() {
   const socketPath = path.join(require('os').tmpdir(), `.gust-warmup-${process.pid}.sock`);
   const relay = net.createServer((connection) => server.emit('connection', connection));
   return new Promise((resolve) => {
+    // Warming up is an optimisation only: a warm-up that hangs must not keep the worker from
+    // ever answering /healthz.
+    setTimeout(resolve, 2000).unref();
     relay.on('error', resolve);
     relay.listen(socketPath, () => {
       const body = Buffer.from('{"warm": true}');

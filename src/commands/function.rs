@@ -6,10 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use gust_api_types::{FunctionSettings, FunctionSpec, FunctionView, LogLine, RollbackRequest};
+use gust_api_types::{
+    Accepted, FunctionSettings, FunctionSpec, FunctionView, LogLine, RollbackRequest,
+};
 use gust_model::Revision;
 use http::Method;
-use serde_json::Value;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::code_upload;
@@ -278,11 +279,8 @@ async fn invoke(
         anyhow::bail!("{message}");
     }
     if asynchronous {
-        let accepted: Value = serde_json::from_slice(&response.body)
-            .context("the server's answer to an asynchronous invoke is not JSON")?;
-        let id = accepted["id"]
-            .as_str()
-            .context("no invocation id in the answer")?;
+        let Accepted { id } = serde_json::from_slice(&response.body)
+            .context("the server's answer to an asynchronous invoke is not an invocation id")?;
         eprintln!("accepted; see `gust invocation get {id}`");
         println!("{id}");
         return Ok(ExitCode::SUCCESS);

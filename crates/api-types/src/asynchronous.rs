@@ -3,6 +3,13 @@
 use gust_model::AsyncInvocation;
 use serde::{Deserialize, Serialize};
 
+/// The answer to an invocation accepted to run later (`202`): the invocation's id, also in
+/// `X-Gust-Request-Id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub id: String,
+}
+
 /// `?namespace=&function=&limit=` of `GET /v1/dlq`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

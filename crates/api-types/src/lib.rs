@@ -13,7 +13,9 @@ mod functions;
 mod resources;
 mod usage;
 
-pub use asynchronous::{DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView, Selection};
+pub use asynchronous::{
+    Accepted, DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView, Selection,
+};
 pub use error::ErrorBody;
 pub use functions::{
     CodeSource, FunctionSpec, FunctionView, InstancesView, InvokeQuery, LogLine, LogsQuery,

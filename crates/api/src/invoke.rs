@@ -3,7 +3,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use gust_api_types::{ErrorBody, InvokeQuery, LogLine, LogsQuery, NamespaceQuery};
+use gust_api_types::{Accepted, ErrorBody, InvokeQuery, LogLine, LogsQuery, NamespaceQuery};
 use gust_edge::{
     ArrivingBody, MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers,
     forwardable_headers, function_response, invoke_error_response, read_limited,
@@ -21,7 +21,7 @@ type Shared = State<Arc<ApiState>>;
 
 /// Invokes a function through the authenticated API: the body and headers of this request
 /// (minus `Authorization` and every `X-Gust-*`) become the function's request.
-#[utoipa::path(method(get, post, put, patch, delete), path = "/functions/{name}/invoke", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery, InvokeQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the body the function receives"), responses((status = 200, description = "the function's own response, any status, headers and body"), (status = 202, description = "with ?async=true: accepted; the body's id (also in X-Gust-Request-Id) names the invocation"), (status = 413, description = "the request body is over the limit", body = ErrorBody), (status = 501, description = "the request body's transfer coding is other than chunked", body = ErrorBody), (status = 429, description = "no capacity within the queue timeout, or the asynchronous queue is full; Retry-After says when to try again", body = ErrorBody), (status = 502, description = "the function failed (an exception, a crash, an invalid answer)", body = ErrorBody), (status = 503, description = "the invocation could not be stored or Gust is stopping", body = ErrorBody), (status = 504, description = "the function did not answer within its timeout, or its instance did not start in time", body = ErrorBody)))]
+#[utoipa::path(method(get, post, put, patch, delete), path = "/functions/{name}/invoke", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery, InvokeQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the body the function receives"), responses((status = 200, description = "the function's own response, any status, headers and body"), (status = 202, description = "with ?async=true: accepted; the body's id (also in X-Gust-Request-Id) names the invocation", body = Accepted), (status = 413, description = "the request body is over the limit", body = ErrorBody), (status = 501, description = "the request body's transfer coding is other than chunked", body = ErrorBody), (status = 429, description = "no capacity within the queue timeout, or the asynchronous queue is full; Retry-After says when to try again", body = ErrorBody), (status = 502, description = "the function failed (an exception, a crash, an invalid answer)", body = ErrorBody), (status = 503, description = "the invocation could not be stored or Gust is stopping", body = ErrorBody), (status = 504, description = "the function did not answer within its timeout, or its instance did not start in time", body = ErrorBody)))]
 pub async fn invoke(
     State(state): Shared,
     scoped: Scoped,

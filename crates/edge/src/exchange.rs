@@ -4,6 +4,7 @@
 //! written, and the body limits.
 
 use axum::response::{IntoResponse, Response};
+use gust_api_types::Accepted;
 use gust_executor::{EnqueueError, RequestId, ResponseBody};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
@@ -88,7 +89,7 @@ pub fn accepted_response(stored: Result<(), EnqueueError>, id: &RequestId) -> Re
         Ok(()) => {
             let mut response = (
                 StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({ "id": id.as_str() })),
+                axum::Json(Accepted { id: id.to_string() }),
             )
                 .into_response();
             put_header(response.headers_mut(), "x-gust-request-id", id.as_str());

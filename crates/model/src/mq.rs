@@ -143,24 +143,49 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// What a user writes to create a queue trigger.
+/// What a user writes to create a queue trigger: the API's JSON body and, through clap, the
+/// flags of `gust mqt create`, defined once.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct MqTriggerConfig {
+    /// Trigger name; generated and printed when omitted
     #[serde(default)]
     pub name: Option<String>,
+    /// The function to invoke
+    #[cfg_attr(feature = "cli", arg(long = "fn"))]
     pub function: String,
+    /// The broker
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_parser = ["nats", "mqtt", "amqp", "redis"])
+    )]
     pub kind: String,
+    /// Broker URL, e.g. nats://127.0.0.1:4222, mqtt://user:pass@host:1883,
+    /// amqp://user:pass@host:5672/%2f, redis://127.0.0.1:6379 (credentials are never shown)
+    #[cfg_attr(feature = "cli", arg(long))]
     pub url: String,
+    /// nats: a subject; mqtt: a topic filter; amqp: a durable queue; redis: a stream key
+    #[cfg_attr(feature = "cli", arg(long))]
     pub topic: String,
+    /// Where the function's responses are published
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub resp_topic: Option<String>,
+    /// Where messages go after their last failed attempt (else the dead-letter store)
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub error_topic: Option<String>,
+    /// Attempts after the first one [default: 3]
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Messages worked on at once; 1 keeps their order [default: 1]
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Content type the function receives (else what the message says)
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
     pub content_type: Option<String>,
 }
