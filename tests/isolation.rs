@@ -344,7 +344,16 @@ fn a_status_outside_200_to_599_is_a_function_error_not_a_hang() {
 
 #[test]
 fn s09_a_log_flood_is_cut_to_the_rate_with_a_marker_and_the_function_is_not_held_up() {
-    let gust = Gust::start(GUST, GustOptions::default());
+    // Room for every marker: with the default 2,000 lines kept, a flood that spans several
+    // rate windows (a loaded machine writes it slower) pushes the earlier markers out with
+    // the lines each window keeps, and the sum below would count only the last windows.
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            extra_args: vec!["--log-lines".into(), "100000".into()],
+            ..GustOptions::default()
+        },
+    );
     let flood = "import sys\ndef main():\n    line = 'x' * 99 + '\\n'\n    for _ in range(200_000):\n        sys.stdout.write(line)\n    sys.stdout.flush()\n    return 'done'\n";
     gust.deploy("flood", "python", "flood.py", flood, &["--timeout", "50s"]);
     let response = gust.get("/flood");
