@@ -170,8 +170,23 @@ impl Session for NatsSession {
                 // acknowledged over this connection, and dropping it would leave them
                 // unacknowledged until their ack wait ends, holding the consumer at its limit
                 // of unacknowledged messages.
+                //
+                // Heartbeats also go missing while the server still holds the pull (seen while
+                // the consumer is at its limit of unacknowledged messages): a new pull then
+                // orphans the old one, and a message the server delivers into it waits a whole
+                // ack wait before it is delivered again. So the server is asked first.
                 Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
-                    tracing::warn!(trigger = %self.trigger.name, "NATS consumer: missed idle heartbeats, pulling again");
+                    let waiting = self
+                        .consumer
+                        .get_info()
+                        .await
+                        .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?
+                        .num_waiting;
+                    if waiting > 0 {
+                        tracing::debug!(trigger = %self.trigger.name, waiting, "NATS consumer: missed idle heartbeats, but the server holds the pull");
+                        continue;
+                    }
+                    tracing::warn!(trigger = %self.trigger.name, "NATS consumer: missed idle heartbeats and the server holds no pull; pulling again");
                     self.messages = pull_messages(&self.consumer, &self.trigger)
                         .await
                         .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?;
