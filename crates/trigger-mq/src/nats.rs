@@ -176,17 +176,23 @@ impl Session for NatsSession {
                 // orphans the old one, and a message the server delivers into it waits a whole
                 // ack wait before it is delivered again. So the server is asked first.
                 Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
-                    let waiting = self
+                    let info = self
                         .consumer
                         .get_info()
                         .await
-                        .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?
-                        .num_waiting;
-                    if waiting > 0 {
-                        tracing::debug!(trigger = %self.trigger.name, waiting, "NATS consumer: missed idle heartbeats, but the server holds the pull");
+                        .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?;
+                    if info.num_waiting > 0 {
+                        tracing::debug!(trigger = %self.trigger.name, waiting = info.num_waiting, "NATS consumer: missed idle heartbeats, but the server holds the pull");
                         continue;
                     }
-                    tracing::warn!(trigger = %self.trigger.name, "NATS consumer: missed idle heartbeats and the server holds no pull; pulling again");
+                    // What the server says of the consumer, for whoever reads why it stalled.
+                    tracing::warn!(
+                        trigger = %self.trigger.name,
+                        unacknowledged = info.num_ack_pending,
+                        undelivered = info.num_pending,
+                        redelivered = info.num_redelivered,
+                        "NATS consumer: missed idle heartbeats and the server holds no pull; pulling again"
+                    );
                     self.messages = pull_messages(&self.consumer, &self.trigger)
                         .await
                         .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?;
