@@ -237,6 +237,11 @@ async function handle(req, res) {
   } else {
     request.body = decodeBody(req, await readBody(req));
   }
+  if (warm && req.url === WARMUP_PATH) {
+    // A warm-up request that outlived its bound: it must never reach the real function.
+    sendJson(res, 503, { error: 'NotSpecialized' }, { [FUNCTION_ERROR_HEADER]: 'NotSpecialized' });
+    return;
+  }
   const context = { request };
   let streamed;
   try {
