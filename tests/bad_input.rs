@@ -21,8 +21,8 @@ fn state(gust: &Gust) -> (Value, Value) {
     (functions, routes)
 }
 
-#[test]
-fn function_mistakes_are_refused_and_nothing_is_stored() {
+/// A Gust with one function, `keep`, that no refused request may change.
+fn with_a_function_to_keep() -> Gust {
     let gust = Gust::start(GUST, GustOptions::default());
     gust.deploy(
         "keep",
@@ -31,6 +31,12 @@ fn function_mistakes_are_refused_and_nothing_is_stored() {
         "def main():\n    return 'kept'\n",
         &[],
     );
+    gust
+}
+
+#[test]
+fn function_mistakes_are_refused_and_nothing_is_stored() {
+    let gust = with_a_function_to_keep();
     let before = state(&gust);
     let code = gust.write_file("ok.py", "def main():\n    return 1\n");
     let code = code.to_str().unwrap();
@@ -302,14 +308,7 @@ fn the_cli_finds_the_server_from_flags_environment_and_config() {
 
 #[test]
 fn api_bodies_name_the_field_at_fault_and_nothing_else_is_read_or_stored() {
-    let gust = Gust::start(GUST, GustOptions::default());
-    gust.deploy(
-        "keep",
-        "python",
-        "k.py",
-        "def main():\n    return 'kept'\n",
-        &[],
-    );
+    let gust = with_a_function_to_keep();
     let before = state(&gust);
     let cases: Vec<(Value, &str)> = vec![
         (json!({"memory_mb": "x"}), "memory_mb: invalid type"),

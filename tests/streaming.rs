@@ -38,20 +38,24 @@ struct Streamed {
     head: String,
 }
 
+/// A raw connection to the public listener, for requests written byte by byte; reads give up
+/// after 30 s.
+fn connect(gust: &Gust) -> TcpStream {
+    let url = gust.public_url("/");
+    let authority = url.trim_start_matches("http://").trim_end_matches('/');
+    let stream = TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+}
+
 impl Streamed {
     fn get(gust: &Gust, path: &str) -> Self {
-        let url = gust.public_url("/");
-        let authority = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let mut stream = TcpStream::connect(&authority).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        let mut stream = connect(gust);
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut reader = BufReader::new(stream);
@@ -301,9 +305,7 @@ def main():
     return endless()
 ";
     gust.deploy("endless", "python", "e.py", source, &["--timeout", "2s"]);
-    let url = gust.public_url("/");
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut silent = TcpStream::connect(authority).unwrap();
+    let mut silent = connect(&gust);
     write!(silent, "GET /endless HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let busy = || -> u64 {
         let info: serde_json::Value = serde_json::from_str(
@@ -353,12 +355,7 @@ module.exports = async (context) => {
 /// A POST whose chunked body is sent in two parts: `hello`, then (once `between` returns)
 /// ` world` and the body's end. Returns the answer's status and body.
 fn upload_in_two_parts(gust: &Gust, path: &str, between: impl FnOnce()) -> (u16, String) {
-    let url = gust.public_url("/");
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut stream = connect(gust);
     write!(
         stream,
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
@@ -414,9 +411,7 @@ fn request_bodies_reach_python_and_node_functions_as_the_client_sends_them() {
     assert_eq!((status, body.as_str()), (200, "received 11 bytes\n"));
     // Refused on its declared length, before a byte of it is read (a client still writing
     // it could meet the closed connection instead of the answer, so none is sent).
-    let url = gust.public_url("/");
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority).unwrap();
+    let mut stream = connect(&gust);
     write!(
         stream,
         "POST /pyupload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
@@ -473,9 +468,7 @@ fn a_client_that_stalls_mid_body_gets_408_and_the_next_request_is_served() {
         PYTHON_UPLOAD,
         &["--request-body", "stream"],
     );
-    let url = gust.public_url("/");
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority).unwrap();
+    let mut stream = connect(&gust);
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -544,8 +537,7 @@ def main(req):
 
     // A body in a transfer coding Gust cannot pass on as sent is refused, not silently
     // decoded halfway.
-    let authority = url.trim_start_matches("http://").split('/').next().unwrap();
-    let mut stream = TcpStream::connect(authority).unwrap();
+    let mut stream = connect(&gust);
     write!(
         stream,
         "POST /reused HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\

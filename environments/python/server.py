@@ -392,12 +392,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             _stream_request_body = request.get("requestBody") == "stream"
         self._send_json(200, {"ok": True})
 
+    def _cut_off(self, exc):
+        """The caller broke off (or was too slow): nobody is left to answer."""
+        sys.stderr.write("request body cut off: %s\n" % exc)
+        sys.stderr.flush()
+        self.close_connection = True
+
     def _invoke(self):
         body = _Body(self.rfile, self.headers)
         if not _stream_request_body:
             # Read the body first: answering before it is read makes closing the connection
             # reset it, and the client can lose the answer.
-            body = _Whole(body.read_all())
+            try:
+                body = _Whole(body.read_all())
+            except BodyCut as exc:
+                self._cut_off(exc)
+                return
         try:
             if _function is None:
                 self._send_json(503, {"error": "NotSpecialized"}, {FUNCTION_ERROR_HEADER: "NotSpecialized"})
@@ -410,10 +420,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     result = _function()
                 status, headers, payload = _to_response(result)
             except BodyCut as exc:
-                # The caller broke off (or was too slow): nobody is left to answer.
-                sys.stderr.write("request body cut off: %s\n" % exc)
-                sys.stderr.flush()
-                self.close_connection = True
+                self._cut_off(exc)
                 return
             except Exception as exc:
                 traceback.print_exc()

@@ -5,13 +5,10 @@ use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use gust_api_types::{Accepted, ErrorBody, InvokeQuery, LogLine, LogsQuery, NamespaceQuery};
 use gust_edge::{
-    ArrivingBody, MAX_ASYNC_REQUEST_BYTES, accepted_response, add_param_headers,
-    forwardable_headers, function_response, invoke_error_response, read_limited,
-    unsupported_transfer_coding,
+    accepted_response, add_param_headers, forwardable_headers, function_response,
+    invoke_error_response, unsupported_transfer_coding,
 };
-use gust_executor::{
-    Enqueue, Invocation, InvokeError, LogQuery, Payload, RequestId, TriggerKind, function_key,
-};
+use gust_executor::{Enqueue, Invocation, LogQuery, RequestId, TriggerKind, function_key};
 use gust_model::AsyncSource;
 use http::{HeaderValue, Method};
 
@@ -80,16 +77,9 @@ pub async fn invoke(
     let (forwarded, ()) = forwarded.into_parts();
     if query.asynchronous {
         // Stored until it runs: read whole, within the async limit, here.
-        let body = match read_limited(&parts.headers, body, MAX_ASYNC_REQUEST_BYTES, &state.bodies)
-            .await
-        {
-            Ok((body, _reserved)) => body,
-            Err(error) => {
-                return Ok(invoke_error_response(
-                    &InvokeError::RequestBody(error),
-                    id.as_str(),
-                ));
-            }
+        let body = match state.bodies.read_for_queue(&parts.headers, body, &id).await {
+            Ok(body) => body,
+            Err(refused) => return Ok(refused),
         };
         let stored = Enqueue::enqueue(
             &state.queue,
@@ -102,19 +92,14 @@ pub async fn invoke(
         .await;
         return Ok(accepted_response(stored, &id));
     }
-    let body = ArrivingBody::new(
-        &parts.headers,
-        body,
-        state.bodies.request_limit(),
-        &state.bodies,
-    );
+    let body = state.bodies.arriving(&parts.headers, body);
     let invocation = Invocation {
         id: id.clone(),
         namespace,
         function,
         trigger: TriggerKind::Api,
         attempt: 1,
-        request: http::Request::from_parts(forwarded, Payload::Arriving(Box::new(body))),
+        request: http::Request::from_parts(forwarded, body),
     };
     Ok(match state.invoker.invoke(invocation).await {
         Ok(response) => function_response(response, &id),

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use gust_executor::{
-    BodyHold, IncomingBody, InvokeError, RequestBodyError, RequestId, ResponseBody,
+    BodyHold, IncomingBody, InvokeError, Payload, RequestBodyError, RequestId, ResponseBody,
 };
 use http::{HeaderMap, header};
 use http_body_util::BodyExt;
@@ -65,6 +66,34 @@ impl BodyBudget {
     /// The largest body a synchronous request may have.
     pub fn request_limit(&self) -> usize {
         self.request_limit
+    }
+
+    /// A synchronous invocation's body as it arrives: the executor reads it whole (within this
+    /// budget and the request limit) or streams it, as its function takes it.
+    pub fn arriving(&self, headers: &HeaderMap, body: Body) -> Payload {
+        Payload::Arriving(Box::new(ArrivingBody::new(
+            headers,
+            body,
+            self.request_limit,
+            self,
+        )))
+    }
+
+    /// An asynchronous invocation's body, read whole here (it is stored until it runs) within
+    /// [`MAX_ASYNC_REQUEST_BYTES`](crate::MAX_ASYNC_REQUEST_BYTES); when it is refused, the
+    /// answer to send.
+    pub async fn read_for_queue(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        id: &RequestId,
+    ) -> Result<Bytes, Response> {
+        read_limited(headers, body, crate::MAX_ASYNC_REQUEST_BYTES, self)
+            .await
+            .map(|(bytes, _reserved)| bytes)
+            .map_err(|error| {
+                crate::invoke_error_response(&InvokeError::RequestBody(error), id.as_str())
+            })
     }
 }
 
@@ -176,7 +205,7 @@ impl hyper::body::Body for StreamedResponse {
 
 /// A caller's body as a listener lets it in: read whole within `limit` and the budget, or
 /// streamed at the listener's pace, as the function it goes to takes it.
-pub struct ArrivingBody {
+struct ArrivingBody {
     headers: HeaderMap,
     body: Body,
     limit: usize,
@@ -185,7 +214,7 @@ pub struct ArrivingBody {
 
 impl ArrivingBody {
     /// Only the body's framing headers are kept from `headers`.
-    pub fn new(headers: &HeaderMap, body: Body, limit: usize, budget: &BodyBudget) -> Self {
+    fn new(headers: &HeaderMap, body: Body, limit: usize, budget: &BodyBudget) -> Self {
         let mut framing = HeaderMap::new();
         if let Some(length) = headers.get(header::CONTENT_LENGTH) {
             framing.insert(header::CONTENT_LENGTH, length.clone());

@@ -1,7 +1,7 @@
 //! The HTTP edge both listeners share (the public one and the API's): [`serve`] runs a
 //! listener under [`ConnectionLimits`] (connection caps, per-client caps, header and send
-//! timeouts); [`ArrivingBody`] lets a request body in within a limit, a shared [`BodyBudget`]
-//! and a minimum rate, whole or streamed; [`forwardable_headers`] and [`function_response`] decide which headers
+//! timeouts); [`BodyBudget`] lets a request body in within a limit, a shared memory budget and
+//! a minimum rate, whole or streamed; [`forwardable_headers`] and [`function_response`] decide which headers
 //! cross in each direction; [`ErrorBody`] is the JSON error every listener answers with.
 //!
 //! Nothing here knows routes or functions' settings: the router and the API build on it.
@@ -11,7 +11,7 @@ mod error_body;
 mod exchange;
 mod listener;
 
-pub use body::{ArrivingBody, BodyBudget, Reserved, read_limited, streamed_response};
+pub use body::{BodyBudget, Reserved, read_limited, streamed_response};
 pub use error_body::{ErrorBody, invoke_error_response};
 pub use exchange::{
     MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, accepted_response, add_param_headers,

@@ -4,14 +4,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
-use gust_executor::{Enqueue, Invocation, InvokeError, Invoker, Payload, RequestId, TriggerKind};
+use gust_executor::{Enqueue, Invocation, Invoker, RequestId, TriggerKind};
 use gust_model::{AsyncSource, RouteMode};
 use http::{HeaderValue, StatusCode, header};
 
 use gust_edge::{
-    ArrivingBody, BodyBudget, ErrorBody, MAX_ASYNC_REQUEST_BYTES, accepted_response,
-    add_param_headers, forwardable_headers, function_response, invoke_error_response, put_header,
-    read_limited, unsupported_transfer_coding,
+    BodyBudget, ErrorBody, accepted_response, add_param_headers, forwardable_headers,
+    function_response, invoke_error_response, put_header, unsupported_transfer_coding,
 };
 
 use crate::Routes;
@@ -112,13 +111,9 @@ async fn serve(
 
     if asynchronous {
         // Stored until it runs: read whole, within the async limit, here.
-        let body = match read_limited(&parts.headers, body, MAX_ASYNC_REQUEST_BYTES, &state.bodies)
-            .await
-        {
-            Ok((body, _reserved)) => body,
-            Err(error) => {
-                return invoke_error_response(&InvokeError::RequestBody(error), id.as_str());
-            }
+        let body = match state.bodies.read_for_queue(&parts.headers, body, &id).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let source = AsyncSource::Http {
             route: found.route.name.clone(),
@@ -135,19 +130,14 @@ async fn serve(
             .await;
         return accepted_response(stored, &id);
     }
-    let body = ArrivingBody::new(
-        &parts.headers,
-        body,
-        state.bodies.request_limit(),
-        &state.bodies,
-    );
+    let body = state.bodies.arriving(&parts.headers, body);
     let invocation = Invocation {
         id: id.clone(),
         namespace: found.route.namespace.clone(),
         function: found.route.function.clone(),
         trigger: TriggerKind::Http,
         attempt: 1,
-        request: http::Request::from_parts(forwarded, Payload::Arriving(Box::new(body))),
+        request: http::Request::from_parts(forwarded, body),
     };
     match state.invoker.invoke(invocation).await {
         Ok(response) => function_response(response, &id),

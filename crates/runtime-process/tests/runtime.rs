@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gust_executor::{
-    FunctionLogs, InstanceSpec, InvokeError, LogQuery, RequestBody, RequestId, Runtime,
+    FunctionLogs, Instance, InstanceSpec, InvokeError, LogQuery, RequestBody, RequestId, Runtime,
 };
 use gust_model::{BuiltinRuntime, Environment, Limits, Name, Namespace};
 use gust_runtime_process::{Interpreters, ProcessRuntime, Sandbox};
@@ -41,6 +41,21 @@ fn code_dir(root: &std::path::Path, file: &str, source: &str) -> std::path::Path
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     dir
+}
+
+/// An instance of `spec`, prepared and started as the executor does.
+async fn started(
+    runtime: &ProcessRuntime,
+    spec: &InstanceSpec,
+    id: &RequestId,
+) -> Box<dyn Instance> {
+    runtime
+        .prepare(spec)
+        .await
+        .unwrap()
+        .start(id)
+        .await
+        .unwrap()
 }
 
 fn get() -> http::Request<RequestBody> {
@@ -80,13 +95,7 @@ async fn workers_start_specialize_and_serve_even_with_hundreds_of_descriptors_op
 
     for round in 0..3 {
         let id = RequestId::new(format!("req-{round}"));
-        let mut instance = runtime
-            .prepare(&spec)
-            .await
-            .unwrap()
-            .start(&id)
-            .await
-            .unwrap();
+        let mut instance = started(&runtime, &spec, &id).await;
         let response = instance
             .handle(&id, get(), Duration::from_secs(5))
             .await
@@ -130,13 +139,7 @@ async fn a_timed_out_instance_is_killed_and_reports_unhealthy() {
     );
     let spec = spec(&code, "slow.js", BuiltinRuntime::Node);
     let id = RequestId::new("slow");
-    let mut instance = runtime
-        .prepare(&spec)
-        .await
-        .unwrap()
-        .start(&id)
-        .await
-        .unwrap();
+    let mut instance = started(&runtime, &spec, &id).await;
     assert!(instance.is_healthy());
     let err = instance
         .handle(&id, get(), Duration::from_millis(300))
