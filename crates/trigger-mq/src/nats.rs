@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, AckKind};
@@ -21,15 +21,17 @@ use crate::broker::{
 /// How long the server waits for an acknowledgement (or a progress report) before it
 /// delivers a message again; messages in flight report progress more often than this.
 const ACK_WAIT: Duration = Duration::from_secs(10);
-/// Idle heartbeats of a pull: two missed in a row mean the pull is gone.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long the server holds one pull request open when it has nothing to deliver. A request
+/// the server lost (a broker restart) is given up by the client five seconds after this.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// How long a publish may wait for the stream's acknowledgement.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct NatsSession {
     consumer: PullConsumer,
-    messages: jetstream::consumer::pull::Stream,
+    /// The pull request being answered; a new one is sent when it ends.
+    pull: Option<Batch>,
     /// Connection events: a disconnection ends the session (and is reported) at once.
     events: mpsc::UnboundedReceiver<async_nats::Event>,
     publisher: Arc<NatsPublisher>,
@@ -95,12 +97,9 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
         })
         .await
         .map_err(|e| fail("cannot create the durable consumer", &e))?;
-    let messages = pull_messages(&consumer, trigger)
-        .await
-        .map_err(|e| fail("cannot read from the consumer", &e))?;
     Ok(Box::new(NatsSession {
         consumer,
-        messages,
+        pull: None,
         events,
         publisher: Arc::new(NatsPublisher {
             context,
@@ -110,16 +109,21 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
     }))
 }
 
-/// A stream of the consumer's messages: pull requests of a window's worth, with idle
-/// heartbeats so that a pull the server lost is noticed.
-async fn pull_messages(
+/// One pull request for a window's worth of messages. It ends when the window was delivered,
+/// when the server expires it, or (a request the server lost) when the client gives up on it.
+///
+/// One request at a time rather than async-nats' continuous pull stream: that stream keeps
+/// its own count of what overlapping requests still owe, and after Gust restarted mid-stream
+/// it was seen to count requests the server no longer held, so the consumer stalled with
+/// messages undelivered and no pull waiting. A request that always ends cannot drift.
+async fn request_pull(
     consumer: &PullConsumer,
     trigger: &MqTrigger,
-) -> Result<jetstream::consumer::pull::Stream, async_nats::Error> {
+) -> Result<Batch, async_nats::Error> {
     Ok(consumer
-        .stream()
-        .max_messages_per_batch(window(trigger.concurrency))
-        .heartbeat(HEARTBEAT)
+        .batch()
+        .max_messages(window(trigger.concurrency))
+        .expires(PULL_EXPIRES)
         .messages()
         .await?)
 }
@@ -153,8 +157,16 @@ async fn ensure_stream(
 impl Session for NatsSession {
     async fn next(&mut self) -> Result<Received, BrokerError> {
         let message = loop {
+            let pull = match &mut self.pull {
+                Some(pull) => pull,
+                None => self.pull.insert(
+                    request_pull(&self.consumer, &self.trigger)
+                        .await
+                        .map_err(|e| BrokerError::new(&self.trigger, "NATS pull request", e))?,
+                ),
+            };
             let next = tokio::select! {
-                message = self.messages.next() => message,
+                message = pull.next() => message,
                 Some(event) = self.events.recv() => {
                     if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
                         return Err(BrokerError::new(&self.trigger, "NATS connection", event));
@@ -164,49 +176,13 @@ impl Session for NatsSession {
             };
             match next {
                 Some(Ok(message)) => break message,
-                // A pull the server lost (a broker restart) shows as missed idle heartbeats,
-                // and async-nats does not pull again by itself: a new pull stream on the same
-                // connection does. Not a new session: messages being processed are
-                // acknowledged over this connection, and dropping it would leave them
-                // unacknowledged until their ack wait ends, holding the consumer at its limit
-                // of unacknowledged messages.
-                //
-                // Heartbeats also go missing while the server still holds the pull (seen while
-                // the consumer is at its limit of unacknowledged messages): a new pull then
-                // orphans the old one, and a message the server delivers into it waits a whole
-                // ack wait before it is delivered again. So the server is asked first.
-                Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat => {
-                    let info = self
-                        .consumer
-                        .get_info()
-                        .await
-                        .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?;
-                    if info.num_waiting > 0 {
-                        tracing::debug!(trigger = %self.trigger.name, waiting = info.num_waiting, "NATS consumer: missed idle heartbeats, but the server holds the pull");
-                        continue;
-                    }
-                    // What the server says of the consumer, for whoever reads why it stalled.
-                    tracing::warn!(
-                        trigger = %self.trigger.name,
-                        unacknowledged = info.num_ack_pending,
-                        undelivered = info.num_pending,
-                        redelivered = info.num_redelivered,
-                        "NATS consumer: missed idle heartbeats and the server holds no pull; pulling again"
-                    );
-                    self.messages = pull_messages(&self.consumer, &self.trigger)
-                        .await
-                        .map_err(|e| BrokerError::new(&self.trigger, "NATS consumer", e))?;
-                }
+                // A status the request cannot go on after (the consumer deleted, a leader
+                // change): a new session starts over.
                 Some(Err(err)) => {
+                    self.pull = None;
                     return Err(BrokerError::new(&self.trigger, "NATS consumer", err));
                 }
-                None => {
-                    return Err(BrokerError::new(
-                        &self.trigger,
-                        "NATS consumer",
-                        "the message stream ended",
-                    ));
-                }
+                None => self.pull = None,
             }
         };
         let info = message.info().map_err(|e| {
