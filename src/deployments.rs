@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gust_async_queue::DeliveryPolicies;
-use gust_executor::{DeploymentSource, InstanceSpec};
+use gust_executor::{DeploymentError, DeploymentSource, InstanceSpec};
 use gust_model::{Delivery, Name, Namespace};
 use gust_store::{CodeStore, MetadataStore};
 
@@ -18,7 +18,7 @@ impl DeploymentSource for StoreDeployments {
         &self,
         namespace: &Namespace,
         function: &Name,
-    ) -> Result<Option<InstanceSpec>, String> {
+    ) -> Result<Option<InstanceSpec>, DeploymentError> {
         let Some(found) = self
             .store
             .function(namespace, function)
@@ -27,6 +27,18 @@ impl DeploymentSource for StoreDeployments {
             return Ok(None);
         };
         let revision = found.current_revision();
+        if let Some(build) = revision.build.as_ref().filter(|_| !revision.is_ready()) {
+            return Err(DeploymentError::NotReady(format!(
+                "revision {} is its first and its build is {}{}",
+                revision.number,
+                build.state.as_str(),
+                if build.state == gust_model::BuildState::Building {
+                    " (see `gust fn build-logs`)"
+                } else {
+                    ""
+                }
+            )));
+        }
         let environment = self
             .store
             .environment(&revision.environment)

@@ -73,6 +73,12 @@ impl Collector {
                         wasm_files.push(self.code.tree(&revision.code.digest).join(file));
                     }
                     referenced.insert(revision.code.digest.clone());
+                    // A build's sources and the dependency tree it made (or found cached),
+                    // which later builds with the same cache key reuse.
+                    if let Some(build) = &revision.build {
+                        referenced.insert(build.source.digest.clone());
+                        referenced.extend(build.dependencies.clone());
+                    }
                 }
             }
             Ok(referenced)

@@ -212,6 +212,43 @@ fn every_documented_operation_answers_as_documented() {
     gust.api(Method::DELETE, "/v1/functions/hello")
         .send()
         .unwrap();
+    // A function whose code has a (dependency-free) package.json, so it has a build to show.
+    gust.write_file(
+        "built/package.json",
+        r#"{"name": "built", "version": "1.0.0"}"#,
+    );
+    gust.write_file("built/index.js", "module.exports = async () => 'built';\n");
+    let built_dir = gust.scratch().join("built");
+    gust.cli(&[
+        "fn",
+        "create",
+        "built",
+        "--env",
+        "node",
+        "--code",
+        built_dir.to_str().unwrap(),
+    ])
+    .ok();
+    let build_calls = run(
+        &gust,
+        &doc,
+        &[
+            call(
+                Method::GET,
+                "/v1/functions/{name}/build",
+                "/v1/functions/built/build",
+                None,
+                200,
+            ),
+            call(
+                Method::GET,
+                "/v1/functions/{name}/build/log",
+                "/v1/functions/built/build/log?offset=0",
+                None,
+                200,
+            ),
+        ],
+    );
 
     let dead_id = {
         let calls = [call(
@@ -487,6 +524,7 @@ fn every_documented_operation_answers_as_documented() {
         ),
     ];
     let mut called = run(&gust, &doc, &calls);
+    called.extend(build_calls);
     called.insert(("POST".to_owned(), "/v1/functions".to_owned()));
     let uncalled: Vec<_> = documented.difference(&called).collect();
     assert!(

@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,9 +7,10 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use gust_api_types::{
-    Accepted, FunctionSettings, FunctionSpec, FunctionView, LogLine, RollbackRequest,
+    Accepted, BuildLogChunk, BuildView, FunctionSettings, FunctionSpec, FunctionView, LogLine,
+    RollbackRequest,
 };
-use gust_model::Revision;
+use gust_model::{BuildState, Revision};
 use http::Method;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
@@ -29,6 +30,10 @@ struct SpecArgs {
     /// A source file, a directory, or a .zip/.tar.gz archive
     #[arg(long)]
     code: Option<PathBuf>,
+    /// Return at once when the code has dependencies to build, instead of waiting for the
+    /// build (follow it with `gust fn build-logs NAME -f`)
+    #[arg(long)]
+    no_wait: bool,
     #[command(flatten)]
     settings: FunctionSettings,
 }
@@ -102,6 +107,16 @@ enum FunctionCommand {
         #[arg(long = "async")]
         asynchronous: bool,
     },
+    /// Print the output of a revision's dependency build.
+    BuildLogs {
+        name: String,
+        /// The revision [default: the newest with a build]
+        #[arg(long)]
+        revision: Option<u32>,
+        /// Keep printing until the build ends
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Print a function's stdout and stderr, each line with its request id.
     Logs {
         name: String,
@@ -151,7 +166,7 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                     Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
-            eprintln!("function {name} created (revision {})", f.revision);
+            return deployed(&client, &f, "created", spec.no_wait).await;
         }
         FunctionCommand::Update { name, spec } => {
             let f: FunctionView = client
@@ -161,7 +176,7 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                     Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
-            eprintln!("function {name} updated (revision {})", f.revision);
+            return deployed(&client, &f, "updated", spec.no_wait).await;
         }
         FunctionCommand::Rollback { name, to } => {
             let f: FunctionView = client
@@ -182,7 +197,11 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                 )
                 .await?;
             print(output.format, &f, || {
-                function_table(std::slice::from_ref(&f))
+                let mut table = function_table(std::slice::from_ref(&f));
+                for build in &f.builds {
+                    table.footer(build_summary(build));
+                }
+                table
             })?;
         }
         FunctionCommand::List(output) => {
@@ -200,12 +219,16 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                 )
                 .await?;
             print(output.format, &revisions, || {
-                let mut table = Table::new(vec!["REVISION", "ENV", "CODE", "COPIED FROM"]);
+                let mut table = Table::new(vec!["REVISION", "ENV", "CODE", "BUILD", "COPIED FROM"]);
                 for r in &revisions {
                     table.row(vec![
                         r.number.to_string(),
                         r.environment.to_string(),
                         r.code.digest.chars().take(12).collect(),
+                        r.build
+                            .as_ref()
+                            .map_or("-", |b| b.state.as_str())
+                            .to_owned(),
                         r.copied_from.map(|c| c.to_string()).unwrap_or_default(),
                     ]);
                 }
@@ -231,6 +254,13 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
             asynchronous,
         } => {
             return invoke(&client, &name, data, method, headers, &path, asynchronous).await;
+        }
+        FunctionCommand::BuildLogs {
+            name,
+            revision,
+            follow,
+        } => {
+            build_logs(&client, &name, revision, follow).await?;
         }
         FunctionCommand::Logs {
             name,
@@ -335,5 +365,149 @@ async fn logs(
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Reports a create or update; when the new revision has dependencies to build, waits for
+/// the build (unless `no_wait`) and fails if it failed.
+async fn deployed(
+    client: &ApiClient,
+    f: &FunctionView,
+    done: &str,
+    no_wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = &f.name;
+    let latest = f.latest_revision;
+    let building = f
+        .builds
+        .iter()
+        .any(|b| b.revision == latest && b.state == BuildState::Building);
+    if !building {
+        eprintln!("function {name} {done} (revision {latest})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if no_wait {
+        eprintln!(
+            "function {name} {done}: revision {latest} is building (follow it with `gust fn build-logs {name} -f`)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let build = wait_for_build(client, name.as_str(), latest).await?;
+    match build.state {
+        BuildState::Ready => {
+            eprintln!(
+                "function {name} {done} (revision {latest}: {})",
+                build_outcome(&build)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!(
+                "function {name}: revision {latest} failed to build; {}\n{}",
+                if f.revision == latest {
+                    "the function has no revision to serve yet".to_owned()
+                } else {
+                    format!("revision {} keeps serving", f.revision)
+                },
+                build.error.as_deref().unwrap_or("(no reason recorded)")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// "built in 12.3s, package 45.1 MB" and the like.
+fn build_outcome(build: &BuildView) -> String {
+    let mut said = format!("built in {}", duration_ms(build.duration_ms));
+    if build.cached {
+        said.push_str(", dependencies from the build cache");
+    }
+    if let Some(bytes) = build.package_bytes {
+        said.push_str(&format!(", package {:.1} MB", bytes as f64 / 1_000_000.0));
+    }
+    said
+}
+
+/// One line per build under `fn get`'s table.
+fn build_summary(build: &BuildView) -> String {
+    let state = build.state.as_str();
+    let detail = match build.state {
+        BuildState::Ready => build_outcome(build),
+        BuildState::Building => format!("for {}", duration_ms(build.duration_ms)),
+        BuildState::BuildFailed => build
+            .error
+            .as_deref()
+            .and_then(|e| e.lines().next())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let current = if build.current { " (current)" } else { "" };
+    format!("revision {}{current}: {state}, {detail}", build.revision)
+}
+
+/// Polls a build until it ends; on a terminal shows a spinner with the build's latest output
+/// line and the time so far.
+async fn wait_for_build(
+    client: &ApiClient,
+    name: &str,
+    revision: u32,
+) -> anyhow::Result<BuildView> {
+    const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let terminal = std::io::stderr().is_terminal();
+    let path = ApiPath::new(["v1", "functions", name, "build"]).query("revision", revision);
+    for tick in 0usize.. {
+        let build: BuildView = client.json(Method::GET, &path, NO_BODY).await?;
+        if build.state != BuildState::Building {
+            if terminal {
+                eprint!("\r\x1b[2K");
+            }
+            return Ok(build);
+        }
+        if terminal {
+            let line: String = build
+                .last_line
+                .as_deref()
+                .unwrap_or_default()
+                .chars()
+                .take(70)
+                .collect();
+            eprint!(
+                "\r\x1b[2K{} building revision {revision} ({}) {line}",
+                FRAMES[tick % FRAMES.len()],
+                duration_ms(build.duration_ms)
+            );
+            std::io::stderr().flush()?;
+        } else if tick == 0 {
+            eprintln!("building revision {revision} of {name}...");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unreachable!("the loop above only ends by returning")
+}
+
+async fn build_logs(
+    client: &ApiClient,
+    name: &str,
+    revision: Option<u32>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let mut offset = 0;
+    loop {
+        let mut path =
+            ApiPath::new(["v1", "functions", name, "build", "log"]).query("offset", offset);
+        if let Some(revision) = revision {
+            path = path.query("revision", revision);
+        }
+        let chunk: BuildLogChunk = client.json(Method::GET, &path, NO_BODY).await?;
+        print!("{}", chunk.text);
+        std::io::stdout().flush()?;
+        let caught_up = chunk.next_offset == offset;
+        offset = chunk.next_offset;
+        if chunk.finished || (!follow && caught_up) {
+            return Ok(());
+        }
+        if caught_up {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use gust_api::{AdminToken, ApiState, api_router};
+use gust_api::{AdminToken, ApiState, Builds, api_router};
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
+use gust_builder::{Builder, BuilderConfig};
 use gust_edge::{BodyBudget, ConnectionLimits};
 use gust_executor::{
     Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
@@ -151,6 +152,21 @@ pub struct UpArgs {
     /// space
     #[arg(long, env = "GUST_WASM_MAX_MEMORY", default_value_t = PoolSize::default().max_memory_mb)]
     wasm_max_memory: u32,
+    /// Longest a dependency build (requirements.txt, package.json) may run
+    #[arg(long, env = "GUST_BUILD_TIMEOUT", default_value = "10m")]
+    build_timeout: String,
+    /// Memory (MB) of a dependency build, its scratch space included
+    #[arg(long, env = "GUST_BUILD_MEMORY", default_value_t = BuilderConfig::default().memory_mb)]
+    build_memory: u32,
+    /// Dependency builds run at once; more wait for a turn
+    #[arg(long, env = "GUST_MAX_BUILDS", default_value_t = BuilderConfig::default().concurrent)]
+    max_builds: usize,
+    /// Package index builds install Python packages from [default: pip's own configuration]
+    #[arg(long, env = "GUST_PIP_INDEX_URL")]
+    pip_index_url: Option<String>,
+    /// Registry builds install npm packages from [default: npm's own configuration]
+    #[arg(long, env = "GUST_NPM_REGISTRY")]
+    npm_registry: Option<String>,
 }
 
 /// Largest request header Gust reads, and most header fields: with the headers Gust adds (a
@@ -190,6 +206,7 @@ struct Settings {
     usage_retention: UsageRetention,
     queue_limits: QueueLimits,
     wasm_pool: PoolSize,
+    build_timeout: Duration,
     roles: Vec<RoleName>,
 }
 
@@ -204,6 +221,12 @@ impl Settings {
             bail!("--wasm-slots is 1 to 100000 and --wasm-max-memory 16 to 4096 (MB)");
         }
         let start_timeout = parse_duration("start timeout", &args.start_timeout)?;
+        let build_timeout = parse_duration("build timeout", &args.build_timeout)?;
+        if build_timeout.is_zero() || args.max_builds == 0 || args.build_memory < 64 {
+            bail!(
+                "--build-timeout must be more than 0, --max-builds at least 1 and --build-memory at least 64 (MB)"
+            );
+        }
         if start_timeout.is_zero() || !(1..=1024).contains(&args.body_limit) {
             bail!("--start-timeout must be more than 0 and --body-limit 1 to 1024 (MB)");
         }
@@ -237,6 +260,7 @@ impl Settings {
                 slots: args.wasm_slots,
                 max_memory_mb: args.wasm_max_memory,
             },
+            build_timeout,
             roles,
         })
     }
@@ -346,6 +370,13 @@ async fn assemble(
 
     let logs = Arc::new(FunctionLogs::new(args.log_lines));
     let run_dir = worker_run_dir(data_dir)?;
+    let builder = Arc::new(dependency_builder(
+        args,
+        settings,
+        sandbox.clone(),
+        data_dir,
+        code.clone(),
+    ));
     let process = process_runtime(args, sandbox, data_dir, &run_dir, logs.clone())?;
     let wasm = WasmRuntime::new(
         &data_dir.join("wasm-cache"),
@@ -425,6 +456,11 @@ async fn assemble(
         mq: mq.clone(),
         bodies: bodies.clone(),
         code_released: collector.released.clone(),
+        builds: Builds::new(
+            builder,
+            data_dir.join("build-logs"),
+            BuilderConfig::default().log_bytes,
+        ),
     });
 
     let (public_limits, api_limits) = connection_limits(args, settings);
@@ -474,6 +510,8 @@ async fn assemble(
     if settings.runs(RoleName::Api) {
         let api = bind(args.api_listen, "API").await?;
         api_url = Some(format!("http://{}", api.local_addr()?));
+        // Builds a stop interrupted start again.
+        Builds::resume(&state)?;
         let app = api_router(state);
         roles.push(Box::new(Task::new("api", move |stop| {
             gust_edge::serve(api, app, api_limits, "API", stop)
@@ -547,6 +585,39 @@ fn process_runtime(
         ProcessRuntime::new(run_dir, sandbox, cgroups, interpreters, logs)?
             .with_protected(vec![data_dir.to_owned()]),
     ))
+}
+
+/// Dependency builds: in the workers' sandbox, in cgroups of their own.
+fn dependency_builder(
+    args: &UpArgs,
+    settings: &Settings,
+    sandbox: Sandbox,
+    data_dir: &Path,
+    code: Arc<CodeStore>,
+) -> Builder {
+    let cgroups = match Cgroups::create(&format!("{}-builds", instance_name(data_dir))) {
+        Ok(cgroups) => Some(cgroups),
+        Err(reason) => {
+            tracing::warn!(%reason, "no cgroups: builds' memory, pids and CPU are not limited");
+            None
+        }
+    };
+    let npm = args
+        .node
+        .parent()
+        .map_or_else(|| PathBuf::from("/usr/bin/npm"), |dir| dir.join("npm"));
+    let config = BuilderConfig {
+        timeout: settings.build_timeout,
+        memory_mb: args.build_memory,
+        concurrent: args.max_builds,
+        pip_index_url: args.pip_index_url.clone(),
+        npm_registry: args.npm_registry.clone(),
+        python: args.python.clone(),
+        node: args.node.clone(),
+        npm,
+        ..BuilderConfig::default()
+    };
+    Builder::new(config, sandbox, cgroups, code)
 }
 
 /// The public and the API listener's connection limits.

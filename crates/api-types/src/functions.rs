@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use gust_model::{
-    Delivery, FunctionSettings, Name, Namespace, NetworkPolicy, OutboundRule, RequestBodyMode,
-    RevisionNumber,
+    BuildState, Delivery, FunctionSettings, Name, Namespace, NetworkPolicy, OutboundRule,
+    RequestBodyMode, RevisionNumber,
 };
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -128,6 +128,59 @@ pub struct FunctionView {
     pub code_bytes: u64,
     pub updated_at_ms: u64,
     pub instances: InstancesView,
+    /// The newest revision: the current one, or one still building (or failed to build)
+    /// after it.
+    pub latest_revision: RevisionNumber,
+    /// The builds of the revisions kept, oldest first; empty when no revision declared
+    /// dependencies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<BuildView>,
+}
+
+/// One revision's dependency build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BuildView {
+    pub revision: RevisionNumber,
+    pub state: BuildState,
+    /// Whether this revision serves now.
+    pub current: bool,
+    pub started_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// How long it took, or has taken so far.
+    pub duration_ms: u64,
+    /// Whether the dependencies came from an earlier build.
+    pub cached: bool,
+    /// The built package's size (sources and dependencies), once ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_bytes: Option<u64>,
+    /// The build's latest output line, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_line: Option<String>,
+    /// Why it failed, with the end of the tool's own output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `?revision=&offset=` of `/v1/functions/{name}/build` and `/build/log`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BuildQuery {
+    /// The revision whose build to show; the newest revision with a build by default.
+    pub revision: Option<RevisionNumber>,
+    /// For the log: bytes of it to skip (a previous answer's `next_offset`).
+    pub offset: Option<u64>,
+}
+
+/// A piece of a build's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BuildLogChunk {
+    pub revision: RevisionNumber,
+    pub text: String,
+    /// Where the next piece starts.
+    pub next_offset: u64,
+    /// The build has ended: no more will come.
+    pub finished: bool,
 }
 
 /// `?method=&path=&async=` of `/v1/functions/{name}/invoke`.

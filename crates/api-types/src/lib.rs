@@ -18,8 +18,8 @@ pub use asynchronous::{
 };
 pub use error::ErrorBody;
 pub use functions::{
-    CodeSource, FunctionSpec, FunctionView, InstancesView, InvokeQuery, LogLine, LogsQuery,
-    RollbackRequest, ScalingView,
+    BuildLogChunk, BuildQuery, BuildView, CodeSource, FunctionSpec, FunctionView, InstancesView,
+    InvokeQuery, LogLine, LogsQuery, RollbackRequest, ScalingView,
 };
 pub use gust_model::FunctionSettings;
 pub use resources::{

@@ -16,6 +16,7 @@ use gust_model::{
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
 
+use crate::builds::{Builds, Pending, build_view};
 use crate::{ApiError, ApiState, NamespaceExt, Scoped, parse_json};
 
 type Shared = State<Arc<ApiState>>;
@@ -56,6 +57,17 @@ fn function_view(function: &Function, state: &ApiState) -> FunctionView {
             busy: counts.busy,
             idle: counts.idle,
         },
+        latest_revision: function
+            .revisions
+            .iter()
+            .map(|r| r.number)
+            .max()
+            .unwrap_or(function.current),
+        builds: function
+            .revisions
+            .iter()
+            .filter_map(|revision| build_view(state, function, revision))
+            .collect(),
     }
 }
 
@@ -225,7 +237,11 @@ pub async fn list(
         .map(Json)
 }
 
-fn load(state: &ApiState, namespace: &Namespace, name: &Name) -> Result<Function, ApiError> {
+pub(crate) fn load(
+    state: &ApiState,
+    namespace: &Namespace,
+    name: &Name,
+) -> Result<Function, ApiError> {
     state
         .store
         .function(namespace, name)?
@@ -290,6 +306,7 @@ pub async fn create(
                 .into());
             }
             let code = ingest(s, &code, &env, &fields.limits)?;
+            let plan = s.builds.plan(&env, &code)?;
             let function = Function {
                 namespace,
                 name,
@@ -297,7 +314,7 @@ pub async fn create(
                 revisions: vec![Revision {
                     number: 1,
                     environment,
-                    code,
+                    code: code.clone(),
                     entrypoint: fields.entrypoint,
                     env_vars: fields.env_vars,
                     limits: fields.limits,
@@ -308,15 +325,28 @@ pub async fn create(
                     created_at_ms: now_ms(),
                     copied_from: None,
                     keep_revisions: fields.keep_revisions,
+                    build: plan.as_ref().map(|plan| Builds::building(plan, &code)),
                 }],
             };
             s.store.create_function(&function)?;
             s.executor
                 .function_deployed(&function.namespace, &function.name);
-            Ok(function_view(&function, s))
+            let pending = plan.map(|plan| Pending {
+                namespace: function.namespace.clone(),
+                name: function.name.clone(),
+                revision: 1,
+                plan,
+                source: code,
+            });
+            Ok((function_view(&function, s), pending))
         })
         .await
-        .map(|view| (StatusCode::CREATED, Json(view)))
+        .map(|(view, pending)| {
+            if let Some(pending) = pending {
+                Builds::start(&state, pending);
+            }
+            (StatusCode::CREATED, Json(view))
+        })
 }
 
 #[utoipa::path(put, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body = FunctionSpec, responses((status = 200, body = FunctionView)))]
@@ -344,14 +374,19 @@ pub async fn update(
                 .expect("an update starts from a revision with an environment");
             let env = require_environment(s, &environment)?;
             check_tier_settings(&env, &fields)?;
-            let code = match &body.code {
-                Some(code) => ingest(s, code, &env, &fields.limits)?,
+            let (code, plan, build) = match &body.code {
+                Some(code) => {
+                    let code = ingest(s, code, &env, &fields.limits)?;
+                    let plan = s.builds.plan(&env, &code)?;
+                    let build = plan.as_ref().map(|plan| Builds::building(plan, &code));
+                    (code, plan, build)
+                }
                 None => {
                     let previous = current.current_revision();
                     if previous.environment != environment || previous.limits != fields.limits {
                         revalidate(s, &previous.code, &env, &fields.limits)?;
                     }
-                    previous.code.clone()
+                    (previous.code.clone(), None, previous.build.clone())
                 }
             };
             let revision = Revision {
@@ -368,20 +403,34 @@ pub async fn update(
                 created_at_ms: now_ms(),
                 copied_from: None,
                 keep_revisions: fields.keep_revisions,
+                build,
             };
+            let mut number = 0;
             let updated = s
                 .store
                 .update_function(&namespace, &name, &mut |mut function| {
-                    function.push_revision(revision.clone());
+                    number = function.push_revision(revision.clone());
                     Ok(function)
                 })?;
             s.executor.function_deployed(&namespace, &name);
             // An update can prune the oldest revision and with it the last use of its code.
             s.code_released.notify_one();
-            Ok(function_view(&updated, s))
+            let pending = plan.map(|plan| Pending {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                revision: number,
+                plan,
+                source: revision.code.clone(),
+            });
+            Ok((function_view(&updated, s), pending))
         })
         .await
-        .map(Json)
+        .map(|(view, pending)| {
+            if let Some(pending) = pending {
+                Builds::start(&state, pending);
+            }
+            Json(view)
+        })
 }
 
 #[utoipa::path(post, path = "/functions/{name}/rollback", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body(content = RollbackRequest, description = "`to`: the revision to copy; an empty body or `{}` copies the one before the current one"), responses((status = 200, body = FunctionView)))]
@@ -407,6 +456,7 @@ pub async fn rollback(
                         None => function
                             .revisions
                             .iter()
+                            .filter(|r| r.is_ready())
                             .map(|r| r.number)
                             .filter(|n| *n < function.current)
                             .max()
@@ -423,6 +473,14 @@ pub async fn rollback(
                             name: format!("{name}@{target}"),
                         });
                     };
+                    if !source.is_ready() {
+                        return Err(StoreError::InvalidCode {
+                            reason: format!(
+                                "revision {target} of {name:?} has no built package (its build is {})",
+                                source.build.as_ref().map_or("missing", |b| b.state.as_str())
+                            ),
+                        });
+                    }
                     // How many revisions to keep is the function's setting now, not the
                     // old revision's.
                     let keep_revisions = function.current_revision().keep_revisions;
@@ -454,6 +512,7 @@ pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, 
     state
         .blocking(move |s| {
             s.store.delete_function(&namespace, &name)?;
+            crate::builds::forget(s, &namespace, &name);
             s.executor.function_deleted(&namespace, &name);
             s.code_released.notify_one();
             s.logs

@@ -8,6 +8,7 @@
 //! 404. Storage calls run on the blocking pool: redb commits fsync.
 
 mod asynchronous;
+mod builds;
 mod environments;
 mod error;
 mod functions;
@@ -19,6 +20,7 @@ mod token;
 mod uploads;
 mod usage;
 
+pub use builds::Builds;
 pub use error::ApiError;
 pub use token::AdminToken;
 
@@ -70,6 +72,8 @@ pub struct ApiState {
     /// Notified when stored code may have lost its last reference (a function deleted, a
     /// revision pruned): garbage collection runs soon after.
     pub code_released: Arc<tokio::sync::Notify>,
+    /// Dependency builds of new revisions.
+    pub builds: Builds,
 }
 
 impl ApiState {
@@ -215,6 +219,8 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         ))
         .routes(routes!(functions::revisions))
         .routes(routes!(functions::rollback))
+        .routes(routes!(builds::show))
+        .routes(routes!(builds::log))
         .routes(routes!(invoke::invoke))
         .routes(routes!(invoke::logs))
         .routes(routes!(routes::list, routes::create))

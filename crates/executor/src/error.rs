@@ -10,6 +10,8 @@ use crate::RequestBodyError;
 pub enum InvokeError {
     #[error("function {function:?} not found in namespace {namespace:?}")]
     FunctionNotFound { namespace: String, function: String },
+    #[error("function {function:?} is not ready: {detail}")]
+    NotReady { function: String, detail: String },
     #[error("environment {environment:?} of function {function:?} is not available")]
     EnvironmentUnavailable {
         function: String,
@@ -55,7 +57,9 @@ impl InvokeError {
                 RequestBodyError::TooSlow(_) => 408,
                 RequestBodyError::Unreadable => 400,
             },
-            InvokeError::EnvironmentUnavailable { .. } | InvokeError::StartFailed { .. } => 503,
+            InvokeError::EnvironmentUnavailable { .. }
+            | InvokeError::StartFailed { .. }
+            | InvokeError::NotReady { .. } => 503,
             InvokeError::FunctionError { .. }
             | InvokeError::LoadFailed { .. }
             | InvokeError::WorkerExited { .. }
@@ -70,6 +74,7 @@ impl InvokeError {
         match self {
             InvokeError::FunctionNotFound { .. } => "function_not_found",
             InvokeError::EnvironmentUnavailable { .. } => "environment_unavailable",
+            InvokeError::NotReady { .. } => "not_ready",
             InvokeError::Timeout { .. } => "timeout",
             InvokeError::StartTimeout { .. } => "start_timeout",
             InvokeError::FunctionError { .. } => "function_error",
@@ -112,6 +117,8 @@ impl InvokeError {
         match self {
             InvokeError::OverCapacity { retry_after, .. } => Some(*retry_after),
             InvokeError::RequestBody(RequestBodyError::OverBudget) => Some(Duration::from_secs(1)),
+            // A first build takes seconds to minutes.
+            InvokeError::NotReady { .. } => Some(Duration::from_secs(5)),
             _ => None,
         }
     }

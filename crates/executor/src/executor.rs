@@ -107,7 +107,23 @@ pub trait DeploymentSource: Send + Sync {
         &self,
         namespace: &Namespace,
         function: &Name,
-    ) -> Result<Option<InstanceSpec>, String>;
+    ) -> Result<Option<InstanceSpec>, DeploymentError>;
+}
+
+/// Why a function that exists cannot be instantiated.
+#[derive(Debug)]
+pub enum DeploymentError {
+    /// It has no revision that can serve yet (its first one is still building, or its build
+    /// failed); the text says which.
+    NotReady(String),
+    /// Its deployment could not be read.
+    Unreadable(String),
+}
+
+impl From<String> for DeploymentError {
+    fn from(detail: String) -> Self {
+        DeploymentError::Unreadable(detail)
+    }
 }
 
 /// Instances of one function revision.
@@ -418,13 +434,19 @@ impl Executor {
         let (source, ns, name) = (self.source.clone(), namespace.clone(), function.clone());
         let loaded = tokio::task::spawn_blocking(move || source.deployment(&ns, &name))
             .await
-            .unwrap_or_else(|_| Err("the deployment read panicked".to_owned()));
+            .unwrap_or_else(|_| Err("the deployment read panicked".to_owned().into()));
         let spec = loaded
-            .map_err(|detail| {
-                tracing::error!(%function, %detail, "cannot load the function's deployment");
-                InvokeError::StartFailed {
+            .map_err(|err| match err {
+                DeploymentError::NotReady(detail) => InvokeError::NotReady {
                     function: function.to_string(),
-                    detail: "its deployment could not be read".to_owned(),
+                    detail,
+                },
+                DeploymentError::Unreadable(detail) => {
+                    tracing::error!(%function, %detail, "cannot load the function's deployment");
+                    InvokeError::StartFailed {
+                        function: function.to_string(),
+                        detail: "its deployment could not be read".to_owned(),
+                    }
                 }
             })?
             .ok_or_else(not_found)?;
@@ -988,7 +1010,7 @@ mod tests {
             &self,
             namespace: &Namespace,
             function: &Name,
-        ) -> Result<Option<InstanceSpec>, String> {
+        ) -> Result<Option<InstanceSpec>, DeploymentError> {
             let (runtime, timeout) = match function.as_str() {
                 "f" => (BuiltinRuntime::Python, Limits::default().timeout),
                 "w" => (BuiltinRuntime::Wasm, Limits::default().timeout),

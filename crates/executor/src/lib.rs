@@ -27,7 +27,8 @@ pub use body::ResponseBody;
 pub use enqueue::{Clock, Enqueue, EnqueueError, SystemClock, retry_after, store_request};
 pub use error::InvokeError;
 pub use executor::{
-    DeploymentSource, EffectiveScaling, Executor, ExecutorConfig, FunctionInstances, InstanceCounts,
+    DeploymentError, DeploymentSource, EffectiveScaling, Executor, ExecutorConfig,
+    FunctionInstances, InstanceCounts,
 };
 pub use logs::{
     Admission, FunctionLogs, LogLine, LogQuery, LogStream, MAX_LINE_BYTES,

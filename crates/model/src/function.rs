@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::apply_delivery;
 use crate::scaling::apply_scaling;
 use crate::{
-    Delivery, HumanDuration, ModelError, Name, Namespace, NetworkPolicy, OutboundRule, Scaling,
+    Build, BuildState, Delivery, HumanDuration, ModelError, Name, Namespace, NetworkPolicy,
+    OutboundRule, Scaling,
 };
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -165,6 +166,24 @@ pub struct Revision {
     /// How many revisions the function keeps while this one is current (itself included).
     #[serde(default = "default_keep_revisions")]
     pub keep_revisions: u32,
+    /// Its dependency build, when its code declares dependencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+}
+
+impl Revision {
+    /// Whether this revision can serve: deployed as uploaded, or built.
+    pub fn is_ready(&self) -> bool {
+        self.build
+            .as_ref()
+            .is_none_or(|build| build.state == BuildState::Ready)
+    }
+
+    pub fn is_building(&self) -> bool {
+        self.build
+            .as_ref()
+            .is_some_and(|build| build.state == BuildState::Building)
+    }
 }
 
 /// A function and every revision it has had; `current` is the one that serves.
@@ -190,20 +209,44 @@ impl Function {
         self.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1
     }
 
-    /// Appends `revision` (its number is assigned here) and makes it current; only the
-    /// newest of them stay, as many as the new revision's `keep_revisions` (the new one is
-    /// current, so it is among them).
+    /// Appends `revision` (its number is assigned here) and makes it current unless it has a
+    /// build to wait for; returns its number. Only the newest revisions stay, as many as the
+    /// new revision's `keep_revisions`, besides the current one and any still building.
     pub fn push_revision(&mut self, mut revision: Revision) -> RevisionNumber {
-        revision.number = self.next_number();
+        let number = self.next_number();
+        revision.number = number;
         let keep = (revision.keep_revisions.max(1)) as usize;
-        self.current = revision.number;
-        self.revisions.push(revision);
-        if self.revisions.len() > keep {
-            self.revisions.sort_by_key(|r| r.number);
-            let excess = self.revisions.len() - keep;
-            self.revisions.drain(..excess);
+        if revision.is_ready() {
+            self.current = number;
         }
-        self.current
+        self.revisions.push(revision);
+        self.revisions.sort_by_key(|r| r.number);
+        while self.revisions.len() > keep {
+            let current = self.current;
+            let Some(oldest) = self
+                .revisions
+                .iter()
+                .position(|r| r.number != current && !r.is_building())
+            else {
+                break;
+            };
+            self.revisions.remove(oldest);
+        }
+        number
+    }
+
+    /// Records how revision `number`'s build ended; a built revision newer than the current
+    /// one becomes current. `false` when the revision is gone (pruned or the function
+    /// replaced).
+    pub fn finish_build(&mut self, number: RevisionNumber, build: Build) -> bool {
+        let Some(revision) = self.revisions.iter_mut().find(|r| r.number == number) else {
+            return false;
+        };
+        revision.build = Some(build);
+        if revision.is_ready() && number > self.current {
+            self.current = number;
+        }
+        true
     }
 }
 
@@ -471,7 +514,58 @@ mod tests {
             created_at_ms: 0,
             copied_from: None,
             keep_revisions: DEFAULT_KEEP_REVISIONS,
+            build: None,
         }
+    }
+
+    fn building() -> Revision {
+        Revision {
+            build: Some(Build {
+                state: BuildState::Building,
+                source: revision().code,
+                cache_key: "k".into(),
+                dependencies: None,
+                cached: false,
+                started_at_ms: 0,
+                finished_at_ms: None,
+                error: None,
+            }),
+            keep_revisions: 1,
+            ..revision()
+        }
+    }
+
+    #[test]
+    fn a_revision_goes_live_only_when_its_build_succeeds() {
+        let mut function = Function {
+            namespace: Namespace::default(),
+            name: Name::parse("function", "f").unwrap(),
+            current: 1,
+            revisions: vec![revision()],
+        };
+        // Building: pushed, not current, and the current one is kept despite keep = 1.
+        assert_eq!(function.push_revision(building()), 2);
+        assert_eq!(function.current, 1);
+        assert_eq!(function.revisions.len(), 2);
+        let mut failed = building().build.unwrap();
+        failed.state = BuildState::BuildFailed;
+        assert!(function.finish_build(2, failed));
+        assert_eq!(function.current, 1, "a failed build never serves");
+        assert_eq!(function.push_revision(building()), 3);
+        assert_eq!(
+            function
+                .revisions
+                .iter()
+                .map(|r| r.number)
+                .collect::<Vec<_>>(),
+            vec![1, 3],
+            "the failed one is pruned, the current and the building one stay"
+        );
+        let mut ready = building().build.unwrap();
+        ready.state = BuildState::Ready;
+        assert!(function.finish_build(3, ready.clone()));
+        assert_eq!(function.current, 3);
+        assert!(!function.finish_build(2, ready), "revision 2 is gone");
     }
 
     #[test]

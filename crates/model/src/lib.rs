@@ -6,6 +6,7 @@
 //! invalid value. Route matching lives here too ([`RouteTable`]) so that the router, the API
 //! and the CLI agree on what a path means.
 
+mod build;
 mod delivery;
 mod duration;
 mod environment;
@@ -22,6 +23,7 @@ mod schema;
 mod timer;
 mod usage;
 
+pub use build::{Build, BuildState, DependencyKind};
 pub use delivery::{
     BACKOFF_BASE, BACKOFF_CAP, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, Delivery, Verdict, backoff,
     classify_status, retry_wait,

@@ -367,31 +367,222 @@ impl Sandbox {
                 command
             }
         };
-        // SAFETY: getpid has no preconditions.
-        let gust = unsafe { libc::getpid() };
-        // SAFETY: prctl, setpriority and getppid are async-signal-safe and touch only this
-        // (child) process.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Function code yields the CPU to Gust's own threads (routing, timeouts, the
-                // API) when both want it; the sandbox and all it starts inherit this.
-                if libc::setpriority(libc::PRIO_PROCESS, 0, FUNCTION_NICENESS) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Gust may have died between the fork and the line above, and then the signal
-                // never comes: do not start an orphan.
-                if libc::getppid() != gust {
-                    return Err(std::io::Error::other(
-                        "gust exited while starting the worker",
-                    ));
-                }
-                Ok(())
-            });
-        }
+        tie_to_gust(&mut command);
         command
+    }
+}
+
+/// Where a build's sources and output are, as the build sees them (`SRC_PKG`, `DEPLOY_PKG`
+/// in Fission's names).
+pub const BUILD_SOURCE_DIR: &str = "/src";
+pub const BUILD_OUTPUT_DIR: &str = "/deploy";
+/// Descriptor numbers of a build's bind sources.
+const BUILD_SOURCE_FD: i32 = 210;
+const BUILD_FILES_FD: i32 = 211;
+/// The most bytes one file given to a build may have (it passes through a pipe).
+pub const BUILD_FILE_MAX_BYTES: usize = 48 * 1024;
+
+/// What a dependency build is given: its sources read-only, files placed for it (package
+/// clients' configuration), its environment, and the size of its writable places.
+pub struct BuildBinds {
+    source_path: PathBuf,
+    source: File,
+    files: Vec<(String, std::io::PipeReader)>,
+    env: Vec<(String, String)>,
+    scratch_bytes: u64,
+    seccomp: Option<File>,
+}
+
+impl BuildBinds {
+    /// `files` are `(path inside, content)`; each at most [`BUILD_FILE_MAX_BYTES`].
+    pub fn open(
+        sandbox: &Sandbox,
+        source: &Path,
+        files: Vec<(String, Vec<u8>)>,
+        env: Vec<(String, String)>,
+        scratch_bytes: u64,
+    ) -> Result<Self, RuntimeError> {
+        let mut readers = Vec::new();
+        for (inside, content) in files {
+            if content.len() > BUILD_FILE_MAX_BYTES {
+                return Err(RuntimeError::io(&inside)(std::io::Error::other(
+                    "too large to give to a build",
+                )));
+            }
+            let (reader, mut writer) =
+                std::io::pipe().map_err(RuntimeError::io("build file pipe"))?;
+            std::io::Write::write_all(&mut writer, &content)
+                .map_err(RuntimeError::io("build file pipe"))?;
+            readers.push((inside, reader));
+        }
+        Ok(Self {
+            source_path: source.to_owned(),
+            source: File::open(source).map_err(RuntimeError::io(source))?,
+            files: readers,
+            env,
+            scratch_bytes,
+            seccomp: match sandbox {
+                Sandbox::Bubblewrap { seccomp, .. } => Some(
+                    seccomp
+                        .file()
+                        .map_err(RuntimeError::io("seccomp program (memfd)"))?,
+                ),
+                Sandbox::Disabled => None,
+            },
+        })
+    }
+}
+
+impl Sandbox {
+    /// The command that runs a dependency build: `sh -c script` with its sources read-only at
+    /// `$SRC_PKG` and an empty, size-limited `$DEPLOY_PKG` (and `/tmp`), as the unprivileged
+    /// uid, in its own user, pid, ipc and uts namespaces, under the workers' seccomp filter.
+    /// Unlike a worker it shares the host's network (a build fetches packages from whatever
+    /// registry or mirror the host is set up for, also on a private address). Without a
+    /// sandbox `$DEPLOY_PKG` is `output_dir` and `$HOME` and `$TMPDIR` are `scratch_dir`. The
+    /// caller keeps `binds` and `cgroups` alive until the command has been spawned.
+    pub fn build_command(
+        &self,
+        binds: &BuildBinds,
+        script: &str,
+        (output_dir, scratch_dir): (&Path, &Path),
+        cgroups: &[File],
+    ) -> Command {
+        let cgroup_fds: Vec<RawFd> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
+        let mut command = match self {
+            Sandbox::Disabled => {
+                let mut command = Command::new("/bin/sh");
+                join_cgroups_first(&mut command, cgroup_fds);
+                command
+                    .args(["-c", script])
+                    .env_clear()
+                    .current_dir(output_dir)
+                    .envs(build_env(&binds.env))
+                    .env("SRC_PKG", &binds.source_path)
+                    .env("DEPLOY_PKG", output_dir)
+                    .env("HOME", scratch_dir)
+                    .env("TMPDIR", scratch_dir)
+                    .process_group(0);
+                command
+            }
+            Sandbox::Bubblewrap { bwrap, .. } => {
+                let mut args: Vec<OsString> = Vec::new();
+                let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+                push(&[
+                    "--unshare-user",
+                    "--unshare-pid",
+                    "--unshare-ipc",
+                    "--unshare-uts",
+                    "--unshare-cgroup-try",
+                    "--disable-userns",
+                    "--die-with-parent",
+                    "--new-session",
+                    "--hostname",
+                    WORKER_HOSTNAME,
+                ]);
+                for path in SYSTEM_PATHS {
+                    push(&["--ro-bind-try", path, path]);
+                }
+                for alias in USR_ALIASES {
+                    match std::fs::read_link(alias) {
+                        Ok(target) => {
+                            let target = target.to_string_lossy().into_owned();
+                            push(&["--symlink", &target, alias]);
+                        }
+                        Err(_) => push(&["--ro-bind-try", alias, alias]),
+                    }
+                }
+                let scratch = binds.scratch_bytes.to_string();
+                push(&["--proc", "/proc", "--dev", "/dev"]);
+                push(&["--size", &scratch, "--tmpfs", "/tmp"]);
+                push(&["--size", &scratch, "--tmpfs", BUILD_OUTPUT_DIR]);
+                push(&[
+                    "--ro-bind-fd",
+                    &BUILD_SOURCE_FD.to_string(),
+                    BUILD_SOURCE_DIR,
+                ]);
+                for (index, (inside, _)) in binds.files.iter().enumerate() {
+                    let fd = BUILD_FILES_FD + index as i32;
+                    push(&["--ro-bind-data", &fd.to_string(), inside]);
+                }
+                push(&["--remount-ro", "/dev", "--remount-ro", "/"]);
+                if binds.seccomp.is_some() {
+                    push(&["--seccomp", &SECCOMP_FD.to_string()]);
+                }
+                push(&["--chdir", BUILD_OUTPUT_DIR, "--clearenv"]);
+                for (key, value) in build_env(&binds.env) {
+                    push(&["--setenv", &key, &value]);
+                }
+                push(&["--setenv", "SRC_PKG", BUILD_SOURCE_DIR]);
+                push(&["--setenv", "DEPLOY_PKG", BUILD_OUTPUT_DIR]);
+                push(&["--setenv", "HOME", "/tmp"]);
+                push(&["--", "/bin/sh", "-c", script]);
+                let mut command = Command::new(bwrap);
+                join_cgroups_first(&mut command, cgroup_fds);
+                command
+                    .args(args)
+                    .env_clear()
+                    .current_dir("/")
+                    .process_group(0);
+                // SAFETY: getuid has no preconditions.
+                if unsafe { libc::getuid() } == 0 {
+                    command.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
+                }
+                let mut fds = vec![(binds.source.as_raw_fd(), BUILD_SOURCE_FD)];
+                fds.extend(binds.files.iter().enumerate().map(|(index, (_, reader))| {
+                    (reader.as_raw_fd(), BUILD_FILES_FD + index as i32)
+                }));
+                if let Some(seccomp) = &binds.seccomp {
+                    fds.push((seccomp.as_raw_fd(), SECCOMP_FD));
+                }
+                place_descriptors(&mut command, fds);
+                command
+            }
+        };
+        tie_to_gust(&mut command);
+        command
+    }
+}
+
+/// A build's environment: the workers' basics and what the build adds (its package clients'
+/// settings).
+fn build_env(extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ("TMPDIR".to_owned(), "/tmp".to_owned()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    env
+}
+
+/// Registers, for the child: killed when Gust dies, yielding the CPU to Gust's own threads,
+/// and never started as an orphan.
+fn tie_to_gust(command: &mut Command) {
+    // SAFETY: getpid has no preconditions.
+    let gust = unsafe { libc::getpid() };
+    // SAFETY: prctl, setpriority and getppid are async-signal-safe and touch only this
+    // (child) process.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Function code yields the CPU to Gust's own threads (routing, timeouts, the
+            // API) when both want it; the sandbox and all it starts inherit this.
+            if libc::setpriority(libc::PRIO_PROCESS, 0, FUNCTION_NICENESS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Gust may have died between the fork and the line above, and then the signal
+            // never comes: do not start an orphan.
+            if libc::getppid() != gust {
+                return Err(std::io::Error::other(
+                    "gust exited while starting the sandbox",
+                ));
+            }
+            Ok(())
+        });
     }
 }
 

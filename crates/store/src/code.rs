@@ -260,6 +260,7 @@ impl CodeStore {
             limits: self.limits,
             files: 0,
             bytes: 0,
+            sync_each_file: true,
         };
         let file = match UploadKind::of(filename) {
             UploadKind::Zip => {
@@ -286,22 +287,175 @@ impl CodeStore {
         // Each link stayed inside lexically; chained through other links it may not.
         check_links_resolve_inside(&tree)?;
         let digest = digest_tree(&tree)?;
-        let target = self.tree(&digest);
-        if !target.exists() {
-            sync_dir(&tree)?;
-            match fs::rename(&tree, &target) {
-                Ok(()) => sync_dir(&self.root)?,
-                // Another upload of the same content won the race: same bytes, nothing to do.
-                Err(_) if target.exists() => {}
-                Err(err) => return Err(StoreError::io(&target)(err)),
-            }
-        }
+        self.publish(&tree, &digest)?;
         Ok(CodeRef {
             digest,
             file,
             size_bytes: unpacker.bytes,
         })
     }
+
+    /// Moves a complete tree to its place under `digest`, once.
+    fn publish(&self, tree: &Path, digest: &str) -> Result<(), StoreError> {
+        let target = self.tree(digest);
+        if !target.exists() {
+            sync_dir(tree)?;
+            match fs::rename(tree, &target) {
+                Ok(()) => sync_dir(&self.root)?,
+                // Another upload of the same content won the race: same bytes, nothing to do.
+                Err(_) if target.exists() => {}
+                Err(err) => return Err(StoreError::io(&target)(err)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Unpacks a tar stream a build wrote (untrusted: the same checks as an upload, within
+    /// `limits`) and publishes it; returns its digest and size. An empty stream is an empty
+    /// tree.
+    pub fn ingest_tar_stream(
+        &self,
+        reader: impl Read,
+        limits: CodeLimits,
+    ) -> Result<(String, u64), StoreError> {
+        let staging = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(&self.root)
+            .map_err(StoreError::io(&self.root))?;
+        let tree = staging.path().join("tree");
+        fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
+        let mut unpacker = Unpacker {
+            root: &tree,
+            limits,
+            files: 0,
+            bytes: 0,
+            sync_each_file: false,
+        };
+        unpacker.tar(reader)?;
+        check_links_resolve_inside(&tree)?;
+        sync_filesystem(&tree)?;
+        let digest = digest_tree(&tree)?;
+        self.publish(&tree, &digest)?;
+        Ok((digest, unpacker.bytes))
+    }
+
+    /// A package: the tree `source` with the tree `dependencies` laid over it (what the build
+    /// installed wins where both have a file), made of hard links to both, so assembling
+    /// costs no copy. Its digest is derived from the two digests.
+    pub fn assemble(&self, source: &CodeRef, dependencies: &str) -> Result<CodeRef, StoreError> {
+        let mut hasher = Sha256::new();
+        hasher.update(b"gust package\0");
+        hasher.update(source.digest.as_bytes());
+        hasher.update([0]);
+        hasher.update(dependencies.as_bytes());
+        let digest = hex::encode(hasher.finalize());
+        let bytes = source.size_bytes + tree_bytes(&self.tree(dependencies))?;
+        if !self.tree(&digest).exists() {
+            let staging = tempfile::Builder::new()
+                .prefix(STAGING_PREFIX)
+                .tempdir_in(&self.root)
+                .map_err(StoreError::io(&self.root))?;
+            let tree = staging.path().join("tree");
+            fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
+            link_over(&self.tree(&source.digest), &tree)?;
+            link_over(&self.tree(dependencies), &tree)?;
+            check_links_resolve_inside(&tree)?;
+            self.publish(&tree, &digest)?;
+        }
+        Ok(CodeRef {
+            digest,
+            file: None,
+            size_bytes: bytes,
+        })
+    }
+
+    /// Reads a regular file of a stored tree, at most `limit` bytes (`None` when absent).
+    pub fn read_file(
+        &self,
+        digest: &str,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.tree(digest).join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => {
+                return Err(StoreError::invalid_code(format!(
+                    "{name} must be a regular file"
+                )));
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(StoreError::io(&path)(err)),
+        }
+        let mut content = Vec::new();
+        File::open(&path)
+            .and_then(|f| f.take(limit + 1).read_to_end(&mut content))
+            .map_err(StoreError::io(&path))?;
+        if content.len() as u64 > limit {
+            return Err(StoreError::invalid_code(format!(
+                "{name} is larger than {limit} bytes"
+            )));
+        }
+        Ok(Some(content))
+    }
+}
+
+/// Hard-links every entry of `from` into `to` (directories created, symlinks recreated),
+/// replacing what `to` already has at the same path.
+fn link_over(from: &Path, to: &Path) -> Result<(), StoreError> {
+    for entry in fs::read_dir(from).map_err(StoreError::io(from))? {
+        let entry = entry.map_err(StoreError::io(from))?;
+        let kind = entry.file_type().map_err(StoreError::io(entry.path()))?;
+        let source = entry.path();
+        let target = to.join(entry.file_name());
+        let existing = fs::symlink_metadata(&target).ok();
+        if kind.is_dir() {
+            match existing {
+                Some(meta) if meta.is_dir() => {}
+                Some(_) => {
+                    fs::remove_file(&target).map_err(StoreError::io(&target))?;
+                    fs::create_dir(&target).map_err(StoreError::io(&target))?;
+                }
+                None => fs::create_dir(&target).map_err(StoreError::io(&target))?,
+            }
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o755))
+                .map_err(StoreError::io(&target))?;
+            link_over(&source, &target)?;
+            continue;
+        }
+        match existing {
+            Some(meta) if meta.is_dir() => {
+                fs::remove_dir_all(&target).map_err(StoreError::io(&target))?
+            }
+            Some(_) => fs::remove_file(&target).map_err(StoreError::io(&target))?,
+            None => {}
+        }
+        if kind.is_symlink() {
+            let link = fs::read_link(&source).map_err(StoreError::io(&source))?;
+            symlink(link, &target).map_err(StoreError::io(&target))?;
+        } else {
+            fs::hard_link(&source, &target).map_err(StoreError::io(&target))?;
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of every regular file under `root`.
+fn tree_bytes(root: &Path) -> Result<u64, StoreError> {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let meta = fs::symlink_metadata(entry.path()).map_err(StoreError::io(entry.path()))?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
 }
 
 fn single_file_name(filename: &str) -> Result<String, StoreError> {
@@ -330,6 +484,9 @@ struct Unpacker<'a> {
     limits: CodeLimits,
     files: usize,
     bytes: u64,
+    /// Each file synced as written (uploads, usually a few files); otherwise the whole
+    /// filesystem once at the end (a build's output, often thousands).
+    sync_each_file: bool,
 }
 
 impl Unpacker<'_> {
@@ -488,7 +645,9 @@ impl Unpacker<'_> {
                 self.limits.max_total_bytes
             )));
         }
-        out.sync_all().map_err(StoreError::io(&target))?;
+        if self.sync_each_file {
+            out.sync_all().map_err(StoreError::io(&target))?;
+        }
         fs::set_permissions(&target, fs::Permissions::from_mode(mode))
             .map_err(StoreError::io(&target))
     }
@@ -686,6 +845,17 @@ impl Write for HashWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Writes everything cached for the filesystem holding `path` to disk (one call instead of
+/// one per file).
+fn sync_filesystem(path: &Path) -> Result<(), StoreError> {
+    let dir = File::open(path).map_err(StoreError::io(path))?;
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(StoreError::io(path)(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn sync_dir(path: &Path) -> Result<(), StoreError> {

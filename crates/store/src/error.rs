@@ -44,7 +44,7 @@ impl StoreError {
         move |source| StoreError::Io { path, source }
     }
 
-    pub(crate) fn invalid_code(reason: impl Into<String>) -> StoreError {
+    pub fn invalid_code(reason: impl Into<String>) -> StoreError {
         StoreError::InvalidCode {
             reason: reason.into(),
         }

@@ -298,6 +298,11 @@ impl TriggerContext {
         let Some(topic) = &self.trigger.resp_topic else {
             return Ok(());
         };
+        // 204 No Content: the function has nothing to say about this message (an alert
+        // function with a normal reading), so nothing is published.
+        if response.status() == http::StatusCode::NO_CONTENT {
+            return Ok(());
+        }
         let message = Outgoing {
             headers: vec![
                 ("x-gust-source-id".into(), event.id.clone()),

@@ -1,0 +1,504 @@
+//! Dependency builds of revisions: started when a function's new code declares dependencies,
+//! one at a time per function (a newer upload supersedes a build still running), resumed
+//! after a restart. A revision goes live only when its build succeeded; until then the
+//! function's current revision keeps serving.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use gust_api_types::{BuildLogChunk, BuildQuery, BuildView, NamespaceQuery};
+use gust_builder::{BuildLog, BuildPlan, Builder};
+use gust_model::{
+    Build, BuildState, CodeRef, Environment, Function, Name, Namespace, Revision, RevisionNumber,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::functions::now_ms;
+use crate::{ApiError, ApiState, Scoped};
+
+type Shared = State<Arc<ApiState>>;
+
+/// The most of a build's log one answer carries.
+const LOG_CHUNK_BYTES: u64 = 256 * 1024;
+
+pub struct Builds {
+    builder: Arc<Builder>,
+    /// `<data>/build-logs/<namespace>/<function>/<revision>.log`
+    log_dir: PathBuf,
+    log_bytes: u64,
+    running: Mutex<HashMap<(Namespace, Name), Running>>,
+}
+
+struct Running {
+    revision: RevisionNumber,
+    log: Arc<BuildLog>,
+    cancel: CancellationToken,
+}
+
+/// A build to start once its revision is stored.
+pub(crate) struct Pending {
+    pub namespace: Namespace,
+    pub name: Name,
+    pub revision: RevisionNumber,
+    pub plan: BuildPlan,
+    pub source: CodeRef,
+}
+
+impl Builds {
+    pub fn new(builder: Arc<Builder>, log_dir: PathBuf, log_bytes: u64) -> Self {
+        Self {
+            builder,
+            log_dir,
+            log_bytes,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What `source` needs built in `environment`: `None` when it declares no dependencies.
+    pub(crate) fn plan(
+        &self,
+        environment: &Environment,
+        source: &CodeRef,
+    ) -> Result<Option<BuildPlan>, ApiError> {
+        Ok(self.builder.plan(environment, source)?)
+    }
+
+    /// The build record a new revision starts with.
+    pub(crate) fn building(plan: &BuildPlan, source: &CodeRef) -> Build {
+        Build {
+            state: BuildState::Building,
+            source: source.clone(),
+            cache_key: plan.cache_key.clone(),
+            dependencies: None,
+            cached: false,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+            error: None,
+        }
+    }
+
+    fn log_path(&self, namespace: &Namespace, name: &Name, revision: RevisionNumber) -> PathBuf {
+        self.log_dir
+            .join(namespace.as_str())
+            .join(name.as_str())
+            .join(format!("{revision}.log"))
+    }
+
+    /// Starts a stored revision's build in the background, cancelling the function's build
+    /// still running (its revision is marked failed, superseded).
+    pub(crate) fn start(state: &Arc<ApiState>, pending: Pending) {
+        let builds = &state.builds;
+        let log = match BuildLog::create(
+            &builds.log_path(&pending.namespace, &pending.name, pending.revision),
+            builds.log_bytes,
+        ) {
+            Ok(log) => Arc::new(log),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot create a build log");
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || {
+                    finish(
+                        &state,
+                        &pending,
+                        None,
+                        Err(format!("cannot create the build log: {err}")),
+                    )
+                });
+                return;
+            }
+        };
+        let cancel = CancellationToken::new();
+        let key = (pending.namespace.clone(), pending.name.clone());
+        if let Some(older) = builds
+            .running
+            .lock()
+            .expect("builds lock is never poisoned")
+            .insert(
+                key,
+                Running {
+                    revision: pending.revision,
+                    log: log.clone(),
+                    cancel: cancel.clone(),
+                },
+            )
+        {
+            older.cancel.cancel();
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            log.line(&format!(
+                "building revision {} of {}/{}",
+                pending.revision, pending.namespace, pending.name
+            ));
+            let cached = || {
+                find_cached(&state, &pending.plan.cache_key)
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot look up the build cache"))
+                    .ok()
+                    .flatten()
+            };
+            let built = state
+                .builds
+                .builder
+                .build(&pending.plan, &pending.source, &log, cached, &cancel)
+                .await;
+            let outcome = match built {
+                Ok(dependencies) => Ok(dependencies),
+                Err(failure) => {
+                    let reason = failure.to_string();
+                    log.line(&format!(
+                        "build failed: {}",
+                        reason.lines().next().unwrap_or_default()
+                    ));
+                    Err(reason)
+                }
+            };
+            let finished = {
+                let (state, log) = (state.clone(), log.clone());
+                tokio::task::spawn_blocking(move || {
+                    finish(&state, &pending, Some(&log), outcome);
+                    pending
+                })
+                .await
+            };
+            log.finish();
+            if let Ok(pending) = finished {
+                let mut running = state
+                    .builds
+                    .running
+                    .lock()
+                    .expect("builds lock is never poisoned");
+                let key = (pending.namespace, pending.name);
+                if running
+                    .get(&key)
+                    .is_some_and(|r| r.revision == pending.revision)
+                {
+                    running.remove(&key);
+                }
+            }
+        });
+    }
+
+    /// Starts again the builds a stop interrupted: the newest building revision of each
+    /// function; older ones are marked failed.
+    pub fn resume(state: &Arc<ApiState>) -> Result<(), ApiError> {
+        for function in state.store.functions(None)? {
+            let building: Vec<&Revision> = function
+                .revisions
+                .iter()
+                .filter(|r| r.is_building())
+                .collect();
+            let Some(newest) = building.iter().map(|r| r.number).max() else {
+                continue;
+            };
+            let revision = function
+                .revision(newest)
+                .expect("the newest building revision is among the revisions");
+            let build = revision
+                .build
+                .clone()
+                .expect("a building revision has a build");
+            let environment = state.store.environment(&revision.environment)?;
+            let plan = match environment
+                .map(|env| state.builds.plan(&env, &build.source))
+                .transpose()
+            {
+                Ok(Some(Some(plan))) => plan,
+                _ => {
+                    // The environment is gone or the sources no longer ask for a build.
+                    continue;
+                }
+            };
+            tracing::info!(function = %function.name, revision = newest, "resuming a build a stop interrupted");
+            let pending = Pending {
+                namespace: function.namespace.clone(),
+                name: function.name.clone(),
+                revision: newest,
+                plan,
+                source: build.source,
+            };
+            for older in building.iter().filter(|r| r.number != newest) {
+                let stale = Pending {
+                    revision: older.number,
+                    ..pending.clone_ids()
+                };
+                finish(
+                    state,
+                    &stale,
+                    None,
+                    Err("superseded by a newer revision".to_owned()),
+                );
+            }
+            Builds::start(state, pending);
+        }
+        Ok(())
+    }
+
+    /// The latest output line of a build still running.
+    fn last_line(
+        &self,
+        namespace: &Namespace,
+        name: &Name,
+        revision: RevisionNumber,
+    ) -> Option<String> {
+        let running = self.running.lock().expect("builds lock is never poisoned");
+        running
+            .get(&(namespace.clone(), name.clone()))
+            .filter(|r| r.revision == revision)
+            .map(|r| r.log.last_line())
+    }
+}
+
+impl Pending {
+    fn clone_ids(&self) -> Pending {
+        Pending {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            revision: self.revision,
+            plan: self.plan.clone(),
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// A dependency tree some ready revision made or used for `cache_key`, still stored.
+fn find_cached(state: &ApiState, cache_key: &str) -> Result<Option<String>, ApiError> {
+    for function in state.store.functions(None)? {
+        for revision in &function.revisions {
+            let Some(build) = &revision.build else {
+                continue;
+            };
+            if build.state == BuildState::Ready
+                && build.cache_key == cache_key
+                && let Some(dependencies) = &build.dependencies
+                && state.code.tree(dependencies).is_dir()
+            {
+                return Ok(Some(dependencies.clone()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Records how a build ended: a built revision gets its package (sources with the
+/// dependencies laid over them) and, when newer than the current one, goes live.
+fn finish(
+    state: &ApiState,
+    pending: &Pending,
+    log: Option<&BuildLog>,
+    outcome: Result<gust_builder::BuiltDependencies, String>,
+) {
+    let _code = state.code.hold();
+    let finished_at_ms = now_ms();
+    let (package, build_result) = match outcome {
+        Ok(dependencies) => match state.code.assemble(&pending.source, &dependencies.digest) {
+            Ok(package) => (Some(package), Ok(dependencies)),
+            Err(err) => (None, Err(format!("cannot assemble the package: {err}"))),
+        },
+        Err(reason) => (None, Err(reason)),
+    };
+    let mut went_live = false;
+    let updated = state.store.update_function(
+        &pending.namespace,
+        &pending.name,
+        &mut |mut function: Function| {
+            let Some(revision) = function.revision(pending.revision) else {
+                return Ok(function);
+            };
+            let mut build = revision
+                .build
+                .clone()
+                .unwrap_or_else(|| Builds::building(&pending.plan, &pending.source));
+            build.finished_at_ms = Some(finished_at_ms);
+            match &build_result {
+                Ok(dependencies) => {
+                    build.state = BuildState::Ready;
+                    build.dependencies = Some(dependencies.digest.clone());
+                    build.cached = dependencies.cached;
+                }
+                Err(reason) => {
+                    build.state = BuildState::BuildFailed;
+                    build.error = Some(reason.clone());
+                }
+            }
+            if let Some(package) = &package
+                && let Some(revision) = function
+                    .revisions
+                    .iter_mut()
+                    .find(|r| r.number == pending.revision)
+            {
+                revision.code = package.clone();
+            }
+            let serving =
+                |f: &Function| f.current == pending.revision && f.current_revision().is_ready();
+            let before = serving(&function);
+            function.finish_build(pending.revision, build);
+            went_live = !before && serving(&function);
+            Ok(function)
+        },
+    );
+    match updated {
+        Ok(_) => {
+            if went_live {
+                state
+                    .executor
+                    .function_deployed(&pending.namespace, &pending.name);
+            }
+            state.code_released.notify_one();
+            if let Some(log) = log {
+                match (&build_result, went_live) {
+                    (Ok(_), true) => log.line(&format!("revision {} is live", pending.revision)),
+                    (Ok(_), false) => log.line(&format!(
+                        "revision {} is built (a newer revision serves)",
+                        pending.revision
+                    )),
+                    (Err(_), _) => {}
+                }
+            }
+        }
+        // Deleted meanwhile: nothing to record.
+        Err(gust_store::StoreError::NotFound { .. }) => {}
+        Err(err) => {
+            tracing::error!(error = %err, function = %pending.name, "cannot record a build's end")
+        }
+    }
+}
+
+/// What `fn get` shows of one revision's build.
+pub(crate) fn build_view(
+    state: &ApiState,
+    function: &Function,
+    revision: &Revision,
+) -> Option<BuildView> {
+    let build = revision.build.as_ref()?;
+    let running = build.state == BuildState::Building;
+    let end = build.finished_at_ms.unwrap_or_else(now_ms);
+    Some(BuildView {
+        revision: revision.number,
+        state: build.state,
+        current: function.current == revision.number,
+        started_at_ms: build.started_at_ms,
+        finished_at_ms: build.finished_at_ms,
+        duration_ms: end.saturating_sub(build.started_at_ms),
+        cached: build.cached,
+        package_bytes: (build.state == BuildState::Ready).then_some(revision.code.size_bytes),
+        last_line: running
+            .then(|| {
+                state
+                    .builds
+                    .last_line(&function.namespace, &function.name, revision.number)
+            })
+            .flatten(),
+        error: build.error.clone(),
+    })
+}
+
+/// The revision a build query names: the given one, or the newest with a build.
+fn queried_revision(function: &Function, query: &BuildQuery) -> Result<RevisionNumber, ApiError> {
+    let with_build = |r: &&Revision| r.build.is_some();
+    match query.revision {
+        Some(number) => function
+            .revision(number)
+            .filter(with_build)
+            .map(|r| r.number)
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "build of revision",
+                name: number.to_string(),
+            }),
+        None => function
+            .revisions
+            .iter()
+            .filter(with_build)
+            .map(|r| r.number)
+            .max()
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "build of function",
+                name: function.name.to_string(),
+            }),
+    }
+}
+
+#[utoipa::path(get, path = "/functions/{name}/build", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery, BuildQuery), responses((status = 200, body = BuildView)))]
+pub async fn show(
+    State(state): Shared,
+    scoped: Scoped,
+    Query(query): Query<BuildQuery>,
+) -> Result<Json<BuildView>, ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
+    state
+        .blocking(move |s| {
+            let function = crate::functions::load(s, &namespace, &name)?;
+            let number = queried_revision(&function, &query)?;
+            let revision = function
+                .revision(number)
+                .expect("the queried revision exists");
+            Ok(build_view(s, &function, revision).expect("the queried revision has a build"))
+        })
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(get, path = "/functions/{name}/build/log", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery, BuildQuery), responses((status = 200, body = BuildLogChunk)))]
+pub async fn log(
+    State(state): Shared,
+    scoped: Scoped,
+    Query(query): Query<BuildQuery>,
+) -> Result<Json<BuildLogChunk>, ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
+    state
+        .blocking(move |s| {
+            let function = crate::functions::load(s, &namespace, &name)?;
+            let number = queried_revision(&function, &query)?;
+            let finished = !function.revision(number).is_some_and(|r| r.is_building());
+            let path = s.builds.log_path(&namespace, &name, number);
+            let offset = query.offset.unwrap_or(0);
+            let mut text = Vec::new();
+            if let Ok(file) = std::fs::File::open(&path) {
+                use std::io::{Read, Seek};
+                let mut file = file;
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .map_err(|e| ApiError::Internal(format!("cannot read the build log: {e}")))?;
+                file.take(LOG_CHUNK_BYTES)
+                    .read_to_end(&mut text)
+                    .map_err(|e| ApiError::Internal(format!("cannot read the build log: {e}")))?;
+            }
+            // Only whole lines, unless a line alone is larger than a chunk.
+            if let Some(end) = text.iter().rposition(|b| *b == b'\n') {
+                text.truncate(end + 1);
+            }
+            let next_offset = offset + text.len() as u64;
+            Ok(BuildLogChunk {
+                revision: number,
+                text: String::from_utf8_lossy(&text).into_owned(),
+                next_offset,
+                // Finished once the revision left `building` and every byte was read.
+                finished: finished
+                    && std::fs::metadata(&path).map_or(true, |m| m.len() <= next_offset),
+            })
+        })
+        .await
+        .map(Json)
+}
+
+/// Deletes the build logs of a deleted function.
+pub(crate) fn forget(state: &ApiState, namespace: &Namespace, name: &Name) {
+    let dir = state
+        .builds
+        .log_dir
+        .join(namespace.as_str())
+        .join(name.as_str());
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(running) = state
+        .builds
+        .running
+        .lock()
+        .expect("builds lock is never poisoned")
+        .remove(&(namespace.clone(), name.clone()))
+    {
+        running.cancel.cancel();
+    }
+}

@@ -1,0 +1,535 @@
+//! Dependency builds. Code that declares dependencies (`requirements.txt` in a Python
+//! function, `package.json` in a Node.js one) has them installed by the language's own
+//! package client (`pip install --target`, `npm ci --omit=dev`) in a sandbox like a worker's:
+//! the unprivileged uid, an allow-list mount view holding only its own sources, cgroup limits
+//! on memory, processes and CPU, a size-limited scratch space and a time limit. The build
+//! hands back what it installed as a tar stream, which Gust unpacks with the same checks as
+//! an upload into a content-addressed dependency tree.
+//!
+//! Dependency trees are shared by every build with the same [`BuildPlan::cache_key`] (the
+//! environment, its interpreter's version and the content of the files that decide what is
+//! installed), so a code-only change, or a second function with the same requirements, needs
+//! no build: the package is its sources with the tree laid over them, assembled from hard
+//! links ([`CodeStore::assemble`]).
+//!
+//! Not here: which revision a build belongs to and when it goes live (the API decides).
+
+mod log;
+
+pub use log::BuildLog;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gust_model::{BuiltinRuntime, CodeRef, DependencyKind, Environment, EnvironmentKind};
+use gust_runtime_process::{BUILD_FILE_MAX_BYTES, BuildBinds, Cgroups, Sandbox};
+use gust_store::{CodeLimits, CodeStore, StoreError};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
+
+/// The largest dependency manifest read (`requirements.txt`, `package.json`, the lockfile).
+const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    /// The longest a build may run (`gust up --build-timeout`).
+    pub timeout: Duration,
+    /// Memory of a build's processes, its scratch space included.
+    pub memory_mb: u32,
+    /// Size of a build's scratch space and of its output directory (each a tmpfs).
+    pub scratch_bytes: u64,
+    /// What a build may install: files and bytes.
+    pub output: CodeLimits,
+    /// Bytes of a build's log kept in its file.
+    pub log_bytes: u64,
+    /// Builds at once; more wait for a turn.
+    pub concurrent: usize,
+    /// `gust up --pip-index-url` and `--npm-registry`: override the host's configuration.
+    pub pip_index_url: Option<String>,
+    pub npm_registry: Option<String>,
+    pub python: PathBuf,
+    pub npm: PathBuf,
+    pub node: PathBuf,
+}
+
+impl Default for BuilderConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(600),
+            memory_mb: 2048,
+            scratch_bytes: 4 << 30,
+            output: CodeLimits {
+                max_files: 100_000,
+                max_total_bytes: 2 << 30,
+            },
+            log_bytes: 4 << 20,
+            concurrent: 2,
+            pip_index_url: None,
+            npm_registry: None,
+            python: PathBuf::from("/usr/bin/python3"),
+            npm: PathBuf::from("/usr/bin/npm"),
+            node: PathBuf::from("/usr/bin/node"),
+        }
+    }
+}
+
+/// What a revision's code needs built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildPlan {
+    pub kind: DependencyKind,
+    pub cache_key: String,
+}
+
+/// Why a build did not produce dependencies. Each message is what the user reads.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildFailure {
+    #[error("{tool} failed (exit status {status}):\n{tail}")]
+    Failed {
+        tool: &'static str,
+        status: String,
+        tail: String,
+    },
+    #[error("the build ran longer than its {0:?} limit and was stopped")]
+    TimedOut(Duration),
+    #[error("the build ran out of its {0} MB of memory and was stopped")]
+    OutOfMemory(u32),
+    #[error("what the build installed was refused: {0}")]
+    Output(String),
+    #[error("superseded by a newer revision")]
+    Cancelled,
+    #[error("the build could not run: {0}")]
+    Internal(String),
+}
+
+/// Dependencies ready to lay over sources.
+#[derive(Debug, Clone)]
+pub struct BuiltDependencies {
+    /// The dependency tree's digest in the code store.
+    pub digest: String,
+    /// Whether an earlier build made them.
+    pub cached: bool,
+}
+
+pub struct Builder {
+    config: BuilderConfig,
+    sandbox: Sandbox,
+    cgroups: Option<Cgroups>,
+    code: Arc<CodeStore>,
+    turns: tokio::sync::Semaphore,
+    /// One build per cache key at a time: a second build of the same dependencies waits for
+    /// the first and then uses what it made.
+    keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Interpreter versions, part of every cache key.
+    python_version: String,
+    node_version: String,
+    /// The host's package-client configuration, given to every build.
+    client_files: Vec<BuildFile>,
+    client_env: Vec<(String, String)>,
+}
+
+impl Builder {
+    pub fn new(
+        config: BuilderConfig,
+        sandbox: Sandbox,
+        cgroups: Option<Cgroups>,
+        code: Arc<CodeStore>,
+    ) -> Self {
+        let version = |program: &PathBuf| {
+            std::process::Command::new(program)
+                .arg("--version")
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| {
+                    let text = [out.stdout, out.stderr].concat();
+                    String::from_utf8_lossy(&text).trim().to_owned()
+                })
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        let (client_files, client_env) = client_configuration(&config);
+        Self {
+            python_version: version(&config.python),
+            node_version: version(&config.node),
+            turns: tokio::sync::Semaphore::new(config.concurrent.max(1)),
+            keys: Mutex::new(HashMap::new()),
+            client_files,
+            client_env,
+            config,
+            sandbox,
+            cgroups,
+            code,
+        }
+    }
+
+    /// Whether `source` needs a build in `environment`, and what it would depend on. Bad
+    /// manifests are refused here, before anything is stored for them.
+    pub fn plan(
+        &self,
+        environment: &Environment,
+        source: &CodeRef,
+    ) -> Result<Option<BuildPlan>, StoreError> {
+        let EnvironmentKind::Builtin { runtime } = environment.kind else {
+            return Ok(None);
+        };
+        let Some(kind) = DependencyKind::of(runtime) else {
+            return Ok(None);
+        };
+        if source.file.is_some() {
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            self.code
+                .read_file(&source.digest, name, MAX_MANIFEST_BYTES)
+        };
+        let Some(manifest) = read(kind.manifest())? else {
+            return Ok(None);
+        };
+        check_manifest(kind, &manifest)?;
+        let mut key = Sha256::new();
+        key.update(b"gust dependencies v1\0");
+        key.update(environment.name.as_str().as_bytes());
+        key.update([0]);
+        key.update(match runtime {
+            BuiltinRuntime::Python => self.python_version.as_bytes(),
+            _ => self.node_version.as_bytes(),
+        });
+        key.update([0]);
+        for name in kind.inputs() {
+            key.update(name.as_bytes());
+            match read(name)? {
+                Some(content) => {
+                    key.update((content.len() as u64).to_le_bytes());
+                    key.update(&content);
+                }
+                None => key.update(b"\0absent"),
+            }
+        }
+        Ok(Some(BuildPlan {
+            kind,
+            cache_key: hex::encode(key.finalize()),
+        }))
+    }
+
+    /// Builds the dependencies `plan` names from `source`, unless `cached` finds a tree an
+    /// earlier build made (asked again after waiting for a build of the same key).
+    pub async fn build(
+        &self,
+        plan: &BuildPlan,
+        source: &CodeRef,
+        log: &BuildLog,
+        cached: impl Fn() -> Option<String>,
+        cancel: &CancellationToken,
+    ) -> Result<BuiltDependencies, BuildFailure> {
+        if let Some(digest) = cached() {
+            log.line("dependencies found in the build cache");
+            return Ok(BuiltDependencies {
+                digest,
+                cached: true,
+            });
+        }
+        let key_lock = self
+            .keys
+            .lock()
+            .expect("build key lock is never poisoned")
+            .entry(plan.cache_key.clone())
+            .or_default()
+            .clone();
+        let _same_key = key_lock.lock().await;
+        if let Some(digest) = cached() {
+            log.line("dependencies found in the build cache (built meanwhile)");
+            return Ok(BuiltDependencies {
+                digest,
+                cached: true,
+            });
+        }
+        let _turn = tokio::select! {
+            turn = self.turns.acquire() => turn.map_err(|e| BuildFailure::Internal(e.to_string()))?,
+            _ = cancel.cancelled() => return Err(BuildFailure::Cancelled),
+        };
+        let built = self.run(plan, source, log, cancel).await;
+        self.keys
+            .lock()
+            .expect("build key lock is never poisoned")
+            .retain(|_, lock| Arc::strong_count(lock) > 1);
+        built
+    }
+
+    async fn run(
+        &self,
+        plan: &BuildPlan,
+        source: &CodeRef,
+        log: &BuildLog,
+        cancel: &CancellationToken,
+    ) -> Result<BuiltDependencies, BuildFailure> {
+        let internal = |e: &dyn std::fmt::Display| BuildFailure::Internal(e.to_string());
+        let (tool, script) = self.script(plan.kind);
+        log.line(&format!("$ {tool}"));
+        let scratch = tempfile::Builder::new()
+            .prefix("gust-build-")
+            .tempdir()
+            .map_err(|e| internal(&e))?;
+        // The sandbox's uid must be able to resolve the sources' path (bwrap does), which it
+        // cannot inside Gust's private data directory: they are linked (or copied) here.
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| internal(&e))?;
+        let (source_dir, output_dir, home_dir) = (
+            scratch.path().join("src"),
+            scratch.path().join("deploy"),
+            scratch.path().join("home"),
+        );
+        for dir in [&output_dir, &home_dir] {
+            std::fs::create_dir(dir).map_err(|e| internal(&e))?;
+        }
+        link_or_copy_tree(&self.code.tree(&source.digest), &source_dir)
+            .map_err(|e| internal(&e))?;
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => {
+                let name = format!("build-{}", &plan.cache_key[..16]);
+                let cgroup = cgroups.worker(&name).map_err(|e| internal(&e))?;
+                cgroup
+                    .limit_memory(self.config.memory_mb)
+                    .map_err(|e| internal(&e))?;
+                Some(cgroup)
+            }
+            None => None,
+        };
+        let procs = match &cgroup {
+            Some(cgroup) => cgroup.procs_files().map_err(|e| internal(&e))?,
+            None => Vec::new(),
+        };
+        let binds = BuildBinds::open(
+            &self.sandbox,
+            &source_dir,
+            self.client_files.clone(),
+            self.client_env.clone(),
+            self.config.scratch_bytes,
+        )
+        .map_err(|e| internal(&e))?;
+        let mut command =
+            self.sandbox
+                .build_command(&binds, &script, (&output_dir, &home_dir), &procs);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| internal(&e))?;
+        drop((binds, procs));
+        let pid = child.id();
+        // What the build installed arrives as a tar stream on its stdout; everything it says
+        // goes to stderr (the script sends the tools' stdout there).
+        let stdout: OwnedFd = child
+            .stdout
+            .take()
+            .expect("stdout is piped")
+            .into_owned_fd()
+            .map_err(|e| internal(&e))?;
+        let (code, limits) = (self.code.clone(), self.config.output);
+        let ingest = tokio::task::spawn_blocking(move || {
+            code.ingest_tar_stream(std::fs::File::from(stdout), limits)
+        });
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let said = async {
+            let mut lines = tokio::io::BufReader::new(stderr).split(b'\n');
+            while let Ok(Some(line)) = lines.next_segment().await {
+                log.line(&String::from_utf8_lossy(&line));
+            }
+        };
+        let kill = || {
+            if let Some(pid) = pid {
+                // SAFETY: kill has no memory preconditions; the group is the sandbox's.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+        };
+        let waited = tokio::select! {
+            (status, ()) = async { tokio::join!(child.wait(), said) } => Ok(status),
+            _ = tokio::time::sleep(self.config.timeout) => Err(BuildFailure::TimedOut(self.config.timeout)),
+            _ = cancel.cancelled() => Err(BuildFailure::Cancelled),
+        };
+        if waited.is_err() {
+            kill();
+            let _ = child.wait().await;
+        }
+        let out_of_memory = cgroup.as_ref().is_some_and(|c| c.oom_killed());
+        if let Some(cgroup) = cgroup {
+            cgroup.remove();
+        }
+        let ingested = ingest.await.map_err(|e| internal(&e))?;
+        let status = waited?.map_err(|e| internal(&e))?;
+        if out_of_memory {
+            return Err(BuildFailure::OutOfMemory(self.config.memory_mb));
+        }
+        // A refused output stops the stream; the build then fails too, for that reason.
+        if let Err(StoreError::InvalidCode { reason }) = &ingested {
+            return Err(BuildFailure::Output(reason.clone()));
+        }
+        if !status.success() {
+            return Err(BuildFailure::Failed {
+                tool,
+                status: status
+                    .code()
+                    .map_or_else(|| "killed by a signal".to_owned(), |c| c.to_string()),
+                tail: log.tail(),
+            });
+        }
+        let (digest, bytes) = ingested.map_err(|e| BuildFailure::Output(e.to_string()))?;
+        log.line(&format!("dependencies built: {bytes} bytes"));
+        Ok(BuiltDependencies {
+            digest,
+            cached: false,
+        })
+    }
+
+    /// The tool (as the user would name it) and the script a build of `kind` runs. The
+    /// tools' own output goes to stderr, stdout carries the result.
+    fn script(&self, kind: DependencyKind) -> (&'static str, String) {
+        let quote =
+            |path: &PathBuf| format!("'{}'", path.display().to_string().replace('\'', r"'\''"));
+        match kind {
+            DependencyKind::Pip => (
+                "pip install -r requirements.txt",
+                format!(
+                    r#"set -e
+cd "$SRC_PKG"
+{python} -m pip install --no-input --disable-pip-version-check --progress-bar off --no-warn-script-location --no-cache-dir --target "$DEPLOY_PKG" -r requirements.txt 1>&2
+cd "$DEPLOY_PKG"
+exec tar --hard-dereference -cf - ."#,
+                    python = quote(&self.config.python)
+                ),
+            ),
+            DependencyKind::Npm => (
+                "npm ci --omit=dev",
+                format!(
+                    r#"set -e
+for file in package.json package-lock.json .npmrc; do
+  if [ -f "$SRC_PKG/$file" ]; then cp "$SRC_PKG/$file" "$DEPLOY_PKG/"; fi
+done
+cd "$DEPLOY_PKG"
+if [ -f package-lock.json ]; then
+  {npm} ci --omit=dev --no-audit --no-fund 1>&2
+else
+  echo "no package-lock.json: npm install --omit=dev" 1>&2
+  {npm} install --omit=dev --no-audit --no-fund 1>&2
+fi
+mkdir -p node_modules
+exec tar --hard-dereference -cf - node_modules"#,
+                    npm = quote(&self.config.npm)
+                ),
+            ),
+        }
+    }
+}
+
+/// Places a stored tree at `to`: hard links where the filesystem allows, copies otherwise;
+/// directories readable by all.
+fn link_or_copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
+        } else if kind.is_dir() {
+            link_or_copy_tree(&source, &target)?;
+        } else if std::fs::hard_link(&source, &target).is_err() {
+            std::fs::copy(&source, &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a manifest that is not what its tool reads: `package.json` must be a JSON object,
+/// `requirements.txt` UTF-8 text of requirement and option lines.
+fn check_manifest(kind: DependencyKind, content: &[u8]) -> Result<(), StoreError> {
+    match kind {
+        DependencyKind::Npm => {
+            let parsed: serde_json::Value = serde_json::from_slice(content).map_err(|e| {
+                StoreError::invalid_code(format!("package.json is not valid JSON: {e}"))
+            })?;
+            if !parsed.is_object() {
+                return Err(StoreError::invalid_code(
+                    "package.json must hold a JSON object",
+                ));
+            }
+        }
+        DependencyKind::Pip => {
+            let text = std::str::from_utf8(content)
+                .map_err(|_| StoreError::invalid_code("requirements.txt is not UTF-8 text"))?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.split(" #").next().unwrap_or_default().trim();
+                if line.is_empty() || line.starts_with('#') || line.starts_with('-') {
+                    continue;
+                }
+                let starts_well = line
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '.' || c == '/');
+                if !starts_well || line.contains('\0') {
+                    return Err(StoreError::invalid_code(format!(
+                        "requirements.txt line {}: {line:?} is not a requirement (a package name, a URL, a path or an option)",
+                        number + 1
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file placed in a build's sandbox: its path there and its content.
+type BuildFile = (String, Vec<u8>);
+
+/// The host's package-client configuration, as a build gets it: pip's and npm's settings in
+/// the environment (`PIP_*`, `npm_config_*`), their configuration files placed where the
+/// tools look inside the sandbox, and `gust up`'s overrides.
+fn client_configuration(config: &BuilderConfig) -> (Vec<BuildFile>, Vec<(String, String)>) {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(key, _)| {
+            key.starts_with("PIP_")
+                || key.to_ascii_lowercase().starts_with("npm_config_")
+                || matches!(
+                    key.as_str(),
+                    "SSL_CERT_FILE" | "SSL_CERT_DIR" | "REQUESTS_CA_BUNDLE" | "NODE_EXTRA_CA_CERTS"
+                )
+        })
+        .collect();
+    if let Some(url) = &config.pip_index_url {
+        env.retain(|(key, _)| key != "PIP_INDEX_URL" && key != "PIP_EXTRA_INDEX_URL");
+        env.push(("PIP_INDEX_URL".to_owned(), url.clone()));
+    }
+    if let Some(registry) = &config.npm_registry {
+        env.retain(|(key, _)| !key.eq_ignore_ascii_case("npm_config_registry"));
+        env.push(("npm_config_registry".to_owned(), registry.clone()));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut files = Vec::new();
+    let mut give = |host: PathBuf, inside: &str| {
+        if let Ok(content) = std::fs::read(&host)
+            && content.len() <= BUILD_FILE_MAX_BYTES
+        {
+            files.push((inside.to_owned(), content));
+        }
+    };
+    give(PathBuf::from("/etc/pip.conf"), "/etc/pip.conf");
+    if let Some(home) = &home {
+        let user_pip = [
+            home.join(".config/pip/pip.conf"),
+            home.join(".pip/pip.conf"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
+        if let Some(user_pip) = user_pip {
+            give(user_pip, "/tmp/.config/pip/pip.conf");
+        }
+        give(home.join(".npmrc"), "/tmp/.npmrc");
+    }
+    (files, env)
+}
