@@ -418,3 +418,91 @@ fn what_a_build_installs_is_checked_and_bounded() {
         assert_eq!(view["builds"][0]["state"], "build_failed", "{view:#}");
     }
 }
+
+/// A custom environment's `--build-cmd` builds every upload the way a Fission builder does:
+/// it reads and may write `$SRC_PKG`, and what it leaves in `$DEPLOY_PKG` is the package.
+#[test]
+fn a_custom_build_command_makes_the_package_as_a_fission_builder_does() {
+    let gust = gust_with(&[]);
+    // The workers' uid must be able to read the environment's server and builder.
+    let server = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/environments/python/server.py"
+    ))
+    .unwrap();
+    let server = gust.write_file("env/server.py", server);
+    let builder = gust.write_file(
+        "env/build.sh",
+        "#!/bin/sh\nset -e\necho \"building from $SRC_PKG\"\necho built-by-command > \"$SRC_PKG/marker.txt\"\ncp -r \"$SRC_PKG\" \"$DEPLOY_PKG\"\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&builder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in [
+        gust.dir.path().to_path_buf(),
+        gust.scratch(),
+        gust.scratch().join("env"),
+    ] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let env_dir = gust.scratch().join("env");
+    gust.cli(&[
+        "env",
+        "create",
+        "fissionish",
+        "--command",
+        &format!("/usr/bin/python3 {}", server.display()),
+        "--mount",
+        env_dir.to_str().unwrap(),
+        "--build-cmd",
+        &builder.display().to_string(),
+        "--pool-size",
+        "1",
+    ])
+    .ok();
+    let dir = code(
+        &gust,
+        "marked",
+        &[(
+            "main.py",
+            "import os\n\ndef main():\n    return open(os.path.join(os.path.dirname(__file__), 'marker.txt')).read()\n",
+        )],
+    );
+    gust.cli(&[
+        "fn",
+        "create",
+        "marked",
+        "--env",
+        "fissionish",
+        "--code",
+        &dir,
+    ])
+    .ok();
+    assert_eq!(invoke(&gust, "marked"), "built-by-command\n");
+    let log = gust.cli(&["fn", "build-logs", "marked"]).ok().stdout;
+    assert!(log.contains("building from /tmp/src"), "{log}");
+
+    // A build command that leaves nothing behind fails, saying so.
+    let empty = gust.write_file("env/nothing.sh", "#!/bin/sh\necho done\n");
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755)).unwrap();
+    gust.cli(&[
+        "env",
+        "create",
+        "lazy",
+        "--command",
+        &format!("/usr/bin/python3 {}", server.display()),
+        "--mount",
+        env_dir.to_str().unwrap(),
+        "--build-cmd",
+        &empty.display().to_string(),
+        "--pool-size",
+        "0",
+    ])
+    .ok();
+    let err = gust
+        .cli(&["fn", "create", "lazy", "--env", "lazy", "--code", &dir])
+        .failed();
+    assert!(
+        err.contains("the build command left nothing in $DEPLOY_PKG"),
+        "{err}"
+    );
+}

@@ -30,6 +30,10 @@ enum EnvCommand {
         /// program's own directory (repeatable; system directories are always there)
         #[arg(long = "mount")]
         mounts: Vec<String>,
+        /// A command that builds each upload, as a Fission builder: it reads the sources in
+        /// $SRC_PKG and writes the package the workers load to $DEPLOY_PKG
+        #[arg(long)]
+        build_cmd: Option<String>,
     },
     /// List environments.
     List(OutputArgs),
@@ -77,12 +81,14 @@ pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             command,
             pool_size,
             mounts,
+            build_cmd,
         } => {
             let body = EnvironmentConfig {
                 name: name.clone(),
                 command,
                 pool_size,
                 mounts,
+                build_cmd,
             };
             let _: EnvironmentView = client
                 .json(

@@ -293,7 +293,11 @@ fn finish(
     let _code = state.code.hold();
     let finished_at_ms = now_ms();
     let (package, build_result) = match outcome {
-        Ok(dependencies) => match state.code.assemble(&pending.source, &dependencies.digest) {
+        Ok(dependencies) => match if dependencies.is_package {
+            state.code.tree_ref(&dependencies.digest)
+        } else {
+            state.code.assemble(&pending.source, &dependencies.digest)
+        } {
             Ok(package) => (Some(package), Ok(dependencies)),
             Err(err) => (None, Err(format!("cannot assemble the package: {err}"))),
         },

@@ -82,8 +82,21 @@ impl Default for BuilderConfig {
 /// What a revision's code needs built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildPlan {
-    pub kind: DependencyKind,
+    pub kind: BuildKind,
     pub cache_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildKind {
+    /// A language's dependencies, laid over the sources.
+    Dependencies(DependencyKind),
+    /// A custom environment's `--build-cmd`: what it writes to `$DEPLOY_PKG` is the whole
+    /// package.
+    Command {
+        argv: Vec<String>,
+        /// The environment's `--mount`s, where the command may live.
+        mounts: Vec<PathBuf>,
+    },
 }
 
 /// Why a build did not produce dependencies. Each message is what the user reads.
@@ -107,13 +120,16 @@ pub enum BuildFailure {
     Internal(String),
 }
 
-/// Dependencies ready to lay over sources.
+/// What a build made: dependencies to lay over the sources, or (a build command) the
+/// package itself.
 #[derive(Debug, Clone)]
 pub struct BuiltDependencies {
-    /// The dependency tree's digest in the code store.
+    /// The tree's digest in the code store.
     pub digest: String,
     /// Whether an earlier build made them.
     pub cached: bool,
+    /// The tree is the whole package, not dependencies beside the sources.
+    pub is_package: bool,
 }
 
 pub struct Builder {
@@ -174,8 +190,31 @@ impl Builder {
         environment: &Environment,
         source: &CodeRef,
     ) -> Result<Option<BuildPlan>, StoreError> {
-        let EnvironmentKind::Builtin { runtime } = environment.kind else {
-            return Ok(None);
+        let runtime = match &environment.kind {
+            EnvironmentKind::Builtin { runtime } => *runtime,
+            EnvironmentKind::Custom {
+                build_command: Some(argv),
+                mounts,
+                ..
+            } => {
+                let mut key = Sha256::new();
+                key.update(b"gust build command v1\0");
+                key.update(environment.name.as_str().as_bytes());
+                for arg in argv {
+                    key.update([0]);
+                    key.update(arg.as_bytes());
+                }
+                key.update(b"\0source\0");
+                key.update(source.digest.as_bytes());
+                return Ok(Some(BuildPlan {
+                    kind: BuildKind::Command {
+                        argv: argv.clone(),
+                        mounts: mounts.clone(),
+                    },
+                    cache_key: hex::encode(key.finalize()),
+                }));
+            }
+            EnvironmentKind::Custom { .. } => return Ok(None),
         };
         let Some(kind) = DependencyKind::of(runtime) else {
             return Ok(None);
@@ -211,7 +250,7 @@ impl Builder {
             }
         }
         Ok(Some(BuildPlan {
-            kind,
+            kind: BuildKind::Dependencies(kind),
             cache_key: hex::encode(key.finalize()),
         }))
     }
@@ -226,11 +265,13 @@ impl Builder {
         cached: impl Fn() -> Option<String>,
         cancel: &CancellationToken,
     ) -> Result<BuiltDependencies, BuildFailure> {
+        let is_package = matches!(plan.kind, BuildKind::Command { .. });
         if let Some(digest) = cached() {
-            log.line("dependencies found in the build cache");
+            log.line("found in the build cache");
             return Ok(BuiltDependencies {
                 digest,
                 cached: true,
+                is_package,
             });
         }
         let key_lock = self
@@ -242,10 +283,11 @@ impl Builder {
             .clone();
         let _same_key = key_lock.lock().await;
         if let Some(digest) = cached() {
-            log.line("dependencies found in the build cache (built meanwhile)");
+            log.line("found in the build cache (built meanwhile)");
             return Ok(BuiltDependencies {
                 digest,
                 cached: true,
+                is_package,
             });
         }
         let _turn = tokio::select! {
@@ -268,7 +310,7 @@ impl Builder {
         cancel: &CancellationToken,
     ) -> Result<BuiltDependencies, BuildFailure> {
         let internal = |e: &dyn std::fmt::Display| BuildFailure::Internal(e.to_string());
-        let (tool, script) = self.script(plan.kind);
+        let (tool, script) = self.script(&plan.kind);
         log.line(&format!("$ {tool}"));
         let scratch = tempfile::Builder::new()
             .prefix("gust-build-")
@@ -308,6 +350,10 @@ impl Builder {
             &source_dir,
             self.client_files.clone(),
             self.client_env.clone(),
+            match &plan.kind {
+                BuildKind::Command { mounts, .. } => mounts.clone(),
+                BuildKind::Dependencies(_) => Vec::new(),
+            },
             self.config.scratch_bytes,
         )
         .map_err(|e| internal(&e))?;
@@ -379,18 +425,44 @@ impl Builder {
             });
         }
         let (digest, bytes) = ingested.map_err(|e| BuildFailure::Output(e.to_string()))?;
-        log.line(&format!("dependencies built: {bytes} bytes"));
+        log.line(&format!("built: {bytes} bytes"));
         Ok(BuiltDependencies {
             digest,
             cached: false,
+            is_package: matches!(plan.kind, BuildKind::Command { .. }),
         })
     }
 
     /// The tool (as the user would name it) and the script a build of `kind` runs. The
     /// tools' own output goes to stderr, stdout carries the result.
-    fn script(&self, kind: DependencyKind) -> (&'static str, String) {
-        let quote =
-            |path: &PathBuf| format!("'{}'", path.display().to_string().replace('\'', r"'\''"));
+    fn script(&self, kind: &BuildKind) -> (&'static str, String) {
+        let quote = |text: &str| format!("'{}'", text.replace('\'', r"'\''"));
+        let kind = match kind {
+            BuildKind::Dependencies(kind) => kind,
+            BuildKind::Command { argv, .. } => {
+                let command: Vec<String> = argv.iter().map(|arg| quote(arg)).collect();
+                // Fission's builders write into $SRC_PKG and copy it to a $DEPLOY_PKG that
+                // does not exist yet: both hold here too.
+                return (
+                    "the build command",
+                    format!(
+                        r#"set -e
+mkdir "$HOME/src"
+cp -R "$SRC_PKG/." "$HOME/src/"
+export SRC_PKG="$HOME/src" DEPLOY_PKG="$DEPLOY_PKG/package"
+cd "$SRC_PKG"
+{command} 1>&2
+if [ ! -d "$DEPLOY_PKG" ]; then
+  echo "the build command left nothing in \$DEPLOY_PKG" 1>&2
+  exit 1
+fi
+cd "$DEPLOY_PKG"
+exec tar --hard-dereference -cf - ."#,
+                        command = command.join(" ")
+                    ),
+                );
+            }
+        };
         match kind {
             DependencyKind::Pip => (
                 "pip install -r requirements.txt",
@@ -400,7 +472,7 @@ cd "$SRC_PKG"
 {python} -m pip install --no-input --disable-pip-version-check --progress-bar off --no-warn-script-location --no-cache-dir --target "$DEPLOY_PKG" -r requirements.txt 1>&2
 cd "$DEPLOY_PKG"
 exec tar --hard-dereference -cf - ."#,
-                    python = quote(&self.config.python)
+                    python = quote(&self.config.python.to_string_lossy())
                 ),
             ),
             DependencyKind::Npm => (
@@ -419,7 +491,7 @@ else
 fi
 mkdir -p node_modules
 exec tar --hard-dereference -cf - node_modules"#,
-                    npm = quote(&self.config.npm)
+                    npm = quote(&self.config.npm.to_string_lossy())
                 ),
             ),
         }

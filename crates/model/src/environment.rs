@@ -63,6 +63,10 @@ pub enum EnvironmentKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         #[schema(value_type = Vec<String>)]
         mounts: Vec<PathBuf>,
+        /// Program and arguments that build every upload (`--build-cmd`), with Fission's
+        /// `SRC_PKG` (the sources) and `DEPLOY_PKG` (where the package goes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_command: Option<Vec<String>>,
     },
 }
 
@@ -108,6 +112,47 @@ pub struct EnvironmentConfig {
     /// own files.
     #[serde(default)]
     pub mounts: Vec<String>,
+    /// A command that builds each upload into the package the workers load, as a Fission
+    /// builder does: it reads `$SRC_PKG` and writes `$DEPLOY_PKG`.
+    #[serde(default)]
+    pub build_cmd: Option<String>,
+}
+
+/// Splits a command line and checks that its program is an absolute path the sandbox shows
+/// (under `/usr` and its aliases, or under one of `mounts`).
+fn sandboxed_command(line: &str, mounts: &[PathBuf]) -> Result<Vec<String>, ModelError> {
+    let command = shlex::split(line).ok_or_else(|| ModelError::InvalidCommand {
+        reason: format!("unbalanced quotes in {line:?}"),
+    })?;
+    let Some(program) = command.first() else {
+        return Err(ModelError::InvalidCommand {
+            reason: "the command is empty".to_owned(),
+        });
+    };
+    if !program.starts_with('/') {
+        return Err(ModelError::InvalidCommand {
+            reason: format!(
+                "the program {program:?} must be an absolute path (workers start with an empty PATH)"
+            ),
+        });
+    }
+    // Where a sandbox already sees the host's files (read-only): `/usr` and its aliases.
+    let visible = std::iter::once("/usr")
+        .chain(USR_ALIASES)
+        .map(Path::new)
+        .chain(mounts.iter().map(PathBuf::as_path))
+        .any(|dir| Path::new(program).starts_with(dir));
+    if !visible {
+        let dir = Path::new(program)
+            .parent()
+            .map_or_else(|| program.clone(), |d| d.display().to_string());
+        return Err(ModelError::InvalidCommand {
+            reason: format!(
+                "the program {program:?} is not visible in the sandbox: mount its directory with --mount {dir}"
+            ),
+        });
+    }
+    Ok(command)
 }
 
 /// Checks a `--mount` path: absolute, plain (no `.` or `..`), not `/` and not under a path no
@@ -139,21 +184,6 @@ pub fn validate_mount(path: &str) -> Result<PathBuf, ModelError> {
 impl EnvironmentConfig {
     pub fn validate(&self) -> Result<Environment, ModelError> {
         let name = Name::parse("environment", &self.name)?;
-        let command = shlex::split(&self.command).ok_or_else(|| ModelError::InvalidCommand {
-            reason: format!("unbalanced quotes in {:?}", self.command),
-        })?;
-        let Some(program) = command.first() else {
-            return Err(ModelError::InvalidCommand {
-                reason: "the command is empty".to_owned(),
-            });
-        };
-        if !program.starts_with('/') {
-            return Err(ModelError::InvalidCommand {
-                reason: format!(
-                    "the program {program:?} must be an absolute path (workers start with an empty PATH)"
-                ),
-            });
-        }
         if self.mounts.len() > MAX_MOUNTS {
             return Err(ModelError::OutOfRange {
                 field: "mounts",
@@ -165,22 +195,18 @@ impl EnvironmentConfig {
             .iter()
             .map(|m| validate_mount(m))
             .collect::<Result<Vec<_>, _>>()?;
-        // Where a sandbox already sees the host's files (read-only): `/usr` and its aliases.
-        let visible = std::iter::once("/usr")
-            .chain(USR_ALIASES)
-            .map(Path::new)
-            .chain(mounts.iter().map(PathBuf::as_path))
-            .any(|dir| Path::new(program).starts_with(dir));
-        if !visible {
-            let dir = Path::new(program)
-                .parent()
-                .map_or_else(|| program.clone(), |d| d.display().to_string());
-            return Err(ModelError::InvalidCommand {
-                reason: format!(
-                    "the program {program:?} is not visible in the sandbox: mount its directory with --mount {dir}"
-                ),
-            });
-        }
+        let command = sandboxed_command(&self.command, &mounts)?;
+        let build_command = self
+            .build_cmd
+            .as_deref()
+            .map(|cmd| sandboxed_command(cmd, &mounts))
+            .transpose()
+            .map_err(|err| match err {
+                ModelError::InvalidCommand { reason } => ModelError::InvalidCommand {
+                    reason: format!("--build-cmd: {reason}"),
+                },
+                other => other,
+            })?;
         let pool_size = self.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         if pool_size > MAX_POOL_SIZE {
             return Err(ModelError::OutOfRange {
@@ -190,7 +216,11 @@ impl EnvironmentConfig {
         }
         Ok(Environment {
             name,
-            kind: EnvironmentKind::Custom { command, mounts },
+            kind: EnvironmentKind::Custom {
+                command,
+                mounts,
+                build_command,
+            },
             pool_size,
         })
     }
@@ -206,6 +236,7 @@ mod tests {
             command: command.into(),
             pool_size: None,
             mounts: Vec::new(),
+            build_cmd: None,
         }
     }
 
@@ -219,9 +250,33 @@ mod tests {
             EnvironmentKind::Custom {
                 command: vec!["/usr/bin/python3".into(), "/opt/my server.py".into()],
                 mounts: Vec::new(),
+                build_command: None,
             }
         );
         assert_eq!(env.pool_size, DEFAULT_POOL_SIZE);
+    }
+
+    #[test]
+    fn a_build_command_is_checked_like_the_command() {
+        let with = |build: &str| EnvironmentConfig {
+            build_cmd: Some(build.into()),
+            ..config("/usr/bin/python3 /usr/lib/srv.py")
+        };
+        let env = with("/usr/bin/sh -c 'cp -r $SRC_PKG $DEPLOY_PKG'")
+            .validate()
+            .unwrap();
+        assert!(matches!(
+            env.kind,
+            EnvironmentKind::Custom { build_command: Some(b), .. } if b[2] == "cp -r $SRC_PKG $DEPLOY_PKG"
+        ));
+        let err = with("build.sh").validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--build-cmd: the program \"build.sh\" must be an absolute path"),
+            "{err}"
+        );
+        let err = with("/opt/b/build.sh").validate().unwrap_err();
+        assert!(err.to_string().contains("--mount /opt/b"), "{err}");
     }
 
     #[test]

@@ -174,7 +174,9 @@ impl Workers {
                     heap_sized_for,
                 }
             }
-            EnvironmentKind::Custom { command, mounts } => WorkerCommand {
+            EnvironmentKind::Custom {
+                command, mounts, ..
+            } => WorkerCommand {
                 environment: env.name.to_string(),
                 program: command.clone(),
                 env_dir: None,

@@ -389,6 +389,8 @@ pub struct BuildBinds {
     source: File,
     files: Vec<(String, std::io::PipeReader)>,
     env: Vec<(String, String)>,
+    /// Host paths bound read-only at the same place (a custom environment's `--mount`s).
+    mounts: Vec<PathBuf>,
     scratch_bytes: u64,
     seccomp: Option<File>,
 }
@@ -400,6 +402,7 @@ impl BuildBinds {
         source: &Path,
         files: Vec<(String, Vec<u8>)>,
         env: Vec<(String, String)>,
+        mounts: Vec<PathBuf>,
         scratch_bytes: u64,
     ) -> Result<Self, RuntimeError> {
         let mut readers = Vec::new();
@@ -420,6 +423,7 @@ impl BuildBinds {
             source: File::open(source).map_err(RuntimeError::io(source))?,
             files: readers,
             env,
+            mounts,
             scratch_bytes,
             seccomp: match sandbox {
                 Sandbox::Bubblewrap { seccomp, .. } => Some(
@@ -501,6 +505,10 @@ impl Sandbox {
                     &BUILD_SOURCE_FD.to_string(),
                     BUILD_SOURCE_DIR,
                 ]);
+                for mount in &binds.mounts {
+                    let mount = mount.to_string_lossy();
+                    push(&["--ro-bind", &mount, &mount]);
+                }
                 for (index, (inside, _)) in binds.files.iter().enumerate() {
                     let fd = BUILD_FILES_FD + index as i32;
                     push(&["--ro-bind-data", &fd.to_string(), inside]);

@@ -369,6 +369,15 @@ impl CodeStore {
         })
     }
 
+    /// A stored tree as a revision's code (a directory, its bytes counted).
+    pub fn tree_ref(&self, digest: &str) -> Result<CodeRef, StoreError> {
+        Ok(CodeRef {
+            digest: digest.to_owned(),
+            file: None,
+            size_bytes: tree_bytes(&self.tree(digest))?,
+        })
+    }
+
     /// Reads a regular file of a stored tree, at most `limit` bytes (`None` when absent).
     pub fn read_file(
         &self,
