@@ -28,16 +28,16 @@ impl DeploymentSource for StoreDeployments {
         };
         let revision = found.current_revision();
         if let Some(build) = revision.build.as_ref().filter(|_| !revision.is_ready()) {
-            return Err(DeploymentError::NotReady(format!(
-                "revision {} is its first and its build is {}{}",
-                revision.number,
-                build.state.as_str(),
-                if build.state == gust_model::BuildState::Building {
-                    " (see `gust fn build-logs`)"
-                } else {
-                    ""
-                }
-            )));
+            let number = revision.number;
+            return Err(DeploymentError::NotReady(match &build.error {
+                None => format!(
+                    "revision {number}, its first, is still building (see `gust fn build-logs`)"
+                ),
+                Some(error) => format!(
+                    "revision {number}, its first, failed to build: {}",
+                    error.lines().next().unwrap_or_default()
+                ),
+            }));
         }
         let environment = self
             .store

@@ -98,6 +98,11 @@ fn python_requirements_are_built_cached_and_shared() {
         &[
             ("main.py", GREETER),
             ("requirements.txt", "gustdemo==1.0\n"),
+            // Sources that would shadow the build's own tool never reach the build.
+            (
+                "pip/__main__.py",
+                "raise SystemExit('a shadowing pip ran')\n",
+            ),
         ],
     );
     let created = gust
@@ -147,6 +152,21 @@ fn python_requirements_are_built_cached_and_shared() {
         .ok();
     assert_eq!(function(&gust, "other")["builds"][0]["cached"], true);
     assert_eq!(index.downloads("gustdemo"), 1, "built once for both");
+
+    // Another namespace never gets what this one's builds made.
+    gust.cli(&[
+        "fn", "create", "other", "-n", "team-b", "--env", "python", "--code", &other,
+    ])
+    .ok();
+    let view: Value = serde_json::from_str(
+        &gust
+            .cli(&["fn", "get", "other", "-n", "team-b", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(view["builds"][0]["cached"], false, "{view:#}");
+    assert_eq!(index.downloads("gustdemo"), 2);
 }
 
 #[test]
@@ -253,6 +273,14 @@ fn no_wait_returns_while_building_and_build_logs_follow_to_the_end() {
         "--no-wait returned at once"
     );
     assert_eq!(function(&gust, "slow")["builds"][0]["state"], "building");
+    // New settings wait for the code being built: they would otherwise go live without it.
+    let err = gust
+        .cli(&["fn", "update", "slow", "--memory", "256"])
+        .failed();
+    assert!(
+        err.contains("revision 1 of \"slow\" is still building"),
+        "{err}"
+    );
     let followed = gust.cli(&["fn", "build-logs", "slow", "-f"]).ok().stdout;
     assert!(
         followed.contains("installing") && followed.contains("installed"),
@@ -340,6 +368,20 @@ fn hostile_builds_are_stopped_and_see_only_their_own_sources() {
     assert!(Command::new("true").status().unwrap().success());
     gust.cli(&["fn", "list"]).ok();
 
+    // A line without end is cut in the log, not gathered in Gust's memory.
+    let shouts = node_fn(
+        "shouts",
+        "head -c 20000000 /dev/zero | tr '\\0' x >&2; mkdir -p node_modules; echo quiet > node_modules/report.txt",
+    );
+    gust.cli(&["fn", "create", "shouts", "--env", "node", "--code", &shouts])
+        .ok();
+    let log = gust.cli(&["fn", "build-logs", "shouts"]).ok().stdout;
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(
+        longest < 4096 && log.contains("xxxx [...]"),
+        "longest line {longest}"
+    );
+
     let data_dir = gust.data_dir();
     let snoop = node_fn(
         "snoop",
@@ -356,7 +398,8 @@ fn hostile_builds_are_stopped_and_see_only_their_own_sources() {
     gust.cli(&["fn", "create", "snoop", "--env", "node", "--code", &snoop])
         .ok();
     let report = invoke(&gust, "snoop");
-    assert!(report.contains("src: index.js package.json"), "{report}");
+    // Only the files its cache key covers: the code itself stays out of the build.
+    assert!(report.contains("src: package.json \n"), "{report}");
     assert!(report.contains("whoami: 65534"), "{report}");
     assert!(report.contains("data dir: absent"), "{report}");
     assert!(report.contains("token: unreadable"), "{report}");

@@ -374,7 +374,7 @@ async fn assemble(
         args,
         settings,
         sandbox.clone(),
-        data_dir,
+        (data_dir, &run_dir),
         code.clone(),
     ));
     let process = process_runtime(args, sandbox, data_dir, &run_dir, logs.clone())?;
@@ -592,7 +592,7 @@ fn dependency_builder(
     args: &UpArgs,
     settings: &Settings,
     sandbox: Sandbox,
-    data_dir: &Path,
+    (data_dir, run_dir): (&Path, &Path),
     code: Arc<CodeStore>,
 ) -> Builder {
     let cgroups = match Cgroups::create(&format!("{}-builds", instance_name(data_dir))) {
@@ -615,6 +615,7 @@ fn dependency_builder(
         python: args.python.clone(),
         node: args.node.clone(),
         npm,
+        scratch_root: run_dir.join("builds"),
         ..BuilderConfig::default()
     };
     Builder::new(config, sandbox, cgroups, code)

@@ -30,10 +30,14 @@ pub struct Builds {
     log_dir: PathBuf,
     log_bytes: u64,
     running: Mutex<HashMap<(Namespace, Name), Running>>,
+    /// Build ids: this process's start time and a count.
+    started_ms: u64,
+    count: std::sync::atomic::AtomicU64,
 }
 
 struct Running {
     revision: RevisionNumber,
+    build_id: String,
     log: Arc<BuildLog>,
     cancel: CancellationToken,
 }
@@ -43,6 +47,8 @@ pub(crate) struct Pending {
     pub namespace: Namespace,
     pub name: Name,
     pub revision: RevisionNumber,
+    /// The id of the revision's build record.
+    pub build_id: String,
     pub plan: BuildPlan,
     pub source: CodeRef,
 }
@@ -54,21 +60,28 @@ impl Builds {
             log_dir,
             log_bytes,
             running: Mutex::new(HashMap::new()),
+            started_ms: now_ms(),
+            count: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// What `source` needs built in `environment`: `None` when it declares no dependencies.
     pub(crate) fn plan(
         &self,
+        namespace: &Namespace,
         environment: &Environment,
         source: &CodeRef,
     ) -> Result<Option<BuildPlan>, ApiError> {
-        Ok(self.builder.plan(environment, source)?)
+        Ok(self.builder.plan(namespace, environment, source)?)
     }
 
     /// The build record a new revision starts with.
-    pub(crate) fn building(plan: &BuildPlan, source: &CodeRef) -> Build {
+    pub(crate) fn building(&self, plan: &BuildPlan, source: &CodeRef) -> Build {
+        let count = self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Build {
+            id: format!("{}-{count}", self.started_ms),
             state: BuildState::Building,
             source: source.clone(),
             cache_key: plan.cache_key.clone(),
@@ -120,6 +133,7 @@ impl Builds {
                 key,
                 Running {
                     revision: pending.revision,
+                    build_id: pending.build_id.clone(),
                     log: log.clone(),
                     cancel: cancel.clone(),
                 },
@@ -173,7 +187,7 @@ impl Builds {
                 let key = (pending.namespace, pending.name);
                 if running
                     .get(&key)
-                    .is_some_and(|r| r.revision == pending.revision)
+                    .is_some_and(|r| r.build_id == pending.build_id)
                 {
                     running.remove(&key);
                 }
@@ -202,12 +216,35 @@ impl Builds {
                 .expect("a building revision has a build");
             let environment = state.store.environment(&revision.environment)?;
             let plan = match environment
-                .map(|env| state.builds.plan(&env, &build.source))
+                .map(|env| state.builds.plan(&function.namespace, &env, &build.source))
                 .transpose()
             {
                 Ok(Some(Some(plan))) => plan,
                 _ => {
-                    // The environment is gone or the sources no longer ask for a build.
+                    // The environment is gone, or in it the sources no longer ask for a build.
+                    let stale = Pending {
+                        namespace: function.namespace.clone(),
+                        name: function.name.clone(),
+                        revision: newest,
+                        build_id: build.id.clone(),
+                        plan: BuildPlan {
+                            kind: gust_builder::BuildKind::Command {
+                                argv: Vec::new(),
+                                mounts: Vec::new(),
+                            },
+                            cache_key: build.cache_key.clone(),
+                        },
+                        source: build.source.clone(),
+                    };
+                    finish(
+                        state,
+                        &stale,
+                        None,
+                        Err(format!(
+                            "the build could not start again after a restart: environment {} no longer builds this code",
+                            revision.environment
+                        )),
+                    );
                     continue;
                 }
             };
@@ -216,12 +253,18 @@ impl Builds {
                 namespace: function.namespace.clone(),
                 name: function.name.clone(),
                 revision: newest,
+                build_id: build.id,
                 plan,
                 source: build.source,
             };
             for older in building.iter().filter(|r| r.number != newest) {
                 let stale = Pending {
                     revision: older.number,
+                    build_id: older
+                        .build
+                        .as_ref()
+                        .map(|b| b.id.clone())
+                        .unwrap_or_default(),
                     ..pending.clone_ids()
                 };
                 finish(
@@ -257,6 +300,7 @@ impl Pending {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             revision: self.revision,
+            build_id: self.build_id.clone(),
             plan: self.plan.clone(),
             source: self.source.clone(),
         }
@@ -294,9 +338,11 @@ fn finish(
     let finished_at_ms = now_ms();
     let (package, build_result) = match outcome {
         Ok(dependencies) => match if dependencies.is_package {
-            state.code.tree_ref(&dependencies.digest)
+            state.code.tree_ref(dependencies.tree.digest())
         } else {
-            state.code.assemble(&pending.source, &dependencies.digest)
+            state
+                .code
+                .assemble(&pending.source, dependencies.tree.digest())
         } {
             Ok(package) => (Some(package), Ok(dependencies)),
             Err(err) => (None, Err(format!("cannot assemble the package: {err}"))),
@@ -308,18 +354,20 @@ fn finish(
         &pending.namespace,
         &pending.name,
         &mut |mut function: Function| {
-            let Some(revision) = function.revision(pending.revision) else {
+            // The revision this build was started for, not another of the same number (the
+            // function deleted and created again meanwhile).
+            let Some(mut build) = function
+                .revision(pending.revision)
+                .and_then(|r| r.build.clone())
+                .filter(|b| b.id == pending.build_id)
+            else {
                 return Ok(function);
             };
-            let mut build = revision
-                .build
-                .clone()
-                .unwrap_or_else(|| Builds::building(&pending.plan, &pending.source));
             build.finished_at_ms = Some(finished_at_ms);
             match &build_result {
                 Ok(dependencies) => {
                     build.state = BuildState::Ready;
-                    build.dependencies = Some(dependencies.digest.clone());
+                    build.dependencies = Some(dependencies.tree.digest().to_owned());
                     build.cached = dependencies.cached;
                 }
                 Err(reason) => {

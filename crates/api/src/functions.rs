@@ -306,7 +306,7 @@ pub async fn create(
                 .into());
             }
             let code = ingest(s, &code, &env, &fields.limits)?;
-            let plan = s.builds.plan(&env, &code)?;
+            let plan = s.builds.plan(&namespace, &env, &code)?;
             let function = Function {
                 namespace,
                 name,
@@ -325,7 +325,7 @@ pub async fn create(
                     created_at_ms: now_ms(),
                     copied_from: None,
                     keep_revisions: fields.keep_revisions,
-                    build: plan.as_ref().map(|plan| Builds::building(plan, &code)),
+                    build: plan.as_ref().map(|plan| s.builds.building(plan, &code)),
                 }],
             };
             s.store.create_function(&function)?;
@@ -335,6 +335,11 @@ pub async fn create(
                 namespace: function.namespace.clone(),
                 name: function.name.clone(),
                 revision: 1,
+                build_id: function.revisions[0]
+                    .build
+                    .as_ref()
+                    .map(|b| b.id.clone())
+                    .unwrap_or_default(),
                 plan,
                 source: code,
             });
@@ -377,12 +382,27 @@ pub async fn update(
             let (code, plan, build) = match &body.code {
                 Some(code) => {
                     let code = ingest(s, code, &env, &fields.limits)?;
-                    let plan = s.builds.plan(&env, &code)?;
-                    let build = plan.as_ref().map(|plan| Builds::building(plan, &code));
+                    let plan = s.builds.plan(&namespace, &env, &code)?;
+                    let build = plan.as_ref().map(|plan| s.builds.building(plan, &code));
                     (code, plan, build)
                 }
                 None => {
+                    // New settings apply to the code that serves; while newer code is still
+                    // building they would go live with the old code, and the new code's build
+                    // would then never take over, so they wait for it.
+                    if let Some(building) = current.revisions.iter().find(|r| r.is_building()) {
+                        return Err(ApiError::Conflict(format!(
+                            "revision {} of {name:?} is still building; change settings once it is live (`gust fn build-logs {name} -f`), or upload code with them",
+                            building.number
+                        )));
+                    }
                     let previous = current.current_revision();
+                    if !previous.is_ready() {
+                        return Err(ApiError::Conflict(format!(
+                            "revision {} of {name:?} failed to build; upload code to make a new one",
+                            previous.number
+                        )));
+                    }
                     if previous.environment != environment || previous.limits != fields.limits {
                         revalidate(s, &previous.code, &env, &fields.limits)?;
                     }
@@ -412,13 +432,22 @@ pub async fn update(
                     number = function.push_revision(revision.clone());
                     Ok(function)
                 })?;
-            s.executor.function_deployed(&namespace, &name);
+            // A revision still building does not serve yet: the instances of the one that
+            // does stay warm.
+            if updated.current == number {
+                s.executor.function_deployed(&namespace, &name);
+            }
             // An update can prune the oldest revision and with it the last use of its code.
             s.code_released.notify_one();
             let pending = plan.map(|plan| Pending {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 revision: number,
+                build_id: revision
+                    .build
+                    .as_ref()
+                    .map(|b| b.id.clone())
+                    .unwrap_or_default(),
                 plan,
                 source: revision.code.clone(),
             });

@@ -26,11 +26,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gust_model::{BuiltinRuntime, CodeRef, DependencyKind, Environment, EnvironmentKind};
+use gust_model::{
+    BuiltinRuntime, CodeRef, DependencyKind, Environment, EnvironmentKind, Namespace,
+};
 use gust_runtime_process::{BUILD_FILE_MAX_BYTES, BuildBinds, Cgroups, Sandbox};
-use gust_store::{CodeLimits, CodeStore, StoreError};
+use gust_store::{CodeLimits, CodePin, CodeStore, StoreError};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 /// The largest dependency manifest read (`requirements.txt`, `package.json`, the lockfile).
@@ -50,6 +52,9 @@ pub struct BuilderConfig {
     pub log_bytes: u64,
     /// Builds at once; more wait for a turn.
     pub concurrent: usize,
+    /// Where builds get their scratch directories: a directory the sandbox's uid can
+    /// traverse but no one else can list (`<run dir>/builds`).
+    pub scratch_root: PathBuf,
     /// `gust up --pip-index-url` and `--npm-registry`: override the host's configuration.
     pub pip_index_url: Option<String>,
     pub npm_registry: Option<String>,
@@ -70,6 +75,7 @@ impl Default for BuilderConfig {
             },
             log_bytes: 4 << 20,
             concurrent: 2,
+            scratch_root: std::env::temp_dir().join("gust-builds"),
             pip_index_url: None,
             npm_registry: None,
             python: PathBuf::from("/usr/bin/python3"),
@@ -122,10 +128,10 @@ pub enum BuildFailure {
 
 /// What a build made: dependencies to lay over the sources, or (a build command) the
 /// package itself.
-#[derive(Debug, Clone)]
 pub struct BuiltDependencies {
-    /// The tree's digest in the code store.
-    pub digest: String,
+    /// The tree in the code store, kept from garbage collection until this is dropped
+    /// (after the revision that refers to it is stored).
+    pub tree: CodePin,
     /// Whether an earlier build made them.
     pub cached: bool,
     /// The tree is the whole package, not dependencies beside the sources.
@@ -141,6 +147,8 @@ pub struct Builder {
     /// One build per cache key at a time: a second build of the same dependencies waits for
     /// the first and then uses what it made.
     keys: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Numbers builds (their cgroups).
+    count: std::sync::atomic::AtomicU64,
     /// Interpreter versions, part of every cache key.
     python_version: String,
     node_version: String,
@@ -173,6 +181,7 @@ impl Builder {
             python_version: version(&config.python),
             node_version: version(&config.node),
             turns: tokio::sync::Semaphore::new(config.concurrent.max(1)),
+            count: std::sync::atomic::AtomicU64::new(0),
             keys: Mutex::new(HashMap::new()),
             client_files,
             client_env,
@@ -185,8 +194,10 @@ impl Builder {
 
     /// Whether `source` needs a build in `environment`, and what it would depend on. Bad
     /// manifests are refused here, before anything is stored for them.
+    /// Builds are cached per namespace: a tenant never gets what another tenant's build made.
     pub fn plan(
         &self,
+        namespace: &Namespace,
         environment: &Environment,
         source: &CodeRef,
     ) -> Result<Option<BuildPlan>, StoreError> {
@@ -199,6 +210,8 @@ impl Builder {
             } => {
                 let mut key = Sha256::new();
                 key.update(b"gust build command v1\0");
+                key.update(namespace.as_str().as_bytes());
+                key.update([0]);
                 key.update(environment.name.as_str().as_bytes());
                 for arg in argv {
                     key.update([0]);
@@ -232,6 +245,8 @@ impl Builder {
         check_manifest(kind, &manifest)?;
         let mut key = Sha256::new();
         key.update(b"gust dependencies v1\0");
+        key.update(namespace.as_str().as_bytes());
+        key.update([0]);
         key.update(environment.name.as_str().as_bytes());
         key.update([0]);
         key.update(match runtime {
@@ -266,13 +281,22 @@ impl Builder {
         cancel: &CancellationToken,
     ) -> Result<BuiltDependencies, BuildFailure> {
         let is_package = matches!(plan.kind, BuildKind::Command { .. });
-        if let Some(digest) = cached() {
+        let from_cache = || {
+            let digest = cached()?;
+            // Pinned, then checked: collection cannot take it between the two.
+            let pin = self.code.pin(&digest);
+            self.code
+                .tree(&digest)
+                .is_dir()
+                .then_some(BuiltDependencies {
+                    tree: pin,
+                    cached: true,
+                    is_package,
+                })
+        };
+        if let Some(found) = from_cache() {
             log.line("found in the build cache");
-            return Ok(BuiltDependencies {
-                digest,
-                cached: true,
-                is_package,
-            });
+            return Ok(found);
         }
         let key_lock = self
             .keys
@@ -281,14 +305,13 @@ impl Builder {
             .entry(plan.cache_key.clone())
             .or_default()
             .clone();
-        let _same_key = key_lock.lock().await;
-        if let Some(digest) = cached() {
+        let _same_key = tokio::select! {
+            held = key_lock.lock() => held,
+            _ = cancel.cancelled() => return Err(BuildFailure::Cancelled),
+        };
+        if let Some(found) = from_cache() {
             log.line("found in the build cache (built meanwhile)");
-            return Ok(BuiltDependencies {
-                digest,
-                cached: true,
-                is_package,
-            });
+            return Ok(found);
         }
         let _turn = tokio::select! {
             turn = self.turns.acquire() => turn.map_err(|e| BuildFailure::Internal(e.to_string()))?,
@@ -312,9 +335,16 @@ impl Builder {
         let internal = |e: &dyn std::fmt::Display| BuildFailure::Internal(e.to_string());
         let (tool, script) = self.script(&plan.kind);
         log.line(&format!("$ {tool}"));
+        // Under a directory no other user can list (the build's own is 0711 too).
+        std::fs::create_dir_all(&self.config.scratch_root).map_err(|e| internal(&e))?;
+        std::fs::set_permissions(
+            &self.config.scratch_root,
+            std::fs::Permissions::from_mode(0o711),
+        )
+        .map_err(|e| internal(&e))?;
         let scratch = tempfile::Builder::new()
-            .prefix("gust-build-")
-            .tempdir()
+            .prefix("build-")
+            .tempdir_in(&self.config.scratch_root)
             .map_err(|e| internal(&e))?;
         // The sandbox's uid must be able to resolve the sources' path (bwrap does), which it
         // cannot inside Gust's private data directory: they are linked (or copied) here.
@@ -328,20 +358,37 @@ impl Builder {
         for dir in [&output_dir, &home_dir] {
             std::fs::create_dir(dir).map_err(|e| internal(&e))?;
         }
-        link_or_copy_tree(&self.code.tree(&source.digest), &source_dir)
+        // A dependency build sees only the files its cache key covers: anything else it could
+        // read (a local package, a module shadowing the tool) would make what it installs
+        // depend on more than the key says, and the result is shared with every build of
+        // the same key. A build command's key covers all the sources.
+        let visible: &[&str] = match &plan.kind {
+            BuildKind::Dependencies(kind) => kind.inputs(),
+            BuildKind::Command { .. } => &[],
+        };
+        link_or_copy_tree(&self.code.tree(&source.digest), &source_dir, visible)
             .map_err(|e| internal(&e))?;
-        let cgroup = match &self.cgroups {
+        // Named per build (a cgroup being removed in the background must not be another
+        // build's), and removed on every way out of here.
+        let cgroup = CgroupGuard(match &self.cgroups {
             Some(cgroups) => {
-                let name = format!("build-{}", &plan.cache_key[..16]);
-                let cgroup = cgroups.worker(&name).map_err(|e| internal(&e))?;
-                cgroup
-                    .limit_memory(self.config.memory_mb)
-                    .map_err(|e| internal(&e))?;
-                Some(cgroup)
+                let number = self
+                    .count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(
+                    cgroups
+                        .worker(&format!("build-{number}"))
+                        .map_err(|e| internal(&e))?,
+                )
             }
             None => None,
-        };
-        let procs = match &cgroup {
+        });
+        if let Some(cgroup) = &cgroup.0 {
+            cgroup
+                .limit_memory(self.config.memory_mb)
+                .map_err(|e| internal(&e))?;
+        }
+        let procs = match &cgroup.0 {
             Some(cgroup) => cgroup.procs_files().map_err(|e| internal(&e))?,
             None => Vec::new(),
         };
@@ -381,12 +428,7 @@ impl Builder {
             code.ingest_tar_stream(std::fs::File::from(stdout), limits)
         });
         let stderr = child.stderr.take().expect("stderr is piped");
-        let said = async {
-            let mut lines = tokio::io::BufReader::new(stderr).split(b'\n');
-            while let Ok(Some(line)) = lines.next_segment().await {
-                log.line(&String::from_utf8_lossy(&line));
-            }
-        };
+        let said = log_lines(stderr, log);
         let kill = || {
             if let Some(pid) = pid {
                 // SAFETY: kill has no memory preconditions; the group is the sandbox's.
@@ -402,10 +444,8 @@ impl Builder {
             kill();
             let _ = child.wait().await;
         }
-        let out_of_memory = cgroup.as_ref().is_some_and(|c| c.oom_killed());
-        if let Some(cgroup) = cgroup {
-            cgroup.remove();
-        }
+        let out_of_memory = cgroup.0.as_ref().is_some_and(|c| c.oom_killed());
+        drop(cgroup);
         let ingested = ingest.await.map_err(|e| internal(&e))?;
         let status = waited?.map_err(|e| internal(&e))?;
         if out_of_memory {
@@ -424,10 +464,10 @@ impl Builder {
                 tail: log.tail(),
             });
         }
-        let (digest, bytes) = ingested.map_err(|e| BuildFailure::Output(e.to_string()))?;
+        let (tree, bytes) = ingested.map_err(|e| BuildFailure::Output(e.to_string()))?;
         log.line(&format!("built: {bytes} bytes"));
         Ok(BuiltDependencies {
-            digest,
+            tree,
             cached: false,
             is_package: matches!(plan.kind, BuildKind::Command { .. }),
         })
@@ -469,7 +509,7 @@ exec tar --hard-dereference -cf - ."#,
                 format!(
                     r#"set -e
 cd "$SRC_PKG"
-{python} -m pip install --no-input --disable-pip-version-check --progress-bar off --no-warn-script-location --no-cache-dir --target "$DEPLOY_PKG" -r requirements.txt 1>&2
+{python} -I -m pip install --no-input --disable-pip-version-check --progress-bar off --no-warn-script-location --no-cache-dir --target "$DEPLOY_PKG" -r requirements.txt 1>&2
 cd "$DEPLOY_PKG"
 exec tar --hard-dereference -cf - ."#,
                     python = quote(&self.config.python.to_string_lossy())
@@ -498,19 +538,59 @@ exec tar --hard-dereference -cf - node_modules"#,
     }
 }
 
-/// Places a stored tree at `to`: hard links where the filesystem allows, copies otherwise;
-/// directories readable by all.
-fn link_or_copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// A build's cgroups, killed and removed when dropped.
+struct CgroupGuard(Option<gust_runtime_process::WorkerCgroup>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            cgroup.remove();
+        }
+    }
+}
+
+/// Passes what a build says to its log, line by line, holding at most one line's worth of
+/// it: a line without end (however long) is cut, not gathered.
+async fn log_lines(mut said: impl tokio::io::AsyncRead + Unpin, log: &BuildLog) {
+    let mut line: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while let Ok(read) = said.read(&mut chunk).await {
+        if read == 0 {
+            break;
+        }
+        for piece in chunk[..read].split_inclusive(|b| *b == b'\n') {
+            let room = log::MAX_LINE_BYTES + 1 - line.len().min(log::MAX_LINE_BYTES + 1);
+            line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if piece.ends_with(b"\n") {
+                log.line(&String::from_utf8_lossy(&line));
+                line.clear();
+            }
+        }
+    }
+    if !line.is_empty() {
+        log.line(&String::from_utf8_lossy(&line));
+    }
+}
+
+/// Places a stored tree at `to` (only the top-level regular files named in `only`, unless
+/// it is empty): hard links where the filesystem allows, copies otherwise; directories
+/// readable by all.
+fn link_or_copy_tree(from: &Path, to: &Path, only: &[&str]) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
+        let wanted =
+            only.is_empty() || (kind.is_file() && only.iter().any(|n| entry.file_name() == **n));
+        if !wanted {
+            continue;
+        }
         let (source, target) = (entry.path(), to.join(entry.file_name()));
         if kind.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
         } else if kind.is_dir() {
-            link_or_copy_tree(&source, &target)?;
+            link_or_copy_tree(&source, &target, &[])?;
         } else if std::fs::hard_link(&source, &target).is_err() {
             std::fs::copy(&source, &target)?;
         }

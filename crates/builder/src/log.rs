@@ -10,7 +10,7 @@ use std::sync::Mutex;
 /// Lines kept for a failed build's error.
 const TAIL_LINES: usize = 25;
 /// The longest line kept whole; the rest of a longer one is cut.
-const MAX_LINE_BYTES: usize = 2048;
+pub(crate) const MAX_LINE_BYTES: usize = 2048;
 
 pub struct BuildLog {
     path: PathBuf,
@@ -51,7 +51,19 @@ impl BuildLog {
 
     /// Appends one line (a trailing newline is added).
     pub fn line(&self, text: &str) {
-        let mut line = text.trim_end_matches(['\r', '\n']).to_owned();
+        // Control characters (a terminal's escape sequences) are shown, not obeyed, by
+        // whoever reads the log.
+        let mut line: String = text
+            .trim_end_matches(['\r', '\n'])
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\t' {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect();
         if line.len() > MAX_LINE_BYTES {
             let mut end = MAX_LINE_BYTES;
             while !line.is_char_boundary(end) {

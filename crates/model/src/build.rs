@@ -29,6 +29,10 @@ impl BuildState {
 /// as uploaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Build {
+    /// Names this build among all others, so that a build's end is recorded only on the
+    /// revision it was started for (not on a function deleted and created again).
+    #[serde(default)]
+    pub id: String,
     pub state: BuildState,
     /// The sources as uploaded; the revision's `code` is the built package once `Ready`.
     pub source: CodeRef,

@@ -521,6 +521,7 @@ mod tests {
     fn building() -> Revision {
         Revision {
             build: Some(Build {
+                id: "b1".into(),
                 state: BuildState::Building,
                 source: revision().code,
                 cache_key: "k".into(),

@@ -21,7 +21,7 @@ mod seccomp;
 mod spawner;
 mod worker;
 
-pub use cgroup::{Cgroups, WORKER_PIDS_MAX};
+pub use cgroup::{Cgroups, WORKER_PIDS_MAX, WorkerCgroup};
 pub use error::RuntimeError;
 pub use network::Uplinks;
 pub use sandbox::{BUILD_FILE_MAX_BYTES, BUILD_OUTPUT_DIR, BUILD_SOURCE_DIR, BuildBinds, Sandbox};

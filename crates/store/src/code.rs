@@ -66,6 +66,37 @@ pub struct CodeStore {
     /// ([`CodeStore::hold`]), exclusive by garbage collection ([`CodeStore::retain`]): a tree
     /// is never collected between its upload and the revision that refers to it.
     in_use: std::sync::RwLock<()>,
+    /// Trees in use by work in progress (a build between making its tree and the revision
+    /// that refers to it), by digest and count: garbage collection leaves them.
+    pinned: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// Keeps one tree from garbage collection while held (see [`CodeStore::pin`]).
+pub struct CodePin {
+    store: std::sync::Arc<CodeStore>,
+    digest: String,
+}
+
+impl CodePin {
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+impl Drop for CodePin {
+    fn drop(&mut self) {
+        let mut pinned = self
+            .store
+            .pinned
+            .lock()
+            .expect("pin lock is never poisoned");
+        if let Some(count) = pinned.get_mut(&self.digest) {
+            *count -= 1;
+            if *count == 0 {
+                pinned.remove(&self.digest);
+            }
+        }
+    }
 }
 
 /// Keeps garbage collection away while held (see [`CodeStore::hold`]).
@@ -123,6 +154,7 @@ impl CodeStore {
             root: root.to_owned(),
             limits,
             in_use: std::sync::RwLock::new(()),
+            pinned: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -146,11 +178,16 @@ impl CodeStore {
             .write()
             .expect("the code lock is never poisoned");
         let keep = referenced()?;
+        // Held through the sweep: a tree pinned before it is published is never taken.
+        let pinned = self.pinned.lock().expect("pin lock is never poisoned");
         let mut removed = 0;
         for entry in fs::read_dir(&self.root).map_err(StoreError::io(&self.root))? {
             let entry = entry.map_err(StoreError::io(&self.root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(STAGING_PREFIX) || keep.contains(&name) {
+            if name.starts_with(STAGING_PREFIX)
+                || keep.contains(&name)
+                || pinned.contains_key(&name)
+            {
                 continue;
             }
             let path = entry.path();
@@ -310,14 +347,29 @@ impl CodeStore {
         Ok(())
     }
 
+    /// Keeps the tree `digest` (existing or about to be) from garbage collection while the
+    /// pin is held.
+    pub fn pin(self: &std::sync::Arc<Self>, digest: &str) -> CodePin {
+        *self
+            .pinned
+            .lock()
+            .expect("pin lock is never poisoned")
+            .entry(digest.to_owned())
+            .or_default() += 1;
+        CodePin {
+            store: self.clone(),
+            digest: digest.to_owned(),
+        }
+    }
+
     /// Unpacks a tar stream a build wrote (untrusted: the same checks as an upload, within
-    /// `limits`) and publishes it; returns its digest and size. An empty stream is an empty
-    /// tree.
+    /// `limits`) and publishes it, pinned; returns the pin and the tree's size. An empty
+    /// stream is an empty tree.
     pub fn ingest_tar_stream(
-        &self,
+        self: &std::sync::Arc<Self>,
         reader: impl Read,
         limits: CodeLimits,
-    ) -> Result<(String, u64), StoreError> {
+    ) -> Result<(CodePin, u64), StoreError> {
         let staging = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
             .tempdir_in(&self.root)
@@ -335,16 +387,17 @@ impl CodeStore {
         check_links_resolve_inside(&tree)?;
         sync_filesystem(&tree)?;
         let digest = digest_tree(&tree)?;
+        let pin = self.pin(&digest);
         self.publish(&tree, &digest)?;
-        Ok((digest, unpacker.bytes))
+        Ok((pin, unpacker.bytes))
     }
 
-    /// A package: the tree `source` with the tree `dependencies` laid over it (what the build
-    /// installed wins where both have a file), made of hard links to both, so assembling
-    /// costs no copy. Its digest is derived from the two digests.
+    /// A package: the tree `dependencies` with the tree `source` laid over it (the uploaded
+    /// files win where both have a file: nothing installed can replace the function's own
+    /// code), made of hard links to both, so assembling costs no copy. Its digest is derived from the two digests.
     pub fn assemble(&self, source: &CodeRef, dependencies: &str) -> Result<CodeRef, StoreError> {
         let mut hasher = Sha256::new();
-        hasher.update(b"gust package\0");
+        hasher.update(b"gust package v2\0");
         hasher.update(source.digest.as_bytes());
         hasher.update([0]);
         hasher.update(dependencies.as_bytes());
@@ -357,8 +410,8 @@ impl CodeStore {
                 .map_err(StoreError::io(&self.root))?;
             let tree = staging.path().join("tree");
             fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
-            link_over(&self.tree(&source.digest), &tree)?;
             link_over(&self.tree(dependencies), &tree)?;
+            link_over(&self.tree(&source.digest), &tree)?;
             check_links_resolve_inside(&tree)?;
             self.publish(&tree, &digest)?;
         }
@@ -594,8 +647,9 @@ impl Unpacker<'_> {
     }
 
     /// Creates the parent directories of `path`, refusing to pass through a symlink so that
-    /// no later entry can be written outside the tree by way of a link.
-    fn ensure_parents(&self, path: &Path) -> Result<PathBuf, StoreError> {
+    /// no later entry can be written outside the tree by way of a link. Each directory made
+    /// counts as a file against the limit.
+    fn ensure_parents(&mut self, path: &Path) -> Result<PathBuf, StoreError> {
         let mut current = self.root.to_path_buf();
         if let Some(parent) = path.parent() {
             for component in parent.components() {
@@ -609,6 +663,10 @@ impl Unpacker<'_> {
                         )));
                     }
                     Err(_) => {
+                        self.files += 1;
+                        if self.files > self.limits.max_files {
+                            return Err(self.too_many_files());
+                        }
                         fs::create_dir(&current).map_err(StoreError::io(&current))?;
                         fs::set_permissions(&current, fs::Permissions::from_mode(0o755))
                             .map_err(StoreError::io(&current))?;
