@@ -391,8 +391,10 @@ fn hostile_builds_are_stopped_and_see_only_their_own_sources() {
              test -e {data} && echo 'data dir: visible' || echo 'data dir: absent'; \
              cat {data}/admin.token 2>/dev/null && echo 'token: read' || echo 'token: unreadable'; \
              ls /run 2>/dev/null | grep gust && echo 'workers: visible' || echo 'workers: absent'; \
+             node -e \"require('net').connect({api}, '127.0.0.1').on('connect', () => {{ console.log('api: reachable'); process.exit(0) }}).on('error', () => {{ console.log('api: unreachable'); process.exit(0) }})\"; \
              }} > node_modules/report.txt",
-            data = data_dir.display()
+            data = data_dir.display(),
+            api = gust.api_port,
         ),
     );
     gust.cli(&["fn", "create", "snoop", "--env", "node", "--code", &snoop])
@@ -404,6 +406,8 @@ fn hostile_builds_are_stopped_and_see_only_their_own_sources() {
     assert!(report.contains("data dir: absent"), "{report}");
     assert!(report.contains("token: unreadable"), "{report}");
     assert!(report.contains("workers: absent"), "{report}");
+    // Its own network: the host's loopback (Gust's API there) is out of reach.
+    assert!(report.contains("api: unreachable"), "{report}");
 }
 
 /// S-10 and S-09 for what a build installs: its output is checked like an upload (a link out

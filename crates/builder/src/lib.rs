@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gust_model::{
-    BuiltinRuntime, CodeRef, DependencyKind, Environment, EnvironmentKind, Namespace,
+    BuiltinRuntime, CodeRef, DependencyKind, Environment, EnvironmentKind, Namespace, OutboundRule,
 };
 use gust_runtime_process::{BUILD_FILE_MAX_BYTES, BuildBinds, Cgroups, Sandbox};
 use gust_store::{CodeLimits, CodePin, CodeStore, StoreError};
@@ -155,6 +155,9 @@ pub struct Builder {
     /// The host's package-client configuration, given to every build.
     client_files: Vec<BuildFile>,
     client_env: Vec<(String, String)>,
+    /// What a build's network reaches: any public address, and each registry origin the
+    /// package clients are set up for (which may be private or on the host's loopback).
+    registries: Vec<OutboundRule>,
 }
 
 impl Builder {
@@ -177,7 +180,9 @@ impl Builder {
                 .unwrap_or_else(|| "unknown".to_owned())
         };
         let (client_files, client_env) = client_configuration(&config);
+        let registries = registries(&client_files, &client_env);
         Self {
+            registries,
             python_version: version(&config.python),
             node_version: version(&config.node),
             turns: tokio::sync::Semaphore::new(config.concurrent.max(1)),
@@ -392,7 +397,7 @@ impl Builder {
             Some(cgroup) => cgroup.procs_files().map_err(|e| internal(&e))?,
             None => Vec::new(),
         };
-        let binds = BuildBinds::open(
+        let mut binds = BuildBinds::open(
             &self.sandbox,
             &source_dir,
             self.client_files.clone(),
@@ -413,8 +418,24 @@ impl Builder {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|e| internal(&e))?;
-        drop((binds, procs));
+        drop(procs);
         let pid = child.id();
+        // The build waits in its sandbox until its network is connected: public addresses and
+        // the registries the package clients are set up for.
+        let _uplink = match binds.connect(&self.registries).await {
+            Ok(uplink) => uplink,
+            Err(reason) => {
+                if let Some(pid) = pid {
+                    // SAFETY: kill has no memory preconditions; the group is the sandbox's.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+                let _ = child.wait().await;
+                return Err(BuildFailure::Internal(format!(
+                    "the build's network could not be connected: {reason}"
+                )));
+            }
+        };
+        drop(binds);
         // What the build installed arrives as a tar stream on its stdout; everything it says
         // goes to stderr (the script sends the tools' stdout there).
         let stdout: OwnedFd = child
@@ -636,6 +657,79 @@ fn check_manifest(kind: DependencyKind, content: &[u8]) -> Result<(), StoreError
     Ok(())
 }
 
+/// What a build's network reaches: any public address (`*://*:*`), the clients' default
+/// registries (PyPI and its file host, npm's registry: on a host that reaches them through a
+/// mirror at a private address too), and the origin of every index, registry and trusted host
+/// named in the package clients' settings, as given to the build (`PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL`, `PIP_FIND_LINKS`, `PIP_TRUSTED_HOST`,
+/// `npm_config_registry` and `index-url`, `extra-index-url`, `trusted-host`, `registry`,
+/// `@scope:registry` lines of pip.conf and .npmrc).
+fn registries(files: &[BuildFile], env: &[(String, String)]) -> Vec<OutboundRule> {
+    const KEYS: [&str; 7] = [
+        "index-url",
+        "extra-index-url",
+        "find-links",
+        "trusted-host",
+        "registry",
+        "index_url",
+        "extra_index_url",
+    ];
+    let mut values: Vec<String> = [
+        "https://pypi.org",
+        "https://files.pythonhosted.org",
+        "https://registry.npmjs.org",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for (key, value) in env {
+        let key = key.to_ascii_lowercase().replace('_', "-");
+        if KEYS.iter().any(|k| key.ends_with(k)) {
+            values.extend(value.split_whitespace().map(str::to_owned));
+        }
+    }
+    for (_, content) in files {
+        for line in String::from_utf8_lossy(content).lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim().to_ascii_lowercase();
+            if KEYS.iter().any(|k| key.ends_with(k)) {
+                values.extend(value.split_whitespace().map(str::to_owned));
+            }
+        }
+    }
+    let mut rules = vec![OutboundRule::parse("*://*:*").expect("the any-public rule parses")];
+    for value in values {
+        if let Some(rule) = origin_rule(&value)
+            && !rules.contains(&rule)
+        {
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+/// `scheme://[user@]host[:port]/...` (or a bare `host[:port]`, as `trusted-host` has it) as
+/// the rule for that origin; `None` for a local path.
+fn origin_rule(value: &str) -> Option<OutboundRule> {
+    let (scheme, rest) = match value.split_once("://") {
+        Some((scheme, rest)) if scheme == "http" || scheme == "https" => (scheme, rest),
+        Some(_) => return None,
+        None if value.starts_with('/') || value.starts_with('.') => return None,
+        None => ("*", value),
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    if host_port.is_empty() {
+        return None;
+    }
+    let rule = if scheme == "*" && !host_port.contains(':') {
+        format!("*://{host_port}:*")
+    } else {
+        format!("{scheme}://{host_port}")
+    };
+    OutboundRule::parse(&rule).ok()
+}
+
 /// A file placed in a build's sandbox: its path there and its content.
 type BuildFile = (String, Vec<u8>);
 
@@ -684,4 +778,48 @@ fn client_configuration(config: &BuilderConfig) -> (Vec<BuildFile>, Vec<(String,
         give(home.join(".npmrc"), "/tmp/.npmrc");
     }
     (files, env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_reaches_the_registries_its_clients_are_set_up_for() {
+        let env = vec![
+            (
+                "PIP_INDEX_URL".to_owned(),
+                "https://user:secret@pypi.internal.example:8443/simple/".to_owned(),
+            ),
+            ("PIP_FIND_LINKS".to_owned(), "/opt/wheels".to_owned()),
+            ("PIP_TRUSTED_HOST".to_owned(), "10.1.2.3".to_owned()),
+        ];
+        let files = vec![(
+            "/tmp/.npmrc".to_owned(),
+            b"@corp:registry=http://127.0.0.1:4873/\nfund=false\n".to_vec(),
+        )];
+        let rules: Vec<String> = registries(&files, &env)
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        for expected in [
+            "*://*:*",
+            "https://pypi.org",
+            "https://registry.npmjs.org",
+            "https://pypi.internal.example:8443",
+            "*://10.1.2.3:*",
+            "http://127.0.0.1:4873",
+        ] {
+            assert!(
+                rules.iter().any(|r| r == expected),
+                "{expected} in {rules:?}"
+            );
+        }
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.contains("secret") || r.contains("wheels")),
+            "{rules:?}"
+        );
+    }
 }

@@ -24,7 +24,9 @@ mod worker;
 pub use cgroup::{Cgroups, WORKER_PIDS_MAX, WorkerCgroup};
 pub use error::RuntimeError;
 pub use network::Uplinks;
-pub use sandbox::{BUILD_FILE_MAX_BYTES, BUILD_OUTPUT_DIR, BUILD_SOURCE_DIR, BuildBinds, Sandbox};
+pub use sandbox::{
+    BUILD_FILE_MAX_BYTES, BUILD_OUTPUT_DIR, BUILD_SOURCE_DIR, BuildBinds, BuildUplink, Sandbox,
+};
 pub use worker::FUNCTION_ERROR_HEADER;
 
 use std::collections::HashMap;

@@ -379,6 +379,8 @@ pub const BUILD_OUTPUT_DIR: &str = "/deploy";
 /// Descriptor numbers of a build's bind sources.
 const BUILD_SOURCE_FD: i32 = 210;
 const BUILD_FILES_FD: i32 = 211;
+/// The build starts once a byte arrives here (after its network is connected).
+const BUILD_BLOCK_FD: i32 = 206;
 /// The most bytes one file given to a build may have (it passes through a pipe).
 pub const BUILD_FILE_MAX_BYTES: usize = 48 * 1024;
 
@@ -393,7 +395,20 @@ pub struct BuildBinds {
     mounts: Vec<PathBuf>,
     scratch_bytes: u64,
     seccomp: Option<File>,
+    /// With a way out (slirp4netns present): where bwrap says the sandbox's pid, what holds
+    /// the build until its network is connected, and the resolver configuration.
+    network: Option<BuildNetwork>,
 }
+
+struct BuildNetwork {
+    info: (std::io::PipeReader, std::io::PipeWriter),
+    block: (std::io::PipeReader, std::io::PipeWriter),
+    resolv_conf: std::io::PipeReader,
+    uplinks: Uplinks,
+}
+
+/// A build's connection to the outside; the link goes when this is dropped.
+pub struct BuildUplink(#[allow(dead_code)] crate::network::Uplink);
 
 impl BuildBinds {
     /// `files` are `(path inside, content)`; each at most [`BUILD_FILE_MAX_BYTES`].
@@ -425,6 +440,24 @@ impl BuildBinds {
             env,
             mounts,
             scratch_bytes,
+            network: match sandbox {
+                Sandbox::Bubblewrap {
+                    uplinks: Some(uplinks),
+                    ..
+                } => {
+                    let pipe = || std::io::pipe().map_err(RuntimeError::io("build network pipe"));
+                    let (resolv_conf, mut writer) = pipe()?;
+                    std::io::Write::write_all(&mut writer, SANDBOX_RESOLV_CONF.as_bytes())
+                        .map_err(RuntimeError::io("resolv.conf pipe"))?;
+                    Some(BuildNetwork {
+                        info: pipe()?,
+                        block: pipe()?,
+                        resolv_conf,
+                        uplinks: uplinks.clone(),
+                    })
+                }
+                _ => None,
+            },
             seccomp: match sandbox {
                 Sandbox::Bubblewrap { seccomp, .. } => Some(
                     seccomp
@@ -440,9 +473,9 @@ impl BuildBinds {
 impl Sandbox {
     /// The command that runs a dependency build: `sh -c script` with its sources read-only at
     /// `$SRC_PKG` and an empty, size-limited `$DEPLOY_PKG` (and `/tmp`), as the unprivileged
-    /// uid, in its own user, pid, ipc and uts namespaces, under the workers' seccomp filter.
-    /// Unlike a worker it shares the host's network (a build fetches packages from whatever
-    /// registry or mirror the host is set up for, also on a private address). Without a
+    /// uid, in its own user, pid, ipc, uts and network namespaces, under the workers' seccomp
+    /// filter. Its network is connected by [`BuildBinds::connect`] after spawning; the script
+    /// starts only then (without slirp4netns the build has only its loopback). Without a
     /// sandbox `$DEPLOY_PKG` is `output_dir` and `$HOME` and `$TMPDIR` are `scratch_dir`. The
     /// caller keeps `binds` and `cgroups` alive until the command has been spawned.
     pub fn build_command(
@@ -478,6 +511,7 @@ impl Sandbox {
                     "--unshare-ipc",
                     "--unshare-uts",
                     "--unshare-cgroup-try",
+                    "--unshare-net",
                     "--disable-userns",
                     "--die-with-parent",
                     "--new-session",
@@ -485,6 +519,10 @@ impl Sandbox {
                     WORKER_HOSTNAME,
                 ]);
                 for path in SYSTEM_PATHS {
+                    if path == RESOLV_CONF && binds.network.is_some() {
+                        push(&["--ro-bind-data", &RESOLV_FD.to_string(), RESOLV_CONF]);
+                        continue;
+                    }
                     push(&["--ro-bind-try", path, path]);
                 }
                 for alias in USR_ALIASES {
@@ -495,6 +533,10 @@ impl Sandbox {
                         }
                         Err(_) => push(&["--ro-bind-try", alias, alias]),
                     }
+                }
+                if binds.network.is_some() {
+                    push(&["--info-fd", &INFO_FD.to_string()]);
+                    push(&["--block-fd", &BUILD_BLOCK_FD.to_string()]);
                 }
                 let scratch = binds.scratch_bytes.to_string();
                 push(&["--proc", "/proc", "--dev", "/dev"]);
@@ -543,12 +585,46 @@ impl Sandbox {
                 if let Some(seccomp) = &binds.seccomp {
                     fds.push((seccomp.as_raw_fd(), SECCOMP_FD));
                 }
+                if let Some(network) = &binds.network {
+                    fds.push((network.info.1.as_raw_fd(), INFO_FD));
+                    fds.push((network.block.0.as_raw_fd(), BUILD_BLOCK_FD));
+                    fds.push((network.resolv_conf.as_raw_fd(), RESOLV_FD));
+                }
                 place_descriptors(&mut command, fds);
                 command
             }
         };
         tie_to_gust(&mut command);
         command
+    }
+}
+
+impl BuildBinds {
+    /// Once the build's sandbox is spawned: connects its network namespace (public addresses
+    /// and the origins in `allow`, as a worker's allow-list would: a listed private or
+    /// loopback address becomes reachable), then lets the build start. `None` without a way
+    /// out (no slirp4netns, or no sandbox). Dropping the binds before this leaves the build
+    /// blocked until it is killed.
+    pub async fn connect(
+        &mut self,
+        allow: &[gust_model::OutboundRule],
+    ) -> Result<Option<BuildUplink>, String> {
+        let Some(network) = self.network.take() else {
+            return Ok(None);
+        };
+        let BuildNetwork {
+            info,
+            block,
+            uplinks,
+            ..
+        } = network;
+        drop(info.1);
+        let pid = crate::network::sandbox_pid(info.0).await?;
+        let uplink = uplinks.connect(pid).await?.confine(allow).await?;
+        let (_, mut go) = block;
+        std::io::Write::write_all(&mut go, b"1")
+            .map_err(|e| format!("cannot start the build: {e}"))?;
+        Ok(Some(BuildUplink(uplink)))
     }
 }
 
@@ -656,7 +732,7 @@ fn join_cgroups_first(command: &mut Command, fds: Vec<RawFd>) {
 /// Registers moving each `(from, to)` descriptor to number `to` in the child, inheritable
 /// (bwrap's `--*-fd` sources, the worker's listening socket).
 fn place_descriptors(command: &mut Command, fds: Vec<(RawFd, i32)>) {
-    const MOST: usize = 6;
+    const MOST: usize = 9;
     assert!(
         fds.len() <= MOST,
         "a worker is given at most {MOST} descriptors"
