@@ -1,6 +1,7 @@
 //! End-to-end: dependency builds. Python packages come from a package index this test serves
 //! on loopback (`tests/packages/index.py`), so these tests are hermetic; Node.js builds here
-//! have no dependencies to fetch, only the package's own install scripts.
+//! have no dependencies to fetch, only the package's own install scripts. One test, named
+//! `real_packages_...`, uses the registries this machine's pip and npm are set up for.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -550,6 +551,53 @@ fn a_custom_build_command_makes_the_package_as_a_fission_builder_does() {
         .failed();
     assert!(
         err.contains("the build command left nothing in $DEPLOY_PKG"),
+        "{err}"
+    );
+}
+
+/// From the registries this machine's pip and npm are set up for: a function's own Flask
+/// installs and imports like any other package, and a lockfile that disagrees with its
+/// package.json fails the build with npm's own reason.
+#[test]
+fn real_packages_install_and_a_lockfile_out_of_sync_is_refused_by_npm() {
+    let gust = gust_with(&[]);
+    let flask = code(
+        &gust,
+        "flasky",
+        &[
+            ("requirements.txt", "flask==3.0.3\n"),
+            (
+                "main.py",
+                "import flask\n\napp = flask.Flask(__name__)\n\ndef main():\n    with app.test_request_context('/hi?name=gust'):\n        return 'flask says hi to ' + flask.request.args['name']\n",
+            ),
+        ],
+    );
+    gust.cli(&[
+        "fn", "create", "flasky", "--env", "python", "--code", &flask,
+    ])
+    .ok();
+    assert_eq!(invoke(&gust, "flasky"), "flask says hi to gust");
+
+    let stale = code(
+        &gust,
+        "stale",
+        &[
+            (
+                "package.json",
+                r#"{"name":"stale","version":"1.0.0","dependencies":{"ms":"2.1.3"}}"#,
+            ),
+            (
+                "package-lock.json",
+                r#"{"name":"stale","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"stale","version":"1.0.0","dependencies":{"ms":"2.0.0"}},"node_modules/ms":{"version":"2.0.0"}}}"#,
+            ),
+            ("index.js", "module.exports = async () => 'never';\n"),
+        ],
+    );
+    let err = gust
+        .cli(&["fn", "create", "stale", "--env", "node", "--code", &stale])
+        .failed();
+    assert!(
+        err.contains("npm ci --omit=dev failed") && err.contains("are in sync"),
         "{err}"
     );
 }

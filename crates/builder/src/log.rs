@@ -7,8 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Lines kept for a failed build's error.
-const TAIL_LINES: usize = 25;
+/// Lines kept for a failed build's error: its last ones, and the first that say "error"
+/// (a tool may print its reason first and pages of help after it, as npm does).
+const TAIL_LINES: usize = 20;
+const FIRST_ERROR_LINES: usize = 6;
 /// The longest line kept whole; the rest of a longer one is cut.
 pub(crate) const MAX_LINE_BYTES: usize = 2048;
 
@@ -23,6 +25,7 @@ struct Inner {
     written: u64,
     cut: bool,
     tail: VecDeque<String>,
+    first_errors: Vec<String>,
 }
 
 impl BuildLog {
@@ -41,6 +44,7 @@ impl BuildLog {
                 written: 0,
                 cut: false,
                 tail: VecDeque::new(),
+                first_errors: Vec::new(),
             }),
         })
     }
@@ -90,6 +94,11 @@ impl BuildLog {
                 let _ = writeln!(file, "{line}");
             }
         }
+        if inner.first_errors.len() < FIRST_ERROR_LINES
+            && line.to_ascii_lowercase().contains("error")
+        {
+            inner.first_errors.push(line.clone());
+        }
         if inner.tail.len() == TAIL_LINES {
             inner.tail.pop_front();
         }
@@ -108,10 +117,21 @@ impl BuildLog {
             .unwrap_or_default()
     }
 
-    /// The last lines, for a failed build's error.
+    /// For a failed build's error: the first lines that say "error" (unless the last lines
+    /// hold them), then the last lines.
     pub fn tail(&self) -> String {
         let inner = self.inner.lock().expect("build log lock is never poisoned");
-        inner.tail.iter().cloned().collect::<Vec<_>>().join("\n")
+        let mut shown: Vec<String> = inner
+            .first_errors
+            .iter()
+            .filter(|line| !inner.tail.contains(line))
+            .cloned()
+            .collect();
+        if !shown.is_empty() {
+            shown.push("[...]".to_owned());
+        }
+        shown.extend(inner.tail.iter().cloned());
+        shown.join("\n")
     }
 
     /// Ends the log: a cut log gets its last lines, then the file is closed.
@@ -157,6 +177,6 @@ mod tests {
         assert!(written.ends_with("line 99\n"), "{written}");
         assert!(!written.contains("line 50\n"), "{written}");
         assert_eq!(log.last_line(), "line 99");
-        assert!(log.tail().starts_with("line 75"));
+        assert!(log.tail().starts_with("line 80"));
     }
 }
