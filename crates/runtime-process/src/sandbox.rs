@@ -262,41 +262,8 @@ impl Sandbox {
                 command
             }
             Sandbox::Bubblewrap { bwrap, .. } => {
-                let mut args: Vec<OsString> = Vec::new();
+                let mut args = confined_view(binds.resolv_conf.is_some());
                 let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-                push(&[
-                    "--unshare-user",
-                    "--unshare-pid",
-                    "--unshare-ipc",
-                    "--unshare-uts",
-                    "--unshare-cgroup-try",
-                    "--unshare-net",
-                    // A function has no use for user namespaces of its own, and each one
-                    // reopens kernel attack surface the sandbox closed.
-                    "--disable-userns",
-                    "--die-with-parent",
-                    "--new-session",
-                    "--hostname",
-                    WORKER_HOSTNAME,
-                ]);
-                for path in SYSTEM_PATHS {
-                    // A connected sandbox asks slirp4netns's resolver, not the host's (which
-                    // may sit on the host's loopback, out of the sandbox's reach).
-                    if path == RESOLV_CONF && binds.resolv_conf.is_some() {
-                        push(&["--ro-bind-data", &RESOLV_FD.to_string(), RESOLV_CONF]);
-                        continue;
-                    }
-                    push(&["--ro-bind-try", path, path]);
-                }
-                for alias in USR_ALIASES {
-                    match std::fs::read_link(alias) {
-                        Ok(target) => {
-                            let target = target.to_string_lossy().into_owned();
-                            push(&["--symlink", &target, alias]);
-                        }
-                        Err(_) => push(&["--ro-bind-try", alias, alias]),
-                    }
-                }
                 // The only writable places: /tmp and /dev/shm, both memory-backed (charged to
                 // the worker's memory cgroup) and size-limited. The root and /dev, tmpfs
                 // mounts bwrap builds the view on, are made read-only below.
@@ -503,37 +470,8 @@ impl Sandbox {
                 command
             }
             Sandbox::Bubblewrap { bwrap, .. } => {
-                let mut args: Vec<OsString> = Vec::new();
+                let mut args = confined_view(binds.network.is_some());
                 let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-                push(&[
-                    "--unshare-user",
-                    "--unshare-pid",
-                    "--unshare-ipc",
-                    "--unshare-uts",
-                    "--unshare-cgroup-try",
-                    "--unshare-net",
-                    "--disable-userns",
-                    "--die-with-parent",
-                    "--new-session",
-                    "--hostname",
-                    WORKER_HOSTNAME,
-                ]);
-                for path in SYSTEM_PATHS {
-                    if path == RESOLV_CONF && binds.network.is_some() {
-                        push(&["--ro-bind-data", &RESOLV_FD.to_string(), RESOLV_CONF]);
-                        continue;
-                    }
-                    push(&["--ro-bind-try", path, path]);
-                }
-                for alias in USR_ALIASES {
-                    match std::fs::read_link(alias) {
-                        Ok(target) => {
-                            let target = target.to_string_lossy().into_owned();
-                            push(&["--symlink", &target, alias]);
-                        }
-                        Err(_) => push(&["--ro-bind-try", alias, alias]),
-                    }
-                }
                 if binds.network.is_some() {
                     push(&["--info-fd", &INFO_FD.to_string()]);
                     push(&["--block-fd", &BUILD_BLOCK_FD.to_string()]);
@@ -639,6 +577,48 @@ fn build_env(extra: &[(String, String)]) -> Vec<(String, String)> {
     ];
     env.extend(extra.iter().cloned());
     env
+}
+
+/// What every sandbox starts from: its own user, pid, ipc, uts, cgroup and network
+/// namespaces, no user namespaces inside, and a view of the system directories read-only
+/// (with `resolv_conf_from_fd`, `/etc/resolv.conf` comes from [`RESOLV_FD`]).
+fn confined_view(resolv_conf_from_fd: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+    push(&[
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--unshare-net",
+        // Sandboxed code has no use for user namespaces of its own, and each one reopens
+        // kernel attack surface the sandbox closed.
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        WORKER_HOSTNAME,
+    ]);
+    for path in SYSTEM_PATHS {
+        // A connected sandbox asks slirp4netns's resolver, not the host's (which may sit on
+        // the host's loopback, out of the sandbox's reach).
+        if path == RESOLV_CONF && resolv_conf_from_fd {
+            push(&["--ro-bind-data", &RESOLV_FD.to_string(), RESOLV_CONF]);
+            continue;
+        }
+        push(&["--ro-bind-try", path, path]);
+    }
+    for alias in USR_ALIASES {
+        match std::fs::read_link(alias) {
+            Ok(target) => {
+                let target = target.to_string_lossy().into_owned();
+                push(&["--symlink", &target, alias]);
+            }
+            Err(_) => push(&["--ro-bind-try", alias, alias]),
+        }
+    }
+    args
 }
 
 /// Registers, for the child: killed when Gust dies, yielding the CPU to Gust's own threads,

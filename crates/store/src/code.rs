@@ -286,12 +286,7 @@ impl CodeStore {
     }
 
     fn ingest_from(&self, filename: &str, source: Source<'_>) -> Result<CodeRef, StoreError> {
-        let staging = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
-            .tempdir_in(&self.root)
-            .map_err(StoreError::io(&self.root))?;
-        let tree = staging.path().join("tree");
-        fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
+        let (_staging, tree) = self.staging_tree()?;
         let mut unpacker = Unpacker {
             root: &tree,
             limits: self.limits,
@@ -332,6 +327,18 @@ impl CodeStore {
         })
     }
 
+    /// An empty tree being made, in a staging directory that goes when dropped (and at the
+    /// next start, after a crash).
+    fn staging_tree(&self) -> Result<(tempfile::TempDir, PathBuf), StoreError> {
+        let staging = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempdir_in(&self.root)
+            .map_err(StoreError::io(&self.root))?;
+        let tree = staging.path().join("tree");
+        fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
+        Ok((staging, tree))
+    }
+
     /// Moves a complete tree to its place under `digest`, once.
     fn publish(&self, tree: &Path, digest: &str) -> Result<(), StoreError> {
         let target = self.tree(digest);
@@ -370,12 +377,7 @@ impl CodeStore {
         reader: impl Read,
         limits: CodeLimits,
     ) -> Result<(CodePin, u64), StoreError> {
-        let staging = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
-            .tempdir_in(&self.root)
-            .map_err(StoreError::io(&self.root))?;
-        let tree = staging.path().join("tree");
-        fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
+        let (_staging, tree) = self.staging_tree()?;
         let mut unpacker = Unpacker {
             root: &tree,
             limits,
@@ -404,12 +406,7 @@ impl CodeStore {
         let digest = hex::encode(hasher.finalize());
         let bytes = source.size_bytes + tree_bytes(&self.tree(dependencies))?;
         if !self.tree(&digest).exists() {
-            let staging = tempfile::Builder::new()
-                .prefix(STAGING_PREFIX)
-                .tempdir_in(&self.root)
-                .map_err(StoreError::io(&self.root))?;
-            let tree = staging.path().join("tree");
-            fs::create_dir(&tree).map_err(StoreError::io(&tree))?;
+            let (_staging, tree) = self.staging_tree()?;
             link_over(&self.tree(dependencies), &tree)?;
             link_over(&self.tree(&source.digest), &tree)?;
             check_links_resolve_inside(&tree)?;
