@@ -364,6 +364,8 @@ fn finish(
                 return Ok(function);
             };
             build.finished_at_ms = Some(finished_at_ms);
+            // The key the build ran under (a build resumed after a restart planned again).
+            build.cache_key = pending.plan.cache_key.clone();
             match &build_result {
                 Ok(dependencies) => {
                     build.state = BuildState::Ready;

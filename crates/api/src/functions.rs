@@ -11,7 +11,7 @@ use gust_api_types::{
 use gust_executor::EffectiveScaling;
 use gust_model::{
     CodeRef, Environment, Function, Limits, Name, Namespace, NetworkPolicy, Revision,
-    RevisionFields, Tier,
+    RevisionFields, RevisionNumber, Tier,
 };
 use gust_store::{CodeUpload, StoreError};
 use http::StatusCode;
@@ -214,6 +214,14 @@ fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Re
     Ok(())
 }
 
+/// Settings alone wait for code still building: they would go live with the older code, and
+/// the newer code's build would then never take over.
+fn still_building_error(name: &Name, revision: RevisionNumber) -> ApiError {
+    ApiError::Conflict(format!(
+        "revision {revision} of {name:?} is still building; change settings once it is live (`gust fn build-logs {name} -f`), or upload code with them"
+    ))
+}
+
 fn require_environment(state: &ApiState, env: &Name) -> Result<Environment, ApiError> {
     state.store.environment(env)?.ok_or_else(|| {
         ApiError::Invalid(format!(
@@ -292,7 +300,7 @@ pub async fn create(
         .code
         .ok_or_else(|| ApiError::Invalid("code is required".into()))?;
     state
-        .blocking(move |s| {
+        .blocking_shared(move |s| {
             // Garbage collection waits until the new code's revision is stored.
             let _code = s.code.hold();
             // Check what can be checked before storing any code.
@@ -343,15 +351,15 @@ pub async fn create(
                 plan,
                 source: code,
             });
-            Ok((function_view(&function, s), pending))
+            // Started here, not after the answer: a caller gone by then must not leave the
+            // revision building for ever.
+            if let Some(pending) = pending {
+                Builds::start(s, pending);
+            }
+            Ok(function_view(&function, s))
         })
         .await
-        .map(|(view, pending)| {
-            if let Some(pending) = pending {
-                Builds::start(&state, pending);
-            }
-            (StatusCode::CREATED, Json(view))
-        })
+        .map(|view| (StatusCode::CREATED, Json(view)))
 }
 
 #[utoipa::path(put, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body = FunctionSpec, responses((status = 200, body = FunctionView)))]
@@ -368,7 +376,7 @@ pub async fn update(
     }
     let config = body.settings.clone();
     state
-        .blocking(move |s| {
+        .blocking_shared(move |s| {
             // Garbage collection waits until the new code's revision is stored.
             let _code = s.code.hold();
             let current = load(s, &namespace, &name)?;
@@ -391,16 +399,19 @@ pub async fn update(
                     // building they would go live with the old code, and the new code's build
                     // would then never take over, so they wait for it.
                     if let Some(building) = current.revisions.iter().find(|r| r.is_building()) {
-                        return Err(ApiError::Conflict(format!(
-                            "revision {} of {name:?} is still building; change settings once it is live (`gust fn build-logs {name} -f`), or upload code with them",
-                            building.number
-                        )));
+                        return Err(still_building_error(&name, building.number));
                     }
                     let previous = current.current_revision();
                     if !previous.is_ready() {
                         return Err(ApiError::Conflict(format!(
                             "revision {} of {name:?} failed to build; upload code to make a new one",
                             previous.number
+                        )));
+                    }
+                    if previous.build.is_some() && previous.environment != environment {
+                        return Err(ApiError::Invalid(format!(
+                            "revision {} was built for environment {}: give its code again (--code) to build it for {environment}",
+                            previous.number, previous.environment
                         )));
                     }
                     if previous.environment != environment || previous.limits != fields.limits {
@@ -426,12 +437,24 @@ pub async fn update(
                 build,
             };
             let mut number = 0;
+            let mut still_building = None;
             let updated = s
                 .store
                 .update_function(&namespace, &name, &mut |mut function| {
+                    // Checked again here, on the stored function: code uploaded since the
+                    // check above may be building now.
+                    if body.code.is_none()
+                        && let Some(building) = function.revisions.iter().find(|r| r.is_building())
+                    {
+                        still_building = Some(building.number);
+                        return Ok(function);
+                    }
                     number = function.push_revision(revision.clone());
                     Ok(function)
                 })?;
+            if let Some(building) = still_building {
+                return Err(still_building_error(&name, building));
+            }
             // A revision still building does not serve yet: the instances of the one that
             // does stay warm.
             if updated.current == number {
@@ -451,15 +474,13 @@ pub async fn update(
                 plan,
                 source: revision.code.clone(),
             });
-            Ok((function_view(&updated, s), pending))
+            if let Some(pending) = pending {
+                Builds::start(s, pending);
+            }
+            Ok(function_view(&updated, s))
         })
         .await
-        .map(|(view, pending)| {
-            if let Some(pending) = pending {
-                Builds::start(&state, pending);
-            }
-            Json(view)
-        })
+        .map(Json)
 }
 
 #[utoipa::path(post, path = "/functions/{name}/rollback", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body(content = RollbackRequest, description = "`to`: the revision to copy; an empty body or `{}` copies the one before the current one"), responses((status = 200, body = FunctionView)))]

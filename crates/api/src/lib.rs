@@ -88,6 +88,18 @@ impl ApiState {
             .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
     }
 
+    /// [`ApiState::blocking`] for a call that starts background work of its own (a build),
+    /// which needs the shared state.
+    pub(crate) async fn blocking_shared<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&Arc<ApiState>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || call(&state))
+            .await
+            .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
+    }
+
     /// Tells the runtime which environments exist now.
     pub fn sync_environments(&self) -> Result<Vec<Environment>, ApiError> {
         let environments = self.store.environments()?;

@@ -35,6 +35,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
+/// Starts of a build whose sandbox set-up failed for a reason of the moment.
+const SANDBOX_ATTEMPTS: u32 = 5;
 /// The largest dependency manifest read (`requirements.txt`, `package.json`, the lockfile).
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -124,6 +126,8 @@ pub enum BuildFailure {
     Cancelled,
     #[error("the build could not run: {0}")]
     Internal(String),
+    #[error("the build's sandbox could not be set up: {0}")]
+    SandboxSetup(String),
 }
 
 /// What a build made: dependencies to lay over the sources, or (a build command) the
@@ -155,9 +159,9 @@ pub struct Builder {
     /// The host's package-client configuration, given to every build.
     client_files: Vec<BuildFile>,
     client_env: Vec<(String, String)>,
-    /// What a build's network reaches: any public address, and each registry origin the
-    /// package clients are set up for (which may be private or on the host's loopback).
-    registries: Vec<OutboundRule>,
+    /// The registries the package clients are set up for: a build's network reaches them
+    /// besides public addresses (see [`registry_rules`]).
+    registries: Vec<(String, u16)>,
 }
 
 impl Builder {
@@ -322,7 +326,27 @@ impl Builder {
             turn = self.turns.acquire() => turn.map_err(|e| BuildFailure::Internal(e.to_string()))?,
             _ = cancel.cancelled() => return Err(BuildFailure::Cancelled),
         };
-        let built = self.run(plan, source, log, cancel).await;
+        let mut attempt = 1;
+        let built = loop {
+            let built = self.run(plan, source, log, cancel).await;
+            // bubblewrap configures each new network namespace's loopback over netlink, which
+            // now and then fails when many namespaces are made at once (as for workers, see
+            // the process tier's spawner), and connecting a namespace that died of it fails
+            // too. Nothing of the build has run then.
+            let transient = match &built {
+                Err(BuildFailure::SandboxSetup(_)) => true,
+                Err(BuildFailure::Failed { .. }) => log
+                    .tail()
+                    .lines()
+                    .any(|l| l.starts_with("bwrap: loopback:")),
+                _ => false,
+            };
+            if !transient || attempt == SANDBOX_ATTEMPTS {
+                break built;
+            }
+            attempt += 1;
+            log.line("(the sandbox's network could not be set up; starting it again)");
+        };
         self.keys
             .lock()
             .expect("build key lock is never poisoned")
@@ -422,7 +446,11 @@ impl Builder {
         let pid = child.id();
         // The build waits in its sandbox until its network is connected: public addresses and
         // the registries the package clients are set up for.
-        let _uplink = match binds.connect(&self.registries).await {
+        let allow = registry_rules(&self.registries, log).await;
+        let connected = tokio::time::timeout(self.config.timeout, binds.connect(&allow))
+            .await
+            .unwrap_or_else(|_| Err("not connected within the build's timeout".to_owned()));
+        let _uplink = match connected {
             Ok(uplink) => uplink,
             Err(reason) => {
                 if let Some(pid) = pid {
@@ -430,8 +458,8 @@ impl Builder {
                     unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
                 }
                 let _ = child.wait().await;
-                return Err(BuildFailure::Internal(format!(
-                    "the build's network could not be connected: {reason}"
+                return Err(BuildFailure::SandboxSetup(format!(
+                    "its network could not be connected: {reason}"
                 )));
             }
         };
@@ -657,22 +685,13 @@ fn check_manifest(kind: DependencyKind, content: &[u8]) -> Result<(), StoreError
     Ok(())
 }
 
-/// What a build's network reaches: any public address (`*://*:*`), the clients' default
-/// registries (PyPI and its file host, npm's registry: on a host that reaches them through a
-/// mirror at a private address too), and the origin of every index, registry and trusted host
-/// named in the package clients' settings, as given to the build (`PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL`, `PIP_FIND_LINKS`, `PIP_TRUSTED_HOST`,
-/// `npm_config_registry` and `index-url`, `extra-index-url`, `trusted-host`, `registry`,
-/// `@scope:registry` lines of pip.conf and .npmrc).
-fn registries(files: &[BuildFile], env: &[(String, String)]) -> Vec<OutboundRule> {
-    const KEYS: [&str; 7] = [
-        "index-url",
-        "extra-index-url",
-        "find-links",
-        "trusted-host",
-        "registry",
-        "index_url",
-        "extra_index_url",
-    ];
+/// The registries a build's package clients are set up for, as (host, port): the clients'
+/// defaults (PyPI and its file host, npm's registry) and every `index-url`, `extra-index-url`,
+/// `find-links` and `registry` URL in the settings the build gets (`PIP_*` and
+/// `npm_config_*` variables, pip.conf, .npmrc). Only URLs: a bare host (pip's
+/// `trusted-host`) names no port, and no rule opens every port of a host.
+fn registries(files: &[BuildFile], env: &[(String, String)]) -> Vec<(String, u16)> {
+    const KEYS: [&str; 4] = ["index-url", "extra-index-url", "find-links", "registry"];
     let mut values: Vec<String> = [
         "https://pypi.org",
         "https://files.pythonhosted.org",
@@ -688,46 +707,80 @@ fn registries(files: &[BuildFile], env: &[(String, String)]) -> Vec<OutboundRule
     }
     for (_, content) in files {
         for line in String::from_utf8_lossy(content).lines() {
+            let line = line.trim();
+            if line.starts_with(['#', ';']) {
+                continue;
+            }
             let Some((key, value)) = line.split_once('=') else {
                 continue;
             };
-            let key = key.trim().to_ascii_lowercase();
+            let key = key.trim().to_ascii_lowercase().replace('_', "-");
             if KEYS.iter().any(|k| key.ends_with(k)) {
                 values.extend(value.split_whitespace().map(str::to_owned));
             }
         }
     }
-    let mut rules = vec![OutboundRule::parse("*://*:*").expect("the any-public rule parses")];
-    for value in values {
-        if let Some(rule) = origin_rule(&value)
-            && !rules.contains(&rule)
-        {
-            rules.push(rule);
-        }
-    }
-    rules
+    let mut origins: Vec<(String, u16)> = values.iter().filter_map(|v| origin(v)).collect();
+    origins.sort();
+    origins.dedup();
+    origins
 }
 
-/// `scheme://[user@]host[:port]/...` (or a bare `host[:port]`, as `trusted-host` has it) as
-/// the rule for that origin; `None` for a local path.
-fn origin_rule(value: &str) -> Option<OutboundRule> {
-    let (scheme, rest) = match value.split_once("://") {
-        Some((scheme, rest)) if scheme == "http" || scheme == "https" => (scheme, rest),
-        Some(_) => return None,
-        None if value.starts_with('/') || value.starts_with('.') => return None,
-        None => ("*", value),
+/// `http[s]://[user@]host[:port]/...` as (host, port); `None` for anything else.
+fn origin(value: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = value.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
     };
     let authority = rest.split(['/', '?', '#']).next()?;
     let host_port = authority.rsplit('@').next()?;
-    if host_port.is_empty() {
-        return None;
-    }
-    let rule = if scheme == "*" && !host_port.contains(':') {
-        format!("*://{host_port}:*")
-    } else {
-        format!("{scheme}://{host_port}")
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok()?),
+        None => (host_port, default_port),
     };
-    OutboundRule::parse(&rule).ok()
+    (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// What a build's network reaches: any public address, and each registry's addresses on its
+/// port, resolved now through the host's resolver. These come from the operator's own
+/// settings, so a registry at a private or loopback address (a mirror) is reachable too, on
+/// that port only. A name that does not resolve is left out (and said in the build's log).
+async fn registry_rules(registries: &[(String, u16)], log: &BuildLog) -> Vec<OutboundRule> {
+    let mut rules = vec![OutboundRule::parse("*://*:*").expect("the any-public rule parses")];
+    for (host, port) in registries {
+        let addresses: Vec<std::net::Ipv4Addr> = match host.parse::<std::net::Ipv4Addr>() {
+            Ok(address) => vec![address],
+            Err(_) => {
+                let lookup = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::lookup_host((host.as_str(), *port)),
+                )
+                .await;
+                match lookup {
+                    Ok(Ok(found)) => found
+                        .filter_map(|a| match a.ip() {
+                            std::net::IpAddr::V4(v4) => Some(v4),
+                            std::net::IpAddr::V6(_) => None,
+                        })
+                        .collect(),
+                    _ => {
+                        log.line(&format!("(registry {host} does not resolve; left out)"));
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        for address in addresses {
+            if let Ok(rule) = OutboundRule::parse(&format!("*://{address}:{port}"))
+                && !rules.contains(&rule)
+            {
+                rules.push(rule);
+            }
+        }
+    }
+    rules
 }
 
 /// A file placed in a build's sandbox: its path there and its content.
@@ -796,30 +849,21 @@ mod tests {
         ];
         let files = vec![(
             "/tmp/.npmrc".to_owned(),
-            b"@corp:registry=http://127.0.0.1:4873/\nfund=false\n".to_vec(),
+            b"@corp:registry=http://127.0.0.1:4873/\n# registry=http://10.9.9.9/\nfund=false\n"
+                .to_vec(),
         )];
-        let rules: Vec<String> = registries(&files, &env)
-            .iter()
-            .map(|r| r.to_string())
-            .collect();
-        for expected in [
-            "*://*:*",
-            "https://pypi.org",
-            "https://registry.npmjs.org",
-            "https://pypi.internal.example:8443",
-            "*://10.1.2.3:*",
-            "http://127.0.0.1:4873",
-        ] {
-            assert!(
-                rules.iter().any(|r| r == expected),
-                "{expected} in {rules:?}"
-            );
-        }
-        assert!(
-            !rules
-                .iter()
-                .any(|r| r.contains("secret") || r.contains("wheels")),
-            "{rules:?}"
-        );
+        let found = registries(&files, &env);
+        let expected: Vec<(String, u16)> = [
+            ("127.0.0.1", 4873),
+            ("files.pythonhosted.org", 443),
+            ("pypi.internal.example", 8443),
+            ("pypi.org", 443),
+            ("registry.npmjs.org", 443),
+        ]
+        .iter()
+        .map(|(h, p)| (h.to_string(), *p))
+        .collect();
+        // No bare trusted host (it names no port), no commented line, no local path.
+        assert_eq!(found, expected);
     }
 }

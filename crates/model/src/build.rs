@@ -85,7 +85,7 @@ impl DependencyKind {
     pub fn inputs(self) -> &'static [&'static str] {
         match self {
             DependencyKind::Pip => &["requirements.txt"],
-            DependencyKind::Npm => &["package.json", "package-lock.json"],
+            DependencyKind::Npm => &["package.json", "package-lock.json", ".npmrc"],
         }
     }
 }

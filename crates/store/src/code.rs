@@ -190,8 +190,12 @@ impl CodeStore {
             {
                 continue;
             }
+            // Renamed out of the way first: a tree deleted half-way (a crash, an error) must
+            // not stay under its digest, where it would be taken for whole.
             let path = entry.path();
-            fs::remove_dir_all(&path).map_err(StoreError::io(&path))?;
+            let doomed = self.root.join(format!("{STAGING_PREFIX}deleting-{name}"));
+            fs::rename(&path, &doomed).map_err(StoreError::io(&path))?;
+            fs::remove_dir_all(&doomed).map_err(StoreError::io(&doomed))?;
             removed += 1;
         }
         Ok(removed)
@@ -410,6 +414,7 @@ impl CodeStore {
             link_over(&self.tree(dependencies), &tree)?;
             link_over(&self.tree(&source.digest), &tree)?;
             check_links_resolve_inside(&tree)?;
+            sync_filesystem(&tree)?;
             self.publish(&tree, &digest)?;
         }
         Ok(CodeRef {
@@ -717,9 +722,12 @@ impl Unpacker<'_> {
                 self.limits.max_total_bytes
             )));
         }
-        if let Some(seconds) = modified {
-            out.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
-                .map_err(StoreError::io(&target))?;
+        // A time past what the system can hold (a negative one in a GNU header reads as
+        // nearly 2^64) is left as it is.
+        if let Some(time) = modified.and_then(|seconds| {
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+        }) {
+            out.set_modified(time).map_err(StoreError::io(&target))?;
         }
         if self.sync_each_file {
             out.sync_all().map_err(StoreError::io(&target))?;
