@@ -208,6 +208,15 @@ fn a_failed_build_reports_pips_error_and_the_previous_revision_keeps_serving() {
     assert!(shown.contains("revision 2: build_failed"), "{shown}");
     assert!(shown.contains("revision 1 (current): ready"), "{shown}");
 
+    // A build log goes with its revision when the revision is pruned.
+    gust.write_file("f/requirements.txt", "gustdemo==1.0\n");
+    gust.cli(&["fn", "update", "f", "--code", &dir, "--keep-revisions", "1"])
+        .ok();
+    let logs = gust.data_dir().join("build-logs/default/f");
+    assert!(!logs.join("2.log").exists(), "revision 2 was pruned");
+    assert!(logs.join("3.log").exists());
+    assert_eq!(gust.get("/f").text().unwrap(), "hello from gustdemo 1.0");
+
     // A first revision that fails leaves a function that answers 503, saying why.
     let bad = code(
         &gust,

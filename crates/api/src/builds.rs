@@ -147,8 +147,9 @@ impl Builds {
                 "building revision {} of {}/{}",
                 pending.revision, pending.namespace, pending.name
             ));
+            // A scan of the stored functions: off the runtime's own threads.
             let cached = || {
-                find_cached(&state, &pending.plan.cache_key)
+                tokio::task::block_in_place(|| find_cached(&state, &pending.plan.cache_key))
                     .inspect_err(|e| tracing::warn!(error = %e, "cannot look up the build cache"))
                     .ok()
                     .flatten()
@@ -279,6 +280,27 @@ impl Builds {
         Ok(())
     }
 
+    /// Deletes the build logs of revisions the function no longer has (pruned).
+    fn prune_logs(&self, function: &Function) {
+        let dir = self
+            .log_dir
+            .join(function.namespace.as_str())
+            .join(function.name.as_str());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let number = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<RevisionNumber>().ok());
+            if number.is_some_and(|n| function.revision(n).is_none()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// The latest output line of a build still running.
     fn last_line(
         &self,
@@ -394,7 +416,8 @@ fn finish(
         },
     );
     match updated {
-        Ok(_) => {
+        Ok(function) => {
+            state.builds.prune_logs(&function);
             if went_live {
                 state
                     .executor
