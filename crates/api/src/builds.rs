@@ -472,6 +472,18 @@ pub(crate) fn build_view(
     })
 }
 
+/// The function and the revision a build query names.
+fn queried_build(
+    state: &ApiState,
+    namespace: &Namespace,
+    name: &Name,
+    query: &BuildQuery,
+) -> Result<(Function, RevisionNumber), ApiError> {
+    let function = crate::functions::load(state, namespace, name)?;
+    let number = queried_revision(&function, query)?;
+    Ok((function, number))
+}
+
 /// The revision a build query names: the given one, or the newest with a build.
 fn queried_revision(function: &Function, query: &BuildQuery) -> Result<RevisionNumber, ApiError> {
     let with_build = |r: &&Revision| r.build.is_some();
@@ -507,8 +519,7 @@ pub async fn show(
     let name = scoped.name("function")?;
     state
         .blocking(move |s| {
-            let function = crate::functions::load(s, &namespace, &name)?;
-            let number = queried_revision(&function, &query)?;
+            let (function, number) = queried_build(s, &namespace, &name, &query)?;
             let revision = function
                 .revision(number)
                 .expect("the queried revision exists");
@@ -528,8 +539,7 @@ pub async fn log(
     let name = scoped.name("function")?;
     state
         .blocking(move |s| {
-            let function = crate::functions::load(s, &namespace, &name)?;
-            let number = queried_revision(&function, &query)?;
+            let (function, number) = queried_build(s, &namespace, &name, &query)?;
             let finished = !function.revision(number).is_some_and(|r| r.is_building());
             let path = s.builds.log_path(&namespace, &name, number);
             let offset = query.offset.unwrap_or(0);

@@ -395,13 +395,11 @@ pub async fn update(
                     (code, plan, build)
                 }
                 None => {
-                    // New settings apply to the code that serves; while newer code is still
-                    // building they would go live with the old code, and the new code's build
-                    // would then never take over, so they wait for it.
-                    if let Some(building) = current.revisions.iter().find(|r| r.is_building()) {
-                        return Err(still_building_error(&name, building.number));
-                    }
                     let previous = current.current_revision();
+                    // (Newer code still building is refused where the revision is stored.)
+                    if previous.is_building() {
+                        return Err(still_building_error(&name, previous.number));
+                    }
                     if !previous.is_ready() {
                         return Err(ApiError::Conflict(format!(
                             "revision {} of {name:?} failed to build; upload code to make a new one",

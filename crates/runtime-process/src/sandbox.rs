@@ -298,21 +298,7 @@ impl Sandbox {
                         .iter()
                         .map(|arg| OsString::from(arg.replace("{env}", WORKER_ENV_DIR))),
                 );
-                let mut command = Command::new(bwrap);
-                join_cgroups_first(&mut command, cgroup_fds);
-                // Its own process group: killing the group also takes a sandbox child that
-                // has not armed its parent-death signal yet (see `Worker::kill`).
-                command
-                    .args(args)
-                    .env_clear()
-                    .current_dir("/")
-                    .process_group(0);
-                // SAFETY: getuid has no preconditions.
-                if unsafe { libc::getuid() } == 0 {
-                    // Root inside a user namespace still owns root's files on the host; an
-                    // unprivileged uid does not. std drops supplementary groups with it.
-                    command.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
-                }
+                let mut command = bwrap_command(bwrap, args, cgroup_fds);
                 let fds = [
                     Some((binds.code.as_raw_fd(), CODE_FD)),
                     Some((binds.listener.as_raw_fd(), LISTEN_FD)),
@@ -505,17 +491,7 @@ impl Sandbox {
                 push(&["--setenv", "DEPLOY_PKG", BUILD_OUTPUT_DIR]);
                 push(&["--setenv", "HOME", "/tmp"]);
                 push(&["--", "/bin/sh", "-c", script]);
-                let mut command = Command::new(bwrap);
-                join_cgroups_first(&mut command, cgroup_fds);
-                command
-                    .args(args)
-                    .env_clear()
-                    .current_dir("/")
-                    .process_group(0);
-                // SAFETY: getuid has no preconditions.
-                if unsafe { libc::getuid() } == 0 {
-                    command.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
-                }
+                let mut command = bwrap_command(bwrap, args, cgroup_fds);
                 let mut fds = vec![(binds.source.as_raw_fd(), BUILD_SOURCE_FD)];
                 fds.extend(binds.files.iter().enumerate().map(|(index, (_, reader))| {
                     (reader.as_raw_fd(), BUILD_FILES_FD + index as i32)
@@ -577,6 +553,27 @@ fn build_env(extra: &[(String, String)]) -> Vec<(String, String)> {
     ];
     env.extend(extra.iter().cloned());
     env
+}
+
+/// bwrap with `args`, joining the cgroups of `cgroup_fds` first, in a clean environment, as
+/// the unprivileged uid when Gust is root.
+fn bwrap_command(bwrap: &Path, args: Vec<OsString>, cgroup_fds: Vec<RawFd>) -> Command {
+    let mut command = Command::new(bwrap);
+    join_cgroups_first(&mut command, cgroup_fds);
+    // Its own process group: killing the group also takes a sandbox child that has not armed
+    // its parent-death signal yet (see `Worker::kill`).
+    command
+        .args(args)
+        .env_clear()
+        .current_dir("/")
+        .process_group(0);
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        // Root inside a user namespace still owns root's files on the host; an unprivileged
+        // uid does not. std drops supplementary groups with it.
+        command.uid(UNPRIVILEGED_ID).gid(UNPRIVILEGED_ID);
+    }
+    command
 }
 
 /// What every sandbox starts from: its own user, pid, ipc, uts, cgroup and network
