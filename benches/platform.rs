@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 
 use common::{
     deploy_many, distinct_component, get, ms, print_table, rss_kib, stats, tcp_sender, us,
+    wait_for_scale_to_zero,
 };
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
@@ -109,10 +110,14 @@ fn run(rt: &tokio::runtime::Runtime) {
     let mut rows: Vec<[String; 4]> = Vec::new();
 
     // 1. Cold start, with and without the pool.
+    // A short idle timeout: each function's first instance, started when it was deployed,
+    // is gone before its cold start is measured.
+    let scale_to_zero = || vec!["--idle-timeout".to_owned(), "1s".to_owned()];
     let pooled = Gust::start(
         GUST,
         GustOptions {
             pool_size: 3,
+            extra_args: scale_to_zero(),
             ..Default::default()
         },
     );
@@ -120,12 +125,15 @@ fn run(rt: &tokio::runtime::Runtime) {
         GUST,
         GustOptions {
             pool_size: 0,
+            extra_args: scale_to_zero(),
             ..Default::default()
         },
     );
     for (env, file, source) in [("python", "f.py", PYTHON_FN), ("node", "f.js", NODE_FN)] {
         deploy_many(&pooled, env, env, file, |_| source.into(), COLD_SAMPLES);
         deploy_many(&unpooled, env, env, file, |_| source.into(), COLD_SAMPLES);
+        wait_for_scale_to_zero(&pooled);
+        wait_for_scale_to_zero(&unpooled);
         let warm_pool = stats(rt.block_on(cold_starts(&pooled, env)));
         let no_pool = stats(rt.block_on(cold_starts(&unpooled, env)));
         rows.push([
@@ -150,6 +158,7 @@ fn run(rt: &tokio::runtime::Runtime) {
         distinct_component,
         COLD_SAMPLES,
     );
+    wait_for_scale_to_zero(&pooled);
     let wasm_cold = stats(rt.block_on(cold_starts(&pooled, "wasm")));
     let python_cold = rows[0][1].clone();
     rows.push([

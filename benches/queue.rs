@@ -69,6 +69,7 @@ impl DirectCall {
         let spec = InstanceSpec {
             namespace: Namespace::default(),
             function: Name::parse("function", "probe").unwrap(),
+            function_uid: String::new(),
             revision: 1,
             environment: Environment::builtin(BuiltinRuntime::Wasm, 0),
             code_dir: dir.path().to_owned(),

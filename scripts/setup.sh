@@ -2,7 +2,8 @@
 # Installs what Gust and its tests need on a Debian machine: bubblewrap (the worker sandbox),
 # slirp4netns, iproute2, nftables and procps (sandboxed workers' outbound network and filters),
 # Debian's python3 and
-# Node.js (the built-in environments' interpreters), pip and npm (dependency builds), and, for the tests, openssl (a test CA),
+# Node.js (the built-in environments' interpreters), Flask (Python functions written Fission's
+# way), pip and npm (dependency builds), and, for the tests, openssl (a test CA),
 # the message brokers the queue-trigger tests start on free ports (nats-server, mosquitto,
 # redis-server, rabbitmq-server; none is left running) and componentize-py (builds the Python
 # test component) in a virtualenv under target/tools.
@@ -21,6 +22,8 @@ command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 # Dependency builds: pip for requirements.txt, npm for package.json, tar for their output.
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 [ -x /usr/bin/npm ] || missing+=(npm)
+# Flask for functions written Fission's way (`from flask import request`).
+/usr/bin/python3 -c 'import flask' >/dev/null 2>&1 || missing+=(python3-flask)
 [ -x /usr/bin/tar ] || [ -x /bin/tar ] || missing+=(tar)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)

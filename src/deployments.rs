@@ -44,20 +44,14 @@ impl DeploymentSource for StoreDeployments {
             .environment(&revision.environment)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("environment {} of {function} is gone", revision.environment))?;
-        Ok(Some(InstanceSpec {
-            namespace: namespace.clone(),
-            function: function.clone(),
-            revision: revision.number,
+        Ok(Some(InstanceSpec::of_revision(
+            namespace,
+            function,
+            &found.uid,
+            revision,
             environment,
-            code_dir: self.code.tree(&revision.code.digest),
-            code_file: revision.code.file.clone(),
-            entrypoint: revision.entrypoint.clone(),
-            env_vars: revision.env_vars.clone(),
-            limits: revision.limits,
-            allow_outbound: revision.allow_outbound.clone(),
-            network: revision.network.unwrap_or_default(),
-            scaling: revision.scaling,
-        }))
+            self.code.tree(&revision.code.digest),
+        )))
     }
 }
 

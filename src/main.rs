@@ -19,7 +19,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::commands::{completion, dlq, env, function, invocation, mqt, route, timer, up, usage};
+use crate::commands::{
+    completion, dlq, env, function, invocation, mqt, route, timer, up, usage, version,
+};
 
 /// mimalloc instead of the C library's allocator: memory freed on another thread than the one
 /// that allocated it (requests, messages and wasm stores cross tokio's workers all the time)
@@ -28,7 +30,7 @@ use crate::commands::{completion, dlq, env, function, invocation, mqt, route, ti
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "gust", version, about = "Serverless functions in one binary")]
+#[command(name = "gust", version = version::LONG_VERSION, about = "Serverless functions in one binary")]
 pub struct Cli {
     #[command(flatten)]
     pub connection: client::ConnectionArgs,
@@ -59,6 +61,8 @@ pub enum Command {
     Usage(usage::UsageArgs),
     /// Print a shell completion script.
     Completion(completion::CompletionArgs),
+    /// Print the client's and the server's release and commit.
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +115,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Mqt(args) => client::block_on(mqt::run(args, &cli.connection)),
         Command::Invocation(args) => client::block_on(invocation::run(args, &cli.connection)),
         Command::Dlq(args) => client::block_on(dlq::run(args, &cli.connection)),
+        Command::Version => client::block_on(version::run(&cli.connection)),
     }
 }
 

@@ -34,6 +34,10 @@ impl Runtime for Tiers {
         self.of(environment).ready_workers(environment)
     }
 
+    fn start_failure(&self, environment: &Environment) -> Option<String> {
+        self.of(environment).start_failure(environment)
+    }
+
     fn validate_upload(
         &self,
         environment: &Environment,

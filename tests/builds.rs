@@ -116,7 +116,7 @@ fn python_requirements_are_built_cached_and_shared() {
         "{}",
         created.stderr
     );
-    assert_eq!(invoke(&gust, "greeter"), "hello from gustdemo 1.0");
+    assert_eq!(invoke(&gust, "greeter"), "hello from gustdemo 1.0\n");
     let view = function(&gust, "greeter");
     let build = &view["builds"][0];
     assert_eq!(build["state"], "ready", "{view:#}");
@@ -138,7 +138,7 @@ fn python_requirements_are_built_cached_and_shared() {
         "{}",
         updated.stderr
     );
-    assert_eq!(invoke(&gust, "greeter"), "v2: hello from gustdemo 1.0");
+    assert_eq!(invoke(&gust, "greeter"), "v2: hello from gustdemo 1.0\n");
 
     // The same requirements in another function are not built again.
     let other = code(
@@ -297,7 +297,7 @@ fn no_wait_returns_while_building_and_build_logs_follow_to_the_end() {
         "{followed}"
     );
     assert!(followed.contains("revision 1 is live"), "{followed}");
-    assert_eq!(invoke(&gust, "slow"), "built");
+    assert_eq!(invoke(&gust, "slow"), "built\n");
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn bad_manifests_are_refused_before_anything_is_stored() {
 /// inside its pids limit, and a build sees only its own sources, never Gust's data.
 #[test]
 fn hostile_builds_are_stopped_and_see_only_their_own_sources() {
-    let gust = gust_with(&["--build-timeout", "4s"]);
+    let gust = gust_with(&["--build-timeout", "8s"]);
     let node_fn = |name: &str, script: &str| {
         let package = serde_json::json!({
             "name": name, "version": "1.0.0", "scripts": {"postinstall": script}
@@ -367,7 +367,7 @@ fn hostile_builds_are_stopped_and_see_only_their_own_sources() {
     let err = gust
         .cli(&["fn", "create", "loops", "--env", "node", "--code", &looping])
         .failed();
-    assert!(err.contains("ran longer than its 4s limit"), "{err}");
+    assert!(err.contains("ran longer than its 8s limit"), "{err}");
 
     let bomb = node_fn("bomb", "b() { b | b; }; b");
     let err = gust
@@ -585,7 +585,7 @@ fn real_packages_install_and_a_lockfile_out_of_sync_is_refused_by_npm() {
         "fn", "create", "flasky", "--env", "python", "--code", &flask,
     ])
     .ok();
-    assert_eq!(invoke(&gust, "flasky"), "flask says hi to gust");
+    assert_eq!(invoke(&gust, "flasky"), "flask says hi to gust\n");
 
     let stale = code(
         &gust,

@@ -181,7 +181,7 @@ fn the_cli_speaks_https_with_a_given_ca_and_refuses_what_it_cannot_verify() {
     ])
     .ok();
     let answer = over_tls(&["fn", "invoke", "hello"]).ok().stdout;
-    assert_eq!(answer, "over tls");
+    assert_eq!(answer, "over tls\n");
     // GUST_CA_CERT works like the flag.
     let listed = gust
         .cli_with_env(

@@ -61,44 +61,85 @@ fn a_raising_function_answers_502_and_its_traceback_goes_to_the_logs_only() {
 }
 
 #[test]
-fn code_that_cannot_load_answers_502_naming_the_cause_and_never_hangs() {
+fn code_that_cannot_load_is_refused_at_deploy_and_the_previous_revision_keeps_serving() {
     let gust = Gust::start(GUST, GustOptions::default());
-    gust.deploy("syntax", "python", "s.py", "def main(:\n", &[]);
-    let (status, body) = error_body(gust.get("/syntax"));
-    assert_eq!(status, 502);
-    assert_eq!(body["reason"], "load_error");
-    assert!(
-        body["message"].as_str().unwrap().contains("SyntaxError"),
-        "{body}"
-    );
+    let create = |name: &str, env: &str, file: &str, source: &str| {
+        let path = gust.write_file(&format!("{name}/{file}"), source);
+        gust.cli(&[
+            "fn",
+            "create",
+            name,
+            "--env",
+            env,
+            "--code",
+            path.to_str().unwrap(),
+        ])
+    };
+    for (name, env, file, source, cause) in [
+        ("syntax", "python", "s.py", "def main(:\n", "SyntaxError"),
+        (
+            "noentry",
+            "python",
+            "n.py",
+            "def other():\n    return 1\n",
+            "LookupError",
+        ),
+        (
+            "missing",
+            "python",
+            "m.py",
+            "import no_such_module_here\ndef main():\n    return 1\n",
+            "No module named 'no_such_module_here'",
+        ),
+        (
+            "js-syntax",
+            "node",
+            "bad.js",
+            "module.exports = async function( {\n",
+            "SyntaxError",
+        ),
+    ] {
+        let err = create(name, env, file, source).failed();
+        assert!(err.contains("was not deployed"), "{name}: {err}");
+        assert!(
+            err.contains(cause),
+            "{name}: the error and its output: {err}"
+        );
+        // Nothing was stored.
+        let missing = gust.cli(&["fn", "get", name]).failed();
+        assert!(missing.contains("not found"), "{name}: {missing}");
+    }
 
+    // An update that cannot load leaves the current revision serving, warm.
     gust.deploy(
-        "noentry",
+        "steady",
         "python",
-        "n.py",
-        "def other():\n    return 1\n",
+        "ok.py",
+        "def main():\n    return 'v1'\n",
         &[],
     );
-    let (_, body) = error_body(gust.get("/noentry"));
-    assert_eq!(body["reason"], "load_error");
-    assert!(
-        body["message"].as_str().unwrap().contains("LookupError"),
-        "{body}"
-    );
-
-    gust.deploy(
-        "js-syntax",
-        "node",
-        "bad.js",
-        "module.exports = async function( {\n",
-        &[],
-    );
-    let (_, body) = error_body(gust.get("/js-syntax"));
-    assert_eq!(body["reason"], "load_error");
-    assert!(
-        body["message"].as_str().unwrap().contains("SyntaxError"),
-        "{body}"
-    );
+    assert_eq!(gust.get("/steady").text().unwrap(), "v1");
+    let broken = gust.write_file("steady/broken.py", "raise RuntimeError('not today')\n");
+    let err = gust
+        .cli(&["fn", "update", "steady", "--code", broken.to_str().unwrap()])
+        .failed();
+    assert!(err.contains("RuntimeError: not today"), "{err}");
+    assert!(err.contains("Traceback"), "{err}");
+    assert_eq!(gust.get("/steady").text().unwrap(), "v1");
+    let info: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "steady", "-o", "json"]).ok().stdout)
+            .unwrap();
+    assert_eq!(info["revision"], 1);
+    assert_eq!(info["revisions"], 1);
+    // A revision that loads goes live with its first instance already warm.
+    let good = gust.write_file("steady/good.py", "def main():\n    return 'v2'\n");
+    gust.cli(&["fn", "update", "steady", "--code", good.to_str().unwrap()])
+        .ok();
+    let info: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "steady", "-o", "json"]).ok().stdout)
+            .unwrap();
+    assert_eq!(info["instances"]["idle"], 1, "{info}");
+    assert_eq!(gust.get("/steady").text().unwrap(), "v2");
 }
 
 #[test]
@@ -174,12 +215,20 @@ fn a_cold_start_has_its_own_bound_apart_from_the_timeout_and_a_late_worker_serve
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().unwrap(), "in time");
 
-    // Loading takes 4 s, longer than the 2 s start bound.
-    let py = "import time\ntime.sleep(4)\ndef main():\n    return 'loaded'\n";
-    gust.deploy("heavy", "python", "h.py", py, &["--timeout", "1s"]);
-    let asked = Instant::now();
-    let (status, body) = error_body(gust.get("/heavy"));
-    let waited = asked.elapsed();
+    // Loading takes 4 s, longer than the 2 s start bound. The deploy waits for it (the
+    // revision is loaded before it goes live) and keeps that instance warm; a second request
+    // while the first holds it needs a cold start, which the bound cuts short.
+    let py = "import time\ntime.sleep(4)\ndef main(req):\n    time.sleep(float(req.query.get('s', 0)))\n    return 'loaded'\n";
+    gust.deploy("heavy", "python", "h.py", py, &["--timeout", "5s"]);
+    let holder = std::thread::scope(|scope| {
+        let holder = scope.spawn(|| gust.get("/heavy?s=3").status());
+        std::thread::sleep(Duration::from_millis(300));
+        let asked = Instant::now();
+        let (status, body) = error_body(gust.get("/heavy"));
+        (holder.join().unwrap(), status, body, asked.elapsed())
+    });
+    let (held, status, body, waited) = holder;
+    assert_eq!(held, 200);
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["reason"], "start_timeout");
     // Generous bound for a loaded machine; without the bound the caller waits for the load.
@@ -390,10 +439,21 @@ fn a_worker_that_fails_to_start_leaves_no_directory_or_cgroup_behind() {
         "0",
     ])
     .ok();
-    gust.deploy("doomed", "broken", "d.txt", "never runs", &[]);
+    // Each deploy tries to start a worker to load the code in, and says why it could not.
+    let code = gust.write_file("doomed/d.txt", "never runs");
     for _ in 0..3 {
-        let (status, body) = error_body(gust.get("/doomed"));
-        assert_eq!(status, 503, "{body}");
+        let err = gust
+            .cli(&[
+                "fn",
+                "create",
+                "doomed",
+                "--env",
+                "broken",
+                "--code",
+                code.to_str().unwrap(),
+            ])
+            .failed();
+        assert!(err.contains("exited during start"), "{err}");
     }
     let workers_dir = gust.worker_run_dir().join("workers");
     let cgroup_base = gust

@@ -169,7 +169,7 @@ fn roles_pick_what_a_node_runs() {
         path.to_str().unwrap(),
     ])
     .ok();
-    assert_eq!(gust.cli(&["fn", "invoke", "ran"]).ok().stdout, "ok");
+    assert_eq!(gust.cli(&["fn", "invoke", "ran"]).ok().stdout, "ok\n");
     // Accepted and stored, but nothing runs it: no dispatcher on this node.
     let accepted: serde_json::Value = gust
         .api(

@@ -139,6 +139,29 @@ pub fn deploy_many(
     }
 }
 
+/// Waits until no function has an idle instance: a deploy loads each new revision in its
+/// first instance, and a cold start is measured on a request that finds none (as after scale
+/// to zero). Needs a Gust started with a short `--idle-timeout`.
+pub fn wait_for_scale_to_zero(gust: &Gust) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let idle: f64 = gust
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("gust_function_instances{") && l.contains("state=\"idle\""))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        if idle == 0.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{idle} instances still idle after a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// The first value in `/metrics` of a line starting with `prefix` (0 when absent).
 pub fn metric(gust: &Gust, prefix: &str) -> f64 {
     gust.metrics()

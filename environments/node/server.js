@@ -25,23 +25,67 @@ let streamRequestBody = false;
 let warm = false;
 let warmedUp = null; // resolves once the warm-up function is gone again
 
-function load(filepath, functionName) {
+// A module's file: `base` as named, or with .js, .mjs or .cjs, or a directory's entry.
+function moduleFile(base) {
+  for (const candidate of [base, `${base}.js`, `${base}.mjs`, `${base}.cjs`]) {
+    try {
+      const stat = fs.statSync(candidate);
+      if (stat.isFile()) return candidate;
+      if (stat.isDirectory()) return packageEntry(candidate);
+    } catch (_) {
+      /* not this one */
+    }
+  }
+  return `${base}.js`; // not there: loading it says so
+}
+
+// A directory's entry, as Node.js finds it: its package.json `main`, else index.
+function packageEntry(dir) {
+  try {
+    const { main } = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'));
+    if (typeof main === 'string' && main) return moduleFile(path.join(dir, main));
+  } catch (_) {
+    /* no package.json, or no main in it */
+  }
+  return moduleFile(path.join(dir, 'index'));
+}
+
+// Loads CommonJS and ES modules alike (`export default`, named exports, `.mjs`, `"type":
+// "module"`); an ES module with top-level await is imported instead of required.
+async function loadModule(file) {
+  try {
+    return require(file);
+  } catch (err) {
+    if (err && (err.code === 'ERR_REQUIRE_ASYNC_MODULE' || err.code === 'ERR_REQUIRE_ESM')) {
+      return import(require('url').pathToFileURL(file).href);
+    }
+    throw err;
+  }
+}
+
+// `functionName` is Fission's entrypoint: `file.export`, `export` for a single file, or empty
+// for the module's default export (a directory's package.json `main`, else index).
+async function load(filepath, functionName) {
   let file = filepath;
   let exportName = '';
   if (fs.statSync(filepath).isDirectory()) {
-    const entry = functionName || 'index';
-    const dot = entry.lastIndexOf('.');
-    const module = dot > 0 ? entry.slice(0, dot) : entry;
-    exportName = dot > 0 ? entry.slice(dot + 1) : '';
-    file = path.join(filepath, module.endsWith('.js') ? module : `${module}.js`);
+    const dot = functionName.lastIndexOf('.');
+    const module = dot > 0 ? functionName.slice(0, dot) : functionName;
+    exportName = dot > 0 ? functionName.slice(dot + 1) : '';
+    file = module ? moduleFile(path.join(filepath, module)) : packageEntry(filepath);
   } else if (functionName) {
     const dot = functionName.lastIndexOf('.');
     exportName = dot >= 0 ? functionName.slice(dot + 1) : functionName;
   }
-  const loaded = require(file);
-  const fn = exportName ? loaded[exportName] : loaded;
+  const loaded = await loadModule(file);
+  let fn;
+  if (exportName) {
+    fn = loaded[exportName];
+  } else {
+    fn = typeof loaded === 'function' ? loaded : loaded && loaded.default;
+  }
   if (typeof fn !== 'function') {
-    const err = new Error(`entrypoint ${exportName || 'module.exports'} is not a function in ${file}`);
+    const err = new Error(`entrypoint ${exportName || 'default export'} is not a function in ${file}`);
     err.name = 'EntrypointNotFound';
     throw err;
   }
@@ -57,19 +101,103 @@ function readBody(req) {
   });
 }
 
+// The body as Express's body parsers give it to Fission's functions: JSON parsed, a form as
+// an object, text as a string (also with no type), anything else a Buffer.
 function decodeBody(req, raw) {
   const type = (req.headers['content-type'] || '').toLowerCase();
-  if (type.includes('application/json')) {
+  if (type.includes('application/json') || type.includes('+json')) {
     try {
       return JSON.parse(raw.toString('utf8') || 'null');
     } catch (_) {
       return raw.toString('utf8');
     }
   }
-  if (type.startsWith('text/') || type.includes('x-www-form-urlencoded') || type === '') {
+  if (type.includes('x-www-form-urlencoded')) {
+    return { ...require('querystring').parse(raw.toString('utf8')) };
+  }
+  if (type.startsWith('text/') || type === '') {
     return raw.toString('utf8');
   }
   return raw;
+}
+
+// A query string as Express parses it: a repeated key gives an array.
+function parseQuery(searchParams) {
+  const query = {};
+  for (const [key, value] of searchParams) {
+    if (!Object.prototype.hasOwnProperty.call(query, key)) query[key] = value;
+    else if (Array.isArray(query[key])) query[key].push(value);
+    else query[key] = [query[key], value];
+  }
+  return query;
+}
+
+// Fission passes Express's request as `context.request`; Gust passes Node.js's own request
+// with what Express adds and functions use: get/header, is, path, query, params, body,
+// hostname, ip, protocol, originalUrl.
+function expressRequest(req, url) {
+  req.originalUrl = req.url;
+  req.path = url.pathname;
+  req.query = parseQuery(url.searchParams);
+  req.params = params(req.headers);
+  req.protocol = 'http';
+  req.hostname = (req.headers['x-forwarded-host'] || req.headers.host || '').replace(/:\d+$/, '');
+  req.ip = req.headers['x-forwarded-for'] || '';
+  req.get = req.header = (name) => {
+    const key = String(name).toLowerCase();
+    return key === 'referer' || key === 'referrer'
+      ? req.headers.referer || req.headers.referrer
+      : req.headers[key];
+  };
+  req.is = (type) => {
+    const actual = (req.headers['content-type'] || '').split(';')[0].trim().toLowerCase();
+    if (!actual) return null;
+    const wanted = String(type).toLowerCase();
+    const full = wanted.includes('/') ? wanted : (wanted === 'json' ? 'application/json'
+      : wanted === 'urlencoded' ? 'application/x-www-form-urlencoded' : `*/${wanted}`);
+    const [a, b] = actual.split('/');
+    const [x, y] = full.split('/');
+    return (x === '*' || x === a) && (y === '*' || y === b) ? actual : false;
+  };
+  return req;
+}
+
+// Fission also passes Express's response as `context.response`, for a function that answers
+// through it instead of returning (res.status(200).send('hi'), res.json(...)). Gust adds
+// Express's methods to Node.js's own response.
+function expressResponse(res) {
+  res.status = (code) => { res.statusCode = code; return res; };
+  res.set = res.header = (name, value) => {
+    if (typeof name === 'object') {
+      for (const [k, v] of Object.entries(name)) res.setHeader(k, v);
+    } else {
+      res.setHeader(name, value);
+    }
+    return res;
+  };
+  res.get = (name) => res.getHeader(name);
+  res.type = (type) => res.set('Content-Type', type.includes('/') ? type : `application/${type}`);
+  res.json = (value) => {
+    if (!res.getHeader('content-type')) res.setHeader('Content-Type', 'application/json');
+    return res.send(Buffer.from(JSON.stringify(value)));
+  };
+  res.send = (body) => {
+    let payload = body;
+    if (payload === undefined || payload === null) payload = Buffer.alloc(0);
+    else if (typeof payload === 'number') { res.statusCode = payload; payload = Buffer.from(String(payload)); }
+    else if (typeof payload === 'object' && !Buffer.isBuffer(payload)) return res.json(payload);
+    if (typeof payload === 'string') {
+      if (!res.getHeader('content-type')) res.setHeader('Content-Type', 'text/html; charset=utf-8');
+      payload = Buffer.from(payload);
+    } else if (!res.getHeader('content-type')) {
+      res.setHeader('Content-Type', 'application/octet-stream');
+    }
+    res.setHeader('Content-Length', payload.length);
+    res.end(payload);
+    return res;
+  };
+  res.sendStatus = (code) => res.status(code).send(http.STATUS_CODES[code] || String(code));
+  return res;
 }
 
 function params(headers) {
@@ -177,14 +305,32 @@ function toResponse(result) {
   return { status, headers, body };
 }
 
-function callFunction(context) {
+// Resolves with the function's answer, or `ANSWERED` once it answered through
+// `context.response` itself.
+const ANSWERED = Symbol('answered');
+
+function callFunction(context, res) {
+  const answered = new Promise((resolve) => res.once('finish', () => resolve(ANSWERED)));
   if (userFunction.length >= 2) {
     // Fission's callback style: function(context, callback(status, body, headers)).
-    return new Promise((resolve) => {
-      userFunction(context, (status, body, headers) => resolve({ status, body, headers }));
-    });
+    return Promise.race([
+      answered,
+      new Promise((resolve, reject) => {
+        try {
+          userFunction(context, (status, body, headers) => resolve({ status, body, headers }));
+        } catch (err) {
+          reject(err);
+        }
+      }),
+    ]);
   }
-  return Promise.resolve(userFunction(context));
+  return Promise.resolve(userFunction(context)).then((result) => {
+    // A function that took `context.response` and returned nothing answers through it
+    // (perhaps later): wait for that, within the function's timeout.
+    if (res.headersSent || res.writableEnded) return answered;
+    if ((result === undefined || result === null) && context.responseTaken) return answered;
+    return result;
+  });
 }
 
 async function handle(req, res) {
@@ -207,7 +353,7 @@ async function handle(req, res) {
     Object.assign(process.env, request.env || {});
     streamRequestBody = request.requestBody === 'stream';
     try {
-      userFunction = load(request.filepath, request.functionName || '');
+      userFunction = await load(request.filepath, request.functionName || '');
     } catch (err) {
       console.error(err && err.stack ? err.stack : String(err));
       // The environment and half-loaded modules stay behind: this worker is done.
@@ -222,14 +368,7 @@ async function handle(req, res) {
     sendJson(res, 503, { error: 'NotSpecialized' }, { [FUNCTION_ERROR_HEADER]: 'NotSpecialized' });
     return;
   }
-  const request = {
-    method: req.method,
-    url: req.url,
-    path: url.pathname,
-    headers: req.headers,
-    query: Object.fromEntries(url.searchParams),
-    params: params(req.headers),
-  };
+  const request = expressRequest(req, url);
   if (streamRequestBody) {
     // A readable stream of Buffers as they arrive; what the function leaves unread is
     // discarded once it has answered.
@@ -242,10 +381,22 @@ async function handle(req, res) {
     sendJson(res, 503, { error: 'NotSpecialized' }, { [FUNCTION_ERROR_HEADER]: 'NotSpecialized' });
     return;
   }
-  const context = { request };
+  const context = {
+    request,
+    get response() {
+      this.responseTaken = true;
+      return expressResponse(res);
+    },
+  };
   let streamed;
   try {
-    const { status, headers, body, stream } = toResponse(await callFunction(context));
+    const result = await callFunction(context, res);
+    if (result === ANSWERED) return;
+    if (res.headersSent) {
+      // It began answering through `context.response` and returned: its answer stands.
+      return;
+    }
+    const { status, headers, body, stream } = toResponse(result);
     if (!stream) {
       send(res, status, headers, body);
       return;
@@ -276,12 +427,12 @@ async function handle(req, res) {
 // A pooled worker waits for its function anyway: run the module loader and one whole
 // invocation (a request to ourselves, body included) now, so that V8 has compiled those paths
 // before the first real request pays for it. Until then /healthz answers 503.
-function loadWarmUpFunction() {
+async function loadWarmUpFunction() {
   const os = require('os');
   const file = path.join(os.tmpdir(), `.gust-warmup-${process.pid}.js`);
   try {
-    fs.writeFileSync(file, 'module.exports = async (ctx) => ({ status: 200, body: { params: ctx.request.params } });\n');
-    userFunction = load(file, '');
+    fs.writeFileSync(file, 'module.exports = async (ctx) => ({ status: 200, body: { params: ctx.request.params, q: ctx.request.query, t: ctx.request.get("content-type") } });\n');
+    userFunction = await load(file, '');
     delete require.cache[require.resolve(file)];
   } catch (_) {
     userFunction = null; // warming up is an optimisation only
@@ -329,10 +480,10 @@ function warmUpHttp() {
   }).finally(() => relay.close());
 }
 
-loadWarmUpFunction();
+const warmUpLoaded = loadWarmUpFunction();
 let markWarm;
 warmedUp = new Promise((resolve) => { markWarm = resolve; });
-server.listen({ fd: Number(process.env.GUST_LISTEN_FD) }, () => warmUpHttp().finally(() => {
+server.listen({ fd: Number(process.env.GUST_LISTEN_FD) }, () => warmUpLoaded.then(warmUpHttp).finally(() => {
   userFunction = null;
   warm = true;
   markWarm();

@@ -14,6 +14,7 @@ import http.server
 import importlib
 import importlib.util
 import inspect
+import io
 import json
 import os
 import socket
@@ -40,6 +41,7 @@ _takes_request = False
 _stream_request_body = False
 _warm = False
 _warmed = threading.Event()  # set once the warm-up function is gone again
+_flask_app = None  # made when a function that imports Flask is first called
 
 
 class Headers:
@@ -141,6 +143,10 @@ class _Whole:
     def read_all(self):
         return self.read_chunk()
 
+    def peek(self):
+        """The whole body, left to be read still (Flask and `req.body` both get it)."""
+        return self._data
+
 
 class Request:
     """What a `main(req)` function receives. `body` is the whole body (read when first
@@ -184,6 +190,100 @@ class Request:
 
     def text(self):
         return self.body.decode("utf-8", errors="replace")
+
+
+class _BodyReader(io.RawIOBase):
+    """A request body as a file (a WSGI `wsgi.input`), read as the function asks for it."""
+
+    def __init__(self, body):
+        self._body = body
+        self._left = b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if not self._left:
+            self._left = self._body.read_chunk()
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def _uses_flask():
+    """Whether the function imported Flask (`from flask import request`): it is then called in
+    a Flask request context, as Fission's Python environment calls it."""
+    return "flask" in sys.modules
+
+
+def _flask():
+    global _flask_app
+    if _flask_app is None:
+        import logging
+
+        import flask
+
+        _flask_app = flask.Flask("function")
+        # current_app.logger writes to stderr, the function's log, from DEBUG up (as Fission's).
+        _flask_app.logger.setLevel(logging.DEBUG)
+    return _flask_app
+
+
+def _wsgi_environ(method, target, headers, body, length):
+    """The WSGI environment Flask builds its `request` from (PEP 3333)."""
+    parsed = urllib.parse.urlsplit(target)
+    environ = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": urllib.parse.unquote(parsed.path, encoding="latin-1"),
+        "QUERY_STRING": parsed.query,
+        "SERVER_NAME": "gust-worker",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": headers.get("x-forwarded-for", ""),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": body,
+        "wsgi.input_terminated": length is None,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for key, value in headers.items():
+        name = key.upper().replace("-", "_")
+        if name in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+            continue
+        environ[name if name == "CONTENT_TYPE" else "HTTP_" + name] = value
+    if length is not None:
+        environ["CONTENT_LENGTH"] = str(length)
+    return environ
+
+
+def _call_in_flask(req, method, target, headers, body):
+    """Calls the function in a Flask request context; returns (status, headers, body) from the
+    Flask response its return value makes (str, bytes, dict, `jsonify`, a `Response`, a tuple).
+    `abort(404)` answers as Flask would; any other exception is the function's error."""
+    from werkzeug.exceptions import HTTPException
+
+    app = _flask()
+    if isinstance(body, _Whole):
+        data = body.peek()
+        wsgi_input, length = io.BytesIO(data), len(data)
+    else:
+        wsgi_input, length = io.BufferedReader(_BodyReader(body)), None
+    with app.request_context(_wsgi_environ(method, target, headers, wsgi_input, length)):
+        try:
+            result = _function(req) if _takes_request else _function()
+        except HTTPException as exc:
+            result = exc.get_response()
+        response = app.make_response(result)
+    pairs = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+    if response.is_streamed:
+        chunks = response.iter_encoded()
+        return response.status_code, pairs, _Stream(next(chunks, _END), chunks)
+    return response.status_code, pairs, response.get_data()
 
 
 def _load(filepath, function_name):
@@ -297,6 +397,12 @@ class _Stream:
                 yield _chunk(item)
 
 
+def _pairs(headers):
+    """A response's headers as (name, value) pairs: from a dict, or a list that may name one
+    header twice (Set-Cookie)."""
+    return headers.items() if isinstance(headers, dict) else headers
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "gust-python"
@@ -310,8 +416,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send_stream(status, headers, body)
             return
         self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
+        for key, value in _pairs(headers):
+            if key.lower() != "content-length":
+                self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         # Head and body in one write (`end_headers` would flush the head alone): Gust then has
         # the whole answer at once, and can give the worker its next request sooner.
@@ -325,7 +432,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         failing part-way ends the connection without the last chunk: the response is cut,
         which is how HTTP/1.1 tells the client it is incomplete."""
         self.send_response(status)
-        for key, value in headers.items():
+        for key, value in _pairs(headers):
             if key.lower() not in ("content-length", "transfer-encoding"):
                 self.send_header(key, value)
         self.send_header("Transfer-Encoding", "chunked")
@@ -413,12 +520,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send_json(503, {"error": "NotSpecialized"}, {FUNCTION_ERROR_HEADER: "NotSpecialized"})
                 return
             try:
-                if _takes_request:
-                    req = Request(self.command, self.path, Headers(self.headers.items()), body)
-                    result = _function(req)
+                headers = Headers(self.headers.items())
+                req = Request(self.command, self.path, headers, body) if _takes_request else None
+                if _uses_flask():
+                    status, headers, payload = _call_in_flask(req, self.command, self.path, headers, body)
+                elif _takes_request:
+                    status, headers, payload = _to_response(_function(req))
                 else:
-                    result = _function()
-                status, headers, payload = _to_response(result)
+                    status, headers, payload = _to_response(_function())
             except BodyCut as exc:
                 self._cut_off(exc)
                 return

@@ -64,6 +64,14 @@ fn row(view: &EnvironmentView) -> Vec<String> {
 fn table(envs: &[EnvironmentView]) -> Table {
     let mut table = Table::new(vec!["NAME", "POOL", "COMMAND"]);
     envs.iter().for_each(|env| table.row(row(env)));
+    for env in envs {
+        if let Some(error) = &env.start_error {
+            table.footer(format!(
+                "{}: workers fail to start (retried with back-off): {error}",
+                env.environment.name
+            ));
+        }
+    }
     table
 }
 

@@ -10,7 +10,7 @@ use gust_api_types::{
     Accepted, BuildLogChunk, BuildView, FunctionSettings, FunctionSpec, FunctionView, LogLine,
     RollbackRequest,
 };
-use gust_model::{BuildState, Revision};
+use gust_model::{BuildState, Revision, Route, RouteConfig};
 use http::Method;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
@@ -59,6 +59,13 @@ enum FunctionCommand {
         name: String,
         #[command(flatten)]
         spec: SpecArgs,
+        /// Also serve it on the public listener at this path (a route named after the
+        /// function), as `fission fn create --url` does
+        #[arg(long)]
+        url: Option<String>,
+        /// The route's methods (GET,POST or repeated); every method when omitted
+        #[arg(long = "method", requires = "url")]
+        methods: Vec<String>,
     },
     /// Make a new revision with the given changes.
     Update {
@@ -146,7 +153,7 @@ fn function_table(functions: &[FunctionView]) -> Table {
             f.name.to_string(),
             f.env.to_string(),
             f.revision.to_string(),
-            duration_ms(f.timeout_ms),
+            f.timeout.to_string(),
             format!("{}MB", f.memory_mb),
             format!("{}-{}", f.scaling.min_instances, f.scaling.max_instances),
             format!("{} busy, {} idle", f.instances.busy, f.instances.idle),
@@ -158,7 +165,12 @@ fn function_table(functions: &[FunctionView]) -> Table {
 pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
-        FunctionCommand::Create { name, spec } => {
+        FunctionCommand::Create {
+            name,
+            spec,
+            url,
+            methods,
+        } => {
             let f: FunctionView = client
                 .json(
                     Method::POST,
@@ -166,6 +178,9 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                     Some(&spec.body(&client, &name).await?),
                 )
                 .await?;
+            if let Some(url) = url {
+                create_route(&client, &name, url, methods).await?;
+            }
             return deployed(&client, &f, "created", spec.no_wait).await;
         }
         FunctionCommand::Update { name, spec } => {
@@ -219,8 +234,21 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                 )
                 .await?;
             print(output.format, &revisions, || {
-                let mut table = Table::new(vec!["REVISION", "ENV", "CODE", "BUILD", "COPIED FROM"]);
+                let mut table = Table::new(vec![
+                    "REVISION",
+                    "ENV",
+                    "CODE",
+                    "BUILD",
+                    "COPIED FROM",
+                    "CHANGED",
+                ]);
+                let mut previous: Option<&Revision> = None;
                 for r in &revisions {
+                    let changed = match previous {
+                        Some(before) => revision_changes(before, r),
+                        None => "-".to_owned(),
+                    };
+                    previous = Some(r);
                     table.row(vec![
                         r.number.to_string(),
                         r.environment.to_string(),
@@ -230,6 +258,7 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
                             .map_or("-", |b| b.state.as_str())
                             .to_owned(),
                         r.copied_from.map(|c| c.to_string()).unwrap_or_default(),
+                        changed,
                     ]);
                 }
                 table
@@ -274,6 +303,86 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a revision changed from the one before it, by setting (`fn revisions`' CHANGED).
+fn revision_changes(before: &Revision, after: &Revision) -> String {
+    let mut changed = Vec::new();
+    let mut note = |differs: bool, what: &str| {
+        if differs {
+            changed.push(what.to_owned());
+        }
+    };
+    note(before.code.digest != after.code.digest, "code");
+    note(before.environment != after.environment, "env");
+    note(before.entrypoint != after.entrypoint, "entrypoint");
+    note(before.limits.timeout != after.limits.timeout, "timeout");
+    note(before.limits.memory_mb != after.limits.memory_mb, "memory");
+    note(
+        before.limits.request_body != after.limits.request_body,
+        "request-body",
+    );
+    note(before.scaling != after.scaling, "scaling");
+    note(
+        before.allow_outbound != after.allow_outbound,
+        "allow-outbound",
+    );
+    note(before.network != after.network, "network");
+    note(before.delivery != after.delivery, "delivery");
+    note(
+        before.keep_revisions != after.keep_revisions,
+        "keep-revisions",
+    );
+    // Names only: values may be secrets.
+    let keys = |r: &Revision| r.env_vars.keys().cloned().collect::<Vec<_>>();
+    if before.env_vars != after.env_vars {
+        let changed_keys: Vec<String> = keys(before)
+            .into_iter()
+            .chain(keys(after))
+            .filter(|k| before.env_vars.get(k) != after.env_vars.get(k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        changed.push(format!("env-var {}", changed_keys.join(",")));
+    }
+    if changed.is_empty() {
+        "nothing".to_owned()
+    } else {
+        changed.join(", ")
+    }
+}
+
+/// The route of `fn create --url`, named after the function. A route that cannot be created
+/// takes the new function with it, so the command either does both or neither.
+async fn create_route(
+    client: &ApiClient,
+    function: &str,
+    url: String,
+    methods: Vec<String>,
+) -> anyhow::Result<()> {
+    let route = RouteConfig {
+        name: Some(function.to_owned()),
+        function: function.to_owned(),
+        url: url.clone(),
+        methods,
+        prefix: false,
+        async_only: false,
+        allow_async: false,
+    };
+    let created: anyhow::Result<Route> = client
+        .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&route))
+        .await;
+    if let Err(err) = created {
+        let path = ApiPath::new(["v1", "functions", function]);
+        if let Err(undo) = client.call(Method::DELETE, &path, NO_BODY).await {
+            eprintln!(
+                "error: function {function} was created, but could not be deleted again: {undo:#}"
+            );
+        }
+        return Err(err.context(format!("route {url} for function {function}")));
+    }
+    eprintln!("route {function} created: {url} -> {function}");
+    Ok(())
+}
+
 async fn invoke(
     client: &ApiClient,
     name: &str,
@@ -315,7 +424,15 @@ async fn invoke(
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
-    std::io::stdout().write_all(&response.body)?;
+    let mut stdout = std::io::stdout();
+    stdout.write_all(&response.body)?;
+    // Text ends its last line, so a shell prompt or the next output does not start on it;
+    // binary bodies stay byte for byte.
+    if std::str::from_utf8(&response.body)
+        .is_ok_and(|text| !text.is_empty() && !text.ends_with('\n'))
+    {
+        stdout.write_all(b"\n")?;
+    }
     if response.status.is_success() {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -9,3 +9,4 @@ pub mod route;
 pub mod timer;
 pub mod up;
 pub mod usage;
+pub mod version;

@@ -187,6 +187,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal (and never under NO_COLOR): a log file or a
+        // service manager's journal gets plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -461,6 +467,7 @@ async fn assemble(
             data_dir.join("build-logs"),
             BuilderConfig::default().log_bytes,
         ),
+        version: crate::commands::version::this_build(),
     });
 
     let (public_limits, api_limits) = connection_limits(args, settings);

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use gust_model::{
-    BuildState, Delivery, FunctionSettings, Name, Namespace, NetworkPolicy, OutboundRule,
-    RequestBodyMode, RevisionNumber,
+    BuildState, Delivery, FunctionSettings, HumanDuration, Name, Namespace, NetworkPolicy,
+    OutboundRule, RequestBodyMode, RevisionNumber,
 };
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -86,9 +86,11 @@ pub struct ScalingView {
     pub concurrency: usize,
     pub min_instances: usize,
     pub max_instances: usize,
-    pub idle_timeout_ms: u64,
+    #[schema(value_type = String, example = "2m")]
+    pub idle_timeout: HumanDuration,
     pub queue_depth: usize,
-    pub queue_timeout_ms: u64,
+    #[schema(value_type = String, example = "10s")]
+    pub queue_timeout: HumanDuration,
     /// Requests a wasm instance serves before it is replaced.
     pub reuse: u32,
 }
@@ -109,7 +111,9 @@ pub struct FunctionView {
     pub keep_revisions: u32,
     pub env: Name,
     pub entrypoint: Option<String>,
-    pub timeout_ms: u64,
+    /// Written as the `--timeout` flag takes it (`5s`).
+    #[schema(value_type = String, example = "30s")]
+    pub timeout: HumanDuration,
     pub memory_mb: u32,
     /// How request bodies reach the function.
     pub request_body: RequestBodyMode,

@@ -26,3 +26,10 @@ pub use resources::{
     EnvironmentView, MqTriggerView, NamespaceQuery, TimerView, TriggerStatusView, UploadView,
 };
 pub use usage::{UsageQuery, UsageReport, UsageRow};
+
+/// What `GET /v1/version` answers: the server's release and the commit it was built from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct VersionView {
+    pub version: String,
+    pub commit: String,
+}

@@ -20,6 +20,9 @@ pub struct EnvironmentView {
     /// no pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_ready: Option<usize>,
+    /// Why its workers fail to start, while they do: the last attempt's error and output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_error: Option<String>,
 }
 
 /// A timer with its next tick.

@@ -30,6 +30,7 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Environme
             })?;
             Ok(EnvironmentView {
                 pool_ready: s.runtime.ready_workers(&environment),
+                start_error: s.runtime.start_failure(&environment),
                 environment,
             })
         })

@@ -16,6 +16,13 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// A new revision's code did not load; nothing was stored.
+    #[error("revision {revision} was not deployed: {error}{}", if output.is_empty() { String::new() } else { format!("\n{output}") })]
+    CannotLoad {
+        revision: u32,
+        error: String,
+        output: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,6 +58,7 @@ impl ApiError {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::CannotLoad { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "load_error"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -64,6 +72,22 @@ impl IntoResponse for ApiError {
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "control-plane request failed");
                 "internal error; see the server log".to_owned()
+            }
+            // What loading printed is the function's log (control characters escaped there
+            // already): its lines stay lines, the last ones kept.
+            ApiError::CannotLoad {
+                revision,
+                error,
+                output,
+            } => {
+                let mut message =
+                    printable(&format!("revision {revision} was not deployed: {error}"));
+                let tail: Vec<&str> = output.lines().rev().take(MAX_OUTPUT_LINES).collect();
+                for line in tail.into_iter().rev() {
+                    message.push('\n');
+                    message.push_str(line);
+                }
+                message
             }
             other => printable(&other.to_string()),
         };
@@ -83,6 +107,9 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Lines of a function's output sent back with a load error (a traceback's end).
+const MAX_OUTPUT_LINES: usize = 30;
 
 /// Longest error message sent back; a message quotes the caller's input, which may be large.
 const MAX_MESSAGE_CHARS: usize = 1024;

@@ -8,7 +8,9 @@ use gust_api_types::{
     CodeSource, FunctionSpec, FunctionView, InstancesView, NamespaceQuery, RollbackRequest,
     ScalingView,
 };
-use gust_executor::EffectiveScaling;
+use gust_executor::{
+    EffectiveScaling, InstanceSpec, InvokeError, LogQuery, RequestId, function_key,
+};
 use gust_model::{
     CodeRef, Environment, Function, Limits, Name, Namespace, NetworkPolicy, Revision,
     RevisionFields, RevisionNumber, Tier,
@@ -41,7 +43,7 @@ fn function_view(function: &Function, state: &ApiState) -> FunctionView {
         keep_revisions: current.keep_revisions,
         env: current.environment.clone(),
         entrypoint: current.entrypoint.clone(),
-        timeout_ms: current.limits.timeout.as_millis() as u64,
+        timeout: current.limits.timeout.into(),
         memory_mb: current.limits.memory_mb,
         request_body: current.limits.request_body,
         env_vars: current.env_vars.clone(),
@@ -76,9 +78,9 @@ fn scaling_view(scaling: EffectiveScaling) -> ScalingView {
         concurrency: scaling.concurrency,
         min_instances: scaling.min_instances,
         max_instances: scaling.max_instances,
-        idle_timeout_ms: scaling.idle_timeout.as_millis() as u64,
+        idle_timeout: scaling.idle_timeout.into(),
         queue_depth: scaling.queue_depth,
-        queue_timeout_ms: scaling.queue_timeout.as_millis() as u64,
+        queue_timeout: scaling.queue_timeout.into(),
         reuse: scaling.reuse,
     }
 }
@@ -222,12 +224,72 @@ fn still_building_error(name: &Name, revision: RevisionNumber) -> ApiError {
     ))
 }
 
+/// The environment a function names: it must exist, and its workers must not be failing to
+/// start (a function there could not run).
+/// Loads a revision in an instance before it is stored (see [`gust_executor::Executor::trial`]):
+/// code that cannot load is refused with the error and what loading printed (a traceback),
+/// and the function's current revision keeps serving.
+fn check_loads(
+    state: &ApiState,
+    function: &Function,
+    revision: &Revision,
+    environment: &Environment,
+) -> Result<(), ApiError> {
+    let spec = InstanceSpec::of_revision(
+        &function.namespace,
+        &function.name,
+        &function.uid,
+        revision,
+        environment.clone(),
+        state.code.tree(&revision.code.digest),
+    );
+    let id = RequestId::generate();
+    // On the blocking pool, like every storage call of the handler around it.
+    let Err(err) = tokio::runtime::Handle::current().block_on(state.executor.trial(spec, &id))
+    else {
+        return Ok(());
+    };
+    let key = function_key(&function.namespace, &function.name);
+    let query = LogQuery {
+        request_id: Some(id.to_string()),
+        ..LogQuery::default()
+    };
+    // The worker's last words may still be on their way from its pipe.
+    let mut printed = Vec::new();
+    for _ in 0..20 {
+        printed = state.logs.read(&key, &query);
+        if !printed.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output: Vec<&str> = printed.iter().map(|line| line.text.as_str()).collect();
+    // No worker to load it in: why the environment's workers do not start is the cause.
+    let error = match (&err, state.runtime.start_failure(environment)) {
+        (InvokeError::StartFailed { .. }, Some(cause)) => format!("{err}: {cause}"),
+        _ => err.to_string(),
+    };
+    Err(ApiError::CannotLoad {
+        revision: revision.number,
+        error,
+        output: output.join("\n"),
+    })
+}
+
 fn require_environment(state: &ApiState, env: &Name) -> Result<Environment, ApiError> {
-    state.store.environment(env)?.ok_or_else(|| {
+    let environment = state.store.environment(env)?.ok_or_else(|| {
         ApiError::Invalid(format!(
             "environment {env:?} does not exist (see `gust env list`)"
         ))
-    })
+    })?;
+    if state.runtime.ready_workers(&environment) == Some(0)
+        && let Some(failure) = state.runtime.start_failure(&environment)
+    {
+        return Err(ApiError::Invalid(format!(
+            "environment {env:?} cannot start workers: {failure} (see `gust env get {env}`)"
+        )));
+    }
+    Ok(environment)
 }
 
 #[utoipa::path(get, path = "/functions", tag = "functions", params(NamespaceQuery), responses((status = 200, body = [FunctionView])))]
@@ -318,6 +380,7 @@ pub async fn create(
             let function = Function {
                 namespace,
                 name,
+                uid: uuid::Uuid::now_v7().hyphenated().to_string(),
                 current: 1,
                 revisions: vec![Revision {
                     number: 1,
@@ -336,7 +399,20 @@ pub async fn create(
                     build: plan.as_ref().map(|plan| s.builds.building(plan, &code)),
                 }],
             };
-            s.store.create_function(&function)?;
+            let revision = &function.revisions[0];
+            if revision.is_ready()
+                && let Err(err) = check_loads(s, &function, revision, &env)
+            {
+                // Nothing is stored: what loading printed goes with the refusal.
+                s.logs
+                    .remove(&function_key(&function.namespace, &function.name));
+                return Err(err);
+            }
+            if let Err(err) = s.store.create_function(&function) {
+                s.executor
+                    .discard_trial(&function.namespace, &function.name);
+                return Err(err.into());
+            }
             s.executor
                 .function_deployed(&function.namespace, &function.name);
             let pending = plan.map(|plan| Pending {
@@ -434,6 +510,11 @@ pub async fn update(
                 keep_revisions: fields.keep_revisions,
                 build,
             };
+            if revision.is_ready() {
+                let mut candidate = revision.clone();
+                candidate.number = current.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+                check_loads(s, &current, &candidate, &env)?;
+            }
             let mut number = 0;
             let mut still_building = None;
             let updated = s

@@ -31,7 +31,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, St
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use gust_api_types::ErrorBody;
-use gust_api_types::NamespaceQuery;
+use gust_api_types::{NamespaceQuery, VersionView};
 use gust_async_queue::AsyncQueue;
 use gust_edge::BodyBudget;
 use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
@@ -74,6 +74,8 @@ pub struct ApiState {
     pub code_released: Arc<tokio::sync::Notify>,
     /// Dependency builds of new revisions.
     pub builds: Builds,
+    /// This server's release and commit.
+    pub version: VersionView,
 }
 
 impl ApiState {
@@ -249,7 +251,8 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(uploads::create))
         .routes(routes!(usage::usage))
         .routes(routes!(usage::records))
-        .routes(routes!(openapi));
+        .routes(routes!(openapi))
+        .routes(routes!(version));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(ready))
@@ -367,6 +370,11 @@ async fn health() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = String, description = "ready to serve")))]
 async fn ready() -> &'static str {
     "ok"
+}
+
+#[utoipa::path(get, path = "/version", tag = "health", responses((status = 200, body = VersionView, description = "this server's release and commit")))]
+async fn version(State(state): Shared) -> axum::Json<VersionView> {
+    axum::Json(state.version.clone())
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, description = "this document")))]

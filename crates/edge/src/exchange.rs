@@ -30,13 +30,15 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// A caller's headers minus hop-by-hop ones, every `X-Gust-*` (only Gust sets those) and
+/// A caller's headers minus hop-by-hop ones, every `X-Gust-*` and `X-Fission-*` (only Gust
+/// sets those) and
 /// credentials meant for Gust rather than the function (`strip_authorization`).
 pub fn forwardable_headers(headers: &HeaderMap, strip_authorization: bool) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
         let lower = name.as_str();
         if lower.starts_with("x-gust-")
+            || lower.starts_with("x-fission-")
             || HOP_BY_HOP.contains(&lower)
             || lower == "content-length"
             || (strip_authorization && lower == "authorization")
@@ -115,21 +117,46 @@ pub fn accepted_response(stored: Result<(), EnqueueError>, id: &RequestId) -> Re
     }
 }
 
-/// Path parameters as `X-Gust-Param-<name>` headers, and all of them, names in their original
-/// case, as JSON in `X-Gust-Params`.
+/// Path parameters (decoded) as `X-Gust-Param-<name>` headers and under Fission's name,
+/// `X-Fission-Params-<name>`, and all of them, names in their original case, as JSON in
+/// `X-Gust-Params`. The JSON is ASCII (`\uXXXX` escapes), so any value fits in a header; a
+/// single-parameter header carries the value's UTF-8 bytes, and is left out when the value
+/// holds a control character.
 pub fn add_param_headers(headers: &mut HeaderMap, params: &[(String, String)]) {
     let mut all = serde_json::Map::new();
     for (name, value) in params {
-        if let Ok(header_name) = HeaderName::try_from(format!("x-gust-param-{name}")) {
-            set_header(headers, header_name, value);
+        for prefix in ["x-gust-param-", "x-fission-params-"] {
+            if let (Ok(header_name), Ok(value)) = (
+                HeaderName::try_from(format!("{prefix}{name}")),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                headers.insert(header_name, value);
+            }
         }
         all.insert(name.clone(), serde_json::Value::String(value.clone()));
     }
     put_header(
         headers,
         "x-gust-params",
-        &serde_json::Value::Object(all).to_string(),
+        &ascii_json(&serde_json::Value::Object(all)),
     );
+}
+
+/// JSON with every non-ASCII character escaped.
+fn ascii_json(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// Sets a header Gust writes, skipping a value that is not valid in a header.

@@ -46,6 +46,18 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// Whether the function's code ran before this error (loading it counts): what decides
+    /// whether a failed start is an attempt, billed and recorded, or a refusal.
+    pub fn code_ran(&self) -> bool {
+        !matches!(
+            self,
+            InvokeError::EnvironmentUnavailable { .. }
+                | InvokeError::StartFailed { .. }
+                | InvokeError::NotReady { .. }
+                | InvokeError::OverCapacity { .. }
+        )
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             InvokeError::FunctionNotFound { .. } => 404,

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Name, Namespace, RequestBodyMode, Scaling, Tier};
+use gust_model::{Name, Namespace, RequestBodyMode, RevisionNumber, Scaling, Tier};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -223,6 +223,9 @@ pub struct FunctionInstances {
     pub counts: InstanceCounts,
 }
 
+/// How long a deploy waits for a new revision's code to load (see [`Executor::trial`]).
+const LOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The process-wide [`Invoker`].
 pub struct Executor {
     config: ExecutorConfig,
@@ -230,6 +233,15 @@ pub struct Executor {
     runtime: Arc<dyn Runtime>,
     observer: Arc<dyn InvocationObserver>,
     slots: Mutex<HashMap<(Namespace, Name), Arc<FunctionSlot>>>,
+    /// Instances [`Executor::trial`] started, waiting for their revision to go live.
+    staged: Mutex<HashMap<(Namespace, Name), Staged>>,
+}
+
+/// A revision loaded before it went live: its prepared form and its first instance.
+struct Staged {
+    revision: RevisionNumber,
+    prepared: Arc<dyn PreparedRevision>,
+    instance: Box<dyn Instance>,
 }
 
 /// Counts a request waiting for capacity for as long as it waits, even if it is cancelled.
@@ -254,7 +266,57 @@ impl Executor {
             runtime,
             observer,
             slots: Mutex::new(HashMap::new()),
+            staged: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Loads a revision in a new instance before it goes live, so that code that cannot load
+    /// is refused at deploy with the error, while the previous revision keeps serving. The
+    /// instance is kept as the revision's first warm one once it is current. `id` is what
+    /// loading prints is attributed to.
+    pub async fn trial(&self, spec: InstanceSpec, id: &RequestId) -> Result<(), InvokeError> {
+        let key = (spec.namespace.clone(), spec.function.clone());
+        let prepared = self.runtime.prepare(&spec).await?;
+        // A deploy waits for a heavy import (a model, numpy) that a request's start bound
+        // would cut short.
+        let bound = self.config.start_timeout.max(LOAD_CHECK_TIMEOUT);
+        let instance = match tokio::time::timeout(bound, prepared.start(id)).await {
+            Ok(started) => started?,
+            Err(_) => {
+                return Err(InvokeError::StartFailed {
+                    function: spec.function.to_string(),
+                    detail: format!("loading the code did not finish within {bound:?}"),
+                });
+            }
+        };
+        let replaced = self
+            .staged
+            .lock()
+            .expect("staged map lock is never poisoned")
+            .insert(
+                key,
+                Staged {
+                    revision: spec.revision,
+                    prepared,
+                    instance,
+                },
+            );
+        if let Some(replaced) = replaced {
+            stop_all(vec![replaced.instance]);
+        }
+        Ok(())
+    }
+
+    /// Stops what [`Executor::trial`] started for a revision that will not go live.
+    pub fn discard_trial(&self, namespace: &Namespace, function: &Name) {
+        let staged = self
+            .staged
+            .lock()
+            .expect("staged map lock is never poisoned")
+            .remove(&(namespace.clone(), function.clone()));
+        if let Some(staged) = staged {
+            stop_all(vec![staged.instance]);
+        }
     }
 
     pub fn config(&self) -> &ExecutorConfig {
@@ -279,6 +341,7 @@ impl Executor {
     /// A function was deleted: its instances retire as in [`Self::function_changed`] and its
     /// observer forgets it.
     pub fn function_deleted(&self, namespace: &Namespace, function: &Name) {
+        self.discard_trial(namespace, function);
         self.function_changed(namespace, function);
         self.observer.function_deleted(namespace, function);
     }
@@ -453,21 +516,51 @@ impl Executor {
         let scaling = self
             .config
             .effective(&spec.scaling, spec.environment.tier());
+        // The instance a trial started for this revision, if any, is its first.
+        let revision = spec.revision;
+        let staged = self
+            .staged
+            .lock()
+            .expect("staged map lock is never poisoned")
+            .remove(&key);
+        let (prepared, first) = match staged {
+            Some(staged) if staged.revision == spec.revision => (
+                tokio::sync::OnceCell::new_with(Some(staged.prepared)),
+                vec![(staged.instance, Instant::now())],
+            ),
+            Some(stale) => {
+                stop_all(vec![stale.instance]);
+                (tokio::sync::OnceCell::new(), Vec::new())
+            }
+            None => (tokio::sync::OnceCell::new(), Vec::new()),
+        };
         let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
         // Another request may have loaded it meanwhile; keep the first so instances are shared.
+        let mut first = Some(first);
         let slot = slots.entry(key).or_insert_with(|| {
             Arc::new(FunctionSlot {
                 spec,
-                prepared: tokio::sync::OnceCell::new(),
+                prepared,
                 scaling,
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(first.take().unwrap_or_default()),
                 in_flight: Arc::new(Semaphore::new(scaling.requests_in_flight())),
                 waiting: AtomicUsize::new(0),
                 warming: AtomicUsize::new(0),
                 retired: AtomicBool::new(false),
             })
         });
-        Ok(slot.clone())
+        let slot = slot.clone();
+        drop(slots);
+        // The slot was there already: its revision's instance joins it, another's stops.
+        let first: Vec<_> = first.into_iter().flatten().map(|(i, _)| i).collect();
+        if slot.spec.revision == revision {
+            first
+                .into_iter()
+                .for_each(|instance| slot.release(instance));
+        } else {
+            stop_all(first);
+        }
+        Ok(slot)
     }
 
     async fn admit(&self, slot: &FunctionSlot) -> Result<OwnedSemaphorePermit, InvokeError> {
@@ -554,7 +647,8 @@ impl Invoker for Executor {
         let slot = self
             .slot(&invocation.namespace, &invocation.function)
             .await?;
-        let (parts, payload) = invocation.request.into_parts();
+        let (mut parts, payload) = invocation.request.into_parts();
+        add_function_headers(&mut parts.headers, &slot.spec);
         // A body the function takes whole is read before an instance is taken for it, so a
         // slow client holds memory (bounded by the listener) and never an instance.
         let (body, held, body_watch) = match payload {
@@ -617,8 +711,17 @@ impl Invoker for Executor {
                         started
                     }
                     Err(err) => {
-                        report.status = err.status();
-                        self.observer.attempt_finished(report);
+                        if err.code_ran() {
+                            report.status = err.status();
+                            self.observer.attempt_finished(report);
+                        } else {
+                            // Usage records are for attempts that reached a function.
+                            self.observer.start_failed(
+                                &invocation.namespace,
+                                &invocation.function,
+                                invocation.trigger,
+                            );
+                        }
                         return Err(err);
                     }
                 }
@@ -674,6 +777,27 @@ impl Invoker for Executor {
         }
         let body = Metered::new(body, attempt, timeout);
         Ok(http::Response::from_parts(parts, crate::body::stream(body)))
+    }
+}
+
+/// The function a request reaches, under the names Fission's environments read:
+/// `X-Fission-Function-Name`, `-Namespace`, `-ResourceVersion` (the revision) and `-Uid`.
+fn add_function_headers(headers: &mut http::HeaderMap, spec: &InstanceSpec) {
+    let values = [
+        ("x-fission-function-name", spec.function.to_string()),
+        ("x-fission-function-namespace", spec.namespace.to_string()),
+        (
+            "x-fission-function-resourceversion",
+            spec.revision.to_string(),
+        ),
+        ("x-fission-function-uid", spec.function_uid.clone()),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = http::HeaderValue::try_from(value)
+            && !value.is_empty()
+        {
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -1020,6 +1144,7 @@ mod tests {
             Ok(Some(InstanceSpec {
                 namespace: namespace.clone(),
                 function: function.clone(),
+                function_uid: String::new(),
                 revision: 1,
                 environment: Environment::builtin(runtime, 0),
                 code_dir: "/nonexistent".into(),

@@ -49,6 +49,9 @@ pub trait InvocationObserver: Send + Sync {
     /// A request was refused for capacity (429) before reaching any instance.
     fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind);
 
+    /// No instance could be started for a request (503, no code ran): counted, never billed.
+    fn start_failed(&self, _namespace: &Namespace, _function: &Name, _trigger: TriggerKind) {}
+
     /// A function's revision was prepared (on deploy, and for every function at startup), off
     /// the request path: an observer can set up what it keeps per function before the first
     /// request, which would otherwise pay for it.

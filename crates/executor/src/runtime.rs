@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gust_model::{
-    Environment, Limits, Name, Namespace, NetworkPolicy, OutboundRule, RevisionNumber, Scaling,
+    Environment, Limits, Name, Namespace, NetworkPolicy, OutboundRule, Revision, RevisionNumber,
+    Scaling,
 };
 
 use crate::{InvokeError, RequestBody, RequestId, ResponseBody};
@@ -15,6 +16,8 @@ use crate::{InvokeError, RequestBody, RequestId, ResponseBody};
 pub struct InstanceSpec {
     pub namespace: Namespace,
     pub function: Name,
+    /// The function's uid (empty for functions stored before uids existed).
+    pub function_uid: String,
     pub revision: RevisionNumber,
     pub environment: Environment,
     /// The revision's unpacked code tree on the host (read-only; never modified).
@@ -29,6 +32,35 @@ pub struct InstanceSpec {
     /// What a process function's workers may reach (the process tier enforces it).
     pub network: NetworkPolicy,
     pub scaling: Scaling,
+}
+
+impl InstanceSpec {
+    /// What instances of `revision` of a function need; `code_dir` is where the code store
+    /// keeps the revision's code.
+    pub fn of_revision(
+        namespace: &Namespace,
+        function: &Name,
+        function_uid: &str,
+        revision: &Revision,
+        environment: Environment,
+        code_dir: PathBuf,
+    ) -> Self {
+        Self {
+            namespace: namespace.clone(),
+            function: function.clone(),
+            function_uid: function_uid.to_owned(),
+            revision: revision.number,
+            environment,
+            code_dir,
+            code_file: revision.code.file.clone(),
+            entrypoint: revision.entrypoint.clone(),
+            env_vars: revision.env_vars.clone(),
+            limits: revision.limits,
+            allow_outbound: revision.allow_outbound.clone(),
+            network: revision.network.unwrap_or_default(),
+            scaling: revision.scaling,
+        }
+    }
 }
 
 /// A runtime tier. Implementations keep their own pre-warmed pools.
@@ -63,6 +95,12 @@ pub trait Runtime: Send + Sync {
 
     /// Workers ready now in an environment's pool; `None` where the tier keeps no pool.
     fn ready_workers(&self, _environment: &Environment) -> Option<usize> {
+        None
+    }
+
+    /// Why an environment's workers fail to start, while the last attempt failed (the error
+    /// and the worker's output); `None` when they start, or the tier keeps no pool.
+    fn start_failure(&self, _environment: &Environment) -> Option<String> {
         None
     }
 

@@ -87,6 +87,10 @@ impl InvocationObserver for Meter {
         self.metrics.throttled(namespace, function, trigger);
     }
 
+    fn start_failed(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
+        self.metrics.start_failed(namespace, function, trigger);
+    }
+
     fn function_ready(&self, namespace: &Namespace, function: &Name, tier: Tier) {
         self.metrics.function_ready(namespace, function, tier);
     }

@@ -102,6 +102,7 @@ pub struct Metrics {
     cold_start_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     instances: Family<StateLabels, Gauge>,
     throttled: Family<TriggerLabels, Counter>,
+    start_failures: Family<TriggerLabels, Counter>,
     billable_ms: Family<TriggerLabels, Counter>,
 }
 
@@ -121,6 +122,7 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let instances = Family::<StateLabels, Gauge>::default();
         let throttled = Family::<TriggerLabels, Counter>::default();
+        let start_failures = Family::<TriggerLabels, Counter>::default();
         let billable_ms = Family::<TriggerLabels, Counter>::default();
         registry.register(
             "gust_function_invocations",
@@ -153,6 +155,11 @@ impl Metrics {
             throttled.clone(),
         );
         registry.register(
+            "gust_function_start_failures",
+            "Requests refused with 503 because no instance could be started (no code ran; not billed)",
+            start_failures.clone(),
+        );
+        registry.register(
             "gust_billable_ms",
             "Billed milliseconds (run time rounded up per attempt)",
             billable_ms.clone(),
@@ -165,6 +172,7 @@ impl Metrics {
             cold_start_phases,
             instances,
             throttled,
+            start_failures,
             billable_ms,
         }
     }
@@ -251,6 +259,7 @@ impl Metrics {
             };
             self.duration.remove(&labels);
             self.throttled.remove(&labels);
+            self.start_failures.remove(&labels);
             self.billable_ms.remove(&labels);
             for code in CODE_LABELS {
                 self.invocations.remove(&InvocationLabels {
@@ -276,6 +285,16 @@ impl Metrics {
 
     pub fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
         self.throttled
+            .get_or_create(&TriggerLabels {
+                namespace: namespace.to_string(),
+                function: function.to_string(),
+                trigger: trigger.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn start_failed(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
+        self.start_failures
             .get_or_create(&TriggerLabels {
                 namespace: namespace.to_string(),
                 function: function.to_string(),

@@ -191,6 +191,10 @@ impl Revision {
 pub struct Function {
     pub namespace: Namespace,
     pub name: Name,
+    /// Set at create: tells this function from an earlier one of the same name (Fission's
+    /// `X-Fission-Function-Uid`). Empty for functions stored before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     pub current: RevisionNumber,
     pub revisions: Vec<Revision>,
 }
@@ -455,14 +459,20 @@ impl FunctionSettings {
     }
 }
 
+/// `module.function` or `function`; a Node.js module may name a file below the code's root
+/// (`src/app.handler`), never above it.
 fn validate_entrypoint(entrypoint: &str) -> Result<String, ModelError> {
+    let word = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    };
+    let (module, function) = entrypoint.rsplit_once('.').unwrap_or(("", entrypoint));
     let ok = entrypoint.len() <= 255
-        && entrypoint.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
-        });
+        && word(function)
+        && (module.is_empty() && !entrypoint.contains('.')
+            || module.split('.').all(|part| part.split('/').all(word)));
     if ok {
         Ok(entrypoint.to_owned())
     } else {
@@ -541,6 +551,7 @@ mod tests {
         let mut function = Function {
             namespace: Namespace::default(),
             name: Name::parse("function", "f").unwrap(),
+            uid: String::new(),
             current: 1,
             revisions: vec![revision()],
         };
@@ -633,6 +644,7 @@ mod tests {
         let mut function = Function {
             namespace: Namespace::default(),
             name: Name::parse("function", "f").unwrap(),
+            uid: String::new(),
             current: 1,
             revisions: vec![revision()],
         };
@@ -672,5 +684,31 @@ mod tests {
         assert_eq!(fields.keep_revisions, 4);
         let fields = FunctionSettings::default().apply(None).unwrap();
         assert_eq!(fields.keep_revisions, DEFAULT_KEEP_REVISIONS);
+    }
+
+    #[test]
+    fn entrypoints_name_a_module_below_the_code_root() {
+        for good in [
+            "main",
+            "main.main",
+            "pkg.mod.handler",
+            "src/app.named",
+            "a-b.c_d",
+        ] {
+            assert!(validate_entrypoint(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".main",
+            "main.",
+            "a..b",
+            "../x.main",
+            "src//app.f",
+            "/abs.f",
+            "a/b",
+            "a.b/c",
+        ] {
+            assert!(validate_entrypoint(bad).is_err(), "{bad}");
+        }
     }
 }

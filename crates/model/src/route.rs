@@ -170,11 +170,54 @@ impl From<Vec<Method>> for MethodSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    Param(String),
+    /// `{name}`, or `{name:regex}` (gorilla/mux's form, as Fission writes routes): the
+    /// parameter matches a segment only when the regex matches its whole decoded value.
+    Param {
+        name: String,
+        constraint: Option<Constraint>,
+    },
 }
 
-/// A validated route path such as `/users/{id}`: literal segments of URL-safe characters and
-/// whole-segment `{name}` parameters. No `.`/`..` segments, no percent escapes, no reserved
+/// A parameter's regex, compared by its source.
+#[derive(Debug, Clone)]
+struct Constraint {
+    source: String,
+    regex: regex::Regex,
+}
+
+impl PartialEq for Constraint {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Constraint {}
+
+impl Constraint {
+    /// At most this long, and compiled within a small size limit: a route table is matched on
+    /// every request.
+    const MAX_SOURCE: usize = 256;
+
+    fn parse(source: &str) -> Result<Self, String> {
+        if source.is_empty() || source.len() > Self::MAX_SOURCE {
+            return Err(format!(
+                "a parameter's pattern is 1 to {} characters",
+                Self::MAX_SOURCE
+            ));
+        }
+        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(256 * 1024)
+            .build()
+            .map_err(|err| format!("pattern {source:?} is not a valid regex: {err}"))?;
+        Ok(Self {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+}
+
+/// A validated route path such as `/users/{id}` or `/users/{id:[0-9]+}`: literal segments of
+/// URL-safe characters and whole-segment parameters. No `.`/`..` segments, no percent escapes, no reserved
 /// prefix, so that what a route means never depends on how a path is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -211,7 +254,7 @@ impl PathPattern {
         let mut names: Vec<&str> = segments
             .iter()
             .filter_map(|s| match s {
-                Segment::Param(name) => Some(name.as_str()),
+                Segment::Param { name, .. } => Some(name.as_str()),
                 Segment::Literal(_) => None,
             })
             .collect();
@@ -229,7 +272,9 @@ impl PathPattern {
         &self.raw
     }
 
-    /// Same segments with parameters in the same places, whatever their names.
+    /// Same segments with parameters in the same places, whatever their names, with the same
+    /// pattern or none. (Two different patterns that both match a value are not detected:
+    /// the route listed first serves it.)
     fn same_shape(&self, other: &PathPattern) -> bool {
         self.segments.len() == other.segments.len()
             && self
@@ -238,13 +283,16 @@ impl PathPattern {
                 .zip(&other.segments)
                 .all(|pair| match pair {
                     (Segment::Literal(a), Segment::Literal(b)) => a == b,
-                    (Segment::Param(_), Segment::Param(_)) => true,
+                    (
+                        Segment::Param { constraint: a, .. },
+                        Segment::Param { constraint: b, .. },
+                    ) => a == b,
                     _ => false,
                 })
     }
 
     /// Matches the whole of `path` (exact) or its leading segments (prefix), returning the
-    /// parameters and how specific the match was.
+    /// parameters (percent-decoded, as query values are) and how specific the match was.
     fn matches(
         &self,
         path_segments: &[&str],
@@ -256,15 +304,21 @@ impl PathPattern {
             return None;
         }
         let mut params = Vec::new();
-        let mut literals = Vec::with_capacity(self.segments.len());
+        let mut kinds = Vec::with_capacity(self.segments.len());
         for (segment, actual) in self.segments.iter().zip(path_segments) {
             match segment {
-                Segment::Literal(literal) if literal == actual => literals.push(true),
+                Segment::Literal(literal) if literal == actual => kinds.push(SegmentKind::Literal),
                 Segment::Literal(_) => return None,
-                Segment::Param(_) if actual.is_empty() => return None,
-                Segment::Param(name) => {
-                    params.push((name.clone(), (*actual).to_owned()));
-                    literals.push(false);
+                Segment::Param { .. } if actual.is_empty() => return None,
+                Segment::Param { name, constraint } => {
+                    let value =
+                        String::from_utf8_lossy(&percent_decode(actual.as_bytes())).into_owned();
+                    match constraint {
+                        Some(constraint) if !constraint.regex.is_match(&value) => return None,
+                        Some(_) => kinds.push(SegmentKind::Constrained),
+                        None => kinds.push(SegmentKind::Param),
+                    }
+                    params.push((name.clone(), value));
                 }
             }
         }
@@ -273,19 +327,28 @@ impl PathPattern {
             Specificity {
                 exact: !prefix,
                 depth: self.segments.len(),
-                literals,
+                segments: kinds,
             },
         ))
     }
 }
 
 /// Orders competing matches: exact routes beat prefix routes, deeper prefixes beat shallower
-/// ones, and a literal segment beats a parameter at the first place they differ.
+/// ones, and at the first place they differ a literal segment beats a parameter with a
+/// pattern, which beats one without.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Specificity {
     exact: bool,
     depth: usize,
-    literals: Vec<bool>,
+    segments: Vec<SegmentKind>,
+}
+
+/// How a request's segment was matched, least specific first.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SegmentKind {
+    Param,
+    Constrained,
+    Literal,
 }
 
 fn parse_segment(segment: &str) -> Result<Segment, String> {
@@ -295,14 +358,21 @@ fn parse_segment(segment: &str) -> Result<Segment, String> {
     if segment == "." || segment == ".." {
         return Err("'.' and '..' segments are not allowed".into());
     }
-    if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+    if let Some(inner) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+        let (name, constraint) = match inner.split_once(':') {
+            Some((name, pattern)) => (name, Some(Constraint::parse(pattern)?)),
+            None => (inner, None),
+        };
         let mut chars = name.chars();
         let ok = chars
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         return if ok && name.len() <= 64 {
-            Ok(Segment::Param(name.to_owned()))
+            Ok(Segment::Param {
+                name: name.to_owned(),
+                constraint,
+            })
         } else {
             Err(format!("parameter name {name:?} is not an identifier"))
         };
@@ -453,17 +523,36 @@ impl RouteTable {
         self.routes.iter().find(|r| r.conflicts_with(route))
     }
 
-    /// The most specific route for `method` and the raw (undecoded) request `path`.
+    /// The most specific route for `method` and the raw (undecoded) request `path`. `HEAD`
+    /// finds a `GET` route when no route names `HEAD` itself, as HTTP servers serve it.
     pub fn find(&self, method: &str, path: &str) -> Option<RouteMatch<'_>> {
-        if !path.starts_with('/') || is_reserved_path(path) {
-            return None;
+        let found = self.find_exactly(method, path);
+        if found.is_none() && method == "HEAD" {
+            return self.find_exactly("GET", path);
         }
-        let body = &path[1..];
-        let segments: Vec<&str> = if body.is_empty() {
-            Vec::new()
-        } else {
-            body.split('/').collect()
+        found
+    }
+
+    /// The methods the routes for `path` answer (a `405`'s `Allow`, asked when none answers
+    /// the request's method); empty when no route has the path.
+    pub fn allowed_methods(&self, path: &str) -> Vec<Method> {
+        let Some(segments) = request_segments(path) else {
+            return Vec::new();
         };
+        let mut allowed = MethodSet::default();
+        for route in &self.routes {
+            if route.path.matches(&segments, route.prefix).is_some() {
+                allowed.0 |= route.methods.0;
+            }
+        }
+        if allowed.0 & Method::Get.bit() != 0 {
+            allowed.0 |= Method::Head.bit();
+        }
+        allowed.into()
+    }
+
+    fn find_exactly(&self, method: &str, path: &str) -> Option<RouteMatch<'_>> {
+        let segments = request_segments(path)?;
         let mut best: Option<(Specificity, RouteMatch<'_>)> = None;
         for route in &self.routes {
             if !route.methods.allows(method) {
@@ -480,6 +569,19 @@ impl RouteTable {
         }
         best.map(|(_, m)| m)
     }
+}
+
+/// A request path's segments, `None` for a path no route may serve.
+fn request_segments(path: &str) -> Option<Vec<&str>> {
+    if !path.starts_with('/') || is_reserved_path(path) {
+        return None;
+    }
+    let body = &path[1..];
+    Some(if body.is_empty() {
+        Vec::new()
+    } else {
+        body.split('/').collect()
+    })
 }
 
 #[cfg(test)]
@@ -578,6 +680,72 @@ mod tests {
     }
 
     #[test]
+    fn params_are_decoded_and_patterns_constrain_them() {
+        let table = RouteTable::new(vec![
+            route("by-id", "/items/{id:[0-9]+}", &["GET"], false),
+            route("by-name", "/items/{name}", &["GET"], false),
+            route("latest", "/items/latest", &["GET"], false),
+            route("echo", "/echo/{text}", &["POST"], false),
+        ]);
+        let m = table.find("GET", "/items/42").unwrap();
+        assert_eq!(m.route.name.as_str(), "by-id");
+        assert_eq!(m.params, vec![("id".into(), "42".into())]);
+        let m = table.find("GET", "/items/4x2").unwrap();
+        assert_eq!(m.route.name.as_str(), "by-name");
+        assert_eq!(
+            table
+                .find("GET", "/items/latest")
+                .unwrap()
+                .route
+                .name
+                .as_str(),
+            "latest"
+        );
+        // The pattern matches the decoded value, whole.
+        assert_eq!(
+            table
+                .find("GET", "/items/%34%32")
+                .unwrap()
+                .route
+                .name
+                .as_str(),
+            "by-id"
+        );
+        let m = table.find("POST", "/echo/a%20b%2Fc").unwrap();
+        assert_eq!(m.params, vec![("text".into(), "a b/c".into())]);
+        assert_eq!(
+            PathPattern::parse("/items/{id:[0-9]+}").unwrap().as_str(),
+            "/items/{id:[0-9]+}"
+        );
+        for bad in ["/x/{id:[0-9}", "/x/{id:}", "/x/{:[0-9]+}"] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn head_finds_get_routes_and_other_methods_are_listed() {
+        let table = RouteTable::new(vec![
+            route("read", "/doc", &["GET"], false),
+            route("write", "/doc", &["PUT"], false),
+            route("ping", "/ping", &["HEAD"], false),
+        ]);
+        assert_eq!(
+            table.find("HEAD", "/doc").unwrap().route.name.as_str(),
+            "read"
+        );
+        assert_eq!(
+            table.find("HEAD", "/ping").unwrap().route.name.as_str(),
+            "ping"
+        );
+        assert!(table.find("POST", "/doc").is_none());
+        assert_eq!(
+            table.allowed_methods("/doc"),
+            vec![Method::Get, Method::Head, Method::Put]
+        );
+        assert!(table.allowed_methods("/nothing").is_empty());
+    }
+
+    #[test]
     fn reserved_paths_never_match_even_under_a_root_prefix() {
         let table = RouteTable::new(vec![route("all", "/", &[], true)]);
         assert!(table.find("GET", "/anything").is_some());
@@ -641,5 +809,8 @@ mod tests {
         assert!(!a.conflicts_with(&route("b", "/users/{uid}", &["POST"], false)));
         assert!(!a.conflicts_with(&route("b", "/users/me", &["GET"], false)));
         assert!(!a.conflicts_with(&route("b", "/users/{id}", &["GET"], true)));
+        let digits = route("d", "/users/{id:[0-9]+}", &["GET"], false);
+        assert!(!a.conflicts_with(&digits));
+        assert!(digits.conflicts_with(&route("e", "/users/{n:[0-9]+}", &[], false)));
     }
 }

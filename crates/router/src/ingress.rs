@@ -64,13 +64,33 @@ async fn serve(
     }
     let table = state.routes.snapshot();
     let Some(found) = table.find(parts.method.as_str(), path) else {
-        return ErrorBody {
-            component: "router",
-            reason: "no_route",
-            request_id: Some(id.to_string()),
-            message: format!("no route for {} {}", parts.method, path),
+        let allowed = table.allowed_methods(path);
+        if allowed.is_empty() {
+            return ErrorBody {
+                component: "router",
+                reason: "no_route",
+                request_id: Some(id.to_string()),
+                message: format!("no route for {} {}", parts.method, path),
+            }
+            .into_response_with(StatusCode::NOT_FOUND);
         }
-        .into_response_with(StatusCode::NOT_FOUND);
+        // The path is served, by other methods.
+        let allow = allowed
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut response = ErrorBody {
+            component: "router",
+            reason: "method_not_allowed",
+            request_id: Some(id.to_string()),
+            message: format!("{path} answers {allow}, not {}", parts.method),
+        }
+        .into_response_with(StatusCode::METHOD_NOT_ALLOWED);
+        if let Ok(allow) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return response;
     };
     let asynchronous = match found.route.mode {
         RouteMode::Sync => false,
@@ -86,6 +106,12 @@ async fn serve(
     let mut headers = forwardable_headers(&parts.headers, false);
     put_header(&mut headers, "x-gust-request-id", id.as_str());
     add_param_headers(&mut headers, &found.params);
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    put_header(&mut headers, "x-fission-full-url", target);
     put_header(&mut headers, "x-forwarded-for", &peer.ip().to_string());
     if let Some(host) = parts
         .headers
@@ -97,13 +123,7 @@ async fn serve(
 
     let request = http::Request::builder()
         .method(parts.method.clone())
-        .uri(
-            parts
-                .uri
-                .path_and_query()
-                .map(|pq| pq.as_str())
-                .unwrap_or("/"),
-        )
+        .uri(target)
         .body(())
         .expect("method and URI come from a parsed request");
     let (mut forwarded, ()) = request.into_parts();

@@ -78,6 +78,9 @@ struct Workers {
     interpreters: Interpreters,
     env_root: PathBuf,
     pools: Mutex<HashMap<Name, Arc<WarmPool>>>,
+    /// Why the last worker started for a request (not the pool) failed, per environment, until
+    /// one starts.
+    start_failures: Mutex<HashMap<Name, String>>,
     stop: CancellationToken,
     /// Where no environment's mount may point (see [`ProcessRuntime::with_protected`]).
     protected: Vec<PathBuf>,
@@ -127,6 +130,7 @@ impl ProcessRuntime {
                 interpreters,
                 env_root,
                 pools: Mutex::new(HashMap::new()),
+                start_failures: Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
                 protected: vec![run_dir.to_owned()],
             }),
@@ -357,7 +361,19 @@ impl PreparedRevision for PreparedProcess {
                     function: spec.function.to_string(),
                     detail: format!("{} is not a process environment", spec.environment.name),
                 })?;
-                self.workers.spawner.start_worker(&command).await.map_err(|err| {
+                let started = self.workers.spawner.start_worker(&command).await;
+                let mut failures = self
+                    .workers
+                    .start_failures
+                    .lock()
+                    .expect("failure map lock is never poisoned");
+                match &started {
+                    Ok(_) => failures.remove(&spec.environment.name),
+                    Err(err) => failures.insert(spec.environment.name.clone(), err.to_string()),
+                };
+                drop(failures);
+                // The worker's output stays out of the answer: a caller of a route sees it.
+                started.map_err(|err| {
                     tracing::warn!(function = %spec.function, error = %err, "worker start failed");
                     InvokeError::StartFailed {
                         function: spec.function.to_string(),
@@ -407,6 +423,24 @@ impl Runtime for ProcessRuntime {
             spec: spec.clone(),
             shared: Mutex::new(Vec::new()),
         }))
+    }
+
+    fn start_failure(&self, environment: &Environment) -> Option<String> {
+        let pooled = self
+            .workers
+            .pools
+            .lock()
+            .expect("pool map lock is never poisoned")
+            .get(&environment.name)
+            .and_then(|pool| pool.start_failure());
+        pooled.or_else(|| {
+            self.workers
+                .start_failures
+                .lock()
+                .expect("failure map lock is never poisoned")
+                .get(&environment.name)
+                .cloned()
+        })
     }
 
     fn ready_workers(&self, environment: &Environment) -> Option<usize> {

@@ -11,10 +11,15 @@ use tokio_util::sync::CancellationToken;
 use crate::spawner::Spawner;
 use crate::worker::{Worker, WorkerCommand};
 
+/// The longest wait between attempts to start a worker for an environment whose workers fail.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 pub struct WarmPool {
     command: WorkerCommand,
     size: usize,
     ready: Mutex<VecDeque<Worker>>,
+    /// Why the last worker start failed (its output included), until one succeeds.
+    last_failure: Mutex<Option<String>>,
     refill: Notify,
     stop: CancellationToken,
 }
@@ -31,6 +36,7 @@ impl WarmPool {
             command,
             size,
             ready: Mutex::new(VecDeque::new()),
+            last_failure: Mutex::new(None),
             refill: Notify::new(),
             stop,
         });
@@ -50,6 +56,22 @@ impl WarmPool {
         drop(ready);
         self.refill.notify_one();
         worker
+    }
+
+    /// Why workers of this environment fail to start, while they do: the last start's error
+    /// and what the worker printed.
+    pub fn start_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .expect("pool lock is never poisoned")
+            .clone()
+    }
+
+    fn starts_failed(&self, why: Option<String>) {
+        *self
+            .last_failure
+            .lock()
+            .expect("pool lock is never poisoned") = why;
     }
 
     pub fn ready_count(&self) -> usize {
@@ -89,6 +111,7 @@ impl WarmPool {
                     match next {
                         None => break,
                         Some(Ok(Ok(worker))) => {
+                            self.starts_failed(None);
                             self.ready
                                 .lock()
                                 .expect("pool lock is never poisoned")
@@ -96,6 +119,7 @@ impl WarmPool {
                         }
                         Some(Ok(Err(err))) => {
                             failed = true;
+                            self.starts_failed(Some(err.to_string()));
                             tracing::warn!(environment = %self.command.environment, error = %err, "pool worker failed to start");
                         }
                         Some(Err(err)) => {
@@ -105,9 +129,10 @@ impl WarmPool {
                     }
                 }
                 if failed {
-                    // A broken environment must not spin: back off, keep trying.
+                    // A broken environment must not spin: back off (to a minute), keep trying.
                     failures += 1;
-                    let delay = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
+                    let delay =
+                        Duration::from_millis(200 * 2u64.pow(failures.min(9))).min(MAX_BACKOFF);
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}

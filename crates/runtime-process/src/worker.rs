@@ -152,19 +152,6 @@ impl Worker {
         if let Some(pid) = pid {
             let _ = std::fs::write(dir.join(PID_FILE), pid.to_string());
         }
-        let uplink = match (sandbox, info) {
-            (
-                Sandbox::Bubblewrap {
-                    uplinks: Some(uplinks),
-                    ..
-                },
-                Some(info),
-            ) => {
-                let sandbox_pid = network::sandbox_pid(info).await.map_err(&failed)?;
-                Some(uplinks.connect(sandbox_pid).await.map_err(&failed)?)
-            }
-            _ => None,
-        };
         let log_target = Arc::new(Mutex::new(LogTarget::default()));
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(pump_lines(
@@ -184,19 +171,37 @@ impl Worker {
                 logs,
             ));
         }
+        let uplink = match (sandbox, info) {
+            (
+                Sandbox::Bubblewrap {
+                    uplinks: Some(uplinks),
+                    ..
+                },
+                Some(info),
+            ) => {
+                let connected = match network::sandbox_pid(info).await {
+                    Ok(sandbox_pid) => uplinks.connect(sandbox_pid).await,
+                    Err(err) => Err(err),
+                };
+                match connected {
+                    Ok(uplink) => Some(uplink),
+                    // A worker that exited at once takes its namespace with it: its exit and
+                    // what it said are the cause, not the network set-up that failed after.
+                    Err(err) => {
+                        return Err(failed(
+                            exit_report(&mut child, &log_target, Duration::from_millis(500))
+                                .await
+                                .unwrap_or(err),
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         let started = Instant::now();
         let sender = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                // Give the output pumps a moment to read what the worker said before dying.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let said = log_target
-                    .lock()
-                    .expect("log target lock is never poisoned")
-                    .early
-                    .join(" | ");
-                return Err(failed(format!(
-                    "the worker exited during start with {status}: {said}"
-                )));
+            if let Some(report) = exit_report(&mut child, &log_target, Duration::ZERO).await {
+                return Err(failed(report));
             }
             let Some(left) = START_DEADLINE.checked_sub(started.elapsed()) else {
                 return Err(failed(format!(
@@ -230,7 +235,7 @@ impl Worker {
     }
 
     pub fn is_alive(&mut self) -> bool {
-        !self.dead && matches!(self.child.try_wait(), Ok(None)) && !self.sender.is_closed()
+        !self.dead && matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Loads a revision's code into this worker. A worker is specialized at most once.
@@ -294,6 +299,7 @@ impl Worker {
             .header(CONTENT_TYPE, "application/json")
             .body(RequestBody::full(body.to_string()))
             .expect("a fixed request is valid");
+        reopen_if_closed(&mut self.sender, &self.paths.socket).await;
         let exchange = async {
             self.sender.ready().await?;
             let response = self.sender.send_request(request).await?;
@@ -335,6 +341,29 @@ impl Worker {
     }
 }
 
+/// How a starting worker ended, with what it printed, if it has exited (or does within
+/// `wait`).
+async fn exit_report(
+    child: &mut Child,
+    log_target: &Mutex<LogTarget>,
+    wait: Duration,
+) -> Option<String> {
+    let status = match child.try_wait().ok().flatten() {
+        Some(status) => status,
+        None => tokio::time::timeout(wait, child.wait()).await.ok()?.ok()?,
+    };
+    // Give the output pumps a moment to read what the worker said before dying.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let said = log_target
+        .lock()
+        .expect("log target lock is never poisoned")
+        .early
+        .join(" | ");
+    Some(format!(
+        "the worker exited during start with {status}: {said}"
+    ))
+}
+
 /// A worker's error name is shown to callers: keep it to a short identifier.
 fn sanitize_cause(cause: &str) -> String {
     cause
@@ -344,15 +373,33 @@ fn sanitize_cause(cause: &str) -> String {
         .collect()
 }
 
-/// Connects and asks `/healthz`; `Some` once the worker is ready.
-async fn probe(socket: &Path) -> Option<SendRequest<RequestBody>> {
+/// Opens a connection to a worker's socket.
+async fn connect(socket: &Path) -> Option<SendRequest<RequestBody>> {
     let stream = UnixStream::connect(socket).await.ok()?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .ok()?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    Some(sender)
+}
+
+/// A worker may close its connection after any answer (`Connection: close`, as servers that
+/// serve one request per connection do, or after a body it did not read): the next request
+/// then goes on a new one. A worker that no longer accepts keeps the closed one, and the
+/// request fails as a broken exchange.
+async fn reopen_if_closed(sender: &mut SendRequest<RequestBody>, socket: &Path) {
+    if sender.is_closed()
+        && let Ok(Some(fresh)) = tokio::time::timeout(LANE_OPEN_DEADLINE, connect(socket)).await
+    {
+        *sender = fresh;
+    }
+}
+
+/// Connects and asks `/healthz`; `Some` once the worker is ready.
+async fn probe(socket: &Path) -> Option<SendRequest<RequestBody>> {
+    let mut sender = connect(socket).await?;
     let request = Request::get("/healthz")
         .header(HOST, "gust-worker")
         .body(RequestBody::full(Bytes::new()))
@@ -491,6 +538,7 @@ impl Instance for Worker {
     ) -> Result<Response<ResponseBody>, InvokeError> {
         self.attribute_output_to(id);
         let body = request.body().watch();
+        reopen_if_closed(&mut self.sender, &self.paths.socket).await;
         let exchange = exchange(&mut self.sender, request, timeout).await;
         // A caller's body that broke off explains a broken exchange: no memory check then.
         let out_of_memory = matches!(exchange, Some(Exchange::Broken))
@@ -511,9 +559,8 @@ impl Instance for Worker {
     }
 
     fn is_healthy(&mut self) -> bool {
-        // A connection the worker closed (it answered without reading a request's whole body,
-        // say) cannot carry the next request.
-        !self.sender.is_closed() && self.is_alive()
+        // A connection the worker closed is opened again for the next request.
+        self.is_alive()
     }
 
     fn cpu_time(&mut self) -> Option<Duration> {
@@ -603,6 +650,7 @@ impl Instance for Lane {
     ) -> Result<Response<ResponseBody>, InvokeError> {
         // With several requests in flight, output goes to whichever started last.
         self.shared.worker().attribute_output_to(id);
+        reopen_if_closed(&mut self.sender, &self.shared.socket).await;
         let exchange = exchange(&mut self.sender, request, timeout).await;
         let out_of_memory =
             matches!(exchange, Some(Exchange::Broken)) && self.shared.worker().out_of_memory();
@@ -624,7 +672,7 @@ impl Instance for Lane {
     }
 
     fn is_healthy(&mut self) -> bool {
-        !self.dead && !self.sender.is_closed() && self.shared.worker().is_alive()
+        !self.dead && self.shared.worker().is_alive()
     }
 
     fn cpu_time(&mut self) -> Option<Duration> {

@@ -16,6 +16,7 @@ fn spec(code_dir: &std::path::Path, file: &str, runtime: BuiltinRuntime) -> Inst
     InstanceSpec {
         namespace: Namespace::default(),
         function: Name::parse("function", "probe").unwrap(),
+        function_uid: String::new(),
         revision: 1,
         environment: Environment::builtin(runtime, 1),
         code_dir: code_dir.to_owned(),

@@ -304,6 +304,7 @@ mod tests {
         let spec = InstanceSpec {
             namespace: Namespace::default(),
             function: Name::parse("function", "probe").unwrap(),
+            function_uid: String::new(),
             revision: 1,
             environment: Environment::builtin(BuiltinRuntime::Wasm, 0),
             code_dir: code.clone(),
