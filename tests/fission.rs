@@ -442,3 +442,103 @@ fn a_python_zip_with_several_modules_runs_from_main_main() {
         "Ada Lovelace"
     );
 }
+
+/// A worker server that closes its connection after every answer, as many HTTP servers do.
+const CLOSING_SERVER: &str = r#"
+import http.server, os, socket, socketserver
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        target = self.requestline.split()[1]
+        out = b"ok" if target in ("/healthz", "/v2/specialize") else b"closed:" + target.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(out)
+        self.close_connection = True
+
+    do_GET = do_POST = answer
+
+    def log_message(self, *args):
+        pass
+
+class Server(socketserver.UnixStreamServer):
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("gust", 0)
+
+server = Server(None, Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=int(os.environ["GUST_LISTEN_FD"]))
+server.serve_forever()
+"#;
+
+#[test]
+fn custom_environments_that_close_connections_or_cannot_start_say_so() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let server = gust.write_file("closing-env/server.py", CLOSING_SERVER);
+    let env_dir = server.parent().unwrap().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [gust.dir.path(), &gust.scratch(), &env_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let command = format!("/usr/bin/python3 {}", server.display());
+    gust.cli(&[
+        "env",
+        "create",
+        "closing",
+        "--command",
+        &command,
+        "--mount",
+        env_dir.to_str().unwrap(),
+    ])
+    .ok();
+    gust.deploy("closer", "closing", "data.txt", "anything", &[]);
+    for i in 0..3 {
+        let answer = gust.get(&format!("/closer?i={i}"));
+        assert_eq!(answer.status(), 200, "request {i}");
+        assert_eq!(answer.text().unwrap(), format!("closed:/closer?i={i}"));
+    }
+
+    // An environment whose workers cannot start says why, and takes no function.
+    gust.cli(&[
+        "env",
+        "create",
+        "broken",
+        "--command",
+        "/usr/bin/false",
+        "--pool-size",
+        "1",
+    ])
+    .ok();
+    let error = gust_harness::eventually(std::time::Duration::from_secs(10), || {
+        let view = json(
+            &gust
+                .cli(&["env", "get", "broken", "-o", "json"])
+                .ok()
+                .stdout,
+        );
+        view["start_error"].as_str().map(str::to_owned)
+    })
+    .expect("env get shows why workers fail");
+    assert!(error.contains("exited during start"), "{error}");
+    let table = gust.cli(&["env", "get", "broken"]).ok().stdout;
+    assert!(table.contains("workers fail to start"), "{table}");
+    let code = gust.write_file("never/x.txt", "x");
+    let err = gust
+        .cli(&[
+            "fn",
+            "create",
+            "never",
+            "--env",
+            "broken",
+            "--code",
+            code.to_str().unwrap(),
+        ])
+        .failed();
+    assert!(err.contains("cannot start workers"), "{err}");
+}

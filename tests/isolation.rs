@@ -202,17 +202,24 @@ fn s16_a_worker_whose_specialization_failed_is_never_used_again() {
         ("python", "broken.py", "raise RuntimeError('no')\n"),
         ("node", "broken.js", "throw new Error('no');\n"),
     ] {
+        // Each deploy loads the code in a worker, which fails and is never used again.
         let name = format!("broken-{env}");
-        gust.deploy(
-            &name,
-            env,
-            file,
-            source,
-            &["--env-var", "HTTP_PROXY=http://attacker.invalid"],
-        );
+        let code = gust.write_file(&format!("{name}/{file}"), source);
         for _ in 0..3 {
-            let response = gust.get(&format!("/{name}"));
-            assert_eq!(response.status(), 502, "{name}");
+            let err = gust
+                .cli(&[
+                    "fn",
+                    "create",
+                    &name,
+                    "--env",
+                    env,
+                    "--code",
+                    code.to_str().unwrap(),
+                    "--env-var",
+                    "HTTP_PROXY=http://attacker.invalid",
+                ])
+                .failed();
+            assert!(err.contains("was not deployed"), "{name}: {err}");
         }
     }
     assert_fresh_workers_are_clean(&gust, "c");

@@ -251,13 +251,21 @@ fn a_price_sheet_turns_usage_into_cost_and_a_bad_one_stops_gust() {
 #[test]
 fn metrics_count_invocations_cold_starts_and_throttling_with_safe_labels() {
     let gust = Gust::start(GUST, GustOptions::default());
-    gust.deploy("m", "python", "f.py", FLAKY_PY, &[]);
+    gust.deploy("m", "python", "f.py", FLAKY_PY, &["--idle-timeout", "1s"]);
     // Its cold-start series exist at zero once it is prepared, before any request.
     let ready = r#"gust_function_cold_starts_total{namespace="default",function="m"} 0"#;
     eventually(Duration::from_secs(10), || {
         gust.metrics().lines().any(|l| l == ready).then_some(())
     })
     .unwrap_or_else(|| panic!("{ready} in\n{}", gust.metrics()));
+    // The instance the deploy loaded the code in goes idle and away: the next request starts
+    // one.
+    eventually(Duration::from_secs(15), || {
+        let info: Value =
+            serde_json::from_str(&gust.cli(&["fn", "get", "m", "-o", "json"]).ok().stdout).ok()?;
+        (info["instances"]["idle"] == 0).then_some(())
+    })
+    .expect("scaled to zero");
     send(&gust, "/m?secret-looking-query", 3);
     send(&gust, "/m?fail", 1);
 

@@ -1208,6 +1208,111 @@ mod tests {
         }
     }
 
+    /// Starts fail: with no code run for function `nostart`, while loading for the others.
+    struct FailingRuntime;
+
+    #[async_trait]
+    impl PreparedRevision for FailingRuntime {
+        async fn start(&self, first: &RequestId) -> Result<Box<dyn Instance>, InvokeError> {
+            Err(if first.as_str() == "nostart" {
+                InvokeError::StartFailed {
+                    function: "f".into(),
+                    detail: "no worker".into(),
+                }
+            } else {
+                InvokeError::LoadFailed {
+                    function: "f".into(),
+                    cause: "SyntaxError".into(),
+                }
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Runtime for FailingRuntime {
+        async fn prepare(
+            &self,
+            _spec: &InstanceSpec,
+        ) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
+            Ok(Arc::new(FailingRuntime))
+        }
+        fn set_environments(&self, _environments: &[Environment]) {}
+        async fn shutdown(&self) {}
+    }
+
+    #[derive(Default)]
+    struct Counted {
+        attempts: AtomicUsize,
+        start_failures: AtomicUsize,
+    }
+
+    impl InvocationObserver for Counted {
+        fn attempt_finished(&self, _report: AttemptReport) {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+        }
+        fn throttled(&self, _: &Namespace, _: &Name, _: TriggerKind) {}
+        fn start_failed(&self, _: &Namespace, _: &Name, _: TriggerKind) {
+            self.start_failures.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_that_ran_no_code_is_counted_but_not_an_attempt() {
+        let observer = Arc::new(Counted::default());
+        let executor = Executor::new(
+            ExecutorConfig::default(),
+            Arc::new(OneFunction),
+            Arc::new(FailingRuntime),
+            observer.clone(),
+        );
+        let mut invocation = call("f");
+        invocation.id = RequestId::new("nostart");
+        let err = executor.invoke(invocation).await.unwrap_err();
+        assert_eq!(err.reason(), "start_failed");
+        assert_eq!(observer.start_failures.load(Ordering::SeqCst), 1);
+        assert_eq!(observer.attempts.load(Ordering::SeqCst), 0);
+        // Loading the code ran it: that is an attempt, billed and recorded.
+        let err = executor.invoke(call("f")).await.unwrap_err();
+        assert_eq!(err.reason(), "load_error");
+        assert_eq!(observer.attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(observer.start_failures.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_trial_instance_serves_its_revision_first_and_no_other() {
+        let (executor, runtime) = executor(ExecutorConfig::default(), Duration::ZERO);
+        let spec = OneFunction
+            .deployment(
+                &Namespace::default(),
+                &Name::parse("function", "f").unwrap(),
+            )
+            .unwrap()
+            .unwrap();
+        executor
+            .trial(spec.clone(), &RequestId::new("t"))
+            .await
+            .unwrap();
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 1);
+        // The revision goes live: its first request takes the loaded instance.
+        call_and_read(&executor, "f").await.unwrap();
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 1);
+        // A trial of a revision that never goes live is stopped when it is discarded.
+        let mut other = spec;
+        other.revision += 1;
+        executor.trial(other, &RequestId::new("t2")).await.unwrap();
+        executor.discard_trial(
+            &Namespace::default(),
+            &Name::parse("function", "f").unwrap(),
+        );
+        for _ in 0..100 {
+            if runtime.stopped.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn excess_requests_wait_in_a_bounded_queue_then_get_429() {
         let config = ExecutorConfig {
