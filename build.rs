@@ -24,15 +24,23 @@ fn main() {
         commit
     };
     println!("cargo:rustc-env=GUST_COMMIT={commit}");
-    // Built again when HEAD moves: to another branch, or to a new commit on this one.
-    let git = Path::new(".git");
-    if git.join("HEAD").exists() {
-        println!("cargo:rerun-if-changed=.git/HEAD");
-        if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
-            && let Some(reference) = head.trim().strip_prefix("ref: ")
-        {
-            println!("cargo:rerun-if-changed=.git/{reference}");
-        }
-        println!("cargo:rerun-if-changed=.git/index");
+    // Built again when HEAD moves: to another branch, or to a new commit on this one (its ref
+    // is a file of its own, or a line of packed-refs), or when the index changes (what the
+    // `-modified` mark reads; edits not yet added do not rebuild). Only files
+    // that exist are named: cargo would take a missing one as changed on every build.
+    let mut watched = vec![
+        ".git/HEAD".to_owned(),
+        ".git/index".to_owned(),
+        ".git/packed-refs".to_owned(),
+    ];
+    if let Ok(head) = std::fs::read_to_string(".git/HEAD")
+        && let Some(reference) = head.trim().strip_prefix("ref: ")
+    {
+        watched.push(format!(".git/{reference}"));
     }
+    for path in watched.iter().filter(|path| Path::new(path).exists()) {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    // Without a .git directory (a source archive) nothing is watched but this script.
+    println!("cargo:rerun-if-changed=build.rs");
 }

@@ -65,15 +65,7 @@ fn code_that_cannot_load_is_refused_at_deploy_and_the_previous_revision_keeps_se
     let gust = Gust::start(GUST, GustOptions::default());
     let create = |name: &str, env: &str, file: &str, source: &str| {
         let path = gust.write_file(&format!("{name}/{file}"), source);
-        gust.cli(&[
-            "fn",
-            "create",
-            name,
-            "--env",
-            env,
-            "--code",
-            path.to_str().unwrap(),
-        ])
+        gust.create_function(name, env, &path, &[])
     };
     for (name, env, file, source, cause) in [
         ("syntax", "python", "s.py", "def main(:\n", "SyntaxError"),
@@ -443,15 +435,7 @@ fn a_worker_that_fails_to_start_leaves_no_directory_or_cgroup_behind() {
     let code = gust.write_file("doomed/d.txt", "never runs");
     for _ in 0..3 {
         let err = gust
-            .cli(&[
-                "fn",
-                "create",
-                "doomed",
-                "--env",
-                "broken",
-                "--code",
-                code.to_str().unwrap(),
-            ])
+            .create_function("doomed", "broken", &code, &[])
             .failed();
         assert!(err.contains("exited during start"), "{err}");
     }

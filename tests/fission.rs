@@ -26,34 +26,20 @@ fn routes_take_fission_patterns_and_requests_carry_fission_metadata() {
     let code = gust.write_file("echo/echo.py", ECHO_PY);
     // One step, as `fission fn create --url` does: the function and its route.
     let out = gust
-        .cli(&[
-            "fn",
-            "create",
+        .create_function(
             "items",
-            "--env",
             "python",
-            "--code",
-            code.to_str().unwrap(),
-            "--url",
-            "/items/{id:[0-9]+}",
-            "--method",
-            "GET",
-        ])
+            &code,
+            &["--url", "/items/{id:[0-9]+}", "--method", "GET"],
+        )
         .ok();
     assert!(out.stderr.contains("route items created"), "{}", out.stderr);
-    gust.cli(&[
-        "fn",
-        "create",
+    gust.create_function(
         "names",
-        "--env",
         "python",
-        "--code",
-        code.to_str().unwrap(),
-        "--url",
-        "/items/{name}",
-        "--method",
-        "GET,PUT",
-    ])
+        &code,
+        &["--url", "/items/{name}", "--method", "GET,PUT"],
+    )
     .ok();
 
     // The pattern decides which route a segment reaches.
@@ -103,19 +89,12 @@ fn routes_take_fission_patterns_and_requests_carry_fission_metadata() {
 
     // A route that cannot be created leaves no function behind.
     let err = gust
-        .cli(&[
-            "fn",
-            "create",
+        .create_function(
             "clash",
-            "--env",
             "python",
-            "--code",
-            code.to_str().unwrap(),
-            "--url",
-            "/items/{other}",
-            "--method",
-            "GET",
-        ])
+            &code,
+            &["--url", "/items/{other}", "--method", "GET"],
+        )
         .failed();
     assert!(err.contains("conflict"), "{err}");
     let err = gust.cli(&["fn", "get", "clash"]).failed();
@@ -529,16 +508,6 @@ fn custom_environments_that_close_connections_or_cannot_start_say_so() {
     let table = gust.cli(&["env", "get", "broken"]).ok().stdout;
     assert!(table.contains("workers fail to start"), "{table}");
     let code = gust.write_file("never/x.txt", "x");
-    let err = gust
-        .cli(&[
-            "fn",
-            "create",
-            "never",
-            "--env",
-            "broken",
-            "--code",
-            code.to_str().unwrap(),
-        ])
-        .failed();
+    let err = gust.create_function("never", "broken", &code, &[]).failed();
     assert!(err.contains("cannot start workers"), "{err}");
 }

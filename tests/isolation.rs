@@ -207,17 +207,12 @@ fn s16_a_worker_whose_specialization_failed_is_never_used_again() {
         let code = gust.write_file(&format!("{name}/{file}"), source);
         for _ in 0..3 {
             let err = gust
-                .cli(&[
-                    "fn",
-                    "create",
+                .create_function(
                     &name,
-                    "--env",
                     env,
-                    "--code",
-                    code.to_str().unwrap(),
-                    "--env-var",
-                    "HTTP_PROXY=http://attacker.invalid",
-                ])
+                    &code,
+                    &["--env-var", "HTTP_PROXY=http://attacker.invalid"],
+                )
                 .failed();
             assert!(err.contains("was not deployed"), "{name}: {err}");
         }

@@ -381,11 +381,13 @@ async function handle(req, res) {
     sendJson(res, 503, { error: 'NotSpecialized' }, { [FUNCTION_ERROR_HEADER]: 'NotSpecialized' });
     return;
   }
+  let response = null; // given Express's methods when the function first asks for it
   const context = {
     request,
     get response() {
       this.responseTaken = true;
-      return expressResponse(res);
+      if (!response) response = expressResponse(res);
+      return response;
     },
   };
   let streamed;

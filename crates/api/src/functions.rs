@@ -224,8 +224,6 @@ fn still_building_error(name: &Name, revision: RevisionNumber) -> ApiError {
     ))
 }
 
-/// The environment a function names: it must exist, and its workers must not be failing to
-/// start (a function there could not run).
 /// Loads a revision in an instance before it is stored (see [`gust_executor::Executor::trial`]):
 /// code that cannot load is refused with the error and what loading printed (a traceback),
 /// and the function's current revision keeps serving.
@@ -276,6 +274,8 @@ fn check_loads(
     })
 }
 
+/// The environment a function names: it must exist, and its workers must not be failing to
+/// start (a function there could not run).
 fn require_environment(state: &ApiState, env: &Name) -> Result<Environment, ApiError> {
     let environment = state.store.environment(env)?.ok_or_else(|| {
         ApiError::Invalid(format!(
@@ -510,14 +510,18 @@ pub async fn update(
                 keep_revisions: fields.keep_revisions,
                 build,
             };
-            if revision.is_ready() {
+            // Checked under the number it will most likely get; a concurrent update that takes
+            // that number first makes a different instance spec, which the trial's instance
+            // then does not serve.
+            let checked = revision.is_ready();
+            if checked {
                 let mut candidate = revision.clone();
-                candidate.number = current.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1;
+                candidate.number = current.next_number();
                 check_loads(s, &current, &candidate, &env)?;
             }
             let mut number = 0;
             let mut still_building = None;
-            let updated = s
+            let stored = s
                 .store
                 .update_function(&namespace, &name, &mut |mut function| {
                     // Checked again here, on the stored function: code uploaded since the
@@ -530,10 +534,17 @@ pub async fn update(
                     }
                     number = function.push_revision(revision.clone());
                     Ok(function)
-                })?;
-            if let Some(building) = still_building {
-                return Err(still_building_error(&name, building));
+                })
+                .map_err(ApiError::from)
+                .and_then(|updated| match still_building {
+                    Some(building) => Err(still_building_error(&name, building)),
+                    None => Ok(updated),
+                });
+            // Not stored: the instance that loaded it has nothing to serve.
+            if stored.is_err() && checked {
+                s.executor.discard_trial(&namespace, &name);
             }
+            let updated = stored?;
             // A revision still building does not serve yet: the instances of the one that
             // does stay warm.
             if updated.current == number {

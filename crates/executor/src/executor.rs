@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gust_model::{Name, Namespace, RequestBodyMode, RevisionNumber, Scaling, Tier};
+use gust_model::{Name, Namespace, RequestBodyMode, Scaling, Tier};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -132,6 +132,8 @@ struct FunctionSlot {
     /// The runtime's prepared form of the revision, built once (on deploy or first start) and
     /// dropped with the slot when the revision stops serving.
     prepared: tokio::sync::OnceCell<Arc<dyn PreparedRevision>>,
+    /// Fission's headers naming the function, added to each of its requests.
+    function_headers: http::HeaderMap,
     scaling: EffectiveScaling,
     idle: Mutex<Vec<(Box<dyn Instance>, Instant)>>,
     /// One permit per request in flight (and per instance still starting for a request that
@@ -237,9 +239,10 @@ pub struct Executor {
     staged: Mutex<HashMap<(Namespace, Name), Staged>>,
 }
 
-/// A revision loaded before it went live: its prepared form and its first instance.
+/// A revision loaded before it went live: what it was loaded as, its prepared form and its
+/// first instance. It serves only a slot of exactly that spec.
 struct Staged {
-    revision: RevisionNumber,
+    spec: InstanceSpec,
     prepared: Arc<dyn PreparedRevision>,
     instance: Box<dyn Instance>,
 }
@@ -296,7 +299,7 @@ impl Executor {
             .insert(
                 key,
                 Staged {
-                    revision: spec.revision,
+                    spec,
                     prepared,
                     instance,
                 },
@@ -516,33 +519,26 @@ impl Executor {
         let scaling = self
             .config
             .effective(&spec.scaling, spec.environment.tier());
-        // The instance a trial started for this revision, if any, is its first.
-        let revision = spec.revision;
+        // The instance a trial started for this very spec, if any, is the slot's first.
         let staged = self
             .staged
             .lock()
             .expect("staged map lock is never poisoned")
             .remove(&key);
-        let (prepared, first) = match staged {
-            Some(staged) if staged.revision == spec.revision => (
-                tokio::sync::OnceCell::new_with(Some(staged.prepared)),
-                vec![(staged.instance, Instant::now())],
-            ),
-            Some(stale) => {
-                stop_all(vec![stale.instance]);
-                (tokio::sync::OnceCell::new(), Vec::new())
-            }
-            None => (tokio::sync::OnceCell::new(), Vec::new()),
-        };
+        let mut prepared = staged
+            .as_ref()
+            .filter(|staged| staged.spec == spec)
+            .map(|staged| staged.prepared.clone());
+        let function_headers = function_headers(&spec);
         let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
         // Another request may have loaded it meanwhile; keep the first so instances are shared.
-        let mut first = Some(first);
         let slot = slots.entry(key).or_insert_with(|| {
             Arc::new(FunctionSlot {
                 spec,
-                prepared,
+                prepared: tokio::sync::OnceCell::new_with(prepared.take()),
+                function_headers,
                 scaling,
-                idle: Mutex::new(first.take().unwrap_or_default()),
+                idle: Mutex::new(Vec::new()),
                 in_flight: Arc::new(Semaphore::new(scaling.requests_in_flight())),
                 waiting: AtomicUsize::new(0),
                 warming: AtomicUsize::new(0),
@@ -551,14 +547,12 @@ impl Executor {
         });
         let slot = slot.clone();
         drop(slots);
-        // The slot was there already: its revision's instance joins it, another's stops.
-        let first: Vec<_> = first.into_iter().flatten().map(|(i, _)| i).collect();
-        if slot.spec.revision == revision {
-            first
-                .into_iter()
-                .for_each(|instance| slot.release(instance));
-        } else {
-            stop_all(first);
+        if let Some(staged) = staged {
+            if staged.spec == slot.spec {
+                slot.release(staged.instance);
+            } else {
+                stop_all(vec![staged.instance]);
+            }
         }
         Ok(slot)
     }
@@ -648,7 +642,7 @@ impl Invoker for Executor {
             .slot(&invocation.namespace, &invocation.function)
             .await?;
         let (mut parts, payload) = invocation.request.into_parts();
-        add_function_headers(&mut parts.headers, &slot.spec);
+        parts.headers.extend(slot.function_headers.clone());
         // A body the function takes whole is read before an instance is taken for it, so a
         // slow client holds memory (bounded by the listener) and never an instance.
         let (body, held, body_watch) = match payload {
@@ -782,7 +776,9 @@ impl Invoker for Executor {
 
 /// The function a request reaches, under the names Fission's environments read:
 /// `X-Fission-Function-Name`, `-Namespace`, `-ResourceVersion` (the revision) and `-Uid`.
-fn add_function_headers(headers: &mut http::HeaderMap, spec: &InstanceSpec) {
+/// Made once per slot; every request to it gets a copy.
+fn function_headers(spec: &InstanceSpec) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::with_capacity(4);
     let values = [
         ("x-fission-function-name", spec.function.to_string()),
         ("x-fission-function-namespace", spec.namespace.to_string()),
@@ -799,6 +795,7 @@ fn add_function_headers(headers: &mut http::HeaderMap, spec: &InstanceSpec) {
             headers.insert(name, value);
         }
     }
+    headers
 }
 
 /// One request being served by an instance, until its response's last byte: then the instance
@@ -1296,21 +1293,36 @@ mod tests {
         // The revision goes live: its first request takes the loaded instance.
         call_and_read(&executor, "f").await.unwrap();
         assert_eq!(runtime.started.load(Ordering::SeqCst), 1);
+        // Instances are stopped in the background.
+        let stopped = |count: usize| {
+            let stops = runtime.stopped.clone();
+            async move {
+                for _ in 0..100 {
+                    if stops.load(Ordering::SeqCst) == count {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                stops.load(Ordering::SeqCst)
+            }
+        };
         // A trial of a revision that never goes live is stopped when it is discarded.
-        let mut other = spec;
+        let (namespace, name) = (Namespace::default(), Name::parse("function", "f").unwrap());
+        let mut other = spec.clone();
         other.revision += 1;
         executor.trial(other, &RequestId::new("t2")).await.unwrap();
-        executor.discard_trial(
-            &Namespace::default(),
-            &Name::parse("function", "f").unwrap(),
-        );
-        for _ in 0..100 {
-            if runtime.stopped.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+        executor.discard_trial(&namespace, &name);
+        assert_eq!(stopped(1).await, 1);
+        // One loaded as another spec under the same number (an update that lost a race for
+        // it) never serves that number: it is stopped and a fresh instance serves. (The change
+        // also stops the idle instance the first trial left.)
+        let mut raced = spec;
+        raced.env_vars.insert("RACED".into(), "yes".into());
+        executor.trial(raced, &RequestId::new("t3")).await.unwrap();
+        executor.function_changed(&namespace, &name);
+        call_and_read(&executor, "f").await.unwrap();
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 4);
+        assert_eq!(stopped(3).await, 3);
     }
 
     #[tokio::test(start_paused = true)]

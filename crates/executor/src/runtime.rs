@@ -12,7 +12,7 @@ use gust_model::{
 use crate::{InvokeError, RequestBody, RequestId, ResponseBody};
 
 /// Everything a runtime needs to turn a generic worker into an instance of one revision.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceSpec {
     pub namespace: Namespace,
     pub function: Name,

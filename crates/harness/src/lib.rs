@@ -284,13 +284,18 @@ impl Gust {
         path
     }
 
+    /// `gust fn create NAME --env ENV --code CODE EXTRA...`, whatever it answers.
+    pub fn create_function(&self, name: &str, env: &str, code: &Path, extra: &[&str]) -> CliOutput {
+        let code = code.to_string_lossy();
+        let mut args = vec!["fn", "create", name, "--env", env, "--code", &code];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
     /// Creates a function from source text and a route to it at `/<name>`.
     pub fn deploy(&self, name: &str, env: &str, file_name: &str, source: &str, extra: &[&str]) {
         let path = self.write_file(&format!("{name}/{file_name}"), source);
-        let path = path.to_string_lossy().into_owned();
-        let mut args = vec!["fn", "create", name, "--env", env, "--code", &path];
-        args.extend_from_slice(extra);
-        self.cli(&args).ok();
+        self.create_function(name, env, &path, extra).ok();
         let url = format!("/{name}");
         self.cli(&[
             "route", "create", "--fn", name, "--url", &url, "--name", name,
@@ -301,9 +306,7 @@ impl Gust {
     /// Creates function `name` from the code at `code` (a file, directory or archive) and a
     /// prefix route `/name` to it.
     pub fn deploy_path(&self, name: &str, env: &str, code: &str, extra: &[&str]) {
-        let mut args = vec!["fn", "create", name, "--env", env, "--code", code];
-        args.extend_from_slice(extra);
-        self.cli(&args).ok();
+        self.create_function(name, env, Path::new(code), extra).ok();
         let url = format!("/{name}");
         self.cli(&["route", "create", "--fn", name, "--url", &url, "--prefix"])
             .ok();

@@ -209,7 +209,8 @@ impl Function {
         self.revisions.iter().find(|r| r.number == number)
     }
 
-    fn next_number(&self) -> RevisionNumber {
+    /// The number the next revision gets.
+    pub fn next_number(&self) -> RevisionNumber {
         self.revisions.iter().map(|r| r.number).max().unwrap_or(0) + 1
     }
 

@@ -473,6 +473,12 @@ impl Runtime for ProcessRuntime {
             .pools
             .lock()
             .expect("pool map lock is never poisoned");
+        // A deleted environment's failures go with it (a new one of its name starts clean).
+        self.workers
+            .start_failures
+            .lock()
+            .expect("failure map lock is never poisoned")
+            .retain(|name, _| commands.iter().any(|(env, _)| env.name == *name));
         pools.retain(|name, pool| {
             let keep = commands.iter().any(|(env, command)| {
                 env.name == *name && command.program == pool.command().program

@@ -299,13 +299,13 @@ impl Worker {
             .header(CONTENT_TYPE, "application/json")
             .body(RequestBody::full(body.to_string()))
             .expect("a fixed request is valid");
-        reopen_if_closed(&mut self.sender, &self.paths.socket).await;
         let exchange = async {
-            self.sender.ready().await?;
-            let response = self.sender.send_request(request).await?;
+            let response = send(&mut self.sender, &self.paths.socket, request)
+                .await
+                .ok_or(())?;
             let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
+            let body = response.into_body().collect().await.map_err(|_| ())?;
+            Ok::<_, ()>((status, body.to_bytes()))
         };
         match tokio::time::timeout(SPECIALIZE_DEADLINE, exchange).await {
             Ok(Ok((status, _))) if status.is_success() => Ok(()),
@@ -385,16 +385,31 @@ async fn connect(socket: &Path) -> Option<SendRequest<RequestBody>> {
     Some(sender)
 }
 
-/// A worker may close its connection after any answer (`Connection: close`, as servers that
-/// serve one request per connection do, or after a body it did not read): the next request
-/// then goes on a new one. A worker that no longer accepts keeps the closed one, and the
-/// request fails as a broken exchange.
-async fn reopen_if_closed(sender: &mut SendRequest<RequestBody>, socket: &Path) {
-    if sender.is_closed()
-        && let Ok(Some(fresh)) = tokio::time::timeout(LANE_OPEN_DEADLINE, connect(socket)).await
-    {
-        *sender = fresh;
-    }
+/// Sends a request to a worker and waits for the head of its answer (`None`: the exchange
+/// broke). A worker may close its connection after any answer (`Connection: close`, as
+/// servers that serve one request per connection do, or after a body it did not read), and
+/// the close may still be on its way when the next request is sent: a request that did not go
+/// out on the old connection goes on a new one. A request that went out is never sent twice.
+async fn send(
+    sender: &mut SendRequest<RequestBody>,
+    socket: &Path,
+    request: Request<RequestBody>,
+) -> Option<Response<Incoming>> {
+    let unsent = if sender.is_closed() || sender.ready().await.is_err() {
+        request
+    } else {
+        match sender.try_send_request(request).await {
+            Ok(response) => return Some(response),
+            Err(mut err) => err.take_message()?,
+        }
+    };
+    // A worker that no longer accepts keeps the closed connection: the exchange broke.
+    *sender = tokio::time::timeout(LANE_OPEN_DEADLINE, connect(socket))
+        .await
+        .ok()
+        .flatten()?;
+    sender.ready().await.ok()?;
+    sender.send_request(unsent).await.ok()
 }
 
 /// Connects and asks `/healthz`; `Some` once the worker is ready.
@@ -420,6 +435,7 @@ enum Exchange {
 /// `timeout` (`None` when it ran out).
 async fn exchange(
     sender: &mut SendRequest<RequestBody>,
+    socket: &Path,
     request: Request<RequestBody>,
     timeout: Duration,
 ) -> Option<Exchange> {
@@ -439,15 +455,12 @@ async fn exchange(
     }
     let request = Request::from_parts(parts, body);
     let exchange = async {
-        if sender.ready().await.is_err() {
-            return Exchange::Broken;
-        }
-        match sender.send_request(request).await {
-            Ok(response) => {
+        match send(sender, socket, request).await {
+            Some(response) => {
                 let (parts, body) = response.into_parts();
                 Exchange::Answered(parts, body)
             }
-            Err(_) => Exchange::Broken,
+            None => Exchange::Broken,
         }
     };
     tokio::time::timeout(timeout, exchange).await.ok()
@@ -538,8 +551,7 @@ impl Instance for Worker {
     ) -> Result<Response<ResponseBody>, InvokeError> {
         self.attribute_output_to(id);
         let body = request.body().watch();
-        reopen_if_closed(&mut self.sender, &self.paths.socket).await;
-        let exchange = exchange(&mut self.sender, request, timeout).await;
+        let exchange = exchange(&mut self.sender, &self.paths.socket, request, timeout).await;
         // A caller's body that broke off explains a broken exchange: no memory check then.
         let out_of_memory = matches!(exchange, Some(Exchange::Broken))
             && !body_broke_off(body.as_deref())
@@ -650,8 +662,7 @@ impl Instance for Lane {
     ) -> Result<Response<ResponseBody>, InvokeError> {
         // With several requests in flight, output goes to whichever started last.
         self.shared.worker().attribute_output_to(id);
-        reopen_if_closed(&mut self.sender, &self.shared.socket).await;
-        let exchange = exchange(&mut self.sender, request, timeout).await;
+        let exchange = exchange(&mut self.sender, &self.shared.socket, request, timeout).await;
         let out_of_memory =
             matches!(exchange, Some(Exchange::Broken)) && self.shared.worker().out_of_memory();
         let (result, kill) = outcome(
