@@ -511,3 +511,169 @@ fn custom_environments_that_close_connections_or_cannot_start_say_so() {
     let err = gust.create_function("never", "broken", &code, &[]).failed();
     assert!(err.contains("cannot start workers"), "{err}");
 }
+
+/// An environment server written the way Fission's are: it listens on a TCP port (8888, or
+/// `RUNTIME_PORT`), loads the code Fission's way (`/v2/specialize` with `filepath` and
+/// `functionName`, or `/specialize` and `/userfunc/user`), serves its function at `/` only,
+/// and closes every connection after its answer (HTTP/1.0).
+const FISSION_STYLE_SERVER: &str = r#"
+import http.server, importlib.machinery, importlib.util, json, os, sys
+
+PORT = int(os.environ.get("RUNTIME_PORT", "8888"))
+INSTANCE = os.urandom(4).hex()
+userfunc = None
+
+
+def load(path, entry):
+    module_name, _, func = entry.rpartition(".")
+    if os.path.isdir(path):
+        sys.path.insert(0, path)
+        module = __import__(module_name)
+    else:
+        loader = importlib.machinery.SourceFileLoader("user", path)
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader("user", loader))
+        loader.exec_module(module)
+    return getattr(module, func or "main")
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, text):
+        body = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        global userfunc
+        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/specialize":
+            userfunc = load("/userfunc/user", "")
+            return self.reply(202, "")
+        if self.path == "/v2/specialize":
+            request = json.loads(data)
+            userfunc = load(request["filepath"], request["functionName"])
+            return self.reply(202, "")
+        self.call(data)
+
+    def do_GET(self):
+        self.call(b"")
+
+    def call(self, data):
+        if self.path.split("?")[0] != "/":
+            return self.reply(404, "Fission's servers serve / only")
+        with open("/userfunc/scratch", "w") as f:
+            f.write("the server may write here")
+        self.reply(200, userfunc(self.headers, data) + " instance=" + INSTANCE)
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+"#;
+
+#[test]
+fn fission_environment_servers_run_as_custom_environments() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let server = gust.write_file("fission-env/server.py", FISSION_STYLE_SERVER);
+    let env_dir = server.parent().unwrap().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [gust.dir.path(), &gust.scratch(), &env_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let command = format!("/usr/bin/python3 {}", server.display());
+    for (name, protocol) in [("fission-py", "fission"), ("fission-v1", "fission-v1")] {
+        gust.cli(&[
+            "env",
+            "create",
+            name,
+            "--command",
+            &command,
+            "--mount",
+            env_dir.to_str().unwrap(),
+            "--protocol",
+            protocol,
+            "--pool-size",
+            "2",
+        ])
+        .ok();
+    }
+    let info = json(
+        &gust
+            .cli(&["env", "get", "fission-py", "-o", "json"])
+            .ok()
+            .stdout,
+    );
+    assert_eq!(info["kind"]["port"], 8888, "{info}");
+
+    // v2: a directory of modules, the entrypoint `module.function`.
+    let app = gust.scratch().join("fission-app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("hello.py"),
+        "import time\n\ndef main(headers, body):\n    time.sleep(float(headers.get('X-Sleep') or 0))\n    return 'v2 id=%s url=%s fn=%s' % (headers['X-Fission-Params-Id'], headers['X-Fission-Full-Url'], headers['X-Fission-Function-Name'])\n",
+    )
+    .unwrap();
+    gust.create_function(
+        "hello",
+        "fission-py",
+        &app,
+        &["--entrypoint", "hello.main", "--url", "/hello/{id}"],
+    )
+    .ok();
+    let answer = gust.get("/hello/7?q=1").text().unwrap();
+    assert!(
+        answer.starts_with("v2 id=7 url=/hello/7?q=1 fn=hello instance="),
+        "{answer}"
+    );
+    // Two requests at once: two workers, both listening on 8888, each in its own namespace.
+    let instances: std::collections::BTreeSet<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let answer = gust
+                        .http()
+                        .get(gust.public_url("/hello/1"))
+                        .header("X-Sleep", "1")
+                        .send()
+                        .unwrap();
+                    assert_eq!(answer.status(), 200);
+                    let text = answer.text().unwrap();
+                    text.rsplit("instance=").next().unwrap().to_owned()
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(instances.len(), 2, "{instances:?}");
+
+    // v1: one source file, loaded from /userfunc/user.
+    let single = gust.write_file(
+        "v1/legacy.py",
+        "def main(headers, body):\n    return 'v1 says ' + body.decode()\n",
+    );
+    gust.create_function("legacy", "fission-v1", &single, &["--url", "/legacy"])
+        .ok();
+    let answer = gust
+        .http()
+        .post(gust.public_url("/legacy"))
+        .body("hi")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(answer.starts_with("v1 says hi instance="), "{answer}");
+    // Code that does not load in such a server is refused at deploy, as with Gust's own.
+    let err = gust
+        .create_function(
+            "wrong",
+            "fission-py",
+            &app,
+            &["--entrypoint", "hello.nothing"],
+        )
+        .failed();
+    assert!(err.contains("was not deployed"), "{err}");
+}

@@ -34,6 +34,16 @@ enum EnvCommand {
         /// $SRC_PKG and writes the package the workers load to $DEPLOY_PKG
         #[arg(long)]
         build_cmd: Option<String>,
+        /// The loopback TCP port the workers listen on (each in its own network namespace),
+        /// e.g. 8888 for Fission's environment servers; they also find it in $GUST_PORT and
+        /// $RUNTIME_PORT [default: the socket Gust hands them; 8888 with --protocol fission]
+        #[arg(long)]
+        port: Option<u16>,
+        /// What the workers speak: gust (the worker protocol), fission (Fission's environment
+        /// servers: /v2/specialize, code under /userfunc, requests to /) or fission-v1
+        /// (/specialize, the code at /userfunc/user)
+        #[arg(long, value_parser = ["gust", "fission", "fission-v1"])]
+        protocol: Option<String>,
     },
     /// List environments.
     List(OutputArgs),
@@ -90,6 +100,8 @@ pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<E
             pool_size,
             mounts,
             build_cmd,
+            port,
+            protocol,
         } => {
             let body = EnvironmentConfig {
                 name: name.clone(),
@@ -97,6 +109,8 @@ pub async fn run(args: EnvArgs, connection: &ConnectionArgs) -> anyhow::Result<E
                 pool_size,
                 mounts,
                 build_cmd,
+                port,
+                protocol,
             };
             let _: EnvironmentView = client
                 .json(

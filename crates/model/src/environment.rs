@@ -67,8 +67,56 @@ pub enum EnvironmentKind {
         /// `SRC_PKG` (the sources) and `DEPLOY_PKG` (where the package goes).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         build_command: Option<Vec<String>>,
+        /// The loopback TCP port its workers listen on (`--port`), each in its own network
+        /// namespace, instead of the socket Gust hands them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        /// The protocol its workers speak (`--protocol`).
+        #[serde(default, skip_serializing_if = "WorkerProtocol::is_gust")]
+        protocol: WorkerProtocol,
     },
 }
+
+/// How Gust talks to an environment's workers.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerProtocol {
+    /// Gust's worker protocol (docs/worker-protocol.md).
+    #[default]
+    Gust,
+    /// Fission's environment servers: `POST /v2/specialize` with `filepath` and
+    /// `functionName` under `/userfunc`, and every request sent to `/`.
+    Fission,
+    /// Fission's first protocol: `POST /specialize` with the code at `/userfunc/user`.
+    FissionV1,
+}
+
+impl WorkerProtocol {
+    pub fn is_gust(&self) -> bool {
+        *self == WorkerProtocol::Gust
+    }
+
+    pub fn is_fission(&self) -> bool {
+        !self.is_gust()
+    }
+
+    pub fn parse(value: &str) -> Result<Self, ModelError> {
+        match value {
+            "gust" => Ok(Self::Gust),
+            "fission" | "fission-v2" => Ok(Self::Fission),
+            "fission-v1" => Ok(Self::FissionV1),
+            other => Err(ModelError::OutOfRange {
+                field: "protocol",
+                reason: format!("{other:?} is not gust, fission or fission-v1"),
+            }),
+        }
+    }
+}
+
+/// The port Fission's environment servers listen on.
+pub const FISSION_PORT: u16 = 8888;
 
 /// A validated environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -116,6 +164,14 @@ pub struct EnvironmentConfig {
     /// builder does: it reads `$SRC_PKG` and writes `$DEPLOY_PKG`.
     #[serde(default)]
     pub build_cmd: Option<String>,
+    /// The loopback TCP port the workers listen on, each in its own network namespace, as
+    /// Fission's environment servers do (8888 for the `fission` protocols).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `gust` (default), `fission` (Fission's environment servers, `/v2/specialize`) or
+    /// `fission-v1` (`/specialize`, the code at `/userfunc/user`).
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 /// Splits a command line and checks that its program is an absolute path the sandbox shows
@@ -207,6 +263,23 @@ impl EnvironmentConfig {
                 },
                 other => other,
             })?;
+        let protocol = self
+            .protocol
+            .as_deref()
+            .map(WorkerProtocol::parse)
+            .transpose()?
+            .unwrap_or_default();
+        // Fission's servers listen on 8888 unless told otherwise.
+        let port = match (self.port, protocol) {
+            (Some(0), _) => {
+                return Err(ModelError::OutOfRange {
+                    field: "port",
+                    reason: "0 is not a port to connect to".into(),
+                });
+            }
+            (None, protocol) if protocol.is_fission() => Some(FISSION_PORT),
+            (port, _) => port,
+        };
         let pool_size = self.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         if pool_size > MAX_POOL_SIZE {
             return Err(ModelError::OutOfRange {
@@ -220,6 +293,8 @@ impl EnvironmentConfig {
                 command,
                 mounts,
                 build_command,
+                port,
+                protocol,
             },
             pool_size,
         })
@@ -237,7 +312,47 @@ mod tests {
             pool_size: None,
             mounts: Vec::new(),
             build_cmd: None,
+            port: None,
+            protocol: None,
         }
+    }
+
+    #[test]
+    fn fission_servers_listen_on_8888_unless_told_otherwise() {
+        let with = |port: Option<u16>, protocol: Option<&str>| {
+            EnvironmentConfig {
+                port,
+                protocol: protocol.map(str::to_owned),
+                ..config("/usr/bin/python3 /usr/lib/srv.py")
+            }
+            .validate()
+        };
+        let ports = |env: Environment| match env.kind {
+            EnvironmentKind::Custom { port, protocol, .. } => (port, protocol),
+            EnvironmentKind::Builtin { .. } => unreachable!(),
+        };
+        assert_eq!(
+            ports(with(None, Some("fission")).unwrap()),
+            (Some(8888), WorkerProtocol::Fission)
+        );
+        assert_eq!(
+            ports(with(Some(9000), Some("fission-v1")).unwrap()),
+            (Some(9000), WorkerProtocol::FissionV1)
+        );
+        assert_eq!(
+            ports(with(Some(9000), None).unwrap()),
+            (Some(9000), WorkerProtocol::Gust)
+        );
+        assert_eq!(
+            ports(with(None, None).unwrap()),
+            (None, WorkerProtocol::Gust)
+        );
+        assert!(with(Some(0), None).is_err());
+        let err = with(None, Some("openfaas")).unwrap_err();
+        assert!(
+            err.to_string().contains("not gust, fission or fission-v1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -251,6 +366,8 @@ mod tests {
                 command: vec!["/usr/bin/python3".into(), "/opt/my server.py".into()],
                 mounts: Vec::new(),
                 build_command: None,
+                port: None,
+                protocol: WorkerProtocol::Gust,
             }
         );
         assert_eq!(env.pool_size, DEFAULT_POOL_SIZE);

@@ -30,8 +30,8 @@ pub use delivery::{
 };
 pub use duration::HumanDuration;
 pub use environment::{
-    BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind, Tier,
-    USR_ALIASES, validate_mount,
+    BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, EnvironmentConfig, EnvironmentKind,
+    FISSION_PORT, Tier, USR_ALIASES, WorkerProtocol, validate_mount,
 };
 pub use error::ModelError;
 pub use function::{

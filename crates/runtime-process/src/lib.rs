@@ -11,6 +11,7 @@
 //!
 //! Not here: deciding when to start or stop instances (the executor does).
 
+mod address;
 mod cgroup;
 mod egress;
 mod error;
@@ -38,7 +39,9 @@ use async_trait::async_trait;
 use gust_executor::{
     FunctionLogs, Instance, InstanceSpec, InvokeError, PreparedRevision, RequestId, Runtime,
 };
-use gust_model::{BuiltinRuntime, DEFAULT_MEMORY_MB, Environment, EnvironmentKind, Name, Tier};
+use gust_model::{
+    BuiltinRuntime, DEFAULT_MEMORY_MB, Environment, EnvironmentKind, Name, Tier, WorkerProtocol,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::WarmPool;
@@ -178,15 +181,23 @@ impl Workers {
                     env_dir: Some(self.env_root.join(runtime.name())),
                     extra_ro: Vec::new(),
                     heap_sized_for,
+                    port: None,
+                    protocol: WorkerProtocol::Gust,
                 }
             }
             EnvironmentKind::Custom {
-                command, mounts, ..
+                command,
+                mounts,
+                port,
+                protocol,
+                ..
             } => WorkerCommand {
                 environment: env.name.to_string(),
                 program: command.clone(),
                 env_dir: None,
                 heap_sized_for: None,
+                port: *port,
+                protocol: *protocol,
                 // Only what the environment names with --mount, checked again now: a path
                 // may have become a link into Gust's own directories since it was created.
                 extra_ro: mounts

@@ -21,12 +21,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
-use gust_model::USR_ALIASES;
+use gust_model::{USR_ALIASES, WorkerProtocol};
 use tokio::process::Command;
 
 use crate::RuntimeError;
 use crate::network::{SANDBOX_RESOLV_CONF, Uplinks};
 use crate::seccomp::SeccompProgram;
+use crate::worker::WorkerCommand;
 
 /// How much lower than Gust's own threads function code runs (a nice value): the same for
 /// workers and for WebAssembly guests, so that neither tier starves the other.
@@ -52,6 +53,10 @@ pub const WORKER_CODE_DIR: &str = "/code";
 /// The hostname inside every sandbox; also how a leftover worker is recognised.
 pub const WORKER_HOSTNAME: &str = "gust-worker";
 const WORKER_ENV_DIR: &str = "/gust-env";
+/// Where Fission's environment servers find a function's code.
+const FISSION_USERFUNC_DIR: &str = "/userfunc";
+const FISSION_CODE_DIR: &str = "/userfunc/deployarchive";
+const FISSION_V1_CODE: &str = "/code/user";
 /// The descriptor number of the worker's listening socket, in the worker (`GUST_LISTEN_FD`).
 pub const LISTEN_FD: i32 = 3;
 // Descriptor numbers the bind sources get in bwrap; above anything a fresh process holds.
@@ -113,10 +118,13 @@ pub struct BindSources<'a> {
 
 impl<'a> BindSources<'a> {
     /// Opens the directories and binds the worker's listening socket at `paths.socket`.
+    /// `listens_on_port`: the worker is reached in its network namespace, so bwrap must say
+    /// its sandbox's pid.
     pub fn open(
         paths: &'a WorkerPaths,
         env_dir: Option<&Path>,
         sandbox: &Sandbox,
+        listens_on_port: bool,
     ) -> Result<Self, RuntimeError> {
         let open = |path: &Path| File::open(path).map_err(RuntimeError::io(path));
         let listener =
@@ -140,9 +148,9 @@ impl<'a> BindSources<'a> {
                 Sandbox::Disabled => None,
             },
             info: match sandbox {
-                Sandbox::Bubblewrap {
-                    uplinks: Some(_), ..
-                } => Some(std::io::pipe().map_err(RuntimeError::io("bwrap info pipe"))?),
+                Sandbox::Bubblewrap { uplinks, .. } if uplinks.is_some() || listens_on_port => {
+                    Some(std::io::pipe().map_err(RuntimeError::io("bwrap info pipe"))?)
+                }
                 _ => None,
             },
             resolv_conf: match sandbox {
@@ -186,9 +194,18 @@ impl Sandbox {
         let probe_dir = probe_dir()?;
         let paths = WorkerPaths::new(probe_dir.path());
         prepare_dirs(&paths)?;
-        let binds = BindSources::open(&paths, None, &sandbox)?;
+        let binds = BindSources::open(&paths, None, &sandbox, false)?;
+        let probe = WorkerCommand {
+            environment: "probe".to_owned(),
+            program: vec!["/usr/bin/true".to_owned()],
+            env_dir: None,
+            extra_ro: Vec::new(),
+            heap_sized_for: None,
+            port: None,
+            protocol: WorkerProtocol::Gust,
+        };
         let output = sandbox
-            .command(&binds, &["/usr/bin/true".to_owned()], &[], &[])
+            .command(&binds, &probe, &[])
             .output()
             .await
             .map_err(|e| RuntimeError::SandboxUnavailable {
@@ -218,9 +235,11 @@ impl Sandbox {
         }
     }
 
-    /// The function's code as the worker sees it.
-    pub fn code_path(&self, paths: &WorkerPaths) -> PathBuf {
+    /// The function's code as the worker sees it: Fission's servers find it under
+    /// `/userfunc`.
+    pub fn code_path(&self, paths: &WorkerPaths, protocol: WorkerProtocol) -> PathBuf {
         match self {
+            Sandbox::Bubblewrap { .. } if protocol.is_fission() => PathBuf::from(FISSION_CODE_DIR),
             Sandbox::Bubblewrap { .. } => PathBuf::from(WORKER_CODE_DIR),
             Sandbox::Disabled => paths.code_dir.clone(),
         }
@@ -233,10 +252,20 @@ impl Sandbox {
     pub fn command(
         &self,
         binds: &BindSources,
-        program: &[String],
-        extra_ro: &[(PathBuf, PathBuf)],
+        worker: &WorkerCommand,
         cgroups: &[std::fs::File],
     ) -> Command {
+        let (program, extra_ro) = (&worker.program, &worker.extra_ro);
+        // A worker that listens on a port finds it here, under Gust's name and Fission's.
+        let port_env: Vec<(&str, String)> = worker
+            .port
+            .map(|port| {
+                vec![
+                    ("GUST_PORT", port.to_string()),
+                    ("RUNTIME_PORT", port.to_string()),
+                ]
+            })
+            .unwrap_or_default();
         let cgroup_fds: Vec<RawFd> = cgroups.iter().map(|f| f.as_raw_fd()).collect();
         let mut command = match self {
             Sandbox::Disabled => {
@@ -255,7 +284,7 @@ impl Sandbox {
                     .args(&program[1..])
                     .env_clear()
                     .current_dir(code_dir);
-                for (key, value) in base_env() {
+                for (key, value) in base_env().into_iter().chain(port_env) {
                     command.env(key, value);
                 }
                 place_descriptors(&mut command, vec![(binds.listener.as_raw_fd(), LISTEN_FD)]);
@@ -274,6 +303,18 @@ impl Sandbox {
                 // Directories go in as open descriptors: the unprivileged uid bwrap runs as
                 // could not even traverse Gust's private data directory by path.
                 push(&["--ro-bind-fd", &CODE_FD.to_string(), WORKER_CODE_DIR]);
+                if worker.protocol.is_fission() {
+                    // Fission's layout: a writable /userfunc (its Node.js server links its
+                    // node_modules there) with the code at /userfunc/deployarchive and, for
+                    // its first protocol, the one file at /userfunc/user.
+                    push(&["--size", &tmp_size, "--tmpfs", FISSION_USERFUNC_DIR]);
+                    push(&["--symlink", WORKER_CODE_DIR, FISSION_CODE_DIR]);
+                    push(&[
+                        "--symlink",
+                        FISSION_V1_CODE,
+                        &format!("{FISSION_USERFUNC_DIR}/user"),
+                    ]);
+                }
                 if binds.env_dir.is_some() {
                     push(&["--ro-bind-fd", &ENV_FD.to_string(), WORKER_ENV_DIR]);
                 }
@@ -289,7 +330,7 @@ impl Sandbox {
                     push(&["--info-fd", &INFO_FD.to_string()]);
                 }
                 push(&["--chdir", "/tmp", "--clearenv"]);
-                for (key, value) in base_env() {
+                for (key, value) in base_env().into_iter().chain(port_env) {
                     push(&["--setenv", key, &value]);
                 }
                 push(&["--"]);

@@ -1,4 +1,5 @@
-//! One worker process: started generic (sandboxed, listening on its Unix socket), then
+//! One worker process: started generic (sandboxed, listening on its Unix socket or a port in
+//! its own network namespace), then
 //! specialized for one function revision, then handed requests one at a time over a kept-alive
 //! HTTP/1.1 connection.
 
@@ -14,18 +15,17 @@ use gust_executor::{
     Admission, BodyWatch, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream,
     RequestBody, RequestId, ResponseBody,
 };
-use gust_model::NetworkPolicy;
+use gust_model::{NetworkPolicy, WorkerProtocol};
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::UnixStream;
 use tokio::process::Child;
 
 use crate::RuntimeError;
+use crate::address::WorkerAddress;
 use crate::cgroup::{Cgroups, WorkerCgroup};
 use crate::network::{self, Uplink};
 use crate::sandbox::{BindSources, Sandbox, WorkerPaths, prepare_dirs};
@@ -44,6 +44,8 @@ const EARLY_LINES: usize = 20;
 /// timeout). A request waits for it only up to the executor's start bound; a load that
 /// finishes later still serves the requests after it.
 const SPECIALIZE_DEADLINE: Duration = Duration::from_secs(120);
+/// The name Fission's first protocol loads the code from (`/userfunc/user`).
+const FISSION_V1_FILE: &str = "user";
 /// Most of an error answer's body read to keep the connection usable; a worker that sends
 /// more with its function-error header is stopped instead.
 const ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -77,6 +79,10 @@ pub struct WorkerCommand {
     /// The function memory (MB) the command's heap limit was set for, where it sets one
     /// (Node.js); such workers serve only functions with that memory.
     pub heap_sized_for: Option<u32>,
+    /// The loopback TCP port its workers listen on in their own network namespace; `None`:
+    /// the socket Gust hands them.
+    pub port: Option<u16>,
+    pub protocol: WorkerProtocol,
 }
 
 pub struct Worker {
@@ -87,6 +93,8 @@ pub struct Worker {
     child: Child,
     /// The process (and, sandboxed, process group) id of `child`.
     pid: Option<u32>,
+    address: WorkerAddress,
+    protocol: WorkerProtocol,
     sender: SendRequest<RequestBody>,
     log_target: Arc<Mutex<LogTarget>>,
     function: String,
@@ -126,14 +134,19 @@ impl Worker {
             .transpose()
             .map_err(|e| failed(format!("cannot create its cgroup: {e}")))?;
         let (mut child, info) = {
-            let mut binds = BindSources::open(&paths, command.env_dir.as_deref(), sandbox)?;
+            let mut binds = BindSources::open(
+                &paths,
+                command.env_dir.as_deref(),
+                sandbox,
+                command.port.is_some(),
+            )?;
             let join = match &leftovers.cgroup {
                 Some(cgroup) => cgroup
                     .procs_files()
                     .map_err(|e| failed(format!("cannot open its cgroup: {e}")))?,
                 None => Vec::new(),
             };
-            let mut cmd = sandbox.command(&binds, &command.program, &command.extra_ro, &join);
+            let mut cmd = sandbox.command(&binds, command, &join);
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -171,32 +184,42 @@ impl Worker {
                 logs,
             ));
         }
-        let uplink = match (sandbox, info) {
-            (
-                Sandbox::Bubblewrap {
-                    uplinks: Some(uplinks),
-                    ..
-                },
-                Some(info),
-            ) => {
-                let connected = match network::sandbox_pid(info).await {
-                    Ok(sandbox_pid) => uplinks.connect(sandbox_pid).await,
-                    Err(err) => Err(err),
-                };
-                match connected {
-                    Ok(uplink) => Some(uplink),
-                    // A worker that exited at once takes its namespace with it: its exit and
-                    // what it said are the cause, not the network set-up that failed after.
-                    Err(err) => {
-                        return Err(failed(
-                            exit_report(&mut child, &log_target, Duration::from_millis(500))
-                                .await
-                                .unwrap_or(err),
-                        ));
-                    }
-                }
+        let uplinks = match sandbox {
+            Sandbox::Bubblewrap { uplinks, .. } => uplinks.as_ref(),
+            Sandbox::Disabled => None,
+        };
+        // The sandbox's network namespace: connected to the outside, and where a worker that
+        // listens on a port is reached.
+        let network = async {
+            let Some(info) = info else {
+                return Ok((None, None));
+            };
+            let sandbox_pid = network::sandbox_pid(info).await?;
+            let netns = match command.port {
+                Some(_) => Some(Arc::new(sandbox_netns(sandbox_pid, pid)?)),
+                None => None,
+            };
+            let uplink = match uplinks {
+                Some(uplinks) => Some(uplinks.connect(sandbox_pid).await?),
+                None => None,
+            };
+            Ok::<_, String>((uplink, netns))
+        };
+        let (uplink, netns) = match network.await {
+            Ok(connected) => connected,
+            // A worker that exited at once takes its namespace with it: its exit and what it
+            // said are the cause, not the network set-up that failed after.
+            Err(err) => {
+                return Err(failed(
+                    exit_report(&mut child, &log_target, Duration::from_millis(500))
+                        .await
+                        .unwrap_or(err),
+                ));
             }
-            _ => None,
+        };
+        let address = match command.port {
+            Some(port) => WorkerAddress::Tcp { netns, port },
+            None => WorkerAddress::Unix(paths.socket.clone()),
         };
         let started = Instant::now();
         let sender = loop {
@@ -204,13 +227,22 @@ impl Worker {
                 return Err(failed(report));
             }
             let Some(left) = START_DEADLINE.checked_sub(started.elapsed()) else {
-                return Err(failed(format!(
-                    "no answer on /healthz within {START_DEADLINE:?}"
-                )));
+                return Err(failed(match command.protocol {
+                    WorkerProtocol::Gust => {
+                        format!("no answer on /healthz within {START_DEADLINE:?}")
+                    }
+                    _ => format!(
+                        "nothing listened on port {} within {START_DEADLINE:?}",
+                        command.port.unwrap_or_default()
+                    ),
+                }));
             };
             // The socket listens from the start, so a probe waits for the worker to accept
-            // rather than failing; a worker that dies resets it.
-            if let Ok(Some(sender)) = tokio::time::timeout(left, probe(&paths.socket)).await {
+            // rather than failing; a worker that dies resets it. A port is refused until the
+            // worker listens on it.
+            if let Ok(Some(sender)) =
+                tokio::time::timeout(left, probe(&address, command.protocol)).await
+            {
                 break sender;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -218,12 +250,14 @@ impl Worker {
         std::mem::forget(starting);
         let cgroup = leftovers.keep();
         Ok(Self {
-            code_path: sandbox.code_path(&paths),
+            code_path: sandbox.code_path(&paths, command.protocol),
             id,
             dir,
             paths,
             child,
             pid,
+            address,
+            protocol: command.protocol,
             sender,
             log_target,
             function: String::new(),
@@ -288,19 +322,57 @@ impl Worker {
             Some(file) => self.code_path.join(file),
             None => self.code_path.clone(),
         };
-        let body = serde_json::json!({
-            "filepath": filepath,
-            "functionName": spec.entrypoint.clone().unwrap_or_default(),
-            "env": spec.env_vars,
-            "requestBody": spec.limits.request_body,
-        });
-        let request = Request::post("/v2/specialize")
+        let entrypoint = spec.entrypoint.clone().unwrap_or_default();
+        let (target, body) = match self.protocol {
+            WorkerProtocol::Gust => (
+                "/v2/specialize",
+                serde_json::json!({
+                    "filepath": filepath,
+                    "functionName": entrypoint,
+                    "env": spec.env_vars,
+                    "requestBody": spec.limits.request_body,
+                })
+                .to_string(),
+            ),
+            // Fission's fields, as its executor sends them.
+            WorkerProtocol::Fission => (
+                "/v2/specialize",
+                serde_json::json!({
+                    "filepath": filepath,
+                    "functionName": entrypoint,
+                    "url": "",
+                    "FunctionMetadata": {
+                        "name": spec.function,
+                        "namespace": spec.namespace,
+                        "uid": spec.function_uid,
+                        "resourceVersion": spec.revision.to_string(),
+                    },
+                })
+                .to_string(),
+            ),
+            // The code is at /userfunc/user: the one source file, under that name.
+            WorkerProtocol::FissionV1 => {
+                let Some(file) = spec.code_file.as_deref() else {
+                    self.dead = true;
+                    return Err(start_failed(
+                        "a fission-v1 environment loads one source file, not a directory"
+                            .to_owned(),
+                    ));
+                };
+                if file != FISSION_V1_FILE {
+                    std::os::unix::fs::symlink(file, self.paths.code_dir.join(FISSION_V1_FILE))
+                        .map_err(|e| start_failed(format!("cannot place the code: {e}")))?;
+                }
+                ("/specialize", String::new())
+            }
+        };
+        let request = Request::post(target)
             .header(HOST, "gust-worker")
             .header(CONTENT_TYPE, "application/json")
-            .body(RequestBody::full(body.to_string()))
+            .body(RequestBody::full(body))
             .expect("a fixed request is valid");
         let exchange = async {
-            let response = send(&mut self.sender, &self.paths.socket, request)
+            let response = send(&mut self.sender, &self.address, request)
                 .await
                 .ok_or(())?;
             let status = response.status();
@@ -341,6 +413,27 @@ impl Worker {
     }
 }
 
+/// The network namespace of the sandbox whose first process is `sandbox_pid`, opened (the
+/// descriptor names it for good) and then checked to be bwrap's child: a pid reused between
+/// bwrap saying it and the open would otherwise give another process's namespace, the host's
+/// perhaps, where Gust would then connect.
+fn sandbox_netns(sandbox_pid: u32, bwrap_pid: Option<u32>) -> Result<std::fs::File, String> {
+    let netns = std::fs::File::open(format!("/proc/{sandbox_pid}/ns/net"))
+        .map_err(|e| format!("cannot open the sandbox's network namespace: {e}"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{sandbox_pid}/stat")).unwrap_or_default();
+    // `pid (comm) state ppid ...`: the command may hold spaces and parentheses.
+    let parent = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse::<u32>().ok());
+    if parent.is_none() || parent != bwrap_pid {
+        return Err(format!(
+            "process {sandbox_pid} is no longer the worker's sandbox"
+        ));
+    }
+    Ok(netns)
+}
+
 /// How a starting worker ended, with what it printed, if it has exited (or does within
 /// `wait`).
 async fn exit_report(
@@ -373,18 +466,6 @@ fn sanitize_cause(cause: &str) -> String {
         .collect()
 }
 
-/// Opens a connection to a worker's socket.
-async fn connect(socket: &Path) -> Option<SendRequest<RequestBody>> {
-    let stream = UnixStream::connect(socket).await.ok()?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Some(sender)
-}
-
 /// Sends a request to a worker and waits for the head of its answer (`None`: the exchange
 /// broke). A worker may close its connection after any answer (`Connection: close`, as
 /// servers that serve one request per connection do, or after a body it did not read), and
@@ -392,7 +473,7 @@ async fn connect(socket: &Path) -> Option<SendRequest<RequestBody>> {
 /// out on the old connection goes on a new one. A request that went out is never sent twice.
 async fn send(
     sender: &mut SendRequest<RequestBody>,
-    socket: &Path,
+    address: &WorkerAddress,
     request: Request<RequestBody>,
 ) -> Option<Response<Incoming>> {
     let unsent = if sender.is_closed() || sender.ready().await.is_err() {
@@ -404,7 +485,7 @@ async fn send(
         }
     };
     // A worker that no longer accepts keeps the closed connection: the exchange broke.
-    *sender = tokio::time::timeout(LANE_OPEN_DEADLINE, connect(socket))
+    *sender = tokio::time::timeout(LANE_OPEN_DEADLINE, address.connect())
         .await
         .ok()
         .flatten()?;
@@ -412,9 +493,16 @@ async fn send(
     sender.send_request(unsent).await.ok()
 }
 
-/// Connects and asks `/healthz`; `Some` once the worker is ready.
-async fn probe(socket: &Path) -> Option<SendRequest<RequestBody>> {
-    let mut sender = connect(socket).await?;
+/// Connects and, for a worker of Gust's protocol, asks `/healthz`; `Some` once the worker is
+/// ready. (Fission's servers are ready once they accept: not all of them serve `/healthz`.)
+async fn probe(
+    address: &WorkerAddress,
+    protocol: WorkerProtocol,
+) -> Option<SendRequest<RequestBody>> {
+    let mut sender = address.connect().await?;
+    if protocol.is_fission() {
+        return Some(sender);
+    }
     let request = Request::get("/healthz")
         .header(HOST, "gust-worker")
         .body(RequestBody::full(Bytes::new()))
@@ -435,17 +523,26 @@ enum Exchange {
 /// `timeout` (`None` when it ran out).
 async fn exchange(
     sender: &mut SendRequest<RequestBody>,
-    socket: &Path,
+    address: &WorkerAddress,
+    protocol: WorkerProtocol,
     request: Request<RequestBody>,
     timeout: Duration,
 ) -> Option<Exchange> {
     let (mut parts, body) = request.into_parts();
-    // The worker speaks origin-form HTTP/1.1; keep only path and query.
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/")
+    // The worker speaks origin-form HTTP/1.1; keep only path and query. Fission's servers
+    // serve their function at `/` alone (the path is in `X-Fission-Full-Url`).
+    let target = match protocol {
+        WorkerProtocol::Gust => parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned()),
+        _ => match parts.uri.query() {
+            Some(query) => format!("/?{query}"),
+            None => "/".to_owned(),
+        },
+    };
+    parts.uri = target
         .parse()
         .expect("a path and query taken from a valid URI is a valid URI");
     if !parts.headers.contains_key(HOST) {
@@ -455,7 +552,7 @@ async fn exchange(
     }
     let request = Request::from_parts(parts, body);
     let exchange = async {
-        match send(sender, socket, request).await {
+        match send(sender, address, request).await {
             Some(response) => {
                 let (parts, body) = response.into_parts();
                 Exchange::Answered(parts, body)
@@ -551,7 +648,14 @@ impl Instance for Worker {
     ) -> Result<Response<ResponseBody>, InvokeError> {
         self.attribute_output_to(id);
         let body = request.body().watch();
-        let exchange = exchange(&mut self.sender, &self.paths.socket, request, timeout).await;
+        let exchange = exchange(
+            &mut self.sender,
+            &self.address,
+            self.protocol,
+            request,
+            timeout,
+        )
+        .await;
         // A caller's body that broke off explains a broken exchange: no memory check then.
         let out_of_memory = matches!(exchange, Some(Exchange::Broken))
             && !body_broke_off(body.as_deref())
@@ -590,7 +694,8 @@ impl Instance for Worker {
 /// as an instance. The process stops when its last lane is dropped.
 pub struct SharedWorker {
     worker: Mutex<Worker>,
-    socket: PathBuf,
+    address: WorkerAddress,
+    protocol: WorkerProtocol,
     function: String,
     memory_mb: u32,
     /// Lanes open or being opened.
@@ -600,7 +705,8 @@ pub struct SharedWorker {
 impl SharedWorker {
     pub fn new(worker: Worker) -> Arc<Self> {
         Arc::new(Self {
-            socket: worker.paths.socket.clone(),
+            address: worker.address.clone(),
+            protocol: worker.protocol,
             function: worker.function.clone(),
             memory_mb: worker.memory_mb,
             worker: Mutex::new(worker),
@@ -627,7 +733,7 @@ impl SharedWorker {
     /// Opens a reserved lane; the reservation is released if the worker does not answer in
     /// time (a function can stop accepting connections).
     pub async fn open_lane(self: &Arc<Self>) -> Option<Lane> {
-        match tokio::time::timeout(LANE_OPEN_DEADLINE, probe(&self.socket))
+        match tokio::time::timeout(LANE_OPEN_DEADLINE, probe(&self.address, self.protocol))
             .await
             .ok()
             .flatten()
@@ -662,7 +768,14 @@ impl Instance for Lane {
     ) -> Result<Response<ResponseBody>, InvokeError> {
         // With several requests in flight, output goes to whichever started last.
         self.shared.worker().attribute_output_to(id);
-        let exchange = exchange(&mut self.sender, &self.shared.socket, request, timeout).await;
+        let exchange = exchange(
+            &mut self.sender,
+            &self.shared.address,
+            self.shared.protocol,
+            request,
+            timeout,
+        )
+        .await;
         let out_of_memory =
             matches!(exchange, Some(Exchange::Broken)) && self.shared.worker().out_of_memory();
         let (result, kill) = outcome(
