@@ -677,3 +677,44 @@ fn fission_environment_servers_run_as_custom_environments() {
         .failed();
     assert!(err.contains("was not deployed"), "{err}");
 }
+
+#[test]
+fn function_logs_outlive_a_restart_and_a_kill() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "chatty",
+        "python",
+        "c.py",
+        "def main(req):\n    print('said ' + req.query.get('n', ''))\n    return 'ok'\n",
+        &[],
+    );
+    let journal = gust.data_dir().join("function-logs/default.chatty.jsonl");
+    let on_disk = |text: &str| {
+        gust_harness::eventually(std::time::Duration::from_secs(10), || {
+            std::fs::read_to_string(&journal)
+                .is_ok_and(|kept| kept.contains(text))
+                .then_some(())
+        })
+        .is_some()
+    };
+    assert_eq!(gust.get("/chatty?n=1").status(), 200);
+    assert!(on_disk("said 1"));
+    // Killed: the line is still there after the start.
+    gust.restart();
+    let logs = gust.cli(&["fn", "logs", "chatty"]).ok().stdout;
+    assert!(logs.contains("said 1"), "{logs}");
+    assert_eq!(gust.get("/chatty?n=2").status(), 200);
+    assert!(on_disk("said 2"));
+    // Stopped cleanly: both, in their order.
+    assert!(gust.stop());
+    gust.start_again();
+    let logs = gust.cli(&["fn", "logs", "chatty"]).ok().stdout;
+    let (first, second) = (logs.find("said 1"), logs.find("said 2"));
+    assert!(first.is_some() && second > first, "{logs}");
+    // A deleted function's lines go with it, on disk too.
+    gust.cli(&["fn", "delete", "chatty"]).ok();
+    let gone = gust_harness::eventually(std::time::Duration::from_secs(10), || {
+        (!journal.exists()).then_some(())
+    });
+    assert!(gone.is_some(), "the journal file is deleted");
+}

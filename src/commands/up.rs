@@ -374,7 +374,11 @@ async fn assemble(
         store.put_environment(&Environment::builtin(runtime, pool_size))?;
     }
 
-    let logs = Arc::new(FunctionLogs::new(args.log_lines));
+    // Function output outlives a restart: the recent lines are also kept on disk.
+    let logs = Arc::new(
+        FunctionLogs::with_journal(args.log_lines, &data_dir.join("function-logs"))
+            .context("cannot open the function log journal")?,
+    );
     let run_dir = worker_run_dir(data_dir)?;
     let builder = Arc::new(dependency_builder(
         args,

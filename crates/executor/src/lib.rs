@@ -18,6 +18,7 @@ pub mod body;
 mod enqueue;
 mod error;
 mod executor;
+mod log_journal;
 mod logs;
 mod observer;
 mod request_body;

@@ -5,12 +5,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::log_journal::LogJournal;
 
 /// Longest line kept; the rest of a longer line is cut and marked.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     Stdout,
@@ -26,7 +28,7 @@ impl LogStream {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {
     /// Increases across all functions; `after` in a query resumes from it.
     pub seq: u64,
@@ -83,6 +85,8 @@ pub struct FunctionLogs {
     lines_per_function: usize,
     next_seq: AtomicU64,
     buffers: Mutex<HashMap<String, Buffer>>,
+    /// Where kept lines also go, to outlive a restart; `None`: memory only.
+    journal: Option<LogJournal>,
 }
 
 impl FunctionLogs {
@@ -91,7 +95,31 @@ impl FunctionLogs {
             lines_per_function,
             next_seq: AtomicU64::new(1),
             buffers: Mutex::new(HashMap::new()),
+            journal: None,
         }
+    }
+
+    /// Logs that are also kept on disk in `dir` (see [`LogJournal`]), starting with the lines
+    /// a previous run left there (numbered anew, in their order).
+    pub fn with_journal(lines_per_function: usize, dir: &std::path::Path) -> std::io::Result<Self> {
+        let (journal, kept) = LogJournal::open(dir)?;
+        let logs = Self::new(lines_per_function);
+        {
+            let mut buffers = logs
+                .buffers
+                .lock()
+                .expect("log buffer lock is never poisoned");
+            for (function, lines) in kept {
+                let buffer = buffers.entry(function).or_default();
+                for line in lines {
+                    logs.keep(buffer, line);
+                }
+            }
+        }
+        Ok(Self {
+            journal: Some(journal),
+            ..logs
+        })
     }
 
     /// Records one raw line of output of `function` (key `namespace/name`), unless the
@@ -110,7 +138,7 @@ impl FunctionLogs {
             .lock()
             .expect("log buffer lock is never poisoned");
         let buffer = buffers.entry(function.to_owned()).or_default();
-        self.roll_window(buffer, now);
+        self.roll_window(function, buffer, now);
         if buffer.window_bytes + raw.len() > MAX_LOG_BYTES_PER_SECOND {
             buffer.dropped += 1;
             let retry_in = (buffer.window_start_ms + RATE_WINDOW_MS).saturating_sub(now);
@@ -119,13 +147,21 @@ impl FunctionLogs {
             };
         }
         buffer.window_bytes += raw.len();
-        self.push(buffer, now, stream, instance, request_id, escape_line(raw));
+        self.push(
+            function,
+            buffer,
+            now,
+            stream,
+            instance,
+            request_id,
+            escape_line(raw),
+        );
         Admission::Kept
     }
 
     /// Starts a new rate window once the last one is over, first recording a marker line for
     /// what was dropped in it.
-    fn roll_window(&self, buffer: &mut Buffer, now: u64) {
+    fn roll_window(&self, function: &str, buffer: &mut Buffer, now: u64) {
         if now < buffer.window_start_ms + RATE_WINDOW_MS {
             return;
         }
@@ -137,7 +173,15 @@ impl FunctionLogs {
                 buffer.dropped
             );
             buffer.dropped = 0;
-            self.push(buffer, now, LogStream::Stderr, "gust", None, marker);
+            self.push(
+                function,
+                buffer,
+                now,
+                LogStream::Stderr,
+                "gust",
+                None,
+                marker,
+            );
         }
     }
 
@@ -154,8 +198,10 @@ impl FunctionLogs {
         buffers.entry(function.to_owned()).or_default().dropped += lines;
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
+        function: &str,
         buffer: &mut Buffer,
         time_ms: u64,
         stream: LogStream,
@@ -164,13 +210,22 @@ impl FunctionLogs {
         text: String,
     ) {
         let line = LogLine {
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            seq: 0,
             time_ms,
             stream,
             instance: instance.to_owned(),
             request_id,
             text,
         };
+        if let Some(journal) = &self.journal {
+            journal.record(function, &line);
+        }
+        self.keep(buffer, line);
+    }
+
+    /// Numbers a line and keeps it, dropping the oldest past the function's bounds.
+    fn keep(&self, buffer: &mut Buffer, mut line: LogLine) {
+        line.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         buffer.bytes += line.text.len();
         buffer.lines.push_back(line);
         while buffer.lines.len() > self.lines_per_function || buffer.bytes > MAX_BYTES_PER_FUNCTION
@@ -191,7 +246,7 @@ impl FunctionLogs {
             return Vec::new();
         };
         // A flood that has ended still gets its marker.
-        self.roll_window(buffer, now_ms());
+        self.roll_window(function, buffer, now_ms());
         let matching = buffer.lines.iter().filter(|line| {
             query.after.is_none_or(|after| line.seq > after)
                 && query
@@ -208,12 +263,15 @@ impl FunctionLogs {
         lines
     }
 
-    /// Forgets a deleted function's lines.
+    /// Forgets a deleted function's lines, on disk too.
     pub fn remove(&self, function: &str) {
         self.buffers
             .lock()
             .expect("log buffer lock is never poisoned")
             .remove(function);
+        if let Some(journal) = &self.journal {
+            journal.remove(function);
+        }
     }
 }
 
