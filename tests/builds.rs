@@ -140,6 +140,20 @@ fn python_requirements_are_built_cached_and_shared() {
     );
     assert_eq!(invoke(&gust, "greeter"), "v2: hello from gustdemo 1.0\n");
 
+    // Built code that does not load fails its build; the revision before keeps serving.
+    gust.write_file(
+        "greeter/main.py",
+        "import gustdemo\n\ndef other():\n    return 1\n",
+    );
+    let err = gust
+        .cli(&["fn", "update", "greeter", "--code", &dir])
+        .failed();
+    assert!(err.contains("did not load"), "{err}");
+    assert!(err.contains("LookupError"), "{err}");
+    assert_eq!(invoke(&gust, "greeter"), "v2: hello from gustdemo 1.0\n");
+    let log = gust.cli(&["fn", "build-logs", "greeter"]).ok().stdout;
+    assert!(log.contains("the built code did not load"), "{log}");
+
     // The same requirements in another function are not built again.
     let other = code(
         &gust,

@@ -371,6 +371,24 @@ fn finish(
         },
         Err(reason) => (None, Err(reason)),
     };
+    // Built code is loaded before it goes live, as uploaded code is at deploy: code that does
+    // not load fails its build, and the revision serving keeps serving.
+    let mut checked = false;
+    let build_result = match (build_result, &package) {
+        (Ok(dependencies), Some(package)) => {
+            checked = true;
+            match load_built(state, pending, package) {
+                Ok(()) => Ok(dependencies),
+                Err(reason) => {
+                    if let Some(log) = log {
+                        log.line(&reason);
+                    }
+                    Err(reason)
+                }
+            }
+        }
+        (result, _) => result,
+    };
     let mut went_live = false;
     let updated = state.store.update_function(
         &pending.namespace,
@@ -415,6 +433,12 @@ fn finish(
             Ok(function)
         },
     );
+    // Loaded for a revision that is not going live (a newer one serves, or it was deleted).
+    if checked && !went_live {
+        state
+            .executor
+            .discard_trial(&pending.namespace, &pending.name);
+    }
     match updated {
         Ok(function) => {
             state.builds.prune_logs(&function);
@@ -441,6 +465,29 @@ fn finish(
             tracing::error!(error = %err, function = %pending.name, "cannot record a build's end")
         }
     }
+}
+
+/// Loads a built revision (its package as `package`) in an instance, as
+/// [`crate::functions::check_loads`] does at deploy; the reason it did not load, if so.
+fn load_built(state: &ApiState, pending: &Pending, package: &CodeRef) -> Result<(), String> {
+    let stored = state
+        .store
+        .function(&pending.namespace, &pending.name)
+        .map_err(|e| e.to_string())?;
+    let Some(function) = stored else {
+        return Ok(()); // deleted meanwhile: nothing will serve it
+    };
+    let Some(mut revision) = function.revision(pending.revision).cloned() else {
+        return Ok(());
+    };
+    revision.code = package.clone();
+    let environment = state
+        .store
+        .environment(&revision.environment)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("environment {} is gone", revision.environment))?;
+    crate::functions::check_loads(state, &function, &revision, &environment)
+        .map_err(|err| format!("the built code did not load: {err}"))
 }
 
 /// What `fn get` shows of one revision's build.

@@ -227,7 +227,7 @@ fn still_building_error(name: &Name, revision: RevisionNumber) -> ApiError {
 /// Loads a revision in an instance before it is stored (see [`gust_executor::Executor::trial`]):
 /// code that cannot load is refused with the error and what loading printed (a traceback),
 /// and the function's current revision keeps serving.
-fn check_loads(
+pub(crate) fn check_loads(
     state: &ApiState,
     function: &Function,
     revision: &Revision,
