@@ -718,3 +718,108 @@ fn function_logs_outlive_a_restart_and_a_kill() {
     });
     assert!(gone.is_some(), "the journal file is deleted");
 }
+
+/// Starts the connection-closing server above, unless a file `off` lies beside it.
+const SWITCHABLE_ENV: &str = "#!/bin/sh\ndir=$(dirname \"$0\")\nif [ -e \"$dir/off\" ]; then echo 'switched off' >&2; exit 3; fi\nexec /usr/bin/python3 \"$dir/server.py\"\n";
+
+#[test]
+fn a_request_that_finds_no_worker_is_refused_and_not_billed() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.write_file("switchable/server.py", CLOSING_SERVER);
+    let script = gust.write_file("switchable/start.sh", SWITCHABLE_ENV);
+    let env_dir = script.parent().unwrap().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [gust.dir.path(), &gust.scratch(), &env_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    gust.cli(&[
+        "env",
+        "create",
+        "switchable",
+        "--command",
+        script.to_str().unwrap(),
+        "--mount",
+        env_dir.to_str().unwrap(),
+        "--pool-size",
+        "0",
+    ])
+    .ok();
+    gust.deploy(
+        "lamp",
+        "switchable",
+        "data.txt",
+        "anything",
+        &["--idle-timeout", "1s"],
+    );
+    let records = || -> Vec<Value> {
+        gust.api(
+            gust_harness::reqwest::Method::GET,
+            "/v1/usage/records?function=lamp",
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+    };
+    let served = gust.get("/lamp");
+    assert_eq!(served.status(), 200);
+    let first = served.headers()["x-gust-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let wait = std::time::Duration::from_secs(15);
+    assert!(gust_harness::eventually(wait, || (records().len() == 1).then_some(())).is_some());
+
+    // No worker can start now: once the warm one is gone, a request gets 503 and no code runs.
+    std::fs::write(env_dir.join("off"), "").unwrap();
+    let idle_gone = gust_harness::eventually(wait, || {
+        let info = json(&gust.cli(&["fn", "get", "lamp", "-o", "json"]).ok().stdout);
+        (info["instances"]["idle"] == 0).then_some(())
+    });
+    assert!(idle_gone.is_some());
+    let refused = gust.get("/lamp");
+    assert_eq!(refused.status(), 503);
+    let refused_id = refused.headers()["x-gust-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(json(&refused.text().unwrap())["reason"], "start_failed");
+    // Gust's own log says why, and, written to a file, has no terminal colour codes.
+    let log = gust.log();
+    assert!(
+        log.contains("WARN") && log.contains("switched off"),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "{log}");
+
+    // Switched on again: the next request is billed; the refused one never was.
+    std::fs::remove_file(env_dir.join("off")).unwrap();
+    let again = gust.get("/lamp");
+    assert_eq!(again.status(), 200);
+    let last = again.headers()["x-gust-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ids = gust_harness::eventually(wait, || {
+        let found = records();
+        (found.len() >= 2).then_some(found)
+    })
+    .expect("the second served request is recorded");
+    let ids: Vec<&str> = ids
+        .iter()
+        .map(|r| r["invocation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![first.as_str(), last.as_str()],
+        "{refused_id} has no record"
+    );
+    let metrics = gust.metrics();
+    assert!(
+        metrics.contains(
+            r#"gust_function_start_failures_total{namespace="default",function="lamp",trigger="http"} 1"#
+        ),
+        "{metrics}"
+    );
+}
