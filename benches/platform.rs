@@ -249,11 +249,13 @@ fn run(rt: &tokio::runtime::Runtime) {
     ]);
     drop(pooled);
 
-    // 3. Memory with 1,000 idle functions.
+    // 3. Memory with 1,000 idle functions (idle: the instances their deploys loaded them
+    //    in have stopped).
     let gust = Gust::start(
         GUST,
         GustOptions {
             pool_size: 3,
+            extra_args: scale_to_zero(),
             ..Default::default()
         },
     );
@@ -267,6 +269,7 @@ fn run(rt: &tokio::runtime::Runtime) {
         |_| PYTHON_FN.into(),
         IDLE_FUNCTIONS,
     );
+    wait_for_scale_to_zero(&gust);
     std::thread::sleep(Duration::from_secs(1));
     let full_rss = rss_kib(gust.pid());
     let workers: u64 = gust

@@ -103,7 +103,14 @@ fn run(rt: &tokio::runtime::Runtime) {
                 .send()
                 .unwrap();
             assert_eq!(response.status(), 200);
-            std::thread::sleep(Duration::from_millis(500)); // the pool refills
+            // A deploy loads the code in a first instance: the burst starts once it has gone
+            // (idle timeout), and the pool has refilled.
+            let deployed = Instant::now();
+            while instances(&gust, &name) > 0 {
+                assert!(deployed.elapsed() < Duration::from_secs(60));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(500));
             let path = format!("/{name}");
             let (ok, latency) = rt.block_on(burst(gust.public_port, &path, size));
             let burst_end = Instant::now();

@@ -202,6 +202,18 @@ impl FunctionSlot {
             .len()
     }
 
+    /// Keeps the instance a deploy loaded the code in, idle as if for all but
+    /// [`LOADED_KEPT_WARM`] of the idle timeout: it serves the first requests after a deploy,
+    /// and a deploy of many functions at once does not leave a worker each for the whole
+    /// idle timeout.
+    fn release_loaded(&self, instance: Box<dyn Instance>) {
+        let now = Instant::now();
+        let aged = self.scaling.idle_timeout.saturating_sub(LOADED_KEPT_WARM);
+        let mut idle = self.idle.lock().expect("idle list lock is never poisoned");
+        // The list is kept oldest first.
+        idle.insert(0, (instance, now.checked_sub(aged).unwrap_or(now)));
+    }
+
     fn release(&self, instance: Box<dyn Instance>) {
         self.idle
             .lock()
@@ -224,6 +236,10 @@ pub struct FunctionInstances {
     pub function: Name,
     pub counts: InstanceCounts,
 }
+
+/// How long the instance a deploy loaded the code in stays idle before it is stopped (at most
+/// the function's idle timeout; never below its minimum instances).
+const LOADED_KEPT_WARM: Duration = Duration::from_secs(10);
 
 /// How long a deploy waits for a new revision's code to load (see [`Executor::trial`]).
 const LOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -549,7 +565,7 @@ impl Executor {
         drop(slots);
         if let Some(staged) = staged {
             if staged.spec == slot.spec {
-                slot.release(staged.instance);
+                slot.release_loaded(staged.instance);
             } else {
                 stop_all(vec![staged.instance]);
             }
@@ -1681,5 +1697,29 @@ mod tests {
 
         let missing = call_and_read(&executor, "g").await.unwrap_err();
         assert_eq!(missing.reason(), "function_not_found");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_instance_a_deploy_loaded_stays_warm_briefly_not_for_the_idle_timeout() {
+        let (executor, runtime) = executor(ExecutorConfig::default(), Duration::ZERO);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(executor.clone().run_reaper(shutdown.clone()));
+        let (namespace, f) = (Namespace::default(), Name::parse("function", "f").unwrap());
+        let spec = OneFunction.deployment(&namespace, &f).unwrap().unwrap();
+        executor.trial(spec, &RequestId::new("t")).await.unwrap();
+        executor.function_deployed(&namespace, &f);
+        // Its slot is made in the background (the deployment is read on a blocking thread).
+        for _ in 0..100 {
+            if executor.instance_counts(&namespace, &f).idle == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(executor.instance_counts(&namespace, &f).idle, 1);
+        // Well within the default two-minute idle timeout, past the deploy's warm spell.
+        tokio::time::sleep(LOADED_KEPT_WARM + Duration::from_secs(2)).await;
+        assert_eq!(executor.instance_counts(&namespace, &f).idle, 0);
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+        shutdown.cancel();
     }
 }
