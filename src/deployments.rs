@@ -6,11 +6,13 @@ use std::sync::Arc;
 use gust_async_queue::DeliveryPolicies;
 use gust_executor::{DeploymentError, DeploymentSource, InstanceSpec};
 use gust_model::{Delivery, Name, Namespace};
-use gust_store::{CodeStore, MetadataStore};
+use gust_store::{CodeStore, MetadataStore, SharedCode};
 
 pub struct StoreDeployments {
     pub store: Arc<dyn MetadataStore>,
     pub code: Arc<CodeStore>,
+    /// A cluster's code trees, fetched into `code` on first use; `None` on a single node.
+    pub shared: Option<Arc<dyn SharedCode>>,
 }
 
 impl DeploymentSource for StoreDeployments {
@@ -44,6 +46,11 @@ impl DeploymentSource for StoreDeployments {
             .environment(&revision.environment)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("environment {} of {function} is gone", revision.environment))?;
+        if let Some(shared) = &self.shared {
+            shared
+                .fetch(&revision.code.digest)
+                .map_err(|e| format!("cannot fetch the code of {function}: {e}"))?;
+        }
         Ok(Some(InstanceSpec::of_revision(
             namespace,
             function,

@@ -6,6 +6,7 @@
 
 mod cli_config;
 mod client;
+mod cluster;
 mod code_upload;
 mod commands;
 mod deployments;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
-    completion, dlq, env, function, invocation, mqt, route, timer, up, usage, version,
+    completion, dlq, env, function, invocation, mqt, nodes, route, timer, up, usage, version,
 };
 
 /// mimalloc instead of the C library's allocator: memory freed on another thread than the one
@@ -63,6 +64,8 @@ pub enum Command {
     Completion(completion::CompletionArgs),
     /// Print the client's and the server's release and commit.
     Version,
+    /// List the nodes this Gust runs on: one, or a cluster's live nodes.
+    Nodes(output::OutputArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +119,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Invocation(args) => client::block_on(invocation::run(args, &cli.connection)),
         Command::Dlq(args) => client::block_on(dlq::run(args, &cli.connection)),
         Command::Version => client::block_on(version::run(&cli.connection)),
+        Command::Nodes(output) => client::block_on(nodes::run(output, &cli.connection)),
     }
 }
 

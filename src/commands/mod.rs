@@ -4,6 +4,7 @@ pub mod env;
 pub mod function;
 pub mod invocation;
 pub mod mqt;
+pub mod nodes;
 mod resource;
 pub mod route;
 pub mod timer;

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use gust_api::{AdminToken, ApiState, Builds, api_router};
+use gust_api::{AdminToken, ApiState, Builds, NodeDirectory, TokenCheck, api_router};
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
 use gust_builder::{Builder, BuilderConfig};
+use gust_cluster::{ClaimedTicks, ClusterOptions};
 use gust_edge::{BodyBudget, ConnectionLimits};
 use gust_executor::{
     Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
@@ -25,7 +26,7 @@ use gust_router::{PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::{PoolSize, WasmRuntime};
 use gust_store::{
-    CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, UsageStore,
+    CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, SharedCode, UsageStore,
 };
 use gust_trigger_mq::{MqMetrics, MqTriggers};
 use gust_trigger_timer::TimerScheduler;
@@ -33,6 +34,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli_config::CliConfig;
+use crate::cluster::{ClusterNodes, ClusterTokens, ThisNode};
 use crate::deployments::StoreDeployments;
 use crate::garbage::Collector;
 use crate::roles::{self, Role, RoleName, Task, check_roles};
@@ -161,6 +163,17 @@ pub struct UpArgs {
     /// Dependency builds run at once; more wait for a turn
     #[arg(long, env = "GUST_MAX_BUILDS", default_value_t = BuilderConfig::default().concurrent)]
     max_builds: usize,
+    /// NATS servers of a cluster to join, comma-separated (`nats://h1:4222,nats://h2:4222`;
+    /// `tls://` for TLS). Nodes share metadata, code and timers through JetStream; the data
+    /// directory keeps only caches and this node's own work
+    #[arg(long, env = "GUST_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// NATS credentials file (JWT and NKey seed) for --cluster
+    #[arg(long, env = "GUST_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) that NATS servers' TLS certificates are checked against
+    #[arg(long, env = "GUST_NATS_CA")]
+    nats_ca: Option<PathBuf>,
     /// Package index builds install Python packages from [default: pip's own configuration]
     #[arg(long, env = "GUST_PIP_INDEX_URL")]
     pip_index_url: Option<String>,
@@ -357,13 +370,35 @@ async fn assemble(
         )
         .context("cannot open the metadata store")?,
     );
-    let store: Arc<dyn MetadataStore> = embedded.clone();
     let usage_store: Arc<dyn UsageStore> = embedded.clone();
-    let invocation_store: Arc<dyn InvocationStore> = embedded;
     let code = Arc::new(CodeStore::open(
         &data_dir.join("code"),
         CodeLimits::default(),
     )?);
+    let node_id = crate::cluster::node_id(data_dir)?;
+    // In a cluster, metadata and code are the cluster's; the embedded store keeps this
+    // node's asynchronous queue and usage records.
+    let joined = if args.cluster.is_empty() {
+        None
+    } else {
+        let options = ClusterOptions {
+            urls: args.cluster.clone(),
+            credentials: args.nats_creds.clone(),
+            tls_ca: args.nats_ca.clone(),
+            node_id: node_id.clone(),
+        };
+        Some(crate::cluster::join(
+            &args.cluster,
+            options,
+            code.clone(),
+            token.expose(),
+        )?)
+    };
+    let store: Arc<dyn MetadataStore> = match &joined {
+        Some(joined) => joined.store.clone(),
+        None => embedded.clone(),
+    };
+    let invocation_store: Arc<dyn InvocationStore> = embedded;
     for runtime in BuiltinRuntime::ALL {
         // Components are instantiated per request; there are no workers to keep warm.
         let pool_size = if runtime == BuiltinRuntime::Wasm {
@@ -413,6 +448,9 @@ async fn assemble(
     let deployments = Arc::new(StoreDeployments {
         store: store.clone(),
         code: code.clone(),
+        shared: joined
+            .as_ref()
+            .map(|joined| joined.store.code() as Arc<dyn SharedCode>),
     });
     let executor = Executor::new(
         ExecutorConfig {
@@ -438,7 +476,12 @@ async fn assemble(
     );
     // Triggers hand their work to whatever implements `Enqueue`; here the embedded queue.
     let enqueue: Arc<dyn Enqueue> = Arc::new(queue.clone());
-    let timers = TimerScheduler::new(store.clone(), enqueue.clone(), clock.clone());
+    // Every node schedules every timer; in a cluster each tick is claimed by one of them.
+    let ticks: Arc<dyn Enqueue> = match &joined {
+        Some(joined) => Arc::new(ClaimedTicks::new(&joined.cluster, enqueue.clone())?),
+        None => enqueue.clone(),
+    };
+    let timers = TimerScheduler::new(store.clone(), ticks, clock.clone());
     let mq = MqTriggers::new(store.clone(), invoker.clone(), enqueue, clock, mq_metrics);
     let routes = Routes::new(store.routes(None)?);
     let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024))
@@ -449,6 +492,36 @@ async fn assemble(
         wasm,
         released: Arc::new(tokio::sync::Notify::new()),
     });
+    // The listeners are bound before the state is made: the node's addresses are part of it.
+    let api_listener = match settings.runs(RoleName::Api) {
+        true => Some(bind(args.api_listen, "API").await?),
+        false => None,
+    };
+    let public_listener = match settings.runs(RoleName::Router) {
+        true => Some(bind(args.listen, "public").await?),
+        false => None,
+    };
+    let url_of = |listener: &Option<tokio::net::TcpListener>| -> anyhow::Result<Option<String>> {
+        listener
+            .as_ref()
+            .map(|l| Ok(format!("http://{}", l.local_addr()?)))
+            .transpose()
+    };
+    let this_node = Arc::new(ThisNode {
+        id: node_id,
+        api: url_of(&api_listener)?,
+        public: url_of(&public_listener)?,
+        roles: settings.roles.iter().map(|r| r.to_string()).collect(),
+        started_at_ms: crate::cluster::now_ms(),
+        executor: executor.clone(),
+    });
+    let (tokens, nodes): (Arc<dyn TokenCheck>, Arc<dyn NodeDirectory>) = match &joined {
+        Some(joined) => (
+            Arc::new(ClusterTokens(joined.store.clone())),
+            Arc::new(ClusterNodes(joined.nodes.clone())),
+        ),
+        None => (Arc::new(token.clone()), this_node.clone()),
+    };
     let state = Arc::new(ApiState {
         store,
         code,
@@ -457,7 +530,8 @@ async fn assemble(
         runtime,
         routes: routes.clone(),
         logs,
-        token: token.clone(),
+        tokens,
+        nodes,
         usage: usage_store.clone(),
         meter,
         prices,
@@ -517,10 +591,17 @@ async fn assemble(
         // Stopping lets messages in flight finish (or releases them) before the executor goes.
         roles.push(Box::new(Task::new("queues", move |stop| mq.run(stop))));
     }
-    let mut api_url = None;
-    if settings.runs(RoleName::Api) {
-        let api = bind(args.api_listen, "API").await?;
-        api_url = Some(format!("http://{}", api.local_addr()?));
+    if let Some(joined) = joined {
+        let (store, followed) = (joined.store.clone(), state.clone());
+        roles.push(Box::new(Task::new("cluster", move |stop| {
+            crate::cluster::follow_changes(store, followed, stop)
+        })));
+        let heartbeat = this_node.clone();
+        roles.push(Box::new(Task::new("heartbeat", move |stop| async move {
+            joined.nodes.beat(|| heartbeat.heartbeat(), stop).await
+        })));
+    }
+    if let Some(api) = api_listener {
         // Builds a stop interrupted start again.
         Builds::resume(&state)?;
         let app = api_router(state);
@@ -528,10 +609,7 @@ async fn assemble(
             gust_edge::serve(api, app, api_limits, "API", stop)
         })));
     }
-    let mut public_url = None;
-    if settings.runs(RoleName::Router) {
-        let public = bind(args.listen, "public").await?;
-        public_url = Some(format!("http://{}", public.local_addr()?));
+    if let Some(public) = public_listener {
         let app = public_router(PublicState {
             routes,
             invoker,
@@ -544,8 +622,8 @@ async fn assemble(
     }
     Ok(Node {
         roles,
-        public_url,
-        api_url,
+        public_url: this_node.public.clone(),
+        api_url: this_node.api.clone(),
         run_dir,
         sandbox_network: sandbox_network.to_owned(),
     })

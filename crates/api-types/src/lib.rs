@@ -33,3 +33,25 @@ pub struct VersionView {
     pub version: String,
     pub commit: String,
 }
+
+/// One live node, as `GET /v1/nodes` lists it: a single Gust is one node; a cluster's nodes
+/// each put a heartbeat, and a node whose heartbeat stopped leaves the list within the
+/// heartbeat timeout.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    /// Its API listener's URL, if it runs the API.
+    pub api: Option<String>,
+    /// Its public listener's URL, if it runs the router.
+    pub public: Option<String>,
+    pub version: String,
+    pub roles: Vec<String>,
+    /// Unix time in milliseconds.
+    pub started_at_ms: u64,
+    /// Function instances it runs now (busy and idle).
+    pub instances: u64,
+    /// Requests its instances are serving now.
+    pub in_flight: u64,
+    /// Unix time in milliseconds of its last heartbeat.
+    pub heartbeat_at_ms: u64,
+}

@@ -23,6 +23,9 @@ pub enum ApiError {
         error: String,
         output: String,
     },
+    /// A dependency (the cluster's store) cannot take the request now; nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -39,7 +42,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { kind, name } => ApiError::NotFound { kind, name },
             StoreError::AlreadyExists { .. }
             | StoreError::InUse { .. }
-            | StoreError::RouteConflict { .. } => ApiError::Conflict(err.to_string()),
+            | StoreError::RouteConflict { .. }
+            | StoreError::Changed { .. } => ApiError::Conflict(err.to_string()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(err.to_string()),
             StoreError::InvalidCode { .. } => ApiError::Invalid(err.to_string()),
             StoreError::Database(_) | StoreError::Io { .. } | StoreError::Corrupt { .. } => {
                 ApiError::Internal(err.to_string())
@@ -59,6 +64,7 @@ impl ApiError {
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::CannotLoad { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "load_error"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -14,6 +14,7 @@ mod error;
 mod functions;
 mod invoke;
 mod mqtriggers;
+mod nodes;
 mod routes;
 mod timers;
 mod token;
@@ -22,7 +23,8 @@ mod usage;
 
 pub use builds::Builds;
 pub use error::ApiError;
-pub use token::AdminToken;
+pub use nodes::NodeDirectory;
+pub use token::{AdminToken, TokenCheck};
 
 use std::sync::Arc;
 
@@ -60,7 +62,10 @@ pub struct ApiState {
     pub runtime: Arc<dyn Runtime>,
     pub routes: Routes,
     pub logs: Arc<FunctionLogs>,
-    pub token: AdminToken,
+    /// Which bearer tokens the API accepts: this node's admin token, or any of a cluster's.
+    pub tokens: Arc<dyn TokenCheck>,
+    /// The nodes `GET /v1/nodes` lists.
+    pub nodes: Arc<dyn NodeDirectory>,
     pub usage: Arc<dyn UsageStore>,
     pub meter: Arc<Meter>,
     pub prices: PriceSheet,
@@ -251,6 +256,7 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(uploads::create))
         .routes(routes!(usage::usage))
         .routes(routes!(usage::records))
+        .routes(routes!(nodes::list))
         .routes(routes!(openapi))
         .routes(routes!(version));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -348,7 +354,7 @@ async fn require_token(State(state): Shared, request: Request, next: Next) -> Re
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token);
     match presented {
-        Some(token) if state.token.matches(token.trim()) => next.run(request).await,
+        Some(token) if state.tokens.accepts(token.trim()) => next.run(request).await,
         _ => ApiError::Unauthorized.into_response(),
     }
 }

@@ -1,5 +1,16 @@
 use std::fmt;
 
+/// Decides whether a presented bearer token is accepted.
+pub trait TokenCheck: Send + Sync {
+    fn accepts(&self, presented: &str) -> bool;
+}
+
+impl TokenCheck for AdminToken {
+    fn accepts(&self, presented: &str) -> bool {
+        self.matches(presented)
+    }
+}
+
 /// The admin bearer token. Never printed: `Debug` and `Display` show `***`.
 #[derive(Clone)]
 pub struct AdminToken(String);

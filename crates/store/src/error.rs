@@ -20,6 +20,16 @@ pub enum StoreError {
         existing: String,
         existing_path: String,
     },
+    /// A revision-checked write found the record changed since it was read (another node
+    /// wrote it first); nothing was stored.
+    #[error(
+        "{kind} {name:?} was changed by another request at the same time; read it again and retry"
+    )]
+    Changed { kind: &'static str, name: String },
+    /// The shared store (a cluster's NATS) cannot be reached or did not answer in time;
+    /// nothing was stored.
+    #[error("the cluster store is unavailable: {0}")]
+    Unavailable(String),
     #[error("invalid code upload: {reason}")]
     InvalidCode { reason: String },
     #[error("database error: {0}")]

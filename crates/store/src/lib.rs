@@ -226,6 +226,16 @@ pub trait MqTriggerStore: Send + Sync {
     fn delete_mq_trigger(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError>;
 }
 
+/// Code trees other nodes may hold: a cluster's shared store. A single node has none; its
+/// [`CodeStore`] holds every tree.
+pub trait SharedCode: Send + Sync {
+    /// Makes sure the local tree `digest` is in the shared store (before metadata refers to
+    /// it).
+    fn share(&self, digest: &str) -> Result<(), StoreError>;
+    /// Makes sure the tree `digest` is in the local code store, fetching it if needed.
+    fn fetch(&self, digest: &str) -> Result<(), StoreError>;
+}
+
 /// Everything the control plane needs from metadata storage.
 pub trait MetadataStore:
     EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore
