@@ -58,6 +58,7 @@ pub struct ClusterOptions {
 pub struct Cluster {
     bridge: Bridge,
     jetstream: jetstream::Context,
+    client: async_nats::Client,
     /// Replicas of every bucket: min(3, servers).
     replicas: usize,
     node_id: String,
@@ -93,10 +94,15 @@ impl Cluster {
                 if let Some(ca) = &options.tls_ca {
                     connect = connect.add_root_certificates(ca.clone());
                 }
-                let client = connect
-                    .connect(options.urls.join(","))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let servers = options
+                    .urls
+                    .iter()
+                    .map(|url| {
+                        url.parse::<async_nats::ServerAddr>()
+                            .map_err(|e| format!("{url:?} is not a NATS URL: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = connect.connect(servers).await.map_err(|e| e.to_string())?;
                 // The first server's info arrives with the connection; wait for it.
                 for _ in 0..100 {
                     if client.connection_state() == async_nats::connection::State::Connected {
@@ -119,15 +125,16 @@ impl Cluster {
                 }
                 let jetstream = jetstream::new(client.clone());
                 let servers = client.server_info().connect_urls.len().max(1);
-                Ok::<_, String>((jetstream, servers))
+                Ok::<_, String>((jetstream, client, servers))
             }
         };
-        let (jetstream, servers) = bridge
+        let (jetstream, client, servers) = bridge
             .wait(Duration::from_secs(15), connect)?
             .map_err(unavailable("cannot connect to NATS"))?;
         Ok(Self {
             bridge,
             jetstream,
+            client,
             replicas: servers.min(3),
             node_id: options.node_id.clone(),
         })

@@ -39,6 +39,10 @@ const LOCK_BUCKET: &str = "gust-locks";
 const LOCK_KEY: &str = "metadata";
 /// A lock whose holder died goes after this long.
 const LOCK_EXPIRY: Duration = Duration::from_secs(15);
+/// How often the watch checks that it keeps up with the bucket, and how long it may stay
+/// behind before it is started again.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+const STALL_LIMIT: Duration = Duration::from_secs(2);
 /// Longest a write waits for the lock or for the local copy to catch up.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -202,6 +206,7 @@ impl Replica {
 
 pub struct ClusterStore {
     bridge: Bridge,
+    client: async_nats::Client,
     metadata: kv::Store,
     jetstream: async_nats::jetstream::Context,
     locks: kv::Store,
@@ -226,6 +231,7 @@ impl ClusterStore {
         let locks = cluster.bucket(LOCK_BUCKET, LOCK_EXPIRY)?;
         let store = Arc::new(Self {
             bridge: cluster.bridge.clone(),
+            client: cluster.client.clone(),
             metadata: metadata.clone(),
             jetstream: cluster.jetstream.clone(),
             locks,
@@ -275,6 +281,16 @@ impl ClusterStore {
                 return changes;
             }
             notified.await;
+        }
+    }
+
+    fn connected(&self) -> Result<(), StoreError> {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "this node is not connected to NATS; writes resume when it is".to_owned(),
+            ))
         }
     }
 
@@ -351,6 +367,7 @@ impl ClusterStore {
 
     /// Writes one key; the local copy holds the result before this returns.
     fn write(&self, key: &str, record: Option<Record>, write: Write) -> Result<(), StoreError> {
+        self.connected()?;
         self.lock().writing.insert(key.to_owned(), None);
         let (metadata, jetstream) = (self.metadata.clone(), self.jetstream.clone());
         let owned_key = key.to_owned();
@@ -379,6 +396,7 @@ impl ClusterStore {
     /// Runs `write` holding the cluster's metadata write lock, once the local copy has every
     /// write made before the lock was taken.
     fn locked<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.connected()?;
         let (locks, metadata, copy) =
             (self.locks.clone(), self.metadata.clone(), self.copy.clone());
         let holder = Bytes::from(self.node_id.clone());
@@ -411,8 +429,8 @@ impl ClusterStore {
                         let _ = locks.delete_expect_revision(LOCK_KEY, Some(revision)).await;
                     }
                 };
-                let last = match metadata.status().await {
-                    Ok(status) => status.info.state.last_sequence,
+                let last = match metadata.stream.get_info().await {
+                    Ok(info) => info.state.last_sequence,
                     Err(err) => {
                         release(revision).await;
                         return Err(StoreError::Unavailable(format!(
@@ -593,13 +611,14 @@ async fn watch(
         let from = copy.lock().expect("copy lock").revision;
         let started = if from == 0 {
             // An empty bucket delivers nothing: it is loaded as soon as we know it is empty.
-            match metadata.status().await {
-                Ok(status) if status.values() == 0 => {
+            match metadata.stream.get_info().await {
+                Ok(info) if info.state.messages == 0 => {
                     copy.lock().expect("copy lock").loaded = true;
                     loaded.notify_waiters();
                     metadata.watch_all_from_revision(1).await
                 }
-                Ok(_) => metadata.watch_all().await,
+                // The last value of every key, then every change.
+                Ok(_) => metadata.watch_with_history(">").await,
                 Err(err) => Err(kv::WatchError::with_source(kv::WatchErrorKind::Other, err)),
             }
         } else {
@@ -622,10 +641,35 @@ async fn watch(
             tracing::info!("watching the cluster's metadata again");
             reported_down = false;
         }
+        let mut check = tokio::time::interval(STALL_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The bucket's last revision when the copy was first seen behind it, and when.
+        let mut behind: Option<(u64, Instant)> = None;
         loop {
             let entry = tokio::select! {
                 _ = stop.cancelled() => return,
                 entry = entries.next() => entry,
+                _ = check.tick() => {
+                    // A watch whose consumer went with a NATS server can stay silent rather
+                    // than fail: if the bucket holds writes the copy lacks for too long, the
+                    // watch starts again from the copy's revision.
+                    let applied = copy.lock().expect("copy lock").revision;
+                    if behind.is_some_and(|(target, _)| applied >= target) {
+                        behind = None;
+                    }
+                    // Asked of the stream: the bucket's own status is the one it was opened with.
+                    if let Ok(info) = metadata.stream.get_info().await
+                        && info.state.last_sequence > applied
+                    {
+                        let (_, since) =
+                            *behind.get_or_insert((info.state.last_sequence, Instant::now()));
+                        if since.elapsed() >= STALL_LIMIT {
+                            tracing::warn!("the metadata watch fell behind; starting it again");
+                            break;
+                        }
+                    }
+                    continue;
+                }
             };
             let entry = match entry {
                 Some(Ok(entry)) => entry,
@@ -770,6 +814,7 @@ impl FunctionStore for ClusterStore {
         name: &Name,
         change: &mut dyn FnMut(Function) -> Result<Function, StoreError>,
     ) -> Result<Function, StoreError> {
+        self.connected()?;
         let key = scoped(Kind::Function, namespace, name);
         let metadata = self.metadata.clone();
         let read_key = key.clone();

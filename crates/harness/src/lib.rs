@@ -3,6 +3,7 @@
 //! restart it like an operator would.
 
 pub mod brokers;
+pub mod nats_cluster;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

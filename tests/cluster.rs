@@ -1,0 +1,356 @@
+//! Cluster mode end to end: three NATS servers with JetStream joined as a cluster on
+//! loopback and three `gust up --cluster` nodes. A change made through any node is served by
+//! every node within a second; a node with an empty data directory serves everything; two
+//! nodes updating one function at once never lose an update; admin tokens work on
+//! every node; a dead node leaves `gust nodes`; writes go on with one NATS server killed;
+//! a timer fires once per tick across the nodes and across a node's kill (R-30, cluster).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use gust_harness::nats_cluster::NatsCluster;
+use gust_harness::reqwest::Method;
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::{Value, json};
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+fn join(nats: &NatsCluster) -> Gust {
+    Gust::start(
+        GUST,
+        GustOptions {
+            extra_args: vec!["--cluster".to_owned(), nats.urls()],
+            ..GustOptions::default()
+        },
+    )
+}
+
+/// Polls `url` until it answers `status` with `body` (if given); returns how long that took.
+fn until_served(gust: &Gust, path: &str, status: u16, body: Option<&str>) -> Duration {
+    let started = Instant::now();
+    eventually(Duration::from_secs(20), || {
+        let response = gust.http().get(gust.public_url(path)).send().ok()?;
+        let got = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        (got == status && body.is_none_or(|b| text == b)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{path} never answered {status} {body:?}; the node's log:\n{}",
+            gust.log()
+        )
+    });
+    started.elapsed()
+}
+
+fn nodes(gust: &Gust) -> Vec<Value> {
+    serde_json::from_str(&gust.cli(&["nodes", "-o", "json"]).ok().stdout).unwrap()
+}
+
+#[test]
+fn every_node_serves_what_any_node_changed_and_a_dead_node_leaves_the_list() {
+    let mut nats = NatsCluster::start(3);
+    let mut gusts: Vec<Gust> = (0..3).map(|_| join(&nats)).collect();
+
+    // Created through node 0, served by node 2 within a second of the 2xx.
+    gusts[0].deploy(
+        "hello",
+        "python",
+        "hello.py",
+        "def main():\n    return 'one'\n",
+        &[],
+    );
+    let took = until_served(&gusts[2], "/hello", 200, Some("one"));
+    assert!(took < Duration::from_secs(1), "route served after {took:?}");
+
+    // Updated through node 1 with node 0's token: every node's token works everywhere.
+    let code = gusts[1].write_file("hello/v2.py", "def main():\n    return 'two'\n");
+    let token = gusts[0].token();
+    let code = code.to_str().unwrap();
+    gusts[1]
+        .cli(&["--token", &token, "fn", "update", "hello", "--code", code])
+        .ok();
+    let took = until_served(&gusts[0], "/hello", 200, Some("two"));
+    assert!(
+        took < Duration::from_secs(1),
+        "update served after {took:?}"
+    );
+    until_served(&gusts[2], "/hello", 200, Some("two"));
+
+    // A node that starts with an empty data directory has lost nothing: metadata and code
+    // come from the cluster.
+    let fresh = join(&nats);
+    until_served(&fresh, "/hello", 200, Some("two"));
+    let listed = fresh.cli(&["fn", "list", "-o", "json"]).ok().stdout;
+    assert!(listed.contains("\"hello\""), "{listed}");
+    drop(fresh);
+
+    // Deleted through node 2, gone from node 0.
+    gusts[2].cli(&["route", "delete", "hello"]).ok();
+    let took = until_served(&gusts[0], "/hello", 404, None);
+    assert!(
+        took < Duration::from_secs(1),
+        "delete served after {took:?}"
+    );
+
+    // Every live node is listed; one killed leaves within the heartbeat timeout (10 s).
+    eventually(Duration::from_secs(10), || {
+        (nodes(&gusts[1]).len() == 3).then_some(())
+    })
+    .expect("three nodes listed");
+    let listed = nodes(&gusts[1]);
+    for node in &listed {
+        assert!(node["heartbeat_at_ms"].as_u64().unwrap() > 0, "{node}");
+        assert!(
+            node["api"].as_str().unwrap().starts_with("http://"),
+            "{node}"
+        );
+    }
+    gusts[2].kill9();
+    let started = Instant::now();
+    eventually(Duration::from_secs(20), || {
+        (nodes(&gusts[1]).len() == 2).then_some(())
+    })
+    .expect("the killed node leaves the list");
+    assert!(
+        started.elapsed() < Duration::from_secs(13),
+        "left after {:?}",
+        started.elapsed()
+    );
+
+    // One NATS server of three killed: what was acknowledged is still there, and writes go
+    // on (a write in flight at the kill may answer 503; it is retried as a client would).
+    nats.kill9(0);
+    let created = eventually(Duration::from_secs(30), || {
+        let output = gusts[1].cli(&[
+            "route", "create", "--fn", "hello", "--url", "/again", "--name", "again",
+        ]);
+        (output.code == 0).then_some(())
+    });
+    assert!(
+        created.is_some(),
+        "no write succeeded with a NATS server down"
+    );
+    until_served(&gusts[0], "/again", 200, Some("two"));
+    nats.restart(0);
+    until_served(&gusts[1], "/again", 200, Some("two"));
+}
+
+#[test]
+fn two_nodes_updating_one_function_at_once_never_lose_an_update() {
+    let nats = NatsCluster::start(1);
+    let gusts: Vec<Gust> = (0..2).map(|_| join(&nats)).collect();
+    gusts[0].deploy(
+        "counter",
+        "python",
+        "counter.py",
+        "def main():\n    return 'ok'\n",
+        &[],
+    );
+    let rounds = 15;
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let mut revisions = Vec::new();
+    for round in 0..rounds {
+        let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+            let calls: Vec<_> = gusts
+                .iter()
+                .enumerate()
+                .map(|(node, gust)| {
+                    scope.spawn(move || {
+                        let response = gust
+                            .api(Method::PUT, "/v1/functions/counter")
+                            .json(&json!({"env_vars": [format!("SET_BY=node{node}-round{round}")]}))
+                            .send()
+                            .unwrap();
+                        let status = response.status().as_u16();
+                        (status, response.json::<Value>().unwrap_or(Value::Null))
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for (status, body) in answers {
+            *statuses.entry(status).or_default() += 1;
+            match status {
+                200 => revisions.push(body["revision"].as_u64().unwrap()),
+                409 => assert!(
+                    body["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("changed by another request"),
+                    "{body}"
+                ),
+                other => panic!("update answered {other}: {body}"),
+            }
+        }
+    }
+    // Every update that was answered 200 made its own revision, one after the other from
+    // the first: none wrote over another.
+    revisions.sort_unstable();
+    let expected: Vec<u64> = (2..2 + revisions.len() as u64).collect();
+    assert_eq!(revisions, expected, "statuses {statuses:?}");
+    assert_eq!(statuses.values().sum::<usize>(), rounds * 2, "{statuses:?}");
+    eprintln!("concurrent updates answered: {statuses:?}");
+    let current: Value = gusts[1]
+        .api(Method::GET, "/v1/functions/counter")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        current["revision"].as_u64().unwrap(),
+        1 + revisions.len() as u64,
+        "{current}"
+    );
+}
+
+#[test]
+fn with_nats_gone_writes_answer_503_routes_keep_serving_and_nodes_catch_up_after() {
+    let mut nats = NatsCluster::start(1);
+    let gusts: Vec<Gust> = (0..2).map(|_| join(&nats)).collect();
+    gusts[0].deploy(
+        "steady",
+        "python",
+        "steady.py",
+        "def main():\n    return 'up'\n",
+        &[],
+    );
+    until_served(&gusts[1], "/steady", 200, Some("up"));
+
+    nats.kill9(0);
+    eventually(Duration::from_secs(10), || {
+        let answer = gusts[1]
+            .api(Method::PUT, "/v1/functions/steady")
+            .json(&json!({"env_vars": ["A=1"]}))
+            .send()
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().unwrap();
+        (status == 503).then(|| {
+            assert_eq!(body["reason"], "unavailable", "{body}");
+            assert!(body["message"].as_str().unwrap().contains("NATS"), "{body}");
+        })
+    })
+    .expect("a write without NATS answers 503");
+    // Reads and routes are served from what each node knows.
+    for gust in &gusts {
+        assert_eq!(gust.get("/steady").text().unwrap(), "up");
+        gust.cli(&["fn", "get", "steady"]).ok();
+    }
+
+    nats.restart(0);
+    let written = eventually(Duration::from_secs(30), || {
+        let output = gusts[1].cli(&[
+            "route", "create", "--fn", "steady", "--url", "/back", "--name", "back",
+        ]);
+        (output.code == 0).then_some(())
+    });
+    assert!(
+        written.is_some(),
+        "writes did not resume after NATS came back"
+    );
+    until_served(&gusts[0], "/back", 200, Some("up"));
+}
+
+/// Timer invocations of `function` a node ran: tick time → count.
+fn ticks_run(gust: &Gust, function: &str, into: &mut HashMap<u64, usize>) {
+    let records: Value = gust
+        .api(
+            Method::GET,
+            &format!("/v1/usage/records?function={function}&limit=10000"),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for record in records.as_array().unwrap() {
+        let id = record["invocation_id"].as_str().unwrap();
+        if record["trigger"] != "timer" || !seen.insert(id.to_owned()) {
+            continue;
+        }
+        let invocation: Value = gust
+            .api(Method::GET, &format!("/v1/invocations/{id}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        *into
+            .entry(invocation["source"]["tick_ms"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+}
+
+#[test]
+fn a_timer_fires_once_per_tick_across_three_nodes_and_a_node_kill() {
+    let nats = NatsCluster::start(1);
+    let mut gusts: Vec<Gust> = (0..3).map(|_| join(&nats)).collect();
+    gusts[0].deploy(
+        "tick",
+        "python",
+        "tick.py",
+        "def main():\n    return 'ok'\n",
+        &[],
+    );
+    gusts[1]
+        .cli(&[
+            "timer",
+            "create",
+            "everysecond",
+            "--fn",
+            "tick",
+            "--cron",
+            "* * * * * *",
+        ])
+        .ok();
+    let started_ms = now_ms();
+    std::thread::sleep(Duration::from_secs(6));
+    gusts[2].kill9();
+    std::thread::sleep(Duration::from_secs(6));
+    gusts[0].cli(&["timer", "delete", "everysecond"]).ok();
+    let stopped_ms = now_ms();
+    // The killed node runs what it had accepted when it comes back.
+    gusts[2].start_again();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let mut ticks: HashMap<u64, usize> = HashMap::new();
+    for gust in &gusts {
+        ticks_run(gust, "tick", &mut ticks);
+    }
+    let twice: Vec<_> = ticks.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ticks fired more than once: {twice:?}");
+    // Every whole second between the timer's first tick and its delete fired.
+    let first = started_ms.div_ceil(1000) * 1000 + 1000;
+    let expected: Vec<u64> = (first..stopped_ms.saturating_sub(1000))
+        .step_by(1000)
+        .collect();
+    let missing: Vec<_> = expected.iter().filter(|t| !ticks.contains_key(t)).collect();
+    assert!(
+        missing.is_empty(),
+        "ticks that never fired: {missing:?} (fired: {:?})",
+        {
+            let mut fired: Vec<_> = ticks.keys().collect();
+            fired.sort();
+            fired
+        }
+    );
+    let nodes_that_fired = gusts
+        .iter()
+        .filter(|gust| {
+            let mut mine = HashMap::new();
+            ticks_run(gust, "tick", &mut mine);
+            !mine.is_empty()
+        })
+        .count();
+    eprintln!(
+        "{} ticks fired once each, by {nodes_that_fired} nodes",
+        ticks.len()
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
