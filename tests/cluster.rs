@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use gust_harness::brokers::{Broker, BrokerKind};
 use gust_harness::nats_cluster::NatsCluster;
 use gust_harness::reqwest::Method;
 use gust_harness::{Gust, GustOptions, eventually};
@@ -250,6 +251,104 @@ fn with_nats_gone_writes_answer_503_routes_keep_serving_and_nodes_catch_up_after
         "writes did not resume after NATS came back"
     );
     until_served(&gusts[0], "/back", 200, Some("up"));
+}
+
+/// A queue trigger consumed by three nodes at once: every message is processed (its reply
+/// reaches the response topic), the nodes share the work as competing consumers (MQTT through
+/// a shared subscription, Redis as consumers of one group, NATS through one durable
+/// consumer), and duplicates are counted and reported.
+fn queue_trigger_on_three_nodes(kind: BrokerKind) {
+    let broker = Broker::start(kind);
+    let nats = NatsCluster::start(1);
+    let gusts: Vec<Gust> = (0..3).map(|_| join(&nats)).collect();
+    let code = gusts[0].write_file("echo/main.py", "def main(req):\n    return req.body\n");
+    gusts[0]
+        .cli(&[
+            "fn",
+            "create",
+            "echo",
+            "--env",
+            "python",
+            "--code",
+            code.to_str().unwrap(),
+        ])
+        .ok();
+    let (topic, replies) = (kind.topic(&["jobs", "in"]), kind.topic(&["jobs", "out"]));
+    let mut collector = broker.collector(&replies);
+    let url = broker.url();
+    gusts[1]
+        .cli(&[
+            "mqt",
+            "create",
+            "jobs",
+            "--fn",
+            "echo",
+            "--kind",
+            kind.as_str(),
+            "--url",
+            &url,
+            "--topic",
+            &topic,
+            "--resp-topic",
+            &replies,
+            "--concurrency",
+            "4",
+        ])
+        .ok();
+    for gust in &gusts {
+        eventually(Duration::from_secs(30), || {
+            let shown: Value =
+                serde_json::from_str(&gust.cli(&["mqt", "get", "jobs", "-o", "json"]).ok().stdout)
+                    .unwrap();
+            (shown["status"]["state"] == "connected").then_some(())
+        })
+        .unwrap_or_else(|| panic!("{}: a node never connected:\n{}", kind.as_str(), gust.log()));
+    }
+    let count = 600;
+    let payloads: Vec<Vec<u8>> = (0..count)
+        .map(|i| format!("job-{i}").into_bytes())
+        .collect();
+    broker.publish(&topic, &payloads);
+    let expected: std::collections::BTreeSet<String> =
+        (0..count).map(|i| format!("job-{i}")).collect();
+    let complete = broker.collect_until(&mut collector, Duration::from_secs(120), |messages| {
+        let seen: std::collections::BTreeSet<String> = messages.iter().map(|m| m.text()).collect();
+        expected.is_subset(&seen)
+    });
+    assert!(complete, "{}: messages were lost", kind.as_str());
+    let mut per_node = Vec::new();
+    for gust in &gusts {
+        let shown: Value =
+            serde_json::from_str(&gust.cli(&["mqt", "get", "jobs", "-o", "json"]).ok().stdout)
+                .unwrap();
+        per_node.push(shown["status"]["succeeded"].as_u64().unwrap());
+    }
+    let replies = collector.messages.len();
+    eprintln!(
+        "{}: {count} messages, {replies} replies ({} duplicates), succeeded per node {per_node:?}",
+        kind.as_str(),
+        replies - count
+    );
+    assert_eq!(
+        per_node.iter().sum::<u64>() as usize,
+        replies,
+        "{per_node:?}"
+    );
+}
+
+#[test]
+fn an_mqtt_trigger_on_three_nodes_shares_its_messages() {
+    queue_trigger_on_three_nodes(BrokerKind::Mqtt);
+}
+
+#[test]
+fn a_redis_trigger_on_three_nodes_shares_its_messages() {
+    queue_trigger_on_three_nodes(BrokerKind::Redis);
+}
+
+#[test]
+fn a_nats_trigger_on_three_nodes_shares_its_messages() {
+    queue_trigger_on_three_nodes(BrokerKind::Nats);
 }
 
 /// Timer invocations of `function` a node ran: tick time → count.

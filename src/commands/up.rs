@@ -482,7 +482,17 @@ async fn assemble(
         None => enqueue.clone(),
     };
     let timers = TimerScheduler::new(store.clone(), ticks, clock.clone());
-    let mq = MqTriggers::new(store.clone(), invoker.clone(), enqueue, clock, mq_metrics);
+    let mq = match &joined {
+        Some(joined) => MqTriggers::in_cluster(
+            store.clone(),
+            invoker.clone(),
+            enqueue,
+            clock,
+            mq_metrics,
+            joined.cluster.node_id().to_owned(),
+        ),
+        None => MqTriggers::new(store.clone(), invoker.clone(), enqueue, clock, mq_metrics),
+    };
     let routes = Routes::new(store.routes(None)?);
     let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024))
         .with_request_limit(args.body_limit * 1024 * 1024);
@@ -602,8 +612,9 @@ async fn assemble(
         })));
     }
     if let Some(api) = api_listener {
-        // Builds a stop interrupted start again.
-        Builds::resume(&state)?;
+        // Builds a stop interrupted start again: in a cluster, only those this node was
+        // running (whose sources it holds), not another node's build in progress.
+        Builds::resume(&state, !args.cluster.is_empty())?;
         let app = api_router(state);
         roles.push(Box::new(Task::new("api", move |stop| {
             gust_edge::serve(api, app, api_limits, "API", stop)

@@ -197,8 +197,10 @@ impl Builds {
     }
 
     /// Starts again the builds a stop interrupted: the newest building revision of each
-    /// function; older ones are marked failed.
-    pub fn resume(state: &Arc<ApiState>) -> Result<(), ApiError> {
+    /// function; older ones are marked failed. With `only_local_sources` (a cluster's node),
+    /// a build whose sources are not in this node's code store is left alone: another node
+    /// is running it.
+    pub fn resume(state: &Arc<ApiState>, only_local_sources: bool) -> Result<(), ApiError> {
         for function in state.store.functions(None)? {
             let building: Vec<&Revision> = function
                 .revisions
@@ -215,6 +217,9 @@ impl Builds {
                 .build
                 .clone()
                 .expect("a building revision has a build");
+            if only_local_sources && !state.code.tree(&build.source.digest).exists() {
+                continue;
+            }
             let environment = state.store.environment(&revision.environment)?;
             let plan = match environment
                 .map(|env| state.builds.plan(&function.namespace, &env, &build.source))

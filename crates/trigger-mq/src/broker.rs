@@ -89,14 +89,17 @@ pub trait Session: Send {
 }
 
 /// Connects to a trigger's broker and sets up what it consumes from (stream and durable
-/// consumer, subscription, queue, consumer group).
-pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerError> {
+/// consumer, subscription, queue, consumer group); `member` is this node's id in a cluster.
+pub async fn connect(
+    trigger: &MqTrigger,
+    member: Option<&str>,
+) -> Result<Box<dyn Session>, BrokerError> {
     use gust_model::MqKind;
     match trigger.kind {
         MqKind::Nats => crate::nats::connect(trigger).await,
-        MqKind::Mqtt => crate::mqtt::connect(trigger).await,
+        MqKind::Mqtt => crate::mqtt::connect(trigger, member).await,
         MqKind::Amqp => crate::amqp::connect(trigger).await,
-        MqKind::Redis => crate::redis::connect(trigger).await,
+        MqKind::Redis => crate::redis::connect(trigger, member).await,
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) struct TriggerContext {
     pub clock: Arc<dyn Clock>,
     pub status: Arc<StatusCell>,
     pub metrics: MqMetrics,
+    /// This node's id in a cluster (see [`crate::MqTriggers::in_cluster`]).
+    pub member: Option<String>,
 }
 
 /// The message as the function sees it: a CloudEvent in binary mode.

@@ -106,6 +106,9 @@ pub struct MqTriggers {
     metrics: MqMetrics,
     running: Mutex<HashMap<String, Running>>,
     changed: Notify,
+    /// This node's id when it is one of a cluster's: every node consumes every trigger, as
+    /// one member of a group the broker shares the messages out to.
+    member: Option<String>,
 }
 
 impl MqTriggers {
@@ -116,7 +119,17 @@ impl MqTriggers {
         clock: Arc<dyn Clock>,
         metrics: MqMetrics,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::build(store, invoker, dead_letters, clock, metrics))
+    }
+
+    fn build(
+        store: Arc<dyn MqTriggerStore>,
+        invoker: Arc<dyn Invoker>,
+        dead_letters: Arc<dyn Enqueue>,
+        clock: Arc<dyn Clock>,
+        metrics: MqMetrics,
+    ) -> Self {
+        Self {
             store,
             invoker,
             dead_letters,
@@ -124,7 +137,24 @@ impl MqTriggers {
             metrics,
             running: Mutex::new(HashMap::new()),
             changed: Notify::new(),
-        })
+            member: None,
+        }
+    }
+
+    /// Queue triggers of a cluster's node `node_id`: MQTT subscriptions are shared
+    /// (`$share/...`) and Redis consumers named per node, so that the nodes compete for
+    /// messages (NATS durable consumers and AMQP queues are shared already).
+    pub fn in_cluster(
+        store: Arc<dyn MqTriggerStore>,
+        invoker: Arc<dyn Invoker>,
+        dead_letters: Arc<dyn Enqueue>,
+        clock: Arc<dyn Clock>,
+        metrics: MqMetrics,
+        node_id: String,
+    ) -> Arc<Self> {
+        let mut triggers = Self::build(store, invoker, dead_letters, clock, metrics);
+        triggers.member = Some(node_id);
+        Arc::new(triggers)
     }
 
     /// Tells the triggers' supervisor to read the stored triggers again.
@@ -200,6 +230,7 @@ impl MqTriggers {
                 clock: self.clock.clone(),
                 status: status.clone(),
                 metrics: self.metrics.clone(),
+                member: self.member.clone(),
             });
             tracing::info!(trigger = %key, kind = trigger.kind.as_str(), topic = %trigger.topic, "queue trigger starting");
             let task = tokio::spawn(consume(context, task_stop.clone()));
@@ -231,7 +262,7 @@ async fn consume(context: Arc<TriggerContext>, stop: CancellationToken) {
         context.status.set_state(TriggerState::Connecting);
         let connected = tokio::select! {
             _ = stop.cancelled() => break,
-            session = tokio::time::timeout(CONNECT_TIMEOUT, broker::connect(&context.trigger)) => {
+            session = tokio::time::timeout(CONNECT_TIMEOUT, broker::connect(&context.trigger, context.member.as_deref())) => {
                 session.unwrap_or_else(|_| Err(broker::BrokerError(format!(
                     "no answer from the broker within {CONNECT_TIMEOUT:?}"
                 ))))

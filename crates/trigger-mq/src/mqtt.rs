@@ -84,9 +84,21 @@ pub fn receive_maximum(concurrency: u32) -> u16 {
     u16::try_from(window(concurrency).max(64)).unwrap_or(u16::MAX)
 }
 
-pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerError> {
+/// In a cluster each node has a session of its own, and the subscription is shared
+/// (`$share/<trigger>/<topic>`): the broker gives each message to one of the nodes.
+pub async fn connect(
+    trigger: &MqTrigger,
+    member: Option<&str>,
+) -> Result<Box<dyn Session>, BrokerError> {
     let endpoint = Endpoint::parse(trigger, 1883)?;
-    let mut options = MqttOptions::new(trigger.broker_identity(), endpoint.host, endpoint.port);
+    let (client_id, filter) = match member {
+        None => (trigger.broker_identity(), trigger.topic.clone()),
+        Some(node) => (
+            format!("{}-{node}", trigger.broker_identity()),
+            format!("$share/{}/{}", trigger.broker_identity(), trigger.topic),
+        ),
+    };
+    let mut options = MqttOptions::new(client_id, endpoint.host, endpoint.port);
     options
         .set_clean_start(false)
         .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
@@ -101,7 +113,7 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
     let fail =
         |context: &str, error: &dyn std::fmt::Display| BrokerError::new(trigger, context, error);
     client
-        .subscribe(trigger.topic.clone(), QoS::AtLeastOnce)
+        .subscribe(filter, QoS::AtLeastOnce)
         .await
         .map_err(|e| fail("cannot subscribe", &e))?;
     let (received_tx, received) = mpsc::unbounded_channel();

@@ -54,7 +54,12 @@ struct RedisPublisher {
     writer: MultiplexedConnection,
 }
 
-pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerError> {
+/// In a cluster each node is a consumer of its own (`<group>-<node>`) in the trigger's group;
+/// entries a dead node held are claimed by the others once idle.
+pub async fn connect(
+    trigger: &MqTrigger,
+    member: Option<&str>,
+) -> Result<Box<dyn Session>, BrokerError> {
     let fail =
         |context: &str, error: &dyn std::fmt::Display| BrokerError::new(trigger, context, error);
     let client =
@@ -88,7 +93,10 @@ pub async fn connect(trigger: &MqTrigger) -> Result<Box<dyn Session>, BrokerErro
     }
     Ok(Box::new(RedisSession {
         trigger: Arc::new(trigger.clone()),
-        consumer: group.clone(),
+        consumer: match member {
+            None => group.clone(),
+            Some(node) => format!("{group}-{node}"),
+        },
         group,
         reader,
         writer,
