@@ -36,7 +36,7 @@ const ASYNC_REQUESTS: usize = 5_000;
 const CONNECTIONS: usize = 50;
 
 fn node(nats: Option<&NatsCluster>) -> Gust {
-    let mut extra_args = vec!["--pool-size".to_owned(), "0".to_owned()];
+    let mut extra_args = Vec::new();
     if let Some(nats) = nats {
         extra_args.extend(["--cluster".to_owned(), nats.urls()]);
     }

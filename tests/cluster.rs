@@ -138,7 +138,7 @@ fn every_node_serves_what_any_node_changed_and_a_dead_node_leaves_the_list() {
 }
 
 #[test]
-fn two_nodes_updating_one_function_at_once_never_lose_an_update() {
+fn two_nodes_writing_at_once_never_lose_an_update_nor_store_a_conflict() {
     let nats = NatsCluster::start(1);
     let gusts: Vec<Gust> = (0..2).map(|_| join(&nats)).collect();
     gusts[0].deploy(
@@ -203,6 +203,37 @@ fn two_nodes_updating_one_function_at_once_never_lose_an_update() {
         1 + revisions.len() as u64,
         "{current}"
     );
+
+    // Two nodes creating conflicting routes at once: the check and the write are one step,
+    // so exactly one of each pair is stored.
+    for round in 0..10 {
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let calls: Vec<_> = gusts
+                .iter()
+                .enumerate()
+                .map(|(node, gust)| {
+                    scope.spawn(move || {
+                        gust.api(Method::POST, "/v1/routes")
+                            .json(
+                                &json!({"function": "counter", "url": format!("/same-{round}"),
+                                          "name": format!("r{round}-node{node}")}),
+                            )
+                            .send()
+                            .unwrap()
+                            .status()
+                            .as_u16()
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        let mut sorted = statuses.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [201, 409], "round {round}: {statuses:?}");
+    }
+    let routes: Vec<Value> =
+        serde_json::from_str(&gusts[1].cli(&["route", "list", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(routes.len(), 1 + 10, "{routes:?}");
 }
 
 #[test]

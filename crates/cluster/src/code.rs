@@ -17,6 +17,9 @@ use crate::bridge::Bridge;
 const CODE_BUCKET: &str = "gust-code";
 /// Longest one tree may take to go up or come down.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest tree a node fetches (as a tar stream): twice what an upload may unpack to, for
+/// the archive's headers.
+const MAX_OBJECT_BYTES: usize = 2 * 256 * 1024 * 1024;
 
 pub struct ClusterCode {
     bridge: Bridge,
@@ -86,9 +89,18 @@ impl SharedCode for ClusterCode {
         }
         let objects = self.objects.clone();
         let name = digest.to_owned();
-        let present = self.bridge.wait(crate::CALL_TIMEOUT, async move {
-            objects.info(name).await.is_ok()
-        })?;
+        // Only an answer that it is absent sends it: a NATS that does not answer is an error,
+        // not a reason to upload for minutes.
+        let present = self
+            .bridge
+            .wait(crate::CALL_TIMEOUT, async move {
+                match objects.info(name).await {
+                    Ok(_) => Ok(true),
+                    Err(err) if err.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+                    Err(err) => Err(err.to_string()),
+                }
+            })?
+            .map_err(Self::transfer_failed(digest))?;
         if !present {
             let mut file =
                 tempfile::tempfile().map_err(|e| Self::transfer_failed(digest)(e.to_string()))?;
@@ -109,6 +121,11 @@ impl SharedCode for ClusterCode {
     }
 
     fn fetch(&self, digest: &str) -> Result<(), StoreError> {
+        if !gust_store::is_code_digest(digest) {
+            return Err(StoreError::invalid_code(format!(
+                "{digest:?} is not a code digest"
+            )));
+        }
         if self.local.tree(digest).exists() {
             return Ok(());
         }
@@ -120,14 +137,22 @@ impl SharedCode for ClusterCode {
         let objects = self.objects.clone();
         let name = digest.to_owned();
         let fetched = self.bridge.wait(TRANSFER_TIMEOUT, async move {
-            let mut object = match objects.get(name.as_str()).await {
+            let object = match objects.get(name.as_str()).await {
                 Ok(object) => object,
                 Err(err) if err.kind() == object_store::GetErrorKind::NotFound => {
                     return Ok(false);
                 }
                 Err(err) => return Err(err.to_string()),
             };
+            if object.info().size > MAX_OBJECT_BYTES {
+                return Err(format!(
+                    "it is {} bytes, more than the {MAX_OBJECT_BYTES} a node fetches",
+                    object.info().size
+                ));
+            }
             let mut file = tokio::fs::File::from_std(file);
+            // Never more than the limit, whatever the object's information said.
+            let mut object = tokio::io::AsyncReadExt::take(object, MAX_OBJECT_BYTES as u64 + 1);
             tokio::io::copy(&mut object, &mut file)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -11,9 +11,6 @@
 //! What lives where:
 //! - bucket `gust-metadata`: environments, functions, routes, timers, queue triggers and the
 //!   hashes of admin tokens, one key each (`fn.<namespace>.<name>`, ...);
-//! - bucket `gust-locks`: the metadata write lock, taken by writes that check other records
-//!   (a route against every route, a function against its environment) and expiring on its
-//!   own if its holder dies;
 //! - bucket `gust-nodes`: one heartbeat per live node, expiring with the heartbeat timeout;
 //! - bucket `gust-ticks`: timer ticks claimed by the node that enqueues them;
 //! - object store `gust-code`: code trees as tar streams, named by digest.

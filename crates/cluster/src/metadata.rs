@@ -7,8 +7,10 @@
 //!   applies the change and writes only if nobody wrote in between, else it fails with
 //!   [`StoreError::Changed`] (409): two nodes updating one function never lose one silently;
 //! - a write that checks other records (a route against every route, a function against its
-//!   environment, an environment's delete against its users) holds the cluster's metadata
-//!   write lock and first waits until the local copy has every write made before it;
+//!   environment, an environment's delete against its users) waits until the local copy has
+//!   every write the bucket holds, checks, and is stored only if the bucket's last revision
+//!   is still the one it checked at (JetStream's expected last sequence), else tries again:
+//!   the check and the write are one step across the cluster;
 //! - a create fails if the key exists, whoever wrote it.
 //!
 //! Changes written by other nodes are reported through [`ClusterStore::changes`], so the node
@@ -35,16 +37,13 @@ use crate::code::ClusterCode;
 use crate::{CALL_TIMEOUT, Cluster, bridge::Bridge};
 
 const METADATA_BUCKET: &str = "gust-metadata";
-const LOCK_BUCKET: &str = "gust-locks";
-const LOCK_KEY: &str = "metadata";
-/// A lock whose holder died goes after this long.
-const LOCK_EXPIRY: Duration = Duration::from_secs(15);
 /// How often the watch checks that it keeps up with the bucket, and how long it may stay
 /// behind before it is started again.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 const STALL_LIMIT: Duration = Duration::from_secs(2);
-/// Longest a write waits for the lock or for the local copy to catch up.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Longest a checked write waits for the local copy to catch up, and keeps trying while
+/// other writes land first.
+const CHECKED_WAIT: Duration = Duration::from_secs(10);
 
 /// One record of the bucket, decoded once when it arrives.
 #[derive(Clone)]
@@ -172,11 +171,14 @@ impl MetadataChanges {
 #[derive(Default)]
 struct Replica {
     records: BTreeMap<String, (u64, Record)>,
+    /// Deleted keys with the revision of their delete: an older value the watch may still
+    /// bring must not bring them back.
+    deleted: HashMap<String, u64>,
     /// The highest bucket revision the watch has delivered.
     revision: u64,
-    /// Keys this node is writing now, with the newest change the watch delivered for each
-    /// meanwhile (revision, record or `None` for a delete), applied when the write ends.
-    writing: HashMap<String, Option<(u64, Option<Record>)>>,
+    /// Keys this node is writing now: how many writes, and the newest change the watch
+    /// delivered meanwhile (revision, record or `None` for a delete), applied when they end.
+    writing: HashMap<String, (usize, Option<(u64, Option<Record>)>)>,
     /// The watch has delivered the bucket's content as it was when it started.
     loaded: bool,
     changes: MetadataChanges,
@@ -185,19 +187,23 @@ struct Replica {
 impl Replica {
     /// Applies a change unless the copy holds a newer one; returns whether it did.
     fn apply(&mut self, key: &str, revision: u64, record: Option<Record>) -> bool {
-        if self
+        let held = self
             .records
             .get(key)
-            .is_some_and(|(held, _)| *held >= revision)
-        {
+            .map(|(held, _)| *held)
+            .max(self.deleted.get(key).copied())
+            .unwrap_or(0);
+        if held >= revision {
             return false;
         }
         match record {
             Some(record) => {
+                self.deleted.remove(key);
                 self.records.insert(key.to_owned(), (revision, record));
             }
             None => {
                 self.records.remove(key);
+                self.deleted.insert(key.to_owned(), revision);
             }
         }
         true
@@ -209,7 +215,6 @@ pub struct ClusterStore {
     client: async_nats::Client,
     metadata: kv::Store,
     jetstream: async_nats::jetstream::Context,
-    locks: kv::Store,
     node_id: String,
     code: Arc<ClusterCode>,
     copy: Arc<Mutex<Replica>>,
@@ -228,13 +233,11 @@ impl ClusterStore {
     /// returns once the local copy holds everything stored.
     pub fn open(cluster: &Cluster, code: Arc<CodeStore>) -> Result<Arc<Self>, StoreError> {
         let metadata = cluster.bucket(METADATA_BUCKET, Duration::ZERO)?;
-        let locks = cluster.bucket(LOCK_BUCKET, LOCK_EXPIRY)?;
         let store = Arc::new(Self {
             bridge: cluster.bridge.clone(),
             client: cluster.client.clone(),
             metadata: metadata.clone(),
             jetstream: cluster.jetstream.clone(),
-            locks,
             node_id: cluster.node_id.clone(),
             code: Arc::new(ClusterCode::open(cluster, code)?),
             copy: Arc::new(Mutex::new(Replica::default())),
@@ -368,7 +371,7 @@ impl ClusterStore {
     /// Writes one key; the local copy holds the result before this returns.
     fn write(&self, key: &str, record: Option<Record>, write: Write) -> Result<(), StoreError> {
         self.connected()?;
-        self.lock().writing.insert(key.to_owned(), None);
+        self.lock().writing.entry(key.to_owned()).or_default().0 += 1;
         let (metadata, jetstream) = (self.metadata.clone(), self.jetstream.clone());
         let owned_key = key.to_owned();
         let result = self
@@ -378,7 +381,17 @@ impl ClusterStore {
             })
             .and_then(|result| result);
         let mut copy = self.lock();
-        let seen = copy.writing.remove(key).flatten();
+        let seen = match copy.writing.get_mut(key) {
+            Some((writers, seen)) => {
+                *writers -= 1;
+                let seen = seen.take();
+                if *writers == 0 {
+                    copy.writing.remove(key);
+                }
+                seen
+            }
+            None => None,
+        };
         if let Ok(revision) = &result {
             copy.apply(key, *revision, record);
         }
@@ -393,98 +406,87 @@ impl ClusterStore {
         result.map(drop)
     }
 
-    /// Runs `write` holding the cluster's metadata write lock, once the local copy has every
-    /// write made before the lock was taken.
-    fn locked<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.connected()?;
-        let (locks, metadata, copy) =
-            (self.locks.clone(), self.metadata.clone(), self.copy.clone());
-        let holder = Bytes::from(self.node_id.clone());
-        let lock_revision = self
-            .bridge
-            .wait(LOCK_WAIT + CALL_TIMEOUT, async move {
-                let deadline = Instant::now() + LOCK_WAIT;
-                let revision = loop {
-                    match locks.create(LOCK_KEY, holder.clone()).await {
-                        Ok(revision) => break revision,
-                        Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-                            if Instant::now() > deadline {
-                                return Err(StoreError::Unavailable(
-                                    "another node held the metadata write lock for 10s".into(),
-                                ));
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        Err(err) => {
-                            return Err(StoreError::Unavailable(format!(
-                                "cannot take the metadata write lock: {err}"
-                            )));
-                        }
-                    }
-                };
-                // Catch up with every write made before the lock was ours.
-                let release = |revision| {
-                    let locks = locks.clone();
-                    async move {
-                        let _ = locks.delete_expect_revision(LOCK_KEY, Some(revision)).await;
-                    }
-                };
-                let last = match metadata.stream.get_info().await {
-                    Ok(info) => info.state.last_sequence,
-                    Err(err) => {
-                        release(revision).await;
-                        return Err(StoreError::Unavailable(format!(
-                            "cannot read the metadata bucket: {err}"
-                        )));
-                    }
-                };
+    /// Waits until the local copy holds every write the bucket has now; returns the bucket's
+    /// last revision.
+    fn caught_up(&self) -> Result<u64, StoreError> {
+        let (metadata, copy) = (self.metadata.clone(), self.copy.clone());
+        self.bridge
+            .wait(CHECKED_WAIT + CALL_TIMEOUT, async move {
+                let last = metadata
+                    .stream
+                    .get_info()
+                    .await
+                    .map_err(|err| {
+                        StoreError::Unavailable(format!("cannot read the metadata bucket: {err}"))
+                    })?
+                    .state
+                    .last_sequence;
+                let deadline = Instant::now() + CHECKED_WAIT;
                 while copy.lock().expect("copy lock").revision < last {
                     if Instant::now() > deadline {
-                        release(revision).await;
                         return Err(StoreError::Unavailable(
                             "this node's copy of the metadata is behind; try again".into(),
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                Ok(revision)
+                Ok(last)
             })
-            .and_then(|result| result)?;
-        let result = write();
-        let locks = self.locks.clone();
-        let released = self.bridge.wait(CALL_TIMEOUT, async move {
-            locks
-                .delete_expect_revision(LOCK_KEY, Some(lock_revision))
-                .await
-        });
-        if !matches!(released, Ok(Ok(()))) {
-            tracing::warn!("cannot release the metadata write lock; it expires in 15s");
-        }
-        result
+            .and_then(|result| result)
     }
 
-    /// Creates `key` holding `value`; `kind` and `name` say what, for the error.
+    /// A write that depends on other records (a route on every other route, a function on
+    /// its environment): `prepare` checks them against the local copy once it has caught up
+    /// with the bucket, and returns the new record and its JSON (`None` to delete `key`).
+    /// JetStream stores it only if the bucket's last revision is still the one the checks
+    /// were made at; when another write landed first, the copy catches up and `prepare` runs
+    /// again. So a check and its write are one step, whichever nodes write at once.
+    fn checked(
+        &self,
+        key: &str,
+        mut prepare: impl FnMut() -> Result<Option<(Record, Bytes)>, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.connected()?;
+        let deadline = Instant::now() + CHECKED_WAIT;
+        loop {
+            let last = self.caught_up()?;
+            let (record, value) = match prepare()? {
+                Some((record, value)) => (Some(record), Some(value)),
+                None => (None, None),
+            };
+            match self.write(key, record, Write::Checked { value, last }) {
+                Err(StoreError::Changed { .. }) if Instant::now() < deadline => continue,
+                Err(StoreError::Changed { .. }) => {
+                    return Err(StoreError::Unavailable(
+                        "the cluster's metadata kept changing under this write; try again".into(),
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Creates `key` holding `value` once `check` passes against the caught-up copy; `kind`
+    /// and `name` say what, for the error.
     fn create<T: Serialize>(
         &self,
         key: String,
         value: &T,
         record: Record,
         (kind, name): (&'static str, &Name),
+        check: impl Fn() -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        if self.get(&key).is_some() {
-            return Err(StoreError::AlreadyExists {
-                kind,
-                name: name.to_string(),
-            });
-        }
-        self.write(&key, Some(record), Write::Create(encode(value)))
-            .map_err(|err| match err {
-                StoreError::AlreadyExists { .. } => StoreError::AlreadyExists {
+        let bytes = encode(value);
+        self.checked(&key, || {
+            if self.get(&key).is_some() {
+                return Err(StoreError::AlreadyExists {
                     kind,
                     name: name.to_string(),
-                },
-                other => other,
-            })
+                });
+            }
+            check()?;
+            Ok(Some((record.clone(), bytes.clone())))
+        })
     }
 
     /// Deletes `key`, which must exist.
@@ -524,11 +526,15 @@ fn now_ms() -> u64 {
 enum Write {
     /// Fails if the key holds a value.
     Create(Bytes),
-    /// Fails unless the key is still at this revision.
-    Update(Bytes, u64),
     Put(Bytes),
     /// Fails unless the key is still at this revision.
     Delete(u64),
+    /// A put (or a delete, without a value) that fails unless the bucket's last revision is
+    /// still `last`.
+    Checked {
+        value: Option<Bytes>,
+        last: u64,
+    },
 }
 
 impl Write {
@@ -539,10 +545,6 @@ impl Write {
         jetstream: &async_nats::jetstream::Context,
         key: &str,
     ) -> Result<u64, StoreError> {
-        let changed = || StoreError::Changed {
-            kind: "record",
-            name: key.to_owned(),
-        };
         let failed = |err: String| StoreError::Unavailable(format!("cannot write {key}: {err}"));
         match self {
             Write::Create(value) => metadata.create(key, value).await.map_err(|err| {
@@ -555,45 +557,61 @@ impl Write {
                     failed(err.to_string())
                 }
             }),
-            Write::Update(value, revision) => {
-                metadata
-                    .update(key, value, revision)
-                    .await
-                    .map_err(|err| match err.kind() {
-                        kv::UpdateErrorKind::WrongLastRevision => changed(),
-                        _ => failed(err.to_string()),
-                    })
-            }
             Write::Put(value) => metadata
                 .put(key, value)
                 .await
                 .map_err(|err| failed(err.to_string())),
             Write::Delete(revision) => {
                 // A delete marker published by hand rather than with the bucket's delete,
-                // which does not say the marker's revision: the copy needs it to tell the
-                // marker from an older value the watch may still bring.
+                // which does not say the marker's revision: the copy keeps it, so that an
+                // older value the watch may still bring does not bring the key back.
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("KV-Operation", "DEL");
                 headers.insert(
                     "Nats-Expected-Last-Subject-Sequence",
                     revision.to_string().as_str(),
                 );
-                let ack = jetstream
-                    .publish_with_headers(
-                        format!("$KV.{METADATA_BUCKET}.{key}"),
-                        headers,
-                        Bytes::new(),
-                    )
-                    .await
-                    .map_err(|err| failed(err.to_string()))?
-                    .await;
-                match ack {
-                    Ok(ack) => Ok(ack.sequence),
-                    Err(err) if err.to_string().contains("wrong last sequence") => Err(changed()),
-                    Err(err) => Err(failed(err.to_string())),
-                }
+                publish(jetstream, key, headers, Bytes::new()).await
+            }
+            Write::Checked { value, last } => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+                let value = match value {
+                    Some(value) => value,
+                    None => {
+                        headers.insert("KV-Operation", "DEL");
+                        Bytes::new()
+                    }
+                };
+                publish(jetstream, key, headers, value).await
             }
         }
+    }
+}
+
+/// Publishes to `key` of the metadata bucket's stream with `headers` (expectations, an
+/// operation) and returns the message's revision; a failed expectation is
+/// [`StoreError::Changed`].
+async fn publish(
+    jetstream: &async_nats::jetstream::Context,
+    key: &str,
+    headers: async_nats::HeaderMap,
+    value: Bytes,
+) -> Result<u64, StoreError> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let failed = |err: String| StoreError::Unavailable(format!("cannot write {key}: {err}"));
+    let ack = jetstream
+        .publish_with_headers(format!("$KV.{METADATA_BUCKET}.{key}"), headers, value)
+        .await
+        .map_err(|err| failed(err.to_string()))?
+        .await;
+    match ack {
+        Ok(ack) => Ok(ack.sequence),
+        Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Changed {
+            kind: "record",
+            name: key.to_owned(),
+        }),
+        Err(err) => Err(failed(err.to_string())),
     }
 }
 
@@ -695,24 +713,31 @@ async fn watch(
     }
 }
 
-/// Applies one entry the watch delivered.
+/// Applies one entry the watch delivered. Every entry counts towards the revision the copy
+/// has reached, whatever its key; an unknown key is skipped and an unreadable record leaves
+/// the copy's value as it was (a newer node's record this one cannot read is not a delete).
 fn receive(copy: &Mutex<Replica>, changed: &Notify, entry: &kv::Entry) {
+    let mut held = copy.lock().expect("copy lock");
+    held.revision = held.revision.max(entry.revision);
     let Some(kind) = Kind::of(&entry.key) else {
         return;
     };
     let record = match entry.operation {
-        kv::Operation::Put => match kind.decode(&entry.key, &entry.value) {
-            Ok(record) => Some(record),
-            Err(err) => {
-                tracing::error!(error = %err, "skipping an unreadable metadata record");
-                None
+        kv::Operation::Put => {
+            match kind
+                .decode(&entry.key, &entry.value)
+                .and_then(|record| record.checked(&entry.key))
+            {
+                Ok(record) => Some(record),
+                Err(err) => {
+                    tracing::error!(key = %entry.key, error = %err, "skipping an unreadable metadata record");
+                    return;
+                }
             }
-        },
+        }
         kv::Operation::Delete | kv::Operation::Purge => None,
     };
-    let mut copy = copy.lock().expect("copy lock");
-    copy.revision = copy.revision.max(entry.revision);
-    if let Some(seen) = copy.writing.get_mut(&entry.key) {
+    if let Some((_, seen)) = held.writing.get_mut(&entry.key) {
         if seen
             .as_ref()
             .is_none_or(|(revision, _)| *revision < entry.revision)
@@ -722,9 +747,63 @@ fn receive(copy: &Mutex<Replica>, changed: &Notify, entry: &kv::Entry) {
         return;
     }
     let deleted = record.is_none();
-    if copy.apply(&entry.key, entry.revision, record) && copy.loaded {
-        copy.changes.note(&entry.key, deleted);
+    if held.apply(&entry.key, entry.revision, record) && held.loaded {
+        held.changes.note(&entry.key, deleted);
         changed.notify_one();
+    }
+}
+
+impl Record {
+    /// What a record must hold for this node to use it safely, whoever wrote it: its key
+    /// names it, a function's current revision is among its revisions, and code digests are
+    /// digests (a digest becomes a directory name).
+    fn checked(self, key: &str) -> Result<Record, StoreError> {
+        let invalid = |reason: String| StoreError::Corrupt {
+            key: key.to_owned(),
+            source: serde::de::Error::custom(reason),
+        };
+        match &self {
+            Record::Function(function) => {
+                if scoped(Kind::Function, &function.namespace, &function.name) != key {
+                    return Err(invalid(format!(
+                        "holds function {}/{}",
+                        function.namespace, function.name
+                    )));
+                }
+                if function.revision(function.current).is_none() {
+                    return Err(invalid(format!(
+                        "its current revision {} is not among its revisions",
+                        function.current
+                    )));
+                }
+                for revision in &function.revisions {
+                    if !gust_store::is_code_digest(&revision.code.digest) {
+                        return Err(invalid(format!(
+                            "revision {} has no code digest",
+                            revision.number
+                        )));
+                    }
+                }
+            }
+            Record::Environment(env)
+                if format!("{}{}", Kind::Environment.prefix(), env.name) != key =>
+            {
+                return Err(invalid(format!("holds environment {}", env.name)));
+            }
+            Record::Route(route) if scoped(Kind::Route, &route.namespace, &route.name) != key => {
+                return Err(invalid(format!("holds route {}", route.name)));
+            }
+            Record::Timer(timer) if scoped(Kind::Timer, &timer.namespace, &timer.name) != key => {
+                return Err(invalid(format!("holds timer {}", timer.name)));
+            }
+            Record::MqTrigger(trigger)
+                if scoped(Kind::MqTrigger, &trigger.namespace, &trigger.name) != key =>
+            {
+                return Err(invalid(format!("holds queue trigger {}", trigger.name)));
+            }
+            _ => {}
+        }
+        Ok(self)
     }
 }
 
@@ -736,6 +815,7 @@ impl EnvironmentStore for ClusterStore {
             env,
             Record::Environment(env.clone()),
             ("environment", &env.name),
+            || Ok(()),
         )
     }
 
@@ -771,7 +851,14 @@ impl EnvironmentStore for ClusterStore {
     }
 
     fn delete_environment(&self, name: &Name) -> Result<(), StoreError> {
-        self.locked(|| {
+        let key = format!("{}{name}", Kind::Environment.prefix());
+        self.checked(&key, || {
+            if self.get(&key).is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "environment",
+                    name: name.to_string(),
+                });
+            }
             let users = self.all(Kind::Function, None, |record| match record {
                 Record::Function(function) => Some(function),
                 _ => None,
@@ -786,10 +873,7 @@ impl EnvironmentStore for ClusterStore {
                     user: format!("function {}/{}", user.namespace, user.name),
                 });
             }
-            self.delete(
-                format!("{}{name}", Kind::Environment.prefix()),
-                ("environment", name),
-            )
+            Ok(None)
         })
     }
 }
@@ -797,15 +881,13 @@ impl EnvironmentStore for ClusterStore {
 impl FunctionStore for ClusterStore {
     fn create_function(&self, function: &Function) -> Result<(), StoreError> {
         self.code.share_revisions(function)?;
-        self.locked(|| {
-            self.environment_exists(&function.current_revision().environment)?;
-            self.create(
-                scoped(Kind::Function, &function.namespace, &function.name),
-                function,
-                Record::Function(Box::new(function.clone())),
-                ("function", &function.name),
-            )
-        })
+        self.create(
+            scoped(Kind::Function, &function.namespace, &function.name),
+            function,
+            Record::Function(Box::new(function.clone())),
+            ("function", &function.name),
+            || self.environment_exists(&function.current_revision().environment),
+        )
     }
 
     fn update_function(
@@ -834,19 +916,23 @@ impl FunctionStore for ClusterStore {
                 source,
             })?;
         let updated = change(current)?;
-        self.environment_exists(&updated.current_revision().environment)?;
         self.code.share_revisions(&updated)?;
-        self.write(
-            &key,
-            Some(Record::Function(Box::new(updated.clone()))),
-            Write::Update(encode(&updated), stored.revision),
-        )
-        .map_err(|err| match err {
-            StoreError::Changed { .. } => StoreError::Changed {
-                kind: "function",
-                name: name.to_string(),
-            },
-            other => other,
+        let (record, bytes) = (
+            Record::Function(Box::new(updated.clone())),
+            encode(&updated),
+        );
+        self.checked(&key, || {
+            // Still the function the change was made to: else another request changed it
+            // in between, and this one is refused rather than written over it.
+            let held = self.lock().records.get(&key).map(|(revision, _)| *revision);
+            if held != Some(stored.revision) {
+                return Err(StoreError::Changed {
+                    kind: "function",
+                    name: name.to_string(),
+                });
+            }
+            self.environment_exists(&updated.current_revision().environment)?;
+            Ok(Some((record.clone(), bytes.clone())))
         })?;
         Ok(updated)
     }
@@ -866,37 +952,38 @@ impl FunctionStore for ClusterStore {
     }
 
     fn delete_function(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
-        self.locked(|| self.delete(scoped(Kind::Function, namespace, name), ("function", name)))
+        let key = scoped(Kind::Function, namespace, name);
+        self.checked(&key, || match self.get(&key) {
+            Some(_) => Ok(None),
+            None => Err(StoreError::NotFound {
+                kind: "function",
+                name: name.to_string(),
+            }),
+        })
     }
 }
 
 impl RouteStore for ClusterStore {
     fn create_route(&self, route: &Route) -> Result<(), StoreError> {
-        self.locked(|| {
-            self.function_exists(&route.namespace, &route.function)?;
-            let key = scoped(Kind::Route, &route.namespace, &route.name);
-            if self.get(&key).is_some() {
-                return Err(StoreError::AlreadyExists {
-                    kind: "route",
-                    name: route.name.to_string(),
-                });
-            }
-            for existing in self.routes(None)? {
-                if existing.conflicts_with(route) {
-                    return Err(StoreError::RouteConflict {
-                        path: route.path.to_string(),
-                        existing: format!("{}/{}", existing.namespace, existing.name),
-                        existing_path: existing.path.to_string(),
-                    });
+        self.create(
+            scoped(Kind::Route, &route.namespace, &route.name),
+            route,
+            Record::Route(route.clone()),
+            ("route", &route.name),
+            || {
+                self.function_exists(&route.namespace, &route.function)?;
+                for existing in self.routes(None)? {
+                    if existing.conflicts_with(route) {
+                        return Err(StoreError::RouteConflict {
+                            path: route.path.to_string(),
+                            existing: format!("{}/{}", existing.namespace, existing.name),
+                            existing_path: existing.path.to_string(),
+                        });
+                    }
                 }
-            }
-            self.create(
-                key,
-                route,
-                Record::Route(route.clone()),
-                ("route", &route.name),
-            )
-        })
+                Ok(())
+            },
+        )
     }
 
     fn routes(&self, namespace: Option<&Namespace>) -> Result<Vec<Route>, StoreError> {
@@ -913,15 +1000,13 @@ impl RouteStore for ClusterStore {
 
 impl TimerStore for ClusterStore {
     fn create_timer(&self, timer: &Timer) -> Result<(), StoreError> {
-        self.locked(|| {
-            self.function_exists(&timer.namespace, &timer.function)?;
-            self.create(
-                scoped(Kind::Timer, &timer.namespace, &timer.name),
-                timer,
-                Record::Timer(timer.clone()),
-                ("timer", &timer.name),
-            )
-        })
+        self.create(
+            scoped(Kind::Timer, &timer.namespace, &timer.name),
+            timer,
+            Record::Timer(timer.clone()),
+            ("timer", &timer.name),
+            || self.function_exists(&timer.namespace, &timer.function),
+        )
     }
 
     fn timers(&self, namespace: Option<&Namespace>) -> Result<Vec<Timer>, StoreError> {
@@ -938,15 +1023,13 @@ impl TimerStore for ClusterStore {
 
 impl MqTriggerStore for ClusterStore {
     fn create_mq_trigger(&self, trigger: &MqTrigger) -> Result<(), StoreError> {
-        self.locked(|| {
-            self.function_exists(&trigger.namespace, &trigger.function)?;
-            self.create(
-                scoped(Kind::MqTrigger, &trigger.namespace, &trigger.name),
-                trigger,
-                Record::MqTrigger(trigger.clone()),
-                ("queue trigger", &trigger.name),
-            )
-        })
+        self.create(
+            scoped(Kind::MqTrigger, &trigger.namespace, &trigger.name),
+            trigger,
+            Record::MqTrigger(trigger.clone()),
+            ("queue trigger", &trigger.name),
+            || self.function_exists(&trigger.namespace, &trigger.function),
+        )
     }
 
     fn mq_triggers(&self, namespace: Option<&Namespace>) -> Result<Vec<MqTrigger>, StoreError> {

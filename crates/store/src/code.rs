@@ -498,13 +498,17 @@ impl CodeStore {
     }
 }
 
-/// A digest as a tree's directory name: 64 lowercase hex digits, nothing a path could use.
-fn checked_digest(digest: &str) -> Result<String, StoreError> {
-    if digest.len() == 64
+/// Whether `digest` is a code digest: 64 lowercase hex digits, nothing a path could use.
+pub fn is_code_digest(digest: &str) -> bool {
+    digest.len() == 64
         && digest
             .bytes()
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
+}
+
+/// A digest as a tree's directory name (see [`is_code_digest`]).
+fn checked_digest(digest: &str) -> Result<String, StoreError> {
+    if is_code_digest(digest) {
         Ok(digest.to_owned())
     } else {
         Err(StoreError::invalid_code(format!(

@@ -17,7 +17,7 @@ mod error;
 mod mq;
 mod queue;
 
-pub use code::{CodeHold, CodeLimits, CodePin, CodeStore, CodeUpload};
+pub use code::{CodeHold, CodeLimits, CodePin, CodeStore, CodeUpload, is_code_digest};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 
