@@ -167,6 +167,9 @@ impl MetadataChanges {
     }
 }
 
+/// A change the watch delivered: its revision, and the record (`None` for a delete).
+type Seen = (u64, Option<Record>);
+
 /// The local copy of the bucket.
 #[derive(Default)]
 struct Replica {
@@ -178,7 +181,7 @@ struct Replica {
     revision: u64,
     /// Keys this node is writing now: how many writes, and the newest change the watch
     /// delivered meanwhile (revision, record or `None` for a delete), applied when they end.
-    writing: HashMap<String, (usize, Option<(u64, Option<Record>)>)>,
+    writing: HashMap<String, (usize, Option<Seen>)>,
     /// The watch has delivered the bucket's content as it was when it started.
     loaded: bool,
     changes: MetadataChanges,
