@@ -36,7 +36,8 @@ const ASYNC_REQUESTS: usize = 5_000;
 const CONNECTIONS: usize = 50;
 
 fn node(nats: Option<&NatsCluster>) -> Gust {
-    let mut extra_args = Vec::new();
+    // Room for every asynchronous request of the throughput run.
+    let mut extra_args = vec!["--async-queue-depth".to_owned(), "100000".to_owned()];
     if let Some(nats) = nats {
         extra_args.extend(["--cluster".to_owned(), nats.urls()]);
     }
