@@ -14,7 +14,7 @@ use clap::Args;
 use gust_api::{AdminToken, ApiState, Builds, NodeDirectory, TokenCheck, api_router};
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
 use gust_builder::{Builder, BuilderConfig};
-use gust_cluster::{ClaimedTicks, ClusterOptions};
+use gust_cluster::{ClusterOptions, ClusterQueue, QueueRetention};
 use gust_edge::{BodyBudget, ConnectionLimits};
 use gust_executor::{
     Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
@@ -398,7 +398,20 @@ async fn assemble(
         Some(joined) => joined.store.clone(),
         None => embedded.clone(),
     };
-    let invocation_store: Arc<dyn InvocationStore> = embedded;
+    // In a cluster the asynchronous queue is JetStream's: every node takes work from it.
+    let invocation_store: Arc<dyn InvocationStore> = match &joined {
+        Some(joined) => ClusterQueue::open(
+            &joined.cluster,
+            QueueRetention {
+                // Records of pending work must outlive its max age (6 h by default).
+                invocations: settings.async_retention.max(Duration::from_secs(24 * 3600)),
+                dead_letters: settings.queue_limits.dead_letter_retention,
+                work_bytes: settings.queue_limits.bounds.stored_bytes,
+            },
+        )
+        .context("cannot open the cluster's asynchronous queue")?,
+        None => embedded,
+    };
     for runtime in BuiltinRuntime::ALL {
         // Components are instantiated per request; there are no workers to keep warm.
         let pool_size = if runtime == BuiltinRuntime::Wasm {
@@ -474,14 +487,11 @@ async fn assemble(
         args.async_in_flight,
         settings.async_retention,
     );
-    // Triggers hand their work to whatever implements `Enqueue`; here the embedded queue.
+    // Triggers hand their work to whatever implements `Enqueue`: the asynchronous queue.
     let enqueue: Arc<dyn Enqueue> = Arc::new(queue.clone());
-    // Every node schedules every timer; in a cluster each tick is claimed by one of them.
-    let ticks: Arc<dyn Enqueue> = match &joined {
-        Some(joined) => Arc::new(ClaimedTicks::new(&joined.cluster, enqueue.clone())?),
-        None => enqueue.clone(),
-    };
-    let timers = TimerScheduler::new(store.clone(), ticks, clock.clone());
+    // Every node schedules every timer: a tick is enqueued by each, and stored once (the
+    // embedded queue by its last tick, JetStream by the tick's message id).
+    let timers = TimerScheduler::new(store.clone(), enqueue.clone(), clock.clone());
     let mq = match &joined {
         Some(joined) => MqTriggers::in_cluster(
             store.clone(),

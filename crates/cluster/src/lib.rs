@@ -12,19 +12,21 @@
 //! - bucket `gust-metadata`: environments, functions, routes, timers, queue triggers and the
 //!   hashes of admin tokens, one key each (`fn.<namespace>.<name>`, ...);
 //! - bucket `gust-nodes`: one heartbeat per live node, expiring with the heartbeat timeout;
-//! - bucket `gust-ticks`: timer ticks claimed by the node that enqueues them;
+//! - stream `GUST_ASYNC` and buckets `gust-invocations`, `gust-dead-letters`: the
+//!   asynchronous queue (see [`ClusterQueue`]); timer ticks go in as messages whose id is
+//!   (timer, tick time), which JetStream keeps once;
 //! - object store `gust-code`: code trees as tar streams, named by digest.
 
 mod bridge;
 mod code;
 mod metadata;
 mod nodes;
-mod ticks;
+mod queue;
 
 pub use code::ClusterCode;
 pub use metadata::{ClusterStore, MetadataChanges};
 pub use nodes::{HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, NodeHeartbeat, Nodes};
-pub use ticks::ClaimedTicks;
+pub use queue::{ClusterQueue, QueueRetention};
 
 use std::path::PathBuf;
 use std::time::Duration;

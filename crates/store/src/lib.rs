@@ -17,6 +17,8 @@ mod error;
 mod mq;
 mod queue;
 
+pub use queue::{decode_request, encode_request};
+
 pub use code::{CodeHold, CodeLimits, CodePin, CodeStore, CodeUpload, is_code_digest};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;

@@ -222,7 +222,8 @@ fn dead_letter_key(invocation: &AsyncInvocation) -> String {
     )
 }
 
-fn encode_request(request: &StoredRequest) -> Vec<u8> {
+/// A request as bytes: its JSON head, length-prefixed, then its body.
+pub fn encode_request(request: &StoredRequest) -> Vec<u8> {
     let head = encode(request);
     let mut out = Vec::with_capacity(4 + head.len() + request.body.len());
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
@@ -231,7 +232,8 @@ fn encode_request(request: &StoredRequest) -> Vec<u8> {
     out
 }
 
-fn decode_request(key: &str, bytes: &[u8]) -> Result<StoredRequest, StoreError> {
+/// What [`encode_request`] wrote; `key` names it in an error.
+pub fn decode_request(key: &str, bytes: &[u8]) -> Result<StoredRequest, StoreError> {
     let corrupt = || StoreError::Corrupt {
         key: key.to_owned(),
         source: serde::de::Error::custom("truncated request record"),
