@@ -164,8 +164,8 @@ pub struct UpArgs {
     #[arg(long, env = "GUST_MAX_BUILDS", default_value_t = BuilderConfig::default().concurrent)]
     max_builds: usize,
     /// NATS servers of a cluster to join, comma-separated (`nats://h1:4222,nats://h2:4222`;
-    /// `tls://` for TLS). Nodes share metadata, code and timers through JetStream; the data
-    /// directory keeps only caches and this node's own work
+    /// `tls://` for TLS). Nodes share metadata, code and the asynchronous queue through
+    /// JetStream; the data directory keeps caches, this node's usage records and logs
     #[arg(long, env = "GUST_CLUSTER", value_delimiter = ',')]
     cluster: Vec<String>,
     /// NATS credentials file (JWT and NKey seed) for --cluster
