@@ -341,10 +341,10 @@ fn queue_trigger_on_three_nodes(kind: BrokerKind) {
         ])
         .ok();
     for gust in &gusts {
+        // The trigger reaches the other nodes within a second: until then `get` there fails.
         eventually(Duration::from_secs(30), || {
-            let shown: Value =
-                serde_json::from_str(&gust.cli(&["mqt", "get", "jobs", "-o", "json"]).ok().stdout)
-                    .unwrap();
+            let shown = gust.cli(&["mqt", "get", "jobs", "-o", "json"]);
+            let shown: Value = serde_json::from_str(&shown.stdout).ok()?;
             (shown["status"]["state"] == "connected").then_some(())
         })
         .unwrap_or_else(|| panic!("{}: a node never connected:\n{}", kind.as_str(), gust.log()));

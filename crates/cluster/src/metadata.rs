@@ -901,23 +901,18 @@ impl FunctionStore for ClusterStore {
     ) -> Result<Function, StoreError> {
         self.connected()?;
         let key = scoped(Kind::Function, namespace, name);
-        let metadata = self.metadata.clone();
-        let read_key = key.clone();
-        // Read from NATS, not the copy: an update made on another node a moment ago counts.
-        let stored = self
-            .bridge
-            .wait(CALL_TIMEOUT, async move { metadata.entry(read_key).await })?
-            .map_err(|err| StoreError::Unavailable(format!("cannot read {key}: {err}")))?
-            .filter(|entry| entry.operation == kv::Operation::Put)
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "function",
-                name: name.to_string(),
-            })?;
-        let current: Function =
-            serde_json::from_slice(&stored.value).map_err(|source| StoreError::Corrupt {
-                key: key.clone(),
-                source,
-            })?;
+        // The function as the bucket holds it now (the copy, caught up): an update made on
+        // another node a moment ago counts.
+        self.caught_up()?;
+        let (revision, current) = match self.lock().records.get(&key) {
+            Some((revision, Record::Function(function))) => (*revision, (**function).clone()),
+            _ => {
+                return Err(StoreError::NotFound {
+                    kind: "function",
+                    name: name.to_string(),
+                });
+            }
+        };
         let updated = change(current)?;
         self.code.share_revisions(&updated)?;
         let (record, bytes) = (
@@ -928,7 +923,7 @@ impl FunctionStore for ClusterStore {
             // Still the function the change was made to: else another request changed it
             // in between, and this one is refused rather than written over it.
             let held = self.lock().records.get(&key).map(|(revision, _)| *revision);
-            if held != Some(stored.revision) {
+            if held != Some(revision) {
                 return Err(StoreError::Changed {
                     kind: "function",
                     name: name.to_string(),
