@@ -28,10 +28,16 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn join(nats: &NatsCluster) -> Gust {
+    join_with(nats, &[])
+}
+
+fn join_with(nats: &NatsCluster, args: &[&str]) -> Gust {
+    let mut extra_args = vec!["--cluster".to_owned(), nats.urls()];
+    extra_args.extend(args.iter().map(|a| a.to_string()));
     Gust::start(
         GUST,
         GustOptions {
-            extra_args: vec!["--cluster".to_owned(), nats.urls()],
+            extra_args,
             ..GustOptions::default()
         },
     )
@@ -39,8 +45,19 @@ fn join(nats: &NatsCluster) -> Gust {
 
 /// Polls `url` until it answers `status` with `body` (if given); returns how long that took.
 fn until_served(gust: &Gust, path: &str, status: u16, body: Option<&str>) -> Duration {
+    served_within(Duration::from_secs(20), gust, path, status, body)
+}
+
+/// [`until_served`] with its own limit.
+fn served_within(
+    limit: Duration,
+    gust: &Gust,
+    path: &str,
+    status: u16,
+    body: Option<&str>,
+) -> Duration {
     let started = Instant::now();
-    eventually(Duration::from_secs(20), || {
+    eventually(limit, || {
         let response = gust.http().get(gust.public_url(path)).send().ok()?;
         let got = response.status().as_u16();
         let text = response.text().unwrap_or_default();
@@ -144,9 +161,23 @@ fn every_node_serves_what_any_node_changed_and_a_dead_node_leaves_the_list() {
         created.is_some(),
         "no write succeeded with a NATS server down"
     );
-    until_served(&gusts[0], "/again", 200, Some("two"));
+    // A watch whose consumer went with the server is started again once the node notices
+    // (about 3 s); the stream's new leader may take longer to answer on a busy machine.
+    served_within(
+        Duration::from_secs(60),
+        &gusts[0],
+        "/again",
+        200,
+        Some("two"),
+    );
     nats.restart(0);
-    until_served(&gusts[1], "/again", 200, Some("two"));
+    served_within(
+        Duration::from_secs(60),
+        &gusts[1],
+        "/again",
+        200,
+        Some("two"),
+    );
 }
 
 #[test]
@@ -401,13 +432,17 @@ fn a_nats_trigger_on_three_nodes_shares_its_messages() {
 
 /// 2,000 asynchronous invocations sent to three nodes while one node and then one NATS
 /// server of three are killed with kill -9: every accepted id ends in exactly one terminal
-/// state, and attempts run more than once only for invocations whose attempt was in flight on
-/// the killed node (JetStream gives their messages to another node after the ack wait).
+/// state, and attempts run more than once only for invocations whose attempt was in flight at
+/// a kill (JetStream gives the dead node's messages to another node after the ack wait).
 #[test]
 fn async_work_survives_a_node_and_a_nats_server_killed_under_load() {
     let _alone = alone();
     let mut nats = NatsCluster::start(3);
-    let mut gusts: Vec<Gust> = (0..3).map(|_| join(&nats)).collect();
+    // Each node runs at most 32 attempts at once: what can run twice is what was in flight.
+    let in_flight = 32;
+    let mut gusts: Vec<Gust> = (0..3)
+        .map(|_| join_with(&nats, &["--async-in-flight", &in_flight.to_string()]))
+        .collect();
     let code = gusts[0].write_file(
         "job/main.py",
         "import time\n\ndef main(req):\n    time.sleep(0.02)\n    return 'done'\n",
@@ -544,11 +579,18 @@ fn async_work_survives_a_node_and_a_nats_server_killed_under_load() {
         .filter(|i| i["attempts"].as_u64().unwrap() > 1)
         .count();
     eprintln!(
-        "R-40: {} accepted of {total} sent, all succeeded; {again} ran more than once",
+        "R-40: {} accepted of {total} sent, all succeeded; {again} attempted more than once",
         accepted.len()
     );
-    // At most what the killed node had in flight (its delivery slots, 256) ran twice.
-    assert!(again <= 256, "{again} invocations ran more than once");
+    // Attempts are counted when claimed, so `attempts > 1` counts the attempts in flight on
+    // the killed node, and those claimed or finished on the others while the NATS server was
+    // gone (a claim or an outcome that could not be stored is released and claimed again). A
+    // bound, not an exact figure: a tenth of what was accepted.
+    assert!(
+        again <= accepted.len() / 10,
+        "{again} of {} invocations were attempted more than once",
+        accepted.len()
+    );
 }
 
 /// Timer invocations of `function` a node ran: tick time → count.

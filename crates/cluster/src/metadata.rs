@@ -666,6 +666,7 @@ async fn watch(
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The bucket's last revision when the copy was first seen behind it, and when.
         let mut behind: Option<(u64, Instant)> = None;
+        let mut unanswered = 0;
         loop {
             let entry = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -679,14 +680,26 @@ async fn watch(
                         behind = None;
                     }
                     // Asked of the stream: the bucket's own status is the one it was opened with.
-                    if let Ok(info) = metadata.stream.get_info().await
-                        && info.state.last_sequence > applied
-                    {
-                        let (_, since) =
-                            *behind.get_or_insert((info.state.last_sequence, Instant::now()));
-                        if since.elapsed() >= STALL_LIMIT {
-                            tracing::warn!("the metadata watch fell behind; starting it again");
-                            break;
+                    match metadata.stream.get_info().await {
+                        Ok(info) => {
+                            unanswered = 0;
+                            if info.state.last_sequence > applied {
+                                let (_, since) = *behind
+                                    .get_or_insert((info.state.last_sequence, Instant::now()));
+                                if since.elapsed() >= STALL_LIMIT {
+                                    tracing::warn!("the metadata watch fell behind; starting it again");
+                                    break;
+                                }
+                            }
+                        }
+                        // A stream that does not answer for a while (its leader gone with a
+                        // NATS server) may have taken the watch's consumer with it.
+                        Err(_) => {
+                            unanswered += 1;
+                            if unanswered >= 3 {
+                                tracing::warn!("the metadata bucket does not answer; starting the watch again");
+                                break;
+                            }
                         }
                     }
                     continue;

@@ -229,43 +229,67 @@ impl ClusterQueue {
         invocation: &AsyncInvocation,
         request: Option<&StoredRequest>,
     ) -> Result<(), String> {
-        match invocation.state {
-            InvocationState::Pending | InvocationState::Running => {
-                let alive = invocation.next_attempt_at_ms.unwrap_or(0).max(now_ms());
-                open.put(&invocation.id, Bytes::from(alive.to_string()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            _ => {
-                let _ = open.purge(&invocation.id).await;
-            }
-        }
+        let id = &invocation.id;
         let record = Bytes::from(serde_json::to_vec(invocation).expect("serializes"));
-        state
-            .put(format!("inv.{}", invocation.id), record.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(request) = request {
+        let error = |e: &dyn std::fmt::Display| e.to_string();
+        // Four keys of their own, written at once: one round trip, not four.
+        let open_write = async {
+            match invocation.state {
+                InvocationState::Pending | InvocationState::Running => {
+                    let alive = invocation.next_attempt_at_ms.unwrap_or(0).max(now_ms());
+                    open.put(id, Bytes::from(alive.to_string()))
+                        .await
+                        .map(drop)
+                        .map_err(|e| error(&e))
+                }
+                _ => {
+                    let _ = open.purge(id).await;
+                    Ok(())
+                }
+            }
+        };
+        let record_write = async {
             state
-                .put(
-                    format!("req.{}", invocation.id),
-                    Bytes::from(encode_request(request)),
-                )
+                .put(format!("inv.{id}"), record.clone())
                 .await
-                .map_err(|e| e.to_string())?;
-        }
-        if invocation.state == InvocationState::Succeeded {
-            let _ = state.purge(format!("req.{}", invocation.id)).await;
-        }
-        if invocation.is_dead_letter() {
-            dead_letters
-                .put(dead_letter_key(invocation), record)
-                .await
-                .map_err(|e| e.to_string())?;
-        } else if invocation.redriven_to.is_some() {
-            let _ = dead_letters.purge(dead_letter_key(invocation)).await;
-        }
-        Ok(())
+                .map(drop)
+                .map_err(|e| error(&e))
+        };
+        let request_write = async {
+            match request {
+                Some(request) => state
+                    .put(format!("req.{id}"), Bytes::from(encode_request(request)))
+                    .await
+                    .map(drop)
+                    .map_err(|e| error(&e)),
+                // A finished invocation's request is no longer needed.
+                None if invocation.state == InvocationState::Succeeded => {
+                    let _ = state.purge(format!("req.{id}")).await;
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        };
+        let dead_letter_write = async {
+            if invocation.is_dead_letter() {
+                dead_letters
+                    .put(dead_letter_key(invocation), record.clone())
+                    .await
+                    .map(drop)
+                    .map_err(|e| error(&e))
+            } else {
+                if invocation.redriven_to.is_some() {
+                    let _ = dead_letters.purge(dead_letter_key(invocation)).await;
+                }
+                Ok(())
+            }
+        };
+        let (open_written, record_written, request_written, dead_letter_written) =
+            tokio::join!(open_write, record_write, request_write, dead_letter_write);
+        open_written
+            .and(record_written)
+            .and(request_written)
+            .and(dead_letter_written)
     }
 
     #[allow(clippy::too_many_arguments)] // the queue's parts, borrowed into one task
@@ -540,7 +564,15 @@ impl InvocationStore for ClusterQueue {
                 },
             })
             .collect();
-        self.wait(async move {
+        let updated: Vec<String> = changes
+            .iter()
+            .filter_map(|change| match change {
+                QueueChange::Update { invocation } => Some(invocation.id.clone()),
+                QueueChange::Enqueue { .. } => None,
+            })
+            .collect();
+        let held_after = self.held.clone();
+        let result = self.wait(async move {
             let now = now_ms();
             let outcomes = futures_util::future::join_all(changes.iter().map(|change| {
                 Self::apply_one(
@@ -558,8 +590,32 @@ impl InvocationStore for ClusterQueue {
             Ok(outcomes
                 .into_iter()
                 .map(|outcome| outcome.map_err(StoreError::Unavailable))
-                .collect())
-        })
+                .collect::<Vec<_>>())
+        });
+        let failed = match &result {
+            Ok(outcomes) => outcomes.iter().any(Result::is_err),
+            Err(_) => true,
+        };
+        if failed && !updated.is_empty() {
+            // The dispatcher drops a claim any of whose changes failed, and an outcome it
+            // could not store leaves the invocation `running`: either way nothing more will
+            // happen to these invocations here, so their messages go back for any node to
+            // take (else they would be kept in progress for ever); the records say what was
+            // stored, and an attempt that did end may run again.
+            let dropped: Vec<jetstream::Message> = {
+                let mut held = held_after.lock().expect("held lock");
+                updated
+                    .iter()
+                    .filter_map(|id| held.remove(id).map(|held| held.message))
+                    .collect()
+            };
+            self.bridge.handle().spawn(async move {
+                for message in dropped {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+            });
+        }
+        result
     }
 
     fn due_invocations(
