@@ -5,10 +5,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use gust_api::{ApiError, ApiState, NodeDirectory, TokenCheck};
-use gust_api_types::NodeView;
+use gust_api::{ApiError, ApiState, NodeDirectory, PeerLogsRequest, TokenCheck};
+use gust_api_types::{LogLine, NodeView};
 use gust_cluster::{Cluster, ClusterOptions, ClusterStore, NodeHeartbeat, Nodes};
 use gust_executor::Executor;
 use gust_store::CodeStore;
@@ -67,11 +68,109 @@ impl NodeDirectory for ThisNode {
 }
 
 /// A cluster's nodes are those whose heartbeat has not expired.
-pub struct ClusterNodes(pub Nodes);
+pub struct ClusterNodes {
+    nodes: Nodes,
+    id: String,
+    /// This node's admin token, which every node accepts: what it asks its peers with.
+    token: String,
+    http: reqwest::Client,
+}
 
+/// How long a peer has to answer for its log lines.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl ClusterNodes {
+    pub fn new(nodes: Nodes, id: String, token: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(PEER_TIMEOUT)
+            .build()
+            .context("cannot build the HTTP client nodes ask each other with")?;
+        Ok(Self {
+            nodes,
+            id,
+            token,
+            http,
+        })
+    }
+
+    /// One peer's lines, each marked with the node that holds them.
+    async fn logs_of(
+        &self,
+        peer: &NodeView,
+        api: &str,
+        request: &PeerLogsRequest,
+    ) -> anyhow::Result<Vec<LogLine>> {
+        let mut url = reqwest::Url::parse(api)?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("{api} cannot be a base URL"))?
+            .extend(["v1", "functions", &request.function, "logs"]);
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("namespace", &request.namespace)
+                .append_pair("local", "true");
+            if let Some(after) = request.after.get(&peer.id) {
+                query.append_pair("after", &after.to_string());
+            }
+            if let Some(id) = &request.request_id {
+                query.append_pair("request_id", id);
+            }
+            if let Some(limit) = request.limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut lines: Vec<LogLine> = response.json().await?;
+        for line in &mut lines {
+            line.node = Some(peer.id.clone());
+        }
+        Ok(lines)
+    }
+}
+
+#[async_trait::async_trait]
 impl NodeDirectory for ClusterNodes {
     fn nodes(&self) -> Result<Vec<NodeView>, ApiError> {
-        Ok(self.0.list()?.into_iter().map(view).collect())
+        Ok(self.nodes.list()?.into_iter().map(view).collect())
+    }
+
+    fn cluster_node_id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    async fn peer_logs(&self, request: &PeerLogsRequest) -> Vec<LogLine> {
+        let nodes = self.nodes.clone();
+        let peers = match tokio::task::spawn_blocking(move || nodes.list()).await {
+            Ok(Ok(peers)) => peers,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot list the nodes to gather logs from");
+                return Vec::new();
+            }
+            Err(_) => return Vec::new(),
+        };
+        let asked = peers
+            .into_iter()
+            .map(view)
+            .filter(|peer| peer.id != self.id)
+            .filter_map(|peer| Some((peer.api.clone()?, peer)))
+            .map(|(api, peer)| async move {
+                let answer = self.logs_of(&peer, &api, request).await;
+                (peer.id, answer)
+            });
+        let mut lines = Vec::new();
+        for (peer, answer) in futures_util::future::join_all(asked).await {
+            match answer {
+                Ok(theirs) => lines.extend(theirs),
+                Err(err) => tracing::warn!(%peer, error = %err, "a node's logs could not be read"),
+            }
+        }
+        lines
     }
 }
 

@@ -3,7 +3,9 @@
 //! every node within a second; a node with an empty data directory serves everything; two
 //! nodes updating one function at once never lose an update; admin tokens work on
 //! every node; a dead node leaves `gust nodes`; writes go on with one NATS server killed;
-//! a timer fires once per tick across the nodes and across a node's kill (R-30, cluster).
+//! a timer fires once per tick across the nodes and across a node's kill (R-30, cluster);
+//! `gust usage` gives the same totals on every node, a new one included, and `gust fn logs`
+//! merges every node's lines.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -695,4 +697,151 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// `gust usage` totals of one function as a node reports them: (invocations, billed ms,
+/// GB-seconds in millionths).
+fn usage_totals(gust: &Gust, function: &str) -> (u64, u64, u64) {
+    let report: Value = serde_json::from_str(
+        &gust
+            .cli(&["usage", "--fn", function, "--since", "2h", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    // No row until the first record is stored.
+    let row = &report["rows"][0];
+    (
+        row["invocations"].as_u64().unwrap_or(0),
+        row["billed_ms"].as_u64().unwrap_or(0),
+        (row["gb_seconds"].as_f64().unwrap_or(0.0) * 1e6).round() as u64,
+    )
+}
+
+#[test]
+fn usage_totals_and_function_logs_are_the_same_from_every_node() {
+    let _alone = alone();
+    let nats = NatsCluster::start(3);
+    let gusts: Vec<Gust> = (0..3).map(|_| join(&nats)).collect();
+    gusts[0].deploy(
+        "metered",
+        "python",
+        "metered.py",
+        "def main(req):\n    print('ran', req.query.get('n'), flush=True)\n    return 'counted'\n",
+        &[],
+    );
+    // A different number of requests through each node: 5, 10 and 15.
+    let mut sent = 0;
+    for (index, gust) in gusts.iter().enumerate() {
+        until_served(gust, "/metered", 200, Some("counted"));
+        sent += 1;
+        for n in 0..(5 * (index + 1) - 1) {
+            let path = format!("/metered?n={index}-{n}");
+            let response = gust.http().get(gust.public_url(&path)).send().unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 30);
+
+    // Every node reports all 30 invocations, and the same totals to the millisecond.
+    let totals: Vec<_> = gusts
+        .iter()
+        .map(|gust| {
+            eventually(Duration::from_secs(20), || {
+                let totals = usage_totals(gust, "metered");
+                (totals.0 == sent).then_some(totals)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "a node never reported {sent} invocations: {:?}",
+                    usage_totals(gust, "metered")
+                )
+            })
+        })
+        .collect();
+    assert!(totals[0].1 >= sent, "{totals:?}");
+    assert!(
+        totals.iter().all(|t| *t == totals[0]),
+        "totals differ between nodes: {totals:?}"
+    );
+    // Each attempt is one raw record on every node, once.
+    for gust in &gusts {
+        let records: Vec<Value> = gust
+            .api(Method::GET, "/v1/usage/records?function=metered&limit=1000")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let ids: std::collections::HashSet<_> = records
+            .iter()
+            .map(|r| r["invocation_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!((records.len(), ids.len()), (30, 30));
+    }
+
+    // `gust fn logs` on any node merges every node's lines in time order, each with its node.
+    let ids: std::collections::BTreeSet<String> = nodes(&gusts[0])
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+    for gust in &gusts {
+        let lines: Vec<Value> = serde_json::from_str(
+            &gust
+                .cli(&["fn", "logs", "metered", "-o", "json"])
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        let ran: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["text"].as_str().unwrap().starts_with("ran "))
+            .collect();
+        let texts: std::collections::BTreeSet<&str> =
+            ran.iter().map(|l| l["text"].as_str().unwrap()).collect();
+        // 27 numbered requests and the 3 first ones (`ran None`).
+        assert_eq!((ran.len(), texts.len()), (30, 28), "{lines:?}");
+        let from: std::collections::BTreeSet<String> = ran
+            .iter()
+            .map(|l| l["node"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(from, ids, "lines come from every node");
+        let times: Vec<u64> = lines
+            .iter()
+            .map(|l| l["time_ms"].as_u64().unwrap())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+        // A cursor of every node's last line gives nothing more.
+        let mut last: HashMap<String, u64> = HashMap::new();
+        for line in &lines {
+            last.insert(
+                line["node"].as_str().unwrap().to_owned(),
+                line["seq"].as_u64().unwrap(),
+            );
+        }
+        let cursor: Vec<String> = last.iter().map(|(n, s)| format!("{n}={s}")).collect();
+        let after: Vec<Value> = gust
+            .api(
+                Method::GET,
+                &format!("/v1/functions/metered/logs?cursor={}", cursor.join(",")),
+            )
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(after, Vec::<Value>::new());
+    }
+
+    // A node that starts with an empty data directory reads the same totals from the stream.
+    let fresh = join(&nats);
+    let fresh_totals = eventually(Duration::from_secs(20), || {
+        let got = usage_totals(&fresh, "metered");
+        (got == totals[0]).then_some(got)
+    });
+    assert_eq!(
+        fresh_totals,
+        Some(totals[0]),
+        "the new node reports {:?}",
+        usage_totals(&fresh, "metered")
+    );
 }

@@ -448,23 +448,40 @@ async fn logs(
     request_id: Option<String>,
     format: Format,
 ) -> anyhow::Result<()> {
+    // Where the next poll resumes: one sequence number, or one per node in a cluster (each
+    // node numbers its own lines).
     let mut after: Option<u64> = None;
+    let mut cursor: std::collections::BTreeMap<String, u64> = Default::default();
     loop {
         let mut path = ApiPath::new(["v1", "functions", name, "logs"]).query("limit", 1000);
-        if let Some(after) = after {
+        if !cursor.is_empty() {
+            let pairs: Vec<String> = cursor.iter().map(|(n, s)| format!("{n}={s}")).collect();
+            path = path.query("cursor", pairs.join(","));
+        } else if let Some(after) = after {
             path = path.query("after", after);
         }
         if let Some(id) = &request_id {
             path = path.query("request_id", id);
         }
         let lines: Vec<LogLine> = client.json(Method::GET, &path, NO_BODY).await?;
-        if let Some(last) = lines.last() {
-            after = Some(last.seq);
+        for line in &lines {
+            match &line.node {
+                Some(node) => {
+                    let last = cursor.entry(node.clone()).or_default();
+                    *last = (*last).max(line.seq);
+                }
+                None => after = Some(line.seq),
+            }
         }
         if format == Format::Table {
             for line in &lines {
+                let node = line
+                    .node
+                    .as_ref()
+                    .map(|node| format!("{node} "))
+                    .unwrap_or_default();
                 println!(
-                    "{} {} {} {} {}",
+                    "{} {node}{} {} {} {}",
                     humantime::format_rfc3339_millis(
                         std::time::UNIX_EPOCH + Duration::from_millis(line.time_ms)
                     ),

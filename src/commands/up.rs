@@ -14,7 +14,7 @@ use clap::Args;
 use gust_api::{AdminToken, ApiState, Builds, NodeDirectory, TokenCheck, api_router};
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
 use gust_builder::{Builder, BuilderConfig};
-use gust_cluster::{ClusterOptions, ClusterQueue, QueueRetention};
+use gust_cluster::{ClusterOptions, ClusterQueue, ClusterUsage, QueueRetention};
 use gust_edge::{BodyBudget, ConnectionLimits};
 use gust_executor::{
     Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
@@ -165,9 +165,13 @@ pub struct UpArgs {
     max_builds: usize,
     /// NATS servers of a cluster to join, comma-separated (`nats://h1:4222,nats://h2:4222`;
     /// `tls://` for TLS). Nodes share metadata, code and the asynchronous queue through
-    /// JetStream; the data directory keeps caches, this node's usage records and logs
+    /// JetStream; the data directory keeps caches, this node's logs and its copy of the usage records
     #[arg(long, env = "GUST_CLUSTER", value_delimiter = ',')]
     cluster: Vec<String>,
+    /// The API's URL as other nodes reach it (`gust fn logs` gathers their lines through
+    /// it) [default: the address it is bound to]; needed when it binds 0.0.0.0
+    #[arg(long, env = "GUST_ADVERTISE_API")]
+    advertise_api: Option<String>,
     /// NATS credentials file (JWT and NKey seed) for --cluster
     #[arg(long, env = "GUST_NATS_CREDS")]
     nats_creds: Option<PathBuf>,
@@ -370,7 +374,6 @@ async fn assemble(
         )
         .context("cannot open the metadata store")?,
     );
-    let usage_store: Arc<dyn UsageStore> = embedded.clone();
     let code = Arc::new(CodeStore::open(
         &data_dir.join("code"),
         CodeLimits::default(),
@@ -396,6 +399,18 @@ async fn assemble(
     };
     let store: Arc<dyn MetadataStore> = match &joined {
         Some(joined) => joined.store.clone(),
+        None => embedded.clone(),
+    };
+    // In a cluster usage records go to JetStream once each, and every node folds all of
+    // them into its embedded store: `gust usage` gives the same totals on every node.
+    let usage_store: Arc<dyn UsageStore> = match &joined {
+        Some(joined) => ClusterUsage::open(
+            &joined.cluster,
+            embedded.clone(),
+            settings.usage_retention.records,
+            data_dir.join("usage-stream.position"),
+        )
+        .context("cannot open the cluster's usage stream")?,
         None => embedded.clone(),
     };
     // In a cluster the asynchronous queue is JetStream's: every node takes work from it.
@@ -529,7 +544,10 @@ async fn assemble(
     };
     let this_node = Arc::new(ThisNode {
         id: node_id,
-        api: url_of(&api_listener)?,
+        api: match (&args.advertise_api, &api_listener) {
+            (Some(url), Some(_)) => Some(url.clone()),
+            _ => url_of(&api_listener)?,
+        },
         public: url_of(&public_listener)?,
         roles: settings.roles.iter().map(|r| r.to_string()).collect(),
         started_at_ms: crate::cluster::now_ms(),
@@ -538,7 +556,11 @@ async fn assemble(
     let (tokens, nodes): (Arc<dyn TokenCheck>, Arc<dyn NodeDirectory>) = match &joined {
         Some(joined) => (
             Arc::new(ClusterTokens(joined.store.clone())),
-            Arc::new(ClusterNodes(joined.nodes.clone())),
+            Arc::new(ClusterNodes::new(
+                joined.nodes.clone(),
+                this_node.id.clone(),
+                token.expose().to_owned(),
+            )?),
         ),
         None => (Arc::new(token.clone()), this_node.clone()),
     };

@@ -201,15 +201,38 @@ pub struct InvokeQuery {
     pub asynchronous: bool,
 }
 
-/// `?after=&request_id=&limit=` of `/v1/functions/{name}/logs`.
+/// `?after=&cursor=&request_id=&limit=&local=` of `/v1/functions/{name}/logs`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Lines after this sequence number (a previous answer's last `seq`).
     pub after: Option<u64>,
+    /// In a cluster, where each node's lines resume: `node=seq` pairs, comma-separated (the
+    /// last `seq` a previous answer held of each `node`). Replaces `after`.
+    pub cursor: Option<String>,
     /// Only the lines of this request.
     pub request_id: Option<String>,
     pub limit: Option<usize>,
+    /// This node's lines only, not merged with the other nodes' (what nodes ask each other).
+    #[serde(default)]
+    pub local: bool,
+}
+
+/// Parses a [`LogsQuery::cursor`]: `node=seq` pairs, comma-separated.
+pub fn parse_log_cursor(cursor: &str) -> Result<Vec<(String, u64)>, String> {
+    cursor
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (node, seq) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("cursor entry {pair:?} is not node=seq"))?;
+            let seq = seq
+                .parse()
+                .map_err(|_| format!("cursor entry {pair:?}: {seq:?} is not a sequence number"))?;
+            Ok((node.to_owned(), seq))
+        })
+        .collect()
 }
 
 /// One line a function's instance printed.
@@ -224,6 +247,9 @@ pub struct LogLine {
     pub request_id: Option<String>,
     /// The line with control characters escaped (`\x1b`), so it is safe on a terminal.
     pub text: String,
+    /// The node whose instance printed it; set in a cluster, where `seq` counts per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[cfg(test)]

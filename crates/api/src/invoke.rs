@@ -1,9 +1,12 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use gust_api_types::{Accepted, ErrorBody, InvokeQuery, LogLine, LogsQuery, NamespaceQuery};
+use gust_api_types::{
+    Accepted, ErrorBody, InvokeQuery, LogLine, LogsQuery, NamespaceQuery, parse_log_cursor,
+};
 use gust_edge::{
     accepted_response, add_param_headers, forwardable_headers, function_response,
     invoke_error_response, unsupported_transfer_coding,
@@ -12,7 +15,7 @@ use gust_executor::{Enqueue, Invocation, LogQuery, RequestId, TriggerKind, funct
 use gust_model::AsyncSource;
 use http::{HeaderValue, Method};
 
-use crate::{ApiError, ApiState, Scoped};
+use crate::{ApiError, ApiState, PeerLogsRequest, Scoped};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -127,25 +130,56 @@ pub async fn logs(
             name: function.to_string(),
         });
     }
-    let lines = state.logs.read(
-        &function_key(&namespace, &function),
-        &LogQuery {
-            after: query.after,
+    // In a cluster, each node's lines resume from their own point (`seq` counts per node)
+    // and, unless only this node's are asked for, every live node's are merged in time order.
+    let this_node = state.nodes.cluster_node_id().map(str::to_owned);
+    let cursor: HashMap<String, u64> = match &query.cursor {
+        Some(cursor) => parse_log_cursor(cursor)
+            .map_err(|e| ApiError::Invalid(format!("cursor: {e}")))?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
+    let local_after = match (&this_node, &query.cursor) {
+        (Some(id), Some(_)) => cursor.get(id).copied(),
+        _ => query.after,
+    };
+    let mut lines: Vec<LogLine> = state
+        .logs
+        .read(
+            &function_key(&namespace, &function),
+            &LogQuery {
+                after: local_after,
+                request_id: query.request_id.clone(),
+                limit: query.limit,
+            },
+        )
+        .into_iter()
+        .map(|line| LogLine {
+            seq: line.seq,
+            time_ms: line.time_ms,
+            stream: line.stream.as_str().to_owned(),
+            instance: line.instance,
+            request_id: line.request_id,
+            text: line.text,
+            node: this_node.clone(),
+        })
+        .collect();
+    if this_node.is_some() && !query.local {
+        let peers = PeerLogsRequest {
+            namespace: namespace.to_string(),
+            function: function.to_string(),
+            after: cursor,
             request_id: query.request_id,
             limit: query.limit,
-        },
-    );
-    Ok(Json(
-        lines
-            .into_iter()
-            .map(|line| LogLine {
-                seq: line.seq,
-                time_ms: line.time_ms,
-                stream: line.stream.as_str().to_owned(),
-                instance: line.instance,
-                request_id: line.request_id,
-                text: line.text,
-            })
-            .collect::<Vec<_>>(),
-    ))
+        };
+        lines.extend(state.nodes.peer_logs(&peers).await);
+        lines.sort_by(|a, b| (a.time_ms, &a.node, a.seq).cmp(&(b.time_ms, &b.node, b.seq)));
+        if let Some(limit) = query.limit
+            && lines.len() > limit
+        {
+            lines.drain(..lines.len() - limit);
+        }
+    }
+    Ok(Json(lines))
 }

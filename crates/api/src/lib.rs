@@ -23,7 +23,7 @@ mod usage;
 
 pub use builds::Builds;
 pub use error::ApiError;
-pub use nodes::NodeDirectory;
+pub use nodes::{NodeDirectory, PeerLogsRequest};
 pub use token::{AdminToken, TokenCheck};
 
 use std::sync::Arc;

@@ -15,6 +15,8 @@
 //! - stream `GUST_ASYNC` and buckets `gust-invocations`, `gust-dead-letters`: the
 //!   asynchronous queue (see [`ClusterQueue`]); timer ticks go in as messages whose id is
 //!   (timer, tick time), which JetStream keeps once;
+//! - stream `GUST_USAGE`: every attempt's usage record, once per (invocation, attempt); every
+//!   node folds it into its embedded store (see [`ClusterUsage`]);
 //! - object store `gust-code`: code trees as tar streams, named by digest.
 
 mod bridge;
@@ -22,11 +24,13 @@ mod code;
 mod metadata;
 mod nodes;
 mod queue;
+mod usage;
 
 pub use code::ClusterCode;
 pub use metadata::{ClusterStore, MetadataChanges};
 pub use nodes::{HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, NodeHeartbeat, Nodes};
 pub use queue::{ClusterQueue, QueueRetention};
+pub use usage::ClusterUsage;
 
 use std::path::PathBuf;
 use std::time::Duration;
