@@ -3,7 +3,9 @@
 //! every node within a second; a node with an empty data directory serves everything; two
 //! nodes updating one function at once never lose an update; admin tokens work on
 //! every node; a dead node leaves `gust nodes`; writes go on with one NATS server killed;
-//! a timer fires once per tick across the nodes and across a node's kill (R-30, cluster);
+//! a timer fires once per tick for 20 s across the nodes and a node's kill (R-30, cluster);
+//! 1,000 queue-trigger messages shared by three nodes, one killed mid-batch and started
+//! again, none lost (R-21, cluster);
 //! `gust usage` gives the same totals on every node, a new one included, and `gust fn logs`
 //! merges every node's lines.
 
@@ -338,7 +340,7 @@ fn with_nats_gone_writes_answer_503_routes_keep_serving_and_nodes_catch_up_after
 fn queue_trigger_on_three_nodes(kind: BrokerKind) {
     let broker = Broker::start(kind);
     let nats = NatsCluster::start(1);
-    let gusts: Vec<Gust> = (0..3).map(|_| join(&nats)).collect();
+    let mut gusts: Vec<Gust> = (0..3).map(|_| join(&nats)).collect();
     let code = gusts[0].write_file("echo/main.py", "def main(req):\n    return req.body\n");
     gusts[0]
         .cli(&[
@@ -382,18 +384,36 @@ fn queue_trigger_on_three_nodes(kind: BrokerKind) {
         })
         .unwrap_or_else(|| panic!("{}: a node never connected:\n{}", kind.as_str(), gust.log()));
     }
-    let count = 600;
+    let count = 1000;
     let payloads: Vec<Vec<u8>> = (0..count)
         .map(|i| format!("job-{i}").into_bytes())
         .collect();
     broker.publish(&topic, &payloads);
+    // R-21 in a cluster: one node killed with kill -9 mid-batch and started again (same data
+    // directory, so the same consumer identity): nothing is lost.
+    let started = broker.collect_until(&mut collector, Duration::from_secs(60), |messages| {
+        messages.len() >= 150
+    });
+    assert!(
+        started,
+        "{}: the nodes did not start consuming",
+        kind.as_str()
+    );
+    gusts[2].restart();
     let expected: std::collections::BTreeSet<String> =
         (0..count).map(|i| format!("job-{i}")).collect();
     let complete = broker.collect_until(&mut collector, Duration::from_secs(120), |messages| {
         let seen: std::collections::BTreeSet<String> = messages.iter().map(|m| m.text()).collect();
         expected.is_subset(&seen)
     });
-    assert!(complete, "{}: messages were lost", kind.as_str());
+    let seen: std::collections::BTreeSet<String> =
+        collector.messages.iter().map(|m| m.text()).collect();
+    assert!(
+        complete,
+        "{}: {} messages lost",
+        kind.as_str(),
+        expected.difference(&seen).count()
+    );
     let mut per_node = Vec::new();
     for gust in &gusts {
         let shown: Value =
@@ -402,15 +422,15 @@ fn queue_trigger_on_three_nodes(kind: BrokerKind) {
         per_node.push(shown["status"]["succeeded"].as_u64().unwrap());
     }
     let replies = collector.messages.len();
+    // The restarted node counts from its restart.
     eprintln!(
-        "{}: {count} messages, {replies} replies ({} duplicates), succeeded per node {per_node:?}",
+        "{}: {count} messages, {replies} replies ({} duplicates), succeeded per node {per_node:?} (the last one since its restart)",
         kind.as_str(),
         replies - count
     );
-    assert_eq!(
-        per_node.iter().sum::<u64>() as usize,
-        replies,
-        "{per_node:?}"
+    assert!(
+        per_node[0] > 0 && per_node[1] > 0,
+        "the messages were not shared: {per_node:?}"
     );
 }
 
@@ -647,20 +667,21 @@ fn a_timer_fires_once_per_tick_across_three_nodes_and_a_node_kill() {
             "* * * * * *",
         ])
         .ok();
+    // 20 s of a 1 s timer, one node killed after 8.
     let started_ms = now_ms();
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(8));
     gusts[2].kill9();
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(12));
     gusts[0].cli(&["timer", "delete", "everysecond"]).ok();
     let stopped_ms = now_ms();
     // The killed node runs what it had accepted when it comes back.
     gusts[2].start_again();
     std::thread::sleep(Duration::from_secs(3));
 
+    // Every node holds every node's usage records: one node's view has every run, and a tick
+    // run twice shows as two invocations of the same tick.
     let mut ticks: HashMap<u64, usize> = HashMap::new();
-    for gust in &gusts {
-        ticks_run(gust, "tick", &mut ticks);
-    }
+    ticks_run(&gusts[0], "tick", &mut ticks);
     let twice: Vec<_> = ticks.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "ticks fired more than once: {twice:?}");
     // Every whole second between the timer's first tick and its delete fired.
@@ -678,18 +699,10 @@ fn a_timer_fires_once_per_tick_across_three_nodes_and_a_node_kill() {
             fired
         }
     );
-    let nodes_that_fired = gusts
-        .iter()
-        .filter(|gust| {
-            let mut mine = HashMap::new();
-            ticks_run(gust, "tick", &mut mine);
-            !mine.is_empty()
-        })
-        .count();
-    eprintln!(
-        "{} ticks fired once each, by {nodes_that_fired} nodes",
-        ticks.len()
-    );
+    let mut seen_elsewhere = HashMap::new();
+    ticks_run(&gusts[1], "tick", &mut seen_elsewhere);
+    assert_eq!(seen_elsewhere, ticks, "two nodes report different runs");
+    eprintln!("{} ticks fired once each", ticks.len());
 }
 
 fn now_ms() -> u64 {
