@@ -7,7 +7,7 @@
 //! 1,000 queue-trigger messages shared by three nodes, one killed mid-batch and started
 //! again, none lost (R-21, cluster);
 //! `gust usage` gives the same totals on every node, a new one included, and `gust fn logs`
-//! merges every node's lines.
+//! merges every node's lines; a node joins NATS over TLS trusting `--nats-ca`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -856,5 +856,41 @@ fn usage_totals_and_function_logs_are_the_same_from_every_node() {
         Some(totals[0]),
         "the new node reports {:?}",
         usage_totals(&fresh, "metered")
+    );
+}
+
+#[test]
+fn a_node_joins_nats_over_tls_trusting_the_given_ca_and_refuses_an_unknown_certificate() {
+    let _alone = alone();
+    let nats = NatsCluster::start_tls();
+    let ca = nats.ca().unwrap().to_str().unwrap().to_owned();
+    assert!(nats.urls().starts_with("tls://"), "{}", nats.urls());
+    let gust = join_with(&nats, &["--nats-ca", &ca]);
+    gust.deploy(
+        "secure",
+        "python",
+        "secure.py",
+        "def main():\n    return 'over tls'\n",
+        &[],
+    );
+    until_served(&gust, "/secure", 200, Some("over tls"));
+    assert_eq!(nodes(&gust).len(), 1);
+
+    // Without the CA the server's certificate is not trusted: the node does not start (its
+    // error says NATS did not answer, not that the certificate was refused).
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(GUST)
+        .args(["up", "--no-sandbox", "--listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0", "--cluster", &nats.urls()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot join the cluster"), "{stderr}");
+    eprintln!(
+        "without the CA: {}",
+        stderr.lines().last().unwrap_or_default()
     );
 }

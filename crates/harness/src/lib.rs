@@ -4,6 +4,7 @@
 
 pub mod brokers;
 pub mod nats_cluster;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

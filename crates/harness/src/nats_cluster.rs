@@ -19,13 +19,29 @@ struct Server {
 pub struct NatsCluster {
     _dir: tempfile::TempDir,
     servers: Vec<Server>,
+    /// Clients connect with TLS (`tls://` URLs), trusting this CA (PEM).
+    tls: Option<PathBuf>,
 }
 
 impl NatsCluster {
     /// Starts `size` servers (a cluster when more than one) and waits until JetStream
     /// answers on each.
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, false)
+    }
+
+    /// One server whose clients must connect with TLS, its certificate (for 127.0.0.1) signed
+    /// by a test CA: [`NatsCluster::ca`].
+    pub fn start_tls() -> Self {
+        Self::start_with(1, true)
+    }
+
+    fn start_with(size: usize, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
+        let tls = tls.then(|| {
+            crate::tls::certificates(dir.path(), "IP:127.0.0.1");
+            dir.path().join("ca.pem")
+        });
         let servers: Vec<Server> = (0..size)
             .map(|index| Server {
                 name: format!("n{}", index + 1),
@@ -35,7 +51,11 @@ impl NatsCluster {
                 process: None,
             })
             .collect();
-        let mut cluster = Self { _dir: dir, servers };
+        let mut cluster = Self {
+            _dir: dir,
+            servers,
+            tls,
+        };
         for index in 0..size {
             cluster.write_config(index);
         }
@@ -55,7 +75,13 @@ impl NatsCluster {
     }
 
     pub fn url(&self, index: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.servers[index].port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.servers[index].port)
+    }
+
+    /// The CA (PEM) the servers' certificates were signed by, when they use TLS.
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.tls.as_deref()
     }
 
     fn write_config(&self, index: usize) {
@@ -67,6 +93,14 @@ impl NatsCluster {
             port = server.port,
             store = server.dir.join("store").display(),
         );
+        if let Some(ca) = &self.tls {
+            let dir = ca.parent().expect("the CA's directory");
+            config.push_str(&format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+                dir.join("server.pem").display(),
+                dir.join("server.key").display()
+            ));
+        }
         if self.servers.len() > 1 {
             let routes: Vec<String> = self
                 .servers
@@ -111,7 +145,11 @@ impl NatsCluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ready = runtime.block_on(async {
-                let client = async_nats::connect(&url).await.ok()?;
+                let mut options = async_nats::ConnectOptions::new();
+                if let Some(ca) = &self.tls {
+                    options = options.add_root_certificates(ca.clone());
+                }
+                let client = options.connect(&url).await.ok()?;
                 let reply = tokio::time::timeout(
                     Duration::from_secs(2),
                     client.request("$JS.API.INFO", "".into()),
