@@ -474,7 +474,7 @@ impl Builder {
             .map_err(|e| internal(&e))?;
         let (code, limits) = (self.code.clone(), self.config.output);
         let ingest = tokio::task::spawn_blocking(move || {
-            code.ingest_tar_stream(std::fs::File::from(stdout), limits)
+            ingest_build_output(&code, std::fs::File::from(stdout), limits)
         });
         let stderr = child.stderr.take().expect("stderr is piped");
         let said = log_lines(stderr, log);
@@ -500,9 +500,14 @@ impl Builder {
         if out_of_memory {
             return Err(BuildFailure::OutOfMemory(self.config.memory_mb));
         }
-        // A refused output stops the stream; the build then fails too, for that reason.
-        if let Err(StoreError::InvalidCode { reason }) = &ingested {
-            return Err(BuildFailure::Output(reason.clone()));
+        // A refused output stops the stream (the build then dies of SIGPIPE): the refusal is
+        // the reason, not the exit status.
+        match &ingested {
+            Err(StoreError::InvalidCode { reason }) => {
+                return Err(BuildFailure::Output(reason.clone()));
+            }
+            Err(other) => return Err(internal(other)),
+            Ok(_) => {}
         }
         if !status.success() {
             return Err(BuildFailure::Failed {
@@ -596,6 +601,27 @@ impl Drop for CgroupGuard {
             cgroup.remove();
         }
     }
+}
+
+/// What may follow the end of a build's tar archive and is read away: GNU tar pads its last
+/// record (10 KiB unless told otherwise).
+const TRAILER_MAX_BYTES: u64 = 4 << 20;
+
+/// Unpacks a build's tar stream into the store, then reads what follows the archive's end.
+/// The unpacker stops at the end-of-archive blocks, but tar is still writing its last record's
+/// padding; closing the pipe there would kill it with SIGPIPE whenever the pipe happened to be
+/// full, failing a build that succeeded (exit status 141).
+fn ingest_build_output(
+    code: &Arc<CodeStore>,
+    mut output: std::fs::File,
+    limits: CodeLimits,
+) -> Result<(CodePin, u64), StoreError> {
+    let ingested = code.ingest_tar_stream(&mut output, limits)?;
+    let _ = std::io::copy(
+        &mut std::io::Read::take(output, TRAILER_MAX_BYTES),
+        &mut std::io::sink(),
+    );
+    Ok(ingested)
 }
 
 /// Passes what a build says to its log, line by line, holding at most one line's worth of
@@ -836,6 +862,34 @@ fn client_configuration(config: &BuilderConfig) -> (Vec<BuildFile>, Vec<(String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tar_stream_is_read_to_its_end_so_tar_is_not_killed_by_sigpipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::create_dir(&source).unwrap();
+        std::fs::write(source.join("module.py"), "x = 1\n").unwrap();
+        let limits = CodeLimits {
+            max_files: 10,
+            max_total_bytes: 1 << 20,
+        };
+        let code = Arc::new(CodeStore::open(&dir.path().join("code"), limits).unwrap());
+        // Records of 1 MiB: after the end-of-archive blocks comes far more padding than a
+        // pipe holds, so tar is blocked writing it when the unpacker has seen the end.
+        let mut tar = std::process::Command::new("tar")
+            .args(["--blocking-factor=2048", "-cf", "-", "-C"])
+            .arg(&source)
+            .arg(".")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = OwnedFd::from(tar.stdout.take().unwrap());
+        let (pin, bytes) = ingest_build_output(&code, output.into(), limits).unwrap();
+        assert_eq!(bytes, 6);
+        assert!(code.tree(pin.digest()).join("module.py").is_file());
+        let status = tar.wait().unwrap();
+        assert!(status.success(), "tar ended with {status}");
+    }
 
     #[test]
     fn a_build_reaches_the_registries_its_clients_are_set_up_for() {
