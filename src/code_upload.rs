@@ -14,6 +14,15 @@ use crate::client::{ApiClient, ApiPath};
 /// Packs `path` and sends it to Gust; returns what the function's body names.
 pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeSource> {
     let (filename, bytes) = pack(path)?;
+    send(client, filename, bytes).await
+}
+
+/// Sends packed code to Gust; returns what the function's body names.
+pub async fn send(
+    client: &ApiClient,
+    filename: String,
+    bytes: Vec<u8>,
+) -> anyhow::Result<CodeSource> {
     let response = client
         .send(
             Method::POST,
@@ -35,7 +44,8 @@ pub async fn upload(client: &ApiClient, path: &Path) -> anyhow::Result<CodeSourc
     })
 }
 
-fn pack(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+/// The upload's file name and bytes: a file as it is, a directory as a gzipped tar.
+pub fn pack(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read code at {}", path.display()))?;
     let (filename, bytes) = if meta.is_dir() {

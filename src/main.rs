@@ -4,6 +4,7 @@
 //! the embedded store, the process runtime, the executor, the router and the API together.
 //! Every other command is an API client.
 
+mod app;
 mod cli_config;
 mod client;
 mod cluster;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
-    completion, dlq, env, function, invocation, mqt, nodes, route, timer, up, usage, version,
+    apps, completion, dlq, env, function, invocation, mqt, nodes, route, timer, up, usage, version,
 };
 
 /// mimalloc instead of the C library's allocator: memory freed on another thread than the one
@@ -45,7 +46,7 @@ pub enum Command {
     Up(Box<up::UpArgs>),
     /// Create, update, inspect, invoke and delete functions.
     #[command(name = "fn")]
-    Function(function::FunctionArgs),
+    Function(Box<function::FunctionArgs>),
     /// Manage environments (language runtimes).
     Env(env::EnvArgs),
     /// Manage HTTP routes (triggers on the public listener).
@@ -60,6 +61,14 @@ pub enum Command {
     Dlq(dlq::DlqArgs),
     /// Show what functions used and cost: invocations, GB-seconds, CPU.
     Usage(usage::UsageArgs),
+    /// Make the platform match an app file (gust.yaml): create, update, and with --prune delete.
+    Apply(apps::ApplyArgs),
+    /// Check an app file offline: each problem with its file, line and column.
+    Validate(apps::ValidateArgs),
+    /// Write an app or some functions from the server as gust.yaml, code beside it.
+    Export(apps::ExportArgs),
+    /// Print the JSON Schema of gust.yaml, for editors.
+    Schema,
     /// Print a shell completion script.
     Completion(completion::CompletionArgs),
     /// Print the client's and the server's release and commit.
@@ -110,7 +119,11 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up(args) => up::run(*args),
         Command::Completion(args) => completion::run(args),
-        Command::Function(args) => client::block_on(function::run(args, &cli.connection)),
+        Command::Apply(args) => client::block_on(apps::apply(args, &cli.connection)),
+        Command::Validate(args) => apps::validate(args, &cli.connection),
+        Command::Export(args) => client::block_on(apps::export_app(args, &cli.connection)),
+        Command::Schema => apps::print_schema(),
+        Command::Function(args) => client::block_on(function::run(*args, &cli.connection)),
         Command::Env(args) => client::block_on(env::run(args, &cli.connection)),
         Command::Usage(args) => client::block_on(usage::run(args, &cli.connection)),
         Command::Route(args) => client::block_on(route::run(args, &cli.connection)),

@@ -247,6 +247,13 @@ fn every_documented_operation_answers_as_documented() {
                 None,
                 200,
             ),
+            call(
+                Method::GET,
+                "/v1/functions/{name}/code",
+                "/v1/functions/built/code",
+                None,
+                200,
+            ),
         ],
     );
 

@@ -366,6 +366,7 @@ async fn create_route(
         prefix: false,
         async_only: false,
         allow_async: false,
+        app: None,
     };
     let created: anyhow::Result<Route> = client
         .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&route))
@@ -510,6 +511,21 @@ async fn deployed(
     done: &str,
     no_wait: bool,
 ) -> anyhow::Result<ExitCode> {
+    Ok(if wait_live(client, f, done, no_wait).await? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Says what a create or update did and, unless `no_wait`, waits for the dependency build of
+/// its newest revision; false when that build failed.
+pub(crate) async fn wait_live(
+    client: &ApiClient,
+    f: &FunctionView,
+    done: &str,
+    no_wait: bool,
+) -> anyhow::Result<bool> {
     let name = &f.name;
     let latest = f.latest_revision;
     let building = f
@@ -518,13 +534,13 @@ async fn deployed(
         .any(|b| b.revision == latest && b.state == BuildState::Building);
     if !building {
         eprintln!("function {name} {done} (revision {latest})");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(true);
     }
     if no_wait {
         eprintln!(
             "function {name} {done}: revision {latest} is building (follow it with `gust fn build-logs {name} -f`)"
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(true);
     }
     let build = wait_for_build(client, name.as_str(), latest).await?;
     match build.state {
@@ -533,7 +549,7 @@ async fn deployed(
                 "function {name} {done} (revision {latest}: {})",
                 build_outcome(&build)
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(true)
         }
         _ => {
             eprintln!(
@@ -545,7 +561,7 @@ async fn deployed(
                 },
                 build.error.as_deref().unwrap_or("(no reason recorded)")
             );
-            Ok(ExitCode::FAILURE)
+            Ok(false)
         }
     }
 }

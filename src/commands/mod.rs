@@ -1,3 +1,4 @@
+pub mod apps;
 pub mod completion;
 pub mod dlq;
 pub mod env;

@@ -20,7 +20,7 @@ pub struct MqtArgs {
 #[derive(Debug, Subcommand)]
 enum MqtCommand {
     /// Deliver every message of a topic to a function, at least once.
-    Create(MqTriggerConfig),
+    Create(Box<MqTriggerConfig>),
     /// List queue triggers with their connection state and last error.
     List(OutputArgs),
     /// Show one queue trigger.

@@ -108,6 +108,7 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
                 prefix,
                 async_only: asynchronous,
                 allow_async,
+                app: None,
             };
             let route: Route = client
                 .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&body))

@@ -81,6 +81,7 @@ pub async fn run(args: TimerArgs, connection: &ConnectionArgs) -> anyhow::Result
                 function: function.clone(),
                 cron: cron.clone(),
                 tz,
+                app: None,
             };
             let view: TimerView = client
                 .json(Method::POST, &ApiPath::new(["v1", "timers"]), Some(&body))

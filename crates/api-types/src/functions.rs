@@ -128,6 +128,9 @@ pub struct FunctionView {
     /// Retry budget of asynchronous invocations.
     pub delivery: Delivery,
     pub code_digest: String,
+    /// The code as uploaded (before any dependency build): what `gust apply` compares with a
+    /// local tree's digest to tell whether the code changed.
+    pub source_digest: String,
     pub code_file: Option<String>,
     pub code_bytes: u64,
     pub updated_at_ms: u64,
@@ -139,6 +142,19 @@ pub struct FunctionView {
     /// dependencies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub builds: Vec<BuildView>,
+    /// The app (`gust apply`) the function belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Name>,
+}
+
+/// `?replace=` of `PUT /v1/functions/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UpdateQuery {
+    /// The body is the whole configuration: settings it leaves out go back to their defaults
+    /// instead of staying as they are (what `gust apply` sends). Code left out stays.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// One revision's dependency build.

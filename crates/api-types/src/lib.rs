@@ -19,7 +19,7 @@ pub use asynchronous::{
 pub use error::ErrorBody;
 pub use functions::{
     BuildLogChunk, BuildQuery, BuildView, CodeSource, FunctionSpec, FunctionView, InstancesView,
-    InvokeQuery, LogLine, LogsQuery, RollbackRequest, ScalingView, parse_log_cursor,
+    InvokeQuery, LogLine, LogsQuery, RollbackRequest, ScalingView, UpdateQuery, parse_log_cursor,
 };
 pub use gust_model::FunctionSettings;
 pub use resources::{

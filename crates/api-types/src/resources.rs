@@ -70,6 +70,9 @@ pub struct MqTriggerView {
     pub content_type: Option<String>,
     pub created_at_ms: u64,
     pub status: TriggerStatusView,
+    /// The app (`gust apply`) the trigger belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// An upload received by `POST /v1/uploads`, to be named by a function's `code.upload`.

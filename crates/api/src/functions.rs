@@ -6,7 +6,7 @@ use base64::Engine;
 use bytes::Bytes;
 use gust_api_types::{
     CodeSource, FunctionSpec, FunctionView, InstancesView, NamespaceQuery, RollbackRequest,
-    ScalingView,
+    ScalingView, UpdateQuery,
 };
 use gust_executor::{
     EffectiveScaling, InstanceSpec, InvokeError, LogQuery, RequestId, function_key,
@@ -52,6 +52,13 @@ fn function_view(function: &Function, state: &ApiState) -> FunctionView {
         scaling: scaling_view(state.executor.config().effective(&current.scaling, tier)),
         delivery: current.delivery,
         code_digest: current.code.digest.clone(),
+        source_digest: current
+            .build
+            .as_ref()
+            .map_or(&current.code, |build| &build.source)
+            .digest
+            .clone(),
+        app: current.app.clone(),
         code_file: current.code.file.clone(),
         code_bytes: current.code.size_bytes,
         updated_at_ms: current.created_at_ms,
@@ -344,6 +351,28 @@ pub async fn revisions(
         .map(Json)
 }
 
+#[utoipa::path(get, path = "/functions/{name}/code", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), responses((status = 200, description = "the current revision's code as uploaded (before any dependency build), a tar archive", content_type = "application/x-tar")))]
+pub async fn code(
+    State(state): Shared,
+    scoped: Scoped,
+) -> Result<([(http::header::HeaderName, &'static str); 1], Vec<u8>), ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
+    state
+        .blocking(move |s| {
+            let function = load(s, &namespace, &name)?;
+            let current = function.current_revision();
+            let source = current.build.as_ref().map_or(&current.code, |b| &b.source);
+            // Held for as long as it is read: collection cannot take it meanwhile.
+            let _pin = s.code.pin(&source.digest);
+            let mut archive = Vec::new();
+            s.code.export_tar(&source.digest, &mut archive)?;
+            Ok(archive)
+        })
+        .await
+        .map(|archive| ([(http::header::CONTENT_TYPE, "application/x-tar")], archive))
+}
+
 #[utoipa::path(post, path = "/functions", tag = "functions", params(NamespaceQuery), request_body = FunctionSpec, responses((status = 201, body = FunctionView)))]
 pub async fn create(
     State(state): Shared,
@@ -396,6 +425,7 @@ pub async fn create(
                     created_at_ms: now_ms(),
                     copied_from: None,
                     keep_revisions: fields.keep_revisions,
+                    app: fields.app,
                     build: plan.as_ref().map(|plan| s.builds.building(plan, &code)),
                 }],
             };
@@ -438,10 +468,11 @@ pub async fn create(
         .map(|view| (StatusCode::CREATED, Json(view)))
 }
 
-#[utoipa::path(put, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), request_body = FunctionSpec, responses((status = 200, body = FunctionView)))]
+#[utoipa::path(put, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery, UpdateQuery), request_body = FunctionSpec, responses((status = 200, body = FunctionView)))]
 pub async fn update(
     State(state): Shared,
     scoped: Scoped,
+    Query(update): Query<UpdateQuery>,
     body: Bytes,
 ) -> Result<Json<FunctionView>, ApiError> {
     let namespace = scoped.namespace.clone();
@@ -456,7 +487,13 @@ pub async fn update(
             // Garbage collection waits until the new code's revision is stored.
             let _code = s.code.hold();
             let current = load(s, &namespace, &name)?;
-            let fields = config.apply(Some(current.current_revision()))?;
+            let base = (!update.replace).then(|| current.current_revision());
+            let fields = config.apply(base)?;
+            if update.replace && config.env.is_none() {
+                return Err(ApiError::Invalid(
+                    "env is required when the body replaces the whole configuration".into(),
+                ));
+            }
             let environment = fields
                 .environment
                 .clone()
@@ -508,6 +545,7 @@ pub async fn update(
                 created_at_ms: now_ms(),
                 copied_from: None,
                 keep_revisions: fields.keep_revisions,
+                app: fields.app,
                 build,
             };
             // Checked under the number it will most likely get; a concurrent update that takes
@@ -624,10 +662,12 @@ pub async fn rollback(
                     // How many revisions to keep is the function's setting now, not the
                     // old revision's.
                     let keep_revisions = function.current_revision().keep_revisions;
+                    let app = function.current_revision().app.clone();
                     function.push_revision(Revision {
                         created_at_ms: now_ms(),
                         copied_from: Some(target),
                         keep_revisions,
+                        app,
                         ..source
                     });
                     Ok(function)

@@ -237,6 +237,7 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
             functions::delete
         ))
         .routes(routes!(functions::revisions))
+        .routes(routes!(functions::code))
         .routes(routes!(functions::rollback))
         .routes(routes!(builds::show))
         .routes(routes!(builds::log))

@@ -36,6 +36,7 @@ fn trigger_view(trigger: MqTrigger, state: &ApiState) -> MqTriggerView {
         concurrency: trigger.concurrency,
         content_type: trigger.content_type,
         created_at_ms: trigger.created_at_ms,
+        app: trigger.app.map(|app| app.to_string()),
         status: TriggerStatusView {
             state: status.state.as_str().to_owned(),
             last_error: status.last_error,

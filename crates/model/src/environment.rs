@@ -151,26 +151,28 @@ impl Environment {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentConfig {
+    /// In `gust.yaml`, the entry's key instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Program and arguments as one shell-quoted string, e.g. `"/usr/bin/python3 /opt/srv.py"`.
     pub command: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_size: Option<u32>,
     /// Host paths the workers see read-only at the same place (`--mount`), for the program's
     /// own files.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<String>,
     /// A command that builds each upload into the package the workers load, as a Fission
     /// builder does: it reads `$SRC_PKG` and writes `$DEPLOY_PKG`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_cmd: Option<String>,
     /// The loopback TCP port the workers listen on, each in its own network namespace, as
     /// Fission's environment servers do (8888 for the `fission` protocols).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// `gust` (default), `fission` (Fission's environment servers, `/v2/specialize`) or
     /// `fission-v1` (`/specialize`, the code at `/userfunc/user`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
 }
 

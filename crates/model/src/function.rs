@@ -169,6 +169,9 @@ pub struct Revision {
     /// Its dependency build, when its code declares dependencies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    /// The app (`gust apply`) this function belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Name>,
 }
 
 impl Revision {
@@ -268,6 +271,7 @@ pub struct RevisionFields {
     pub scaling: Scaling,
     pub delivery: Delivery,
     pub keep_revisions: u32,
+    pub app: Option<Name>,
 }
 
 /// The settable fields of a function as a user writes them: the API's JSON fields, the CLI's
@@ -360,6 +364,10 @@ pub struct FunctionSettings {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_revisions: Option<u32>,
+    /// The app the function belongs to, as `gust apply` records it (an empty value clears it)
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 impl FunctionSettings {
@@ -446,7 +454,12 @@ impl FunctionSettings {
             Some(keep) => keep,
             None => base.map_or(DEFAULT_KEEP_REVISIONS, |r| r.keep_revisions),
         };
+        let app = match &self.app {
+            Some(app) => Name::parse_app(Some(app))?,
+            None => base.and_then(|r| r.app.clone()),
+        };
         Ok(RevisionFields {
+            app,
             environment,
             entrypoint,
             env_vars,
@@ -526,6 +539,7 @@ mod tests {
             copied_from: None,
             keep_revisions: DEFAULT_KEEP_REVISIONS,
             build: None,
+            app: None,
         }
     }
 

@@ -150,7 +150,7 @@ fn redact_url(url: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct MqTriggerConfig {
     /// Trigger name; generated and printed when omitted
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The function to invoke
     #[cfg_attr(feature = "cli", arg(long = "fn"))]
@@ -170,24 +170,28 @@ pub struct MqTriggerConfig {
     pub topic: String,
     /// Where the function's responses are published
     #[cfg_attr(feature = "cli", arg(long))]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resp_topic: Option<String>,
     /// Where messages go after their last failed attempt (else the dead-letter store)
     #[cfg_attr(feature = "cli", arg(long))]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_topic: Option<String>,
     /// Attempts after the first one [default: 3]
     #[cfg_attr(feature = "cli", arg(long))]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     /// Messages worked on at once; 1 keeps their order [default: 1]
     #[cfg_attr(feature = "cli", arg(long))]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
     /// Content type the function receives (else what the message says)
     #[cfg_attr(feature = "cli", arg(long))]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// The app the trigger belongs to, as `gust apply` records it
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 impl MqTriggerConfig {
@@ -261,6 +265,7 @@ impl MqTriggerConfig {
             concurrency,
             content_type,
             created_at_ms: now_ms,
+            app: Name::parse_app(self.app.as_deref())?,
         })
     }
 }
@@ -329,6 +334,9 @@ pub struct MqTrigger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     pub created_at_ms: u64,
+    /// The app (`gust apply`) this belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Name>,
 }
 
 impl MqTrigger {
@@ -365,6 +373,7 @@ mod tests {
             max_retries: None,
             concurrency: None,
             content_type: None,
+            app: None,
         }
     }
 

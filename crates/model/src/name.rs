@@ -33,6 +33,14 @@ impl Name {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The app a resource belongs to: none when absent or empty, else a valid name.
+    pub fn parse_app(value: Option<&str>) -> Result<Option<Self>, ModelError> {
+        match value {
+            None | Some("") => Ok(None),
+            Some(app) => Self::parse("app", app).map(Some),
+        }
+    }
 }
 
 fn is_valid_name(value: &str) -> bool {

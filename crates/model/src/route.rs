@@ -411,20 +411,23 @@ impl fmt::Display for PathPattern {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub function: String,
     pub url: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prefix: bool,
     /// Every request is invoked asynchronously (`202` with the invocation id).
-    #[serde(default, rename = "async")]
+    #[serde(default, rename = "async", skip_serializing_if = "std::ops::Not::not")]
     pub async_only: bool,
     /// A request with `X-Gust-Invoke: async` is invoked asynchronously.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_async: bool,
+    /// The app (`gust apply`) this belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// How a route invokes its function.
@@ -470,6 +473,7 @@ impl RouteConfig {
             methods: MethodSet::parse(&self.methods)?,
             prefix: self.prefix,
             mode,
+            app: Name::parse_app(self.app.as_deref())?,
         })
     }
 }
@@ -485,6 +489,9 @@ pub struct Route {
     pub prefix: bool,
     #[serde(default)]
     pub mode: RouteMode,
+    /// The app (`gust apply`) this belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Name>,
 }
 
 impl Route {
@@ -597,6 +604,7 @@ mod tests {
             prefix,
             async_only: false,
             allow_async: false,
+            app: None,
         }
         .validate(
             Namespace::default(),

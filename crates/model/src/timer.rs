@@ -146,12 +146,15 @@ impl From<Schedule> for ScheduleConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimerConfig {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub function: String,
     pub cron: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tz: Option<String>,
+    /// The app (`gust apply`) this belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 impl TimerConfig {
@@ -171,6 +174,7 @@ impl TimerConfig {
             function: Name::parse("function", &self.function)?,
             schedule: Schedule::parse(&self.cron, self.tz.as_deref())?,
             created_at_ms: now_ms,
+            app: Name::parse_app(self.app.as_deref())?,
         })
     }
 }
@@ -183,6 +187,9 @@ pub struct Timer {
     pub function: Name,
     pub schedule: Schedule,
     pub created_at_ms: u64,
+    /// The app (`gust apply`) this belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Name>,
 }
 
 #[cfg(test)]

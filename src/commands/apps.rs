@@ -1,0 +1,123 @@
+//! `gust apply`, `gust validate`, `gust export` and `gust schema`: apps kept as code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::app::export::{Selection, export};
+use crate::app::load::{LoadedApp, load};
+use crate::app::spec::resolve_file;
+use crate::app::{apply, plan, schema};
+use crate::client::{ApiClient, ConnectionArgs};
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The app file, or a directory holding gust.yaml
+    #[arg(long, short = 'f', default_value = "gust.yaml")]
+    file: PathBuf,
+    /// Print what would change and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Also delete resources of this app that the file no longer has
+    #[arg(long)]
+    prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The app file, or a directory holding gust.yaml
+    #[arg(long, short = 'f', default_value = "gust.yaml")]
+    file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Export every resource of this app
+    #[arg(
+        long,
+        conflicts_with = "functions",
+        required_unless_present = "functions"
+    )]
+    app: Option<String>,
+    /// Export these functions with their routes, timers and queue triggers (repeatable)
+    #[arg(long = "fn", value_name = "NAME")]
+    functions: Vec<String>,
+    /// The app name the exported file gives them [default: the first function's app, or its name]
+    #[arg(long, requires = "functions")]
+    app_name: Option<String>,
+    /// Where to write gust.yaml and the code (created if missing; nothing is overwritten)
+    #[arg(long, short = 'o', default_value = ".")]
+    output: PathBuf,
+}
+
+/// Reads and checks an app file; warnings go to stderr.
+fn read(file: &std::path::Path, namespace: &str) -> anyhow::Result<LoadedApp> {
+    let file = resolve_file(file);
+    let loaded = load(&file, namespace, &|name| std::env::var(name).ok())?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(loaded)
+}
+
+pub async fn apply(args: ApplyArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let loaded = read(&args.file, &connection.namespace)?;
+    let mut client = ApiClient::new(connection)?;
+    client.namespace = loaded.namespace(&connection.namespace);
+    let plan = plan::plan(&client, &loaded, args.prune).await?;
+    for step in &plan.steps {
+        println!("{step}");
+    }
+    println!("{}", plan.summary());
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if plan.changes() == 0 {
+        println!("no changes: the platform matches {}", loaded.file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    apply::execute(&client, &loaded, &plan).await?;
+    println!(
+        "applied {} changes of app {}",
+        plan.changes(),
+        loaded.spec.app
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn validate(args: ValidateArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let loaded = read(&args.file, &connection.namespace)?;
+    let spec = &loaded.spec;
+    println!(
+        "{}: app {} is valid ({} environments, {} functions, {} routes, {} timers, {} queue triggers)",
+        loaded.file.display(),
+        spec.app,
+        spec.environments.len(),
+        spec.functions.len(),
+        spec.routes.len(),
+        spec.timers.len(),
+        spec.queue_triggers.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export_app(args: ExportArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(connection)?;
+    let selection = match args.app {
+        Some(app) => Selection::App(app),
+        None => Selection::Functions {
+            app: args.app_name.unwrap_or_else(|| args.functions[0].clone()),
+            names: args.functions,
+        },
+    };
+    let file = export(&client, &selection, &args.output).await?;
+    println!("wrote {}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn print_schema() -> anyhow::Result<ExitCode> {
+    println!("{:#}", schema::json_schema());
+    Ok(ExitCode::SUCCESS)
+}
