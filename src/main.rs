@@ -15,6 +15,7 @@ mod garbage;
 mod node_config;
 mod output;
 mod roles;
+mod templates;
 mod tiers;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ pub enum Command {
     Export(apps::ExportArgs),
     /// Print the JSON Schema of gust.yaml, for editors.
     Schema,
+    /// Write a working starting point from a template: code, gust.yaml and a README.
+    New(apps::NewArgs),
     /// Print a shell completion script.
     Completion(completion::CompletionArgs),
     /// Print the client's and the server's release and commit.
@@ -123,6 +126,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Validate(args) => apps::validate(args, &cli.connection),
         Command::Export(args) => client::block_on(apps::export_app(args, &cli.connection)),
         Command::Schema => apps::print_schema(),
+        Command::New(args) => apps::new(args),
         Command::Function(args) => client::block_on(function::run(*args, &cli.connection)),
         Command::Env(args) => client::block_on(env::run(args, &cli.connection)),
         Command::Usage(args) => client::block_on(usage::run(args, &cli.connection)),

@@ -10,6 +10,7 @@ use crate::app::load::{LoadedApp, load};
 use crate::app::spec::resolve_file;
 use crate::app::{apply, plan, schema};
 use crate::client::{ApiClient, ConnectionArgs};
+use crate::templates;
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -114,6 +115,39 @@ pub async fn export_app(args: ExportArgs, connection: &ConnectionArgs) -> anyhow
     };
     let file = export(&client, &selection, &args.output).await?;
     println!("wrote {}", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The template (see --list)
+    #[arg(required_unless_present = "list")]
+    template: Option<String>,
+    /// Where to write it, a new or empty directory; its name is the app's [default: the
+    /// template's name]
+    dir: Option<PathBuf>,
+    /// List the templates
+    #[arg(long)]
+    list: bool,
+}
+
+pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let Some(name) = args.template.filter(|_| !args.list) else {
+        for template in templates::TEMPLATES {
+            println!("{:<14} {}", template.name, template.description);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let template = templates::find(&name)?;
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(template.name));
+    let app = templates::app_name(&dir)?;
+    templates::write(template, &dir, &app)?;
+    println!(
+        "wrote app {app} ({}) into {}: `gust apply -f {}` deploys it; its README says more",
+        template.name,
+        dir.display(),
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
