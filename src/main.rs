@@ -64,6 +64,8 @@ pub enum Command {
     Usage(usage::UsageArgs),
     /// Make the platform match an app file (gust.yaml): create, update, and with --prune delete.
     Apply(apps::ApplyArgs),
+    /// Apply an app file, then again on every save, streaming its functions' logs.
+    Dev(apps::DevArgs),
     /// Check an app file offline: each problem with its file, line and column.
     Validate(apps::ValidateArgs),
     /// Write an app or some functions from the server as gust.yaml, code beside it.
@@ -123,6 +125,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(*args),
         Command::Completion(args) => completion::run(args),
         Command::Apply(args) => client::block_on(apps::apply(args, &cli.connection)),
+        Command::Dev(args) => client::block_on(apps::dev(args, &cli.connection)),
         Command::Validate(args) => apps::validate(args, &cli.connection),
         Command::Export(args) => client::block_on(apps::export_app(args, &cli.connection)),
         Command::Schema => apps::print_schema(),

@@ -302,3 +302,89 @@ fn bad_files_are_refused_with_their_location_and_nothing_is_applied() {
         .failed();
     assert!(offline.contains(cases[0].1), "{offline}");
 }
+
+#[test]
+fn dev_applies_each_save_streams_logs_and_keeps_the_last_good_revision() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let gust = Gust::start(GUST, GustOptions::default());
+    let dir = gust.scratch().join("loop");
+    gust.cli(&["new", "python-http", dir.to_str().unwrap()])
+        .ok();
+    let mut dev = gust
+        .cli_command(&["dev", "-f", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both streams, line by line, into one list the test reads.
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stdout = dev.stdout.take().unwrap();
+    let stderr = dev.stderr.take().unwrap();
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let said = said.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                said.lock().unwrap().push(line);
+            }
+        });
+    }
+    let wait_for = |what: &dyn Fn() -> bool, why: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !what() {
+            assert!(
+                Instant::now() < deadline,
+                "{why}; gust dev said:\n{}",
+                said.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let answers = |expected: &str| gust.get("/loop").text().unwrap() == expected;
+    let has = |needle: &str| said.lock().unwrap().iter().any(|l| l.contains(needle));
+    wait_for(&|| has("watching"), "never started watching");
+    assert!(answers("hello, world\n"));
+    assert!(has("live in"), "{:?}", said.lock().unwrap());
+
+    // A save goes live, and what the function prints shows under its name.
+    std::fs::write(
+        dir.join("main.py"),
+        "def main(req):\n    print('saw a request')\n    return 'saved'\n",
+    )
+    .unwrap();
+    wait_for(&|| answers("saved"), "the saved code never went live");
+    wait_for(&|| has("loop | saw a request"), "the log line never showed");
+    assert!(
+        has("live in") && has("http://127.0.0.1:"),
+        "{:?}",
+        said.lock().unwrap()
+    );
+
+    // Code that does not load is shown; the last good revision keeps serving.
+    std::fs::write(dir.join("main.py"), "def main(:\n").unwrap();
+    wait_for(&|| has("SyntaxError"), "the load error was not shown");
+    assert!(answers("saved"));
+    // A file that does not validate, likewise.
+    std::fs::write(
+        dir.join("gust.yaml"),
+        "app: loop\nfunctions:\n  loop:\n    code: main.py\n    env: python\n    memory: lots\n",
+    )
+    .unwrap();
+    wait_for(
+        &|| has("gust.yaml:6:13"),
+        "the validation error was not shown",
+    );
+    assert!(answers("saved"));
+
+    // Ctrl-C stops watching and leaves everything deployed.
+    // SAFETY: signalling a child this test started.
+    unsafe { libc::kill(dev.id() as i32, libc::SIGINT) };
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(answers("saved"));
+}

@@ -3,6 +3,7 @@
 //! and described as a JSON Schema for editors ([`schema`]).
 
 pub mod apply;
+pub mod dev;
 pub mod export;
 pub mod load;
 pub mod plan;

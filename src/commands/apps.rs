@@ -26,6 +26,18 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DevArgs {
+    /// The app file, or a directory holding gust.yaml
+    #[arg(long, short = 'f', default_value = "gust.yaml")]
+    file: PathBuf,
+}
+
+pub async fn dev(args: DevArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    crate::app::dev::dev(&resolve_file(&args.file), connection).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// The app file, or a directory holding gust.yaml
     #[arg(long, short = 'f', default_value = "gust.yaml")]

@@ -442,6 +442,41 @@ async fn invoke(
     }
 }
 
+/// Where a function's log resumes: one sequence number, or one per node in a cluster (each
+/// node numbers its own lines).
+#[derive(Debug, Default)]
+pub(crate) struct LogCursor {
+    after: Option<u64>,
+    nodes: std::collections::BTreeMap<String, u64>,
+}
+
+impl LogCursor {
+    /// The logs call that reads what follows what was read.
+    pub(crate) fn path(&self, name: &str) -> ApiPath {
+        let path = ApiPath::new(["v1", "functions", name, "logs"]).query("limit", 1000);
+        if !self.nodes.is_empty() {
+            let pairs: Vec<String> = self.nodes.iter().map(|(n, s)| format!("{n}={s}")).collect();
+            path.query("cursor", pairs.join(","))
+        } else if let Some(after) = self.after {
+            path.query("after", after)
+        } else {
+            path
+        }
+    }
+
+    pub(crate) fn advance(&mut self, lines: &[LogLine]) {
+        for line in lines {
+            match &line.node {
+                Some(node) => {
+                    let last = self.nodes.entry(node.clone()).or_default();
+                    *last = (*last).max(line.seq);
+                }
+                None => self.after = Some(line.seq),
+            }
+        }
+    }
+}
+
 async fn logs(
     client: &ApiClient,
     name: &str,
@@ -449,31 +484,14 @@ async fn logs(
     request_id: Option<String>,
     format: Format,
 ) -> anyhow::Result<()> {
-    // Where the next poll resumes: one sequence number, or one per node in a cluster (each
-    // node numbers its own lines).
-    let mut after: Option<u64> = None;
-    let mut cursor: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut cursor = LogCursor::default();
     loop {
-        let mut path = ApiPath::new(["v1", "functions", name, "logs"]).query("limit", 1000);
-        if !cursor.is_empty() {
-            let pairs: Vec<String> = cursor.iter().map(|(n, s)| format!("{n}={s}")).collect();
-            path = path.query("cursor", pairs.join(","));
-        } else if let Some(after) = after {
-            path = path.query("after", after);
-        }
+        let mut path = cursor.path(name);
         if let Some(id) = &request_id {
             path = path.query("request_id", id);
         }
         let lines: Vec<LogLine> = client.json(Method::GET, &path, NO_BODY).await?;
-        for line in &lines {
-            match &line.node {
-                Some(node) => {
-                    let last = cursor.entry(node.clone()).or_default();
-                    *last = (*last).max(line.seq);
-                }
-                None => after = Some(line.seq),
-            }
-        }
+        cursor.advance(&lines);
         if format == Format::Table {
             for line in &lines {
                 let node = line
