@@ -20,8 +20,12 @@ use crate::client::{ApiClient, ApiPath, NO_BODY};
 pub enum Selection {
     /// Every resource of this app.
     App(String),
-    /// These functions with their routes, timers and triggers, as the app `app`.
-    Functions { names: Vec<String>, app: String },
+    /// These functions with their routes, timers and triggers, as the app `app` (by default
+    /// the first function's app, or its name).
+    Functions {
+        names: Vec<String>,
+        app: Option<String>,
+    },
 }
 
 /// Writes `gust.yaml` and the code into `dir`; returns the file's path. Never overwrites.
@@ -55,7 +59,11 @@ pub async fn export(
                     .with_context(|| format!("function {name} not found"))?;
                 chosen.push(found);
             }
-            (app.clone(), chosen)
+            let app = app.clone().unwrap_or_else(|| {
+                let first = chosen[0];
+                first.app.as_ref().unwrap_or(&first.name).to_string()
+            });
+            (app, chosen)
         }
     };
     let in_app = |owner: Option<&Name>, function: &Name| match selection {

@@ -121,7 +121,7 @@ pub async fn export_app(args: ExportArgs, connection: &ConnectionArgs) -> anyhow
     let selection = match args.app {
         Some(app) => Selection::App(app),
         None => Selection::Functions {
-            app: args.app_name.unwrap_or_else(|| args.functions[0].clone()),
+            app: args.app_name,
             names: args.functions,
         },
     };
