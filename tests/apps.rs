@@ -388,3 +388,104 @@ fn dev_applies_each_save_streams_logs_and_keeps_the_last_good_revision() {
     assert!(status.success(), "{status}");
     assert!(answers("saved"));
 }
+
+#[test]
+fn fission_spec_directories_apply_as_they_are() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let specs = |app: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fission-specs")
+            .join(app)
+            .join("specs")
+    };
+    let python = specs("python-app");
+    let said = gust.cli(&["apply", "-f", python.to_str().unwrap()]).ok();
+    assert!(
+        said.stdout.contains("applied 4 changes of app pyshop"),
+        "{}",
+        said.stdout
+    );
+    // A field Gust has no use for is named, not silently dropped.
+    assert!(
+        said.stderr.contains("function-report.yaml:38:7: Function report: spec.InvokeStrategy.ExecutionStrategy.TargetCPUPercent is ignored"),
+        "{}",
+        said.stderr
+    );
+    assert_eq!(body(&gust, "/hello"), "hello from a fission spec\n");
+    let report: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "report", "-o", "json"]).ok().stdout)
+            .unwrap();
+    assert_eq!(report["timeout"], "30s");
+    assert_eq!(report["app"], "pyshop");
+    assert_eq!(
+        (
+            &report["scaling"]["min_instances"],
+            &report["scaling"]["max_instances"]
+        ),
+        (&Value::from(1), &Value::from(2))
+    );
+    let hello: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "hello", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(hello["memory_mb"], 256);
+    // The TimeTrigger (`@every 1s`) runs the report.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !gust
+        .cli(&["fn", "logs", "report"])
+        .ok()
+        .stdout
+        .contains("report ran at")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the time trigger never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let again = gust
+        .cli(&["apply", "-f", python.to_str().unwrap()])
+        .ok()
+        .stdout;
+    assert!(again.contains("no changes"), "{again}");
+
+    let node = specs("node-app");
+    gust.cli(&["apply", "-f", node.to_str().unwrap()]).ok();
+    assert_eq!(body(&gust, "/items/42"), "item 42 from node\n");
+    let items: Value =
+        serde_json::from_str(&gust.cli(&["fn", "get", "items", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(
+        (&items["timeout"], &items["scaling"]["concurrency"]),
+        (&Value::from("10s"), &Value::from(4))
+    );
+    let again = gust
+        .cli(&["apply", "-f", node.to_str().unwrap()])
+        .ok()
+        .stdout;
+    assert!(again.contains("no changes"), "{again}");
+
+    // What would change behaviour if ignored is refused, with its place; nothing is applied.
+    let bad = gust.scratch().join("bad-fission");
+    std::fs::create_dir_all(bad.join("specs")).unwrap();
+    std::fs::write(bad.join("f.py"), "def main():\n    return 'x'\n").unwrap();
+    std::fs::write(
+        bad.join("specs/function-f.yaml"),
+        "include:\n- f.py\nkind: ArchiveUploadSpec\nname: f-py\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: f-pkg\nspec:\n  deployment:\n    type: url\n    url: archive://f-py\n  environment:\n    name: python\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: f\nspec:\n  environment:\n    name: python\n  package:\n    packageref:\n      name: f-pkg\n  secrets:\n  - name: db\n    namespace: \"\"\n---\napiVersion: fission.io/v1\nkind: KubernetesWatchTrigger\nmetadata:\n  name: watch\nspec:\n  namespace: default\n",
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("specs/env-python.yaml"),
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: python\nspec:\n  runtime:\n    image: fission/python-env\n  version: 2\n",
+    )
+    .unwrap();
+    let refused = gust
+        .cli(&["apply", "-f", bad.join("specs").to_str().unwrap()])
+        .failed();
+    assert!(
+        refused.contains("function-f.yaml:27:3: Function f: secrets are not available in Gust yet"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("function-f.yaml:32:1: KubernetesWatchTrigger watch: kind \"KubernetesWatchTrigger\" is not supported"),
+        "{refused}"
+    );
+    assert_eq!(function_names(&gust), ["hello", "items", "report"]);
+}

@@ -13,7 +13,7 @@ use http::Method;
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::apply::execute;
-use super::load::{LoadedApp, load};
+use super::load::LoadedApp;
 use super::plan::{Action, Kind, plan};
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::commands::function::LogCursor;
@@ -24,11 +24,7 @@ const DEBOUNCE: Duration = Duration::from_millis(40);
 const LOG_POLL: Duration = Duration::from_millis(200);
 
 pub async fn dev(file: &Path, connection: &ConnectionArgs) -> anyhow::Result<()> {
-    let dir = file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let dir = super::watched_dir(file);
     let client = ApiClient::new(connection)?;
     let public = public_url(&client).await;
     let functions: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -108,9 +104,7 @@ struct Round {
 impl Round {
     async fn run(&mut self) {
         let started = Instant::now();
-        let loaded = match load(&self.file, &self.namespace, &|name| {
-            std::env::var(name).ok()
-        }) {
+        let loaded = match super::read_app(&self.file, &self.namespace) {
             Ok(loaded) => loaded,
             Err(problems) => {
                 eprintln!(

@@ -2,6 +2,7 @@
 //! entry checked offline with the API's own validation, each problem with file, line and
 //! column.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -61,12 +62,32 @@ pub struct LoadedApp {
     pub text: String,
     /// Things that do not stop an apply but are worth saying (a name outside the file).
     pub warnings: Vec<Problem>,
+    /// For an app read from other files (Fission specs), where each entry was written:
+    /// `functions/NAME` to its file and line.
+    pub origins: BTreeMap<String, (PathBuf, usize)>,
+    /// The directory the code was gathered in, when it was (Fission's archives); removed
+    /// with the app.
+    #[expect(
+        dead_code,
+        reason = "held for its Drop: the directory lives as long as the app"
+    )]
+    pub staging: Option<tempfile::TempDir>,
 }
 
 impl LoadedApp {
     /// A problem at the entry `path` (`["functions", "hello", "timeout"]`): as deep as the
     /// file shows it.
     pub fn problem(&self, path: &[&str], message: impl Into<String>) -> Problem {
+        if let [section, key, ..] = path
+            && let Some((file, line)) = self.origins.get(&format!("{section}/{key}"))
+        {
+            return Problem {
+                file: file.clone(),
+                line: *line,
+                column: 1,
+                message: message.into(),
+            };
+        }
         let (line, column) = locate(&self.text, path);
         Problem {
             file: self.file.clone(),
@@ -150,6 +171,8 @@ pub fn load(
         dir,
         text,
         warnings: Vec::new(),
+        origins: BTreeMap::new(),
+        staging: None,
     };
     let (problems, warnings) = check(&loaded, namespace);
     loaded.warnings = warnings;
@@ -270,7 +293,7 @@ pub fn locate(text: &str, path: &[&str]) -> (usize, usize) {
 }
 
 /// Checks what can be checked without a server, with the model's validation (the API's own).
-fn check(loaded: &LoadedApp, default_namespace: &str) -> (Vec<Problem>, Vec<Problem>) {
+pub(super) fn check(loaded: &LoadedApp, default_namespace: &str) -> (Vec<Problem>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let spec = loaded.spec.clone();

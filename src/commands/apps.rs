@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::app::export::{Selection, export};
-use crate::app::load::{LoadedApp, load};
-use crate::app::spec::resolve_file;
+use crate::app::load::LoadedApp;
 use crate::app::{apply, plan, schema};
 use crate::client::{ApiClient, ConnectionArgs};
 use crate::templates;
@@ -33,7 +32,7 @@ pub struct DevArgs {
 }
 
 pub async fn dev(args: DevArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    crate::app::dev::dev(&resolve_file(&args.file), connection).await?;
+    crate::app::dev::dev(&args.file, connection).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -66,8 +65,7 @@ pub struct ExportArgs {
 
 /// Reads and checks an app file; warnings go to stderr.
 fn read(file: &std::path::Path, namespace: &str) -> anyhow::Result<LoadedApp> {
-    let file = resolve_file(file);
-    let loaded = load(&file, namespace, &|name| std::env::var(name).ok())?;
+    let loaded = crate::app::read_app(file, namespace)?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
