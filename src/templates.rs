@@ -5,44 +5,75 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-/// One template: its name, what it is, and its files (path, content).
-pub struct Template {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub files: &'static [(&'static str, &'static str)],
-}
-
 macro_rules! files {
     ($template:literal: $($path:literal),+ $(,)?) => {
         &[$(($path, include_str!(concat!("../templates/", $template, "/", $path)))),+]
     };
 }
 
+/// One template: its name, what it is, and its files (path, content).
+pub struct Template {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub files: &'static [(&'static str, &'static str)],
+    /// Whether it also gets the `wasi:http` WIT ([`WASI_HTTP_WIT`]) in `wit/`.
+    pub wasi_http_wit: bool,
+}
+
+/// The `wasi:http/proxy` WIT a component is built against: the one Gust's wasmtime links.
+pub const WASI_HTTP_WIT: &[(&str, &str)] = files!("wasi-http":
+    "wit/world.wit",
+    "wit/deps/cli.wit",
+    "wit/deps/clocks.wit",
+    "wit/deps/filesystem.wit",
+    "wit/deps/http.wit",
+    "wit/deps/io.wit",
+    "wit/deps/random.wit",
+    "wit/deps/sockets.wit",
+);
+
 pub const TEMPLATES: &[Template] = &[
     Template {
         name: "python-http",
         description: "a Python function behind an HTTP route",
+        wasi_http_wit: false,
         files: files!("python-http": "gust.yaml", "README.md", "main.py"),
     },
     Template {
         name: "node-http",
         description: "a Node.js function behind an HTTP route (Fission's signature)",
+        wasi_http_wit: false,
         files: files!("node-http": "gust.yaml", "README.md", "index.js"),
     },
     Template {
         name: "python-ml",
         description: "a numpy model behind an HTTP route, dependencies from requirements.txt",
+        wasi_http_wit: false,
         files: files!("python-ml": "gust.yaml", "README.md", "model/main.py", "model/requirements.txt"),
     },
     Template {
         name: "mqtt-python",
         description: "a Python function for MQTT messages, answers published on a response topic",
+        wasi_http_wit: false,
         files: files!("mqtt-python": "gust.yaml", "README.md", "main.py"),
     },
     Template {
         name: "timer-python",
         description: "a Python function on a cron schedule",
+        wasi_http_wit: false,
         files: files!("timer-python": "gust.yaml", "README.md", "main.py"),
+    },
+    Template {
+        name: "wasm-python",
+        description: "a WebAssembly component in Python (componentize-py) behind an HTTP route",
+        wasi_http_wit: true,
+        files: files!("wasm-python": "gust.yaml", "README.md", "app.py", "gitignore"),
+    },
+    Template {
+        name: "wasm-js",
+        description: "a WebAssembly component in JavaScript (componentize-js) behind an HTTP route",
+        wasi_http_wit: true,
+        files: files!("wasm-js": "gust.yaml", "README.md", "app.js", "build.mjs", "package.json", "gitignore"),
     },
 ];
 
@@ -93,7 +124,18 @@ pub fn write(template: &Template, dir: &Path, app: &str) -> anyhow::Result<()> {
     {
         bail!("{} is not empty: choose a new directory", dir.display());
     }
-    for (path, content) in template.files {
+    let wit = if template.wasi_http_wit {
+        WASI_HTTP_WIT
+    } else {
+        &[]
+    };
+    for (path, content) in template.files.iter().chain(wit) {
+        // Kept without its dot in the repository, where it would apply to the templates.
+        let path = if *path == "gitignore" {
+            ".gitignore"
+        } else {
+            path
+        };
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
@@ -133,6 +175,11 @@ mod tests {
                     .iter()
                     .map(move |(path, _)| format!("{}/{path}", t.name))
             })
+            .chain(
+                WASI_HTTP_WIT
+                    .iter()
+                    .map(|(path, _)| format!("wasi-http/{path}")),
+            )
             .collect();
         built_in.sort();
         assert_eq!(on_disk, built_in);

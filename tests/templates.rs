@@ -135,3 +135,36 @@ fn every_template_deploys_and_answers_as_its_readme_says() {
     let unknown = gust.cli(&["new", "cobol-http"]).failed();
     assert!(unknown.contains("no template \"cobol-http\""), "{unknown}");
 }
+
+/// The component templates run their build command at apply: componentize-py from
+/// `scripts/setup.sh`'s tools, componentize-js from the npm registry.
+#[test]
+fn the_component_templates_build_and_answer() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let tools =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/componentize-py/bin");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    deploy(&gust, "wasm-python", "wasm-py", &[("PATH", &path)]);
+    assert_eq!(
+        gust.get("/wasm-py/hi").text().unwrap(),
+        "hello from a python component: /wasm-py/hi\n"
+    );
+    deploy(&gust, "wasm-js", "wasm-js", &[]);
+    assert_eq!(
+        gust.get("/wasm-js/hi").text().unwrap(),
+        "hello from a javascript component: /wasm-js/hi\n"
+    );
+    // A build that fails stops the apply before anything changes.
+    let dir = gust.scratch().join("wasm-js");
+    std::fs::write(dir.join("app.js"), "this is not javascript(").unwrap();
+    let failed = gust.cli(&["apply", "-f", dir.to_str().unwrap()]).failed();
+    assert!(failed.contains("the build command failed"), "{failed}");
+    assert_eq!(
+        gust.get("/wasm-js/hi").text().unwrap(),
+        "hello from a javascript component: /wasm-js/hi\n"
+    );
+}

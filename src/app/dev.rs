@@ -24,7 +24,10 @@ const DEBOUNCE: Duration = Duration::from_millis(40);
 const LOG_POLL: Duration = Duration::from_millis(200);
 
 pub async fn dev(file: &Path, connection: &ConnectionArgs) -> anyhow::Result<()> {
-    let dir = super::watched_dir(file);
+    let dir = super::watched_dir(file).canonicalize()?;
+    // What build commands write: not a save (it would make the next round, for ever).
+    let outputs: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+    let built = outputs.clone();
     let client = ApiClient::new(connection)?;
     let public = public_url(&client).await;
     let functions: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -33,8 +36,10 @@ pub async fn dev(file: &Path, connection: &ConnectionArgs) -> anyhow::Result<()>
     // One pending signal is enough: saves that arrive while a round runs make one more round.
     let (changed, mut saves) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let built = built.lock().expect("never poisoned");
         if let Ok(event) = event
             && is_a_save(&event)
+            && !event.paths.iter().all(|path| built.contains(path))
         {
             let _ = changed.try_send(());
         }
@@ -47,6 +52,7 @@ pub async fn dev(file: &Path, connection: &ConnectionArgs) -> anyhow::Result<()>
         namespace: connection.namespace.clone(),
         public,
         functions: functions.clone(),
+        outputs,
     };
     round.run().await;
     let log_client = ApiClient::new(connection)?;
@@ -99,6 +105,7 @@ struct Round {
     namespace: String,
     public: Option<String>,
     functions: Arc<Mutex<Vec<String>>>,
+    outputs: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl Round {
@@ -119,6 +126,15 @@ impl Round {
         self.client.namespace = loaded.namespace(&self.namespace);
         *self.functions.lock().expect("never poisoned") =
             loaded.spec.functions.keys().cloned().collect();
+        if let Ok(dir) = loaded.dir.canonicalize() {
+            *self.outputs.lock().expect("never poisoned") = loaded
+                .spec
+                .functions
+                .values()
+                .filter(|f| f.build.is_some())
+                .map(|f| dir.join(&f.code))
+                .collect();
+        }
         let plan = match plan(&self.client, &loaded, false).await {
             Ok(plan) => plan,
             Err(err) => {

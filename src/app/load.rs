@@ -351,7 +351,12 @@ pub(super) fn check(loaded: &LoadedApp, default_namespace: &str) -> (Vec<Problem
                 ),
             ));
         }
-        if let Err(message) = check_code_path(&loaded.dir, &entry.code) {
+        // What a build makes need not exist before it runs; it must still be inside.
+        let checked = match &entry.build {
+            Some(_) => check_output_path(&entry.code),
+            None => check_code_path(&loaded.dir, &entry.code).map(drop),
+        };
+        if let Err(message) = checked {
             problems.push(loaded.problem(&["functions", key, "code"], message));
         }
     }
@@ -473,6 +478,24 @@ fn model_problem(loaded: &LoadedApp, path: &[&str], err: ModelError) -> Problem 
         at.push(field);
     }
     loaded.problem(&at, err.to_string())
+}
+
+/// A path a build writes: relative, and never above the file's directory.
+fn check_output_path(code: &str) -> Result<(), String> {
+    let path = Path::new(code);
+    let escapes = path.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if code.is_empty() || escapes {
+        Err(format!(
+            "code {code:?} must be a path inside the file's directory"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// A code path must stay inside the file's directory, and so must every symlink in it: an

@@ -192,6 +192,12 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
             ));
             continue;
         }
+        if let Some(command) = &entry.build
+            && let Err(message) = build(&loaded.dir, key, command).await
+        {
+            problems.push(loaded.problem(&["functions", key, "build"], message));
+            continue;
+        }
         let path: PathBuf = match check_code_path(&loaded.dir, &entry.code) {
             Ok(path) => path,
             Err(message) => {
@@ -408,6 +414,27 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
         steps.extend(deletes);
     }
     Ok(Plan { steps })
+}
+
+/// Runs a function's build command in `dir`, its output on stderr.
+async fn build(dir: &std::path::Path, function: &str, command: &str) -> Result<(), String> {
+    eprintln!("building {function}: {command}");
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::io::stderr())
+        .status()
+        .await
+        .map_err(|e| format!("the build command could not start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the build command failed ({status}); nothing was applied"
+        ))
+    }
 }
 
 fn step(kind: Kind, name: &str, action: Action) -> Step {

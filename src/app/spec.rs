@@ -102,6 +102,10 @@ pub struct FunctionEntry {
     /// Revisions the function keeps [default: 10]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_revisions: Option<u32>,
+    /// A shell command run in this file's directory before the code is deployed (by
+    /// `gust apply` and `gust dev`), such as a component's build; `code` is what it makes
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 impl FunctionEntry {
@@ -174,6 +178,7 @@ mod tests {
             max_attempts: Some(6),
             max_age: Some("1h".parse().unwrap()),
             keep_revisions: Some(7),
+            build: None,
         };
         let settings = serde_json::to_value(entry.settings("shop")).unwrap();
         let given: Vec<&String> = settings.as_object().unwrap().keys().collect();
