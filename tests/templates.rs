@@ -153,6 +153,20 @@ fn the_component_templates_build_and_answer() {
         gust.get("/wasm-py/hi").text().unwrap(),
         "hello from a python component: /wasm-py/hi\n"
     );
+    // Builds are not reproducible (componentize-py's output differs each time): an unchanged
+    // app is not built again, so it makes no new revision.
+    let again = gust
+        .cli_with_env(
+            &[
+                "apply",
+                "-f",
+                gust.scratch().join("wasm-py").to_str().unwrap(),
+            ],
+            &[("PATH", &path)],
+        )
+        .ok();
+    assert!(again.stdout.contains("no changes"), "{}", again.stdout);
+    assert!(!again.stderr.contains("building"), "{}", again.stderr);
     deploy(&gust, "wasm-js", "wasm-js", &[]);
     assert_eq!(
         gust.get("/wasm-js/hi").text().unwrap(),

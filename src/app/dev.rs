@@ -86,7 +86,7 @@ fn is_a_save(event: &notify::Event) -> bool {
     let ignored = |path: &PathBuf| {
         path.components().any(|c| {
             let part = c.as_os_str().to_string_lossy();
-            part == "__pycache__" || part == ".git" || part == "node_modules"
+            ["__pycache__", ".git", ".gust", "node_modules"].contains(&part.as_ref())
         }) || path.file_name().is_some_and(|name| {
             let name = name.to_string_lossy();
             name.ends_with('~')

@@ -193,7 +193,7 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
             continue;
         }
         if let Some(command) = &entry.build
-            && let Err(message) = build(&loaded.dir, key, command).await
+            && let Err(message) = build(&loaded.dir, key, command, &entry.code).await
         {
             problems.push(loaded.problem(&["functions", key, "build"], message));
             continue;
@@ -416,8 +416,23 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
     Ok(Plan { steps })
 }
 
-/// Runs a function's build command in `dir`, its output on stderr.
-async fn build(dir: &std::path::Path, function: &str, command: &str) -> Result<(), String> {
+/// Runs a function's build command in `dir`, its output on stderr, unless nothing it reads
+/// changed since it last made `output`: builds are often not reproducible (componentize-py's
+/// are not), and an unchanged app must make no new revision.
+async fn build(
+    dir: &std::path::Path,
+    function: &str,
+    command: &str,
+    output: &str,
+) -> Result<(), String> {
+    let record = dir.join(".gust/builds").join(function);
+    let inputs = inputs_digest(dir, command, &dir.join(output))
+        .map_err(|e| format!("cannot read the build's inputs: {e}"))?;
+    let unchanged = dir.join(output).exists()
+        && std::fs::read_to_string(&record).is_ok_and(|recorded| recorded == inputs);
+    if unchanged {
+        return Ok(());
+    }
     eprintln!("building {function}: {command}");
     let status = tokio::process::Command::new("sh")
         .arg("-c")
@@ -428,13 +443,63 @@ async fn build(dir: &std::path::Path, function: &str, command: &str) -> Result<(
         .status()
         .await
         .map_err(|e| format!("the build command could not start: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
+    if !status.success() {
+        let _ = std::fs::remove_file(&record);
+        return Err(format!(
             "the build command failed ({status}); nothing was applied"
-        ))
+        ));
     }
+    // A record that cannot be written only costs a build next time.
+    let _ = std::fs::create_dir_all(dir.join(".gust/builds"))
+        .and_then(|()| std::fs::write(&record, &inputs));
+    Ok(())
+}
+
+/// A digest of the command and every file below `dir` but the build's output and what tools
+/// write beside the sources (`.gust`, `.git`, `node_modules`, `__pycache__`).
+fn inputs_digest(
+    dir: &std::path::Path,
+    command: &str,
+    output: &std::path::Path,
+) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let path = entry.path();
+            let name = entry.file_name();
+            if [".gust", ".git", "node_modules", "__pycache__"]
+                .iter()
+                .any(|skip| name == *skip)
+                || path == output
+            {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    hasher.update(command.as_bytes());
+    for file in files {
+        hasher.update([0]);
+        hasher.update(
+            file.strip_prefix(dir)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        hasher.update([0]);
+        hasher.update(std::fs::read(&file)?);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn step(kind: Kind, name: &str, action: Action) -> Step {
