@@ -894,3 +894,46 @@ fn a_node_joins_nats_over_tls_trusting_the_given_ca_and_refuses_an_unknown_certi
         stderr.lines().last().unwrap_or_default()
     );
 }
+
+#[test]
+fn an_app_applied_on_one_node_is_unchanged_from_another_and_exports_there() {
+    let _alone = alone();
+    let nats = NatsCluster::start(1);
+    let gusts: Vec<Gust> = (0..2).map(|_| join(&nats)).collect();
+    gusts[0].write_file("app/hello.py", "def main():\n    return 'from the app'\n");
+    gusts[0].write_file(
+        "app/gust.yaml",
+        "app: shared\nfunctions:\n  hello:\n    code: hello.py\n    env: python\nroutes:\n  hello:\n    function: hello\n    url: /hello\n",
+    );
+    let app = gusts[0].scratch().join("app");
+    gusts[0].cli(&["apply", "-f", app.to_str().unwrap()]).ok();
+    until_served(&gusts[1], "/hello", 200, Some("from the app"));
+    // The other node plans from the same state: nothing to do.
+    let again = gusts[1]
+        .cli(&["apply", "-f", app.to_str().unwrap()])
+        .ok()
+        .stdout;
+    assert!(again.contains("no changes"), "{again}");
+    // Exported from a node that has not run the function yet: the code comes from the
+    // cluster's object store, and applying the export on the first node changes nothing.
+    let fresh = join(&nats);
+    let exported = fresh.scratch().join("exported");
+    fresh
+        .cli(&[
+            "export",
+            "--app",
+            "shared",
+            "-o",
+            exported.to_str().unwrap(),
+        ])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(exported.join("hello/hello.py")).unwrap(),
+        "def main():\n    return 'from the app'\n"
+    );
+    let applied = gusts[0]
+        .cli(&["apply", "-f", exported.to_str().unwrap()])
+        .ok()
+        .stdout;
+    assert!(applied.contains("no changes"), "{applied}");
+}

@@ -473,12 +473,13 @@ async fn assemble(
     let stop_usage = CancellationToken::new();
     let usage = UsageWriter::start(usage_store.clone(), stop_usage.clone());
     let meter = Arc::new(Meter::new(metrics, usage.clone()));
+    let shared_code = joined
+        .as_ref()
+        .map(|joined| joined.store.code() as Arc<dyn SharedCode>);
     let deployments = Arc::new(StoreDeployments {
         store: store.clone(),
         code: code.clone(),
-        shared: joined
-            .as_ref()
-            .map(|joined| joined.store.code() as Arc<dyn SharedCode>),
+        shared: shared_code.clone(),
     });
     let executor = Executor::new(
         ExecutorConfig {
@@ -567,6 +568,7 @@ async fn assemble(
     let state = Arc::new(ApiState {
         store,
         code,
+        shared_code,
         executor: executor.clone(),
         invoker: invoker.clone(),
         runtime,

@@ -365,6 +365,9 @@ pub async fn code(
             let source = current.build.as_ref().map_or(&current.code, |b| &b.source);
             // Held for as long as it is read: collection cannot take it meanwhile.
             let _pin = s.code.pin(&source.digest);
+            if let Some(shared) = &s.shared_code {
+                shared.fetch(&source.digest)?;
+            }
             let mut archive = Vec::new();
             s.code.export_tar(&source.digest, &mut archive)?;
             Ok(archive)

@@ -40,7 +40,7 @@ use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
 use gust_metering::{Meter, PriceSheet};
 use gust_model::{Environment, Namespace};
 use gust_router::Routes;
-use gust_store::{CodeStore, MetadataStore, UsageStore};
+use gust_store::{CodeStore, MetadataStore, SharedCode, UsageStore};
 use gust_trigger_mq::MqTriggers;
 use gust_trigger_timer::TimerScheduler;
 use serde::de::DeserializeOwned;
@@ -57,6 +57,9 @@ const MAX_API_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub struct ApiState {
     pub store: Arc<dyn MetadataStore>,
     pub code: Arc<CodeStore>,
+    /// A cluster's shared code store, where a tree this node has not used yet is fetched
+    /// from; none on a single node.
+    pub shared_code: Option<Arc<dyn SharedCode>>,
     pub executor: Arc<Executor>,
     pub invoker: Arc<dyn Invoker>,
     pub runtime: Arc<dyn Runtime>,
