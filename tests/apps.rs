@@ -292,6 +292,68 @@ fn bad_files_are_refused_with_their_location_and_nothing_is_applied() {
         assert!(said.contains(expected), "expected {expected:?} in:\n{said}");
         assert_eq!(function_names(&gust), ["f"], "{yaml}");
     }
+    // A variable's value is text inside a value, never YAML that adds keys.
+    std::fs::write(
+        &file,
+        "app: second\nfunctions:\n  g:\n    code: g.py\n    env: python\n    env_vars:\n      TAG: ${TAG}\n",
+    )
+    .unwrap();
+    let injected = gust
+        .cli_with_env(
+            &["apply", "-f", file.to_str().unwrap()],
+            &[("TAG", "x\n      build: touch /tmp/injected")],
+        )
+        .failed();
+    assert!(injected.contains("gust.yaml:"), "{injected}");
+    let cut = gust
+        .cli_with_env(
+            &["apply", "-f", file.to_str().unwrap()],
+            &[("TAG", "pa #ss")],
+        )
+        .failed();
+    assert!(
+        cut.contains("gust.yaml:7:7: a ${VAR} here changed the file's structure"),
+        "{cut}"
+    );
+    // A route to a function that exists nowhere; a function made by hand is not taken over
+    // unless asked.
+    std::fs::write(
+        &file,
+        "app: second\nfunctions:\n  g:\n    code: g.py\n    env: python\nroutes:\n  g:\n    function: nowhere\n    url: /g\n",
+    )
+    .unwrap();
+    let nowhere = apply(&gust, "bad", &[]).failed();
+    assert!(
+        nowhere.contains(
+            "gust.yaml:8:5: function \"nowhere\" is neither in this file nor on the server"
+        ),
+        "{nowhere}"
+    );
+    gust.deploy(
+        "byhand",
+        "python",
+        "b.py",
+        "def main():\n    return 'b'\n",
+        &[],
+    );
+    std::fs::write(
+        &file,
+        "app: second\nfunctions:\n  byhand:\n    code: g.py\n    env: python\n",
+    )
+    .unwrap();
+    let adopt = apply(&gust, "bad", &[]).failed();
+    assert!(
+        adopt.contains("function byhand exists and belongs to no app"),
+        "{adopt}"
+    );
+    assert_eq!(body(&gust, "/byhand"), "b");
+    let adopted = apply(&gust, "bad", &["--adopt"]).ok().stdout;
+    assert!(
+        adopted.contains("~ function byhand: update code, app"),
+        "{adopted}"
+    );
+    assert_eq!(body(&gust, "/byhand"), "g");
+
     // The same file checked offline says the same, without a server.
     std::fs::write(&file, cases[0].0).unwrap();
     let offline = gust
@@ -488,4 +550,45 @@ fn fission_spec_directories_apply_as_they_are() {
         "{refused}"
     );
     assert_eq!(function_names(&gust), ["hello", "items", "report"]);
+
+    // An archive's name is one plain name, and its files come from inside the project.
+    let escape = gust.scratch().join("escape");
+    std::fs::create_dir_all(escape.join("project/specs")).unwrap();
+    std::fs::write(escape.join("secret.txt"), "not yours\n").unwrap();
+    std::fs::write(escape.join("project/f.py"), "def main():\n    return 'x'\n").unwrap();
+    let spec = |name: &str, rootdir: &str, include: &str| {
+        format!(
+            "kind: ArchiveUploadSpec\nname: {name}\nrootdir: {rootdir}\ninclude:\n- {include}\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: p\nspec:\n  deployment:\n    url: archive://{name}\n  environment:\n    name: python\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: leak\nspec:\n  environment:\n    name: python\n  package:\n    packageref:\n      name: p\n"
+        )
+    };
+    for (name, rootdir, include, expected) in [
+        (
+            "../../written-here",
+            "\"\"",
+            "f.py",
+            "archive name \"../../written-here\" must be",
+        ),
+        (
+            "a",
+            "..",
+            "secret.txt",
+            "specs/all.yaml:3:1: ArchiveUploadSpec a: rootdir",
+        ),
+    ] {
+        std::fs::write(
+            escape.join("project/specs/all.yaml"),
+            spec(name, rootdir, include),
+        )
+        .unwrap();
+        let refused = gust
+            .cli(&[
+                "validate",
+                "-f",
+                escape.join("project/specs").to_str().unwrap(),
+            ])
+            .failed();
+        assert!(refused.contains(expected), "{refused}");
+    }
+    assert!(!gust.scratch().join("written-here").exists());
+    assert!(!function_names(&gust).contains(&"leak".to_owned()));
 }

@@ -44,28 +44,47 @@ pub async fn execute(client: &ApiClient, loaded: &LoadedApp, plan: &Plan) -> any
 }
 
 async fn run(client: &ApiClient, loaded: &LoadedApp, step: &Step) -> anyhow::Result<()> {
-    let spec = &loaded.spec;
-    let app = Some(spec.app.clone());
     let name = step.name.as_str();
     let item = ApiPath::new(["v1", step.kind.collection(), name]);
     let collection = ApiPath::new(["v1", step.kind.collection()]);
-    if matches!(step.action, Action::Delete | Action::Update(_)) && step.kind != Kind::Function {
+    let trigger = step.kind != Kind::Function;
+    let remade = trigger && matches!(step.action, Action::Update(_));
+    if trigger && (remade || step.action == Action::Delete) {
         // Routes, timers and queue triggers change by being made again.
         client.call(Method::DELETE, &item, NO_BODY).await?;
         if step.action == Action::Delete {
             return Ok(());
         }
     }
+    let made = make(client, loaded, step, &collection, &item).await;
+    match made {
+        Err(err) if remade => Err(err.context(format!(
+            "the old {} {name} was deleted and the new one could not be created: it is gone until the next apply",
+            step.kind.as_str()
+        ))),
+        made => made,
+    }
+}
+
+/// Creates, updates or (a function) deletes what `step` names.
+async fn make(
+    client: &ApiClient,
+    loaded: &LoadedApp,
+    step: &Step,
+    collection: &ApiPath,
+    item: &ApiPath,
+) -> anyhow::Result<()> {
+    let spec = &loaded.spec;
+    let app = Some(spec.app.clone());
+    let name = step.name.as_str();
     match step.kind {
         Kind::Environment => {
             let mut config = spec.environments[name].clone();
             config.name = name.to_owned();
-            client
-                .call(Method::POST, &collection, Some(&config))
-                .await?;
+            client.call(Method::POST, collection, Some(&config)).await?;
         }
         Kind::Function if step.action == Action::Delete => {
-            client.call(Method::DELETE, &item, NO_BODY).await?;
+            client.call(Method::DELETE, item, NO_BODY).await?;
         }
         Kind::Function => {
             let entry = &spec.functions[name];
@@ -83,7 +102,7 @@ async fn run(client: &ApiClient, loaded: &LoadedApp, step: &Step) -> anyhow::Res
             };
             let (view, done): (FunctionView, &str) = if step.action == Action::Create {
                 (
-                    client.json(Method::POST, &collection, Some(&body)).await?,
+                    client.json(Method::POST, collection, Some(&body)).await?,
                     "created",
                 )
             } else {
@@ -103,9 +122,7 @@ async fn run(client: &ApiClient, loaded: &LoadedApp, step: &Step) -> anyhow::Res
                 app,
                 ..spec.routes[name].clone()
             };
-            client
-                .call(Method::POST, &collection, Some(&config))
-                .await?;
+            client.call(Method::POST, collection, Some(&config)).await?;
         }
         Kind::Timer => {
             let config = TimerConfig {
@@ -113,9 +130,7 @@ async fn run(client: &ApiClient, loaded: &LoadedApp, step: &Step) -> anyhow::Res
                 app,
                 ..spec.timers[name].clone()
             };
-            client
-                .call(Method::POST, &collection, Some(&config))
-                .await?;
+            client.call(Method::POST, collection, Some(&config)).await?;
         }
         Kind::QueueTrigger => {
             let config = MqTriggerConfig {
@@ -123,9 +138,7 @@ async fn run(client: &ApiClient, loaded: &LoadedApp, step: &Step) -> anyhow::Res
                 app,
                 ..spec.queue_triggers[name].clone()
             };
-            client
-                .call(Method::POST, &collection, Some(&config))
-                .await?;
+            client.call(Method::POST, collection, Some(&config)).await?;
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::apply::execute;
 use super::load::LoadedApp;
-use super::plan::{Action, Kind, plan};
+use super::plan::{Action, Kind, PlanOptions, plan};
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
 use crate::commands::function::LogCursor;
 
@@ -135,7 +135,7 @@ impl Round {
                 .map(|f| dir.join(&f.code))
                 .collect();
         }
-        let plan = match plan(&self.client, &loaded, false).await {
+        let plan = match plan(&self.client, &loaded, PlanOptions::default()).await {
             Ok(plan) => plan,
             Err(err) => {
                 eprintln!("error: {err:#}\nnothing applied: the last good revisions keep serving");

@@ -155,7 +155,18 @@ pub async fn export(
             );
         }
     }
-    let yaml = serde_norway::to_string(&spec).context("cannot write the app as YAML")?;
+    if spec.functions.is_empty() && spec.routes.is_empty() {
+        bail!(
+            "app {} has no functions or routes here (namespace {})",
+            spec.app,
+            client.namespace
+        );
+    }
+    // `gust apply` replaces `${VAR}`: a value that holds one is written as `$${`, so that it
+    // comes back as it is.
+    let yaml = serde_norway::to_string(&spec)
+        .context("cannot write the app as YAML")?
+        .replace("${", "$${");
     std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
     Ok(file)
 }

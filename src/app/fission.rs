@@ -34,7 +34,8 @@ fn spec_files(dir: &Path) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            // A symlinked directory is not followed (it could be `/`, or the directory itself).
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 found.push(path);
@@ -113,7 +114,7 @@ fn documents(file: &Path, text: &str) -> Result<Vec<Document>, Problem> {
                 file: file.to_owned(),
                 line: first_line + line - 1,
                 column,
-                message: err.to_string(),
+                message: super::load::without_location(&err.to_string()),
             }
         })?;
         documents.push(Document {
@@ -296,10 +297,7 @@ pub fn load_specs(dir: &Path, namespace: &str) -> Result<LoadedApp, Problems> {
         )])
     })?;
     let mut import = convert(&all, &project, staging.path());
-    let default_app = project
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+    let default_app = crate::templates::app_name(&project).unwrap_or_default();
     if import.spec.app.is_empty() {
         import.spec.app = default_app;
     }
@@ -575,6 +573,19 @@ fn convert(documents: &[Document], project: &Path, staging: &Path) -> Import {
 /// file, or the directory.
 fn stage_archive(doc: &Document, project: &Path, staging: &Path) -> Result<String, Problem> {
     let name = doc.name();
+    // The name becomes a directory of the scratch area: one plain path component only.
+    let plain = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !plain {
+        return Err(doc.at(
+            &["name"],
+            format!("archive name {name:?} must be letters, digits, '-', '_' and '.'"),
+        ));
+    }
     let root = match doc.str(&["rootdir"]).filter(|r| !r.is_empty()) {
         Some(dir) => project.join(dir),
         None => project.to_owned(),
@@ -582,6 +593,16 @@ fn stage_archive(doc: &Document, project: &Path, staging: &Path) -> Result<Strin
     let root = root
         .canonicalize()
         .map_err(|e| doc.at(&["rootdir"], format!("{}: {e}", root.display())))?;
+    if !root.starts_with(project) {
+        return Err(doc.at(
+            &["rootdir"],
+            format!(
+                "rootdir {} is outside the project {}",
+                root.display(),
+                project.display()
+            ),
+        ));
+    }
     if !is_empty(doc.get(&["exclude"])) {
         return Err(doc.at(
             &["exclude"],
@@ -623,7 +644,7 @@ fn stage_archive(doc: &Document, project: &Path, staging: &Path) -> Result<Strin
         return Err(doc.at(&["include"], "matches no file: the archive would be empty"));
     }
     let target = staging.join(&name);
-    std::fs::create_dir_all(&target)
+    std::fs::create_dir(&target)
         .map_err(|e| doc.at(&["name"], format!("cannot stage the archive: {e}")))?;
     for path in &matches {
         let base = path.file_name().unwrap_or_default();
@@ -638,7 +659,9 @@ fn stage_archive(doc: &Document, project: &Path, staging: &Path) -> Result<Strin
     })
 }
 
-/// Copies a file or directory, keeping symlinks that stay inside `root` and refusing others.
+/// Copies a file or directory as Fission zips it: a symlink to a file inside `root` becomes a
+/// copy of that file; one out of `root`, or to a directory, is refused. Nothing existing is
+/// overwritten.
 fn copy_inside(from: &Path, to: &Path, root: &Path) -> Result<(), String> {
     let meta = std::fs::symlink_metadata(from).map_err(|e| format!("{}: {e}", from.display()))?;
     if meta.file_type().is_symlink() {
@@ -653,8 +676,13 @@ fn copy_inside(from: &Path, to: &Path, root: &Path) -> Result<(), String> {
                 target.display()
             ));
         }
-        let link = std::fs::read_link(from).map_err(|e| e.to_string())?;
-        return std::os::unix::fs::symlink(link, to).map_err(|e| e.to_string());
+        if !target.is_file() {
+            return Err(format!(
+                "symlink {} points to a directory: include the directory itself",
+                from.display()
+            ));
+        }
+        return copy_file(&target, to);
     }
     if meta.is_dir() {
         std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
@@ -664,9 +692,25 @@ fn copy_inside(from: &Path, to: &Path, root: &Path) -> Result<(), String> {
         }
         return Ok(());
     }
-    std::fs::copy(from, to)
-        .map(drop)
-        .map_err(|e| format!("{}: {e}", from.display()))
+    copy_file(from, to)
+}
+
+/// Copies a file's content and mode into a new file.
+fn copy_file(from: &Path, to: &Path) -> Result<(), String> {
+    let mut source = std::fs::File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mode = source
+        .metadata()
+        .map_err(|e| format!("{}: {e}", from.display()))?
+        .permissions();
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    std::io::copy(&mut source, &mut target).map_err(|e| format!("{}: {e}", from.display()))?;
+    target
+        .set_permissions(mode)
+        .map_err(|e| format!("{}: {e}", to.display()))
 }
 
 fn function_entry(

@@ -136,17 +136,19 @@ pub fn load(
                 .collect(),
         )
     })?;
+    if let Err(problem) = check_substitutions(&raw, &text, vars) {
+        return Err(Problems(vec![Problem {
+            file: file.to_owned(),
+            ..problem
+        }]));
+    }
     // Read untyped first: a mapping refuses a key given twice (two functions of one name),
     // which reading into the typed maps would let the last one win silently.
     let spec: AppFile = serde_norway::from_str::<serde_norway::Value>(&text)
         .and_then(|_| serde_norway::from_str(&text))
         .map_err(|err| {
             let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
-            let message = err.to_string();
-            let message = message
-                .rsplit_once(" at line ")
-                .map_or(message.as_str(), |(m, _)| m)
-                .to_owned();
+            let message = without_location(&err.to_string());
             Problems(vec![Problem {
                 file: file.to_owned(),
                 line,
@@ -181,6 +183,22 @@ pub fn load(
     } else {
         Err(Problems(problems))
     }
+}
+
+/// A parser's message without the " at line L column C" parts: the location goes in front, as
+/// for every other problem.
+pub(super) fn without_location(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(" at line ") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + " at line ".len()..];
+        let tail = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+        let tail = tail.strip_prefix(" column ").unwrap_or(tail);
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}`; `$${` stays a literal `${`. Comment lines are
@@ -235,9 +253,10 @@ pub fn substitute(
                     format!("`${{{inner}}}` is not a variable name (letters, digits and _)"),
                 ));
             } else {
-                match (vars(name).filter(|v| !v.is_empty()), default) {
-                    (Some(value), _) => out.push_str(&value),
-                    (None, Some(default)) => out.push_str(default),
+                match (vars(name), default) {
+                    (Some(value), _) if !value.is_empty() => out.push_str(&value),
+                    (_, Some(default)) => out.push_str(default),
+                    (Some(_empty), None) => {}
                     (None, None) => problems.push((
                         number + 1,
                         column,
@@ -253,6 +272,106 @@ pub fn substitute(
         Ok(out)
     } else {
         Err(problems)
+    }
+}
+
+/// A variable's value is text inside one YAML value, never YAML: a value holding a newline,
+/// `: `, ` #` or an indicator (`!`, `*`, `&`, ...) that would add keys, cut the value or change
+/// its type is refused, naming where. Checked by reading the file before and after `${VAR}`s
+/// are replaced: the two must have the same shape, and each value with a variable must read
+/// exactly as its text with the variables replaced.
+fn check_substitutions(
+    raw: &str,
+    text: &str,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), Problem> {
+    if raw == text {
+        return Ok(());
+    }
+    let (Ok(before), Ok(after)) = (
+        serde_norway::from_str::<serde_norway::Value>(raw),
+        serde_norway::from_str::<serde_norway::Value>(text),
+    ) else {
+        // Both fail: the parse after reports it. Only the one after: a `${` in a flow
+        // collection (`{a: ${V}}`), which must be quoted.
+        if serde_norway::from_str::<serde_norway::Value>(text).is_ok() {
+            return Err(Problem {
+                file: PathBuf::new(),
+                line: 1,
+                column: 1,
+                message: "the file reads only once its ${VAR}s are replaced: quote each value that holds one".into(),
+            });
+        }
+        return Ok(());
+    };
+    let mut path = Vec::new();
+    compare_shapes(&before, &after, vars, &mut path).map_err(|message| {
+        let steps: Vec<&str> = path.iter().map(String::as_str).collect();
+        let (line, column) = locate(text, &steps);
+        Problem {
+            file: PathBuf::new(),
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+fn compare_shapes(
+    before: &serde_norway::Value,
+    after: &serde_norway::Value,
+    vars: &dyn Fn(&str) -> Option<String>,
+    path: &mut Vec<String>,
+) -> Result<(), String> {
+    use serde_norway::Value;
+    let changed = || {
+        "a ${VAR} here changed the file's structure: its value holds YAML (a newline, `: `, ` #`, or a leading `!`, `*`, `&`, `{`, `[`); quote the value in the file, or change the variable".to_owned()
+    };
+    let text_of = |value: &Value| match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    };
+    let replaced = |text: &str| substitute(text, vars).unwrap_or_else(|_| text.to_owned());
+    match (before, after) {
+        (Value::Mapping(b), Value::Mapping(a)) => {
+            if b.len() != a.len() {
+                return Err(changed());
+            }
+            for (key, value) in b {
+                let key_text = text_of(key).map(|k| replaced(&k)).unwrap_or_default();
+                let Some((_, other)) = a
+                    .iter()
+                    .find(|(k, _)| text_of(k).as_deref() == Some(key_text.as_str()))
+                else {
+                    return Err(changed());
+                };
+                path.push(key_text);
+                compare_shapes(value, other, vars, path)?;
+                path.pop();
+            }
+            Ok(())
+        }
+        (Value::Sequence(b), Value::Sequence(a)) => {
+            if b.len() != a.len() {
+                return Err(changed());
+            }
+            for (b, a) in b.iter().zip(a) {
+                compare_shapes(b, a, vars, path)?;
+            }
+            Ok(())
+        }
+        (Value::String(b), after) if b.contains("${") => {
+            let expected = replaced(b);
+            let got = text_of(after).ok_or_else(changed)?;
+            let same = got == expected
+                || (matches!(after, Value::Null) && ["", "~", "null"].contains(&expected.as_str()));
+            if same { Ok(()) } else { Err(changed()) }
+        }
+        (before, after) if before == after => Ok(()),
+        _ => Err(changed()),
     }
 }
 

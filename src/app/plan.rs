@@ -136,16 +136,37 @@ impl Plan {
 }
 
 /// Compares `loaded` with the server behind `client` (already set to the app's namespace).
-pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow::Result<Plan> {
+/// How a plan is made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions {
+    /// Also delete the app's resources the file no longer has.
+    pub prune: bool,
+    /// Take over resources of the file's names that belong to no app (made by hand).
+    pub adopt: bool,
+    /// Run no build command: only say what would be built.
+    pub dry_run: bool,
+}
+
+pub async fn plan(
+    client: &ApiClient,
+    loaded: &LoadedApp,
+    options: PlanOptions,
+) -> anyhow::Result<Plan> {
+    let prune = options.prune;
     let spec = &loaded.spec;
     let app = spec.app.as_str();
     let namespace = Namespace::parse(&client.namespace)?;
     let mut steps = Vec::new();
     let mut problems: Vec<Problem> = Vec::new();
-    let not_ours = |kind: Kind, name: &str, owner: Option<&str>| -> Option<String> {
+    // `owner` is None for a resource that does not exist yet.
+    let not_ours = |kind: Kind, name: &str, owner: Option<Option<&str>>| -> Option<String> {
         match owner {
-            Some(owner) if owner != app => Some(format!(
+            Some(Some(owner)) if owner != app => Some(format!(
                 "{} {name} belongs to app {owner}; this file's app is {app} (rename one of them, or delete it first)",
+                kind.as_str()
+            )),
+            Some(None) if !options.adopt => Some(format!(
+                "{} {name} exists and belongs to no app (it was made by hand): `gust apply --adopt` makes it this app's",
                 kind.as_str()
             )),
             _ => None,
@@ -192,11 +213,13 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
             ));
             continue;
         }
-        if let Some(command) = &entry.build
-            && let Err(message) = build(&loaded.dir, key, command, &entry.code).await
-        {
-            problems.push(loaded.problem(&["functions", key, "build"], message));
-            continue;
+        if let Some(command) = &entry.build {
+            if options.dry_run {
+                eprintln!("dry run: the build of {key} is not run ({command})");
+            } else if let Err(message) = build(&loaded.dir, key, command, &entry.code).await {
+                problems.push(loaded.problem(&["functions", key, "build"], message));
+                continue;
+            }
         }
         let path: PathBuf = match check_code_path(&loaded.dir, &entry.code) {
             Ok(path) => path,
@@ -205,7 +228,13 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
                 continue;
             }
         };
-        let packed = pack(&path)?;
+        let packed = match pack(&path) {
+            Ok(packed) => packed,
+            Err(err) => {
+                problems.push(loaded.problem(&["functions", key, "code"], format!("{err:#}")));
+                continue;
+            }
+        };
         let desired = entry.settings(app).apply(None)?;
         let Some(current) = functions.iter().find(|f| f.name.as_str() == key) else {
             steps.push(Step {
@@ -215,7 +244,7 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
             continue;
         };
         let owner = current.app.as_ref().map(Name::as_str);
-        if let Some(message) = not_ours(Kind::Function, key, owner) {
+        if let Some(message) = not_ours(Kind::Function, key, Some(owner)) {
             problems.push(loaded.problem(&["functions", key], message));
             continue;
         }
@@ -245,18 +274,33 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
         });
     }
 
+    // A trigger's function must be in the file or on the server: a trigger made again for a
+    // missing function would be deleted and never come back.
+    let function_known = |name: &str| {
+        spec.functions.contains_key(name) || functions.iter().any(|f| f.name.as_str() == name)
+    };
+    let missing_function = |section: &str, key: &str, function: &str| {
+        loaded.problem(
+            &[section, key, "function"],
+            format!("function {function:?} is neither in this file nor on the server"),
+        )
+    };
     let routes: Vec<Route> = list(client, Kind::Route).await?;
     for (key, config) in &spec.routes {
         let config = RouteConfig {
             app: Some(app.to_owned()),
             ..config.clone()
         };
+        if !function_known(&config.function) {
+            problems.push(missing_function("routes", key, &config.function));
+            continue;
+        }
         let desired = config.validate(namespace.clone(), Name::parse("route", key)?)?;
         let current = routes.iter().find(|r| r.name.as_str() == key);
         if let Some(message) = not_ours(
             Kind::Route,
             key,
-            current.and_then(|r| r.app.as_ref()).map(Name::as_str),
+            current.map(|r| r.app.as_ref().map(Name::as_str)),
         ) {
             problems.push(loaded.problem(&["routes", key], message));
             continue;
@@ -302,12 +346,16 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
 
     let timers: Vec<TimerView> = list(client, Kind::Timer).await?;
     for (key, config) in &spec.timers {
+        if !function_known(&config.function) {
+            problems.push(missing_function("timers", key, &config.function));
+            continue;
+        }
         let desired = config.validate(namespace.clone(), Name::parse("timer", key)?, 0)?;
         let current = timers.iter().find(|t| t.timer.name.as_str() == key);
         if let Some(message) = not_ours(
             Kind::Timer,
             key,
-            current.and_then(|t| t.timer.app.as_ref()).map(Name::as_str),
+            current.map(|t| t.timer.app.as_ref().map(Name::as_str)),
         ) {
             problems.push(loaded.problem(&["timers", key], message));
             continue;
@@ -340,14 +388,22 @@ pub async fn plan(client: &ApiClient, loaded: &LoadedApp, prune: bool) -> anyhow
 
     let triggers: Vec<MqTriggerView> = list(client, Kind::QueueTrigger).await?;
     for (key, config) in &spec.queue_triggers {
+        if !function_known(&config.function) {
+            problems.push(missing_function("queue_triggers", key, &config.function));
+            continue;
+        }
         let desired = config.validate(namespace.clone(), Name::parse("trigger", key)?, 0)?;
         let current = triggers.iter().find(|t| t.name == *key);
-        if let Some(message) = not_ours(
-            Kind::QueueTrigger,
-            key,
-            current.and_then(|t| t.app.as_deref()),
-        ) {
+        if let Some(message) = not_ours(Kind::QueueTrigger, key, current.map(|t| t.app.as_deref()))
+        {
             problems.push(loaded.problem(&["queue_triggers", key], message));
+            continue;
+        }
+        if config.url.contains(":***@") {
+            problems.push(loaded.problem(
+                &["queue_triggers", key, "url"],
+                "the URL's password is `***` (as `gust export` shows it): give the real one, from a ${VARIABLE}",
+            ));
             continue;
         }
         let action = match current {
@@ -426,10 +482,12 @@ async fn build(
     output: &str,
 ) -> Result<(), String> {
     let record = dir.join(".gust/builds").join(function);
-    let inputs = inputs_digest(dir, command, &dir.join(output))
-        .map_err(|e| format!("cannot read the build's inputs: {e}"))?;
+    let inputs = || {
+        inputs_digest(dir, command, &dir.join(output))
+            .map_err(|e| format!("cannot read the build's inputs: {e}"))
+    };
     let unchanged = dir.join(output).exists()
-        && std::fs::read_to_string(&record).is_ok_and(|recorded| recorded == inputs);
+        && std::fs::read_to_string(&record).is_ok_and(|recorded| Ok(recorded) == inputs());
     if unchanged {
         return Ok(());
     }
@@ -449,7 +507,9 @@ async fn build(
             "the build command failed ({status}); nothing was applied"
         ));
     }
-    // A record that cannot be written only costs a build next time.
+    // Recorded after the build: what it writes besides its output (a stamp, a log) is then
+    // part of what it read last. A record that cannot be written only costs a build next time.
+    let inputs = inputs()?;
     let _ = std::fs::create_dir_all(dir.join(".gust/builds"))
         .and_then(|()| std::fs::write(&record, &inputs));
     Ok(())

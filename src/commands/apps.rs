@@ -22,6 +22,9 @@ pub struct ApplyArgs {
     /// Also delete resources of this app that the file no longer has
     #[arg(long)]
     prune: bool,
+    /// Take over resources of the file's names that belong to no app (made by hand)
+    #[arg(long)]
+    adopt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +79,12 @@ pub async fn apply(args: ApplyArgs, connection: &ConnectionArgs) -> anyhow::Resu
     let loaded = read(&args.file, &connection.namespace)?;
     let mut client = ApiClient::new(connection)?;
     client.namespace = loaded.namespace(&connection.namespace);
-    let plan = plan::plan(&client, &loaded, args.prune).await?;
+    let options = plan::PlanOptions {
+        prune: args.prune,
+        adopt: args.adopt,
+        dry_run: args.dry_run,
+    };
+    let plan = plan::plan(&client, &loaded, options).await?;
     for step in &plan.steps {
         println!("{step}");
     }
@@ -152,11 +160,11 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(template.name));
     let app = templates::app_name(&dir)?;
     templates::write(template, &dir, &app)?;
+    let shown = dir.display().to_string();
     println!(
-        "wrote app {app} ({}) into {}: `gust apply -f {}` deploys it; its README says more",
+        "wrote app {app} ({}) into {shown}: `gust apply -f {}` deploys it; its README says more",
         template.name,
-        dir.display(),
-        dir.display()
+        shlex::try_quote(&shown).unwrap_or(std::borrow::Cow::Borrowed(&shown))
     );
     Ok(ExitCode::SUCCESS)
 }

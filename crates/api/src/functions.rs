@@ -351,29 +351,95 @@ pub async fn revisions(
         .map(Json)
 }
 
+/// Code exports at once: each holds a blocking thread while its client reads.
+static CODE_EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 #[utoipa::path(get, path = "/functions/{name}/code", tag = "functions", params(("name" = String, Path, description = "the function's name"), NamespaceQuery), responses((status = 200, description = "the current revision's code as uploaded (before any dependency build), a tar archive", content_type = "application/x-tar")))]
 pub async fn code(
     State(state): Shared,
     scoped: Scoped,
-) -> Result<([(http::header::HeaderName, &'static str); 1], Vec<u8>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let namespace = scoped.namespace.clone();
     let name = scoped.name("function")?;
-    state
+    let permit = CODE_EXPORTS.try_acquire().map_err(|_| {
+        ApiError::Unavailable("other code exports are under way; try again shortly".into())
+    })?;
+    let digest = state
         .blocking(move |s| {
             let function = load(s, &namespace, &name)?;
             let current = function.current_revision();
             let source = current.build.as_ref().map_or(&current.code, |b| &b.source);
-            // Held for as long as it is read: collection cannot take it meanwhile.
-            let _pin = s.code.pin(&source.digest);
             if let Some(shared) = &s.shared_code {
                 shared.fetch(&source.digest)?;
             }
-            let mut archive = Vec::new();
-            s.code.export_tar(&source.digest, &mut archive)?;
-            Ok(archive)
+            Ok(source.digest.clone())
         })
-        .await
-        .map(|archive| ([(http::header::CONTENT_TYPE, "application/x-tar")], archive))
+        .await?;
+    // Streamed as it is written, a piece at a time: the tree can be as large as code may be.
+    let (pieces, received) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let code = state.code.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        // Held while it is read: collection cannot take it meanwhile.
+        let _pin = code.pin(&digest);
+        let mut out = PieceWriter {
+            pieces,
+            piece: Vec::with_capacity(PieceWriter::SIZE),
+        };
+        let written = code
+            .export_tar(&digest, &mut out)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|()| std::io::Write::flush(&mut out));
+        if let Err(err) = written {
+            let _ = out.pieces.blocking_send(Err(err));
+        }
+    });
+    let stream = futures_util::stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|piece| (piece, received))
+    });
+    Ok(axum::response::IntoResponse::into_response((
+        [(http::header::CONTENT_TYPE, "application/x-tar")],
+        axum::body::Body::from_stream(stream),
+    )))
+}
+
+/// Sends what is written in pieces of [`PieceWriter::SIZE`]; fails once the reader is gone.
+struct PieceWriter {
+    pieces: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    piece: Vec<u8>,
+}
+
+impl PieceWriter {
+    const SIZE: usize = 64 * 1024;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.piece.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(
+            &mut self.piece,
+            Vec::with_capacity(Self::SIZE),
+        ));
+        self.pieces
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+impl std::io::Write for PieceWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = Self::SIZE - self.piece.len();
+        let taken = bytes.len().min(room);
+        self.piece.extend_from_slice(&bytes[..taken]);
+        if self.piece.len() == Self::SIZE {
+            self.send()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 #[utoipa::path(post, path = "/functions", tag = "functions", params(NamespaceQuery), request_body = FunctionSpec, responses((status = 201, body = FunctionView)))]
