@@ -286,22 +286,6 @@ fn background_orders_are_retried_and_the_report_has_a_nightly_timer() {
 }
 
 /// Waits until queue trigger `name` is connected to its broker.
-fn wait_connected(gust: &Gust, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown: Value = gust
-            .api(Method::GET, &format!("/v1/mqtriggers/{name}"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if shown["status"]["state"] == "connected" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not connected: {shown}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn iot_mqtt_alerts_only_on_readings_over_the_threshold() {
@@ -336,7 +320,7 @@ fn iot_mqtt_alerts_only_on_readings_over_the_threshold() {
         "alerts",
     ])
     .ok();
-    wait_connected(&gust, "sensors");
+    gust.wait_trigger_connected("sensors");
     for (sensor, celsius) in [("kitchen", 21.5), ("oven", 240.0), ("hall", 19.0)] {
         broker.publish(
             &format!("sensors/{sensor}/temp"),
@@ -402,7 +386,7 @@ fn stream_aggregates_event_windows_into_the_results_subject() {
         "views.stats",
     ])
     .ok();
-    wait_connected(&gust, "views");
+    gust.wait_trigger_connected("views");
     let mut stats = broker.collector("views.stats");
     broker.publish(
         "views.batch",

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use gust_harness::brokers::{Broker, BrokerKind};
 use gust_harness::{Gust, GustOptions};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 const GUST: &str = env!("CARGO_BIN_EXE_gust");
@@ -90,20 +89,7 @@ fn every_template_deploys_and_answers_as_its_readme_says() {
         "thermo",
         &[("MQTT_URL", &broker.url())],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown: Value = gust
-            .api(Method::GET, "/v1/mqtriggers/thermo")
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if shown["status"]["state"] == "connected" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not connected: {shown}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gust.wait_trigger_connected("thermo");
     broker.publish("thermo/in", &[br#"{"celsius": 35}"#.to_vec()]);
     let answered =
         broker.collect_until(&mut answers, Duration::from_secs(20), |got| !got.is_empty());

@@ -529,39 +529,33 @@ fn convert(documents: &[Document], project: &Path, staging: &Path) -> Import {
         }
     }
 
+    let origin = |section: &str, doc: &Document| {
+        (
+            format!("{section}/{}", doc.name()),
+            (doc.file.clone(), doc.first_line),
+        )
+    };
     for doc in by_kind("Function") {
         if let Some(entry) = function_entry(doc, &environments, &packages, &mut import) {
-            import.origins.insert(
-                format!("functions/{}", doc.name()),
-                (doc.file.clone(), doc.first_line),
-            );
+            import.origins.extend([origin("functions", doc)]);
             import.spec.functions.insert(doc.name(), entry);
         }
     }
     for doc in by_kind("HTTPTrigger") {
         if let Some(route) = route_config(doc, &mut import) {
-            import.origins.insert(
-                format!("routes/{}", doc.name()),
-                (doc.file.clone(), doc.first_line),
-            );
+            import.origins.extend([origin("routes", doc)]);
             import.spec.routes.insert(doc.name(), route);
         }
     }
     for doc in by_kind("TimeTrigger") {
         if let Some(timer) = timer_config(doc, &mut import) {
-            import.origins.insert(
-                format!("timers/{}", doc.name()),
-                (doc.file.clone(), doc.first_line),
-            );
+            import.origins.extend([origin("timers", doc)]);
             import.spec.timers.insert(doc.name(), timer);
         }
     }
     for doc in by_kind("MessageQueueTrigger") {
         if let Some(trigger) = queue_trigger_config(doc, &mut import) {
-            import.origins.insert(
-                format!("queue_triggers/{}", doc.name()),
-                (doc.file.clone(), doc.first_line),
-            );
+            import.origins.extend([origin("queue_triggers", doc)]);
             import.spec.queue_triggers.insert(doc.name(), trigger);
         }
     }

@@ -263,11 +263,7 @@ pub async fn plan(
         if code_changed {
             fields.insert(0, "code".to_owned());
         }
-        let action = if fields.is_empty() {
-            Action::Unchanged
-        } else {
-            Action::Update(fields)
-        };
+        let action = action(Some(fields));
         steps.push(Step {
             code: code_changed.then_some(packed),
             ..step(Kind::Function, key, action)
@@ -330,17 +326,7 @@ pub async fn plan(
                 ));
             }
         }
-        let action = match current {
-            None => Action::Create,
-            Some(current) => {
-                let fields = route_differences(&desired, current);
-                if fields.is_empty() {
-                    Action::Unchanged
-                } else {
-                    Action::Update(fields)
-                }
-            }
-        };
+        let action = action(current.map(|current| route_differences(&desired, current)));
         steps.push(step(Kind::Route, key, action));
     }
 
@@ -360,29 +346,20 @@ pub async fn plan(
             problems.push(loaded.problem(&["timers", key], message));
             continue;
         }
-        let action = match current {
-            None => Action::Create,
-            Some(TimerView { timer: current, .. }) => {
-                let mut fields = Vec::new();
-                if current.function != desired.function {
-                    fields.push("function".to_owned());
-                }
-                if current.schedule.expression() != desired.schedule.expression() {
-                    fields.push("cron".to_owned());
-                }
-                if current.schedule.time_zone() != desired.schedule.time_zone() {
-                    fields.push("tz".to_owned());
-                }
-                if current.app.as_ref().map(Name::as_str) != Some(app) {
-                    fields.push("app".to_owned());
-                }
-                if fields.is_empty() {
-                    Action::Unchanged
-                } else {
-                    Action::Update(fields)
-                }
-            }
-        };
+        let action = action(current.map(|TimerView { timer: current, .. }| {
+            differing(&[
+                ("function", current.function == desired.function),
+                (
+                    "cron",
+                    current.schedule.expression() == desired.schedule.expression(),
+                ),
+                (
+                    "tz",
+                    current.schedule.time_zone() == desired.schedule.time_zone(),
+                ),
+                ("app", current.app.as_ref().map(Name::as_str) == Some(app)),
+            ])
+        }));
         steps.push(step(Kind::Timer, key, action));
     }
 
@@ -406,33 +383,21 @@ pub async fn plan(
             ));
             continue;
         }
-        let action = match current {
-            None => Action::Create,
-            Some(current) => {
-                let mut fields = Vec::new();
-                let mut differs = |field: &str, same: bool| {
-                    if !same {
-                        fields.push(field.to_owned());
-                    }
-                };
-                differs("function", current.function == desired.function.as_str());
-                differs("kind", current.kind == desired.kind.as_str());
-                // Only the redacted URL can be compared: a changed password alone is not seen.
-                differs("url", current.url == desired.url.redacted());
-                differs("topic", current.topic == desired.topic);
-                differs("resp_topic", current.resp_topic == desired.resp_topic);
-                differs("error_topic", current.error_topic == desired.error_topic);
-                differs("max_retries", current.max_retries == desired.max_retries);
-                differs("concurrency", current.concurrency == desired.concurrency);
-                differs("content_type", current.content_type == desired.content_type);
-                differs("app", current.app.as_deref() == Some(app));
-                if fields.is_empty() {
-                    Action::Unchanged
-                } else {
-                    Action::Update(fields)
-                }
-            }
-        };
+        // Only the redacted URL can be compared: a changed password alone is not seen.
+        let action = action(current.map(|current| {
+            differing(&[
+                ("function", current.function == desired.function.as_str()),
+                ("kind", current.kind == desired.kind.as_str()),
+                ("url", current.url == desired.url.redacted()),
+                ("topic", current.topic == desired.topic),
+                ("resp_topic", current.resp_topic == desired.resp_topic),
+                ("error_topic", current.error_topic == desired.error_topic),
+                ("max_retries", current.max_retries == desired.max_retries),
+                ("concurrency", current.concurrency == desired.concurrency),
+                ("content_type", current.content_type == desired.content_type),
+                ("app", current.app.as_deref() == Some(app)),
+            ])
+        }));
         steps.push(step(Kind::QueueTrigger, key, action));
     }
 
@@ -630,6 +595,22 @@ fn revision_differences(desired: &RevisionFields, current: &Revision) -> Vec<Str
         ),
         ("app", desired.app == current.app),
     ];
+    differing(&checks)
+}
+
+fn route_differences(desired: &Route, current: &Route) -> Vec<String> {
+    differing(&[
+        ("function", desired.function == current.function),
+        ("url", desired.path == current.path),
+        ("methods", desired.methods == current.methods),
+        ("prefix", desired.prefix == current.prefix),
+        ("async", desired.mode == current.mode),
+        ("app", desired.app == current.app),
+    ])
+}
+
+/// The fields whose check (field, same) failed.
+fn differing(checks: &[(&str, bool)]) -> Vec<String> {
     checks
         .iter()
         .filter(|(_, same)| !same)
@@ -637,18 +618,12 @@ fn revision_differences(desired: &RevisionFields, current: &Revision) -> Vec<Str
         .collect()
 }
 
-fn route_differences(desired: &Route, current: &Route) -> Vec<String> {
-    let checks = [
-        ("function", desired.function == current.function),
-        ("url", desired.path == current.path),
-        ("methods", desired.methods == current.methods),
-        ("prefix", desired.prefix == current.prefix),
-        ("async", desired.mode == current.mode),
-        ("app", desired.app == current.app),
-    ];
-    checks
-        .iter()
-        .filter(|(_, same)| !same)
-        .map(|(field, _)| (*field).to_owned())
-        .collect()
+/// A resource's step: create it when it is missing (`None`), else update the fields that
+/// differ, if any.
+fn action(differences: Option<Vec<String>>) -> Action {
+    match differences {
+        None => Action::Create,
+        Some(fields) if fields.is_empty() => Action::Unchanged,
+        Some(fields) => Action::Update(fields),
+    }
 }

@@ -325,6 +325,26 @@ impl Gust {
         &self.http
     }
 
+    /// Waits up to 30 s for queue trigger `name` to report `connected`.
+    pub fn wait_trigger_connected(&self, name: &str) {
+        let status = || -> serde_json::Value {
+            self.api(reqwest::Method::GET, &format!("/v1/mqtriggers/{name}"))
+                .send()
+                .and_then(|r| r.json())
+                .unwrap_or_default()
+        };
+        eventually(Duration::from_secs(30), || {
+            (status()["status"]["state"] == "connected").then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "trigger {name} never connected: {}\n{}",
+                status(),
+                self.log()
+            )
+        });
+    }
+
     /// An API request with the admin token.
     pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
         self.http
