@@ -518,6 +518,20 @@ fn fission_spec_directories_apply_as_they_are() {
         (&items["timeout"], &items["scaling"]["concurrency"]),
         (&Value::from("10s"), &Value::from(4))
     );
+    // Its TimeTrigger (six fields, seconds first) runs the ticker.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !gust
+        .cli(&["fn", "logs", "ticker"])
+        .ok()
+        .stdout
+        .contains("node tick")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node time trigger never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let again = gust
         .cli(&["apply", "-f", node.to_str().unwrap()])
         .ok()
@@ -549,7 +563,10 @@ fn fission_spec_directories_apply_as_they_are() {
         refused.contains("function-f.yaml:32:1: KubernetesWatchTrigger watch: kind \"KubernetesWatchTrigger\" is not supported"),
         "{refused}"
     );
-    assert_eq!(function_names(&gust), ["hello", "items", "report"]);
+    assert_eq!(
+        function_names(&gust),
+        ["hello", "items", "report", "ticker"]
+    );
 
     // An archive's name is one plain name, and its files come from inside the project.
     let escape = gust.scratch().join("escape");
