@@ -261,7 +261,7 @@ fn bad_files_are_refused_with_their_location_and_nothing_is_applied() {
         ),
         (
             "app: second\nfunctions:\n  g:\n    code: .\n    env: python\n",
-            "points outside the file's directory",
+            "points outside the code",
         ),
         (
             "app: second\nfunctions:\n  g:\n    code: g.py\n    env: python\n    timeout: 20m\n",
@@ -292,6 +292,22 @@ fn bad_files_are_refused_with_their_location_and_nothing_is_applied() {
         assert!(said.contains(expected), "expected {expected:?} in:\n{said}");
         assert_eq!(function_names(&gust), ["f"], "{yaml}");
     }
+    // A link in a code directory must stay in that directory (the server refuses others).
+    std::fs::create_dir_all(gust.scratch().join("bad/sub")).unwrap();
+    let _ = std::fs::remove_file(gust.scratch().join("bad/escape"));
+    std::os::unix::fs::symlink("../g.py", gust.scratch().join("bad/sub/up")).unwrap();
+    std::fs::write(
+        &file,
+        "app: second\nfunctions:\n  g:\n    code: sub\n    env: python\n",
+    )
+    .unwrap();
+    let up = apply(&gust, "bad", &[]).failed();
+    assert!(
+        up.contains("gust.yaml:4:5: symlink") && up.contains("points outside the code"),
+        "{up}"
+    );
+    std::fs::remove_dir_all(gust.scratch().join("bad/sub")).unwrap();
+
     // A variable's value is text inside a value, never YAML that adds keys.
     std::fs::write(
         &file,

@@ -647,9 +647,11 @@ pub fn check_code_path(dir: &Path, code: &str) -> Result<PathBuf, String> {
                     let target = entry.path().canonicalize().map_err(|e| {
                         format!("symlink {} cannot be resolved: {e}", entry.path().display())
                     })?;
-                    if !target.starts_with(&root) {
+                    // Links stay links in the upload, and Gust refuses one that leaves the
+                    // code: inside the file's directory is not enough.
+                    if !target.starts_with(&resolved) {
                         return Err(format!(
-                            "symlink {} points outside the file's directory ({})",
+                            "symlink {} points outside the code ({})",
                             entry.path().display(),
                             target.display()
                         ));
