@@ -146,6 +146,12 @@ fn apply_is_idempotent_plans_updates_prunes_only_its_own_app_and_exports() {
     gust.write_file("shop/gust.yaml", &trimmed);
     let kept = apply(&gust, "shop", &[]).ok().stdout;
     assert!(kept.contains("no changes"), "{kept}");
+    assert!(
+        kept.contains(
+            "not in the file but kept (`--prune` deletes them): timer nightly, route api"
+        ),
+        "{kept}"
+    );
     assert_eq!(gust.get("/api").status(), 200);
     let pruned = apply(&gust, "shop", &["--prune"]).ok().stdout;
     assert!(pruned.contains("- route api: delete: done"), "{pruned}");

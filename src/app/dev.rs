@@ -53,6 +53,7 @@ pub async fn dev(file: &Path, connection: &ConnectionArgs) -> anyhow::Result<()>
         public,
         functions: functions.clone(),
         outputs,
+        first: true,
     };
     round.run().await;
     let log_client = ApiClient::new(connection)?;
@@ -106,6 +107,8 @@ struct Round {
     public: Option<String>,
     functions: Arc<Mutex<Vec<String>>>,
     outputs: Arc<Mutex<Vec<PathBuf>>>,
+    /// No round has run yet: one that changes nothing still says what is live.
+    first: bool,
 }
 
 impl Round {
@@ -143,8 +146,15 @@ impl Round {
             }
         };
         if plan.changes() == 0 {
+            if std::mem::take(&mut self.first) {
+                for name in loaded.spec.functions.keys() {
+                    let at = urls(&loaded, name, self.public.as_deref());
+                    println!("up to date: function {name}{at}");
+                }
+            }
             return;
         }
+        self.first = false;
         if let Err(err) = execute(&self.client, &loaded, &plan).await {
             eprintln!("error: {err:#}\nthe last good revisions keep serving");
             return;

@@ -316,6 +316,10 @@ pub fn load_specs(dir: &Path, namespace: &str) -> Result<LoadedApp, Problems> {
     if import.errors.is_empty() {
         Ok(loaded)
     } else {
+        // The warnings are said with the errors: a fix should not bring new surprises.
+        for warning in &loaded.warnings {
+            eprintln!("warning: {warning}");
+        }
         Err(Problems(import.errors))
     }
 }

@@ -112,6 +112,8 @@ pub fn pack(path: &std::path::Path) -> anyhow::Result<PackedCode> {
 /// The whole plan: every step, resources of the file first, then what `--prune` deletes.
 pub struct Plan {
     pub steps: Vec<Step>,
+    /// Resources of the app the file no longer has, kept because `--prune` was not given.
+    pub left_over: Vec<String>,
 }
 
 impl Plan {
@@ -216,6 +218,17 @@ pub async fn plan(
         if let Some(command) = &entry.build {
             if options.dry_run {
                 eprintln!("dry run: the build of {key} is not run ({command})");
+                if !loaded.dir.join(&entry.code).exists() {
+                    // Nothing built yet: what the build makes is new code, whatever it is.
+                    let exists = functions.iter().any(|f| f.name.as_str() == key);
+                    let action = if exists {
+                        Action::Update(vec!["code (built at apply)".to_owned()])
+                    } else {
+                        Action::Create
+                    };
+                    steps.push(step(Kind::Function, key, action));
+                    continue;
+                }
             } else if let Err(message) = build(&loaded.dir, key, command, &entry.code).await {
                 problems.push(loaded.problem(&["functions", key, "build"], message));
                 continue;
@@ -404,7 +417,7 @@ pub async fn plan(
     if !problems.is_empty() {
         return Err(Problems(problems).into());
     }
-    if prune {
+    {
         let ours = |owner: Option<&str>| owner == Some(app);
         let mut deletes = Vec::new();
         for t in &triggers {
@@ -432,9 +445,20 @@ pub async fn plan(
                 deletes.push(step(Kind::Function, f.name.as_str(), Action::Delete));
             }
         }
-        steps.extend(deletes);
+        if prune {
+            steps.extend(deletes);
+        } else {
+            let left_over = deletes
+                .iter()
+                .map(|s| format!("{} {}", s.kind.as_str(), s.name))
+                .collect();
+            return Ok(Plan { steps, left_over });
+        }
     }
-    Ok(Plan { steps })
+    Ok(Plan {
+        steps,
+        left_over: Vec::new(),
+    })
 }
 
 /// Runs a function's build command in `dir`, its output on stderr, unless nothing it reads

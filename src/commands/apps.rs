@@ -89,6 +89,12 @@ pub async fn apply(args: ApplyArgs, connection: &ConnectionArgs) -> anyhow::Resu
         println!("{step}");
     }
     println!("{}", plan.summary());
+    if !plan.left_over.is_empty() {
+        println!(
+            "not in the file but kept (`--prune` deletes them): {}",
+            plan.left_over.join(", ")
+        );
+    }
     if args.dry_run {
         println!("dry run: nothing changed");
         return Ok(ExitCode::SUCCESS);
@@ -98,9 +104,10 @@ pub async fn apply(args: ApplyArgs, connection: &ConnectionArgs) -> anyhow::Resu
         return Ok(ExitCode::SUCCESS);
     }
     apply::execute(&client, &loaded, &plan).await?;
+    let changes = plan.changes();
     println!(
-        "applied {} changes of app {}",
-        plan.changes(),
+        "applied {changes} change{} of app {}",
+        if changes == 1 { "" } else { "s" },
         loaded.spec.app
     );
     Ok(ExitCode::SUCCESS)

@@ -1,4 +1,4 @@
-"""Answers GET with a greeting and POST with the JSON it was sent, counted."""
+"""Answers GET with a greeting and POST with the JSON it was sent."""
 
 
 def main(req):
