@@ -715,15 +715,7 @@ fn now_ms() -> u64 {
 /// `gust usage` totals of one function as a node reports them: (invocations, billed ms,
 /// GB-seconds in millionths).
 fn usage_totals(gust: &Gust, function: &str) -> (u64, u64, u64) {
-    let report: Value = serde_json::from_str(
-        &gust
-            .cli(&["usage", "--fn", function, "--since", "2h", "-o", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
-    // No row until the first record is stored.
-    let row = &report["rows"][0];
+    let row = gust.usage_row(function);
     (
         row["invocations"].as_u64().unwrap_or(0),
         row["billed_ms"].as_u64().unwrap_or(0),

@@ -20,13 +20,7 @@ fn gust() -> Gust {
 }
 
 fn post_json(gust: &Gust, path: &str, body: &Value) -> (u16, Value) {
-    let response = gust
-        .http()
-        .post(gust.public_url(path))
-        .header("Content-Type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap();
+    let response = gust.post_json(path, body);
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(Value::Null))
 }

@@ -333,15 +333,7 @@ fn metrics_count_invocations_cold_starts_and_throttling_with_safe_labels() {
 
 /// `gust usage` totals of one function: (invocations, errors, billed ms).
 fn usage_totals(gust: &Gust, function: &str) -> (u64, u64, u64) {
-    let report: Value = serde_json::from_str(
-        &gust
-            .cli(&["usage", "--fn", function, "--since", "2h", "-o", "json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
-    // No row until the first record is stored.
-    let row = &report["rows"][0];
+    let row = gust.usage_row(function);
     let field = |name: &str| row[name].as_u64().unwrap_or(0);
     (field("invocations"), field("errors"), field("billed_ms"))
 }

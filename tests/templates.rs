@@ -24,13 +24,7 @@ fn deploy(gust: &Gust, template: &str, app: &str, env: &[(&str, &str)]) {
 }
 
 fn post(gust: &Gust, path: &str, body: &Value) -> (u16, String) {
-    let response = gust
-        .http()
-        .post(gust.public_url(path))
-        .header("Content-Type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap();
+    let response = gust.post_json(path, body);
     (response.status().as_u16(), response.text().unwrap())
 }
 

@@ -83,6 +83,18 @@ impl Document {
         })
     }
 
+    /// The strings of a list; none when it is absent or not a list.
+    fn strings(&self, path: &[&str]) -> Vec<String> {
+        self.get(path)
+            .and_then(Value::as_sequence)
+            .map(|s| {
+                s.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn int(&self, path: &[&str]) -> Option<i64> {
         self.get(path).and_then(Value::as_i64)
     }
@@ -607,15 +619,7 @@ fn stage_archive(doc: &Document, project: &Path, staging: &Path) -> Result<Strin
             "exclude is not applied by Fission either: list what to include instead",
         ));
     }
-    let includes: Vec<String> = doc
-        .get(&["include"])
-        .and_then(Value::as_sequence)
-        .map(|s| {
-            s.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let includes = doc.strings(&["include"]);
     let mut matches = Vec::new();
     for include in &includes {
         let pattern = root.join(include);
@@ -931,15 +935,7 @@ fn route_config(doc: &Document, import: &mut Import) -> Option<RouteConfig> {
     } else {
         format!("/{url}")
     };
-    let mut methods: Vec<String> = doc
-        .get(&["spec", "methods"])
-        .and_then(Value::as_sequence)
-        .map(|s| {
-            s.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut methods = doc.strings(&["spec", "methods"]);
     if methods.is_empty() {
         methods = doc
             .str(&["spec", "method"])

@@ -325,6 +325,27 @@ impl Gust {
         &self.http
     }
 
+    /// The row of `gust usage --fn FUNCTION --since 2h -o json`; null until the function's
+    /// first record is stored.
+    pub fn usage_row(&self, function: &str) -> serde_json::Value {
+        let output = self
+            .cli(&["usage", "--fn", function, "--since", "2h", "-o", "json"])
+            .ok();
+        let report: serde_json::Value =
+            serde_json::from_str(&output.stdout).expect("usage prints JSON");
+        report["rows"][0].clone()
+    }
+
+    /// POSTs `body` as JSON to `path` on the public listener.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
+        self.http
+            .post(self.public_url(path))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("the public listener answers")
+    }
+
     /// Waits up to 30 s for queue trigger `name` to report `connected`.
     pub fn wait_trigger_connected(&self, name: &str) {
         let status = || -> serde_json::Value {
