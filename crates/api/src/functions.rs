@@ -259,11 +259,14 @@ pub(crate) fn check_loads(
         request_id: Some(id.to_string()),
         ..LogQuery::default()
     };
-    // The worker's last words may still be on their way from its pipe.
-    let mut printed = Vec::new();
+    // The worker's last words may still be on their way from its pipe, a line at a time:
+    // read until they stop growing (a traceback cut after its first line says nothing).
+    let mut printed: Vec<_> = Vec::new();
     for _ in 0..20 {
-        printed = state.logs.read(&key, &query);
-        if !printed.is_empty() {
+        let now = state.logs.read(&key, &query);
+        let settled = !now.is_empty() && now.len() == printed.len();
+        printed = now;
+        if settled {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
