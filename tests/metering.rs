@@ -406,3 +406,37 @@ fn a_caller_that_leaves_before_the_answer_is_still_billed_for_what_ran() {
     // The instance was stopped, not returned half-way through a request; the next is served.
     assert_eq!(gust.get("/slow").text().unwrap(), "late");
 }
+
+#[test]
+fn a_caller_that_leaves_a_streaming_response_part_way_is_recorded_as_gone_not_as_served() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let source = "import time\ndef main(req):\n    def chunks():\n        yield 'first\\n'\n        time.sleep(3)\n        yield 'last\\n'\n    return chunks()\n";
+    gust.deploy("ticker", "python", "ticker.py", source, &[]);
+    let address = gust.public_url("").trim_start_matches("http://").to_owned();
+    let mut client = std::net::TcpStream::connect(address).unwrap();
+    use std::io::{Read, Write};
+    client
+        .write_all(b"GET /ticker HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    // Wait for the first chunk, then leave while the function is still producing.
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let read = client.read(&mut buffer).unwrap();
+        assert!(read > 0, "the connection closed before the first chunk");
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    drop(client);
+
+    let found = wait_for_records(&gust, "ticker", 1);
+    assert_eq!(
+        found[0]["status"], 499,
+        "a response the client did not take whole is not a 200: {found:?}"
+    );
+    let billed = found[0]["billed_ms"].as_u64().unwrap();
+    assert!(
+        billed < 2_500,
+        "billed {billed} ms: until the client left, not the 3 s sleep"
+    );
+}

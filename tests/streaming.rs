@@ -137,6 +137,20 @@ fn a_python_generator_and_a_node_async_iterator_stream_chunk_by_chunk() {
         assert_first_chunk_comes_before_the_rest(&gust, "/pydrip");
         assert_first_chunk_comes_before_the_rest(&gust, "/nodedrip");
     }
+    // HEAD says what GET would (a body of unknown length), not that the body is empty.
+    for path in ["/pydrip", "/nodedrip"] {
+        let head = reqwest::blocking::Client::new()
+            .head(gust.public_url(path))
+            .send()
+            .unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(
+            head.headers().get("content-length"),
+            None,
+            "HEAD {path} announced a length: {:?}",
+            head.headers()
+        );
+    }
     // Through the API's invoke as well.
     let output = gust.cli(&["fn", "invoke", "pydrip"]).ok();
     assert_eq!(output.stdout, "first\nsecond\n");

@@ -250,13 +250,15 @@ async function sendStream(req, res, status, headers, first, iterator) {
   if (!hasType && !first.done) {
     headers['Content-Type'] = typeof first.value === 'string' ? 'text/plain; charset=utf-8' : 'application/octet-stream';
   }
-  res.writeHead(status, headers);
   if (req.method === 'HEAD') {
+    // Framed as GET would be, so the answer does not claim an empty body.
+    res.writeHead(status, { ...headers, 'Transfer-Encoding': 'chunked' });
     res.end();
     // Nothing will read the rest: let the stream close what it holds (a file, a socket).
     if (typeof iterator.return === 'function') await iterator.return();
     return;
   }
+  res.writeHead(status, headers);
   try {
     for (let step = first; !step.done; step = await iterator.next()) {
       const chunk = toChunk(step.value);

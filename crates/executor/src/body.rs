@@ -21,6 +21,24 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed_unsync()
 }
 
+/// No bytes, of a length not known in advance: the answer to HEAD for a response that would
+/// stream, so that the listener does not announce `content-length: 0` for it.
+pub fn empty_of_unknown_length() -> ResponseBody {
+    struct UnknownLength;
+    impl Body for UnknownLength {
+        type Data = Bytes;
+        type Error = InvokeError;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, InvokeError>>> {
+            std::task::Poll::Ready(None)
+        }
+        // The defaults on purpose: not known to be at its end, no exact size.
+    }
+    UnknownLength.boxed_unsync()
+}
+
 /// Any body whose errors say what broke.
 pub fn stream<B>(body: B) -> ResponseBody
 where

@@ -783,6 +783,14 @@ impl Invoker for Executor {
         if http_body::Body::is_end_stream(&body) {
             // Nothing to stream (an empty body, an answer to HEAD).
             attempt.finish(parts.status.as_u16(), true);
+            let streams = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+                && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+            if streams {
+                return Ok(http::Response::from_parts(
+                    parts,
+                    crate::body::empty_of_unknown_length(),
+                ));
+            }
             return Ok(http::Response::from_parts(parts, body));
         }
         let body = Metered::new(body, attempt, timeout);
@@ -833,7 +841,7 @@ struct Attempt {
     _held: Option<BodyHold>,
 }
 
-/// What an attempt whose caller left before the response's head is reported with (the
+/// What an attempt whose caller left before the response's end is reported with (the
 /// status nginx logs for a client that closed its request): the function ran, so it is billed
 /// until the moment it was stopped.
 const CLIENT_CLOSED: u16 = 499;
@@ -1044,10 +1052,11 @@ impl Drop for Metered {
         let status = attempt.report.status;
         // A client that leaves before the last few bytes (one that only wanted the status)
         // should not cost a warm instance: a small rest of known length is read in the
-        // background, within the function's time, and the instance serves again.
+        // background, within the function's time, and the instance serves again. A response
+        // cut short is reported as one whose client left, not with the status it began with.
         let rest = http_body::Body::size_hint(&self.inner).exact();
         if rest.is_none_or(|rest| rest > DRAIN_ON_DROP_BYTES) {
-            attempt.finish(status, false);
+            attempt.finish(CLIENT_CLOSED, false);
             return;
         }
         let mut inner = std::mem::replace(&mut self.inner, crate::body::full(Bytes::new()));
@@ -1061,7 +1070,8 @@ impl Drop for Metered {
                 Ok::<_, InvokeError>(())
             })
             .await;
-            attempt.finish(status, matches!(drained, Ok(Ok(()))));
+            let complete = matches!(drained, Ok(Ok(())));
+            attempt.finish(if complete { status } else { CLIENT_CLOSED }, complete);
         });
     }
 }
