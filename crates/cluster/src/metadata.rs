@@ -24,9 +24,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gust_model::{Environment, Function, MqTrigger, Name, Namespace, Route, Timer};
+use gust_model::{
+    ApiToken, Environment, Function, MqTrigger, Name, Namespace, NamespaceRecord, Route, Timer,
+};
 use gust_store::{
-    CodeStore, EnvironmentStore, FunctionStore, MqTriggerStore, RouteStore, StoreError, TimerStore,
+    AccessStore, CodeStore, EnvironmentStore, FunctionStore, MqTriggerStore, RouteStore,
+    StoreError, TimerStore,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -55,6 +58,8 @@ enum Record {
     MqTrigger(MqTrigger),
     /// An admin token's hash (the key) and where it came from.
     Token,
+    Namespace(NamespaceRecord),
+    ApiToken(Box<ApiToken>),
 }
 
 /// An admin token's hash, stored under `token.<sha256 hex>`; the token itself is never stored.
@@ -73,6 +78,8 @@ enum Kind {
     Timer,
     MqTrigger,
     Token,
+    Namespace,
+    ApiToken,
 }
 
 impl Kind {
@@ -84,6 +91,8 @@ impl Kind {
             Kind::Timer => "timer.",
             Kind::MqTrigger => "mqt.",
             Kind::Token => "token.",
+            Kind::Namespace => "ns.",
+            Kind::ApiToken => "apitoken.",
         }
     }
 
@@ -95,6 +104,8 @@ impl Kind {
             Kind::Timer,
             Kind::MqTrigger,
             Kind::Token,
+            Kind::Namespace,
+            Kind::ApiToken,
         ]
         .into_iter()
         .find(|kind| key.starts_with(kind.prefix()))
@@ -118,6 +129,10 @@ impl Kind {
             Kind::Token => {
                 serde_json::from_slice::<TokenRecord>(bytes).map_err(corrupt)?;
                 Record::Token
+            }
+            Kind::Namespace => Record::Namespace(serde_json::from_slice(bytes).map_err(corrupt)?),
+            Kind::ApiToken => {
+                Record::ApiToken(Box::new(serde_json::from_slice(bytes).map_err(corrupt)?))
             }
         })
     }
@@ -162,7 +177,7 @@ impl MetadataChanges {
                     self.functions.insert((namespace, name), deleted);
                 }
             }
-            Some(Kind::Token) | None => {}
+            Some(Kind::Token | Kind::Namespace | Kind::ApiToken) | None => {}
         }
     }
 }
@@ -817,6 +832,16 @@ impl Record {
             {
                 return Err(invalid(format!("holds queue trigger {}", trigger.name)));
             }
+            Record::Namespace(record)
+                if format!("{}{}", Kind::Namespace.prefix(), record.name) != key =>
+            {
+                return Err(invalid(format!("holds namespace {}", record.name)));
+            }
+            Record::ApiToken(token)
+                if format!("{}{}", Kind::ApiToken.prefix(), token.id) != key =>
+            {
+                return Err(invalid(format!("holds token {}", token.id)));
+            }
             _ => {}
         }
         Ok(self)
@@ -1055,5 +1080,168 @@ impl MqTriggerStore for ClusterStore {
             scoped(Kind::MqTrigger, namespace, name),
             ("queue trigger", name),
         )
+    }
+}
+
+impl ClusterStore {
+    fn namespace_key(namespace: &Namespace) -> String {
+        format!("{}{namespace}", Kind::Namespace.prefix())
+    }
+
+    fn token_record_key(id: &str) -> String {
+        format!("{}{id}", Kind::ApiToken.prefix())
+    }
+
+    /// Removes `namespace` from every token that lists it (deleting those that reach nothing
+    /// else): after a namespace's delete, and again before it is created, so that a delete cut
+    /// short part-way never lets an old token reach a new namespace of the same name.
+    fn forget_in_tokens(&self, namespace: &Namespace) -> Result<(), StoreError> {
+        let (kept, deleted) = gust_store::forget_namespace_in_tokens(self.tokens()?, namespace);
+        for token in kept {
+            let key = Self::token_record_key(&token.id);
+            let bytes = encode(&token);
+            self.write(&key, Some(Record::ApiToken(Box::new(token))), Write::Put(bytes))?;
+        }
+        for id in deleted {
+            match self.delete_token(&id) {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    fn namespace_user(&self, namespace: &Namespace) -> Option<String> {
+        let first = |kind: Kind, what: &str| {
+            let prefix = format!("{}{namespace}.", kind.prefix());
+            self.lock()
+                .records
+                .range(prefix.clone()..)
+                .next()
+                .filter(|(key, _)| key.starts_with(&prefix))
+                .map(|(key, _)| format!("{what} {}", &key[prefix.len()..]))
+        };
+        first(Kind::Function, "function")
+            .or_else(|| first(Kind::Route, "route"))
+            .or_else(|| first(Kind::Timer, "timer"))
+            .or_else(|| first(Kind::MqTrigger, "queue trigger"))
+    }
+}
+
+impl AccessStore for ClusterStore {
+    fn create_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError> {
+        let exists = || StoreError::AlreadyExists {
+            kind: "namespace",
+            name: record.name.to_string(),
+        };
+        if record.name == Namespace::default() {
+            return Err(exists());
+        }
+        let key = Self::namespace_key(&record.name);
+        if self.get(&key).is_some() {
+            return Err(exists());
+        }
+        self.forget_in_tokens(&record.name)?;
+        let name = Name::parse("namespace", record.name.as_str())
+            .expect("a namespace is a valid name");
+        self.create(
+            key,
+            record,
+            Record::Namespace(record.clone()),
+            ("namespace", &name),
+            || Ok(()),
+        )
+    }
+
+    fn namespace_record(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<Option<NamespaceRecord>, StoreError> {
+        if *namespace == Namespace::default() {
+            return Ok(Some(NamespaceRecord::default_namespace()));
+        }
+        Ok(match self.get(&Self::namespace_key(namespace)) {
+            Some(Record::Namespace(record)) => Some(record),
+            _ => None,
+        })
+    }
+
+    fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, StoreError> {
+        let mut records = vec![NamespaceRecord::default_namespace()];
+        records.extend(self.all(Kind::Namespace, None, |record| match record {
+            Record::Namespace(record) => Some(record),
+            _ => None,
+        }));
+        Ok(records)
+    }
+
+    fn delete_namespace(&self, namespace: &Namespace) -> Result<(), StoreError> {
+        if *namespace == Namespace::default() {
+            return Err(StoreError::InUse {
+                kind: "namespace",
+                name: namespace.to_string(),
+                user: "Gust itself (default always exists)".into(),
+            });
+        }
+        let key = Self::namespace_key(namespace);
+        self.checked(&key, || {
+            if self.get(&key).is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "namespace",
+                    name: namespace.to_string(),
+                });
+            }
+            if let Some(user) = self.namespace_user(namespace) {
+                return Err(StoreError::InUse {
+                    kind: "namespace",
+                    name: namespace.to_string(),
+                    user,
+                });
+            }
+            Ok(None)
+        })?;
+        self.forget_in_tokens(namespace)
+    }
+
+    fn create_token(&self, token: &ApiToken) -> Result<(), StoreError> {
+        let key = Self::token_record_key(&token.id);
+        self.create(
+            key,
+            token,
+            Record::ApiToken(Box::new(token.clone())),
+            ("token", &token.name),
+            || match self.tokens()?.iter().any(|t| t.name == token.name) {
+                true => Err(StoreError::AlreadyExists {
+                    kind: "token",
+                    name: token.name.to_string(),
+                }),
+                false => Ok(()),
+            },
+        )
+    }
+
+    fn token(&self, id: &str) -> Result<Option<ApiToken>, StoreError> {
+        Ok(match self.get(&Self::token_record_key(id)) {
+            Some(Record::ApiToken(token)) => Some(*token),
+            _ => None,
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        Ok(self.all(Kind::ApiToken, None, |record| match record {
+            Record::ApiToken(token) => Some(*token),
+            _ => None,
+        }))
+    }
+
+    fn delete_token(&self, id: &str) -> Result<(), StoreError> {
+        let key = Self::token_record_key(id);
+        let Some(revision) = self.lock().records.get(&key).map(|(revision, _)| *revision) else {
+            return Err(StoreError::NotFound {
+                kind: "token",
+                name: id.to_owned(),
+            });
+        };
+        self.write(&key, None, Write::Delete(revision))
     }
 }

@@ -6,6 +6,7 @@
 //! invalid value. Route matching lives here too ([`RouteTable`]) so that the router, the API
 //! and the CLI agree on what a path means.
 
+mod access;
 mod build;
 mod delivery;
 mod duration;
@@ -23,6 +24,10 @@ mod schema;
 mod timer;
 mod usage;
 
+pub use access::{
+    Action, ApiToken, AuditEntry, NamespaceRecord, Role, TOKEN_ID_HEX, TOKEN_PREFIX,
+    TOKEN_SECRET_HEX, split_token,
+};
 pub use build::{Build, BuildState, DependencyKind};
 pub use delivery::{
     BACKOFF_BASE, BACKOFF_CAP, DEFAULT_MAX_AGE, DEFAULT_MAX_ATTEMPTS, Delivery, Verdict, backoff,

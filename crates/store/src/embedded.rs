@@ -15,8 +15,8 @@ use crate::{EnvironmentStore, FunctionStore, RouteStore, StoreError, UsagePruned
 
 // Values are JSON documents: readable with any redb tool and tolerant of added fields.
 const ENVIRONMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("environments");
-const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
-const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
+pub(crate) const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+pub(crate) const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 /// `<namespace>/<started at ms, 13 digits>/<invocation id>#<attempt>` → the record. The key
 /// is what makes a record count once (see [`UsageStore::record_usage`] below).
 const USAGE_RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("usage_records");
@@ -109,6 +109,7 @@ impl EmbeddedStore {
         tx.delete_table(RETIRED_USAGE_KEYS)?;
         crate::queue::create_tables(&tx)?;
         crate::mq::create_tables(&tx)?;
+        crate::access::create_tables(&tx)?;
         tx.commit()?;
         Ok(())
     }

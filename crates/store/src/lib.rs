@@ -11,12 +11,14 @@
 //!
 //! Not here: deciding what a valid function is (`gust-model`) or running code.
 
+mod access;
 mod code;
 mod embedded;
 mod error;
 mod mq;
 mod queue;
 
+pub use access::forget_namespace_in_tokens;
 pub use queue::{decode_request, encode_request};
 
 pub use code::{CodeHold, CodeLimits, CodePin, CodeStore, CodeUpload, is_code_digest};
@@ -24,8 +26,8 @@ pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 
 use gust_model::{
-    AsyncInvocation, Environment, Function, HourlyUsage, MqTrigger, Name, Namespace, Route,
-    StoredRequest, Timer, UsageRecord,
+    ApiToken, AsyncInvocation, AuditEntry, Environment, Function, HourlyUsage, MqTrigger, Name,
+    Namespace, NamespaceRecord, Route, StoredRequest, Timer, UsageRecord,
 };
 
 /// Environments are global: every namespace can use every environment.
@@ -238,12 +240,47 @@ pub trait SharedCode: Send + Sync {
     fn fetch(&self, digest: &str) -> Result<(), StoreError>;
 }
 
+/// Namespaces and API tokens: who may reach what. `default` always exists and is never
+/// stored.
+pub trait AccessStore: Send + Sync {
+    /// Fails with [`StoreError::AlreadyExists`] if the namespace exists (`default` always does).
+    fn create_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError>;
+    fn namespace_record(&self, namespace: &Namespace)
+    -> Result<Option<NamespaceRecord>, StoreError>;
+    /// Every namespace, `default` first.
+    fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, StoreError>;
+    /// Deletes an empty namespace (else [`StoreError::InUse`] naming what it holds) and
+    /// forgets it in every token: one that reached only it is deleted with it.
+    fn delete_namespace(&self, namespace: &Namespace) -> Result<(), StoreError>;
+    /// Fails with [`StoreError::AlreadyExists`] if a token has its id or its name.
+    fn create_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+    fn token(&self, id: &str) -> Result<Option<ApiToken>, StoreError>;
+    fn tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+    fn delete_token(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// The audit log: control-plane writes, oldest first, kept for a retention.
+pub trait AuditStore: Send + Sync {
+    fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Entries at or after `since_ms` (of one namespace, if given), oldest first, at most
+    /// `limit`.
+    fn audit(
+        &self,
+        since_ms: u64,
+        namespace: Option<&Namespace>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Deletes up to `limit` entries older than `before_ms`, oldest first; returns how many.
+    fn prune_audit(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
+}
+
 /// Everything the control plane needs from metadata storage.
 pub trait MetadataStore:
-    EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore
+    EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore + AccessStore
 {
 }
-impl<T: EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore> MetadataStore
-    for T
+impl<
+    T: EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore + AccessStore,
+> MetadataStore for T
 {
 }
