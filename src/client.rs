@@ -36,15 +36,29 @@ pub struct ConnectionArgs {
     /// PEM file of a certificate authority to trust for an https:// URL, besides the system's
     #[arg(long, env = "GUST_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
-    /// Namespace of the resources
+    /// Namespace of the resources (`gust token create` takes several)
     #[arg(
-        long,
+        long = "namespace",
         short = 'n',
         global = true,
         env = "GUST_NAMESPACE",
-        default_value = "default"
+        default_value = "default",
+        action = clap::ArgAction::Append
     )]
-    pub namespace: String,
+    pub namespaces: Vec<String>,
+}
+
+impl ConnectionArgs {
+    /// The one namespace a command acts in.
+    pub fn namespace(&self) -> anyhow::Result<&str> {
+        match self.namespaces.as_slice() {
+            [one] => Ok(one),
+            [] => Ok("default"),
+            _ => bail!(
+                "-n/--namespace is given more than once; only `gust token create` takes several"
+            ),
+        }
+    }
 }
 
 /// A path of the API (`["v1", "functions", name]`) and its query; each part is encoded when
@@ -165,7 +179,7 @@ impl ApiClient {
         Ok(Self {
             base: parsed,
             token,
-            namespace: args.namespace.clone(),
+            namespace: args.namespace()?.to_owned(),
             http: http.build().context("cannot set up the HTTP client")?,
         })
     }

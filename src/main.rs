@@ -23,7 +23,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
-    apps, completion, dlq, env, function, invocation, mqt, nodes, route, timer, up, usage, version,
+    apps, completion, dlq, env, function, invocation, mqt, nodes, route, tenancy, timer, up, usage,
+    version,
 };
 
 /// mimalloc instead of the C library's allocator: memory freed on another thread than the one
@@ -60,6 +61,12 @@ pub enum Command {
     Invocation(invocation::InvocationArgs),
     /// List, show, re-drive and purge dead letters (failed asynchronous invocations).
     Dlq(dlq::DlqArgs),
+    /// Manage namespaces (tenants).
+    Ns(tenancy::NamespaceArgs),
+    /// Create, list and revoke API tokens (a role in some namespaces).
+    Token(tenancy::TokenArgs),
+    /// Read the audit log: control-plane writes, who made them and the answer.
+    Audit(tenancy::AuditArgs),
     /// Show what functions used and cost: invocations, GB-seconds, CPU.
     Usage(usage::UsageArgs),
     /// Make the platform match an app file (gust.yaml): create, update, and with --prune delete.
@@ -133,6 +140,9 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Function(args) => client::block_on(function::run(*args, &cli.connection)),
         Command::Env(args) => client::block_on(env::run(args, &cli.connection)),
         Command::Usage(args) => client::block_on(usage::run(args, &cli.connection)),
+        Command::Ns(args) => client::block_on(tenancy::namespaces(args, &cli.connection)),
+        Command::Token(args) => client::block_on(tenancy::tokens(args, &cli.connection)),
+        Command::Audit(args) => client::block_on(tenancy::audit(args, &cli.connection)),
         Command::Route(args) => client::block_on(route::run(args, &cli.connection)),
         Command::Timer(args) => client::block_on(timer::run(args, &cli.connection)),
         Command::Mqt(args) => client::block_on(mqt::run(args, &cli.connection)),

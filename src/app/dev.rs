@@ -49,7 +49,7 @@ pub async fn dev(file: &Path, connection: &ConnectionArgs) -> anyhow::Result<()>
     let mut round = Round {
         client,
         file: file.to_owned(),
-        namespace: connection.namespace.clone(),
+        namespace: connection.namespace()?.to_owned(),
         public,
         functions: functions.clone(),
         outputs,

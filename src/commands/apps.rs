@@ -76,9 +76,9 @@ fn read(file: &std::path::Path, namespace: &str) -> anyhow::Result<LoadedApp> {
 }
 
 pub async fn apply(args: ApplyArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    let loaded = read(&args.file, &connection.namespace)?;
+    let loaded = read(&args.file, connection.namespace()?)?;
     let mut client = ApiClient::new(connection)?;
-    client.namespace = loaded.namespace(&connection.namespace);
+    client.namespace = loaded.namespace(connection.namespace()?);
     let options = plan::PlanOptions {
         prune: args.prune,
         adopt: args.adopt,
@@ -114,7 +114,7 @@ pub async fn apply(args: ApplyArgs, connection: &ConnectionArgs) -> anyhow::Resu
 }
 
 pub fn validate(args: ValidateArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
-    let loaded = read(&args.file, &connection.namespace)?;
+    let loaded = read(&args.file, connection.namespace()?)?;
     let spec = &loaded.spec;
     println!(
         "{}: app {} is valid ({} environments, {} functions, {} routes, {} timers, {} queue triggers)",

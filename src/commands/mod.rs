@@ -8,6 +8,7 @@ pub mod mqt;
 pub mod nodes;
 mod resource;
 pub mod route;
+pub mod tenancy;
 pub mod timer;
 pub mod up;
 pub mod usage;

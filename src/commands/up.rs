@@ -116,6 +116,9 @@ pub struct UpArgs {
     /// How long hourly usage totals (what reports and invoices use) are kept
     #[arg(long, env = "GUST_USAGE_RETENTION", default_value = "400days")]
     usage_retention: String,
+    /// How long audit log entries (control-plane writes) are kept
+    #[arg(long, env = "GUST_AUDIT_RETENTION", default_value = "90days")]
+    audit_retention: String,
     /// Memory (MB) the embedded store may use to cache its pages
     #[arg(long, env = "GUST_STORE_CACHE", default_value_t = 64)]
     store_cache: usize,
@@ -227,6 +230,7 @@ struct Settings {
     drain_deadline: Duration,
     async_retention: Duration,
     usage_retention: UsageRetention,
+    audit_retention: Duration,
     queue_limits: QueueLimits,
     wasm_pool: PoolSize,
     build_timeout: Duration,
@@ -268,6 +272,7 @@ impl Settings {
                 records: parse_duration("usage records retention", &args.usage_records_retention)?,
                 hours: parse_duration("usage retention", &args.usage_retention)?,
             },
+            audit_retention: parse_duration("audit retention", &args.audit_retention)?,
             queue_limits: QueueLimits {
                 bounds: QueueBounds {
                     per_function: args.async_queue_depth,
@@ -425,7 +430,7 @@ async fn assemble(
             },
         )
         .context("cannot open the cluster's asynchronous queue")?,
-        None => embedded,
+        None => embedded.clone(),
     };
     for runtime in BuiltinRuntime::ALL {
         // Components are instantiated per request; there are no workers to keep warm.
@@ -575,6 +580,7 @@ async fn assemble(
         routes: routes.clone(),
         logs,
         tokens,
+        audit: embedded.clone(),
         nodes,
         usage: usage_store.clone(),
         meter,
@@ -594,6 +600,7 @@ async fn assemble(
 
     let (public_limits, api_limits) = connection_limits(args, settings);
     let usage_retention = settings.usage_retention;
+    let (audit_log, audit_retention) = (state.audit.clone(), settings.audit_retention);
     let mut roles: Vec<Box<dyn Role>> = vec![
         Box::new(
             Task::new("usage", move |stop| {
@@ -605,6 +612,9 @@ async fn assemble(
             }),
         ),
         Box::new(Task::new("code-gc", move |stop| collector.run(stop))),
+        Box::new(Task::new("audit", move |stop| {
+            gust_api::prune_audit(audit_log, audit_retention, stop)
+        })),
     ];
     if settings.runs(RoleName::Executor) {
         // The environments' pools start, and functions with a minimum of instances get them

@@ -7,12 +7,16 @@
 //! timer's, a queue trigger's) are the model's own `*Config` types; this crate adds what only
 //! the API has: code sources, views with live state, queries and errors.
 
+mod access;
 mod asynchronous;
 mod error;
 mod functions;
 mod resources;
 mod usage;
 
+pub use access::{
+    AuditList, AuditQuery, NamespaceCreate, NamespaceView, TokenCreate, TokenCreated, TokenView,
+};
 pub use asynchronous::{
     Accepted, DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView, Selection,
 };

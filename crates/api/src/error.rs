@@ -10,6 +10,9 @@ use thiserror::Error;
 pub enum ApiError {
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// A valid token that may not do this here; the message says what it lacks.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{kind} {name:?} not found")]
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
@@ -57,6 +60,7 @@ impl ApiError {
     fn status_and_reason(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound {
                 kind: "function", ..
             } => (StatusCode::NOT_FOUND, "function_not_found"),

@@ -7,6 +7,7 @@
 //! The token is checked before routing, so an unknown `/v1/` path without a token is 401, not
 //! 404. Storage calls run on the blocking pool: redb commits fsync.
 
+mod access;
 mod asynchronous;
 mod builds;
 mod environments;
@@ -16,14 +17,17 @@ mod invoke;
 mod mqtriggers;
 mod nodes;
 mod routes;
+mod tenants;
 mod timers;
 mod token;
 mod uploads;
 mod usage;
 
+pub use access::{Principal, secret_hash};
 pub use builds::Builds;
 pub use error::ApiError;
 pub use nodes::{NodeDirectory, PeerLogsRequest};
+pub use tenants::prune_audit;
 pub use token::{AdminToken, TokenCheck};
 
 use std::sync::Arc;
@@ -40,7 +44,7 @@ use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
 use gust_metering::{Meter, PriceSheet};
 use gust_model::{Environment, Namespace};
 use gust_router::Routes;
-use gust_store::{CodeStore, MetadataStore, SharedCode, UsageStore};
+use gust_store::{AuditStore, CodeStore, MetadataStore, SharedCode, UsageStore};
 use gust_trigger_mq::MqTriggers;
 use gust_trigger_timer::TimerScheduler;
 use serde::de::DeserializeOwned;
@@ -65,8 +69,11 @@ pub struct ApiState {
     pub runtime: Arc<dyn Runtime>,
     pub routes: Routes,
     pub logs: Arc<FunctionLogs>,
-    /// Which bearer tokens the API accepts: this node's admin token, or any of a cluster's.
+    /// Which admin tokens the API accepts: this node's, or any of a cluster's. Created
+    /// tokens are records of `store`.
     pub tokens: Arc<dyn TokenCheck>,
+    /// Where control-plane writes are logged.
+    pub audit: Arc<dyn AuditStore>,
     /// The nodes `GET /v1/nodes` lists.
     pub nodes: Arc<dyn NodeDirectory>,
     pub usage: Arc<dyn UsageStore>,
@@ -213,6 +220,10 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
     let (router, _) = routes().split_for_parts();
     router
         .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(json_errors))
@@ -261,6 +272,11 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(usage::usage))
         .routes(routes!(usage::records))
         .routes(routes!(nodes::list))
+        .routes(routes!(tenants::list_namespaces, tenants::create_namespace))
+        .routes(routes!(tenants::show_namespace, tenants::delete_namespace))
+        .routes(routes!(tenants::list_tokens, tenants::create_token))
+        .routes(routes!(tenants::revoke_token))
+        .routes(routes!(tenants::audit))
         .routes(routes!(openapi))
         .routes(routes!(version));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -345,7 +361,9 @@ impl utoipa::Modify for Conventions {
     }
 }
 
-async fn require_token(State(state): Shared, request: Request, next: Next) -> Response {
+/// Authenticates the bearer token into a [`Principal`] for [`access::authorize`]; a call
+/// without a valid one ends here with 401, whether or not its path exists.
+async fn require_token(State(state): Shared, mut request: Request, next: Next) -> Response {
     if UNAUTHENTICATED.contains(&request.uri().path()) {
         return next.run(request).await;
     }
@@ -357,9 +375,16 @@ async fn require_token(State(state): Shared, request: Request, next: Next) -> Re
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token);
-    match presented {
-        Some(token) if state.tokens.accepts(token.trim()) => next.run(request).await,
-        _ => ApiError::Unauthorized.into_response(),
+    let principal = match presented {
+        Some(token) => access::authenticate(&state, token.trim()).await,
+        None => None,
+    };
+    match principal {
+        Some(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 

@@ -1100,7 +1100,11 @@ impl ClusterStore {
         for token in kept {
             let key = Self::token_record_key(&token.id);
             let bytes = encode(&token);
-            self.write(&key, Some(Record::ApiToken(Box::new(token))), Write::Put(bytes))?;
+            self.write(
+                &key,
+                Some(Record::ApiToken(Box::new(token))),
+                Write::Put(bytes),
+            )?;
         }
         for id in deleted {
             match self.delete_token(&id) {
@@ -1142,8 +1146,8 @@ impl AccessStore for ClusterStore {
             return Err(exists());
         }
         self.forget_in_tokens(&record.name)?;
-        let name = Name::parse("namespace", record.name.as_str())
-            .expect("a namespace is a valid name");
+        let name =
+            Name::parse("namespace", record.name.as_str()).expect("a namespace is a valid name");
         self.create(
             key,
             record,

@@ -78,9 +78,7 @@ impl AccessStore for EmbeddedStore {
     fn create_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut table = tx.open_table(NAMESPACES)?;
-            if record.name == Namespace::default()
-                || table.get(record.name.as_str())?.is_some()
-            {
+            if record.name == Namespace::default() || table.get(record.name.as_str())?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     kind: "namespace",
                     name: record.name.to_string(),
@@ -123,7 +121,11 @@ impl AccessStore for EmbeddedStore {
                     user,
                 });
             }
-            if tx.open_table(NAMESPACES)?.remove(namespace.as_str())?.is_none() {
+            if tx
+                .open_table(NAMESPACES)?
+                .remove(namespace.as_str())?
+                .is_none()
+            {
                 return Err(StoreError::NotFound {
                     kind: "namespace",
                     name: namespace.to_string(),
@@ -280,7 +282,9 @@ mod tests {
             store.create_namespace(&NamespaceRecord::default_namespace()),
             Err(StoreError::AlreadyExists { .. })
         ));
-        store.create_token(&token("a1", "only-a", &["team-a"])).unwrap();
+        store
+            .create_token(&token("a1", "only-a", &["team-a"]))
+            .unwrap();
         store
             .create_token(&token("ab", "both", &["team-a", "team-b"]))
             .unwrap();
@@ -314,8 +318,12 @@ mod tests {
     #[test]
     fn audit_entries_come_back_oldest_first_by_namespace_and_go_past_their_retention() {
         let (_dir, store) = store();
-        for (at_ms, namespace) in [(10, Some("a")), (20, Some("b")), (20, None), (30, Some("a"))]
-        {
+        for (at_ms, namespace) in [
+            (10, Some("a")),
+            (20, Some("b")),
+            (20, None),
+            (30, Some("a")),
+        ] {
             store
                 .append_audit(&AuditEntry {
                     at_ms,

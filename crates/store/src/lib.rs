@@ -245,8 +245,10 @@ pub trait SharedCode: Send + Sync {
 pub trait AccessStore: Send + Sync {
     /// Fails with [`StoreError::AlreadyExists`] if the namespace exists (`default` always does).
     fn create_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError>;
-    fn namespace_record(&self, namespace: &Namespace)
-    -> Result<Option<NamespaceRecord>, StoreError>;
+    fn namespace_record(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<Option<NamespaceRecord>, StoreError>;
     /// Every namespace, `default` first.
     fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, StoreError>;
     /// Deletes an empty namespace (else [`StoreError::InUse`] naming what it holds) and
@@ -279,8 +281,7 @@ pub trait MetadataStore:
     EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore + AccessStore
 {
 }
-impl<
-    T: EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore + AccessStore,
-> MetadataStore for T
+impl<T: EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore + AccessStore>
+    MetadataStore for T
 {
 }

@@ -1,0 +1,101 @@
+//! Namespaces, tokens and the audit log as the API takes and shows them.
+
+use gust_model::{ApiToken, AuditEntry, HumanDuration, Name, Namespace, NamespaceRecord, Role};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/namespaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceCreate {
+    pub name: Namespace,
+}
+
+/// A namespace with what it holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NamespaceView {
+    #[serde(flatten)]
+    pub record: NamespaceRecord,
+    pub functions: usize,
+    pub routes: usize,
+    pub timers: usize,
+    pub mq_triggers: usize,
+}
+
+/// `POST /v1/tokens`: a new token for the namespaces given, or for the call's `?namespace=`
+/// when none are.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    /// Unique among tokens; generated when absent.
+    #[serde(default)]
+    pub name: Option<Name>,
+    pub role: Role,
+    /// The namespaces it reaches; the call's namespace when empty.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    /// Every namespace, present and future; only a token that itself reaches every namespace
+    /// as admin may make one.
+    #[serde(default)]
+    pub all_namespaces: bool,
+    /// How long it is valid; forever when absent.
+    #[serde(default)]
+    pub expires: Option<HumanDuration>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: Name,
+    pub role: Role,
+    /// The namespaces it reaches; absent for every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<Namespace>>,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    pub created_by: String,
+}
+
+impl From<&ApiToken> for TokenView {
+    fn from(token: &ApiToken) -> Self {
+        Self {
+            id: token.id.clone(),
+            name: token.name.clone(),
+            role: token.role,
+            namespaces: token.namespaces.clone(),
+            created_at_ms: token.created_at_ms,
+            expires_at_ms: token.expires_at_ms,
+            created_by: token.created_by.clone(),
+        }
+    }
+}
+
+/// The answer to `POST /v1/tokens`: the token's text, shown this once and never again.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+/// `?namespace=&since=&limit=` of `GET /v1/audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// The namespace whose entries are listed [default: default]
+    pub namespace: Option<String>,
+    /// Entries of this long ago and newer, such as 1h or 7d [default: 24h]
+    pub since: Option<HumanDuration>,
+    /// At most this many, oldest first [default: 1000]
+    pub limit: Option<usize>,
+    /// Every namespace's entries and those of no namespace (environments, namespaces); for a
+    /// token that reaches every namespace as admin
+    pub all: Option<bool>,
+}
+
+/// `GET /v1/audit`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+}
