@@ -295,3 +295,45 @@ fn audited(method: &Method, pattern: &str) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
         && pattern != "/v1/functions/{name}/invoke"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_operation_has_an_access_rule() {
+        let document = crate::openapi_document();
+        let mut operations = 0;
+        for (path, item) in &document.paths.paths {
+            for (method, present) in [
+                (Method::GET, item.get.is_some()),
+                (Method::PUT, item.put.is_some()),
+                (Method::POST, item.post.is_some()),
+                (Method::DELETE, item.delete.is_some()),
+                (Method::PATCH, item.patch.is_some()),
+            ] {
+                if present {
+                    operations += 1;
+                    assert!(rule(&method, path).is_some(), "{method} {path} has no rule");
+                }
+            }
+        }
+        assert!(operations > 40, "only {operations} operations documented");
+    }
+
+    #[test]
+    fn a_namespaced_admin_covers_only_tokens_within_its_namespaces() {
+        let ns = |s: &str| Namespace::parse(s).unwrap();
+        let admin = Principal {
+            name: "a".into(),
+            role: Role::Admin,
+            namespaces: Some(vec![ns("a"), ns("b")]),
+        };
+        assert!(admin.covers(Some(&[ns("a")])));
+        assert!(admin.covers(Some(&[ns("a"), ns("b")])));
+        assert!(!admin.covers(Some(&[ns("a"), ns("c")])));
+        assert!(!admin.covers(None));
+        assert!(!admin.is_cluster_admin());
+        assert!(Principal::bootstrap().covers(None));
+    }
+}

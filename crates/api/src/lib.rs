@@ -346,6 +346,10 @@ impl utoipa::Modify for Conventions {
                     ("400", "invalid input; the message names what was wrong"),
                     ("401", "no valid bearer token"),
                     (
+                        "403",
+                        "the token does not reach the namespace, or its role may not do this",
+                    ),
+                    (
                         "404",
                         "no such resource (reason not_found or function_not_found)",
                     ),

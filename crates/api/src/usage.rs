@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use gust_api_types::UsageQuery;
 use gust_metering::report::{self, GroupBy, UsageReport};
 use gust_model::{Name, Namespace, UsageRecord, parse_duration};
 
-use crate::{ApiError, ApiState};
+use crate::{ApiError, ApiState, Principal};
 
 type Shared = State<Arc<ApiState>>;
 
@@ -94,11 +94,17 @@ pub async fn records(
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "usage", responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format", content_type = "application/openmetrics-text")))]
-pub async fn metrics(State(state): Shared) -> impl IntoResponse {
-    let text = state
+pub async fn metrics(
+    State(state): Shared,
+    Extension(principal): Extension<Principal>,
+) -> impl IntoResponse {
+    let mut text = state
         .meter
         .metrics()
         .encode(&state.executor.all_instances());
+    if principal.namespaces.is_some() {
+        text = series_reached(&text, &principal);
+    }
     (
         [(
             http::header::CONTENT_TYPE,
@@ -106,4 +112,46 @@ pub async fn metrics(State(state): Shared) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+/// The metrics text without the series of namespaces `principal` does not reach: a token of
+/// one namespace sees its own functions' series and the node's own, never another tenant's.
+fn series_reached(text: &str, principal: &Principal) -> String {
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        let namespace = line
+            .split_once("namespace=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(namespace, _)| namespace);
+        let reached = match namespace {
+            None => true,
+            Some(namespace) => {
+                Namespace::parse(namespace).is_ok_and(|namespace| principal.reaches(&namespace))
+            }
+        };
+        if line.starts_with('#') || reached {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespaced_token_sees_its_own_series_and_the_node_s() {
+        let principal = Principal {
+            name: "t".into(),
+            role: gust_model::Role::Viewer,
+            namespaces: Some(vec![Namespace::parse("team-a").unwrap()]),
+        };
+        let text = "# TYPE x counter\nx_total{namespace=\"team-a\",function=\"f\"} 1\nx_total{namespace=\"team-b\",function=\"f\"} 2\nnode_total 3\n# EOF\n";
+        assert_eq!(
+            series_reached(text, &principal),
+            "# TYPE x counter\nx_total{namespace=\"team-a\",function=\"f\"} 1\nnode_total 3\n# EOF\n"
+        );
+    }
 }

@@ -1,0 +1,468 @@
+//! Teams on one Gust: namespaces, tokens with a role in some of them, and what a token of one
+//! namespace can do to another's (nothing). S-01 for every role against every route: the
+//! routes come from the OpenAPI document, so a new route is checked as soon as it exists.
+
+use std::time::Duration;
+
+use gust_harness::reqwest::Method;
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::{Value, json};
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+const ROLES: [&str; 4] = ["viewer", "invoker", "deployer", "admin"];
+
+/// What an operation needs, written from the roles' definitions (not from the server's table).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Needs {
+    /// No token at all.
+    Nothing,
+    /// Any valid token.
+    AnyToken,
+    /// At least this role in the namespace the call names.
+    Role(usize),
+    /// The admin role in every namespace.
+    ClusterAdmin,
+}
+
+fn needs(method: &str, template: &str) -> Needs {
+    let read = method == "GET";
+    match template {
+        "/healthz" | "/readyz" | "/v1/openapi.json" => Needs::Nothing,
+        "/v1/version" | "/metrics" => Needs::AnyToken,
+        "/v1/environments" | "/v1/environments/{name}" | "/v1/namespaces" if read => {
+            Needs::AnyToken
+        }
+        "/v1/environments" | "/v1/environments/{name}" | "/v1/nodes" | "/v1/namespaces" => {
+            Needs::ClusterAdmin
+        }
+        "/v1/namespaces/{name}" if read => Needs::Role(0),
+        "/v1/namespaces/{name}" => Needs::ClusterAdmin,
+        "/v1/tokens" | "/v1/tokens/{id}" | "/v1/audit" => Needs::Role(3),
+        "/v1/functions/{name}/invoke" => Needs::Role(1),
+        _ if read => Needs::Role(0),
+        _ => Needs::Role(2),
+    }
+}
+
+/// `template` with its parameters filled in and `?namespace=`; the namespace of
+/// `/v1/namespaces/{name}` is in its path.
+fn concrete(template: &str, namespace: &str) -> String {
+    let path = template
+        .replace(
+            "/v1/namespaces/{name}",
+            &format!("/v1/namespaces/{namespace}"),
+        )
+        .replace("{name}", "hello")
+        .replace("{id}", "0123456789abcdef0123456789abcdef");
+    format!("{path}?namespace={namespace}")
+}
+
+fn operations(gust: &Gust) -> Vec<(String, String)> {
+    let doc: Value = gust
+        .http()
+        .get(format!("{}/v1/openapi.json", gust.api_url()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                operations.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    operations
+}
+
+fn send(gust: &Gust, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = gust
+        .http()
+        .request(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{}{path}", gust.api_url()),
+        )
+        .header("content-type", "application/json")
+        .body("{}");
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().unwrap_or_default())
+}
+
+/// `gust token create` as the admin; the token's text.
+fn token(gust: &Gust, role: &str, namespaces: &[&str], extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--role", role];
+    for namespace in namespaces {
+        args.extend(["-n", namespace]);
+    }
+    args.extend_from_slice(extra);
+    gust.cli(&args).ok().stdout.trim().to_owned()
+}
+
+fn as_token(gust: &Gust, token: &str, args: &[&str]) -> gust_harness::CliOutput {
+    gust.cli_with_env(args, &[("GUST_TOKEN", token)])
+}
+
+#[test]
+fn s01_every_role_against_every_route_in_its_namespace_and_another() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-a"]).ok();
+    gust.cli(&["ns", "create", "team-b"]).ok();
+    // Something to refuse access to in team-b.
+    let code = gust.write_file("hello.py", "def main():\n    return 'b'\n");
+    gust.cli(&[
+        "fn",
+        "create",
+        "hello",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+        "-n",
+        "team-b",
+    ])
+    .ok();
+    let tokens: Vec<String> = ROLES
+        .iter()
+        .map(|role| token(&gust, role, &["team-a"], &[]))
+        .collect();
+    let operations = operations(&gust);
+    assert!(operations.len() > 45, "{operations:?}");
+
+    let mut checked = 0;
+    for (method, template) in &operations {
+        let needed = needs(method, template);
+        // No token: 401 on everything but the open paths.
+        let (status, body) = send(&gust, method, &concrete(template, "team-b"), None);
+        if needed == Needs::Nothing {
+            assert_ne!(status, 401, "{method} {template} without a token: {body}");
+            continue;
+        }
+        assert_eq!(status, 401, "{method} {template} without a token: {body}");
+        for (rank, token) in tokens.iter().enumerate() {
+            let role = ROLES[rank];
+            // Another namespace: refused whatever the role, before anything is looked up.
+            let (status, body) = send(&gust, method, &concrete(template, "team-b"), Some(token));
+            let refused = !matches!(needed, Needs::AnyToken);
+            if refused {
+                assert_eq!(
+                    status, 403,
+                    "{role} of team-a, {method} {template} in team-b: {body}"
+                );
+                assert!(body.contains("\"reason\":\"forbidden\""), "{body}");
+            } else {
+                assert!(
+                    status != 401 && status != 403,
+                    "{role}, {method} {template}: {status} {body}"
+                );
+            }
+            // Its own namespace: refused exactly where the role is not enough.
+            let (status, body) = send(&gust, method, &concrete(template, "team-a"), Some(token));
+            let allowed = match needed {
+                Needs::Nothing | Needs::AnyToken => true,
+                Needs::Role(least) => rank >= least,
+                Needs::ClusterAdmin => false,
+            };
+            if allowed {
+                assert!(
+                    status != 401 && status != 403,
+                    "{role} of team-a, {method} {template} in team-a: {status} {body}"
+                );
+            } else {
+                assert_eq!(
+                    status, 403,
+                    "{role} of team-a, {method} {template} in team-a: {body}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 180, "{checked} checks");
+    // team-b's function is untouched by everything above.
+    let listed = gust.cli(&["fn", "list", "-n", "team-b", "-o", "json"]).ok();
+    let functions: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(functions.len(), 1);
+}
+
+#[test]
+fn two_namespaces_cannot_see_invoke_meter_or_redrive_each_other() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-a"]).ok();
+    gust.cli(&["ns", "create", "team-b"]).ok();
+    let a = token(&gust, "deployer", &["team-a"], &["--name", "deploy-a"]);
+    let b = token(&gust, "deployer", &["team-b"], &["--name", "deploy-b"]);
+    assert!(a.starts_with("gust_") && b.starts_with("gust_"), "{a} {b}");
+    // The same function name in both, each behind its own path; the one that fails makes a
+    // dead letter in team-a.
+    let code = gust.write_file(
+        "hello.py",
+        "def main(req):\n    if req.query.get('fail'):\n        return ('no', 400)\n    return 'from ' + req.headers.get('X-Fission-Function-Namespace', '?')\n",
+    );
+    for (token, ns, url) in [(&a, "team-a", "/a/hello"), (&b, "team-b", "/b/hello")] {
+        as_token(
+            &gust,
+            token,
+            &[
+                "fn",
+                "create",
+                "hello",
+                "--env",
+                "python",
+                "--code",
+                code.to_str().unwrap(),
+                "--url",
+                url,
+                "--max-attempts",
+                "1",
+                "-n",
+                ns,
+            ],
+        )
+        .ok();
+    }
+    assert_eq!(gust.get("/a/hello").text().unwrap(), "from team-a");
+    assert_eq!(gust.get("/b/hello").text().unwrap(), "from team-b");
+    // A path is one namespace's: team-b cannot claim team-a's.
+    let claimed = as_token(
+        &gust,
+        &b,
+        &[
+            "route", "create", "--fn", "hello", "--url", "/a/hello", "-n", "team-b",
+        ],
+    );
+    assert!(claimed.code != 0);
+    assert!(claimed.stderr.contains("conflict"), "{}", claimed.stderr);
+
+    // An asynchronous invocation of team-a that fails: a dead letter of team-a.
+    let accepted = as_token(
+        &gust,
+        &a,
+        &[
+            "fn", "invoke", "hello", "--async", "--path", "/?fail=1", "-n", "team-a",
+        ],
+    )
+    .ok();
+    let id = accepted.stdout.trim().to_owned();
+    eventually(Duration::from_secs(30), || {
+        let shown = as_token(
+            &gust,
+            &a,
+            &["invocation", "get", &id, "-n", "team-a", "-o", "json"],
+        );
+        shown.stdout.contains("\"dead\"").then_some(())
+    })
+    .expect("team-a's invocation becomes a dead letter");
+
+    // team-b's token, pointed at team-a: refused everywhere, and it learns nothing.
+    for args in [
+        vec!["fn", "get", "hello"],
+        vec!["fn", "list"],
+        vec!["fn", "invoke", "hello"],
+        vec!["fn", "logs", "hello"],
+        vec!["fn", "delete", "hello"],
+        vec!["route", "list"],
+        vec!["usage"],
+        vec!["dlq", "list"],
+        vec!["dlq", "redrive", &id],
+        vec!["dlq", "purge", "--all"],
+        vec!["invocation", "get", &id],
+        vec!["token", "list"],
+        vec!["audit", "list"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["-n", "team-a"]);
+        let refused = as_token(&gust, &b, &args);
+        assert!(refused.code != 0, "{args:?} succeeded");
+        assert!(
+            refused.stderr.contains("does not reach namespace team-a"),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+    // In its own namespace, team-a's invocation id is nobody's: 404, as any unknown id.
+    let unknown = as_token(&gust, &b, &["invocation", "get", &id, "-n", "team-b"]);
+    assert!(unknown.stderr.contains("not found"), "{}", unknown.stderr);
+    // Its own namespace's lists hold only its own.
+    let dead = as_token(&gust, &b, &["dlq", "list", "-n", "team-b", "-o", "json"]).ok();
+    assert_eq!(dead.stdout.trim(), "[]");
+    // Metrics: each token sees its own namespace's series only.
+    let metrics = |token: &str| {
+        gust.http()
+            .get(format!("{}/metrics", gust.api_url()))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let seen_by_b = metrics(&b);
+    assert!(seen_by_b.contains("namespace=\"team-b\""), "{seen_by_b}");
+    assert!(!seen_by_b.contains("namespace=\"team-a\""), "{seen_by_b}");
+    assert!(metrics(&gust.token()).contains("namespace=\"team-a\""));
+    // Usage: team-a's two invocations are team-a's.
+    let usage = as_token(
+        &gust,
+        &a,
+        &["usage", "-n", "team-a", "--since", "1h", "-o", "json"],
+    )
+    .ok();
+    let report: Value = serde_json::from_str(&usage.stdout).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 1, "{report}");
+
+    // The audit log holds the writes with who made them, and the refused ones too.
+    let audit = as_token(
+        &gust,
+        &gust.token(),
+        &["audit", "list", "-n", "team-a", "-o", "json"],
+    )
+    .ok();
+    let entries: Vec<Value> = serde_json::from_str(&audit.stdout).unwrap();
+    let by = |token: &str, action: &str, status: u16| {
+        entries
+            .iter()
+            .any(|e| e["token"] == token && e["action"] == action && e["status"] == status)
+    };
+    assert!(by("deploy-a", "POST /v1/functions", 201), "{entries:?}");
+    assert!(
+        by("deploy-b", "DELETE /v1/functions/{name}", 403),
+        "{entries:?}"
+    );
+    assert!(by("deploy-b", "POST /v1/dlq/redrive", 403), "{entries:?}");
+    assert!(!entries.iter().any(|e| e["namespace"] == "team-b"));
+}
+
+#[test]
+fn expired_and_revoked_tokens_are_refused_and_a_deleted_namespace_takes_its_tokens() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-a"]).ok();
+    let short = token(&gust, "viewer", &["team-a"], &["--expires", "1s"]);
+    let kept = token(&gust, "viewer", &["team-a"], &["--name", "kept"]);
+    assert!(as_token(&gust, &short, &["fn", "list", "-n", "team-a"]).code == 0);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let expired = as_token(&gust, &short, &["fn", "list", "-n", "team-a"]);
+    assert!(
+        expired.stderr.contains("unauthorized"),
+        "{}",
+        expired.stderr
+    );
+
+    // Revoked by name: refused from the next call on.
+    assert!(as_token(&gust, &kept, &["fn", "list", "-n", "team-a"]).code == 0);
+    gust.cli(&["token", "revoke", "kept", "-n", "team-a"]).ok();
+    let revoked = as_token(&gust, &kept, &["fn", "list", "-n", "team-a"]);
+    assert!(
+        revoked.stderr.contains("unauthorized"),
+        "{}",
+        revoked.stderr
+    );
+    // A token that is not one (right shape, wrong secret) is refused the same way.
+    let forged = format!("{}{}", &short[..short.len() - 1], "0");
+    assert!(
+        as_token(&gust, &forged, &["fn", "list"])
+            .stderr
+            .contains("unauthorized")
+    );
+
+    // Only the secret is shown, once: listings never carry it.
+    let admin_a = token(&gust, "admin", &["team-a"], &["--name", "admin-a"]);
+    let listed = gust
+        .cli(&["token", "list", "-n", "team-a", "-o", "json"])
+        .ok();
+    let secret = admin_a.rsplit('_').next().unwrap();
+    assert!(!listed.stdout.contains(secret));
+    assert!(listed.stdout.contains("admin-a"));
+    // A namespace's admin makes tokens for it, not for others nor for every namespace.
+    let made = as_token(
+        &gust,
+        &admin_a,
+        &["token", "create", "--role", "deployer", "-n", "team-a"],
+    );
+    assert!(made.code == 0, "{}", made.stderr);
+    let beyond = as_token(
+        &gust,
+        &admin_a,
+        &[
+            "token", "create", "--role", "viewer", "-n", "team-a", "-n", "default",
+        ],
+    );
+    assert!(beyond.stderr.contains("forbidden"), "{}", beyond.stderr);
+    let everywhere = as_token(
+        &gust,
+        &admin_a,
+        &[
+            "token",
+            "create",
+            "--role",
+            "viewer",
+            "--all-namespaces",
+            "-n",
+            "team-a",
+        ],
+    );
+    assert!(
+        everywhere.stderr.contains("forbidden"),
+        "{}",
+        everywhere.stderr
+    );
+    let namespace = as_token(&gust, &admin_a, &["ns", "create", "team-c"]);
+    assert!(
+        namespace.stderr.contains("forbidden"),
+        "{}",
+        namespace.stderr
+    );
+
+    // A namespace holding a function is not deleted; once empty it is, with its tokens, and a
+    // new namespace of the same name is not reached by them.
+    let code = gust.write_file("f.py", "def main():\n    return 'a'\n");
+    as_token(
+        &gust,
+        &admin_a,
+        &[
+            "fn",
+            "create",
+            "f",
+            "--env",
+            "python",
+            "--code",
+            code.to_str().unwrap(),
+            "-n",
+            "team-a",
+        ],
+    )
+    .ok();
+    let busy = gust.cli(&["ns", "delete", "team-a"]);
+    assert!(busy.stderr.contains("function f"), "{}", busy.stderr);
+    gust.cli(&["fn", "delete", "f", "-n", "team-a"]).ok();
+    gust.cli(&["ns", "delete", "team-a"]).ok();
+    gust.cli(&["ns", "create", "team-a"]).ok();
+    let gone = as_token(&gust, &admin_a, &["fn", "list", "-n", "team-a"]);
+    assert!(gone.stderr.contains("unauthorized"), "{}", gone.stderr);
+    // Writes into a namespace that does not exist say so.
+    let missing = gust.cli(&["fn", "list", "-n", "team-z"]);
+    assert!(
+        missing.stderr.contains("namespace \"team-z\" not found"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn tokens_and_namespaces_survive_a_restart() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-a"]).ok();
+    let viewer = token(&gust, "viewer", &["team-a"], &[]);
+    gust.restart();
+    let listed = as_token(&gust, &viewer, &["ns", "list", "-o", "json"]).ok();
+    let namespaces: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(
+        namespaces.len(),
+        1,
+        "a team-a token sees team-a only: {namespaces:?}"
+    );
+    assert_eq!(namespaces[0]["name"], json!("team-a"));
+}
