@@ -929,3 +929,59 @@ fn an_app_applied_on_one_node_is_unchanged_from_another_and_exports_there() {
         .stdout;
     assert!(applied.contains("no changes"), "{applied}");
 }
+
+#[test]
+fn namespaces_and_tokens_made_on_one_node_hold_on_every_node() {
+    let _alone = alone();
+    let nats = NatsCluster::start(1);
+    let gusts: Vec<Gust> = (0..2).map(|_| join(&nats)).collect();
+    gusts[0].cli(&["ns", "create", "team-a"]).ok();
+    let token = gusts[0]
+        .cli(&[
+            "token", "create", "--role", "deployer", "-n", "team-a", "--name", "ci",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let as_ci = |gust: &Gust, args: &[&str]| gust.cli_with_env(args, &[("GUST_TOKEN", &token)]);
+    // The other node knows the namespace and the token as soon as its copy has them.
+    eventually(Duration::from_secs(5), || {
+        (as_ci(&gusts[1], &["fn", "list", "-n", "team-a"]).code == 0).then_some(())
+    })
+    .expect("the token works on the other node");
+    let refused = as_ci(&gusts[1], &["fn", "list", "-n", "default"]);
+    assert!(
+        refused.stderr.contains("does not reach namespace default"),
+        "{}",
+        refused.stderr
+    );
+    // Revoked on the second node: refused on the first.
+    gusts[1]
+        .cli(&["token", "revoke", "ci", "-n", "team-a"])
+        .ok();
+    eventually(Duration::from_secs(5), || {
+        as_ci(&gusts[0], &["fn", "list", "-n", "team-a"])
+            .stderr
+            .contains("unauthorized")
+            .then_some(())
+    })
+    .expect("the revoked token is refused on the first node");
+    // A namespace holding a function on one node cannot be deleted from the other.
+    let code = gusts[0].write_file("f.py", "def main():\n    return 1\n");
+    gusts[0]
+        .cli(&[
+            "fn",
+            "create",
+            "f",
+            "--env",
+            "python",
+            "--code",
+            code.to_str().unwrap(),
+            "-n",
+            "team-a",
+        ])
+        .ok();
+    let busy = gusts[1].cli(&["ns", "delete", "team-a"]);
+    assert!(busy.stderr.contains("function f"), "{}", busy.stderr);
+}
