@@ -169,6 +169,7 @@ fn python_requirements_are_built_cached_and_shared() {
     assert_eq!(index.downloads("gustdemo"), 1, "built once for both");
 
     // Another namespace never gets what this one's builds made.
+    gust.cli(&["ns", "create", "team-b"]).ok();
     gust.cli(&[
         "fn", "create", "other", "-n", "team-b", "--env", "python", "--code", &other,
     ])
