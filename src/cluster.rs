@@ -278,6 +278,11 @@ pub async fn follow_changes(
         {
             tracing::error!(error = %err, "cannot apply the cluster's routes");
         }
+        if changes.namespaces
+            && let Err(err) = state.sync_namespaces()
+        {
+            tracing::error!(error = %err, "cannot apply the cluster's namespace quotas");
+        }
         if changes.timers {
             state.timers.timers_changed();
         }

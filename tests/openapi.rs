@@ -561,6 +561,13 @@ fn every_documented_operation_answers_as_documented() {
             404,
         ),
         call(
+            Method::PUT,
+            "/v1/namespaces/{name}",
+            "/v1/namespaces/team-a",
+            Some(json!({"quotas": {"max_functions": 10, "max_requests_per_second": 100}})),
+            200,
+        ),
+        call(
             Method::POST,
             "/v1/tokens",
             "/v1/tokens?namespace=team-a",

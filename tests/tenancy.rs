@@ -466,3 +466,81 @@ fn tokens_and_namespaces_survive_a_restart() {
     );
     assert_eq!(namespaces[0]["name"], json!("team-a"));
 }
+
+#[test]
+fn quotas_refuse_with_their_reasons_and_leave_other_namespaces_alone() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&[
+        "ns",
+        "create",
+        "team-a",
+        "--max-functions",
+        "1",
+        "--max-rps",
+        "5",
+    ])
+    .ok();
+    gust.cli(&["ns", "create", "team-b"]).ok();
+    let code = gust.write_file("q.py", "def main():\n    return 'q'\n");
+    let code = code.to_str().unwrap();
+    for (ns, url) in [("team-a", "/a/q"), ("team-b", "/b/q")] {
+        gust.cli(&[
+            "fn", "create", "q", "--env", "python", "--code", code, "--url", url, "-n", ns,
+        ])
+        .ok();
+    }
+    // Functions: the second is refused, naming the quota.
+    let second = gust.cli(&[
+        "fn", "create", "r", "--env", "python", "--code", code, "-n", "team-a",
+    ]);
+    assert!(
+        second
+            .stderr
+            .contains("holds 1 functions, its quota (quota)"),
+        "{}",
+        second.stderr
+    );
+    let shown = gust.cli(&["ns", "get", "team-a"]).ok().stdout;
+    assert!(shown.contains("1/1"), "use against quota: {shown}");
+
+    // Requests per second on its public routes: a burst past 5 is refused with 429, reason
+    // quota and Retry-After; team-b, without a quota, is served throughout.
+    let started = std::time::Instant::now();
+    let (mut served, mut refused) = (0u32, 0u32);
+    for _ in 0..20 {
+        let response = gust.get("/a/q");
+        match response.status().as_u16() {
+            200 => served += 1,
+            429 => {
+                assert_eq!(response.headers()["x-gust-error"], "quota");
+                let retry: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                refused += 1;
+            }
+            other => panic!("status {other}: {}", response.text().unwrap()),
+        }
+        assert_eq!(gust.get("/b/q").status(), 200);
+    }
+    // At most the bucket (5) and what refilled while the burst lasted.
+    let refill = (started.elapsed().as_secs_f64() * 5.0).ceil() as u32;
+    assert!(
+        served >= 1 && served <= 5 + refill,
+        "{served} served in {:?}",
+        started.elapsed()
+    );
+    assert!(refused >= 20 - 5 - refill, "{refused} refused");
+
+    // Quotas lifted: both go through again.
+    gust.cli(&["ns", "update", "team-a"]).ok();
+    gust.cli(&[
+        "fn", "create", "r", "--env", "python", "--code", code, "-n", "team-a",
+    ])
+    .ok();
+    for _ in 0..20 {
+        assert_eq!(gust.get("/a/q").status(), 200);
+    }
+}

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use gust_api_types::{
-    AuditList, NamespaceCreate, NamespaceView, TokenCreate, TokenCreated, TokenView,
+    AuditList, NamespaceCreate, NamespaceUpdate, NamespaceView, TokenCreate, TokenCreated,
+    TokenView,
 };
-use gust_model::{HumanDuration, Name, Namespace, Role};
+use gust_model::{HumanDuration, Name, Namespace, NamespaceQuotas, Role};
 use http::Method;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
@@ -23,7 +24,17 @@ pub struct NamespaceArgs {
 #[derive(Debug, Subcommand)]
 enum NamespaceCommand {
     /// Create a namespace (a tenant); needs a token that reaches every namespace as admin.
-    Create { name: String },
+    Create {
+        name: String,
+        #[command(flatten)]
+        quotas: NamespaceQuotas,
+    },
+    /// Set a namespace's quotas (each one left out is lifted).
+    Update {
+        name: String,
+        #[command(flatten)]
+        quotas: NamespaceQuotas,
+    },
     /// List the namespaces your token reaches, with what each holds.
     List(OutputArgs),
     /// Show one namespace.
@@ -43,15 +54,25 @@ fn namespace_table(namespaces: &[NamespaceView]) -> Table {
         "ROUTES",
         "TIMERS",
         "QUEUE TRIGGERS",
+        "MAX RPS",
         "CREATED",
     ]);
+    // Use against its quota where there is one: `3/10`.
+    let of = |used: usize, quota: Option<u32>| match quota {
+        Some(quota) => format!("{used}/{quota}"),
+        None => used.to_string(),
+    };
     for view in namespaces {
+        let quotas = view.record.quotas;
         table.row(vec![
             view.record.name.to_string(),
-            view.functions.to_string(),
+            of(view.functions, quotas.max_functions),
             view.routes.to_string(),
             view.timers.to_string(),
             view.mq_triggers.to_string(),
+            quotas
+                .max_requests_per_second
+                .map_or_else(|| "-".to_owned(), |rps| rps.to_string()),
             match view.record.created_at_ms {
                 0 => "-".to_owned(),
                 at => time_ms(Some(at)),
@@ -73,9 +94,10 @@ pub async fn namespaces(
 ) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
-        NamespaceCommand::Create { name } => {
+        NamespaceCommand::Create { name, quotas } => {
             let body = NamespaceCreate {
                 name: Namespace::parse(&name)?,
+                quotas,
             };
             let view: NamespaceView = client
                 .json(
@@ -85,6 +107,16 @@ pub async fn namespaces(
                 )
                 .await?;
             eprintln!("namespace {} created", view.record.name);
+        }
+        NamespaceCommand::Update { name, quotas } => {
+            let view: NamespaceView = client
+                .json(
+                    Method::PUT,
+                    &ApiPath::new(["v1", "namespaces", &name]),
+                    Some(&NamespaceUpdate { quotas }),
+                )
+                .await?;
+            eprintln!("namespace {} updated", view.record.name);
         }
         NamespaceCommand::List(output) => NAMESPACES.list(&client, &output).await?,
         NamespaceCommand::Get { name, output } => NAMESPACES.get(&client, &name, &output).await?,

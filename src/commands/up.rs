@@ -22,7 +22,7 @@ use gust_executor::{
 };
 use gust_metering::{Meter, Metrics, PriceSheet, UsageRetention, UsageWriter, prune_usage};
 use gust_model::{BuiltinRuntime, DEFAULT_POOL_SIZE, Environment, parse_duration};
-use gust_router::{PublicState, Routes, public_router};
+use gust_router::{NamespaceRates, PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::{PoolSize, WasmRuntime};
 use gust_store::{
@@ -525,6 +525,7 @@ async fn assemble(
         None => MqTriggers::new(store.clone(), invoker.clone(), enqueue, clock, mq_metrics),
     };
     let routes = Routes::new(store.routes(None)?);
+    let rates = NamespaceRates::default();
     let bodies = BodyBudget::new(args.body_memory.saturating_mul(1024 * 1024))
         .with_request_limit(args.body_limit * 1024 * 1024);
     let collector = Arc::new(Collector {
@@ -578,6 +579,7 @@ async fn assemble(
         invoker: invoker.clone(),
         runtime,
         routes: routes.clone(),
+        rates: rates.clone(),
         logs,
         tokens,
         audit: embedded.clone(),
@@ -598,6 +600,7 @@ async fn assemble(
         version: crate::commands::version::this_build(),
     });
 
+    state.sync_namespaces()?;
     let (public_limits, api_limits) = connection_limits(args, settings);
     let usage_retention = settings.usage_retention;
     let (audit_log, audit_retention) = (state.audit.clone(), settings.audit_retention);
@@ -670,6 +673,7 @@ async fn assemble(
             invoker,
             queue: Arc::new(queue),
             bodies,
+            rates,
         });
         roles.push(Box::new(Task::new("router", move |stop| {
             gust_edge::serve(public, app, public_limits, "public", stop)

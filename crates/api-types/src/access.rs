@@ -1,6 +1,8 @@
 //! Namespaces, tokens and the audit log as the API takes and shows them.
 
-use gust_model::{ApiToken, AuditEntry, HumanDuration, Name, Namespace, NamespaceRecord, Role};
+use gust_model::{
+    ApiToken, AuditEntry, HumanDuration, Name, Namespace, NamespaceQuotas, NamespaceRecord, Role,
+};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/namespaces`.
@@ -8,6 +10,15 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct NamespaceCreate {
     pub name: Namespace,
+    #[serde(default)]
+    pub quotas: NamespaceQuotas,
+}
+
+/// `PUT /v1/namespaces/{name}`: the namespace's quotas, all of them (one left out is none).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceUpdate {
+    pub quotas: NamespaceQuotas,
 }
 
 /// A namespace with what it holds now.

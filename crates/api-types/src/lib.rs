@@ -15,7 +15,8 @@ mod resources;
 mod usage;
 
 pub use access::{
-    AuditList, AuditQuery, NamespaceCreate, NamespaceView, TokenCreate, TokenCreated, TokenView,
+    AuditList, AuditQuery, NamespaceCreate, NamespaceUpdate, NamespaceView, TokenCreate,
+    TokenCreated, TokenView,
 };
 pub use asynchronous::{
     Accepted, DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView, Selection,

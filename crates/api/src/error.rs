@@ -13,6 +13,9 @@ pub enum ApiError {
     /// A valid token that may not do this here; the message says what it lacks.
     #[error("{0}")]
     Forbidden(String),
+    /// Over one of the namespace's quotas; the message names it.
+    #[error("{0}")]
+    Quota(String),
     #[error("{kind} {name:?} not found")]
     NotFound { kind: &'static str, name: String },
     #[error("{0}")]
@@ -61,6 +64,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Quota(_) => (StatusCode::FORBIDDEN, "quota"),
             ApiError::NotFound {
                 kind: "function", ..
             } => (StatusCode::NOT_FOUND, "function_not_found"),

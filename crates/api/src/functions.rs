@@ -445,6 +445,23 @@ impl std::io::Write for PieceWriter {
     }
 }
 
+/// Refuses a new function to a namespace that holds its quota of them already.
+fn check_function_quota(state: &ApiState, namespace: &Namespace) -> Result<(), ApiError> {
+    let quota = state
+        .store
+        .namespace_record(namespace)?
+        .and_then(|record| record.quotas.max_functions);
+    if let Some(quota) = quota {
+        let held = state.store.functions(Some(namespace))?.len();
+        if held >= quota as usize {
+            return Err(ApiError::Quota(format!(
+                "namespace {namespace} holds {held} functions, its quota"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/functions", tag = "functions", params(NamespaceQuery), request_body = FunctionSpec, responses((status = 201, body = FunctionView)))]
 pub async fn create(
     State(state): Shared,
@@ -476,6 +493,7 @@ pub async fn create(
                 }
                 .into());
             }
+            check_function_quota(s, &namespace)?;
             let code = ingest(s, &code, &env, &fields.limits)?;
             let plan = s.builds.plan(&namespace, &env, &code)?;
             let function = Function {

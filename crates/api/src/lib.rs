@@ -43,7 +43,7 @@ use gust_edge::BodyBudget;
 use gust_executor::{Executor, FunctionLogs, Invoker, Runtime};
 use gust_metering::{Meter, PriceSheet};
 use gust_model::{Environment, Namespace};
-use gust_router::Routes;
+use gust_router::{NamespaceRates, Routes};
 use gust_store::{AuditStore, CodeStore, MetadataStore, SharedCode, UsageStore};
 use gust_trigger_mq::MqTriggers;
 use gust_trigger_timer::TimerScheduler;
@@ -68,6 +68,8 @@ pub struct ApiState {
     pub invoker: Arc<dyn Invoker>,
     pub runtime: Arc<dyn Runtime>,
     pub routes: Routes,
+    /// Namespaces' request rate quotas, which the public listener applies.
+    pub rates: NamespaceRates,
     pub logs: Arc<FunctionLogs>,
     /// Which admin tokens the API accepts: this node's, or any of a cluster's. Created
     /// tokens are records of `store`.
@@ -122,6 +124,16 @@ impl ApiState {
         let environments = self.store.environments()?;
         self.runtime.set_environments(&environments);
         Ok(environments)
+    }
+
+    /// Gives the public listener every namespace's request rate quota from storage.
+    pub fn sync_namespaces(&self) -> Result<(), ApiError> {
+        let records = self.store.namespace_records()?;
+        self.rates.replace(records.into_iter().filter_map(|record| {
+            let per_second = record.quotas.max_requests_per_second?;
+            Some((record.name, per_second))
+        }));
+        Ok(())
     }
 
     /// Rebuilds the public route table from storage.
@@ -273,7 +285,11 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(usage::records))
         .routes(routes!(nodes::list))
         .routes(routes!(tenants::list_namespaces, tenants::create_namespace))
-        .routes(routes!(tenants::show_namespace, tenants::delete_namespace))
+        .routes(routes!(
+            tenants::show_namespace,
+            tenants::update_namespace,
+            tenants::delete_namespace
+        ))
         .routes(routes!(tenants::list_tokens, tenants::create_token))
         .routes(routes!(tenants::revoke_token))
         .routes(routes!(tenants::audit))

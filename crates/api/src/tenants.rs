@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use gust_api_types::{
-    AuditList, AuditQuery, NamespaceCreate, NamespaceQuery, NamespaceView, TokenCreate,
-    TokenCreated, TokenView,
+    AuditList, AuditQuery, NamespaceCreate, NamespaceQuery, NamespaceUpdate, NamespaceView,
+    TokenCreate, TokenCreated, TokenView,
 };
 use gust_model::{ApiToken, Name, Namespace, NamespaceRecord, TOKEN_PREFIX};
 use http::StatusCode;
@@ -61,10 +61,12 @@ pub async fn create_namespace(
     let record = NamespaceRecord {
         name: create.name,
         created_at_ms: now_ms(),
+        quotas: create.quotas,
     };
     state
         .blocking(move |s| {
             s.store.create_namespace(&record)?;
+            s.sync_namespaces()?;
             namespace_view(s, record)
         })
         .await
@@ -92,6 +94,32 @@ pub async fn show_namespace(
         .map(Json)
 }
 
+#[utoipa::path(put, path = "/namespaces/{name}", tag = "namespaces", params(("name" = String, Path, description = "the namespace")), request_body = NamespaceUpdate, responses((status = 200, body = NamespaceView)))]
+pub async fn update_namespace(
+    State(state): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<NamespaceView>, ApiError> {
+    let namespace = Namespace::parse(&name)?;
+    let update: NamespaceUpdate = parse_json(&body)?;
+    state
+        .blocking(move |s| {
+            let mut record =
+                s.store
+                    .namespace_record(&namespace)?
+                    .ok_or_else(|| ApiError::NotFound {
+                        kind: "namespace",
+                        name: namespace.to_string(),
+                    })?;
+            record.quotas = update.quotas;
+            s.store.update_namespace(&record)?;
+            s.sync_namespaces()?;
+            namespace_view(s, record)
+        })
+        .await
+        .map(Json)
+}
+
 #[utoipa::path(delete, path = "/namespaces/{name}", tag = "namespaces", params(("name" = String, Path, description = "the namespace")), responses((status = 204, description = "deleted, with the tokens that reached only it")))]
 pub async fn delete_namespace(
     State(state): Shared,
@@ -101,6 +129,7 @@ pub async fn delete_namespace(
     state
         .blocking(move |s| {
             s.store.delete_namespace(&namespace)?;
+            s.sync_namespaces()?;
             Ok(StatusCode::NO_CONTENT)
         })
         .await

@@ -153,6 +153,8 @@ pub struct MetadataChanges {
     pub routes: bool,
     pub timers: bool,
     pub mq_triggers: bool,
+    /// Namespaces created, deleted or given other quotas.
+    pub namespaces: bool,
     /// Functions written (`false`) or deleted (`true`).
     pub functions: BTreeMap<(Namespace, Name), bool>,
 }
@@ -177,7 +179,8 @@ impl MetadataChanges {
                     self.functions.insert((namespace, name), deleted);
                 }
             }
-            Some(Kind::Token | Kind::Namespace | Kind::ApiToken) | None => {}
+            Some(Kind::Namespace) => self.namespaces = true,
+            Some(Kind::Token | Kind::ApiToken) | None => {}
         }
     }
 }
@@ -1157,12 +1160,30 @@ impl AccessStore for ClusterStore {
         )
     }
 
+    fn update_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError> {
+        let key = Self::namespace_key(&record.name);
+        let bytes = encode(record);
+        self.checked(&key, || {
+            // `default` is stored once it is given quotas.
+            if record.name != Namespace::default() && self.get(&key).is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "namespace",
+                    name: record.name.to_string(),
+                });
+            }
+            Ok(Some((Record::Namespace(record.clone()), bytes.clone())))
+        })
+    }
+
     fn namespace_record(
         &self,
         namespace: &Namespace,
     ) -> Result<Option<NamespaceRecord>, StoreError> {
         if *namespace == Namespace::default() {
-            return Ok(Some(NamespaceRecord::default_namespace()));
+            return Ok(Some(match self.get(&Self::namespace_key(namespace)) {
+                Some(Record::Namespace(record)) => record,
+                _ => NamespaceRecord::default_namespace(),
+            }));
         }
         Ok(match self.get(&Self::namespace_key(namespace)) {
             Some(Record::Namespace(record)) => Some(record),
@@ -1171,12 +1192,11 @@ impl AccessStore for ClusterStore {
     }
 
     fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, StoreError> {
-        let mut records = vec![NamespaceRecord::default_namespace()];
-        records.extend(self.all(Kind::Namespace, None, |record| match record {
+        let stored = self.all(Kind::Namespace, None, |record| match record {
             Record::Namespace(record) => Some(record),
             _ => None,
-        }));
-        Ok(records)
+        });
+        Ok(gust_store::with_default_first(stored))
     }
 
     fn delete_namespace(&self, namespace: &Namespace) -> Result<(), StoreError> {

@@ -16,16 +16,36 @@ use crate::{Name, Namespace};
 pub struct NamespaceRecord {
     pub name: Namespace,
     pub created_at_ms: u64,
+    #[serde(default)]
+    pub quotas: NamespaceQuotas,
 }
 
 impl NamespaceRecord {
-    /// `default`, which exists whether or not it was ever stored.
+    /// `default`, which exists whether or not it was ever stored, without quotas until given
+    /// some.
     pub fn default_namespace() -> Self {
         Self {
             name: Namespace::default(),
             created_at_ms: 0,
+            quotas: NamespaceQuotas::default(),
         }
     }
+}
+
+/// What a namespace may hold and use; none of them when absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct NamespaceQuotas {
+    /// Functions the namespace holds at most
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub max_functions: Option<u32>,
+    /// Requests per second its public routes take together; more are answered 429 (reason
+    /// quota) with Retry-After
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long = "max-rps"))]
+    pub max_requests_per_second: Option<u32>,
 }
 
 /// What a token may do in the namespaces it reaches, each role all that the one before may.

@@ -25,8 +25,8 @@ mod timer;
 mod usage;
 
 pub use access::{
-    Action, ApiToken, AuditEntry, NamespaceRecord, Role, TOKEN_ID_HEX, TOKEN_PREFIX,
-    TOKEN_SECRET_HEX, split_token,
+    Action, ApiToken, AuditEntry, NamespaceQuotas, NamespaceRecord, Role, TOKEN_ID_HEX,
+    TOKEN_PREFIX, TOKEN_SECRET_HEX, split_token,
 };
 pub use build::{Build, BuildState, DependencyKind};
 pub use delivery::{

@@ -32,6 +32,8 @@ pub struct PublicState {
     pub invoker: Arc<dyn Invoker>,
     pub queue: Arc<dyn Enqueue>,
     pub bodies: BodyBudget,
+    /// Namespaces' request rate quotas.
+    pub rates: crate::NamespaceRates,
 }
 
 /// The public listener's app: every request is matched against the route table.
@@ -92,6 +94,23 @@ async fn serve(
         }
         return response;
     };
+    if let Err(wait) = state.rates.take(&found.route.namespace) {
+        let mut response = ErrorBody {
+            component: "router",
+            reason: "quota",
+            request_id: Some(id.to_string()),
+            message: format!(
+                "namespace {} is over its quota of requests per second",
+                found.route.namespace
+            ),
+        }
+        .into_response_with(StatusCode::TOO_MANY_REQUESTS);
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        return response;
+    }
     let asynchronous = match found.route.mode {
         RouteMode::Sync => false,
         RouteMode::Async => true,

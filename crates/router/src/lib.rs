@@ -10,8 +10,10 @@
 //! in full. Route matching itself is pure and lives in `gust_model::RouteTable`.
 
 mod ingress;
+mod rates;
 
 pub use ingress::{PublicState, public_router};
+pub use rates::NamespaceRates;
 
 use std::sync::Arc;
 

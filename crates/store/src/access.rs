@@ -49,6 +49,22 @@ pub(crate) fn namespace_user(
     Ok(None)
 }
 
+/// Every namespace from the stored records: `default` first (as stored once it has quotas,
+/// else as it always exists), then the others.
+pub fn with_default_first(stored: Vec<NamespaceRecord>) -> Vec<NamespaceRecord> {
+    let (default, others): (Vec<_>, Vec<_>) = stored
+        .into_iter()
+        .partition(|record| record.name == Namespace::default());
+    let mut records = vec![
+        default
+            .into_iter()
+            .next()
+            .unwrap_or_else(NamespaceRecord::default_namespace),
+    ];
+    records.extend(others);
+    records
+}
+
 /// The tokens left once `namespace` is gone: a token that reached only it is deleted, one that
 /// reached others too no longer lists it. A namespace created again later under the same name
 /// is not reached by the old namespace's tokens.
@@ -89,20 +105,36 @@ impl AccessStore for EmbeddedStore {
         })
     }
 
+    fn update_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(NAMESPACES)?;
+            // `default` is stored once it is given quotas.
+            if record.name != Namespace::default() && table.get(record.name.as_str())?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "namespace",
+                    name: record.name.to_string(),
+                });
+            }
+            table.insert(record.name.as_str(), encode(record).as_slice())?;
+            Ok(())
+        })
+    }
+
     fn namespace_record(
         &self,
         namespace: &Namespace,
     ) -> Result<Option<NamespaceRecord>, StoreError> {
+        let stored = self.read_one(NAMESPACES, namespace.as_str())?;
         if *namespace == Namespace::default() {
-            return Ok(Some(NamespaceRecord::default_namespace()));
+            return Ok(Some(
+                stored.unwrap_or_else(NamespaceRecord::default_namespace),
+            ));
         }
-        self.read_one(NAMESPACES, namespace.as_str())
+        Ok(stored)
     }
 
     fn namespace_records(&self) -> Result<Vec<NamespaceRecord>, StoreError> {
-        let mut records = vec![NamespaceRecord::default_namespace()];
-        records.extend(self.read_all::<NamespaceRecord>(NAMESPACES, None)?);
-        Ok(records)
+        Ok(with_default_first(self.read_all(NAMESPACES, None)?))
     }
 
     fn delete_namespace(&self, namespace: &Namespace) -> Result<(), StoreError> {
@@ -275,9 +307,18 @@ mod tests {
                 .create_namespace(&NamespaceRecord {
                     name: ns(name),
                     created_at_ms: 1,
+                    quotas: Default::default(),
                 })
                 .unwrap();
         }
+        // `default` is stored once given quotas, and still listed once, first.
+        let mut default = NamespaceRecord::default_namespace();
+        default.quotas.max_functions = Some(3);
+        store.update_namespace(&default).unwrap();
+        assert_eq!(
+            store.namespace_record(&Namespace::default()).unwrap(),
+            Some(default.clone())
+        );
         assert!(matches!(
             store.create_namespace(&NamespaceRecord::default_namespace()),
             Err(StoreError::AlreadyExists { .. })
@@ -305,6 +346,7 @@ mod tests {
             .map(|r| r.name.to_string())
             .collect();
         assert_eq!(names, ["default", "team-b"]);
+        assert_eq!(store.namespace_records().unwrap()[0], default);
         assert!(matches!(
             store.delete_namespace(&Namespace::default()),
             Err(StoreError::InUse { .. })

@@ -18,7 +18,7 @@ mod error;
 mod mq;
 mod queue;
 
-pub use access::forget_namespace_in_tokens;
+pub use access::{forget_namespace_in_tokens, with_default_first};
 pub use queue::{decode_request, encode_request};
 
 pub use code::{CodeHold, CodeLimits, CodePin, CodeStore, CodeUpload, is_code_digest};
@@ -245,6 +245,8 @@ pub trait SharedCode: Send + Sync {
 pub trait AccessStore: Send + Sync {
     /// Fails with [`StoreError::AlreadyExists`] if the namespace exists (`default` always does).
     fn create_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError>;
+    /// Replaces a namespace's record (its quotas); `default` is stored by its first update.
+    fn update_namespace(&self, record: &NamespaceRecord) -> Result<(), StoreError>;
     fn namespace_record(
         &self,
         namespace: &Namespace,
