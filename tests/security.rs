@@ -93,13 +93,7 @@ fn s01_every_api_route_needs_the_token() {
             .unwrap();
         assert_eq!(response.status(), 200, "{open}");
     }
-    let spec: Value = gust
-        .http()
-        .get(format!("{}/v1/openapi.json", gust.api_url()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let spec: Value = gust.openapi();
     for path in [
         "/v1/functions/{name}/invoke",
         "/v1/invocations/{id}",

@@ -59,13 +59,7 @@ fn concrete(template: &str, namespace: &str) -> String {
 }
 
 fn operations(gust: &Gust) -> Vec<(String, String)> {
-    let doc: Value = gust
-        .http()
-        .get(format!("{}/v1/openapi.json", gust.api_url()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let doc: Value = gust.openapi();
     let mut operations = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {

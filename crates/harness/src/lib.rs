@@ -336,6 +336,15 @@ impl Gust {
         report["rows"][0].clone()
     }
 
+    /// The API's OpenAPI document, as `GET /v1/openapi.json` serves it.
+    pub fn openapi(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/v1/openapi.json", self.api_url()))
+            .send()
+            .and_then(|response| response.json())
+            .expect("the API serves its OpenAPI document")
+    }
+
     /// POSTs `body` as JSON to `path` on the public listener.
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
         self.http
