@@ -600,6 +600,7 @@ async fn assemble(
         version: crate::commands::version::this_build(),
     });
 
+    adopt_unrecorded_namespaces(state.store.as_ref())?;
     state.sync_namespaces()?;
     let (public_limits, api_limits) = connection_limits(args, settings);
     let usage_retention = settings.usage_retention;
@@ -906,4 +907,35 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<(AdminToken, PathBuf)> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok((AdminToken::new(token), path))
+}
+
+/// Namespaces were labels before they were records: a data directory (or cluster) from then
+/// holds resources in namespaces nobody created. Each gets its record at start, so it can be
+/// managed (and deleted) like any other.
+fn adopt_unrecorded_namespaces(store: &dyn MetadataStore) -> anyhow::Result<()> {
+    let mut used: std::collections::BTreeSet<gust_model::Namespace> =
+        std::collections::BTreeSet::new();
+    used.extend(store.functions(None)?.into_iter().map(|f| f.namespace));
+    used.extend(store.routes(None)?.into_iter().map(|r| r.namespace));
+    used.extend(store.timers(None)?.into_iter().map(|t| t.namespace));
+    used.extend(store.mq_triggers(None)?.into_iter().map(|t| t.namespace));
+    for namespace in used {
+        if store.namespace_record(&namespace)?.is_some() {
+            continue;
+        }
+        let record = gust_model::NamespaceRecord {
+            name: namespace.clone(),
+            created_at_ms: crate::cluster::now_ms(),
+            quotas: Default::default(),
+        };
+        match store.create_namespace(&record) {
+            Ok(()) => {
+                tracing::info!(%namespace, "namespace recorded for the resources it already held")
+            }
+            // Another node of a cluster recorded it first.
+            Err(gust_store::StoreError::AlreadyExists { .. }) => {}
+            Err(err) => return Err(err).context(format!("cannot record namespace {namespace}")),
+        }
+    }
+    Ok(())
 }
