@@ -246,8 +246,15 @@ fn entry(revision: &Revision, code: String, app: &str) -> anyhow::Result<Functio
             .then(|| revision.delivery.max_age.into()),
         keep_revisions: differs(revision.keep_revisions == defaults.keep_revisions)
             .then_some(revision.keep_revisions),
+        secrets: names(&revision.mounts.secrets),
+        configs: names(&revision.mounts.configs),
+        secret_env: revision.mounts.secret_env,
         ..base
     })
+}
+
+fn names(names: &[gust_model::Name]) -> Vec<String> {
+    names.iter().map(|name| name.to_string()).collect()
 }
 
 fn route_config(route: &Route) -> RouteConfig {

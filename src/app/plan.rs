@@ -577,7 +577,7 @@ pub async fn list<T: serde::de::DeserializeOwned>(
 /// The settings of `current` that differ from `desired`, by their `gust.yaml` names.
 fn revision_differences(desired: &RevisionFields, current: &Revision) -> Vec<String> {
     let (want, have) = (&desired.scaling, &current.scaling);
-    let checks: [(&str, bool); 19] = [
+    let checks: [(&str, bool); 22] = [
         (
             "env",
             desired.environment.as_ref() == Some(&current.environment),
@@ -618,6 +618,18 @@ fn revision_differences(desired: &RevisionFields, current: &Revision) -> Vec<Str
             desired.keep_revisions == current.keep_revisions,
         ),
         ("app", desired.app == current.app),
+        (
+            "secrets",
+            desired.mounts.secrets == current.mounts.secrets,
+        ),
+        (
+            "configs",
+            desired.mounts.configs == current.mounts.configs,
+        ),
+        (
+            "secret_env",
+            desired.mounts.secret_env == current.mounts.secret_env,
+        ),
     ];
     differing(&checks)
 }

@@ -106,6 +106,16 @@ pub struct FunctionEntry {
     /// `gust apply` and `gust dev`), such as a component's build; `code` is what it makes
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
+    /// Secrets of the namespace mounted at /secrets/<namespace>/<name>/<key> (made with
+    /// `gust secret create`; their values never go in this file)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Configs of the namespace mounted at /configs/<namespace>/<name>/<key>
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<String>,
+    /// Also give each secret key that is a valid variable name as an environment variable
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret_env: bool,
 }
 
 impl FunctionEntry {
@@ -137,6 +147,9 @@ impl FunctionEntry {
             max_age: self.max_age,
             keep_revisions: self.keep_revisions,
             app: Some(app.to_owned()),
+            secrets: Some(self.secrets.clone()),
+            configs: Some(self.configs.clone()),
+            secret_env: Some(self.secret_env),
         }
     }
 }
@@ -179,6 +192,9 @@ mod tests {
             max_age: Some("1h".parse().unwrap()),
             keep_revisions: Some(7),
             build: None,
+            secrets: vec!["db".into()],
+            configs: vec!["flags".into()],
+            secret_env: true,
         };
         let settings = serde_json::to_value(entry.settings("shop")).unwrap();
         let given: Vec<&String> = settings.as_object().unwrap().keys().collect();

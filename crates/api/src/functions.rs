@@ -516,6 +516,7 @@ pub async fn create(
                     copied_from: None,
                     keep_revisions: fields.keep_revisions,
                     app: fields.app,
+                    mounts: fields.mounts,
                     build: plan.as_ref().map(|plan| s.builds.building(plan, &code)),
                 }],
             };
@@ -636,6 +637,7 @@ pub async fn update(
                 copied_from: None,
                 keep_revisions: fields.keep_revisions,
                 app: fields.app,
+                mounts: fields.mounts,
                 build,
             };
             // Checked under the number it will most likely get; a concurrent update that takes

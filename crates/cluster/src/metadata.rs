@@ -26,10 +26,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gust_model::{
     ApiToken, Environment, Function, MqTrigger, Name, Namespace, NamespaceRecord, Route, Timer,
+    ValueKind, ValueSet,
 };
 use gust_store::{
     AccessStore, CodeStore, EnvironmentStore, FunctionStore, MqTriggerStore, RouteStore,
-    StoreError, TimerStore,
+    StoreError, TimerStore, ValueStore,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -60,6 +61,7 @@ enum Record {
     Token,
     Namespace(NamespaceRecord),
     ApiToken(Box<ApiToken>),
+    Values(Box<ValueSet>),
 }
 
 /// An admin token's hash, stored under `token.<sha256 hex>`; the token itself is never stored.
@@ -80,6 +82,7 @@ enum Kind {
     Token,
     Namespace,
     ApiToken,
+    Values,
 }
 
 impl Kind {
@@ -93,6 +96,7 @@ impl Kind {
             Kind::Token => "token.",
             Kind::Namespace => "ns.",
             Kind::ApiToken => "apitoken.",
+            Kind::Values => "values.",
         }
     }
 
@@ -106,6 +110,7 @@ impl Kind {
             Kind::Token,
             Kind::Namespace,
             Kind::ApiToken,
+            Kind::Values,
         ]
         .into_iter()
         .find(|kind| key.starts_with(kind.prefix()))
@@ -133,6 +138,9 @@ impl Kind {
             Kind::Namespace => Record::Namespace(serde_json::from_slice(bytes).map_err(corrupt)?),
             Kind::ApiToken => {
                 Record::ApiToken(Box::new(serde_json::from_slice(bytes).map_err(corrupt)?))
+            }
+            Kind::Values => {
+                Record::Values(Box::new(serde_json::from_slice(bytes).map_err(corrupt)?))
             }
         })
     }
@@ -180,7 +188,7 @@ impl MetadataChanges {
                 }
             }
             Some(Kind::Namespace) => self.namespaces = true,
-            Some(Kind::Token | Kind::ApiToken) | None => {}
+            Some(Kind::Token | Kind::ApiToken | Kind::Values) | None => {}
         }
     }
 }
@@ -845,6 +853,9 @@ impl Record {
             {
                 return Err(invalid(format!("holds token {}", token.id)));
             }
+            Record::Values(set) if values_key(set.kind, &set.namespace, &set.name) != key => {
+                return Err(invalid(format!("holds {} {}", set.kind.noun(), set.name)));
+            }
             _ => {}
         }
         Ok(self)
@@ -1128,10 +1139,21 @@ impl ClusterStore {
                 .filter(|(key, _)| key.starts_with(&prefix))
                 .map(|(key, _)| format!("{what} {}", &key[prefix.len()..]))
         };
+        let values = |kind: ValueKind| {
+            let prefix = format!("{}{}.{namespace}.", Kind::Values.prefix(), kind.noun());
+            self.lock()
+                .records
+                .range(prefix.clone()..)
+                .next()
+                .filter(|(key, _)| key.starts_with(&prefix))
+                .map(|(key, _)| format!("{} {}", kind.noun(), &key[prefix.len()..]))
+        };
         first(Kind::Function, "function")
             .or_else(|| first(Kind::Route, "route"))
             .or_else(|| first(Kind::Timer, "timer"))
             .or_else(|| first(Kind::MqTrigger, "queue trigger"))
+            .or_else(|| values(ValueKind::Secret))
+            .or_else(|| values(ValueKind::Config))
     }
 }
 
@@ -1267,5 +1289,96 @@ impl AccessStore for ClusterStore {
             });
         };
         self.write(&key, None, Write::Delete(revision))
+    }
+}
+
+fn values_key(kind: ValueKind, namespace: &Namespace, name: &Name) -> String {
+    format!("{}{}.{namespace}.{name}", Kind::Values.prefix(), kind.noun())
+}
+
+impl ValueStore for ClusterStore {
+    fn create_values(&self, set: &ValueSet) -> Result<(), StoreError> {
+        self.create(
+            values_key(set.kind, &set.namespace, &set.name),
+            set,
+            Record::Values(Box::new(set.clone())),
+            (set.kind.noun(), &set.name),
+            || Ok(()),
+        )
+    }
+
+    fn update_values(&self, set: &ValueSet) -> Result<(), StoreError> {
+        let key = values_key(set.kind, &set.namespace, &set.name);
+        let bytes = encode(set);
+        self.checked(&key, || match self.get(&key) {
+            Some(Record::Values(stored)) if stored.version + 1 == set.version => Ok(Some((
+                Record::Values(Box::new(set.clone())),
+                bytes.clone(),
+            ))),
+            Some(_) => Err(StoreError::Changed {
+                kind: set.kind.noun(),
+                name: set.name.to_string(),
+            }),
+            None => Err(StoreError::NotFound {
+                kind: set.kind.noun(),
+                name: set.name.to_string(),
+            }),
+        })
+    }
+
+    fn values(
+        &self,
+        kind: ValueKind,
+        namespace: &Namespace,
+        name: &Name,
+    ) -> Result<Option<ValueSet>, StoreError> {
+        Ok(match self.get(&values_key(kind, namespace, name)) {
+            Some(Record::Values(set)) => Some(*set),
+            _ => None,
+        })
+    }
+
+    fn value_sets(
+        &self,
+        kind: ValueKind,
+        namespace: &Namespace,
+    ) -> Result<Vec<ValueSet>, StoreError> {
+        let prefix = format!("{}{}.{namespace}.", Kind::Values.prefix(), kind.noun());
+        Ok(self
+            .lock()
+            .records
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .filter_map(|(_, (_, record))| match record {
+                Record::Values(set) => Some((**set).clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn delete_values(
+        &self,
+        kind: ValueKind,
+        namespace: &Namespace,
+        name: &Name,
+    ) -> Result<(), StoreError> {
+        let key = values_key(kind, namespace, name);
+        self.checked(&key, || {
+            if self.get(&key).is_none() {
+                return Err(StoreError::NotFound {
+                    kind: kind.noun(),
+                    name: name.to_string(),
+                });
+            }
+            let functions = self.functions(Some(namespace))?;
+            if let Some(user) = gust_store::mounted_by(&functions, kind, namespace, name) {
+                return Err(StoreError::InUse {
+                    kind: kind.noun(),
+                    name: name.to_string(),
+                    user,
+                });
+            }
+            Ok(None)
+        })
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::apply_delivery;
 use crate::scaling::apply_scaling;
 use crate::{
+    ValueMounts,
     Build, BuildState, Delivery, HumanDuration, ModelError, Name, Namespace, NetworkPolicy,
     OutboundRule, Scaling,
 };
@@ -172,6 +173,9 @@ pub struct Revision {
     /// The app (`gust apply`) this function belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<Name>,
+    /// The secrets and configs it mounts, by name (never their values).
+    #[serde(default, skip_serializing_if = "ValueMounts::is_empty")]
+    pub mounts: ValueMounts,
 }
 
 impl Revision {
@@ -272,6 +276,7 @@ pub struct RevisionFields {
     pub delivery: Delivery,
     pub keep_revisions: u32,
     pub app: Option<Name>,
+    pub mounts: ValueMounts,
 }
 
 /// The settable fields of a function as a user writes them: the API's JSON fields, the CLI's
@@ -368,6 +373,24 @@ pub struct FunctionSettings {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// Secret of the namespace mounted at /secrets/<namespace>/<name>/<key> (repeatable; on
+    /// update the given list replaces the old one)
+    #[cfg_attr(feature = "cli", arg(long = "secret", value_name = "NAME"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
+    /// Config of the namespace mounted at /configs/<namespace>/<name>/<key> (repeatable; on
+    /// update the given list replaces the old one)
+    #[cfg_attr(feature = "cli", arg(long = "config", value_name = "NAME"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configs: Option<Vec<String>>,
+    /// Also give each key of its secrets that is a valid variable name as an environment
+    /// variable [default: false]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<bool>,
 }
 
 impl FunctionSettings {
@@ -458,7 +481,26 @@ impl FunctionSettings {
             Some(app) => Name::parse_app(Some(app))?,
             None => base.and_then(|r| r.app.clone()),
         };
+        let base_mounts = base.map(|r| r.mounts.clone()).unwrap_or_default();
+        let names = |given: &Option<Vec<String>>, kind: &'static str, base: &[Name]| match given {
+            Some(names) => {
+                let mut parsed = names
+                    .iter()
+                    .map(|n| Name::parse(kind, n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                parsed.sort();
+                parsed.dedup();
+                Ok::<_, ModelError>(parsed)
+            }
+            None => Ok(base.to_vec()),
+        };
+        let mounts = ValueMounts {
+            secrets: names(&self.secrets, "secret", &base_mounts.secrets)?,
+            configs: names(&self.configs, "config", &base_mounts.configs)?,
+            secret_env: self.secret_env.unwrap_or(base_mounts.secret_env),
+        };
         Ok(RevisionFields {
+            mounts,
             app,
             environment,
             entrypoint,
@@ -540,6 +582,7 @@ mod tests {
             keep_revisions: DEFAULT_KEEP_REVISIONS,
             build: None,
             app: None,
+            mounts: ValueMounts::default(),
         }
     }
 

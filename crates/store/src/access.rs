@@ -46,7 +46,7 @@ pub(crate) fn namespace_user(
             return Ok(Some(format!("{kind} {name}")));
         }
     }
-    Ok(None)
+    crate::values::first_in_namespace(tx, namespace)
 }
 
 /// Every namespace from the stored records: `default` first (as stored once it has quotas,

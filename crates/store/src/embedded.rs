@@ -110,6 +110,7 @@ impl EmbeddedStore {
         crate::queue::create_tables(&tx)?;
         crate::mq::create_tables(&tx)?;
         crate::access::create_tables(&tx)?;
+        crate::values::create_tables(&tx)?;
         tx.commit()?;
         Ok(())
     }

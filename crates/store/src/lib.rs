@@ -17,17 +17,21 @@ mod embedded;
 mod error;
 mod mq;
 mod queue;
+mod sealer;
+mod values;
 
 pub use access::{forget_namespace_in_tokens, with_default_first};
+pub use values::mounted_by;
 pub use queue::{decode_request, encode_request};
 
 pub use code::{CodeHold, CodeLimits, CodePin, CodeStore, CodeUpload, is_code_digest};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
+pub use sealer::{SEALING_KEY_ENV, Sealer};
 
 use gust_model::{
     ApiToken, AsyncInvocation, AuditEntry, Environment, Function, HourlyUsage, MqTrigger, Name,
-    Namespace, NamespaceRecord, Route, StoredRequest, Timer, UsageRecord,
+    Namespace, NamespaceRecord, Route, StoredRequest, Timer, UsageRecord, ValueKind, ValueSet,
 };
 
 /// Environments are global: every namespace can use every environment.
@@ -261,6 +265,31 @@ pub trait AccessStore: Send + Sync {
     fn token(&self, id: &str) -> Result<Option<ApiToken>, StoreError>;
     fn tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
     fn delete_token(&self, id: &str) -> Result<(), StoreError>;
+}
+
+/// Secrets and configs of each namespace. A secret's values arrive sealed (see [`Sealer`]).
+pub trait ValueStore: Send + Sync {
+    /// Stores a new set; [`StoreError::AlreadyExists`] if its name is taken in its namespace.
+    fn create_values(&self, set: &ValueSet) -> Result<(), StoreError>;
+    /// Replaces a set whose stored version is `set.version - 1`; [`StoreError::Changed`] if
+    /// another update came first, [`StoreError::NotFound`] if there is none.
+    fn update_values(&self, set: &ValueSet) -> Result<(), StoreError>;
+    fn values(
+        &self,
+        kind: ValueKind,
+        namespace: &Namespace,
+        name: &Name,
+    ) -> Result<Option<ValueSet>, StoreError>;
+    /// Every set of a kind in a namespace, by name.
+    fn value_sets(&self, kind: ValueKind, namespace: &Namespace)
+    -> Result<Vec<ValueSet>, StoreError>;
+    /// Deletes a set no function's current revision mounts ([`StoreError::InUse`] names one).
+    fn delete_values(
+        &self,
+        kind: ValueKind,
+        namespace: &Namespace,
+        name: &Name,
+    ) -> Result<(), StoreError>;
 }
 
 /// The audit log: control-plane writes, oldest first, kept for a retention.
