@@ -6,10 +6,12 @@ use std::sync::Arc;
 use gust_async_queue::DeliveryPolicies;
 use gust_executor::{DeploymentError, DeploymentSource, InstanceSpec};
 use gust_model::{Delivery, Name, Namespace};
-use gust_store::{CodeStore, MetadataStore, SharedCode};
+use gust_store::{CodeStore, MetadataStore, Sealer, SharedCode, open_mounts};
 
 pub struct StoreDeployments {
     pub store: Arc<dyn MetadataStore>,
+    /// Opens the secrets functions mount.
+    pub sealer: Arc<Sealer>,
     pub code: Arc<CodeStore>,
     /// A cluster's code trees, fetched into `code` on first use; `None` on a single node.
     pub shared: Option<Arc<dyn SharedCode>>,
@@ -51,14 +53,24 @@ impl DeploymentSource for StoreDeployments {
                 .fetch(&revision.code.digest)
                 .map_err(|e| format!("cannot fetch the code of {function}: {e}"))?;
         }
-        Ok(Some(InstanceSpec::of_revision(
+        let mut spec = InstanceSpec::of_revision(
             namespace,
             function,
             &found.uid,
             revision,
             environment,
             self.code.tree(&revision.code.digest),
-        )))
+        );
+        let opened = open_mounts(
+            self.store.as_ref(),
+            &self.sealer,
+            namespace,
+            &revision.mounts,
+        )
+        .map_err(|e| DeploymentError::NotReady(format!("cannot mount its values: {e}")))?;
+        spec.mounted = opened.files;
+        spec.secret_env = opened.env;
+        Ok(Some(spec))
     }
 }
 

@@ -618,14 +618,8 @@ fn revision_differences(desired: &RevisionFields, current: &Revision) -> Vec<Str
             desired.keep_revisions == current.keep_revisions,
         ),
         ("app", desired.app == current.app),
-        (
-            "secrets",
-            desired.mounts.secrets == current.mounts.secrets,
-        ),
-        (
-            "configs",
-            desired.mounts.configs == current.mounts.configs,
-        ),
+        ("secrets", desired.mounts.secrets == current.mounts.secrets),
+        ("configs", desired.mounts.configs == current.mounts.configs),
         (
             "secret_env",
             desired.mounts.secret_env == current.mounts.secret_env,

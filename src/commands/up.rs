@@ -26,7 +26,8 @@ use gust_router::{NamespaceRates, PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::{PoolSize, WasmRuntime};
 use gust_store::{
-    CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, SharedCode, UsageStore,
+    CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, Sealer, SharedCode,
+    UsageStore,
 };
 use gust_trigger_mq::{MqMetrics, MqTriggers};
 use gust_trigger_timer::TimerScheduler;
@@ -481,8 +482,10 @@ async fn assemble(
     let shared_code = joined
         .as_ref()
         .map(|joined| joined.store.code() as Arc<dyn SharedCode>);
+    let sealer = Arc::new(Sealer::open(data_dir).context("cannot open the secrets' sealing key")?);
     let deployments = Arc::new(StoreDeployments {
         store: store.clone(),
+        sealer: sealer.clone(),
         code: code.clone(),
         shared: shared_code.clone(),
     });
@@ -583,6 +586,7 @@ async fn assemble(
         logs,
         tokens,
         audit: embedded.clone(),
+        sealer,
         nodes,
         usage: usage_store.clone(),
         meter,

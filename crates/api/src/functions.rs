@@ -240,7 +240,7 @@ pub(crate) fn check_loads(
     revision: &Revision,
     environment: &Environment,
 ) -> Result<(), ApiError> {
-    let spec = InstanceSpec::of_revision(
+    let mut spec = InstanceSpec::of_revision(
         &function.namespace,
         &function.name,
         &function.uid,
@@ -248,6 +248,15 @@ pub(crate) fn check_loads(
         environment.clone(),
         state.code.tree(&revision.code.digest),
     );
+    // The mounted values go in as a request will find them: every named set must exist.
+    let opened = gust_store::open_mounts(
+        state.store.as_ref(),
+        &state.sealer,
+        &function.namespace,
+        &revision.mounts,
+    )?;
+    spec.mounted = opened.files;
+    spec.secret_env = opened.env;
     let id = RequestId::generate();
     // On the blocking pool, like every storage call of the handler around it.
     let Err(err) = tokio::runtime::Handle::current().block_on(state.executor.trial(spec, &id))

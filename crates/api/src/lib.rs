@@ -76,6 +76,8 @@ pub struct ApiState {
     pub tokens: Arc<dyn TokenCheck>,
     /// Where control-plane writes are logged.
     pub audit: Arc<dyn AuditStore>,
+    /// Seals secret values before they are stored, and opens them for a deploy's load check.
+    pub sealer: Arc<gust_store::Sealer>,
     /// The nodes `GET /v1/nodes` lists.
     pub nodes: Arc<dyn NodeDirectory>,
     pub usage: Arc<dyn UsageStore>,

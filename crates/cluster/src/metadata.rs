@@ -1293,7 +1293,11 @@ impl AccessStore for ClusterStore {
 }
 
 fn values_key(kind: ValueKind, namespace: &Namespace, name: &Name) -> String {
-    format!("{}{}.{namespace}.{name}", Kind::Values.prefix(), kind.noun())
+    format!(
+        "{}{}.{namespace}.{name}",
+        Kind::Values.prefix(),
+        kind.noun()
+    )
 }
 
 impl ValueStore for ClusterStore {
@@ -1311,10 +1315,9 @@ impl ValueStore for ClusterStore {
         let key = values_key(set.kind, &set.namespace, &set.name);
         let bytes = encode(set);
         self.checked(&key, || match self.get(&key) {
-            Some(Record::Values(stored)) if stored.version + 1 == set.version => Ok(Some((
-                Record::Values(Box::new(set.clone())),
-                bytes.clone(),
-            ))),
+            Some(Record::Values(stored)) if stored.version + 1 == set.version => {
+                Ok(Some((Record::Values(Box::new(set.clone())), bytes.clone())))
+            }
             Some(_) => Err(StoreError::Changed {
                 kind: set.kind.noun(),
                 name: set.name.to_string(),

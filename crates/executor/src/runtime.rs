@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gust_model::{
-    Environment, Limits, Name, Namespace, NetworkPolicy, OutboundRule, Revision, RevisionNumber,
-    Scaling,
+    Environment, Limits, MountedValue, Name, Namespace, NetworkPolicy, OutboundRule, Revision,
+    RevisionNumber, Scaling, SecretValue,
 };
 
 use crate::{InvokeError, RequestBody, RequestId, ResponseBody};
@@ -32,6 +32,11 @@ pub struct InstanceSpec {
     /// What a process function's workers may reach (the process tier enforces it).
     pub network: NetworkPolicy,
     pub scaling: Scaling,
+    /// The keys of the secrets and configs it mounts, opened (never shown by `Debug`).
+    pub mounted: Vec<MountedValue>,
+    /// Environment variables from its secrets (`--secret-env`), kept apart from `env_vars`
+    /// so that they are never shown.
+    pub secret_env: Vec<(String, SecretValue)>,
 }
 
 impl InstanceSpec {
@@ -59,6 +64,9 @@ impl InstanceSpec {
             allow_outbound: revision.allow_outbound.clone(),
             network: revision.network.unwrap_or_default(),
             scaling: revision.scaling,
+            // Opened by whoever loads the deployment, which holds the store and the key.
+            mounted: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 }

@@ -6,9 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::apply_delivery;
 use crate::scaling::apply_scaling;
 use crate::{
-    ValueMounts,
     Build, BuildState, Delivery, HumanDuration, ModelError, Name, Namespace, NetworkPolicy,
-    OutboundRule, Scaling,
+    OutboundRule, Scaling, ValueMounts,
 };
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -62,8 +62,8 @@ pub use route::{
 };
 pub use scaling::{MAX_REUSE, Scaling};
 pub use timer::{Schedule, ScheduleConfig, Timer, TimerConfig};
-pub use values::{
-    MAX_VALUE_KEYS, MAX_VALUE_SET_BYTES, ValueKind, ValueMounts, ValueSet, is_env_name,
-    validate_value_key,
-};
 pub use usage::{HOUR_MS, HourlyUsage, UsageRecord, UsageTotals, billed_ms, gb_seconds};
+pub use values::{
+    MAX_VALUE_KEYS, MAX_VALUE_SET_BYTES, MountedValue, SecretValue, ValueKind, ValueMounts,
+    ValueSet, is_env_name, validate_value_key,
+};

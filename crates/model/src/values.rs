@@ -11,7 +11,9 @@ use utoipa::ToSchema;
 use crate::{ModelError, Name, Namespace};
 
 /// Which of the two a set is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueKind {
     Secret,
@@ -84,6 +86,27 @@ pub fn is_env_name(key: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A value opened for a function: its bytes never show in `Debug` output (`***`), so an
+/// instance's spec can be logged without it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One key of a secret or config as an instance gets it: a file at
+/// `/<kind's root>/<namespace>/<name>/<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedValue {
+    pub kind: ValueKind,
+    pub name: Name,
+    pub key: String,
+    pub value: SecretValue,
 }
 
 /// The secrets and configs a revision mounts, by name.

@@ -21,8 +21,8 @@ mod sealer;
 mod values;
 
 pub use access::{forget_namespace_in_tokens, with_default_first};
-pub use values::mounted_by;
 pub use queue::{decode_request, encode_request};
+pub use values::{OpenedMounts, mounted_by, open_mounts};
 
 pub use code::{CodeHold, CodeLimits, CodePin, CodeStore, CodeUpload, is_code_digest};
 pub use embedded::EmbeddedStore;
@@ -281,8 +281,11 @@ pub trait ValueStore: Send + Sync {
         name: &Name,
     ) -> Result<Option<ValueSet>, StoreError>;
     /// Every set of a kind in a namespace, by name.
-    fn value_sets(&self, kind: ValueKind, namespace: &Namespace)
-    -> Result<Vec<ValueSet>, StoreError>;
+    fn value_sets(
+        &self,
+        kind: ValueKind,
+        namespace: &Namespace,
+    ) -> Result<Vec<ValueSet>, StoreError>;
     /// Deletes a set no function's current revision mounts ([`StoreError::InUse`] names one).
     fn delete_values(
         &self,
@@ -309,10 +312,23 @@ pub trait AuditStore: Send + Sync {
 
 /// Everything the control plane needs from metadata storage.
 pub trait MetadataStore:
-    EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore + AccessStore
+    EnvironmentStore
+    + FunctionStore
+    + RouteStore
+    + TimerStore
+    + MqTriggerStore
+    + AccessStore
+    + ValueStore
 {
 }
-impl<T: EnvironmentStore + FunctionStore + RouteStore + TimerStore + MqTriggerStore + AccessStore>
-    MetadataStore for T
+impl<
+    T: EnvironmentStore
+        + FunctionStore
+        + RouteStore
+        + TimerStore
+        + MqTriggerStore
+        + AccessStore
+        + ValueStore,
+> MetadataStore for T
 {
 }

@@ -175,26 +175,50 @@ mod tests {
             Namespace::parse("team-a").unwrap(),
             Name::parse("secret", "db").unwrap(),
         );
-        let sealed = sealer.seal((&ns, &db, "password", 1), b"canary-42").unwrap();
+        let sealed = sealer
+            .seal((&ns, &db, "password", 1), b"canary-42")
+            .unwrap();
         assert!(!sealed.contains("canary"));
         assert_eq!(
-            sealer.open_value((&ns, &db, "password", 1), &sealed).unwrap(),
+            sealer
+                .open_value((&ns, &db, "password", 1), &sealed)
+                .unwrap(),
             b"canary-42"
         );
         // Same value twice: different text (fresh nonce).
-        assert_ne!(sealed, sealer.seal((&ns, &db, "password", 1), b"canary-42").unwrap());
+        assert_ne!(
+            sealed,
+            sealer
+                .seal((&ns, &db, "password", 1), b"canary-42")
+                .unwrap()
+        );
         // Another place, another version, another key file: does not open.
         let other = Name::parse("secret", "other").unwrap();
-        assert!(sealer.open_value((&ns, &other, "password", 1), &sealed).is_err());
+        assert!(
+            sealer
+                .open_value((&ns, &other, "password", 1), &sealed)
+                .is_err()
+        );
         assert!(sealer.open_value((&ns, &db, "user", 1), &sealed).is_err());
-        assert!(sealer.open_value((&ns, &db, "password", 2), &sealed).is_err());
+        assert!(
+            sealer
+                .open_value((&ns, &db, "password", 2), &sealed)
+                .is_err()
+        );
         let stranger = Sealer::from_key(&[7u8; 32]).unwrap();
         let refused = stranger.open_value((&ns, &db, "password", 1), &sealed);
-        assert!(refused.unwrap_err().to_string().contains("cannot be opened"));
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("cannot be opened")
+        );
         // The key file is read again, not replaced.
         let again = Sealer::open(dir.path()).unwrap();
         assert_eq!(
-            again.open_value((&ns, &db, "password", 1), &sealed).unwrap(),
+            again
+                .open_value((&ns, &db, "password", 1), &sealed)
+                .unwrap(),
             b"canary-42"
         );
         assert_eq!(format!("{again:?}"), "Sealer(***)");

@@ -141,3 +141,56 @@ impl ValueStore for EmbeddedStore {
         })
     }
 }
+
+/// What a revision mounts, opened: every key of its secrets (unsealed) and configs, and the
+/// environment variables its secrets give with `secret_env`. A mounted set that is gone, or a
+/// secret that does not open with this node's key, is an error naming it.
+pub fn open_mounts(
+    store: &(impl ValueStore + ?Sized),
+    sealer: &crate::Sealer,
+    namespace: &Namespace,
+    mounts: &gust_model::ValueMounts,
+) -> Result<OpenedMounts, StoreError> {
+    use base64::Engine;
+    let mut opened = OpenedMounts::default();
+    for kind in [ValueKind::Secret, ValueKind::Config] {
+        for name in mounts.of(kind) {
+            let set = store
+                .values(kind, namespace, name)?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: kind.noun(),
+                    name: name.to_string(),
+                })?;
+            for (key, stored) in &set.data {
+                let value = match kind {
+                    ValueKind::Secret => {
+                        sealer.open_value((namespace, name, key, set.version), stored)?
+                    }
+                    ValueKind::Config => base64::engine::general_purpose::STANDARD
+                        .decode(stored)
+                        .map_err(|_| {
+                        StoreError::Database(format!("config {name} key {key} is not base64"))
+                    })?,
+                };
+                let value = gust_model::SecretValue(value);
+                if kind == ValueKind::Secret && mounts.secret_env && gust_model::is_env_name(key) {
+                    opened.env.push((key.clone(), value.clone()));
+                }
+                opened.files.push(gust_model::MountedValue {
+                    kind,
+                    name: name.clone(),
+                    key: key.clone(),
+                    value,
+                });
+            }
+        }
+    }
+    Ok(opened)
+}
+
+/// See [`open_mounts`].
+#[derive(Debug, Default)]
+pub struct OpenedMounts {
+    pub files: Vec<gust_model::MountedValue>,
+    pub env: Vec<(String, gust_model::SecretValue)>,
+}
