@@ -80,6 +80,8 @@ impl DirectCall {
             allow_outbound: Vec::new(),
             network: Default::default(),
             scaling: Scaling::default(),
+            mounted: Vec::new(),
+            secret_env: Vec::new(),
         };
         Self {
             runtime,

@@ -278,6 +278,17 @@ pub async fn follow_changes(
         {
             tracing::error!(error = %err, "cannot apply the cluster's routes");
         }
+        for (namespace, kind, name) in &changes.values {
+            // Another node changed a secret or config: its functions here start new
+            // instances with the new values, as on that node.
+            if let Ok(functions) = state.store.functions(Some(namespace)) {
+                for function in functions {
+                    if function.current_revision().mounts.of(*kind).contains(name) {
+                        state.executor.function_deployed(namespace, &function.name);
+                    }
+                }
+            }
+        }
         if changes.namespaces
             && let Err(err) = state.sync_namespaces()
         {

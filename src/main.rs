@@ -24,7 +24,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
     apps, completion, dlq, env, function, invocation, mqt, nodes, route, tenancy, timer, up, usage,
-    version,
+    values, version,
 };
 
 /// mimalloc instead of the C library's allocator: memory freed on another thread than the one
@@ -61,6 +61,11 @@ pub enum Command {
     Invocation(invocation::InvocationArgs),
     /// List, show, re-drive and purge dead letters (failed asynchronous invocations).
     Dlq(dlq::DlqArgs),
+    /// Manage secrets: values functions mount at /secrets/<namespace>/<name>/<key>, sealed at
+    /// rest, never shown again.
+    Secret(values::ValuesArgs),
+    /// Manage configs: values functions mount at /configs/<namespace>/<name>/<key>.
+    Config(values::ValuesArgs),
     /// Manage namespaces (tenants).
     Ns(tenancy::NamespaceArgs),
     /// Create, list and revoke API tokens (a role in some namespaces).
@@ -140,6 +145,16 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Function(args) => client::block_on(function::run(*args, &cli.connection)),
         Command::Env(args) => client::block_on(env::run(args, &cli.connection)),
         Command::Usage(args) => client::block_on(usage::run(args, &cli.connection)),
+        Command::Secret(args) => client::block_on(values::run(
+            gust_model::ValueKind::Secret,
+            args,
+            &cli.connection,
+        )),
+        Command::Config(args) => client::block_on(values::run(
+            gust_model::ValueKind::Config,
+            args,
+            &cli.connection,
+        )),
         Command::Ns(args) => client::block_on(tenancy::namespaces(args, &cli.connection)),
         Command::Token(args) => client::block_on(tenancy::tokens(args, &cli.connection)),
         Command::Audit(args) => client::block_on(tenancy::audit(args, &cli.connection)),

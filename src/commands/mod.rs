@@ -12,4 +12,5 @@ pub mod tenancy;
 pub mod timer;
 pub mod up;
 pub mod usage;
+pub mod values;
 pub mod version;

@@ -110,3 +110,55 @@ pub struct AuditQuery {
 pub struct AuditList {
     pub entries: Vec<AuditEntry>,
 }
+
+/// `POST /v1/secrets` and `POST /v1/configs`: a set's name and values, each value in base64
+/// (any bytes).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValuesCreate {
+    pub name: Name,
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+/// `PUT /v1/secrets/{name}` and `PUT /v1/configs/{name}`: the set's new values, all of them.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValuesUpdate {
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+/// A secret or config as the API shows it: its keys and version, and for a config its values
+/// (base64); never a secret's values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ValuesView {
+    pub kind: gust_model::ValueKind,
+    pub namespace: Namespace,
+    pub name: Name,
+    pub version: u32,
+    pub keys: Vec<String>,
+    /// A config's values by key, in base64; absent for a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<std::collections::BTreeMap<String, String>>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Functions whose current revision mounts it (they were rolled onto the new values by
+    /// the update that answered this).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounted_by: Vec<Name>,
+}
+
+impl ValuesView {
+    pub fn of(set: &gust_model::ValueSet, mounted_by: Vec<Name>) -> Self {
+        Self {
+            kind: set.kind,
+            namespace: set.namespace.clone(),
+            name: set.name.clone(),
+            version: set.version,
+            keys: set.data.keys().cloned().collect(),
+            data: (set.kind == gust_model::ValueKind::Config).then(|| set.data.clone()),
+            created_at_ms: set.created_at_ms,
+            updated_at_ms: set.updated_at_ms,
+            mounted_by,
+        }
+    }
+}

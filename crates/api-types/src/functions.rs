@@ -145,6 +145,9 @@ pub struct FunctionView {
     /// The app (`gust apply`) the function belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<Name>,
+    /// The secrets and configs it mounts, by name (never their values).
+    #[serde(default, skip_serializing_if = "gust_model::ValueMounts::is_empty")]
+    pub mounts: gust_model::ValueMounts,
 }
 
 /// `?replace=` of `PUT /v1/functions/{name}`.

@@ -16,7 +16,7 @@ mod usage;
 
 pub use access::{
     AuditList, AuditQuery, NamespaceCreate, NamespaceUpdate, NamespaceView, TokenCreate,
-    TokenCreated, TokenView,
+    TokenCreated, TokenView, ValuesCreate, ValuesUpdate, ValuesView,
 };
 pub use asynchronous::{
     Accepted, DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView, Selection,

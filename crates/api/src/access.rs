@@ -147,6 +147,10 @@ pub(crate) fn rule(method: &Method, path: &str) -> Option<Rule> {
         | "/v1/dlq/{id}"
         | "/v1/usage"
         | "/v1/usage/records"
+        | "/v1/secrets"
+        | "/v1/secrets/{name}"
+        | "/v1/configs"
+        | "/v1/configs/{name}"
             if read =>
         {
             In(Read)
@@ -162,6 +166,10 @@ pub(crate) fn rule(method: &Method, path: &str) -> Option<Rule> {
         | "/v1/mqtriggers/{name}"
         | "/v1/dlq/redrive"
         | "/v1/dlq/purge"
+        | "/v1/secrets"
+        | "/v1/secrets/{name}"
+        | "/v1/configs"
+        | "/v1/configs/{name}"
         | "/v1/uploads" => In(Deploy),
         _ => return None,
     })

@@ -59,6 +59,7 @@ fn function_view(function: &Function, state: &ApiState) -> FunctionView {
             .digest
             .clone(),
         app: current.app.clone(),
+        mounts: current.mounts.clone(),
         code_file: current.code.file.clone(),
         code_bytes: current.code.size_bytes,
         updated_at_ms: current.created_at_ms,
@@ -201,6 +202,11 @@ fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Re
         if fields.scaling.concurrency.is_some_and(|c| c > 1) {
             return Err(ApiError::Invalid(
                 "--concurrency applies to process functions only: a wasm instance serves one request at a time (raise --max-instances instead)".to_owned(),
+            ));
+        }
+        if !fields.mounts.is_empty() {
+            return Err(ApiError::Invalid(
+                "--secret and --config apply to process functions only for now: a wasm component has no files mounted".to_owned(),
             ));
         }
         return Ok(());

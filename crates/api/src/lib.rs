@@ -22,6 +22,7 @@ mod timers;
 mod token;
 mod uploads;
 mod usage;
+mod values;
 
 pub use access::{Principal, secret_hash};
 pub use builds::Builds;
@@ -295,6 +296,18 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(tenants::list_tokens, tenants::create_token))
         .routes(routes!(tenants::revoke_token))
         .routes(routes!(tenants::audit))
+        .routes(routes!(values::list_secrets, values::create_secret))
+        .routes(routes!(
+            values::show_secret,
+            values::update_secret,
+            values::delete_secret
+        ))
+        .routes(routes!(values::list_configs, values::create_config))
+        .routes(routes!(
+            values::show_config,
+            values::update_config,
+            values::delete_config
+        ))
         .routes(routes!(openapi))
         .routes(routes!(version));
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -163,6 +163,9 @@ pub struct MetadataChanges {
     pub mq_triggers: bool,
     /// Namespaces created, deleted or given other quotas.
     pub namespaces: bool,
+    /// Secrets and configs written or deleted: the functions that mount them start new
+    /// instances.
+    pub values: std::collections::BTreeSet<(Namespace, ValueKind, Name)>,
     /// Functions written (`false`) or deleted (`true`).
     pub functions: BTreeMap<(Namespace, Name), bool>,
 }
@@ -188,7 +191,23 @@ impl MetadataChanges {
                 }
             }
             Some(Kind::Namespace) => self.namespaces = true,
-            Some(Kind::Token | Kind::ApiToken | Kind::Values) | None => {}
+            Some(Kind::Values) => {
+                let rest = &key[Kind::Values.prefix().len()..];
+                let mut parts = rest.splitn(3, '.');
+                let kind = match parts.next() {
+                    Some("secret") => Some(ValueKind::Secret),
+                    Some("config") => Some(ValueKind::Config),
+                    _ => None,
+                };
+                if let (Some(kind), Some(namespace), Some(name)) =
+                    (kind, parts.next(), parts.next())
+                    && let (Ok(namespace), Ok(name)) =
+                        (Namespace::parse(namespace), Name::parse(kind.noun(), name))
+                {
+                    self.values.insert((namespace, kind, name));
+                }
+            }
+            Some(Kind::Token | Kind::ApiToken) | None => {}
         }
     }
 }

@@ -1181,6 +1181,8 @@ mod tests {
                 allow_outbound: Vec::new(),
                 network: Default::default(),
                 scaling: Default::default(),
+                mounted: Vec::new(),
+                secret_env: Vec::new(),
             }))
         }
     }

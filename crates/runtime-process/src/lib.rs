@@ -126,10 +126,20 @@ impl ProcessRuntime {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
                 .map_err(RuntimeError::io(&path))?;
         }
+        let values_root = match &sandbox {
+            Sandbox::Bubblewrap { .. } => Some(values_root(run_dir)?),
+            Sandbox::Disabled => None,
+        };
         Ok(Self {
             workers: Arc::new(Workers {
                 run_dir: run_dir.to_owned(),
-                spawner: Arc::new(Spawner::new(sandbox, cgroups, workers_dir, logs)),
+                spawner: Arc::new(Spawner::new(
+                    sandbox,
+                    cgroups,
+                    workers_dir,
+                    values_root,
+                    logs,
+                )),
                 interpreters,
                 env_root,
                 pools: Mutex::new(HashMap::new()),
@@ -248,6 +258,31 @@ fn node_heap_mb(memory_mb: u32) -> u32 {
 /// it could stop them), and orphaned sandbox processes of any Gust: a sandbox that was being
 /// set up when its Gust was killed can miss the parent-death signal and be left to init. A pid
 /// is only trusted while it still looks like one of our workers.
+/// Where workers' secrets and configs are written: memory-backed (`/dev/shm`), so opened
+/// secrets never reach a disk, in a directory of this data directory's own (emptied at start:
+/// what a killed Gust left goes). Falls back to `run_dir` where there is no `/dev/shm`.
+fn values_root(run_dir: &Path) -> Result<PathBuf, RuntimeError> {
+    use sha2::Digest;
+    let shm = Path::new("/dev/shm");
+    let root = if shm.is_dir() {
+        let tag = hex::encode(&sha2::Sha256::digest(run_dir.as_os_str().as_encoded_bytes())[..8]);
+        shm.join(format!("gust-values-{tag}"))
+    } else {
+        tracing::warn!(
+            "no /dev/shm: functions' secrets are written under {} while their workers run",
+            run_dir.display()
+        );
+        run_dir.join("values")
+    };
+    if root.exists() {
+        std::fs::remove_dir_all(&root).map_err(RuntimeError::io(&root))?;
+    }
+    std::fs::create_dir_all(&root).map_err(RuntimeError::io(&root))?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
+        .map_err(RuntimeError::io(&root))?;
+    Ok(root)
+}
+
 fn stop_leftover_workers(workers_dir: &Path) {
     for pid in orphaned_sandboxes() {
         tracing::info!(pid, "stopping an orphaned worker sandbox");

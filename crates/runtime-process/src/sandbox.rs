@@ -65,6 +65,8 @@ const ENV_FD: i32 = 202;
 const SECCOMP_FD: i32 = 203;
 const INFO_FD: i32 = 204;
 const RESOLV_FD: i32 = 205;
+const SECRETS_FD: i32 = 206;
+const CONFIGS_FD: i32 = 207;
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Size of a worker's private `/tmp`. A backstop only: its pages are charged to the worker's
 /// memory cgroup, so the function's memory limit is what bounds it where cgroups exist.
@@ -86,9 +88,13 @@ pub enum Sandbox {
 
 /// A worker's host directory, writable by Gust alone: `code/` receives the function's files at
 /// specialization (mounted read-only), `worker.sock` is the listening socket Gust bound for it.
+/// Its mounted values (secrets, configs) are in a directory of their own in memory-backed
+/// storage, never on disk: `secrets/` and `configs/` there are the worker's `/secrets` and
+/// `/configs`, read-only.
 pub struct WorkerPaths {
     pub code_dir: PathBuf,
     pub socket: PathBuf,
+    pub values_dir: Option<PathBuf>,
 }
 
 impl WorkerPaths {
@@ -96,9 +102,20 @@ impl WorkerPaths {
         Self {
             code_dir: worker_dir.join("code"),
             socket: worker_dir.join("worker.sock"),
+            values_dir: None,
         }
     }
+
+    /// With its mounted values in `values_dir` (a fresh directory of an unguessable name).
+    pub fn with_values(mut self, values_dir: PathBuf) -> Self {
+        self.values_dir = Some(values_dir);
+        self
+    }
 }
+
+/// Where the worker finds its secrets and configs, by kind (Fission's paths).
+pub const WORKER_SECRETS_DIR: &str = "/secrets";
+pub const WORKER_CONFIGS_DIR: &str = "/configs";
 
 /// What a worker's sandbox is given at start: open directories to mount and its listening
 /// socket. Dropped by the caller once the worker is spawned, so that the worker holds the
@@ -108,6 +125,8 @@ pub struct BindSources<'a> {
     code: File,
     listener: UnixListener,
     env_dir: Option<(PathBuf, File)>,
+    /// The worker's `secrets/` and `configs/` directories.
+    values: Option<(File, File)>,
     /// The seccomp program for bwrap to read (sandboxed workers only).
     seccomp: Option<File>,
     /// Where bwrap says its sandbox's pid, for connecting the sandbox's network.
@@ -135,6 +154,16 @@ impl<'a> BindSources<'a> {
         Ok(Self {
             paths,
             code: open(&paths.code_dir)?,
+            values: paths
+                .values_dir
+                .as_ref()
+                .map(|dir| {
+                    Ok::<_, RuntimeError>((
+                        open(&dir.join("secrets"))?,
+                        open(&dir.join("configs"))?,
+                    ))
+                })
+                .transpose()?,
             listener,
             env_dir: env_dir
                 .map(|dir| Ok::<_, RuntimeError>((dir.to_owned(), open(dir)?)))
@@ -318,6 +347,10 @@ impl Sandbox {
                 if binds.env_dir.is_some() {
                     push(&["--ro-bind-fd", &ENV_FD.to_string(), WORKER_ENV_DIR]);
                 }
+                if binds.values.is_some() {
+                    push(&["--ro-bind-fd", &SECRETS_FD.to_string(), WORKER_SECRETS_DIR]);
+                    push(&["--ro-bind-fd", &CONFIGS_FD.to_string(), WORKER_CONFIGS_DIR]);
+                }
                 for (host, inside) in extra_ro {
                     let (host, inside) = (host.to_string_lossy(), inside.to_string_lossy());
                     push(&["--ro-bind", &host, &inside]);
@@ -356,6 +389,14 @@ impl Sandbox {
                         .resolv_conf
                         .as_ref()
                         .map(|reader| (reader.as_raw_fd(), RESOLV_FD)),
+                    binds
+                        .values
+                        .as_ref()
+                        .map(|(secrets, _)| (secrets.as_raw_fd(), SECRETS_FD)),
+                    binds
+                        .values
+                        .as_ref()
+                        .map(|(_, configs)| (configs.as_raw_fd(), CONFIGS_FD)),
                 ];
                 place_descriptors(&mut command, fds.into_iter().flatten().collect());
                 command
@@ -712,6 +753,18 @@ pub fn prepare_dirs(paths: &WorkerPaths) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(dir).map_err(RuntimeError::io(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
         .map_err(RuntimeError::io(dir))?;
+    if let Some(values) = &paths.values_dir {
+        // Traversable, not listable: its name is what keeps other local users out.
+        std::fs::create_dir(values).map_err(RuntimeError::io(values))?;
+        std::fs::set_permissions(values, std::fs::Permissions::from_mode(0o711))
+            .map_err(RuntimeError::io(values))?;
+        for kind in ["secrets", "configs"] {
+            let dir = values.join(kind);
+            std::fs::create_dir(&dir).map_err(RuntimeError::io(&dir))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(RuntimeError::io(&dir))?;
+        }
+    }
     Ok(())
 }
 

@@ -16,6 +16,8 @@ pub struct Spawner {
     /// Where workers' cgroups go; `None` runs them without kernel limits.
     pub cgroups: Option<Cgroups>,
     pub workers_dir: PathBuf,
+    /// Where workers' mounted values go (memory-backed); `None` where workers get none.
+    pub values_root: Option<PathBuf>,
     pub logs: Arc<FunctionLogs>,
     next_id: AtomicU64,
 }
@@ -25,12 +27,14 @@ impl Spawner {
         sandbox: Sandbox,
         cgroups: Option<Cgroups>,
         workers_dir: PathBuf,
+        values_root: Option<PathBuf>,
         logs: Arc<FunctionLogs>,
     ) -> Self {
         Self {
             sandbox,
             cgroups,
             workers_dir,
+            values_root,
             logs,
             next_id: AtomicU64::new(1),
         }
@@ -43,7 +47,7 @@ impl Spawner {
             let id = format!("{}-{serial}", command.environment);
             let started = Worker::start(
                 id,
-                &self.workers_dir,
+                (&self.workers_dir, self.values_root.as_deref()),
                 &self.sandbox,
                 self.cgroups.as_ref(),
                 command,

@@ -111,7 +111,7 @@ impl Worker {
     /// Starts a generic worker and waits until it answers `/healthz`.
     pub async fn start(
         id: String,
-        workers_dir: &Path,
+        (workers_dir, values_root): (&Path, Option<&Path>),
         sandbox: &Sandbox,
         cgroups: Option<&Cgroups>,
         command: &WorkerCommand,
@@ -122,10 +122,15 @@ impl Worker {
             detail,
         };
         let dir = workers_dir.join(&id);
-        let paths = WorkerPaths::new(&dir);
-        // Until the worker is ready, a failed start takes its directory and cgroups with it.
+        let mut paths = WorkerPaths::new(&dir);
+        if let Some(root) = values_root {
+            let unguessable: [u8; 16] = rand::random();
+            paths = paths.with_values(root.join(format!("{id}-{}", hex::encode(unguessable))));
+        }
+        // Until the worker is ready, a failed start takes its directories and cgroups with it.
         let mut leftovers = Leftovers {
             dir: Some(dir.clone()),
+            values_dir: paths.values_dir.clone(),
             cgroup: None,
         };
         prepare_dirs(&paths)?;
@@ -309,6 +314,16 @@ impl Worker {
         let placing = std::time::Instant::now();
         link_tree(&spec.code_dir, &self.paths.code_dir)
             .map_err(|e| start_failed(format!("cannot place the code: {e}")))?;
+        if !spec.mounted.is_empty() {
+            let Some(values_dir) = &self.paths.values_dir else {
+                self.dead = true;
+                return Err(start_failed(
+                    "its secrets and configs cannot be mounted without the sandbox".to_owned(),
+                ));
+            };
+            place_values(values_dir, &spec.namespace, &spec.mounted)
+                .map_err(|e| start_failed(format!("cannot mount its secrets and configs: {e}")))?;
+        }
         tracing::trace!(function = %function, place_ms = placing.elapsed().as_secs_f64() * 1e3, "code placed");
         {
             let mut target = self
@@ -329,7 +344,7 @@ impl Worker {
                 serde_json::json!({
                     "filepath": filepath,
                     "functionName": entrypoint,
-                    "env": spec.env_vars,
+                    "env": with_secret_env(&spec.env_vars, &spec.secret_env),
                     "requestBody": spec.limits.request_body,
                 })
                 .to_string(),
@@ -844,6 +859,7 @@ fn kill_sandbox(pid: Option<u32>) {
 /// `Worker`, whose drop removes them) once it succeeds.
 struct Leftovers {
     dir: Option<PathBuf>,
+    values_dir: Option<PathBuf>,
     cgroup: Option<WorkerCgroup>,
 }
 
@@ -851,13 +867,17 @@ impl Leftovers {
     /// The start succeeded: the worker owns these now.
     fn keep(&mut self) -> Option<WorkerCgroup> {
         self.dir = None;
+        self.values_dir = None;
         self.cgroup.take()
     }
 }
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
+        for dir in [self.dir.take(), self.values_dir.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Some(cgroup) = self.cgroup.take() {
@@ -880,6 +900,9 @@ impl Drop for Worker {
         kill_sandbox(self.pid);
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(values) = &self.paths.values_dir {
+            let _ = std::fs::remove_dir_all(values);
+        }
         if let Some(cgroup) = self.cgroup.take() {
             cgroup.remove();
         }
@@ -1031,4 +1054,47 @@ async fn pump_lines(
     if !line.is_empty() {
         let _ = emit(&mut line);
     }
+}
+
+/// Writes each mounted key at `<values_dir>/<secrets|configs>/<namespace>/<name>/<key>`, the
+/// worker's `/secrets/...` and `/configs/...`: readable by the worker's uid (the directory's
+/// unguessable name keeps other local users out), in memory-backed storage.
+fn place_values(
+    values_dir: &Path,
+    namespace: &gust_model::Namespace,
+    mounted: &[gust_model::MountedValue],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    for value in mounted {
+        let dir = values_dir
+            .join(value.kind.mount_root())
+            .join(namespace.as_str())
+            .join(value.name.as_str());
+        std::fs::create_dir_all(&dir)?;
+        for level in [dir.parent(), Some(dir.as_path())].into_iter().flatten() {
+            std::fs::set_permissions(level, std::fs::Permissions::from_mode(0o755))?;
+        }
+        // Keys are plain file names (checked when stored): never a path.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(dir.join(&value.key))?;
+        std::io::Write::write_all(&mut file, &value.value.0)?;
+    }
+    Ok(())
+}
+
+/// The function's environment variables with those of its secrets (`--secret-env`); a
+/// variable the function sets itself wins.
+fn with_secret_env(
+    env_vars: &std::collections::BTreeMap<String, String>,
+    secret_env: &[(String, gust_model::SecretValue)],
+) -> std::collections::BTreeMap<String, String> {
+    let mut all: std::collections::BTreeMap<String, String> = secret_env
+        .iter()
+        .map(|(key, value)| (key.clone(), String::from_utf8_lossy(&value.0).into_owned()))
+        .collect();
+    all.extend(env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all
 }

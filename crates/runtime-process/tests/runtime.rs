@@ -31,6 +31,8 @@ fn spec(code_dir: &std::path::Path, file: &str, runtime: BuiltinRuntime) -> Inst
         allow_outbound: Vec::new(),
         network: Default::default(),
         scaling: Default::default(),
+        mounted: Vec::new(),
+        secret_env: Vec::new(),
     }
 }
 

@@ -315,6 +315,8 @@ mod tests {
             allow_outbound: Vec::new(),
             network: Default::default(),
             scaling: Scaling::default(),
+            mounted: Vec::new(),
+            secret_env: Vec::new(),
         };
         (runtime, spec)
     }

@@ -1,0 +1,224 @@
+//! Secrets and configs through the binary: mounted at Fission's paths and as environment
+//! variables, rotated, namespaced, and S-12: a canary secret value is searched for in every
+//! API answer, log, error body, export and the data directory, and never found.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gust_harness::reqwest::Method;
+use gust_harness::{Gust, GustOptions, eventually};
+use serde_json::Value;
+
+const GUST: &str = env!("CARGO_BIN_EXE_gust");
+
+const CANARY: &str = "canary-7f3a91c2-never-shown";
+const FILE_CANARY: &str = "canary-file-0b44d2";
+
+/// Answers what the function sees without showing it: a digest of each place a value may be.
+const READER: &str = r#"
+import hashlib, os
+def digest(text):
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def main(req):
+    with open('/secrets/default/db/password') as f:
+        password = f.read()
+    with open('/secrets/default/db/key.pem') as f:
+        key = f.read()
+    with open('/configs/default/flags/mode') as f:
+        mode = f.read()
+    print('read the secret, %d bytes' % len(password))
+    return '%s %s %s %s' % (digest(password), digest(os.environ.get('password', '')), digest(key), mode)
+"#;
+
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))[..16].to_owned()
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            found.extend(files_containing(&path, needle));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn s12_a_secret_reaches_its_function_and_nothing_else() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let key_file = gust.write_file("key.pem", FILE_CANARY);
+    gust.cli(&[
+        "secret",
+        "create",
+        "db",
+        "--from-literal",
+        &format!("password={CANARY}"),
+        "--from-file",
+        &format!("key.pem={}", key_file.display()),
+    ])
+    .ok();
+    gust.cli(&["config", "create", "flags", "--from-literal", "mode=fast"])
+        .ok();
+    let code = gust.write_file("reader.py", READER);
+    gust.cli(&[
+        "fn",
+        "create",
+        "reader",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+        "--secret",
+        "db",
+        "--config",
+        "flags",
+        "--secret-env",
+        "--url",
+        "/reader",
+    ])
+    .ok();
+    let expected = format!(
+        "{} {} {} fast",
+        digest(CANARY),
+        digest(CANARY),
+        digest(FILE_CANARY)
+    );
+    assert_eq!(gust.get("/reader").text().unwrap(), expected);
+
+    // Error bodies: a refused value names its key, never the value.
+    let refused = gust.cli(&[
+        "secret",
+        "create",
+        "bad",
+        "--from-literal",
+        &format!("no/slash={CANARY}"),
+    ]);
+    assert!(refused.stderr.contains("no/slash"), "{}", refused.stderr);
+    let raw = gust
+        .api(Method::POST, "/v1/secrets")
+        .body(format!(r#"{{"name":"raw","data":{{"k":"{CANARY}"}}}}"#))
+        .send()
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    let raw = raw.text().unwrap();
+    assert!(raw.contains("not base64") && !raw.contains(CANARY), "{raw}");
+
+    // Every answer of the API's reads, in every format the CLI prints.
+    let doc = gust.openapi();
+    let mut answers = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if item.get("get").is_none() || path.contains("{id}") || path == "/v1/openapi.json" {
+            continue;
+        }
+        for name in ["reader", "db", "flags", "default"] {
+            let concrete = path.replace("{name}", name);
+            let response = gust.api(Method::GET, &concrete).send().unwrap();
+            answers.push((concrete, response.text().unwrap()));
+        }
+    }
+    for args in [
+        vec!["fn", "get", "reader", "-o", "json"],
+        vec!["fn", "revisions", "reader", "-o", "yaml"],
+        vec!["fn", "logs", "reader"],
+        vec!["secret", "get", "db", "-o", "json"],
+        vec!["secret", "list", "-o", "yaml"],
+        vec!["usage", "--since", "1h", "-o", "csv"],
+        vec!["audit", "list", "-o", "json"],
+    ] {
+        let output = gust.cli(&args).ok();
+        answers.push((args.join(" "), output.stdout + &output.stderr));
+    }
+    let exported = gust.scratch().join("exported");
+    gust.cli(&["export", "--fn", "reader", "-o", exported.to_str().unwrap()])
+        .ok();
+    answers.push((
+        "export".into(),
+        std::fs::read_to_string(exported.join("gust.yaml")).unwrap(),
+    ));
+    answers.push(("gust's log".into(), gust.log()));
+    assert!(answers.len() > 100, "{} answers", answers.len());
+    for canary in [CANARY, FILE_CANARY] {
+        for (what, text) in &answers {
+            assert!(!text.contains(canary), "{what} shows the secret: {text}");
+        }
+        // At rest: sealed in the store, nowhere in the data directory or the export, as
+        // itself or in the base64 the API takes it in.
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(canary);
+        for form in [canary, encoded.as_str()] {
+            let found = files_containing(&gust.data_dir(), form);
+            assert!(found.is_empty(), "stored in the clear: {found:?}");
+            assert!(files_containing(&exported, form).is_empty());
+            for (what, text) in &answers {
+                assert!(!text.contains(form), "{what} shows the secret: {text}");
+            }
+        }
+    }
+    let secret: Value =
+        serde_json::from_str(&gust.cli(&["secret", "get", "db", "-o", "json"]).ok().stdout)
+            .unwrap();
+    assert_eq!(secret["keys"], serde_json::json!(["key.pem", "password"]));
+    assert_eq!(secret["mounted_by"], serde_json::json!(["reader"]));
+
+    // Rotation: the next request sees the new value; the old one is gone from the worker.
+    gust.cli(&[
+        "secret",
+        "update",
+        "db",
+        "--from-literal",
+        "password=rotated",
+        "--from-file",
+        &format!("key.pem={}", key_file.display()),
+    ])
+    .ok();
+    let rotated = format!(
+        "{} {} {} fast",
+        digest("rotated"),
+        digest("rotated"),
+        digest(FILE_CANARY)
+    );
+    eventually(Duration::from_secs(10), || {
+        (gust.get("/reader").text().unwrap() == rotated).then_some(())
+    })
+    .expect("the function sees the rotated secret");
+
+    // In use: not deleted. Another namespace cannot mount it.
+    let in_use = gust.cli(&["secret", "delete", "db"]);
+    assert!(
+        in_use.stderr.contains("in use by function reader"),
+        "{}",
+        in_use.stderr
+    );
+    gust.cli(&["ns", "create", "team-b"]).ok();
+    let elsewhere = gust.cli(&[
+        "fn",
+        "create",
+        "reader",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+        "--secret",
+        "db",
+        "-n",
+        "team-b",
+    ]);
+    assert!(
+        elsewhere.stderr.contains("secret \"db\" not found"),
+        "{}",
+        elsewhere.stderr
+    );
+}
