@@ -167,6 +167,11 @@ fn s12_a_secret_reaches_its_function_and_nothing_else() {
             }
         }
     }
+    // The scan above does find what is stored as given: a config's value is.
+    assert!(
+        !files_containing(&gust.data_dir(), "ZmFzdA==").is_empty(),
+        "the data directory scan finds nothing at all"
+    );
     let secret: Value =
         serde_json::from_str(&gust.cli(&["secret", "get", "db", "-o", "json"]).ok().stdout)
             .unwrap();
