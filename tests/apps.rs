@@ -566,7 +566,7 @@ fn fission_spec_directories_apply_as_they_are() {
     std::fs::write(bad.join("f.py"), "def main():\n    return 'x'\n").unwrap();
     std::fs::write(
         bad.join("specs/function-f.yaml"),
-        "include:\n- f.py\nkind: ArchiveUploadSpec\nname: f-py\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: f-pkg\nspec:\n  deployment:\n    type: url\n    url: archive://f-py\n  environment:\n    name: python\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: f\nspec:\n  environment:\n    name: python\n  package:\n    packageref:\n      name: f-pkg\n  secrets:\n  - name: db\n    namespace: \"\"\n---\napiVersion: fission.io/v1\nkind: KubernetesWatchTrigger\nmetadata:\n  name: watch\nspec:\n  namespace: default\n",
+        "include:\n- f.py\nkind: ArchiveUploadSpec\nname: f-py\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: f-pkg\nspec:\n  deployment:\n    type: url\n    url: archive://f-py\n  environment:\n    name: python\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: f\nspec:\n  environment:\n    name: python\n  package:\n    packageref:\n      name: f-pkg\n  secrets:\n  - name: db\n    namespace: elsewhere\n---\napiVersion: fission.io/v1\nkind: KubernetesWatchTrigger\nmetadata:\n  name: watch\nspec:\n  namespace: default\n",
     )
     .unwrap();
     std::fs::write(
@@ -578,7 +578,7 @@ fn fission_spec_directories_apply_as_they_are() {
         .cli(&["apply", "-f", bad.join("specs").to_str().unwrap()])
         .failed();
     assert!(
-        refused.contains("function-f.yaml:27:3: Function f: secrets are not available in Gust yet"),
+        refused.contains("function-f.yaml:27:3: Function f: secret \"db\" of namespace \"elsewhere\": Gust mounts only the function's own namespace's"),
         "{refused}"
     );
     assert!(

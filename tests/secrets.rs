@@ -227,3 +227,41 @@ fn s12_a_secret_reaches_its_function_and_nothing_else() {
         elsewhere.stderr
     );
 }
+
+#[test]
+fn a_fission_function_spec_mounts_its_secret_at_fissions_path() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&[
+        "secret",
+        "create",
+        "db",
+        "--from-literal",
+        &format!("password={CANARY}"),
+    ])
+    .ok();
+    // As Fission's own Python environment reads a secret: a file at its fixed path.
+    gust.write_file(
+        "project/f.py",
+        "import hashlib\ndef main():\n    with open('/secrets/default/db/password') as f:\n        return hashlib.sha256(f.read().encode()).hexdigest()[:16]\n",
+    );
+    gust.write_file(
+        "project/specs/function-f.yaml",
+        "include:\n- f.py\nkind: ArchiveUploadSpec\nname: f-py\n---\napiVersion: fission.io/v1\nkind: Package\nmetadata:\n  name: f-pkg\n  namespace: default\nspec:\n  deployment:\n    type: url\n    url: archive://f-py\n  environment:\n    name: python\n    namespace: default\n---\napiVersion: fission.io/v1\nkind: Function\nmetadata:\n  name: f\n  namespace: default\nspec:\n  environment:\n    name: python\n    namespace: default\n  package:\n    functionName: f.main\n    packageref:\n      name: f-pkg\n      namespace: default\n  secrets:\n  - name: db\n    namespace: default\n",
+    );
+    gust.write_file(
+        "project/specs/route-f.yaml",
+        "apiVersion: fission.io/v1\nkind: HTTPTrigger\nmetadata:\n  name: f\nspec:\n  functionref:\n    name: f\n    type: name\n  methods:\n  - GET\n  relativeurl: /f\n",
+    );
+    gust.write_file(
+        "project/specs/env-python.yaml",
+        "apiVersion: fission.io/v1\nkind: Environment\nmetadata:\n  name: python\nspec:\n  runtime:\n    image: fission/python-env\n  version: 2\n",
+    );
+    let specs = gust.scratch().join("project/specs");
+    gust.cli(&["apply", "-f", specs.to_str().unwrap()]).ok();
+    assert_eq!(gust.get("/f").text().unwrap(), digest(CANARY));
+    let shown = gust.cli(&["fn", "get", "f", "-o", "json"]).ok().stdout;
+    assert!(
+        shown.contains("\"secrets\"") && !shown.contains(CANARY),
+        "{shown}"
+    );
+}

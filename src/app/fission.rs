@@ -851,14 +851,38 @@ fn function_entry(
             format!("SpecializationTimeout {timeout} is ignored: `gust up --start-timeout` sets it for every function"),
         ));
     }
-    for (field, what) in [("secrets", "secrets"), ("configmaps", "config maps")] {
-        if !is_empty(doc.get(&["spec", field])) {
-            import.errors.push(doc.at(
-                &["spec", field],
-                format!(
-                    "{what} are not available in Gust yet; the function would run without them"
-                ),
-            ));
+    // Fission mounts a Kubernetes Secret or ConfigMap of the function's namespace at
+    // /secrets/<namespace>/<name>/ (and /configs/...); Gust mounts its own secrets and configs
+    // of the same names at the same paths. Their values are not in the specs: they are made
+    // with `gust secret create` / `gust config create`.
+    let own_namespace = doc
+        .str(&["metadata", "namespace"])
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
+    for (field, what) in [("secrets", "secret"), ("configmaps", "config map")] {
+        let Some(list) = doc.get(&["spec", field]).and_then(Value::as_sequence) else {
+            continue;
+        };
+        for reference in list {
+            let name = reference.get("name").and_then(Value::as_str).unwrap_or("");
+            let namespace = reference
+                .get("namespace")
+                .and_then(Value::as_str)
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or(&own_namespace);
+            if name.is_empty() || namespace != own_namespace {
+                import.errors.push(doc.at(
+                    &["spec", field],
+                    format!(
+                        "{what} {name:?} of namespace {namespace:?}: Gust mounts only the function's own namespace's"
+                    ),
+                ));
+                continue;
+            }
+            match field {
+                "secrets" => entry.secrets.push(name.to_owned()),
+                _ => entry.configs.push(name.to_owned()),
+            }
         }
     }
     if doc.get(&["spec", "onceOnly"]).and_then(Value::as_bool) == Some(true) {
