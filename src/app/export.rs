@@ -270,6 +270,7 @@ fn route_config(route: &Route) -> RouteConfig {
         async_only: route.mode == RouteMode::Async,
         allow_async: route.mode == RouteMode::CallerChooses,
         app: None,
+        auth: route.auth.clone(),
     }
 }
 

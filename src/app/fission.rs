@@ -980,6 +980,7 @@ fn route_config(doc: &Document, import: &mut Import) -> Option<RouteConfig> {
         async_only: false,
         allow_async: false,
         app: None,
+        auth: Default::default(),
     })
 }
 

@@ -635,6 +635,7 @@ fn route_differences(desired: &Route, current: &Route) -> Vec<String> {
         ("methods", desired.methods == current.methods),
         ("prefix", desired.prefix == current.prefix),
         ("async", desired.mode == current.mode),
+        ("auth", desired.auth == current.auth),
         ("app", desired.app == current.app),
     ])
 }

@@ -367,6 +367,7 @@ async fn create_route(
         async_only: false,
         allow_async: false,
         app: None,
+        auth: Default::default(),
     };
     let created: anyhow::Result<Route> = client
         .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&route))

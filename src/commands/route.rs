@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use gust_model::{Method as HttpMethod, Route, RouteConfig, RouteMode};
+use gust_model::{Method as HttpMethod, Route, RouteAuth, RouteConfig, RouteMode};
 use http::Method;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs};
@@ -39,6 +40,19 @@ enum RouteCommand {
         /// Invoke asynchronously when the request has `X-Gust-Invoke: async`
         #[arg(long)]
         allow_async: bool,
+        /// Who may call it: public (anyone), token (an invoker token of the route's namespace
+        /// in Authorization: Bearer) or jwt (a JSON Web Token signed by a key of --jwks)
+        #[arg(long, value_parser = ["public", "token", "jwt"], default_value = "public")]
+        auth: String,
+        /// --auth jwt: the JSON Web Key Set file whose keys (RS256, ES256) sign the tokens
+        #[arg(long, required_if_eq("auth", "jwt"))]
+        jwks: Option<std::path::PathBuf>,
+        /// --auth jwt: the issuer (`iss`) tokens must name
+        #[arg(long, required_if_eq("auth", "jwt"))]
+        issuer: Option<String>,
+        /// --auth jwt: the audience (`aud`) tokens must name
+        #[arg(long, required_if_eq("auth", "jwt"))]
+        audience: Option<String>,
     },
     /// List routes.
     List(OutputArgs),
@@ -53,7 +67,9 @@ enum RouteCommand {
 }
 
 fn table(routes: &[Route]) -> Table {
-    let mut table = Table::new(vec!["NAME", "METHODS", "URL", "PREFIX", "MODE", "FUNCTION"]);
+    let mut table = Table::new(vec![
+        "NAME", "METHODS", "URL", "PREFIX", "MODE", "AUTH", "FUNCTION",
+    ]);
     for route in routes {
         let methods: Vec<HttpMethod> = route.methods.into();
         let methods = if methods.is_empty() {
@@ -76,6 +92,7 @@ fn table(routes: &[Route]) -> Table {
             route.path.as_str().to_owned(),
             route.prefix.to_string(),
             mode.to_owned(),
+            route.auth.kind().to_owned(),
             route.function.to_string(),
         ]);
     }
@@ -99,8 +116,26 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
             name,
             asynchronous,
             allow_async,
+            auth,
+            jwks,
+            issuer,
+            audience,
         } => {
+            let auth = match auth.as_str() {
+                "token" => RouteAuth::Token,
+                "jwt" => {
+                    let file = jwks.expect("clap requires --jwks with --auth jwt");
+                    RouteAuth::Jwt {
+                        jwks: std::fs::read_to_string(&file)
+                            .with_context(|| format!("cannot read {}", file.display()))?,
+                        issuer: issuer.unwrap_or_default(),
+                        audience: audience.unwrap_or_default(),
+                    }
+                }
+                _ => RouteAuth::Public,
+            };
             let body = RouteConfig {
+                auth,
                 name,
                 function: function.clone(),
                 url: url.clone(),

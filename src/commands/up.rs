@@ -606,6 +606,10 @@ async fn assemble(
 
     adopt_unrecorded_namespaces(state.store.as_ref())?;
     state.sync_namespaces()?;
+    let route_tokens: Arc<dyn gust_router::InvokerTokens> = Arc::new(gust_api::RouteTokens {
+        store: state.store.clone(),
+        admin_tokens: state.tokens.clone(),
+    });
     let (public_limits, api_limits) = connection_limits(args, settings);
     let usage_retention = settings.usage_retention;
     let (audit_log, audit_retention) = (state.audit.clone(), settings.audit_retention);
@@ -679,6 +683,7 @@ async fn assemble(
             queue: Arc::new(queue),
             bodies,
             rates,
+            tokens: route_tokens,
         });
         roles.push(Box::new(Task::new("router", move |stop| {
             gust_edge::serve(public, app, public_limits, "public", stop)

@@ -75,15 +75,30 @@ fn same(a: &str, b: &str) -> bool {
 
 /// The principal a presented token stands for, if it is valid now.
 pub(crate) async fn authenticate(state: &Arc<ApiState>, presented: &str) -> Option<Principal> {
-    let Some((id, secret)) = split_token(presented) else {
-        return state.tokens.accepts(presented).then(Principal::bootstrap);
-    };
-    let id = id.to_owned();
-    let token: ApiToken = state
-        .blocking(move |state| Ok(state.store.token(&id)?))
+    let presented = presented.to_owned();
+    state
+        .blocking(move |state| {
+            Ok(principal_of(
+                state.store.as_ref(),
+                state.tokens.as_ref(),
+                &presented,
+            ))
+        })
         .await
         .ok()
-        .flatten()?;
+        .flatten()
+}
+
+/// [`authenticate`] for callers that may block: reads the token's record.
+pub fn principal_of(
+    store: &dyn gust_store::MetadataStore,
+    admin_tokens: &dyn crate::TokenCheck,
+    presented: &str,
+) -> Option<Principal> {
+    let Some((id, secret)) = split_token(presented) else {
+        return admin_tokens.accepts(presented).then(Principal::bootstrap);
+    };
+    let token: ApiToken = store.token(id).ok().flatten()?;
     if !same(&token.secret_sha256, &secret_hash(secret))
         || token.expired(crate::functions::now_ms())
     {
@@ -94,6 +109,20 @@ pub(crate) async fn authenticate(state: &Arc<ApiState>, presented: &str) -> Opti
         role: token.role,
         namespaces: token.namespaces,
     })
+}
+
+/// Answers the public listener's question for routes with `auth: token`: an invoker (or more)
+/// of the route's namespace, by the same records and rules as the API.
+pub struct RouteTokens {
+    pub store: Arc<dyn gust_store::MetadataStore>,
+    pub admin_tokens: Arc<dyn crate::TokenCheck>,
+}
+
+impl gust_router::InvokerTokens for RouteTokens {
+    fn invoker_reaches(&self, token: &str, namespace: &Namespace) -> Option<bool> {
+        principal_of(self.store.as_ref(), self.admin_tokens.as_ref(), token)
+            .map(|principal| principal.role.allows(Action::Invoke) && principal.reaches(namespace))
+    }
 }
 
 /// What a route needs of its caller.

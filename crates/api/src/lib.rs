@@ -24,7 +24,7 @@ mod uploads;
 mod usage;
 mod values;
 
-pub use access::{Principal, secret_hash};
+pub use access::{Principal, RouteTokens, principal_of, secret_hash};
 pub use builds::Builds;
 pub use error::ApiError;
 pub use nodes::{NodeDirectory, PeerLogsRequest};

@@ -47,6 +47,19 @@ pub async fn create(
     let namespace = query.namespace()?;
     let config: RouteConfig = parse_json(&body)?;
     let route = config.validate(namespace, generated_name("route", &config.function))?;
+    if let gust_model::RouteAuth::Jwt {
+        jwks,
+        issuer,
+        audience,
+    } = &route.auth
+    {
+        gust_router::keys_of(jwks).map_err(|e| ApiError::Invalid(format!("auth.jwks: {e}")))?;
+        if issuer.is_empty() || audience.is_empty() {
+            return Err(ApiError::Invalid(
+                "auth: a jwt route names its issuer and audience".into(),
+            ));
+        }
+    }
     state
         .blocking(move |s| {
             s.store.create_route(&route)?;

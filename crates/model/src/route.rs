@@ -408,7 +408,7 @@ impl fmt::Display for PathPattern {
 }
 
 /// What a user writes to create an HTTP route.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -428,6 +428,9 @@ pub struct RouteConfig {
     /// The app (`gust apply`) this belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// Who may call it [default: anyone]
+    #[serde(default, skip_serializing_if = "RouteAuth::is_public")]
+    pub auth: RouteAuth,
 }
 
 /// How a route invokes its function.
@@ -474,6 +477,7 @@ impl RouteConfig {
             prefix: self.prefix,
             mode,
             app: Name::parse_app(self.app.as_deref())?,
+            auth: self.auth.clone(),
         })
     }
 }
@@ -492,6 +496,45 @@ pub struct Route {
     /// The app (`gust apply`) this belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<Name>,
+    /// Who may call it; public by default.
+    #[serde(default, skip_serializing_if = "RouteAuth::is_public")]
+    pub auth: RouteAuth,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RouteAuth {
+    /// Anyone.
+    #[default]
+    Public,
+    /// A Gust token with the invoker role (or more) in the route's namespace, in
+    /// `Authorization: Bearer`; the function does not see it.
+    Token,
+    /// A JSON Web Token in `Authorization: Bearer`, signed (RS256 or ES256) by a key of
+    /// `jwks`, from `issuer` for `audience`, within its validity; its claims reach the function
+    /// in `X-Gust-Jwt-Claims`.
+    Jwt {
+        /// The JSON Web Key Set document itself.
+        jwks: String,
+        issuer: String,
+        audience: String,
+    },
+}
+
+impl RouteAuth {
+    pub fn is_public(&self) -> bool {
+        *self == RouteAuth::Public
+    }
+
+    /// `public`, `token` or `jwt`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouteAuth::Public => "public",
+            RouteAuth::Token => "token",
+            RouteAuth::Jwt { .. } => "jwt",
+        }
+    }
 }
 
 impl Route {
@@ -605,6 +648,7 @@ mod tests {
             async_only: false,
             allow_async: false,
             app: None,
+            auth: RouteAuth::Public,
         }
         .validate(
             Namespace::default(),

@@ -34,6 +34,8 @@ pub struct PublicState {
     pub bodies: BodyBudget,
     /// Namespaces' request rate quotas.
     pub rates: crate::NamespaceRates,
+    /// Who holds an invoker token, for routes with `auth: token`.
+    pub tokens: Arc<dyn crate::InvokerTokens>,
 }
 
 /// The public listener's app: every request is matched against the route table.
@@ -94,6 +96,39 @@ async fn serve(
         }
         return response;
     };
+    let claims = match crate::auth::check(
+        &found.route.auth,
+        &found.route.namespace,
+        &parts.headers,
+        &state.tokens,
+    )
+    .await
+    {
+        Ok(claims) => claims,
+        Err(refusal) => {
+            let (status, reason, message) = match refusal {
+                crate::auth::Refusal::Unauthenticated(message) => {
+                    (StatusCode::UNAUTHORIZED, "unauthorized", message)
+                }
+                crate::auth::Refusal::Forbidden(message) => {
+                    (StatusCode::FORBIDDEN, "forbidden", message)
+                }
+            };
+            let mut response = ErrorBody {
+                component: "router",
+                reason,
+                request_id: Some(id.to_string()),
+                message,
+            }
+            .into_response_with(status);
+            if status == StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return response;
+        }
+    };
     if let Err(wait) = state.rates.take(&found.route.namespace) {
         let mut response = ErrorBody {
             component: "router",
@@ -123,6 +158,13 @@ async fn serve(
         return refused;
     }
     let mut headers = forwardable_headers(&parts.headers, false);
+    if found.route.auth == gust_model::RouteAuth::Token {
+        // A Gust credential is not the function's to see (or to call the API with).
+        headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(claims) = &claims {
+        put_header(&mut headers, "x-gust-jwt-claims", claims);
+    }
     put_header(&mut headers, "x-gust-request-id", id.as_str());
     add_param_headers(&mut headers, &found.params);
     let target = parts

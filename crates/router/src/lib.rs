@@ -9,9 +9,11 @@
 //! [`gust_executor::Invoker`]. Bodies over the limit are refused with 413 before being read
 //! in full. Route matching itself is pure and lives in `gust_model::RouteTable`.
 
+mod auth;
 mod ingress;
 mod rates;
 
+pub use auth::{InvokerTokens, keys_of};
 pub use ingress::{PublicState, public_router};
 pub use rates::NamespaceRates;
 
