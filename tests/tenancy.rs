@@ -538,3 +538,79 @@ fn quotas_refuse_with_their_reasons_and_leave_other_namespaces_alone() {
         assert_eq!(gust.get("/a/q").status(), 200);
     }
 }
+
+#[test]
+fn instance_and_memory_quotas_refuse_what_would_pass_them_and_leave_others_alone() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-a", "--max-instances", "1"])
+        .ok();
+    gust.cli(&["ns", "create", "team-m", "--max-memory", "200"])
+        .ok();
+    let code = gust.write_file(
+        "slow.py",
+        "import time\ndef main():\n    time.sleep(1.5)\n    return 'done'\n",
+    );
+    let code = code.to_str().unwrap();
+    for (ns, url) in [
+        ("team-a", "/a/slow"),
+        ("team-m", "/m/slow"),
+        ("default", "/d/slow"),
+    ] {
+        gust.cli(&[
+            "fn", "create", "slow", "--env", "python", "--code", code, "--url", url, "--memory",
+            "128", "-n", ns,
+        ])
+        .ok();
+    }
+    // Two requests at once to each: the quota lets one run; the other is refused at once.
+    // Each call notes when it was sent and answered, from one clock.
+    type Answer = (u16, String, Option<String>, Duration, Duration);
+    let burst = |path: &'static str| -> Vec<Answer> {
+        let url = gust.public_url(path);
+        let http = gust.http().clone();
+        let clock = std::time::Instant::now();
+        std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..2u64)
+                .map(|n| {
+                    let (http, url) = (http.clone(), url.clone());
+                    scope.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(400 * n));
+                        let sent = clock.elapsed();
+                        let response = http.get(url).send().unwrap();
+                        let retry = response
+                            .headers()
+                            .get("retry-after")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        let status = response.status().as_u16();
+                        let body = response.text().unwrap();
+                        (status, body, retry, sent, clock.elapsed())
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        })
+    };
+    for (path, quota) in [("/a/slow", "1 instances"), ("/m/slow", "200 MB of memory")] {
+        let answers = burst(path);
+        let (first, second) = (&answers[0], &answers[1]);
+        assert_eq!(first.0, 200, "{path}: {answers:?}");
+        // The second was sent while the first ran (it sleeps 1.5 s): refused, at once.
+        assert!(
+            second.3 < first.4,
+            "{path}: the second was sent after the first ended"
+        );
+        assert_eq!(second.0, 429, "{path}: {answers:?}");
+        assert!(
+            second.1.contains("\"reason\":\"quota\"") && second.1.contains(quota),
+            "{}",
+            second.1
+        );
+        assert_eq!(second.2.as_deref(), Some("1"));
+    }
+    // No quota: both run.
+    let answers = burst("/d/slow");
+    assert!(answers.iter().all(|a| a.0 == 200), "{answers:?}");
+    // What runs now is shown against the quota, and given back after.
+    let shown = gust.cli(&["ns", "get", "team-a"]).ok().stdout;
+    assert!(shown.contains("0/1"), "{shown}");
+}

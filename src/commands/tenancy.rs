@@ -55,6 +55,8 @@ fn namespace_table(namespaces: &[NamespaceView]) -> Table {
         "TIMERS",
         "QUEUE TRIGGERS",
         "MAX RPS",
+        "RUNNING",
+        "MEMORY MB",
         "CREATED",
     ]);
     // Use against its quota where there is one: `3/10`.
@@ -73,6 +75,11 @@ fn namespace_table(namespaces: &[NamespaceView]) -> Table {
             quotas
                 .max_requests_per_second
                 .map_or_else(|| "-".to_owned(), |rps| rps.to_string()),
+            of(view.running_instances as usize, quotas.max_instances),
+            match quotas.max_memory_mb {
+                Some(max) => format!("{}/{max}", view.running_memory_mb),
+                None => view.running_memory_mb.to_string(),
+            },
             match view.record.created_at_ms {
                 0 => "-".to_owned(),
                 at => time_ms(Some(at)),

@@ -30,6 +30,11 @@ pub struct NamespaceView {
     pub routes: usize,
     pub timers: usize,
     pub mq_triggers: usize,
+    /// Instances serving requests now, and their memory (MB), where it has such a quota.
+    #[serde(default)]
+    pub running_instances: u32,
+    #[serde(default)]
+    pub running_memory_mb: u64,
 }
 
 /// `POST /v1/tokens`: a new token for the namespaces given, or for the call's `?namespace=`

@@ -129,9 +129,23 @@ impl ApiState {
         Ok(environments)
     }
 
-    /// Gives the public listener every namespace's request rate quota from storage.
+    /// Gives the public listener every namespace's request rate quota, and the executor their
+    /// quotas on instances and memory in use, from storage.
     pub fn sync_namespaces(&self) -> Result<(), ApiError> {
         let records = self.store.namespace_records()?;
+        self.executor.quotas().replace(
+            records
+                .iter()
+                .filter(|r| r.quotas.max_instances.is_some() || r.quotas.max_memory_mb.is_some())
+                .map(|r| {
+                    let quota = gust_executor::RunQuota {
+                        instances: r.quotas.max_instances,
+                        memory_mb: r.quotas.max_memory_mb,
+                    };
+                    (r.name.clone(), quota)
+                })
+                .collect(),
+        );
         self.rates.replace(records.into_iter().filter_map(|record| {
             let per_second = record.quotas.max_requests_per_second?;
             Some((record.name, per_second))

@@ -25,7 +25,10 @@ type Shared = State<Arc<ApiState>>;
 
 fn namespace_view(state: &ApiState, record: NamespaceRecord) -> Result<NamespaceView, ApiError> {
     let ns = Some(&record.name);
+    let (running_instances, running_memory_mb) = state.executor.quotas().running(&record.name);
     Ok(NamespaceView {
+        running_instances,
+        running_memory_mb,
         functions: state.store.functions(ns)?.len(),
         routes: state.store.routes(ns)?.len(),
         timers: state.store.timers(ns)?.len(),

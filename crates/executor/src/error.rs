@@ -34,6 +34,9 @@ pub enum InvokeError {
         function: String,
         retry_after: Duration,
     },
+    /// The function's namespace is at one of its quotas (instances or memory in use).
+    #[error("namespace {namespace:?} is at its quota of {what}; retry later")]
+    OverQuota { namespace: String, what: String },
     #[error("could not start an instance of {function:?}: {detail}")]
     StartFailed { function: String, detail: String },
     #[error("function {function:?} trapped; see its logs")]
@@ -55,6 +58,7 @@ impl InvokeError {
                 | InvokeError::StartFailed { .. }
                 | InvokeError::NotReady { .. }
                 | InvokeError::OverCapacity { .. }
+                | InvokeError::OverQuota { .. }
         )
     }
 
@@ -62,7 +66,7 @@ impl InvokeError {
         match self {
             InvokeError::FunctionNotFound { .. } => 404,
             InvokeError::Timeout { .. } | InvokeError::StartTimeout { .. } => 504,
-            InvokeError::OverCapacity { .. } => 429,
+            InvokeError::OverCapacity { .. } | InvokeError::OverQuota { .. } => 429,
             InvokeError::RequestBody(body) => match body {
                 RequestBodyError::TooLarge { .. } => 413,
                 RequestBodyError::OverBudget => 503,
@@ -94,6 +98,7 @@ impl InvokeError {
             InvokeError::WorkerExited { .. } => "worker_exited",
             InvokeError::ResponseTooLarge { .. } => "response_too_large",
             InvokeError::OverCapacity { .. } => "over_capacity",
+            InvokeError::OverQuota { .. } => "quota",
             InvokeError::StartFailed { .. } => "start_failed",
             InvokeError::Trap { .. } => "trap",
             InvokeError::OutOfMemory { .. } => "out_of_memory",
@@ -128,6 +133,7 @@ impl InvokeError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             InvokeError::OverCapacity { retry_after, .. } => Some(*retry_after),
+            InvokeError::OverQuota { .. } => Some(Duration::from_secs(1)),
             InvokeError::RequestBody(RequestBodyError::OverBudget) => Some(Duration::from_secs(1)),
             // A first build takes seconds to minutes.
             InvokeError::NotReady { .. } => Some(Duration::from_secs(5)),

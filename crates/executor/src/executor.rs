@@ -247,6 +247,8 @@ const LOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// The process-wide [`Invoker`].
 pub struct Executor {
     config: ExecutorConfig,
+    /// Namespaces' quotas on what runs at once.
+    quotas: crate::NamespaceQuotas,
     source: Arc<dyn DeploymentSource>,
     runtime: Arc<dyn Runtime>,
     observer: Arc<dyn InvocationObserver>,
@@ -281,6 +283,7 @@ impl Executor {
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
+            quotas: crate::NamespaceQuotas::default(),
             source,
             runtime,
             observer,
@@ -336,6 +339,11 @@ impl Executor {
         if let Some(staged) = staged {
             stop_all(vec![staged.instance]);
         }
+    }
+
+    /// Namespaces' quotas on instances and memory in use: set whenever namespaces change.
+    pub fn quotas(&self) -> &crate::NamespaceQuotas {
+        &self.quotas
     }
 
     pub fn config(&self) -> &ExecutorConfig {
@@ -691,6 +699,21 @@ impl Invoker for Executor {
                 return Err(err);
             }
         };
+        // The namespace's share, held with the permit until the attempt ends.
+        let quota = match self
+            .quotas
+            .take(&invocation.namespace, slot.spec.limits.memory_mb)
+        {
+            Ok(hold) => hold,
+            Err(err) => {
+                self.observer.throttled(
+                    &invocation.namespace,
+                    &invocation.function,
+                    invocation.trigger,
+                );
+                return Err(err);
+            }
+        };
         let mut report = AttemptReport {
             id: invocation.id.clone(),
             attempt: invocation.attempt,
@@ -749,6 +772,7 @@ impl Invoker for Executor {
             report,
             body_watch,
             _held: held,
+            _quota: quota,
         };
         attempt.cpu_before = attempt.instance().cpu_time();
         let result = attempt
@@ -839,6 +863,8 @@ struct Attempt {
     body_watch: Option<Arc<BodyWatch>>,
     /// The buffered request body's share of the listener's body budget.
     _held: Option<BodyHold>,
+    /// Its namespace's share of instances and memory, while the attempt lasts.
+    _quota: Option<crate::quota::QuotaHold>,
 }
 
 /// What an attempt whose caller left before the response's end is reported with (the

@@ -21,6 +21,7 @@ mod executor;
 mod log_journal;
 mod logs;
 mod observer;
+mod quota;
 mod request_body;
 mod runtime;
 
@@ -36,6 +37,7 @@ pub use logs::{
     MAX_LOG_BYTES_PER_SECOND, function_key,
 };
 pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
+pub use quota::{NamespaceQuotas, RunQuota};
 pub use request_body::{BodyHold, BodyWatch, IncomingBody, Payload, RequestBody, RequestBodyError};
 pub use runtime::{Instance, InstanceSpec, PreparedRevision, Runtime};
 

@@ -46,6 +46,16 @@ pub struct NamespaceQuotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "cli", arg(long = "max-rps"))]
     pub max_requests_per_second: Option<u32>,
+    /// Instances serving requests at once across its functions (idle ones do not count);
+    /// more are answered 429 (reason quota)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub max_instances: Option<u32>,
+    /// Memory (MB) of the instances serving requests at once, each counted at its function's
+    /// --memory; more are answered 429 (reason quota)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long = "max-memory", value_name = "MB"))]
+    pub max_memory_mb: Option<u64>,
 }
 
 /// What a token may do in the namespaces it reaches, each role all that the one before may.
