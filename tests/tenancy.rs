@@ -614,3 +614,54 @@ fn instance_and_memory_quotas_refuse_what_would_pass_them_and_leave_others_alone
     let shown = gust.cli(&["ns", "get", "team-a"]).ok().stdout;
     assert!(shown.contains("0/1"), "{shown}");
 }
+
+#[test]
+fn an_async_queue_quota_bounds_the_namespace_s_waiting_work() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-a", "--max-async-queue", "2"])
+        .ok();
+    let code = gust.write_file(
+        "slow.py",
+        "import time\ndef main():\n    time.sleep(3)\n    return 'done'\n",
+    );
+    let code = code.to_str().unwrap();
+    for ns in ["team-a", "default"] {
+        gust.cli(&[
+            "fn",
+            "create",
+            "slow",
+            "--env",
+            "python",
+            "--code",
+            code,
+            "--url",
+            &format!("/{ns}/slow"),
+            "-n",
+            ns,
+        ])
+        .ok();
+        gust.cli(&[
+            "fn", "create", "other", "--env", "python", "--code", code, "-n", ns,
+        ])
+        .ok();
+    }
+    // Two are taken (waiting or running: each sleeps 3 s), the third is refused, whichever
+    // function of the namespace it is for.
+    for function in ["slow", "other"] {
+        gust.cli(&["fn", "invoke", function, "--async", "-n", "team-a"])
+            .ok();
+    }
+    let third = gust.cli(&["fn", "invoke", "slow", "--async", "-n", "team-a"]);
+    assert!(
+        third
+            .stderr
+            .contains("2 asynchronous invocations waiting or running, its quota")
+            && third.stderr.contains("(quota, request"),
+        "{}",
+        third.stderr
+    );
+    // Another namespace queues as before.
+    for _ in 0..3 {
+        gust.cli(&["fn", "invoke", "slow", "--async"]).ok();
+    }
+}

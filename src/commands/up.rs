@@ -276,6 +276,7 @@ impl Settings {
             audit_retention: parse_duration("audit retention", &args.audit_retention)?,
             queue_limits: QueueLimits {
                 bounds: QueueBounds {
+                    per_namespace: None,
                     per_function: args.async_queue_depth,
                     stored_bytes: args.async_store_budget.saturating_mul(1024 * 1024),
                 },

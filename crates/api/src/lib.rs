@@ -146,6 +146,12 @@ impl ApiState {
                 })
                 .collect(),
         );
+        self.queue.set_namespace_depths(
+            records
+                .iter()
+                .filter_map(|r| Some((r.name.clone(), r.quotas.max_async_queue?)))
+                .collect(),
+        );
         self.rates.replace(records.into_iter().filter_map(|record| {
             let per_second = record.quotas.max_requests_per_second?;
             Some((record.name, per_second))

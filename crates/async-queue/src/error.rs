@@ -29,6 +29,11 @@ fn full_message(full: &gust_store::QueueFull) -> String {
         gust_store::QueueFull::FunctionDepth { limit } => {
             format!("the function already has {limit} asynchronous invocations waiting or running")
         }
+        gust_store::QueueFull::NamespaceDepth { limit } => {
+            format!(
+                "the namespace already has {limit} asynchronous invocations waiting or running, its quota"
+            )
+        }
         gust_store::QueueFull::StoreBudget { limit } => {
             format!("the asynchronous queue holds its budget of {limit} bytes of requests")
         }

@@ -33,6 +33,7 @@ impl Default for QueueLimits {
     fn default() -> Self {
         Self {
             bounds: QueueBounds {
+                per_namespace: None,
                 per_function: 1_000,
                 stored_bytes: 1024 * 1024 * 1024,
             },
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub refused: Family<ReasonLabels, Counter>,
     /// Dead letters deleted (`retention`, `cap`).
     pub dead_letters_dropped: Family<ReasonLabels, Counter>,
+    /// Namespaces' quotas on invocations pending or running at once.
+    pub namespace_depths: arc_swap::ArcSwap<std::collections::HashMap<Namespace, u64>>,
 }
 
 /// The durable queue of asynchronous invocations. Cheap to clone.
@@ -84,7 +87,22 @@ impl AsyncQueue {
                 depth: Gauge::default(),
                 refused: Family::default(),
                 dead_letters_dropped: Family::default(),
+                namespace_depths: Default::default(),
             }),
+        }
+    }
+
+    /// Sets every namespace's quota on invocations pending or running (those absent have
+    /// none).
+    pub fn set_namespace_depths(&self, depths: std::collections::HashMap<Namespace, u64>) {
+        self.shared.namespace_depths.store(Arc::new(depths));
+    }
+
+    /// The bounds an enqueue to `namespace` is checked against.
+    fn bounds_of(&self, namespace: &Namespace) -> QueueBounds {
+        QueueBounds {
+            per_namespace: self.shared.namespace_depths.load().get(namespace).copied(),
+            ..self.shared.limits.bounds
         }
     }
 
@@ -118,6 +136,7 @@ impl AsyncQueue {
         source: AsyncSource,
         request: &http::Request<Bytes>,
     ) -> Result<(), QueueError> {
+        let bounds = self.bounds_of(&namespace);
         let invocation = AsyncInvocation::accepted(
             id.to_string(),
             namespace,
@@ -129,7 +148,7 @@ impl AsyncQueue {
             invocation,
             request: store_request(request),
             timer_tick: None,
-            bounds: Some(self.shared.limits.bounds),
+            bounds: Some(bounds),
         })
         .await
         .map(|_| ())
@@ -152,12 +171,13 @@ impl AsyncQueue {
             },
             self.shared.clock.now_ms(),
         );
+        let bounds = self.bounds_of(&timer.namespace);
         let outcome = self
             .submit_one(QueueChange::Enqueue {
                 invocation,
                 request: store_request(&request),
                 timer_tick: Some((format!("{}/{}", timer.namespace, timer.name), tick_ms)),
-                bounds: Some(self.shared.limits.bounds),
+                bounds: Some(bounds),
             })
             .await?;
         Ok(outcome == QueueOutcome::Stored)
@@ -194,6 +214,7 @@ impl AsyncQueue {
             Ok(QueueOutcome::Full(full)) => {
                 let reason = match full {
                     QueueFull::FunctionDepth { .. } => "function_depth",
+                    QueueFull::NamespaceDepth { .. } => "namespace_quota",
                     QueueFull::StoreBudget { .. } => "store_budget",
                 };
                 self.shared
@@ -316,6 +337,9 @@ fn enqueue_error(err: QueueError) -> gust_executor::EnqueueError {
             EnqueueError::FunctionFull { limit }
         }
         QueueError::Full(QueueFull::StoreBudget { limit }) => EnqueueError::QueueFull { limit },
+        QueueError::Full(QueueFull::NamespaceDepth { limit }) => {
+            EnqueueError::NamespaceFull { limit }
+        }
         other => EnqueueError::Unavailable(other.to_string()),
     }
 }

@@ -99,6 +99,7 @@ pub fn accepted_response(stored: Result<(), EnqueueError>, id: &RequestId) -> Re
         }
         Err(error @ EnqueueError::FunctionFull { .. }) => full("async_queue_full", &error),
         Err(error @ EnqueueError::QueueFull { .. }) => full("async_store_full", &error),
+        Err(error @ EnqueueError::NamespaceFull { .. }) => full("quota", &error),
         Err(error @ EnqueueError::Unavailable(_)) => {
             tracing::error!(%error, %id, "asynchronous invocation not accepted");
             let mut response = ErrorBody {

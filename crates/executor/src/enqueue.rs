@@ -17,6 +17,10 @@ pub enum EnqueueError {
     FunctionFull { limit: u64 },
     #[error("the asynchronous queue holds its budget of {limit} bytes of requests")]
     QueueFull { limit: u64 },
+    #[error(
+        "the namespace already has {limit} asynchronous invocations waiting or running, its quota"
+    )]
+    NamespaceFull { limit: u64 },
     /// The store did not take the write (disk full, I/O error, stopping).
     #[error("the invocation could not be stored: {0}")]
     Unavailable(String),

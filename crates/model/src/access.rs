@@ -56,6 +56,11 @@ pub struct NamespaceQuotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "cli", arg(long = "max-memory", value_name = "MB"))]
     pub max_memory_mb: Option<u64>,
+    /// Asynchronous invocations (async routes, timers, `--async` invokes) waiting or running
+    /// at once across its functions; more are answered 429 (reason quota)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long = "max-async-queue"))]
+    pub max_async_queue: Option<u64>,
 }
 
 /// What a token may do in the namespaces it reaches, each role all that the one before may.

@@ -150,12 +150,15 @@ pub struct QueueBounds {
     /// Bytes of stored requests and invocation records (waiting work, finished invocations
     /// within their retention and dead letters together).
     pub stored_bytes: u64,
+    /// Invocations of the whole namespace pending or running at once (its quota), if any.
+    pub per_namespace: Option<u64>,
 }
 
 /// Which bound an enqueue would have passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueFull {
     FunctionDepth { limit: u64 },
+    NamespaceDepth { limit: u64 },
     StoreBudget { limit: u64 },
 }
 

@@ -337,6 +337,21 @@ fn over_bounds(
             limit: bounds.per_function,
         }));
     }
+    if let Some(limit) = bounds.per_namespace {
+        // Open invocations of every function of the namespace (keys `<namespace>/<function>`).
+        let prefix = format!("{}/", invocation.namespace);
+        let mut open = 0;
+        for entry in tx.open_table(ASYNC_OPEN)?.range(prefix.as_str()..)? {
+            let (key, count) = entry?;
+            if !key.value().starts_with(&prefix) {
+                break;
+            }
+            open += count.value();
+        }
+        if open >= limit {
+            return Ok(Some(QueueFull::NamespaceDepth { limit }));
+        }
+    }
     let stored = {
         let totals = tx.open_table(TOTALS)?;
         let read = |key: &str| totals.get(key).map(|v| v.map_or(0, |v| v.value()));
@@ -761,6 +776,7 @@ mod tests {
             request,
             timer_tick,
             bounds: Some(QueueBounds {
+                per_namespace: None,
                 per_function,
                 stored_bytes,
             }),
