@@ -665,3 +665,37 @@ fn an_async_queue_quota_bounds_the_namespace_s_waiting_work() {
         gust.cli(&["fn", "invoke", "slow", "--async"]).ok();
     }
 }
+
+#[test]
+fn a_code_quota_refuses_the_upload_that_would_pass_it() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-a", "--max-code", "1"])
+        .ok();
+    // 600 KB each: one fits in 1 MB, two do not.
+    let padding = format!("# {}\n", "x".repeat(600 * 1024));
+    let big = gust.write_file(
+        "big.py",
+        format!("{padding}def main():\n    return 'big'\n"),
+    );
+    let big = big.to_str().unwrap();
+    gust.cli(&[
+        "fn", "create", "one", "--env", "python", "--code", big, "-n", "team-a",
+    ])
+    .ok();
+    let second = gust.cli(&[
+        "fn", "create", "two", "--env", "python", "--code", big, "-n", "team-a",
+    ]);
+    assert!(
+        second.stderr.contains("past its quota of 1 MB (quota)"),
+        "{}",
+        second.stderr
+    );
+    let listed = gust
+        .cli(&["fn", "list", "-n", "team-a", "-o", "json"])
+        .ok()
+        .stdout;
+    assert!(!listed.contains("\"two\""), "nothing stored: {listed}");
+    // Elsewhere, no quota.
+    gust.cli(&["fn", "create", "two", "--env", "python", "--code", big])
+        .ok();
+}

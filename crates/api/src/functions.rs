@@ -460,6 +460,31 @@ impl std::io::Write for PieceWriter {
     }
 }
 
+/// Refuses new code that would take the namespace's kept revisions past its code quota.
+fn check_code_quota(state: &ApiState, namespace: &Namespace, adding: u64) -> Result<(), ApiError> {
+    let quota = state
+        .store
+        .namespace_record(namespace)?
+        .and_then(|record| record.quotas.max_code_mb);
+    let Some(quota_mb) = quota else {
+        return Ok(());
+    };
+    let held: u64 = state
+        .store
+        .functions(Some(namespace))?
+        .iter()
+        .flat_map(|f| f.revisions.iter())
+        .map(|r| r.code.size_bytes)
+        .sum();
+    if held.saturating_add(adding) > quota_mb.saturating_mul(1024 * 1024) {
+        return Err(ApiError::Quota(format!(
+            "namespace {namespace} would hold {} KB of code, past its quota of {quota_mb} MB",
+            (held + adding).div_ceil(1024)
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a new function to a namespace that holds its quota of them already.
 fn check_function_quota(state: &ApiState, namespace: &Namespace) -> Result<(), ApiError> {
     let quota = state
@@ -510,6 +535,7 @@ pub async fn create(
             }
             check_function_quota(s, &namespace)?;
             let code = ingest(s, &code, &env, &fields.limits)?;
+            check_code_quota(s, &namespace, code.size_bytes)?;
             let plan = s.builds.plan(&namespace, &env, &code)?;
             let function = Function {
                 namespace,
@@ -609,6 +635,7 @@ pub async fn update(
             let (code, plan, build) = match &body.code {
                 Some(code) => {
                     let code = ingest(s, code, &env, &fields.limits)?;
+                    check_code_quota(s, &namespace, code.size_bytes)?;
                     let plan = s.builds.plan(&namespace, &env, &code)?;
                     let build = plan.as_ref().map(|plan| s.builds.building(plan, &code));
                     (code, plan, build)

@@ -61,6 +61,11 @@ pub struct NamespaceQuotas {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "cli", arg(long = "max-async-queue"))]
     pub max_async_queue: Option<u64>,
+    /// Code (MB, as unpacked) its functions' kept revisions hold together; an upload past it
+    /// is refused (403, reason quota)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long = "max-code", value_name = "MB"))]
+    pub max_code_mb: Option<u64>,
 }
 
 /// What a token may do in the namespaces it reaches, each role all that the one before may.
