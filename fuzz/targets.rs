@@ -228,6 +228,27 @@ impl Segments {
     }
 }
 
+/// `%XX` decoded, written here apart from the router's own so that the two are compared.
+fn percent_decoded(segment: &str) -> Vec<u8> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 /// Route matching: any routes (those that parse, without conflicts), any path: a match is one
@@ -265,9 +286,16 @@ pub fn routes(bytes: &[u8], _: &Scratch) -> Result<(), String> {
         if !names.contains(&found.route.name.to_string()) {
             return Err(format!("{path} matched a route not in the table"));
         }
+        // A parameter is one segment of the path, percent-decoded (invalid UTF-8 replaced).
+        let segments: Vec<String> = path
+            .split('/')
+            .map(|segment| String::from_utf8_lossy(&percent_decoded(segment)).into_owned())
+            .collect();
         for (name, value) in &found.params {
-            if !path.contains(value.as_str()) {
-                return Err(format!("parameter {name}={value:?} is not in {path}"));
+            if !segments.contains(value) {
+                return Err(format!(
+                    "parameter {name}={value:?} is no segment of {path}"
+                ));
             }
         }
     }
