@@ -118,6 +118,22 @@ async fn create(
         .map(|view| (StatusCode::CREATED, Json(view)))
 }
 
+/// The stored set, or a 404 naming it.
+fn stored(
+    state: &ApiState,
+    kind: ValueKind,
+    namespace: &Namespace,
+    name: &Name,
+) -> Result<ValueSet, ApiError> {
+    state
+        .store
+        .values(kind, namespace, name)?
+        .ok_or_else(|| ApiError::NotFound {
+            kind: kind.noun(),
+            name: name.to_string(),
+        })
+}
+
 async fn show(
     state: Arc<ApiState>,
     kind: ValueKind,
@@ -127,13 +143,7 @@ async fn show(
     let name = scoped.name(kind.noun())?;
     state
         .blocking(move |s| {
-            let set =
-                s.store
-                    .values(kind, &namespace, &name)?
-                    .ok_or_else(|| ApiError::NotFound {
-                        kind: kind.noun(),
-                        name: name.to_string(),
-                    })?;
+            let set = stored(s, kind, &namespace, &name)?;
             Ok(ValuesView::of(&set, users(s, &set)?))
         })
         .await
@@ -151,13 +161,7 @@ async fn update(
     let update: ValuesUpdate = parse_json(&body)?;
     state
         .blocking(move |s| {
-            let stored =
-                s.store
-                    .values(kind, &namespace, &name)?
-                    .ok_or_else(|| ApiError::NotFound {
-                        kind: kind.noun(),
-                        name: name.to_string(),
-                    })?;
+            let stored = stored(s, kind, &namespace, &name)?;
             let version = stored.version + 1;
             let set = ValueSet {
                 data: stored_data(s, kind, (&namespace, &name, version), update.data)?,

@@ -31,7 +31,7 @@ pub use sandbox::{
 pub use worker::FUNCTION_ERROR_HEADER;
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -274,10 +274,21 @@ fn values_root(run_dir: &Path) -> Result<PathBuf, RuntimeError> {
         );
         run_dir.join("values")
     };
-    if root.exists() {
-        std::fs::remove_dir_all(&root).map_err(RuntimeError::io(&root))?;
+    // `/dev/shm` is writable by every local user and the name is predictable: whatever is
+    // there is removed (a symlink as itself, never followed), and the directory is made anew
+    // by this process alone. `mkdir` fails on anything another user put back in between,
+    // and the sticky bit keeps them from replacing the directory once it is ours.
+    if std::fs::symlink_metadata(&root).is_ok() {
+        let removed = match std::fs::symlink_metadata(&root) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&root),
+            _ => std::fs::remove_file(&root),
+        };
+        removed.map_err(RuntimeError::io(&root))?;
     }
-    std::fs::create_dir_all(&root).map_err(RuntimeError::io(&root))?;
+    std::fs::DirBuilder::new()
+        .mode(0o711)
+        .create(&root)
+        .map_err(RuntimeError::io(&root))?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
         .map_err(RuntimeError::io(&root))?;
     Ok(root)
