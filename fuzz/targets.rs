@@ -196,6 +196,16 @@ struct RouteCase {
     routes: Vec<(Segments, bool, u8)>,
     method: u8,
     path: Segments,
+    // Last, so that inputs written before hosts existed still mean what they meant.
+    route_hosts: Vec<u8>,
+    request_host: u8,
+}
+
+/// Hosts a route may claim (or a request name); `None` is every host.
+const HOSTS: [Option<&str>; 3] = [None, Some("a.example"), Some("b.example")];
+
+fn host(choice: u8) -> Option<gust_model::RouteHost> {
+    HOSTS[choice as usize % HOSTS.len()].map(|h| gust_model::RouteHost::parse(h).expect("valid"))
 }
 
 #[derive(Debug, Arbitrary)]
@@ -251,8 +261,9 @@ fn percent_decoded(segment: &str) -> Vec<u8> {
 
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
-/// Route matching: any routes (those that parse, without conflicts), any path: a match is one
-/// of the table's routes, takes the method, and its parameters come from the path.
+/// Route matching: any routes (those that parse, without conflicts) on any hosts, any path and
+/// host: a match is one of the table's routes, takes the method, is the request host's own
+/// when one of those matches, and its parameters come from the path.
 pub fn routes(bytes: &[u8], _: &Scratch) -> Result<(), String> {
     let mut input = Unstructured::new(bytes);
     let Ok(case) = RouteCase::arbitrary(&mut input) else {
@@ -266,6 +277,7 @@ pub fn routes(bytes: &[u8], _: &Scratch) -> Result<(), String> {
             url: segments.text(true),
             methods: vec![METHODS[*method as usize % METHODS.len()].to_owned()],
             prefix: *prefix,
+            host: host(case.route_hosts.get(n).copied().unwrap_or(0)).map(String::from),
             ..Default::default()
         };
         let Ok(route) = config.validate(
@@ -282,9 +294,32 @@ pub fn routes(bytes: &[u8], _: &Scratch) -> Result<(), String> {
     let table = gust_model::RouteTable::new(table);
     let method = METHODS[case.method as usize % METHODS.len()];
     let path = case.path.text(false);
-    if let Some(found) = table.find(method, &path) {
+    let request_host = host(case.request_host);
+    if let Some(found) = table.find(method, request_host.as_ref(), &path) {
         if !names.contains(&found.route.name.to_string()) {
             return Err(format!("{path} matched a route not in the table"));
+        }
+        // A route of one host never serves another; one of every host serves only when none
+        // of the request's host does.
+        match (&found.route.host, &request_host) {
+            (Some(theirs), asked) if Some(theirs) != asked.as_ref() => {
+                return Err(format!("{path} for {asked:?} matched a route of {theirs}"));
+            }
+            (None, Some(asked)) => {
+                let own: Vec<gust_model::Route> = table
+                    .routes()
+                    .iter()
+                    .filter(|r| r.host.as_ref() == Some(asked))
+                    .cloned()
+                    .collect();
+                if gust_model::RouteTable::new(own)
+                    .find(method, Some(asked), &path)
+                    .is_some()
+                {
+                    return Err(format!("{path} on {asked} skipped the host's own route"));
+                }
+            }
+            _ => {}
         }
         // A parameter is one segment of the path, percent-decoded (invalid UTF-8 replaced).
         let segments: Vec<String> = path

@@ -231,6 +231,44 @@ fn two_namespaces_cannot_see_invoke_meter_or_redrive_each_other() {
     );
     assert!(claimed.code != 0);
     assert!(claimed.stderr.contains("conflict"), "{}", claimed.stderr);
+    // A host is one namespace's too, whatever the path: team-a owns its domain.
+    let host_route = |token: &str, ns: &str, host: Option<&str>, url: &str| {
+        let mut args = vec!["route", "create", "--fn", "hello", "--url", url, "-n", ns];
+        if let Some(host) = host {
+            args.extend(["--host", host]);
+        }
+        as_token(&gust, token, &args)
+    };
+    host_route(&a, "team-a", Some("api.team-a.example"), "/hello").ok();
+    let claimed = host_route(&b, "team-b", Some("API.team-a.example"), "/other");
+    assert!(claimed.code != 0);
+    assert!(
+        claimed
+            .stderr
+            .contains(r#"host "api.team-a.example" belongs to namespace "team-a""#),
+        "{}",
+        claimed.stderr
+    );
+    host_route(&b, "team-b", None, "/hello").ok();
+    let for_host = |host: &str| {
+        gust.http()
+            .get(gust.public_url("/hello"))
+            .header("host", host)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    assert_eq!(for_host("api.team-a.example"), "from team-a");
+    assert_eq!(for_host("API.Team-A.example:8080"), "from team-a");
+    assert_eq!(for_host("api.team-b.example"), "from team-b");
+    assert_eq!(gust.get("/hello").text().unwrap(), "from team-b");
+    let listed = as_token(&gust, &a, &["route", "list", "-n", "team-a"]).ok();
+    assert!(
+        listed.stdout.contains("api.team-a.example"),
+        "{}",
+        listed.stdout
+    );
 
     // An asynchronous invocation of team-a that fails: a dead letter of team-a.
     let accepted = as_token(

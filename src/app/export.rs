@@ -271,6 +271,7 @@ fn route_config(route: &Route) -> RouteConfig {
         allow_async: route.mode == RouteMode::CallerChooses,
         app: None,
         auth: route.auth.clone(),
+        host: route.host.as_ref().map(ToString::to_string),
     }
 }
 

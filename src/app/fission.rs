@@ -926,13 +926,11 @@ fn function_ref(doc: &Document, import: &mut Import) -> Option<String> {
 
 fn route_config(doc: &Document, import: &mut Import) -> Option<RouteConfig> {
     let function = function_ref(doc, import)?;
-    if let Some(host) = doc.str(&["spec", "host"]).filter(|h| !h.is_empty()) {
-        import.errors.push(doc.at(
-            &["spec", "host"],
-            format!(
-                "host {host:?}: Gust routes match paths only; the route would answer every host"
-            ),
-        ));
+    let host = doc.str(&["spec", "host"]).filter(|h| !h.is_empty());
+    if let Some(Err(err)) = host.as_deref().map(gust_model::RouteHost::parse) {
+        import
+            .errors
+            .push(doc.at(&["spec", "host"], err.to_string()));
         return None;
     }
     if doc.get(&["spec", "createingress"]).and_then(Value::as_bool) == Some(true) {
@@ -981,6 +979,8 @@ fn route_config(doc: &Document, import: &mut Import) -> Option<RouteConfig> {
         allow_async: false,
         app: None,
         auth: Default::default(),
+        // Fission's router serves a trigger with a host only for requests to that host.
+        host,
     })
 }
 

@@ -636,6 +636,7 @@ fn route_differences(desired: &Route, current: &Route) -> Vec<String> {
         ("prefix", desired.prefix == current.prefix),
         ("async", desired.mode == current.mode),
         ("auth", desired.auth == current.auth),
+        ("host", desired.host == current.host),
         ("app", desired.app == current.app),
     ])
 }

@@ -363,11 +363,7 @@ async fn create_route(
         function: function.to_owned(),
         url: url.clone(),
         methods,
-        prefix: false,
-        async_only: false,
-        allow_async: false,
-        app: None,
-        auth: Default::default(),
+        ..Default::default()
     };
     let created: anyhow::Result<Route> = client
         .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&route))

@@ -53,6 +53,10 @@ enum RouteCommand {
         /// --auth jwt: the audience (`aud`) tokens must name
         #[arg(long, required_if_eq("auth", "jwt"))]
         audience: Option<String>,
+        /// Serve only requests for this host name (e.g. api.team-a.example); the first route
+        /// on a host claims it for this namespace [default: every host]
+        #[arg(long)]
+        host: Option<String>,
     },
     /// List routes.
     List(OutputArgs),
@@ -68,7 +72,7 @@ enum RouteCommand {
 
 fn table(routes: &[Route]) -> Table {
     let mut table = Table::new(vec![
-        "NAME", "METHODS", "URL", "PREFIX", "MODE", "AUTH", "FUNCTION",
+        "NAME", "METHODS", "HOST", "URL", "PREFIX", "MODE", "AUTH", "FUNCTION",
     ]);
     for route in routes {
         let methods: Vec<HttpMethod> = route.methods.into();
@@ -89,6 +93,10 @@ fn table(routes: &[Route]) -> Table {
         table.row(vec![
             route.name.to_string(),
             methods,
+            route
+                .host
+                .as_ref()
+                .map_or_else(|| "*".to_owned(), ToString::to_string),
             route.path.as_str().to_owned(),
             route.prefix.to_string(),
             mode.to_owned(),
@@ -120,6 +128,7 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
             jwks,
             issuer,
             audience,
+            host,
         } => {
             let auth = match auth.as_str() {
                 "token" => RouteAuth::Token,
@@ -144,12 +153,18 @@ pub async fn run(args: RouteArgs, connection: &ConnectionArgs) -> anyhow::Result
                 async_only: asynchronous,
                 allow_async,
                 app: None,
+                host,
             };
             let route: Route = client
                 .json(Method::POST, &ApiPath::new(["v1", "routes"]), Some(&body))
                 .await?;
             let name = &route.name;
-            eprintln!("route {name} created: {url} -> {function}");
+            let host = route
+                .host
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            eprintln!("route {name} created: {host}{url} -> {function}");
             println!("{name}");
         }
         RouteCommand::List(output) => RESOURCE.list(&client, &output).await?,

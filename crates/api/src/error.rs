@@ -49,6 +49,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. }
             | StoreError::InUse { .. }
             | StoreError::RouteConflict { .. }
+            | StoreError::HostClaimed { .. }
             | StoreError::Changed { .. } => ApiError::Conflict(err.to_string()),
             StoreError::Unavailable(_) => ApiError::Unavailable(err.to_string()),
             StoreError::InvalidCode { .. } => ApiError::Invalid(err.to_string()),

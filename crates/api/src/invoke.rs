@@ -67,10 +67,19 @@ pub async fn invoke(
     // as it would through the public listener.
     let table = state.routes.snapshot();
     let route_path = path.split('?').next().unwrap_or("/");
-    if let Some(found) = table.find(forwarded.method().as_str(), route_path)
-        && found.route.namespace == namespace
-        && found.route.function == function
-    {
+    let is_this_function =
+        |route: &gust_model::Route| route.namespace == namespace && route.function == function;
+    // Its routes may be on hosts of their own: the path is matched as each would see it.
+    let hosts = table
+        .routes()
+        .iter()
+        .filter(|route| is_this_function(route) && route.host.is_some())
+        .map(|route| route.host.as_ref());
+    if let Some(found) = std::iter::once(None).chain(hosts).find_map(|host| {
+        table
+            .find(forwarded.method().as_str(), host, route_path)
+            .filter(|found| is_this_function(found.route))
+    }) {
         add_param_headers(forwarded.headers_mut(), &found.params);
     }
     let id_header = HeaderValue::from_str(id.as_str()).expect("request ids are ASCII");

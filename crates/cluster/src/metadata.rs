@@ -1042,12 +1042,9 @@ impl RouteStore for ClusterStore {
             || {
                 self.function_exists(&route.namespace, &route.function)?;
                 for existing in self.routes(None)? {
-                    if existing.conflicts_with(route) {
-                        return Err(StoreError::RouteConflict {
-                            path: route.path.to_string(),
-                            existing: format!("{}/{}", existing.namespace, existing.name),
-                            existing_path: existing.path.to_string(),
-                        });
+                    let name = format!("{}/{}", existing.namespace, existing.name);
+                    if let Some(clash) = StoreError::route_clash(route, &existing, name) {
+                        return Err(clash);
                     }
                 }
                 Ok(())

@@ -19,6 +19,8 @@ pub enum ModelError {
     InvalidEnvVar { value: String, reason: String },
     #[error("invalid route path {path:?}: {reason}")]
     InvalidPath { path: String, reason: String },
+    #[error("invalid route host {host:?}: {reason}")]
+    InvalidHost { host: String, reason: String },
     #[error("invalid HTTP method {value:?}")]
     InvalidMethod { value: String },
     #[error("invalid outbound origin {value:?}: {reason}")]

@@ -431,6 +431,10 @@ pub struct RouteConfig {
     /// Who may call it [default: anyone]
     #[serde(default, skip_serializing_if = "RouteAuth::is_public")]
     pub auth: RouteAuth,
+    /// Serve only requests for this host name (the `Host` header without its port); the
+    /// first route on a host claims it for the route's namespace [default: every host]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// How a route invokes its function.
@@ -478,7 +482,79 @@ impl RouteConfig {
             mode,
             app: Name::parse_app(self.app.as_deref())?,
             auth: self.auth.clone(),
+            host: self.host.as_deref().map(RouteHost::parse).transpose()?,
         })
+    }
+}
+
+/// A host name a route serves: lowercase DNS labels (letters, digits, `-`), as the `Host`
+/// header names it without its port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String)]
+pub struct RouteHost(String);
+
+impl RouteHost {
+    pub fn parse(host: &str) -> Result<Self, ModelError> {
+        let invalid = |reason: &str| ModelError::InvalidHost {
+            host: host.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        if name.is_empty() || name.len() > 253 {
+            return Err(invalid("a host name is 1 to 253 characters"));
+        }
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return Err(invalid("each dot-separated label is 1 to 63 characters"));
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(
+                    "a host name has letters, digits, '-' and '.' only, and no port",
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(invalid("a label neither starts nor ends with '-'"));
+            }
+        }
+        Ok(Self(name))
+    }
+
+    /// The host a request names in its `Host` header (or its URI's authority), without the
+    /// port; `None` when it names none or one no route could claim (an IP address in
+    /// brackets, a malformed name).
+    pub fn of_request(authority: &str) -> Option<Self> {
+        let name = match authority.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => authority,
+        };
+        Self::parse(name).ok()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RouteHost {
+    type Error = ModelError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<RouteHost> for String {
+    fn from(host: RouteHost) -> Self {
+        host.0
+    }
+}
+
+impl fmt::Display for RouteHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -499,6 +575,9 @@ pub struct Route {
     /// Who may call it; public by default.
     #[serde(default, skip_serializing_if = "RouteAuth::is_public")]
     pub auth: RouteAuth,
+    /// The only host it serves; every host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<RouteHost>,
 }
 
 /// Who may call a route.
@@ -537,12 +616,40 @@ impl RouteAuth {
     }
 }
 
+/// Why a route cannot join a table that holds another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteClash {
+    /// Some request could match both equally well.
+    SameRequests,
+    /// The other route's namespace has claimed the host.
+    HostOwned {
+        host: RouteHost,
+        namespace: Namespace,
+    },
+}
+
 impl Route {
-    /// Two routes conflict when some request could match both equally well.
+    /// Two routes conflict when some request could match both equally well, or when they
+    /// name the same host from two namespaces (a host belongs to one team).
     pub fn conflicts_with(&self, other: &Route) -> bool {
-        self.prefix == other.prefix
+        self.clash_with(other).is_some()
+    }
+
+    pub fn clash_with(&self, other: &Route) -> Option<RouteClash> {
+        if let (Some(host), Some(theirs)) = (&self.host, &other.host)
+            && host == theirs
+            && self.namespace != other.namespace
+        {
+            return Some(RouteClash::HostOwned {
+                host: host.clone(),
+                namespace: other.namespace.clone(),
+            });
+        }
+        let same_requests = self.host == other.host
+            && self.prefix == other.prefix
             && self.path.same_shape(&other.path)
-            && self.methods.overlaps(other.methods)
+            && self.methods.overlaps(other.methods);
+        same_requests.then_some(RouteClash::SameRequests)
     }
 }
 
@@ -568,30 +675,40 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The first existing route `route` conflicts with, if any.
-    pub fn conflict(&self, route: &Route) -> Option<&Route> {
-        self.routes.iter().find(|r| r.conflicts_with(route))
-    }
-
-    /// The most specific route for `method` and the raw (undecoded) request `path`. `HEAD`
-    /// finds a `GET` route when no route names `HEAD` itself, as HTTP servers serve it.
-    pub fn find(&self, method: &str, path: &str) -> Option<RouteMatch<'_>> {
-        let found = self.find_exactly(method, path);
-        if found.is_none() && method == "HEAD" {
-            return self.find_exactly("GET", path);
+    /// The most specific route for `method`, the request's host (see
+    /// [`RouteHost::of_request`]) and its raw (undecoded) `path`: among the host's own routes
+    /// first, then among the routes of every host. `HEAD` finds a `GET` route when no route
+    /// names `HEAD` itself, as HTTP servers serve it.
+    pub fn find(
+        &self,
+        method: &str,
+        host: Option<&RouteHost>,
+        path: &str,
+    ) -> Option<RouteMatch<'_>> {
+        let segments = request_segments(path)?;
+        let mut hosts = vec![None];
+        if host.is_some() {
+            hosts.insert(0, host);
         }
-        found
+        hosts.into_iter().find_map(|host| {
+            self.find_exactly(method, host, &segments).or_else(|| {
+                (method == "HEAD")
+                    .then(|| self.find_exactly("GET", host, &segments))
+                    .flatten()
+            })
+        })
     }
 
-    /// The methods the routes for `path` answer (a `405`'s `Allow`, asked when none answers
-    /// the request's method); empty when no route has the path.
-    pub fn allowed_methods(&self, path: &str) -> Vec<Method> {
+    /// The methods the routes for `host` and `path` answer (a `405`'s `Allow`, asked when
+    /// none answers the request's method); empty when no route has the path.
+    pub fn allowed_methods(&self, host: Option<&RouteHost>, path: &str) -> Vec<Method> {
         let Some(segments) = request_segments(path) else {
             return Vec::new();
         };
         let mut allowed = MethodSet::default();
         for route in &self.routes {
-            if route.path.matches(&segments, route.prefix).is_some() {
+            let serves_host = route.host.is_none() || route.host.as_ref() == host;
+            if serves_host && route.path.matches(&segments, route.prefix).is_some() {
                 allowed.0 |= route.methods.0;
             }
         }
@@ -601,16 +718,21 @@ impl RouteTable {
         allowed.into()
     }
 
-    fn find_exactly(&self, method: &str, path: &str) -> Option<RouteMatch<'_>> {
-        let segments = request_segments(path)?;
+    /// The best match among the routes claiming exactly `host` (`None`: those of every host).
+    fn find_exactly(
+        &self,
+        method: &str,
+        host: Option<&RouteHost>,
+        segments: &[&str],
+    ) -> Option<RouteMatch<'_>> {
         let mut best: Option<(Specificity, RouteMatch<'_>)> = None;
         for route in &self.routes {
-            if !route.methods.allows(method) {
+            if route.host.as_ref() != host || !route.methods.allows(method) {
                 continue;
             }
             // A prefix route treats a trailing slash as the end of its prefix: `/api` serves
             // `/api/` and `/api/x`.
-            let Some((params, specificity)) = route.path.matches(&segments, route.prefix) else {
+            let Some((params, specificity)) = route.path.matches(segments, route.prefix) else {
                 continue;
             };
             if best.as_ref().is_none_or(|(s, _)| specificity > *s) {
@@ -639,6 +761,17 @@ mod tests {
     use super::*;
 
     fn route(name: &str, url: &str, methods: &[&str], prefix: bool) -> Route {
+        route_on(None, "default", name, url, methods, prefix)
+    }
+
+    fn route_on(
+        host: Option<&str>,
+        namespace: &str,
+        name: &str,
+        url: &str,
+        methods: &[&str],
+        prefix: bool,
+    ) -> Route {
         RouteConfig {
             name: Some(name.into()),
             function: "f".into(),
@@ -649,9 +782,10 @@ mod tests {
             allow_async: false,
             app: None,
             auth: RouteAuth::Public,
+            host: host.map(str::to_owned),
         }
         .validate(
-            Namespace::default(),
+            Namespace::parse(namespace).unwrap(),
             Name::parse("route", "unused").unwrap(),
         )
         .unwrap()
@@ -709,26 +843,39 @@ mod tests {
             route("api", "/api", &[], true),
             route("root", "/", &["GET"], false),
         ]);
-        let m = table.find("GET", "/users/42").unwrap();
+        let m = table.find("GET", None, "/users/42").unwrap();
         assert_eq!(m.route.name.as_str(), "by-id");
         assert_eq!(m.params, vec![("id".into(), "42".into())]);
         assert_eq!(
-            table.find("GET", "/users/me").unwrap().route.name.as_str(),
+            table
+                .find("GET", None, "/users/me")
+                .unwrap()
+                .route
+                .name
+                .as_str(),
             "me"
         );
         assert_eq!(
-            table.find("GET", "/api/x/y").unwrap().route.name.as_str(),
+            table
+                .find("GET", None, "/api/x/y")
+                .unwrap()
+                .route
+                .name
+                .as_str(),
             "api"
         );
         assert_eq!(
-            table.find("GET", "/api").unwrap().route.name.as_str(),
+            table.find("GET", None, "/api").unwrap().route.name.as_str(),
             "api"
         );
-        assert!(table.find("GET", "/apix").is_none());
-        assert!(table.find("GET", "/users/42/extra").is_none());
-        assert!(table.find("GET", "/users/").is_none());
-        assert_eq!(table.find("GET", "/").unwrap().route.name.as_str(), "root");
-        assert!(table.find("POST", "/").is_none());
+        assert!(table.find("GET", None, "/apix").is_none());
+        assert!(table.find("GET", None, "/users/42/extra").is_none());
+        assert!(table.find("GET", None, "/users/").is_none());
+        assert_eq!(
+            table.find("GET", None, "/").unwrap().route.name.as_str(),
+            "root"
+        );
+        assert!(table.find("POST", None, "/").is_none());
     }
 
     #[test]
@@ -739,14 +886,14 @@ mod tests {
             route("latest", "/items/latest", &["GET"], false),
             route("echo", "/echo/{text}", &["POST"], false),
         ]);
-        let m = table.find("GET", "/items/42").unwrap();
+        let m = table.find("GET", None, "/items/42").unwrap();
         assert_eq!(m.route.name.as_str(), "by-id");
         assert_eq!(m.params, vec![("id".into(), "42".into())]);
-        let m = table.find("GET", "/items/4x2").unwrap();
+        let m = table.find("GET", None, "/items/4x2").unwrap();
         assert_eq!(m.route.name.as_str(), "by-name");
         assert_eq!(
             table
-                .find("GET", "/items/latest")
+                .find("GET", None, "/items/latest")
                 .unwrap()
                 .route
                 .name
@@ -756,14 +903,14 @@ mod tests {
         // The pattern matches the decoded value, whole.
         assert_eq!(
             table
-                .find("GET", "/items/%34%32")
+                .find("GET", None, "/items/%34%32")
                 .unwrap()
                 .route
                 .name
                 .as_str(),
             "by-id"
         );
-        let m = table.find("POST", "/echo/a%20b%2Fc").unwrap();
+        let m = table.find("POST", None, "/echo/a%20b%2Fc").unwrap();
         assert_eq!(m.params, vec![("text".into(), "a b/c".into())]);
         assert_eq!(
             PathPattern::parse("/items/{id:[0-9]+}").unwrap().as_str(),
@@ -782,27 +929,37 @@ mod tests {
             route("ping", "/ping", &["HEAD"], false),
         ]);
         assert_eq!(
-            table.find("HEAD", "/doc").unwrap().route.name.as_str(),
+            table
+                .find("HEAD", None, "/doc")
+                .unwrap()
+                .route
+                .name
+                .as_str(),
             "read"
         );
         assert_eq!(
-            table.find("HEAD", "/ping").unwrap().route.name.as_str(),
+            table
+                .find("HEAD", None, "/ping")
+                .unwrap()
+                .route
+                .name
+                .as_str(),
             "ping"
         );
-        assert!(table.find("POST", "/doc").is_none());
+        assert!(table.find("POST", None, "/doc").is_none());
         assert_eq!(
-            table.allowed_methods("/doc"),
+            table.allowed_methods(None, "/doc"),
             vec![Method::Get, Method::Head, Method::Put]
         );
-        assert!(table.allowed_methods("/nothing").is_empty());
+        assert!(table.allowed_methods(None, "/nothing").is_empty());
     }
 
     #[test]
     fn reserved_paths_never_match_even_under_a_root_prefix() {
         let table = RouteTable::new(vec![route("all", "/", &[], true)]);
-        assert!(table.find("GET", "/anything").is_some());
+        assert!(table.find("GET", None, "/anything").is_some());
         for reserved in ["/healthz", "/v2/specialize", "/v2", "/_gust/x"] {
-            assert!(table.find("GET", reserved).is_none(), "{reserved}");
+            assert!(table.find("GET", None, reserved).is_none(), "{reserved}");
         }
     }
 
@@ -830,7 +987,7 @@ mod tests {
             "/x/%2e%2e%2fv2%2fspecialize",
         ] {
             assert!(is_reserved_path(spelling), "{spelling}");
-            assert!(table.find("POST", spelling).is_none(), "{spelling}");
+            assert!(table.find("POST", None, spelling).is_none(), "{spelling}");
         }
         for ordinary in [
             "/v3/x",
@@ -864,5 +1021,106 @@ mod tests {
         let digits = route("d", "/users/{id:[0-9]+}", &["GET"], false);
         assert!(!a.conflicts_with(&digits));
         assert!(digits.conflicts_with(&route("e", "/users/{n:[0-9]+}", &[], false)));
+    }
+
+    #[test]
+    fn hosts_are_names_without_ports_in_any_case() {
+        let host = RouteHost::parse("API.Team-A.example.").unwrap();
+        assert_eq!(host.as_str(), "api.team-a.example");
+        for bad in [
+            "",
+            "a..b",
+            "-a.example",
+            "a-.example",
+            "a.example:8080",
+            "a_b.example",
+            "*.example",
+            "[::1]",
+            "a/b",
+        ] {
+            assert!(RouteHost::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(
+            RouteHost::of_request("API.team-a.example:8080"),
+            Some(host.clone())
+        );
+        assert_eq!(RouteHost::of_request("api.team-a.example"), Some(host));
+        assert_eq!(RouteHost::of_request("[::1]:8080"), None);
+        assert_eq!(RouteHost::of_request("a.example:x"), None);
+    }
+
+    #[test]
+    fn a_hosts_own_routes_come_first_then_those_of_every_host() {
+        let a = RouteHost::parse("a.example").unwrap();
+        let b = RouteHost::parse("b.example").unwrap();
+        let table = RouteTable::new(vec![
+            route_on(None, "default", "any-root", "/", &[], true),
+            route_on(None, "default", "any-hello", "/hello", &["GET"], false),
+            route_on(Some("a.example"), "team-a", "a-api", "/api", &[], true),
+            route_on(
+                Some("a.example"),
+                "team-a",
+                "a-put",
+                "/doc",
+                &["PUT"],
+                false,
+            ),
+        ]);
+        let name = |host: Option<&RouteHost>, method: &str, path: &str| {
+            table
+                .find(method, host, path)
+                .map(|m| m.route.name.to_string())
+        };
+        assert_eq!(name(Some(&a), "GET", "/api/x").as_deref(), Some("a-api"));
+        // A less specific route of the host still beats a more specific one of every host.
+        assert_eq!(
+            name(Some(&a), "GET", "/hello").as_deref(),
+            Some("any-hello")
+        );
+        assert_eq!(name(Some(&b), "GET", "/api/x").as_deref(), Some("any-root"));
+        assert_eq!(name(None, "GET", "/api/x").as_deref(), Some("any-root"));
+        assert_eq!(name(Some(&a), "HEAD", "/api").as_deref(), Some("a-api"));
+        // A 405's Allow lists what the host's routes and every host's routes answer.
+        let table = RouteTable::new(vec![
+            route_on(None, "default", "read", "/doc", &["GET"], false),
+            route_on(
+                Some("a.example"),
+                "team-a",
+                "write",
+                "/doc",
+                &["PUT"],
+                false,
+            ),
+        ]);
+        assert_eq!(
+            table.allowed_methods(Some(&a), "/doc"),
+            vec![Method::Get, Method::Head, Method::Put]
+        );
+        assert_eq!(
+            table.allowed_methods(Some(&b), "/doc"),
+            vec![Method::Get, Method::Head]
+        );
+    }
+
+    #[test]
+    fn a_host_belongs_to_the_namespace_of_its_routes() {
+        let a = route_on(Some("a.example"), "team-a", "x", "/x", &[], false);
+        let same_team = route_on(Some("a.example"), "team-a", "y", "/y", &[], false);
+        let other_team = route_on(Some("a.example"), "team-b", "y", "/y", &[], false);
+        let everywhere = route_on(None, "team-b", "x", "/x", &[], false);
+        assert_eq!(a.clash_with(&same_team), None);
+        assert_eq!(
+            other_team.clash_with(&a),
+            Some(RouteClash::HostOwned {
+                host: RouteHost::parse("a.example").unwrap(),
+                namespace: Namespace::parse("team-a").unwrap(),
+            })
+        );
+        // A route of every host and one of a host never match the same request equally well.
+        assert_eq!(everywhere.clash_with(&a), None);
+        assert_eq!(
+            route_on(Some("a.example"), "team-a", "z", "/x", &["GET"], false).clash_with(&a),
+            Some(RouteClash::SameRequests)
+        );
     }
 }

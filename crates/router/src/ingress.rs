@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use gust_executor::{Enqueue, Invocation, Invoker, RequestId, TriggerKind};
-use gust_model::{AsyncSource, RouteMode};
+use gust_model::{AsyncSource, RouteHost, RouteMode};
 use http::{HeaderValue, StatusCode, header};
 
 use gust_edge::{
@@ -38,6 +38,15 @@ pub struct PublicState {
     pub tokens: Arc<dyn crate::InvokerTokens>,
 }
 
+/// The host a request is for: its URI's authority (HTTP/2, absolute-form requests), else its
+/// `Host` header.
+fn request_host(parts: &http::request::Parts) -> Option<RouteHost> {
+    match parts.uri.authority() {
+        Some(authority) => RouteHost::parse(authority.host()).ok(),
+        None => RouteHost::of_request(parts.headers.get(header::HOST)?.to_str().ok()?),
+    }
+}
+
 /// The public listener's app: every request is matched against the route table.
 pub fn public_router(state: PublicState) -> Router {
     Router::new().fallback(serve).with_state(state)
@@ -67,8 +76,9 @@ async fn serve(
         return response;
     }
     let table = state.routes.snapshot();
-    let Some(found) = table.find(parts.method.as_str(), path) else {
-        let allowed = table.allowed_methods(path);
+    let host = request_host(&parts);
+    let Some(found) = table.find(parts.method.as_str(), host.as_ref(), path) else {
+        let allowed = table.allowed_methods(host.as_ref(), path);
         if allowed.is_empty() {
             return ErrorBody {
                 component: "router",

@@ -372,12 +372,10 @@ impl RouteStore for EmbeddedStore {
             for entry in table.iter()? {
                 let (existing_key, value) = entry?;
                 let existing: Route = decode(existing_key.value(), value.value())?;
-                if existing.conflicts_with(route) {
-                    return Err(StoreError::RouteConflict {
-                        path: route.path.to_string(),
-                        existing: existing_key.value().to_owned(),
-                        existing_path: existing.path.to_string(),
-                    });
+                if let Some(clash) =
+                    StoreError::route_clash(route, &existing, existing_key.value().to_owned())
+                {
+                    return Err(clash);
                 }
             }
             table.insert(key.as_str(), encode(route).as_slice())?;

@@ -20,6 +20,10 @@ pub enum StoreError {
         existing: String,
         existing_path: String,
     },
+    #[error(
+        "host {host:?} belongs to namespace {namespace:?}; a host's routes are one namespace's"
+    )]
+    HostClaimed { host: String, namespace: String },
     /// A revision-checked write found the record changed since it was read (another node
     /// wrote it first); nothing was stored.
     #[error(
@@ -49,6 +53,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Why `route` cannot be created beside `existing` (named `existing_name` in the message),
+    /// if it cannot.
+    pub fn route_clash(
+        route: &gust_model::Route,
+        existing: &gust_model::Route,
+        existing_name: String,
+    ) -> Option<StoreError> {
+        Some(match route.clash_with(existing)? {
+            gust_model::RouteClash::SameRequests => StoreError::RouteConflict {
+                path: route.path.to_string(),
+                existing: existing_name,
+                existing_path: existing.path.to_string(),
+            },
+            gust_model::RouteClash::HostOwned { host, namespace } => StoreError::HostClaimed {
+                host: host.to_string(),
+                namespace: namespace.to_string(),
+            },
+        })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { path, source }
