@@ -984,4 +984,43 @@ fn namespaces_and_tokens_made_on_one_node_hold_on_every_node() {
         .ok();
     let busy = gusts[1].cli(&["ns", "delete", "team-a"]);
     assert!(busy.stderr.contains("function f"), "{}", busy.stderr);
+    // The audit log is the cluster's: each node lists the writes made through the other.
+    let actions = |gust: &Gust| -> Vec<(String, u64)> {
+        let listed = gust.cli(&["audit", "list", "--all", "-o", "json"]).ok();
+        let entries: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+        entries
+            .iter()
+            .map(|e| {
+                (
+                    format!("{} {}", e["action"].as_str().unwrap(), e["resource"]),
+                    e["status"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        (r#"POST /v1/namespaces "/v1/namespaces""#.to_owned(), 201),
+        (
+            r#"DELETE /v1/tokens/{id} "/v1/tokens/ci""#.to_owned(),
+            204,
+        ),
+        (
+            r#"POST /v1/functions "/v1/functions""#.to_owned(),
+            201,
+        ),
+        (
+            r#"DELETE /v1/namespaces/{name} "/v1/namespaces/team-a""#.to_owned(),
+            409,
+        ),
+    ];
+    for gust in &gusts {
+        let seen = eventually(Duration::from_secs(5), || {
+            let seen = actions(gust);
+            expected
+                .iter()
+                .all(|wanted| seen.contains(wanted))
+                .then_some(seen)
+        });
+        assert!(seen.is_some(), "{:?}", actions(gust));
+    }
 }

@@ -14,7 +14,7 @@ use clap::Args;
 use gust_api::{AdminToken, ApiState, Builds, NodeDirectory, TokenCheck, api_router};
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
 use gust_builder::{Builder, BuilderConfig};
-use gust_cluster::{ClusterOptions, ClusterQueue, ClusterUsage, QueueRetention};
+use gust_cluster::{ClusterAudit, ClusterOptions, ClusterQueue, ClusterUsage, QueueRetention};
 use gust_edge::{BodyBudget, ConnectionLimits};
 use gust_executor::{
     Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
@@ -26,8 +26,8 @@ use gust_router::{NamespaceRates, PublicState, Routes, public_router};
 use gust_runtime_process::{Cgroups, Interpreters, ProcessRuntime, Sandbox};
 use gust_runtime_wasm::{PoolSize, WasmRuntime};
 use gust_store::{
-    CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, Sealer, SharedCode,
-    UsageStore,
+    AuditStore, CodeLimits, CodeStore, EmbeddedStore, InvocationStore, MetadataStore, Sealer,
+    SharedCode, UsageStore,
 };
 use gust_trigger_mq::{MqMetrics, MqTriggers};
 use gust_trigger_timer::TimerScheduler;
@@ -420,6 +420,17 @@ async fn assemble(
         .context("cannot open the cluster's usage stream")?,
         None => embedded.clone(),
     };
+    // The audit log likewise: every node's writes, read on any node.
+    let audit: Arc<dyn AuditStore> = match &joined {
+        Some(joined) => ClusterAudit::open(
+            &joined.cluster,
+            embedded.clone(),
+            settings.audit_retention,
+            data_dir.join("audit-stream.position"),
+        )
+        .context("cannot open the cluster's audit stream")?,
+        None => embedded.clone(),
+    };
     // In a cluster the asynchronous queue is JetStream's: every node takes work from it.
     let invocation_store: Arc<dyn InvocationStore> = match &joined {
         Some(joined) => ClusterQueue::open(
@@ -586,7 +597,7 @@ async fn assemble(
         rates: rates.clone(),
         logs,
         tokens,
-        audit: embedded.clone(),
+        audit,
         sealer,
         nodes,
         usage: usage_store.clone(),

@@ -17,15 +17,20 @@
 //!   (timer, tick time), which JetStream keeps once;
 //! - stream `GUST_USAGE`: every attempt's usage record, once per (invocation, attempt); every
 //!   node folds it into its embedded store (see [`ClusterUsage`]);
+//! - stream `GUST_AUDIT`: every control-plane write through any node, folded likewise into
+//!   every node's audit table (see [`ClusterAudit`]);
 //! - object store `gust-code`: code trees as tar streams, named by digest.
 
+mod audit;
 mod bridge;
 mod code;
+mod follow;
 mod metadata;
 mod nodes;
 mod queue;
 mod usage;
 
+pub use audit::ClusterAudit;
 pub use code::ClusterCode;
 pub use metadata::{ClusterStore, MetadataChanges};
 pub use nodes::{HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, NodeHeartbeat, Nodes};

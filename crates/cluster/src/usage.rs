@@ -4,36 +4,25 @@
 //! `gust usage` therefore reads local data on any node and gives the same totals on all of
 //! them once each has caught up, without a query fanned out to its peers.
 //!
-//! A node remembers the last stream sequence it folded in (a small file in its data
-//! directory); the embedded store counts a record once by its key, so folding a message twice
-//! (a crash between the store's write and the position's) changes no total. A node started
-//! with an empty data directory folds in what the stream still holds: records younger than
-//! the stream's retention.
+//! The embedded store counts a record once by its key, so folding a message twice changes no
+//! total (see [`crate::follow`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream};
 use gust_model::{HourlyUsage, Name, Namespace, UsageRecord};
 use gust_store::{StoreError, UsagePruned, UsageStore};
 
 use crate::bridge::Bridge;
+use crate::follow::follow;
 use crate::{CALL_TIMEOUT, Cluster, unavailable};
 
 const USAGE_STREAM: &str = "GUST_USAGE";
 const USAGE_SUBJECT: &str = "gust.usage";
 /// A record published again within this window (a retried batch) is stored once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Records folded into the local store in one transaction at most.
-const FOLD_BATCH: usize = 1_000;
-/// How long a partial batch waits for more records before it is folded in.
-const FOLD_AFTER: Duration = Duration::from_millis(50);
-/// How often a silent follower asks whether the stream holds records it has not seen, and
-/// how long it may stay behind before it starts again.
-const STALL_CHECK: Duration = Duration::from_secs(1);
-const STALL_LIMIT: Duration = Duration::from_secs(3);
 
 /// The cluster's usage: written to JetStream, read from this node's copy.
 pub struct ClusterUsage {
@@ -68,10 +57,15 @@ impl ClusterUsage {
                 async move { jetstream.get_or_create_stream(config).await }
             })?
             .map_err(|e| unavailable("the usage stream")(e.to_string()))?;
+        let store = local.clone();
+        let fold = move |records: Vec<(u64, UsageRecord)>| {
+            let records: Vec<UsageRecord> = records.into_iter().map(|(_, r)| r).collect();
+            store.record_usage(&records).map(drop)
+        };
         cluster
             .bridge
             .handle()
-            .spawn(follow(usage_stream, local.clone(), position_file));
+            .spawn(follow(usage_stream, "usage", position_file, Arc::new(fold)));
         Ok(Arc::new(Self {
             bridge: cluster.bridge.clone(),
             jetstream,
@@ -146,128 +140,5 @@ impl UsageStore for ClusterUsage {
     ) -> Result<UsagePruned, StoreError> {
         self.local
             .prune_usage(records_before_ms, hours_before_ms, limit)
-    }
-}
-
-fn read_position(file: &Path) -> u64 {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Written to a temporary file and renamed: a crash leaves the old position or the new one.
-fn save_position(file: &Path, sequence: u64) -> std::io::Result<()> {
-    let temporary = file.with_extension("tmp");
-    std::fs::write(&temporary, sequence.to_string())?;
-    std::fs::rename(&temporary, file)
-}
-
-/// Folds the stream into the local store for as long as the node runs, starting again from
-/// the saved position whenever the consumer breaks or falls silent while behind.
-async fn follow(usage_stream: stream::Stream, local: Arc<dyn UsageStore>, position_file: PathBuf) {
-    let mut position = read_position(&position_file);
-    let mut reported_down = false;
-    loop {
-        let deliver_policy = if position == 0 {
-            consumer::DeliverPolicy::All
-        } else {
-            consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: position + 1,
-            }
-        };
-        let messages = match usage_stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(ordered) => ordered.messages().await.map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(err) => {
-                if !reported_down {
-                    tracing::warn!(error = %err, "cannot read the cluster's usage stream; retrying");
-                    reported_down = true;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        reported_down = false;
-        let mut batch: Vec<UsageRecord> = Vec::new();
-        let mut batch_end = position;
-        let mut behind_since: Option<Instant> = None;
-        loop {
-            let wait = if batch.is_empty() {
-                STALL_CHECK
-            } else {
-                FOLD_AFTER
-            };
-            let next = tokio::select! {
-                next = messages.next() => Some(next),
-                _ = tokio::time::sleep(wait) => None,
-            };
-            match next {
-                Some(Some(Ok(message))) => {
-                    let Ok(info) = message.info() else { continue };
-                    let sequence = info.stream_sequence;
-                    batch_end = sequence;
-                    match serde_json::from_slice::<UsageRecord>(&message.payload) {
-                        Ok(record) => batch.push(record),
-                        // Nothing a node publishes fails to parse; something else did.
-                        Err(err) => {
-                            tracing::warn!(sequence, error = %err, "skipping a usage message that is not a usage record")
-                        }
-                    }
-                    if batch.len() < FOLD_BATCH {
-                        continue;
-                    }
-                }
-                Some(Some(Err(err))) => {
-                    tracing::warn!(error = %err, "the usage stream's consumer broke; resuming");
-                    break;
-                }
-                Some(None) => break,
-                None => {}
-            }
-            if batch_end > position {
-                let records = std::mem::take(&mut batch);
-                let store = local.clone();
-                let folded =
-                    tokio::task::spawn_blocking(move || store.record_usage(&records)).await;
-                match folded {
-                    Ok(Ok(_)) => {
-                        position = batch_end;
-                        behind_since = None;
-                        if let Err(err) = save_position(&position_file, position) {
-                            tracing::warn!(error = %err, "cannot save the usage stream's position");
-                        }
-                    }
-                    _ => {
-                        tracing::error!("cannot fold usage records into the local store; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        break;
-                    }
-                }
-                continue;
-            }
-            // Silent: a consumer that went with a NATS server may stay so while the stream
-            // holds records this node has not folded in.
-            match usage_stream.get_info().await {
-                Ok(info) if info.state.last_sequence > position => {
-                    if behind_since.get_or_insert_with(Instant::now).elapsed() >= STALL_LIMIT {
-                        tracing::warn!(
-                            "the usage stream's consumer fell behind; starting it again"
-                        );
-                        break;
-                    }
-                }
-                _ => behind_since = None,
-            }
-        }
     }
 }

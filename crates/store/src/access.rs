@@ -230,6 +230,18 @@ impl AuditStore for EmbeddedStore {
         })
     }
 
+    fn fold_audit(&self, entries: &[(u64, AuditEntry)]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(AUDIT)?;
+            for (sequence, entry) in entries {
+                // `c` for the cluster's sequence: never the key of an entry appended here.
+                let key = format!("{:013}/c{sequence:020}", entry.at_ms);
+                table.insert(key.as_str(), encode(entry).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     fn audit(
         &self,
         since_ms: u64,

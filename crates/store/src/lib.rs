@@ -309,6 +309,9 @@ pub trait AuditStore: Send + Sync {
         namespace: Option<&Namespace>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Stores entries copied from a cluster's audit stream, each keyed by its stream sequence
+    /// so that copying one twice stores it once.
+    fn fold_audit(&self, entries: &[(u64, AuditEntry)]) -> Result<(), StoreError>;
     /// Deletes up to `limit` entries older than `before_ms`, oldest first; returns how many.
     fn prune_audit(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
 }
