@@ -280,11 +280,19 @@ pub async fn follow_changes(
         }
         for (namespace, kind, name) in &changes.values {
             // Another node changed a secret or config: its functions here start new
-            // instances with the new values, as on that node.
+            // instances with the new values, and restart warm ones if that node did.
+            let restarted = state
+                .store
+                .values(*kind, namespace, name)
+                .is_ok_and(|set| set.is_some_and(|set| set.restarted));
             if let Ok(functions) = state.store.functions(Some(namespace)) {
                 for function in functions {
                     if function.current_revision().mounts.of(*kind).contains(name) {
-                        state.executor.function_deployed(namespace, &function.name);
+                        state.executor.function_values_changed(
+                            namespace,
+                            &function.name,
+                            restarted,
+                        );
                     }
                 }
             }

@@ -1000,14 +1000,8 @@ fn namespaces_and_tokens_made_on_one_node_hold_on_every_node() {
     };
     let expected = [
         (r#"POST /v1/namespaces "/v1/namespaces""#.to_owned(), 201),
-        (
-            r#"DELETE /v1/tokens/{id} "/v1/tokens/ci""#.to_owned(),
-            204,
-        ),
-        (
-            r#"POST /v1/functions "/v1/functions""#.to_owned(),
-            201,
-        ),
+        (r#"DELETE /v1/tokens/{id} "/v1/tokens/ci""#.to_owned(), 204),
+        (r#"POST /v1/functions "/v1/functions""#.to_owned(), 201),
         (
             r#"DELETE /v1/namespaces/{name} "/v1/namespaces/team-a""#.to_owned(),
             409,

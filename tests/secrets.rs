@@ -178,7 +178,8 @@ fn s12_a_secret_reaches_its_function_and_nothing_else() {
     assert_eq!(secret["keys"], serde_json::json!(["key.pem", "password"]));
     assert_eq!(secret["mounted_by"], serde_json::json!(["reader"]));
 
-    // Rotation: the next request sees the new value; the old one is gone from the worker.
+    // Rotation with --restart: the next request sees the new value; the old one is gone
+    // from the worker.
     gust.cli(&[
         "secret",
         "update",
@@ -187,6 +188,7 @@ fn s12_a_secret_reaches_its_function_and_nothing_else() {
         "password=rotated",
         "--from-file",
         &format!("key.pem={}", key_file.display()),
+        "--restart",
     ])
     .ok();
     let rotated = format!(
@@ -264,4 +266,76 @@ fn a_fission_function_spec_mounts_its_secret_at_fissions_path() {
         shown.contains("\"secrets\"") && !shown.contains(CANARY),
         "{shown}"
     );
+}
+
+#[test]
+fn a_secret_update_reaches_new_instances_and_restart_replaces_warm_ones() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["secret", "create", "api", "--from-literal", "key=v1"])
+        .ok();
+    // Holds each request a while, so that two at once need two instances.
+    let code = gust.write_file(
+        "slow.py",
+        "import time\ndef main():\n    time.sleep(0.5)\n    with open('/secrets/default/api/key') as f:\n        return f.read()\n",
+    );
+    gust.cli(&[
+        "fn",
+        "create",
+        "slow",
+        "--env",
+        "python",
+        "--code",
+        code.to_str().unwrap(),
+        "--secret",
+        "api",
+        "--url",
+        "/slow",
+    ])
+    .ok();
+    assert_eq!(gust.get("/slow").text().unwrap(), "v1");
+    let updated = gust
+        .cli(&["secret", "update", "api", "--from-literal", "key=v2"])
+        .ok();
+    assert!(
+        updated.stderr.contains("version 2; new instances of slow"),
+        "{}",
+        updated.stderr
+    );
+    // The warm instance keeps what it started with...
+    assert_eq!(gust.get("/slow").text().unwrap(), "v1");
+    // ...and one started now reads the new value.
+    let answers: Vec<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| gust.get("/slow").text().unwrap()))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut sorted = answers.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["v1", "v2"], "{answers:?}");
+    // With --restart no instance keeps the old value.
+    let restarted = gust
+        .cli(&[
+            "secret",
+            "update",
+            "api",
+            "--from-literal",
+            "key=v3",
+            "--restart",
+        ])
+        .ok();
+    assert!(
+        restarted
+            .stderr
+            .contains("version 3; instances of slow restarted"),
+        "{}",
+        restarted.stderr
+    );
+    let answers: Vec<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| gust.get("/slow").text().unwrap()))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(answers, ["v3", "v3"]);
 }

@@ -379,8 +379,10 @@ fn a_python_component_runs_fresh_per_request_or_reused_when_asked() {
         "GREETING=hi",
     ])
     .ok();
-    gust.cli(&["route", "create", "--fn", "py", "--url", "/py"])
-        .ok();
+    gust.cli(&[
+        "route", "create", "--fn", "py", "--url", "/py", "--name", "py",
+    ])
+    .ok();
     let served = |gust: &Gust| -> Vec<String> {
         (0..4)
             .map(|_| {
@@ -403,6 +405,64 @@ fn a_python_component_runs_fresh_per_request_or_reused_when_asked() {
         .collect();
     assert_eq!(counts, ["1", "2", "3", "1"], "three requests per instance");
 
+    // Its secrets and configs: files at Fission's paths, read-only, and variables.
+    gust.cli(&[
+        "secret",
+        "create",
+        "api",
+        "--from-literal",
+        "TOKEN=wasm-secret",
+    ])
+    .ok();
+    gust.cli(&["config", "create", "flags", "--from-literal", "mode=fast"])
+        .ok();
+    gust.cli(&[
+        "fn",
+        "update",
+        "py",
+        "--secret",
+        "api",
+        "--config",
+        "flags",
+        "--secret-env",
+    ])
+    .ok();
+    gust.cli(&[
+        "route", "create", "--fn", "py", "--url", "/pyfs", "--prefix", "--name", "pyfs",
+    ])
+    .ok();
+    let answer = |path: &str| gust.get(path).text().unwrap();
+    assert_eq!(
+        answer("/pyfs/file/secrets/default/api/TOKEN"),
+        "wasm-secret"
+    );
+    assert_eq!(answer("/pyfs/file/configs/default/flags/mode"), "fast");
+    assert_eq!(answer("/pyfs/envvar/TOKEN"), "wasm-secret");
+    assert!(
+        answer("/pyfs/write/secrets/default/api/TOKEN").starts_with("cannot write"),
+        "a mounted secret is read-only"
+    );
+    assert!(answer("/pyfs/file/etc/passwd").starts_with("cannot read"));
+    assert_eq!(
+        answer("/pyfs/file/secrets/default/api/TOKEN"),
+        "wasm-secret"
+    );
+    // The values' directory (in memory, only Gust's) goes when the function does.
+    let values_dirs = || {
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("gust-wasm-values-")
+                    && std::fs::read_to_string(e.path().join("secrets/default/api/TOKEN"))
+                        .is_ok_and(|v| v == "wasm-secret")
+            })
+            .count()
+    };
+    assert_eq!(values_dirs(), 1);
+
     let refused = gust.cli(&["fn", "update", "py", "--reuse", "0"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("reuse"), "{}", refused.stderr);
@@ -417,4 +477,11 @@ fn a_python_component_runs_fresh_per_request_or_reused_when_asked() {
         "{}",
         process.stderr
     );
+    gust.cli(&["route", "delete", "pyfs"]).ok();
+    gust.cli(&["route", "delete", "py"]).ok();
+    gust.cli(&["fn", "delete", "py"]).ok();
+    eventually(Duration::from_secs(10), || {
+        (values_dirs() == 0).then_some(())
+    })
+    .expect("the values' directory is removed with the function");
 }

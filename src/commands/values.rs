@@ -42,11 +42,14 @@ enum ValuesCommand {
         sources: Sources,
     },
     /// Replace its values (all of them); the functions that mount it start new instances
-    /// with the new ones.
+    /// with the new ones, and warm instances keep what they started with.
     Update {
         name: String,
         #[command(flatten)]
         sources: Sources,
+        /// Also replace the warm instances, as a deploy does (requests in flight finish)
+        #[arg(long)]
+        restart: bool,
     },
     /// List them with their keys and versions.
     List(OutputArgs),
@@ -154,9 +157,14 @@ pub async fn run(
                 if view.keys.len() == 1 { "" } else { "s" }
             );
         }
-        ValuesCommand::Update { name, sources } => {
+        ValuesCommand::Update {
+            name,
+            sources,
+            restart,
+        } => {
             let body = ValuesUpdate {
                 data: read_sources(&sources)?,
+                restart,
             };
             let view: ValuesView = client
                 .json(
@@ -165,17 +173,16 @@ pub async fn run(
                     Some(&body),
                 )
                 .await?;
-            let rolled = if view.mounted_by.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; new instances of {}",
-                    view.mounted_by
-                        .iter()
-                        .map(|n| n.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+            let functions = view
+                .mounted_by
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rolled = match (functions.is_empty(), restart) {
+                (true, _) => String::new(),
+                (false, false) => format!("; new instances of {functions}"),
+                (false, true) => format!("; instances of {functions} restarted"),
             };
             eprintln!(
                 "{} {} is version {}{rolled}",

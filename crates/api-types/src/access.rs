@@ -130,6 +130,10 @@ pub struct ValuesCreate {
 #[serde(deny_unknown_fields)]
 pub struct ValuesUpdate {
     pub data: std::collections::BTreeMap<String, String>,
+    /// Also restart the warm instances of the functions that mount it; without, new
+    /// instances get the new values and warm ones keep what they started with.
+    #[serde(default)]
+    pub restart: bool,
 }
 
 /// A secret or config as the API shows it: its keys and version, and for a config its values

@@ -204,11 +204,6 @@ fn check_tier_settings(environment: &Environment, fields: &RevisionFields) -> Re
                 "--concurrency applies to process functions only: a wasm instance serves one request at a time (raise --max-instances instead)".to_owned(),
             ));
         }
-        if !fields.mounts.is_empty() {
-            return Err(ApiError::Invalid(
-                "--secret and --config apply to process functions only for now: a wasm component has no files mounted".to_owned(),
-            ));
-        }
         return Ok(());
     }
     if !fields.allow_outbound.is_empty() && fields.network == Some(NetworkPolicy::None) {

@@ -110,6 +110,7 @@ async fn create(
                 version: 1,
                 created_at_ms: now,
                 updated_at_ms: now,
+                restarted: false,
             };
             s.store.create_values(&set)?;
             Ok(ValuesView::of(&set, Vec::new()))
@@ -167,14 +168,16 @@ async fn update(
                 data: stored_data(s, kind, (&namespace, &name, version), update.data)?,
                 version,
                 updated_at_ms: now_ms(),
+                restarted: update.restart,
                 ..stored
             };
             s.store.update_values(&set)?;
-            // Its functions start new instances with the new values, as after a deploy;
-            // requests in flight finish on the old ones.
+            // Its functions' new instances get the new values; with `restart`, warm ones are
+            // replaced as after a deploy (requests in flight finish on the old ones).
             let users = users(s, &set)?;
             for function in &users {
-                s.executor.function_deployed(&namespace, function);
+                s.executor
+                    .function_values_changed(&namespace, function, update.restart);
             }
             Ok(ValuesView::of(&set, users))
         })
@@ -222,7 +225,7 @@ macro_rules! value_routes {
             show(state, $kind, scoped).await
         }
 
-        #[utoipa::path(put, path = concat!($path, "/{name}"), tag = $tag, params(("name" = String, Path, description = "its name"), NamespaceQuery), request_body = ValuesUpdate, responses((status = 200, body = ValuesView, description = "updated; the functions that mount it start new instances with the new values")))]
+        #[utoipa::path(put, path = concat!($path, "/{name}"), tag = $tag, params(("name" = String, Path, description = "its name"), NamespaceQuery), request_body = ValuesUpdate, responses((status = 200, body = ValuesView, description = "updated; the functions that mount it start new instances with the new values, and with `restart` replace their warm ones")))]
         pub async fn $update(
             State(state): Shared,
             scoped: Scoped,

@@ -209,16 +209,39 @@ impl FunctionSlot {
     fn release_loaded(&self, instance: Box<dyn Instance>) {
         let now = Instant::now();
         let aged = self.scaling.idle_timeout.saturating_sub(LOADED_KEPT_WARM);
-        let mut idle = self.idle.lock().expect("idle list lock is never poisoned");
         // The list is kept oldest first.
-        idle.insert(0, (instance, now.checked_sub(aged).unwrap_or(now)));
+        self.keep_idle(vec![(instance, now.checked_sub(aged).unwrap_or(now))], true);
     }
 
     fn release(&self, instance: Box<dyn Instance>) {
-        self.idle
-            .lock()
-            .expect("idle list lock is never poisoned")
-            .push((instance, Instant::now()));
+        self.keep_idle(vec![(instance, Instant::now())], false);
+    }
+
+    /// Adds `instances` (oldest first) to the idle list, before the others when `oldest`, or
+    /// stops them when the slot retired: checked under the list's lock, so that no instance
+    /// is left in a retired slot.
+    fn keep_idle(&self, instances: Vec<(Box<dyn Instance>, Instant)>, oldest: bool) {
+        let mut idle = self.idle.lock().expect("idle list lock is never poisoned");
+        if self.retired.load(Ordering::Acquire) {
+            drop(idle);
+            stop_all(
+                instances
+                    .into_iter()
+                    .map(|(instance, _)| instance)
+                    .collect(),
+            );
+            return;
+        }
+        let at = if oldest { 0 } else { idle.len() };
+        idle.splice(at..at, instances);
+    }
+
+    /// Marks the slot retired and takes its idle instances (each with when it went idle),
+    /// under the idle list's lock.
+    fn retire(&self) -> Vec<(Box<dyn Instance>, Instant)> {
+        let mut idle = self.idle.lock().expect("idle list lock is never poisoned");
+        self.retired.store(true, Ordering::Release);
+        std::mem::take(&mut *idle)
     }
 }
 
@@ -360,9 +383,44 @@ impl Executor {
             .remove(&(namespace.clone(), function.clone()));
         if let Some(slot) = removed {
             // Its prepared form goes with the last request still holding the slot.
-            slot.retired.store(true, Ordering::Release);
-            stop_all(slot.drain_idle(None, 0));
+            stop_all(slot.retire().into_iter().map(|(i, _)| i).collect());
         }
+    }
+
+    /// A secret or config the function mounts changed. With `restart`, as after a deploy;
+    /// otherwise new instances start with the new values and the idle ones carry over to the
+    /// new slot as they are (what they read at start stays theirs until they retire), while
+    /// those serving a request now stop when it ends.
+    pub fn function_values_changed(
+        self: &Arc<Self>,
+        namespace: &Namespace,
+        function: &Name,
+        restart: bool,
+    ) {
+        if restart {
+            return self.function_deployed(namespace, function);
+        }
+        let Some(old) = self
+            .slots
+            .lock()
+            .expect("slot map lock is never poisoned")
+            .remove(&(namespace.clone(), function.clone()))
+        else {
+            // Not loaded here: its next request loads the new values.
+            return;
+        };
+        let executor = self.clone();
+        let (namespace, function) = (namespace.clone(), function.clone());
+        tokio::spawn(async move {
+            let carried = old.retire();
+            match executor.slot(&namespace, &function).await {
+                Ok(new) => new.keep_idle(carried, true),
+                Err(err) => {
+                    tracing::debug!(%function, error = %err, "not reloaded");
+                    stop_all(carried.into_iter().map(|(i, _)| i).collect());
+                }
+            }
+        });
     }
 
     /// A function was deleted: its instances retire as in [`Self::function_changed`] and its
@@ -493,8 +551,7 @@ impl Executor {
             .map(|(_, slot)| slot)
             .collect();
         for slot in slots {
-            slot.retired.store(true, Ordering::Release);
-            for instance in slot.drain_idle(None, 0) {
+            for (instance, _) in slot.retire() {
                 instance.stop().await;
             }
         }

@@ -69,6 +69,46 @@ impl InstanceSpec {
             secret_env: Vec::new(),
         }
     }
+
+    /// The function's environment variables with those of its secrets (`--secret-env`); a
+    /// variable the function sets itself wins.
+    pub fn env_with_secrets(&self) -> BTreeMap<String, String> {
+        let mut all: BTreeMap<String, String> = self
+            .secret_env
+            .iter()
+            .map(|(key, value)| (key.clone(), String::from_utf8_lossy(&value.0).into_owned()))
+            .collect();
+        all.extend(self.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+
+    /// Writes each mounted key at `<dir>/<secrets|configs>/<namespace>/<name>/<key>`, what the
+    /// function sees at `/secrets/...` and `/configs/...`: files 0644 in directories 0755 (the
+    /// caller's `dir` keeps others out), each created anew, never through a link.
+    pub fn place_mounted_values(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        for value in &self.mounted {
+            let set_dir = dir
+                .join(value.kind.mount_root())
+                .join(self.namespace.as_str())
+                .join(value.name.as_str());
+            std::fs::create_dir_all(&set_dir)?;
+            for level in [set_dir.parent(), Some(set_dir.as_path())]
+                .into_iter()
+                .flatten()
+            {
+                std::fs::set_permissions(level, std::fs::Permissions::from_mode(0o755))?;
+            }
+            // Keys are plain file names (checked when stored): never a path.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(set_dir.join(&value.key))?;
+            std::io::Write::write_all(&mut file, &value.value.0)?;
+        }
+        Ok(())
+    }
 }
 
 /// A runtime tier. Implementations keep their own pre-warmed pools.

@@ -50,6 +50,10 @@ pub struct ValueSet {
     pub data: BTreeMap<String, String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Whether its last update restarted the warm instances of the functions mounting it
+    /// (every node of a cluster does as the node that took the update did).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restarted: bool,
 }
 
 /// Bytes of values one set holds at most (as Kubernetes allows a Secret).

@@ -321,7 +321,7 @@ impl Worker {
                     "its secrets and configs cannot be mounted without the sandbox".to_owned(),
                 ));
             };
-            place_values(values_dir, &spec.namespace, &spec.mounted)
+            spec.place_mounted_values(values_dir)
                 .map_err(|e| start_failed(format!("cannot mount its secrets and configs: {e}")))?;
         }
         tracing::trace!(function = %function, place_ms = placing.elapsed().as_secs_f64() * 1e3, "code placed");
@@ -344,7 +344,7 @@ impl Worker {
                 serde_json::json!({
                     "filepath": filepath,
                     "functionName": entrypoint,
-                    "env": with_secret_env(&spec.env_vars, &spec.secret_env),
+                    "env": spec.env_with_secrets(),
                     "requestBody": spec.limits.request_body,
                 })
                 .to_string(),
@@ -1054,47 +1054,4 @@ async fn pump_lines(
     if !line.is_empty() {
         let _ = emit(&mut line);
     }
-}
-
-/// Writes each mounted key at `<values_dir>/<secrets|configs>/<namespace>/<name>/<key>`, the
-/// worker's `/secrets/...` and `/configs/...`: readable by the worker's uid (the directory's
-/// unguessable name keeps other local users out), in memory-backed storage.
-fn place_values(
-    values_dir: &Path,
-    namespace: &gust_model::Namespace,
-    mounted: &[gust_model::MountedValue],
-) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    for value in mounted {
-        let dir = values_dir
-            .join(value.kind.mount_root())
-            .join(namespace.as_str())
-            .join(value.name.as_str());
-        std::fs::create_dir_all(&dir)?;
-        for level in [dir.parent(), Some(dir.as_path())].into_iter().flatten() {
-            std::fs::set_permissions(level, std::fs::Permissions::from_mode(0o755))?;
-        }
-        // Keys are plain file names (checked when stored): never a path.
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(dir.join(&value.key))?;
-        std::io::Write::write_all(&mut file, &value.value.0)?;
-    }
-    Ok(())
-}
-
-/// The function's environment variables with those of its secrets (`--secret-env`); a
-/// variable the function sets itself wins.
-fn with_secret_env(
-    env_vars: &std::collections::BTreeMap<String, String>,
-    secret_env: &[(String, gust_model::SecretValue)],
-) -> std::collections::BTreeMap<String, String> {
-    let mut all: std::collections::BTreeMap<String, String> = secret_env
-        .iter()
-        .map(|(key, value)| (key.clone(), String::from_utf8_lossy(&value.0).into_owned()))
-        .collect();
-    all.extend(env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-    all
 }

@@ -93,10 +93,49 @@ impl ResourceLimiter for MemoryLimit {
     }
 }
 
+/// A revision's mounted secrets and configs as files: a fresh directory of a random name in
+/// memory-backed storage (`/dev/shm`), readable by Gust alone, removed with the last instance.
+/// Each store sees its `secrets` and `configs` read-only at `/secrets` and `/configs`.
+pub struct MountedValues {
+    dir: tempfile::TempDir,
+}
+
+impl MountedValues {
+    /// The spec's values written out; `None` when it mounts none.
+    pub fn place(spec: &InstanceSpec) -> std::io::Result<Option<Arc<Self>>> {
+        if spec.mounted.is_empty() {
+            return Ok(None);
+        }
+        let shm = std::path::Path::new("/dev/shm");
+        let parent = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        // 0700, made by this process under a random name: no other user reaches it.
+        let dir = tempfile::Builder::new()
+            .prefix("gust-wasm-values-")
+            .tempdir_in(parent)?;
+        spec.place_mounted_values(dir.path())?;
+        Ok(Some(Arc::new(Self { dir })))
+    }
+
+    fn preopen(&self, wasi: &mut wasmtime_wasi::WasiCtxBuilder) -> wasmtime::Result<()> {
+        for root in ["secrets", "configs"] {
+            let host = self.dir.path().join(root);
+            if host.is_dir() {
+                wasi.preopened_dir(&host, format!("/{root}"), wasmtime_wasi::FsPerms::ReadOnly)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct WasmInstance {
     pre: ProxyPre<WasmState>,
     function: String,
     env: Vec<(String, String)>,
+    values: Option<Arc<MountedValues>>,
     memory_bytes: usize,
     allow_outbound: Vec<gust_model::OutboundRule>,
     /// Requests one instantiation serves (`--reuse`); 1 is a fresh instance per request.
@@ -128,36 +167,36 @@ struct Live {
 }
 
 impl WasmInstance {
-    pub fn new(
-        pre: ProxyPre<WasmState>,
-        spec: &InstanceSpec,
-        logs: Arc<FunctionLogs>,
-        instantiation: Histogram,
-        slots: Arc<Semaphore>,
-        turns: Arc<Semaphore>,
-        start_timeout: Duration,
-    ) -> Self {
-        Self {
+    /// An instance of the prepared revision.
+    pub(crate) fn new(prepared: &crate::PreparedComponent) -> Self {
+        let crate::PreparedComponent {
             pre,
+            spec,
+            values,
+            logs,
+            instantiation,
+            slots,
+            turns,
+            start_timeout,
+        } = prepared;
+        Self {
+            pre: pre.clone(),
             function: spec.function.to_string(),
-            env: spec
-                .env_vars
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: spec.env_with_secrets().into_iter().collect(),
+            values: values.clone(),
             memory_bytes: spec.limits.memory_mb as usize * 1024 * 1024,
             allow_outbound: spec.allow_outbound.clone(),
             reuse: spec.scaling.reuse.max(1),
             live: Arc::default(),
             output: OutputSink {
-                logs,
+                logs: logs.clone(),
                 log_key: gust_executor::function_key(&spec.namespace, &spec.function),
             },
             cpu: CpuMeter::default(),
-            instantiation,
-            slots,
-            turns,
-            start_timeout,
+            instantiation: instantiation.clone(),
+            slots: slots.clone(),
+            turns: turns.clone(),
+            start_timeout: *start_timeout,
             running: None,
         }
     }
@@ -166,14 +205,17 @@ impl WasmInstance {
     fn new_store(
         &self,
         slot: OwnedSemaphorePermit,
-    ) -> (Store<WasmState>, OutputCapture, OutputCapture) {
+    ) -> wasmtime::Result<(Store<WasmState>, OutputCapture, OutputCapture)> {
         let stdout = OutputCapture::new(OUTPUT_CAPACITY);
         let stderr = OutputCapture::new(OUTPUT_CAPACITY);
-        let wasi = WasiCtx::builder()
-            .envs(&self.env)
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&self.env)
             .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+            .stderr(stderr.clone());
+        if let Some(values) = &self.values {
+            values.preopen(&mut wasi)?;
+        }
+        let wasi = wasi.build();
         let mut store = Store::new(
             self.pre.engine(),
             WasmState {
@@ -195,7 +237,7 @@ impl WasmInstance {
         // Yield to the scheduler every epoch tick: a busy guest cannot starve other requests,
         // and the timeout can drop it.
         store.epoch_deadline_async_yield_and_update(1);
-        (store, stdout, stderr)
+        Ok((store, stdout, stderr))
     }
 }
 
@@ -312,7 +354,12 @@ impl Instance for WasmInstance {
                             });
                         }
                     };
-                let (store, stdout, stderr) = self.new_store(slot);
+                let (store, stdout, stderr) =
+                    self.new_store(slot)
+                        .map_err(|err| InvokeError::StartFailed {
+                            function: self.function.clone(),
+                            detail: format!("cannot mount its secrets and configs: {err}"),
+                        })?;
                 (store, None, stdout, stderr, 0)
             }
         };

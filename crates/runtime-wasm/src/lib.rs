@@ -195,9 +195,11 @@ impl Components {
 /// A revision's component, compiled, linked and pre-instantiated: each instance started from
 /// it instantiates in microseconds. Dropping it releases the component (and the memory image
 /// mapped from its compiled file) once its last instance is gone.
-struct PreparedComponent {
+pub(crate) struct PreparedComponent {
     pre: ProxyPre<WasmState>,
     spec: InstanceSpec,
+    /// Its mounted secrets and configs, written once for every instance of the revision.
+    values: Option<Arc<instance::MountedValues>>,
     logs: Arc<FunctionLogs>,
     instantiation: Histogram,
     slots: Arc<Semaphore>,
@@ -209,15 +211,7 @@ struct PreparedComponent {
 #[async_trait]
 impl PreparedRevision for PreparedComponent {
     async fn start(&self, _first_request: &RequestId) -> Result<Box<dyn Instance>, InvokeError> {
-        Ok(Box::new(WasmInstance::new(
-            self.pre.clone(),
-            &self.spec,
-            self.logs.clone(),
-            self.instantiation.clone(),
-            self.slots.clone(),
-            self.turns.clone(),
-            self.start_timeout,
-        )))
+        Ok(Box::new(WasmInstance::new(self)))
     }
 }
 
@@ -231,9 +225,17 @@ impl Runtime for WasmRuntime {
                 detail: "the component could not be loaded".to_owned(),
             }
         })?;
+        let values = instance::MountedValues::place(spec).map_err(|err| {
+            tracing::error!(function = %spec.function, error = %err, "cannot write its secrets and configs");
+            InvokeError::StartFailed {
+                function: spec.function.to_string(),
+                detail: "its secrets and configs could not be mounted".to_owned(),
+            }
+        })?;
         Ok(Arc::new(PreparedComponent {
             pre,
             spec: spec.clone(),
+            values,
             logs: self.logs.clone(),
             instantiation: self.instantiation.clone(),
             slots: self.slots.clone(),

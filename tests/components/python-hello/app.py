@@ -3,7 +3,9 @@
 Answers every request with a greeting, the request's method and path, and how many requests
 this instance has served (1 on every request unless the function opts into reuse). A path
 with `stream` in it is answered in two chunks a second apart; one with `upload` reads the
-request body as it arrives, prints its first piece and answers with its size.
+request body as it arrives, prints its first piece and answers with its size. `/file/PATH`
+answers the file at /PATH (or the error reading it), `/write/PATH` tries to write one, and
+`/envvar/NAME` the variable NAME: what a function sees of its mounted secrets.
 """
 
 import os
@@ -31,8 +33,15 @@ class IncomingHandler(exports.IncomingHandler):
         text = f"{greeting} from python: {method} {request.path_with_query()} served={served}\n"
         print(f"python component served request {served}")
 
-        if "upload" in (request.path_with_query() or ""):
+        path = request.path_with_query() or ""
+        if "upload" in path:
             text = f"received {read_body(request)} bytes\n"
+        elif "/file/" in path:
+            text = read_file("/" + path.split("/file/", 1)[1])
+        elif "/write/" in path:
+            text = write_file("/" + path.split("/write/", 1)[1])
+        elif "/envvar/" in path:
+            text = os.environ.get(path.split("/envvar/", 1)[1], "(unset)")
 
         response = OutgoingResponse(Fields.from_list([("content-type", b"text/plain")]))
         body = response.body()
@@ -61,3 +70,20 @@ def read_body(request: IncomingRequest) -> int:
             print(f"first chunk: {data[:20].decode(errors='replace')}", flush=True)
         total += len(data)
     return total
+
+
+def read_file(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as err:
+        return f"cannot read {path}: {type(err).__name__}"
+
+
+def write_file(path: str) -> str:
+    try:
+        with open(path, "w") as f:
+            f.write("overwritten")
+        return f"wrote {path}"
+    except OSError as err:
+        return f"cannot write {path}: {type(err).__name__}"
