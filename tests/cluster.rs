@@ -1018,3 +1018,71 @@ fn namespaces_and_tokens_made_on_one_node_hold_on_every_node() {
         assert!(seen.is_some(), "{:?}", actions(gust));
     }
 }
+
+#[test]
+fn a_namespace_s_async_queue_quota_counts_the_work_of_every_node() {
+    let _alone = alone();
+    let nats = NatsCluster::start(1);
+    let gusts: Vec<Gust> = (0..2).map(|_| join(&nats)).collect();
+    gusts[0]
+        .cli(&["ns", "create", "team-a", "--max-async-queue", "2"])
+        .ok();
+    let code = gusts[0].write_file(
+        "slow.py",
+        "import time\ndef main():\n    time.sleep(3)\n    return 'done'\n",
+    );
+    gusts[0]
+        .cli(&[
+            "fn",
+            "create",
+            "slow",
+            "--env",
+            "python",
+            "--code",
+            code.to_str().unwrap(),
+            "-n",
+            "team-a",
+        ])
+        .ok();
+    eventually(Duration::from_secs(5), || {
+        (gusts[1].cli(&["fn", "get", "slow", "-n", "team-a"]).code == 0).then_some(())
+    })
+    .expect("the other node knows the function");
+    // Two taken through the first node (each runs 3 s); the third, through the second node,
+    // is refused: the count is JetStream's, not a node's.
+    for _ in 0..2 {
+        gusts[0]
+            .cli(&["fn", "invoke", "slow", "--async", "-n", "team-a"])
+            .ok();
+    }
+    let third = gusts[1].cli(&["fn", "invoke", "slow", "--async", "-n", "team-a"]);
+    assert!(
+        third
+            .stderr
+            .contains("2 asynchronous invocations waiting or running, its quota")
+            && third.stderr.contains("(quota, request"),
+        "{}",
+        third.stderr
+    );
+    // Once they end, the namespace queues again; the default namespace never stopped.
+    gusts[1]
+        .cli(&[
+            "fn",
+            "create",
+            "slow",
+            "--env",
+            "python",
+            "--code",
+            code.to_str().unwrap(),
+        ])
+        .ok();
+    gusts[1].cli(&["fn", "invoke", "slow", "--async"]).ok();
+    eventually(Duration::from_secs(20), || {
+        (gusts[1]
+            .cli(&["fn", "invoke", "slow", "--async", "-n", "team-a"])
+            .code
+            == 0)
+            .then_some(())
+    })
+    .expect("the namespace takes work again once its invocations ended");
+}

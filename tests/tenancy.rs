@@ -500,6 +500,42 @@ fn tokens_and_namespaces_survive_a_restart() {
 }
 
 #[test]
+fn creates_at_once_never_pass_the_function_quota_together() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.cli(&["ns", "create", "team-c", "--max-functions", "2"])
+        .ok();
+    let code = gust.write_file("c.py", "def main():\n    return 'c'\n");
+    let code = code.to_str().unwrap();
+    // Eight creates at once: each passes the first check (none stored yet), and only the
+    // check repeated where the function is stored keeps the namespace at its quota.
+    let created = std::thread::scope(|scope| {
+        let creates: Vec<_> = (0..8)
+            .map(|n| {
+                let (gust, name) = (&gust, format!("c{n}"));
+                scope.spawn(move || {
+                    gust.cli(&[
+                        "fn", "create", &name, "--env", "python", "--code", code, "-n", "team-c",
+                    ])
+                })
+            })
+            .collect();
+        creates
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let succeeded = created.iter().filter(|c| c.code == 0).count();
+    let errors: Vec<&str> = created.iter().map(|c| c.stderr.as_str()).collect();
+    assert_eq!(succeeded, 2, "{errors:?}");
+    for refused in created.iter().filter(|c| c.code != 0) {
+        assert!(refused.stderr.contains("(quota)"), "{}", refused.stderr);
+    }
+    let listed = gust.cli(&["fn", "list", "-n", "team-c", "-o", "json"]).ok();
+    let functions: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(functions.len(), 2);
+}
+
+#[test]
 fn quotas_refuse_with_their_reasons_and_leave_other_namespaces_alone() {
     let gust = Gust::start(GUST, GustOptions::default());
     gust.cli(&[

@@ -614,6 +614,7 @@ async fn assemble(
             BuilderConfig::default().log_bytes,
         ),
         version: crate::commands::version::this_build(),
+        quota_writes: std::sync::Mutex::new(()),
     });
 
     adopt_unrecorded_namespaces(state.store.as_ref())?;

@@ -565,10 +565,24 @@ pub async fn create(
                     .remove(&function_key(&function.namespace, &function.name));
                 return Err(err);
             }
-            if let Err(err) = s.store.create_function(&function) {
+            let stored = {
+                // Checked again with the store as it is now, and stored before another
+                // create can check: two at once cannot both take the last place.
+                let _quota_guard = s.quota_writes.lock().expect("never poisoned");
+                check_function_quota(s, &function.namespace)
+                    .and_then(|()| {
+                        check_code_quota(
+                            s,
+                            &function.namespace,
+                            function.revisions[0].code.size_bytes,
+                        )
+                    })
+                    .and_then(|()| s.store.create_function(&function).map_err(ApiError::from))
+            };
+            if let Err(err) = stored {
                 s.executor
                     .discard_trial(&function.namespace, &function.name);
-                return Err(err.into());
+                return Err(err);
             }
             s.executor
                 .function_deployed(&function.namespace, &function.name);
@@ -688,8 +702,15 @@ pub async fn update(
             }
             let mut number = 0;
             let mut still_building = None;
-            let stored = s
-                .store
+            // New code is checked again against its quota and stored before another write
+            // can check (see `create`).
+            let quota_guard = s.quota_writes.lock().expect("never poisoned");
+            let rechecked = match &body.code {
+                Some(_) => check_code_quota(s, &namespace, revision.code.size_bytes),
+                None => Ok(()),
+            };
+            let stored = rechecked.and_then(|()| {
+                s.store
                 .update_function(&namespace, &name, &mut |mut function| {
                     // Checked again here, on the stored function: code uploaded since the
                     // check above may be building now.
@@ -703,10 +724,12 @@ pub async fn update(
                     Ok(function)
                 })
                 .map_err(ApiError::from)
-                .and_then(|updated| match still_building {
-                    Some(building) => Err(still_building_error(&name, building)),
-                    None => Ok(updated),
-                });
+            })
+            .and_then(|updated| match still_building {
+                Some(building) => Err(still_building_error(&name, building)),
+                None => Ok(updated),
+            });
+            drop(quota_guard);
             // Not stored: the instance that loaded it has nothing to serve.
             if stored.is_err() && checked {
                 s.executor.discard_trial(&namespace, &name);

@@ -35,7 +35,18 @@ use crate::bridge::Bridge;
 use crate::{CALL_TIMEOUT, Cluster};
 
 const WORK_STREAM: &str = "GUST_ASYNC";
-const WORK_SUBJECT: &str = "gust.async.work";
+/// Work is published on `gust.async.work.<namespace>.<function>`, so that JetStream counts a
+/// namespace's waiting and running invocations (its `--max-async-queue`); a stream made by an
+/// older node also holds the bare subject, whose messages are still served.
+const LEGACY_WORK_SUBJECT: &str = "gust.async.work";
+const WORK_SUBJECTS: &str = "gust.async.work.>";
+
+fn work_subject(invocation: &AsyncInvocation) -> String {
+    format!(
+        "gust.async.work.{}.{}",
+        invocation.namespace, invocation.function
+    )
+}
 const CONSUMER: &str = "dispatch";
 const STATE_BUCKET: &str = "gust-invocations";
 /// `<id>` → when the invocation last showed life (accepted, attempt started or in progress,
@@ -152,7 +163,7 @@ impl ClusterQueue {
         let replicas = cluster.replicas;
         let work = stream::Config {
             name: WORK_STREAM.to_owned(),
-            subjects: vec![WORK_SUBJECT.to_owned()],
+            subjects: vec![LEGACY_WORK_SUBJECT.to_owned(), WORK_SUBJECTS.to_owned()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: replicas,
@@ -164,10 +175,26 @@ impl ClusterQueue {
         let consumer = cluster
             .bridge
             .wait(CALL_TIMEOUT, async move {
-                let stream = jetstream
-                    .get_or_create_stream(work)
+                let mut stream = jetstream
+                    .get_or_create_stream(work.clone())
                     .await
                     .map_err(|e| e.to_string())?;
+                // Made by an older node: it learns the namespaced subjects (nothing else of
+                // its configuration changes).
+                let config = stream
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .config
+                    .clone();
+                if !config.subjects.iter().any(|s| s == WORK_SUBJECTS) {
+                    let mut subjects = config.subjects.clone();
+                    subjects.push(WORK_SUBJECTS.to_owned());
+                    jetstream
+                        .update_stream(stream::Config { subjects, ..config })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 stream
                     .get_or_create_consumer(
                         CONSUMER,
@@ -292,6 +319,28 @@ impl ClusterQueue {
             .and(dead_letter_written)
     }
 
+    /// The namespace's messages in the work stream: its invocations waiting or running (a
+    /// message is acknowledged when its invocation ends). Counted before a publish, so nodes
+    /// enqueueing at the same moment may each pass the last place once.
+    async fn namespace_depth(
+        jetstream: &jetstream::Context,
+        namespace: &Namespace,
+    ) -> Result<u64, String> {
+        let stream = jetstream
+            .get_stream_no_info(WORK_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut subjects = stream
+            .info_with_subjects(format!("gust.async.work.{namespace}.*"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut depth = 0;
+        while let Some(subject) = subjects.next().await {
+            depth += subject.map_err(|e| e.to_string())?.1 as u64;
+        }
+        Ok(depth)
+    }
+
     #[allow(clippy::too_many_arguments)] // the queue's parts, borrowed into one task
     async fn apply_one(
         jetstream: &jetstream::Context,
@@ -318,6 +367,11 @@ impl ClusterQueue {
                     Self::record(state, open, dead_letters, invocation, Some(request)).await?;
                     return Ok(QueueOutcome::Stored);
                 }
+                if let Some(limit) = bounds.and_then(|b| b.per_namespace)
+                    && Self::namespace_depth(jetstream, &invocation.namespace).await? >= limit
+                {
+                    return Ok(QueueOutcome::Full(QueueFull::NamespaceDepth { limit }));
+                }
                 let mut headers = async_nats::HeaderMap::new();
                 let message_id = match timer_tick {
                     Some((timer, tick)) => format!("tick {timer} {tick}"),
@@ -325,7 +379,11 @@ impl ClusterQueue {
                 };
                 headers.insert("Nats-Msg-Id", message_id.as_str());
                 let ack = jetstream
-                    .publish_with_headers(WORK_SUBJECT, headers, encode_work(invocation, request))
+                    .publish_with_headers(
+                        work_subject(invocation),
+                        headers,
+                        encode_work(invocation, request),
+                    )
                     .await
                     .map_err(|e| e.to_string())?
                     .await;
@@ -511,7 +569,11 @@ async fn requeue_stranded(
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{id} stranded {at}").as_str());
             let published = match jetstream
-                .publish_with_headers(WORK_SUBJECT, headers, encode_work(&invocation, &request))
+                .publish_with_headers(
+                    work_subject(&invocation),
+                    headers,
+                    encode_work(&invocation, &request),
+                )
                 .await
             {
                 Ok(ack) => ack.await.is_ok(),
