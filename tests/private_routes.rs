@@ -4,10 +4,10 @@
 //! whose claims reach the function in a header no caller can forge.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use gust_harness::tls::openssl;
 use gust_harness::{Gust, GustOptions};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -16,20 +16,6 @@ const GUST: &str = env!("CARGO_BIN_EXE_gust");
 
 /// Answers with what it was given: the claims header and whether it saw an Authorization.
 const ECHO: &str = "def main(req):\n    return '%s|%s' % (req.headers.get('X-Gust-Jwt-Claims', '-'), req.headers.get('Authorization', '-'))\n";
-
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
 
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl ARGS` in `dir`, failing the test with its error; returns what it printed.
+pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     let output = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -14,6 +15,7 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    output.stdout
 }
 
 /// Writes `ca.pem` (with `ca.key`) and `server.pem` (with `server.key`), signed by that CA
