@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use gust_model::{AuditEntry, Namespace};
 use gust_store::{AuditStore, StoreError};
 
 use crate::bridge::Bridge;
-use crate::follow::follow;
+use crate::follow::open_and_follow;
 use crate::{CALL_TIMEOUT, Cluster, unavailable};
 
 const AUDIT_STREAM: &str = "GUST_AUDIT";
@@ -33,28 +33,17 @@ impl ClusterAudit {
         retention: Duration,
         position_file: PathBuf,
     ) -> Result<Arc<Self>, StoreError> {
-        let jetstream = cluster.jetstream.clone();
-        let config = stream::Config {
-            name: AUDIT_STREAM.to_owned(),
-            subjects: vec![AUDIT_SUBJECT.to_owned()],
-            storage: stream::StorageType::File,
-            num_replicas: cluster.replicas,
-            max_age: retention,
-            ..Default::default()
-        };
-        let audit_stream = cluster
-            .bridge
-            .wait(CALL_TIMEOUT, {
-                let jetstream = jetstream.clone();
-                async move { jetstream.get_or_create_stream(config).await }
-            })?
-            .map_err(|e| unavailable("the audit stream")(e.to_string()))?;
         let store = local.clone();
         let fold = move |entries: Vec<(u64, AuditEntry)>| store.fold_audit(&entries);
-        cluster
-            .bridge
-            .handle()
-            .spawn(follow(audit_stream, "audit", position_file, Arc::new(fold)));
+        open_and_follow(
+            cluster,
+            (AUDIT_STREAM, AUDIT_SUBJECT),
+            retention,
+            "audit",
+            position_file,
+            Arc::new(fold),
+        )?;
+        let jetstream = cluster.jetstream.clone();
         Ok(Arc::new(Self {
             bridge: cluster.bridge.clone(),
             jetstream,

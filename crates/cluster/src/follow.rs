@@ -28,6 +28,42 @@ const STALL_LIMIT: Duration = Duration::from_secs(3);
 /// Stores a batch of (stream sequence, record) in the local copy, on a blocking thread.
 pub(crate) type Fold<T> = Arc<dyn Fn(Vec<(u64, T)>) -> Result<(), StoreError> + Send + Sync>;
 
+/// Opens (or creates) the file-backed stream `name` of one `subject`, keeping messages for
+/// `retention`, and starts folding it into this node's copy from `position_file`.
+pub(crate) fn open_and_follow<T: DeserializeOwned + Send + 'static>(
+    cluster: &crate::Cluster,
+    (name, subject): (&str, &str),
+    retention: Duration,
+    what: &'static str,
+    position_file: PathBuf,
+    fold: Fold<T>,
+) -> Result<(), StoreError> {
+    let config = stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subject.to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: cluster.replicas,
+        max_age: retention,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    let jetstream = cluster.jetstream.clone();
+    let source = cluster
+        .bridge
+        .wait(crate::CALL_TIMEOUT, async move {
+            jetstream.get_or_create_stream(config).await
+        })?
+        .map_err(|e| crate::unavailable(name)(e.to_string()))?;
+    cluster
+        .bridge
+        .handle()
+        .spawn(follow(source, what, position_file, fold));
+    Ok(())
+}
+
+/// A message published again within this window (a retried batch) is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 fn read_position(file: &Path) -> u64 {
     std::fs::read_to_string(file)
         .ok()

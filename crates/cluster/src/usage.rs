@@ -11,18 +11,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use gust_model::{HourlyUsage, Name, Namespace, UsageRecord};
 use gust_store::{StoreError, UsagePruned, UsageStore};
 
 use crate::bridge::Bridge;
-use crate::follow::follow;
+use crate::follow::open_and_follow;
 use crate::{CALL_TIMEOUT, Cluster, unavailable};
 
 const USAGE_STREAM: &str = "GUST_USAGE";
 const USAGE_SUBJECT: &str = "gust.usage";
-/// A record published again within this window (a retried batch) is stored once.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The cluster's usage: written to JetStream, read from this node's copy.
 pub struct ClusterUsage {
@@ -40,32 +38,20 @@ impl ClusterUsage {
         retention: Duration,
         position_file: PathBuf,
     ) -> Result<Arc<Self>, StoreError> {
-        let jetstream = cluster.jetstream.clone();
-        let config = stream::Config {
-            name: USAGE_STREAM.to_owned(),
-            subjects: vec![USAGE_SUBJECT.to_owned()],
-            storage: stream::StorageType::File,
-            num_replicas: cluster.replicas,
-            max_age: retention,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        };
-        let usage_stream = cluster
-            .bridge
-            .wait(CALL_TIMEOUT, {
-                let jetstream = jetstream.clone();
-                async move { jetstream.get_or_create_stream(config).await }
-            })?
-            .map_err(|e| unavailable("the usage stream")(e.to_string()))?;
         let store = local.clone();
         let fold = move |records: Vec<(u64, UsageRecord)>| {
             let records: Vec<UsageRecord> = records.into_iter().map(|(_, r)| r).collect();
             store.record_usage(&records).map(drop)
         };
-        cluster
-            .bridge
-            .handle()
-            .spawn(follow(usage_stream, "usage", position_file, Arc::new(fold)));
+        open_and_follow(
+            cluster,
+            (USAGE_STREAM, USAGE_SUBJECT),
+            retention,
+            "usage",
+            position_file,
+            Arc::new(fold),
+        )?;
+        let jetstream = cluster.jetstream.clone();
         Ok(Arc::new(Self {
             bridge: cluster.bridge.clone(),
             jetstream,
