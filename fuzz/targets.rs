@@ -1,6 +1,7 @@
 //! Structure-aware fuzz targets, on stable Rust: each takes raw bytes, reads a structured
 //! input from them with `arbitrary` (archive entries with hostile names and links, routes and
-//! request paths, cron expressions, app files), runs it through Gust's own code and checks a
+//! request paths, cron expressions, app files, brokers' message attributes), runs it through
+//! Gust's own code and checks a
 //! property beyond "does not panic". Shared by `cargo bench --bench fuzz` (a time-bounded
 //! random search) and `tests/fuzz_corpus.rs` (every committed corpus input, as a regression
 //! test).
@@ -19,12 +20,13 @@ pub struct Scratch {
     pub gust: PathBuf,
 }
 
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("archive", archive),
     ("routes", routes),
     ("cron", cron),
     ("names", names),
     ("app-file", app_file),
+    ("cloudevent", cloudevent),
 ];
 
 /// An archive entry as an attacker would write one.
@@ -528,4 +530,65 @@ pub fn corpus(root: &Path, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .into_iter()
         .filter_map(|path| std::fs::read(&path).ok().map(|bytes| (path, bytes)))
         .collect()
+}
+
+#[derive(Debug, Arbitrary)]
+struct EventCase {
+    id: String,
+    subject: String,
+    content_type: Option<String>,
+    time_ms: u64,
+}
+
+/// CloudEvents attributes as a broker hands them over (any text: an MQTT user property, an
+/// AMQP message id, a topic): every `ce-*` header is present, a valid header value, and
+/// percent-decodes to the attribute; a content type is kept only when it is a valid header.
+pub fn cloudevent(bytes: &[u8], _: &Scratch) -> Result<(), String> {
+    let mut input = Unstructured::new(bytes);
+    let Ok(case) = EventCase::arbitrary(&mut input) else {
+        return Ok(());
+    };
+    let headers =
+        gust_trigger_mq::cloudevent::event_headers(&gust_trigger_mq::cloudevent::EventAttributes {
+            id: &case.id,
+            source: "gust:default/mqt/fuzz",
+            event_type: "dev.gust.mqt.mqtt",
+            time_ms: case.time_ms,
+            subject: &case.subject,
+            content_type: case.content_type.as_deref(),
+        });
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_str().map(str::to_owned))
+    };
+    for (name, expected) in [
+        ("ce-specversion", Some("1.0")),
+        ("ce-id", Some(case.id.as_str())),
+        ("ce-source", Some("gust:default/mqt/fuzz")),
+        ("ce-type", Some("dev.gust.mqt.mqtt")),
+        ("ce-subject", Some(case.subject.as_str())),
+        ("ce-time", None),
+    ] {
+        let Some(Ok(text)) = value(name) else {
+            return Err(format!("{name} is missing or not ASCII for {case:?}"));
+        };
+        if let Some(expected) = expected
+            && percent_decoded(&text) != expected.as_bytes()
+        {
+            return Err(format!("{name}: {text:?} does not decode to {expected:?}"));
+        }
+    }
+    let valid_type = case
+        .content_type
+        .as_deref()
+        .is_some_and(|t| http::HeaderValue::from_str(t).is_ok());
+    if value("content-type").is_some() != valid_type {
+        return Err(format!(
+            "content type {:?} kept or dropped wrongly",
+            case.content_type
+        ));
+    }
+    Ok(())
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::MqMetrics;
 use crate::broker::{Outgoing, Publisher, Received, Settle};
+use crate::cloudevent::{EventAttributes, event_headers};
 use crate::status::StatusCell;
 
 /// How often a message being worked on is reported in progress to its broker.
@@ -256,38 +257,31 @@ impl TriggerContext {
         }
     }
 
+    /// The message's CloudEvents attributes.
+    fn attributes<'a>(&'a self, event: &'a Event) -> EventAttributes<'a> {
+        EventAttributes {
+            id: &event.id,
+            source: &self.event_source,
+            event_type: &self.event_type,
+            time_ms: event.time_ms,
+            subject: &event.subject,
+            content_type: event.content_type.as_deref(),
+        }
+    }
+
     /// The HTTP request the function receives for attempt `attempt`.
     fn request(&self, event: &Event, id: &RequestId, attempt: u32) -> http::Request<Bytes> {
         let mut request = http::Request::new(event.payload.clone());
         *request.method_mut() = http::Method::POST;
         let headers = request.headers_mut();
         headers.reserve(10);
-        for (name, value) in self.event_headers(event) {
-            insert(headers, name, value);
+        for (name, value) in event_headers(&self.attributes(event)) {
+            headers.insert(name, value);
         }
         insert(headers, X_GUST_REQUEST_ID, id.to_string());
         insert(headers, X_GUST_ATTEMPT, attempt.to_string());
         insert(headers, X_GUST_TRIGGER, self.trigger.name.to_string());
         request
-    }
-
-    /// CloudEvents attributes in binary mode (`ce-*`), and the content type.
-    fn event_headers(&self, event: &Event) -> Vec<(HeaderName, String)> {
-        let time = chrono::DateTime::from_timestamp_millis(event.time_ms as i64)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut headers = vec![
-            (CE_SPECVERSION, "1.0".to_owned()),
-            (CE_ID, event.id.clone()),
-            (CE_SOURCE, self.event_source.clone()),
-            (CE_TYPE, self.event_type.clone()),
-            (CE_TIME, time),
-            (CE_SUBJECT, event.subject.clone()),
-        ];
-        if let Some(content_type) = &event.content_type {
-            headers.push((http::header::CONTENT_TYPE, content_type.clone()));
-        }
-        headers
     }
 
     async fn publish_response(
@@ -340,11 +334,13 @@ impl TriggerContext {
     ) -> Result<(), String> {
         let error = format!("{}: {}", failure.reason.as_str(), failure.last_error);
         if let Some(topic) = &self.trigger.error_topic {
-            let mut headers: Vec<(String, String)> = self
-                .event_headers(event)
+            let mut headers: Vec<(String, String)> = event_headers(&self.attributes(event))
                 .into_iter()
                 .filter(|(name, _)| *name != http::header::CONTENT_TYPE)
-                .map(|(name, value)| (name.as_str().to_owned(), value))
+                .map(|(name, value)| {
+                    let value = value.to_str().expect("attributes are encoded as ASCII");
+                    (name.as_str().to_owned(), value.to_owned())
+                })
                 .collect();
             headers.push(("x-gust-error".into(), error));
             headers.push(("x-gust-attempts".into(), failure.attempts.to_string()));
@@ -400,12 +396,6 @@ impl TriggerContext {
 }
 
 // Header names built once: parsing them for every message showed in profiles.
-const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
-const CE_ID: HeaderName = HeaderName::from_static("ce-id");
-const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
-const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
-const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
-const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
 const X_GUST_REQUEST_ID: HeaderName = HeaderName::from_static("x-gust-request-id");
 const X_GUST_ATTEMPT: HeaderName = HeaderName::from_static("x-gust-attempt");
 const X_GUST_TRIGGER: HeaderName = HeaderName::from_static("x-gust-trigger");

@@ -11,6 +11,7 @@
 //! - `nats`, `mqtt`, `amqp`, `redis`: each kind's client code behind [`broker::Session`].
 
 pub mod broker;
+pub mod cloudevent;
 mod deliver;
 mod status;
 
