@@ -239,17 +239,43 @@ fn two_namespaces_cannot_see_invoke_meter_or_redrive_each_other() {
         }
         as_token(&gust, token, &args)
     };
+    // Hosts are granted by an admin of every namespace, to one namespace each; a deployer
+    // cannot claim one first.
+    let ungranted = host_route(&a, "team-a", Some("api.team-a.example"), "/hello");
+    assert!(
+        ungranted
+            .stderr
+            .contains("namespace team-a was not granted host api.team-a.example"),
+        "{}",
+        ungranted.stderr
+    );
+    gust.cli(&[
+        "ns",
+        "update",
+        "team-a",
+        "--hosts",
+        "*.team-a.example,api.team-a.example",
+    ])
+    .ok();
+    let overlapping = gust.cli(&["ns", "update", "team-b", "--hosts", "x.team-a.example"]);
+    assert!(
+        overlapping
+            .stderr
+            .contains("overlaps *.team-a.example, granted to namespace team-a"),
+        "{}",
+        overlapping.stderr
+    );
     host_route(&a, "team-a", Some("api.team-a.example"), "/hello").ok();
     let claimed = host_route(&b, "team-b", Some("API.team-a.example"), "/other");
-    assert!(claimed.code != 0);
     assert!(
         claimed
             .stderr
-            .contains(r#"host "api.team-a.example" belongs to namespace "team-a""#),
+            .contains("namespace team-b was not granted host api.team-a.example"),
         "{}",
         claimed.stderr
     );
     host_route(&b, "team-b", None, "/hello").ok();
+    host_route(&b, "team-b", None, "/login").ok();
     let for_host = |host: &str| {
         gust.http()
             .get(gust.public_url("/hello"))
@@ -263,6 +289,18 @@ fn two_namespaces_cannot_see_invoke_meter_or_redrive_each_other() {
     assert_eq!(for_host("API.Team-A.example:8080"), "from team-a");
     assert_eq!(for_host("api.team-b.example"), "from team-b");
     assert_eq!(gust.get("/hello").text().unwrap(), "from team-b");
+    // Another namespace's routes of every host do not answer on team-a's host.
+    let login = |host: &str| {
+        gust.http()
+            .get(gust.public_url("/login"))
+            .header("host", host)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(login("api.team-a.example"), 404);
+    assert_eq!(login("api.team-b.example"), 200);
     let listed = as_token(&gust, &a, &["route", "list", "-n", "team-a"]).ok();
     assert!(
         listed.stdout.contains("api.team-a.example"),

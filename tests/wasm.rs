@@ -456,8 +456,14 @@ fn a_python_component_runs_fresh_per_request_or_reused_when_asked() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
                 name.starts_with("gust-wasm-values-")
-                    && std::fs::read_to_string(e.path().join("secrets/default/api/TOKEN"))
-                        .is_ok_and(|v| v == "wasm-secret")
+                    && std::fs::read_dir(e.path()).is_ok_and(|revisions| {
+                        revisions.flatten().any(|revision| {
+                            std::fs::read_to_string(
+                                revision.path().join("secrets/default/api/TOKEN"),
+                            )
+                            .is_ok_and(|v| v == "wasm-secret")
+                        })
+                    })
             })
             .count()
     };

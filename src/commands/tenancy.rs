@@ -8,7 +8,7 @@ use gust_api_types::{
     AuditList, NamespaceCreate, NamespaceUpdate, NamespaceView, TokenCreate, TokenCreated,
     TokenView,
 };
-use gust_model::{HumanDuration, Name, Namespace, NamespaceQuotas, Role};
+use gust_model::{HostPattern, HumanDuration, Name, Namespace, NamespaceQuotas, Role};
 use http::Method;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
@@ -28,12 +28,21 @@ enum NamespaceCommand {
         name: String,
         #[command(flatten)]
         quotas: NamespaceQuotas,
+        /// Hosts its routes may claim with --host: names and `*.`-names, comma separated
+        /// (api.team-a.example,*.team-a.example); a host is granted to one namespace only
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
     },
-    /// Set a namespace's quotas (each one left out is lifted).
+    /// Set a namespace's quotas (each one left out is lifted) and, with --hosts, the hosts
+    /// its routes may claim.
     Update {
         name: String,
         #[command(flatten)]
         quotas: NamespaceQuotas,
+        /// Replace the hosts its routes may claim (comma separated; "" for none); left out,
+        /// they stay as they are
+        #[arg(long, value_delimiter = ',')]
+        hosts: Option<Vec<String>>,
     },
     /// List the namespaces your token reaches, with what each holds.
     List(OutputArgs),
@@ -57,6 +66,7 @@ fn namespace_table(namespaces: &[NamespaceView]) -> Table {
         "MAX RPS",
         "RUNNING",
         "MEMORY MB",
+        "HOSTS",
         "CREATED",
     ]);
     // Use against its quota where there is one: `3/10`.
@@ -80,6 +90,12 @@ fn namespace_table(namespaces: &[NamespaceView]) -> Table {
                 Some(max) => format!("{}/{max}", view.running_memory_mb),
                 None => view.running_memory_mb.to_string(),
             },
+            if view.record.hosts.is_empty() {
+                "-".to_owned()
+            } else {
+                let hosts: Vec<String> = view.record.hosts.iter().map(|h| h.to_string()).collect();
+                hosts.join(",")
+            },
             match view.record.created_at_ms {
                 0 => "-".to_owned(),
                 at => time_ms(Some(at)),
@@ -87,6 +103,15 @@ fn namespace_table(namespaces: &[NamespaceView]) -> Table {
         ]);
     }
     table
+}
+
+/// `--hosts` as patterns; empty items (`--hosts ""`) are none.
+fn host_patterns(hosts: &[String]) -> anyhow::Result<Vec<HostPattern>> {
+    hosts
+        .iter()
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| Ok(HostPattern::parse(h.trim())?))
+        .collect()
 }
 
 const NAMESPACES: Resource<NamespaceView> = Resource {
@@ -101,10 +126,15 @@ pub async fn namespaces(
 ) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     match args.command {
-        NamespaceCommand::Create { name, quotas } => {
+        NamespaceCommand::Create {
+            name,
+            quotas,
+            hosts,
+        } => {
             let body = NamespaceCreate {
                 name: Namespace::parse(&name)?,
                 quotas,
+                hosts: host_patterns(&hosts)?,
             };
             let view: NamespaceView = client
                 .json(
@@ -115,12 +145,17 @@ pub async fn namespaces(
                 .await?;
             eprintln!("namespace {} created", view.record.name);
         }
-        NamespaceCommand::Update { name, quotas } => {
+        NamespaceCommand::Update {
+            name,
+            quotas,
+            hosts,
+        } => {
+            let hosts = hosts.as_deref().map(host_patterns).transpose()?;
             let view: NamespaceView = client
                 .json(
                     Method::PUT,
                     &ApiPath::new(["v1", "namespaces", &name]),
-                    Some(&NamespaceUpdate { quotas }),
+                    Some(&NamespaceUpdate { quotas, hosts }),
                 )
                 .await?;
             eprintln!("namespace {} updated", view.record.name);

@@ -614,7 +614,7 @@ async fn assemble(
             BuilderConfig::default().log_bytes,
         ),
         version: crate::commands::version::this_build(),
-        quota_writes: std::sync::Mutex::new(()),
+        bounded_writes: std::sync::Mutex::new(()),
     });
 
     adopt_unrecorded_namespaces(state.store.as_ref())?;
@@ -949,6 +949,7 @@ fn adopt_unrecorded_namespaces(store: &dyn MetadataStore) -> anyhow::Result<()> 
             name: namespace.clone(),
             created_at_ms: crate::cluster::now_ms(),
             quotas: Default::default(),
+            hosts: Vec::new(),
         };
         match store.create_namespace(&record) {
             Ok(()) => {

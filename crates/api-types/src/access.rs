@@ -1,7 +1,8 @@
 //! Namespaces, tokens and the audit log as the API takes and shows them.
 
 use gust_model::{
-    ApiToken, AuditEntry, HumanDuration, Name, Namespace, NamespaceQuotas, NamespaceRecord, Role,
+    ApiToken, AuditEntry, HostPattern, HumanDuration, Name, Namespace, NamespaceQuotas,
+    NamespaceRecord, Role,
 };
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,10 @@ pub struct NamespaceCreate {
     pub name: Namespace,
     #[serde(default)]
     pub quotas: NamespaceQuotas,
+    /// Hosts its routes may claim: `api.team-a.example`, `*.team-a.example`.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub hosts: Vec<HostPattern>,
 }
 
 /// `PUT /v1/namespaces/{name}`: the namespace's quotas, all of them (one left out is none).
@@ -19,6 +24,10 @@ pub struct NamespaceCreate {
 #[serde(deny_unknown_fields)]
 pub struct NamespaceUpdate {
     pub quotas: NamespaceQuotas,
+    /// Replaces the hosts its routes may claim; left out, they stay as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub hosts: Option<Vec<HostPattern>>,
 }
 
 /// A namespace with what it holds now.

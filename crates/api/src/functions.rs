@@ -568,7 +568,7 @@ pub async fn create(
             let stored = {
                 // Checked again with the store as it is now, and stored before another
                 // create can check: two at once cannot both take the last place.
-                let _quota_guard = s.quota_writes.lock().expect("never poisoned");
+                let _quota_guard = s.bounded_writes.lock().expect("never poisoned");
                 check_function_quota(s, &function.namespace)
                     .and_then(|()| {
                         check_code_quota(
@@ -704,7 +704,7 @@ pub async fn update(
             let mut still_building = None;
             // New code is checked again against its quota and stored before another write
             // can check (see `create`).
-            let quota_guard = s.quota_writes.lock().expect("never poisoned");
+            let quota_guard = s.bounded_writes.lock().expect("never poisoned");
             let rechecked = match &body.code {
                 Some(_) => check_code_quota(s, &namespace, revision.code.size_bytes),
                 None => Ok(()),

@@ -96,10 +96,10 @@ pub struct ApiState {
     pub builds: Builds,
     /// This server's release and commit.
     pub version: VersionView,
-    /// Held while a write bounded by a quota (a new function, new code) checks it against
-    /// the store and stores: two at once cannot both take the last place. (A cluster's nodes
-    /// each hold their own.)
-    pub quota_writes: std::sync::Mutex<()>,
+    /// Held while a write that a shared bound limits (a quota on functions or code, the hosts
+    /// granted to namespaces) checks it against the store and stores: two at once cannot both
+    /// take the last place. (A cluster's nodes each hold their own.)
+    pub bounded_writes: std::sync::Mutex<()>,
 }
 
 impl ApiState {

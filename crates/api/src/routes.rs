@@ -38,6 +38,26 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<Route>, A
         .map(Json)
 }
 
+/// A route may claim only a host its namespace was granted: whoever reaches a namespace as
+/// deployer must not take another team's domain by claiming it first.
+fn check_host_granted(
+    state: &ApiState,
+    namespace: &gust_model::Namespace,
+    host: &gust_model::RouteHost,
+) -> Result<(), ApiError> {
+    let granted = state
+        .store
+        .namespace_record(namespace)?
+        .is_some_and(|record| record.hosts.iter().any(|h| h.matches(host)));
+    if granted {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "namespace {namespace} was not granted host {host} (an admin of every namespace grants hosts with `gust ns update {namespace} --hosts ...`)"
+        )))
+    }
+}
+
 #[utoipa::path(post, path = "/routes", tag = "routes", params(NamespaceQuery), request_body = RouteConfig, responses((status = 201, body = Route)))]
 pub async fn create(
     State(state): Shared,
@@ -62,6 +82,11 @@ pub async fn create(
     }
     state
         .blocking(move |s| {
+            // Against the grants as they are, stored before they can change.
+            let _granting = s.bounded_writes.lock().expect("never poisoned");
+            if let Some(host) = &route.host {
+                check_host_granted(s, &route.namespace, host)?;
+            }
             s.store.create_route(&route)?;
             s.sync_routes()?;
             Ok(route)

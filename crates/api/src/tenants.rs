@@ -55,6 +55,36 @@ pub async fn list_namespaces(
         .map(Json)
 }
 
+/// Refuses hosts that another namespace was granted (a host is one team's), or that another
+/// namespace's routes claim already.
+fn check_hosts_free(state: &ApiState, record: &NamespaceRecord) -> Result<(), ApiError> {
+    for other in state.store.namespace_records()? {
+        if other.name == record.name {
+            continue;
+        }
+        for granted in &record.hosts {
+            if let Some(theirs) = other.hosts.iter().find(|h| h.overlaps(granted)) {
+                return Err(ApiError::Conflict(format!(
+                    "host {granted} overlaps {theirs}, granted to namespace {}",
+                    other.name
+                )));
+            }
+        }
+    }
+    for route in state.store.routes(None)? {
+        if route.namespace != record.name
+            && let Some(host) = &route.host
+            && let Some(granted) = record.hosts.iter().find(|h| h.matches(host))
+        {
+            return Err(ApiError::Conflict(format!(
+                "host {granted} takes in {host}, which route {} of namespace {} serves",
+                route.name, route.namespace
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/namespaces", tag = "namespaces", request_body = NamespaceCreate, responses((status = 201, body = NamespaceView)))]
 pub async fn create_namespace(
     State(state): Shared,
@@ -65,9 +95,12 @@ pub async fn create_namespace(
         name: create.name,
         created_at_ms: now_ms(),
         quotas: create.quotas,
+        hosts: create.hosts,
     };
     state
         .blocking(move |s| {
+            let _granting = s.bounded_writes.lock().expect("never poisoned");
+            check_hosts_free(s, &record)?;
             s.store.create_namespace(&record)?;
             s.sync_namespaces()?;
             namespace_view(s, record)
@@ -115,6 +148,11 @@ pub async fn update_namespace(
                         name: namespace.to_string(),
                     })?;
             record.quotas = update.quotas;
+            let _granting = s.bounded_writes.lock().expect("never poisoned");
+            if let Some(hosts) = update.hosts {
+                record.hosts = hosts;
+                check_hosts_free(s, &record)?;
+            }
             s.store.update_namespace(&record)?;
             s.sync_namespaces()?;
             namespace_view(s, record)

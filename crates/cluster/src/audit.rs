@@ -53,14 +53,17 @@ impl ClusterAudit {
 }
 
 impl AuditStore for ClusterAudit {
-    /// Durable once JetStream acknowledged it; every node's copy has it soon after.
+    /// Durable once JetStream acknowledged it; every node's copy has it soon after. When
+    /// JetStream cannot take it, this node keeps it in its own copy, and the error is returned
+    /// (and logged by the caller).
     fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let body = serde_json::to_vec(entry).map_err(|source| StoreError::Corrupt {
             key: format!("audit entry at {}", entry.at_ms),
             source,
         })?;
         let jetstream = self.jetstream.clone();
-        self.bridge
+        let published = self
+            .bridge
             .wait(CALL_TIMEOUT, async move {
                 jetstream
                     .publish(AUDIT_SUBJECT, body.into())
@@ -68,9 +71,16 @@ impl AuditStore for ClusterAudit {
                     .map_err(|e| e.to_string())?
                     .await
                     .map_err(|e| e.to_string())
-            })?
-            .map(drop)
-            .map_err(unavailable("cannot publish an audit entry"))
+            })
+            .and_then(|acked| {
+                acked
+                    .map(drop)
+                    .map_err(unavailable("cannot publish an audit entry"))
+            });
+        if published.is_err() {
+            let _ = self.local.append_audit(entry);
+        }
+        published
     }
 
     fn audit(

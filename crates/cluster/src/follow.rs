@@ -181,6 +181,21 @@ pub(crate) async fn follow<T: DeserializeOwned + Send + 'static>(
             // Silent: a consumer that went with a NATS server may stay so while the stream
             // holds records this node has not folded in.
             match source.get_info().await {
+                // The stream was made anew (deleted, or its servers' storage lost): its
+                // sequences start again below this node's position, which would wait for ever.
+                Ok(info) if info.state.last_sequence < position => {
+                    tracing::warn!(
+                        stream = what,
+                        position,
+                        last = info.state.last_sequence,
+                        "a cluster stream ends before this node's position: it was made anew; following it from its start"
+                    );
+                    position = 0;
+                    if let Err(err) = save_position(&position_file, position) {
+                        tracing::warn!(error = %err, stream = what, "cannot save a cluster stream's position");
+                    }
+                    break;
+                }
                 Ok(info) if info.state.last_sequence > position => {
                     if behind_since.get_or_insert_with(Instant::now).elapsed() >= STALL_LIMIT {
                         tracing::warn!(

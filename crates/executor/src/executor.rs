@@ -245,6 +245,38 @@ impl FunctionSlot {
     }
 }
 
+/// An instance kept across a change of its function's secrets or configs: it serves with what
+/// it started with until `retire_at`, and is then replaced once its request ends (it reports
+/// itself unhealthy), so that old values do not outlive the change by more than that.
+struct Superseded {
+    inner: Box<dyn Instance>,
+    retire_at: Instant,
+}
+
+#[async_trait]
+impl Instance for Superseded {
+    async fn handle(
+        &mut self,
+        id: &RequestId,
+        request: http::Request<RequestBody>,
+        timeout: Duration,
+    ) -> Result<http::Response<ResponseBody>, InvokeError> {
+        self.inner.handle(id, request, timeout).await
+    }
+
+    fn is_healthy(&mut self) -> bool {
+        Instant::now() < self.retire_at && self.inner.is_healthy()
+    }
+
+    fn cpu_time(&mut self) -> Option<Duration> {
+        self.inner.cpu_time()
+    }
+
+    async fn stop(self: Box<Self>) {
+        self.inner.stop().await
+    }
+}
+
 /// Instances of a function right now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InstanceCounts {
@@ -389,8 +421,10 @@ impl Executor {
 
     /// A secret or config the function mounts changed. With `restart`, as after a deploy;
     /// otherwise new instances start with the new values and the idle ones carry over to the
-    /// new slot as they are (what they read at start stays theirs until they retire), while
-    /// those serving a request now stop when it ends.
+    /// new slot as they are (what they read at start stays theirs), within the function's
+    /// capacity, for one idle timeout at most: a busy one is replaced when its request ends
+    /// after that, so the old values are gone from every instance within it. Those serving a
+    /// request now stop when it ends.
     pub fn function_values_changed(
         self: &Arc<Self>,
         namespace: &Namespace,
@@ -412,9 +446,25 @@ impl Executor {
         let executor = self.clone();
         let (namespace, function) = (namespace.clone(), function.clone());
         tokio::spawn(async move {
-            let carried = old.retire();
+            let mut carried = old.retire();
             match executor.slot(&namespace, &function).await {
-                Ok(new) => new.keep_idle(carried, true),
+                Ok(new) => {
+                    // Requests may have started instances of the new slot meanwhile: the
+                    // carried ones fill what room is left, the oldest stopped first.
+                    let held = new.busy() + new.idle_count() + new.warming.load(Ordering::Acquire);
+                    let room = new.scaling.requests_in_flight().saturating_sub(held);
+                    let surplus = carried.len().saturating_sub(room);
+                    stop_all(carried.drain(..surplus).map(|(i, _)| i).collect());
+                    let retire_at = Instant::now() + new.scaling.idle_timeout;
+                    let carried = carried
+                        .into_iter()
+                        .map(|(inner, since)| {
+                            let kept: Box<dyn Instance> = Box::new(Superseded { inner, retire_at });
+                            (kept, since)
+                        })
+                        .collect();
+                    new.keep_idle(carried, true);
+                }
                 Err(err) => {
                     tracing::debug!(%function, error = %err, "not reloaded");
                     stop_all(carried.into_iter().map(|(i, _)| i).collect());
@@ -1362,6 +1412,42 @@ mod tests {
         fn start_failed(&self, _: &Namespace, _: &Name, _: TriggerKind) {
             self.start_failures.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[tokio::test]
+    async fn after_a_values_change_warm_instances_serve_for_one_idle_timeout_at_most() {
+        let config = ExecutorConfig {
+            max_instances: 2,
+            idle_timeout: Duration::from_millis(400),
+            ..ExecutorConfig::default()
+        };
+        let (executor, runtime) = executor(config, Duration::from_millis(30));
+        let both = || async {
+            let (a, b) = tokio::join!(call_and_read(&executor, "f"), call_and_read(&executor, "f"));
+            a.unwrap();
+            b.unwrap();
+        };
+        both().await;
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 2);
+        let (namespace, function) = (Namespace::default(), Name::parse("function", "f").unwrap());
+        executor.function_values_changed(&namespace, &function, false);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The two warm instances carried over: no cold start.
+        both().await;
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 2);
+        // Busy all along, so never idle for the timeout; still replaced once it passed.
+        let until = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < until {
+            both().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(runtime.started.load(Ordering::SeqCst) >= 4);
+        // With --restart they go at once.
+        let started = runtime.started.load(Ordering::SeqCst);
+        executor.function_values_changed(&namespace, &function, true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        both().await;
+        assert_eq!(runtime.started.load(Ordering::SeqCst), started + 2);
     }
 
     #[tokio::test]

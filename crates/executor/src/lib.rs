@@ -20,6 +20,7 @@ mod error;
 mod executor;
 mod log_journal;
 mod logs;
+mod memory_dir;
 mod observer;
 mod quota;
 mod request_body;
@@ -36,6 +37,7 @@ pub use logs::{
     Admission, FunctionLogs, LogLine, LogQuery, LogStream, MAX_LINE_BYTES,
     MAX_LOG_BYTES_PER_SECOND, function_key,
 };
+pub use memory_dir::private_memory_dir;
 pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
 pub use quota::{NamespaceQuotas, RunQuota};
 pub use request_body::{BodyHold, BodyWatch, IncomingBody, Payload, RequestBody, RequestBodyError};

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Name, Namespace};
+use crate::{HostPattern, Name, Namespace};
 
 /// A tenant: its functions, triggers, tokens, usage and logs are its own. `default` always
 /// exists; every other namespace is created before anything is put in it.
@@ -18,6 +18,11 @@ pub struct NamespaceRecord {
     pub created_at_ms: u64,
     #[serde(default)]
     pub quotas: NamespaceQuotas,
+    /// The hosts its routes may claim (`gust route create --host`); none unless an admin of
+    /// every namespace grants some, and no host is granted to two namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub hosts: Vec<HostPattern>,
 }
 
 impl NamespaceRecord {
@@ -28,6 +33,7 @@ impl NamespaceRecord {
             name: Namespace::default(),
             created_at_ms: 0,
             quotas: NamespaceQuotas::default(),
+            hosts: Vec::new(),
         }
     }
 }

@@ -57,8 +57,8 @@ pub use name::{Name, Namespace};
 pub use network::{NON_PUBLIC_IPV4, NetworkPolicy, is_non_public_ipv4};
 pub use outbound::{OutboundRule, RuleHost};
 pub use route::{
-    Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteAuth, RouteClash, RouteConfig,
-    RouteHost, RouteMatch, RouteMode, RouteTable, is_reserved_path,
+    HostPattern, Method, MethodSet, PathPattern, RESERVED_PREFIXES, Route, RouteAuth, RouteClash,
+    RouteConfig, RouteHost, RouteMatch, RouteMode, RouteTable, is_reserved_path,
 };
 pub use scaling::{MAX_REUSE, Scaling};
 pub use timer::{Schedule, ScheduleConfig, Timer, TimerConfig};

@@ -520,7 +520,25 @@ impl RouteHost {
                 return Err(invalid("a label neither starts nor ends with '-'"));
             }
         }
+        // A numeric last label is an IPv4 address: every client can name one, so no team
+        // may own it.
+        if name
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(invalid(
+                "an IP address is not a host name a route can claim",
+            ));
+        }
         Ok(Self(name))
+    }
+
+    /// Whether this name is `parent` or below it (`a.b.example` is below `b.example`).
+    fn is_within(&self, parent: &RouteHost) -> bool {
+        self.0
+            .strip_suffix(parent.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
     }
 
     /// The host a request names in its `Host` header (or its URI's authority), without the
@@ -536,6 +554,70 @@ impl RouteHost {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The hosts a namespace may claim routes on, granted by an admin of every namespace: a name
+/// (`api.team-a.example`), or `*.` and a name for every name below it (`*.team-a.example`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPattern {
+    below: bool,
+    host: RouteHost,
+}
+
+impl HostPattern {
+    pub fn parse(pattern: &str) -> Result<Self, ModelError> {
+        match pattern.strip_prefix("*.") {
+            Some(parent) => Ok(Self {
+                below: true,
+                host: RouteHost::parse(parent)?,
+            }),
+            None => Ok(Self {
+                below: false,
+                host: RouteHost::parse(pattern)?,
+            }),
+        }
+    }
+
+    pub fn matches(&self, host: &RouteHost) -> bool {
+        if self.below {
+            host != &self.host && host.is_within(&self.host)
+        } else {
+            host == &self.host
+        }
+    }
+
+    /// Whether some host matches both.
+    pub fn overlaps(&self, other: &HostPattern) -> bool {
+        match (self.below, other.below) {
+            (false, false) => self.host == other.host,
+            (true, false) => self.matches(&other.host),
+            (false, true) => other.matches(&self.host),
+            (true, true) => self.host.is_within(&other.host) || other.host.is_within(&self.host),
+        }
+    }
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = ModelError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<HostPattern> for String {
+    fn from(pattern: HostPattern) -> Self {
+        pattern.to_string()
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.below {
+            f.write_str("*.")?;
+        }
+        f.write_str(self.host.as_str())
     }
 }
 
@@ -677,8 +759,9 @@ impl RouteTable {
 
     /// The most specific route for `method`, the request's host (see
     /// [`RouteHost::of_request`]) and its raw (undecoded) `path`: among the host's own routes
-    /// first, then among the routes of every host. `HEAD` finds a `GET` route when no route
-    /// names `HEAD` itself, as HTTP servers serve it.
+    /// first, then among the routes of every host: on a host some namespace has routes on,
+    /// only that namespace's. `HEAD` finds a `GET` route when no route names `HEAD` itself, as
+    /// HTTP servers serve it.
     pub fn find(
         &self,
         method: &str,
@@ -686,17 +769,28 @@ impl RouteTable {
         path: &str,
     ) -> Option<RouteMatch<'_>> {
         let segments = request_segments(path)?;
-        let mut hosts = vec![None];
+        let owner = self.owner(host);
+        let mut tiers = vec![(None, owner)];
         if host.is_some() {
-            hosts.insert(0, host);
+            tiers.insert(0, (host, None));
         }
-        hosts.into_iter().find_map(|host| {
-            self.find_exactly(method, host, &segments).or_else(|| {
-                (method == "HEAD")
-                    .then(|| self.find_exactly("GET", host, &segments))
-                    .flatten()
-            })
+        tiers.into_iter().find_map(|(host, namespace)| {
+            self.find_exactly(method, host, namespace, &segments)
+                .or_else(|| {
+                    (method == "HEAD")
+                        .then(|| self.find_exactly("GET", host, namespace, &segments))
+                        .flatten()
+                })
         })
+    }
+
+    /// The namespace whose routes claim `host`, if any does.
+    fn owner(&self, host: Option<&RouteHost>) -> Option<&Namespace> {
+        let host = host?;
+        self.routes
+            .iter()
+            .find(|route| route.host.as_ref() == Some(host))
+            .map(|route| &route.namespace)
     }
 
     /// The methods the routes for `host` and `path` answer (a `405`'s `Allow`, asked when
@@ -705,9 +799,13 @@ impl RouteTable {
         let Some(segments) = request_segments(path) else {
             return Vec::new();
         };
+        let owner = self.owner(host);
         let mut allowed = MethodSet::default();
         for route in &self.routes {
-            let serves_host = route.host.is_none() || route.host.as_ref() == host;
+            let serves_host = match &route.host {
+                Some(theirs) => Some(theirs) == host,
+                None => owner.is_none_or(|owner| *owner == route.namespace),
+            };
             if serves_host && route.path.matches(&segments, route.prefix).is_some() {
                 allowed.0 |= route.methods.0;
             }
@@ -718,16 +816,21 @@ impl RouteTable {
         allowed.into()
     }
 
-    /// The best match among the routes claiming exactly `host` (`None`: those of every host).
+    /// The best match among the routes claiming exactly `host` (`None`: those of every host),
+    /// of `namespace` if given.
     fn find_exactly(
         &self,
         method: &str,
         host: Option<&RouteHost>,
+        namespace: Option<&Namespace>,
         segments: &[&str],
     ) -> Option<RouteMatch<'_>> {
         let mut best: Option<(Specificity, RouteMatch<'_>)> = None;
         for route in &self.routes {
-            if route.host.as_ref() != host || !route.methods.allows(method) {
+            if route.host.as_ref() != host
+                || namespace.is_some_and(|ns| *ns != route.namespace)
+                || !route.methods.allows(method)
+            {
                 continue;
             }
             // A prefix route treats a trailing slash as the end of its prefix: `/api` serves
@@ -1037,9 +1140,24 @@ mod tests {
             "*.example",
             "[::1]",
             "a/b",
+            "127.0.0.1",
+            "10.1",
         ] {
             assert!(RouteHost::parse(bad).is_err(), "{bad:?} was accepted");
         }
+        let name = |h: &str| RouteHost::parse(h).unwrap();
+        let pattern = |p: &str| HostPattern::parse(p).unwrap();
+        assert!(pattern("*.a.example").matches(&name("x.a.example")));
+        assert!(pattern("*.a.example").matches(&name("y.x.a.example")));
+        assert!(!pattern("*.a.example").matches(&name("a.example")));
+        assert!(!pattern("*.a.example").matches(&name("xa.example")));
+        assert!(pattern("a.example").matches(&name("A.example.")));
+        assert!(pattern("*.a.example").overlaps(&pattern("x.a.example")));
+        assert!(pattern("*.a.example").overlaps(&pattern("*.x.a.example")));
+        assert!(!pattern("*.a.example").overlaps(&pattern("a.example")));
+        assert!(!pattern("*.a.example").overlaps(&pattern("*.b.example")));
+        assert_eq!(pattern("*.A.example").to_string(), "*.a.example");
+        assert!(HostPattern::parse("*.*.a").is_err() && HostPattern::parse("a.*").is_err());
         assert_eq!(
             RouteHost::of_request("API.team-a.example:8080"),
             Some(host.clone())
@@ -1050,12 +1168,13 @@ mod tests {
     }
 
     #[test]
-    fn a_hosts_own_routes_come_first_then_those_of_every_host() {
+    fn a_hosts_own_routes_come_first_then_its_owner_s_of_every_host() {
         let a = RouteHost::parse("a.example").unwrap();
         let b = RouteHost::parse("b.example").unwrap();
         let table = RouteTable::new(vec![
             route_on(None, "default", "any-root", "/", &[], true),
-            route_on(None, "default", "any-hello", "/hello", &["GET"], false),
+            route_on(None, "team-a", "any-hello", "/hello", &["GET"], false),
+            route_on(None, "default", "login", "/login", &["GET"], false),
             route_on(Some("a.example"), "team-a", "a-api", "/api", &[], true),
             route_on(
                 Some("a.example"),
@@ -1072,17 +1191,20 @@ mod tests {
                 .map(|m| m.route.name.to_string())
         };
         assert_eq!(name(Some(&a), "GET", "/api/x").as_deref(), Some("a-api"));
-        // A less specific route of the host still beats a more specific one of every host.
+        // Then the owner's routes of every host; another namespace's never serve its host.
         assert_eq!(
             name(Some(&a), "GET", "/hello").as_deref(),
             Some("any-hello")
         );
+        assert_eq!(name(Some(&a), "GET", "/login"), None);
+        assert_eq!(name(Some(&b), "GET", "/login").as_deref(), Some("login"));
         assert_eq!(name(Some(&b), "GET", "/api/x").as_deref(), Some("any-root"));
         assert_eq!(name(None, "GET", "/api/x").as_deref(), Some("any-root"));
         assert_eq!(name(Some(&a), "HEAD", "/api").as_deref(), Some("a-api"));
-        // A 405's Allow lists what the host's routes and every host's routes answer.
+        // A 405's Allow lists what the host's routes and its owner's of every host answer.
         let table = RouteTable::new(vec![
-            route_on(None, "default", "read", "/doc", &["GET"], false),
+            route_on(None, "team-a", "read", "/doc", &["GET"], false),
+            route_on(None, "default", "other", "/doc", &["DELETE"], false),
             route_on(
                 Some("a.example"),
                 "team-a",
@@ -1098,7 +1220,7 @@ mod tests {
         );
         assert_eq!(
             table.allowed_methods(Some(&b), "/doc"),
-            vec![Method::Get, Method::Head]
+            vec![Method::Get, Method::Head, Method::Delete]
         );
     }
 

@@ -38,12 +38,13 @@ pub struct PublicState {
     pub tokens: Arc<dyn crate::InvokerTokens>,
 }
 
-/// The host a request is for: its URI's authority (HTTP/2, absolute-form requests), else its
-/// `Host` header.
-fn request_host(parts: &http::request::Parts) -> Option<RouteHost> {
+/// What a request names as its host, with the port: its URI's authority (HTTP/2,
+/// absolute-form requests), else its `Host` header. Routes are chosen by it, and the function
+/// sees it as `X-Forwarded-Host`.
+fn request_authority(parts: &http::request::Parts) -> Option<&str> {
     match parts.uri.authority() {
-        Some(authority) => RouteHost::parse(authority.host()).ok(),
-        None => RouteHost::of_request(parts.headers.get(header::HOST)?.to_str().ok()?),
+        Some(authority) => Some(authority.as_str().rsplit('@').next().unwrap_or_default()),
+        None => parts.headers.get(header::HOST)?.to_str().ok(),
     }
 }
 
@@ -76,7 +77,8 @@ async fn serve(
         return response;
     }
     let table = state.routes.snapshot();
-    let host = request_host(&parts);
+    let authority = request_authority(&parts);
+    let host = authority.and_then(RouteHost::of_request);
     let Some(found) = table.find(parts.method.as_str(), host.as_ref(), path) else {
         let allowed = table.allowed_methods(host.as_ref(), path);
         if allowed.is_empty() {
@@ -184,12 +186,8 @@ async fn serve(
         .unwrap_or("/");
     put_header(&mut headers, "x-fission-full-url", target);
     put_header(&mut headers, "x-forwarded-for", &peer.ip().to_string());
-    if let Some(host) = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        put_header(&mut headers, "x-forwarded-host", host);
+    if let Some(authority) = authority {
+        put_header(&mut headers, "x-forwarded-host", authority);
     }
 
     let request = http::Request::builder()

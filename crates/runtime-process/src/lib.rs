@@ -31,7 +31,7 @@ pub use sandbox::{
 pub use worker::FUNCTION_ERROR_HEADER;
 
 use std::collections::HashMap;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -127,7 +127,10 @@ impl ProcessRuntime {
                 .map_err(RuntimeError::io(&path))?;
         }
         let values_root = match &sandbox {
-            Sandbox::Bubblewrap { .. } => Some(values_root(run_dir)?),
+            Sandbox::Bubblewrap { .. } => Some(
+                gust_executor::private_memory_dir(run_dir, "values")
+                    .map_err(RuntimeError::io(run_dir))?,
+            ),
             Sandbox::Disabled => None,
         };
         Ok(Self {
@@ -258,42 +261,6 @@ fn node_heap_mb(memory_mb: u32) -> u32 {
 /// it could stop them), and orphaned sandbox processes of any Gust: a sandbox that was being
 /// set up when its Gust was killed can miss the parent-death signal and be left to init. A pid
 /// is only trusted while it still looks like one of our workers.
-/// Where workers' secrets and configs are written: memory-backed (`/dev/shm`), so opened
-/// secrets never reach a disk, in a directory of this data directory's own (emptied at start:
-/// what a killed Gust left goes). Falls back to `run_dir` where there is no `/dev/shm`.
-fn values_root(run_dir: &Path) -> Result<PathBuf, RuntimeError> {
-    use sha2::Digest;
-    let shm = Path::new("/dev/shm");
-    let root = if shm.is_dir() {
-        let tag = hex::encode(&sha2::Sha256::digest(run_dir.as_os_str().as_encoded_bytes())[..8]);
-        shm.join(format!("gust-values-{tag}"))
-    } else {
-        tracing::warn!(
-            "no /dev/shm: functions' secrets are written under {} while their workers run",
-            run_dir.display()
-        );
-        run_dir.join("values")
-    };
-    // `/dev/shm` is writable by every local user and the name is predictable: whatever is
-    // there is removed (a symlink as itself, never followed), and the directory is made anew
-    // by this process alone. `mkdir` fails on anything another user put back in between,
-    // and the sticky bit keeps them from replacing the directory once it is ours.
-    if std::fs::symlink_metadata(&root).is_ok() {
-        let removed = match std::fs::symlink_metadata(&root) {
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&root),
-            _ => std::fs::remove_file(&root),
-        };
-        removed.map_err(RuntimeError::io(&root))?;
-    }
-    std::fs::DirBuilder::new()
-        .mode(0o711)
-        .create(&root)
-        .map_err(RuntimeError::io(&root))?;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))
-        .map_err(RuntimeError::io(&root))?;
-    Ok(root)
-}
-
 fn stop_leftover_workers(workers_dir: &Path) {
     for pid in orphaned_sandboxes() {
         tracing::info!(pid, "stopping an orphaned worker sandbox");

@@ -94,28 +94,26 @@ impl ResourceLimiter for MemoryLimit {
 }
 
 /// A revision's mounted secrets and configs as files: a fresh directory of a random name in
-/// memory-backed storage (`/dev/shm`), readable by Gust alone, removed with the last instance.
-/// Each store sees its `secrets` and `configs` read-only at `/secrets` and `/configs`.
+/// the runtime's memory-backed values root (see [`gust_executor::private_memory_dir`]),
+/// readable by Gust alone, removed with the last instance. Each store sees its `secrets` and
+/// `configs` read-only at `/secrets` and `/configs`.
 pub struct MountedValues {
     dir: tempfile::TempDir,
 }
 
 impl MountedValues {
-    /// The spec's values written out; `None` when it mounts none.
-    pub fn place(spec: &InstanceSpec) -> std::io::Result<Option<Arc<Self>>> {
+    /// The spec's values written out under `root`; `None` when it mounts none.
+    pub fn place(
+        spec: &InstanceSpec,
+        root: &std::path::Path,
+    ) -> std::io::Result<Option<Arc<Self>>> {
         if spec.mounted.is_empty() {
             return Ok(None);
         }
-        let shm = std::path::Path::new("/dev/shm");
-        let parent = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
         // 0700, made by this process under a random name: no other user reaches it.
         let dir = tempfile::Builder::new()
-            .prefix("gust-wasm-values-")
-            .tempdir_in(parent)?;
+            .prefix("revision-")
+            .tempdir_in(root)?;
         spec.place_mounted_values(dir.path())?;
         Ok(Some(Arc::new(Self { dir })))
     }

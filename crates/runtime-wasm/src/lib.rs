@@ -69,6 +69,8 @@ pub struct WasmRuntime {
     /// Longest a request waits for its instance to be prepared (a pool slot, instantiation),
     /// apart from the function's timeout.
     start_timeout: Duration,
+    /// Where revisions' mounted secrets and configs are written (in memory, emptied at start).
+    values_root: PathBuf,
 }
 
 /// Compiling and loading components; shared with blocking threads, where loading runs.
@@ -92,6 +94,8 @@ impl WasmRuntime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(WasmError::linker)?;
         std::fs::create_dir_all(cache_dir).map_err(WasmError::io(cache_dir))?;
+        let values_root = gust_executor::private_memory_dir(cache_dir, "wasm-values")
+            .map_err(WasmError::io("the secrets' directory"))?;
         let stop = CancellationToken::new();
         // The ticker is a plain thread: epochs must advance even if every async worker thread
         // is busy running guest code.
@@ -122,6 +126,7 @@ impl WasmRuntime {
             slots: Arc::new(Semaphore::new(pool.slots as usize)),
             pool,
             start_timeout: DEFAULT_START_TIMEOUT,
+            values_root,
         })
     }
 
@@ -225,7 +230,7 @@ impl Runtime for WasmRuntime {
                 detail: "the component could not be loaded".to_owned(),
             }
         })?;
-        let values = instance::MountedValues::place(spec).map_err(|err| {
+        let values = instance::MountedValues::place(spec, &self.values_root).map_err(|err| {
             tracing::error!(function = %spec.function, error = %err, "cannot write its secrets and configs");
             InvokeError::StartFailed {
                 function: spec.function.to_string(),

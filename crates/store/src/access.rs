@@ -320,6 +320,7 @@ mod tests {
                     name: ns(name),
                     created_at_ms: 1,
                     quotas: Default::default(),
+                    hosts: Vec::new(),
                 })
                 .unwrap();
         }
