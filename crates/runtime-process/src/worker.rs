@@ -290,6 +290,8 @@ impl Worker {
             function: function.clone(),
             detail,
         };
+        // Each phase's time, for the cold start's trace (`GUST_LOG=gust_runtime_process=debug`).
+        let began = Instant::now();
         if let Some(cgroup) = &self.cgroup {
             cgroup.limit_memory(spec.limits.memory_mb).map_err(|e| {
                 self.dead = true;
@@ -311,7 +313,8 @@ impl Worker {
                 })?);
             }
         }
-        let placing = std::time::Instant::now();
+        let limited = began.elapsed();
+        let placing = Instant::now();
         link_tree(&spec.code_dir, &self.paths.code_dir)
             .map_err(|e| start_failed(format!("cannot place the code: {e}")))?;
         if !spec.mounted.is_empty() {
@@ -324,7 +327,7 @@ impl Worker {
             spec.place_mounted_values(values_dir)
                 .map_err(|e| start_failed(format!("cannot mount its secrets and configs: {e}")))?;
         }
-        tracing::trace!(function = %function, place_ms = placing.elapsed().as_secs_f64() * 1e3, "code placed");
+        let placed = placing.elapsed();
         {
             let mut target = self
                 .log_target
@@ -394,8 +397,19 @@ impl Worker {
             let body = response.into_body().collect().await.map_err(|_| ())?;
             Ok::<_, ()>((status, body.to_bytes()))
         };
+        let loading = Instant::now();
         match tokio::time::timeout(SPECIALIZE_DEADLINE, exchange).await {
-            Ok(Ok((status, _))) if status.is_success() => Ok(()),
+            Ok(Ok((status, _))) if status.is_success() => {
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                tracing::debug!(
+                    function = %function,
+                    limits_ms = ms(limited),
+                    place_ms = ms(placed),
+                    load_ms = ms(loading.elapsed()),
+                    "specialized"
+                );
+                Ok(())
+            }
             Ok(Ok((_, body))) => {
                 self.dead = true;
                 let cause = serde_json::from_slice::<serde_json::Value>(&body)
