@@ -746,11 +746,18 @@ pub struct RouteMatch<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Each claimed host's namespace, built with the table: a request's host is looked up,
+    /// not searched for among the routes.
+    owners: std::collections::HashMap<RouteHost, Namespace>,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
-        Self { routes }
+        let owners = routes
+            .iter()
+            .filter_map(|route| Some((route.host.clone()?, route.namespace.clone())))
+            .collect();
+        Self { routes, owners }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -770,27 +777,24 @@ impl RouteTable {
     ) -> Option<RouteMatch<'_>> {
         let segments = request_segments(path)?;
         let owner = self.owner(host);
-        let mut tiers = vec![(None, owner)];
-        if host.is_some() {
-            tiers.insert(0, (host, None));
-        }
-        tiers.into_iter().find_map(|(host, namespace)| {
-            self.find_exactly(method, host, namespace, &segments)
-                .or_else(|| {
-                    (method == "HEAD")
-                        .then(|| self.find_exactly("GET", host, namespace, &segments))
-                        .flatten()
-                })
-        })
+        // A host no route claims has no routes of its own to try first.
+        let own_tier = owner.map(|_| (host, None));
+        [own_tier, Some((None, owner))]
+            .into_iter()
+            .flatten()
+            .find_map(|(host, namespace)| {
+                self.find_exactly(method, host, namespace, &segments)
+                    .or_else(|| {
+                        (method == "HEAD")
+                            .then(|| self.find_exactly("GET", host, namespace, &segments))
+                            .flatten()
+                    })
+            })
     }
 
     /// The namespace whose routes claim `host`, if any does.
     fn owner(&self, host: Option<&RouteHost>) -> Option<&Namespace> {
-        let host = host?;
-        self.routes
-            .iter()
-            .find(|route| route.host.as_ref() == Some(host))
-            .map(|route| &route.namespace)
+        self.owners.get(host?)
     }
 
     /// The methods the routes for `host` and `path` answer (a `405`'s `Allow`, asked when
