@@ -20,23 +20,28 @@ def free_port():
 class GustProcess:
     """A running `gust up` in `work`; `cli(...)` runs the CLI against it."""
 
-    def __init__(self, binary, work):
+    def __init__(self, binary, work, flags=(), reuse_ports=None):
+        """Starts `binary up` with `flags`, on the ports of `reuse_ports` (a stopped
+        `GustProcess` on the same data) if given, else on free ones."""
         self.binary = binary
         self.work = work
-        self.public, self.api = free_port(), free_port()
+        if reuse_ports is not None:
+            self.public, self.api = reuse_ports.public, reuse_ports.api
+        else:
+            self.public, self.api = free_port(), free_port()
         self.env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(work, "config"))
-        log = open(os.path.join(work, "gust.log"), "w")
+        log = open(os.path.join(work, "gust.log"), "a")
         self.process = subprocess.Popen(
             [binary, "up", "--data-dir", os.path.join(work, "data"),
              "--listen", f"127.0.0.1:{self.public}",
-             "--api-listen", f"127.0.0.1:{self.api}"],
+             "--api-listen", f"127.0.0.1:{self.api}", *flags],
             env=self.env, stdout=log, stderr=log)
         for _ in range(300):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.api}/healthz", timeout=1).read()
                 return
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.02)
         raise RuntimeError("gust did not start; see " + os.path.join(work, "gust.log"))
 
     def cli(self, *args):

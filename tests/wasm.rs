@@ -258,6 +258,39 @@ fn compiled_components_are_cached_and_reused_after_a_restart() {
     );
 }
 
+/// How many of gust's memory mappings are of a file in its compiled-component cache.
+fn cache_mappings(gust: &Gust) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", gust.pid())).unwrap();
+    let cache = gust.data_dir().join("wasm-cache");
+    let cache = cache.to_string_lossy();
+    maps.lines().filter(|line| line.contains(&*cache)).count()
+}
+
+/// Many deployed functions must not each hold their compiled code: one unused for the unload
+/// time lets it go (its compiled file is no longer mapped in gust), and its next request
+/// loads it again.
+#[test]
+fn an_unused_component_is_unloaded_and_its_next_request_loads_it_again() {
+    let gust = Gust::start(
+        GUST,
+        GustOptions {
+            extra_args: ["--idle-timeout", "1s", "--unload-after", "2s"]
+                .map(String::from)
+                .to_vec(),
+            ..GustOptions::default()
+        },
+    );
+    deploy_probe(&gust, "seldom", &[]);
+    assert_eq!(gust.get("/seldom").text().unwrap(), "hello from wasm\n");
+    assert!(cache_mappings(&gust) > 0, "loaded to serve");
+    eventually(Duration::from_secs(20), || {
+        (cache_mappings(&gust) == 0).then_some(())
+    })
+    .expect("the unused component is unloaded");
+    assert_eq!(gust.get("/seldom").text().unwrap(), "hello from wasm\n");
+    assert!(cache_mappings(&gust) > 0, "loaded again");
+}
+
 /// A one-answer-fits-all HTTP server on loopback: what a component's outbound call reaches.
 fn upstream(answer: &'static str) -> u16 {
     use std::io::{Read, Write};

@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// Stop an instance after it has been idle this long
     #[arg(long, env = "GUST_IDLE_TIMEOUT", default_value = "120s")]
     idle_timeout: String,
+    /// Unload a function with no instance this long after its last request (a wasm
+    /// function's compiled code goes from memory); its next request loads it again
+    #[arg(long, env = "GUST_UNLOAD_AFTER", default_value = "10m")]
+    unload_after: String,
     /// Python interpreter of the built-in python environment (must work inside the sandbox)
     #[arg(long, env = "GUST_PYTHON", default_value = "/usr/bin/python3")]
     python: PathBuf,
@@ -225,6 +229,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// `gust up`'s settings with durations parsed and numbers checked.
 struct Settings {
     idle_timeout: Duration,
+    unload_after: Duration,
     start_timeout: Duration,
     header_timeout: Duration,
     send_timeout: Duration,
@@ -264,6 +269,7 @@ impl Settings {
         check_roles(&roles)?;
         Ok(Self {
             idle_timeout: parse_duration("idle timeout", &args.idle_timeout)?,
+            unload_after: parse_duration("unload after", &args.unload_after)?,
             start_timeout,
             header_timeout: parse_duration("header timeout", &args.header_timeout)?,
             send_timeout: parse_duration("send timeout", &args.send_timeout)?,
@@ -505,6 +511,7 @@ async fn assemble(
         ExecutorConfig {
             idle_timeout: settings.idle_timeout,
             start_timeout: settings.start_timeout,
+            unload_after: settings.unload_after,
             ..ExecutorConfig::default()
         },
         deployments.clone(),

@@ -33,6 +33,9 @@ pub struct ExecutorConfig {
     /// Longest a request waits for an instance to be prepared for it (a cold start), apart
     /// from the function's timeout, which starts when the request reaches the instance.
     pub start_timeout: Duration,
+    /// How long a function with no instance stays loaded (its prepared revision: a wasm
+    /// function's compiled code) after its last request; its next request loads it again.
+    pub unload_after: Duration,
 }
 
 /// A function's scaling settings with every default filled in: what the executor applies and
@@ -94,6 +97,7 @@ impl Default for ExecutorConfig {
             queue_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             start_timeout: Duration::from_secs(10),
+            unload_after: Duration::from_secs(600),
         }
     }
 }
@@ -145,6 +149,9 @@ struct FunctionSlot {
     warming: AtomicUsize,
     /// Set when the function changed or was deleted: instances are stopped instead of reused.
     retired: AtomicBool,
+    /// When a request last reached the slot: the reaper unloads a slot unused for
+    /// [`ExecutorConfig::unload_after`].
+    last_used: Mutex<Instant>,
 }
 
 impl FunctionSlot {
@@ -234,6 +241,43 @@ impl FunctionSlot {
         }
         let at = if oldest { 0 } else { idle.len() };
         idle.splice(at..at, instances);
+    }
+
+    /// Dates the last use back so that the slot is unloaded [`LOADED_KEPT_WARM`] from now if
+    /// no request comes after this (one that came while it was being prepared is not counted).
+    fn aged_to_unload(&self, unload_after: Duration) {
+        let now = Instant::now();
+        let aged = unload_after.saturating_sub(LOADED_KEPT_WARM);
+        if let Some(aged) = now.checked_sub(aged) {
+            let mut last_used = self
+                .last_used
+                .lock()
+                .expect("last use lock is never poisoned");
+            *last_used = (*last_used).min(aged);
+        }
+    }
+
+    fn touch(&self) {
+        *self
+            .last_used
+            .lock()
+            .expect("last use lock is never poisoned") = Instant::now();
+    }
+
+    /// Whether the slot holds no instance and serves no request, and has not for
+    /// `unload_after`: nothing but its prepared revision would be lost by forgetting it. The
+    /// caller also checks that nothing else holds the slot.
+    fn unused_for(&self, unload_after: Duration, now: Instant) -> bool {
+        let last_used = *self
+            .last_used
+            .lock()
+            .expect("last use lock is never poisoned");
+        self.scaling.min_instances == 0
+            && now.saturating_duration_since(last_used) >= unload_after
+            && self.busy() == 0
+            && self.waiting.load(Ordering::Acquire) == 0
+            && self.warming.load(Ordering::Acquire) == 0
+            && self.idle_count() == 0
     }
 
     /// Marks the slot retired and takes its idle instances (each with when it went idle),
@@ -501,6 +545,9 @@ impl Executor {
                     if slot.retired.load(Ordering::Acquire) {
                         return;
                     }
+                    // Loaded for requests that may never come (a deploy of thousands of
+                    // functions): unloaded as its deploy's instance is stopped, unless used.
+                    slot.aged_to_unload(executor.config.unload_after);
                     executor.observer.function_ready(
                         &namespace,
                         &function,
@@ -587,7 +634,32 @@ impl Executor {
                 stop_all(expired);
                 self.warm_to_minimum(&slot);
             }
+            self.unload_unused();
         }
+    }
+
+    /// Forgets the slots unused for [`ExecutorConfig::unload_after`], so that thousands of
+    /// functions deployed and rarely called do not each hold their loaded code. Only a slot
+    /// that nothing but the map holds goes: a request that has it, or is starting an instance
+    /// for it, keeps it, and a request after this finds no slot and loads a new one.
+    fn unload_unused(&self) {
+        let now = Instant::now();
+        let unused: Vec<Arc<FunctionSlot>> = {
+            let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
+            let keys: Vec<_> = slots
+                .iter()
+                .filter(|(_, slot)| {
+                    Arc::strong_count(slot) == 1 && slot.unused_for(self.config.unload_after, now)
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            keys.iter().filter_map(|key| slots.remove(key)).collect()
+        };
+        if !unused.is_empty() {
+            tracing::debug!(count = unused.len(), "unloading unused functions");
+        }
+        // Dropped outside the map's lock: a prepared revision may take a moment to release.
+        drop(unused);
     }
 
     /// Stops every idle instance and the runtime's pools. Requests still in flight finish
@@ -674,6 +746,7 @@ impl Executor {
                 waiting: AtomicUsize::new(0),
                 warming: AtomicUsize::new(0),
                 retired: AtomicBool::new(false),
+                last_used: Mutex::new(Instant::now()),
             })
         });
         let slot = slot.clone();
@@ -772,6 +845,7 @@ impl Invoker for Executor {
         let slot = self
             .slot(&invocation.namespace, &invocation.function)
             .await?;
+        slot.touch();
         let (mut parts, payload) = invocation.request.into_parts();
         parts.headers.extend(slot.function_headers.clone());
         // A body the function takes whole is read before an instance is taken for it, so a
@@ -1230,6 +1304,8 @@ mod tests {
         start: Duration,
         started: Arc<AtomicUsize>,
         stopped: Arc<AtomicUsize>,
+        /// Revisions prepared (loaded).
+        prepared: Arc<AtomicUsize>,
     }
 
     struct TimedInstance {
@@ -1277,6 +1353,7 @@ mod tests {
             &self,
             _spec: &InstanceSpec,
         ) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
+            self.prepared.fetch_add(1, Ordering::SeqCst);
             Ok(Arc::new(self.clone()))
         }
         fn set_environments(&self, _environments: &[Environment]) {}
@@ -1334,6 +1411,7 @@ mod tests {
             start,
             started: Arc::new(AtomicUsize::new(0)),
             stopped: Arc::new(AtomicUsize::new(0)),
+            prepared: Arc::new(AtomicUsize::new(0)),
         });
         (
             Executor::new(
@@ -1448,6 +1526,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         both().await;
         assert_eq!(runtime.started.load(Ordering::SeqCst), started + 2);
+    }
+
+    #[tokio::test]
+    async fn a_function_unused_for_the_unload_time_is_unloaded_and_loads_again() {
+        let config = ExecutorConfig {
+            idle_timeout: Duration::from_millis(100),
+            unload_after: Duration::from_millis(600),
+            ..ExecutorConfig::default()
+        };
+        let (executor, runtime) = executor(config, Duration::from_millis(1_500));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(executor.clone().run_reaper(shutdown.clone()));
+        let loaded = || executor.slots.lock().unwrap().len();
+
+        // A request running longer than the unload time keeps its function loaded.
+        call_and_read(&executor, "f").await.unwrap();
+        assert_eq!(runtime.prepared.load(Ordering::SeqCst), 1);
+        assert_eq!(loaded(), 1, "just used");
+        // Its instance is stopped at the idle timeout, and the function unloaded once unused
+        // for the unload time.
+        let until = Instant::now() + Duration::from_secs(5);
+        while loaded() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(loaded(), 0, "not unloaded");
+        assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
+        // The next request loads it again.
+        call_and_read(&executor, "f").await.unwrap();
+        assert_eq!(runtime.prepared.load(Ordering::SeqCst), 2);
+        shutdown.cancel();
     }
 
     #[tokio::test]

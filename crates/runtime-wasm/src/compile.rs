@@ -25,6 +25,44 @@ impl Hasher for ShaHasher {
 /// The compiled component for `wasm`: from the cache when this engine compiled it before,
 /// else compiled now and cached.
 pub fn load(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component, WasmError> {
+    load_keyed(engine, cache_dir, &cache_key(engine, wasm), wasm)
+}
+
+/// [`load`] for `wasm` whose [`cache_key`] is `key`.
+pub fn load_keyed(
+    engine: &Engine,
+    cache_dir: &Path,
+    key: &str,
+    wasm: &[u8],
+) -> Result<Component, WasmError> {
+    match load_cached(engine, cache_dir, key) {
+        Some(component) => Ok(component),
+        None => compile(engine, cache_dir, key, wasm),
+    }
+}
+
+/// The compiled component of key `key` from the cache, if it is there and usable.
+pub fn load_cached(engine: &Engine, cache_dir: &Path, key: &str) -> Option<Component> {
+    let cached = cache_dir.join(format!("{key}.cwasm"));
+    // SAFETY: the file is in Gust's private data directory and was written by `compile` from
+    // `precompile_component`; the key covers the engine's settings.
+    match unsafe { Component::deserialize_file(engine, &cached) } {
+        Ok(component) => Some(component),
+        Err(err) if cached.exists() => {
+            tracing::warn!(path = %cached.display(), error = %err, "recompiling an unusable cached component");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Compiles `wasm` and writes the result to the cache under `key`.
+fn compile(
+    engine: &Engine,
+    cache_dir: &Path,
+    key: &str,
+    wasm: &[u8],
+) -> Result<Component, WasmError> {
     if !wasmparser_is_component(wasm) {
         return Err(WasmError::Invalid {
             reason:
@@ -32,18 +70,7 @@ pub fn load(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component,
                     .into(),
         });
     }
-    let key = cache_key(engine, wasm);
     let cached = cache_dir.join(format!("{key}.cwasm"));
-    if cached.exists() {
-        // SAFETY: the file is in Gust's private data directory and was written by this
-        // function from `precompile_component`; the key covers the engine's settings.
-        match unsafe { Component::deserialize_file(engine, &cached) } {
-            Ok(component) => return Ok(component),
-            Err(err) => {
-                tracing::warn!(path = %cached.display(), error = %err, "recompiling an unusable cached component")
-            }
-        }
-    }
     let compiled = engine
         .precompile_component(wasm)
         .map_err(|e| WasmError::Invalid {

@@ -29,9 +29,10 @@ mod output;
 pub use engine::PoolSize;
 pub use error::WasmError;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Preparation bound until [`WasmRuntime::with_start_timeout`] sets one.
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +47,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::instance::{WasmInstance, WasmState};
@@ -78,6 +79,11 @@ struct Components {
     engine: Engine,
     linker: Linker<WasmState>,
     cache_dir: PathBuf,
+    /// The cache key of each component file loaded so far, so that loading it again (after
+    /// it was unloaded for idleness) neither reads nor hashes it. Code files never change in
+    /// place (a new upload is a new tree); the entries of files no revision keeps go with
+    /// their compiled artifacts in [`WasmRuntime::retain_compiled`].
+    keys: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl WasmRuntime {
@@ -118,6 +124,7 @@ impl WasmRuntime {
                 engine,
                 linker,
                 cache_dir: cache_dir.to_owned(),
+                keys: Mutex::new(HashMap::new()),
             }),
             logs,
             stop,
@@ -138,13 +145,22 @@ impl WasmRuntime {
     }
 
     /// Deletes the compiled artifacts of every component but those in `live` (the files of
-    /// the revisions that are kept); returns how many went. Reads and hashes each live file.
+    /// the revisions that are kept); returns how many went. Reads and hashes each live file
+    /// not loaded since the start.
     pub fn retain_compiled(&self, live: &[PathBuf]) -> usize {
-        let keep: std::collections::HashSet<String> = live
+        let live: HashSet<&PathBuf> = live.iter().collect();
+        let mut known = self.components.keys();
+        known.retain(|path, _| live.contains(path));
+        let keep: HashSet<String> = live
             .iter()
-            .filter_map(|path| std::fs::read(path).ok())
-            .map(|wasm| compile::cache_key(&self.components.engine, &wasm))
+            .filter_map(|path| match known.get(*path) {
+                Some(key) => Some(key.clone()),
+                None => std::fs::read(path)
+                    .ok()
+                    .map(|wasm| compile::cache_key(&self.components.engine, &wasm)),
+            })
             .collect();
+        drop(known);
         compile::retain(&self.components.cache_dir, &keep)
     }
 
@@ -169,9 +185,19 @@ impl WasmRuntime {
     async fn load(&self, spec: &InstanceSpec) -> Result<ProxyPre<WasmState>, WasmError> {
         let path = Self::component_path(spec);
         let components = self.components.clone();
+        let function = spec.function.clone();
         tokio::task::spawn_blocking(move || {
-            let wasm = std::fs::read(&path).map_err(WasmError::io(&path))?;
-            components.pre_instantiate(&wasm)
+            let started = Instant::now();
+            let component = components.load_file(&path)?;
+            let loaded = started.elapsed();
+            let pre = components.link(&component)?;
+            tracing::debug!(
+                %function,
+                load_ms = loaded.as_secs_f64() * 1e3,
+                link_ms = (started.elapsed() - loaded).as_secs_f64() * 1e3,
+                "component loaded"
+            );
+            Ok(pre)
         })
         .await
         .map_err(|e| WasmError::NotProxy {
@@ -181,13 +207,39 @@ impl WasmRuntime {
 }
 
 impl Components {
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, String>> {
+        self.keys.lock().expect("cache key lock is never poisoned")
+    }
+
+    /// The compiled component of the file at `path`: mapped from the cache under the key it
+    /// had when it was loaded before, else read, hashed and loaded (compiled first if the
+    /// cache does not have it).
+    fn load_file(&self, path: &Path) -> Result<Component, WasmError> {
+        let known = self.keys().get(path).cloned();
+        if let Some(component) =
+            known.and_then(|key| compile::load_cached(&self.engine, &self.cache_dir, &key))
+        {
+            return Ok(component);
+        }
+        let wasm = std::fs::read(path).map_err(WasmError::io(path))?;
+        let key = compile::cache_key(&self.engine, &wasm);
+        let component = compile::load_keyed(&self.engine, &self.cache_dir, &key, &wasm)?;
+        self.keys().insert(path.to_owned(), key);
+        Ok(component)
+    }
+
     /// Compiles (or loads from the cache) a component and checks that it is a
     /// `wasi:http/proxy` component this host can run.
     fn pre_instantiate(&self, wasm: &[u8]) -> Result<ProxyPre<WasmState>, WasmError> {
-        let component = compile::load(&self.engine, &self.cache_dir, wasm)?;
+        self.link(&compile::load(&self.engine, &self.cache_dir, wasm)?)
+    }
+
+    /// Links a compiled component with the host's WASI and checks that it is a
+    /// `wasi:http/proxy` component this host can run.
+    fn link(&self, component: &Component) -> Result<ProxyPre<WasmState>, WasmError> {
         let instance_pre =
             self.linker
-                .instantiate_pre(&component)
+                .instantiate_pre(component)
                 .map_err(|e| WasmError::NotProxy {
                     reason: format!("{e:#}"),
                 })?;
