@@ -151,7 +151,7 @@ def main():
     args = parser.parse_args()
     component = open(args.component, "rb").read()
     # Each load's phases, as debug events.
-    os.environ["GUST_LOG"] = "info,gust_runtime_wasm=debug"
+    os.environ["GUST_LOG"] = "info,gust_runtime_wasm=debug,gust_executor=debug"
     work = tempfile.mkdtemp(prefix="gust-wasm-density-")
     flags = ("--idle-timeout", "2s", "--unload-after", f"{UNLOAD_AFTER_S}s")
     gust = GustProcess(args.gust, work, flags)
@@ -190,8 +190,16 @@ def main():
         gust.stop()
         # The last load of each sampled function is the one after its unloading.
         loads = events(os.path.join(work, "gust.log"), "component loaded")
+        reads = events(os.path.join(work, "gust.log"), "deployment read")
         shutil.rmtree(work, ignore_errors=True)
-    sampled = [loads[u.rsplit("/", 1)[1]] for u in sample if u.rsplit("/", 1)[1] in loads]
+    names = [u.rsplit("/", 1)[1] for u in sample]
+    phases = [
+        ("deployment read from the store", reads, "read_ms"),
+        ("to and from the thread that read it", reads, "handoff_ms"),
+        ("compiled component loaded (mapped, checked, registered)", loads, "load_ms"),
+        ("linked with the host's WASI", loads, "link_ms"),
+        ("to and from the thread that loaded it", loads, "handoff_ms"),
+    ]
 
     n = args.functions
     component_name = os.path.basename(args.component)
@@ -215,10 +223,10 @@ def main():
                      f"{percentile(values, 50):.2f} / {percentile(values, 99):.2f} ms",
                      f"{percentile(warm, 50):.2f} / {percentile(warm, 99):.2f} ms (warm)",
                      f"{statistics.median(values) / statistics.median(warm):.2f}"))
-    for phase in ("load", "link"):
-        values = [float(fields[f"{phase}_ms"]) for fields in sampled]
+    for label, found, field in phases:
+        values = [float(found[name][field]) for name in names if name in found]
         if values:
-            rows.append((f"of which {phase} inside the tier, {len(values)} traced (p50 / p99)",
+            rows.append((f"of which: {label}, {len(values)} traced (p50 / p99)",
                          f"{percentile(values, 50):.2f} / {percentile(values, 99):.2f} ms",
                          "", ""))
     print("| measure | Gust | baseline (same run) | ratio |")

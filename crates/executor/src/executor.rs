@@ -701,9 +701,22 @@ impl Executor {
             function: function.to_string(),
         };
         let (source, ns, name) = (self.source.clone(), namespace.clone(), function.clone());
-        let loaded = tokio::task::spawn_blocking(move || source.deployment(&ns, &name))
-            .await
-            .unwrap_or_else(|_| Err("the deployment read panicked".to_owned().into()));
+        let asked = Instant::now();
+        let (loaded, read) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            (source.deployment(&ns, &name), started.elapsed())
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let panicked = Err("the deployment read panicked".to_owned().into());
+            (panicked, Duration::ZERO)
+        });
+        tracing::debug!(
+            %function,
+            read_ms = read.as_secs_f64() * 1e3,
+            handoff_ms = (asked.elapsed() - read).as_secs_f64() * 1e3,
+            "deployment read"
+        );
         let spec = loaded
             .map_err(|err| match err {
                 DeploymentError::NotReady(detail) => InvokeError::NotReady {

@@ -14,6 +14,9 @@ use crate::worker::{Worker, WorkerCommand};
 /// The longest wait between attempts to start a worker for an environment whose workers fail.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How long a refill waits while the pool still has a ready worker (see `keep_filled`).
+const REFILL_DELAY: Duration = Duration::from_millis(30);
+
 pub struct WarmPool {
     command: WorkerCommand,
     size: usize,
@@ -93,6 +96,16 @@ impl WarmPool {
     async fn keep_filled(self: Arc<Self>, spawner: Arc<Spawner>) {
         let mut failures = 0u32;
         loop {
+            let ready = self.ready_count();
+            if ready > 0 && ready < self.size {
+                // A worker was just taken for a cold start: starting its replacement (a
+                // sandbox and an interpreter, tens of ms of CPU) right now would compete with
+                // that start for the cores. The pool still has one for the next.
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(REFILL_DELAY) => {}
+                }
+            }
             let missing = self.size.saturating_sub(self.ready_count());
             if missing > 0 && !self.stop.is_cancelled() {
                 // Start the missing workers side by side: after a burst of cold starts the
