@@ -66,6 +66,10 @@ pub struct UpArgs {
     /// function's compiled code goes from memory); its next request loads it again
     #[arg(long, env = "GUST_UNLOAD_AFTER", default_value = "10m")]
     unload_after: String,
+    /// Functions kept loaded with no instance; beyond it, the least recently used are
+    /// unloaded first (a wasm function's compiled code goes from memory)
+    #[arg(long, env = "GUST_MAX_IDLE_LOADED", default_value_t = 1_000)]
+    max_idle_loaded: usize,
     /// Python interpreter of the built-in python environment (must work inside the sandbox)
     #[arg(long, env = "GUST_PYTHON", default_value = "/usr/bin/python3")]
     python: PathBuf,
@@ -512,6 +516,7 @@ async fn assemble(
             idle_timeout: settings.idle_timeout,
             start_timeout: settings.start_timeout,
             unload_after: settings.unload_after,
+            max_idle_loaded: args.max_idle_loaded,
             ..ExecutorConfig::default()
         },
         deployments.clone(),

@@ -36,6 +36,9 @@ pub struct ExecutorConfig {
     /// How long a function with no instance stays loaded (its prepared revision: a wasm
     /// function's compiled code) after its last request; its next request loads it again.
     pub unload_after: Duration,
+    /// Functions kept loaded with no instance (within `unload_after`); beyond it, the least
+    /// recently used are unloaded first.
+    pub max_idle_loaded: usize,
 }
 
 /// A function's scaling settings with every default filled in: what the executor applies and
@@ -98,6 +101,7 @@ impl Default for ExecutorConfig {
             idle_timeout: Duration::from_secs(120),
             start_timeout: Duration::from_secs(10),
             unload_after: Duration::from_secs(600),
+            max_idle_loaded: 1_000,
         }
     }
 }
@@ -264,20 +268,21 @@ impl FunctionSlot {
             .expect("last use lock is never poisoned") = Instant::now();
     }
 
-    /// Whether the slot holds no instance and serves no request, and has not for
-    /// `unload_after`: nothing but its prepared revision would be lost by forgetting it. The
-    /// caller also checks that nothing else holds the slot.
-    fn unused_for(&self, unload_after: Duration, now: Instant) -> bool {
-        let last_used = *self
-            .last_used
-            .lock()
-            .expect("last use lock is never poisoned");
-        self.scaling.min_instances == 0
-            && now.saturating_duration_since(last_used) >= unload_after
+    /// When the slot was last used, if it holds no instance and serves no request: nothing
+    /// but its prepared revision would be lost by forgetting it. The caller also checks that
+    /// nothing else holds the slot.
+    fn unused_since(&self) -> Option<Instant> {
+        let unused = self.scaling.min_instances == 0
             && self.busy() == 0
             && self.waiting.load(Ordering::Acquire) == 0
             && self.warming.load(Ordering::Acquire) == 0
-            && self.idle_count() == 0
+            && self.idle_count() == 0;
+        unused.then(|| {
+            *self
+                .last_used
+                .lock()
+                .expect("last use lock is never poisoned")
+        })
     }
 
     /// Marks the slot retired and takes its idle instances (each with when it went idle),
@@ -638,22 +643,31 @@ impl Executor {
         }
     }
 
-    /// Forgets the slots unused for [`ExecutorConfig::unload_after`], so that thousands of
-    /// functions deployed and rarely called do not each hold their loaded code. Only a slot
-    /// that nothing but the map holds goes: a request that has it, or is starting an instance
-    /// for it, keeps it, and a request after this finds no slot and loads a new one.
+    /// Forgets the slots unused for [`ExecutorConfig::unload_after`], and the least recently
+    /// used beyond [`ExecutorConfig::max_idle_loaded`], so that thousands of functions
+    /// deployed and rarely called do not each hold their loaded code. Only a slot that
+    /// nothing but the map holds goes: a request that has it, or is starting an instance for
+    /// it, keeps it, and a request after this finds no slot and loads a new one.
     fn unload_unused(&self) {
         let now = Instant::now();
         let unused: Vec<Arc<FunctionSlot>> = {
             let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
-            let keys: Vec<_> = slots
+            let mut idle: Vec<_> = slots
                 .iter()
-                .filter(|(_, slot)| {
-                    Arc::strong_count(slot) == 1 && slot.unused_for(self.config.unload_after, now)
-                })
-                .map(|(key, _)| key.clone())
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .filter_map(|(key, slot)| Some((slot.unused_since()?, key.clone())))
                 .collect();
-            keys.iter().filter_map(|key| slots.remove(key)).collect()
+            // Least recently used first: past the unload time, or beyond the cap.
+            idle.sort_unstable_by_key(|(last_used, _)| *last_used);
+            let over_cap = idle.len().saturating_sub(self.config.max_idle_loaded);
+            idle.iter()
+                .enumerate()
+                .take_while(|(at, (last_used, _))| {
+                    *at < over_cap
+                        || now.saturating_duration_since(*last_used) >= self.config.unload_after
+                })
+                .filter_map(|(_, (_, key))| slots.remove(key))
+                .collect()
         };
         if !unused.is_empty() {
             tracing::debug!(count = unused.len(), "unloading unused functions");
@@ -1567,6 +1581,36 @@ mod tests {
         assert_eq!(runtime.stopped.load(Ordering::SeqCst), 1);
         // The next request loads it again.
         call_and_read(&executor, "f").await.unwrap();
+        assert_eq!(runtime.prepared.load(Ordering::SeqCst), 2);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn beyond_the_cap_the_least_recently_used_idle_function_is_unloaded_first() {
+        let config = ExecutorConfig {
+            idle_timeout: Duration::from_millis(100),
+            max_idle_loaded: 1,
+            ..ExecutorConfig::default()
+        };
+        let (executor, runtime) = executor(config, Duration::ZERO);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(executor.clone().run_reaper(shutdown.clone()));
+        let loaded = || {
+            let slots = executor.slots.lock().unwrap();
+            let mut names: Vec<_> = slots.keys().map(|(_, f)| f.to_string()).collect();
+            names.sort();
+            names
+        };
+        call_and_read(&executor, "f").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        call_and_read(&executor, "w").await.unwrap();
+        assert_eq!(loaded(), ["f", "w"], "both in use");
+        // Once their instances are stopped, one idle function stays loaded: the last used.
+        let until = Instant::now() + Duration::from_secs(5);
+        while loaded().len() > 1 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(loaded(), ["w"]);
         assert_eq!(runtime.prepared.load(Ordering::SeqCst), 2);
         shutdown.cancel();
     }
