@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -345,6 +345,10 @@ pub struct FunctionInstances {
 /// the function's idle timeout; never below its minimum instances).
 const LOADED_KEPT_WARM: Duration = Duration::from_secs(10);
 
+/// Deployment reads of one slot lookup while other changes keep coming (see
+/// [`Executor::slot`]).
+const MAX_DEPLOYMENT_READS: usize = 5;
+
 /// How long a deploy waits for a new revision's code to load (see [`Executor::trial`]).
 const LOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -357,6 +361,10 @@ pub struct Executor {
     runtime: Arc<dyn Runtime>,
     observer: Arc<dyn InvocationObserver>,
     slots: Mutex<HashMap<(Namespace, Name), Arc<FunctionSlot>>>,
+    /// Counts changes to any function (a deploy, a delete, new values), under the slot map's
+    /// lock: a request that read a deployment while one happened reads it again rather than
+    /// bring back what the change replaced (see [`Executor::slot`]).
+    changes: AtomicU64,
     /// Instances [`Executor::trial`] started, waiting for their revision to go live.
     staged: Mutex<HashMap<(Namespace, Name), Staged>>,
 }
@@ -392,6 +400,7 @@ impl Executor {
             runtime,
             observer,
             slots: Mutex::new(HashMap::new()),
+            changes: AtomicU64::new(0),
             staged: Mutex::new(HashMap::new()),
         })
     }
@@ -457,15 +466,17 @@ impl Executor {
     /// Forgets a function's deployment: idle instances stop now, busy ones when their request
     /// ends, and the next request loads the new revision.
     pub fn function_changed(&self, namespace: &Namespace, function: &Name) {
-        let removed = self
-            .slots
-            .lock()
-            .expect("slot map lock is never poisoned")
-            .remove(&(namespace.clone(), function.clone()));
-        if let Some(slot) = removed {
+        if let Some(slot) = self.forget(namespace, function) {
             // Its prepared form goes with the last request still holding the slot.
             stop_all(slot.retire().into_iter().map(|(i, _)| i).collect());
         }
+    }
+
+    /// Takes a function's slot out of the map after a change, counting the change.
+    fn forget(&self, namespace: &Namespace, function: &Name) -> Option<Arc<FunctionSlot>> {
+        let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        slots.remove(&(namespace.clone(), function.clone()))
     }
 
     /// A secret or config the function mounts changed. With `restart`, as after a deploy;
@@ -483,12 +494,7 @@ impl Executor {
         if restart {
             return self.function_deployed(namespace, function);
         }
-        let Some(old) = self
-            .slots
-            .lock()
-            .expect("slot map lock is never poisoned")
-            .remove(&(namespace.clone(), function.clone()))
-        else {
+        let Some(old) = self.forget(namespace, function) else {
             // Not loaded here: its next request loads the new values.
             return;
         };
@@ -710,6 +716,68 @@ impl Executor {
         {
             return Ok(slot.clone());
         }
+        let mut reads = 0;
+        loop {
+            let seen = self.changes.load(Ordering::Acquire);
+            let spec = self.read_deployment(namespace, function).await?;
+            reads += 1;
+            let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
+            // A function changed while this was read: what was read may be what the change
+            // replaced (a request after an unload, racing an update or a delete). Read again
+            // (a few times at most: changes to other functions count too).
+            if self.changes.load(Ordering::Acquire) != seen && reads < MAX_DEPLOYMENT_READS {
+                continue;
+            }
+            let scaling = self
+                .config
+                .effective(&spec.scaling, spec.environment.tier());
+            // The instance a trial started for this very spec, if any, is the slot's first.
+            let staged = self
+                .staged
+                .lock()
+                .expect("staged map lock is never poisoned")
+                .remove(&key);
+            let mut prepared = staged
+                .as_ref()
+                .filter(|staged| staged.spec == spec)
+                .map(|staged| staged.prepared.clone());
+            let function_headers = function_headers(&spec);
+            // Another request may have loaded it meanwhile; keep the first so instances are
+            // shared.
+            let slot = slots.entry(key.clone()).or_insert_with(|| {
+                Arc::new(FunctionSlot {
+                    spec,
+                    prepared: tokio::sync::OnceCell::new_with(prepared.take()),
+                    function_headers,
+                    scaling,
+                    idle: Mutex::new(Vec::new()),
+                    in_flight: Arc::new(Semaphore::new(scaling.requests_in_flight())),
+                    waiting: AtomicUsize::new(0),
+                    warming: AtomicUsize::new(0),
+                    retired: AtomicBool::new(false),
+                    last_used: Mutex::new(Instant::now()),
+                })
+            });
+            let slot = slot.clone();
+            drop(slots);
+            if let Some(staged) = staged {
+                if staged.spec == slot.spec {
+                    slot.release_loaded(staged.instance);
+                } else {
+                    stop_all(vec![staged.instance]);
+                }
+            }
+            return Ok(slot);
+        }
+    }
+
+    /// A function's current deployment, read from the source on a blocking thread (it may
+    /// read storage), never on the runtime thread serving requests.
+    async fn read_deployment(
+        &self,
+        namespace: &Namespace,
+        function: &Name,
+    ) -> Result<InstanceSpec, InvokeError> {
         let not_found = || InvokeError::FunctionNotFound {
             namespace: namespace.to_string(),
             function: function.to_string(),
@@ -731,7 +799,7 @@ impl Executor {
             handoff_ms = (asked.elapsed() - read).as_secs_f64() * 1e3,
             "deployment read"
         );
-        let spec = loaded
+        loaded
             .map_err(|err| match err {
                 DeploymentError::NotReady(detail) => InvokeError::NotReady {
                     function: function.to_string(),
@@ -745,47 +813,7 @@ impl Executor {
                     }
                 }
             })?
-            .ok_or_else(not_found)?;
-        let scaling = self
-            .config
-            .effective(&spec.scaling, spec.environment.tier());
-        // The instance a trial started for this very spec, if any, is the slot's first.
-        let staged = self
-            .staged
-            .lock()
-            .expect("staged map lock is never poisoned")
-            .remove(&key);
-        let mut prepared = staged
-            .as_ref()
-            .filter(|staged| staged.spec == spec)
-            .map(|staged| staged.prepared.clone());
-        let function_headers = function_headers(&spec);
-        let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
-        // Another request may have loaded it meanwhile; keep the first so instances are shared.
-        let slot = slots.entry(key).or_insert_with(|| {
-            Arc::new(FunctionSlot {
-                spec,
-                prepared: tokio::sync::OnceCell::new_with(prepared.take()),
-                function_headers,
-                scaling,
-                idle: Mutex::new(Vec::new()),
-                in_flight: Arc::new(Semaphore::new(scaling.requests_in_flight())),
-                waiting: AtomicUsize::new(0),
-                warming: AtomicUsize::new(0),
-                retired: AtomicBool::new(false),
-                last_used: Mutex::new(Instant::now()),
-            })
-        });
-        let slot = slot.clone();
-        drop(slots);
-        if let Some(staged) = staged {
-            if staged.spec == slot.spec {
-                slot.release_loaded(staged.instance);
-            } else {
-                stop_all(vec![staged.instance]);
-            }
-        }
-        Ok(slot)
+            .ok_or_else(not_found)
     }
 
     async fn admit(&self, slot: &FunctionSlot) -> Result<OwnedSemaphorePermit, InvokeError> {
@@ -1613,6 +1641,77 @@ mod tests {
         assert_eq!(loaded(), ["w"]);
         assert_eq!(runtime.prepared.load(Ordering::SeqCst), 2);
         shutdown.cancel();
+    }
+
+    /// Function `f` at the revision in `revision`; its first read waits for `go` after
+    /// saying so on `reading`.
+    struct SlowFirstRead {
+        revision: Arc<AtomicUsize>,
+        reading: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl DeploymentSource for SlowFirstRead {
+        fn deployment(
+            &self,
+            namespace: &Namespace,
+            function: &Name,
+        ) -> Result<Option<InstanceSpec>, DeploymentError> {
+            let mut spec = OneFunction.deployment(namespace, function)?;
+            if let Some(spec) = spec.as_mut() {
+                spec.revision = self.revision.load(Ordering::SeqCst) as u32;
+            }
+            if let Some(reading) = self.reading.lock().unwrap().take() {
+                reading.send(()).unwrap();
+                self.go.lock().unwrap().recv().unwrap();
+            }
+            Ok(spec)
+        }
+    }
+
+    /// A request that reads a function's deployment while it is updated (common once
+    /// unloading leaves functions without a slot) must not bring the old revision back.
+    #[tokio::test]
+    async fn a_deployment_read_during_an_update_does_not_bring_the_old_revision_back() {
+        let (reading_tx, reading) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let revision = Arc::new(AtomicUsize::new(1));
+        let runtime = Arc::new(TimedRuntime {
+            hold: Duration::ZERO,
+            start: Duration::ZERO,
+            started: Arc::new(AtomicUsize::new(0)),
+            stopped: Arc::new(AtomicUsize::new(0)),
+            prepared: Arc::new(AtomicUsize::new(0)),
+        });
+        let source = SlowFirstRead {
+            revision: revision.clone(),
+            reading: Mutex::new(Some(reading_tx)),
+            go: Mutex::new(go_rx),
+        };
+        let executor = Executor::new(
+            ExecutorConfig::default(),
+            Arc::new(source),
+            runtime,
+            Arc::new(crate::NoObserver),
+        );
+        let request = tokio::spawn({
+            let executor = executor.clone();
+            async move { call_and_read(&executor, "f").await.map(|_| ()) }
+        });
+        tokio::task::spawn_blocking(move || reading.recv().unwrap())
+            .await
+            .unwrap();
+        // Revision 2 is stored and the executor told, while revision 1 is being read.
+        revision.store(2, Ordering::SeqCst);
+        executor.function_changed(
+            &Namespace::default(),
+            &Name::parse("function", "f").unwrap(),
+        );
+        go.send(()).unwrap();
+        request.await.unwrap().unwrap();
+        let slots = executor.slots.lock().unwrap();
+        let slot = slots.values().next().expect("the request's slot");
+        assert_eq!(slot.spec.revision, 2);
     }
 
     #[tokio::test]

@@ -100,10 +100,20 @@ impl WarmPool {
             if ready > 0 && ready < self.size {
                 // A worker was just taken for a cold start: starting its replacement (a
                 // sandbox and an interpreter, tens of ms of CPU) right now would compete with
-                // that start for the cores. The pool still has one for the next.
-                tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    _ = tokio::time::sleep(REFILL_DELAY) => {}
+                // that start for the cores. The pool still has one for the next; once it has
+                // none (a burst), the refill starts at once.
+                let delay = tokio::time::sleep(REFILL_DELAY);
+                tokio::pin!(delay);
+                loop {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = &mut delay => break,
+                        _ = self.refill.notified() => {
+                            if self.ready_count() == 0 {
+                                break;
+                            }
+                        }
+                    }
                 }
             }
             let missing = self.size.saturating_sub(self.ready_count());

@@ -76,17 +76,19 @@ fn compile(
         .map_err(|e| WasmError::Invalid {
             reason: format!("{e:#}"),
         })?;
-    let temp = cache_dir.join(format!(".{key}.{}.tmp", std::process::id()));
+    // A temporary file of its own (two deploys of the same code compile at once), renamed
+    // into place whole; it is removed if anything fails before.
     let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&compiled)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &cached)
+        let mut temp = tempfile::Builder::new()
+            .prefix(&format!(".{key}."))
+            .suffix(".tmp")
+            .tempfile_in(cache_dir)?;
+        temp.write_all(&compiled)?;
+        temp.as_file().sync_all()?;
+        temp.persist(&cached).map_err(|e| e.error)?;
+        Ok(())
     };
-    if let Err(err) = write() {
-        let _ = std::fs::remove_file(&temp);
-        return Err(WasmError::io(&cached)(err));
-    }
+    write().map_err(WasmError::io(&cached))?;
     // SAFETY: `compiled` was produced just now by this engine.
     unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| WasmError::Invalid {
         reason: format!("{e:#}"),

@@ -149,18 +149,29 @@ impl WasmRuntime {
     /// not loaded since the start.
     pub fn retain_compiled(&self, live: &[PathBuf]) -> usize {
         let live: HashSet<&PathBuf> = live.iter().collect();
-        let mut known = self.components.keys();
-        known.retain(|path, _| live.contains(path));
-        let keep: HashSet<String> = live
+        // Copied, so that loads (which look keys up) never wait for the hashing below.
+        let known = {
+            let mut keys = self.components.keys();
+            keys.retain(|path, _| live.contains(path));
+            keys.clone()
+        };
+        let computed: Vec<(PathBuf, String)> = live
             .iter()
-            .filter_map(|path| match known.get(*path) {
-                Some(key) => Some(key.clone()),
-                None => std::fs::read(path)
-                    .ok()
-                    .map(|wasm| compile::cache_key(&self.components.engine, &wasm)),
+            .filter(|path| !known.contains_key(**path))
+            .filter_map(|path| {
+                let wasm = std::fs::read(path).ok()?;
+                Some((
+                    (*path).clone(),
+                    compile::cache_key(&self.components.engine, &wasm),
+                ))
             })
             .collect();
-        drop(known);
+        let keep: HashSet<String> = known
+            .into_values()
+            .chain(computed.iter().map(|(_, key)| key.clone()))
+            .collect();
+        // Remembered, so that the next collection and the first load do not hash them again.
+        self.components.keys().extend(computed);
         compile::retain(&self.components.cache_dir, &keep)
     }
 
