@@ -206,6 +206,11 @@ impl FunctionSlot {
         self.scaling.requests_in_flight() - self.in_flight.available_permits()
     }
 
+    /// Instances serving, idle, or starting to reach the minimum.
+    fn held(&self) -> usize {
+        self.busy() + self.idle_count() + self.warming.load(Ordering::Acquire)
+    }
+
     fn idle_count(&self) -> usize {
         self.idle
             .lock()
@@ -273,10 +278,8 @@ impl FunctionSlot {
     /// nothing else holds the slot.
     fn unused_since(&self) -> Option<Instant> {
         let unused = self.scaling.min_instances == 0
-            && self.busy() == 0
-            && self.waiting.load(Ordering::Acquire) == 0
-            && self.warming.load(Ordering::Acquire) == 0
-            && self.idle_count() == 0;
+            && self.held() == 0
+            && self.waiting.load(Ordering::Acquire) == 0;
         unused.then(|| {
             *self
                 .last_used
@@ -506,8 +509,7 @@ impl Executor {
                 Ok(new) => {
                     // Requests may have started instances of the new slot meanwhile: the
                     // carried ones fill what room is left, the oldest stopped first.
-                    let held = new.busy() + new.idle_count() + new.warming.load(Ordering::Acquire);
-                    let room = new.scaling.requests_in_flight().saturating_sub(held);
+                    let room = new.scaling.requests_in_flight().saturating_sub(new.held());
                     let surplus = carried.len().saturating_sub(room);
                     stop_all(carried.drain(..surplus).map(|(i, _)| i).collect());
                     let retire_at = Instant::now() + new.scaling.idle_timeout;
@@ -573,8 +575,7 @@ impl Executor {
 
     /// Starts instances in the background until the function has its minimum.
     fn warm_to_minimum(self: &Arc<Self>, slot: &Arc<FunctionSlot>) {
-        let have = slot.busy() + slot.idle_count() + slot.warming.load(Ordering::Acquire);
-        let missing = slot.scaling.min_instances.saturating_sub(have);
+        let missing = slot.scaling.min_instances.saturating_sub(slot.held());
         for _ in 0..missing {
             slot.warming.fetch_add(1, Ordering::AcqRel);
             let (executor, slot) = (self.clone(), slot.clone());

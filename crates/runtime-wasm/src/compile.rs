@@ -25,19 +25,10 @@ impl Hasher for ShaHasher {
 /// The compiled component for `wasm`: from the cache when this engine compiled it before,
 /// else compiled now and cached.
 pub fn load(engine: &Engine, cache_dir: &Path, wasm: &[u8]) -> Result<Component, WasmError> {
-    load_keyed(engine, cache_dir, &cache_key(engine, wasm), wasm)
-}
-
-/// [`load`] for `wasm` whose [`cache_key`] is `key`.
-pub fn load_keyed(
-    engine: &Engine,
-    cache_dir: &Path,
-    key: &str,
-    wasm: &[u8],
-) -> Result<Component, WasmError> {
-    match load_cached(engine, cache_dir, key) {
+    let key = cache_key(engine, wasm);
+    match load_cached(engine, cache_dir, &key) {
         Some(component) => Ok(component),
-        None => compile(engine, cache_dir, key, wasm),
+        None => compile(engine, cache_dir, &key, wasm),
     }
 }
 
@@ -56,8 +47,8 @@ pub fn load_cached(engine: &Engine, cache_dir: &Path, key: &str) -> Option<Compo
     }
 }
 
-/// Compiles `wasm` and writes the result to the cache under `key`.
-fn compile(
+/// Compiles `wasm` and writes the result to the cache under `key`, its [`cache_key`].
+pub fn compile(
     engine: &Engine,
     cache_dir: &Path,
     key: &str,

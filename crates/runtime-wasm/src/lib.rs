@@ -229,15 +229,26 @@ impl Components {
     /// had when it was loaded before, else read, hashed and loaded (compiled first if the
     /// cache does not have it).
     fn load_file(&self, path: &Path) -> Result<Component, WasmError> {
+        let read = || std::fs::read(path).map_err(WasmError::io(path));
         let known = self.keys().get(path).cloned();
-        if let Some(component) =
-            known.and_then(|key| compile::load_cached(&self.engine, &self.cache_dir, &key))
-        {
-            return Ok(component);
-        }
-        let wasm = std::fs::read(path).map_err(WasmError::io(path))?;
-        let key = compile::cache_key(&self.engine, &wasm);
-        let component = compile::load_keyed(&self.engine, &self.cache_dir, &key, &wasm)?;
+        let (key, mut wasm) = match known {
+            Some(key) => (key, None),
+            None => {
+                let wasm = read()?;
+                (compile::cache_key(&self.engine, &wasm), Some(wasm))
+            }
+        };
+        let component = match compile::load_cached(&self.engine, &self.cache_dir, &key) {
+            Some(component) => component,
+            None => {
+                let wasm = match wasm.take() {
+                    Some(wasm) => wasm,
+                    None => read()?,
+                };
+                compile::compile(&self.engine, &self.cache_dir, &key, &wasm)?
+            }
+        };
+        // Remembered once it loads: a file that fails to is read again next time.
         self.keys().insert(path.to_owned(), key);
         Ok(component)
     }
