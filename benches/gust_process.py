@@ -48,6 +48,16 @@ class GustProcess:
         subprocess.run([self.binary, "--url", f"http://127.0.0.1:{self.api}", *args],
                        env=self.env, check=True, capture_output=True)
 
+    def api_get(self, path):
+        """GET `path` on the API listener with the token `gust up` gave the CLI."""
+        import tomllib
+        with open(os.path.join(self.work, "config", "gust", "config.toml"), "rb") as f:
+            servers = tomllib.load(f)["servers"]
+        token = next(iter(servers.values()))["token"]
+        request = urllib.request.Request(f"http://127.0.0.1:{self.api}{path}",
+                                         headers={"Authorization": f"Bearer {token}"})
+        return urllib.request.urlopen(request, timeout=10).read()
+
     def write(self, name, text):
         """Writes `text` to a file of that name in the work directory; returns its path."""
         path = os.path.join(self.work, name)

@@ -69,8 +69,13 @@ fn r04_bursts_of_100_and_1000_against_functions_at_zero_all_succeed() {
         let failed: Vec<_> = results.iter().filter(|(s, _, _)| *s != 200).collect();
         assert!(failed.is_empty(), "{path} x{count}: {failed:?}");
     }
-    let (busy, idle) = instances(&gust, "py");
-    assert_eq!(busy, 0);
+    // A request that found an instance free before its own start finished left that start
+    // going on: it ends within moments, its instance idle.
+    let settled = eventually(Duration::from_secs(20), || {
+        let (busy, idle) = instances(&gust, "py");
+        (busy == 0).then_some(idle)
+    });
+    let idle = settled.expect("the bursts' starts end");
     assert!(
         (1..=10).contains(&idle),
         "a process function scales up to its default maximum of 10, not more: {idle}"

@@ -156,6 +156,9 @@ struct FunctionSlot {
     /// When a request last reached the slot: the reaper unloads a slot unused for
     /// [`ExecutorConfig::unload_after`].
     last_used: Mutex<Instant>,
+    /// Told whenever an instance goes idle: a request waiting for the instance it started
+    /// takes a released one instead when that comes first.
+    released: tokio::sync::Notify,
 }
 
 impl FunctionSlot {
@@ -250,6 +253,16 @@ impl FunctionSlot {
         }
         let at = if oldest { 0 } else { idle.len() };
         idle.splice(at..at, instances);
+        drop(idle);
+        // One waiter per instance (a dropped, notified waiter passes it on).
+        self.released.notify_one();
+    }
+
+    /// An idle instance with a permit to use it, when both are free now. A request queued
+    /// for a permit comes first: the semaphore gives a released permit to its queue.
+    fn take_released(&self) -> Option<(Box<dyn Instance>, OwnedSemaphorePermit)> {
+        let permit = self.in_flight.clone().try_acquire_owned().ok()?;
+        self.take_idle().map(|instance| (instance, permit))
     }
 
     /// Dates the last use back so that the slot is unloaded [`LOADED_KEPT_WARM`] from now if
@@ -757,6 +770,7 @@ impl Executor {
                     warming: AtomicUsize::new(0),
                     retired: AtomicBool::new(false),
                     last_used: Mutex::new(Instant::now()),
+                    released: tokio::sync::Notify::new(),
                 })
             });
             let slot = slot.clone();
@@ -837,45 +851,65 @@ impl Executor {
         }
     }
 
-    /// Starts an instance for a request within the start bound. A start still running at
-    /// the bound goes on in the background with the request's permit (so starts stay within
-    /// the function's capacity) and its instance waits idle for the next request; the request
-    /// gets its 504 now.
-    async fn start_within(
+    /// Starts an instance for a request and waits, within the start bound, for whichever
+    /// comes first: the started instance, or one another request released meanwhile (a
+    /// function that answers in milliseconds but starts in seconds then serves a burst from
+    /// its warm instances while new ones start). The start goes on in the background with
+    /// the request's permit either way (so starts stay within the function's capacity), and
+    /// an instance the request did not take waits idle for the next one. `None` in the
+    /// result's cold start: the request took a released instance.
+    async fn start_or_take_released(
         &self,
         slot: &Arc<FunctionSlot>,
         id: &RequestId,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit), InvokeError> {
+    ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit, bool), InvokeError> {
         let bound = self.config.start_timeout;
         let (started_tx, mut started_rx) = oneshot::channel();
         let (runtime, start_slot, id) = (self.runtime.clone(), slot.clone(), id.clone());
         tokio::spawn(async move {
             let started = start_slot.start(runtime.as_ref(), &id).await;
             if let Err((Ok(instance), _permit)) = started_tx.send((started, permit)) {
-                if start_slot.retired.load(Ordering::Acquire) {
-                    stop_all(vec![instance]);
-                } else {
-                    start_slot.release(instance);
-                }
+                // keep_idle stops it if the slot retired meanwhile.
+                start_slot.release(instance);
             }
         });
-        match tokio::time::timeout(bound, &mut started_rx).await {
-            Ok(Ok((started, permit))) => started.map(|instance| (instance, permit)),
-            Ok(Err(_)) => Err(InvokeError::StartFailed {
-                function: slot.spec.function.to_string(),
-                detail: "the start was interrupted".to_owned(),
-            }),
-            Err(_) => {
-                // A start that finished just as the bound passed still serves the next one.
-                started_rx.close();
-                if let Ok((Ok(instance), _permit)) = started_rx.try_recv() {
-                    slot.release(instance);
+        // The request no longer waits for its start: one that finished just then serves the
+        // next request.
+        let let_go = |mut started_rx: oneshot::Receiver<_>| {
+            started_rx.close();
+            if let Ok((Ok(instance), _permit)) = started_rx.try_recv() {
+                slot.release(instance);
+            }
+        };
+        let deadline = tokio::time::sleep(bound);
+        tokio::pin!(deadline);
+        loop {
+            let released = slot.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some((instance, permit)) = slot.take_released() {
+                let_go(started_rx);
+                return Ok((instance, permit, false));
+            }
+            tokio::select! {
+                started = &mut started_rx => {
+                    return match started {
+                        Ok((started, permit)) => started.map(|instance| (instance, permit, true)),
+                        Err(_) => Err(InvokeError::StartFailed {
+                            function: slot.spec.function.to_string(),
+                            detail: "the start was interrupted".to_owned(),
+                        }),
+                    };
                 }
-                Err(InvokeError::StartTimeout {
-                    function: slot.spec.function.to_string(),
-                    bound,
-                })
+                () = &mut released => {}
+                () = &mut deadline => {
+                    let_go(started_rx);
+                    return Err(InvokeError::StartTimeout {
+                        function: slot.spec.function.to_string(),
+                        bound,
+                    });
+                }
             }
         }
     }
@@ -972,13 +1006,21 @@ impl Invoker for Executor {
             Some(instance) => (instance, permit),
             None => {
                 let starting = Instant::now();
-                match self.start_within(&slot, &invocation.id, permit).await {
-                    Ok(started) => {
+                match self
+                    .start_or_take_released(&slot, &invocation.id, permit)
+                    .await
+                {
+                    Ok((instance, permit, true)) => {
                         report.cold_start = Some(ColdStart {
                             start: starting.elapsed(),
                             tier: slot.spec.environment.tier(),
                         });
-                        started
+                        (instance, permit)
+                    }
+                    Ok((instance, permit, false)) => {
+                        // It waited for an instance as a queued request does.
+                        report.queue_wait = arrived.elapsed();
+                        (instance, permit)
                     }
                     Err(err) => {
                         if err.code_ran() {
@@ -1147,6 +1189,9 @@ impl Attempt {
             stop_all(vec![instance]);
         }
         drop(permit);
+        // A request waiting for its start may take the instance now that a permit is free
+        // too (released first, so that a queued request finds the instance with its permit).
+        self.slot.released.notify_one();
         self.observer.attempt_finished(report);
     }
 }
@@ -1850,6 +1895,33 @@ mod tests {
         assert!(call_and_read(&executor, "t").await.is_ok());
         assert!(asked.elapsed() < Duration::from_millis(100), "served warm");
         assert_eq!(runtime.started.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_served_by_the_warm_instance_while_new_ones_start() {
+        // Starting takes 3 s, answering 10 ms: a burst of 8 against one warm instance.
+        let (executor, runtime) = slow_starting_executor(
+            ExecutorConfig::default(),
+            Duration::from_millis(10),
+            Duration::from_secs(3),
+        );
+        call_and_read(&executor, "f").await.unwrap();
+        let asked = Instant::now();
+        let burst = (0..8).map(|_| call_and_read(&executor, "f"));
+        let answers = futures_util::future::join_all(burst).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        // One after another on the warm instance: 80 ms, not a 3 s start each.
+        assert!(
+            asked.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            asked.elapsed()
+        );
+        // The starts the burst asked for go on, and their instances wait idle after.
+        assert_eq!(runtime.started.load(Ordering::SeqCst), 1 + 7);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let function = Name::parse("function", "f").unwrap();
+        let counts = executor.instance_counts(&Namespace::default(), &function);
+        assert_eq!((counts.busy, counts.idle), (0, 8));
     }
 
     #[tokio::test(start_paused = true)]

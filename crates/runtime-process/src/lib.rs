@@ -503,6 +503,9 @@ impl Runtime for ProcessRuntime {
             .lock()
             .expect("failure map lock is never poisoned")
             .retain(|name, _| commands.iter().any(|(env, _)| env.name == *name));
+        self.workers
+            .spawner
+            .retain_environments(|name| commands.iter().any(|(env, _)| env.name.as_str() == name));
         pools.retain(|name, pool| {
             let keep = commands.iter().any(|(env, command)| {
                 env.name == *name && command.program == pool.command().program
