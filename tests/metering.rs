@@ -440,3 +440,63 @@ fn a_caller_that_leaves_a_streaming_response_part_way_is_recorded_as_gone_not_as
         "billed {billed} ms: until the client left, not the 3 s sleep"
     );
 }
+
+#[test]
+fn fn_stats_shows_the_minutes_traffic_by_status_with_latency_and_matches_the_usage_records() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy(
+        "flaky",
+        "python",
+        "f.py",
+        FLAKY_PY,
+        &["--max-instances", "1"],
+    );
+    send(&gust, "/flaky", 7);
+    send(&gust, "/flaky?fail=1", 3);
+    let records = wait_for_records(&gust, "flaky", 10);
+    let stats = |since: &str| -> Value {
+        serde_json::from_str(
+            &gust
+                .cli(&["fn", "stats", "flaky", "--since", since, "-o", "json"])
+                .ok()
+                .stdout,
+        )
+        .unwrap()
+    };
+    let view = stats("15m");
+    let minutes = view["minutes"].as_array().unwrap();
+    let sum = |field: &str| -> u64 { minutes.iter().map(|m| m[field].as_u64().unwrap()).sum() };
+    // The same attempts as the usage records (a test can straddle a minute's end).
+    assert_eq!(sum("invocations"), records.len() as u64, "{view}");
+    assert_eq!(
+        (sum("ok"), sum("server_errors"), sum("client_errors")),
+        (7, 3, 0)
+    );
+    // The deploy's instance serves the first request, unless it retired first.
+    assert!(sum("cold_starts") <= 1, "{view}");
+    for minute in minutes {
+        let (p50, p99) = (
+            minute["p50_ms"].as_f64().unwrap(),
+            minute["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 < 10_000.0, "{minute}");
+    }
+    // The table names its columns; a function that does not exist, or a span past what is
+    // kept, is refused by name.
+    let table = gust.cli(&["fn", "stats", "flaky"]).ok().stdout;
+    assert!(
+        table.contains("REQUESTS") && table.contains("P99 MS"),
+        "{table}"
+    );
+    let missing = gust.cli(&["fn", "stats", "nope"]).failed();
+    assert!(missing.contains("nope"), "{missing}");
+    let too_far = gust
+        .cli(&["fn", "stats", "flaky", "--since", "2d"])
+        .failed();
+    assert!(too_far.contains("since"), "{too_far}");
+    // A deleted function's series goes with it.
+    gust.cli(&["fn", "delete", "flaky"]).ok();
+    let code = gust.write_file("again.py", FLAKY_PY);
+    gust.create_function("flaky", "python", &code, &[]).ok();
+    assert_eq!(stats("1h")["minutes"], serde_json::json!([]));
+}

@@ -348,6 +348,13 @@ fn every_documented_operation_answers_as_documented() {
             200,
         ),
         call(
+            Method::GET,
+            "/v1/functions/{name}/stats",
+            "/v1/functions/f/stats?since=30m",
+            None,
+            200,
+        ),
+        call(
             Method::POST,
             "/v1/functions/{name}/rollback",
             "/v1/functions/f/rollback",

@@ -7,8 +7,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use gust_api_types::{
-    Accepted, BuildLogChunk, BuildView, FunctionSettings, FunctionSpec, FunctionView, LogLine,
-    RollbackRequest,
+    Accepted, BuildLogChunk, BuildView, FunctionSettings, FunctionSpec, FunctionStats,
+    FunctionView, LogLine, RollbackRequest,
 };
 use gust_model::{BuildState, Revision, Route, RouteConfig};
 use http::Method;
@@ -133,6 +133,16 @@ enum FunctionCommand {
         /// Only lines of this request
         #[arg(long)]
         request_id: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Show a function's traffic per minute on this node: requests by status, throttled,
+    /// cold starts, latency and concurrency.
+    Stats {
+        name: String,
+        /// How far back, up to 24h
+        #[arg(long, default_value = "1h")]
+        since: String,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -284,6 +294,21 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
         } => {
             return invoke(&client, &name, data, method, headers, &path, asynchronous).await;
         }
+        FunctionCommand::Stats {
+            name,
+            since,
+            output,
+        } => {
+            let stats: FunctionStats = client
+                .json(
+                    Method::GET,
+                    &ApiPath::new(["v1", "functions", name.as_str(), "stats"])
+                        .query("since", &since),
+                    NO_BODY,
+                )
+                .await?;
+            print(output.format, &stats, || stats_table(&stats))?;
+        }
         FunctionCommand::BuildLogs {
             name,
             revision,
@@ -301,6 +326,36 @@ pub async fn run(args: FunctionArgs, connection: &ConnectionArgs) -> anyhow::Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One row per minute with traffic; a missing minute had none.
+fn stats_table(stats: &FunctionStats) -> Table {
+    let mut table = Table::new(vec![
+        "MINUTE",
+        "REQUESTS",
+        "4XX",
+        "5XX",
+        "THROTTLED",
+        "COLD",
+        "P50 MS",
+        "P99 MS",
+        "CONCURRENCY",
+    ]);
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    for m in &stats.minutes {
+        table.row(vec![
+            m.minute.clone(),
+            m.invocations.to_string(),
+            m.client_errors.to_string(),
+            m.server_errors.to_string(),
+            m.throttled.to_string(),
+            m.cold_starts.to_string(),
+            ms(m.p50_ms),
+            ms(m.p99_ms),
+            format!("{:.2}", m.concurrency),
+        ]);
+    }
+    table
 }
 
 /// What a revision changed from the one before it, by setting (`fn revisions`' CHANGED).

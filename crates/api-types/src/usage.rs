@@ -37,3 +37,49 @@ pub struct UsageReport {
     pub rows: Vec<UsageRow>,
     pub totals: UsageRow,
 }
+
+/// `?namespace=&since=` of `/v1/functions/{name}/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    pub namespace: Option<String>,
+    /// How far back, e.g. `15m`, `1h`, at most `24h` [default: 1h]
+    pub since: Option<String>,
+}
+
+/// One function's traffic per minute on this node, as `gust fn stats` and the dashboard's
+/// charts read it. Minutes with nothing to count are left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionStats {
+    pub namespace: String,
+    pub function: String,
+    /// The first minute covered, RFC 3339, UTC.
+    pub since: String,
+    pub minutes: Vec<MinuteStats>,
+}
+
+/// What one minute counted. Latencies are as the caller saw them (queue, cold start and run),
+/// to within 19 % (the upper bound of the histogram bucket the percentile falls in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MinuteStats {
+    /// The minute's start, RFC 3339, UTC.
+    pub minute: String,
+    /// Attempts that reached the function, whatever their status.
+    pub invocations: u64,
+    /// Of them, answered 1xx to 3xx, 4xx, and 5xx (timeouts and crashes included).
+    pub ok: u64,
+    pub client_errors: u64,
+    pub server_errors: u64,
+    /// Requests refused for capacity or quota (429) before reaching the function.
+    pub throttled: u64,
+    /// Instances that failed to start for a request.
+    pub start_failures: u64,
+    /// Attempts that waited for an instance to start, and the mean of that wait (ms).
+    pub cold_starts: u64,
+    pub cold_start_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Mean requests in flight over the minute (run time served / 60 s).
+    pub concurrency: f64,
+}

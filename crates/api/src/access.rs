@@ -161,6 +161,7 @@ pub(crate) fn rule(method: &Method, path: &str) -> Option<Rule> {
         "/v1/functions"
         | "/v1/functions/{name}"
         | "/v1/functions/{name}/revisions"
+        | "/v1/functions/{name}/stats"
         | "/v1/functions/{name}/code"
         | "/v1/functions/{name}/logs"
         | "/v1/functions/{name}/build"

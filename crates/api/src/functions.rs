@@ -5,8 +5,8 @@ use axum::extract::{Query, State};
 use base64::Engine;
 use bytes::Bytes;
 use gust_api_types::{
-    CodeSource, FunctionSpec, FunctionView, InstancesView, NamespaceQuery, RollbackRequest,
-    ScalingView, UpdateQuery,
+    CodeSource, FunctionSpec, FunctionStats, FunctionView, InstancesView, NamespaceQuery,
+    RollbackRequest, ScalingView, StatsQuery, UpdateQuery,
 };
 use gust_executor::{
     EffectiveScaling, InstanceSpec, InvokeError, LogQuery, RequestId, function_key,
@@ -362,6 +362,37 @@ pub async fn revisions(
         .blocking(move |s| Ok(load(s, &namespace, &name)?.revisions))
         .await
         .map(Json)
+}
+
+/// The longest span `/stats` covers: what the series keep.
+const STATS_SPAN: std::time::Duration =
+    std::time::Duration::from_secs(gust_metering::stats::MINUTES_KEPT * 60);
+
+#[utoipa::path(get, path = "/functions/{name}/stats", tag = "functions", params(("name" = String, Path, description = "the function's name"), StatsQuery), responses((status = 200, body = FunctionStats)))]
+pub async fn stats(
+    State(state): Shared,
+    scoped: Scoped,
+    Query(query): Query<StatsQuery>,
+) -> Result<Json<FunctionStats>, ApiError> {
+    let namespace = scoped.namespace.clone();
+    let name = scoped.name("function")?;
+    let since = match &query.since {
+        Some(since) => gust_model::parse_duration("since", since)?,
+        None => std::time::Duration::from_secs(3600),
+    };
+    if since > STATS_SPAN {
+        return Err(ApiError::Invalid(format!(
+            "since: at most 24h is kept per minute, not {}",
+            query.since.as_deref().unwrap_or_default()
+        )));
+    }
+    // A function that does not exist is a 404, not an empty series.
+    let function = name.clone();
+    let checked = namespace.clone();
+    state
+        .blocking(move |s| load(s, &checked, &function).map(|_| ()))
+        .await?;
+    Ok(Json(state.meter.stats().query(&namespace, &name, since)))
 }
 
 /// Code exports at once: each holds a blocking thread while its client reads.

@@ -290,6 +290,7 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
             functions::delete
         ))
         .routes(routes!(functions::revisions))
+        .routes(routes!(functions::stats))
         .routes(routes!(functions::code))
         .routes(routes!(functions::rollback))
         .routes(routes!(builds::show))

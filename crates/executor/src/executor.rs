@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     AttemptReport, BodyHold, BodyWatch, ColdStart, Instance, InstanceSpec, Invocation,
     InvocationObserver, InvokeError, Invoker, Payload, PreparedRevision, RequestBody, RequestId,
-    ResponseBody, Runtime,
+    ResponseBody, Runtime, TriggerKind,
 };
 
 /// The defaults of settings a function does not set itself (`gust up` flags).
@@ -251,11 +251,14 @@ impl FunctionSlot {
             );
             return;
         }
+        let added = instances.len();
         let at = if oldest { 0 } else { idle.len() };
         idle.splice(at..at, instances);
         drop(idle);
         // One waiter per instance (a dropped, notified waiter passes it on).
-        self.released.notify_one();
+        for _ in 0..added {
+            self.released.notify_one();
+        }
     }
 
     /// An idle instance with a permit to use it, when both are free now. A request queued
@@ -360,6 +363,9 @@ pub struct FunctionInstances {
 /// How long the instance a deploy loaded the code in stays idle before it is stopped (at most
 /// the function's idle timeout; never below its minimum instances).
 const LOADED_KEPT_WARM: Duration = Duration::from_secs(10);
+/// How often a request waiting for its start looks for a released instance besides being
+/// told of one.
+const RELEASED_RECHECK: Duration = Duration::from_millis(50);
 
 /// Deployment reads of one slot lookup while other changes keep coming (see
 /// [`Executor::slot`]).
@@ -861,17 +867,29 @@ impl Executor {
     async fn start_or_take_released(
         &self,
         slot: &Arc<FunctionSlot>,
-        id: &RequestId,
+        (id, trigger): (&RequestId, TriggerKind),
         permit: OwnedSemaphorePermit,
     ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit, bool), InvokeError> {
         let bound = self.config.start_timeout;
         let (started_tx, mut started_rx) = oneshot::channel();
         let (runtime, start_slot, id) = (self.runtime.clone(), slot.clone(), id.clone());
+        let observer = self.observer.clone();
         tokio::spawn(async move {
             let started = start_slot.start(runtime.as_ref(), &id).await;
-            if let Err((Ok(instance), _permit)) = started_tx.send((started, permit)) {
-                // keep_idle stops it if the slot retired meanwhile.
-                start_slot.release(instance);
+            match started_tx.send((started, permit)) {
+                Ok(()) => {}
+                Err((Ok(instance), permit)) => {
+                    // keep_idle stops it if the slot retired meanwhile.
+                    start_slot.release(instance);
+                    drop(permit);
+                    start_slot.released.notify_one();
+                }
+                // Nobody waited for it: its request took another instance or gave up.
+                Err((Err(err), _permit)) => {
+                    let spec = &start_slot.spec;
+                    tracing::warn!(function = %spec.function, error = %err, "an instance started for a request that no longer waited for it failed");
+                    observer.start_failed(&spec.namespace, &spec.function, trigger);
+                }
             }
         });
         // The request no longer waits for its start: one that finished just then serves the
@@ -893,6 +911,7 @@ impl Executor {
                 return Ok((instance, permit, false));
             }
             tokio::select! {
+                biased;
                 started = &mut started_rx => {
                     return match started {
                         Ok((started, permit)) => started.map(|instance| (instance, permit, true)),
@@ -903,6 +922,9 @@ impl Executor {
                     };
                 }
                 () = &mut released => {}
+                // A permit given back without a word (a failed start, a quota refusal) is
+                // found at the next look.
+                () = tokio::time::sleep(RELEASED_RECHECK) => {}
                 () = &mut deadline => {
                     let_go(started_rx);
                     return Err(InvokeError::StartTimeout {
@@ -1007,7 +1029,7 @@ impl Invoker for Executor {
             None => {
                 let starting = Instant::now();
                 match self
-                    .start_or_take_released(&slot, &invocation.id, permit)
+                    .start_or_take_released(&slot, (&invocation.id, invocation.trigger), permit)
                     .await
                 {
                     Ok((instance, permit, true)) => {
@@ -1395,7 +1417,7 @@ mod tests {
     use gust_model::{BuiltinRuntime, Environment, Limits};
 
     use super::*;
-    use crate::{RequestId, TriggerKind};
+    use crate::RequestId;
 
     /// A runtime whose instances take `hold` to answer and count starts and stops.
     #[derive(Clone)]

@@ -7,6 +7,7 @@
 //! - [`UsageWriter`]: group commit of usage records to the store, flushed at least every
 //!   [`FLUSH_INTERVAL`].
 //! - [`Metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`Stats`]: each function's last day per minute, in bounded memory (`gust fn stats`).
 //! - [`PriceSheet`] and [`report::build`]: hourly totals rolled up into usage reports with
 //!   cost.
 //! - [`prune_usage`] and [`UsageRetention`]: raw records kept briefly, hourly totals long.
@@ -17,11 +18,13 @@ mod metrics;
 mod prices;
 pub mod report;
 mod retention;
+pub mod stats;
 mod writer;
 
 pub use metrics::Metrics;
 pub use prices::{PriceSheet, PriceSheetError};
 pub use retention::{UsageRetention, prune_usage};
+pub use stats::Stats;
 pub use writer::{FLUSH_INTERVAL, UsageWriter};
 
 use std::time::UNIX_EPOCH;
@@ -32,11 +35,20 @@ use gust_model::{Name, Namespace, Tier, UsageRecord, billed_ms, gb_seconds};
 pub struct Meter {
     metrics: Metrics,
     usage: UsageWriter,
+    stats: Stats,
 }
 
 impl Meter {
     pub fn new(metrics: Metrics, usage: UsageWriter) -> Self {
-        Self { metrics, usage }
+        Self {
+            metrics,
+            usage,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -80,15 +92,18 @@ impl InvocationObserver for Meter {
     fn attempt_finished(&self, report: AttemptReport) {
         let record = usage_record(&report);
         self.metrics.attempt(&report, record.billed_ms);
+        self.stats.attempt(&report);
         self.usage.record(record);
     }
 
     fn throttled(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
         self.metrics.throttled(namespace, function, trigger);
+        self.stats.throttled(namespace, function);
     }
 
     fn start_failed(&self, namespace: &Namespace, function: &Name, trigger: TriggerKind) {
         self.metrics.start_failed(namespace, function, trigger);
+        self.stats.start_failed(namespace, function);
     }
 
     fn function_ready(&self, namespace: &Namespace, function: &Name, tier: Tier) {
@@ -97,6 +112,7 @@ impl InvocationObserver for Meter {
 
     fn function_deleted(&self, namespace: &Namespace, function: &Name) {
         self.metrics.function_deleted(namespace, function);
+        self.stats.function_deleted(namespace, function);
     }
 }
 

@@ -325,6 +325,17 @@ struct PreparedProcess {
     workers: Arc<Workers>,
     spec: InstanceSpec,
     shared: Mutex<Vec<Weak<SharedWorker>>>,
+    /// Workers this revision starts at once beyond the pool, at most
+    /// [`concurrent_starts`]: a start takes tens of milliseconds of CPU, and a burst that
+    /// asks for fifty at once would take the cores from the instances serving it (the warm
+    /// instance answers the burst while new ones start a few at a time). Per revision, so that
+    /// one function's burst never queues another's start.
+    starting: tokio::sync::Semaphore,
+}
+
+/// Two starts per core: enough to keep the cores busy while a start waits on the kernel.
+fn concurrent_starts() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 impl PreparedProcess {
@@ -385,7 +396,14 @@ impl PreparedRevision for PreparedProcess {
                     function: spec.function.to_string(),
                     detail: format!("{} is not a process environment", spec.environment.name),
                 })?;
-                let started = self.workers.spawner.start_worker(&command).await;
+                let started = {
+                    let _turn = self
+                        .starting
+                        .acquire()
+                        .await
+                        .expect("the start limit is never closed");
+                    self.workers.spawner.start_worker(&command).await
+                };
                 let mut failures = self
                     .workers
                     .start_failures
@@ -446,6 +464,7 @@ impl Runtime for ProcessRuntime {
             workers: self.workers.clone(),
             spec: spec.clone(),
             shared: Mutex::new(Vec::new()),
+            starting: tokio::sync::Semaphore::new(concurrent_starts()),
         }))
     }
 
@@ -503,9 +522,6 @@ impl Runtime for ProcessRuntime {
             .lock()
             .expect("failure map lock is never poisoned")
             .retain(|name, _| commands.iter().any(|(env, _)| env.name == *name));
-        self.workers
-            .spawner
-            .retain_environments(|name| commands.iter().any(|(env, _)| env.name.as_str() == name));
         pools.retain(|name, pool| {
             let keep = commands.iter().any(|(env, command)| {
                 env.name == *name && command.program == pool.command().program

@@ -1,11 +1,9 @@
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gust_executor::FunctionLogs;
-use tokio::sync::Semaphore;
 
 use crate::RuntimeError;
 use crate::cgroup::Cgroups;
@@ -22,12 +20,6 @@ pub struct Spawner {
     pub values_root: Option<PathBuf>,
     pub logs: Arc<FunctionLogs>,
     next_id: AtomicU64,
-    /// Per environment, its sandboxes being set up and interpreters starting at once, at
-    /// most [`concurrent_starts`]: a start takes tens of milliseconds of CPU, and a burst
-    /// that asks for fifty at once would otherwise take the cores from the instances serving
-    /// it (the warm instance answers the burst while the new ones start, a few at a time).
-    /// Per environment, so that one whose server never gets ready holds up only its own.
-    starting: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Spawner {
@@ -45,30 +37,10 @@ impl Spawner {
             values_root,
             logs,
             next_id: AtomicU64::new(1),
-            starting: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Forgets the start limits of environments that no longer exist.
-    pub fn retain_environments(&self, exists: impl Fn(&str) -> bool) {
-        self.starting
-            .lock()
-            .expect("start limit map lock is never poisoned")
-            .retain(|name, _| exists(name));
-    }
-
     pub async fn start_worker(&self, command: &WorkerCommand) -> Result<Worker, RuntimeError> {
-        let turns = self
-            .starting
-            .lock()
-            .expect("start limit map lock is never poisoned")
-            .entry(command.environment.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(concurrent_starts())))
-            .clone();
-        let _turn = turns
-            .acquire_owned()
-            .await
-            .expect("a start limit is never closed");
         let mut attempt = 1;
         loop {
             let serial = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -95,11 +67,6 @@ impl Spawner {
             }
         }
     }
-}
-
-/// Two starts per core: enough to keep the cores busy while a start waits on the kernel.
-fn concurrent_starts() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 /// Starts of a worker whose sandbox set-up failed for a reason of the moment.

@@ -1,0 +1,435 @@
+//! Per-function series of the last day at one-minute resolution, kept in memory within a fixed
+//! budget: what `gust fn stats` and the dashboard's charts read. Fed by the same attempt
+//! reports as the metrics and usage records, so the three never disagree on what happened.
+//!
+//! Bounded two ways: a function keeps at most [`MINUTES_KEPT`] minutes, and all functions
+//! together at most a budget of minutes; past it the oldest minute of every function goes
+//! first. A minute with no traffic takes no room.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gust_api_types::{FunctionStats, MinuteStats};
+use gust_executor::AttemptReport;
+use gust_model::{Name, Namespace};
+
+/// A day of minutes per function.
+pub const MINUTES_KEPT: u64 = 24 * 60;
+/// Minutes kept across all functions (each about 150 bytes): a day for about 70 functions busy
+/// every minute, an hour for about 1,700.
+pub const DEFAULT_MINUTE_BUDGET: usize = 100_000;
+
+/// Latency buckets: the first ends at 100 µs, each next one 2^¼ (19 %) wider, the last open.
+const FIRST_BUCKET_MS: f64 = 0.1;
+const BUCKET_STEPS_PER_DOUBLING: f64 = 4.0;
+const LAST_BUCKET: u8 = 80; // about 110 s; slower answers are counted here
+
+#[derive(Debug, Default)]
+struct Minute {
+    /// Minutes since the Unix epoch.
+    at: u64,
+    ok: u32,
+    client_errors: u32,
+    server_errors: u32,
+    throttled: u32,
+    start_failures: u32,
+    cold_starts: u32,
+    cold_start_ms: f64,
+    busy_ms: f64,
+    /// (bucket, count), by bucket: only the buckets this minute's latencies fell in.
+    latency: Vec<(u8, u32)>,
+}
+
+impl Minute {
+    fn invocations(&self) -> u64 {
+        u64::from(self.ok) + u64::from(self.client_errors) + u64::from(self.server_errors)
+    }
+
+    fn count_latency(&mut self, ms: f64) {
+        let bucket = bucket_of(ms);
+        match self.latency.binary_search_by_key(&bucket, |(b, _)| *b) {
+            Ok(at) => self.latency[at].1 += 1,
+            Err(at) => self.latency.insert(at, (bucket, 1)),
+        }
+    }
+
+    /// The upper bound of the bucket the `q` quantile falls in.
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency.iter().map(|(_, n)| u64::from(*n)).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, n) in &self.latency {
+            seen += u64::from(*n);
+            if seen >= rank {
+                return Some(upper_bound_ms(*bucket));
+            }
+        }
+        self.latency.last().map(|(b, _)| upper_bound_ms(*b))
+    }
+
+    fn view(&self) -> MinuteStats {
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        MinuteStats {
+            minute: rfc3339(self.at * 60),
+            invocations: self.invocations(),
+            ok: self.ok.into(),
+            client_errors: self.client_errors.into(),
+            server_errors: self.server_errors.into(),
+            throttled: self.throttled.into(),
+            start_failures: self.start_failures.into(),
+            cold_starts: self.cold_starts.into(),
+            cold_start_ms: (self.cold_starts > 0)
+                .then(|| round(self.cold_start_ms / f64::from(self.cold_starts))),
+            p50_ms: self.quantile_ms(0.50).map(round),
+            p99_ms: self.quantile_ms(0.99).map(round),
+            concurrency: round(self.busy_ms / 60_000.0),
+        }
+    }
+}
+
+fn bucket_of(ms: f64) -> u8 {
+    if ms <= FIRST_BUCKET_MS {
+        return 0;
+    }
+    let steps = ((ms / FIRST_BUCKET_MS).log2() * BUCKET_STEPS_PER_DOUBLING).ceil();
+    steps.min(f64::from(LAST_BUCKET)) as u8
+}
+
+fn upper_bound_ms(bucket: u8) -> f64 {
+    FIRST_BUCKET_MS * 2f64.powf(f64::from(bucket) / BUCKET_STEPS_PER_DOUBLING)
+}
+
+fn rfc3339(unix_seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds)).to_string()
+}
+
+fn minute_of(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 60)
+        .unwrap_or(0)
+}
+
+type FunctionKey = (Namespace, Name);
+
+struct Series {
+    functions: HashMap<FunctionKey, VecDeque<Minute>>,
+    /// Minutes held across all functions.
+    held: usize,
+}
+
+/// The per-minute series of every function this node served.
+pub struct Stats {
+    series: Mutex<Series>,
+    budget: usize,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::with_budget(DEFAULT_MINUTE_BUDGET)
+    }
+}
+
+impl Stats {
+    pub fn with_budget(budget: usize) -> Self {
+        Self {
+            series: Mutex::new(Series {
+                functions: HashMap::new(),
+                held: 0,
+            }),
+            budget: budget.max(1),
+        }
+    }
+
+    /// Counts an attempt that reached the function, in the minute it started.
+    pub fn attempt(&self, report: &AttemptReport) {
+        let cold = report.cold_start.map(|c| c.start);
+        let seen_ms =
+            (report.queue_wait + cold.unwrap_or_default() + report.run).as_secs_f64() * 1e3;
+        self.update(
+            &report.namespace,
+            &report.function,
+            minute_of(report.started_at),
+            |m| {
+                match report.status {
+                    400..=499 => m.client_errors += 1,
+                    500.. => m.server_errors += 1,
+                    _ => m.ok += 1,
+                }
+                if let Some(cold) = cold {
+                    m.cold_starts += 1;
+                    m.cold_start_ms += cold.as_secs_f64() * 1e3;
+                }
+                m.busy_ms += report.run.as_secs_f64() * 1e3;
+                m.count_latency(seen_ms);
+            },
+        );
+    }
+
+    /// Counts a request refused for capacity or quota, now.
+    pub fn throttled(&self, namespace: &Namespace, function: &Name) {
+        self.update(namespace, function, minute_of(SystemTime::now()), |m| {
+            m.throttled += 1
+        });
+    }
+
+    /// Counts an instance that failed to start for a request, now.
+    pub fn start_failed(&self, namespace: &Namespace, function: &Name) {
+        self.update(namespace, function, minute_of(SystemTime::now()), |m| {
+            m.start_failures += 1
+        });
+    }
+
+    /// Forgets a deleted function's series.
+    pub fn function_deleted(&self, namespace: &Namespace, function: &Name) {
+        let mut series = self.series.lock().expect("stats lock is never poisoned");
+        if let Some(minutes) = series
+            .functions
+            .remove(&(namespace.clone(), function.clone()))
+        {
+            series.held -= minutes.len();
+        }
+    }
+
+    /// The minutes of `function` from `since` ago (at most [`MINUTES_KEPT`]) until now.
+    pub fn query(&self, namespace: &Namespace, function: &Name, since: Duration) -> FunctionStats {
+        let now = minute_of(SystemTime::now());
+        let span = (since.as_secs().div_ceil(60)).clamp(1, MINUTES_KEPT);
+        let first = now.saturating_sub(span - 1);
+        let series = self.series.lock().expect("stats lock is never poisoned");
+        let minutes = series
+            .functions
+            .get(&(namespace.clone(), function.clone()))
+            .map(|minutes| {
+                minutes
+                    .iter()
+                    .filter(|m| m.at >= first && m.at <= now)
+                    .map(Minute::view)
+                    .collect()
+            })
+            .unwrap_or_default();
+        FunctionStats {
+            namespace: namespace.to_string(),
+            function: function.to_string(),
+            since: rfc3339(first * 60),
+            minutes,
+        }
+    }
+
+    fn update(
+        &self,
+        namespace: &Namespace,
+        function: &Name,
+        at: u64,
+        count: impl FnOnce(&mut Minute),
+    ) {
+        let mut guard = self.series.lock().expect("stats lock is never poisoned");
+        let series = &mut *guard;
+        let key = (namespace.clone(), function.clone());
+        let minutes = series.functions.entry(key).or_default();
+        // Kept in order: a long request ends after shorter ones that started later.
+        let at_index = match minutes.iter().rposition(|m| m.at <= at) {
+            Some(i) if minutes[i].at == at => i,
+            found => {
+                let newest = minutes.back().map_or(at, |m| m.at.max(at));
+                if newest.saturating_sub(at) >= MINUTES_KEPT {
+                    return; // older than anything kept
+                }
+                let i = found.map_or(0, |i| i + 1);
+                minutes.insert(
+                    i,
+                    Minute {
+                        at,
+                        ..Minute::default()
+                    },
+                );
+                series.held += 1;
+                i
+            }
+        };
+        count(&mut minutes[at_index]);
+        // A day per function: what is older goes.
+        let newest = minutes.back().map_or(at, |m| m.at);
+        while minutes
+            .front()
+            .is_some_and(|m| newest - m.at >= MINUTES_KEPT)
+        {
+            minutes.pop_front();
+            series.held -= 1;
+        }
+        if series.held > self.budget {
+            series.shed(self.budget);
+        }
+    }
+}
+
+impl Series {
+    /// Drops the oldest minute held, across every function, until within `budget`.
+    fn shed(&mut self, budget: usize) {
+        while self.held > budget {
+            let Some(oldest) = self
+                .functions
+                .values()
+                .filter_map(|minutes| minutes.front().map(|m| m.at))
+                .min()
+            else {
+                return;
+            };
+            let mut dropped = 0;
+            self.functions.retain(|_, minutes| {
+                while minutes.front().is_some_and(|m| m.at == oldest) {
+                    minutes.pop_front();
+                    dropped += 1;
+                }
+                !minutes.is_empty()
+            });
+            self.held -= dropped;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gust_executor::{ColdStart, RequestId, TriggerKind};
+    use gust_model::Tier;
+
+    use super::*;
+
+    fn report(function: &str, at: SystemTime, status: u16, run_ms: u64) -> AttemptReport {
+        AttemptReport {
+            id: RequestId::new("r"),
+            attempt: 1,
+            namespace: Namespace::default(),
+            function: Name::parse("function", function).unwrap(),
+            revision: 1,
+            trigger: TriggerKind::Http,
+            started_at: at,
+            queue_wait: Duration::ZERO,
+            cold_start: None,
+            run: Duration::from_millis(run_ms),
+            cpu: None,
+            memory_mb: 128,
+            timeout: Duration::from_secs(60),
+            status,
+        }
+    }
+
+    fn name(function: &str) -> Name {
+        Name::parse("function", function).unwrap()
+    }
+
+    #[test]
+    fn a_minute_counts_statuses_cold_starts_latency_and_concurrency() {
+        let stats = Stats::default();
+        let now = SystemTime::now();
+        for _ in 0..98 {
+            stats.attempt(&report("f", now, 200, 10));
+        }
+        stats.attempt(&report("f", now, 404, 10));
+        let mut cold = report("f", now, 502, 1000);
+        cold.cold_start = Some(ColdStart {
+            start: Duration::from_millis(30),
+            tier: Tier::Process,
+        });
+        stats.attempt(&cold);
+        stats.throttled(&Namespace::default(), &name("f"));
+        let view = stats.query(&Namespace::default(), &name("f"), Duration::from_secs(3600));
+        assert_eq!(view.minutes.len(), 1, "{view:?}");
+        let m = &view.minutes[0];
+        assert_eq!(
+            (m.invocations, m.ok, m.client_errors, m.server_errors),
+            (100, 98, 1, 1)
+        );
+        assert_eq!((m.throttled, m.cold_starts), (1, 1));
+        assert_eq!(m.cold_start_ms, Some(30.0));
+        // 10 ms falls in the bucket ending within 19 % above it; the slowest is 1,030 ms.
+        let p50 = m.p50_ms.unwrap();
+        assert!((10.0..=11.9).contains(&p50), "{p50}");
+        let p99 = m.p99_ms.unwrap();
+        assert!((10.0..=11.9).contains(&p99), "{p99}");
+        // 99 x 10 ms + 1,000 ms served in the minute.
+        assert!(
+            (m.concurrency - 1.99 / 60.0).abs() < 0.001,
+            "{}",
+            m.concurrency
+        );
+        assert!(m.minute.ends_with(":00Z"), "{}", m.minute);
+    }
+
+    #[test]
+    fn the_query_covers_its_span_and_a_late_report_lands_in_its_own_minute() {
+        let stats = Stats::default();
+        let now = SystemTime::now();
+        let ago = |minutes: u64| now - Duration::from_secs(60 * minutes);
+        stats.attempt(&report("f", ago(90), 200, 1));
+        stats.attempt(&report("f", ago(2), 200, 1));
+        stats.attempt(&report("f", now, 200, 1));
+        // A long request that started 5 minutes ago ends now.
+        stats.attempt(&report("f", ago(5), 200, 1));
+        let hour = stats.query(&Namespace::default(), &name("f"), Duration::from_secs(3600));
+        assert_eq!(hour.minutes.len(), 3, "{hour:?}");
+        let day = stats.query(
+            &Namespace::default(),
+            &name("f"),
+            Duration::from_secs(86_400),
+        );
+        assert_eq!(day.minutes.len(), 4);
+        let order: Vec<_> = day.minutes.iter().map(|m| m.minute.clone()).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "oldest first");
+        // A day per function: a report from before it is not kept.
+        stats.attempt(&report("f", ago(MINUTES_KEPT + 5), 200, 1));
+        let day = stats.query(
+            &Namespace::default(),
+            &name("f"),
+            Duration::from_secs(86_400),
+        );
+        assert_eq!(day.minutes.len(), 4);
+    }
+
+    #[test]
+    fn past_the_budget_the_oldest_minutes_go_first_and_a_deleted_function_goes_whole() {
+        let stats = Stats::with_budget(10);
+        let now = SystemTime::now();
+        for minute in (0..8).rev() {
+            let at = now - Duration::from_secs(60 * minute);
+            stats.attempt(&report("a", at, 200, 1));
+            stats.attempt(&report("b", at, 200, 1));
+        }
+        let held = stats.series.lock().unwrap().held;
+        assert!(held <= 10, "{held}");
+        let day = Duration::from_secs(86_400);
+        let a = stats.query(&Namespace::default(), &name("a"), day);
+        let b = stats.query(&Namespace::default(), &name("b"), day);
+        assert_eq!(a.minutes.len() + b.minutes.len(), held);
+        // The newest minutes stayed.
+        assert_eq!(
+            a.minutes.last().unwrap().minute,
+            rfc3339(minute_of(now) * 60)
+        );
+        stats.function_deleted(&Namespace::default(), &name("a"));
+        assert_eq!(stats.series.lock().unwrap().held, b.minutes.len());
+        assert!(
+            stats
+                .query(&Namespace::default(), &name("a"), day)
+                .minutes
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn latency_buckets_are_within_a_fifth_of_the_value() {
+        for ms in [0.05, 0.1, 0.37, 1.0, 12.5, 480.0, 9_999.0] {
+            let upper = upper_bound_ms(bucket_of(ms));
+            assert!(
+                upper >= ms && upper <= (ms * 1.19).max(0.1) + 1e-9,
+                "{ms}: {upper}"
+            );
+        }
+        assert_eq!(bucket_of(1e9), LAST_BUCKET);
+    }
+}
