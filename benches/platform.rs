@@ -84,7 +84,11 @@ async fn direct_python_worker(dir: &Path) -> (std::process::Child, SendRequest<F
             if copy < 0 || libc::dup2(copy, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::close(copy);
+            // A copy that landed on 3 itself (3 was free) is the descriptor the server
+            // reads: closing it would leave the server none.
+            if copy != 3 {
+                libc::close(copy);
+            }
             Ok(())
         });
     }
