@@ -1,8 +1,9 @@
 //! End-to-end: what functions leave behind (R-53). Create, invoke and delete functions in both
 //! tiers and check that their metric series, code, compiled components (files, descriptors,
 //! mappings) and worker directories go with them, and that a clean stop leaves no workers'
-//! directory.
+//! directory and no cgroup.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gust_harness::{Gust, GustOptions, eventually};
@@ -12,6 +13,29 @@ const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/components/probe
 
 fn worker_dirs(gust: &Gust) -> usize {
     std::fs::read_dir(gust.worker_run_dir().join("workers")).map_or(0, |d| d.count())
+}
+
+/// The memory cgroup Gust made for its dependency builds: `<instance>-builds` beside its
+/// workers' `<instance>`, under Gust's own cgroup. `None` where Gust runs without cgroups (not
+/// as root: its run directory is then not `/run/<instance>`).
+fn builds_cgroup(gust: &Gust) -> Option<PathBuf> {
+    let instance = gust.worker_run_dir().file_name()?.to_str()?.to_owned();
+    if !instance.starts_with("gust-") {
+        return None;
+    }
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", gust.pid())).ok()?;
+    let line = |wanted: &dyn Fn(&str) -> bool| {
+        own.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            wanted(controllers).then(|| path.to_owned())
+        })
+    };
+    let dir = match line(&|c| c.split(',').any(|c| c == "memory")) {
+        Some(path) => format!("/sys/fs/cgroup/memory{path}"),
+        None => format!("/sys/fs/cgroup{}", line(&str::is_empty)?),
+    };
+    Some(PathBuf::from(dir).join(format!("{instance}-builds")))
 }
 
 #[test]
@@ -118,12 +142,23 @@ fn r53_deleted_functions_leave_no_series_or_worker_directories_and_a_clean_stop_
     );
     let run_dir = gust.worker_run_dir();
     assert!(run_dir.exists());
+    let builds = builds_cgroup(&gust);
+    if let Some(builds) = &builds {
+        assert!(builds.is_dir(), "{} while running", builds.display());
+    }
     assert!(gust.stop(), "a clean stop:\n{}", gust.log());
     assert!(
         !run_dir.exists(),
         "{} is left after a clean stop",
         run_dir.display()
     );
+    if let Some(builds) = builds {
+        assert!(
+            !builds.exists(),
+            "{} is left after a clean stop",
+            builds.display()
+        );
+    }
 }
 
 #[test]

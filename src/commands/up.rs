@@ -621,7 +621,7 @@ async fn assemble(
         bodies: bodies.clone(),
         code_released: collector.released.clone(),
         builds: Builds::new(
-            builder,
+            builder.clone(),
             data_dir.join("build-logs"),
             BuilderConfig::default().log_bytes,
         ),
@@ -647,6 +647,14 @@ async fn assemble(
                 usage.flush().await;
                 stop_usage.cancel();
             }),
+        ),
+        // Stops after the API and the executor: no build runs any more.
+        Box::new(
+            Task::new("builds", |stop| async move { stop.cancelled().await }).then(
+                move |_| async move {
+                    let _ = tokio::task::spawn_blocking(move || builder.remove_cgroups()).await;
+                },
+            ),
         ),
         Box::new(Task::new("code-gc", move |stop| collector.run(stop))),
         Box::new(Task::new("audit", move |stop| {

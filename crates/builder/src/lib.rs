@@ -201,6 +201,14 @@ impl Builder {
         }
     }
 
+    /// Removes the builds' cgroups (at shutdown, once no build runs): a stopped Gust leaves
+    /// none behind.
+    pub fn remove_cgroups(&self) {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove();
+        }
+    }
+
     /// Whether `source` needs a build in `environment`, and what it would depend on. Bad
     /// manifests are refused here, before anything is stored for them.
     /// Builds are cached per namespace: a tenant never gets what another tenant's build made.
