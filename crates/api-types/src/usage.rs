@@ -71,7 +71,8 @@ pub struct MinuteStats {
     pub ok: u64,
     pub client_errors: u64,
     pub server_errors: u64,
-    /// Requests refused for capacity or quota (429) before reaching the function.
+    /// Requests refused for the function's capacity or the namespace's quota (429) before
+    /// reaching the function (not the route's `--max-rps` refusals).
     pub throttled: u64,
     /// Instances that failed to start for a request.
     pub start_failures: u64,
@@ -80,6 +81,6 @@ pub struct MinuteStats {
     pub cold_start_ms: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
-    /// Mean requests in flight over the minute (run time served / 60 s).
+    /// Mean requests running over the minute (the run time that fell in it / 60 s).
     pub concurrency: f64,
 }

@@ -3,8 +3,9 @@
 //! reports as the metrics and usage records, so the three never disagree on what happened.
 //!
 //! Bounded two ways: a function keeps at most [`MINUTES_KEPT`] minutes, and all functions
-//! together at most a budget of minutes; past it the oldest minute of every function goes
-//! first. A minute with no traffic takes no room.
+//! together at most a budget of bytes; past it the oldest minutes go first, those of the last
+//! hour only once nothing older is left, so that a tenant with many functions cannot take
+//! another's last hour. A minute with no traffic takes no room.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -16,16 +17,22 @@ use gust_model::{Name, Namespace};
 
 /// A day of minutes per function.
 pub const MINUTES_KEPT: u64 = 24 * 60;
-/// Minutes kept across all functions (each about 150 bytes): a day for about 70 functions busy
-/// every minute, an hour for about 1,700.
-pub const DEFAULT_MINUTE_BUDGET: usize = 100_000;
+/// Bytes the minutes of all functions may take together (a minute takes 80 bytes and 8 per
+/// latency bucket it saw, typically 150 to 400): a day for 30 to 100 functions busy every
+/// minute, the last hour for 700 to 2,000.
+pub const DEFAULT_BYTE_BUDGET: usize = 16 * 1024 * 1024;
+/// Minutes shed across functions only once nothing older is left.
+const PROTECTED_MINUTES: u64 = 60;
+/// How far a report may be ahead of this node's clock (another node's, a clock step) and
+/// still be counted.
+const FUTURE_MINUTES: u64 = 2;
 
 /// Latency buckets: the first ends at 100 µs, each next one 2^¼ (19 %) wider, the last open.
 const FIRST_BUCKET_MS: f64 = 0.1;
 const BUCKET_STEPS_PER_DOUBLING: f64 = 4.0;
-const LAST_BUCKET: u8 = 80; // about 110 s; slower answers are counted here
+const LAST_BUCKET: u8 = 100; // about 56 minutes: longer than any timeout and queue wait
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Minute {
     /// Minutes since the Unix epoch.
     at: u64,
@@ -42,6 +49,11 @@ struct Minute {
 }
 
 impl Minute {
+    /// What the minute takes in memory, as the budget counts it.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.latency.capacity() * std::mem::size_of::<(u8, u32)>()
+    }
+
     fn invocations(&self) -> u64 {
         u64::from(self.ok) + u64::from(self.client_errors) + u64::from(self.server_errors)
     }
@@ -117,7 +129,7 @@ type FunctionKey = (Namespace, Name);
 
 struct Series {
     functions: HashMap<FunctionKey, VecDeque<Minute>>,
-    /// Minutes held across all functions.
+    /// Bytes held across all functions ([`Minute::bytes`]).
     held: usize,
 }
 
@@ -129,7 +141,7 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        Self::with_budget(DEFAULT_MINUTE_BUDGET)
+        Self::with_budget(DEFAULT_BYTE_BUDGET)
     }
 }
 
@@ -144,29 +156,31 @@ impl Stats {
         }
     }
 
-    /// Counts an attempt that reached the function, in the minute it started.
+    /// Counts an attempt that reached the function in the minute it started, and its run in
+    /// each minute the run covered (the concurrency of each).
     pub fn attempt(&self, report: &AttemptReport) {
         let cold = report.cold_start.map(|c| c.start);
-        let seen_ms =
-            (report.queue_wait + cold.unwrap_or_default() + report.run).as_secs_f64() * 1e3;
-        self.update(
-            &report.namespace,
-            &report.function,
-            minute_of(report.started_at),
-            |m| {
-                match report.status {
-                    400..=499 => m.client_errors += 1,
-                    500.. => m.server_errors += 1,
-                    _ => m.ok += 1,
-                }
-                if let Some(cold) = cold {
-                    m.cold_starts += 1;
-                    m.cold_start_ms += cold.as_secs_f64() * 1e3;
-                }
-                m.busy_ms += report.run.as_secs_f64() * 1e3;
-                m.count_latency(seen_ms);
-            },
-        );
+        let waited = report.queue_wait + cold.unwrap_or_default();
+        let seen_ms = (waited + report.run).as_secs_f64() * 1e3;
+        let first = minute_of(report.started_at);
+        let runs = run_by_minute(report.started_at + waited, report.run);
+        self.update(&report.namespace, &report.function, first, |m| {
+            match report.status {
+                400..=499 => m.client_errors += 1,
+                500.. => m.server_errors += 1,
+                _ => m.ok += 1,
+            }
+            if let Some(cold) = cold {
+                m.cold_starts += 1;
+                m.cold_start_ms += cold.as_secs_f64() * 1e3;
+            }
+            m.count_latency(seen_ms);
+        });
+        for (minute, ran) in runs {
+            self.update(&report.namespace, &report.function, minute, |m| {
+                m.busy_ms += ran.as_secs_f64() * 1e3
+            });
+        }
     }
 
     /// Counts a request refused for capacity or quota, now.
@@ -190,7 +204,7 @@ impl Stats {
             .functions
             .remove(&(namespace.clone(), function.clone()))
         {
-            series.held -= minutes.len();
+            series.held -= minutes.iter().map(Minute::bytes).sum::<usize>();
         }
     }
 
@@ -199,23 +213,26 @@ impl Stats {
         let now = minute_of(SystemTime::now());
         let span = (since.as_secs().div_ceil(60)).clamp(1, MINUTES_KEPT);
         let first = now.saturating_sub(span - 1);
-        let series = self.series.lock().expect("stats lock is never poisoned");
-        let minutes = series
-            .functions
-            .get(&(namespace.clone(), function.clone()))
-            .map(|minutes| {
-                minutes
-                    .iter()
-                    .filter(|m| m.at >= first && m.at <= now)
-                    .map(Minute::view)
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Copied under the lock, formatted after it: a day's query holds up no attempt.
+        let minutes: Vec<Minute> = {
+            let series = self.series.lock().expect("stats lock is never poisoned");
+            series
+                .functions
+                .get(&(namespace.clone(), function.clone()))
+                .map(|minutes| {
+                    minutes
+                        .iter()
+                        .filter(|m| m.at >= first && m.at <= now)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         FunctionStats {
             namespace: namespace.to_string(),
             function: function.to_string(),
             since: rfc3339(first * 60),
-            minutes,
+            minutes: minutes.iter().map(Minute::view).collect(),
         }
     }
 
@@ -226,18 +243,20 @@ impl Stats {
         at: u64,
         count: impl FnOnce(&mut Minute),
     ) {
+        // Against this node's clock: a report from before the day kept, or from well after
+        // now (a clock step), is not counted, so it cannot push the real minutes out.
+        let now = minute_of(SystemTime::now());
+        if at + MINUTES_KEPT <= now || at > now + FUTURE_MINUTES {
+            return;
+        }
         let mut guard = self.series.lock().expect("stats lock is never poisoned");
         let series = &mut *guard;
         let key = (namespace.clone(), function.clone());
         let minutes = series.functions.entry(key).or_default();
         // Kept in order: a long request ends after shorter ones that started later.
-        let at_index = match minutes.iter().rposition(|m| m.at <= at) {
-            Some(i) if minutes[i].at == at => i,
+        let (at_index, before) = match minutes.iter().rposition(|m| m.at <= at) {
+            Some(i) if minutes[i].at == at => (i, minutes[i].bytes()),
             found => {
-                let newest = minutes.back().map_or(at, |m| m.at.max(at));
-                if newest.saturating_sub(at) >= MINUTES_KEPT {
-                    return; // older than anything kept
-                }
                 let i = found.map_or(0, |i| i + 1);
                 minutes.insert(
                     i,
@@ -246,47 +265,67 @@ impl Stats {
                         ..Minute::default()
                     },
                 );
-                series.held += 1;
-                i
+                (i, 0)
             }
         };
         count(&mut minutes[at_index]);
+        series.held += minutes[at_index].bytes();
+        series.held -= before;
         // A day per function: what is older goes.
-        let newest = minutes.back().map_or(at, |m| m.at);
-        while minutes
-            .front()
-            .is_some_and(|m| newest - m.at >= MINUTES_KEPT)
-        {
-            minutes.pop_front();
-            series.held -= 1;
+        while minutes.front().is_some_and(|m| m.at + MINUTES_KEPT <= now) {
+            let gone = minutes.pop_front().expect("a front was just seen");
+            series.held -= gone.bytes();
         }
         if series.held > self.budget {
-            series.shed(self.budget);
+            series.shed(self.budget, now);
         }
     }
 }
 
+/// The part of a run from `from` for `run` that falls in each minute, by minute.
+fn run_by_minute(from: SystemTime, run: Duration) -> Vec<(u64, Duration)> {
+    let mut parts = Vec::new();
+    let (mut at, mut left) = (from, run);
+    while !left.is_zero() && (parts.len() as u64) < MINUTES_KEPT {
+        let minute = minute_of(at);
+        let next = UNIX_EPOCH + Duration::from_secs((minute + 1) * 60);
+        let here = next.duration_since(at).unwrap_or(left).min(left);
+        parts.push((minute, here));
+        left -= here;
+        at = next;
+    }
+    parts
+}
+
 impl Series {
-    /// Drops the oldest minute held, across every function, until within `budget`.
-    fn shed(&mut self, budget: usize) {
-        while self.held > budget {
-            let Some(oldest) = self
-                .functions
-                .values()
-                .filter_map(|minutes| minutes.front().map(|m| m.at))
-                .min()
-            else {
-                return;
-            };
-            let mut dropped = 0;
-            self.functions.retain(|_, minutes| {
-                while minutes.front().is_some_and(|m| m.at == oldest) {
-                    minutes.pop_front();
-                    dropped += 1;
-                }
-                !minutes.is_empty()
-            });
-            self.held -= dropped;
+    /// Drops the oldest minutes held until within `budget`: first those before the last
+    /// [`PROTECTED_MINUTES`] of any function, then, if that is not enough, the last hour's.
+    fn shed(&mut self, budget: usize, now: u64) {
+        let protected_from = now.saturating_sub(PROTECTED_MINUTES);
+        for may_take_protected in [false, true] {
+            while self.held > budget {
+                let Some(oldest) = self
+                    .functions
+                    .values()
+                    .filter_map(|minutes| minutes.front().map(|m| m.at))
+                    .filter(|at| may_take_protected || *at < protected_from)
+                    .min()
+                else {
+                    break;
+                };
+                let mut dropped = 0;
+                self.functions.retain(|_, minutes| {
+                    while minutes.front().is_some_and(|m| m.at == oldest) {
+                        dropped += minutes.pop_front().expect("a front was just seen").bytes();
+                    }
+                    // A buffer sized for a day gives its memory back once mostly empty.
+                    if minutes.capacity() > 4 * minutes.len() + 16 {
+                        minutes.shrink_to_fit();
+                    }
+                    !minutes.is_empty()
+                });
+                self.held -= dropped;
+            }
         }
     }
 }
@@ -391,34 +430,97 @@ mod tests {
         assert_eq!(day.minutes.len(), 4);
     }
 
+    /// Minutes of all functions, as a query for a day sees them.
+    fn minutes(stats: &Stats, functions: &[&str]) -> usize {
+        functions
+            .iter()
+            .map(|f| {
+                stats
+                    .query(&Namespace::default(), &name(f), Duration::from_secs(86_400))
+                    .minutes
+                    .len()
+            })
+            .sum()
+    }
+
     #[test]
     fn past_the_budget_the_oldest_minutes_go_first_and_a_deleted_function_goes_whole() {
-        let stats = Stats::with_budget(10);
         let now = SystemTime::now();
+        let one_minute = {
+            let probe = Stats::default();
+            probe.attempt(&report("p", now, 200, 1));
+            probe.series.lock().unwrap().held
+        };
+        let stats = Stats::with_budget(10 * one_minute);
         for minute in (0..8).rev() {
             let at = now - Duration::from_secs(60 * minute);
             stats.attempt(&report("a", at, 200, 1));
             stats.attempt(&report("b", at, 200, 1));
         }
-        let held = stats.series.lock().unwrap().held;
-        assert!(held <= 10, "{held}");
+        assert_eq!(minutes(&stats, &["a", "b"]), 10);
         let day = Duration::from_secs(86_400);
-        let a = stats.query(&Namespace::default(), &name("a"), day);
-        let b = stats.query(&Namespace::default(), &name("b"), day);
-        assert_eq!(a.minutes.len() + b.minutes.len(), held);
         // The newest minutes stayed.
+        let a = stats.query(&Namespace::default(), &name("a"), day);
         assert_eq!(
             a.minutes.last().unwrap().minute,
             rfc3339(minute_of(now) * 60)
         );
         stats.function_deleted(&Namespace::default(), &name("a"));
-        assert_eq!(stats.series.lock().unwrap().held, b.minutes.len());
-        assert!(
-            stats
-                .query(&Namespace::default(), &name("a"), day)
-                .minutes
-                .is_empty()
+        let b = stats
+            .query(&Namespace::default(), &name("b"), day)
+            .minutes
+            .len();
+        assert_eq!(stats.series.lock().unwrap().held, b * one_minute);
+        assert_eq!(minutes(&stats, &["a"]), 0);
+    }
+
+    #[test]
+    fn many_functions_take_older_minutes_before_anyone_s_last_hour() {
+        let now = SystemTime::now();
+        let ago = |minutes: u64| now - Duration::from_secs(60 * minutes);
+        let stats = Stats::with_budget(usize::MAX);
+        stats.attempt(&report("quiet", ago(5), 200, 1));
+        stats.attempt(&report("quiet", ago(200), 200, 1));
+        let one_minute = stats.series.lock().unwrap().held / 2;
+        let stats = Stats::with_budget(12 * one_minute);
+        stats.attempt(&report("quiet", ago(200), 200, 1));
+        stats.attempt(&report("quiet", ago(5), 200, 1));
+        // Another tenant's many functions, each with a minute of the last hour.
+        for n in 0..11 {
+            stats.attempt(&report(&format!("busy-{n}"), ago(1), 200, 1));
+        }
+        let quiet = stats.query(
+            &Namespace::default(),
+            &name("quiet"),
+            Duration::from_secs(86_400),
         );
+        assert_eq!(
+            quiet.minutes.len(),
+            1,
+            "the old minute went first: {quiet:?}"
+        );
+        assert_eq!(quiet.minutes[0].minute, rfc3339(minute_of(ago(5)) * 60));
+        // Past what the last hour alone fits, the oldest of it goes too.
+        stats.attempt(&report("busy-11", ago(1), 200, 1));
+        assert_eq!(minutes(&stats, &["quiet"]), 0);
+    }
+
+    #[test]
+    fn a_long_run_counts_in_every_minute_it_covered_and_a_report_from_the_future_not_at_all() {
+        let stats = Stats::default();
+        let now = SystemTime::now();
+        // Ten minutes of running, started ten minutes ago.
+        let long = report("f", now - Duration::from_secs(600), 200, 600_000);
+        stats.attempt(&long);
+        let view = stats.query(&Namespace::default(), &name("f"), Duration::from_secs(3600));
+        let busy: f64 = view.minutes.iter().map(|m| m.concurrency).sum();
+        assert!((busy - 10.0).abs() < 0.01, "{busy}: {view:?}");
+        assert!(view.minutes.len() >= 10, "{view:?}");
+        assert_eq!(view.minutes.iter().map(|m| m.invocations).sum::<u64>(), 1);
+        // A clock step ahead: not counted, and nothing real is pushed out.
+        stats.attempt(&report("f", now + Duration::from_secs(3 * 86_400), 200, 1));
+        let after = stats.query(&Namespace::default(), &name("f"), Duration::from_secs(3600));
+        assert_eq!(after, view);
     }
 
     #[test]
@@ -431,5 +533,7 @@ mod tests {
             );
         }
         assert_eq!(bucket_of(1e9), LAST_BUCKET);
+        // The longest timeout with its queue wait still has buckets of its own.
+        assert!(upper_bound_ms(LAST_BUCKET - 1) > 20.0 * 60_000.0);
     }
 }
