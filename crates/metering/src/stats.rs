@@ -17,9 +17,9 @@ use gust_model::{Name, Namespace};
 
 /// A day of minutes per function.
 pub const MINUTES_KEPT: u64 = 24 * 60;
-/// Bytes the minutes of all functions may take together (a minute takes 80 bytes and 8 per
-/// latency bucket it saw, typically 150 to 400): a day for 30 to 100 functions busy every
-/// minute, the last hour for 700 to 2,000.
+/// Bytes the minutes of all functions may take together (a minute takes 72 bytes and 8 per
+/// latency bucket its vector has room for, 100 to 600 in all): a day of 20 to 110 functions
+/// busy every minute, or the last hour of 450 to 2,700.
 pub const DEFAULT_BYTE_BUDGET: usize = 16 * 1024 * 1024;
 /// Minutes shed across functions only once nothing older is left.
 const PROTECTED_MINUTES: u64 = 60;
