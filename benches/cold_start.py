@@ -15,6 +15,9 @@ events of `gust_runtime_process`:
   limits    the cgroup's memory limit and the network policy applied to it
   place     the code linked into the worker's code directory (and secrets written)
   load      the specialize round trip: the worker imports the code and answers
+  read      the function's deployment read from the store, with the hand-off to the
+            blocking thread that reads it (the `deployment read` event of `gust_executor`):
+            10 s after a deploy an unused function is unloaded, so its first request reads it
   rest      what the client saw minus the above: routing, the executor, the first request's
             round trip through the specialized worker, and the response back
 
@@ -78,7 +81,7 @@ def main():
     parser.add_argument("--functions", type=int, default=40)
     parser.add_argument("--gust", default=RELEASE_GUST)
     args = parser.parse_args()
-    os.environ["GUST_LOG"] = "info,gust_runtime_process=debug"
+    os.environ["GUST_LOG"] = "info,gust_runtime_process=debug,gust_executor=debug"
     work = tempfile.mkdtemp(prefix="gust-cold-start-")
     gust = GustProcess(args.gust, work)
     results = {}
@@ -101,15 +104,17 @@ def main():
         time.sleep(1)
         log = os.path.join(work, "gust.log")
         starts, specialized = events(log, "cold start"), events(log, "specialized")
+        # The last read of each function: its first request's (the deploy's came before).
+        reads = events(log, "deployment read")
     finally:
         gust.stop()
     try:
         print(f"{args.functions} first requests per runtime, 400 ms apart; p50 / p99 in ms")
-        print("| runtime | client: cold | worker | limits | place | load | rest | "
+        print("| runtime | client: cold | worker | limits | place | load | read | rest | "
               "baseline: warm request |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for runtime, (cold, warm) in results.items():
-            phases = {"worker": [], "limits": [], "place": [], "load": [], "rest": []}
+            phases = {"worker": [], "limits": [], "place": [], "load": [], "read": [], "rest": []}
             for name, total in cold.items():
                 start, spec = starts.get(name), specialized.get(name)
                 if not start or not spec:
@@ -119,8 +124,11 @@ def main():
                          float(spec["load_ms"])]
                 for key, value in zip(["worker", "limits", "place", "load"], parts):
                     phases[key].append(value)
+                read = reads.get(name)
+                read_ms = (float(read["read_ms"]) + float(read["handoff_ms"])) if read else 0.0
+                phases["read"].append(read_ms)
                 # specialize_ms covers limits, place and load, and the bits between them.
-                phases["rest"].append(total - worker - float(start["specialize_ms"]))
+                phases["rest"].append(total - worker - float(start["specialize_ms"]) - read_ms)
             if not phases["worker"]:
                 raise RuntimeError(f"no traced cold starts for {runtime}; see {log}")
 
@@ -129,7 +137,7 @@ def main():
 
             print(f"| {runtime} ({len(phases['worker'])} traced) | {cell(list(cold.values()))} | "
                   + " | ".join(cell(phases[k]) for k in
-                               ["worker", "limits", "place", "load", "rest"])
+                               ["worker", "limits", "place", "load", "read", "rest"])
                   + f" | {cell(warm)} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
