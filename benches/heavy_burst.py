@@ -3,6 +3,12 @@
 import takes 500 ms, with one warm instance.
 
     python3 benches/heavy_burst.py [--burst 50] [--import-ms 500] [--gust target/release/gust]
+    python3 benches/heavy_burst.py --example ml-inference [--max-instances 50]
+
+With `--example ml-inference` the function is `examples/ml-inference` (numpy and scikit-learn,
+built from the registry pip is set up for; its import and training take about 1.5 s of CPU)
+and each request a prediction; there is no fork floor for it (the built package lives in
+Gust's data directory).
 
 Gust: the function is deployed (`--max-instances` as given, default 50), one request warms an
 instance, then `--burst` clients each open a connection and send one request at the same
@@ -20,6 +26,7 @@ implementation would be measured against.
 
 import argparse
 import http.client
+import json
 import os
 import re
 import shutil
@@ -36,6 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gust_process import RELEASE_GUST, GustProcess  # noqa: E402
 
 FUNCTION = "import time\ntime.sleep({seconds})\n\ndef main():\n    return 'ready'\n"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FEATURES = json.dumps({"features": [6.7, 3.0, 5.2, 2.3]})
 
 # The fork floor: a module that takes as long to import, a process that forks a child per
 # request after importing it, each child answering one HTTP request on its own Unix socket.
@@ -69,6 +78,8 @@ def percentile(values, p):
 
 
 def summary(latencies):
+    if not latencies:
+        return "-"
     return (f"{percentile(latencies, 50):.1f} / {percentile(latencies, 99):.1f} / "
             f"{max(latencies):.1f}")
 
@@ -82,14 +93,20 @@ def metric(gust, name, function):
 
 
 def burst(count, send):
-    """Runs `send(n)` in `count` threads released together; the latency of each, in ms."""
+    """Runs `send(n)` in `count` threads released together; the latency of each that
+    succeeded, in ms, and what the others failed with."""
     latencies = [None] * count
+    failures = []
     release = threading.Barrier(count + 1)
 
     def client(n):
         release.wait()
         started = time.perf_counter()
-        send(n)
+        try:
+            send(n)
+        except Exception as err:  # noqa: BLE001 - reported with the figures
+            failures.append(str(err))
+            return
         latencies[n] = (time.perf_counter() - started) * 1e3
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
@@ -99,34 +116,45 @@ def burst(count, send):
     release.wait()
     for thread in threads:
         thread.join()
-    return latencies, (time.perf_counter() - began) * 1e3
+    return [ms for ms in latencies if ms is not None], failures
 
 
 def gust_burst(args, work):
     gust = GustProcess(args.gust, work)
     try:
-        code = gust.write("heavy.py", FUNCTION.format(seconds=args.import_ms / 1000))
+        if args.example:
+            code = os.path.join(work, args.example)
+            shutil.copytree(os.path.join(ROOT, "examples", args.example), code)
+            extra = ["--memory", "512"]
+        else:
+            code = gust.write("heavy.py", FUNCTION.format(seconds=args.import_ms / 1000))
+            extra = []
         gust.cli("fn", "create", "heavy", "--env", "python", "--code", code, "--url", "/heavy",
-                 "--max-instances", str(args.max_instances), "--timeout", "120s")
+                 "--max-instances", str(args.max_instances), "--timeout", "120s", *extra)
         url_port = gust.public
+        method, body = ("POST", FEATURES) if args.example else ("GET", None)
 
         def request(_):
             connection = http.client.HTTPConnection("127.0.0.1", url_port, timeout=120)
-            connection.request("GET", "/heavy")
+            connection.request(method, "/heavy", body,
+                               {"Content-Type": "application/json"} if body else {})
             response = connection.getresponse()
             response.read()
             connection.close()
             if response.status != 200:
-                raise RuntimeError(f"/heavy answered {response.status}")
+                reason = response.getheader("x-gust-error") or ""
+                raise RuntimeError(f"/heavy answered {response.status} {reason}".strip())
 
         time.sleep(12)  # the deploy's instance retires; the warm one is the request's
         request(0)
         before = metric(gust, "gust_function_cold_starts_total", "heavy")
-        latencies, _ = burst(args.burst, request)
+        latencies, failures = burst(args.burst, request)
         waited = metric(gust, "gust_function_cold_starts_total", "heavy") - before
-        time.sleep(args.import_ms / 1000 * 4 + 3)  # the starts the burst asked for end
+        # The starts the burst asked for end (a few at a time).
+        start_s = 3.0 if args.example else args.import_ms / 1000
+        time.sleep(start_s * args.burst / 4 + 5 if args.example else start_s * 4 + 3)
         instances = metric(gust, "gust_function_instances", "heavy")
-        return latencies, waited, instances
+        return latencies, failures, waited, instances
     finally:
         gust.stop()
 
@@ -167,8 +195,10 @@ def fork_floor(args, work):
             forker.stdin.flush()
         request(n)
 
-    latencies, _ = burst(args.burst, go)
+    latencies, failures = burst(args.burst, go)
     forker.wait(timeout=60)
+    if failures:
+        raise RuntimeError(f"fork floor: {failures[:3]}")
     return latencies
 
 
@@ -178,22 +208,28 @@ def main():
     parser.add_argument("--import-ms", type=int, default=500)
     parser.add_argument("--max-instances", type=int, default=50)
     parser.add_argument("--gust", default=RELEASE_GUST)
+    parser.add_argument("--example", choices=["ml-inference"])
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="gust-heavy-burst-")
     try:
         os.mkdir(os.path.join(work, "gust"))
-        latencies, waited, instances = gust_burst(args, os.path.join(work, "gust"))
-        floor = fork_floor(args, work)
+        latencies, failures, waited, instances = gust_burst(args, os.path.join(work, "gust"))
+        floor = None if args.example else fork_floor(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"burst of {args.burst} concurrent requests, import {args.import_ms} ms, "
+    what = args.example or f"import {args.import_ms} ms"
+    print(f"burst of {args.burst} concurrent requests, {what}, "
           f"one warm instance; latency p50 / p99 / max in ms")
     print("| | latency | mean | requests that waited for a cold start | instances after |")
     print("|---|---|---|---|---|")
-    print(f"| gust | {summary(latencies)} | {statistics.mean(latencies):.1f} | {waited:.0f} | "
+    mean = f"{statistics.mean(latencies):.1f}" if latencies else "-"
+    print(f"| gust | {summary(latencies)} | {mean} | {waited:.0f} | "
           f"{instances:.0f} |")
-    print(f"| fork floor (plain process) | {summary(floor)} | {statistics.mean(floor):.1f} | "
-          f"{args.burst} | {args.burst} |")
+    if failures:
+        print(f"{len(failures)} of {args.burst} failed, e.g. {sorted(set(failures))[:3]}")
+    if floor:
+        print(f"| fork floor (plain process) | {summary(floor)} | "
+              f"{statistics.mean(floor):.1f} | {args.burst} | {args.burst} |")
 
 
 if __name__ == "__main__":
