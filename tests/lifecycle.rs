@@ -17,7 +17,8 @@ fn worker_dirs(gust: &Gust) -> usize {
 
 /// The memory cgroup Gust made for its dependency builds: `<instance>-builds` beside its
 /// workers' `<instance>`, under Gust's own cgroup. `None` where Gust runs without cgroups (not
-/// as root: its run directory is then not `/run/<instance>`).
+/// as root: its run directory is then not `/run/<instance>`; or a host that gives it none: no
+/// workers' cgroup either).
 fn builds_cgroup(gust: &Gust) -> Option<PathBuf> {
     let instance = gust.worker_run_dir().file_name()?.to_str()?.to_owned();
     if !instance.starts_with("gust-") {
@@ -35,7 +36,10 @@ fn builds_cgroup(gust: &Gust) -> Option<PathBuf> {
         Some(path) => format!("/sys/fs/cgroup/memory{path}"),
         None => format!("/sys/fs/cgroup{}", line(&str::is_empty)?),
     };
-    Some(PathBuf::from(dir).join(format!("{instance}-builds")))
+    let dir = PathBuf::from(dir);
+    dir.join(&instance)
+        .is_dir()
+        .then(|| dir.join(format!("{instance}-builds")))
 }
 
 #[test]
