@@ -499,4 +499,6 @@ fn fn_stats_shows_the_minutes_traffic_by_status_with_latency_and_matches_the_usa
     let code = gust.write_file("again.py", FLAKY_PY);
     gust.create_function("flaky", "python", &code, &[]).ok();
     assert_eq!(stats("1h")["minutes"], serde_json::json!([]));
+    let empty = gust.cli(&["fn", "stats", "flaky"]).ok().stdout;
+    assert!(empty.contains("no requests on this node since"), "{empty}");
 }

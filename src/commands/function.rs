@@ -357,6 +357,9 @@ fn stats_table(stats: &FunctionStats) -> Table {
             format!("{:.2}", m.concurrency),
         ]);
     }
+    if stats.minutes.is_empty() {
+        table.footer(format!("no requests on this node since {}", stats.since));
+    }
     table
 }
 

@@ -862,8 +862,8 @@ impl Executor {
     /// function that answers in milliseconds but starts in seconds then serves a burst from
     /// its warm instances while new ones start). The start goes on in the background with
     /// the request's permit either way (so starts stay within the function's capacity), and
-    /// an instance the request did not take waits idle for the next one. `None` in the
-    /// result's cold start: the request took a released instance.
+    /// an instance the request did not take waits idle for the next one. The result's `bool`
+    /// says whether the instance is the one started for the request (a cold start).
     async fn start_or_take_released(
         &self,
         slot: &Arc<FunctionSlot>,

@@ -41,7 +41,7 @@ pub use memory_dir::private_memory_dir;
 pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
 pub use quota::{NamespaceQuotas, RunQuota};
 pub use request_body::{BodyHold, BodyWatch, IncomingBody, Payload, RequestBody, RequestBodyError};
-pub use runtime::{Instance, InstanceSpec, PreparedRevision, Runtime};
+pub use runtime::{Instance, InstanceSpec, PreparedRevision, Runtime, cores};
 
 use async_trait::async_trait;
 use gust_model::{Name, Namespace};

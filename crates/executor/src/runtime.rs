@@ -195,3 +195,10 @@ pub trait Instance: Send {
     /// Stops the instance; also what dropping it does, without waiting.
     async fn stop(self: Box<Self>);
 }
+
+/// The cores this process may use, asked once: the standard library reads the cgroup's CPU
+/// quota files each time, and the tiers size things by it whenever a revision is prepared.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}

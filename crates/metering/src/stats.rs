@@ -163,7 +163,11 @@ impl Stats {
         let waited = report.queue_wait + cold.unwrap_or_default();
         let seen_ms = (waited + report.run).as_secs_f64() * 1e3;
         let first = minute_of(report.started_at);
-        let runs = run_by_minute(report.started_at + waited, report.run);
+        // Most runs fall in the minute their attempt started: counted with it, in one update.
+        let (here, later): (Vec<_>, Vec<_>) = run_by_minute(report.started_at + waited, report.run)
+            .into_iter()
+            .partition(|(minute, _)| *minute == first);
+        let ran_here: Duration = here.iter().map(|(_, ran)| *ran).sum();
         self.update(&report.namespace, &report.function, first, |m| {
             match report.status {
                 400..=499 => m.client_errors += 1,
@@ -174,9 +178,10 @@ impl Stats {
                 m.cold_starts += 1;
                 m.cold_start_ms += cold.as_secs_f64() * 1e3;
             }
+            m.busy_ms += ran_here.as_secs_f64() * 1e3;
             m.count_latency(seen_ms);
         });
-        for (minute, ran) in runs {
+        for (minute, ran) in later {
             self.update(&report.namespace, &report.function, minute, |m| {
                 m.busy_ms += ran.as_secs_f64() * 1e3
             });

@@ -335,7 +335,7 @@ struct PreparedProcess {
 
 /// Two starts per core: enough to keep the cores busy while a start waits on the kernel.
 fn concurrent_starts() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+    gust_executor::cores() * 2
 }
 
 impl PreparedProcess {

@@ -24,11 +24,9 @@ use tokio_util::sync::PollSemaphore;
 /// run at the same one, so neither tier starves the other.
 const GUEST_NICENESS: i32 = 10;
 
-/// The number of guest threads: one per core. Asked once: the standard library reads the
-/// cgroup's CPU quota files each time, and every revision loaded asks.
+/// The number of guest threads: one per core.
 pub fn guest_threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    gust_executor::cores()
 }
 
 fn guest_runtime() -> &'static Runtime {
