@@ -5,7 +5,8 @@
 # Node.js (the built-in environments' interpreters), Flask (Python functions written Fission's
 # way), pip and npm (dependency builds), and, for the tests, openssl (a test CA),
 # the message brokers the queue-trigger tests start on free ports (nats-server, mosquitto,
-# redis-server, rabbitmq-server; none is left running) and componentize-py (builds the Python
+# redis-server, rabbitmq-server; none is left running), Chromium and chromedriver (the
+# dashboard's browser tests) and componentize-py (builds the Python
 # test component) in a virtualenv under target/tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+# The dashboard's browser tests: headless Chromium driven through chromedriver.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

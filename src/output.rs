@@ -76,21 +76,7 @@ impl Table {
 
 impl Table {
     fn render_csv(&self) -> String {
-        let field = |cell: &str| {
-            if cell.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", cell.replace('"', "\"\""))
-            } else {
-                cell.to_owned()
-            }
-        };
-        let mut out = String::new();
-        let header: Vec<String> = self.headers.iter().map(|h| field(h)).collect();
-        let _ = writeln!(out, "{}", header.join(","));
-        for row in &self.rows {
-            let cells: Vec<String> = row.iter().map(|c| field(c)).collect();
-            let _ = writeln!(out, "{}", cells.join(","));
-        }
-        out
+        gust_api_types::csv(&self.headers, &self.rows)
     }
 }
 

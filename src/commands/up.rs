@@ -15,6 +15,7 @@ use gust_api::{AdminToken, ApiState, Builds, NodeDirectory, TokenCheck, api_rout
 use gust_async_queue::{AsyncQueue, Clock, Dispatcher, QueueBounds, QueueLimits, SystemClock};
 use gust_builder::{Builder, BuilderConfig};
 use gust_cluster::{ClusterAudit, ClusterOptions, ClusterQueue, ClusterUsage, QueueRetention};
+use gust_dashboard::{Dashboard, dashboard_router};
 use gust_edge::{BodyBudget, ConnectionLimits};
 use gust_executor::{
     Enqueue, Executor, ExecutorConfig, FunctionLogs, InvocationObserver, Invoker, NoObserver,
@@ -704,7 +705,12 @@ async fn assemble(
         // Builds a stop interrupted start again: in a cluster, only those this node was
         // running (whose sources it holds), not another node's build in progress.
         Builds::resume(&state, !args.cluster.is_empty())?;
-        let app = api_router(state);
+        let queue = state.queue.clone();
+        let api_routes = api_router(state);
+        // The dashboard calls the API in-process; it is served beside it, never on the
+        // public listener.
+        let dashboard = Arc::new(Dashboard::new(api_routes.clone(), move || queue.depth()));
+        let app = api_routes.merge(dashboard_router(dashboard));
         roles.push(Box::new(Task::new("api", move |stop| {
             gust_edge::serve(api, app, api_limits, "API", stop)
         })));

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use gust_api_types::{UsageReport, UsageRow};
+use gust_api_types::UsageReport;
 use http::Method;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs, NO_BODY};
@@ -41,18 +41,6 @@ pub struct UsageArgs {
     output: OutputArgs,
 }
 
-fn cells(row: &UsageRow) -> Vec<String> {
-    vec![
-        row.function.clone(),
-        row.period_start.clone(),
-        row.invocations.to_string(),
-        row.errors.to_string(),
-        format!("{:.6}", row.gb_seconds),
-        format!("{:.3}", row.cpu_ms),
-        format!("{:.6}", row.cost),
-    ]
-}
-
 pub async fn run(args: UsageArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(connection)?;
     let mut path = ApiPath::new(["v1", "usage"])
@@ -63,22 +51,10 @@ pub async fn run(args: UsageArgs, connection: &ConnectionArgs) -> anyhow::Result
     }
     let report: UsageReport = client.json(Method::GET, &path, NO_BODY).await?;
     print(args.output.format, &report, || {
-        let mut table = Table::new(vec![
-            "FUNCTION",
-            "PERIOD START",
-            "INVOCATIONS",
-            "ERRORS",
-            "GB-SECONDS",
-            "CPU MS",
-            "COST",
-        ]);
-        for row in &report.rows {
-            table.row(cells(row));
+        let mut table = Table::new(UsageReport::COLUMNS.to_vec());
+        for row in report.cells() {
+            table.row(row);
         }
-        let mut totals = cells(&report.totals);
-        totals[0] = "TOTAL".to_owned();
-        totals[1] = report.since.clone();
-        table.row(totals);
         table
     })?;
     Ok(ExitCode::SUCCESS)

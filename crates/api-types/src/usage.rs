@@ -84,3 +84,59 @@ pub struct MinuteStats {
     /// Mean requests running over the minute (the run time that fell in it / 60 s).
     pub concurrency: f64,
 }
+
+impl UsageReport {
+    /// The columns of `gust usage` and the dashboard's usage table and CSV.
+    pub const COLUMNS: [&'static str; 7] = [
+        "FUNCTION",
+        "PERIOD START",
+        "INVOCATIONS",
+        "ERRORS",
+        "GB-SECONDS",
+        "CPU MS",
+        "COST",
+    ];
+
+    /// The report's rows as cells under [`UsageReport::COLUMNS`], with the totals last.
+    pub fn cells(&self) -> Vec<Vec<String>> {
+        let cells = |row: &UsageRow| {
+            vec![
+                row.function.clone(),
+                row.period_start.clone(),
+                row.invocations.to_string(),
+                row.errors.to_string(),
+                format!("{:.6}", row.gb_seconds),
+                format!("{:.3}", row.cpu_ms),
+                format!("{:.6}", row.cost),
+            ]
+        };
+        let mut rows: Vec<Vec<String>> = self.rows.iter().map(cells).collect();
+        let mut totals = cells(&self.totals);
+        totals[0] = "TOTAL".to_owned();
+        totals[1] = self.since.clone();
+        rows.push(totals);
+        rows
+    }
+}
+
+/// Rows as comma-separated values under a header line; a cell holding a comma, quote or line
+/// break is quoted.
+pub fn csv(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let field = |cell: &str| {
+        if cell.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", cell.replace('"', "\"\""))
+        } else {
+            cell.to_owned()
+        }
+    };
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut line = cells.map(field).collect::<Vec<_>>().join(",");
+        line.push('\n');
+        line
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}

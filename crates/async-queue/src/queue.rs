@@ -106,6 +106,11 @@ impl AsyncQueue {
         }
     }
 
+    /// Invocations waiting for an attempt on this node (the `gust_async_queue_depth` gauge).
+    pub fn depth(&self) -> u64 {
+        u64::try_from(self.shared.depth.get()).unwrap_or(0)
+    }
+
     /// Adds the queue's metrics to a registry.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(

@@ -1,0 +1,202 @@
+//! The page shell every page shares (navigation, namespace, sign out) and small formatting
+//! helpers. maud escapes every interpolated value, so a function's name, output or log line
+//! is text wherever it appears.
+
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use http::header::SET_COOKIE;
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+
+use crate::Dashboard;
+use crate::api::ApiFailure;
+use crate::session::{Signed, cookie};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Section {
+    Overview,
+    Functions,
+    Async,
+    Triggers,
+    Usage,
+}
+
+const SECTIONS: [(Section, &str, &str); 5] = [
+    (Section::Overview, "", "Overview"),
+    (Section::Functions, "/functions", "Functions"),
+    (Section::Async, "/async", "Async"),
+    (Section::Triggers, "/triggers", "Triggers"),
+    (Section::Usage, "/usage", "Usage"),
+];
+
+/// `?namespace=` of every page: the tenant it shows (`default` when absent).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NamespaceParam {
+    pub namespace: Option<String>,
+}
+
+/// A signed-in request and the namespace it looks at.
+pub(crate) struct Context {
+    pub signed: Signed,
+    pub namespace: String,
+}
+
+impl Context {
+    pub fn new(signed: Signed, namespace: Option<String>) -> Self {
+        Self {
+            signed,
+            namespace: namespace
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+        }
+    }
+
+    /// A dashboard link that stays in this namespace. `path` is under `/ui` and may carry a
+    /// query of its own.
+    pub fn link(&self, path: &str) -> String {
+        let mut link = format!("/ui{path}");
+        if self.namespace != "default" {
+            link.push(if path.contains('?') { '&' } else { '?' });
+            link.push_str("namespace=");
+            link.extend(percent_encoding::utf8_percent_encode(
+                &self.namespace,
+                percent_encoding::NON_ALPHANUMERIC,
+            ));
+        }
+        link
+    }
+
+    /// The hidden field every form that writes carries.
+    pub fn csrf_field(&self) -> Markup {
+        html! { input type="hidden" name="csrf" value=(self.signed.csrf); }
+    }
+
+    /// A page: the shell around `content`.
+    pub fn page(&self, section: Section, title: &str, content: Markup) -> Response {
+        let markup = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    // htmx must not inject its own style element: the policy allows none.
+                    meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false}"#;
+                    title { (title) " · Gust" }
+                    // No icon to fetch (a missing one is a failed load in the console).
+                    link rel="icon" href="data:,";
+                    link rel="stylesheet" href="/ui/assets/uPlot.min.css";
+                    link rel="stylesheet" href="/ui/assets/dashboard.css";
+                    script src="/ui/assets/htmx.min.js" defer {}
+                    script src="/ui/assets/uPlot.iife.min.js" defer {}
+                    script src="/ui/assets/dashboard.js" defer {}
+                }
+                body {
+                    a.skip href="#main" { "Skip to content" }
+                    header {
+                        a.brand href=(self.link("")) { "Gust" }
+                        nav aria-label="Sections" {
+                            ul {
+                                @for (item, path, label) in SECTIONS {
+                                    li {
+                                        @if item == section {
+                                            a href=(self.link(path)) aria-current="page" { (label) }
+                                        } @else {
+                                            a href=(self.link(path)) { (label) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        form.namespace method="get" action="" {
+                            label for="namespace" { "Namespace" }
+                            input #namespace name="namespace" value=(self.namespace) size="12";
+                            button type="submit" { "Show" }
+                        }
+                        form.signout method="post" action="/ui/logout" {
+                            (self.csrf_field())
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                    main #main {
+                        h1 { (title) }
+                        (content)
+                    }
+                }
+            }
+        };
+        Html(markup.into_string()).into_response()
+    }
+
+    /// What a page shows when the API refused: the API's own words, or the sign-in page
+    /// when the session's token is no longer accepted.
+    pub fn failed(&self, dashboard: &Dashboard, section: Section, failure: ApiFailure) -> Response {
+        if matches!(failure, ApiFailure::SignedOut) {
+            dashboard.sessions.end(&self.signed.id);
+            return signed_out();
+        }
+        let status = failure.status();
+        let mut response = self.page(
+            section,
+            "Not shown",
+            html! { p.error role="alert" { (failure.message()) } },
+        );
+        *response.status_mut() = status;
+        response
+    }
+}
+
+/// To the sign-in page, with the session cookie cleared.
+pub(crate) fn signed_out() -> Response {
+    ([(SET_COOKIE, cookie(None))], Redirect::to("/ui/login")).into_response()
+}
+
+/// Unix milliseconds as a UTC time to the second.
+pub(crate) fn time(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
+}
+
+/// A number with at most `decimals` digits after the point.
+pub(crate) fn number(value: f64, decimals: usize) -> String {
+    format!("{value:.decimals$}")
+}
+
+/// An empty table's single row, spanning its columns.
+pub(crate) fn empty_row(columns: u32, text: &str) -> Markup {
+    html! { tr { td colspan=(columns) { (text) } } }
+}
+
+/// How an enum value is written in JSON (`dead`, `final_status`).
+pub(crate) fn label<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        _ => "-".to_owned(),
+    }
+}
+
+/// A timer's cron expression with its time zone.
+pub(crate) fn schedule(schedule: &gust_model::Schedule) -> String {
+    let config = gust_model::ScheduleConfig::from(schedule.clone());
+    format!(
+        "{} ({})",
+        config.cron,
+        config.tz.as_deref().unwrap_or("UTC")
+    )
+}
+
+/// A route's methods (`*` for any).
+pub(crate) fn methods(set: gust_model::MethodSet) -> String {
+    let methods: Vec<gust_model::Method> = set.into();
+    if methods.is_empty() {
+        return "*".to_owned();
+    }
+    methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}

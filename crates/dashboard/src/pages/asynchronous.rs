@@ -1,0 +1,203 @@
+//! Asynchronous work: the queue, and dead letters with their payloads, re-drive and purge.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use futures_util::future::join_all;
+use gust_api_types::{DeadLetterView, Purged, Redriven, Selection};
+use gust_model::AsyncInvocation;
+use http::Method;
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use crate::Dashboard;
+use crate::api::{ApiFailure, ApiPath};
+use crate::layout::{Context, NamespaceParam, Section, empty_row, label, time};
+use crate::session::Signed;
+
+/// Dead letters listed on the page, newest first as the API lists them.
+const SHOWN: usize = 100;
+/// Payload bytes shown per dead letter.
+const PAYLOAD_SHOWN: usize = 2048;
+
+/// `GET /ui/async`.
+pub(crate) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Query(query): Query<NamespaceParam>,
+) -> Response {
+    let ctx = Context::new(signed, query.namespace);
+    match content(&dashboard, &ctx).await {
+        Ok(content) => ctx.page(Section::Async, "Asynchronous invocations", content),
+        Err(failure) => ctx.failed(&dashboard, Section::Async, failure),
+    }
+}
+
+async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
+    let (token, ns) = (&ctx.signed.token, &ctx.namespace);
+    let letters: Vec<AsyncInvocation> = dashboard
+        .api
+        .get(
+            token,
+            &ApiPath::new(["dlq"])
+                .namespace(ns)
+                .query("limit", &(SHOWN + 1).to_string()),
+        )
+        .await?;
+    let more = letters.len() > SHOWN;
+    let views = join_all(letters.iter().take(SHOWN).map(|letter| async move {
+        dashboard
+            .api
+            .get::<DeadLetterView>(token, &ApiPath::new(["dlq", &letter.id]).namespace(ns))
+            .await
+    }))
+    .await;
+    let views: Vec<DeadLetterView> = views.into_iter().filter_map(Result::ok).collect();
+    Ok(html! {
+        dl.settings {
+            dt { "Waiting for an attempt" } dd #queue-depth { ((dashboard.queue_depth)()) " on this node" }
+            dt { "Dead letters" } dd #dead-letter-count { (letters.len().min(SHOWN)) @if more { "+" } }
+        }
+        @if !views.is_empty() {
+            div.actions {
+                form method="post" action=(ctx.link("/async/redrive")) data-confirm="Deliver every dead letter of this namespace again?" {
+                    (ctx.csrf_field())
+                    input type="hidden" name="all" value="true";
+                    button type="submit" { "Re-drive all" }
+                }
+                form method="post" action=(ctx.link("/async/purge")) data-confirm="Delete every dead letter of this namespace for good?" {
+                    (ctx.csrf_field())
+                    input type="hidden" name="all" value="true";
+                    button.danger type="submit" { "Purge all" }
+                }
+            }
+        }
+        h2 { "Dead letters" }
+        table #dead-letters {
+            thead { tr {
+                th scope="col" { "Id" } th scope="col" { "Function" } th scope="col" { "State" }
+                th scope="col" { "Attempts" } th scope="col" { "Last error" } th scope="col" { "Updated" }
+                th scope="col" { "Request" } th scope="col" { span.visually-hidden { "Actions" } }
+            } }
+            tbody {
+                @for view in &views {
+                    @let letter = &view.invocation;
+                    tr {
+                        td { code { (letter.id) } }
+                        td { a href=(ctx.link(&format!("/functions/{}", letter.function))) { (letter.function) } }
+                        td { (label(&letter.state)) }
+                        td { (letter.attempts) }
+                        td { (letter.last_status.map(|s| s.to_string()).unwrap_or_default()) " " (letter.last_error.as_deref().unwrap_or("")) }
+                        td { (time(letter.updated_at_ms)) }
+                        td {
+                            details {
+                                summary { (view.request.method) " " (view.request.uri) }
+                                pre.payload { (payload(&view.request.body_base64)) }
+                            }
+                        }
+                        td.actions {
+                            form method="post" action=(ctx.link("/async/redrive")) {
+                                (ctx.csrf_field())
+                                input type="hidden" name="id" value=(letter.id);
+                                button type="submit" aria-label=(format!("Re-drive {}", letter.id)) { "Re-drive" }
+                            }
+                            form method="post" action=(ctx.link("/async/purge")) data-confirm="Delete this dead letter for good?" {
+                                (ctx.csrf_field())
+                                input type="hidden" name="id" value=(letter.id);
+                                button.danger type="submit" aria-label=(format!("Purge {}", letter.id)) { "Purge" }
+                            }
+                        }
+                    }
+                }
+                @if views.is_empty() {
+                    (empty_row(8, "No dead letters."))
+                }
+            }
+        }
+    })
+}
+
+/// The start of a request body, as text.
+fn payload(body_base64: &str) -> String {
+    match base64::engine::general_purpose::STANDARD.decode(body_base64) {
+        Ok(body) if body.is_empty() => "(no body)".to_owned(),
+        Ok(body) => {
+            let mut text =
+                String::from_utf8_lossy(&body[..body.len().min(PAYLOAD_SHOWN)]).into_owned();
+            if body.len() > PAYLOAD_SHOWN {
+                text.push_str(&format!("\n… {} bytes in all", body.len()));
+            }
+            text
+        }
+        Err(_) => "(unreadable body)".to_owned(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SelectionForm {
+    #[serde(default)]
+    csrf: String,
+    /// One dead letter, or every one (`all=true`).
+    id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl SelectionForm {
+    fn selection(&self) -> Selection {
+        Selection {
+            ids: self.id.iter().cloned().collect(),
+            function: None,
+            all: self.all && self.id.is_none(),
+        }
+    }
+}
+
+/// `POST /ui/async/redrive`.
+pub(crate) async fn redrive(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Query(query): Query<NamespaceParam>,
+    Form(form): Form<SelectionForm>,
+) -> Response {
+    act::<Vec<Redriven>>(dashboard, signed, query, form, "redrive").await
+}
+
+/// `POST /ui/async/purge`.
+pub(crate) async fn purge(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Query(query): Query<NamespaceParam>,
+    Form(form): Form<SelectionForm>,
+) -> Response {
+    act::<Purged>(dashboard, signed, query, form, "purge").await
+}
+
+async fn act<T: serde::de::DeserializeOwned>(
+    dashboard: Arc<Dashboard>,
+    signed: Signed,
+    query: NamespaceParam,
+    form: SelectionForm,
+    action: &str,
+) -> Response {
+    if let Err(refused) = signed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    let ctx = Context::new(signed, query.namespace);
+    let done = dashboard
+        .api
+        .json::<T>(
+            &ctx.signed.token,
+            Method::POST,
+            &ApiPath::new(["dlq", action]).namespace(&ctx.namespace),
+            Some(&form.selection()),
+        )
+        .await;
+    match done {
+        Ok(_) => Redirect::to(&ctx.link("/async")).into_response(),
+        Err(failure) => ctx.failed(&dashboard, Section::Async, failure),
+    }
+}

@@ -1,0 +1,102 @@
+//! The functions of a namespace: search by name, sort by a column.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+use gust_api_types::FunctionView;
+use maud::html;
+use serde::Deserialize;
+
+use crate::Dashboard;
+use crate::api::ApiPath;
+use crate::layout::{Context, Section, empty_row, time};
+use crate::session::Signed;
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListQuery {
+    namespace: Option<String>,
+    /// Names containing this.
+    #[serde(default)]
+    q: String,
+    /// `name` (default), `env`, `updated` (newest first) or `instances` (busiest first).
+    #[serde(default)]
+    sort: String,
+}
+
+const SORTS: [(&str, &str); 4] = [
+    ("name", "Name"),
+    ("env", "Environment"),
+    ("updated", "Last updated"),
+    ("instances", "Busy instances"),
+];
+
+/// `GET /ui/functions`.
+pub(crate) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let ctx = Context::new(signed, query.namespace);
+    let listed = dashboard
+        .api
+        .get::<Vec<FunctionView>>(
+            &ctx.signed.token,
+            &ApiPath::new(["functions"]).namespace(&ctx.namespace),
+        )
+        .await;
+    let mut functions = match listed {
+        Ok(functions) => functions,
+        Err(failure) => return ctx.failed(&dashboard, Section::Functions, failure),
+    };
+    let total = functions.len();
+    let needle = query.q.trim().to_lowercase();
+    functions.retain(|f| f.name.as_str().contains(&needle));
+    match query.sort.as_str() {
+        "env" => functions.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name))),
+        "updated" => functions.sort_by_key(|f| std::cmp::Reverse(f.updated_at_ms)),
+        "instances" => functions.sort_by_key(|f| std::cmp::Reverse(f.instances.busy)),
+        _ => functions.sort_by(|a, b| a.name.cmp(&b.name)),
+    }
+    let content = html! {
+        form.filters method="get" action="/ui/functions" role="search" {
+            input type="hidden" name="namespace" value=(ctx.namespace);
+            label for="q" { "Name contains" }
+            input #q type="search" name="q" value=(query.q);
+            label for="sort" { "Sort by" }
+            select #sort name="sort" {
+                @for (value, label) in SORTS {
+                    option value=(value) selected[query.sort == value] { (label) }
+                }
+            }
+            button type="submit" { "Apply" }
+        }
+        p.hint { (functions.len()) " of " (total) " functions" }
+        table {
+            caption.visually-hidden { "Functions" }
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Environment" } th scope="col" { "Revision" }
+                th scope="col" { "Busy" } th scope="col" { "Idle" } th scope="col" { "Max instances" }
+                th scope="col" { "Memory" } th scope="col" { "Last updated" }
+            } }
+            tbody {
+                @for f in &functions {
+                    tr {
+                        td { a href=(ctx.link(&format!("/functions/{}", f.name))) { (f.name) } }
+                        td { (f.env) }
+                        td { (f.revision) }
+                        td { (f.instances.busy) }
+                        td { (f.instances.idle) }
+                        td { (f.scaling.max_instances) }
+                        td { (f.memory_mb) " MB" }
+                        td { (time(f.updated_at_ms)) }
+                    }
+                }
+                @if functions.is_empty() {
+                    (empty_row(8, "No functions match."))
+                }
+            }
+        }
+    };
+    ctx.page(Section::Functions, "Functions", content)
+}

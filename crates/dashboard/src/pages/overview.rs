@@ -1,0 +1,164 @@
+//! The overview: what runs in the namespace and how it is doing, each figure linking to its
+//! page. The tiles refresh themselves every 5 s (htmx).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::Timelike;
+use futures_util::future::join_all;
+use gust_api_types::{FunctionStats, FunctionView, UsageReport};
+use gust_model::AsyncInvocation;
+use maud::{Markup, html};
+
+use crate::Dashboard;
+use crate::api::{ApiFailure, ApiPath};
+use crate::layout::{Context, NamespaceParam, Section, number};
+use crate::session::Signed;
+
+/// The functions whose minutes the overview adds up; a namespace with more shows the sum
+/// of the first this many (by name) and says so.
+const MAX_FUNCTIONS_SUMMED: usize = 100;
+/// Dead letters counted; more show as "1000+".
+const DEAD_LETTERS_COUNTED: usize = 1000;
+
+/// `GET /ui`.
+pub(crate) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Query(query): Query<NamespaceParam>,
+) -> Response {
+    let ctx = Context::new(signed, query.namespace);
+    match tiles_markup(&dashboard, &ctx).await {
+        Ok(tiles) => ctx.page(Section::Overview, "Overview", tiles),
+        Err(failure) => ctx.failed(&dashboard, Section::Overview, failure),
+    }
+}
+
+/// `GET /ui/tiles`: the tiles alone, for the page's refresh.
+pub(crate) async fn tiles(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Query(query): Query<NamespaceParam>,
+) -> Response {
+    let ctx = Context::new(signed, query.namespace);
+    match tiles_markup(&dashboard, &ctx).await {
+        Ok(tiles) => Html(tiles.into_string()).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+struct Summary {
+    functions: usize,
+    busy: usize,
+    idle: usize,
+    summed: usize,
+    requests_last_5m: u64,
+    errors_last_hour: u64,
+    cold_starts_last_hour: u64,
+    throttled_last_hour: u64,
+    dead_letters: usize,
+    usage: UsageReport,
+}
+
+async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFailure> {
+    let token = &ctx.signed.token;
+    let ns = &ctx.namespace;
+    let functions: Vec<FunctionView> = dashboard
+        .api
+        .get(token, &ApiPath::new(["functions"]).namespace(ns))
+        .await?;
+    let summed = functions.len().min(MAX_FUNCTIONS_SUMMED);
+    let stats = join_all(functions.iter().take(summed).map(|f| {
+        let path = ApiPath::new(["functions", f.name.as_str(), "stats"])
+            .namespace(ns)
+            .query("since", "1h");
+        async move { dashboard.api.get::<FunctionStats>(token, &path).await }
+    }))
+    .await;
+    let five_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let (mut requests_last_5m, mut errors, mut cold, mut throttled) = (0, 0, 0, 0);
+    // A function deleted between the list and its stats is skipped, not an error.
+    for stats in stats.into_iter().flatten() {
+        for minute in &stats.minutes {
+            errors += minute.server_errors + minute.client_errors;
+            cold += minute.cold_starts;
+            throttled += minute.throttled;
+            let recent = chrono::DateTime::parse_from_rfc3339(&minute.minute)
+                .is_ok_and(|start| start >= five_minutes_ago);
+            if recent {
+                requests_last_5m += minute.invocations;
+            }
+        }
+    }
+    let dead_letters: Vec<AsyncInvocation> = dashboard
+        .api
+        .get(
+            token,
+            &ApiPath::new(["dlq"])
+                .namespace(ns)
+                .query("limit", &DEAD_LETTERS_COUNTED.to_string()),
+        )
+        .await?;
+    let now = chrono::Utc::now();
+    let since_midnight = now.hour() * 60 + now.minute() + 1;
+    let usage: UsageReport = dashboard
+        .api
+        .get(
+            token,
+            &ApiPath::new(["usage"])
+                .namespace(ns)
+                .query("since", &format!("{since_midnight}m")),
+        )
+        .await?;
+    Ok(Summary {
+        functions: functions.len(),
+        busy: functions.iter().map(|f| f.instances.busy).sum(),
+        idle: functions.iter().map(|f| f.instances.idle).sum(),
+        summed,
+        requests_last_5m,
+        errors_last_hour: errors,
+        cold_starts_last_hour: cold,
+        throttled_last_hour: throttled,
+        dead_letters: dead_letters.len(),
+        usage,
+    })
+}
+
+async fn tiles_markup(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
+    let s = summary(dashboard, ctx).await?;
+    let dead_letters = if s.dead_letters >= DEAD_LETTERS_COUNTED {
+        format!("{DEAD_LETTERS_COUNTED}+")
+    } else {
+        s.dead_letters.to_string()
+    };
+    let tile = |label: &str, value: String, note: String, href: String| {
+        html! {
+            li.tile {
+                a href=(href) {
+                    span.label { (label) }
+                    span.value { (value) }
+                    span.note { (note) }
+                }
+            }
+        }
+    };
+    let functions = ctx.link("/functions");
+    Ok(html! {
+        ul #tiles.tiles hx-get=(ctx.link("/tiles")) hx-trigger="every 5s" hx-swap="outerHTML" aria-live="polite" {
+            (tile("Functions", s.functions.to_string(), format!("{} busy, {} idle instances", s.busy, s.idle), functions.clone()))
+            (tile("Requests per second", number(s.requests_last_5m as f64 / 300.0, 2), "mean of the last 5 minutes".to_owned(), functions.clone()))
+            (tile("Errors", s.errors_last_hour.to_string(), "4xx and 5xx, last hour".to_owned(), functions.clone()))
+            (tile("Cold starts", s.cold_starts_last_hour.to_string(), "last hour".to_owned(), functions.clone()))
+            (tile("Throttled", s.throttled_last_hour.to_string(), "last hour".to_owned(), functions))
+            (tile("Async queue", (dashboard.queue_depth)().to_string(), "waiting on this node".to_owned(), ctx.link("/async")))
+            (tile("Dead letters", dead_letters, "in this namespace".to_owned(), ctx.link("/async")))
+            (tile("Requests today", s.usage.totals.invocations.to_string(), format!("{} GB-s", number(s.usage.totals.gb_seconds, 3)), ctx.link("/usage")))
+            (tile("Cost today", format!("{} {}", number(s.usage.totals.cost, 6), s.usage.currency), "since 00:00 UTC".to_owned(), ctx.link("/usage")))
+        }
+        @if s.summed < s.functions {
+            p.hint { "Traffic figures add up the first " (s.summed) " of " (s.functions) " functions." }
+        }
+        p.hint { "Traffic is counted on this node." }
+    })
+}

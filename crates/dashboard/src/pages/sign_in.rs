@@ -1,0 +1,114 @@
+//! Signing in with an API token and out again.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use gust_api_types::VersionView;
+use http::header::SET_COOKIE;
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+
+use crate::Dashboard;
+use crate::api::ApiPath;
+use crate::layout::signed_out;
+use crate::session::{Signed, cookie, forbidden, same_origin};
+
+/// `GET /ui/login`.
+pub(crate) async fn form() -> Response {
+    Html(sign_in_page(None).into_string()).into_response()
+}
+
+fn sign_in_page(error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Sign in · Gust" }
+                link rel="icon" href="data:,";
+                link rel="stylesheet" href="/ui/assets/dashboard.css";
+            }
+            body.signin {
+                main #main {
+                    h1 { "Gust" }
+                    form method="post" action="/ui/login" {
+                        @if let Some(error) = error {
+                            p.error role="alert" { (error) }
+                        }
+                        label for="token" { "API token" }
+                        input #token type="password" name="token" autocomplete="off" required;
+                        p.hint { "The token `gust up` wrote to the CLI's config.toml, or one `gust token create` made." }
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignInForm {
+    #[serde(default)]
+    token: String,
+}
+
+/// `POST /ui/login`: the token is checked by the API itself; the browser gets a session id.
+pub(crate) async fn sign_in(State(dashboard): State<Arc<Dashboard>>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if !same_origin(&parts) {
+        return forbidden("a sign-in from another site's page is refused");
+    }
+    let Ok(Form(form)) = Form::<SignInForm>::from_request(
+        axum::extract::Request::from_parts(parts.clone(), body),
+        &(),
+    )
+    .await
+    else {
+        return refused("the form did not carry a token");
+    };
+    // A session this browser already had ends: one browser, one session.
+    if let Ok(previous) = Signed::from_request_parts(&mut parts, &dashboard).await {
+        dashboard.sessions.end(&previous.id);
+    }
+    let token = form.token.trim().to_owned();
+    if token.is_empty() || token.len() > 4096 {
+        return refused("enter an API token");
+    }
+    let checked = dashboard
+        .api
+        .get::<VersionView>(&token, &ApiPath::new(["version"]))
+        .await;
+    if checked.is_err() {
+        return refused("that token is not accepted by this server");
+    }
+    let id = dashboard.sessions.start(token);
+    ([(SET_COOKIE, cookie(Some(&id)))], Redirect::to("/ui")).into_response()
+}
+
+/// The form again, saying why. A 200, as sign-in forms answer: the browser shows the page,
+/// not a failed load.
+fn refused(message: &str) -> Response {
+    Html(sign_in_page(Some(message)).into_string()).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// `POST /ui/logout`: ends the session on the server, not only the cookie.
+pub(crate) async fn sign_out(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = signed.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    dashboard.sessions.end(&signed.id);
+    signed_out()
+}

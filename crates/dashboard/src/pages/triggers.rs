@@ -1,0 +1,86 @@
+//! Timers and queue triggers: their state, last error, next tick and counts.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+use gust_api_types::{MqTriggerView, TimerView};
+use maud::{Markup, html};
+
+use crate::Dashboard;
+use crate::api::{ApiFailure, ApiPath};
+use crate::layout::{Context, NamespaceParam, Section, empty_row, schedule, time};
+use crate::session::Signed;
+
+/// `GET /ui/triggers`.
+pub(crate) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    signed: Signed,
+    Query(query): Query<NamespaceParam>,
+) -> Response {
+    let ctx = Context::new(signed, query.namespace);
+    match content(&dashboard, &ctx).await {
+        Ok(content) => ctx.page(Section::Triggers, "Timers and queue triggers", content),
+        Err(failure) => ctx.failed(&dashboard, Section::Triggers, failure),
+    }
+}
+
+async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
+    let (token, ns) = (&ctx.signed.token, &ctx.namespace);
+    let timers: Vec<TimerView> = dashboard
+        .api
+        .get(token, &ApiPath::new(["timers"]).namespace(ns))
+        .await?;
+    let queues: Vec<MqTriggerView> = dashboard
+        .api
+        .get(token, &ApiPath::new(["mqtriggers"]).namespace(ns))
+        .await?;
+    let function_link = |function: &str| ctx.link(&format!("/functions/{function}"));
+    Ok(html! {
+        h2 { "Timers" }
+        table #timers {
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Function" } th scope="col" { "Schedule" }
+                th scope="col" { "Next tick" } th scope="col" { "Created" }
+            } }
+            tbody {
+                @for view in &timers {
+                    tr {
+                        td { (view.timer.name) }
+                        td { a href=(function_link(view.timer.function.as_str())) { (view.timer.function) } }
+                        td { code { (schedule(&view.timer.schedule)) } }
+                        td { (view.next_fire_ms.map_or_else(|| "none left".to_owned(), time)) }
+                        td { (time(view.timer.created_at_ms)) }
+                    }
+                }
+                @if timers.is_empty() { (empty_row(5, "No timers.")) }
+            }
+        }
+        h2 { "Queue triggers" }
+        table #queue-triggers {
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Function" } th scope="col" { "Broker" }
+                th scope="col" { "Topic" } th scope="col" { "State" } th scope="col" { "Succeeded" }
+                th scope="col" { "Failed" } th scope="col" { "Last error" }
+            } }
+            tbody {
+                @for queue in &queues {
+                    tr {
+                        td { (queue.name) }
+                        td { a href=(function_link(&queue.function)) { (queue.function) } }
+                        td { (queue.kind) " " code { (queue.url) } }
+                        td { code { (queue.topic) } }
+                        td { (queue.status.state) }
+                        td { (queue.status.succeeded) }
+                        td { (queue.status.failed) }
+                        td {
+                            (queue.status.last_error.as_deref().unwrap_or("-"))
+                            @if let Some(at) = queue.status.last_error_at_ms { " (" (time(at)) ")" }
+                        }
+                    }
+                }
+                @if queues.is_empty() { (empty_row(8, "No queue triggers.")) }
+            }
+        }
+    })
+}
