@@ -176,6 +176,28 @@ impl Browser {
             .unwrap_or_else(|e| panic!("fill {css}: {e}"));
     }
 
+    /// What the Tab key reaches from the top of a freshly loaded `path`, in order: each
+    /// control's label.
+    fn tab_order(&self, path: &str, presses: usize) -> Vec<String> {
+        self.goto(path);
+        (0..presses)
+            .map(|_| {
+                self.runtime
+                    .block_on(async {
+                        let focused = self.client.active_element().await?;
+                        focused.send_keys("\u{E004}").await
+                    })
+                    .expect("Tab");
+                let label = self.script(
+                    "const e = document.activeElement;
+                     return e.getAttribute('aria-label') || e.labels?.[0]?.textContent || e.textContent.trim();",
+                    vec![],
+                );
+                label.as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
     fn accept_confirm(&self) {
         eventually(Duration::from_secs(5), || {
             self.runtime.block_on(self.client.accept_alert()).ok()
@@ -331,7 +353,7 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
         "return document.querySelectorAll('#charts canvas').length;",
         vec![],
     );
-    assert_eq!(canvases, json!(6), "six charts");
+    assert_eq!(canvases, json!(7), "seven charts");
     browser.wait_text("#log-lines", PROBE_SCRIPT);
     browser.fill("#invoke-body", "from the browser");
     browser.click("form.invoke button[type=submit]");
@@ -356,6 +378,25 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     browser.click("[data-range='24h']");
     browser.wait_text("#charts-summary", "11 requests");
     browser.review("function");
+    // Every control is reached with the keyboard, from the skip link on.
+    let reached = browser.tab_order("/ui/functions/probe", 60);
+    for control in [
+        "Skip to content",
+        "Functions",
+        "Namespace",
+        "Last day",
+        "Roll back to 1",
+        "Method",
+        "Invoke",
+        "Request id",
+        "Filter",
+    ] {
+        assert!(
+            reached.iter().any(|label| label == control),
+            "Tab never reaches {control}: {reached:?}"
+        );
+    }
+    assert_eq!(reached[0], "Skip to content");
 
     // Roll back to revision 1 (128 MB), confirming the prompt.
     assert_eq!(api_json(&gust, "/v1/functions/probe")["memory_mb"], 256);

@@ -332,6 +332,9 @@ async fn serve(args: UpArgs) -> anyhow::Result<ExitCode> {
         "  API:           {}",
         node.api_url.clone().unwrap_or_else(not_here)
     );
+    if let Some(api) = &node.api_url {
+        eprintln!("  dashboard:     {}/ui", api.trim_end_matches('/'));
+    }
     eprintln!("  admin token:   {}", token_path.display());
     eprintln!("  data:          {}", data_dir.display());
     eprintln!("  workers:       {}", node.run_dir.display());

@@ -79,6 +79,10 @@ pub struct MinuteStats {
     /// Attempts that waited for an instance to start, and the mean of that wait (ms).
     pub cold_starts: u64,
     pub cold_start_ms: Option<f64>,
+    /// The mean wait for capacity and the mean run of the minute's attempts: with the cold
+    /// start, the phases of what callers saw.
+    pub queue_wait_ms: Option<f64>,
+    pub run_ms: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     /// Mean requests running over the minute (the run time that fell in it / 60 s).

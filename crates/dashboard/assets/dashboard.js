@@ -67,6 +67,11 @@
       xs, [column(function (m) { return m.cold_starts; })]);
     addChart(host, "Cold start wait (ms, mean)", ["wait"], ["#7a3ea8"],
       xs, [maybe(function (m) { return m.cold_start_ms; })]);
+    addChart(host, "Where the time went (mean ms per request)", ["queue wait", "cold start", "run"],
+      ["#b36200", "#7a3ea8", "#0b5cad"],
+      xs, [maybe(function (m) { return m.queue_wait_ms; }),
+        maybe(function (m) { return m.cold_starts && m.invocations ? m.cold_start_ms * m.cold_starts / m.invocations : 0; }),
+        maybe(function (m) { return m.run_ms; })]);
     addChart(host, "Concurrency (mean requests running)", ["concurrency"], ["#1b7f3b"],
       xs, [column(function (m) { return m.concurrency; })]);
     addChart(host, "Throttled and failed starts per minute", ["throttled", "failed starts"], ["#b36200", "#c0172b"],
