@@ -35,6 +35,7 @@ struct Browser {
     client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
+    downloads: tempfile::TempDir,
     screenshots: PathBuf,
     base: String,
 }
@@ -68,6 +69,7 @@ impl Browser {
             .spawn()
             .expect("chromedriver runs (scripts/setup.sh installs chromium-driver)");
         let profile = tempfile::tempdir().unwrap();
+        let downloads = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -83,6 +85,10 @@ impl Browser {
                     "--disable-sync", "--no-first-run", "--window-size=1280,1000",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
+                "prefs": {
+                    "download.default_directory": downloads.path(),
+                    "download.prompt_for_download": false,
+                },
             },
         });
         let capabilities = capabilities.as_object().unwrap().clone();
@@ -109,6 +115,7 @@ impl Browser {
             client,
             driver,
             _profile: profile,
+            downloads,
             screenshots,
             base,
         }
@@ -196,6 +203,17 @@ impl Browser {
                 label.as_str().unwrap_or_default().to_owned()
             })
             .collect()
+    }
+
+    /// Clicks the link `css` and returns the file it downloaded as `name`.
+    fn download(&self, css: &str, name: &str) -> String {
+        let path = self.downloads.path().join(name);
+        let _ = std::fs::remove_file(&path);
+        self.click(css);
+        eventually(Duration::from_secs(10), || {
+            std::fs::read_to_string(&path).ok()
+        })
+        .unwrap_or_else(|| panic!("{css} downloaded no {name}"))
     }
 
     fn accept_confirm(&self) {
@@ -452,20 +470,14 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     browser.goto("/ui/usage?since=24h&by=hour");
     browser.wait_text("#usage", "probe");
     browser.review("usage");
-    let href = browser.script(
-        "const a = document.getElementById('usage-csv'); return a.hasAttribute('download') ? a.getAttribute('href') : null;",
-        vec![],
-    );
-    let href = href.as_str().expect("a download link").to_owned();
+    // Usage records are written in batches: a late one changes both sides, so both are read
+    // again until they agree.
     eventually(Duration::from_secs(10), || {
-        let downloaded = browser.script(
-            "return fetch(arguments[0]).then(r => r.text());",
-            vec![json!(href)],
-        );
+        let downloaded = browser.download("#usage-csv", "usage.csv");
         let cli = gust
             .cli(&["usage", "--since", "24h", "--by", "hour", "-o", "csv"])
             .ok();
-        (downloaded.as_str() == Some(cli.stdout.as_str())).then_some(())
+        (downloaded == cli.stdout).then_some(())
     })
     .expect("the dashboard's CSV equals `gust usage -o csv`");
 
