@@ -122,8 +122,11 @@ impl Browser {
     }
 
     fn goto(&self, path: &str) {
-        let url = format!("{}{path}", self.base);
-        self.runtime.block_on(self.client.goto(&url)).unwrap();
+        self.goto_url(&format!("{}{path}", self.base));
+    }
+
+    fn goto_url(&self, url: &str) {
+        self.runtime.block_on(self.client.goto(url)).unwrap();
     }
 
     fn path(&self) -> String {
@@ -267,10 +270,15 @@ impl Browser {
     }
 
     fn session_cookie(&self) -> String {
-        let cookie = self
+        let cookies = self
             .runtime
-            .block_on(self.client.get_named_cookie("gust_session"))
-            .expect("the session cookie");
+            .block_on(self.client.get_all_cookies())
+            .expect("the browser's cookies");
+        let mut sessions = cookies
+            .into_iter()
+            .filter(|c| c.name().starts_with("gust_session_"));
+        let cookie = sessions.next().expect("the session cookie");
+        assert!(sessions.next().is_none(), "one session cookie");
         assert_eq!(
             cookie.http_only(),
             Some(true),
@@ -280,7 +288,7 @@ impl Browser {
             cookie.same_site().map(|s| s.to_string()),
             Some("Strict".to_owned())
         );
-        format!("gust_session={}", cookie.value())
+        format!("{}={}", cookie.name(), cookie.value())
     }
 }
 
@@ -316,6 +324,16 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
         "def main():\n    raise ValueError('always')\n",
         &["--max-attempts", "1"],
     );
+    // What a tenant could route at /ui on the public listener: it shows the cookies it gets,
+    // and sets one of its own (the browser then holds a cookie besides the session).
+    let cookies = gust.write_file(
+        "cookies/cookies.py",
+        "from flask import request, make_response\n\ndef main():\n    response = make_response('cookies: ' + str(request.headers.get('Cookie')))\n    response.headers['Set-Cookie'] = 'theme=dark; Path=/ui'\n    return response\n",
+    );
+    gust.create_function("cookies", "python", &cookies, &[])
+        .ok();
+    gust.cli(&["route", "create", "--fn", "cookies", "--url", "/ui/cookies"])
+        .ok();
     gust.cli(&[
         "timer",
         "create",
@@ -351,10 +369,32 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     browser.fill("#token", &gust.token());
     browser.click("button[type=submit]");
     browser.wait_text("main h1", "Overview");
-    browser.wait_text("#tiles", "Functions2");
+    browser.wait_text("#tiles", "Functions3");
     browser.wait_text("#tiles", "Dead letters1");
     let cookie = browser.session_cookie();
     browser.review("overview");
+
+    // Browsers send a host's cookies to every port: a function routed at /ui on the public
+    // listener of the same host must still not see the session.
+    browser.goto_url(&gust.public_url("/ui/cookies"));
+    browser.wait_text("body", "cookies:");
+    browser.goto_url(&gust.public_url("/ui/cookies"));
+    let seen = browser.wait_text("body", "cookies:");
+    assert!(
+        !seen.contains("gust_session"),
+        "a function saw the session: {seen}"
+    );
+    // The function's page is not the dashboard's: its console (a missing favicon) is its own.
+    let public = gust.public_url("/");
+    let errors = browser.console_errors();
+    assert!(
+        errors.iter().all(|e| e.starts_with(public.as_str())),
+        "{errors:?}"
+    );
+    assert!(
+        seen.contains("theme=dark"),
+        "other cookies still reach functions: {seen}"
+    );
 
     browser.goto("/ui/functions?q=pro");
     let listed = browser.wait_text("table tbody", "probe");

@@ -13,8 +13,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 
-/// Characters kept as they are in a path segment or query value.
-const ENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+/// Characters encoded in a path segment or query value: all but letters, digits, `-` and
+/// `_` (dots too, so that no segment is ever `..`).
+const ENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
 
 /// Largest API answer the dashboard reads (a day of a function's minutes is about 300 KB).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -206,7 +207,8 @@ mod tests {
             .query("since", "1h");
         assert_eq!(
             path.0,
-            "/functions/a%2F..%2Fb%3Fc?namespace=team%20a&since=1h"
+            "/functions/a%2F%2E%2E%2Fb%3Fc?namespace=team%20a&since=1h"
         );
+        assert_eq!(ApiPath::new([".."]).0, "/%2E%2E");
     }
 }

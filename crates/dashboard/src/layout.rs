@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::Dashboard;
 use crate::api::ApiFailure;
-use crate::session::{Signed, cookie};
+use crate::session::Signed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Section {
@@ -131,22 +131,41 @@ impl Context {
     pub fn failed(&self, dashboard: &Dashboard, section: Section, failure: ApiFailure) -> Response {
         if matches!(failure, ApiFailure::SignedOut) {
             dashboard.sessions.end(&self.signed.id);
-            return signed_out();
+            return signed_out(dashboard);
         }
         let status = failure.status();
+        let forbidden = status == http::StatusCode::FORBIDDEN;
         let mut response = self.page(
             section,
             "Not shown",
-            html! { p.error role="alert" { (failure.message()) } },
+            html! {
+                p.error role="alert" { (failure.message()) }
+                @if forbidden {
+                    p.hint { "A token may reach other namespaces than this one: enter one in the Namespace field above." }
+                }
+            },
         );
         *response.status_mut() = status;
         response
     }
+
+    /// What a fragment or a script's fetch answers when the API refused; a token no longer
+    /// accepted ends the session here too.
+    pub fn fetch_failed(&self, dashboard: &Dashboard, failure: ApiFailure) -> Response {
+        if matches!(failure, ApiFailure::SignedOut) {
+            dashboard.sessions.end(&self.signed.id);
+        }
+        failure.into_response()
+    }
 }
 
 /// To the sign-in page, with the session cookie cleared.
-pub(crate) fn signed_out() -> Response {
-    ([(SET_COOKIE, cookie(None))], Redirect::to("/ui/login")).into_response()
+pub(crate) fn signed_out(dashboard: &Dashboard) -> Response {
+    (
+        [(SET_COOKIE, dashboard.sessions.cookie(None, false))],
+        Redirect::to("/ui/login"),
+    )
+        .into_response()
 }
 
 /// Unix milliseconds as a UTC time to the second.

@@ -28,10 +28,16 @@ use http::header::{
 
 pub use session::Sessions;
 
+/// Heavy pages rendered at once on a node.
+const HEAVY_PAGES_AT_ONCE: usize = 4;
+
 /// What the dashboard's handlers share.
 pub struct Dashboard {
     api: api::Api,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
+    /// Pages that make many API calls at once (the overview, dead letters), rendered a few
+    /// at a time: many open tabs queue rather than take every core.
+    heavy_pages: tokio::sync::Semaphore,
     /// This node's asynchronous invocations waiting for an attempt.
     queue_depth: Box<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -42,7 +48,8 @@ impl Dashboard {
     pub fn new(api: Router, queue_depth: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         Self {
             api: api::Api::new(api),
-            sessions: Sessions::default(),
+            sessions: Arc::default(),
+            heavy_pages: tokio::sync::Semaphore::new(HEAVY_PAGES_AT_ONCE),
             queue_depth: Box::new(queue_depth),
         }
     }

@@ -1,5 +1,8 @@
 //! Sign-in sessions: the token stays on the server, the browser holds only a random session id
 //! in an HttpOnly, SameSite=Strict cookie, and every write carries the session's CSRF token.
+//!
+//! Bounded per token and per node: one token's sign-ins (or its log streams) never push
+//! another user's session out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,60 +10,113 @@ use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Redirect, Response};
+use gust_edge::DASHBOARD_COOKIE_PREFIX;
 use http::header::{COOKIE, HOST, ORIGIN};
 use http::request::Parts;
 use rand::RngExt;
 
 use crate::Dashboard;
 
-/// The cookie's name. Its path is `/ui`, so the API never sees it.
-pub(crate) const COOKIE_NAME: &str = "gust_session";
 /// A session unused for this long is ended.
 const IDLE_LIMIT: Duration = Duration::from_secs(12 * 60 * 60);
-/// Sessions kept at once on this node; signing in past it ends the least recently used.
+/// A session ends this long after sign-in, however much it is used (an open overview
+/// refreshes itself every 5 s).
+const AGE_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Sessions kept at once on this node; past it, sign-ins wait for sessions to end.
 const MAX_SESSIONS: usize = 4096;
+/// Sessions of one token; its next sign-in ends its least recently used.
+const MAX_SESSIONS_PER_TOKEN: usize = 16;
+/// Log streams one token holds open at once.
+const MAX_STREAMS_PER_TOKEN: usize = 8;
 
 struct Session {
     token: String,
     csrf: String,
+    started: Instant,
     last_used: Instant,
 }
 
+impl Session {
+    fn expired(&self) -> bool {
+        self.last_used.elapsed() >= IDLE_LIMIT || self.started.elapsed() >= AGE_LIMIT
+    }
+}
+
 /// The signed-in sessions of this node (in memory: a restart signs everyone out).
-#[derive(Default)]
 pub struct Sessions {
-    by_id: Mutex<HashMap<String, Session>>,
+    /// `gust_session_` and 16 random hex digits, new at each start: a page another listener
+    /// of this host serves cannot name it to plant a cookie of its own.
+    cookie_name: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    by_id: HashMap<String, Session>,
+    /// Log streams open, by token.
+    streams: HashMap<String, usize>,
+}
+
+/// Why a sign-in did not start a session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct NodeFull;
+
+impl Default for Sessions {
+    fn default() -> Self {
+        let suffix: [u8; 8] = rand::rng().random();
+        Self {
+            cookie_name: format!("{DASHBOARD_COOKIE_PREFIX}_{}", hex::encode(suffix)),
+            state: Mutex::default(),
+        }
+    }
 }
 
 impl Sessions {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Starts a session for `token` (already checked) and returns its id.
-    pub(crate) fn start(&self, token: String) -> String {
-        let id = random_hex();
-        let session = Session {
-            token,
-            csrf: random_hex(),
-            last_used: Instant::now(),
-        };
-        let mut sessions = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.last_used.elapsed() < IDLE_LIMIT);
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
+    pub(crate) fn start(&self, token: String) -> Result<String, NodeFull> {
+        let mut state = self.state();
+        let sessions = &mut state.by_id;
+        sessions.retain(|_, s| !s.expired());
+        let mine: Vec<(&String, Instant)> = sessions
+            .iter()
+            .filter(|(_, s)| s.token == token)
+            .map(|(id, s)| (id, s.last_used))
+            .collect();
+        if mine.len() >= MAX_SESSIONS_PER_TOKEN {
+            let oldest = mine
                 .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(id, _)| id.clone())
-        {
-            sessions.remove(&oldest);
+                .min_by_key(|(_, used)| *used)
+                .map(|(id, _)| (*id).clone());
+            if let Some(oldest) = oldest {
+                sessions.remove(&oldest);
+            }
+        } else if sessions.len() >= MAX_SESSIONS {
+            return Err(NodeFull);
         }
-        sessions.insert(id.clone(), session);
-        id
+        let id = random_hex();
+        let now = Instant::now();
+        sessions.insert(
+            id.clone(),
+            Session {
+                token,
+                csrf: random_hex(),
+                started: now,
+                last_used: now,
+            },
+        );
+        Ok(id)
     }
 
     /// The session `id` names, if it is live; using it keeps it live.
     fn touch(&self, id: &str) -> Option<Signed> {
-        let mut sessions = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        let session = sessions.get_mut(id)?;
-        if session.last_used.elapsed() >= IDLE_LIMIT {
-            sessions.remove(id);
+        let mut state = self.state();
+        let session = state.by_id.get_mut(id)?;
+        if session.expired() {
+            state.by_id.remove(id);
             return None;
         }
         session.last_used = Instant::now();
@@ -73,18 +129,77 @@ impl Sessions {
 
     /// Whether `id` is still signed in (a log stream ends when its session does).
     pub(crate) fn is_live(&self, id: &str) -> bool {
-        self.by_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .is_some_and(|s| s.last_used.elapsed() < IDLE_LIMIT)
+        self.state().by_id.get(id).is_some_and(|s| !s.expired())
     }
 
     pub(crate) fn end(&self, id: &str) {
-        self.by_id
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.state().by_id.remove(id);
+    }
+
+    /// A place for one more log stream of `token`, held until the guard is dropped; `None`
+    /// when the token holds as many as it may.
+    pub(crate) fn open_stream(self: &Arc<Self>, token: &str) -> Option<StreamGuard> {
+        let mut state = self.state();
+        let open = state.streams.entry(token.to_owned()).or_insert(0);
+        if *open >= MAX_STREAMS_PER_TOKEN {
+            return None;
+        }
+        *open += 1;
+        Some(StreamGuard {
+            sessions: self.clone(),
+            token: token.to_owned(),
+        })
+    }
+
+    /// The `Set-Cookie` value that gives the browser its session, or ends it (`None`).
+    /// `secure` when the browser reached the listener over HTTPS (through a proxy).
+    pub(crate) fn cookie(&self, id: Option<&str>, secure: bool) -> String {
+        let secure = if secure { "; Secure" } else { "" };
+        match id {
+            Some(id) => format!(
+                "{}={id}; Path=/ui; HttpOnly; SameSite=Strict{secure}",
+                self.cookie_name
+            ),
+            None => format!(
+                "{}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
+                self.cookie_name
+            ),
+        }
+    }
+
+    /// The session id the request's cookie carries. A request with two (one planted by
+    /// another page of this host, for another path) has none: which one the browser meant
+    /// cannot be told.
+    pub(crate) fn session_id(&self, parts: &Parts) -> Option<String> {
+        let mut ids = parts
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(name, _)| *name == self.cookie_name)
+            .map(|(_, value)| value.to_owned());
+        let id = ids.next()?;
+        ids.next().is_none().then_some(id)
+    }
+}
+
+/// One open log stream, counted against its token until dropped.
+pub(crate) struct StreamGuard {
+    sessions: Arc<Sessions>,
+    token: String,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut state = self.sessions.state();
+        if let Some(open) = state.streams.get_mut(&self.token) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                state.streams.remove(&self.token);
+            }
+        }
     }
 }
 
@@ -105,7 +220,7 @@ pub(crate) struct Signed {
 }
 
 impl Signed {
-    /// Refuses a write whose form or header did not carry this session's CSRF token.
+    /// Refuses a write whose form did not carry this session's CSRF token.
     pub fn check_csrf(&self, presented: &str) -> Result<(), CsrfRefused> {
         if constant_time_eq(presented.as_bytes(), self.csrf.as_bytes()) {
             Ok(())
@@ -135,17 +250,12 @@ pub(crate) fn forbidden(message: &str) -> Response {
     (http::StatusCode::FORBIDDEN, message.to_owned()).into_response()
 }
 
-/// The session id the request's cookie carries.
-pub(crate) fn session_id(parts: &Parts) -> Option<String> {
+/// Whether the browser reached the listener over HTTPS, as a proxy in front of it says.
+pub(crate) fn over_https(parts: &Parts) -> bool {
     parts
         .headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .map(|(_, value)| value.to_owned())
+        .get("x-forwarded-proto")
+        .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// A write sent from another site's page is refused before anything else: browsers name the
@@ -171,7 +281,9 @@ impl FromRequestParts<Arc<Dashboard>> for Signed {
         if parts.method != http::Method::GET && !same_origin(parts) {
             return Err(forbidden("a write from another site's page is refused"));
         }
-        session_id(parts)
+        dashboard
+            .sessions
+            .session_id(parts)
             .and_then(|id| dashboard.sessions.touch(&id))
             .ok_or_else(|| sign_in_again(parts))
     }
@@ -192,22 +304,22 @@ pub(crate) fn sign_in_again(parts: &Parts) -> Response {
     Redirect::to("/ui/login").into_response()
 }
 
-/// The `Set-Cookie` value that gives the browser its session, or ends it (`None`).
-pub(crate) fn cookie(id: Option<&str>) -> String {
-    match id {
-        Some(id) => format!("{COOKIE_NAME}={id}; Path=/ui; HttpOnly; SameSite=Strict"),
-        None => format!("{COOKIE_NAME}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn request_with_cookies(sessions: &Sessions, ids: &[&str]) -> Parts {
+        let mut builder = http::Request::get("/ui");
+        for id in ids {
+            builder = builder.header(COOKIE, format!("a=1; {}={id}", sessions.cookie_name));
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
     #[test]
     fn a_session_is_found_by_its_id_only_and_ends_when_told() {
         let sessions = Sessions::default();
-        let id = sessions.start("token-a".to_owned());
+        let id = sessions.start("token-a".to_owned()).unwrap();
         let signed = sessions.touch(&id).unwrap();
         assert_eq!(signed.token, "token-a");
         assert_eq!(signed.csrf.len(), 64);
@@ -219,19 +331,55 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_bounded_and_the_least_recently_used_goes_first() {
+    fn one_token_signing_in_again_and_again_never_ends_another_tokens_session() {
         let sessions = Sessions::default();
-        let first = sessions.start("t".to_owned());
-        let second = sessions.start("t".to_owned());
-        for _ in 2..MAX_SESSIONS {
-            sessions.start("t".to_owned());
+        let admin = sessions.start("admin".to_owned()).unwrap();
+        let first = sessions.start("viewer".to_owned()).unwrap();
+        for _ in 0..MAX_SESSIONS {
+            sessions.start("viewer".to_owned()).unwrap();
         }
-        // The first is used again, so the second is now the least recently used.
-        assert!(sessions.touch(&first).is_some());
-        sessions.start("t".to_owned());
-        assert!(sessions.touch(&first).is_some());
-        assert!(sessions.touch(&second).is_none());
-        assert_eq!(sessions.by_id.lock().unwrap().len(), MAX_SESSIONS);
+        assert!(
+            sessions.touch(&admin).is_some(),
+            "the admin stays signed in"
+        );
+        assert!(sessions.touch(&first).is_none(), "the viewer's oldest went");
+        assert_eq!(sessions.state().by_id.len(), 1 + MAX_SESSIONS_PER_TOKEN);
+    }
+
+    #[test]
+    fn a_full_node_refuses_new_sign_ins_rather_than_ending_sessions() {
+        let sessions = Sessions::default();
+        let ids: Vec<String> = (0..MAX_SESSIONS)
+            .map(|i| sessions.start(format!("token-{i}")).unwrap())
+            .collect();
+        assert_eq!(sessions.start("one-more".to_owned()), Err(NodeFull));
+        assert!(ids.iter().all(|id| sessions.is_live(id)));
+    }
+
+    #[test]
+    fn two_session_cookies_are_no_session() {
+        let sessions = Sessions::default();
+        let id = sessions.start("t".to_owned()).unwrap();
+        assert_eq!(
+            sessions.session_id(&request_with_cookies(&sessions, &[&id])),
+            Some(id.clone())
+        );
+        let planted = request_with_cookies(&sessions, &[&id, "planted"]);
+        assert_eq!(sessions.session_id(&planted), None);
+        assert!(sessions.cookie_name.starts_with("gust_session_"));
+        assert_ne!(sessions.cookie_name, Sessions::default().cookie_name);
+    }
+
+    #[test]
+    fn log_streams_are_bounded_per_token_and_given_back_when_they_end() {
+        let sessions = Arc::new(Sessions::default());
+        let held: Vec<StreamGuard> = (0..MAX_STREAMS_PER_TOKEN)
+            .map(|_| sessions.open_stream("viewer").unwrap())
+            .collect();
+        assert!(sessions.open_stream("viewer").is_none());
+        assert!(sessions.open_stream("admin").is_some());
+        drop(held);
+        assert!(sessions.open_stream("viewer").is_some());
     }
 
     #[test]

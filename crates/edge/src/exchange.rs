@@ -18,6 +18,12 @@ pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
 /// has run.
 pub const MAX_ASYNC_REQUEST_BYTES: usize = 256 * 1024;
 
+/// The dashboard's session cookies are named with this prefix. Browsers send a host's cookies
+/// to every port of it, so a function on the public listener of the same host would see
+/// them: they are taken out of every request a function receives, and a function may not set
+/// one.
+pub const DASHBOARD_COOKIE_PREFIX: &str = "gust_session";
+
 /// Headers that describe one hop, not the message; never forwarded either way.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -45,9 +51,36 @@ pub fn forwardable_headers(headers: &HeaderMap, strip_authorization: bool) -> He
         {
             continue;
         }
+        if name == header::COOKIE {
+            if let Some(kept) = without_dashboard_cookies(value) {
+                out.append(header::COOKIE, kept);
+            }
+            continue;
+        }
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// A `Cookie` header without the dashboard's session cookies; `None` when nothing is left.
+/// Read as bytes: a value that is not ASCII text (another cookie's UTF-8) must not carry a
+/// session cookie through.
+fn without_dashboard_cookies(value: &HeaderValue) -> Option<HeaderValue> {
+    let kept: Vec<&[u8]> = value
+        .as_bytes()
+        .split(|b| *b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty() && !is_dashboard_cookie(pair))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok()
+}
+
+fn is_dashboard_cookie(pair: &[u8]) -> bool {
+    pair.trim_ascii_start()
+        .starts_with(DASHBOARD_COOKIE_PREFIX.as_bytes())
 }
 
 /// `501` for a request body in a transfer coding other than `chunked` (`gzip, chunked`): the
@@ -191,6 +224,63 @@ pub fn function_response(response: http::Response<ResponseBody>, id: &RequestId)
     for name in forged {
         parts.headers.remove(name);
     }
+    // Nor may a function plant a dashboard session in a caller's browser.
+    let cookies: Vec<HeaderValue> = parts
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|value| !is_dashboard_cookie(value.as_bytes()))
+        .cloned()
+        .collect();
+    parts.headers.remove(header::SET_COOKIE);
+    for cookie in cookies {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
     put_header(&mut parts.headers, "x-gust-request-id", id.as_str());
     Response::from_parts(parts, streamed_response(body, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_never_sees_or_sets_a_dashboard_session() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; gust_session_9f=secret;b=2"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("gust_session_9f=x"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"c=\xc3\xa9; gust_session_9f=y").unwrap(),
+        );
+        let forwarded = forwardable_headers(&headers, false);
+        let cookies: Vec<&[u8]> = forwarded
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(cookies, [&b"a=1; b=2"[..], &b"c=\xc3\xa9"[..]]);
+
+        let mut answer = http::Response::new(gust_executor::body::full(""));
+        let set = answer.headers_mut();
+        set.append(header::SET_COOKIE, HeaderValue::from_static("theme=dark"));
+        set.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("gust_session_9f=attacker; Path=/ui"),
+        );
+        let id = RequestId::generate();
+        let response = function_response(answer, &id);
+        let set: Vec<_> = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .collect();
+        assert_eq!(set, [HeaderValue::from_static("theme=dark")]);
+    }
 }

@@ -14,7 +14,8 @@ mod listener;
 pub use body::{BodyBudget, Reserved, read_limited, streamed_response};
 pub use error_body::{ErrorBody, invoke_error_response};
 pub use exchange::{
-    MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, accepted_response, add_param_headers,
-    forwardable_headers, function_response, put_header, unsupported_transfer_coding,
+    DASHBOARD_COOKIE_PREFIX, MAX_ASYNC_REQUEST_BYTES, MAX_REQUEST_BYTES, accepted_response,
+    add_param_headers, forwardable_headers, function_response, put_header,
+    unsupported_transfer_coding,
 };
 pub use listener::{ConnectionLimits, serve};

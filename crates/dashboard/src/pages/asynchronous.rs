@@ -6,8 +6,10 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
-use futures_util::future::join_all;
-use gust_api_types::{DeadLetterView, Purged, Redriven, Selection};
+use std::collections::HashMap;
+
+use futures_util::{StreamExt, stream};
+use gust_api_types::{DeadLetterView, Purged, Redriven, RequestView, Selection};
 use gust_model::AsyncInvocation;
 use http::Method;
 use maud::{Markup, html};
@@ -19,7 +21,11 @@ use crate::layout::{Context, NamespaceParam, Section, empty_row, label, time};
 use crate::session::Signed;
 
 /// Dead letters listed on the page, newest first as the API lists them.
-const SHOWN: usize = 100;
+const SHOWN: usize = 50;
+/// Of them, those shown with their request: each is a read of the whole stored request (up
+/// to 256 KB), made a few at a time.
+const WITH_REQUEST: usize = 20;
+const REQUESTS_READ_AT_ONCE: usize = 4;
 /// Payload bytes shown per dead letter.
 const PAYLOAD_SHOWN: usize = 2048;
 
@@ -38,6 +44,7 @@ pub(crate) async fn page(
 
 async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
     let (token, ns) = (&ctx.signed.token, &ctx.namespace);
+    let _turn = dashboard.heavy_pages.acquire().await;
     let letters: Vec<AsyncInvocation> = dashboard
         .api
         .get(
@@ -48,20 +55,28 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
         )
         .await?;
     let more = letters.len() > SHOWN;
-    let views = join_all(letters.iter().take(SHOWN).map(|letter| async move {
-        dashboard
-            .api
-            .get::<DeadLetterView>(token, &ApiPath::new(["dlq", &letter.id]).namespace(ns))
-            .await
-    }))
-    .await;
-    let views: Vec<DeadLetterView> = views.into_iter().filter_map(Result::ok).collect();
+    // Paths first: a stream of futures over borrowed items is not `Send` for the handler.
+    let paths: Vec<ApiPath> = letters
+        .iter()
+        .take(WITH_REQUEST)
+        .map(|letter| ApiPath::new(["dlq", &letter.id]).namespace(ns))
+        .collect();
+    let requests: HashMap<String, RequestView> = stream::iter(paths)
+        .map(|path| async move { dashboard.api.get::<DeadLetterView>(token, &path).await })
+        .buffer_unordered(REQUESTS_READ_AT_ONCE)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|view| (view.invocation.id.clone(), preview(view.request)))
+        .collect();
+    let listed = &letters[..letters.len().min(SHOWN)];
     Ok(html! {
         dl.settings {
             dt { "Waiting for an attempt" } dd #queue-depth { ((dashboard.queue_depth)()) " on this node" }
             dt { "Dead letters" } dd #dead-letter-count { (letters.len().min(SHOWN)) @if more { "+" } }
         }
-        @if !views.is_empty() {
+        @if !listed.is_empty() {
             div.actions {
                 form method="post" action=(ctx.link("/async/redrive")) data-confirm="Deliver every dead letter of this namespace again?" {
                     (ctx.csrf_field())
@@ -83,8 +98,7 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
                 th scope="col" { "Request" } th scope="col" { span.visually-hidden { "Actions" } }
             } }
             tbody {
-                @for view in &views {
-                    @let letter = &view.invocation;
+                @for letter in listed {
                     tr {
                         td { code { (letter.id) } }
                         td { a href=(ctx.link(&format!("/functions/{}", letter.function))) { (letter.function) } }
@@ -93,9 +107,13 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
                         td { (letter.last_status.map(|s| s.to_string()).unwrap_or_default()) " " (letter.last_error.as_deref().unwrap_or("")) }
                         td { (time(letter.updated_at_ms)) }
                         td {
-                            details {
-                                summary { (view.request.method) " " (view.request.uri) }
-                                pre.payload { (payload(&view.request.body_base64)) }
+                            @if let Some(request) = requests.get(&letter.id) {
+                                details {
+                                    summary { (request.method) " " (request.uri) }
+                                    pre.payload { (request.body_base64) }
+                                }
+                            } @else {
+                                code { "gust dlq show " (letter.id) }
                             }
                         }
                         td.actions {
@@ -112,12 +130,18 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
                         }
                     }
                 }
-                @if views.is_empty() {
+                @if listed.is_empty() {
                     (empty_row(8, "No dead letters."))
                 }
             }
         }
     })
+}
+
+/// The request with the start of its body as text in place of the whole body.
+fn preview(mut request: RequestView) -> RequestView {
+    request.body_base64 = payload(&request.body_base64);
+    request
 }
 
 /// The start of a request body, as text.

@@ -20,14 +20,16 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use crate::Dashboard;
-use crate::api::{ApiFailure, ApiPath, refused};
+use crate::api::{ApiFailure, ApiPath};
 use crate::layout::{Context, NamespaceParam, Section, empty_row, methods, schedule, time};
-use crate::session::Signed;
+use crate::session::{Signed, StreamGuard};
 
 /// Lines a log view starts with; later ones arrive as they are printed.
 const LOG_BACKLOG: usize = 200;
 /// How often the log stream asks for new lines.
 const LOG_POLL: Duration = Duration::from_millis(500);
+/// How long one log stream lasts before the browser opens it again.
+const LOG_STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// The invoke form shows at most this much of an answer.
 const MAX_SHOWN_ANSWER: usize = 64 * 1024;
 
@@ -205,7 +207,7 @@ pub(crate) async fn stats(
         .await
     {
         Ok(stats) => axum::Json(stats).into_response(),
-        Err(failure) => failure.into_response(),
+        Err(failure) => ctx.fetch_failed(&dashboard, failure),
     }
 }
 
@@ -216,17 +218,29 @@ pub(crate) struct LogsParam {
 }
 
 /// `GET /ui/functions/{name}/logs`: server-sent events, one per log line (a JSON
-/// [`LogLine`]), starting with the last [`LOG_BACKLOG`] lines. It ends when the session does.
+/// [`LogLine`]), starting with the last [`LOG_BACKLOG`] lines. A stream ends when its session
+/// does and after [`LOG_STREAM_LIFETIME`]; the browser then opens it again, resuming after
+/// the last line it got (`Last-Event-ID`), with its session checked anew. A token holds a
+/// few streams at most.
 pub(crate) async fn logs(
     State(dashboard): State<Arc<Dashboard>>,
     signed: Signed,
     Path(name): Path<String>,
     Query(query): Query<LogsParam>,
+    headers: http::HeaderMap,
 ) -> Response {
     let ctx = Context::new(signed, query.namespace);
+    let Some(held) = dashboard.sessions.open_stream(&ctx.signed.token) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this token has as many log streams open as it may; close another page's logs",
+        )
+            .into_response();
+    };
     let request_id = query.request_id.filter(|id| !id.trim().is_empty());
+    let namespace = ctx.namespace.clone();
     let path = move |cursor: &LogCursor| {
-        let mut path = ApiPath::new(["functions", &name, "logs"]).namespace(&ctx.namespace);
+        let mut path = ApiPath::new(["functions", &name, "logs"]).namespace(&namespace);
         if let Some(id) = &request_id {
             path = path.query("request_id", id.trim());
         }
@@ -236,23 +250,29 @@ pub(crate) async fn logs(
             LogCursor::Nodes(pairs) => path.query("cursor", pairs),
         }
     };
+    let start = headers
+        .get("last-event-id")
+        .and_then(|id| id.to_str().ok())
+        .and_then(LogCursor::parse)
+        .unwrap_or(LogCursor::Start);
     // The first read answers the request: a function that does not exist is a 404, not an
     // empty stream.
     let first = match dashboard
         .api
-        .get::<Vec<LogLine>>(&ctx.signed.token, &path(&LogCursor::Start))
+        .get::<Vec<LogLine>>(&ctx.signed.token, &path(&start))
         .await
     {
         Ok(lines) => lines,
-        Err(failure) => return failure.into_response(),
+        Err(failure) => return ctx.fetch_failed(&dashboard, failure),
     };
-    let stream = log_events(dashboard, ctx.signed, first, path);
+    let stream = log_events(dashboard, ctx.signed, held, start, first, path);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
 /// Where the next read of a log resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum LogCursor {
     Start,
     /// After this node's sequence number.
@@ -284,28 +304,65 @@ impl LogCursor {
             (None, previous) => previous,
         }
     }
+
+    /// The event id a browser sends back as `Last-Event-ID` to resume here.
+    fn event_id(&self) -> String {
+        match self {
+            LogCursor::Start => String::new(),
+            LogCursor::After(seq) => format!("a{seq}"),
+            LogCursor::Nodes(pairs) => format!("n{pairs}"),
+        }
+    }
+
+    fn parse(id: &str) -> Option<LogCursor> {
+        if let Some(seq) = id.strip_prefix('a') {
+            return seq.parse().ok().map(LogCursor::After);
+        }
+        let pairs = id.strip_prefix('n')?;
+        gust_api_types::parse_log_cursor(pairs).ok()?;
+        Some(LogCursor::Nodes(pairs.to_owned()))
+    }
 }
 
 fn log_events(
     dashboard: Arc<Dashboard>,
     signed: Signed,
+    held: StreamGuard,
+    start: LogCursor,
     first: Vec<LogLine>,
     path: impl Fn(&LogCursor) -> ApiPath + Send + 'static,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream(move |sender| async move {
-        let mut cursor = LogCursor::after(&first, LogCursor::Start);
+        let _held = held;
+        let opened = std::time::Instant::now();
+        // Reopened soon after it ends.
+        if sender
+            .send(Ok(Event::default().retry(Duration::from_secs(1))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut cursor = LogCursor::after(&first, start);
         let mut lines = first;
         loop {
-            for line in &lines {
-                let Ok(event) = Event::default().event("line").json_data(line) else {
+            let last = lines.len().saturating_sub(1);
+            for (i, line) in lines.iter().enumerate() {
+                let Ok(mut event) = Event::default().event("line").json_data(line) else {
                     continue;
                 };
+                if i == last {
+                    event = event.id(cursor.event_id());
+                }
                 if sender.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
             tokio::time::sleep(LOG_POLL).await;
-            if !dashboard.sessions.is_live(&signed.id) || sender.is_closed() {
+            if !dashboard.sessions.is_live(&signed.id)
+                || sender.is_closed()
+                || opened.elapsed() >= LOG_STREAM_LIFETIME
+            {
                 return;
             }
             lines = match dashboard
@@ -420,12 +477,10 @@ pub(crate) async fn invoke(
         .await
     {
         Ok(answer) => answer,
-        Err(failure) => return failure.into_response(),
+        Err(failure) => return ctx.fetch_failed(&dashboard, failure),
     };
-    // The API's own refusals (not the function's answers) carry its error header.
-    if answer.headers.contains_key("x-gust-error") && answer.status == StatusCode::FORBIDDEN {
-        return refused(&answer).into_response();
-    }
+    // The API's refusals (a role that may not invoke) and Gust's errors (a timeout) show
+    // like any answer: their status and their JSON body, which says why.
     let request_id = answer
         .headers
         .get("x-gust-request-id")
@@ -442,4 +497,22 @@ pub(crate) async fn invoke(
         pre.answer { (String::from_utf8_lossy(shown)) }
     };
     Html(fragment.into_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_cursor_survives_its_event_id() {
+        for cursor in [
+            LogCursor::After(42),
+            LogCursor::Nodes("node-a=3,node-b=9".to_owned()),
+        ] {
+            assert_eq!(LogCursor::parse(&cursor.event_id()), Some(cursor));
+        }
+        assert_eq!(LogCursor::parse("a-1"), None);
+        assert_eq!(LogCursor::parse("nnode"), None);
+        assert_eq!(LogCursor::parse(""), None);
+    }
 }

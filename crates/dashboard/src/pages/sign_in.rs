@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::Dashboard;
 use crate::api::ApiPath;
 use crate::layout::signed_out;
-use crate::session::{Signed, cookie, forbidden, same_origin};
+use crate::session::{Signed, forbidden, over_https, same_origin};
 
 /// `GET /ui/login`.
 pub(crate) async fn form() -> Response {
@@ -69,10 +69,6 @@ pub(crate) async fn sign_in(State(dashboard): State<Arc<Dashboard>>, request: Re
     else {
         return refused("the form did not carry a token");
     };
-    // A session this browser already had ends: one browser, one session.
-    if let Ok(previous) = Signed::from_request_parts(&mut parts, &dashboard).await {
-        dashboard.sessions.end(&previous.id);
-    }
     let token = form.token.trim().to_owned();
     if token.is_empty() || token.len() > 4096 {
         return refused("enter an API token");
@@ -84,8 +80,18 @@ pub(crate) async fn sign_in(State(dashboard): State<Arc<Dashboard>>, request: Re
     if checked.is_err() {
         return refused("that token is not accepted by this server");
     }
-    let id = dashboard.sessions.start(token);
-    ([(SET_COOKIE, cookie(Some(&id)))], Redirect::to("/ui")).into_response()
+    // A session this browser already had ends once the new one is sure: one browser, one
+    // session, and a mistyped token signs nobody out.
+    if let Ok(previous) = Signed::from_request_parts(&mut parts, &dashboard).await {
+        dashboard.sessions.end(&previous.id);
+    }
+    let Ok(id) = dashboard.sessions.start(token) else {
+        return refused(
+            "this node has as many sessions as it keeps; try again when some have ended",
+        );
+    };
+    let cookie = dashboard.sessions.cookie(Some(&id), over_https(&parts));
+    ([(SET_COOKIE, cookie)], Redirect::to("/ui")).into_response()
 }
 
 /// The form again, saying why. A 200, as sign-in forms answer: the browser shows the page,
@@ -110,5 +116,5 @@ pub(crate) async fn sign_out(
         return refused.into_response();
     }
     dashboard.sessions.end(&signed.id);
-    signed_out()
+    signed_out(&dashboard)
 }

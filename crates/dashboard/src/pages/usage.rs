@@ -125,6 +125,6 @@ pub(crate) async fn csv(
             gust_api_types::csv(&UsageReport::COLUMNS, &report.cells()),
         )
             .into_response(),
-        Err(failure) => failure.into_response(),
+        Err(failure) => ctx.fetch_failed(&dashboard, failure),
     }
 }
