@@ -460,9 +460,13 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     assert_eq!(api_json(&gust, "/v1/functions/probe")["memory_mb"], 256);
     browser.click("form[data-confirm*='revision 1'] button");
     browser.accept_confirm();
+    // The post answers with the function's page once the rollback is stored.
     browser.wait_text("#settings-title", "Settings");
-    let function = api_json(&gust, "/v1/functions/probe");
-    assert_eq!(function["memory_mb"], 128, "{function}");
+    eventually(Duration::from_secs(10), || {
+        let function = api_json(&gust, "/v1/functions/probe");
+        (function["memory_mb"] == 128).then_some(())
+    })
+    .expect("the rollback serves revision 1's settings");
     let revisions = api_json(&gust, "/v1/functions/probe/revisions");
     assert_eq!(
         revisions.as_array().unwrap().last().unwrap()["copied_from"],
@@ -498,9 +502,13 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     browser.wait_text("#dead-letters", "payload-7");
     browser.review("async");
     browser.click(&format!("button[aria-label='Re-drive {dead_id}']"));
+    // The post answers with the page again, once the dead letter has gone back to the queue.
+    eventually(Duration::from_secs(10), || {
+        let old = api_json(&gust, &format!("/v1/invocations/{dead_id}"));
+        old["redriven_to"].is_string().then_some(())
+    })
+    .expect("the dead letter is re-driven");
     browser.wait_text("main h1", "Asynchronous");
-    let old = api_json(&gust, &format!("/v1/invocations/{dead_id}"));
-    assert!(old["redriven_to"].is_string(), "{old}");
 
     browser.goto("/ui/triggers");
     browser.wait_text("#timers", "nightly");
@@ -535,4 +543,23 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     assert_eq!(after.headers()["location"], "/ui/login");
     let errors = browser.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+    // A tenant's viewer token lands on its own namespace; the API's rules hold in the pages.
+    gust.cli(&["ns", "create", "team-a"]).ok();
+    let viewer = gust
+        .cli(&["token", "create", "--role", "viewer", "-n", "team-a"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    browser.fill("#token", &viewer);
+    browser.click("button[type=submit]");
+    browser.wait_text("main h1", "Overview");
+    let namespace = browser.script("return document.getElementById('namespace').value;", vec![]);
+    assert_eq!(namespace, json!("team-a"));
+    browser.goto("/ui/functions/probe?namespace=default");
+    browser.wait_text("p.error", "does not reach namespace default");
+    browser.goto("/ui/no-such-page");
+    browser.wait_text("main h1", "Page not found");
+    browser.console_errors();
 }

@@ -7,6 +7,14 @@
     return url + (url.indexOf("?") < 0 ? "?" : "&") + name + "=" + encodeURIComponent(value);
   }
 
+  // A refresh or form answered "sign in again": the session ended (signed out elsewhere, the
+  // token revoked); say so on the sign-in page rather than freeze.
+  document.addEventListener("htmx:responseError", function (event) {
+    if (event.detail.xhr && event.detail.xhr.status === 401) { window.location.assign("/ui/login"); }
+  });
+
+  function plural(count, word) { return count + " " + word + (count === 1 ? "" : "s"); }
+
   // Forms that change or delete something ask first.
   document.addEventListener("submit", function (event) {
     var question = event.target.getAttribute("data-confirm");
@@ -56,7 +64,8 @@
     });
     var summary = document.createElement("p");
     summary.id = "charts-summary";
-    summary.textContent = total + " requests, " + errors + " errors, " + cold + " cold starts in this range.";
+    summary.textContent = plural(total, "request") + ", " + plural(errors, "error") + ", " +
+      plural(cold, "cold start") + " in this range.";
     host.appendChild(summary);
     addChart(host, "Requests per minute by status", ["1xx-3xx", "4xx", "5xx"], ["#1b7f3b", "#b36200", "#c0172b"],
       xs, [column(function (m) { return m.ok; }), column(function (m) { return m.client_errors; }),
@@ -118,7 +127,10 @@
         text.className = "text";
         text.textContent = line.text;
         item.append(time, " ", id, " ", text);
+        // Follows the newest line, unless the reader scrolled up to older ones.
+        var following = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
         list.appendChild(item);
+        if (following) { list.scrollTop = list.scrollHeight; }
         while (list.children.length > 1000) { list.removeChild(list.firstChild); }
       });
     }
@@ -151,7 +163,8 @@
         return row ? row[2] : 0;
       });
     });
-    addChart(host, "Cost per period (" + host.dataset.currency + ")", shown, colors, xs, columns);
+    var currency = host.dataset.currency ? " (" + host.dataset.currency + ")" : "";
+    addChart(host, "Cost per period" + currency, shown, colors, xs, columns);
   }
 
   document.addEventListener("DOMContentLoaded", function () {

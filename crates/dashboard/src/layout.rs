@@ -42,19 +42,17 @@ pub(crate) struct Context {
 
 impl Context {
     pub fn new(signed: Signed, namespace: Option<String>) -> Self {
-        Self {
-            signed,
-            namespace: namespace
-                .filter(|ns| !ns.is_empty())
-                .unwrap_or_else(|| "default".to_owned()),
-        }
+        let namespace = namespace
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| signed.home.clone());
+        Self { signed, namespace }
     }
 
     /// A dashboard link that stays in this namespace. `path` is under `/ui` and may carry a
     /// query of its own.
     pub fn link(&self, path: &str) -> String {
         let mut link = format!("/ui{path}");
-        if self.namespace != "default" {
+        if self.namespace != self.signed.home {
             link.push(if path.contains('?') { '&' } else { '?' });
             link.push_str("namespace=");
             link.extend(percent_encoding::utf8_percent_encode(
@@ -143,6 +141,7 @@ impl Context {
                 @if forbidden {
                     p.hint { "A token may reach other namespaces than this one: enter one in the Namespace field above." }
                 }
+                p { a href=(format!("/ui?namespace={}", percent_encoding::utf8_percent_encode(&self.signed.home, percent_encoding::NON_ALPHANUMERIC))) { "Back to the overview of " (self.signed.home) } }
             },
         );
         *response.status_mut() = status;

@@ -82,8 +82,26 @@ fn pages(dashboard: Arc<Dashboard>) -> Router {
         .route("/usage", get(usage::page))
         .route("/usage.csv", get(usage::csv))
         .route("/assets/{file}", get(assets::serve))
+        .fallback(not_found)
         .layer(middleware::from_fn(protective_headers))
         .with_state(dashboard)
+}
+
+/// A path under `/ui` that is no page: the dashboard's own 404 (a sign-in first without a
+/// session), never the API's answer.
+async fn not_found(
+    axum::extract::State(dashboard): axum::extract::State<Arc<Dashboard>>,
+    signed: session::Signed,
+) -> Response {
+    let _ = dashboard;
+    let ctx = layout::Context::new(signed, None);
+    let mut page = ctx.page(
+        layout::Section::Overview,
+        "Page not found",
+        maud::html! { p { "There is no such page. " a href=(ctx.link("")) { "Back to the overview" } "." } },
+    );
+    *page.status_mut() = http::StatusCode::NOT_FOUND;
+    page
 }
 
 /// Scripts, styles and connections from this listener only, no framing, no referrer to other sites, and

@@ -32,6 +32,9 @@ const MAX_STREAMS_PER_TOKEN: usize = 8;
 struct Session {
     token: String,
     csrf: String,
+    /// The namespace pages show when none is named: `default`, or the first the token
+    /// reaches when it does not reach `default`.
+    home: String,
     started: Instant,
     last_used: Instant,
 }
@@ -77,7 +80,7 @@ impl Sessions {
     }
 
     /// Starts a session for `token` (already checked) and returns its id.
-    pub(crate) fn start(&self, token: String) -> Result<String, NodeFull> {
+    pub(crate) fn start(&self, token: String, home: String) -> Result<String, NodeFull> {
         let mut state = self.state();
         let sessions = &mut state.by_id;
         sessions.retain(|_, s| !s.expired());
@@ -104,6 +107,7 @@ impl Sessions {
             Session {
                 token,
                 csrf: random_hex(),
+                home,
                 started: now,
                 last_used: now,
             },
@@ -124,6 +128,7 @@ impl Sessions {
             id: id.to_owned(),
             token: session.token.clone(),
             csrf: session.csrf.clone(),
+            home: session.home.clone(),
         })
     }
 
@@ -217,6 +222,7 @@ pub(crate) struct Signed {
     /// browser carries it, so the API's rules decide what the browser may see and do.
     pub token: String,
     pub csrf: String,
+    pub home: String,
 }
 
 impl Signed {
@@ -319,7 +325,9 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_id_only_and_ends_when_told() {
         let sessions = Sessions::default();
-        let id = sessions.start("token-a".to_owned()).unwrap();
+        let id = sessions
+            .start("token-a".to_owned(), "default".to_owned())
+            .unwrap();
         let signed = sessions.touch(&id).unwrap();
         assert_eq!(signed.token, "token-a");
         assert_eq!(signed.csrf.len(), 64);
@@ -333,10 +341,16 @@ mod tests {
     #[test]
     fn one_token_signing_in_again_and_again_never_ends_another_tokens_session() {
         let sessions = Sessions::default();
-        let admin = sessions.start("admin".to_owned()).unwrap();
-        let first = sessions.start("viewer".to_owned()).unwrap();
+        let admin = sessions
+            .start("admin".to_owned(), "default".to_owned())
+            .unwrap();
+        let first = sessions
+            .start("viewer".to_owned(), "default".to_owned())
+            .unwrap();
         for _ in 0..MAX_SESSIONS {
-            sessions.start("viewer".to_owned()).unwrap();
+            sessions
+                .start("viewer".to_owned(), "default".to_owned())
+                .unwrap();
         }
         assert!(
             sessions.touch(&admin).is_some(),
@@ -350,16 +364,25 @@ mod tests {
     fn a_full_node_refuses_new_sign_ins_rather_than_ending_sessions() {
         let sessions = Sessions::default();
         let ids: Vec<String> = (0..MAX_SESSIONS)
-            .map(|i| sessions.start(format!("token-{i}")).unwrap())
+            .map(|i| {
+                sessions
+                    .start(format!("token-{i}"), "default".to_owned())
+                    .unwrap()
+            })
             .collect();
-        assert_eq!(sessions.start("one-more".to_owned()), Err(NodeFull));
+        assert_eq!(
+            sessions.start("one-more".to_owned(), "default".to_owned()),
+            Err(NodeFull)
+        );
         assert!(ids.iter().all(|id| sessions.is_live(id)));
     }
 
     #[test]
     fn two_session_cookies_are_no_session() {
         let sessions = Sessions::default();
-        let id = sessions.start("t".to_owned()).unwrap();
+        let id = sessions
+            .start("t".to_owned(), "default".to_owned())
+            .unwrap();
         assert_eq!(
             sessions.session_id(&request_with_cookies(&sessions, &[&id])),
             Some(id.clone())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Form;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use gust_api_types::VersionView;
+use gust_api_types::{NamespaceView, VersionView};
 use http::header::SET_COOKIE;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
@@ -40,7 +40,7 @@ fn sign_in_page(error: Option<&str>) -> Markup {
                         }
                         label for="token" { "API token" }
                         input #token type="password" name="token" autocomplete="off" required;
-                        p.hint { "The token `gust up` wrote to the CLI's config.toml, or one `gust token create` made." }
+                        p.hint { "The admin token gust up wrote to admin.token in its data directory (~/.local/share/gust/admin.token by default), or one gust token create made." }
                         button type="submit" { "Sign in" }
                     }
                 }
@@ -85,13 +85,33 @@ pub(crate) async fn sign_in(State(dashboard): State<Arc<Dashboard>>, request: Re
     if let Ok(previous) = Signed::from_request_parts(&mut parts, &dashboard).await {
         dashboard.sessions.end(&previous.id);
     }
-    let Ok(id) = dashboard.sessions.start(token) else {
+    let home = home_namespace(&dashboard, &token).await;
+    let Ok(id) = dashboard.sessions.start(token, home) else {
         return refused(
             "this node has as many sessions as it keeps; try again when some have ended",
         );
     };
     let cookie = dashboard.sessions.cookie(Some(&id), over_https(&parts));
     ([(SET_COOKIE, cookie)], Redirect::to("/ui")).into_response()
+}
+
+/// `default`, or the first namespace the token reaches when it does not reach `default` (a
+/// tenant's token lands on its own namespace).
+async fn home_namespace(dashboard: &Dashboard, token: &str) -> String {
+    let reached = dashboard
+        .api
+        .get::<Vec<NamespaceView>>(token, &ApiPath::new(["namespaces"]))
+        .await
+        .unwrap_or_default();
+    let names: Vec<String> = reached
+        .into_iter()
+        .map(|n| n.record.name.to_string())
+        .collect();
+    if names.is_empty() || names.iter().any(|n| n == "default") {
+        "default".to_owned()
+    } else {
+        names[0].clone()
+    }
 }
 
 /// The form again, saying why. A 200, as sign-in forms answer: the browser shows the page,

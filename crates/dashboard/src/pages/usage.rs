@@ -92,6 +92,9 @@ pub(crate) async fn page(
             a #usage-csv href=(ctx.link(&format!("/usage.csv{}", query.query()))) download="usage.csv" { "Download CSV" }
         }
         p { "Total cost " strong #usage-total { (format!("{:.6}", report.totals.cost)) " " (report.currency) } " for " (report.totals.invocations) " requests since " (report.since) "." }
+        @if report.currency.is_empty() {
+            p.hint { "No price sheet is set, so every cost is 0: start gust up with --prices to charge for usage." }
+        }
         div #usage-chart data-rows=(chart) data-currency=(report.currency) {}
         table #usage {
             thead { tr { @for column in UsageReport::COLUMNS { th scope="col" { (column) } } } }
