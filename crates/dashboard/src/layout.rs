@@ -2,6 +2,9 @@
 //! helpers. maud escapes every interpolated value, so a function's name, output or log line
 //! is text wherever it appears.
 
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Query};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use http::header::SET_COOKIE;
 use maud::{DOCTYPE, Markup, html};
@@ -38,6 +41,22 @@ pub(crate) struct NamespaceParam {
 pub(crate) struct Context {
     pub signed: Signed,
     pub namespace: String,
+}
+
+/// Extracted from a request with a session and `?namespace=`; without a session, the
+/// request is answered as [`Signed`] answers it.
+impl FromRequestParts<Arc<Dashboard>> for Context {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        dashboard: &Arc<Dashboard>,
+    ) -> Result<Self, Response> {
+        let signed = Signed::from_request_parts(parts, dashboard).await?;
+        let Query(query) = Query::<NamespaceParam>::try_from_uri(&parts.uri)
+            .map_err(|e| (http::StatusCode::BAD_REQUEST, e.body_text()).into_response())?;
+        Ok(Self::new(signed, query.namespace))
+    }
 }
 
 impl Context {
@@ -122,6 +141,20 @@ impl Context {
             }
         };
         Html(markup.into_string()).into_response()
+    }
+
+    /// A page from what its API calls gave: the page, or what [`Context::failed`] shows.
+    pub fn show(
+        &self,
+        dashboard: &Dashboard,
+        section: Section,
+        title: &str,
+        content: Result<Markup, ApiFailure>,
+    ) -> Response {
+        match content {
+            Ok(content) => self.page(section, title, content),
+            Err(failure) => self.failed(dashboard, section, failure),
+        }
     }
 
     /// What a page shows when the API refused: the API's own words, or the sign-in page

@@ -89,12 +89,7 @@ fn pages(dashboard: Arc<Dashboard>) -> Router {
 
 /// A path under `/ui` that is no page: the dashboard's own 404 (a sign-in first without a
 /// session), never the API's answer.
-async fn not_found(
-    axum::extract::State(dashboard): axum::extract::State<Arc<Dashboard>>,
-    signed: session::Signed,
-) -> Response {
-    let _ = dashboard;
-    let ctx = layout::Context::new(signed, None);
+async fn not_found(ctx: layout::Context) -> Response {
     let mut page = ctx.page(
         layout::Section::Overview,
         "Page not found",

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use std::collections::HashMap;
@@ -17,8 +17,7 @@ use serde::Deserialize;
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, NamespaceParam, Section, empty_row, label, time};
-use crate::session::Signed;
+use crate::layout::{Context, Section, empty_row, label, time};
 
 /// Dead letters listed on the page, newest first as the API lists them.
 const SHOWN: usize = 50;
@@ -30,16 +29,14 @@ const REQUESTS_READ_AT_ONCE: usize = 4;
 const PAYLOAD_SHOWN: usize = 2048;
 
 /// `GET /ui/async`.
-pub(crate) async fn page(
-    State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
-    Query(query): Query<NamespaceParam>,
-) -> Response {
-    let ctx = Context::new(signed, query.namespace);
-    match content(&dashboard, &ctx).await {
-        Ok(content) => ctx.page(Section::Async, "Asynchronous invocations", content),
-        Err(failure) => ctx.failed(&dashboard, Section::Async, failure),
-    }
+pub(crate) async fn page(State(dashboard): State<Arc<Dashboard>>, ctx: Context) -> Response {
+    let content = content(&dashboard, &ctx).await;
+    ctx.show(
+        &dashboard,
+        Section::Async,
+        "Asynchronous invocations",
+        content,
+    )
 }
 
 async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
@@ -183,34 +180,30 @@ impl SelectionForm {
 /// `POST /ui/async/redrive`.
 pub(crate) async fn redrive(
     State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
-    Query(query): Query<NamespaceParam>,
+    ctx: Context,
     Form(form): Form<SelectionForm>,
 ) -> Response {
-    act::<Vec<Redriven>>(dashboard, signed, query, form, "redrive").await
+    act::<Vec<Redriven>>(dashboard, ctx, form, "redrive").await
 }
 
 /// `POST /ui/async/purge`.
 pub(crate) async fn purge(
     State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
-    Query(query): Query<NamespaceParam>,
+    ctx: Context,
     Form(form): Form<SelectionForm>,
 ) -> Response {
-    act::<Purged>(dashboard, signed, query, form, "purge").await
+    act::<Purged>(dashboard, ctx, form, "purge").await
 }
 
 async fn act<T: serde::de::DeserializeOwned>(
     dashboard: Arc<Dashboard>,
-    signed: Signed,
-    query: NamespaceParam,
+    ctx: Context,
     form: SelectionForm,
     action: &str,
 ) -> Response {
-    if let Err(refused) = signed.check_csrf(&form.csrf) {
+    if let Err(refused) = ctx.signed.check_csrf(&form.csrf) {
         return refused.into_response();
     }
-    let ctx = Context::new(signed, query.namespace);
     let done = dashboard
         .api
         .json::<T>(

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, NamespaceParam, Section, empty_row, methods, schedule, time};
+use crate::layout::{Context, Section, empty_row, methods, schedule, time};
 use crate::session::{Signed, StreamGuard};
 
 /// Lines a log view starts with; later ones arrive as they are printed.
@@ -36,15 +36,11 @@ const MAX_SHOWN_ANSWER: usize = 64 * 1024;
 /// `GET /ui/functions/{name}`.
 pub(crate) async fn page(
     State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
+    ctx: Context,
     Path(name): Path<String>,
-    Query(query): Query<NamespaceParam>,
 ) -> Response {
-    let ctx = Context::new(signed, query.namespace);
-    match content(&dashboard, &ctx, &name).await {
-        Ok(content) => ctx.page(Section::Functions, &name, content),
-        Err(failure) => ctx.failed(&dashboard, Section::Functions, failure),
-    }
+    let content = content(&dashboard, &ctx, &name).await;
+    ctx.show(&dashboard, Section::Functions, &name, content)
 }
 
 async fn content(dashboard: &Dashboard, ctx: &Context, name: &str) -> Result<Markup, ApiFailure> {
@@ -401,15 +397,13 @@ pub(crate) struct RollbackForm {
 /// `POST /ui/functions/{name}/rollback`.
 pub(crate) async fn rollback(
     State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
+    ctx: Context,
     Path(name): Path<String>,
-    Query(query): Query<NamespaceParam>,
     Form(form): Form<RollbackForm>,
 ) -> Response {
-    if let Err(refused) = signed.check_csrf(&form.csrf) {
+    if let Err(refused) = ctx.signed.check_csrf(&form.csrf) {
         return refused.into_response();
     }
-    let ctx = Context::new(signed, query.namespace);
     let body = RollbackRequest { to: Some(form.to) };
     let rolled = dashboard
         .api
@@ -442,15 +436,13 @@ pub(crate) struct InvokeForm {
 /// its own without script).
 pub(crate) async fn invoke(
     State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
+    ctx: Context,
     Path(name): Path<String>,
-    Query(query): Query<NamespaceParam>,
     Form(form): Form<InvokeForm>,
 ) -> Response {
-    if let Err(refused) = signed.check_csrf(&form.csrf) {
+    if let Err(refused) = ctx.signed.check_csrf(&form.csrf) {
         return refused.into_response();
     }
-    let ctx = Context::new(signed, query.namespace);
     let method = if form.method.is_empty() {
         "GET"
     } else {

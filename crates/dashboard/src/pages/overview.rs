@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Timelike;
 use futures_util::{StreamExt, stream};
@@ -13,8 +13,7 @@ use maud::{Markup, html};
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, NamespaceParam, Section, number};
-use crate::session::Signed;
+use crate::layout::{Context, Section, number};
 
 /// The functions whose minutes the overview adds up; a namespace with more shows the sum
 /// of the first this many (by name) and says so.
@@ -25,25 +24,13 @@ const STATS_READ_AT_ONCE: usize = 8;
 const DEAD_LETTERS_COUNTED: usize = 1000;
 
 /// `GET /ui`.
-pub(crate) async fn page(
-    State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
-    Query(query): Query<NamespaceParam>,
-) -> Response {
-    let ctx = Context::new(signed, query.namespace);
-    match tiles_markup(&dashboard, &ctx).await {
-        Ok(tiles) => ctx.page(Section::Overview, "Overview", tiles),
-        Err(failure) => ctx.failed(&dashboard, Section::Overview, failure),
-    }
+pub(crate) async fn page(State(dashboard): State<Arc<Dashboard>>, ctx: Context) -> Response {
+    let content = tiles_markup(&dashboard, &ctx).await;
+    ctx.show(&dashboard, Section::Overview, "Overview", content)
 }
 
 /// `GET /ui/tiles`: the tiles alone, for the page's refresh.
-pub(crate) async fn tiles(
-    State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
-    Query(query): Query<NamespaceParam>,
-) -> Response {
-    let ctx = Context::new(signed, query.namespace);
+pub(crate) async fn tiles(State(dashboard): State<Arc<Dashboard>>, ctx: Context) -> Response {
     match tiles_markup(&dashboard, &ctx).await {
         Ok(tiles) => Html(tiles.into_string()).into_response(),
         Err(failure) => ctx.fetch_failed(&dashboard, failure),

@@ -2,27 +2,24 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use gust_api_types::{MqTriggerView, TimerView};
 use maud::{Markup, html};
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, NamespaceParam, Section, empty_row, schedule, time};
-use crate::session::Signed;
+use crate::layout::{Context, Section, empty_row, schedule, time};
 
 /// `GET /ui/triggers`.
-pub(crate) async fn page(
-    State(dashboard): State<Arc<Dashboard>>,
-    signed: Signed,
-    Query(query): Query<NamespaceParam>,
-) -> Response {
-    let ctx = Context::new(signed, query.namespace);
-    match content(&dashboard, &ctx).await {
-        Ok(content) => ctx.page(Section::Triggers, "Timers and queue triggers", content),
-        Err(failure) => ctx.failed(&dashboard, Section::Triggers, failure),
-    }
+pub(crate) async fn page(State(dashboard): State<Arc<Dashboard>>, ctx: Context) -> Response {
+    let content = content(&dashboard, &ctx).await;
+    ctx.show(
+        &dashboard,
+        Section::Triggers,
+        "Timers and queue triggers",
+        content,
+    )
 }
 
 async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
