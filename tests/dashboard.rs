@@ -460,8 +460,8 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     assert_eq!(api_json(&gust, "/v1/functions/probe")["memory_mb"], 256);
     browser.click("form[data-confirm*='revision 1'] button");
     browser.accept_confirm();
-    // The post answers with the function's page once the rollback is stored.
-    browser.wait_text("#settings-title", "Settings");
+    // The post answers with the function's page once the rollback is stored, saying so.
+    browser.wait_text(".notice", "Rolled back: revision 3 serves now.");
     eventually(Duration::from_secs(10), || {
         let function = api_json(&gust, "/v1/functions/probe");
         (function["memory_mb"] == 128).then_some(())
@@ -508,7 +508,7 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
         old["redriven_to"].is_string().then_some(())
     })
     .expect("the dead letter is re-driven");
-    browser.wait_text("main h1", "Asynchronous");
+    browser.wait_text(".notice", "1 dead letter re-driven");
 
     browser.goto("/ui/triggers");
     browser.wait_text("#timers", "nightly");

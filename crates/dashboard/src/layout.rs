@@ -37,6 +37,19 @@ pub(crate) struct NamespaceParam {
     pub namespace: Option<String>,
 }
 
+/// `?done=&count=` of the page a write returns to: what it did, said in the dashboard's own
+/// words (never text from the query).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct DoneParam {
+    pub done: Option<String>,
+    pub count: Option<u64>,
+}
+
+/// The line a page shows after a write.
+pub(crate) fn notice(text: Option<String>) -> Markup {
+    html! { @if let Some(text) = text { p.notice role="status" { (text) } } }
+}
+
 /// A signed-in request and the namespace it looks at.
 pub(crate) struct Context {
     pub signed: Signed,

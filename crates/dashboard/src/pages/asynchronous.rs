@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, Section, empty_row, label, time};
+use crate::layout::{Context, DoneParam, Section, empty_row, label, notice, time};
 
 /// Dead letters listed on the page, newest first as the API lists them.
 const SHOWN: usize = 50;
@@ -29,8 +29,12 @@ const REQUESTS_READ_AT_ONCE: usize = 4;
 const PAYLOAD_SHOWN: usize = 2048;
 
 /// `GET /ui/async`.
-pub(crate) async fn page(State(dashboard): State<Arc<Dashboard>>, ctx: Context) -> Response {
-    let content = content(&dashboard, &ctx).await;
+pub(crate) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    ctx: Context,
+    Query(done): Query<DoneParam>,
+) -> Response {
+    let content = content(&dashboard, &ctx, &done).await;
     ctx.show(
         &dashboard,
         Section::Async,
@@ -39,7 +43,11 @@ pub(crate) async fn page(State(dashboard): State<Arc<Dashboard>>, ctx: Context) 
     )
 }
 
-async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
+async fn content(
+    dashboard: &Dashboard,
+    ctx: &Context,
+    done: &DoneParam,
+) -> Result<Markup, ApiFailure> {
     let (token, ns) = (&ctx.signed.token, &ctx.namespace);
     let _turn = dashboard.heavy_pages.acquire().await;
     let letters: Vec<AsyncInvocation> = dashboard
@@ -68,7 +76,24 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
         .map(|view| (view.invocation.id.clone(), preview(view.request)))
         .collect();
     let listed = &letters[..letters.len().min(SHOWN)];
+    let count = done.count.unwrap_or(0);
+    let letters_done = |verb: &str| {
+        let noun = if count == 1 {
+            "dead letter"
+        } else {
+            "dead letters"
+        };
+        format!("{count} {noun} {verb}.")
+    };
+    let done = match done.done.as_deref() {
+        Some("redrive") => Some(letters_done(
+            "re-driven: each is a new invocation in the queue",
+        )),
+        Some("purge") => Some(letters_done("purged")),
+        _ => None,
+    };
     Ok(html! {
+        (notice(done))
         dl.settings {
             dt { "Waiting for an attempt" } dd #queue-depth { ((dashboard.queue_depth)()) " on this node" }
             dt { "Dead letters" } dd #dead-letter-count { (letters.len().min(SHOWN)) @if more { "+" } }
@@ -183,7 +208,7 @@ pub(crate) async fn redrive(
     ctx: Context,
     Form(form): Form<SelectionForm>,
 ) -> Response {
-    act::<Vec<Redriven>>(dashboard, ctx, form, "redrive").await
+    act::<Vec<Redriven>>(dashboard, ctx, form, "redrive", |redriven| redriven.len()).await
 }
 
 /// `POST /ui/async/purge`.
@@ -192,7 +217,7 @@ pub(crate) async fn purge(
     ctx: Context,
     Form(form): Form<SelectionForm>,
 ) -> Response {
-    act::<Purged>(dashboard, ctx, form, "purge").await
+    act::<Purged>(dashboard, ctx, form, "purge", |purged| purged.purged).await
 }
 
 async fn act<T: serde::de::DeserializeOwned>(
@@ -200,6 +225,7 @@ async fn act<T: serde::de::DeserializeOwned>(
     ctx: Context,
     form: SelectionForm,
     action: &str,
+    count: impl Fn(&T) -> usize,
 ) -> Response {
     if let Err(refused) = ctx.signed.check_csrf(&form.csrf) {
         return refused.into_response();
@@ -214,7 +240,10 @@ async fn act<T: serde::de::DeserializeOwned>(
         )
         .await;
     match done {
-        Ok(_) => Redirect::to(&ctx.link("/async")).into_response(),
+        Ok(done) => {
+            let back = format!("/async?done={action}&count={}", count(&done));
+            Redirect::to(&ctx.link(&back)).into_response()
+        }
         Err(failure) => ctx.failed(&dashboard, Section::Async, failure),
     }
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, Section, empty_row, methods, schedule, time};
+use crate::layout::{Context, DoneParam, Section, empty_row, methods, notice, schedule, time};
 use crate::session::{Signed, StreamGuard};
 
 /// Lines a log view starts with; later ones arrive as they are printed.
@@ -38,12 +38,18 @@ pub(crate) async fn page(
     State(dashboard): State<Arc<Dashboard>>,
     ctx: Context,
     Path(name): Path<String>,
+    Query(done): Query<DoneParam>,
 ) -> Response {
-    let content = content(&dashboard, &ctx, &name).await;
+    let content = content(&dashboard, &ctx, &name, &done).await;
     ctx.show(&dashboard, Section::Functions, &name, content)
 }
 
-async fn content(dashboard: &Dashboard, ctx: &Context, name: &str) -> Result<Markup, ApiFailure> {
+async fn content(
+    dashboard: &Dashboard,
+    ctx: &Context,
+    name: &str,
+    done: &DoneParam,
+) -> Result<Markup, ApiFailure> {
     let (token, ns) = (&ctx.signed.token, &ctx.namespace);
     let api = &dashboard.api;
     let function: FunctionView = api
@@ -75,7 +81,10 @@ async fn content(dashboard: &Dashboard, ctx: &Context, name: &str) -> Result<Mar
         .filter(|t| t.function == name)
         .collect();
     let base = format!("/functions/{name}");
+    let done = (done.done.as_deref() == Some("rollback"))
+        .then(|| format!("Rolled back: revision {} serves now.", function.revision));
     Ok(html! {
+        (notice(done))
         section aria-labelledby="settings-title" {
             h2 #settings-title { "Settings" }
             dl.settings {
@@ -415,7 +424,9 @@ pub(crate) async fn rollback(
         )
         .await;
     match rolled {
-        Ok(_) => Redirect::to(&ctx.link(&format!("/functions/{name}"))).into_response(),
+        Ok(_) => {
+            Redirect::to(&ctx.link(&format!("/functions/{name}?done=rollback"))).into_response()
+        }
         Err(failure) => ctx.failed(&dashboard, Section::Functions, failure),
     }
 }
