@@ -266,6 +266,19 @@ fn dead_letters_are_listed_shown_redriven_and_purged() {
         (listed.len() == 1000).then_some(())
     })
     .expect("a thousand dead letters");
+    let counts = |gust: &Gust| -> Value {
+        serde_json::from_str(
+            &gust
+                .cli(&["invocation", "counts", "-o", "json"])
+                .ok()
+                .stdout,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        counts(&gust),
+        serde_json::json!({"namespace": "default", "open": 0, "running": 0, "dead_letters": 1000})
+    );
 
     let shown: Value = serde_json::from_str(
         &gust
@@ -296,6 +309,7 @@ fn dead_letters_are_listed_shown_redriven_and_purged() {
         "{}",
         purged.stderr
     );
+    assert_eq!(counts(&gust)["dead_letters"], 998);
     let fixed = STATUS_PY.replace("int(req.query.get(\"status\", \"200\"))", "200");
     gust.cli(&[
         "fn",

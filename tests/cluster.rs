@@ -596,6 +596,17 @@ fn async_work_survives_a_node_and_a_nats_server_killed_under_load() {
         .take(3)
         .collect();
     assert!(not_succeeded.is_empty(), "{not_succeeded:?}");
+    // All ended: nothing open in the work stream, no dead letter; which run is not told.
+    eventually(Duration::from_secs(10), || {
+        let counts: Value = gusts[0]
+            .api(Method::GET, "/v1/async")
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (counts == json!({"namespace": "default", "open": 0, "dead_letters": 0})).then_some(())
+    })
+    .expect("the cluster counts no open invocation and no dead letter");
     let again = states
         .values()
         .filter(|i| i["attempts"].as_u64().unwrap() > 1)

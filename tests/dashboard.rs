@@ -500,6 +500,8 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     browser.goto("/ui/async");
     browser.wait_text("#dead-letters", &dead_id);
     browser.wait_text("#dead-letters", "payload-7");
+    assert_eq!(browser.wait_text("#dead-letter-count", "1"), "1");
+    assert_eq!(browser.wait_text("#open", "0"), "0");
     browser.review("async");
     browser.click(&format!("button[aria-label='Re-drive {dead_id}']"));
     // The post answers with the page again, once the dead letter has gone back to the queue.

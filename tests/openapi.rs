@@ -445,6 +445,7 @@ fn every_documented_operation_answers_as_documented() {
             200,
         ),
         call(Method::GET, "/v1/dlq", "/v1/dlq", None, 200),
+        call(Method::GET, "/v1/async", "/v1/async", None, 200),
         call(
             Method::GET,
             "/v1/dlq/{id}",

@@ -1,8 +1,10 @@
-//! `gust invocation get`: one asynchronous invocation's state.
+//! `gust invocation get`: one asynchronous invocation's state; `gust invocation counts`: the
+//! namespace's by state.
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use gust_api_types::AsyncCountsView;
 use gust_model::AsyncInvocation;
 use http::Method;
 
@@ -20,6 +22,12 @@ enum InvocationCommand {
     /// Show an asynchronous invocation: state, attempts, times, last status and response.
     Get {
         id: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Count the namespace's asynchronous invocations by state: accepted and not ended
+    /// (waiting or running), running now (not known in a cluster), and dead letters.
+    Counts {
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -71,6 +79,23 @@ pub async fn run(args: InvocationArgs, connection: &ConnectionArgs) -> anyhow::R
                 if let Some(body) = invocation.response.as_ref().map(|r| &r.body) {
                     table.footer(format!("response: {body}"));
                 }
+                table
+            })?;
+        }
+        InvocationCommand::Counts { output } => {
+            let counts: AsyncCountsView = client
+                .json(Method::GET, &ApiPath::new(["v1", "async"]), NO_BODY)
+                .await?;
+            print(output.format, &counts, || {
+                let mut table = Table::new(vec!["NAMESPACE", "OPEN", "RUNNING", "DEAD LETTERS"]);
+                table.row(vec![
+                    counts.namespace.clone(),
+                    counts.open.to_string(),
+                    counts
+                        .running
+                        .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                    counts.dead_letters.to_string(),
+                ]);
                 table
             })?;
         }

@@ -61,3 +61,17 @@ pub struct Redriven {
 pub struct Purged {
     pub purged: usize,
 }
+
+/// `GET /v1/async`: a namespace's asynchronous invocations by state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AsyncCountsView {
+    pub namespace: String,
+    /// Accepted and not ended: waiting for an attempt, or running one.
+    pub open: u64,
+    /// Of them, running an attempt now. Absent in a cluster, where only the node running
+    /// each one knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u64>,
+    /// Failed for good or expired, kept for re-drive.
+    pub dead_letters: u64,
+}

@@ -19,7 +19,8 @@ pub use access::{
     TokenCreated, TokenView, ValuesCreate, ValuesUpdate, ValuesView,
 };
 pub use asynchronous::{
-    Accepted, DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView, Selection,
+    Accepted, AsyncCountsView, DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView,
+    Selection,
 };
 pub use error::ErrorBody;
 pub use functions::{

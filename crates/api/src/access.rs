@@ -173,6 +173,7 @@ pub(crate) fn rule(method: &Method, path: &str) -> Option<Rule> {
         | "/v1/mqtriggers"
         | "/v1/mqtriggers/{name}"
         | "/v1/invocations/{id}"
+        | "/v1/async"
         | "/v1/dlq"
         | "/v1/dlq/{id}"
         | "/v1/usage"

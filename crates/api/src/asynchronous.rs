@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use base64::Engine;
 use bytes::Bytes;
 use gust_api_types::{
-    DeadLetterQuery, DeadLetterView, NamespaceQuery, Purged, Redriven, RequestView, Selection,
+    AsyncCountsView, DeadLetterQuery, DeadLetterView, NamespaceQuery, Purged, Redriven,
+    RequestView, Selection,
 };
 use gust_async_queue::QueueError;
 use gust_model::{AsyncInvocation, Name, Namespace};
@@ -32,6 +33,21 @@ impl From<QueueError> for ApiError {
             QueueError::Unavailable(_) | QueueError::Stopped => ApiError::Internal(err.to_string()),
         }
     }
+}
+
+#[utoipa::path(get, path = "/async", tag = "asynchronous", params(NamespaceQuery), responses((status = 200, body = AsyncCountsView)))]
+pub async fn counts(
+    State(state): Shared,
+    Query(query): Query<NamespaceQuery>,
+) -> Result<Json<AsyncCountsView>, ApiError> {
+    let namespace = query.namespace()?;
+    let counts = state.queue.counts(&namespace).await?;
+    Ok(Json(AsyncCountsView {
+        namespace: namespace.to_string(),
+        open: counts.open,
+        running: counts.running,
+        dead_letters: counts.dead_letters,
+    }))
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {

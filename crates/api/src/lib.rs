@@ -304,6 +304,7 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(mqtriggers::list, mqtriggers::create))
         .routes(routes!(mqtriggers::show, mqtriggers::delete))
         .routes(routes!(asynchronous::show_invocation))
+        .routes(routes!(asynchronous::counts))
         .routes(routes!(asynchronous::list_dead_letters))
         .routes(routes!(asynchronous::redrive))
         .routes(routes!(asynchronous::purge))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gust_executor::RequestId;
 use gust_model::{AsyncInvocation, AsyncSource, Name, Namespace, Timer};
-use gust_store::{InvocationStore, QueueBounds, QueueChange, QueueFull, QueueOutcome};
+use gust_store::{AsyncCounts, InvocationStore, QueueBounds, QueueChange, QueueFull, QueueOutcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -247,6 +247,13 @@ impl AsyncQueue {
     ) -> Result<Option<gust_model::StoredRequest>, QueueError> {
         let (store, id) = (self.shared.store.clone(), id.to_owned());
         run_blocking(move || Ok(store.invocation_request(&id)?)).await
+    }
+
+    /// `namespace`'s invocations by state.
+    pub async fn counts(&self, namespace: &Namespace) -> Result<AsyncCounts, QueueError> {
+        let store = self.shared.store.clone();
+        let namespace = namespace.clone();
+        run_blocking(move || Ok(store.async_counts(&namespace)?)).await
     }
 
     pub async fn dead_letters(

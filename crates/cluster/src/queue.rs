@@ -26,8 +26,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use gust_model::{AsyncInvocation, InvocationState, Name, Namespace, StoredRequest};
 use gust_store::{
-    DeadLetterSweep, InvocationStore, QueueChange, QueueFull, QueueOutcome, StoreError,
-    decode_request, encode_request,
+    AsyncCounts, DeadLetterSweep, InvocationStore, QueueChange, QueueFull, QueueOutcome,
+    StoreError, decode_request, encode_request,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -771,6 +771,30 @@ impl InvocationStore for ClusterQueue {
                 .await
                 .map(|info| info.num_pending + info.num_ack_pending as u64)
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Open invocations are the namespace's messages in the work stream; which of them run
+    /// now only the node running each knows.
+    fn async_counts(&self, namespace: &Namespace) -> Result<AsyncCounts, StoreError> {
+        let (jetstream, dead_letters) = (self.jetstream.clone(), self.dead_letters.clone());
+        let namespace = namespace.clone();
+        self.wait(async move {
+            let open = Self::namespace_depth(&jetstream, &namespace).await?;
+            let prefix = format!("{namespace}.");
+            let dead = dead_letters
+                .keys()
+                .await
+                .map_err(|e| e.to_string())?
+                .filter_map(|key| async move { key.ok() })
+                .filter(|key| std::future::ready(key.starts_with(&prefix)))
+                .count()
+                .await;
+            Ok(AsyncCounts {
+                open,
+                running: None,
+                dead_letters: dead as u64,
+            })
         })
     }
 

@@ -177,6 +177,17 @@ impl DeadLetterSweep {
     }
 }
 
+/// A namespace's asynchronous invocations by state, as far as a store counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AsyncCounts {
+    /// Accepted and not ended: waiting for an attempt, or running one.
+    pub open: u64,
+    /// Of them, running an attempt now; `None` where the store does not tell (a cluster's).
+    pub running: Option<u64>,
+    /// Failed for good or expired, kept for re-drive.
+    pub dead_letters: u64,
+}
+
 /// The durable queue of asynchronous invocations and their dead letters.
 pub trait InvocationStore: Send + Sync {
     /// Applies `changes` in one transaction, one fsync. A change that conflicts (an id that
@@ -195,6 +206,8 @@ pub trait InvocationStore: Send + Sync {
     fn next_due_ms(&self) -> Result<Option<u64>, StoreError>;
     /// Pending invocations (due or not).
     fn pending_count(&self) -> Result<u64, StoreError>;
+    /// `namespace`'s invocations by state.
+    fn async_counts(&self, namespace: &Namespace) -> Result<AsyncCounts, StoreError>;
     fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, StoreError>;
     /// The request of an invocation that has not succeeded.
     fn invocation_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError>;

@@ -27,8 +27,8 @@ use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransacti
 
 use crate::embedded::{decode, encode, scoped_key};
 use crate::{
-    DeadLetterSweep, EmbeddedStore, InvocationStore, QueueBounds, QueueChange, QueueFull,
-    QueueOutcome, StoreError, TimerStore,
+    AsyncCounts, DeadLetterSweep, EmbeddedStore, InvocationStore, QueueBounds, QueueChange,
+    QueueFull, QueueOutcome, StoreError, TimerStore,
 };
 
 pub(crate) const INVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invocations");
@@ -487,6 +487,41 @@ impl InvocationStore for EmbeddedStore {
         Ok(tx.open_table(ASYNC_READY)?.len()?)
     }
 
+    fn async_counts(&self, namespace: &Namespace) -> Result<AsyncCounts, StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        // The per-function counters, keys `<namespace>/<function>`.
+        let prefix = format!("{namespace}/");
+        let sum = |table: TableDefinition<&str, u64>| -> Result<u64, StoreError> {
+            let mut total = 0;
+            for entry in tx.open_table(table)?.range(prefix.as_str()..)? {
+                let (key, count) = entry?;
+                if !key.value().starts_with(&prefix) {
+                    break;
+                }
+                total += count.value();
+            }
+            Ok(total)
+        };
+        let (open, dead_letters) = (sum(ASYNC_OPEN)?, sum(DEAD_COUNT)?);
+        // Running ones are few (the dispatcher's concurrency): each is read for its namespace.
+        let invocations = tx.open_table(INVOCATIONS)?;
+        let mut running = 0;
+        for entry in tx.open_table(ASYNC_RUNNING)?.iter()? {
+            let (id, _) = entry?;
+            if let Some(record) = invocations.get(id.value())?
+                && decode::<AsyncInvocation>(id.value(), record.value())?.namespace == *namespace
+            {
+                running += 1;
+            }
+        }
+        Ok(AsyncCounts {
+            open,
+            running: Some(running),
+            dead_letters,
+        })
+    }
+
     fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, StoreError> {
         self.read_one(INVOCATIONS, id)
     }
@@ -885,6 +920,56 @@ mod tests {
             )])
             .unwrap();
         assert!(matches!(outcome[0], Ok(QueueOutcome::Stored)));
+    }
+
+    #[test]
+    fn a_namespaces_invocations_are_counted_by_state_and_no_other_namespaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let in_namespace = |id: &str, namespace: &str, function: &str, state| {
+            let mut invocation = invocation(id, state, 1_000);
+            invocation.namespace = Namespace::parse(namespace).unwrap();
+            invocation.function = Name::parse("function", function).unwrap();
+            enqueue(invocation)
+        };
+        store
+            .apply_queue_changes(&[
+                in_namespace("p1", "team", "f", InvocationState::Pending),
+                in_namespace("p2", "team", "g", InvocationState::Pending),
+                in_namespace("r1", "team", "f", InvocationState::Pending),
+                in_namespace("d1", "team", "g", InvocationState::Dead),
+                // `team-b/...` sorts right after `team/...`'s keys and must not be counted.
+                in_namespace("o1", "team-b", "f", InvocationState::Pending),
+                in_namespace("o2", "team-b", "f", InvocationState::Dead),
+            ])
+            .unwrap();
+        let mut running = store.invocation("r1").unwrap().unwrap();
+        running.state = InvocationState::Running;
+        running.attempts = 1;
+        store
+            .apply_queue_changes(&[QueueChange::Update {
+                invocation: running,
+            }])
+            .unwrap();
+        let team = Namespace::parse("team").unwrap();
+        assert_eq!(
+            store.async_counts(&team).unwrap(),
+            AsyncCounts {
+                open: 3,
+                running: Some(1),
+                dead_letters: 1
+            }
+        );
+        let other = Namespace::parse("team-b").unwrap();
+        assert_eq!(store.async_counts(&other).unwrap().open, 1);
+        assert_eq!(
+            store.async_counts(&Namespace::default()).unwrap(),
+            AsyncCounts {
+                open: 0,
+                running: Some(0),
+                dead_letters: 0
+            }
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use std::collections::HashMap;
 
 use futures_util::{StreamExt, stream};
-use gust_api_types::{DeadLetterView, Purged, Redriven, RequestView, Selection};
+use gust_api_types::{AsyncCountsView, DeadLetterView, Purged, Redriven, RequestView, Selection};
 use gust_model::AsyncInvocation;
 use http::Method;
 use maud::{Markup, html};
@@ -60,6 +60,10 @@ async fn content(
         )
         .await?;
     let more = letters.len() > SHOWN;
+    let counts: AsyncCountsView = dashboard
+        .api
+        .get(token, &ApiPath::new(["async"]).namespace(ns))
+        .await?;
     // Paths first: a stream of futures over borrowed items is not `Send` for the handler.
     let paths: Vec<ApiPath> = letters
         .iter()
@@ -94,9 +98,17 @@ async fn content(
     };
     Ok(html! {
         (notice(done))
-        dl.settings {
-            dt { "Waiting for an attempt" } dd #queue-depth { ((dashboard.queue_depth)()) " on this node" }
-            dt { "Dead letters" } dd #dead-letter-count { (letters.len().min(SHOWN)) @if more { "+" } }
+        dl #async-counts.settings {
+            dt { "Accepted, not ended" } dd #open { (counts.open) }
+            @if let Some(running) = counts.running {
+                dt { "Running an attempt" } dd #running { (running) }
+                dt { "Waiting for an attempt" } dd #waiting { (counts.open.saturating_sub(running)) }
+            }
+            dt { "Dead letters" } dd #dead-letter-count { (counts.dead_letters) }
+            dt { "Waiting on this node" } dd #queue-depth { ((dashboard.queue_depth)()) }
+        }
+        @if more {
+            p.hint { "The newest " (SHOWN) " dead letters are listed." }
         }
         @if !listed.is_empty() {
             div.actions {

@@ -7,8 +7,7 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Timelike;
 use futures_util::{StreamExt, stream};
-use gust_api_types::{FunctionStats, FunctionView, UsageReport};
-use gust_model::AsyncInvocation;
+use gust_api_types::{AsyncCountsView, FunctionStats, FunctionView, UsageReport};
 use maud::{Markup, html};
 
 use crate::Dashboard;
@@ -20,8 +19,6 @@ use crate::layout::{Context, Section, number};
 const MAX_FUNCTIONS_SUMMED: usize = 100;
 /// Functions' minutes read at once for one overview.
 const STATS_READ_AT_ONCE: usize = 8;
-/// Dead letters counted; more show as "1000+".
-const DEAD_LETTERS_COUNTED: usize = 1000;
 
 /// `GET /ui`.
 pub(crate) async fn page(State(dashboard): State<Arc<Dashboard>>, ctx: Context) -> Response {
@@ -46,7 +43,8 @@ struct Summary {
     errors_last_hour: u64,
     cold_starts_last_hour: u64,
     throttled_last_hour: u64,
-    dead_letters: usize,
+    async_open: u64,
+    dead_letters: u64,
     usage: UsageReport,
 }
 
@@ -89,14 +87,9 @@ async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFai
             }
         }
     }
-    let dead_letters: Vec<AsyncInvocation> = dashboard
+    let counts: AsyncCountsView = dashboard
         .api
-        .get(
-            token,
-            &ApiPath::new(["dlq"])
-                .namespace(ns)
-                .query("limit", &DEAD_LETTERS_COUNTED.to_string()),
-        )
+        .get(token, &ApiPath::new(["async"]).namespace(ns))
         .await?;
     let now = chrono::Utc::now();
     let since_midnight = now.hour() * 60 + now.minute() + 1;
@@ -118,18 +111,14 @@ async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFai
         errors_last_hour: errors,
         cold_starts_last_hour: cold,
         throttled_last_hour: throttled,
-        dead_letters: dead_letters.len(),
+        async_open: counts.open,
+        dead_letters: counts.dead_letters,
         usage,
     })
 }
 
 async fn tiles_markup(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFailure> {
     let s = summary(dashboard, ctx).await?;
-    let dead_letters = if s.dead_letters >= DEAD_LETTERS_COUNTED {
-        format!("{DEAD_LETTERS_COUNTED}+")
-    } else {
-        s.dead_letters.to_string()
-    };
     let tile = |label: &str, value: String, note: String, href: String| {
         html! {
             li.tile {
@@ -149,8 +138,8 @@ async fn tiles_markup(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, Ap
             (tile("Errors", s.errors_last_hour.to_string(), "4xx and 5xx, last hour".to_owned(), functions.clone()))
             (tile("Cold starts", s.cold_starts_last_hour.to_string(), "last hour".to_owned(), functions.clone()))
             (tile("Throttled", s.throttled_last_hour.to_string(), "last hour".to_owned(), functions))
-            (tile("Async queue", (dashboard.queue_depth)().to_string(), "waiting on this node".to_owned(), ctx.link("/async")))
-            (tile("Dead letters", dead_letters, "in this namespace".to_owned(), ctx.link("/async")))
+            (tile("Async invocations", s.async_open.to_string(), format!("accepted, not ended; {} waiting on this node", (dashboard.queue_depth)()), ctx.link("/async")))
+            (tile("Dead letters", s.dead_letters.to_string(), "in this namespace".to_owned(), ctx.link("/async")))
             (tile("Requests today", s.usage.totals.invocations.to_string(), format!("{} GB-s", number(s.usage.totals.gb_seconds, 3)), ctx.link("/usage")))
             (tile("Cost today", format!("{} {}", number(s.usage.totals.cost, 6), s.usage.currency), "since 00:00 UTC".to_owned(), ctx.link("/usage")))
         }
