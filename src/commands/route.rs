@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use gust_model::{Method as HttpMethod, Route, RouteAuth, RouteConfig, RouteMode};
+use gust_model::{Route, RouteAuth, RouteConfig, RouteMode};
 use http::Method;
 
 use crate::client::{ApiClient, ApiPath, ConnectionArgs};
@@ -75,16 +75,7 @@ fn table(routes: &[Route]) -> Table {
         "NAME", "METHODS", "HOST", "URL", "PREFIX", "MODE", "AUTH", "FUNCTION",
     ]);
     for route in routes {
-        let methods: Vec<HttpMethod> = route.methods.into();
-        let methods = if methods.is_empty() {
-            "*".to_owned()
-        } else {
-            methods
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let methods = route.methods.to_string();
         let mode = match route.mode {
             RouteMode::Sync => "sync",
             RouteMode::Async => "async",

@@ -503,6 +503,18 @@ async fn keep_in_progress(
     }
 }
 
+/// The keys of `bucket` that start with `prefix` (a namespace's or function's dead letters).
+async fn keys_under(bucket: &kv::Store, prefix: &str) -> Result<Vec<String>, String> {
+    Ok(bucket
+        .keys()
+        .await
+        .map_err(|e| e.to_string())?
+        .filter_map(|key| async move { key.ok() })
+        .filter(|key| std::future::ready(key.starts_with(prefix)))
+        .collect()
+        .await)
+}
+
 /// When the open invocation `id` last showed life.
 async fn last_alive(open: &kv::Store, id: &str) -> Option<u64> {
     let bytes = open.get(id).await.ok().flatten()?;
@@ -781,19 +793,11 @@ impl InvocationStore for ClusterQueue {
         let namespace = namespace.clone();
         self.wait(async move {
             let open = Self::namespace_depth(&jetstream, &namespace).await?;
-            let prefix = format!("{namespace}.");
-            let dead = dead_letters
-                .keys()
-                .await
-                .map_err(|e| e.to_string())?
-                .filter_map(|key| async move { key.ok() })
-                .filter(|key| std::future::ready(key.starts_with(&prefix)))
-                .count()
-                .await;
+            let dead = keys_under(&dead_letters, &format!("{namespace}.")).await?;
             Ok(AsyncCounts {
                 open,
                 running: None,
-                dead_letters: dead as u64,
+                dead_letters: dead.len() as u64,
             })
         })
     }
@@ -832,14 +836,7 @@ impl InvocationStore for ClusterQueue {
         };
         let bucket = self.dead_letters.clone();
         self.wait(async move {
-            let mut keys: Vec<String> = bucket
-                .keys()
-                .await
-                .map_err(|e| e.to_string())?
-                .filter_map(|key| async move { key.ok() })
-                .filter(|key| std::future::ready(key.starts_with(&prefix)))
-                .collect()
-                .await;
+            let mut keys = keys_under(&bucket, &prefix).await?;
             keys.sort();
             let mut out = Vec::new();
             for key in keys.into_iter().take(limit) {

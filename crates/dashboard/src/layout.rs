@@ -234,14 +234,6 @@ pub(crate) fn empty_row(columns: u32, text: &str) -> Markup {
     html! { tr { td colspan=(columns) { (text) } } }
 }
 
-/// How an enum value is written in JSON (`dead`, `final_status`).
-pub(crate) fn label<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(text)) => text,
-        _ => "-".to_owned(),
-    }
-}
-
 /// A timer's cron expression with its time zone.
 pub(crate) fn schedule(schedule: &gust_model::Schedule) -> String {
     let config = gust_model::ScheduleConfig::from(schedule.clone());
@@ -250,17 +242,4 @@ pub(crate) fn schedule(schedule: &gust_model::Schedule) -> String {
         config.cron,
         config.tz.as_deref().unwrap_or("UTC")
     )
-}
-
-/// A route's methods (`*` for any).
-pub(crate) fn methods(set: gust_model::MethodSet) -> String {
-    let methods: Vec<gust_model::Method> = set.into();
-    if methods.is_empty() {
-        return "*".to_owned();
-    }
-    methods
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
 }

@@ -224,17 +224,22 @@ pub fn function_response(response: http::Response<ResponseBody>, id: &RequestId)
     for name in forged {
         parts.headers.remove(name);
     }
-    // Nor may a function plant a dashboard session in a caller's browser.
-    let cookies: Vec<HeaderValue> = parts
-        .headers
-        .get_all(header::SET_COOKIE)
+    // Nor may a function plant a dashboard session in a caller's browser. (Rebuilt only when
+    // it tries: most answers set no cookie, and this is every response's path.)
+    let set_cookies = parts.headers.get_all(header::SET_COOKIE);
+    if set_cookies
         .iter()
-        .filter(|value| !is_dashboard_cookie(value.as_bytes()))
-        .cloned()
-        .collect();
-    parts.headers.remove(header::SET_COOKIE);
-    for cookie in cookies {
-        parts.headers.append(header::SET_COOKIE, cookie);
+        .any(|value| is_dashboard_cookie(value.as_bytes()))
+    {
+        let kept: Vec<HeaderValue> = set_cookies
+            .iter()
+            .filter(|value| !is_dashboard_cookie(value.as_bytes()))
+            .cloned()
+            .collect();
+        parts.headers.remove(header::SET_COOKIE);
+        for cookie in kept {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
     }
     put_header(&mut parts.headers, "x-gust-request-id", id.as_str());
     Response::from_parts(parts, streamed_response(body, id))

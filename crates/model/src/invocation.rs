@@ -21,6 +21,17 @@ pub enum InvocationState {
 }
 
 impl InvocationState {
+    /// As written in JSON (`pending`, `dead`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Dead => "dead",
+            Self::Expired => "expired",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Dead | Self::Expired)
     }
@@ -171,5 +182,26 @@ impl AsyncInvocation {
     pub fn is_dead_letter(&self) -> bool {
         matches!(self.state, InvocationState::Dead | InvocationState::Expired)
             && self.redriven_to.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_states_name_is_its_json() {
+        for state in [
+            InvocationState::Pending,
+            InvocationState::Running,
+            InvocationState::Succeeded,
+            InvocationState::Dead,
+            InvocationState::Expired,
+        ] {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::Value::from(state.as_str())
+            );
+        }
     }
 }

@@ -161,6 +161,18 @@ impl From<MethodSet> for Vec<Method> {
     }
 }
 
+/// `GET,POST`, or `*` for every method: how `route list` and the dashboard show it.
+impl fmt::Display for MethodSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_any() {
+            return f.write_str("*");
+        }
+        let methods: Vec<Method> = (*self).into();
+        let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 impl From<Vec<Method>> for MethodSet {
     fn from(methods: Vec<Method>) -> Self {
         Self(methods.into_iter().fold(0, |set, m| set | m.bit()))
@@ -940,6 +952,8 @@ mod tests {
         assert!(!set.allows("DELETE"));
         assert!(MethodSet::parse(&["FETCH"]).is_err());
         assert!(MethodSet::parse::<&str>(&[]).unwrap().allows("DELETE"));
+        assert_eq!(set.to_string(), "GET,POST,PUT");
+        assert_eq!(MethodSet::parse::<&str>(&[]).unwrap().to_string(), "*");
     }
 
     #[test]

@@ -322,6 +322,24 @@ fn put(tx: &WriteTransaction, invocation: &AsyncInvocation) -> Result<(), StoreE
 
 /// Whether storing `invocation` would take its function past its queue depth or the queue
 /// past its byte budget.
+/// The sum of a per-function counter (keys `<namespace>/<function>`) over a namespace's
+/// functions.
+fn namespace_total(
+    counters: &impl ReadableTable<&'static str, u64>,
+    namespace: &Namespace,
+) -> Result<u64, StoreError> {
+    let prefix = format!("{namespace}/");
+    let mut total = 0;
+    for entry in counters.range(prefix.as_str()..)? {
+        let (key, count) = entry?;
+        if !key.value().starts_with(&prefix) {
+            break;
+        }
+        total += count.value();
+    }
+    Ok(total)
+}
+
 fn over_bounds(
     tx: &WriteTransaction,
     invocation: &AsyncInvocation,
@@ -338,16 +356,7 @@ fn over_bounds(
         }));
     }
     if let Some(limit) = bounds.per_namespace {
-        // Open invocations of every function of the namespace (keys `<namespace>/<function>`).
-        let prefix = format!("{}/", invocation.namespace);
-        let mut open = 0;
-        for entry in tx.open_table(ASYNC_OPEN)?.range(prefix.as_str()..)? {
-            let (key, count) = entry?;
-            if !key.value().starts_with(&prefix) {
-                break;
-            }
-            open += count.value();
-        }
+        let open = namespace_total(&tx.open_table(ASYNC_OPEN)?, &invocation.namespace)?;
         if open >= limit {
             return Ok(Some(QueueFull::NamespaceDepth { limit }));
         }
@@ -490,20 +499,8 @@ impl InvocationStore for EmbeddedStore {
     fn async_counts(&self, namespace: &Namespace) -> Result<AsyncCounts, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;
-        // The per-function counters, keys `<namespace>/<function>`.
-        let prefix = format!("{namespace}/");
-        let sum = |table: TableDefinition<&str, u64>| -> Result<u64, StoreError> {
-            let mut total = 0;
-            for entry in tx.open_table(table)?.range(prefix.as_str()..)? {
-                let (key, count) = entry?;
-                if !key.value().starts_with(&prefix) {
-                    break;
-                }
-                total += count.value();
-            }
-            Ok(total)
-        };
-        let (open, dead_letters) = (sum(ASYNC_OPEN)?, sum(DEAD_COUNT)?);
+        let open = namespace_total(&tx.open_table(ASYNC_OPEN)?, namespace)?;
+        let dead_letters = namespace_total(&tx.open_table(DEAD_COUNT)?, namespace)?;
         // Running ones are few (the dispatcher's concurrency): each is read for its namespace.
         let invocations = tx.open_table(INVOCATIONS)?;
         let mut running = 0;

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, DoneParam, Section, empty_row, label, notice, time};
+use crate::layout::{Context, DoneParam, Section, empty_row, notice, time};
 
 /// Dead letters listed on the page, newest first as the API lists them.
 const SHOWN: usize = 50;
@@ -136,7 +136,7 @@ async fn content(
                     tr {
                         td { code { (letter.id) } }
                         td { a href=(ctx.link(&format!("/functions/{}", letter.function))) { (letter.function) } }
-                        td { (label(&letter.state)) }
+                        td { (letter.state.as_str()) }
                         td { (letter.attempts) }
                         td { (letter.last_status.map(|s| s.to_string()).unwrap_or_default()) " " (letter.last_error.as_deref().unwrap_or("")) }
                         td { (time(letter.updated_at_ms)) }

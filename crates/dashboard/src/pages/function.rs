@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::Dashboard;
 use crate::api::{ApiFailure, ApiPath};
-use crate::layout::{Context, DoneParam, Section, empty_row, methods, notice, schedule, time};
+use crate::layout::{Context, DoneParam, Section, empty_row, notice, schedule, time};
 use crate::session::{Signed, StreamGuard};
 
 /// Lines a log view starts with; later ones arrive as they are printed.
@@ -147,7 +147,7 @@ async fn content(
                 thead { tr { th scope="col" { "Kind" } th scope="col" { "Name" } th scope="col" { "What" } } }
                 tbody {
                     @for route in &routes {
-                        tr { td { "route" } td { (route.name) } td { (methods(route.methods)) " " (route.path.to_string()) @if route.prefix { " (prefix)" } } }
+                        tr { td { "route" } td { (route.name) } td { (route.methods.to_string()) " " (route.path.to_string()) @if route.prefix { " (prefix)" } } }
                     }
                     @for timer in &timers {
                         tr { td { "timer" } td { (timer.timer.name) } td { (schedule(&timer.timer.schedule)) ", next " (timer.next_fire_ms.map_or_else(|| "never".to_owned(), time)) } }
