@@ -683,6 +683,26 @@ fn a_timer_fires_once_per_tick_across_three_nodes_and_a_node_kill() {
     std::thread::sleep(Duration::from_secs(8));
     gusts[2].kill9();
     std::thread::sleep(Duration::from_secs(12));
+    // The timer's status counts each tick once, whichever nodes published it and ran it.
+    let view: serde_json::Value = serde_json::from_str(
+        &gusts[1]
+            .cli(&["timer", "get", "everysecond", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let status = &view["status"];
+    let seconds = (now_ms() - started_ms) / 1000;
+    let fired = status["fired"].as_u64().unwrap();
+    assert!(
+        (seconds.saturating_sub(4)..=seconds + 1).contains(&fired),
+        "{fired} ticks counted in {seconds} s: {status}"
+    );
+    assert!(status["succeeded"].as_u64().unwrap() <= fired, "{status}");
+    assert!(
+        status["succeeded"].as_u64().unwrap() >= fired / 2,
+        "{status}"
+    );
     gusts[0].cli(&["timer", "delete", "everysecond"]).ok();
     let stopped_ms = now_ms();
     // The killed node runs what it had accepted when it comes back.

@@ -156,3 +156,104 @@ fn bad_schedules_zones_and_functions_are_refused_and_nothing_is_stored() {
         "{table}"
     );
 }
+
+/// A timer's status as `gust timer get` reports it.
+fn timer_status(gust: &Gust, name: &str) -> Value {
+    let view: Value =
+        serde_json::from_str(&gust.cli(&["timer", "get", name, "-o", "json"]).ok().stdout).unwrap();
+    view["status"].clone()
+}
+
+#[test]
+fn a_timers_counts_and_last_error_are_kept_across_a_kill_and_the_namespace_counts_its_ends() {
+    let mut gust = Gust::start(GUST, GustOptions::default());
+    gust.deploy("job", "python", "job.py", TICK_PY, &[]);
+    let failing = "def main(req):\n    raise RuntimeError('the nightly report failed')\n";
+    gust.deploy(
+        "broken",
+        "python",
+        "broken.py",
+        failing,
+        &["--max-attempts", "1"],
+    );
+    for (name, function) in [("good", "job"), ("bad", "broken")] {
+        gust.cli(&[
+            "timer",
+            "create",
+            name,
+            "--fn",
+            function,
+            "--cron",
+            "* * * * * *",
+        ])
+        .ok();
+    }
+    let (good, bad) = eventually(Duration::from_secs(20), || {
+        let (good, bad) = (timer_status(&gust, "good"), timer_status(&gust, "bad"));
+        (good["succeeded"].as_u64()? >= 2 && bad["failed"].as_u64()? >= 2).then_some((good, bad))
+    })
+    .expect("both timers' ticks ended twice");
+    assert_eq!(good["failed"], 0, "{good}");
+    assert!(good.get("last_error").is_none(), "{good}");
+    assert_eq!(bad["succeeded"], 0, "{bad}");
+    let error = bad["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("\"broken\" raised an error"),
+        "the last error says what went wrong: {bad}"
+    );
+    for status in [&good, &bad] {
+        let fired = status["fired"].as_u64().unwrap();
+        let ended = status["succeeded"].as_u64().unwrap() + status["failed"].as_u64().unwrap();
+        assert!(fired >= ended, "no tick ends that was not fired: {status}");
+        assert_eq!(
+            status["last_fired_ms"].as_u64().unwrap() % 1000,
+            0,
+            "{status}"
+        );
+    }
+    let listed = gust.cli(&["timer", "list"]).ok().stdout;
+    assert!(
+        listed.contains("LAST ERROR") && listed.contains("raised an error"),
+        "{listed}"
+    );
+    let counts: Value = serde_json::from_str(
+        &gust
+            .cli(&["invocation", "counts", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert!(counts["succeeded"].as_u64().unwrap() >= 2, "{counts}");
+    assert!(counts["failed"].as_u64().unwrap() >= 2, "{counts}");
+    assert!(counts["dead_letters"].as_u64().unwrap() >= 2, "{counts}");
+
+    gust.cli(&["timer", "delete", "good"]).ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    let bad_before = timer_status(&gust, "bad");
+    gust.restart(); // kill -9, then start again
+    let bad_after = timer_status(&gust, "bad");
+    for field in ["fired", "failed"] {
+        assert!(
+            bad_after[field].as_u64() >= bad_before[field].as_u64(),
+            "{field} survives a kill: {bad_before} then {bad_after}"
+        );
+    }
+    assert_eq!(bad_after["last_error"], bad_before["last_error"]);
+    // A timer made again under a deleted one's name starts from nothing.
+    gust.cli(&[
+        "timer",
+        "create",
+        "good",
+        "--fn",
+        "job",
+        "--cron",
+        "0 0 1 1 *",
+    ])
+    .ok();
+    let fresh = timer_status(&gust, "good");
+    assert_eq!(
+        (fresh["fired"].as_u64(), fresh["succeeded"].as_u64()),
+        (Some(0), Some(0)),
+        "{fresh}"
+    );
+}

@@ -87,14 +87,23 @@ pub async fn run(args: InvocationArgs, connection: &ConnectionArgs) -> anyhow::R
                 .json(Method::GET, &ApiPath::new(["v1", "async"]), NO_BODY)
                 .await?;
             print(output.format, &counts, || {
-                let mut table = Table::new(vec!["NAMESPACE", "OPEN", "RUNNING", "DEAD LETTERS"]);
+                let mut table = Table::new(vec![
+                    "NAMESPACE",
+                    "OPEN",
+                    "RUNNING",
+                    "DEAD LETTERS",
+                    "SUCCEEDED",
+                    "FAILED",
+                ]);
+                let told =
+                    |count: Option<u64>| count.map_or_else(|| "-".to_owned(), |n| n.to_string());
                 table.row(vec![
                     counts.namespace.clone(),
                     counts.open.to_string(),
-                    counts
-                        .running
-                        .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+                    told(counts.running),
                     counts.dead_letters.to_string(),
+                    told(counts.succeeded),
+                    told(counts.failed),
                 ]);
                 table
             })?;

@@ -34,7 +34,7 @@ enum TimerCommand {
         #[arg(long)]
         tz: Option<String>,
     },
-    /// List timers with their next tick.
+    /// List timers with their next tick and what their ticks came to.
     List(OutputArgs),
     /// Show one timer.
     Get {
@@ -47,7 +47,17 @@ enum TimerCommand {
 }
 
 fn table(timers: &[TimerView]) -> Table {
-    let mut table = Table::new(vec!["NAME", "FUNCTION", "CRON", "TZ", "NEXT"]);
+    let mut table = Table::new(vec![
+        "NAME",
+        "FUNCTION",
+        "CRON",
+        "TZ",
+        "NEXT",
+        "FIRED",
+        "SUCCEEDED",
+        "FAILED",
+        "LAST ERROR",
+    ]);
     for view in timers {
         let schedule = ScheduleConfig::from(view.timer.schedule.clone());
         table.row(vec![
@@ -56,6 +66,13 @@ fn table(timers: &[TimerView]) -> Table {
             schedule.cron,
             schedule.tz.unwrap_or_else(|| "UTC".to_owned()),
             time_ms(view.next_fire_ms),
+            view.status.fired.to_string(),
+            view.status.succeeded.to_string(),
+            view.status.failed.to_string(),
+            view.status
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     table

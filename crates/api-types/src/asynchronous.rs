@@ -74,4 +74,9 @@ pub struct AsyncCountsView {
     pub running: Option<u64>,
     /// Failed for good or expired, kept for re-drive.
     pub dead_letters: u64,
+    /// Ended with success, and ended as a dead letter, ever. Absent in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
 }

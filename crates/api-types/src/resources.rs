@@ -1,6 +1,6 @@
 //! Environments, timers, queue triggers and uploads as the API shows them.
 
-use gust_model::{Environment, Timer};
+use gust_model::{Environment, Timer, TimerStatus};
 use serde::{Deserialize, Serialize};
 
 /// `?namespace=` of every namespaced call; `default` when absent.
@@ -32,6 +32,9 @@ pub struct TimerView {
     pub timer: Timer,
     /// Unix milliseconds of the next tick; absent when the schedule has none left.
     pub next_fire_ms: Option<u64>,
+    /// What its ticks came to so far.
+    #[serde(default)]
+    pub status: TimerStatus,
 }
 
 /// A queue trigger's connection and counts.

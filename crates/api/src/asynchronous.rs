@@ -47,6 +47,8 @@ pub async fn counts(
         open: counts.open,
         running: counts.running,
         dead_letters: counts.dead_letters,
+        succeeded: counts.succeeded,
+        failed: counts.failed,
     }))
 }
 

@@ -1,12 +1,13 @@
 //! `/v1/timers`: create, list, show and delete timers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
 use bytes::Bytes;
 use gust_api_types::{NamespaceQuery, TimerView};
-use gust_model::{Timer, TimerConfig};
+use gust_model::{Timer, TimerConfig, TimerStatus};
 use http::StatusCode;
 
 use crate::functions::now_ms;
@@ -15,12 +16,18 @@ use crate::{ApiError, ApiState, NamespaceExt, Scoped, find_named, parse_json};
 
 type Shared = State<Arc<ApiState>>;
 
-/// A timer with its next tick.
-fn timer_view(timer: Timer, state: &ApiState) -> TimerView {
+/// A timer with its next tick and what its ticks came to (`statuses`: its namespace's).
+fn timer_view(
+    timer: Timer,
+    state: &ApiState,
+    statuses: &mut HashMap<String, TimerStatus>,
+) -> TimerView {
     let next_fire_ms = state.timers.next_tick(&timer);
+    let status = statuses.remove(timer.name.as_str()).unwrap_or_default();
     TimerView {
         timer,
         next_fire_ms,
+        status,
     }
 }
 
@@ -32,10 +39,11 @@ pub async fn list(
     let namespace = query.namespace()?;
     state
         .blocking(move |s| {
+            let mut statuses = s.queue.timer_statuses(&namespace)?;
             Ok(s.store
                 .timers(Some(&namespace))?
                 .into_iter()
-                .map(|t| timer_view(t, s))
+                .map(|t| timer_view(t, s, &mut statuses))
                 .collect())
         })
         .await
@@ -50,7 +58,8 @@ pub async fn show(State(state): Shared, scoped: Scoped) -> Result<Json<TimerView
         .blocking(move |s| {
             let timers = s.store.timers(Some(&namespace))?;
             let timer = find_named(timers, |t| &t.name, "timer", &name)?;
-            Ok(timer_view(timer, s))
+            let mut statuses = s.queue.timer_statuses(&namespace)?;
+            Ok(timer_view(timer, s, &mut statuses))
         })
         .await
         .map(Json)
@@ -72,8 +81,10 @@ pub async fn create(
     state
         .blocking(move |s| {
             s.store.create_timer(&timer)?;
+            // A timer deleted under the same name may have left a status behind.
+            s.queue.forget_timer(&timer.namespace, &timer.name)?;
             s.timers.timers_changed();
-            Ok(timer_view(timer, s))
+            Ok(timer_view(timer, s, &mut HashMap::new()))
         })
         .await
         .map(|view| (StatusCode::CREATED, Json(view)))
@@ -86,6 +97,7 @@ pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, 
     state
         .blocking(move |s| {
             s.store.delete_timer(&namespace, &name)?;
+            s.queue.forget_timer(&namespace, &name)?;
             s.timers.timers_changed();
             Ok(StatusCode::NO_CONTENT)
         })

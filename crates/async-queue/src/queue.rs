@@ -249,6 +249,20 @@ impl AsyncQueue {
         run_blocking(move || Ok(store.invocation_request(&id)?)).await
     }
 
+    /// The status of `namespace`'s timers that have fired, by timer name. Blocks: call it
+    /// from a blocking thread.
+    pub fn timer_statuses(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<std::collections::HashMap<String, gust_model::TimerStatus>, QueueError> {
+        Ok(self.shared.store.timer_statuses(namespace)?)
+    }
+
+    /// Forgets a deleted timer's status. Blocks: call it from a blocking thread.
+    pub fn forget_timer(&self, namespace: &Namespace, timer: &Name) -> Result<(), QueueError> {
+        Ok(self.shared.store.forget_timer_status(namespace, timer)?)
+    }
+
     /// `namespace`'s invocations by state.
     pub async fn counts(&self, namespace: &Namespace) -> Result<AsyncCounts, QueueError> {
         let store = self.shared.store.clone();

@@ -14,6 +14,8 @@
 //!   `gust invocation get`) and `req.<id>` (the request, until the invocation succeeds);
 //! - dead letters: bucket `gust-dead-letters`, `<namespace>.<function>.<id>`, kept for the
 //!   dead-letter retention.
+//! - timers: bucket `gust-timer-status`, `<namespace>.<timer>` → what its ticks came to,
+//!   updated by whichever node enqueued a tick or ended its invocation (revision-checked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,9 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gust_model::{AsyncInvocation, InvocationState, Name, Namespace, StoredRequest};
+use gust_model::{
+    AsyncInvocation, AsyncSource, InvocationState, Name, Namespace, StoredRequest, TimerStatus,
+};
 use gust_store::{
     AsyncCounts, DeadLetterSweep, InvocationStore, QueueChange, QueueFull, QueueOutcome,
     StoreError, decode_request, encode_request,
@@ -62,6 +66,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// a second delivery of its message waits.
 const ALIVE_WITHIN: Duration = Duration::from_secs(25);
 const DEAD_LETTER_BUCKET: &str = "gust-dead-letters";
+const TIMER_STATUS_BUCKET: &str = "gust-timer-status";
+/// Tries at a revision-checked timer status update before it is given up (logged).
+const STATUS_UPDATE_TRIES: usize = 8;
 /// How long an attempt may go without a sign of life before JetStream gives its message to
 /// another node; attempts in flight send one every [`PROGRESS_EVERY`].
 const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -86,6 +93,7 @@ pub struct ClusterQueue {
     state: kv::Store,
     open: kv::Store,
     dead_letters: kv::Store,
+    timer_status: kv::Store,
     work_bytes: u64,
     /// Messages this node took, by invocation id.
     held: Arc<Mutex<HashMap<String, Held>>>,
@@ -213,6 +221,7 @@ impl ClusterQueue {
         let state = cluster.bucket(STATE_BUCKET, retention.invocations)?;
         let open = cluster.bucket(OPEN_BUCKET, Duration::ZERO)?;
         let dead_letters = cluster.bucket(DEAD_LETTER_BUCKET, retention.dead_letters)?;
+        let timer_status = cluster.bucket(TIMER_STATUS_BUCKET, Duration::ZERO)?;
         let queue = Arc::new(Self {
             bridge: cluster.bridge.clone(),
             jetstream: cluster.jetstream.clone(),
@@ -220,6 +229,7 @@ impl ClusterQueue {
             state,
             open,
             dead_letters,
+            timer_status,
             work_bytes: retention.work_bytes,
             held: Arc::new(Mutex::new(HashMap::new())),
             stop: CancellationToken::new(),
@@ -347,6 +357,7 @@ impl ClusterQueue {
         state: &kv::Store,
         open: &kv::Store,
         dead_letters: &kv::Store,
+        timer_status: &kv::Store,
         held: &Mutex<HashMap<String, Held>>,
         change: &QueueChange,
         work_bytes: u64,
@@ -404,6 +415,15 @@ impl ClusterQueue {
                         QueueOutcome::Stored
                     });
                 }
+                if let (Some((_, tick_ms)), AsyncSource::Timer { timer, .. }) =
+                    (timer_tick, &invocation.source)
+                {
+                    update_timer_status(timer_status, &invocation.namespace, timer, |status| {
+                        status.fired(*tick_ms);
+                        true
+                    })
+                    .await;
+                }
                 // Accepted once JetStream acknowledged the message; the record is what other
                 // nodes read meanwhile (the message carries it too, should this fail).
                 if let Err(err) =
@@ -425,6 +445,14 @@ impl ClusterQueue {
                         _ => held.remove(&invocation.id).map(|held| held.message),
                     }
                 };
+                // The node that held the message ends the invocation: once.
+                let ended = invocation.state.is_terminal() && message.is_some();
+                if let AsyncSource::Timer { timer, .. } = &invocation.source {
+                    update_timer_status(timer_status, &invocation.namespace, timer, |status| {
+                        status.observe(invocation, ended)
+                    })
+                    .await;
+                }
                 if let Some(message) = message {
                     let ack = match invocation.state {
                         InvocationState::Running => AckKind::Progress,
@@ -504,6 +532,55 @@ async fn keep_in_progress(
 }
 
 /// The keys of `bucket` that start with `prefix` (a namespace's or function's dead letters).
+fn timer_status_key(namespace: &Namespace, timer: &Name) -> String {
+    format!("{namespace}.{timer}")
+}
+
+/// Applies `change` to a timer's status, again on the newest record when another node
+/// changed it meanwhile. Best effort: a status that cannot be written is logged, and the
+/// queue's change stands.
+async fn update_timer_status(
+    bucket: &kv::Store,
+    namespace: &Namespace,
+    timer: &Name,
+    change: impl Fn(&mut TimerStatus) -> bool,
+) {
+    let key = timer_status_key(namespace, timer);
+    let mut last_error = String::new();
+    for _ in 0..STATUS_UPDATE_TRIES {
+        let entry = match bucket.entry(key.as_str()).await {
+            Ok(entry) => entry.filter(|entry| entry.operation == kv::Operation::Put),
+            Err(err) => {
+                last_error = err.to_string();
+                continue;
+            }
+        };
+        let mut status: TimerStatus = entry
+            .as_ref()
+            .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+            .unwrap_or_default();
+        if !change(&mut status) {
+            return;
+        }
+        let value = Bytes::from(serde_json::to_vec(&status).expect("serializes"));
+        let written = match &entry {
+            Some(entry) => bucket
+                .update(key.as_str(), value, entry.revision)
+                .await
+                .map_err(|e| e.to_string()),
+            None => bucket
+                .create(key.as_str(), value)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(_) => return,
+            Err(err) => last_error = err,
+        }
+    }
+    tracing::warn!(%namespace, %timer, error = %last_error, "cannot update a timer's status");
+}
+
 async fn keys_under(bucket: &kv::Store, prefix: &str) -> Result<Vec<String>, String> {
     Ok(bucket
         .keys()
@@ -610,11 +687,12 @@ impl InvocationStore for ClusterQueue {
         &self,
         changes: &[QueueChange],
     ) -> Result<Vec<Result<QueueOutcome, StoreError>>, StoreError> {
-        let (jetstream, state, open, dead_letters, held) = (
+        let (jetstream, state, open, dead_letters, timer_status, held) = (
             self.jetstream.clone(),
             self.state.clone(),
             self.open.clone(),
             self.dead_letters.clone(),
+            self.timer_status.clone(),
             self.held.clone(),
         );
         let work_bytes = self.work_bytes;
@@ -654,6 +732,7 @@ impl InvocationStore for ClusterQueue {
                     &state,
                     &open,
                     &dead_letters,
+                    &timer_status,
                     &held,
                     change,
                     work_bytes,
@@ -798,8 +877,34 @@ impl InvocationStore for ClusterQueue {
                 open,
                 running: None,
                 dead_letters: dead.len() as u64,
+                succeeded: None,
+                failed: None,
             })
         })
+    }
+
+    fn timer_statuses(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<HashMap<String, TimerStatus>, StoreError> {
+        let bucket = self.timer_status.clone();
+        let prefix = format!("{namespace}.");
+        self.wait(async move {
+            let mut statuses = HashMap::new();
+            for key in keys_under(&bucket, &prefix).await? {
+                if let Ok(Some(bytes)) = bucket.get(key.as_str()).await
+                    && let Ok(status) = serde_json::from_slice(&bytes)
+                {
+                    statuses.insert(key[prefix.len()..].to_owned(), status);
+                }
+            }
+            Ok(statuses)
+        })
+    }
+
+    fn forget_timer_status(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
+        let (bucket, key) = (self.timer_status.clone(), timer_status_key(namespace, name));
+        self.wait(async move { bucket.purge(key).await.map_err(|e| e.to_string()) })
     }
 
     fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, StoreError> {

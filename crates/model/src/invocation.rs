@@ -185,6 +185,61 @@ impl AsyncInvocation {
     }
 }
 
+/// What a timer's ticks came to, kept by the queue as their invocations end.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TimerStatus {
+    /// Ticks enqueued.
+    pub fired: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired_ms: Option<u64>,
+    /// Ticks whose invocation succeeded.
+    pub succeeded: u64,
+    /// Ticks whose invocation failed for good (a dead letter now).
+    pub failed: u64,
+    /// What went wrong in the last failed attempt of a tick, retried or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at_ms: Option<u64>,
+}
+
+impl TimerStatus {
+    /// Counts a tick enqueued.
+    pub fn fired(&mut self, tick_ms: u64) {
+        self.fired += 1;
+        self.last_fired_ms = Some(self.last_fired_ms.map_or(tick_ms, |last| last.max(tick_ms)));
+    }
+
+    /// Takes in one of the timer's invocations as it is stored now; `ended` when this change
+    /// ends it. Returns whether anything changed.
+    pub fn observe(&mut self, invocation: &AsyncInvocation, ended: bool) -> bool {
+        let mut changed = false;
+        if ended {
+            match invocation.state {
+                InvocationState::Succeeded => self.succeeded += 1,
+                _ => self.failed += 1,
+            }
+            changed = true;
+        }
+        // A failed attempt leaves the invocation waiting for a retry, or dead.
+        let failed_attempt = (ended && invocation.state != InvocationState::Succeeded)
+            || (invocation.state == InvocationState::Pending && invocation.attempts > 0);
+        if failed_attempt {
+            let error = invocation.last_error.clone().or_else(|| {
+                invocation
+                    .reason
+                    .map(|reason| reason.as_str().replace('_', " "))
+            });
+            if let Some(error) = error {
+                self.last_error = Some(error);
+                self.last_error_at_ms = Some(invocation.updated_at_ms);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,7 @@ pub use function::{
 };
 pub use invocation::{
     AsyncInvocation, AsyncSource, DeadReason, InvocationState, MAX_STORED_RESPONSE_BYTES,
-    StoredRequest, StoredResponse,
+    StoredRequest, StoredResponse, TimerStatus,
 };
 pub use mq::{
     BrokerUrl, DEFAULT_MAX_RETRIES, MAX_CONCURRENCY, MAX_RETRIES_LIMIT, MqKind, MqTrigger,

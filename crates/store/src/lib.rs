@@ -29,9 +29,12 @@ pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use sealer::{SEALING_KEY_ENV, Sealer};
 
+use std::collections::HashMap;
+
 use gust_model::{
     ApiToken, AsyncInvocation, AuditEntry, Environment, Function, HourlyUsage, MqTrigger, Name,
-    Namespace, NamespaceRecord, Route, StoredRequest, Timer, UsageRecord, ValueKind, ValueSet,
+    Namespace, NamespaceRecord, Route, StoredRequest, Timer, TimerStatus, UsageRecord, ValueKind,
+    ValueSet,
 };
 
 /// Environments are global: every namespace can use every environment.
@@ -186,6 +189,10 @@ pub struct AsyncCounts {
     pub running: Option<u64>,
     /// Failed for good or expired, kept for re-drive.
     pub dead_letters: u64,
+    /// Ended with success, and ended as a dead letter, since the store was created; `None`
+    /// where the store does not count them (a cluster's).
+    pub succeeded: Option<u64>,
+    pub failed: Option<u64>,
 }
 
 /// The durable queue of asynchronous invocations and their dead letters.
@@ -231,6 +238,13 @@ pub trait InvocationStore: Send + Sync {
         per_function: u64,
         limit: usize,
     ) -> Result<DeadLetterSweep, StoreError>;
+    /// The status of `namespace`'s timers that have fired, by timer name.
+    fn timer_statuses(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<HashMap<String, TimerStatus>, StoreError>;
+    /// Forgets a deleted timer's status.
+    fn forget_timer_status(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError>;
     /// Called once at start: attempts that were in flight when Gust stopped are lost, so
     /// their invocations become due now. Returns how many.
     fn recover_running(&self, now_ms: u64) -> Result<usize, StoreError>;

@@ -9,7 +9,8 @@
 //! - `async_finished`: `<finished ms, 13 digits>/<id>` for ended invocations that are not dead
 //!   letters (succeeded, or re-driven): what retention may delete, oldest first.
 //! - `timers`: `<namespace>/<name>` → the timer; `timer_ticks`: the same key → the last tick
-//!   enqueued, so that no tick is enqueued twice.
+//!   enqueued, so that no tick is enqueued twice; `timer_status`: the same key → what its
+//!   ticks came to (counts, last error).
 //! - `async_open`: `<namespace>/<function>` → invocations pending or running (a function's
 //!   queue depth, which an enqueue may not exceed).
 //! - `async_dead_count`: `<namespace>/<function>` → its dead letters (the cap's count);
@@ -18,11 +19,18 @@
 //!   invocation record (finished ones keep their response until retention deletes them):
 //!   together, what the byte budget bounds; `version` marks the counters as built (stores
 //!   written before them are counted at open).
+//! - `async_ended`: `<namespace>/succeeded` and `<namespace>/failed` → invocations that ended
+//!   so, ever (counted from the version that added them).
 //!
 //! Every count is kept in the same transaction as the records it counts, so it can never
 //! drift from them, whatever a crash interrupts.
 
-use gust_model::{AsyncInvocation, InvocationState, Name, Namespace, StoredRequest, Timer};
+use std::collections::HashMap;
+
+use gust_model::{
+    AsyncInvocation, AsyncSource, InvocationState, Name, Namespace, StoredRequest, Timer,
+    TimerStatus,
+};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use crate::embedded::{decode, encode, scoped_key};
@@ -44,6 +52,8 @@ const ASYNC_OPEN: TableDefinition<&str, u64> = TableDefinition::new("async_open"
 const DEAD_COUNT: TableDefinition<&str, u64> = TableDefinition::new("async_dead_count");
 const DEAD_BY_TIME: TableDefinition<&str, ()> = TableDefinition::new("async_dead_by_time");
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("async_totals");
+const TIMER_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("timer_status");
+const ASYNC_ENDED: TableDefinition<&str, u64> = TableDefinition::new("async_ended");
 const REQUEST_BYTES: &str = "request_bytes";
 const RECORD_BYTES: &str = "record_bytes";
 const COUNTERS_VERSION: &str = "version";
@@ -51,7 +61,7 @@ const COUNTERS_VERSION: &str = "version";
 const COUNTERS_BUILT: u64 = 2;
 
 pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
-    for table in [INVOCATIONS, INVOCATION_REQUESTS, TIMERS] {
+    for table in [INVOCATIONS, INVOCATION_REQUESTS, TIMERS, TIMER_STATUS] {
         tx.open_table(table)?;
     }
     for table in [
@@ -63,7 +73,7 @@ pub(crate) fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     ] {
         tx.open_table(table)?;
     }
-    for table in [TIMER_TICKS, ASYNC_OPEN, DEAD_COUNT, TOTALS] {
+    for table in [TIMER_TICKS, ASYNC_OPEN, DEAD_COUNT, TOTALS, ASYNC_ENDED] {
         tx.open_table(table)?;
     }
     let built = tx
@@ -314,10 +324,50 @@ fn put(tx: &WriteTransaction, invocation: &AsyncInvocation) -> Result<(), StoreE
     // Finished invocations keep their record (and response) for the retention: they count
     // against the byte budget as much as waiting requests do.
     add(tx, TOTALS, RECORD_BYTES, encoded.len() as i64 - old_len)?;
+    let ended =
+        old.as_ref().is_some_and(|old| !old.state.is_terminal()) && invocation.state.is_terminal();
     if let Some(old) = old {
         unindex(tx, &old)?;
     }
-    index(tx, invocation)
+    index(tx, invocation)?;
+    if ended {
+        add(
+            tx,
+            ASYNC_ENDED,
+            &ended_key(&invocation.namespace, invocation.state),
+            1,
+        )?;
+    }
+    if let AsyncSource::Timer { timer, .. } = &invocation.source {
+        let key = crate::embedded::scoped_key(&invocation.namespace, timer);
+        update_timer_status(tx, &key, |status| status.observe(invocation, ended))?;
+    }
+    Ok(())
+}
+
+fn ended_key(namespace: &Namespace, state: InvocationState) -> String {
+    let how = match state {
+        InvocationState::Succeeded => "succeeded",
+        _ => "failed",
+    };
+    format!("{namespace}/{how}")
+}
+
+/// Applies `change` to a timer's status, storing it when `change` says it changed.
+fn update_timer_status(
+    tx: &WriteTransaction,
+    key: &str,
+    change: impl FnOnce(&mut TimerStatus) -> bool,
+) -> Result<(), StoreError> {
+    let mut table = tx.open_table(TIMER_STATUS)?;
+    let mut status: TimerStatus = match table.get(key)? {
+        Some(value) => decode(key, value.value())?,
+        None => TimerStatus::default(),
+    };
+    if change(&mut status) {
+        table.insert(key, encode(&status).as_slice())?;
+    }
+    Ok(())
 }
 
 /// Whether storing `invocation` would take its function past its queue depth or the queue
@@ -402,6 +452,11 @@ impl EmbeddedStore {
                         return Ok(QueueOutcome::DuplicateTick);
                     }
                     ticks.insert(timer.as_str(), tick_ms)?;
+                    drop(ticks);
+                    update_timer_status(tx, timer, |status| {
+                        status.fired(*tick_ms);
+                        true
+                    })?;
                 }
                 if tx
                     .open_table(INVOCATIONS)?
@@ -512,10 +567,45 @@ impl InvocationStore for EmbeddedStore {
                 running += 1;
             }
         }
+        let ended = tx.open_table(ASYNC_ENDED)?;
+        let count = |state| -> Result<u64, StoreError> {
+            Ok(ended
+                .get(ended_key(namespace, state).as_str())?
+                .map_or(0, |v| v.value()))
+        };
         Ok(AsyncCounts {
             open,
             running: Some(running),
             dead_letters,
+            succeeded: Some(count(InvocationState::Succeeded)?),
+            failed: Some(count(InvocationState::Dead)?),
+        })
+    }
+
+    fn timer_statuses(
+        &self,
+        namespace: &Namespace,
+    ) -> Result<HashMap<String, TimerStatus>, StoreError> {
+        let prefix = format!("{namespace}/");
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let table = tx.open_table(TIMER_STATUS)?;
+        let mut statuses = HashMap::new();
+        for entry in table.range(prefix.as_str()..)? {
+            let (key, value) = entry?;
+            let Some(name) = key.value().strip_prefix(&prefix) else {
+                break;
+            };
+            statuses.insert(name.to_owned(), decode(key.value(), value.value())?);
+        }
+        Ok(statuses)
+    }
+
+    fn forget_timer_status(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
+        let key = crate::embedded::scoped_key(namespace, name);
+        self.write(|tx| {
+            tx.open_table(TIMER_STATUS)?.remove(key.as_str())?;
+            Ok(())
         })
     }
 
@@ -749,6 +839,7 @@ impl TimerStore for EmbeddedStore {
                 });
             }
             tx.open_table(TIMER_TICKS)?.remove(key.as_str())?;
+            tx.open_table(TIMER_STATUS)?.remove(key.as_str())?;
             Ok(())
         })
     }
@@ -954,7 +1045,39 @@ mod tests {
             AsyncCounts {
                 open: 3,
                 running: Some(1),
-                dead_letters: 1
+                dead_letters: 1,
+                succeeded: Some(0),
+                failed: Some(0),
+            }
+        );
+        // Ending invocations counts each once; changing an ended one (a re-drive marks its
+        // dead letter) counts nothing more.
+        let ended = |id: &str, state| {
+            let mut invocation = store.invocation(id).unwrap().unwrap();
+            invocation.state = state;
+            QueueChange::Update { invocation }
+        };
+        store
+            .apply_queue_changes(&[
+                ended("r1", InvocationState::Succeeded),
+                ended("p1", InvocationState::Dead),
+            ])
+            .unwrap();
+        let mut redriven = store.invocation("p1").unwrap().unwrap();
+        redriven.redriven_to = Some("p1-again".into());
+        store
+            .apply_queue_changes(&[QueueChange::Update {
+                invocation: redriven,
+            }])
+            .unwrap();
+        assert_eq!(
+            store.async_counts(&team).unwrap(),
+            AsyncCounts {
+                open: 1,
+                running: Some(0),
+                dead_letters: 1,
+                succeeded: Some(1),
+                failed: Some(1),
             }
         );
         let other = Namespace::parse("team-b").unwrap();
@@ -964,8 +1087,98 @@ mod tests {
             AsyncCounts {
                 open: 0,
                 running: Some(0),
-                dead_letters: 0
+                dead_letters: 0,
+                succeeded: Some(0),
+                failed: Some(0),
             }
+        );
+    }
+
+    #[test]
+    fn a_timers_status_counts_its_ticks_their_outcomes_and_keeps_the_last_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let timer = Name::parse("timer", "nightly").unwrap();
+        let tick = |id: &str, tick_ms: u64| {
+            let mut invocation = invocation(id, InvocationState::Pending, tick_ms);
+            invocation.source = AsyncSource::Timer {
+                timer: timer.clone(),
+                tick_ms,
+            };
+            let QueueChange::Enqueue {
+                invocation,
+                request,
+                ..
+            } = enqueue(invocation)
+            else {
+                unreachable!("enqueue builds an Enqueue");
+            };
+            QueueChange::Enqueue {
+                invocation,
+                request,
+                timer_tick: Some((format!("default/{timer}"), tick_ms)),
+                bounds: None,
+            }
+        };
+        let attempt = |id: &str, state, error: Option<&str>, at_ms: u64| {
+            let mut invocation = store.invocation(id).unwrap().unwrap();
+            invocation.state = state;
+            invocation.attempts += 1;
+            invocation.updated_at_ms = at_ms;
+            invocation.last_error = error.map(str::to_owned);
+            if state == InvocationState::Dead {
+                invocation.reason = Some(DeadReason::AttemptsExhausted);
+            }
+            store
+                .apply_queue_changes(&[QueueChange::Update { invocation }])
+                .unwrap();
+        };
+        store
+            .apply_queue_changes(&[tick("t1", 60_000), tick("t2", 120_000)])
+            .unwrap();
+        // A tick enqueued again is refused and not counted.
+        store
+            .apply_queue_changes(&[tick("t2-again", 120_000)])
+            .unwrap();
+        attempt(
+            "t1",
+            InvocationState::Pending,
+            Some("the function answered 500"),
+            61_000,
+        );
+        attempt(
+            "t1",
+            InvocationState::Dead,
+            Some("the function answered 503"),
+            62_000,
+        );
+        attempt("t2", InvocationState::Succeeded, None, 121_000);
+        let statuses = store.timer_statuses(&Namespace::default()).unwrap();
+        assert_eq!(
+            statuses.get("nightly"),
+            Some(&TimerStatus {
+                fired: 2,
+                last_fired_ms: Some(120_000),
+                succeeded: 1,
+                failed: 1,
+                last_error: Some("the function answered 503".into()),
+                last_error_at_ms: Some(62_000),
+            })
+        );
+        assert!(
+            store
+                .timer_statuses(&Namespace::parse("team").unwrap())
+                .unwrap()
+                .is_empty()
+        );
+        store
+            .forget_timer_status(&Namespace::default(), &timer)
+            .unwrap();
+        assert!(
+            store
+                .timer_statuses(&Namespace::default())
+                .unwrap()
+                .is_empty()
         );
     }
 

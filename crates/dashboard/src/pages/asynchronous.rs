@@ -105,6 +105,10 @@ async fn content(
                 dt { "Waiting for an attempt" } dd #waiting { (counts.open.saturating_sub(running)) }
             }
             dt { "Dead letters" } dd #dead-letter-count { (counts.dead_letters) }
+            @if let (Some(succeeded), Some(failed)) = (counts.succeeded, counts.failed) {
+                dt { "Succeeded, ever" } dd #succeeded { (succeeded) }
+                dt { "Failed for good, ever" } dd #failed { (failed) }
+            }
             dt { "Waiting on this node" } dd #queue-depth { ((dashboard.queue_depth)()) }
         }
         @if more {

@@ -38,7 +38,8 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
         table #timers {
             thead { tr {
                 th scope="col" { "Name" } th scope="col" { "Function" } th scope="col" { "Schedule" }
-                th scope="col" { "Next tick" } th scope="col" { "Created" }
+                th scope="col" { "Next tick" } th scope="col" { "Last tick" } th scope="col" { "Fired" }
+                th scope="col" { "Succeeded" } th scope="col" { "Failed" } th scope="col" { "Last error" }
             } }
             tbody {
                 @for view in &timers {
@@ -47,10 +48,14 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
                         td { a href=(function_link(view.timer.function.as_str())) { (view.timer.function) } }
                         td { code { (schedule(&view.timer.schedule)) } }
                         td { (view.next_fire_ms.map_or_else(|| "none left".to_owned(), time)) }
-                        td { (time(view.timer.created_at_ms)) }
+                        td { (view.status.last_fired_ms.map_or_else(|| "never".to_owned(), time)) }
+                        td { (view.status.fired) }
+                        td { (view.status.succeeded) }
+                        td { (view.status.failed) }
+                        td { (last_error(view.status.last_error.as_deref(), view.status.last_error_at_ms)) }
                     }
                 }
-                @if timers.is_empty() { (empty_row(5, "No timers.")) }
+                @if timers.is_empty() { (empty_row(9, "No timers.")) }
             }
         }
         h2 { "Queue triggers" }
@@ -70,14 +75,19 @@ async fn content(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, ApiFail
                         td { (queue.status.state) }
                         td { (queue.status.succeeded) }
                         td { (queue.status.failed) }
-                        td {
-                            (queue.status.last_error.as_deref().unwrap_or("-"))
-                            @if let Some(at) = queue.status.last_error_at_ms { " (" (time(at)) ")" }
-                        }
+                        td { (last_error(queue.status.last_error.as_deref(), queue.status.last_error_at_ms)) }
                     }
                 }
                 @if queues.is_empty() { (empty_row(8, "No queue triggers.")) }
             }
         }
     })
+}
+
+/// A trigger's last error with when it happened, or `-`.
+fn last_error(error: Option<&str>, at_ms: Option<u64>) -> Markup {
+    html! {
+        (error.unwrap_or("-"))
+        @if let Some(at) = at_ms { " (" (time(at)) ")" }
+    }
 }
