@@ -277,7 +277,8 @@ fn dead_letters_are_listed_shown_redriven_and_purged() {
     };
     assert_eq!(
         counts(&gust),
-        serde_json::json!({"namespace": "default", "open": 0, "running": 0, "dead_letters": 1000})
+        serde_json::json!({"namespace": "default", "open": 0, "running": 0, "dead_letters": 1000,
+            "succeeded": 0, "failed": 1000})
     );
 
     let shown: Value = serde_json::from_str(
@@ -310,6 +311,8 @@ fn dead_letters_are_listed_shown_redriven_and_purged() {
         purged.stderr
     );
     assert_eq!(counts(&gust)["dead_letters"], 998);
+    // Purged dead letters still failed once.
+    assert_eq!(counts(&gust)["failed"], 1000);
     let fixed = STATUS_PY.replace("int(req.query.get(\"status\", \"200\"))", "200");
     gust.cli(&[
         "fn",
