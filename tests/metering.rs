@@ -502,3 +502,55 @@ fn fn_stats_shows_the_minutes_traffic_by_status_with_latency_and_matches_the_usa
     let empty = gust.cli(&["fn", "stats", "flaky"]).ok().stdout;
     assert!(empty.contains("no requests on this node since"), "{empty}");
 }
+
+#[test]
+fn fn_stats_tells_the_phases_of_each_minutes_cold_starts() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let slow = "import time\n\ndef main(req):\n    time.sleep(0.4)\n    return 'ok'\n";
+    gust.deploy("slow", "python", "slow.py", slow, &["--max-instances", "3"]);
+    // Three at once: the deploy's instance serves one, the others start instances.
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| send(&gust, "/slow", 1));
+        }
+    });
+    wait_for_records(&gust, "slow", 3);
+    let view: Value = serde_json::from_str(
+        &gust
+            .cli(&["fn", "stats", "slow", "--since", "15m", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let cold: Vec<&Value> = view["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["cold_starts"].as_u64().unwrap() > 0)
+        .collect();
+    assert!(!cold.is_empty(), "no cold start counted: {view}");
+    for minute in cold {
+        let phases = &minute["cold_start_phases"];
+        let ms = |name: &str| phases[name].as_f64().unwrap();
+        // A worker is specialized: it imports the code in the load phase; a process tier's
+        // revision needs next to no preparing.
+        assert!(ms("load_ms") > 0.0, "{minute}");
+        assert!(ms("place_ms") > 0.0, "{minute}");
+        assert!(ms("prepare_ms") < 1.0, "{minute}");
+        let phases_sum: f64 = [
+            "prepare_ms",
+            "worker_ms",
+            "limits_ms",
+            "place_ms",
+            "load_ms",
+        ]
+        .iter()
+        .map(|name| ms(name))
+        .sum();
+        let whole = minute["cold_start_ms"].as_f64().unwrap();
+        assert!(
+            phases_sum <= whole + 0.01,
+            "the phases ({phases_sum} ms) fit in the start ({whole} ms): {minute}"
+        );
+    }
+}

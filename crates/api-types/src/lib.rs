@@ -31,7 +31,9 @@ pub use gust_model::FunctionSettings;
 pub use resources::{
     EnvironmentView, MqTriggerView, NamespaceQuery, TimerView, TriggerStatusView, UploadView,
 };
-pub use usage::{FunctionStats, MinuteStats, StatsQuery, UsageQuery, UsageReport, UsageRow, csv};
+pub use usage::{
+    ColdStartPhases, FunctionStats, MinuteStats, StatsQuery, UsageQuery, UsageReport, UsageRow, csv,
+};
 
 /// What `GET /v1/version` answers: the server's release and the commit it was built from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]

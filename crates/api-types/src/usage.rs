@@ -79,6 +79,9 @@ pub struct MinuteStats {
     /// Attempts that waited for an instance to start, and the mean of that wait (ms).
     pub cold_starts: u64,
     pub cold_start_ms: Option<f64>,
+    /// Where those starts went: the mean of each phase (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_phases: Option<ColdStartPhases>,
     /// The mean wait for capacity and the mean run of the minute's attempts: with the cold
     /// start, the phases of what callers saw.
     pub queue_wait_ms: Option<f64>,
@@ -87,6 +90,23 @@ pub struct MinuteStats {
     pub p99_ms: Option<f64>,
     /// Mean requests running over the minute (the run time that fell in it / 60 s).
     pub concurrency: f64,
+}
+
+/// The mean time of each phase of a minute's cold starts (ms), in order; a phase a tier does
+/// not have is 0. What is left of the cold start is handing the instance to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ColdStartPhases {
+    /// Preparing the revision, once per revision and node: loading and linking a compiled
+    /// component (wasm tier).
+    pub prepare_ms: f64,
+    /// Taking a pooled worker, or starting one when the pool had none (process tier).
+    pub worker_ms: f64,
+    /// Applying the function's limits to the worker (memory cgroup, network).
+    pub limits_ms: f64,
+    /// Placing the code, secrets and configs in the worker's view.
+    pub place_ms: f64,
+    /// The specialize round trip, in which the worker imports the code.
+    pub load_ms: f64,
 }
 
 impl UsageReport {

@@ -74,8 +74,14 @@
       xs, [maybe(function (m) { return m.p50_ms; }), maybe(function (m) { return m.p99_ms; })]);
     addChart(host, "Cold starts per minute", ["cold starts"], ["#0b5cad"],
       xs, [column(function (m) { return m.cold_starts; })]);
-    addChart(host, "Cold start wait (ms, mean)", ["wait"], ["#7a3ea8"],
-      xs, [maybe(function (m) { return m.cold_start_ms; })]);
+    function phase(name) {
+      return maybe(function (m) { return m.cold_start_phases ? m.cold_start_phases[name] : null; });
+    }
+    addChart(host, "Cold start and its phases (ms, mean)",
+      ["whole start", "prepare revision", "take worker", "limits", "place code", "load (import)"],
+      ["#7a3ea8", "#555555", "#1b7f3b", "#b36200", "#c0172b", "#0b5cad"],
+      xs, [maybe(function (m) { return m.cold_start_ms; }), phase("prepare_ms"), phase("worker_ms"),
+        phase("limits_ms"), phase("place_ms"), phase("load_ms")]);
     addChart(host, "Where the time went (mean ms per request)", ["queue wait", "cold start", "run"],
       ["#b36200", "#7a3ea8", "#0b5cad"],
       xs, [maybe(function (m) { return m.queue_wait_ms; }),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     AttemptReport, BodyHold, BodyWatch, ColdStart, Instance, InstanceSpec, Invocation,
     InvocationObserver, InvokeError, Invoker, Payload, PreparedRevision, RequestBody, RequestId,
-    ResponseBody, Runtime, TriggerKind,
+    ResponseBody, Runtime, StartPhases, TriggerKind,
 };
 
 /// The defaults of settings a function does not set itself (`gust up` flags).
@@ -173,13 +173,21 @@ impl FunctionSlot {
             .cloned()
     }
 
-    /// Starts an instance of the revision.
+    /// Starts an instance of the revision; with where its start went.
     async fn start(
         &self,
         runtime: &dyn Runtime,
         first_request: &RequestId,
-    ) -> Result<Box<dyn Instance>, InvokeError> {
-        self.prepared(runtime).await?.start(first_request).await
+    ) -> Result<(Box<dyn Instance>, StartPhases), InvokeError> {
+        let preparing = Instant::now();
+        let prepared = self.prepared(runtime).await?;
+        let prepare = preparing.elapsed();
+        let instance = prepared.start(first_request).await?;
+        let phases = StartPhases {
+            prepare,
+            ..instance.start_phases()
+        };
+        Ok((instance, phases))
     }
 
     fn take_idle(&self) -> Option<Box<dyn Instance>> {
@@ -601,8 +609,10 @@ impl Executor {
             tokio::spawn(async move {
                 let id = RequestId::new(format!("warm-{}", slot.spec.function));
                 match slot.start(executor.runtime.as_ref(), &id).await {
-                    Ok(instance) if !slot.retired.load(Ordering::Acquire) => slot.release(instance),
-                    Ok(instance) => stop_all(vec![instance]),
+                    Ok((instance, _)) if !slot.retired.load(Ordering::Acquire) => {
+                        slot.release(instance)
+                    }
+                    Ok((instance, _)) => stop_all(vec![instance]),
                     Err(err) => {
                         tracing::warn!(function = %slot.spec.function, error = %err, "cannot start a minimum instance")
                     }
@@ -869,7 +879,7 @@ impl Executor {
         slot: &Arc<FunctionSlot>,
         (id, trigger): (&RequestId, TriggerKind),
         permit: OwnedSemaphorePermit,
-    ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit, bool), InvokeError> {
+    ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit, Option<StartPhases>), InvokeError> {
         let bound = self.config.start_timeout;
         let (started_tx, mut started_rx) = oneshot::channel();
         let (runtime, start_slot, id) = (self.runtime.clone(), slot.clone(), id.clone());
@@ -878,7 +888,7 @@ impl Executor {
             let started = start_slot.start(runtime.as_ref(), &id).await;
             match started_tx.send((started, permit)) {
                 Ok(()) => {}
-                Err((Ok(instance), permit)) => {
+                Err((Ok((instance, _)), permit)) => {
                     // keep_idle stops it if the slot retired meanwhile.
                     start_slot.release(instance);
                     drop(permit);
@@ -896,7 +906,7 @@ impl Executor {
         // next request.
         let let_go = |mut started_rx: oneshot::Receiver<_>| {
             started_rx.close();
-            if let Ok((Ok(instance), _permit)) = started_rx.try_recv() {
+            if let Ok((Ok((instance, _)), _permit)) = started_rx.try_recv() {
                 slot.release(instance);
             }
         };
@@ -908,13 +918,15 @@ impl Executor {
             released.as_mut().enable();
             if let Some((instance, permit)) = slot.take_released() {
                 let_go(started_rx);
-                return Ok((instance, permit, false));
+                return Ok((instance, permit, None));
             }
             tokio::select! {
                 biased;
                 started = &mut started_rx => {
                     return match started {
-                        Ok((started, permit)) => started.map(|instance| (instance, permit, true)),
+                        Ok((started, permit)) => {
+                            started.map(|(instance, phases)| (instance, permit, Some(phases)))
+                        }
                         Err(_) => Err(InvokeError::StartFailed {
                             function: slot.spec.function.to_string(),
                             detail: "the start was interrupted".to_owned(),
@@ -1032,14 +1044,15 @@ impl Invoker for Executor {
                     .start_or_take_released(&slot, (&invocation.id, invocation.trigger), permit)
                     .await
                 {
-                    Ok((instance, permit, true)) => {
+                    Ok((instance, permit, Some(phases))) => {
                         report.cold_start = Some(ColdStart {
                             start: starting.elapsed(),
                             tier: slot.spec.environment.tier(),
+                            phases,
                         });
                         (instance, permit)
                     }
-                    Ok((instance, permit, false)) => {
+                    Ok((instance, permit, None)) => {
                         // It waited for an instance as a queued request does.
                         report.queue_wait = arrived.elapsed();
                         (instance, permit)

@@ -38,7 +38,7 @@ pub use logs::{
     MAX_LOG_BYTES_PER_SECOND, function_key,
 };
 pub use memory_dir::private_memory_dir;
-pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver};
+pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver, StartPhases};
 pub use quota::{NamespaceQuotas, RunQuota};
 pub use request_body::{BodyHold, BodyWatch, IncomingBody, Payload, RequestBody, RequestBodyError};
 pub use runtime::{Instance, InstanceSpec, PreparedRevision, Runtime, cores};

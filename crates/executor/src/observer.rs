@@ -14,6 +14,38 @@ pub struct ColdStart {
     /// instantiating the component (wasm tier).
     pub start: Duration,
     pub tier: Tier,
+    /// Where `start` went, as far as it was measured.
+    pub phases: StartPhases,
+}
+
+/// The phases of starting an instance, in order; a phase a tier does not have is zero. Their
+/// sum is at most the start's time: the rest is handing the instance to the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StartPhases {
+    /// Preparing the revision, once per revision and node: loading the compiled component
+    /// and linking it (wasm tier).
+    pub prepare: Duration,
+    /// Taking a pooled worker, or starting a fresh one when the pool had none (process tier).
+    pub worker: Duration,
+    /// Applying the function's limits to the worker: its memory cgroup and network.
+    pub limits: Duration,
+    /// Placing the code (and mounted secrets and configs) in the worker's view.
+    pub place: Duration,
+    /// The specialize round trip: the worker imports the code.
+    pub load: Duration,
+}
+
+impl StartPhases {
+    /// Each phase with its name, in order.
+    pub fn named(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("prepare", self.prepare),
+            ("worker", self.worker),
+            ("limits", self.limits),
+            ("place", self.place),
+            ("load", self.load),
+        ]
+    }
 }
 
 /// One invocation attempt that reached a function (an instance was asked to serve it, or

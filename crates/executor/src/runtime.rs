@@ -9,7 +9,7 @@ use gust_model::{
     RevisionNumber, Scaling, SecretValue,
 };
 
-use crate::{InvokeError, RequestBody, RequestId, ResponseBody};
+use crate::{InvokeError, RequestBody, RequestId, ResponseBody, StartPhases};
 
 /// Everything a runtime needs to turn a generic worker into an instance of one revision.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +185,12 @@ pub trait Instance: Send {
 
     /// False once the instance died or was killed; the executor then discards it.
     fn is_healthy(&mut self) -> bool;
+
+    /// Where this instance's start went, as far as the runtime measured it (the executor
+    /// adds the revision's preparation).
+    fn start_phases(&self) -> StartPhases {
+        StartPhases::default()
+    }
 
     /// CPU time the instance has used so far, where the runtime can measure it; the executor
     /// bills the difference across a request.

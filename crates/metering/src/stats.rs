@@ -11,15 +11,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gust_api_types::{FunctionStats, MinuteStats};
+use gust_api_types::{ColdStartPhases, FunctionStats, MinuteStats};
 use gust_executor::AttemptReport;
 use gust_model::{Name, Namespace};
 
 /// A day of minutes per function.
 pub const MINUTES_KEPT: u64 = 24 * 60;
-/// Bytes the minutes of all functions may take together (a minute takes 88 bytes and 8 per
-/// latency bucket its vector has room for, 120 to 620 in all): a day of 19 to 97 functions
-/// busy every minute, or the last hour of 450 to 2,300.
+/// Bytes the minutes of all functions may take together (a minute takes 96 bytes, 8 per
+/// latency bucket its vector has room for and 40 when it had cold starts, 128 to 670 in
+/// all): a day of 17 to 91 functions busy every minute, or the last hour of 420 to 2,200.
 pub const DEFAULT_BYTE_BUDGET: usize = 16 * 1024 * 1024;
 /// Minutes shed across functions only once nothing older is left.
 const PROTECTED_MINUTES: u64 = 60;
@@ -31,6 +31,8 @@ const FUTURE_MINUTES: u64 = 2;
 const FIRST_BUCKET_MS: f64 = 0.1;
 const BUCKET_STEPS_PER_DOUBLING: f64 = 4.0;
 const LAST_BUCKET: u8 = 100; // about 56 minutes: longer than any timeout and queue wait
+/// Phases of a cold start ([`gust_executor::StartPhases::named`]).
+const PHASES: usize = 5;
 
 #[derive(Debug, Default, Clone)]
 struct Minute {
@@ -43,6 +45,9 @@ struct Minute {
     start_failures: u32,
     cold_starts: u32,
     cold_start_ms: f64,
+    /// The cold starts' phases summed, in [`gust_executor::StartPhases::named`]'s order; boxed, so that a
+    /// minute without cold starts carries a pointer's room for them.
+    start_phases_ms: Option<Box<[f64; PHASES]>>,
     /// The attempts' waits for capacity and their runs, summed: with the cold starts, the
     /// phases a caller's latency is made of.
     queue_wait_ms: f64,
@@ -55,7 +60,12 @@ struct Minute {
 impl Minute {
     /// What the minute takes in memory, as the budget counts it.
     fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.latency.capacity() * std::mem::size_of::<(u8, u32)>()
+        std::mem::size_of::<Self>()
+            + self.latency.capacity() * std::mem::size_of::<(u8, u32)>()
+            + self
+                .start_phases_ms
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<[f64; PHASES]>())
     }
 
     fn invocations(&self) -> u64 {
@@ -101,6 +111,16 @@ impl Minute {
             cold_starts: self.cold_starts.into(),
             cold_start_ms: (self.cold_starts > 0)
                 .then(|| round(self.cold_start_ms / f64::from(self.cold_starts))),
+            cold_start_phases: self.start_phases_ms.as_ref().map(|sums| {
+                let mean = |i: usize| round(sums[i] / f64::from(self.cold_starts.max(1)));
+                ColdStartPhases {
+                    prepare_ms: mean(0),
+                    worker_ms: mean(1),
+                    limits_ms: mean(2),
+                    place_ms: mean(3),
+                    load_ms: mean(4),
+                }
+            }),
             queue_wait_ms: (invocations > 0)
                 .then(|| round(self.queue_wait_ms / invocations as f64)),
             run_ms: (invocations > 0).then(|| round(self.run_ms / invocations as f64)),
@@ -168,6 +188,7 @@ impl Stats {
     /// each minute the run covered (the concurrency of each).
     pub fn attempt(&self, report: &AttemptReport) {
         let cold = report.cold_start.map(|c| c.start);
+        let phases = report.cold_start.map(|c| c.phases.named());
         let waited = report.queue_wait + cold.unwrap_or_default();
         let seen_ms = (waited + report.run).as_secs_f64() * 1e3;
         let first = minute_of(report.started_at);
@@ -185,6 +206,12 @@ impl Stats {
             if let Some(cold) = cold {
                 m.cold_starts += 1;
                 m.cold_start_ms += cold.as_secs_f64() * 1e3;
+            }
+            if let Some(phases) = phases {
+                let sums = m.start_phases_ms.get_or_insert_with(Default::default);
+                for (sum, (_, time)) in sums.iter_mut().zip(phases) {
+                    *sum += time.as_secs_f64() * 1e3;
+                }
             }
             m.queue_wait_ms += report.queue_wait.as_secs_f64() * 1e3;
             m.run_ms += report.run.as_secs_f64() * 1e3;
@@ -347,7 +374,7 @@ impl Series {
 
 #[cfg(test)]
 mod tests {
-    use gust_executor::{ColdStart, RequestId, TriggerKind};
+    use gust_executor::{ColdStart, RequestId, StartPhases, TriggerKind};
     use gust_model::Tier;
 
     use super::*;
@@ -387,6 +414,13 @@ mod tests {
         cold.cold_start = Some(ColdStart {
             start: Duration::from_millis(30),
             tier: Tier::Process,
+            phases: StartPhases {
+                worker: Duration::from_millis(2),
+                limits: Duration::from_millis(1),
+                place: Duration::from_millis(3),
+                load: Duration::from_millis(20),
+                ..StartPhases::default()
+            },
         });
         stats.attempt(&cold);
         stats.throttled(&Namespace::default(), &name("f"));
@@ -399,11 +433,21 @@ mod tests {
         );
         assert_eq!((m.throttled, m.cold_starts), (1, 1));
         assert_eq!(m.cold_start_ms, Some(30.0));
+        assert_eq!(
+            m.cold_start_phases,
+            Some(ColdStartPhases {
+                prepare_ms: 0.0,
+                worker_ms: 2.0,
+                limits_ms: 1.0,
+                place_ms: 3.0,
+                load_ms: 20.0,
+            })
+        );
         // Runs of 98 x 10, 10 and 1,000 ms; no request waited for capacity.
         assert_eq!(m.run_ms, Some(19.9));
         assert_eq!(m.queue_wait_ms, Some(0.0));
         // What DEFAULT_BYTE_BUDGET's comment counts a minute as, before its buckets.
-        assert_eq!(std::mem::size_of::<Minute>(), 88);
+        assert_eq!(std::mem::size_of::<Minute>(), 96);
         // 10 ms falls in the bucket ending within 19 % above it; the slowest is 1,030 ms.
         let p50 = m.p50_ms.unwrap();
         assert!((10.0..=11.9).contains(&p50), "{p50}");

@@ -429,6 +429,7 @@ impl PreparedRevision for PreparedProcess {
         };
         let worker_ready = started.elapsed();
         worker.specialize(spec, first_request).await?;
+        worker.start_phases.worker = worker_ready;
         tracing::debug!(
             function = %spec.function,
             from_pool,
@@ -437,6 +438,7 @@ impl PreparedRevision for PreparedProcess {
             "cold start"
         );
         if concurrency > 1 {
+            let start_phases = worker.start_phases;
             let shared = SharedWorker::new(worker);
             let reserved = shared.reserve(concurrency);
             debug_assert!(reserved, "a new worker has room");
@@ -444,13 +446,14 @@ impl PreparedRevision for PreparedProcess {
                 .lock()
                 .expect("shared list lock is never poisoned")
                 .push(Arc::downgrade(&shared));
-            let lane = shared
+            let mut lane = shared
                 .open_lane()
                 .await
                 .ok_or_else(|| InvokeError::StartFailed {
                     function: spec.function.to_string(),
                     detail: "the worker stopped answering after it was specialized".to_owned(),
                 })?;
+            lane.start_phases = start_phases;
             return Ok(Box::new(lane));
         }
         Ok(Box::new(worker))

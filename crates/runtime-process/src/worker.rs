@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gust_executor::{
     Admission, BodyWatch, FunctionLogs, Instance, InstanceSpec, InvokeError, LogStream,
-    RequestBody, RequestId, ResponseBody,
+    RequestBody, RequestId, ResponseBody, StartPhases,
 };
 use gust_model::{NetworkPolicy, WorkerProtocol};
 use http::header::{CONTENT_TYPE, HOST};
@@ -105,6 +105,8 @@ pub struct Worker {
     /// Its sandbox's way out (public addresses only); `None` once cut or where there is none.
     uplink: Option<Uplink>,
     dead: bool,
+    /// Where its start went (the cold start's phases), once specialized.
+    pub(crate) start_phases: StartPhases,
 }
 
 impl Worker {
@@ -270,6 +272,7 @@ impl Worker {
             cgroup,
             uplink,
             dead: false,
+            start_phases: StartPhases::default(),
         })
     }
 
@@ -290,7 +293,8 @@ impl Worker {
             function: function.clone(),
             detail,
         };
-        // Each phase's time, for the cold start's trace (`GUST_LOG=gust_runtime_process=debug`).
+        // Each phase's time, for the cold start's report and its trace
+        // (`GUST_LOG=gust_runtime_process=debug`).
         let began = Instant::now();
         if let Some(cgroup) = &self.cgroup {
             cgroup.limit_memory(spec.limits.memory_mb).map_err(|e| {
@@ -401,13 +405,17 @@ impl Worker {
         match tokio::time::timeout(SPECIALIZE_DEADLINE, exchange).await {
             Ok(Ok((status, _))) if status.is_success() => {
                 let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                let loaded = loading.elapsed();
                 tracing::debug!(
                     function = %function,
                     limits_ms = ms(limited),
                     place_ms = ms(placed),
-                    load_ms = ms(loading.elapsed()),
+                    load_ms = ms(loaded),
                     "specialized"
                 );
+                self.start_phases.limits = limited;
+                self.start_phases.place = placed;
+                self.start_phases.load = loaded;
                 Ok(())
             }
             Ok(Ok((_, body))) => {
@@ -703,6 +711,10 @@ impl Instance for Worker {
         result
     }
 
+    fn start_phases(&self) -> StartPhases {
+        self.start_phases
+    }
+
     fn is_healthy(&mut self) -> bool {
         // A connection the worker closed is opened again for the next request.
         self.is_alive()
@@ -771,6 +783,7 @@ impl SharedWorker {
                 shared: self.clone(),
                 sender,
                 dead: false,
+                start_phases: StartPhases::default(),
             }),
             None => {
                 self.lanes.fetch_sub(1, Ordering::AcqRel);
@@ -785,6 +798,8 @@ pub struct Lane {
     shared: Arc<SharedWorker>,
     sender: SendRequest<RequestBody>,
     dead: bool,
+    /// The worker's start, for the lane that started it; zero for lanes that joined.
+    pub(crate) start_phases: StartPhases,
 }
 
 #[async_trait]
@@ -822,6 +837,10 @@ impl Instance for Lane {
             self.shared.worker().kill();
         }
         result
+    }
+
+    fn start_phases(&self) -> StartPhases {
+        self.start_phases
     }
 
     fn is_healthy(&mut self) -> bool {

@@ -106,7 +106,7 @@ async fn content(
                 button type="button" data-range="24h" aria-pressed="false" { "Last day" }
             }
             div #charts data-stats=(ctx.link(&format!("{base}/stats"))) {}
-            p.hint { "Per minute on this node. Latency is what callers saw (queue, cold start and run). Cold starts show how many requests waited for an instance to start and their mean wait." }
+            p.hint { "Per minute on this node. Latency is what callers saw (queue, cold start and run). Cold starts show how many requests waited for an instance to start, their mean wait and its phases: preparing the revision (a wasm component, once), taking a worker, applying limits, placing the code and loading it." }
         }
         section aria-labelledby="revisions-title" {
             h2 #revisions-title { "Revisions" }
