@@ -72,6 +72,8 @@ pub enum Command {
     Token(tenancy::TokenArgs),
     /// Read the audit log: control-plane writes, who made them and the answer.
     Audit(tenancy::AuditArgs),
+    /// Show the token this client uses: its name, role and namespaces.
+    Whoami(output::OutputArgs),
     /// Show what functions used and cost: invocations, GB-seconds, CPU.
     Usage(usage::UsageArgs),
     /// Make the platform match an app file (gust.yaml): create, update, and with --prune delete.
@@ -158,6 +160,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Ns(args) => client::block_on(tenancy::namespaces(args, &cli.connection)),
         Command::Token(args) => client::block_on(tenancy::tokens(args, &cli.connection)),
         Command::Audit(args) => client::block_on(tenancy::audit(args, &cli.connection)),
+        Command::Whoami(output) => client::block_on(tenancy::whoami(output, &cli.connection)),
         Command::Route(args) => client::block_on(route::run(args, &cli.connection)),
         Command::Timer(args) => client::block_on(timer::run(args, &cli.connection)),
         Command::Mqt(args) => client::block_on(mqt::run(args, &cli.connection)),

@@ -561,6 +561,21 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
     assert_eq!(namespace, json!("team-a"));
     browser.goto("/ui/functions/probe?namespace=default");
     browser.wait_text("p.error", "does not reach namespace default");
+    browser.console_errors(); // the refusal's 403, expected
+    // A viewer is offered no write: no invoke form, no rollback, no re-drive or purge.
+    let tenant_code = gust.write_file("tenant/t.py", "def main():\n    return 'ok'\n");
+    gust.create_function("tenant", "python", &tenant_code, &["-n", "team-a"])
+        .ok();
+    gust.cli(&["fn", "update", "tenant", "-n", "team-a", "--memory", "256"])
+        .ok();
+    browser.goto("/ui/functions/tenant");
+    browser.wait_text("#invoke-not-allowed", "role (viewer) may not invoke");
+    let offered = browser.script(
+        "return document.querySelectorAll('form.invoke, form[action*=rollback]').length;",
+        vec![],
+    );
+    assert_eq!(offered, json!(0), "a viewer is offered writes");
+    browser.review("viewer-function");
     browser.goto("/ui/no-such-page");
     browser.wait_text("main h1", "Page not found");
     browser.console_errors();

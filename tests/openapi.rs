@@ -294,6 +294,7 @@ fn every_documented_operation_answers_as_documented() {
         call(Method::GET, "/readyz", "/readyz", None, 200),
         call(Method::GET, "/metrics", "/metrics", None, 200),
         call(Method::GET, "/v1/version", "/v1/version", None, 200),
+        call(Method::GET, "/v1/whoami", "/v1/whoami", None, 200),
         call(Method::GET, "/v1/nodes", "/v1/nodes", None, 200),
         call(
             Method::GET,

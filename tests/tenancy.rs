@@ -412,6 +412,15 @@ fn expired_and_revoked_tokens_are_refused_and_a_deleted_namespace_takes_its_toke
     gust.cli(&["ns", "create", "team-a"]).ok();
     let short = token(&gust, "viewer", &["team-a"], &["--expires", "1s"]);
     let kept = token(&gust, "viewer", &["team-a"], &["--name", "kept"]);
+    // A token can ask who it is.
+    let me: serde_json::Value =
+        serde_json::from_str(&as_token(&gust, &kept, &["whoami", "-o", "json"]).stdout).unwrap();
+    assert_eq!(
+        me,
+        serde_json::json!({"name": "kept", "role": "viewer", "namespaces": ["team-a"]})
+    );
+    let admin = gust.cli(&["whoami"]).ok().stdout;
+    assert!(admin.contains("admin") && admin.contains('*'), "{admin}");
     assert!(as_token(&gust, &short, &["fn", "list", "-n", "team-a"]).code == 0);
     std::thread::sleep(Duration::from_millis(1_500));
     let expired = as_token(&gust, &short, &["fn", "list", "-n", "team-a"]);

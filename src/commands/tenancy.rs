@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use gust_api_types::{
     AuditList, NamespaceCreate, NamespaceUpdate, NamespaceView, TokenCreate, TokenCreated,
-    TokenView,
+    TokenView, WhoAmIView,
 };
 use gust_model::{HostPattern, HumanDuration, Name, Namespace, NamespaceQuotas, Role};
 use http::Method;
@@ -213,14 +213,7 @@ fn token_table(tokens: &[TokenView]) -> Table {
             token.id.clone(),
             token.name.to_string(),
             token.role.to_string(),
-            match &token.namespaces {
-                Some(namespaces) => namespaces
-                    .iter()
-                    .map(|ns| ns.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                None => "*".to_owned(),
-            },
+            namespaces_cell(token.namespaces.as_deref()),
             time_ms(Some(token.created_at_ms)),
             token
                 .expires_at_ms
@@ -376,4 +369,32 @@ pub async fn audit(args: AuditArgs, connection: &ConnectionArgs) -> anyhow::Resu
         table
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn whoami(output: OutputArgs, connection: &ConnectionArgs) -> anyhow::Result<ExitCode> {
+    let me: WhoAmIView = ApiClient::new(connection)?
+        .json(Method::GET, &ApiPath::new(["v1", "whoami"]), NO_BODY)
+        .await?;
+    print(output.format, &me, || {
+        let mut table = Table::new(vec!["NAME", "ROLE", "NAMESPACES"]);
+        table.row(vec![
+            me.name.clone(),
+            me.role.to_string(),
+            namespaces_cell(me.namespaces.as_deref()),
+        ]);
+        table
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token's namespaces in a table: comma-separated, or `*` for every namespace.
+fn namespaces_cell(namespaces: Option<&[Namespace]>) -> String {
+    match namespaces {
+        Some(namespaces) => namespaces
+            .iter()
+            .map(|ns| ns.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        None => "*".to_owned(),
+    }
 }

@@ -82,6 +82,17 @@ pub struct TokenView {
     pub created_by: String,
 }
 
+/// `GET /v1/whoami`: the calling token, as far as permissions go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmIView {
+    /// The token's name (`admin` for the token `gust up` made).
+    pub name: String,
+    pub role: Role,
+    /// The namespaces it reaches; absent for every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<Namespace>>,
+}
+
 impl From<&ApiToken> for TokenView {
     fn from(token: &ApiToken) -> Self {
         Self {

@@ -16,7 +16,7 @@ mod usage;
 
 pub use access::{
     AuditList, AuditQuery, NamespaceCreate, NamespaceUpdate, NamespaceView, TokenCreate,
-    TokenCreated, TokenView, ValuesCreate, ValuesUpdate, ValuesView,
+    TokenCreated, TokenView, ValuesCreate, ValuesUpdate, ValuesView, WhoAmIView,
 };
 pub use asynchronous::{
     Accepted, AsyncCountsView, DeadLetterQuery, DeadLetterView, Purged, Redriven, RequestView,

@@ -149,7 +149,7 @@ pub(crate) fn rule(method: &Method, path: &str) -> Option<Rule> {
     let read = *method == Method::GET || *method == Method::HEAD;
     Some(match path {
         "/healthz" | "/readyz" | "/v1/openapi.json" => Open,
-        "/v1/version" | "/metrics" => Anyone,
+        "/v1/version" | "/v1/whoami" | "/metrics" => Anyone,
         "/v1/environments" | "/v1/environments/{name}" if read => Anyone,
         "/v1/environments" | "/v1/environments/{name}" => ClusterAdmin,
         "/v1/nodes" => ClusterAdmin,

@@ -321,6 +321,7 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         ))
         .routes(routes!(tenants::list_tokens, tenants::create_token))
         .routes(routes!(tenants::revoke_token))
+        .routes(routes!(tenants::whoami))
         .routes(routes!(tenants::audit))
         .routes(routes!(values::list_secrets, values::create_secret))
         .routes(routes!(

@@ -11,13 +11,22 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use gust_api_types::{
     AuditList, AuditQuery, NamespaceCreate, NamespaceQuery, NamespaceUpdate, NamespaceView,
-    TokenCreate, TokenCreated, TokenView,
+    TokenCreate, TokenCreated, TokenView, WhoAmIView,
 };
 use gust_model::{ApiToken, Name, Namespace, NamespaceRecord, TOKEN_PREFIX};
 use http::StatusCode;
 use rand::RngExt;
 
 use crate::access::{Principal, secret_hash};
+
+#[utoipa::path(get, path = "/whoami", tag = "tokens", responses((status = 200, body = WhoAmIView, description = "the calling token's name, role and namespaces")))]
+pub async fn whoami(Extension(principal): Extension<Principal>) -> Json<WhoAmIView> {
+    Json(WhoAmIView {
+        name: principal.name,
+        role: principal.role,
+        namespaces: principal.namespaces,
+    })
+}
 use crate::functions::now_ms;
 use crate::{ApiError, ApiState, NamespaceExt, parse_json};
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use gust_model::Action;
 use http::header::SET_COOKIE;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
@@ -78,6 +79,12 @@ impl Context {
             .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| signed.home.clone());
         Self { signed, namespace }
+    }
+
+    /// Whether the session's role allows `action`: what a page offers. The API decides each
+    /// call still (a token's namespaces, a role changed since sign-in).
+    pub fn may(&self, action: Action) -> bool {
+        self.signed.role.allows(action)
     }
 
     /// A dashboard link that stays in this namespace. `path` is under `/ui` and may carry a

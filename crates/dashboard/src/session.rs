@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Redirect, Response};
 use gust_edge::DASHBOARD_COOKIE_PREFIX;
+use gust_model::Role;
 use http::header::{COOKIE, HOST, ORIGIN};
 use http::request::Parts;
 use rand::RngExt;
@@ -35,6 +36,9 @@ struct Session {
     /// The namespace pages show when none is named: `default`, or the first the token
     /// reaches when it does not reach `default`.
     home: String,
+    /// The token's role when it signed in: pages offer only what it allows (the API checks
+    /// every call anyway).
+    role: Role,
     started: Instant,
     last_used: Instant,
 }
@@ -80,7 +84,12 @@ impl Sessions {
     }
 
     /// Starts a session for `token` (already checked) and returns its id.
-    pub(crate) fn start(&self, token: String, home: String) -> Result<String, NodeFull> {
+    pub(crate) fn start(
+        &self,
+        token: String,
+        home: String,
+        role: Role,
+    ) -> Result<String, NodeFull> {
         let mut state = self.state();
         let sessions = &mut state.by_id;
         sessions.retain(|_, s| !s.expired());
@@ -108,6 +117,7 @@ impl Sessions {
                 token,
                 csrf: random_hex(),
                 home,
+                role,
                 started: now,
                 last_used: now,
             },
@@ -129,6 +139,7 @@ impl Sessions {
             token: session.token.clone(),
             csrf: session.csrf.clone(),
             home: session.home.clone(),
+            role: session.role,
         })
     }
 
@@ -223,6 +234,7 @@ pub(crate) struct Signed {
     pub token: String,
     pub csrf: String,
     pub home: String,
+    pub role: Role,
 }
 
 impl Signed {
@@ -326,7 +338,7 @@ mod tests {
     fn a_session_is_found_by_its_id_only_and_ends_when_told() {
         let sessions = Sessions::default();
         let id = sessions
-            .start("token-a".to_owned(), "default".to_owned())
+            .start("token-a".to_owned(), "default".to_owned(), Role::Viewer)
             .unwrap();
         let signed = sessions.touch(&id).unwrap();
         assert_eq!(signed.token, "token-a");
@@ -342,14 +354,14 @@ mod tests {
     fn one_token_signing_in_again_and_again_never_ends_another_tokens_session() {
         let sessions = Sessions::default();
         let admin = sessions
-            .start("admin".to_owned(), "default".to_owned())
+            .start("admin".to_owned(), "default".to_owned(), Role::Viewer)
             .unwrap();
         let first = sessions
-            .start("viewer".to_owned(), "default".to_owned())
+            .start("viewer".to_owned(), "default".to_owned(), Role::Viewer)
             .unwrap();
         for _ in 0..MAX_SESSIONS {
             sessions
-                .start("viewer".to_owned(), "default".to_owned())
+                .start("viewer".to_owned(), "default".to_owned(), Role::Viewer)
                 .unwrap();
         }
         assert!(
@@ -366,12 +378,12 @@ mod tests {
         let ids: Vec<String> = (0..MAX_SESSIONS)
             .map(|i| {
                 sessions
-                    .start(format!("token-{i}"), "default".to_owned())
+                    .start(format!("token-{i}"), "default".to_owned(), Role::Viewer)
                     .unwrap()
             })
             .collect();
         assert_eq!(
-            sessions.start("one-more".to_owned(), "default".to_owned()),
+            sessions.start("one-more".to_owned(), "default".to_owned(), Role::Viewer),
             Err(NodeFull)
         );
         assert!(ids.iter().all(|id| sessions.is_live(id)));
@@ -381,7 +393,7 @@ mod tests {
     fn two_session_cookies_are_no_session() {
         let sessions = Sessions::default();
         let id = sessions
-            .start("t".to_owned(), "default".to_owned())
+            .start("t".to_owned(), "default".to_owned(), Role::Viewer)
             .unwrap();
         assert_eq!(
             sessions.session_id(&request_with_cookies(&sessions, &[&id])),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use futures_util::{StreamExt, stream};
 use gust_api_types::{AsyncCountsView, DeadLetterView, Purged, Redriven, RequestView, Selection};
-use gust_model::AsyncInvocation;
+use gust_model::{Action, AsyncInvocation};
 use http::Method;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -114,7 +114,7 @@ async fn content(
         @if more {
             p.hint { "The newest " (SHOWN) " dead letters are listed." }
         }
-        @if !listed.is_empty() {
+        @if !listed.is_empty() && ctx.may(Action::Deploy) {
             div.actions {
                 form method="post" action=(ctx.link("/async/redrive")) data-confirm="Deliver every dead letter of this namespace again?" {
                     (ctx.csrf_field())
@@ -155,15 +155,17 @@ async fn content(
                             }
                         }
                         td.actions {
-                            form method="post" action=(ctx.link("/async/redrive")) {
-                                (ctx.csrf_field())
-                                input type="hidden" name="id" value=(letter.id);
-                                button type="submit" aria-label=(format!("Re-drive {}", letter.id)) { "Re-drive" }
-                            }
-                            form method="post" action=(ctx.link("/async/purge")) data-confirm="Delete this dead letter for good?" {
-                                (ctx.csrf_field())
-                                input type="hidden" name="id" value=(letter.id);
-                                button.danger type="submit" aria-label=(format!("Purge {}", letter.id)) { "Purge" }
+                            @if ctx.may(Action::Deploy) {
+                                form method="post" action=(ctx.link("/async/redrive")) {
+                                    (ctx.csrf_field())
+                                    input type="hidden" name="id" value=(letter.id);
+                                    button type="submit" aria-label=(format!("Re-drive {}", letter.id)) { "Re-drive" }
+                                }
+                                form method="post" action=(ctx.link("/async/purge")) data-confirm="Delete this dead letter for good?" {
+                                    (ctx.csrf_field())
+                                    input type="hidden" name="id" value=(letter.id);
+                                    button.danger type="submit" aria-label=(format!("Purge {}", letter.id)) { "Purge" }
+                                }
                             }
                         }
                     }

@@ -14,7 +14,7 @@ use futures_util::Stream;
 use gust_api_types::{
     FunctionStats, FunctionView, LogLine, MqTriggerView, RollbackRequest, TimerView,
 };
-use gust_model::{Revision, Route};
+use gust_model::{Action, Revision, Route};
 use http::{Method, StatusCode};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -128,7 +128,7 @@ async fn content(
                                 @else { "not ready" }
                             }
                             td {
-                                @if revision.number != function.revision && revision.is_ready() {
+                                @if revision.number != function.revision && revision.is_ready() && ctx.may(Action::Deploy) {
                                     form method="post" action=(ctx.link(&format!("{base}/rollback"))) data-confirm=(format!("Serve revision {} of {name} again?", revision.number)) {
                                         (ctx.csrf_field())
                                         input type="hidden" name="to" value=(revision.number);
@@ -163,19 +163,23 @@ async fn content(
         }
         section aria-labelledby="invoke-title" {
             h2 #invoke-title { "Invoke" }
-            form.invoke method="post" action=(ctx.link(&format!("{base}/invoke"))) hx-post=(ctx.link(&format!("{base}/invoke"))) hx-target="#invoke-result" {
-                (ctx.csrf_field())
-                label for="invoke-method" { "Method" }
-                select #invoke-method name="method" {
-                    @for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] { option { (method) } }
+            @if !ctx.may(Action::Invoke) {
+                p.hint #invoke-not-allowed { "This token's role (" (ctx.signed.role) ") may not invoke functions." }
+            } @else {
+                form.invoke method="post" action=(ctx.link(&format!("{base}/invoke"))) hx-post=(ctx.link(&format!("{base}/invoke"))) hx-target="#invoke-result" {
+                    (ctx.csrf_field())
+                    label for="invoke-method" { "Method" }
+                    select #invoke-method name="method" {
+                        @for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] { option { (method) } }
+                    }
+                    label for="invoke-path" { "Path" }
+                    input #invoke-path name="path" value="/";
+                    label for="invoke-body" { "Body" }
+                    textarea #invoke-body name="body" rows="3" {}
+                    button type="submit" { "Invoke" }
                 }
-                label for="invoke-path" { "Path" }
-                input #invoke-path name="path" value="/";
-                label for="invoke-body" { "Body" }
-                textarea #invoke-body name="body" rows="3" {}
-                button type="submit" { "Invoke" }
+                div #invoke-result aria-live="polite" {}
             }
-            div #invoke-result aria-live="polite" {}
         }
         section aria-labelledby="logs-title" {
             h2 #logs-title { "Logs" }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Form;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use gust_api_types::{NamespaceView, VersionView};
+use gust_api_types::{NamespaceView, WhoAmIView};
 use http::header::SET_COOKIE;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
@@ -73,20 +73,20 @@ pub(crate) async fn sign_in(State(dashboard): State<Arc<Dashboard>>, request: Re
     if token.is_empty() || token.len() > 4096 {
         return refused("enter an API token");
     }
-    let checked = dashboard
+    let Ok(me) = dashboard
         .api
-        .get::<VersionView>(&token, &ApiPath::new(["version"]))
-        .await;
-    if checked.is_err() {
+        .get::<WhoAmIView>(&token, &ApiPath::new(["whoami"]))
+        .await
+    else {
         return refused("that token is not accepted by this server");
-    }
+    };
     // A session this browser already had ends once the new one is sure: one browser, one
     // session, and a mistyped token signs nobody out.
     if let Ok(previous) = Signed::from_request_parts(&mut parts, &dashboard).await {
         dashboard.sessions.end(&previous.id);
     }
     let home = home_namespace(&dashboard, &token).await;
-    let Ok(id) = dashboard.sessions.start(token, home) else {
+    let Ok(id) = dashboard.sessions.start(token, home, me.role) else {
         return refused(
             "this node has as many sessions as it keeps; try again when some have ended",
         );
