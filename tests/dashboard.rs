@@ -403,6 +403,19 @@ fn a_user_signs_in_sees_traffic_rolls_back_redrives_downloads_usage_and_signs_ou
         "the search keeps probe only: {listed}"
     );
     browser.review("functions");
+    // The overview's errors tile lists the functions with the most errors first.
+    browser.goto("/ui");
+    browser.click("#tiles a[href*='sort=errors']");
+    browser.wait_text("table tbody tr:first-child", "failing");
+    let errors_cell = browser.script(
+        "return document.querySelector('table tbody tr:first-child td:nth-child(10)').textContent;",
+        vec![],
+    );
+    assert_eq!(
+        errors_cell,
+        json!("1"),
+        "failing's one error in the last hour"
+    );
 
     // The function's page: charts of its minutes, its output as text, its logs live.
     browser.goto("/ui/functions/probe");

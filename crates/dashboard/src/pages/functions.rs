@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::Dashboard;
 use crate::api::ApiPath;
 use crate::layout::{Context, Section, empty_row, time};
+use crate::pages::overview::{LastHour, MAX_FUNCTIONS_SUMMED, last_hour};
 use crate::session::Signed;
 
 #[derive(Debug, Default, Deserialize)]
@@ -19,16 +20,21 @@ pub(crate) struct ListQuery {
     /// Names containing this.
     #[serde(default)]
     q: String,
-    /// `name` (default), `env`, `updated` (newest first) or `instances` (busiest first).
+    /// `name` (default), `env`, `updated` (newest first), `instances` (busiest first), or the
+    /// last hour's `requests`, `errors`, `cold` starts or `throttled` (most first).
     #[serde(default)]
     sort: String,
 }
 
-const SORTS: [(&str, &str); 4] = [
+const SORTS: [(&str, &str); 8] = [
     ("name", "Name"),
     ("env", "Environment"),
     ("updated", "Last updated"),
     ("instances", "Busy instances"),
+    ("requests", "Requests, last hour"),
+    ("errors", "Errors, last hour"),
+    ("cold", "Cold starts, last hour"),
+    ("throttled", "Throttled, last hour"),
 ];
 
 /// `GET /ui/functions`.
@@ -52,12 +58,25 @@ pub(crate) async fn page(
     let total = functions.len();
     let needle = query.q.trim().to_lowercase();
     functions.retain(|f| f.name.as_str().contains(&needle));
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    let hours = last_hour(&dashboard, &ctx, &functions).await;
+    let hour = |f: &FunctionView| hours.get(f.name.as_str()).copied();
+    let most = |read: fn(&LastHour) -> u64| {
+        move |f: &FunctionView| std::cmp::Reverse(hour(f).as_ref().map_or(0, read))
+    };
     match query.sort.as_str() {
         "env" => functions.sort_by(|a, b| (&a.env, &a.name).cmp(&(&b.env, &b.name))),
         "updated" => functions.sort_by_key(|f| std::cmp::Reverse(f.updated_at_ms)),
         "instances" => functions.sort_by_key(|f| std::cmp::Reverse(f.instances.busy)),
-        _ => functions.sort_by(|a, b| a.name.cmp(&b.name)),
+        "requests" => functions.sort_by_key(most(|h| h.requests)),
+        "errors" => functions.sort_by_key(most(|h| h.errors)),
+        "cold" => functions.sort_by_key(most(|h| h.cold_starts)),
+        "throttled" => functions.sort_by_key(most(|h| h.throttled)),
+        _ => {}
     }
+    let figure = |f: &FunctionView, read: fn(&LastHour) -> u64| {
+        hour(f).map_or_else(|| "-".to_owned(), |h| read(&h).to_string())
+    };
     let content = html! {
         form.filters method="get" action="/ui/functions" role="search" {
             input type="hidden" name="namespace" value=(ctx.namespace);
@@ -78,6 +97,8 @@ pub(crate) async fn page(
                 th scope="col" { "Name" } th scope="col" { "Environment" } th scope="col" { "Revision" }
                 th scope="col" { "Busy" } th scope="col" { "Idle" } th scope="col" { "Max instances" }
                 th scope="col" { "Memory" } th scope="col" { "Last updated" }
+                th scope="col" { "Requests 1h" } th scope="col" { "Errors 1h" }
+                th scope="col" { "Cold starts 1h" } th scope="col" { "Throttled 1h" }
             } }
             tbody {
                 @for f in &functions {
@@ -90,13 +111,18 @@ pub(crate) async fn page(
                         td { (f.scaling.max_instances) }
                         td { (f.memory_mb) " MB" }
                         td { (time(f.updated_at_ms)) }
+                        td { (figure(f, |h| h.requests)) }
+                        td { (figure(f, |h| h.errors)) }
+                        td { (figure(f, |h| h.cold_starts)) }
+                        td { (figure(f, |h| h.throttled)) }
                     }
                 }
                 @if functions.is_empty() {
-                    (empty_row(8, "No functions match."))
+                    (empty_row(12, "No functions match."))
                 }
             }
         }
+        p.hint { "Traffic is counted on this node; it is read for the first " (MAX_FUNCTIONS_SUMMED) " functions listed by name (\"-\" past them)." }
     };
     ctx.page(Section::Functions, "Functions", content)
 }

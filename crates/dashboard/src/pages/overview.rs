@@ -1,6 +1,7 @@
 //! The overview: what runs in the namespace and how it is doing, each figure linking to its
 //! page. The tiles refresh themselves every 5 s (htmx).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,7 +17,7 @@ use crate::layout::{Context, Section, number};
 
 /// The functions whose minutes the overview adds up; a namespace with more shows the sum
 /// of the first this many (by name) and says so.
-const MAX_FUNCTIONS_SUMMED: usize = 100;
+pub(crate) const MAX_FUNCTIONS_SUMMED: usize = 100;
 /// Functions' minutes read at once for one overview.
 const STATS_READ_AT_ONCE: usize = 8;
 
@@ -48,6 +49,65 @@ struct Summary {
     usage: UsageReport,
 }
 
+/// A function's traffic on this node over the last hour.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LastHour {
+    pub requests: u64,
+    pub requests_last_5m: u64,
+    pub errors: u64,
+    pub cold_starts: u64,
+    pub throttled: u64,
+}
+
+/// The last hour of the first [`MAX_FUNCTIONS_SUMMED`] of `functions` (in their order), by
+/// name; a function deleted meanwhile is left out. Pages that read many functions' minutes
+/// take turns.
+pub(crate) async fn last_hour(
+    dashboard: &Dashboard,
+    ctx: &Context,
+    functions: &[FunctionView],
+) -> HashMap<String, LastHour> {
+    let (token, ns) = (&ctx.signed.token, &ctx.namespace);
+    let _turn = dashboard.heavy_pages.acquire().await;
+    // Paths first: a stream of futures over borrowed items is not `Send` for the handler.
+    let paths: Vec<(String, ApiPath)> = functions
+        .iter()
+        .take(MAX_FUNCTIONS_SUMMED)
+        .map(|f| {
+            let path = ApiPath::new(["functions", f.name.as_str(), "stats"])
+                .namespace(ns)
+                .query("since", "1h");
+            (f.name.to_string(), path)
+        })
+        .collect();
+    let stats: Vec<(String, Result<FunctionStats, ApiFailure>)> = stream::iter(paths)
+        .map(|(name, path)| async move {
+            (name, dashboard.api.get::<FunctionStats>(token, &path).await)
+        })
+        .buffer_unordered(STATS_READ_AT_ONCE)
+        .collect()
+        .await;
+    let five_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let mut by_name = HashMap::new();
+    for (name, stats) in stats {
+        let Ok(stats) = stats else { continue };
+        let mut hour = LastHour::default();
+        for minute in &stats.minutes {
+            hour.requests += minute.invocations;
+            hour.errors += minute.server_errors + minute.client_errors;
+            hour.cold_starts += minute.cold_starts;
+            hour.throttled += minute.throttled;
+            let recent = chrono::DateTime::parse_from_rfc3339(&minute.minute)
+                .is_ok_and(|start| start >= five_minutes_ago);
+            if recent {
+                hour.requests_last_5m += minute.invocations;
+            }
+        }
+        by_name.insert(name, hour);
+    }
+    by_name
+}
+
 async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFailure> {
     let token = &ctx.signed.token;
     let ns = &ctx.namespace;
@@ -56,37 +116,8 @@ async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFai
         .get(token, &ApiPath::new(["functions"]).namespace(ns))
         .await?;
     let summed = functions.len().min(MAX_FUNCTIONS_SUMMED);
-    let _turn = dashboard.heavy_pages.acquire().await;
-    // Paths first: a stream of futures over borrowed items is not `Send` for the handler.
-    let paths: Vec<ApiPath> = functions
-        .iter()
-        .take(summed)
-        .map(|f| {
-            ApiPath::new(["functions", f.name.as_str(), "stats"])
-                .namespace(ns)
-                .query("since", "1h")
-        })
-        .collect();
-    let stats: Vec<Result<FunctionStats, ApiFailure>> = stream::iter(paths)
-        .map(|path| async move { dashboard.api.get::<FunctionStats>(token, &path).await })
-        .buffer_unordered(STATS_READ_AT_ONCE)
-        .collect()
-        .await;
-    let five_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(5);
-    let (mut requests_last_5m, mut errors, mut cold, mut throttled) = (0, 0, 0, 0);
-    // A function deleted between the list and its stats is skipped, not an error.
-    for stats in stats.into_iter().flatten() {
-        for minute in &stats.minutes {
-            errors += minute.server_errors + minute.client_errors;
-            cold += minute.cold_starts;
-            throttled += minute.throttled;
-            let recent = chrono::DateTime::parse_from_rfc3339(&minute.minute)
-                .is_ok_and(|start| start >= five_minutes_ago);
-            if recent {
-                requests_last_5m += minute.invocations;
-            }
-        }
-    }
+    let hours = last_hour(dashboard, ctx, &functions).await;
+    let total = |read: fn(&LastHour) -> u64| hours.values().map(read).sum::<u64>();
     let counts: AsyncCountsView = dashboard
         .api
         .get(token, &ApiPath::new(["async"]).namespace(ns))
@@ -107,10 +138,10 @@ async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFai
         busy: functions.iter().map(|f| f.instances.busy).sum(),
         idle: functions.iter().map(|f| f.instances.idle).sum(),
         summed,
-        requests_last_5m,
-        errors_last_hour: errors,
-        cold_starts_last_hour: cold,
-        throttled_last_hour: throttled,
+        requests_last_5m: total(|h| h.requests_last_5m),
+        errors_last_hour: total(|h| h.errors),
+        cold_starts_last_hour: total(|h| h.cold_starts),
+        throttled_last_hour: total(|h| h.throttled),
         async_open: counts.open,
         dead_letters: counts.dead_letters,
         usage,
@@ -131,13 +162,14 @@ async fn tiles_markup(dashboard: &Dashboard, ctx: &Context) -> Result<Markup, Ap
         }
     };
     let functions = ctx.link("/functions");
+    let sorted_by = |sort: &str| ctx.link(&format!("/functions?sort={sort}"));
     Ok(html! {
         ul #tiles.tiles hx-get=(ctx.link("/tiles")) hx-trigger="every 5s" hx-swap="outerHTML" aria-live="polite" {
             (tile("Functions", s.functions.to_string(), format!("{} busy, {} idle instances", s.busy, s.idle), functions.clone()))
-            (tile("Requests per second", number(s.requests_last_5m as f64 / 300.0, 2), "mean of the last 5 minutes".to_owned(), functions.clone()))
-            (tile("Errors", s.errors_last_hour.to_string(), "4xx and 5xx, last hour".to_owned(), functions.clone()))
-            (tile("Cold starts", s.cold_starts_last_hour.to_string(), "last hour".to_owned(), functions.clone()))
-            (tile("Throttled", s.throttled_last_hour.to_string(), "last hour".to_owned(), functions))
+            (tile("Requests per second", number(s.requests_last_5m as f64 / 300.0, 2), "mean of the last 5 minutes".to_owned(), sorted_by("requests")))
+            (tile("Errors", s.errors_last_hour.to_string(), "4xx and 5xx, last hour".to_owned(), sorted_by("errors")))
+            (tile("Cold starts", s.cold_starts_last_hour.to_string(), "last hour".to_owned(), sorted_by("cold")))
+            (tile("Throttled", s.throttled_last_hour.to_string(), "last hour".to_owned(), sorted_by("throttled")))
             (tile("Async invocations", s.async_open.to_string(), format!("accepted, not ended; {} waiting on this node", (dashboard.queue_depth)()), ctx.link("/async")))
             (tile("Dead letters", s.dead_letters.to_string(), "in this namespace".to_owned(), ctx.link("/async")))
             (tile("Requests today", s.usage.totals.invocations.to_string(), format!("{} GB-s", number(s.usage.totals.gb_seconds, 3)), ctx.link("/usage")))
