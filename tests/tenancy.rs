@@ -29,7 +29,7 @@ fn needs(method: &str, template: &str) -> Needs {
     let read = method == "GET";
     match template {
         "/healthz" | "/readyz" | "/v1/openapi.json" => Needs::Nothing,
-        "/v1/version" | "/metrics" => Needs::AnyToken,
+        "/v1/version" | "/v1/whoami" | "/metrics" => Needs::AnyToken,
         "/v1/environments" | "/v1/environments/{name}" | "/v1/namespaces" if read => {
             Needs::AnyToken
         }
