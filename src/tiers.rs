@@ -26,6 +26,13 @@ impl Runtime for Tiers {
         self.of(&spec.environment).prepare(spec).await
     }
 
+    fn prepare_blocking(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Option<Result<Arc<dyn PreparedRevision>, InvokeError>> {
+        self.of(&spec.environment).prepare_blocking(spec)
+    }
+
     fn validate_environment(&self, environment: &Environment) -> Result<(), String> {
         self.of(environment).validate_environment(environment)
     }

@@ -81,10 +81,15 @@ pub async fn create(
     state
         .blocking(move |s| {
             s.store.create_timer(&timer)?;
-            // A timer deleted under the same name may have left a status behind.
-            s.queue.forget_timer(&timer.namespace, &timer.name)?;
+            // Ticks of a timer deleted under the same name, ending later, do not count.
+            s.queue
+                .reset_timer(&timer.namespace, &timer.name, Some(timer.created_at_ms))?;
             s.timers.timers_changed();
-            Ok(timer_view(timer, s, &mut HashMap::new()))
+            let mut fresh = HashMap::from([(
+                timer.name.to_string(),
+                TimerStatus::since(timer.created_at_ms),
+            )]);
+            Ok(timer_view(timer, s, &mut fresh))
         })
         .await
         .map(|view| (StatusCode::CREATED, Json(view)))
@@ -97,7 +102,7 @@ pub async fn delete(State(state): Shared, scoped: Scoped) -> Result<StatusCode, 
     state
         .blocking(move |s| {
             s.store.delete_timer(&namespace, &name)?;
-            s.queue.forget_timer(&namespace, &name)?;
+            s.queue.reset_timer(&namespace, &name, None)?;
             s.timers.timers_changed();
             Ok(StatusCode::NO_CONTENT)
         })

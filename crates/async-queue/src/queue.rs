@@ -258,9 +258,18 @@ impl AsyncQueue {
         Ok(self.shared.store.timer_statuses(namespace)?)
     }
 
-    /// Forgets a deleted timer's status. Blocks: call it from a blocking thread.
-    pub fn forget_timer(&self, namespace: &Namespace, timer: &Name) -> Result<(), QueueError> {
-        Ok(self.shared.store.forget_timer_status(namespace, timer)?)
+    /// Starts a timer's status afresh from `since_ms` (a timer just made), or forgets it
+    /// (`None`: deleted). Blocks: call it from a blocking thread.
+    pub fn reset_timer(
+        &self,
+        namespace: &Namespace,
+        timer: &Name,
+        since_ms: Option<u64>,
+    ) -> Result<(), QueueError> {
+        Ok(self
+            .shared
+            .store
+            .reset_timer_status(namespace, timer, since_ms)?)
     }
 
     /// `namespace`'s invocations by state.

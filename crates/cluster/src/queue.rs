@@ -418,11 +418,12 @@ impl ClusterQueue {
                 if let (Some((_, tick_ms)), AsyncSource::Timer { timer, .. }) =
                     (timer_tick, &invocation.source)
                 {
-                    update_timer_status(timer_status, &invocation.namespace, timer, |status| {
+                    let fired = |status: &mut TimerStatus| {
                         status.fired(*tick_ms);
                         true
-                    })
-                    .await;
+                    };
+                    update_timer_status(timer_status, &invocation.namespace, timer, true, fired)
+                        .await;
                 }
                 // Accepted once JetStream acknowledged the message; the record is what other
                 // nodes read meanwhile (the message carries it too, should this fail).
@@ -448,10 +449,9 @@ impl ClusterQueue {
                 // The node that held the message ends the invocation: once.
                 let ended = invocation.state.is_terminal() && message.is_some();
                 if let AsyncSource::Timer { timer, .. } = &invocation.source {
-                    update_timer_status(timer_status, &invocation.namespace, timer, |status| {
-                        status.observe(invocation, ended)
-                    })
-                    .await;
+                    let observe = |status: &mut TimerStatus| status.observe(invocation, ended);
+                    update_timer_status(timer_status, &invocation.namespace, timer, false, observe)
+                        .await;
                 }
                 if let Some(message) = message {
                     let ack = match invocation.state {
@@ -537,12 +537,14 @@ fn timer_status_key(namespace: &Namespace, timer: &Name) -> String {
 }
 
 /// Applies `change` to a timer's status, again on the newest record when another node
-/// changed it meanwhile. Best effort: a status that cannot be written is logged, and the
-/// queue's change stands.
+/// changed it meanwhile. A timer without one gets one only when `create` (a tick enqueued):
+/// what ends after its timer was deleted leaves nothing behind. Best effort: a status that
+/// cannot be written is logged, and the queue's change stands.
 async fn update_timer_status(
     bucket: &kv::Store,
     namespace: &Namespace,
     timer: &Name,
+    create: bool,
     change: impl Fn(&mut TimerStatus) -> bool,
 ) {
     let key = timer_status_key(namespace, timer);
@@ -555,6 +557,9 @@ async fn update_timer_status(
                 continue;
             }
         };
+        if entry.is_none() && !create {
+            return;
+        }
         let mut status: TimerStatus = entry
             .as_ref()
             .and_then(|entry| serde_json::from_slice(&entry.value).ok())
@@ -902,9 +907,26 @@ impl InvocationStore for ClusterQueue {
         })
     }
 
-    fn forget_timer_status(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
+    fn reset_timer_status(
+        &self,
+        namespace: &Namespace,
+        name: &Name,
+        since_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
         let (bucket, key) = (self.timer_status.clone(), timer_status_key(namespace, name));
-        self.wait(async move { bucket.purge(key).await.map_err(|e| e.to_string()) })
+        self.wait(async move {
+            match since_ms {
+                Some(since) => {
+                    let fresh = serde_json::to_vec(&TimerStatus::since(since)).expect("serializes");
+                    bucket
+                        .put(key, Bytes::from(fresh))
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+                None => bucket.purge(key).await.map_err(|e| e.to_string()),
+            }
+        })
     }
 
     fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, StoreError> {

@@ -38,6 +38,9 @@ pub struct Dashboard {
     /// Pages that make many API calls at once (the overview, dead letters), rendered a few
     /// at a time: many open tabs queue rather than take every core.
     heavy_pages: tokio::sync::Semaphore,
+    /// Each namespace's last hour of traffic, read for one page and served to the next pages
+    /// for a few seconds.
+    last_hours: pages::overview::LastHourCache,
     /// This node's asynchronous invocations waiting for an attempt.
     queue_depth: Box<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -50,6 +53,7 @@ impl Dashboard {
             api: api::Api::new(api),
             sessions: Arc::default(),
             heavy_pages: tokio::sync::Semaphore::new(HEAVY_PAGES_AT_ONCE),
+            last_hours: Default::default(),
             queue_depth: Box::new(queue_depth),
         }
     }

@@ -161,6 +161,11 @@ struct FunctionSlot {
     released: tokio::sync::Notify,
 }
 
+/// An instance started for the request that takes it (a cold start): where its start went.
+struct Started {
+    phases: Option<StartPhases>,
+}
+
 impl FunctionSlot {
     /// The revision's prepared form, built on first use.
     async fn prepared(
@@ -178,15 +183,14 @@ impl FunctionSlot {
         &self,
         runtime: &dyn Runtime,
         first_request: &RequestId,
-    ) -> Result<(Box<dyn Instance>, StartPhases), InvokeError> {
+    ) -> Result<(Box<dyn Instance>, Option<StartPhases>), InvokeError> {
         let preparing = Instant::now();
         let prepared = self.prepared(runtime).await?;
         let prepare = preparing.elapsed();
         let instance = prepared.start(first_request).await?;
-        let phases = StartPhases {
-            prepare,
-            ..instance.start_phases()
-        };
+        let phases = instance
+            .start_phases()
+            .map(|phases| StartPhases { prepare, ..phases });
         Ok((instance, phases))
     }
 
@@ -749,7 +753,15 @@ impl Executor {
         let mut reads = 0;
         loop {
             let seen = self.changes.load(Ordering::Acquire);
-            let spec = self.read_deployment(namespace, function).await?;
+            // The revision is prepared on the reading thread too, unless a trial already did.
+            let trial_waiting = self
+                .staged
+                .lock()
+                .expect("staged map lock is never poisoned")
+                .contains_key(&key);
+            let (spec, read_prepared) = self
+                .read_deployment(namespace, function, !trial_waiting)
+                .await?;
             reads += 1;
             let mut slots = self.slots.lock().expect("slot map lock is never poisoned");
             // A function changed while this was read: what was read may be what the change
@@ -770,7 +782,8 @@ impl Executor {
             let mut prepared = staged
                 .as_ref()
                 .filter(|staged| staged.spec == spec)
-                .map(|staged| staged.prepared.clone());
+                .map(|staged| staged.prepared.clone())
+                .or(read_prepared);
             let function_headers = function_headers(&spec);
             // Another request may have loaded it meanwhile; keep the first so instances are
             // shared.
@@ -803,34 +816,45 @@ impl Executor {
     }
 
     /// A function's current deployment, read from the source on a blocking thread (it may
-    /// read storage), never on the runtime thread serving requests.
+    /// read storage), never on the runtime thread serving requests; with its revision
+    /// prepared on that same thread when `prepare` and the tier prepares by blocking work (a
+    /// failed preparation is left to the first start, which tries again and reports it).
     async fn read_deployment(
         &self,
         namespace: &Namespace,
         function: &Name,
-    ) -> Result<InstanceSpec, InvokeError> {
+        prepare: bool,
+    ) -> Result<(InstanceSpec, Option<Arc<dyn PreparedRevision>>), InvokeError> {
         let not_found = || InvokeError::FunctionNotFound {
             namespace: namespace.to_string(),
             function: function.to_string(),
         };
         let (source, ns, name) = (self.source.clone(), namespace.clone(), function.clone());
+        let runtime = self.runtime.clone();
         let asked = Instant::now();
-        let (loaded, read) = tokio::task::spawn_blocking(move || {
+        let (loaded, read, prepared, on_thread) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            (source.deployment(&ns, &name), started.elapsed())
+            let loaded = source.deployment(&ns, &name);
+            let read = started.elapsed();
+            let prepared = match &loaded {
+                Ok(Some(spec)) if prepare => runtime.prepare_blocking(spec).and_then(Result::ok),
+                _ => None,
+            };
+            (loaded, read, prepared, started.elapsed())
         })
         .await
         .unwrap_or_else(|_| {
             let panicked = Err("the deployment read panicked".to_owned().into());
-            (panicked, Duration::ZERO)
+            (panicked, Duration::ZERO, None, Duration::ZERO)
         });
         tracing::debug!(
             %function,
             read_ms = read.as_secs_f64() * 1e3,
-            handoff_ms = (asked.elapsed() - read).as_secs_f64() * 1e3,
+            prepared = prepared.is_some(),
+            handoff_ms = (asked.elapsed() - on_thread).as_secs_f64() * 1e3,
             "deployment read"
         );
-        loaded
+        let spec = loaded
             .map_err(|err| match err {
                 DeploymentError::NotReady(detail) => InvokeError::NotReady {
                     function: function.to_string(),
@@ -844,7 +868,8 @@ impl Executor {
                     }
                 }
             })?
-            .ok_or_else(not_found)
+            .ok_or_else(not_found)?;
+        Ok((spec, prepared))
     }
 
     async fn admit(&self, slot: &FunctionSlot) -> Result<OwnedSemaphorePermit, InvokeError> {
@@ -872,14 +897,14 @@ impl Executor {
     /// function that answers in milliseconds but starts in seconds then serves a burst from
     /// its warm instances while new ones start). The start goes on in the background with
     /// the request's permit either way (so starts stay within the function's capacity), and
-    /// an instance the request did not take waits idle for the next one. The result's `bool`
-    /// says whether the instance is the one started for the request (a cold start).
+    /// an instance the request did not take waits idle for the next one. The result has a
+    /// [`Started`] when the instance is the one started for the request (a cold start).
     async fn start_or_take_released(
         &self,
         slot: &Arc<FunctionSlot>,
         (id, trigger): (&RequestId, TriggerKind),
         permit: OwnedSemaphorePermit,
-    ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit, Option<StartPhases>), InvokeError> {
+    ) -> Result<(Box<dyn Instance>, OwnedSemaphorePermit, Option<Started>), InvokeError> {
         let bound = self.config.start_timeout;
         let (started_tx, mut started_rx) = oneshot::channel();
         let (runtime, start_slot, id) = (self.runtime.clone(), slot.clone(), id.clone());
@@ -924,9 +949,8 @@ impl Executor {
                 biased;
                 started = &mut started_rx => {
                     return match started {
-                        Ok((started, permit)) => {
-                            started.map(|(instance, phases)| (instance, permit, Some(phases)))
-                        }
+                        Ok((started, permit)) => started
+                            .map(|(instance, phases)| (instance, permit, Some(Started { phases }))),
                         Err(_) => Err(InvokeError::StartFailed {
                             function: slot.spec.function.to_string(),
                             detail: "the start was interrupted".to_owned(),
@@ -1044,7 +1068,7 @@ impl Invoker for Executor {
                     .start_or_take_released(&slot, (&invocation.id, invocation.trigger), permit)
                     .await
                 {
-                    Ok((instance, permit, Some(phases))) => {
+                    Ok((instance, permit, Some(Started { phases }))) => {
                         report.cold_start = Some(ColdStart {
                             start: starting.elapsed(),
                             tier: slot.spec.environment.tier(),

@@ -14,8 +14,9 @@ pub struct ColdStart {
     /// instantiating the component (wasm tier).
     pub start: Duration,
     pub tier: Tier,
-    /// Where `start` went, as far as it was measured.
-    pub phases: StartPhases,
+    /// Where `start` went, as far as it was measured; `None` when the instance was a
+    /// connection to a worker already running (`--concurrency` above 1).
+    pub phases: Option<StartPhases>,
 }
 
 /// The phases of starting an instance, in order; a phase a tier does not have is zero. Their

@@ -122,6 +122,17 @@ pub trait Runtime: Send + Sync {
     /// handles). May read and compile; never blocks a runtime thread.
     async fn prepare(&self, spec: &InstanceSpec) -> Result<Arc<dyn PreparedRevision>, InvokeError>;
 
+    /// [`Runtime::prepare`] on the calling thread, which may block: for a tier whose
+    /// preparation is blocking work (loading a compiled component), so that the executor
+    /// does it on the thread that has just read the deployment instead of handing it to
+    /// another. `None` where the tier prepares asynchronously.
+    fn prepare_blocking(
+        &self,
+        _spec: &InstanceSpec,
+    ) -> Option<Result<Arc<dyn PreparedRevision>, InvokeError>> {
+        None
+    }
+
     /// Checks code before it is stored, so that a function that cannot run is refused at
     /// deploy (compiling it ahead of time where the tier compiles). `file_name` and `bytes`
     /// are the upload. Called on a blocking thread; may take seconds. The default accepts.
@@ -187,9 +198,10 @@ pub trait Instance: Send {
     fn is_healthy(&mut self) -> bool;
 
     /// Where this instance's start went, as far as the runtime measured it (the executor
-    /// adds the revision's preparation).
-    fn start_phases(&self) -> StartPhases {
-        StartPhases::default()
+    /// adds the revision's preparation); `None` when nothing was started for it (a
+    /// connection to a worker already serving others).
+    fn start_phases(&self) -> Option<StartPhases> {
+        Some(StartPhases::default())
     }
 
     /// CPU time the instance has used so far, where the runtime can measure it; the executor

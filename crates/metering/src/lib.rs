@@ -138,7 +138,7 @@ mod tests {
             cold_start: Some(ColdStart {
                 start: Duration::from_millis(3),
                 tier: Tier::Process,
-                phases: Default::default(),
+                phases: None,
             }),
             run: Duration::from_micros(100_200),
             cpu: Some(Duration::from_micros(1_500)),

@@ -18,8 +18,8 @@ use gust_model::{Name, Namespace};
 /// A day of minutes per function.
 pub const MINUTES_KEPT: u64 = 24 * 60;
 /// Bytes the minutes of all functions may take together (a minute takes 96 bytes, 8 per
-/// latency bucket its vector has room for and 40 when it had cold starts, 128 to 670 in
-/// all): a day of 17 to 91 functions busy every minute, or the last hour of 420 to 2,200.
+/// latency bucket its vector has room for and 48 when it had cold starts, 128 to 680 in
+/// all): a day of 17 to 91 functions busy every minute, or the last hour of 410 to 2,200.
 pub const DEFAULT_BYTE_BUDGET: usize = 16 * 1024 * 1024;
 /// Minutes shed across functions only once nothing older is left.
 const PROTECTED_MINUTES: u64 = 60;
@@ -45,9 +45,9 @@ struct Minute {
     start_failures: u32,
     cold_starts: u32,
     cold_start_ms: f64,
-    /// The cold starts' phases summed, in [`gust_executor::StartPhases::named`]'s order; boxed, so that a
-    /// minute without cold starts carries a pointer's room for them.
-    start_phases_ms: Option<Box<[f64; PHASES]>>,
+    /// The phases of the cold starts that measured them, summed; boxed, so that a minute
+    /// without cold starts carries a pointer's room for them.
+    start_phases: Option<Box<PhaseSums>>,
     /// The attempts' waits for capacity and their runs, summed: with the cold starts, the
     /// phases a caller's latency is made of.
     queue_wait_ms: f64,
@@ -57,15 +57,23 @@ struct Minute {
     latency: Vec<(u8, u32)>,
 }
 
+/// The phases of a minute's cold starts that measured them (a connection to a worker already
+/// running measured none), in [`gust_executor::StartPhases::named`]'s order.
+#[derive(Debug, Default, Clone)]
+struct PhaseSums {
+    starts: u32,
+    ms: [f64; PHASES],
+}
+
 impl Minute {
     /// What the minute takes in memory, as the budget counts it.
     fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.latency.capacity() * std::mem::size_of::<(u8, u32)>()
             + self
-                .start_phases_ms
+                .start_phases
                 .as_ref()
-                .map_or(0, |_| std::mem::size_of::<[f64; PHASES]>())
+                .map_or(0, |_| std::mem::size_of::<PhaseSums>())
     }
 
     fn invocations(&self) -> u64 {
@@ -111,8 +119,8 @@ impl Minute {
             cold_starts: self.cold_starts.into(),
             cold_start_ms: (self.cold_starts > 0)
                 .then(|| round(self.cold_start_ms / f64::from(self.cold_starts))),
-            cold_start_phases: self.start_phases_ms.as_ref().map(|sums| {
-                let mean = |i: usize| round(sums[i] / f64::from(self.cold_starts.max(1)));
+            cold_start_phases: self.start_phases.as_ref().map(|phases| {
+                let mean = |i: usize| round(phases.ms[i] / f64::from(phases.starts.max(1)));
                 ColdStartPhases {
                     prepare_ms: mean(0),
                     worker_ms: mean(1),
@@ -188,7 +196,10 @@ impl Stats {
     /// each minute the run covered (the concurrency of each).
     pub fn attempt(&self, report: &AttemptReport) {
         let cold = report.cold_start.map(|c| c.start);
-        let phases = report.cold_start.map(|c| c.phases.named());
+        let phases = report
+            .cold_start
+            .and_then(|c| c.phases)
+            .map(|phases| phases.named());
         let waited = report.queue_wait + cold.unwrap_or_default();
         let seen_ms = (waited + report.run).as_secs_f64() * 1e3;
         let first = minute_of(report.started_at);
@@ -208,8 +219,9 @@ impl Stats {
                 m.cold_start_ms += cold.as_secs_f64() * 1e3;
             }
             if let Some(phases) = phases {
-                let sums = m.start_phases_ms.get_or_insert_with(Default::default);
-                for (sum, (_, time)) in sums.iter_mut().zip(phases) {
+                let sums = m.start_phases.get_or_insert_with(Default::default);
+                sums.starts += 1;
+                for (sum, (_, time)) in sums.ms.iter_mut().zip(phases) {
                     *sum += time.as_secs_f64() * 1e3;
                 }
             }
@@ -414,25 +426,34 @@ mod tests {
         cold.cold_start = Some(ColdStart {
             start: Duration::from_millis(30),
             tier: Tier::Process,
-            phases: StartPhases {
+            phases: Some(StartPhases {
                 worker: Duration::from_millis(2),
                 limits: Duration::from_millis(1),
                 place: Duration::from_millis(3),
                 load: Duration::from_millis(20),
                 ..StartPhases::default()
-            },
+            }),
         });
         stats.attempt(&cold);
+        // A request that joined a running worker waited for no phase: it does not count in
+        // the phases' means.
+        let mut joined = report("f", now, 200, 10);
+        joined.cold_start = Some(ColdStart {
+            start: Duration::from_micros(100),
+            tier: Tier::Process,
+            phases: None,
+        });
+        stats.attempt(&joined);
         stats.throttled(&Namespace::default(), &name("f"));
         let view = stats.query(&Namespace::default(), &name("f"), Duration::from_secs(3600));
         assert_eq!(view.minutes.len(), 1, "{view:?}");
         let m = &view.minutes[0];
         assert_eq!(
             (m.invocations, m.ok, m.client_errors, m.server_errors),
-            (100, 98, 1, 1)
+            (101, 99, 1, 1)
         );
-        assert_eq!((m.throttled, m.cold_starts), (1, 1));
-        assert_eq!(m.cold_start_ms, Some(30.0));
+        assert_eq!((m.throttled, m.cold_starts), (1, 2));
+        assert_eq!(m.cold_start_ms, Some(15.05));
         assert_eq!(
             m.cold_start_phases,
             Some(ColdStartPhases {
@@ -443,8 +464,8 @@ mod tests {
                 load_ms: 20.0,
             })
         );
-        // Runs of 98 x 10, 10 and 1,000 ms; no request waited for capacity.
-        assert_eq!(m.run_ms, Some(19.9));
+        // Runs of 99 x 10, 10 and 1,000 ms; no request waited for capacity.
+        assert_eq!(m.run_ms, Some(19.802));
         assert_eq!(m.queue_wait_ms, Some(0.0));
         // What DEFAULT_BYTE_BUDGET's comment counts a minute as, before its buckets.
         assert_eq!(std::mem::size_of::<Minute>(), 96);

@@ -185,9 +185,15 @@ impl AsyncInvocation {
     }
 }
 
-/// What a timer's ticks came to, kept by the queue as their invocations end.
+/// What a timer's ticks came to, kept by the queue as their invocations end. Only ticks of
+/// this timer count: not those of a deleted timer of the same name (ticked before `since_ms`),
+/// nor re-drives of a tick's dead letter (its failure counted already).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimerStatus {
+    /// Unix milliseconds from which ticks count: the timer's creation (0 for a timer made
+    /// before statuses were kept).
+    #[serde(default)]
+    pub since_ms: u64,
     /// Ticks enqueued.
     pub fired: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,9 +216,23 @@ impl TimerStatus {
         self.last_fired_ms = Some(self.last_fired_ms.map_or(tick_ms, |last| last.max(tick_ms)));
     }
 
+    /// A fresh status for a timer made at `since_ms`.
+    pub fn since(since_ms: u64) -> Self {
+        Self {
+            since_ms,
+            ..Self::default()
+        }
+    }
+
     /// Takes in one of the timer's invocations as it is stored now; `ended` when this change
     /// ends it. Returns whether anything changed.
     pub fn observe(&mut self, invocation: &AsyncInvocation, ended: bool) -> bool {
+        let AsyncSource::Timer { tick_ms, .. } = &invocation.source else {
+            return false;
+        };
+        if *tick_ms < self.since_ms || invocation.redriven_from.is_some() {
+            return false;
+        }
         let mut changed = false;
         if ended {
             match invocation.state {

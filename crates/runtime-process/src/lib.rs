@@ -453,7 +453,7 @@ impl PreparedRevision for PreparedProcess {
                     function: spec.function.to_string(),
                     detail: "the worker stopped answering after it was specialized".to_owned(),
                 })?;
-            lane.start_phases = start_phases;
+            lane.start_phases = Some(start_phases);
             return Ok(Box::new(lane));
         }
         Ok(Box::new(worker))

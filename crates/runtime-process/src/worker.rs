@@ -711,8 +711,8 @@ impl Instance for Worker {
         result
     }
 
-    fn start_phases(&self) -> StartPhases {
-        self.start_phases
+    fn start_phases(&self) -> Option<StartPhases> {
+        Some(self.start_phases)
     }
 
     fn is_healthy(&mut self) -> bool {
@@ -783,7 +783,7 @@ impl SharedWorker {
                 shared: self.clone(),
                 sender,
                 dead: false,
-                start_phases: StartPhases::default(),
+                start_phases: None,
             }),
             None => {
                 self.lanes.fetch_sub(1, Ordering::AcqRel);
@@ -798,8 +798,8 @@ pub struct Lane {
     shared: Arc<SharedWorker>,
     sender: SendRequest<RequestBody>,
     dead: bool,
-    /// The worker's start, for the lane that started it; zero for lanes that joined.
-    pub(crate) start_phases: StartPhases,
+    /// The worker's start, for the lane that started it; `None` for lanes that joined.
+    pub(crate) start_phases: Option<StartPhases>,
 }
 
 #[async_trait]
@@ -839,7 +839,7 @@ impl Instance for Lane {
         result
     }
 
-    fn start_phases(&self) -> StartPhases {
+    fn start_phases(&self) -> Option<StartPhases> {
         self.start_phases
     }
 

@@ -197,30 +197,73 @@ impl WasmRuntime {
         let path = Self::component_path(spec);
         let components = self.components.clone();
         let asked = Instant::now();
-        let (pre, load, link) = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let component = components.load_file(&path)?;
-            let loaded = started.elapsed();
-            let pre = components.link(&component)?;
-            Ok::<_, WasmError>((pre, loaded, started.elapsed() - loaded))
-        })
-        .await
-        .map_err(|e| WasmError::NotProxy {
-            reason: format!("loading was interrupted: {e}"),
-        })??;
-        // The phases of a load after an unload, for `benches/wasm_density.py`.
+        let (pre, load, link) =
+            tokio::task::spawn_blocking(move || components.load_and_link(&path))
+                .await
+                .map_err(|e| WasmError::NotProxy {
+                    reason: format!("loading was interrupted: {e}"),
+                })??;
+        Self::trace_load(spec, load, link, asked.elapsed() - load - link);
+        Ok(pre)
+    }
+
+    /// The phases of a load after an unload, for `benches/wasm_density.py`.
+    fn trace_load(spec: &InstanceSpec, load: Duration, link: Duration, handoff: Duration) {
         tracing::debug!(
             function = %spec.function,
             load_ms = load.as_secs_f64() * 1e3,
             link_ms = link.as_secs_f64() * 1e3,
-            handoff_ms = (asked.elapsed() - load - link).as_secs_f64() * 1e3,
+            handoff_ms = handoff.as_secs_f64() * 1e3,
             "component loaded"
         );
-        Ok(pre)
+    }
+
+    /// A revision's prepared form from its loaded component: its secrets and configs placed.
+    fn prepared(
+        &self,
+        spec: &InstanceSpec,
+        loaded: Result<ProxyPre<WasmState>, WasmError>,
+    ) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
+        let pre = loaded.map_err(|err| {
+            tracing::error!(function = %spec.function, error = %err, "cannot load the component");
+            InvokeError::StartFailed {
+                function: spec.function.to_string(),
+                detail: "the component could not be loaded".to_owned(),
+            }
+        })?;
+        let values = instance::MountedValues::place(spec, &self.values_root).map_err(|err| {
+            tracing::error!(function = %spec.function, error = %err, "cannot write its secrets and configs");
+            InvokeError::StartFailed {
+                function: spec.function.to_string(),
+                detail: "its secrets and configs could not be mounted".to_owned(),
+            }
+        })?;
+        Ok(Arc::new(PreparedComponent {
+            pre,
+            spec: spec.clone(),
+            values,
+            logs: self.logs.clone(),
+            instantiation: self.instantiation.clone(),
+            slots: self.slots.clone(),
+            turns: guests::new_turns(),
+            start_timeout: self.start_timeout,
+        }))
     }
 }
 
 impl Components {
+    /// Loads the component at `path` and links it with the host: with the time each took.
+    fn load_and_link(
+        &self,
+        path: &Path,
+    ) -> Result<(ProxyPre<WasmState>, Duration, Duration), WasmError> {
+        let started = Instant::now();
+        let component = self.load_file(path)?;
+        let loaded = started.elapsed();
+        let pre = self.link(&component)?;
+        Ok((pre, loaded, started.elapsed() - loaded))
+    }
+
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, String>> {
         self.keys.lock().expect("cache key lock is never poisoned")
     }
@@ -300,30 +343,22 @@ impl PreparedRevision for PreparedComponent {
 #[async_trait]
 impl Runtime for WasmRuntime {
     async fn prepare(&self, spec: &InstanceSpec) -> Result<Arc<dyn PreparedRevision>, InvokeError> {
-        let pre = self.load(spec).await.map_err(|err| {
-            tracing::error!(function = %spec.function, error = %err, "cannot load the component");
-            InvokeError::StartFailed {
-                function: spec.function.to_string(),
-                detail: "the component could not be loaded".to_owned(),
-            }
-        })?;
-        let values = instance::MountedValues::place(spec, &self.values_root).map_err(|err| {
-            tracing::error!(function = %spec.function, error = %err, "cannot write its secrets and configs");
-            InvokeError::StartFailed {
-                function: spec.function.to_string(),
-                detail: "its secrets and configs could not be mounted".to_owned(),
-            }
-        })?;
-        Ok(Arc::new(PreparedComponent {
-            pre,
-            spec: spec.clone(),
-            values,
-            logs: self.logs.clone(),
-            instantiation: self.instantiation.clone(),
-            slots: self.slots.clone(),
-            turns: guests::new_turns(),
-            start_timeout: self.start_timeout,
-        }))
+        let loaded = self.load(spec).await;
+        self.prepared(spec, loaded)
+    }
+
+    fn prepare_blocking(
+        &self,
+        spec: &InstanceSpec,
+    ) -> Option<Result<Arc<dyn PreparedRevision>, InvokeError>> {
+        let loaded = self
+            .components
+            .load_and_link(&Self::component_path(spec))
+            .map(|(pre, load, link)| {
+                Self::trace_load(spec, load, link, Duration::ZERO);
+                pre
+            });
+        Some(self.prepared(spec, loaded))
     }
 
     fn validate_upload(

@@ -169,6 +169,7 @@ impl AccessStore for EmbeddedStore {
                 let (key, value) = entry?;
                 all.push(decode::<ApiToken>(key.value(), value.value())?);
             }
+            crate::queue::forget_namespace(tx, namespace)?;
             let (kept, deleted) = forget_namespace_in_tokens(all, namespace);
             for token in kept {
                 tokens.insert(token.id.as_str(), encode(&token).as_slice())?;

@@ -243,8 +243,14 @@ pub trait InvocationStore: Send + Sync {
         &self,
         namespace: &Namespace,
     ) -> Result<HashMap<String, TimerStatus>, StoreError>;
-    /// Forgets a deleted timer's status.
-    fn forget_timer_status(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError>;
+    /// Starts a timer's status afresh, counting ticks from `since_ms` (a timer just made);
+    /// `None` forgets it (a timer deleted).
+    fn reset_timer_status(
+        &self,
+        namespace: &Namespace,
+        name: &Name,
+        since_ms: Option<u64>,
+    ) -> Result<(), StoreError>;
     /// Called once at start: attempts that were in flight when Gust stopped are lost, so
     /// their invocations become due now. Returns how many.
     fn recover_running(&self, now_ms: u64) -> Result<usize, StoreError>;

@@ -340,7 +340,33 @@ fn put(tx: &WriteTransaction, invocation: &AsyncInvocation) -> Result<(), StoreE
     }
     if let AsyncSource::Timer { timer, .. } = &invocation.source {
         let key = crate::embedded::scoped_key(&invocation.namespace, timer);
-        update_timer_status(tx, &key, |status| status.observe(invocation, ended))?;
+        update_timer_status(tx, &key, false, |status| status.observe(invocation, ended))?;
+    }
+    Ok(())
+}
+
+/// Deletes what the queue counts for a namespace being deleted (its ended invocations, its
+/// timers' statuses), in the deleting transaction: a namespace made again under its name
+/// starts from nothing.
+pub(crate) fn forget_namespace(
+    tx: &WriteTransaction,
+    namespace: &Namespace,
+) -> Result<(), StoreError> {
+    let mut ended = tx.open_table(ASYNC_ENDED)?;
+    for state in [InvocationState::Succeeded, InvocationState::Dead] {
+        ended.remove(ended_key(namespace, state).as_str())?;
+    }
+    let prefix = format!("{namespace}/");
+    let mut statuses = tx.open_table(TIMER_STATUS)?;
+    let keys: Vec<String> = statuses
+        .range(prefix.as_str()..)?
+        .map_while(|entry| {
+            let key = entry.ok()?.0.value().to_owned();
+            key.starts_with(&prefix).then_some(key)
+        })
+        .collect();
+    for key in keys {
+        statuses.remove(key.as_str())?;
     }
     Ok(())
 }
@@ -353,16 +379,20 @@ fn ended_key(namespace: &Namespace, state: InvocationState) -> String {
     format!("{namespace}/{how}")
 }
 
-/// Applies `change` to a timer's status, storing it when `change` says it changed.
+/// Applies `change` to a timer's status, storing it when `change` says it changed. A timer
+/// without one gets one only when `create` (a tick enqueued): what ends after its timer was
+/// deleted leaves nothing behind.
 fn update_timer_status(
     tx: &WriteTransaction,
     key: &str,
+    create: bool,
     change: impl FnOnce(&mut TimerStatus) -> bool,
 ) -> Result<(), StoreError> {
     let mut table = tx.open_table(TIMER_STATUS)?;
     let mut status: TimerStatus = match table.get(key)? {
         Some(value) => decode(key, value.value())?,
-        None => TimerStatus::default(),
+        None if create => TimerStatus::default(),
+        None => return Ok(()),
     };
     if change(&mut status) {
         table.insert(key, encode(&status).as_slice())?;
@@ -453,7 +483,7 @@ impl EmbeddedStore {
                     }
                     ticks.insert(timer.as_str(), tick_ms)?;
                     drop(ticks);
-                    update_timer_status(tx, timer, |status| {
+                    update_timer_status(tx, timer, true, |status| {
                         status.fired(*tick_ms);
                         true
                     })?;
@@ -601,10 +631,21 @@ impl InvocationStore for EmbeddedStore {
         Ok(statuses)
     }
 
-    fn forget_timer_status(&self, namespace: &Namespace, name: &Name) -> Result<(), StoreError> {
+    fn reset_timer_status(
+        &self,
+        namespace: &Namespace,
+        name: &Name,
+        since_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
         let key = crate::embedded::scoped_key(namespace, name);
         self.write(|tx| {
-            tx.open_table(TIMER_STATUS)?.remove(key.as_str())?;
+            let mut table = tx.open_table(TIMER_STATUS)?;
+            match since_ms {
+                Some(since) => {
+                    table.insert(key.as_str(), encode(&TimerStatus::since(since)).as_slice())?
+                }
+                None => table.remove(key.as_str())?,
+            };
             Ok(())
         })
     }
@@ -1080,6 +1121,10 @@ mod tests {
                 failed: Some(1),
             }
         );
+        // A namespace deleted takes its counts along; another's stay.
+        store.write(|tx| forget_namespace(tx, &team)).unwrap();
+        let counts = store.async_counts(&team).unwrap();
+        assert_eq!((counts.succeeded, counts.failed), (Some(0), Some(0)));
         let other = Namespace::parse("team-b").unwrap();
         assert_eq!(store.async_counts(&other).unwrap().open, 1);
         assert_eq!(
@@ -1134,7 +1179,7 @@ mod tests {
                 .unwrap();
         };
         store
-            .apply_queue_changes(&[tick("t1", 60_000), tick("t2", 120_000)])
+            .apply_queue_changes(&[tick("t1", 60_000), tick("t2", 120_000), tick("t3", 180_000)])
             .unwrap();
         // A tick enqueued again is refused and not counted.
         store
@@ -1153,12 +1198,21 @@ mod tests {
             62_000,
         );
         attempt("t2", InvocationState::Succeeded, None, 121_000);
+        // A re-drive of a tick's dead letter ending is not that tick again.
+        let mut redrive = store.invocation("t1").unwrap().unwrap();
+        redrive.id = "t1-redriven".into();
+        redrive.state = InvocationState::Pending;
+        redrive.reason = None;
+        redrive.redriven_from = Some("t1".into());
+        store.apply_queue_changes(&[enqueue(redrive)]).unwrap();
+        attempt("t1-redriven", InvocationState::Dead, Some("again"), 63_000);
         let statuses = store.timer_statuses(&Namespace::default()).unwrap();
         assert_eq!(
             statuses.get("nightly"),
             Some(&TimerStatus {
-                fired: 2,
-                last_fired_ms: Some(120_000),
+                since_ms: 0,
+                fired: 3,
+                last_fired_ms: Some(180_000),
                 succeeded: 1,
                 failed: 1,
                 last_error: Some("the function answered 503".into()),
@@ -1171,9 +1225,22 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // A timer made again under the name: the old timer's tick ending later is not its.
         store
-            .forget_timer_status(&Namespace::default(), &timer)
+            .reset_timer_status(&Namespace::default(), &timer, Some(200_000))
             .unwrap();
+        store.apply_queue_changes(&[tick("t4", 240_000)]).unwrap();
+        attempt("t3", InvocationState::Succeeded, None, 300_000);
+        attempt("t4", InvocationState::Succeeded, None, 300_000);
+        let statuses = store.timer_statuses(&Namespace::default()).unwrap();
+        let fresh = statuses.get("nightly").unwrap();
+        assert_eq!((fresh.fired, fresh.succeeded), (1, 1), "{fresh:?}");
+        // A deleted timer's tick ending later leaves nothing behind.
+        store.apply_queue_changes(&[tick("t5", 300_000)]).unwrap();
+        store
+            .reset_timer_status(&Namespace::default(), &timer, None)
+            .unwrap();
+        attempt("t5", InvocationState::Succeeded, None, 301_000);
         assert!(
             store
                 .timer_statuses(&Namespace::default())

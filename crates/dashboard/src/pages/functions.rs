@@ -56,10 +56,11 @@ pub(crate) async fn page(
         Err(failure) => return ctx.failed(&dashboard, Section::Functions, failure),
     };
     let total = functions.len();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
+    // The namespace's first functions by name, as the overview reads them (and shares).
+    let hours = last_hour(&dashboard, &ctx, &functions).await;
     let needle = query.q.trim().to_lowercase();
     functions.retain(|f| f.name.as_str().contains(&needle));
-    functions.sort_by(|a, b| a.name.cmp(&b.name));
-    let hours = last_hour(&dashboard, &ctx, &functions).await;
     let hour = |f: &FunctionView| hours.get(f.name.as_str()).copied();
     let most = |read: fn(&LastHour) -> u64| {
         move |f: &FunctionView| std::cmp::Reverse(hour(f).as_ref().map_or(0, read))

@@ -2,7 +2,8 @@
 //! page. The tiles refresh themselves every 5 s (htmx).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
@@ -59,16 +60,59 @@ pub(crate) struct LastHour {
     pub throttled: u64,
 }
 
-/// The last hour of the first [`MAX_FUNCTIONS_SUMMED`] of `functions` (in their order), by
-/// name; a function deleted meanwhile is left out. Pages that read many functions' minutes
-/// take turns.
+/// How long a namespace's last hour, read for one page, serves the pages after it: however
+/// many tabs and users look, a namespace's minutes are read at most this often.
+const LAST_HOUR_FRESH: Duration = Duration::from_secs(5);
+/// Namespaces whose last hour is kept at once; past it the oldest goes.
+const LAST_HOURS_KEPT: usize = 256;
+
+type LastHours = Arc<HashMap<String, LastHour>>;
+
+/// Each namespace's last hour, with when it was read.
+#[derive(Default)]
+pub(crate) struct LastHourCache(Mutex<HashMap<String, (Instant, LastHours)>>);
+
+impl LastHourCache {
+    fn fresh(&self, namespace: &str) -> Option<LastHours> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.get(namespace)
+            .filter(|(read, _)| read.elapsed() < LAST_HOUR_FRESH)
+            .map(|(_, hours)| hours.clone())
+    }
+
+    fn keep(&self, namespace: &str, hours: LastHours) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|_, (read, _)| read.elapsed() < LAST_HOUR_FRESH);
+        if kept.len() >= LAST_HOURS_KEPT
+            && let Some(oldest) = kept
+                .iter()
+                .min_by_key(|(_, (read, _))| *read)
+                .map(|(ns, _)| ns.clone())
+        {
+            kept.remove(&oldest);
+        }
+        kept.insert(namespace.to_owned(), (Instant::now(), hours));
+    }
+}
+
+/// The last hour of the first [`MAX_FUNCTIONS_SUMMED`] of a namespace's `functions` (sorted
+/// by name), by name; a function deleted meanwhile is left out. Read a few functions at a
+/// time, a few pages at a time per node, and kept for [`LAST_HOUR_FRESH`]: the caller has
+/// just listed the namespace's functions with its own token, so it may read their minutes.
 pub(crate) async fn last_hour(
     dashboard: &Dashboard,
     ctx: &Context,
     functions: &[FunctionView],
-) -> HashMap<String, LastHour> {
+) -> LastHours {
     let (token, ns) = (&ctx.signed.token, &ctx.namespace);
+    if let Some(hours) = dashboard.last_hours.fresh(ns) {
+        return hours;
+    }
     let _turn = dashboard.heavy_pages.acquire().await;
+    // Another page may have read it while this one waited its turn.
+    if let Some(hours) = dashboard.last_hours.fresh(ns) {
+        return hours;
+    }
     // Paths first: a stream of futures over borrowed items is not `Send` for the handler.
     let paths: Vec<(String, ApiPath)> = functions
         .iter()
@@ -105,7 +149,9 @@ pub(crate) async fn last_hour(
         }
         by_name.insert(name, hour);
     }
-    by_name
+    let hours = Arc::new(by_name);
+    dashboard.last_hours.keep(ns, hours.clone());
+    hours
 }
 
 async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFailure> {
@@ -116,6 +162,8 @@ async fn summary(dashboard: &Dashboard, ctx: &Context) -> Result<Summary, ApiFai
         .get(token, &ApiPath::new(["functions"]).namespace(ns))
         .await?;
     let summed = functions.len().min(MAX_FUNCTIONS_SUMMED);
+    let mut functions = functions;
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
     let hours = last_hour(dashboard, ctx, &functions).await;
     let total = |read: fn(&LastHour) -> u64| hours.values().map(read).sum::<u64>();
     let counts: AsyncCountsView = dashboard
