@@ -37,14 +37,14 @@ pub struct StartPhases {
 }
 
 impl StartPhases {
-    /// Each phase with its name, in order.
-    pub fn named(&self) -> [(&'static str, Duration); 5] {
+    /// The phases in order: prepare, worker, limits, place, load.
+    pub fn in_order(&self) -> [Duration; 5] {
         [
-            ("prepare", self.prepare),
-            ("worker", self.worker),
-            ("limits", self.limits),
-            ("place", self.place),
-            ("load", self.load),
+            self.prepare,
+            self.worker,
+            self.limits,
+            self.place,
+            self.load,
         ]
     }
 }

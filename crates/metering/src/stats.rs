@@ -31,7 +31,7 @@ const FUTURE_MINUTES: u64 = 2;
 const FIRST_BUCKET_MS: f64 = 0.1;
 const BUCKET_STEPS_PER_DOUBLING: f64 = 4.0;
 const LAST_BUCKET: u8 = 100; // about 56 minutes: longer than any timeout and queue wait
-/// Phases of a cold start ([`gust_executor::StartPhases::named`]).
+/// Phases of a cold start ([`gust_executor::StartPhases::in_order`]).
 const PHASES: usize = 5;
 
 #[derive(Debug, Default, Clone)]
@@ -58,7 +58,7 @@ struct Minute {
 }
 
 /// The phases of a minute's cold starts that measured them (a connection to a worker already
-/// running measured none), in [`gust_executor::StartPhases::named`]'s order.
+/// running measured none), in [`gust_executor::StartPhases::in_order`]'s order.
 #[derive(Debug, Default, Clone)]
 struct PhaseSums {
     starts: u32,
@@ -199,7 +199,7 @@ impl Stats {
         let phases = report
             .cold_start
             .and_then(|c| c.phases)
-            .map(|phases| phases.named());
+            .map(|phases| phases.in_order());
         let waited = report.queue_wait + cold.unwrap_or_default();
         let seen_ms = (waited + report.run).as_secs_f64() * 1e3;
         let first = minute_of(report.started_at);
@@ -221,7 +221,7 @@ impl Stats {
             if let Some(phases) = phases {
                 let sums = m.start_phases.get_or_insert_with(Default::default);
                 sums.starts += 1;
-                for (sum, (_, time)) in sums.ms.iter_mut().zip(phases) {
+                for (sum, time) in sums.ms.iter_mut().zip(phases) {
                     *sum += time.as_secs_f64() * 1e3;
                 }
             }
@@ -417,7 +417,8 @@ mod tests {
     #[test]
     fn a_minute_counts_statuses_cold_starts_latency_and_concurrency() {
         let stats = Stats::default();
-        let now = SystemTime::now();
+        // The start of this minute: the 1 s run below must not reach into the next one.
+        let now = UNIX_EPOCH + Duration::from_secs(minute_of(SystemTime::now()) * 60);
         for _ in 0..98 {
             stats.attempt(&report("f", now, 200, 10));
         }

@@ -358,13 +358,14 @@ pub(crate) fn forget_namespace(
     }
     let prefix = format!("{namespace}/");
     let mut statuses = tx.open_table(TIMER_STATUS)?;
-    let keys: Vec<String> = statuses
-        .range(prefix.as_str()..)?
-        .map_while(|entry| {
-            let key = entry.ok()?.0.value().to_owned();
-            key.starts_with(&prefix).then_some(key)
-        })
-        .collect();
+    let mut keys = Vec::new();
+    for entry in statuses.range(prefix.as_str()..)? {
+        let key = entry?.0.value().to_owned();
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        keys.push(key);
+    }
     for key in keys {
         statuses.remove(key.as_str())?;
     }
