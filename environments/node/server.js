@@ -345,6 +345,7 @@ async function handle(req, res) {
     return;
   }
   if (req.url === '/v2/specialize' && req.method === 'POST') {
+    const began = process.hrtime.bigint(); // not `performance`: its first use loads a module
     const raw = await readBody(req);
     await warmedUp; // the warm-up borrows the function slot; never race it
     if (userFunction) {
@@ -363,7 +364,8 @@ async function handle(req, res) {
       sendJson(res, 500, { error: (err && err.name) || 'Error' }, { Connection: 'close' });
       return;
     }
-    sendJson(res, 200, { ok: true });
+    // The worker's own share of the specialize round trip, for Gust's cold-start trace.
+    sendJson(res, 200, { ok: true, loadMs: Number(process.hrtime.bigint() - began) / 1e6 });
     return;
   }
   if (!userFunction) {

@@ -21,6 +21,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 import traceback
 import urllib.parse
 
@@ -479,6 +480,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _specialize(self):
         global _function, _takes_request, _stream_request_body
+        began = time.perf_counter()
         request = json.loads(self._body() or b"{}")
         _warmed.wait()  # the warm-up borrows the function slot; never race it
         with _lock:
@@ -497,7 +499,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 os._exit(3)
             _function, _takes_request = func, _takes_argument(func)
             _stream_request_body = request.get("requestBody") == "stream"
-        self._send_json(200, {"ok": True})
+        # The worker's own share of the specialize round trip, for Gust's cold-start trace.
+        self._send_json(200, {"ok": True, "loadMs": round((time.perf_counter() - began) * 1e3, 3)})
 
     def _cut_off(self, exc):
         """The caller broke off (or was too slow): nobody is left to answer."""

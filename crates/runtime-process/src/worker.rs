@@ -403,14 +403,20 @@ impl Worker {
         };
         let loading = Instant::now();
         match tokio::time::timeout(SPECIALIZE_DEADLINE, exchange).await {
-            Ok(Ok((status, _))) if status.is_success() => {
+            Ok(Ok((status, body))) if status.is_success() => {
                 let ms = |d: Duration| d.as_secs_f64() * 1e3;
                 let loaded = loading.elapsed();
+                // The built-in servers say how much of the round trip was their own work; the
+                // rest is the exchange itself (waking the worker, and Gust on the answer).
+                let worker_load_ms = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("loadMs").and_then(|ms| ms.as_f64()));
                 tracing::debug!(
                     function = %function,
                     limits_ms = ms(limited),
                     place_ms = ms(placed),
                     load_ms = ms(loaded),
+                    worker_load_ms,
                     "specialized"
                 );
                 self.start_phases.limits = limited;
