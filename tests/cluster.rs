@@ -1117,3 +1117,85 @@ fn a_namespace_s_async_queue_quota_counts_the_work_of_every_node() {
     })
     .expect("the namespace takes work again once its invocations ended");
 }
+
+/// Dead letters, their counts and timers' statuses are listed per namespace from the
+/// cluster's buckets: each namespace sees its own, from any node, and nothing of another's.
+#[test]
+fn dead_letters_and_timer_statuses_are_listed_per_namespace_from_any_node() {
+    let _alone = alone();
+    let nats = NatsCluster::start(1);
+    let gusts: Vec<Gust> = (0..2).map(|_| join(&nats)).collect();
+    gusts[0].cli(&["ns", "create", "team-a"]).ok();
+    let refuses = "def main():\n    return ('no', 400)\n";
+    let code = gusts[0].write_file("refuses/refuses.py", refuses);
+    let code = code.to_str().unwrap();
+    for (namespace, invocations) in [("default", 3), ("team-a", 2)] {
+        gusts[0]
+            .cli(&[
+                "fn", "create", "refuses", "--env", "python", "--code", code, "-n", namespace,
+            ])
+            .ok();
+        gusts[0]
+            .cli(&[
+                "timer",
+                "create",
+                "hourly",
+                "--fn",
+                "refuses",
+                "--cron",
+                "0 0 * * * *",
+                "-n",
+                namespace,
+            ])
+            .ok();
+        for _ in 0..invocations {
+            gusts[0]
+                .cli(&["fn", "invoke", "refuses", "--async", "-n", namespace])
+                .ok();
+        }
+    }
+    let json_of = |gust: &Gust, args: &[&str]| -> Value {
+        serde_json::from_str(&gust.cli(args).ok().stdout).unwrap()
+    };
+    for (namespace, invocations) in [("default", 3), ("team-a", 2)] {
+        // A 400 is final: each invocation becomes a dead letter after its one attempt.
+        let listed = eventually(Duration::from_secs(30), || {
+            let listed = json_of(&gusts[1], &["dlq", "list", "-n", namespace, "-o", "json"]);
+            (listed.as_array().unwrap().len() >= invocations).then_some(listed)
+        })
+        .unwrap_or_else(|| panic!("{namespace}'s dead letters"));
+        let listed = listed.as_array().unwrap();
+        assert_eq!(listed.len(), invocations, "{listed:?}");
+        assert!(
+            listed.iter().all(|dead| dead["namespace"] == namespace),
+            "{listed:?}"
+        );
+        let counts = json_of(
+            &gusts[1],
+            &["invocation", "counts", "-n", namespace, "-o", "json"],
+        );
+        assert_eq!(counts["dead_letters"], invocations, "{counts}");
+        let timers = json_of(&gusts[1], &["timer", "list", "-n", namespace, "-o", "json"]);
+        let timers = timers.as_array().unwrap();
+        assert_eq!(timers.len(), 1, "{timers:?}");
+        assert_eq!(timers[0]["status"]["fired"], 0, "{timers:?}");
+    }
+    // A purged dead letter leaves only its marker in the bucket: no longer listed or counted.
+    let listed = json_of(&gusts[1], &["dlq", "list", "-n", "team-a", "-o", "json"]);
+    let id = listed[0]["id"].as_str().unwrap();
+    gusts[0].cli(&["dlq", "purge", id, "-n", "team-a"]).ok();
+    let listed = json_of(&gusts[1], &["dlq", "list", "-n", "team-a", "-o", "json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_ne!(listed[0]["id"], id, "{listed}");
+    let counts = json_of(
+        &gusts[1],
+        &["invocation", "counts", "-n", "team-a", "-o", "json"],
+    );
+    assert_eq!(counts["dead_letters"], 1, "{counts}");
+    // A timer deleted in one namespace leaves the other's status alone.
+    gusts[1]
+        .cli(&["timer", "delete", "hourly", "-n", "team-a"])
+        .ok();
+    let timers = json_of(&gusts[0], &["timer", "list", "-o", "json"]);
+    assert!(timers[0]["status"].is_object(), "{timers}");
+}

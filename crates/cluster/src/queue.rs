@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{self, AckPolicy, PullConsumer, pull, push};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
@@ -531,7 +531,7 @@ async fn keep_in_progress(
     }
 }
 
-/// The keys of `bucket` that start with `prefix` (a namespace's or function's dead letters).
+/// Where a timer's status is kept in its bucket.
 fn timer_status_key(namespace: &Namespace, timer: &Name) -> String {
     format!("{namespace}.{timer}")
 }
@@ -586,15 +586,68 @@ async fn update_timer_status(
     tracing::warn!(%namespace, %timer, error = %last_error, "cannot update a timer's status");
 }
 
-async fn keys_under(bucket: &kv::Store, prefix: &str) -> Result<Vec<String>, String> {
-    Ok(bucket
-        .keys()
+/// The keys of `bucket` that start with `prefix` (a namespace's or function's dead letters).
+async fn keys_under(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    prefix: &str,
+) -> Result<Vec<String>, String> {
+    Ok(latest_under(client, bucket, prefix, false)
+        .await?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// The live keys of `bucket` that start with `prefix` (which ends with a `.`), each with its
+/// value when `values`. Read through a consumer filtered on those keys' subjects, so listing
+/// one namespace's keys costs what they are, not what every namespace's are.
+async fn latest_under(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    prefix: &str,
+    values: bool,
+) -> Result<Vec<(String, Bytes)>, String> {
+    let consumer = bucket
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{}{prefix}>", bucket.prefix),
+            headers_only: !values,
+            replay_policy: consumer::ReplayPolicy::Instant,
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
         .await
-        .map_err(|e| e.to_string())?
-        .filter_map(|key| async move { key.ok() })
-        .filter(|key| std::future::ready(key.starts_with(prefix)))
-        .collect()
-        .await)
+        .map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(found);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let read = async {
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| e.to_string())?;
+            let pending = message.info().map_err(|e| e.to_string())?.pending;
+            // A deleted or purged key keeps a marker as its last message.
+            let removed = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get("KV-Operation"))
+                .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+            if !removed && let Some(key) = message.subject.strip_prefix(bucket.prefix.as_str()) {
+                found.push((key.to_owned(), message.payload.clone()));
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok::<_, String>(())
+    };
+    tokio::time::timeout(CALL_TIMEOUT, read)
+        .await
+        .map_err(|_| format!("listing {prefix} in {} timed out", bucket.name))??;
+    Ok(found)
 }
 
 /// When the open invocation `id` last showed life.
@@ -877,7 +930,8 @@ impl InvocationStore for ClusterQueue {
         let namespace = namespace.clone();
         self.wait(async move {
             let open = Self::namespace_depth(&jetstream, &namespace).await?;
-            let dead = keys_under(&dead_letters, &format!("{namespace}.")).await?;
+            let dead =
+                keys_under(&jetstream.client(), &dead_letters, &format!("{namespace}.")).await?;
             Ok(AsyncCounts {
                 open,
                 running: None,
@@ -892,14 +946,12 @@ impl InvocationStore for ClusterQueue {
         &self,
         namespace: &Namespace,
     ) -> Result<HashMap<String, TimerStatus>, StoreError> {
-        let bucket = self.timer_status.clone();
+        let (client, bucket) = (self.jetstream.client(), self.timer_status.clone());
         let prefix = format!("{namespace}.");
         self.wait(async move {
             let mut statuses = HashMap::new();
-            for key in keys_under(&bucket, &prefix).await? {
-                if let Ok(Some(bytes)) = bucket.get(key.as_str()).await
-                    && let Ok(status) = serde_json::from_slice(&bytes)
-                {
+            for (key, bytes) in latest_under(&client, &bucket, &prefix, true).await? {
+                if let Ok(status) = serde_json::from_slice(&bytes) {
                     statuses.insert(key[prefix.len()..].to_owned(), status);
                 }
             }
@@ -961,9 +1013,9 @@ impl InvocationStore for ClusterQueue {
             Some(function) => format!("{namespace}.{function}."),
             None => format!("{namespace}."),
         };
-        let bucket = self.dead_letters.clone();
+        let (client, bucket) = (self.jetstream.client(), self.dead_letters.clone());
         self.wait(async move {
-            let mut keys = keys_under(&bucket, &prefix).await?;
+            let mut keys = keys_under(&client, &bucket, &prefix).await?;
             keys.sort();
             let mut out = Vec::new();
             for key in keys.into_iter().take(limit) {
