@@ -55,6 +55,8 @@ use crate::instance::{WasmInstance, WasmState};
 /// How often the epoch advances: a running guest yields at each tick, so this is the longest
 /// turn a guest holds while others wait (see `guests`).
 const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often an idle epoch ticker (no guest running) looks whether the runtime has stopped.
+const IDLE_TICKER_CHECK: Duration = Duration::from_secs(1);
 
 pub struct WasmRuntime {
     components: Arc<Components>,
@@ -104,19 +106,31 @@ impl WasmRuntime {
             .map_err(WasmError::io("the secrets' directory"))?;
         let stop = CancellationToken::new();
         // The ticker is a plain thread: epochs must advance even if every async worker thread
-        // is busy running guest code.
+        // is busy running guest code. It ticks only while a guest is being polled, and sleeps
+        // until woken by the next guest otherwise (a guest's deadline counts ticks from its
+        // own start, so a pause between guests changes nothing for them).
         let ticking = engine.weak();
         let stopped = stop.clone();
         std::thread::Builder::new()
             .name("gust-wasm-epoch".into())
             .spawn(move || {
+                guests::register_ticker(true);
                 while !stopped.is_cancelled() {
+                    if !guests::polling() {
+                        // Woken by the next guest; the timeout only notices a stop.
+                        std::thread::park_timeout(IDLE_TICKER_CHECK);
+                        if ticking.upgrade().is_none() {
+                            break;
+                        }
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     match ticking.upgrade() {
                         Some(engine) => engine.increment_epoch(),
-                        None => return,
+                        None => break,
                     }
                 }
+                guests::register_ticker(false);
             })
             .map_err(WasmError::io("epoch thread"))?;
         Ok(Self {
