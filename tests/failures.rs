@@ -60,6 +60,38 @@ fn a_raising_function_answers_502_and_its_traceback_goes_to_the_logs_only() {
     assert_eq!(gust.get("/boom-js").status(), 502);
 }
 
+/// A function's import runs in the process that answers the load: code that writes its own
+/// endless answer on that connection gets the load cut off, not Gust's memory filled.
+#[test]
+fn an_import_that_floods_the_answer_to_its_load_is_cut_off() {
+    let gust = Gust::start(GUST, GustOptions::default());
+    let flood = "import sys\n\
+        frame = sys._getframe()\n\
+        while not hasattr(frame.f_locals.get('self'), 'wfile'):\n\
+        \x20   frame = frame.f_back\n\
+        out = frame.f_locals['self'].wfile\n\
+        size = 64 << 20\n\
+        out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % size)\n\
+        for _ in range(size >> 16):\n\
+        \x20   out.write(b'x' * 65536)\n\
+        def main():\n\
+        \x20   return 'never'\n";
+    let path = gust.write_file("flood/flood.py", flood);
+    let err = gust.create_function("flood", "python", &path, &[]).failed();
+    assert!(
+        err.contains("the worker's answer to loading the code was too long"),
+        "{err}"
+    );
+    gust.deploy(
+        "after",
+        "python",
+        "after.py",
+        "def main():\n    return 'fine'\n",
+        &[],
+    );
+    assert_eq!(gust.get("/after").text().unwrap(), "fine");
+}
+
 #[test]
 fn code_that_cannot_load_is_refused_at_deploy_and_the_previous_revision_keeps_serving() {
     let gust = Gust::start(GUST, GustOptions::default());

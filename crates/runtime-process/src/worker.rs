@@ -394,12 +394,24 @@ impl Worker {
             .body(RequestBody::full(body))
             .expect("a fixed request is valid");
         let exchange = async {
+            let exited = "the worker exited while loading the code";
             let response = send(&mut self.sender, &self.address, request)
                 .await
-                .ok_or(())?;
+                .ok_or(exited)?;
             let status = response.status();
-            let body = response.into_body().collect().await.map_err(|_| ())?;
-            Ok::<_, ()>((status, body.to_bytes()))
+            // The answer comes from a process that has just run the function's import: read
+            // no more of it than a short error, however much it sends.
+            let body = Limited::new(response.into_body(), ERROR_BODY_BYTES)
+                .collect()
+                .await
+                .map_err(|err| {
+                    if err.is::<http_body_util::LengthLimitError>() {
+                        "the worker's answer to loading the code was too long"
+                    } else {
+                        exited
+                    }
+                })?;
+            Ok::<_, &str>((status, body.to_bytes()))
         };
         let loading = Instant::now();
         match tokio::time::timeout(SPECIALIZE_DEADLINE, exchange).await {
@@ -432,11 +444,11 @@ impl Worker {
                     .unwrap_or_else(|| "the worker refused the code".to_owned());
                 Err(InvokeError::LoadFailed { function, cause })
             }
-            Ok(Err(_)) => {
-                self.dead = true;
+            Ok(Err(cause)) => {
+                self.kill();
                 Err(InvokeError::LoadFailed {
                     function,
-                    cause: "the worker exited while loading the code".to_owned(),
+                    cause: cause.to_owned(),
                 })
             }
             Err(_) => {
@@ -552,7 +564,11 @@ async fn probe(
         .expect("a fixed request is valid");
     let response = sender.send_request(request).await.ok()?;
     let ready = response.status().is_success();
-    response.into_body().collect().await.ok()?;
+    // A custom environment's server is not trusted with Gust's memory either.
+    Limited::new(response.into_body(), ERROR_BODY_BYTES)
+        .collect()
+        .await
+        .ok()?;
     ready.then_some(sender)
 }
 
