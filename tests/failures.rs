@@ -60,28 +60,103 @@ fn a_raising_function_answers_502_and_its_traceback_goes_to_the_logs_only() {
     assert_eq!(gust.get("/boom-js").status(), 502);
 }
 
-/// A function's import runs in the process that answers the load: code that writes its own
-/// endless answer on that connection gets the load cut off, not Gust's memory filled.
+/// Python that finds the connection of the exchange it runs in (the load or a request) as
+/// `out`, the way hostile code can: the server's handler is up the call stack.
+const OWN_CONNECTION: &str = "import io, sys\n\
+    frame = sys._getframe()\n\
+    while not hasattr(frame.f_locals.get('self'), 'wfile'):\n\
+    \x20   frame = frame.f_back\n\
+    handler = frame.f_locals['self']\n\
+    out = handler.wfile\n";
+
+/// A function's code runs in the process that answers Gust, and can write anything on that
+/// connection: its own endless answer to the load, or bytes that carry no data (a flood of
+/// informational answers, a chunk size padded with endless zeros). Each is cut off once it is
+/// more than any honest answer, the worker is stopped, and Gust serves on.
 #[test]
-fn an_import_that_floods_the_answer_to_its_load_is_cut_off() {
+fn answers_flooded_by_the_functions_own_code_are_cut_off() {
     let gust = Gust::start(GUST, GustOptions::default());
-    let flood = "import sys\n\
-        frame = sys._getframe()\n\
-        while not hasattr(frame.f_locals.get('self'), 'wfile'):\n\
-        \x20   frame = frame.f_back\n\
-        out = frame.f_locals['self'].wfile\n\
-        size = 64 << 20\n\
-        out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % size)\n\
-        for _ in range(size >> 16):\n\
-        \x20   out.write(b'x' * 65536)\n\
-        def main():\n\
-        \x20   return 'never'\n";
-    let path = gust.write_file("flood/flood.py", flood);
-    let err = gust.create_function("flood", "python", &path, &[]).failed();
-    assert!(
-        err.contains("the worker's answer to loading the code was too long"),
-        "{err}"
-    );
+    let mb = |n: usize| n << 20;
+    // At import, so in the answer to the load.
+    for (name, flood) in [
+        (
+            "long-load",
+            format!(
+                "out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\n\\r\\n')\n\
+                 for _ in range({}):\n    out.write(b'x' * 65536)\n",
+                mb(64),
+                mb(64) >> 16
+            ),
+        ),
+        (
+            "continue-load",
+            format!(
+                "for _ in range({}):\n    out.write(b'HTTP/1.1 100 Continue\\r\\n\\r\\n' * 4096)\n",
+                mb(64) / (25 * 4096)
+            ),
+        ),
+        (
+            "zeros-load",
+            format!(
+                "out.write(b'HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n')\n\
+                 for _ in range({}):\n    out.write(b'0' * 65536)\n",
+                mb(64) >> 16
+            ),
+        ),
+    ] {
+        let code = format!("{OWN_CONNECTION}{flood}def main():\n    return 'never'\n");
+        let path = gust.write_file(&format!("{name}/{name}.py"), code);
+        let err = gust.create_function(name, "python", &path, &[]).failed();
+        assert!(
+            err.contains("the worker's answer to loading the code was too long"),
+            "{name}: {err}"
+        );
+    }
+    // In a request: the caller gets an error, never the forged answer behind the flood, and
+    // long before the function's timeout (the client gives up at 30 s, the function at 120).
+    let client = gust_harness::reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for (name, flood) in [
+        (
+            "continue-request",
+            format!(
+                "for _ in range({}):\n        out.write(b'HTTP/1.1 100 Continue\\r\\n\\r\\n' * 4096)\n    \
+                 out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nforged')\n",
+                mb(64) / (25 * 4096)
+            ),
+        ),
+        (
+            "zeros-request",
+            format!(
+                "out.write(b'HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n')\n    \
+                 for _ in range({}):\n        out.write(b'0' * 65536)\n",
+                mb(64) >> 16
+            ),
+        ),
+    ] {
+        let code = format!(
+            "def main():\n{}    {flood}    handler.wfile = io.BytesIO()\n    return 'unseen'\n",
+            OWN_CONNECTION
+                .lines()
+                .map(|line| format!("    {line}\n"))
+                .collect::<String>()
+        );
+        gust.deploy(name, "python", "f.py", &code, &["--timeout", "120s"]);
+        let outcome = client
+            .get(gust.public_url(&format!("/{name}")))
+            .send()
+            .and_then(|response| Ok((response.status().as_u16(), response.text()?)));
+        match outcome {
+            Ok((status, body)) => {
+                assert_eq!(status, 502, "{name}: {body}");
+                assert!(body.contains("worker_exited"), "{name}: {body}");
+            }
+            // The head came through and the body was cut: not the client's timeout.
+            Err(err) => assert!(!err.is_timeout(), "{name}: {err}"),
+        }
+    }
     gust.deploy(
         "after",
         "python",

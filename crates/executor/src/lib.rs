@@ -35,7 +35,7 @@ pub use executor::{
 };
 pub use logs::{
     Admission, FunctionLogs, LogLine, LogQuery, LogStream, MAX_LINE_BYTES,
-    MAX_LOG_BYTES_PER_SECOND, function_key,
+    MAX_LOG_BYTES_PER_SECOND, escape_line, function_key,
 };
 pub use memory_dir::private_memory_dir;
 pub use observer::{AttemptReport, ColdStart, InvocationObserver, NoObserver, StartPhases};

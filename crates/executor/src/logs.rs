@@ -283,16 +283,21 @@ fn now_ms() -> u64 {
 }
 
 /// Decodes as UTF-8 (lossy), cuts to [`MAX_LINE_BYTES`] and escapes every control character
-/// but tab, so terminal escapes and fake newlines show as text.
-fn escape_line(raw: &[u8]) -> String {
+/// but tab, and the invisible characters that change how a line reads (bidirectional
+/// overrides, line and paragraph separators), so terminal escapes, fake newlines and text
+/// shown in another order than written show as what they are.
+pub fn escape_line(raw: &[u8]) -> String {
     let cut = raw.len() > MAX_LINE_BYTES;
     let raw = &raw[..raw.len().min(MAX_LINE_BYTES)];
     let text = String::from_utf8_lossy(raw);
     let text = text.strip_suffix('\r').unwrap_or(&text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && c != '\t' {
-            out.push_str(&format!("\\x{:02x}", c as u32));
+        if (c.is_control() && c != '\t') || reorders_or_breaks(c) {
+            match c as u32 {
+                code @ ..=0xff => out.push_str(&format!("\\x{code:02x}")),
+                code => out.push_str(&format!("\\u{{{code:04x}}}")),
+            }
         } else {
             out.push(c);
         }
@@ -303,9 +308,31 @@ fn escape_line(raw: &[u8]) -> String {
     out
 }
 
+/// Unicode's bidirectional controls, and its line and paragraph separators.
+fn reorders_or_breaks(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_reordering_and_separating_characters() {
+        assert_eq!(
+            escape_line("a\u{202e}evil\u{2028}b\u{85}".as_bytes()),
+            "a\\u{202e}evil\\u{2028}b\\x85"
+        );
+    }
 
     #[test]
     fn escapes_terminal_sequences() {

@@ -7,10 +7,9 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use gust_executor::RequestBody;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::connection::Connection;
 
 #[derive(Clone)]
 pub enum WorkerAddress {
@@ -26,9 +25,11 @@ pub enum WorkerAddress {
 
 impl WorkerAddress {
     /// Opens an HTTP/1.1 connection to the worker; `None` when it does not accept.
-    pub async fn connect(&self) -> Option<SendRequest<RequestBody>> {
+    pub async fn connect(&self) -> Option<Connection> {
         match self {
-            WorkerAddress::Unix(path) => handshake(UnixStream::connect(path).await.ok()?).await,
+            WorkerAddress::Unix(path) => {
+                Connection::handshake(UnixStream::connect(path).await.ok()?).await
+            }
             WorkerAddress::Tcp { netns, port } => {
                 let stream = match netns {
                     Some(netns) => {
@@ -37,23 +38,10 @@ impl WorkerAddress {
                     None => TcpStream::connect(("127.0.0.1", *port)).await.ok()?,
                 };
                 let _ = stream.set_nodelay(true);
-                handshake(stream).await
+                Connection::handshake(stream).await
             }
         }
     }
-}
-
-async fn handshake<S>(stream: S) -> Option<SendRequest<RequestBody>>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Some(sender)
 }
 
 /// Connects to `127.0.0.1:port` inside another network namespace: a thread of its own enters

@@ -13,6 +13,7 @@
 
 mod address;
 mod cgroup;
+mod connection;
 mod egress;
 mod error;
 mod network;

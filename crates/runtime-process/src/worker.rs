@@ -19,14 +19,13 @@ use gust_model::{NetworkPolicy, WorkerProtocol};
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Child;
 
 use crate::RuntimeError;
 use crate::address::WorkerAddress;
 use crate::cgroup::{Cgroups, WorkerCgroup};
+use crate::connection::{Connection, WorkerBody};
 use crate::network::{self, Uplink};
 use crate::sandbox::{BindSources, Sandbox, WorkerPaths, prepare_dirs};
 
@@ -95,7 +94,7 @@ pub struct Worker {
     pid: Option<u32>,
     address: WorkerAddress,
     protocol: WorkerProtocol,
-    sender: SendRequest<RequestBody>,
+    sender: Connection,
     log_target: Arc<Mutex<LogTarget>>,
     function: String,
     /// The function's memory limit, once specialized.
@@ -394,22 +393,23 @@ impl Worker {
             .body(RequestBody::full(body))
             .expect("a fixed request is valid");
         let exchange = async {
-            let exited = "the worker exited while loading the code";
-            let response = send(&mut self.sender, &self.address, request)
-                .await
-                .ok_or(exited)?;
-            let status = response.status();
             // The answer comes from a process that has just run the function's import: read
             // no more of it than a short error, however much it sends.
+            let too_long = "the worker's answer to loading the code was too long";
+            let broke = |sender: &Connection| match sender.overran() {
+                true => too_long,
+                false => "the worker exited while loading the code, or answered with no valid HTTP",
+            };
+            let Some(response) = send(&mut self.sender, &self.address, request).await else {
+                return Err(broke(&self.sender));
+            };
+            let status = response.status();
             let body = Limited::new(response.into_body(), ERROR_BODY_BYTES)
                 .collect()
                 .await
-                .map_err(|err| {
-                    if err.is::<http_body_util::LengthLimitError>() {
-                        "the worker's answer to loading the code was too long"
-                    } else {
-                        exited
-                    }
+                .map_err(|err| match err.is::<http_body_util::LengthLimitError>() {
+                    true => too_long,
+                    false => broke(&self.sender),
                 })?;
             Ok::<_, &str>((status, body.to_bytes()))
         };
@@ -527,16 +527,16 @@ fn sanitize_cause(cause: &str) -> String {
 /// the close may still be on its way when the next request is sent: a request that did not go
 /// out on the old connection goes on a new one. A request that went out is never sent twice.
 async fn send(
-    sender: &mut SendRequest<RequestBody>,
+    sender: &mut Connection,
     address: &WorkerAddress,
     request: Request<RequestBody>,
-) -> Option<Response<Incoming>> {
+) -> Option<Response<WorkerBody>> {
     let unsent = if sender.is_closed() || sender.ready().await.is_err() {
         request
     } else {
         match sender.try_send_request(request).await {
             Ok(response) => return Some(response),
-            Err(mut err) => err.take_message()?,
+            Err(unsent) => unsent?,
         }
     };
     // A worker that no longer accepts keeps the closed connection: the exchange broke.
@@ -545,15 +545,12 @@ async fn send(
         .ok()
         .flatten()?;
     sender.ready().await.ok()?;
-    sender.send_request(unsent).await.ok()
+    sender.send_request(unsent).await
 }
 
 /// Connects and, for a worker of Gust's protocol, asks `/healthz`; `Some` once the worker is
 /// ready. (Fission's servers are ready once they accept: not all of them serve `/healthz`.)
-async fn probe(
-    address: &WorkerAddress,
-    protocol: WorkerProtocol,
-) -> Option<SendRequest<RequestBody>> {
+async fn probe(address: &WorkerAddress, protocol: WorkerProtocol) -> Option<Connection> {
     let mut sender = address.connect().await?;
     if protocol.is_fission() {
         return Some(sender);
@@ -562,7 +559,7 @@ async fn probe(
         .header(HOST, "gust-worker")
         .body(RequestBody::full(Bytes::new()))
         .expect("a fixed request is valid");
-    let response = sender.send_request(request).await.ok()?;
+    let response = sender.send_request(request).await?;
     let ready = response.status().is_success();
     // A custom environment's server is not trusted with Gust's memory either.
     Limited::new(response.into_body(), ERROR_BODY_BYTES)
@@ -574,14 +571,14 @@ async fn probe(
 
 enum Exchange {
     /// The response's head; its body streams from the connection after.
-    Answered(http::response::Parts, Incoming),
+    Answered(http::response::Parts, WorkerBody),
     Broken,
 }
 
 /// Sends one request on a worker connection and waits for the head of its answer, within
 /// `timeout` (`None` when it ran out).
 async fn exchange(
-    sender: &mut SendRequest<RequestBody>,
+    sender: &mut Connection,
     address: &WorkerAddress,
     protocol: WorkerProtocol,
     request: Request<RequestBody>,
@@ -818,7 +815,7 @@ impl SharedWorker {
 /// One connection to a [`SharedWorker`].
 pub struct Lane {
     shared: Arc<SharedWorker>,
-    sender: SendRequest<RequestBody>,
+    sender: Connection,
     dead: bool,
     /// The worker's start, for the lane that started it; `None` for lanes that joined.
     pub(crate) start_phases: Option<StartPhases>,
@@ -1056,7 +1053,7 @@ async fn pump_lines(
                 if target.early.len() < EARLY_LINES {
                     target
                         .early
-                        .push(String::from_utf8_lossy(line).chars().take(500).collect());
+                        .push(gust_executor::escape_line(line).chars().take(500).collect());
                 }
                 Admission::Kept
             }
