@@ -69,6 +69,34 @@ const OWN_CONNECTION: &str = "import io, sys\n\
     handler = frame.f_locals['self']\n\
     out = handler.wfile\n";
 
+/// Bytes that carry no data, as hostile code writes them on its own connection.
+#[derive(Clone, Copy)]
+enum Flood {
+    /// 64 MB of `100 Continue` answers.
+    Continue,
+    /// An answer's chunked head, then a chunk size of 64 MB of zeros.
+    Zeros,
+}
+
+/// Python lines, each indented by `indent`, that write `flood` to `out`.
+fn flood_lines(flood: Flood, indent: &str) -> String {
+    let lines = match flood {
+        Flood::Continue => vec![
+            format!("for _ in range({}):", (64 << 20) / (25 * 4096)),
+            "    out.write(b'HTTP/1.1 100 Continue\\r\\n\\r\\n' * 4096)".to_owned(),
+        ],
+        Flood::Zeros => vec![
+            "out.write(b'HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n')".to_owned(),
+            format!("for _ in range({}):", 64 << 4),
+            "    out.write(b'0' * 65536)".to_owned(),
+        ],
+    };
+    lines
+        .iter()
+        .map(|line| format!("{indent}{line}\n"))
+        .collect()
+}
+
 /// A function's code runs in the process that answers Gust, and can write anything on that
 /// connection: its own endless answer to the load, or bytes that carry no data (a flood of
 /// informational answers, a chunk size padded with endless zeros). Each is cut off once it is
@@ -76,33 +104,17 @@ const OWN_CONNECTION: &str = "import io, sys\n\
 #[test]
 fn answers_flooded_by_the_functions_own_code_are_cut_off() {
     let gust = Gust::start(GUST, GustOptions::default());
-    let mb = |n: usize| n << 20;
     // At import, so in the answer to the load.
+    let long_answer = format!(
+        "out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\n\\r\\n')\n\
+         for _ in range({}):\n    out.write(b'x' * 65536)\n",
+        64 << 20,
+        64 << 4
+    );
     for (name, flood) in [
-        (
-            "long-load",
-            format!(
-                "out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: {}\\r\\n\\r\\n')\n\
-                 for _ in range({}):\n    out.write(b'x' * 65536)\n",
-                mb(64),
-                mb(64) >> 16
-            ),
-        ),
-        (
-            "continue-load",
-            format!(
-                "for _ in range({}):\n    out.write(b'HTTP/1.1 100 Continue\\r\\n\\r\\n' * 4096)\n",
-                mb(64) / (25 * 4096)
-            ),
-        ),
-        (
-            "zeros-load",
-            format!(
-                "out.write(b'HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n')\n\
-                 for _ in range({}):\n    out.write(b'0' * 65536)\n",
-                mb(64) >> 16
-            ),
-        ),
+        ("long-load", long_answer),
+        ("continue-load", flood_lines(Flood::Continue, "")),
+        ("zeros-load", flood_lines(Flood::Zeros, "")),
     ] {
         let code = format!("{OWN_CONNECTION}{flood}def main():\n    return 'never'\n");
         let path = gust.write_file(&format!("{name}/{name}.py"), code);
@@ -118,26 +130,16 @@ fn answers_flooded_by_the_functions_own_code_are_cut_off() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
+    let forged = "    out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nforged')\n";
     for (name, flood) in [
         (
             "continue-request",
-            format!(
-                "for _ in range({}):\n        out.write(b'HTTP/1.1 100 Continue\\r\\n\\r\\n' * 4096)\n    \
-                 out.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nforged')\n",
-                mb(64) / (25 * 4096)
-            ),
+            flood_lines(Flood::Continue, "    ") + forged,
         ),
-        (
-            "zeros-request",
-            format!(
-                "out.write(b'HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n')\n    \
-                 for _ in range({}):\n        out.write(b'0' * 65536)\n",
-                mb(64) >> 16
-            ),
-        ),
+        ("zeros-request", flood_lines(Flood::Zeros, "    ")),
     ] {
         let code = format!(
-            "def main():\n{}    {flood}    handler.wfile = io.BytesIO()\n    return 'unseen'\n",
+            "def main():\n{}{flood}    handler.wfile = io.BytesIO()\n    return 'unseen'\n",
             OWN_CONNECTION
                 .lines()
                 .map(|line| format!("    {line}\n"))
