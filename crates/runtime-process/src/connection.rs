@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes an exchange may read beyond the body data it delivers: far above any honest answer's
 /// head (hyper refuses heads over about 400 KiB), and a few milliseconds of parsing.
-pub const OVERHEAD_LIMIT: i64 = 4 << 20;
+const OVERHEAD_LIMIT: i64 = 4 << 20;
 /// The framing each delivered piece of data may bring with it (a chunk's size line and line
 /// ends): a stream of many small chunks, honest server-sent events for days, never adds up,
 /// while a chunk size padded with endless zeros delivers nothing and does.
@@ -35,6 +35,21 @@ const FRAME_ALLOWANCE: i64 = 32;
 struct Overhead(AtomicI64);
 
 impl Overhead {
+    /// A new exchange begins.
+    fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    fn read(&self, bytes: usize) {
+        self.0.fetch_add(bytes as i64, Ordering::Relaxed);
+    }
+
+    /// Body data handed on, with its framing allowance.
+    fn delivered(&self, bytes: usize) {
+        self.0
+            .fetch_sub(bytes as i64 + FRAME_ALLOWANCE, Ordering::Relaxed);
+    }
+
     fn exceeded(&self) -> bool {
         self.0.load(Ordering::Relaxed) > OVERHEAD_LIMIT
     }
@@ -78,7 +93,7 @@ impl Connection {
         &mut self,
         request: Request<RequestBody>,
     ) -> Result<Response<WorkerBody>, Option<Request<RequestBody>>> {
-        self.overhead.0.store(0, Ordering::Relaxed);
+        self.overhead.reset();
         match self.sender.try_send_request(request).await {
             Ok(response) => Ok(self.body_of(response)),
             Err(mut err) => Err(err.take_message()),
@@ -90,7 +105,7 @@ impl Connection {
         &mut self,
         request: Request<RequestBody>,
     ) -> Option<Response<WorkerBody>> {
-        self.overhead.0.store(0, Ordering::Relaxed);
+        self.overhead.reset();
         let response = self.sender.send_request(request).await.ok()?;
         Some(self.body_of(response))
     }
@@ -127,9 +142,7 @@ impl Body for WorkerBody {
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
-            self.overhead
-                .0
-                .fetch_sub(data.len() as i64 + FRAME_ALLOWANCE, Ordering::Relaxed);
+            self.overhead.delivered(data.len());
         }
         Poll::Ready(frame)
     }
@@ -163,8 +176,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let read = (buf.filled().len() - before) as i64;
-        self.overhead.0.fetch_add(read, Ordering::Relaxed);
+        self.overhead.read(buf.filled().len() - before);
         Poll::Ready(Ok(()))
     }
 }

@@ -278,8 +278,6 @@ mod tests {
         }
     }
 
-    /// While 150 guests of one function spin, a guest of another function that yields three
-    /// times waits for a few of their polls, not for every one of them each time it yields.
     #[test]
     fn a_guest_counts_as_polled_while_its_code_may_run() {
         // Other tests' guests may be polled at the same time, so only the inside is certain.
@@ -289,6 +287,8 @@ mod tests {
         assert!(seen, "the epoch ticker would sleep while this guest runs");
     }
 
+    /// While 150 guests of one function spin, a guest of another function that yields three
+    /// times waits for a few of their polls, not for every one of them each time it yields.
     #[test]
     fn a_busy_function_does_not_make_another_wait_behind_all_its_guests() {
         let runtime = tokio::runtime::Builder::new_current_thread()
